@@ -1,0 +1,128 @@
+"""The client-facing LineReceiver: parse a line, hand it to the replica, write the reply.
+
+Telnet-friendly: many commands per connection until QUIT or close; CRLF or LF.
+Requests on one connection are answered in order: while one is being served the
+protocol pauses reading, so a pipelining client gets back-pressure, not reordering.
+"""
+
+from __future__ import annotations
+
+from typing import Protocol
+
+from twisted.internet import defer
+from twisted.internet.interfaces import IReactorTime
+from twisted.internet.protocol import Factory
+from twisted.logger import Logger
+from twisted.protocols.basic import LineReceiver
+from twisted.protocols.policies import TimeoutMixin
+
+from replicad import wire
+from replicad.config import ClusterConfig
+from replicad.wire import Code, Reply, Request, WireError
+
+
+class RequestHandler(Protocol):
+    """What the protocol needs from the replica."""
+
+    def client_connected(self) -> None: ...
+    def status(self, request: Request) -> Reply: ...
+    def handle(self, request: Request) -> defer.Deferred[Reply]: ...
+
+
+class ClientProtocol(LineReceiver, TimeoutMixin):
+    delimiter = b"\n"
+    log = Logger()
+
+    def __init__(self, factory: ClientFactory):
+        self.factory = factory
+        self.MAX_LENGTH = factory.limits.max_line_bytes
+        self.callLater = factory.clock.callLater   # TimeoutMixin uses this: injected time
+        self._counted = False
+
+    def connectionMade(self) -> None:
+        if self.factory.open_connections >= self.factory.max_connections:
+            self.write_reply(wire.error_reply(Code.BUSY, "too many connections, try later"))
+            self.transport.loseConnection()
+            return
+        self._counted = True
+        self.factory.open_connections += 1
+        self.setTimeout(self.factory.idle_timeout_s)
+        self.factory.handler.client_connected()
+
+    def connectionLost(self, reason: object = None) -> None:
+        self.setTimeout(None)
+        if self._counted:
+            self.factory.open_connections -= 1
+            self._counted = False
+
+    def timeoutConnection(self) -> None:
+        seconds = self.factory.idle_timeout_s
+        self.write_reply(wire.error_reply(Code.IDLE, f"no request for {seconds:g} s, closing"))
+        self.transport.loseConnection()
+
+    def lineLengthExceeded(self, line: bytes) -> None:
+        limit = self.MAX_LENGTH
+        self.write_reply(
+            wire.error_reply(Code.LINETOOLONG, f"line over {limit} bytes, closing")
+        )
+        self.transport.loseConnection()
+
+    def write_reply(self, reply: Reply) -> None:
+        self.transport.write(reply.encode())
+
+    def lineReceived(self, raw: bytes) -> None:
+        self.resetTimeout()
+        try:
+            request = wire.parse_request(wire.decode_line(raw), self.factory.limits)
+        except WireError as e:
+            self.write_reply(e.reply())
+            return
+        if request is None:
+            return
+        if request.command == "PING":
+            self.write_reply(Reply("PONG"))
+        elif request.command == "HELP":
+            self.write_reply(Reply("HELP", lines=wire.HELP_LINES))
+        elif request.command == "QUIT":
+            self.write_reply(Reply("BYE"))
+            self.transport.loseConnection()
+        elif request.command == "STATUS":
+            self.write_reply(self.factory.handler.status(request))
+        else:
+            self._serve(request)
+
+    def _serve(self, request: Request) -> None:
+        # Pause reading (and the idle timer) until this reply is written: replies
+        # stay in request order and a slow election does not count as idleness.
+        self.pauseProducing()
+        self.setTimeout(None)
+        d = defer.maybeDeferred(self.factory.handler.handle, request)
+        d.addErrback(self._internal_error, request)
+        d.addCallback(self._served)
+
+    def _internal_error(self, failure, request: Request) -> Reply:
+        self.log.failure("serving {command} failed", failure, command=request.command)
+        return wire.error_reply(Code.INTERNAL, "internal error; nothing was half-applied")
+
+    def _served(self, reply: Reply) -> None:
+        if not self.connected:
+            return
+        self.write_reply(reply)
+        self.setTimeout(self.factory.idle_timeout_s)
+        self.resumeProducing()
+
+
+class ClientFactory(Factory):
+    protocol = ClientProtocol
+    noisy = False
+
+    def __init__(self, handler: RequestHandler, config: ClusterConfig, clock: IReactorTime):
+        self.handler = handler
+        self.clock = clock
+        self.limits = config.limits
+        self.idle_timeout_s = config.timers.idle_timeout
+        self.max_connections = config.max_connections
+        self.open_connections = 0
+
+    def buildProtocol(self, addr) -> ClientProtocol:
+        return ClientProtocol(self)

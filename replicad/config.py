@@ -1,0 +1,296 @@
+"""Cluster membership and settings, read from an INI file and validated.  Pure.
+
+Every mistake raises ConfigError with one sentence that names the problem, so that
+``twistd replicad`` and ``replicad-cli`` can print it as a single line and exit
+non-zero.  With no file the built-in cluster is used: three replicas on 127.0.0.1,
+client ports 7001-7003 and peer ports 7101-7103 (docs/operations.md).
+"""
+
+from __future__ import annotations
+
+import configparser
+import dataclasses
+import math
+import re
+from dataclasses import dataclass, field
+
+from replicad.wire import Limits
+
+DEFAULT_SIZE = 3
+DEFAULT_HOST = "127.0.0.1"
+DEFAULT_CLIENT_BASE_PORT = 7000
+DEFAULT_PEER_BASE_PORT = 7100
+DEFAULT_SECRET = "replicad-insecure-default-secret"
+MAX_REPLICAS = 64
+
+
+class ConfigError(Exception):
+    """A configuration mistake, worded for the operator."""
+
+
+@dataclass(frozen=True)
+class Address:
+    host: str
+    port: int
+
+    def __str__(self) -> str:
+        return f"[{self.host}]:{self.port}" if ":" in self.host else f"{self.host}:{self.port}"
+
+    def server_endpoint(self) -> str:
+        """Twisted server endpoint string listening on exactly this address."""
+        return f"tcp:port={self.port}:interface={_escape(self.host)}"
+
+    def client_endpoint(self, timeout_s: float | None = None) -> str:
+        spec = f"tcp:host={_escape(self.host)}:port={self.port}"
+        if timeout_s is not None:
+            spec += f":timeout={max(1, math.ceil(timeout_s))}"
+        return spec
+
+
+def _escape(host: str) -> str:
+    return host.replace(":", "\\:")
+
+
+_ADDRESS = re.compile(r"^(?:\[(?P<v6>[0-9A-Fa-f:.]+)\]|(?P<host>[^\s:\[\]]+)):(?P<port>\d{1,5})$")
+
+
+def parse_address(text: str, what: str = "address") -> Address:
+    """``host:port`` or ``[v6]:port`` -> Address; ConfigError names what was wrong."""
+    match = _ADDRESS.match(text.strip())
+    if match is None:
+        raise ConfigError(f"{what} {text.strip()!r} is not host:port")
+    port = int(match.group("port"))
+    if not 1 <= port <= 65535:
+        raise ConfigError(f"{what} {text.strip()!r} has port {port}, outside 1-65535")
+    return Address(match.group("v6") or match.group("host"), port)
+
+
+@dataclass(frozen=True)
+class Member:
+    id: int
+    client: Address
+    peer: Address
+    client_listen: str | None = None   # endpoint string override (e.g. ssl:...)
+    peer_listen: str | None = None
+    peer_connect: str | None = None
+
+    def client_listen_endpoint(self) -> str:
+        return self.client_listen or self.client.server_endpoint()
+
+    def peer_listen_endpoint(self) -> str:
+        return self.peer_listen or self.peer.server_endpoint()
+
+    def peer_connect_endpoint(self, timeout_s: float) -> str:
+        return self.peer_connect or self.peer.client_endpoint(timeout_s)
+
+
+@dataclass(frozen=True)
+class Timers:
+    """Seconds.  Defaults aim at < 1 s client-visible failover on a LAN (docs/election.md)."""
+
+    ping_interval: float = 0.3      # heartbeat period; a client-triggered ping is skipped
+                                    # if one succeeded within this interval
+    ping_timeout: float = 0.2       # must be shorter than ping_interval
+    answer_timeout: float = 0.3     # wait for OK from a higher replica
+    coordinator_timeout: float = 0.8  # wait for COORDINATOR after an OK
+    election_wait: float = 3.0      # a client request waits this long for a coordinator
+    forward_timeout: float = 3.0    # a forwarded request waits this long for its reply
+    fetch_timeout: float = 1.0      # catching up with a session before ERR STALE
+    quorum_timeout: float = 2.0     # waiting for write_quorum acks before ERR QUORUM
+    anti_entropy_interval: float = 2.0
+    idle_timeout: float = 60.0      # a client connection that sends nothing is closed
+    connect_timeout: float = 1.0    # dialing a peer
+
+
+@dataclass(frozen=True)
+class ClusterConfig:
+    members: dict[int, Member]
+    secret: str = DEFAULT_SECRET
+    write_quorum: int = 1
+    max_connections: int = 1000
+    full_copy_threshold: int = 10000   # missing writes above which a pull asks for a full copy
+    timers: Timers = field(default_factory=Timers)
+    limits: Limits = field(default_factory=Limits)
+    source: str = "built-in cluster"
+
+    @property
+    def ids(self) -> list[int]:
+        return sorted(self.members)
+
+    def member(self, replica_id: int) -> Member:
+        try:
+            return self.members[replica_id]
+        except KeyError:
+            known = ", ".join(map(str, self.ids))
+            raise ConfigError(
+                f"replica id {replica_id} is not in {self.source} (known ids: {known})"
+            ) from None
+
+    @property
+    def uses_default_secret(self) -> bool:
+        return self.secret == DEFAULT_SECRET
+
+
+def default_config(
+    size: int = DEFAULT_SIZE,
+    client_base_port: int = DEFAULT_CLIENT_BASE_PORT,
+    peer_base_port: int = DEFAULT_PEER_BASE_PORT,
+    host: str = DEFAULT_HOST,
+) -> ClusterConfig:
+    """The built-in cluster: replica i listens on client_base+i and peer_base+i."""
+    members = {
+        i: Member(i, Address(host, client_base_port + i), Address(host, peer_base_port + i))
+        for i in range(1, size + 1)
+    }
+    config = ClusterConfig(members)
+    _validate(config)
+    return config
+
+
+_CLUSTER_FLOATS = {f.name for f in dataclasses.fields(Timers)}
+_CLUSTER_INTS = {"write_quorum", "max_connections", "full_copy_threshold",
+                 "max_key_bytes", "max_value_bytes"}
+_CLUSTER_STRINGS = {"secret"}
+_MEMBER_KEYS = {"client", "peer", "client_listen", "peer_listen", "peer_connect"}
+
+
+def load_config(path: str) -> ClusterConfig:
+    """Read and validate an INI file; ConfigError for every mistake."""
+    parser = configparser.ConfigParser(interpolation=None)
+    try:
+        with open(path, encoding="utf-8") as handle:
+            parser.read_file(handle)
+    except OSError as e:
+        raise ConfigError(f"cannot read config file {path}: {e.strerror or e}") from None
+    except UnicodeDecodeError:
+        raise ConfigError(f"config file {path} is not UTF-8 text") from None
+    except configparser.Error as e:
+        first = str(e).splitlines()[0]
+        raise ConfigError(f"config file {path} is not a valid INI file: {first}") from None
+    return parse_config(parser, path)
+
+
+def parse_config(parser: configparser.ConfigParser, source: str) -> ClusterConfig:
+    where = f"config file {source}"
+    if not parser.has_section("cluster"):
+        raise ConfigError(f"{where} has no [cluster] section")
+    cluster = parser["cluster"]
+    unknown = set(cluster) - _CLUSTER_FLOATS - _CLUSTER_INTS - _CLUSTER_STRINGS
+    if unknown:
+        raise ConfigError(f"{where}: unknown setting {sorted(unknown)[0]!r} in [cluster]")
+
+    members: dict[int, Member] = {}
+    for section in parser.sections():
+        if section == "cluster":
+            continue
+        name, sep, id_text = section.partition(":")
+        if name != "replica" or not sep:
+            raise ConfigError(f"{where}: unknown section [{section}] (expected [replica:N])")
+        if not (id_text.isascii() and id_text.isdigit()) or int(id_text) < 1:
+            raise ConfigError(f"{where}: section [{section}] needs a positive integer id")
+        members[int(id_text)] = _parse_member(int(id_text), parser[section], where)
+    if not members:
+        raise ConfigError(f"{where} has no [replica:N] sections")
+
+    timers = {}
+    for name in _CLUSTER_FLOATS & set(cluster):
+        timers[name] = _positive(cluster[name], name, where, float)
+    ints = {
+        name: _positive(cluster[name], name, where, int)
+        for name in _CLUSTER_INTS & set(cluster)
+    }
+    limits = Limits(
+        max_key_bytes=ints.pop("max_key_bytes", Limits.max_key_bytes),
+        max_value_bytes=ints.pop("max_value_bytes", Limits.max_value_bytes),
+    )
+    secret = cluster.get("secret", "").strip()
+    if not secret:
+        raise ConfigError(f"{where}: [cluster] needs a non-empty secret")
+    config = ClusterConfig(
+        members=members,
+        secret=secret,
+        timers=Timers(**timers),
+        limits=limits,
+        source=where,
+        **ints,
+    )
+    _validate(config)
+    return config
+
+
+def _parse_member(replica_id: int, section: configparser.SectionProxy, where: str) -> Member:
+    unknown = set(section) - _MEMBER_KEYS
+    if unknown:
+        raise ConfigError(
+            f"{where}: unknown setting {sorted(unknown)[0]!r} in [replica:{replica_id}]"
+        )
+    for required in ("client", "peer"):
+        if required not in section:
+            raise ConfigError(f"{where}: [replica:{replica_id}] needs a {required} address")
+    return Member(
+        replica_id,
+        parse_address(section["client"], f"[replica:{replica_id}] client address"),
+        parse_address(section["peer"], f"[replica:{replica_id}] peer address"),
+        section.get("client_listen") or None,
+        section.get("peer_listen") or None,
+        section.get("peer_connect") or None,
+    )
+
+
+def _positive(text: str, name: str, where: str, kind: type) -> float | int:
+    try:
+        value = kind(text)
+    except ValueError:
+        noun = "a whole number" if kind is int else "a number of seconds"
+        raise ConfigError(f"{where}: {name} = {text!r} is not {noun}") from None
+    if not value > 0 or (kind is float and not math.isfinite(value)):
+        raise ConfigError(f"{where}: {name} must be greater than 0, got {text!r}")
+    return value
+
+
+def _validate(config: ClusterConfig) -> None:
+    where = config.source
+    if len(config.members) > MAX_REPLICAS:
+        raise ConfigError(f"{where}: at most {MAX_REPLICAS} replicas are supported")
+    seen: dict[Address, str] = {}
+    for member in config.members.values():
+        for kind, address in (("client", member.client), ("peer", member.peer)):
+            label = f"replica {member.id} {kind} address {address}"
+            if address in seen:
+                raise ConfigError(f"{where}: {label} is also {seen[address]}")
+            seen[address] = label
+    if not 1 <= config.write_quorum <= len(config.members):
+        raise ConfigError(
+            f"{where}: write_quorum = {config.write_quorum} must be between 1 and the "
+            f"number of replicas ({len(config.members)})"
+        )
+    timers = config.timers
+    if timers.ping_timeout >= timers.ping_interval:
+        raise ConfigError(
+            f"{where}: ping_timeout ({timers.ping_timeout}) must be shorter than "
+            f"ping_interval ({timers.ping_interval})"
+        )
+
+
+def render_config(config: ClusterConfig) -> str:
+    """INI text for a config (used by replicad-local to write the file it starts with)."""
+    lines = ["[cluster]", f"secret = {config.secret}", f"write_quorum = {config.write_quorum}"]
+    for f in dataclasses.fields(Timers):
+        value = getattr(config.timers, f.name)
+        if value != f.default:
+            lines.append(f"{f.name} = {value}")
+    for name in ("max_key_bytes", "max_value_bytes"):
+        value = getattr(config.limits, name)
+        if value != getattr(Limits, name):
+            lines.append(f"{name} = {value}")
+    for member in sorted(config.members.values(), key=lambda m: m.id):
+        lines += ["", f"[replica:{member.id}]"]
+        lines += [f"client = {member.client}", f"peer = {member.peer}"]
+    return "\n".join(lines) + "\n"
+
+
+def with_overrides(config: ClusterConfig, **changes: object) -> ClusterConfig:
+    """A copy with cluster-level settings changed, validated again."""
+    new = dataclasses.replace(config, **changes)
+    _validate(new)
+    return new

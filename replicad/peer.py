@@ -1,0 +1,445 @@
+"""Replica-to-replica links: authenticated LineReceivers and a small RPC on top.
+
+Each replica dials every other one (a ``ClientService`` per peer, reconnecting with
+back-off) and uses that connection for its own requests; it answers the requests of
+others on its listening side.  So a connection carries requests one way only, and
+either side dying fails every call on it at once.  Line format: replicad.peerwire.
+"""
+
+from __future__ import annotations
+
+import collections
+import random
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
+from typing import Protocol
+
+from twisted.application.internet import ClientService, backoffPolicy
+from twisted.internet import defer, error
+from twisted.internet.endpoints import clientFromString
+from twisted.internet.interfaces import IPullProducer, IReactorTime
+from twisted.internet.protocol import Factory
+from twisted.logger import Logger
+from twisted.protocols.basic import LineReceiver
+from zope.interface import implementer
+
+from replicad import peerwire
+from replicad.peerwire import Frame, PeerWireError
+
+HANDSHAKE_TIMEOUT_S = 5.0
+STREAM_BATCH_LINES = 512
+
+
+class PeerUnavailable(Exception):
+    """The call did not get an answer: not connected, connection lost, or timed out.
+
+    ``sent`` says whether the request may have reached the peer: a forwarded write
+    that was sent and got no answer is in doubt, one that was never sent is not.
+    """
+
+    def __init__(self, message: str, sent: bool = False):
+        super().__init__(message)
+        self.sent = sent
+
+
+@dataclass
+class PeerAnswer:
+    """What a request handler returns: a final frame, optionally after a stream of lines."""
+
+    kind: str = "OK"
+    payload: str = ""
+    body: Iterator[tuple[str, str]] | None = None   # (LINE|REC, text) pairs
+    trailer: Callable[[], str] | None = None        # END payload, computed after the body
+
+
+@dataclass
+class PeerResponse:
+    kind: str
+    payload: str
+    lines: list[tuple[str, str]] = field(default_factory=list)
+
+    @property
+    def ok(self) -> bool:
+        return self.kind in ("OK", "END")
+
+
+class PeerRequestHandler(Protocol):
+    def peer_request(
+        self, peer_id: int, verb: str, payload: str
+    ) -> PeerAnswer | defer.Deferred[PeerAnswer]: ...
+
+
+class _LineProtocol(LineReceiver):
+    delimiter = b"\n"
+
+    def send_line(self, text: str) -> None:
+        self.sendLine(text.encode("utf-8"))
+
+    def decoded(self, raw: bytes) -> str | None:
+        if raw.endswith(b"\r"):
+            raw = raw[:-1]
+        try:
+            return raw.decode("utf-8")
+        except UnicodeDecodeError:
+            self.refuse("line is not valid UTF-8")
+            return None
+
+    def refuse(self, message: str, code: str = "PROTOCOL") -> None:
+        self.log.warn("closing peer connection from {peer}: {message}",
+                      peer=self.transport.getPeer(), message=message)
+        self.send_line(f"ERR {code} {message}")
+        self.transport.loseConnection()
+
+    def lineLengthExceeded(self, line: bytes) -> None:
+        self.refuse("line too long", "LINETOOLONG")
+
+
+# Listening side ---------------------------------------------------------------------
+
+
+@implementer(IPullProducer)
+class _StreamProducer:
+    """Writes one answer's body in batches as the transport drains: bounded memory."""
+
+    def __init__(self, proto: PeerServerProtocol, rid: int, answer: PeerAnswer):
+        self.proto, self.rid, self.answer = proto, rid, answer
+
+    def resumeProducing(self) -> None:
+        assert self.answer.body is not None
+        try:
+            for _ in range(STREAM_BATCH_LINES):
+                kind, text = next(self.answer.body)
+                self.proto.send_line(Frame(self.rid, kind, text).encode())
+        except StopIteration:
+            trailer = self.answer.trailer() if self.answer.trailer else self.answer.payload
+            self.proto.send_line(Frame(self.rid, "END", trailer).encode())
+            self.proto.stream_finished()
+        except Exception:
+            self.proto.log.failure("stream {rid} failed", rid=self.rid)
+            self.proto.send_line(Frame(self.rid, "ERR", "INTERNAL stream failed").encode())
+            self.proto.stream_finished()
+
+    def stopProducing(self) -> None:
+        close = getattr(self.answer.body, "close", None)
+        if close is not None:
+            close()
+
+
+class PeerServerProtocol(_LineProtocol):
+    """The listening side: handshake as server, then answer requests from one peer."""
+
+    log = Logger()
+
+    def __init__(self, factory: PeerServerFactory):
+        self.factory = factory
+        self.peer_id: int | None = None
+        self.nonce = peerwire.new_nonce()
+        self.MAX_LENGTH = factory.max_line_bytes
+        self._streams: collections.deque[_StreamProducer] = collections.deque()
+        self._active: _StreamProducer | None = None
+        self._handshake_timer = None
+
+    def connectionMade(self) -> None:
+        self.send_line(f"HELLO {self.factory.my_id} {self.nonce}")
+        self._handshake_timer = self.factory.clock.callLater(
+            HANDSHAKE_TIMEOUT_S, self.refuse, "handshake timed out", "AUTH"
+        )
+
+    def connectionLost(self, reason: object = None) -> None:
+        self._cancel_handshake_timer()
+        if self._active is not None:
+            self._active.stopProducing()
+        for stream in self._streams:
+            stream.stopProducing()
+        self._streams.clear()
+        self._active = None
+
+    def _cancel_handshake_timer(self) -> None:
+        if self._handshake_timer is not None and self._handshake_timer.active():
+            self._handshake_timer.cancel()
+        self._handshake_timer = None
+
+    def lineReceived(self, raw: bytes) -> None:
+        line = self.decoded(raw)
+        if line is None:
+            return
+        if self.peer_id is None:
+            self._authenticate(line)
+            return
+        try:
+            frame = peerwire.parse_frame(line)
+        except PeerWireError as e:
+            self.refuse(str(e))
+            return
+        if frame.kind not in peerwire.VERBS:
+            reason = f"BADVERB unknown verb {frame.kind[:20]}"
+            self.send_line(Frame(frame.rid, "ERR", reason).encode())
+            return
+        self._dispatch(frame)
+
+    def _authenticate(self, line: str) -> None:
+        parts = line.split(" ")
+        if len(parts) != 4 or parts[0] != "AUTH":
+            self.refuse("not authenticated: send AUTH first", "AUTH")
+            return
+        _, id_text, client_nonce, proof = parts
+        try:
+            client_id = peerwire.parse_int(id_text, "replica id")
+        except PeerWireError as e:
+            self.refuse(str(e), "AUTH")
+            return
+        if client_id not in self.factory.member_ids or client_id == self.factory.my_id:
+            self.refuse(f"replica {client_id} is not a member of this cluster", "AUTH")
+            return
+        args = (client_id, self.factory.my_id, self.nonce, client_nonce)
+        expected = peerwire.client_proof(self.factory.secret, *args)
+        if not peerwire.proofs_match(expected, proof):
+            self.refuse("bad proof: is the cluster secret the same on every replica?", "AUTH")
+            return
+        self._cancel_handshake_timer()
+        self.peer_id = client_id
+        self.send_line(f"WELCOME {peerwire.server_proof(self.factory.secret, *args)}")
+
+    def _dispatch(self, frame: Frame) -> None:
+        assert self.peer_id is not None
+        d = defer.maybeDeferred(
+            self.factory.handler.peer_request, self.peer_id, frame.kind, frame.payload
+        )
+        d.addCallback(self._answer, frame.rid)
+        d.addErrback(self._failed, frame)
+
+    def _answer(self, answer: PeerAnswer, rid: int) -> None:
+        if not self.connected:
+            if answer.body is not None and hasattr(answer.body, "close"):
+                answer.body.close()
+            return
+        if answer.body is None:
+            self.send_line(Frame(rid, answer.kind, answer.payload).encode())
+            return
+        self._streams.append(_StreamProducer(self, rid, answer))
+        self._next_stream()
+
+    def _failed(self, failure, frame: Frame) -> None:
+        if failure.check(PeerWireError):
+            message = f"BADARGS {failure.value}"
+        else:
+            self.log.failure("peer request {verb} failed", failure, verb=frame.kind)
+            message = "INTERNAL request failed"
+        if self.connected:
+            self.send_line(Frame(frame.rid, "ERR", message).encode())
+
+    def _next_stream(self) -> None:
+        if self._active is None and self._streams:
+            self._active = self._streams.popleft()
+            self.transport.registerProducer(self._active, False)
+
+    def stream_finished(self) -> None:
+        self.transport.unregisterProducer()
+        self._active = None
+        self._next_stream()
+
+
+class PeerServerFactory(Factory):
+    noisy = False
+
+    def __init__(self, my_id: int, member_ids: set[int], secret: str,
+                 handler: PeerRequestHandler, clock: IReactorTime, max_line_bytes: int):
+        self.my_id, self.member_ids, self.secret = my_id, member_ids, secret
+        self.handler, self.clock, self.max_line_bytes = handler, clock, max_line_bytes
+
+    def buildProtocol(self, addr) -> PeerServerProtocol:
+        return PeerServerProtocol(self)
+
+
+# Dialing side -----------------------------------------------------------------------
+
+
+@dataclass
+class _PendingCall:
+    deferred: defer.Deferred
+    timeout_s: float
+    on_line: Callable[[str, str], None] | None
+    timer: object = None
+    lines: list[tuple[str, str]] = field(default_factory=list)
+
+
+class PeerClientProtocol(_LineProtocol):
+    """The dialing side: handshake as client, then ``call()`` with per-call timeouts."""
+
+    log = Logger()
+
+    def __init__(self, factory: PeerClientFactory):
+        self.factory = factory
+        self.MAX_LENGTH = factory.max_line_bytes
+        self.authenticated: defer.Deferred[PeerClientProtocol] = defer.Deferred()
+        self._nonce = peerwire.new_nonce()
+        self._server_nonce: str | None = None
+        self._ready = False
+        self._next_rid = 1
+        self._calls: dict[int, _PendingCall] = {}
+
+    def lineReceived(self, raw: bytes) -> None:
+        line = self.decoded(raw)
+        if line is None:
+            return
+        if not self._ready:
+            self._handshake(line)
+            return
+        try:
+            frame = peerwire.parse_frame(line)
+        except PeerWireError as e:
+            self.refuse(str(e))
+            return
+        call = self._calls.get(frame.rid)
+        if call is None:
+            return  # the call timed out already; its late frames are dropped
+        self._restart_timer(frame.rid, call)
+        if frame.kind in peerwire.STREAM_KINDS:
+            if call.on_line is not None:
+                try:
+                    call.on_line(frame.kind, frame.payload)
+                except Exception as e:  # a bad record fails this call, not the link
+                    self._finish(frame.rid, error=e)
+            else:
+                call.lines.append((frame.kind, frame.payload))
+            return
+        self._finish(frame.rid, PeerResponse(frame.kind, frame.payload, call.lines))
+
+    def _handshake(self, line: str) -> None:
+        f = self.factory
+        parts = line.split(" ")
+        if self._server_nonce is None and len(parts) == 3 and parts[0] == "HELLO":
+            if parts[1] != str(f.expected_peer_id):
+                self._abort(f"expected replica {f.expected_peer_id}, found replica {parts[1][:10]}")
+                return
+            self._server_nonce = parts[2]
+            proof = peerwire.client_proof(f.secret, f.my_id, f.expected_peer_id,
+                                          self._server_nonce, self._nonce)
+            self.send_line(f"AUTH {f.my_id} {self._nonce} {proof}")
+            return
+        if self._server_nonce is not None and len(parts) == 2 and parts[0] == "WELCOME":
+            expected = peerwire.server_proof(f.secret, f.my_id, f.expected_peer_id,
+                                             self._server_nonce, self._nonce)
+            if peerwire.proofs_match(expected, parts[1]):
+                self._ready = True
+                self.authenticated.callback(self)
+                return
+            self._abort("peer failed to prove it knows the cluster secret")
+            return
+        self._abort(f"handshake failed: {line[:120]}")
+
+    def _abort(self, message: str) -> None:
+        self.log.warn("peer {peer}: {message}", peer=self.factory.expected_peer_id, message=message)
+        self.transport.loseConnection()
+        if not self.authenticated.called:
+            self.authenticated.errback(PeerUnavailable(message))
+
+    def connectionLost(self, reason: object = None) -> None:
+        if not self.authenticated.called:
+            self.authenticated.errback(PeerUnavailable("connection lost during handshake"))
+        for rid in list(self._calls):
+            self._finish(rid, error=PeerUnavailable("connection lost", sent=True))
+
+    def call(self, verb: str, payload: str = "", timeout_s: float = 1.0,
+             on_line: Callable[[str, str], None] | None = None) -> defer.Deferred[PeerResponse]:
+        """Send one request; the Deferred fires with the final frame or PeerUnavailable.
+
+        The timeout restarts on every frame of the answer, so a long stream that keeps
+        flowing is not cut, but a silent peer is.
+        """
+        rid = self._next_rid
+        self._next_rid += 1
+        call = _PendingCall(defer.Deferred(), timeout_s, on_line)
+        self._calls[rid] = call
+        self._restart_timer(rid, call)
+        self.send_line(Frame(rid, verb, payload).encode())
+        return call.deferred
+
+    def _restart_timer(self, rid: int, call: _PendingCall) -> None:
+        if call.timer is not None and call.timer.active():
+            call.timer.cancel()
+        call.timer = self.factory.clock.callLater(
+            call.timeout_s, self._finish, rid, None, PeerUnavailable("timed out", sent=True)
+        )
+
+    def _finish(self, rid: int, response: PeerResponse | None = None,
+                error: Exception | None = None) -> None:
+        call = self._calls.pop(rid, None)
+        if call is None:
+            return
+        if call.timer is not None and call.timer.active():
+            call.timer.cancel()
+        if error is not None:
+            call.deferred.errback(error)
+        else:
+            call.deferred.callback(response)
+
+
+class PeerClientFactory(Factory):
+    noisy = False
+
+    def __init__(self, my_id: int, expected_peer_id: int, secret: str, clock: IReactorTime,
+                 max_line_bytes: int):
+        self.my_id, self.expected_peer_id, self.secret = my_id, expected_peer_id, secret
+        self.clock, self.max_line_bytes = clock, max_line_bytes
+
+    def buildProtocol(self, addr) -> PeerClientProtocol:
+        return PeerClientProtocol(self)
+
+
+class PeerLink:
+    """The link to one peer: a reconnecting ClientService plus ``call()``."""
+
+    log = Logger()
+
+    def __init__(self, reactor, my_id: int, peer_id: int, endpoint_spec: str, secret: str,
+                 max_line_bytes: int, max_retry_delay_s: float = 0.5):
+        self.peer_id = peer_id
+        factory = PeerClientFactory(my_id, peer_id, secret, reactor, max_line_bytes)
+        self.service = ClientService(
+            clientFromString(reactor, endpoint_spec),
+            factory,
+            # backoffPolicy's default jitter adds up to a whole second; a returning
+            # replica must be redialled within about max_retry_delay_s.
+            retryPolicy=backoffPolicy(
+                initialDelay=0.05, maxDelay=max_retry_delay_s,
+                jitter=lambda: random.uniform(0, 0.05),
+            ),
+            clock=reactor,
+            prepareConnection=lambda proto: proto.authenticated,
+        )
+        self._clock = reactor
+
+    def call(self, verb: str, payload: str = "", timeout_s: float = 1.0,
+             on_line: Callable[[str, str], None] | None = None) -> defer.Deferred[PeerResponse]:
+        """Call the peer, connecting first if needed; errbacks PeerUnavailable only.
+
+        The call starts on the next reactor turn: callers often react to one call's
+        failure by making another, from inside ClientService's own callbacks, and
+        ClientService.whenConnected must not be entered re-entrantly.
+        """
+        result: defer.Deferred[PeerResponse] = defer.Deferred()
+        self._clock.callLater(0, self._start_call, result, verb, payload, timeout_s, on_line)
+        return result
+
+    def _start_call(self, result: defer.Deferred, verb: str, payload: str, timeout_s: float,
+                    on_line: Callable[[str, str], None] | None) -> None:
+        connected = self.service.whenConnected(failAfterFailures=1)
+        connected.addTimeout(timeout_s, self._clock)
+
+        def send(proto: PeerClientProtocol):
+            return proto.call(verb, payload, timeout_s, on_line)
+
+        def unavailable(failure):
+            if failure.check(PeerUnavailable):
+                return failure
+            if failure.check(PeerWireError):   # a bad record in a stream: fail the call
+                raise PeerUnavailable(f"replica {self.peer_id}: {failure.value}", sent=True)
+            if failure.check(defer.TimeoutError, defer.CancelledError, error.ConnectError,
+                             error.ConnectionLost):
+                raise PeerUnavailable(f"replica {self.peer_id}: {failure.getErrorMessage()}")
+            self.log.failure("call {verb} to replica {peer} failed", failure, verb=verb,
+                             peer=self.peer_id)
+            raise PeerUnavailable(f"replica {self.peer_id}: {failure.getErrorMessage()}")
+
+        connected.addCallback(send).addErrback(unavailable).chainDeferred(result)

@@ -1,0 +1,125 @@
+"""The replica-to-replica line format: handshake, RPC frames, records.  Pure.
+
+Handshake (the secret never crosses the wire; both sides prove they know it):
+
+    server: HELLO <server_id> <server_nonce>
+    client: AUTH <client_id> <client_nonce> <mac(client, ...)>
+    server: WELCOME <mac(server, ...)>          or  ERR AUTH <message>, then close
+
+After it the dialing side sends requests ``<rid> <VERB> [args]`` and the listening side
+answers with frames ``<rid> <KIND> [payload]``: ``OK``/``NO``/``ERR`` end a call;
+``LINE``/``REC`` are streamed body lines that ``END`` closes.  docs/protocol.md lists
+every verb.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import hmac
+import secrets
+from dataclasses import dataclass
+
+from replicad.store import Record
+from replicad.vclock import ClockError, VectorClock
+
+AUTH_CONTEXT = "replicad-peer-auth-v1"
+NONCE_BYTES = 16
+
+FINAL_KINDS = frozenset({"OK", "NO", "ERR", "END"})
+STREAM_KINDS = frozenset({"LINE", "REC"})
+
+VERBS = frozenset(
+    {"PING", "ELECTION", "COORDINATOR", "CLIENT", "PUSH", "DELTA", "FULL"}
+)
+
+
+class PeerWireError(ValueError):
+    """A peer line that does not follow the format."""
+
+
+def new_nonce() -> str:
+    return secrets.token_hex(NONCE_BYTES)
+
+
+def auth_mac(secret: str, role: str, *parts: object) -> str:
+    """HMAC-SHA256 over the role and both nonces, so a MAC cannot be replayed or reflected."""
+    message = "|".join([AUTH_CONTEXT, role, *map(str, parts)]).encode("utf-8")
+    return hmac.new(secret.encode("utf-8"), message, hashlib.sha256).hexdigest()
+
+
+def client_proof(secret: str, client_id: int, server_id: int, server_nonce: str,
+                 client_nonce: str) -> str:
+    return auth_mac(secret, "client", client_id, server_id, server_nonce, client_nonce)
+
+
+def server_proof(secret: str, client_id: int, server_id: int, server_nonce: str,
+                 client_nonce: str) -> str:
+    return auth_mac(secret, "server", client_id, server_id, server_nonce, client_nonce)
+
+
+def proofs_match(expected: str, given: str) -> bool:
+    return hmac.compare_digest(
+        expected.encode("ascii", "replace"), given.encode("ascii", "replace")
+    )
+
+
+@dataclass(frozen=True)
+class Frame:
+    """One line after the handshake: a request (kind is the verb) or a response frame."""
+
+    rid: int
+    kind: str
+    payload: str = ""
+
+    def encode(self) -> str:
+        head = f"{self.rid} {self.kind}"
+        return f"{head} {self.payload}" if self.payload else head
+
+
+def parse_frame(line: str) -> Frame:
+    rid_text, _, rest = line.partition(" ")
+    kind, _, payload = rest.partition(" ")
+    if not (rid_text.isascii() and rid_text.isdigit()) or not kind:
+        raise PeerWireError(f"expected '<rid> <KIND> ...', got {line[:60]!r}")
+    return Frame(int(rid_text), kind, payload)
+
+
+def encode_record(record: Record) -> str:
+    """``<key> <origin> <seq> <version> V <value>`` or ``... T`` for a tombstone."""
+    head = f"{record.key} {record.origin} {record.seq} {record.version.encode()}"
+    return f"{head} T" if record.value is None else f"{head} V {record.value}"
+
+
+def decode_record(text: str) -> Record:
+    parts = text.split(" ", 5)
+    if len(parts) < 5 or parts[4] not in ("V", "T"):
+        raise PeerWireError(f"bad record {text[:60]!r}")
+    key, origin, seq, version_text, flag = parts[:5]
+    if not all(p.isascii() and p.isdigit() for p in (origin, seq)):
+        raise PeerWireError(f"bad write id in record {text[:60]!r}")
+    try:
+        version = VectorClock.decode(version_text)
+    except ClockError as e:
+        raise PeerWireError(f"bad version in record: {e}") from None
+    if flag == "V":
+        if len(parts) != 6:
+            raise PeerWireError(f"record {text[:60]!r} has no value")
+        value: str | None = parts[5]
+    else:
+        if len(parts) != 5:
+            raise PeerWireError(f"tombstone record {text[:60]!r} has a value")
+        value = None
+    return Record(key, value, int(origin), int(seq), version)
+
+
+def decode_clock(text: str) -> VectorClock:
+    try:
+        return VectorClock.decode(text)
+    except ClockError as e:
+        raise PeerWireError(str(e)) from None
+
+
+def parse_int(text: str, what: str) -> int:
+    if not (text.isascii() and text.isdigit()):
+        raise PeerWireError(f"{what} must be a number, got {text[:20]!r}")
+    return int(text)

@@ -1,0 +1,649 @@
+"""The Replica service: wires the store, the Bully machine, peer links, sync and sessions.
+
+The logic lives in the pure modules; this file only decides *when* to call them and
+turns their decisions into peer calls:
+
+- client requests: a follower checks the coordinator is alive (client-triggered
+  failure detection), forwards, and relays the reply; the coordinator catches up with
+  the session's clocks, executes, pushes the write, and waits for the write quorum;
+- the election's actions (ELECTION/COORDINATOR) become peer calls, and a replica that
+  wins first pulls what the reachable peers have and it lacks, then serves;
+- anti-entropy: a LoopingCall pings every peer and pulls (delta, or full copy when far
+  behind or empty) from any peer whose clock shows writes this replica lacks.
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+
+from twisted.application import service
+from twisted.internet import defer
+from twisted.internet.task import LoopingCall
+from twisted.logger import Logger
+
+from replicad import peerwire, session, wire
+from replicad.config import ClusterConfig, ConfigError
+from replicad.detector import HeartbeatMonitor
+from replicad.election import BullyElection, Role
+from replicad.peer import PeerAnswer, PeerLink, PeerUnavailable
+from replicad.peerwire import PeerWireError
+from replicad.store import Record, Store, StoreError
+from replicad.vclock import VectorClock
+from replicad.wire import Code, Reply, ReplyMeta, Request, WireError
+
+DB_FILENAME = "replica.sqlite"
+# A sync stream may run long; it fails only when the peer goes silent this long.
+STREAM_IDLE_TIMEOUT_S = 5.0
+
+
+def check_data_dir(path: str) -> None:
+    """Create the data dir and make sure its database opens; ConfigError otherwise."""
+    try:
+        os.makedirs(path, exist_ok=True)
+    except OSError as e:
+        raise ConfigError(f"cannot create data dir {path}: {e.strerror or e}") from None
+    if not os.access(path, os.W_OK | os.X_OK):
+        raise ConfigError(f"data dir {path} is not writable")
+    try:
+        Store(os.path.join(path, DB_FILENAME)).close()
+    except StoreError as e:
+        raise ConfigError(str(e)) from None
+
+
+@dataclass(frozen=True)
+class PeerStatus:
+    """What a PING answer tells: the peer's role, its coordinator, epoch and clock."""
+
+    peer_id: int
+    role: str
+    coordinator: int | None
+    epoch: int
+    clock: VectorClock
+
+    @classmethod
+    def parse(cls, peer_id: int, payload: str) -> PeerStatus:
+        parts = payload.split(" ")
+        if len(parts) != 4:
+            raise PeerWireError(f"bad PING answer {payload[:60]!r}")
+        role, coord, epoch, clock = parts
+        return cls(
+            peer_id,
+            role,
+            None if coord == "-" else peerwire.parse_int(coord, "coordinator"),
+            peerwire.parse_int(epoch, "epoch"),
+            peerwire.decode_clock(clock),
+        )
+
+
+class _NotCoordinator(Exception):
+    """This replica stopped being the coordinator while serving a request."""
+
+
+class Replica(service.MultiService):
+    log = Logger()
+
+    def __init__(self, config: ClusterConfig, my_id: int, data_dir: str, reactor):
+        super().__init__()
+        self.config = config
+        self.my_id = my_id
+        self.data_dir = data_dir
+        self.reactor = reactor
+        self.timers = config.timers
+        self.store: Store | None = None
+        self.election: BullyElection | None = None
+        self.detector: HeartbeatMonitor | None = None
+        self.links: dict[int, PeerLink] = {}
+        for peer_id in config.ids:
+            if peer_id == my_id:
+                continue
+            link = PeerLink(
+                reactor, my_id, peer_id,
+                config.member(peer_id).peer_connect_endpoint(self.timers.connect_timeout),
+                config.secret, config.limits.max_line_bytes + 1024,
+            )
+            link.service.setServiceParent(self)
+            self.links[peer_id] = link
+        self.peer_up: dict[int, bool] = dict.fromkeys(self.links, False)
+        self._ready = False            # a coordinator serves only after its take-over pull
+        self._waiters: list[defer.Deferred] = []
+        self._pulls: dict[int, defer.Deferred] = {}
+        self._pinged_coordinator: int | None = None
+        self._anti_entropy = LoopingCall(self._anti_entropy_tick)
+        self._anti_entropy.clock = reactor
+
+    # Service life cycle ----------------------------------------------------------------
+
+    def startService(self) -> None:
+        os.makedirs(self.data_dir, exist_ok=True)
+        self.store = Store(os.path.join(self.data_dir, DB_FILENAME))
+        self.election = BullyElection(
+            self.my_id, self.config.ids, self, self.reactor, epoch=self.store.epoch,
+            answer_timeout_s=self.timers.answer_timeout,
+            coordinator_timeout_s=self.timers.coordinator_timeout,
+        )
+        self.detector = HeartbeatMonitor(
+            self.reactor, self.timers.ping_interval, self._ping_coordinator,
+            self._coordinator_ping_failed,
+        )
+        super().startService()
+        if self.config.uses_default_secret:
+            self.log.warn("using the built-in cluster secret: set [cluster] secret in production")
+        self.log.info(
+            "replica {id} starting: data {path}, clock {clock}, epoch {epoch}, {keys} keys",
+            id=self.my_id, path=self.data_dir, clock=self.store.clock.encode(),
+            epoch=self.store.epoch, keys=self.store.count(),
+        )
+        self.detector.start()
+        self._anti_entropy.start(self.timers.anti_entropy_interval, now=False)
+        self.election.start_election("start-up")
+
+    def stopService(self):
+        if self._anti_entropy.running:
+            self._anti_entropy.stop()
+        if self.detector is not None:
+            self.detector.stop()
+        if self.election is not None:
+            self.election.stop()
+        self._notify()
+        d = defer.maybeDeferred(super().stopService)
+
+        def close(result):
+            if self.store is not None:
+                self.store.close()
+                self.store = None
+            return result
+
+        return d.addBoth(close)
+
+    # ElectionActions (called by the Bully machine) -------------------------------------
+
+    def send_election(self, peer_id: int, epoch: int) -> None:
+        d = self.links[peer_id].call("ELECTION", str(epoch), self.timers.answer_timeout)
+
+        def answered(response):
+            peer_epoch = peerwire.parse_int(response.payload, "epoch")
+            if response.kind == "OK":
+                self.election.answer_received(peer_id, peer_epoch)
+            else:
+                self.election.epoch_seen(peer_epoch)
+                self.election.election_send_failed(peer_id)
+
+        d.addCallback(self._peer_answered, peer_id, answered)
+        d.addErrback(self._peer_failed, peer_id, "ELECTION",
+                     lambda: self.election.election_send_failed(peer_id))
+
+    def send_coordinator(self, peer_id: int, epoch: int) -> None:
+        d = self.links[peer_id].call("COORDINATOR", str(epoch), self.timers.answer_timeout)
+
+        def answered(response):
+            if response.kind != "OK":
+                peer_epoch = peerwire.parse_int(response.payload, "epoch")
+                self.election.coordinator_rejected(peer_id, peer_epoch)
+
+        d.addCallback(self._peer_answered, peer_id, answered)
+        d.addErrback(self._peer_failed, peer_id, "COORDINATOR", lambda: None)
+
+    def role_changed(self, role: Role, coordinator: int | None, epoch: int) -> None:
+        self.log.info(
+            "replica {id} is now {role}; coordinator {coordinator}, epoch {epoch}",
+            id=self.my_id, role=role.value, coordinator=coordinator, epoch=epoch,
+        )
+        self.detector.reset()
+        self._ready = False
+        if role is Role.COORDINATOR:
+            defer.ensureDeferred(self._take_over(epoch))
+        self._notify()
+
+    def persist_epoch(self, epoch: int) -> None:
+        self.store.set_epoch(epoch)
+
+    def _peer_answered(self, response, peer_id: int, then) -> None:
+        self.peer_up[peer_id] = True
+        if response.kind == "ERR":
+            raise PeerWireError(f"replica {peer_id} answered ERR {response.payload}")
+        then(response)
+
+    def _peer_failed(self, failure, peer_id: int, verb: str, then) -> None:
+        if failure.check(PeerUnavailable):
+            self.peer_up[peer_id] = False
+        else:
+            self.log.failure("{verb} to replica {peer} failed", failure, verb=verb, peer=peer_id)
+        then()
+
+    async def _take_over(self, epoch: int) -> None:
+        """A new coordinator first pulls what reachable peers have, then serves."""
+        self.log.info("coordinator {id} (epoch {epoch}) pulling from peers before serving",
+                      id=self.my_id, epoch=epoch)
+        await defer.DeferredList(
+            [self.sync_from(peer_id) for peer_id in self.links], consumeErrors=True
+        )
+        if self.election.role is Role.COORDINATOR and self.election.coordinator_epoch == epoch:
+            self._ready = True
+            self.log.info("coordinator {id} serving in epoch {epoch}, clock {clock}",
+                          id=self.my_id, epoch=epoch, clock=self.store.clock.encode())
+            self._notify()
+
+    # Failure detection -----------------------------------------------------------------
+
+    def client_connected(self) -> None:
+        """A client arrived: a follower checks its coordinator (unless recently OK)."""
+        if self.election is not None and self.election.role is Role.FOLLOWER:
+            self.detector.check()
+
+    def _ping_coordinator(self) -> defer.Deferred[bool]:
+        coordinator = self.election.coordinator
+        if coordinator is None or coordinator == self.my_id:
+            return defer.succeed(True)
+        self._pinged_coordinator = coordinator
+
+        def alive(status: PeerStatus) -> bool:
+            if status.clock.missing_from(self.store.clock):
+                self.sync_from(coordinator)   # cheap anti-entropy on every heartbeat
+            return status.role == Role.COORDINATOR.value
+
+        d = self.ping(coordinator, self.timers.ping_timeout)
+        d.addCallback(alive)
+        d.addErrback(lambda f: f.trap(PeerUnavailable, PeerWireError) and False)
+        return d
+
+    def _coordinator_ping_failed(self) -> None:
+        if self.election.coordinator == self._pinged_coordinator:
+            self.log.info("coordinator {coordinator} did not answer a ping",
+                          coordinator=self._pinged_coordinator)
+            self.election.coordinator_failed()
+
+    def ping(self, peer_id: int, timeout_s: float) -> defer.Deferred[PeerStatus]:
+        """PING a peer; learn its epoch; errback PeerUnavailable if it does not answer."""
+        d = self.links[peer_id].call("PING", "", timeout_s)
+
+        def parsed(response):
+            self.peer_up[peer_id] = True
+            status = PeerStatus.parse(peer_id, response.payload)
+            self.election.epoch_seen(status.epoch)
+            return status
+
+        def down(failure):
+            failure.trap(PeerUnavailable)
+            self.peer_up[peer_id] = False
+            return failure
+
+        return d.addCallbacks(parsed, down)
+
+    def _anti_entropy_tick(self) -> None:
+        for peer_id in self.links:
+            d = self.ping(peer_id, self.timers.ping_timeout)
+            d.addCallback(self._compare_with_peer)
+            d.addErrback(lambda f: f.trap(PeerUnavailable, PeerWireError))
+
+    def _compare_with_peer(self, status: PeerStatus) -> None:
+        if status.clock.missing_from(self.store.clock):
+            self.sync_from(status.peer_id)
+        # Two coordinators (a healed partition, a lost announcement): Bully sorts it out.
+        if status.role == Role.COORDINATOR.value and status.peer_id != self.election.coordinator:
+            self.log.info("replica {peer} also claims to be coordinator; holding an election",
+                          peer=status.peer_id)
+            self.election.start_election("second coordinator seen")
+
+    # Synchronisation -------------------------------------------------------------------
+
+    def sync_from(self, peer_id: int) -> defer.Deferred[bool]:
+        """Pull what peer_id has and this replica lacks; concurrent pulls share one."""
+        running = self._pulls.get(peer_id)
+        if running is None:
+            running = defer.ensureDeferred(self._sync_from(peer_id))
+            self._pulls[peer_id] = running
+
+            def done(result):
+                self._pulls.pop(peer_id, None)
+                return result
+
+            running.addBoth(done)
+        # Each caller gets its own Deferred, so one caller's timeout cannot cancel the
+        # pull that others wait on.  _sync_from never fails: it answers True/False.
+        mine: defer.Deferred[bool] = defer.Deferred()
+
+        def relay(result):
+            if not mine.called:
+                mine.callback(result)
+            return result
+
+        running.addBoth(relay)
+        return mine
+
+    async def _sync_from(self, peer_id: int) -> bool:
+        try:
+            status = await self.ping(peer_id, self.timers.ping_timeout)
+            have = self.store.clock
+            missing = status.clock.missing_from(have)
+            if not missing:
+                return True
+            behind = sum(status.clock[o] - have[o] for o in missing)
+            full = (have == VectorClock() and self.store.count() == 0) or (
+                behind > self.config.full_copy_threshold
+            )
+            return await self._pull(peer_id, full, have, behind)
+        except (PeerUnavailable, PeerWireError) as e:
+            self.log.debug("pull from replica {peer} failed: {error}", peer=peer_id, error=e)
+            return False
+        except Exception:
+            self.log.failure("pull from replica {peer} failed", peer=peer_id)
+            return False
+
+    async def _pull(self, peer_id: int, full: bool, have: VectorClock, behind: int) -> bool:
+        kind = "FULL" if full else "DELTA"
+        started = self.reactor.seconds()
+        importer = self.store.begin_import()
+        received = 0
+
+        def on_line(frame_kind: str, text: str) -> None:
+            nonlocal received
+            importer.add(peerwire.decode_record(text))
+            received += 1
+
+        try:
+            response = await self.links[peer_id].call(
+                kind, "" if full else have.encode(), STREAM_IDLE_TIMEOUT_S, on_line
+            )
+            if response.kind != "END":
+                raise PeerWireError(f"{kind} answered {response.kind} {response.payload[:60]}")
+            result = importer.finish(peerwire.decode_clock(response.payload))
+        except BaseException:
+            importer.abort()
+            raise
+        self.log.info(
+            "pulled {kind} from replica {peer}: {received} records, {applied} applied, "
+            "{conflicts} conflicts, {behind} writes behind, {ms:.0f} ms; clock {clock}",
+            kind=kind.lower(), peer=peer_id, received=received, applied=result.applied,
+            conflicts=result.conflicts, behind=behind,
+            ms=(self.reactor.seconds() - started) * 1000, clock=self.store.clock.encode(),
+        )
+        if result.conflicts:
+            self.log.warn("{n} concurrent versions resolved while pulling from replica {peer}",
+                          n=result.conflicts, peer=peer_id)
+        return True
+
+    async def _catch_up(self, need: VectorClock, via: int | None) -> bool:
+        """Fetch the writes a session depends on: from its last server first, then any
+        peer whose clock shows them; bounded by fetch_timeout."""
+        deadline = self.reactor.seconds() + self.timers.fetch_timeout
+        candidates = [via] if via in self.links else []
+        candidates += [p for p in sorted(self.links, reverse=True) if p != via]
+        for peer_id in candidates:
+            remaining = deadline - self.reactor.seconds()
+            if remaining <= 0 or need <= self.store.clock:
+                break
+            pull = self.sync_from(peer_id)
+            pull.addTimeout(remaining, self.reactor)
+            try:
+                await pull
+            except defer.TimeoutError:
+                break
+        return need <= self.store.clock
+
+    def _replicate(self, record: Record) -> defer.Deferred[bool]:
+        """Push a write to every peer; fire True once write_quorum replicas have it."""
+        needed = self.config.write_quorum - 1     # the coordinator has it already
+        result: defer.Deferred[bool] = defer.Deferred()
+        acks = 0
+        pending = len(self.links)
+        line = peerwire.encode_record(record)
+
+        def settle() -> None:
+            if not result.called and (acks >= needed or pending == 0):
+                result.callback(acks >= needed)
+
+        def acked(response, peer_id: int) -> None:
+            nonlocal acks, pending
+            pending -= 1
+            self.peer_up[peer_id] = True
+            if response.kind == "OK":
+                acks += 1
+            settle()
+
+        def failed(failure, peer_id: int) -> None:
+            nonlocal pending
+            pending -= 1
+            if failure.check(PeerUnavailable):
+                self.peer_up[peer_id] = False
+            else:
+                self.log.failure("push to replica {peer} failed", failure, peer=peer_id)
+            settle()
+
+        for peer_id, link in self.links.items():
+            d = link.call("PUSH", line, self.timers.quorum_timeout)
+            d.addCallbacks(acked, failed, callbackArgs=(peer_id,), errbackArgs=(peer_id,))
+        settle()
+        if not result.called:
+            result.addTimeout(self.timers.quorum_timeout, self.reactor,
+                              onTimeoutCancel=lambda *_: False)
+        return result
+
+    # Client requests -------------------------------------------------------------------
+
+    def status(self, request: Request) -> Reply:
+        return Reply("STATUS", lines=wire.status_lines(self.status_fields()),
+                     meta=self._meta(request, self.store.clock))
+
+    def status_fields(self) -> dict[str, str]:
+        election = self.election
+        coordinator = election.coordinator
+        return {
+            "id": str(self.my_id),
+            "role": election.role.public_name if coordinator is not None else "electing",
+            "coordinator": str(coordinator) if coordinator is not None else "-",
+            "epoch": str(election.epoch),
+            "clock": self.store.clock.encode(),
+            "keys": str(self.store.count()),
+            "peers": ",".join(
+                f"{p}:{'up' if up else 'down'}" for p, up in sorted(self.peer_up.items())
+            ),
+            "conflicts": str(self.store.conflicts),
+            "write_quorum": str(self.config.write_quorum),
+            "ready": "yes" if self._serving_as() is not None else "no",
+        }
+
+    def _meta(self, request: Request, vc: VectorClock) -> ReplyMeta | None:
+        if request.context is None:
+            return None
+        return ReplyMeta(
+            vc=vc, by=self.my_id if self._serving_as() == self.my_id else None,
+            coord=self.election.coordinator, epoch=self.election.epoch, here=self.my_id,
+        )
+
+    def _error(self, request: Request, code: str, message: str) -> Reply:
+        return wire.error_reply(code, message).with_meta(self._meta(request, self.store.clock))
+
+    def handle(self, request: Request) -> defer.Deferred[Reply]:
+        return defer.ensureDeferred(self._handle(request))
+
+    async def _handle(self, request: Request) -> Reply:
+        deadline = self.reactor.seconds() + self.timers.election_wait
+        while True:
+            coordinator = await self._await_coordinator(deadline)
+            if coordinator is None:
+                return self._error(
+                    request, Code.UNAVAILABLE,
+                    f"no coordinator within {self.timers.election_wait:g} s; nothing was done",
+                )
+            if coordinator == self.my_id:
+                try:
+                    return await self._coordinate(request)
+                except _NotCoordinator:
+                    continue
+            if not await self.detector.check():
+                # The failed ping started an election: wait for news, do not spin.
+                await self._state_change(coordinator, deadline)
+                continue
+            try:
+                return await self._forward(coordinator, request)
+            except PeerUnavailable as e:
+                if e.sent and request.is_write:
+                    return self._error(
+                        request, Code.INDOUBT,
+                        f"coordinator {coordinator} did not answer; the write may or may "
+                        "not have been applied",
+                    )
+                if self.election.coordinator == coordinator:
+                    self.election.coordinator_failed()
+                await self._state_change(coordinator, deadline)
+
+    def _serving_as(self) -> int | None:
+        """The coordinator this replica would use right now, or None while electing."""
+        election = self.election
+        if election is None:
+            return None
+        if election.role is Role.COORDINATOR:
+            return self.my_id if self._ready else None
+        if election.role is Role.FOLLOWER:
+            return election.coordinator
+        return None
+
+    async def _await_coordinator(self, deadline: float) -> int | None:
+        while (coordinator := self._serving_as()) is None:
+            if not await self._news(deadline):
+                return self._serving_as()
+        return coordinator
+
+    async def _state_change(self, coordinator: int, deadline: float) -> None:
+        """Wait until this replica would use another coordinator (or the deadline)."""
+        while self._serving_as() == coordinator:
+            if not await self._news(deadline):
+                return
+
+    async def _news(self, deadline: float) -> bool:
+        """Wait for the next role change or readiness; False at the deadline."""
+        remaining = deadline - self.reactor.seconds()
+        if remaining <= 0 or not self.running:
+            return False
+        waiter: defer.Deferred[None] = defer.Deferred()
+        self._waiters.append(waiter)
+        waiter.addTimeout(remaining, self.reactor)
+        try:
+            await waiter
+        except defer.TimeoutError:
+            return False
+        return True
+
+    def _notify(self) -> None:
+        waiters, self._waiters = self._waiters, []
+        for waiter in waiters:
+            if not waiter.called:
+                waiter.callback(None)
+
+    async def _forward(self, coordinator: int, request: Request) -> Reply:
+        response = await self.links[coordinator].call(
+            "CLIENT", request.encode(), self.timers.forward_timeout
+        )
+        self.peer_up[coordinator] = True
+        if response.kind == "NO":
+            # It is not the coordinator (any more): treat it like a failed ping.
+            raise PeerUnavailable(f"replica {coordinator} is not the coordinator")
+        if response.kind != "END":
+            self.log.warn("forwarding to {c} failed: {kind} {payload}", c=coordinator,
+                          kind=response.kind, payload=response.payload)
+            return self._error(request, Code.INTERNAL, "the coordinator failed to answer")
+        reply = wire.parse_reply_lines([text for _, text in response.lines])
+        if reply.meta is not None:
+            reply = reply.with_meta(
+                ReplyMeta(reply.meta.vc, reply.meta.by, reply.meta.coord, reply.meta.epoch,
+                          here=self.my_id)
+            )
+        return reply
+
+    async def _coordinate(self, request: Request) -> Reply:
+        """Serve a data request as the coordinator (never with stale data)."""
+        need = session.requirement(request.context)
+        if not need <= self.store.clock:
+            via = request.context.via if request.context else None
+            if not await self._catch_up(need, via):
+                lacking = session.missing(need, self.store.clock).encode()
+                return self._error(
+                    request, Code.STALE,
+                    f"this replica lacks writes your session has seen ({lacking}) and could "
+                    f"not fetch them within {self.timers.fetch_timeout:g} s; nothing was done",
+                )
+        if self._serving_as() != self.my_id:
+            raise _NotCoordinator()
+        store = self.store
+        if request.command == "GET":
+            record = store.get(request.key)
+            if record is None or record.deleted:
+                return Reply("NOTFOUND", meta=self._meta(request, store.clock))
+            return Reply("VALUE", record.value, meta=self._meta(request, store.clock))
+        if request.command == "KEYS":
+            keys = tuple(store.keys(request.key or ""))
+            return Reply("KEYS", lines=keys, meta=self._meta(request, store.clock))
+        if request.command == "DEL":
+            current = store.get(request.key)
+            if current is None or current.deleted:
+                return Reply("NOTFOUND", meta=self._meta(request, store.clock))
+        record = store.write(self.my_id, request.key, request.value)
+        if not await self._replicate(record):
+            return self._error(
+                request, Code.QUORUM,
+                f"the write is on this replica but fewer than write_quorum = "
+                f"{self.config.write_quorum} replicas confirmed it in time; it may or may "
+                "not survive a failure",
+            )
+        return Reply("OK", meta=self._meta(request, record.version))
+
+    # Peer requests (PeerRequestHandler) ------------------------------------------------
+
+    def peer_request(self, peer_id: int, verb: str, payload: str):
+        self.peer_up[peer_id] = True
+        election = self.election
+        if verb == "PING":
+            # A coordinator still pulling before it serves answers "coordinator": it is
+            # alive, and forwarded requests wait for its take-over to finish.
+            role = election.role.public_name if election.coordinator is not None else "electing"
+            coordinator = "-" if election.coordinator is None else str(election.coordinator)
+            return PeerAnswer(
+                "OK", f"{role} {coordinator} {election.epoch} {self.store.clock.encode()}"
+            )
+        if verb == "ELECTION":
+            answer = election.election_received(peer_id, peerwire.parse_int(payload, "epoch"))
+            return PeerAnswer("OK" if answer else "NO", str(election.epoch))
+        if verb == "COORDINATOR":
+            accepted = election.coordinator_received(
+                peer_id, peerwire.parse_int(payload, "epoch")
+            )
+            return PeerAnswer("OK" if accepted else "NO", str(election.epoch))
+        if verb == "CLIENT":
+            return defer.ensureDeferred(self._serve_forwarded(payload))
+        if verb == "PUSH":
+            outcome = self.store.apply_pushed(peerwire.decode_record(payload))
+            if outcome == "gap":
+                self.sync_from(peer_id)   # a push was lost: fetch what is missing
+            return PeerAnswer("OK", outcome)
+        if verb == "DELTA":
+            clock, records = self.store.export_delta(peerwire.decode_clock(payload))
+            return self._stream(clock, records)
+        if verb == "FULL":
+            clock, records = self.store.export_full()
+            return self._stream(clock, records)
+        raise PeerWireError(f"unknown verb {verb}")
+
+    @staticmethod
+    def _stream(clock: VectorClock, records) -> PeerAnswer:
+        body = (("REC", peerwire.encode_record(record)) for record in records)
+        return PeerAnswer("END", clock.encode(), body=body)
+
+    async def _serve_forwarded(self, line: str) -> PeerAnswer:
+        if self.election.role is not Role.COORDINATOR:
+            return PeerAnswer("NO", str(self.election.coordinator or "-"))
+        try:
+            request = wire.parse_request(line, self.config.limits)
+            if request is None or not request.needs_coordinator:
+                raise WireError(Code.BADARGS, "only data requests are forwarded")
+        except WireError as e:
+            reply = e.reply()
+        else:
+            deadline = self.reactor.seconds() + self.timers.election_wait
+            if await self._await_coordinator(deadline) != self.my_id:
+                return PeerAnswer("NO", str(self.election.coordinator or "-"))
+            try:
+                reply = await self._coordinate(request)
+            except _NotCoordinator:
+                return PeerAnswer("NO", str(self.election.coordinator or "-"))
+        return PeerAnswer("END", "", body=iter([("LINE", t) for t in reply.encode_lines()]))

@@ -1,0 +1,568 @@
+"""SQLite-backed versioned store: per-key records, the replica's clock, export and merge.
+
+Each key holds one Record: its value (or a tombstone), its write id (origin, seq) and the
+version vector of that write.  Merging keeps, per key, the record with the greatest
+``rank()``; rank extends the happened-before order to a total order, so merging is a
+semilattice (commutative, associative, idempotent) and every replica picks the same winner.
+
+Invariant (everything below relies on it):
+    clock[o] >= q  implies  the state reflects write (o, q), or a record that wins over it.
+So a record whose write id the clock covers can be skipped, ``export_delta(since)`` only
+needs records with ``seq > since[origin]``, and a clock may only be raised together with
+the records it promises (one transaction) or when the write is the next one in sequence
+(``apply_pushed``).  A pushed write that arrives after a gap is merged without raising the
+clock; the caller pulls a delta to fill the gap.
+
+Durability: WAL with ``synchronous=FULL``; every change is one ``BEGIN IMMEDIATE`` .. COMMIT
+on the main connection, so it is on disk when the method returns, or not applied at all.
+Exports read from a separate read-only connection inside one read transaction, so their
+clock and records come from one snapshot while the main connection keeps writing.  With
+``":memory:"`` there is no second connection: exports read the main connection and see
+later writes (tests that need snapshot isolation use a file).
+"""
+
+from __future__ import annotations
+
+import glob
+import itertools
+import os
+import sqlite3
+import uuid
+from collections.abc import Callable, Iterable, Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from replicad.vclock import MAX_ENTRY, ClockError, Order, VectorClock
+
+SCHEMA_VERSION = "1"
+BATCH_ROWS = 1000  # rows per fetchmany/staging batch: bounds memory of exports and imports
+MAX_CONFLICT_KEYS = 20  # keys named in an ApplyResult, for the log; the count is exact
+MEMORY = ":memory:"
+
+_SCHEMA = """
+CREATE TABLE kv (
+    key TEXT PRIMARY KEY NOT NULL,
+    value TEXT,                 -- NULL: tombstone
+    origin INTEGER NOT NULL,
+    seq INTEGER NOT NULL,
+    version TEXT NOT NULL,      -- VectorClock.encode()
+    vtotal INTEGER NOT NULL     -- version.total(), first part of rank()
+) WITHOUT ROWID;
+CREATE INDEX kv_write ON kv (origin, seq);
+CREATE TABLE clock (replica INTEGER PRIMARY KEY, count INTEGER NOT NULL);
+CREATE TABLE meta (name TEXT PRIMARY KEY, value TEXT NOT NULL);
+"""
+
+_STAGE_SCHEMA = """
+CREATE TABLE {s}.kv (
+    key TEXT PRIMARY KEY NOT NULL, value TEXT, origin INTEGER NOT NULL,
+    seq INTEGER NOT NULL, version TEXT NOT NULL, vtotal INTEGER NOT NULL
+) WITHOUT ROWID
+"""
+
+_COLUMNS = "key, value, origin, seq, version"
+
+Rows = Callable[[sqlite3.Connection], Iterator[tuple]]
+
+
+@dataclass(frozen=True)
+class Record:
+    """One key's state: value (None = tombstone), write id and the write's version."""
+
+    key: str
+    value: str | None
+    origin: int
+    seq: int
+    version: VectorClock
+
+    @property
+    def deleted(self) -> bool:
+        return self.value is None
+
+    def rank(self) -> tuple[int, int, int]:
+        """Total order extending happened-before: total() grows strictly along <."""
+        return (self.version.total(), self.origin, self.seq)
+
+
+def winner(a: Record, b: Record) -> Record:
+    """The record that merge keeps: the greater rank.
+
+    Equal ranks mean the same write id, hence the same write: a is returned.
+    """
+    return b if b.rank() > a.rank() else a
+
+
+def is_conflict(a: Record, b: Record) -> bool:
+    """Concurrent versions: writes made without seeing each other (a split brain)."""
+    return a.version.compare(b.version) is Order.CONCURRENT
+
+
+@dataclass
+class ApplyResult:
+    applied: int  # records that changed the local state
+    conflicts: int  # concurrent versions met (resolved by winner())
+    conflict_keys: list[str] = field(default_factory=list)  # the first few, for the log
+
+    def _conflict(self, key: str) -> None:
+        self.conflicts += 1
+        if len(self.conflict_keys) < MAX_CONFLICT_KEYS:
+            self.conflict_keys.append(key)
+
+
+class StoreError(Exception):
+    """The database cannot be used (not a replicad database, bad schema) or a bad record."""
+
+
+def check_record(record: Record) -> None:
+    """Refuse a record that would break the store's invariants; raise StoreError."""
+    if not isinstance(record, Record):
+        raise StoreError(f"not a Record: {record!r:.80}")
+    ok = (
+        isinstance(record.key, str) and record.key != ""
+        and (record.value is None or isinstance(record.value, str))
+        and isinstance(record.origin, int) and record.origin >= 0
+        and isinstance(record.seq, int) and record.seq >= 1
+        and isinstance(record.version, VectorClock)
+        and record.version[record.origin] == record.seq
+        and record.version.total() <= MAX_ENTRY  # stored as an SQLite INTEGER
+    )
+    if not ok:
+        raise StoreError(f"malformed record {record!r:.200}")
+
+
+def _row(record: Record) -> tuple:
+    version = record.version
+    return (record.key, record.value, record.origin, record.seq, version.encode(), version.total())
+
+
+def _record(row: tuple) -> Record:
+    key, value, origin, seq, version = row
+    try:
+        return Record(key, value, origin, seq, VectorClock.decode(version))
+    except ClockError as e:
+        raise StoreError(f"corrupt version for key {key!r}: {e}") from None
+
+
+def _prefix_end(prefix: str) -> str | None:
+    """The least string above every string starting with prefix (None: no bound).
+
+    SQLite compares TEXT as UTF-8 bytes, which orders like code points.  The surrogate
+    range is skipped because those code points cannot be encoded.
+    """
+    chars = list(prefix)
+    while chars:
+        code = ord(chars.pop()) + 1
+        if code == 0xD800:
+            code = 0xE000
+        if code <= 0x10FFFF:
+            return "".join(chars) + chr(code)
+    return None
+
+
+class Store:
+    """The replica's database.  Single-threaded use; exports may interleave with writes."""
+
+    def __init__(self, path: str):
+        self._path = path if path == MEMORY else os.path.abspath(path)
+        self._importers: set[Importer] = set()
+        self._stage_ids = itertools.count(1)
+        try:
+            self._db = sqlite3.connect(self._path, isolation_level=None)
+        except sqlite3.Error as e:
+            raise StoreError(f"cannot open database {path}: {e}") from None
+        try:
+            self._open()
+        except sqlite3.Error as e:  # e.g. "file is not a database", "unable to open ..."
+            self._db.close()
+            raise StoreError(f"cannot use {path} as a replicad database: {e}") from None
+        except StoreError:
+            self._db.close()
+            raise
+        if self._path != MEMORY:
+            self._remove_stale_staging()
+
+    def _open(self) -> None:
+        db = self._db
+        mode = db.execute("PRAGMA journal_mode=WAL").fetchone()[0]
+        if self._path != MEMORY and mode.lower() != "wal":
+            raise StoreError(f"{self._path}: cannot use the WAL journal (got {mode!r})")
+        db.execute("PRAGMA synchronous=FULL")  # WAL fsynced at each COMMIT: kill -9 safe
+        with self._transaction():
+            query = "SELECT name FROM sqlite_master WHERE type = 'table'"
+            tables = {name for (name,) in db.execute(query)}
+            if not tables:
+                for statement in _SCHEMA.split(";"):
+                    if statement.strip():
+                        db.execute(statement)
+                db.executemany(
+                    "INSERT INTO meta (name, value) VALUES (?, ?)",
+                    [("schema", SCHEMA_VERSION), ("epoch", "0"), ("conflicts", "0")],
+                )
+            elif "meta" not in tables or "kv" not in tables:
+                raise StoreError(f"{self._path} is an SQLite file but not a replicad database")
+            meta = dict(db.execute("SELECT name, value FROM meta"))
+            if meta.get("schema") != SCHEMA_VERSION:
+                raise StoreError(
+                    f"{self._path} has schema version {meta.get('schema')!r}, "
+                    f"this replicad needs {SCHEMA_VERSION!r}"
+                )
+        self._epoch = int(meta["epoch"])
+        self._conflicts = int(meta["conflicts"])
+        self._clock = _read_clock(db)
+
+    def _remove_stale_staging(self) -> None:
+        """Staging files left by a crash during an import are garbage: drop them."""
+        for name in glob.glob(glob.escape(self._path) + ".import-*"):
+            try:
+                os.remove(name)
+            except OSError:
+                pass
+
+    def close(self) -> None:
+        """Abort pending imports and close the database (idempotent)."""
+        for importer in list(self._importers):
+            importer.abort()
+        self._db.close()
+
+    def __enter__(self) -> Store:
+        return self
+
+    def __exit__(self, *exc_info: object) -> None:
+        self.close()
+
+    @contextmanager
+    def _transaction(self) -> Iterator[None]:
+        """One write transaction: all of it is committed, or none of it (ROLLBACK)."""
+        self._db.execute("BEGIN IMMEDIATE")
+        try:
+            yield
+            self._db.execute("COMMIT")
+        except BaseException:
+            if self._db.in_transaction:
+                self._db.execute("ROLLBACK")
+            raise
+
+    # -- reading -------------------------------------------------------------------------
+
+    @property
+    def clock(self) -> VectorClock:
+        return self._clock
+
+    @property
+    def epoch(self) -> int:
+        return self._epoch
+
+    @property
+    def conflicts(self) -> int:
+        """Running total of concurrent versions met while merging (persisted)."""
+        return self._conflicts
+
+    def get(self, key: str) -> Record | None:
+        """The record for key, tombstones included; None if the key was never written."""
+        row = self._db.execute(f"SELECT {_COLUMNS} FROM kv WHERE key = ?", (key,)).fetchone()
+        return None if row is None else _record(row)
+
+    def keys(self, prefix: str = "") -> list[str]:
+        """Live keys starting with prefix, sorted: an index range, not a scan."""
+        sql = "SELECT key FROM kv WHERE key >= ? AND value IS NOT NULL"
+        params = [prefix]
+        end = _prefix_end(prefix)
+        if end is not None:
+            sql += " AND key < ?"
+            params.append(end)
+        return [key for (key,) in self._db.execute(sql + " ORDER BY key", params)]
+
+    def count(self) -> int:
+        """Number of live keys (a scan of the table: meant for status, not hot paths)."""
+        return self._db.execute("SELECT count(*) FROM kv WHERE value IS NOT NULL").fetchone()[0]
+
+    # -- changing ------------------------------------------------------------------------
+
+    def set_epoch(self, epoch: int) -> None:
+        if not isinstance(epoch, int) or epoch < 0:
+            raise StoreError(f"epoch must be a non-negative integer, got {epoch!r}")
+        with self._transaction():
+            self._set_meta("epoch", epoch)
+        self._epoch = epoch
+
+    def write(self, origin: int, key: str, value: str | None) -> Record:
+        """Accept a write at this replica (origin = its id); durable when this returns."""
+        version = self._clock.advance(origin)
+        record = Record(key, value, origin, version[origin], version)
+        check_record(record)
+        with self._transaction():
+            self._put(record)
+            self._save_clock(version)
+        self._clock = version
+        return record
+
+    def apply(self, records: Iterable[Record], clock: VectorClock | None = None) -> ApplyResult:
+        """Merge remote records, then merge clock: one transaction, all or nothing.
+
+        The caller promises that records hold every write clock covers and this store
+        lacks (an export, or a delta since this store's clock).
+        """
+        result = ApplyResult(0, 0)
+        with self._transaction():
+            for record in records:
+                self._merge(record, result)
+            new_clock = self._clock if clock is None else self._clock.merge(clock)
+            self._save_clock(new_clock)
+            self._count_conflicts(result.conflicts)
+        self._clock = new_clock
+        self._conflicts += result.conflicts
+        return result
+
+    def apply_pushed(self, record: Record) -> str:
+        """Merge one write pushed as it happens: "duplicate", "applied" or "gap".
+
+        The clock advances only when the write is the next from its origin; after a gap
+        it would promise the missing writes, so it stays and the caller pulls a delta.
+        """
+        check_record(record)
+        have = self._clock[record.origin]
+        if have >= record.seq:
+            return "duplicate"
+        in_order = have == record.seq - 1
+        new_clock = self._clock.advance(record.origin, record.seq) if in_order else self._clock
+        result = ApplyResult(0, 0)
+        with self._transaction():
+            self._merge(record, result)
+            self._save_clock(new_clock)
+            self._count_conflicts(result.conflicts)
+        self._clock = new_clock
+        self._conflicts += result.conflicts
+        return "applied" if in_order else "gap"
+
+    def _merge(self, record: Record, result: ApplyResult) -> None:
+        """Merge one record inside the caller's transaction."""
+        check_record(record)
+        if self._clock[record.origin] >= record.seq:
+            return  # covered: by the invariant we hold it or a winner over it
+        current = self.get(record.key)
+        if current is not None:
+            if is_conflict(current, record):
+                result._conflict(record.key)
+            if winner(current, record) is current:
+                return
+        self._put(record)
+        result.applied += 1
+
+    def _put(self, record: Record) -> None:
+        self._db.execute(
+            "REPLACE INTO kv (key, value, origin, seq, version, vtotal) VALUES (?, ?, ?, ?, ?, ?)",
+            _row(record),
+        )
+
+    def _save_clock(self, new: VectorClock) -> None:
+        changed = [(r, c) for r, c in new.items() if c != self._clock[r]]
+        if changed:
+            self._db.executemany("REPLACE INTO clock (replica, count) VALUES (?, ?)", changed)
+
+    def _count_conflicts(self, conflicts: int) -> None:
+        if conflicts:
+            self._set_meta("conflicts", self._conflicts + conflicts)
+
+    def _set_meta(self, name: str, value: object) -> None:
+        self._db.execute("REPLACE INTO meta (name, value) VALUES (?, ?)", (name, str(value)))
+
+    # -- export --------------------------------------------------------------------------
+
+    def export_full(self) -> tuple[VectorClock, Iterator[Record]]:
+        """The clock and every record (tombstones too), from one snapshot, in key order."""
+        return self._export(lambda db: _fetch(db, f"SELECT {_COLUMNS} FROM kv ORDER BY key"))
+
+    def export_delta(self, since: VectorClock) -> tuple[VectorClock, Iterator[Record]]:
+        """The clock and the records whose write id since does not cover (seq > since[o]).
+
+        since must not exceed the receiver's clock, or the receiver would be promised
+        writes it never gets.  One index range per origin present in the table.
+        """
+
+        def rows(db: sqlite3.Connection) -> Iterator[tuple]:
+            origin = -1
+            while True:
+                (origin,) = db.execute(
+                    "SELECT min(origin) FROM kv WHERE origin > ?", (origin,)
+                ).fetchone()
+                if origin is None:
+                    return
+                yield from _fetch(
+                    db,
+                    f"SELECT {_COLUMNS} FROM kv WHERE origin = ? AND seq > ? ORDER BY seq",
+                    (origin, since[origin]),
+                )
+
+        return self._export(rows)
+
+    def _export(self, rows: Rows) -> tuple[VectorClock, Iterator[Record]]:
+        if self._path == MEMORY:
+            return self._clock, (_record(row) for row in rows(self._db))
+        reader = sqlite3.connect(Path(self._path).as_uri() + "?mode=ro", uri=True,
+                                 isolation_level=None)
+        snapshot = _snapshot(reader, rows)
+        clock = next(snapshot)  # started, so closing the generator runs its finally
+        return clock, snapshot
+
+    # -- import --------------------------------------------------------------------------
+
+    def begin_import(self) -> Importer:
+        """Stage a streamed full copy or large delta, merged at finish() in one transaction.
+
+        Each open import ATTACHes a database; SQLite allows 10 per connection, so at most
+        9 imports can be open at once (sqlite3.OperationalError beyond).
+        """
+        importer = Importer(self, f"stage{next(self._stage_ids)}")
+        self._importers.add(importer)
+        return importer
+
+
+def _read_clock(db: sqlite3.Connection) -> VectorClock:
+    return VectorClock(db.execute("SELECT replica, count FROM clock"))
+
+
+def _fetch(db: sqlite3.Connection, sql: str, params: tuple = ()) -> Iterator[tuple]:
+    """Rows in fetchmany batches: memory stays bounded whatever the table size."""
+    cursor = db.execute(sql, params)
+    try:
+        while batch := cursor.fetchmany(BATCH_ROWS):
+            yield from batch
+    finally:
+        cursor.close()
+
+
+def _snapshot(reader: sqlite3.Connection, rows: Rows) -> Iterator:
+    """Yield the clock, then the records, all inside one read transaction on reader.
+
+    The connection (and with it the read transaction, which holds back WAL checkpoints)
+    is closed when the generator is exhausted, closed or garbage collected.
+    """
+    try:
+        reader.execute("BEGIN")
+        yield _read_clock(reader)  # the first read fixes the snapshot
+        for row in rows(reader):
+            yield _record(row)
+    finally:
+        reader.close()
+
+
+class Importer:
+    """Stages records outside the live table, in short committed batches.
+
+    The reactor runs other writes between add() calls, so no transaction stays open on
+    the main connection between calls.  Staging is an ATTACHed database: a throw-away file
+    next to the database (same disk, not /tmp which may be RAM), or a temporary one for
+    ":memory:".  After finish() or abort() the importer is closed.
+    """
+
+    def __init__(self, store: Store, schema: str):
+        self._store = store
+        self._db = store._db
+        self._schema = schema
+        self._pending: list[tuple] = []
+        if store._path == MEMORY:
+            self._file = None
+        else:
+            self._file = f"{store._path}.import-{uuid.uuid4().hex}"
+        self._db.execute(f"ATTACH DATABASE ? AS {schema}", (self._file or "",))
+        try:
+            # Not durable on purpose: a crash makes the staging garbage anyway.
+            self._db.execute(f"PRAGMA {schema}.journal_mode=MEMORY")
+            self._db.execute(f"PRAGMA {schema}.synchronous=OFF")
+            self._db.execute(_STAGE_SCHEMA.format(s=schema))
+        except BaseException:
+            self._drop()
+            raise
+        self._active = True
+
+    def add(self, record: Record) -> None:
+        """Stage one record (the highest rank wins if a key comes twice)."""
+        self._check_open()
+        check_record(record)
+        self._pending.append(_row(record))
+        if len(self._pending) >= BATCH_ROWS:
+            self._flush()
+
+    def _flush(self) -> None:
+        if not self._pending:
+            return
+        s = self._schema
+        self._db.execute("BEGIN")  # deferred: only the staging database gets locked
+        try:
+            self._db.executemany(
+                f"INSERT INTO {s}.kv (key, value, origin, seq, version, vtotal)"
+                " VALUES (?, ?, ?, ?, ?, ?) ON CONFLICT (key) DO UPDATE SET"
+                " value = excluded.value, origin = excluded.origin, seq = excluded.seq,"
+                " version = excluded.version, vtotal = excluded.vtotal"
+                " WHERE (excluded.vtotal, excluded.origin, excluded.seq) > (vtotal, origin, seq)",
+                self._pending,
+            )
+            self._db.execute("COMMIT")
+        except BaseException:
+            if self._db.in_transaction:
+                self._db.execute("ROLLBACK")
+            raise
+        self._pending.clear()
+
+    def finish(self, clock: VectorClock) -> ApplyResult:
+        """Merge the staged records and clock into the store in one transaction.
+
+        Keys the store lacks go in with one INSERT .. SELECT (the bootstrap case); keys on
+        both sides are compared row by row with winner() to count conflicts.
+        """
+        self._check_open()
+        store, db, s = self._store, self._db, self._schema
+        try:
+            self._flush()
+            result = ApplyResult(0, 0)
+            with store._transaction():
+                last = ""  # keys are non-empty, so every key is > ""
+                while True:
+                    # Pages of BATCH_ROWS rows (keyset pagination): bounded memory, and no
+                    # cursor stays open on kv while _merge() writes to it.  CROSS JOIN
+                    # makes SQLite walk the staging in key order and probe kv by key.
+                    page = db.execute(
+                        f"SELECT s.key, s.value, s.origin, s.seq, s.version FROM {s}.kv AS s"
+                        " CROSS JOIN main.kv AS k ON k.key = s.key WHERE s.key > ?"
+                        " ORDER BY s.key LIMIT ?",
+                        (last, BATCH_ROWS),
+                    ).fetchall()
+                    if not page:
+                        break
+                    for row in page:
+                        store._merge(_record(row), result)
+                    last = page[-1][0]
+                inserted = db.execute(
+                    "INSERT INTO main.kv (key, value, origin, seq, version, vtotal)"
+                    f" SELECT key, value, origin, seq, version, vtotal FROM {s}.kv AS s"
+                    " WHERE NOT EXISTS (SELECT 1 FROM main.kv AS k WHERE k.key = s.key)"
+                ).rowcount
+                result.applied += inserted
+                new_clock = store._clock.merge(clock)
+                store._save_clock(new_clock)
+                store._count_conflicts(result.conflicts)
+            store._clock = new_clock
+            store._conflicts += result.conflicts
+            return result
+        finally:
+            self._drop()
+
+    def abort(self) -> None:
+        """Drop the staging; the live data is untouched.  Harmless if already closed."""
+        if self._active:
+            self._drop()
+
+    def _check_open(self) -> None:
+        if not self._active:
+            raise StoreError("this import is finished or aborted")
+
+    def _drop(self) -> None:
+        self._active = False
+        self._pending.clear()
+        self._store._importers.discard(self)
+        try:
+            self._db.execute(f"DETACH DATABASE {self._schema}")
+        finally:
+            if self._file is not None and os.path.exists(self._file):
+                os.remove(self._file)  # journal_mode=MEMORY: no -journal file beside it

@@ -1,0 +1,419 @@
+"""The client line protocol: parsing requests and encoding/parsing replies.  Pure.
+
+One request per line (``\\n`` or ``\\r\\n``), UTF-8.  A smart client may start the
+line with a session context token (``@r=1:3;w=1:2;via=2 GET k``); a telnet user just
+types ``GET k``.  Every reply starts with a status word; multi-line replies give their
+body length in the header and end with ``END``, so a key named ``END`` is harmless.
+A reply to a request that carried a context carries one too (``@vc=..;by=3;coord=3;epoch=5``):
+the clock the client merges and who served it.  docs/protocol.md is the reference.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import re
+import unicodedata
+from dataclasses import dataclass
+
+from replicad.vclock import ClockError, VectorClock
+
+MAX_KEY_BYTES = 256
+DEFAULT_MAX_VALUE_BYTES = 64 * 1024
+# Room for the command word, the key and a session context with many replicas.
+LINE_OVERHEAD_BYTES = 4096
+
+EOL = "\r\n"
+TERMINATOR = "END"
+
+
+class Code:
+    """Error codes sent as ``ERR <CODE> <message>``."""
+
+    BADCMD = "BADCMD"            # unknown command
+    BADARGS = "BADARGS"          # wrong number or shape of arguments
+    BADKEY = "BADKEY"            # empty, too long, or holds control characters
+    BADVALUE = "BADVALUE"        # holds control characters other than tab
+    TOOBIG = "TOOBIG"            # value over the configured limit
+    LINETOOLONG = "LINETOOLONG"  # line over the limit; the connection is closed
+    BADENCODING = "BADENCODING"  # not UTF-8
+    BADCONTEXT = "BADCONTEXT"    # malformed session context token
+    IDLE = "IDLE"                # nothing received within the idle timeout; closed
+    BUSY = "BUSY"                # too many connections; closed
+    UNAVAILABLE = "UNAVAILABLE"  # no coordinator could be reached before the deadline
+    STALE = "STALE"              # this replica could not catch up with the session in time
+    QUORUM = "QUORUM"            # the write quorum was not reached; the write may survive
+    # a forwarded write got no answer; it may or may not have been applied
+    INDOUBT = "INDOUBT"
+    INTERNAL = "INTERNAL"        # a bug or storage failure; nothing was half-applied
+
+
+class WireError(Exception):
+    """A request that cannot be served, with the code and message the client sees."""
+
+    def __init__(self, code: str, message: str):
+        super().__init__(f"{code} {message}")
+        self.code = code
+        self.message = message
+
+    def reply(self) -> Reply:
+        return error_reply(self.code, self.message)
+
+
+READ_COMMANDS = frozenset({"GET", "KEYS"})
+WRITE_COMMANDS = frozenset({"PUT", "DEL"})
+LOCAL_COMMANDS = frozenset({"STATUS", "PING", "HELP", "QUIT"})
+COMMANDS = READ_COMMANDS | WRITE_COMMANDS | LOCAL_COMMANDS
+
+HELP_LINES = (
+    "PUT <key> <value>   store value (the rest of the line, spaces allowed) under key",
+    "GET <key>           reply VALUE <value>, or NOTFOUND",
+    "DEL <key>           delete key; reply OK, or NOTFOUND",
+    "KEYS [prefix]       list live keys (with the prefix), sorted",
+    "STATUS              this replica: role, coordinator, epoch, clock, peers",
+    "PING                reply PONG",
+    "HELP                this text",
+    "QUIT                close the connection",
+)
+
+_FIRST_WORD = re.compile(r"^(\S+)(?:[ \t]+(.*))?$", re.DOTALL)
+_KEY_AND_VALUE = re.compile(r"^(\S+)(?: (.*))?$", re.DOTALL)
+
+
+@dataclass(frozen=True)
+class SessionContext:
+    """What a smart client sends: its read clock, write clock, last server."""
+
+    read: VectorClock = VectorClock()
+    write: VectorClock = VectorClock()
+    via: int | None = None
+
+    def requirement(self) -> VectorClock:
+        return self.read.merge(self.write)
+
+    def encode(self) -> str:
+        fields = [f"r={self.read.encode()}", f"w={self.write.encode()}"]
+        if self.via is not None:
+            fields.append(f"via={self.via}")
+        return "@" + ";".join(fields)
+
+    @classmethod
+    def decode(cls, token: str) -> SessionContext:
+        fields = _decode_fields(token)
+        unknown = set(fields) - {"r", "w", "via"}
+        if unknown:
+            raise WireError(Code.BADCONTEXT, f"unknown context field {sorted(unknown)[0]!r}")
+        try:
+            read = VectorClock.decode(fields.get("r", ""))
+            write = VectorClock.decode(fields.get("w", ""))
+        except ClockError as e:
+            raise WireError(Code.BADCONTEXT, str(e)) from None
+        return cls(read, write, _optional_id(fields.get("via"), "via"))
+
+
+@dataclass(frozen=True)
+class ReplyMeta:
+    """What a reply tells a smart client: the clock to merge and who served."""
+
+    vc: VectorClock = VectorClock()
+    by: int | None = None
+    coord: int | None = None
+    epoch: int = 0
+    here: int | None = None   # the replica this connection reached (it may have forwarded)
+
+    def encode(self) -> str:
+        fields = [f"vc={self.vc.encode()}"]
+        if self.by is not None:
+            fields.append(f"by={self.by}")
+        if self.here is not None:
+            fields.append(f"here={self.here}")
+        if self.coord is not None:
+            fields.append(f"coord={self.coord}")
+        fields.append(f"epoch={self.epoch}")
+        return "@" + ";".join(fields)
+
+    @classmethod
+    def decode(cls, token: str) -> ReplyMeta:
+        fields = _decode_fields(token)
+        try:
+            vc = VectorClock.decode(fields.get("vc", ""))
+        except ClockError as e:
+            raise WireError(Code.BADCONTEXT, str(e)) from None
+        epoch = _optional_id(fields.get("epoch"), "epoch")
+        return cls(
+            vc,
+            _optional_id(fields.get("by"), "by"),
+            _optional_id(fields.get("coord"), "coord"),
+            epoch or 0,
+            _optional_id(fields.get("here"), "here"),
+        )
+
+
+def _decode_fields(token: str) -> dict[str, str]:
+    body = token[1:] if token.startswith("@") else token
+    fields: dict[str, str] = {}
+    for part in filter(None, body.split(";")):
+        name, sep, value = part.partition("=")
+        if not sep or not name:
+            raise WireError(Code.BADCONTEXT, f"bad context field {part!r} (expected name=value)")
+        fields[name] = value
+    return fields
+
+
+def _optional_id(text: str | None, name: str) -> int | None:
+    if text is None or text == "":
+        return None
+    if not (text.isascii() and text.isdigit()):
+        raise WireError(Code.BADCONTEXT, f"{name} must be a number, got {text!r}")
+    return int(text)
+
+
+@dataclass(frozen=True)
+class Limits:
+    """Size limits that every request is checked against before anything is stored."""
+
+    max_key_bytes: int = MAX_KEY_BYTES
+    max_value_bytes: int = DEFAULT_MAX_VALUE_BYTES
+
+    @property
+    def max_line_bytes(self) -> int:
+        return self.max_value_bytes + self.max_key_bytes + LINE_OVERHEAD_BYTES
+
+
+@dataclass(frozen=True)
+class Request:
+    command: str
+    key: str | None = None
+    value: str | None = None
+    context: SessionContext | None = None
+
+    @property
+    def is_read(self) -> bool:
+        return self.command in READ_COMMANDS
+
+    @property
+    def is_write(self) -> bool:
+        return self.command in WRITE_COMMANDS
+
+    @property
+    def needs_coordinator(self) -> bool:
+        return self.command in READ_COMMANDS or self.command in WRITE_COMMANDS
+
+    def with_context(self, context: SessionContext | None) -> Request:
+        return dataclasses.replace(self, context=context)
+
+    def encode(self) -> str:
+        """The line (without EOL) that parse_request() turns back into this request."""
+        parts = [self.context.encode()] if self.context is not None else []
+        parts.append(self.command)
+        if self.key is not None:
+            parts.append(self.key)
+        line = " ".join(parts)
+        if self.value is not None:
+            line += " " + self.value
+        return line
+
+
+def decode_line(raw: bytes) -> str:
+    """Bytes of one line (delimiter removed) -> text; a trailing CR (telnet) is dropped."""
+    if raw.endswith(b"\r"):
+        raw = raw[:-1]
+    try:
+        return raw.decode("utf-8")
+    except UnicodeDecodeError:
+        raise WireError(Code.BADENCODING, "request is not valid UTF-8") from None
+
+
+def parse_request(line: str, limits: Limits = Limits()) -> Request | None:
+    """Parse one request line; None for a blank line; raise WireError for bad input."""
+    line = line.rstrip("\r\n")
+    if not line.strip():
+        return None
+    context = None
+    if line.startswith("@"):
+        token, _, line = line.partition(" ")
+        context = SessionContext.decode(token)
+        line = line.lstrip(" \t")
+        if not line:
+            raise WireError(Code.BADARGS, "a context token must be followed by a command")
+    match = _FIRST_WORD.match(line)
+    if match is None:  # leading whitespace
+        match = _FIRST_WORD.match(line.lstrip(" \t"))
+        assert match is not None
+    command, rest = match.group(1).upper(), match.group(2)
+    if command not in COMMANDS:
+        raise WireError(Code.BADCMD, f"unknown command {_shorten(match.group(1))!r}; try HELP")
+    rest = rest if rest else ""
+    if command == "PUT":
+        key_value = _KEY_AND_VALUE.match(rest)
+        if not rest or key_value is None or key_value.group(2) is None:
+            raise WireError(Code.BADARGS, "usage: PUT <key> <value>")
+        key, value = key_value.group(1), key_value.group(2)
+        check_key(key, limits)
+        check_value(value, limits)
+        return Request("PUT", key, value, context)
+    args = rest.split()
+    if command in ("GET", "DEL"):
+        if len(args) != 1:
+            raise WireError(Code.BADARGS, f"usage: {command} <key>")
+        check_key(args[0], limits)
+        return Request(command, args[0], None, context)
+    if command == "KEYS":
+        if len(args) > 1:
+            raise WireError(Code.BADARGS, "usage: KEYS [prefix]")
+        if args:
+            check_key(args[0], limits)
+        return Request("KEYS", args[0] if args else None, None, context)
+    if args:
+        raise WireError(Code.BADARGS, f"usage: {command} (no arguments)")
+    return Request(command, None, None, context)
+
+
+def _has_control(text: str, allow_tab: bool) -> bool:
+    return any(
+        unicodedata.category(ch) == "Cc" and not (allow_tab and ch == "\t") for ch in text
+    )
+
+
+def check_key(key: str, limits: Limits = Limits()) -> None:
+    if not key:
+        raise WireError(Code.BADKEY, "key must not be empty")
+    size = len(key.encode("utf-8"))
+    if size > limits.max_key_bytes:
+        raise WireError(
+            Code.BADKEY, f"key is {size} bytes, the limit is {limits.max_key_bytes} bytes"
+        )
+    if _has_control(key, allow_tab=False) or any(ch.isspace() for ch in key):
+        raise WireError(Code.BADKEY, "key must not contain whitespace or control characters")
+
+
+def check_value(value: str, limits: Limits = Limits()) -> None:
+    size = len(value.encode("utf-8"))
+    if size > limits.max_value_bytes:
+        raise WireError(
+            Code.TOOBIG, f"value is {size} bytes, the limit is {limits.max_value_bytes} bytes"
+        )
+    if _has_control(value, allow_tab=True):
+        raise WireError(Code.BADVALUE, "value must not contain control characters other than tab")
+
+
+def _shorten(text: str, width: int = 40) -> str:
+    return text if len(text) <= width else text[:width] + "..."
+
+
+# Replies ------------------------------------------------------------------------------
+
+MULTILINE_STATUSES = frozenset({"KEYS", "STATUS", "HELP"})
+SINGLE_STATUSES = frozenset({"OK", "VALUE", "NOTFOUND", "PONG", "BYE", "ERR"})
+
+
+@dataclass(frozen=True)
+class Reply:
+    """A reply: status word, the rest of its first line, body lines, optional meta."""
+
+    status: str
+    text: str = ""
+    lines: tuple[str, ...] = ()
+    meta: ReplyMeta | None = None
+
+    @property
+    def is_error(self) -> bool:
+        return self.status == "ERR"
+
+    @property
+    def error_code(self) -> str | None:
+        return self.text.partition(" ")[0] if self.is_error else None
+
+    @property
+    def error_message(self) -> str:
+        return self.text.partition(" ")[2] if self.is_error else ""
+
+    def with_meta(self, meta: ReplyMeta | None) -> Reply:
+        return dataclasses.replace(self, meta=meta)
+
+    def encode_lines(self) -> list[str]:
+        head = self.status
+        if self.status in MULTILINE_STATUSES:
+            head += f" {len(self.lines)}"
+        elif self.text or self.status == "VALUE":
+            head += " " + self.text
+        if self.meta is not None:
+            head = self.meta.encode() + " " + head
+        if self.status in MULTILINE_STATUSES:
+            return [head, *self.lines, TERMINATOR]
+        return [head]
+
+    def encode(self) -> bytes:
+        return "".join(line + EOL for line in self.encode_lines()).encode("utf-8")
+
+
+def error_reply(code: str, message: str) -> Reply:
+    return Reply("ERR", f"{code} {message}")
+
+
+class ReplyParser:
+    """Incremental reply parser: feed lines, get a Reply when one is complete.
+
+    Shared by the Twisted client, the blocking client and the forwarding path.
+    Raises WireError(Code.BADARGS, ...) on a reply it cannot understand.
+    """
+
+    def __init__(self) -> None:
+        self._pending: Reply | None = None
+        self._body: list[str] = []
+        self._remaining = 0
+        self._awaiting_terminator = False
+
+    def feed(self, line: str) -> Reply | None:
+        line = line.rstrip("\r\n")
+        if self._pending is not None:
+            if self._remaining:
+                self._body.append(line)
+                self._remaining -= 1
+                return None
+            if line != TERMINATOR:
+                raise WireError(Code.BADARGS, f"expected {TERMINATOR}, got {_shorten(line)!r}")
+            reply = dataclasses.replace(self._pending, lines=tuple(self._body))
+            self._pending, self._body = None, []
+            return reply
+        meta = None
+        if line.startswith("@"):
+            token, _, line = line.partition(" ")
+            meta = ReplyMeta.decode(token)
+        status, _, text = line.partition(" ")
+        if status in MULTILINE_STATUSES:
+            if not (text.isascii() and text.isdigit()):
+                raise WireError(Code.BADARGS, f"bad {status} header {_shorten(line)!r}")
+            self._pending = Reply(status, "", (), meta)
+            self._remaining = int(text)
+            return None
+        if status not in SINGLE_STATUSES:
+            raise WireError(Code.BADARGS, f"unexpected reply {_shorten(line)!r}")
+        return Reply(status, text, (), meta)
+
+    @property
+    def idle(self) -> bool:
+        """True when no multi-line reply is half read."""
+        return self._pending is None
+
+
+def parse_reply_lines(lines: list[str]) -> Reply:
+    """Parse a complete reply given as lines (used when relaying a forwarded reply)."""
+    parser = ReplyParser()
+    for line in lines:
+        reply = parser.feed(line)
+        if reply is not None:
+            return reply
+    raise WireError(Code.BADARGS, "incomplete reply")
+
+
+def status_lines(fields: dict[str, str]) -> tuple[str, ...]:
+    """STATUS body: one ``name value`` line a field, in a stable order."""
+    return tuple(f"{name} {value}" for name, value in fields.items())
+
+
+def parse_status_lines(lines: tuple[str, ...]) -> dict[str, str]:
+    fields = {}
+    for line in lines:
+        name, _, value = line.partition(" ")
+        fields[name] = value
+    return fields

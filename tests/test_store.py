@@ -1,0 +1,381 @@
+"""The SQLite store: records, clock, durability, merge, exports and imports."""
+
+import os
+import signal
+import sqlite3
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+import replicad.store
+from replicad.store import Record, Store, StoreError, is_conflict, winner
+from replicad.vclock import EMPTY, VectorClock
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+@pytest.fixture
+def store():
+    s = Store(":memory:")
+    yield s
+    s.close()
+
+
+@pytest.fixture
+def small_batches(monkeypatch):
+    """Tiny batches, so fetchmany, staging flushes and paging run many rounds."""
+    monkeypatch.setattr(replicad.store, "BATCH_ROWS", 3)
+
+
+def dump(store):
+    clock, records = store.export_full()
+    return clock, list(records)
+
+
+def rec(key, value, origin, clock):
+    """A record written at origin by a replica whose clock (before the write) is clock."""
+    version = VectorClock(clock).advance(origin)
+    return Record(key, value, origin, version[origin], version)
+
+
+def test_write_get_delete(store):
+    assert store.get("k") is None
+    r1 = store.write(1, "k", "v1")
+    assert (r1.origin, r1.seq, r1.version) == (1, 1, VectorClock({1: 1}))
+    assert store.get("k") == r1 and not r1.deleted
+    r2 = store.write(1, "k", None)
+    assert store.get("k") == r2 and r2.deleted and r2.seq == 2
+    assert store.keys() == [] and store.count() == 0
+    store.write(1, "e", "")
+    assert store.get("e").value == "" and store.keys() == ["e"]
+
+
+def test_clock_advances_with_writes(store):
+    store.apply([rec("x", "1", 2, {})], VectorClock({2: 1}))
+    for i in range(1, 4):
+        r = store.write(1, f"k{i}", "v")
+        assert r.version == store.clock == VectorClock({1: i, 2: 1})
+
+
+def test_keys_prefix_and_count(store):
+    for key in ["b", "a", "ab", "abc", "a/b", "ac", "z"]:
+        store.write(1, key, "v")
+    store.write(1, "ab", None)
+    assert store.keys() == ["a", "a/b", "abc", "ac", "b", "z"]
+    assert store.keys("a") == ["a", "a/b", "abc", "ac"]
+    assert store.keys("ab") == ["abc"]
+    assert store.keys("q") == []
+    assert store.count() == 6
+
+
+EDGE_CHARS = "a\x7f\x80\u07ff\u0800\ud7ff\ue000\uffff\U00010000\U0010ffff"
+
+
+@settings(max_examples=50, deadline=None)
+@given(
+    st.sets(st.text(EDGE_CHARS, min_size=1, max_size=4), max_size=15),
+    st.text(EDGE_CHARS, max_size=3),
+)
+def test_keys_prefix_unicode_matches_startswith(keys, prefix):
+    """Prefix ranges around code point boundaries (surrogates, U+10FFFF) match startswith."""
+    with Store(":memory:") as s:
+        for key in keys:
+            s.write(1, key, "v")
+        assert s.keys(prefix) == sorted(k for k in keys if k.startswith(prefix))
+
+
+def test_write_durable_across_reopen(tmp_path):
+    path = str(tmp_path / "db.sqlite")
+    s = Store(path)
+    s.write(1, "k", "v")
+    s.write(1, "gone", None)
+    s.set_epoch(7)
+    s.close()
+    s = Store(path)
+    assert s.get("k").value == "v" and s.get("gone").deleted
+    assert s.clock == VectorClock({1: 2}) and s.epoch == 7
+    s.close()
+
+
+def test_write_survives_kill_9(tmp_path):
+    path = tmp_path / "db.sqlite"
+    script = (
+        "import os, signal, sys\n"
+        "from replicad.store import Store\n"
+        "s = Store(sys.argv[1])\n"
+        "s.write(3, 'k', 'v')\n"
+        "os.kill(os.getpid(), signal.SIGKILL)\n"
+    )
+    proc = subprocess.run([sys.executable, "-c", script, str(path)], cwd=ROOT, env={
+        **os.environ, "PYTHONPATH": str(ROOT)}, capture_output=True)
+    assert proc.returncode == -signal.SIGKILL, proc.stderr
+    with Store(str(path)) as s:
+        assert s.get("k").value == "v" and s.clock == VectorClock({3: 1})
+
+
+def test_apply_bad_record_half_way_leaves_nothing(store):
+    store.write(1, "mine", "v")
+    before = dump(store)
+    good = rec("a", "x", 2, {})
+    bad = Record("b", "y", 2, 5, VectorClock({2: 1}))  # version[origin] != seq
+    with pytest.raises(StoreError):
+        store.apply([good, bad], VectorClock({2: 2}))
+    assert dump(store) == before and store.get("a") is None
+
+    def failing():
+        yield good
+        raise RuntimeError("connection lost")
+
+    with pytest.raises(RuntimeError):
+        store.apply(failing(), VectorClock({2: 1}))
+    assert dump(store) == before and store.clock == VectorClock({1: 1})
+
+
+def test_apply_merges_and_counts(store):
+    r = rec("k", "v", 2, {})
+    result = store.apply([r], VectorClock({2: 1}))
+    assert (result.applied, result.conflicts) == (1, 0)
+    assert store.get("k") == r and store.clock == VectorClock({2: 1})
+    # a second delivery is covered by the clock: nothing changes
+    assert store.apply([r], VectorClock({2: 1})).applied == 0
+    # an older write loses to the newer one already held
+    newer = store.write(1, "k", "mine")
+    old = rec("k", "old", 3, {})
+    result = store.apply([old], VectorClock({3: 1}))
+    assert (result.applied, result.conflicts, result.conflict_keys) == (0, 1, ["k"])
+    assert store.get("k") == newer and store.clock == VectorClock({1: 1, 2: 1, 3: 1})
+
+
+def test_winner_and_conflict_rules():
+    a = rec("k", "a", 1, {})
+    b = rec("k", "b", 2, {})
+    assert is_conflict(a, b) and winner(a, b) is b and winner(b, a) is b
+    c = rec("k", "c", 1, {1: 1, 2: 1})  # saw both
+    assert not is_conflict(b, c) and winner(b, c) is c and winner(c, a) is c
+    assert winner(a, a) is a
+
+
+def test_conflicts_counted_and_persisted(tmp_path):
+    path = str(tmp_path / "db.sqlite")
+    s = Store(path)
+    s.write(1, "k", "one")
+    theirs = rec("k", "two", 2, {})
+    assert s.apply([theirs], VectorClock({2: 1})).conflicts == 1
+    assert s.get("k") == theirs  # (total, origin, seq): (1, 2, 1) > (1, 1, 1)
+    assert s.apply([theirs, rec("j", "x", 3, {})]).conflicts == 0
+    s.close()
+    with Store(path) as s:
+        assert s.conflicts == 1
+
+
+def test_apply_pushed(store):
+    r1 = rec("a", "1", 2, {})
+    assert store.apply_pushed(r1) == "applied" and store.clock == VectorClock({2: 1})
+    assert store.apply_pushed(r1) == "duplicate"
+    r3 = rec("c", "3", 2, {2: 2})
+    assert store.apply_pushed(r3) == "gap"
+    assert store.get("c") == r3 and store.clock == VectorClock({2: 1})
+    # the delta that fills the gap brings write 2 and the clock
+    r2 = rec("b", "2", 2, {2: 1})
+    assert store.apply([r2, r3], VectorClock({2: 3})).applied == 1
+    assert store.clock == VectorClock({2: 3}) and store.get("b") == r2
+    assert store.apply_pushed(r3) == "duplicate"
+
+
+def test_export_full_and_delta(store):
+    a1 = store.write(1, "a", "1")
+    b = rec("b", "2", 2, {})
+    store.apply([b], VectorClock({2: 1}))
+    a2 = store.write(1, "c", None)
+    clock, records = dump(store)
+    assert clock == VectorClock({1: 2, 2: 1}) and records == [a1, b, a2]
+
+    def delta(since):
+        c, rs = store.export_delta(VectorClock(since))
+        return c, sorted(rs, key=lambda r: (r.origin, r.seq))
+
+    assert delta({}) == (clock, [a1, a2, b])
+    assert delta({1: 1}) == (clock, [a2, b])
+    assert delta({1: 2, 2: 1}) == (clock, [])
+    assert delta({1: 5, 2: 0}) == (clock, [b])
+
+
+def test_delta_reflects_overwrites(store, small_batches):
+    for i in range(10):
+        store.write(1, f"k{i % 4}", str(i))
+    # keys hold the last of their writes: k0 <- 9, k1 <- 10, k2 <- 7, k3 <- 8
+    _, records = store.export_delta(VectorClock({1: 6}))
+    assert [(r.key, r.seq) for r in records] == [("k2", 7), ("k3", 8), ("k0", 9), ("k1", 10)]
+    _, records = store.export_delta(VectorClock({1: 8}))
+    assert [(r.key, r.value) for r in records] == [("k0", "8"), ("k1", "9")]
+
+
+def test_export_snapshot_isolation(tmp_path, small_batches):
+    s = Store(str(tmp_path / "db.sqlite"))
+    for i in range(10):
+        s.write(1, f"k{i}", "old")
+    clock, records = s.export_full()
+    first = next(records)
+    dclock, delta = s.export_delta(VectorClock({1: 5}))
+    for i in range(10):
+        s.write(1, f"k{i}", "new")
+    s.write(1, "late", "new")
+    rest = [first, *records]
+    assert clock == dclock == VectorClock({1: 10}) and s.clock == VectorClock({1: 21})
+    assert [r.key for r in rest] == [f"k{i}" for i in range(10)]
+    assert {r.value for r in rest} == {"old"}
+    assert [r.seq for r in delta] == [6, 7, 8, 9, 10]
+    s.close()
+
+
+def test_export_iterator_releases_its_snapshot(tmp_path):
+    s = Store(str(tmp_path / "db.sqlite"))
+    s.write(1, "a", "1")
+    _, records = s.export_full()
+    s.write(1, "b", "2")
+
+    def checkpoint_blocked():
+        # PASSIVE never waits; it stops at the oldest snapshot a reader still holds
+        _, wal_frames, copied = s._db.execute("PRAGMA wal_checkpoint(PASSIVE)").fetchone()
+        return copied < wal_frames
+
+    assert checkpoint_blocked()  # an open read transaction holds the old snapshot
+    records.close()
+    assert not checkpoint_blocked()
+    _, records = s.export_delta(EMPTY)
+    assert len(list(records)) == 2
+    assert not checkpoint_blocked()
+    s.close()
+
+
+def make_source():
+    src = Store(":memory:")
+    for i in range(10):
+        src.write(2, f"k{i}", f"v{i}")
+    src.write(2, "k3", None)
+    return src
+
+
+@pytest.mark.parametrize("path", [":memory:", "file"])
+def test_importer_bootstrap(tmp_path, small_batches, path):
+    with make_source() as src, Store(str(tmp_path / "db") if path == "file" else path) as dst:
+        clock, records = src.export_full()
+        importer = dst.begin_import()
+        for i, r in enumerate(records):
+            importer.add(r)
+            if i == 4:  # the reactor runs other writes between add() calls
+                dst.write(1, "local", "x")
+        result = importer.finish(clock)
+        assert (result.applied, result.conflicts) == (10, 0)
+        assert dst.clock == VectorClock({1: 1, 2: 11}) and dst.get("local").value == "x"
+        expected = sorted(dump(src)[1] + [dst.get("local")], key=lambda r: r.key)
+        assert dump(dst)[1] == expected
+        with pytest.raises(StoreError):
+            importer.add(rec("z", "z", 2, {}))
+    assert not any(".import-" in n for n in os.listdir(tmp_path))
+
+
+def test_importer_merges_keys_on_both_sides(small_batches):
+    with make_source() as src, Store(":memory:") as dst:
+        # concurrent with src's writes; src's k1 {2: 2} and k5 {2: 6} have higher totals
+        dst.write(1, "k1", "mine")
+        dst.write(1, "k5", "mine")
+        dst.write(1, "k5", "mine again")
+        dst.write(1, "zz", "only mine")
+        clock, records = src.export_full()
+        importer = dst.begin_import()
+        for r in records:
+            importer.add(r)
+        result = importer.finish(clock)
+        assert result.conflicts == 2 and dst.conflicts == 2
+        assert result.conflict_keys == ["k1", "k5"]
+        assert result.applied == 10  # 8 new keys + k1 + k5
+        assert dst.get("k1") == src.get("k1") and dst.get("zz").value == "only mine"
+        assert dst.clock == VectorClock({1: 4, 2: 11})
+
+
+def test_importer_keeps_highest_rank_of_repeated_key(store):
+    importer = store.begin_import()
+    newer = rec("k", "new", 2, {2: 1})
+    importer.add(newer)
+    importer.add(rec("k", "old", 2, {}))
+    assert importer.finish(VectorClock({2: 2})).applied == 1
+    assert store.get("k") == newer
+
+
+def test_importer_abort_leaves_live_data(tmp_path, small_batches):
+    dst = Store(str(tmp_path / "db.sqlite"))
+    dst.write(1, "a", "1")
+    before = dump(dst)
+    importer = dst.begin_import()
+    for i in range(7):
+        importer.add(rec(f"k{i}", "v", 2, {2: i}))
+    assert any(".import-" in n for n in os.listdir(tmp_path))
+    importer.abort()
+    importer.abort()
+    assert dump(dst) == before
+    assert not any(".import-" in n for n in os.listdir(tmp_path))
+    # close() aborts imports still open
+    dst.begin_import().add(rec("x", "v", 2, {}))
+    dst.close()
+    assert not any(".import-" in n for n in os.listdir(tmp_path))
+
+
+def test_importer_finish_failure_leaves_live_data(store, monkeypatch):
+    store.write(1, "a", "mine")
+    importer = store.begin_import()
+    importer.add(rec("a", "theirs", 2, {}))
+    importer.add(rec("b", "v", 2, {2: 1}))
+    with pytest.raises(StoreError):
+        importer.add(Record("c", "v", 2, 3, VectorClock({2: 1})))  # refused, not staged
+    before = dump(store)
+
+    def disk_full(new_clock):
+        raise sqlite3.OperationalError("database or disk is full")
+
+    monkeypatch.setattr(store, "_save_clock", disk_full)  # fails after the rows went in
+    with pytest.raises(sqlite3.OperationalError):
+        importer.finish(VectorClock({2: 2}))
+    assert dump(store) == before and store.conflicts == 0
+
+
+def test_path_with_uri_characters(tmp_path):
+    """The export reader opens the file by URI: odd characters must be quoted."""
+    directory = tmp_path / "a b?c#d%20e"
+    directory.mkdir()
+    with Store(str(directory / "db")) as s:
+        s.write(1, "k", "v")
+        clock, records = s.export_full()
+        assert clock == VectorClock({1: 1}) and [r.key for r in records] == ["k"]
+
+
+def test_not_a_database(tmp_path):
+    path = tmp_path / "junk"
+    path.write_bytes(b"this is not an sqlite file at all, just text" * 100)
+    with pytest.raises(StoreError, match="not a database"):
+        Store(str(path))
+    other = tmp_path / "other.sqlite"
+    db = sqlite3.connect(other)
+    db.execute("CREATE TABLE t (x)")
+    db.commit()
+    db.close()
+    with pytest.raises(StoreError, match="not a replicad database"):
+        Store(str(other))
+    with pytest.raises(StoreError):
+        Store(str(tmp_path / "missing-dir" / "db.sqlite"))
+
+
+def test_epoch_persisted(tmp_path):
+    path = str(tmp_path / "db.sqlite")
+    with Store(path) as s:
+        assert s.epoch == 0
+        s.set_epoch(3)
+        assert s.epoch == 3
+    with Store(path) as s:
+        assert s.epoch == 3
+        with pytest.raises(StoreError):
+            s.set_epoch(-1)
