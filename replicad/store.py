@@ -1,9 +1,11 @@
 """SQLite-backed versioned store: per-key records, the replica's clock, export and merge.
 
 Each key holds one Record: its value (or a tombstone), its write id (origin, seq) and the
-version vector of that write.  Merging keeps, per key, the record with the greatest
-``rank()``; rank extends the happened-before order to a total order, so merging is a
-semilattice (commutative, associative, idempotent) and every replica picks the same winner.
+version vector of that write: the origin's clock right after the write, merged with the
+version of the record the write replaced (so a write always wins over what it replaced).
+Merging keeps, per key, the record with the greatest ``rank()``; rank extends the
+happened-before order to a total order, so merging is a semilattice (commutative,
+associative, idempotent) and every replica picks the same winner.
 
 Invariant (everything below relies on it):
     clock[o] >= q  implies  the state reflects write (o, q), or a record that wins over it.
@@ -119,10 +121,13 @@ def check_record(record: Record) -> None:
     if not isinstance(record, Record):
         raise StoreError(f"not a Record: {record!r:.80}")
     ok = (
-        isinstance(record.key, str) and record.key != ""
+        isinstance(record.key, str)
+        and record.key != ""
         and (record.value is None or isinstance(record.value, str))
-        and isinstance(record.origin, int) and record.origin >= 0
-        and isinstance(record.seq, int) and record.seq >= 1
+        and isinstance(record.origin, int)
+        and record.origin >= 0
+        and isinstance(record.seq, int)
+        and record.seq >= 1
         and isinstance(record.version, VectorClock)
         and record.version[record.origin] == record.seq
         and record.version.total() <= MAX_ENTRY  # stored as an SQLite INTEGER
@@ -287,14 +292,27 @@ class Store:
         self._epoch = epoch
 
     def write(self, origin: int, key: str, value: str | None) -> Record:
-        """Accept a write at this replica (origin = its id); durable when this returns."""
-        version = self._clock.advance(origin)
-        record = Record(key, value, origin, version[origin], version)
-        check_record(record)
+        """Accept a write at this replica (origin = its id); durable when this returns.
+
+        The version is the clock after the write merged with the version of the record it
+        replaces.  A pushed record may carry writes the clock lacks; without the merge the
+        new write could rank below the record it replaced, and replicas would diverge.
+        """
+        new_clock = self._clock.advance(origin)
+        seq = new_clock[origin]
         with self._transaction():
+            current = self.get(key)
+            version = new_clock if current is None else new_clock.merge(current.version)
+            if version[origin] != seq:
+                raise StoreError(
+                    f"key {key!r} holds write {origin}:{version[origin]} of this replica, "
+                    f"but its clock is at {seq - 1}: was the database replaced?"
+                )
+            record = Record(key, value, origin, seq, version)
+            check_record(record)
             self._put(record)
-            self._save_clock(version)
-        self._clock = version
+            self._save_clock(new_clock)
+        self._clock = new_clock
         return record
 
     def apply(self, records: Iterable[Record], clock: VectorClock | None = None) -> ApplyResult:
@@ -399,8 +417,9 @@ class Store:
     def _export(self, rows: Rows) -> tuple[VectorClock, Iterator[Record]]:
         if self._path == MEMORY:
             return self._clock, (_record(row) for row in rows(self._db))
-        reader = sqlite3.connect(Path(self._path).as_uri() + "?mode=ro", uri=True,
-                                 isolation_level=None)
+        reader = sqlite3.connect(
+            Path(self._path).as_uri() + "?mode=ro", uri=True, isolation_level=None
+        )
         snapshot = _snapshot(reader, rows)
         clock = next(snapshot)  # started, so closing the generator runs its finally
         return clock, snapshot

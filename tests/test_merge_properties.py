@@ -18,8 +18,12 @@ KEYS = ("a", "b", "c", "d")
 
 replica = st.sampled_from(REPLICAS)
 op = st.one_of(
-    st.tuples(st.just("write"), replica, st.sampled_from(KEYS),
-              st.one_of(st.none(), st.text("xyz", max_size=2))),
+    st.tuples(
+        st.just("write"),
+        replica,
+        st.sampled_from(KEYS),
+        st.one_of(st.none(), st.text("xyz", max_size=2)),
+    ),
     st.tuples(st.just("pull"), replica, replica, st.sampled_from(["delta", "full", "import"])),
     # push one of origin's writes to a replica: in order, a duplicate, or after a gap
     st.tuples(st.just("push"), replica, replica, st.integers(0, 5)),

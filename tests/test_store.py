@@ -110,8 +110,12 @@ def test_write_survives_kill_9(tmp_path):
         "s.write(3, 'k', 'v')\n"
         "os.kill(os.getpid(), signal.SIGKILL)\n"
     )
-    proc = subprocess.run([sys.executable, "-c", script, str(path)], cwd=ROOT, env={
-        **os.environ, "PYTHONPATH": str(ROOT)}, capture_output=True)
+    proc = subprocess.run(
+        [sys.executable, "-c", script, str(path)],
+        cwd=ROOT,
+        env={**os.environ, "PYTHONPATH": str(ROOT)},
+        capture_output=True,
+    )
     assert proc.returncode == -signal.SIGKILL, proc.stderr
     with Store(str(path)) as s:
         assert s.get("k").value == "v" and s.clock == VectorClock({3: 1})
@@ -148,6 +152,29 @@ def test_apply_merges_and_counts(store):
     result = store.apply([old], VectorClock({3: 1}))
     assert (result.applied, result.conflicts, result.conflict_keys) == (0, 1, ["k"])
     assert store.get("k") == newer and store.clock == VectorClock({1: 1, 2: 1, 3: 1})
+
+
+def test_write_wins_over_the_record_it_replaces(store):
+    """A pushed record may know writes this replica lacks (here 3:1): a later local write
+    must still dominate it, or replicas that keep the pushed record would diverge."""
+    pushed = Record("a", "theirs", 2, 1, VectorClock({2: 1, 3: 1}))
+    assert store.apply_pushed(pushed) == "applied"
+    assert store.clock == VectorClock({2: 1})
+    mine = store.write(1, "a", "mine")
+    assert mine.version == VectorClock({1: 1, 2: 1, 3: 1}) and store.clock == {1: 1, 2: 1}
+    assert winner(pushed, mine) is mine and not is_conflict(pushed, mine)
+    with Store(":memory:") as other:
+        other.apply([pushed], VectorClock({2: 1, 3: 1}))
+        other.apply(*reversed(store.export_delta(other.clock)))
+        assert other.get("a") == mine
+
+
+def test_write_refuses_a_replaced_database(store):
+    """Seeing its own write beyond its clock means the replica lost its data."""
+    store.apply([Record("a", "v", 1, 5, VectorClock({1: 5}))])
+    with pytest.raises(StoreError, match="replaced"):
+        store.write(1, "a", "new")
+    assert store.clock == EMPTY and store.get("a").seq == 5
 
 
 def test_winner_and_conflict_rules():

@@ -1,0 +1,40 @@
+# Everything a fresh machine needs: `make demo` (a local cluster, shown working) and
+# `make test` (lint + the whole test suite).  Both create .venv and install first.
+PYTHON ?= python3
+VENV ?= .venv
+PY := $(VENV)/bin/python
+PIP_FLAGS ?= -q
+
+.PHONY: venv demo cluster test trial lint bench clean
+
+$(VENV)/.installed: setup.cfg pyproject.toml
+	$(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install $(PIP_FLAGS) --upgrade pip
+	# compat mode keeps twisted/plugins visible to twistd (a default editable install hides it)
+	$(PY) -m pip install $(PIP_FLAGS) -e '.[test]' --config-settings editable_mode=compat
+	touch $@
+
+venv: $(VENV)/.installed
+
+demo: venv
+	$(VENV)/bin/replicad-local --demo --data-dir ./replicad-local
+
+cluster: venv
+	$(VENV)/bin/replicad-local --data-dir ./replicad-local
+
+test: venv
+	$(VENV)/bin/ruff check .
+	$(PY) -m pytest
+
+trial: venv
+	$(VENV)/bin/trial tests
+
+lint: venv
+	$(VENV)/bin/ruff check .
+
+bench: venv
+	$(PY) bench/failover.py
+	$(PY) bench/sync.py
+
+clean:
+	rm -rf $(VENV) replicad-local _trial_temp .pytest_cache .hypothesis

@@ -1,0 +1,107 @@
+"""Issue #4 end to end: session guarantees, full copy, delta and write quorum."""
+
+from __future__ import annotations
+
+import os
+import shutil
+
+from replicad.client import BlockingClient, ServerError
+from replicad.session import ClientSession
+
+
+def wipe(cluster, replica_id: int) -> None:
+    shutil.rmtree(os.path.join(cluster.data_dir, f"replica-{replica_id}"))
+
+
+def same_clock_everywhere(cluster, live):
+    clocks = {cluster.status(i)["clock"] for i in live}
+    return len(clocks) == 1
+
+
+def test_a_session_never_reads_older_than_its_write_after_the_coordinator_dies(start_cluster):
+    cluster = start_cluster(3)
+    session = ClientSession()
+    client = BlockingClient(cluster.addresses(), timeout_s=10, session=session)
+    client.put("k", "old")
+    cluster.wait_until(lambda: same_clock_everywhere(cluster, [1, 2, 3]), timeout_s=5,
+                       what="'old' replicated everywhere")
+    client.put("k", "new")
+    cluster.kill(3)          # before anything else happens: the push may not have left
+    client = BlockingClient(cluster.addresses(), timeout_s=10, session=session)
+    try:
+        value = client.get("k")
+    except ServerError as e:
+        assert e.code == "STALE"
+    else:
+        assert value == "new"
+
+
+def test_original_scenario_the_returning_empty_replica_fetches_before_answering(
+    start_cluster, cli
+):
+    cluster = start_cluster(3)
+    servers = cluster.addresses()
+    cluster.kill(3)
+    assert cli(servers, "put", "k", "written while 3 was down").returncode == 0
+    wipe(cluster, 3)                  # replica 3 comes back empty-handed ...
+    cluster.start_replica(3)
+    cluster.wait_until(lambda: cluster.coordinator() == 3, timeout_s=10,
+                       what="replica 3 wins the election")
+    got = cli([cluster.address(3)], "get", "k")   # ... and serves the session's read
+    assert (got.returncode, got.stdout) == (0, "written while 3 was down\n")
+
+
+def test_an_empty_replica_gets_every_key_by_full_copy(start_cluster):
+    cluster = start_cluster(3)
+    client = BlockingClient(cluster.addresses(), timeout_s=10)
+    for n in range(300):
+        client.put(f"key{n:04d}", f"value {n}")
+    client.delete("key0000")
+    cluster.kill(1)
+    wipe(cluster, 1)
+    cluster.start_replica(1)
+    cluster.wait_until(
+        lambda: cluster.status(1) is not None
+        and cluster.status(1)["clock"] == cluster.status(3)["clock"],
+        timeout_s=15, what="replica 1 catches up",
+    )
+    assert cluster.status(1)["keys"] == "299"
+    assert "pulled full from replica" in cluster.log_tail(1, lines=200)
+
+
+def test_a_replica_that_missed_writes_catches_up_by_delta(start_cluster):
+    cluster = start_cluster(3)
+    client = BlockingClient(cluster.addresses(), timeout_s=10)
+    client.put("before", "1")
+    cluster.wait_until(lambda: same_clock_everywhere(cluster, [1, 2, 3]), timeout_s=5,
+                       what="first write everywhere")
+    cluster.kill(1)
+    for n in range(20):
+        client.put(f"missed{n}", str(n))
+    cluster.start_replica(1)
+    cluster.wait_until(lambda: same_clock_everywhere(cluster, [1, 2, 3]), timeout_s=15,
+                       what="replica 1 catches up")
+    assert cluster.status(1)["keys"] == "21"
+    assert "pulled delta from replica" in cluster.log_tail(1, lines=200)
+
+
+def test_write_quorum_two_loses_nothing_when_the_coordinator_dies(start_cluster):
+    cluster = start_cluster(3, write_quorum=2)
+    client = BlockingClient(cluster.addresses(), timeout_s=10)
+    for n in range(20):
+        client.put(f"q{n}", str(n))
+    cluster.kill(3)          # right after the last acknowledged write
+    fresh = BlockingClient([cluster.address(1), cluster.address(2)], timeout_s=10)
+    assert [fresh.get(f"q{n}") for n in range(20)] == [str(n) for n in range(20)]
+
+
+def test_write_quorum_not_reached_is_reported(start_cluster):
+    cluster = start_cluster(3, write_quorum=3, quorum_timeout=0.5)
+    cluster.kill(1)
+    client = BlockingClient([cluster.address(3)], timeout_s=5)
+    try:
+        client.put("k", "v")
+    except ServerError as e:
+        assert e.code == "QUORUM"
+    else:
+        raise AssertionError("a write acknowledged without its quorum")

@@ -1,0 +1,75 @@
+"""Issue #3 end to end: Bully elections among real twistd processes killed with SIGKILL."""
+
+from __future__ import annotations
+
+import pytest
+
+from replicad.client import BlockingClient
+
+
+def agreed_coordinator(cluster, live: list[int]) -> int | None:
+    """The coordinator every live replica names, or None if they disagree."""
+    named = set()
+    for i in live:
+        status = cluster.status(i)
+        if status is None or status["role"] == "electing":
+            return None
+        named.add(status["coordinator"])
+    return int(named.pop()) if len(named) == 1 else None
+
+
+def wait_for_coordinator(cluster, live: list[int], expected: int) -> None:
+    cluster.wait_until(
+        lambda: agreed_coordinator(cluster, live) == expected,
+        timeout_s=10, what=f"replicas {live} agree on coordinator {expected}",
+    )
+
+
+def test_kill_the_coordinator_then_bring_it_back(start_cluster, cli):
+    cluster = start_cluster(3)
+    wait_for_coordinator(cluster, [1, 2, 3], 3)
+    epoch_before = int(cluster.status(3)["epoch"])
+    cluster.kill(3)
+    # A write through the static list succeeds without waiting for detection first.
+    assert cli(cluster.addresses(), "put", "k", "while 3 is down").returncode == 0
+    wait_for_coordinator(cluster, [1, 2], 2)
+    assert int(cluster.status(2)["epoch"]) > epoch_before
+
+    cluster.start_replica(3)
+    wait_for_coordinator(cluster, [1, 2, 3], 3)   # it comes back and bullies
+    status = cluster.status(3)
+    assert int(status["epoch"]) > epoch_before + 1
+    assert cli(cluster.addresses(), "get", "k").stdout == "while 3 is down\n"
+
+
+def test_five_replicas_kill_two_the_highest_survivor_wins(start_cluster):
+    cluster = start_cluster(5)
+    wait_for_coordinator(cluster, [1, 2, 3, 4, 5], 5)
+    cluster.kill(5)
+    cluster.kill(4)
+    wait_for_coordinator(cluster, [1, 2, 3], 3)
+    client = BlockingClient(cluster.addresses(), timeout_s=10)
+    client.put("survivor", "3")
+    assert client.get("survivor") == "3"
+
+
+@pytest.mark.parametrize("victim", [1, 2])
+def test_killing_a_follower_changes_nothing(start_cluster, victim):
+    cluster = start_cluster(3)
+    cluster.kill(victim)
+    live = [i for i in (1, 2, 3) if i != victim]
+    wait_for_coordinator(cluster, live, 3)
+    cluster.wait_until(
+        lambda: cluster.status(3)["peers"].split(",")[victim - 1] == f"{victim}:down",
+        timeout_s=10, what=f"replica 3 reports replica {victim} down",
+    )
+
+
+def test_requests_during_an_election_wait_then_succeed(start_cluster):
+    # Slow the election down so the client's request certainly lands inside it.
+    cluster = start_cluster(3, answer_timeout=1.0, coordinator_timeout=2.0)
+    cluster.kill(3)
+    client = BlockingClient([cluster.address(1)], timeout_s=15)
+    client.put("during", "election")          # waits for the election, then is served
+    assert client.get("during") == "election"
+    assert agreed_coordinator(cluster, [1, 2]) == 2
