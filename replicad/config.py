@@ -93,6 +93,7 @@ class Timers:
     ping_timeout: float = 0.2       # must be shorter than ping_interval
     answer_timeout: float = 0.3     # wait for OK from a higher replica
     coordinator_timeout: float = 0.8  # wait for COORDINATOR after an OK
+    reannounce_interval: float = 1.0  # a coordinator repeats COORDINATOR: heals lost ones
     election_wait: float = 3.0      # a client request waits this long for a coordinator
     forward_timeout: float = 3.0    # a forwarded request waits this long for its reply
     fetch_timeout: float = 1.0      # catching up with a session before ERR STALE

@@ -10,7 +10,10 @@ Invariants (each is tested):
   announced, so a restarted replica never reuses an epoch.
 - I2 a replica announces itself only when every higher member failed or stayed silent
   for ``answer_timeout_s``: a lower replica never announces while a higher one answers OK.
-- I3 an announcement with an epoch below the highest seen is rejected (stale coordinator).
+- I3 an announcement is rejected if its epoch is below the highest seen (a stale
+  coordinator) or if a different coordinator already holds that epoch here (a replica
+  that returns with an old persisted epoch can win with one the cluster already uses);
+  the rejection makes the announcer re-elect above it, so an epoch names one term.
 - I4 a replica only ever follows a higher id, so "follows" chains have no cycles.
 - I5 the highest live replica bullies: an announcement from a lower id is rejected and
   answered with an election, which it wins with an epoch above the one it rejected.
@@ -19,7 +22,8 @@ Invariants (each is tested):
 from __future__ import annotations
 
 import enum
-from typing import Callable, Iterable, Protocol
+from collections.abc import Callable, Iterable
+from typing import Protocol
 
 from twisted.internet.interfaces import IDelayedCall, IReactorTime
 from twisted.logger import Logger
@@ -51,7 +55,9 @@ class ElectionActions(Protocol):
     def send_coordinator(self, peer_id: int, epoch: int) -> None:
         """Send COORDINATOR(epoch); on rejection call ``coordinator_rejected``."""
 
-    def role_changed(self, role: Role, coordinator: int | None, epoch: int) -> None: ...
+    def role_changed(self, role: Role, coordinator: int | None, epoch: int) -> None:
+        """Called on every change of (role, coordinator, coordinator epoch).  ``epoch`` is
+        the coordinator's epoch, or the highest seen while there is no coordinator."""
 
     def persist_epoch(self, epoch: int) -> None:
         """Durably store the highest epoch seen; must be done when this returns."""
@@ -94,7 +100,10 @@ class BullyElection:
         self._role = Role.FOLLOWER
         self._coordinator: int | None = None
         self._coordinator_epoch: int | None = None
-        self._waiting_on: set[int] = set()  # higher peers of this round not yet failed
+        # Higher peers of this round whose send has not failed.  Failures carry no round,
+        # so a late one from an earlier round counts here; harmless while the glue's send
+        # timeout is <= answer_timeout_s (the earlier round's failures have all landed).
+        self._waiting_on: set[int] = set()
         self._round = 0
         self._timer: IDelayedCall | None = None
         self._stopped = False
@@ -189,10 +198,13 @@ class BullyElection:
             )
             self.start_election(f"announcement from lower {from_id}")
             return False
-        if epoch < self._epoch:  # I3
+        conflict = epoch == self._coordinator_epoch and self._coordinator not in (None, from_id)
+        if epoch < self._epoch or conflict:  # I3
             self.log.info(
-                "replica {replica} rejects stale coordinator {peer}: epoch {epoch} < {seen}",
-                replica=self._my_id, peer=from_id, epoch=epoch, seen=self._epoch,
+                "replica {replica} rejects coordinator {peer} in epoch {epoch}: "
+                "stale or already held by {holder} (highest seen {seen})",
+                replica=self._my_id, peer=from_id, epoch=epoch,
+                holder=self._coordinator, seen=self._epoch,
             )
             return False
         self.epoch_seen(epoch)
@@ -302,8 +314,9 @@ class BullyElection:
         """Move to a state; the old state's timer dies with it."""
         self._cancel_timer()
         old = (self._role, self._coordinator, self._coordinator_epoch)
-        self._role, self._coordinator, self._coordinator_epoch = role, coordinator, coordinator_epoch
-        if old != (role, coordinator, coordinator_epoch):
+        new = (role, coordinator, coordinator_epoch)
+        self._role, self._coordinator, self._coordinator_epoch = new
+        if old != new:
             shown = self._epoch if coordinator_epoch is None else coordinator_epoch
             self._actions.role_changed(role, coordinator, shown)
 

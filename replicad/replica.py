@@ -121,6 +121,7 @@ class Replica(service.MultiService):
             self.my_id, self.config.ids, self, self.reactor, epoch=self.store.epoch,
             answer_timeout_s=self.timers.answer_timeout,
             coordinator_timeout_s=self.timers.coordinator_timeout,
+            reannounce_interval_s=self.timers.reannounce_interval,
         )
         self.detector = HeartbeatMonitor(
             self.reactor, self.timers.ping_interval, self._ping_coordinator,
@@ -430,7 +431,7 @@ class Replica(service.MultiService):
         coordinator = election.coordinator
         return {
             "id": str(self.my_id),
-            "role": election.role.public_name if coordinator is not None else "electing",
+            "role": election.public_role,
             "coordinator": str(coordinator) if coordinator is not None else "-",
             "epoch": str(election.epoch),
             "clock": self.store.clock.encode(),
@@ -596,7 +597,7 @@ class Replica(service.MultiService):
         if verb == "PING":
             # A coordinator still pulling before it serves answers "coordinator": it is
             # alive, and forwarded requests wait for its take-over to finish.
-            role = election.role.public_name if election.coordinator is not None else "electing"
+            role = election.public_role
             coordinator = "-" if election.coordinator is None else str(election.coordinator)
             return PeerAnswer(
                 "OK", f"{role} {coordinator} {election.epoch} {self.store.clock.encode()}"

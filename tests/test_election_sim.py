@@ -1,15 +1,18 @@
 """Simulated cluster: N BullyElection machines on one task.Clock, a lossy network and a
-heartbeat.  Hypothesis generates crash / recover / link-cut schedules; once messages flow
-again every live replica must agree on the highest live id within CONVERGENCE_BOUND_S.
+HeartbeatMonitor per replica.  Hypothesis generates crash / recover / link-cut schedules;
+once messages flow again every live replica must agree on the highest live id within
+CONVERGENCE_BOUND_S.
 """
 
 from __future__ import annotations
 
 from hypothesis import given, settings
 from hypothesis import strategies as st
-from twisted.internet.task import Clock, LoopingCall
+from twisted.internet.defer import Deferred, succeed
+from twisted.internet.task import Clock
 from twisted.trial.unittest import SynchronousTestCase
 
+from replicad.detector import HeartbeatMonitor
 from replicad.election import ANSWER_TIMEOUT_S as ANSWER_S
 from replicad.election import COORDINATOR_TIMEOUT_S as COORDINATOR_S
 from replicad.election import REANNOUNCE_INTERVAL_S as REANNOUNCE_S
@@ -20,19 +23,21 @@ RPC_TIMEOUT_S = 0.2  # glue gives up on an unanswered ELECTION (< answer timeout
 PING_INTERVAL_S = 0.5
 PING_TIMEOUT_S = 0.2  # < PING_INTERVAL_S, as detector.py requires
 
-# Worst case after the network heals (t = 0), every leg at its timeout:
-#   pre-heal RPCs time out                                  RPC_TIMEOUT_S         0.2
-#   a follower of a dead coordinator notices                PING_INTERVAL + TIMEOUT 0.7
-#   an AWAITING replica whose higher peer died re-elects    COORDINATOR_S         0.8
-#   ... and that election times out                        ANSWER_S              0.3
-#   the winner's (re-)announcement reaches a replica that
-#   missed it, which may reject it and force one more round REANNOUNCE_S + ANSWER_S 1.3
-# = 3.3 s; the bound doubles the timer legs' sum for message round trips and slack.
-CONVERGENCE_BOUND_S = 2 * (
+# Bound on settling after the network heals (t = 0), each timer leg at its worst:
+#   a follower of a dead coordinator notices it           ping interval + timeout  0.7 s
+#   one AWAITING an announcement lost before the heal
+#   re-elects, and that election times out                coordinator + answer    1.1 s
+#   one that missed the winner's announcement hears the
+#   re-announcement, rejects its stale epoch, and the
+#   winner re-elects                                      re-announce + answer    1.3 s
+# plus 20 message latencies: 3.3 s.  (Worst seen over ~10k random schedules: ~1.0 s.)
+CONVERGENCE_BOUND_S = (
     PING_INTERVAL_S + PING_TIMEOUT_S + COORDINATOR_S + 2 * ANSWER_S + REANNOUNCE_S
+    + 20 * DELAY_S
 )
-STEP_S = 0.01  # so the bound is CONVERGENCE_BOUND_S / STEP_S = 700 clock steps
+STEP_S = 0.01  # so the bound is CONVERGENCE_BOUND_S / STEP_S = 330 clock steps
 SETTLE_S = 3 * REANNOUNCE_S  # agreement must then hold this long, with no role change
+
 
 class Node:
     """The replica glue for one incarnation of one replica."""
@@ -41,10 +46,34 @@ class Node:
         self.net = net
         self.id = node_id
         self.alive = True
+        self.followed: int | None = None
         self.machine = BullyElection(
             node_id, net.ids, self, net.clock, epoch=epoch,
             reannounce_interval_s=net.reannounce_interval_s,
         )
+        self.monitor = HeartbeatMonitor(
+            net.clock, PING_INTERVAL_S, self.ping, self.machine.coordinator_failed
+        )
+
+    def start(self) -> None:
+        self.monitor.start()
+        self.machine.start_election("start-up")
+
+    def crash(self) -> None:
+        self.alive = False
+        self.monitor.stop()
+        self.machine.stop()
+
+    def ping(self) -> Deferred[bool]:
+        """PONG after a round trip if the coordinator is up and reachable, else False
+        after PING_TIMEOUT_S."""
+        target = self.machine.coordinator
+        if target is None or target == self.id:
+            return succeed(True)
+        up = target in self.net.nodes and not self.net.cut & {(self.id, target), (target, self.id)}
+        d: Deferred[bool] = Deferred()
+        self.net.clock.callLater(2 * DELAY_S if up else PING_TIMEOUT_S, d.callback, up)
+        return d
 
     def send_election(self, peer_id: int, epoch: int) -> None:
         self.net.send_election(self, peer_id, epoch)
@@ -53,6 +82,9 @@ class Node:
         self.net.send_coordinator(self, peer_id, epoch)
 
     def role_changed(self, role: Role, coordinator: int | None, epoch: int) -> None:
+        if coordinator != self.followed:
+            self.followed = coordinator
+            self.monitor.reset()  # the glue contract: a new coordinator, a fresh detector
         self.net.role_changes.append((self.net.clock.seconds(), self.id, role, coordinator, epoch))
         if role is Role.COORDINATOR:
             self.net.announced.append((self.net.clock.seconds(), self.id, epoch))
@@ -72,28 +104,24 @@ class Network:
         self.cut: set[tuple[int, int]] = set()  # directed links that drop messages
         self.role_changes: list[tuple] = []
         self.announced: list[tuple[float, int, int]] = []
-        self.heartbeat = LoopingCall(self._heartbeat)
-        self.heartbeat.clock = self.clock
 
     # -- cluster control --------------------------------------------------------
 
     def start(self) -> None:
         for i in self.ids:
             self.recover(i)
-        self.heartbeat.start(PING_INTERVAL_S, now=False)
 
     def crash(self, node_id: int) -> None:
         node = self.nodes.pop(node_id, None)
         if node is not None:
-            node.alive = False
-            node.machine.stop()
+            node.crash()
 
     def recover(self, node_id: int) -> None:
         if node_id in self.nodes:
             return
         node = Node(self, node_id, self.disk[node_id])
         self.nodes[node_id] = node
-        node.machine.start_election("start-up")
+        node.start()
 
     def machine(self, node_id: int) -> BullyElection:
         return self.nodes[node_id].machine
@@ -181,25 +209,6 @@ class Network:
         if (dst_id, src.id) not in self.cut:
             reply = (dst_id, dst.machine.epoch)
             self._later(DELAY_S, src, src.machine.coordinator_rejected, *reply)
-
-    def _heartbeat(self) -> None:
-        """Followers ping their coordinator; a dead or unreachable one fails the ping
-        after PING_TIMEOUT_S (unless the coordinator changed meanwhile: detector reset)."""
-        for node in list(self.nodes.values()):
-            target = node.machine.coordinator
-            if node.machine.role is not Role.FOLLOWER or target is None:
-                continue
-            reachable = (
-                target in self.nodes
-                and (node.id, target) not in self.cut
-                and (target, node.id) not in self.cut
-            )
-            if not reachable:
-                self.clock.callLater(PING_TIMEOUT_S, self._ping_failed, node, target)
-
-    def _ping_failed(self, node: Node, target: int) -> None:
-        if node.alive and node.machine.coordinator == target:
-            node.machine.coordinator_failed()
 
 
 # -- schedules -------------------------------------------------------------------
