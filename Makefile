@@ -25,6 +25,7 @@ cluster: venv
 test: venv
 	$(VENV)/bin/ruff check .
 	$(PY) -m pytest
+	$(VENV)/bin/trial --temp-directory=/tmp/replicad-trial tests
 
 trial: venv
 	$(VENV)/bin/trial tests

@@ -14,7 +14,7 @@ import math
 import re
 from dataclasses import dataclass, field
 
-from replicad.wire import Limits
+from replicad.wire import Limits, is_number
 
 DEFAULT_SIZE = 3
 DEFAULT_HOST = "127.0.0.1"
@@ -187,8 +187,10 @@ def parse_config(parser: configparser.ConfigParser, source: str) -> ClusterConfi
         name, sep, id_text = section.partition(":")
         if name != "replica" or not sep:
             raise ConfigError(f"{where}: unknown section [{section}] (expected [replica:N])")
-        if not (id_text.isascii() and id_text.isdigit()) or int(id_text) < 1:
+        if not is_number(id_text) or int(id_text) < 1:
             raise ConfigError(f"{where}: section [{section}] needs a positive integer id")
+        if int(id_text) in members:
+            raise ConfigError(f"{where}: replica id {int(id_text)} is defined twice")
         members[int(id_text)] = _parse_member(int(id_text), parser[section], where)
     if not members:
         raise ConfigError(f"{where} has no [replica:N] sections")
@@ -284,9 +286,16 @@ def render_config(config: ClusterConfig) -> str:
         value = getattr(config.limits, name)
         if value != getattr(Limits, name):
             lines.append(f"{name} = {value}")
+    for name in ("max_connections", "full_copy_threshold"):
+        value = getattr(config, name)
+        if value != getattr(ClusterConfig, name):
+            lines.append(f"{name} = {value}")
     for member in sorted(config.members.values(), key=lambda m: m.id):
         lines += ["", f"[replica:{member.id}]"]
         lines += [f"client = {member.client}", f"peer = {member.peer}"]
+        for name in ("client_listen", "peer_listen", "peer_connect"):
+            if getattr(member, name):
+                lines.append(f"{name} = {getattr(member, name)}")
     return "\n".join(lines) + "\n"
 
 

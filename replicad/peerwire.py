@@ -21,6 +21,7 @@ from dataclasses import dataclass
 
 from replicad.store import Record
 from replicad.vclock import ClockError, VectorClock
+from replicad.wire import is_number
 
 AUTH_CONTEXT = "replicad-peer-auth-v1"
 NONCE_BYTES = 16
@@ -79,7 +80,7 @@ class Frame:
 def parse_frame(line: str) -> Frame:
     rid_text, _, rest = line.partition(" ")
     kind, _, payload = rest.partition(" ")
-    if not (rid_text.isascii() and rid_text.isdigit()) or not kind:
+    if not is_number(rid_text) or not kind:
         raise PeerWireError(f"expected '<rid> <KIND> ...', got {line[:60]!r}")
     return Frame(int(rid_text), kind, payload)
 
@@ -95,7 +96,7 @@ def decode_record(text: str) -> Record:
     if len(parts) < 5 or parts[4] not in ("V", "T"):
         raise PeerWireError(f"bad record {text[:60]!r}")
     key, origin, seq, version_text, flag = parts[:5]
-    if not all(p.isascii() and p.isdigit() for p in (origin, seq)):
+    if not (is_number(origin) and is_number(seq)):
         raise PeerWireError(f"bad write id in record {text[:60]!r}")
     try:
         version = VectorClock.decode(version_text)
@@ -120,6 +121,6 @@ def decode_clock(text: str) -> VectorClock:
 
 
 def parse_int(text: str, what: str) -> int:
-    if not (text.isascii() and text.isdigit()):
+    if not is_number(text):
         raise PeerWireError(f"{what} must be a number, got {text[:20]!r}")
     return int(text)

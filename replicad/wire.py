@@ -75,7 +75,9 @@ HELP_LINES = (
     "QUIT                close the connection",
 )
 
-_FIRST_WORD = re.compile(r"^(\S+)(?:[ \t]+(.*))?$", re.DOTALL)
+_FIRST_WORD = re.compile(r"^(\S+)(?:\s+(.*))?$", re.DOTALL)
+# Numbers on the wire (replica ids, epochs) fit SQLite's 64-bit integers.
+MAX_NUMBER_DIGITS = 18
 _KEY_AND_VALUE = re.compile(r"^(\S+)(?: (.*))?$", re.DOTALL)
 
 
@@ -162,8 +164,8 @@ def _decode_fields(token: str) -> dict[str, str]:
 def _optional_id(text: str | None, name: str) -> int | None:
     if text is None or text == "":
         return None
-    if not (text.isascii() and text.isdigit()):
-        raise WireError(Code.BADCONTEXT, f"{name} must be a number, got {text!r}")
+    if not is_number(text):
+        raise WireError(Code.BADCONTEXT, f"{name} must be a number, got {_shorten(text)!r}")
     return int(text)
 
 
@@ -235,10 +237,9 @@ def parse_request(line: str, limits: Limits = Limits()) -> Request | None:
         line = line.lstrip(" \t")
         if not line:
             raise WireError(Code.BADARGS, "a context token must be followed by a command")
-    match = _FIRST_WORD.match(line)
-    if match is None:  # leading whitespace
-        match = _FIRST_WORD.match(line.lstrip(" \t"))
-        assert match is not None
+    match = _FIRST_WORD.match(line.lstrip())
+    if match is None:
+        raise WireError(Code.BADCMD, "empty command; try HELP")
     command, rest = match.group(1).upper(), match.group(2)
     if command not in COMMANDS:
         raise WireError(Code.BADCMD, f"unknown command {_shorten(match.group(1))!r}; try HELP")
@@ -294,6 +295,11 @@ def check_value(value: str, limits: Limits = Limits()) -> None:
         )
     if _has_control(value, allow_tab=True):
         raise WireError(Code.BADVALUE, "value must not contain control characters other than tab")
+
+
+def is_number(text: str) -> bool:
+    """A non-negative decimal integer of at most MAX_NUMBER_DIGITS ASCII digits."""
+    return 0 < len(text) <= MAX_NUMBER_DIGITS and text.isascii() and text.isdigit()
 
 
 def _shorten(text: str, width: int = 40) -> str:
@@ -381,7 +387,7 @@ class ReplyParser:
             meta = ReplyMeta.decode(token)
         status, _, text = line.partition(" ")
         if status in MULTILINE_STATUSES:
-            if not (text.isascii() and text.isdigit()):
+            if not is_number(text):
                 raise WireError(Code.BADARGS, f"bad {status} header {_shorten(line)!r}")
             self._pending = Reply(status, "", (), meta)
             self._remaining = int(text)

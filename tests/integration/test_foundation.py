@@ -11,7 +11,7 @@ import sys
 from replicad.client import BlockingClient
 from replicad.config import load_config
 
-TWISTD = [sys.executable, "-m", "twisted", "-n", "--pidfile", ""]
+TWISTD = [os.path.join(os.path.dirname(sys.executable), "twistd"), "-n", "--pidfile", ""]
 
 
 def talk(address: str, payload: bytes, timeout_s: float = 5.0) -> bytes:
@@ -133,7 +133,7 @@ def test_garbage_on_the_peer_port_is_refused(start_cluster):
         while chunk := sock.recv(1024):
             answer += chunk
     assert answer.startswith(b"ERR AUTH ")
-    assert BlockingClient([cluster.address(1)], timeout_s=5).status()["id"] == "1"
+    assert BlockingClient([cluster.address(1)], timeout_s=5).status()["id"] == 1
 
 
 def test_status_json_names_role_coordinator_epoch_clock_peers(start_cluster, cli):

@@ -1,0 +1,606 @@
+"""``replicad-local`` and LocalCluster: N real replica processes on one machine.
+
+Each replica runs as ``twistd -n ... replicad --id N`` so that what a test,
+a benchmark or a curious user starts is exactly what an operator runs.  Children are
+put in their own process group (a Ctrl-C reaches only us, and we stop them in order)
+and, on Linux, get PR_SET_PDEATHSIG=SIGTERM so that they never outlive a parent that
+was killed without a chance to clean up.  Waiting is polling with deadlines: a replica
+is a separate process and STATUS is the only way to observe it.
+"""
+
+from __future__ import annotations
+
+import argparse
+import configparser
+import ctypes
+import dataclasses
+import os
+import secrets
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import time
+from collections.abc import Callable
+from typing import Any, TextIO, TypeVar
+
+import replicad
+from replicad import config as cfg
+from replicad.client import BlockingClient, ClientError
+
+PEER_PORT_OFFSET = 100
+STOP_GRACE_S = 5.0
+PR_SET_PDEATHSIG = 1   # from <linux/prctl.h>
+LOG_TAIL_LINES = 30
+
+T = TypeVar("T")
+
+
+
+def twistd_command() -> list[str]:
+    """How to run twistd with this interpreter.
+
+    ``python -m twisted`` is the ``twist`` runner, which has no -n/--pidfile/--logfile,
+    and twistd has no ``__main__``: use the console script installed next to this
+    interpreter (readable in ``ps``), else call its entry point the same way.
+    """
+    script = shutil.which("twistd", path=os.path.dirname(sys.executable))
+    if script:
+        return [sys.executable, script]
+    return [sys.executable, "-c",
+            "import sys; from twisted.scripts.twistd import run; sys.argv[0] = 'twistd'; run()"]
+
+
+class ClusterError(Exception):
+    """Starting or running the local cluster failed; the message is one line."""
+
+
+class LocalCluster:
+    """A cluster of ``size`` replicas on ``host``: client port base+i, peer port base+100+i."""
+
+    def __init__(
+        self,
+        size: int = 3,
+        base_port: int = cfg.DEFAULT_CLIENT_BASE_PORT,
+        data_dir: str = "./replicad-local",
+        host: str = cfg.DEFAULT_HOST,
+        overrides: dict[str, str] | None = None,
+    ):
+        if not 1 <= size <= cfg.MAX_REPLICAS:
+            raise ClusterError(f"size must be between 1 and {cfg.MAX_REPLICAS}, got {size}")
+        if not (1 <= base_port and base_port + PEER_PORT_OFFSET + size <= 65535):
+            raise ClusterError(
+                f"base port {base_port} leaves no room for ports up to "
+                f"{base_port + PEER_PORT_OFFSET + size} (the highest TCP port is 65535)"
+            )
+        self.size = size
+        self.base_port = base_port
+        self.host = host
+        self.data_dir = os.path.abspath(data_dir)
+        self.overrides = {str(k): str(v) for k, v in (overrides or {}).items()}
+        self.config_path = os.path.join(self.data_dir, "cluster.ini")
+        self._procs: dict[int, subprocess.Popen[bytes]] = {}
+        self._expected: set[int] = set()   # started by us and not stopped or killed by us
+
+    # Layout ----------------------------------------------------------------------------
+
+    @property
+    def ids(self) -> list[int]:
+        return list(range(1, self.size + 1))
+
+    def client_address(self, i: int) -> cfg.Address:
+        return cfg.Address(self.host, self.base_port + self._check_id(i))
+
+    def peer_address(self, i: int) -> cfg.Address:
+        return cfg.Address(self.host, self.base_port + PEER_PORT_OFFSET + self._check_id(i))
+
+    def address(self, i: int) -> str:
+        return str(self.client_address(i))
+
+    def addresses(self) -> list[str]:
+        return [self.address(i) for i in self.ids]
+
+    def pid_path(self, i: int) -> str:
+        return os.path.join(self.data_dir, f"replica-{i}.pid")
+
+    def log_path(self, i: int) -> str:
+        return os.path.join(self.data_dir, f"replica-{i}.log")
+
+    def stdio_path(self, i: int) -> str:
+        """Where the child's stdout/stderr go: start-up errors before logging begins."""
+        return os.path.join(self.data_dir, f"replica-{i}.out")
+
+    def replica_dir(self, i: int) -> str:
+        return os.path.join(self.data_dir, f"replica-{i}")
+
+    def command(self, i: int) -> list[str]:
+        return [
+            *twistd_command(), "-n",
+            "--pidfile", self.pid_path(i),
+            "--logfile", self.log_path(i),
+            "replicad", "--id", str(self._check_id(i)),
+            "--config", self.config_path,
+            "--data-dir", self.replica_dir(i),
+        ]
+
+    def _check_id(self, i: int) -> int:
+        if i not in range(1, self.size + 1):
+            raise ValueError(f"replica id {i} is not in this cluster (1-{self.size})")
+        return i
+
+    # Configuration ---------------------------------------------------------------------
+
+    def write_config(self) -> str:
+        """Write cluster.ini (validated; ConfigError for a bad override) and return its path."""
+        os.makedirs(self.data_dir, exist_ok=True)
+        base = cfg.default_config(
+            self.size, self.base_port, self.base_port + PEER_PORT_OFFSET, self.host
+        )
+        base = dataclasses.replace(base, secret=self._secret())
+        parser = configparser.ConfigParser(interpolation=None)
+        parser.read_string(cfg.render_config(base))
+        for name, value in self.overrides.items():
+            parser["cluster"][name] = value
+        cfg.parse_config(parser, self.config_path)   # validates, raises ConfigError
+        tmp = self.config_path + ".tmp"
+        # The file holds the cluster secret: readable by the owner only.
+        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+        with open(fd, "w", encoding="utf-8") as handle:
+            parser.write(handle)
+        os.replace(tmp, self.config_path)
+        return self.config_path
+
+    def _secret(self) -> str:
+        """Generated once per data dir, so a restarted cluster keeps talking to itself."""
+        parser = configparser.ConfigParser(interpolation=None)
+        try:
+            parser.read(self.config_path, encoding="utf-8")
+            existing = parser.get("cluster", "secret", fallback="").strip()
+        except configparser.Error:
+            existing = ""
+        return existing or secrets.token_hex(24)
+
+    # Processes -------------------------------------------------------------------------
+
+    def start(self) -> None:
+        """Write the config and start every replica that is not running."""
+        self.write_config()
+        stopped = [i for i in self.ids if not self.running(i)]
+        for i in stopped:   # all ports first: fail before starting anything
+            self._check_ports_free(i)
+        for i in stopped:
+            self.start_replica(i)
+
+    def start_replica(self, i: int) -> None:
+        if self.running(i):
+            raise ClusterError(f"replica {i} is already running (pid {self._procs[i].pid})")
+        if not os.path.exists(self.config_path):
+            self.write_config()
+        self._check_ports_free(i)
+        os.makedirs(self.data_dir, exist_ok=True)
+        env = dict(os.environ)
+        # The child must import the same replicad (and find its twistd dropin) as we do.
+        root = os.path.dirname(os.path.dirname(os.path.abspath(replicad.__file__)))
+        env["PYTHONPATH"] = os.pathsep.join(filter(None, [root, env.get("PYTHONPATH")]))
+        env["PYTHONUNBUFFERED"] = "1"
+        with open(self.stdio_path(i), "ab") as stdio:
+            self._procs[i] = subprocess.Popen(
+                self.command(i),
+                stdin=subprocess.DEVNULL, stdout=stdio, stderr=subprocess.STDOUT,
+                cwd=self.data_dir, env=env, start_new_session=True,
+                preexec_fn=_die_with_parent(),
+            )
+        self._expected.add(i)
+
+    def running(self, i: int) -> bool:
+        proc = self._procs.get(i)
+        return proc is not None and proc.poll() is None
+
+    def live_ids(self) -> list[int]:
+        return [i for i in self.ids if self.running(i)]
+
+    def pid(self, i: int) -> int | None:
+        return self._procs[i].pid if self.running(i) else None
+
+    def exit_text(self, i: int) -> str:
+        """How replica i ended, for messages ("signal SIGKILL", "exit status 1")."""
+        proc = self._procs.get(i)
+        if proc is None:
+            return "not started"
+        return "running" if proc.poll() is None else _exit_text(proc.returncode)
+
+    def kill(self, i: int, sig: int = signal.SIGKILL) -> None:
+        """Send sig to replica i and wait until the process is reaped.
+
+        SIGSTOP and SIGCONT (freezing a replica to play a hung one) are only sent.
+        """
+        proc = self._procs.get(i)
+        if proc is None or proc.poll() is not None:
+            return
+        if sig in (signal.SIGSTOP, signal.SIGCONT):
+            proc.send_signal(sig)
+            return
+        self._expected.discard(i)
+        proc.send_signal(sig)
+        try:
+            proc.wait(timeout=STOP_GRACE_S)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait()
+        self._forget_pidfile(i)
+
+    def stop(self) -> None:
+        """SIGTERM every replica, SIGKILL what is left after 5 s.  Idempotent."""
+        self._expected.clear()
+        live = [(i, p) for i, p in self._procs.items() if p.poll() is None]
+        for _, proc in live:
+            proc.send_signal(signal.SIGTERM)
+            proc.send_signal(signal.SIGCONT)   # a frozen replica must see the SIGTERM too
+        deadline = time.monotonic() + STOP_GRACE_S
+        for i, proc in live:
+            try:
+                proc.wait(timeout=max(0.0, deadline - time.monotonic()))
+            except subprocess.TimeoutExpired:
+                proc.kill()
+                proc.wait()
+            self._forget_pidfile(i)
+
+    def _forget_pidfile(self, i: int) -> None:
+        # twistd removes it on a clean exit; after a kill it would be stale.
+        try:
+            os.unlink(self.pid_path(i))
+        except FileNotFoundError:
+            pass
+
+    def _check_ports_free(self, i: int) -> None:
+        for kind, address in (("client", self.client_address(i)),
+                              ("peer", self.peer_address(i))):
+            if not port_free(address.host, address.port):
+                raise ClusterError(
+                    f"port {address.port} ({kind} port of replica {i}) on {address.host} is "
+                    f"already in use; is another cluster running? Pick another --base-port"
+                )
+
+    def check_alive(self) -> None:
+        """ClusterError (with its log tail) if a replica we started has exited on its own."""
+        for i in sorted(self._expected):
+            proc = self._procs[i]
+            if proc.poll() is not None:
+                self._expected.discard(i)
+                raise ClusterError(
+                    f"replica {i} exited with {_exit_text(proc.returncode)}; "
+                    f"last lines of its log:\n{_indent(self.log_tail(i, 15))}"
+                )
+
+    def __enter__(self) -> LocalCluster:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop()
+
+    # Observing -------------------------------------------------------------------------
+
+    def status(self, i: int, timeout_s: float = 1.0) -> dict[str, Any] | None:
+        """STATUS of replica i alone, or None if it is not running or does not answer."""
+        if not self.running(i):
+            return None
+        client = BlockingClient([self.address(i)], timeout_s=timeout_s,
+                                connect_timeout_s=min(timeout_s, 0.5))
+        try:
+            return client.status()
+        except ClientError:
+            return None
+
+    def statuses(self, timeout_s: float = 1.0) -> dict[int, dict[str, Any] | None]:
+        return {i: self.status(i, timeout_s) for i in self.live_ids()}
+
+    def coordinator(self) -> int | None:
+        """The coordinator every answering live replica names, if they agree on one."""
+        named = {s["coordinator"] for s in self.statuses(0.5).values() if s is not None}
+        if len(named) == 1:
+            (winner,) = named
+            return winner if isinstance(winner, int) else None
+        return None
+
+    def wait_until(
+        self,
+        predicate: Callable[[], T],
+        timeout_s: float,
+        interval_s: float = 0.05,
+        what: str = "a condition",
+    ) -> T:
+        """Poll predicate until it returns something truthy; TimeoutError at the deadline."""
+        deadline = time.monotonic() + timeout_s
+        while True:
+            result = predicate()
+            if result:
+                return result
+            remaining = deadline - time.monotonic()
+            if remaining <= 0:
+                raise TimeoutError(self.describe(f"timed out after {timeout_s:g} s waiting "
+                                                 f"for {what}"))
+            time.sleep(min(interval_s, remaining))
+
+    def wait_ready(self, timeout_s: float = 15.0) -> int:
+        """Every live replica answers STATUS and all name the same live coordinator."""
+
+        def agreed() -> int | None:
+            self.check_alive()
+            live = self.live_ids()
+            if not live:
+                raise ClusterError("no replica is running")
+            named = set()
+            for i in live:
+                status = self.status(i, 0.5)
+                if status is None:
+                    return None
+                named.add(status["coordinator"])
+            if len(named) == 1:
+                (winner,) = named
+                if isinstance(winner, int) and winner in live:
+                    return winner
+            return None
+
+        return self.wait_until(
+            agreed, timeout_s,
+            what="every live replica to answer STATUS and name the same live coordinator",
+        )
+
+    def describe(self, headline: str) -> str:
+        """headline, then each replica's state and the tail of its log (for failures)."""
+        lines = [headline]
+        for i in self.ids:
+            if not self.running(i):
+                lines.append(f"replica {i}: not running ({self.exit_text(i)})")
+            else:
+                status = self.status(i, 0.5)
+                lines.append(f"replica {i}: pid {self._procs[i].pid}, STATUS {status}")
+            if i in self._procs:
+                lines.append(_indent(self.log_tail(i, 10)))
+        return "\n".join(lines)
+
+    def log_tail(self, i: int, lines: int = LOG_TAIL_LINES) -> str:
+        """The last lines of replica i's log, and of its stdout/stderr if it wrote any."""
+        parts = []
+        log = _tail(self.log_path(i), lines)
+        if log:
+            parts.append(log)
+        stdio = _tail(self.stdio_path(i), lines)
+        if stdio:
+            parts.append(f"(stdout/stderr of replica {i})\n{stdio}")
+        return "\n".join(parts) if parts else f"(replica {i} has written no log yet)"
+
+
+# Helpers -------------------------------------------------------------------------------
+
+
+def _die_with_parent() -> Callable[[], None] | None:
+    """preexec_fn making the child get SIGTERM when this thread dies (Linux only).
+
+    The kernel ties PDEATHSIG to the thread that forked, so start replicas from a
+    thread that lives as long as the cluster should.
+    """
+    if not sys.platform.startswith("linux"):
+        return None
+    try:
+        prctl = ctypes.CDLL(None, use_errno=True).prctl   # resolved before fork
+    except (OSError, AttributeError):
+        return None
+    parent = os.getpid()
+
+    def preexec() -> None:
+        prctl(PR_SET_PDEATHSIG, int(signal.SIGTERM))
+        if os.getppid() != parent:   # the parent died before prctl took effect
+            os._exit(1)
+
+    return preexec
+
+
+def port_free(host: str, port: int) -> bool:
+    """Whether a listener could bind host:port now (SO_REUSEADDR, as Twisted does)."""
+    family = socket.AF_INET6 if ":" in host else socket.AF_INET
+    with socket.socket(family, socket.SOCK_STREAM) as probe:
+        probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        try:
+            probe.bind((host, port))
+        except OSError:
+            return False
+    return True
+
+
+def _ephemeral_range() -> tuple[int, int]:
+    try:
+        with open("/proc/sys/net/ipv4/ip_local_port_range", encoding="ascii") as handle:
+            low, high = map(int, handle.read().split())
+        return low, high
+    except (OSError, ValueError):
+        return 32768, 60999
+
+
+def find_free_base_port(size: int = 3, host: str = cfg.DEFAULT_HOST,
+                        attempts: int = 200) -> int:
+    """A base port P with P+1..P+size and P+101..P+100+size free on host (for tests).
+
+    Picked at random below the kernel's ephemeral range, where outgoing connections
+    would otherwise steal ports between this check and the replicas binding them.
+    """
+    import random
+
+    low, high = _ephemeral_range()
+    span = PEER_PORT_OFFSET + size
+    if low - span > 10000:
+        first, last = 10000, low - span - 1
+    else:
+        first, last = high + 1, 65535 - span
+    for _ in range(attempts):
+        base = random.randint(first, last)
+        ports = [base + i for i in range(1, size + 1)]
+        ports += [base + PEER_PORT_OFFSET + i for i in range(1, size + 1)]
+        if all(port_free(host, p) for p in ports):
+            return base
+    raise ClusterError(f"found no {2 * size} free ports on {host} after {attempts} tries")
+
+
+def _tail(path: str, lines: int) -> str:
+    try:
+        with open(path, "rb") as handle:
+            handle.seek(0, os.SEEK_END)
+            handle.seek(max(0, handle.tell() - 256 * lines))
+            data = handle.read()
+    except OSError:
+        return ""
+    return "\n".join(data.decode("utf-8", "replace").splitlines()[-lines:])
+
+
+def _indent(text: str) -> str:
+    return "\n".join("    " + line for line in text.splitlines())
+
+
+def _exit_text(code: int | None) -> str:
+    if code is None:
+        return "no exit status"
+    if code < 0:
+        try:
+            return f"signal {signal.Signals(-code).name}"
+        except ValueError:
+            return f"signal {-code}"
+    return f"exit status {code}"
+
+
+# replicad-local ------------------------------------------------------------------------
+
+PROG = "replicad-local"
+
+
+class _Parser(argparse.ArgumentParser):
+    def error(self, message: str) -> Any:
+        raise _Usage(f"{message} (see {PROG} --help)")
+
+
+class _Usage(Exception):
+    pass
+
+
+class _Terminated(Exception):
+    """SIGTERM or SIGHUP: stop like on Ctrl-C."""
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = _Parser(prog=PROG, description="Run a replicad cluster on this machine.")
+    parser.add_argument("--size", type=int, default=3, help="number of replicas (default 3)")
+    parser.add_argument("--base-port", type=int, default=cfg.DEFAULT_CLIENT_BASE_PORT,
+                        help="replica i listens on base+i (clients) and base+100+i (peers)")
+    parser.add_argument("--data-dir", default="./replicad-local",
+                        help="config, logs and databases (kept between runs)")
+    parser.add_argument("--set", action="append", default=[], metavar="NAME=VALUE",
+                        help="a [cluster] setting, e.g. --set write_quorum=2 (repeatable)")
+    parser.add_argument("--demo", action="store_true",
+                        help="run a narrated failover walkthrough, then stop")
+    return parser
+
+
+def _overrides(settings: list[str]) -> dict[str, str]:
+    overrides = {}
+    for setting in settings:
+        name, sep, value = setting.partition("=")
+        if not sep or not name.strip():
+            raise _Usage(f"--set needs NAME=VALUE, got {setting!r}")
+        overrides[name.strip()] = value.strip()
+    return overrides
+
+
+def print_banner(cluster: LocalCluster, coordinator: int, out: TextIO) -> None:
+    shown = os.path.relpath(cluster.data_dir)
+    shown = cluster.data_dir if shown.startswith("..") else shown
+    print(f"{PROG}: {cluster.size} replicas are up; replica {coordinator} is the coordinator.",
+          file=out)
+    for i in cluster.ids:
+        print(f"  replica {i}: client {cluster.address(i)}  peer {cluster.peer_address(i)}  "
+              f"log {os.path.join(shown, f'replica-{i}.log')}", file=out)
+    default = cfg.default_config()
+    servers = [str(default.members[i].client) for i in default.ids]
+    cli = "replicad-cli"
+    if cluster.addresses() != servers:
+        cli += f" --config {os.path.join(shown, 'cluster.ini')}"
+    print("Try, in another terminal:", file=out)
+    print(f"  {cli} put greeting hello world", file=out)
+    print(f"  {cli} get greeting", file=out)
+    print(f"  {cli} status", file=out)
+    print(f"  kill -9 $(cat {os.path.join(shown, f'replica-{coordinator}.pid')})"
+          "   # then see another replica take over", file=out)
+    print(f"Data is kept in {shown} between runs. Press Ctrl-C to stop.", file=out, flush=True)
+
+
+def _watch(cluster: LocalCluster, out: TextIO) -> None:
+    """Until a signal: report replicas that exit (a user killing one to try failover)."""
+    reported: set[int] = set()
+    while True:
+        for i in cluster.ids:
+            if not cluster.running(i) and i not in reported:
+                reported.add(i)
+                print(f"{PROG}: replica {i} exited ({cluster.exit_text(i)})",
+                      file=out, flush=True)
+            elif cluster.running(i):
+                reported.discard(i)
+        time.sleep(0.5)
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Console-script entry point; returns the exit status."""
+    try:
+        args = build_parser().parse_args(argv)
+        cluster = LocalCluster(args.size, args.base_port, args.data_dir,
+                               overrides=_overrides(args.set))
+        cluster.write_config()   # a bad --set is a usage error, found before starting
+    except (_Usage, ClusterError, cfg.ConfigError) as e:
+        print(f"{PROG}: {e}", file=sys.stderr)
+        return 2
+    except SystemExit as e:   # --help
+        return e.code if isinstance(e.code, int) else 2
+
+    def terminate(signum: int, frame: object) -> None:
+        raise _Terminated()
+
+    previous = {sig: signal.signal(sig, terminate) for sig in (signal.SIGTERM, signal.SIGHUP)}
+    previous[signal.SIGINT] = signal.getsignal(signal.SIGINT)
+    try:
+        return _run(cluster, args.demo)
+    except (KeyboardInterrupt, _Terminated):
+        print(f"{PROG}: stopping", file=sys.stderr)
+        return 0
+    except (ClusterError, cfg.ConfigError, TimeoutError) as e:
+        print(f"{PROG}: {e}", file=sys.stderr)
+        return 1
+    except Exception as e:
+        print(f"{PROG}: internal error, please report it: {type(e).__name__}: {e}",
+              file=sys.stderr)
+        return 70
+    finally:
+        # A second Ctrl-C must not cut the shutdown short and leave orphans behind.
+        for sig in previous:
+            signal.signal(sig, signal.SIG_IGN)
+        cluster.stop()
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)
+
+
+def _run(cluster: LocalCluster, demo: bool) -> int:
+    cluster.start()
+    coordinator = cluster.wait_ready()
+    if demo:
+        from replicad.demo import DemoError, run
+
+        try:
+            run(cluster, out=sys.stdout)
+        except DemoError as e:
+            print(f"{PROG}: demo failed: {e}", file=sys.stderr)
+            return 1
+        return 0
+    print_banner(cluster, coordinator, sys.stdout)
+    _watch(cluster, sys.stdout)
+    return 0   # not reached: only a signal ends _watch
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,245 @@
+"""replicad.peerwire: records, frames and the handshake proofs.  Pure."""
+
+from __future__ import annotations
+
+import pytest
+from hypothesis import given
+from hypothesis import strategies as st
+
+from replicad import peerwire
+from replicad.peerwire import (
+    Frame,
+    PeerWireError,
+    client_proof,
+    decode_clock,
+    decode_record,
+    encode_record,
+    parse_frame,
+    parse_int,
+    proofs_match,
+    server_proof,
+)
+from replicad.store import Record
+from replicad.vclock import VectorClock
+
+SECRET = "cluster secret"
+
+KEY_CHARS = st.characters(
+    codec="utf-8", exclude_categories=("Cc", "Cs", "Zs", "Zl", "Zp")
+).filter(lambda ch: not ch.isspace())
+KEYS = st.text(KEY_CHARS, min_size=1, max_size=20)
+VALUES = st.text(
+    st.characters(codec="utf-8", exclude_categories=("Cc", "Cs")) | st.just("\t"),
+    max_size=40,
+)
+CLOCKS = st.dictionaries(
+    st.integers(1, 64), st.integers(1, 2**63 - 1), max_size=4
+).map(VectorClock)
+RECORDS = st.builds(
+    Record, KEYS, st.none() | VALUES, st.integers(1, 64), st.integers(1, 2**63 - 1), CLOCKS
+)
+
+
+# Records ---------------------------------------------------------------------------------
+
+
+def test_record_encoding():
+    record = Record("k", "hello world", 2, 7, VectorClock({1: 3, 2: 7}))
+    assert encode_record(record) == "k 2 7 1:3,2:7 V hello world"
+    tombstone = Record("k", None, 1, 4, VectorClock({1: 4}))
+    assert encode_record(tombstone) == "k 1 4 1:4 T"
+    assert encode_record(Record("k", "", 1, 1, VectorClock())) == "k 1 1 - V "
+
+
+@pytest.mark.parametrize(
+    "value", ["plain", "with spaces", "  leading and trailing  ", "", " ", "a\tb", "V T END",
+              "caf\u00e9 \u2603", "5 6 7 8 9"]
+)
+def test_record_round_trip_values(value):
+    record = Record("key", value, 3, 9, VectorClock({3: 9, 1: 2}))
+    assert decode_record(encode_record(record)) == record
+
+
+def test_tombstone_round_trip():
+    record = Record("gone", None, 1, 2, VectorClock({1: 2}))
+    decoded = decode_record(encode_record(record))
+    assert decoded == record
+    assert decoded.deleted
+    assert decoded.value is None
+
+
+def test_empty_value_is_not_a_tombstone():
+    decoded = decode_record("k 1 1 1:1 V ")
+    assert decoded.value == ""
+    assert not decoded.deleted
+
+
+@given(RECORDS)
+def test_record_round_trip_property(record):
+    assert decode_record(encode_record(record)) == record
+
+
+@pytest.mark.parametrize(
+    "text",
+    [
+        "",
+        "k",
+        "k 1 2",
+        "k 1 2 1:1",            # no flag
+        "k 1 2 1:1 X v",        # unknown flag
+        "k 1 2 1:1 v value",    # flag is case-sensitive
+        "k 1 2 1:1 V",          # V without a value (not even the space)
+        "k 1 2 1:1 T extra",    # a tombstone with a value
+        "k 1 2 1:1 T ",         # ... even an empty one
+        "k x 2 1:1 V v",        # origin not a number
+        "k 1 -2 1:1 V v",       # seq not a number
+        "k \u0663 2 1:1 V v",   # a non-ASCII digit
+        "k 1 2 bogus V v",      # bad version
+        "k 1 2 1:1,1:2 V v",    # replica twice in the version
+        "k 1 2 1:-1 V v",
+    ],
+)
+def test_bad_records_raise_peer_wire_error(text):
+    with pytest.raises(PeerWireError):
+        decode_record(text)
+
+
+def test_peer_wire_error_is_a_value_error():
+    assert issubclass(PeerWireError, ValueError)
+
+
+def test_decode_clock_and_parse_int():
+    assert decode_clock("1:2,3:4") == VectorClock({1: 2, 3: 4})
+    assert decode_clock("-") == VectorClock()
+    with pytest.raises(PeerWireError):
+        decode_clock("1:x")
+    assert parse_int("42", "count") == 42
+    for bad in ("", "-1", "4.2", "x", "\u0663", " 1"):
+        with pytest.raises(PeerWireError, match="count must be a number"):
+            parse_int(bad, "count")
+
+
+@pytest.mark.xfail(
+    strict=True,
+    reason="BUG: parse_int/parse_frame/decode_record call int() on unbounded digit strings; "
+    "5000 digits raise a plain ValueError (int max str digits), not PeerWireError",
+)
+@pytest.mark.parametrize(
+    "parse",
+    [
+        lambda: parse_int("9" * 5000, "replica id"),
+        lambda: parse_frame("9" * 5000 + " PING"),
+        lambda: decode_record("k " + "9" * 5000 + " 1 1:1 V v"),
+    ],
+    ids=["parse_int", "parse_frame", "decode_record"],
+)
+def test_huge_numbers_raise_peer_wire_error(parse):
+    with pytest.raises(PeerWireError):
+        parse()
+
+
+# Frames -----------------------------------------------------------------------------------
+
+
+def test_frame_encoding():
+    assert Frame(3, "OK").encode() == "3 OK"
+    assert Frame(3, "OK", "").encode() == "3 OK"
+    assert Frame(12, "REC", "k 1 1 - V a b").encode() == "12 REC k 1 1 - V a b"
+
+
+@pytest.mark.parametrize(
+    "frame",
+    [Frame(1, "PING"), Frame(7, "PUSH", "k 1 1 1:1 V  two  spaces "), Frame(99, "END", "1:4"),
+     Frame(0, "ERR", "BADARGS nope")],
+)
+def test_frame_round_trip(frame):
+    assert parse_frame(frame.encode()) == frame
+
+
+@pytest.mark.parametrize("line", ["", "PING", "x PING", "1", "1 ", "-1 PING", " 1 PING",
+                                  "\u0663 PING"])
+def test_bad_frames(line):
+    with pytest.raises(PeerWireError, match="expected '<rid> <KIND> ...'"):
+        parse_frame(line)
+
+
+def test_frame_kinds_and_verbs():
+    assert peerwire.FINAL_KINDS == {"OK", "NO", "ERR", "END"}
+    assert peerwire.STREAM_KINDS == {"LINE", "REC"}
+    assert not peerwire.FINAL_KINDS & peerwire.STREAM_KINDS
+    assert {"PING", "ELECTION", "COORDINATOR"} <= peerwire.VERBS
+
+
+# Handshake proofs ---------------------------------------------------------------------------
+
+
+def test_nonces_are_fresh_hex():
+    a, b = peerwire.new_nonce(), peerwire.new_nonce()
+    assert a != b
+    assert len(a) == 2 * peerwire.NONCE_BYTES
+    int(a, 16)
+
+
+def test_proofs_are_hex_sha256():
+    proof = client_proof(SECRET, 1, 2, "sn", "cn")
+    assert len(proof) == 64
+    int(proof, 16)
+    assert proof == client_proof(SECRET, 1, 2, "sn", "cn")   # deterministic
+
+
+def test_client_and_server_proofs_differ():
+    args = (SECRET, 1, 2, "server-nonce", "client-nonce")
+    assert client_proof(*args) != server_proof(*args)
+
+
+@pytest.mark.parametrize(
+    "changed",
+    [
+        ("other secret", 1, 2, "sn", "cn"),
+        (SECRET, 3, 2, "sn", "cn"),      # client id
+        (SECRET, 1, 3, "sn", "cn"),      # server id
+        (SECRET, 1, 2, "sN", "cn"),      # server nonce
+        (SECRET, 1, 2, "sn", "cN"),      # client nonce
+        (SECRET, 2, 1, "sn", "cn"),      # ids swapped
+        (SECRET, 1, 2, "cn", "sn"),      # nonces swapped (a reflected handshake)
+    ],
+)
+def test_proofs_depend_on_secret_ids_and_both_nonces(changed):
+    base = (SECRET, 1, 2, "sn", "cn")
+    assert client_proof(*changed) != client_proof(*base)
+    assert server_proof(*changed) != server_proof(*base)
+
+
+def test_proof_is_a_keyed_mac_of_the_documented_message():
+    import hashlib
+    import hmac
+
+    message = b"replicad-peer-auth-v1|client|1|2|sn|cn"
+    expected = hmac.new(SECRET.encode(), message, hashlib.sha256).hexdigest()
+    assert client_proof(SECRET, 1, 2, "sn", "cn") == expected
+
+
+def test_proofs_match_semantics():
+    proof = client_proof(SECRET, 1, 2, "sn", "cn")
+    assert proofs_match(proof, proof)
+    assert proofs_match(proof, str(proof))
+    assert not proofs_match(proof, proof.upper())
+    assert not proofs_match(proof, proof[:-1])
+    assert not proofs_match(proof, proof + "0")
+    assert not proofs_match(proof, "")
+    assert not proofs_match(proof, proof[:-1] + ("0" if proof[-1] != "0" else "1"))
+    # Non-ASCII input from the wire is compared, not an exception.
+    assert not proofs_match(proof, "\u00e9" * 64)
+
+
+def test_proofs_match_uses_constant_time_compare(monkeypatch):
+    calls = []
+    real = peerwire.hmac.compare_digest
+
+    def spy(a, b):
+        calls.append((a, b))
+        return real(a, b)
+
+    monkeypatch.setattr(peerwire.hmac, "compare_digest", spy)
+    assert proofs_match("ab", "ab")
+    assert calls == [(b"ab", b"ab")]

@@ -1,0 +1,129 @@
+"""ClientSession: how replies advance the clocks, server order, and the JSON file form."""
+
+import pytest
+
+from replicad.session import ClientSession, SessionFileError, missing, requirement
+from replicad.vclock import VectorClock
+from replicad.wire import Code, Reply, ReplyMeta, Request, SessionContext, error_reply
+
+GET = Request("GET", "k")
+KEYS = Request("KEYS")
+PUT = Request("PUT", "k", "v")
+DEL = Request("DEL", "k")
+STATUS = Request("STATUS")
+
+
+def meta(vc=None, by=3, here=1, coord=3, epoch=5):
+    return ReplyMeta(VectorClock(vc or {}), by=by, coord=coord, epoch=epoch, here=here)
+
+
+@pytest.mark.parametrize("request_", [GET, KEYS])
+def test_read_reply_merges_into_read_clock(request_):
+    session = ClientSession(VectorClock({1: 4}), VectorClock({2: 1}))
+    session.observe(request_, Reply("VALUE", "x", meta=meta({1: 2, 3: 7})), "h:1")
+    assert session.read == VectorClock({1: 4, 3: 7})
+    assert session.write == VectorClock({2: 1})
+    assert session.last_server == 3
+
+
+@pytest.mark.parametrize("request_", [PUT, DEL])
+def test_write_reply_merges_into_write_clock(request_):
+    session = ClientSession(VectorClock({1: 4}), VectorClock({2: 1}))
+    session.observe(request_, Reply("OK", meta=meta({3: 9})), "h:1")
+    assert session.write == VectorClock({2: 1, 3: 9})
+    assert session.read == VectorClock({1: 4})
+
+
+def test_notfound_is_a_read_that_still_merges():
+    session = ClientSession()
+    session.observe(GET, Reply("NOTFOUND", meta=meta({3: 2})), "h:1")
+    assert session.read == VectorClock({3: 2})
+
+
+@pytest.mark.parametrize("code", [Code.UNAVAILABLE, Code.STALE, Code.INDOUBT, Code.BADKEY])
+def test_error_does_not_merge_clocks_but_teaches_who_is_where(code):
+    session = ClientSession(VectorClock({1: 1}), VectorClock({1: 1}), last_server=1)
+    reply = error_reply(code, "x").with_meta(meta({3: 99}, by=2, here=2, coord=3))
+    session.observe(PUT, reply, "h:2")
+    assert session.read == VectorClock({1: 1}) and session.write == VectorClock({1: 1})
+    assert session.last_server == 1
+    assert session.coordinator == 3
+    assert session.addresses == {2: "h:2"}
+
+
+def test_here_and_coordinator_are_learned():
+    session = ClientSession()
+    session.observe(GET, Reply("VALUE", "x", meta=meta(by=3, here=1, coord=3)), "h:1")
+    session.observe(STATUS, Reply("STATUS", meta=meta(by=2, here=2, coord=3)), "h:2")
+    assert session.addresses == {1: "h:1", 2: "h:2"}
+    assert session.coordinator == 3
+
+
+def test_status_reply_does_not_touch_clocks():
+    session = ClientSession()
+    session.observe(STATUS, Reply("STATUS", meta=meta({1: 5})), "h:1")
+    assert session.read == VectorClock() and session.write == VectorClock()
+
+
+def test_reply_without_meta_changes_nothing():
+    session = ClientSession()
+    session.observe(GET, Reply("VALUE", "x"), "h:1")
+    assert session == ClientSession()
+
+
+def test_context_carries_both_clocks_and_last_server():
+    session = ClientSession(VectorClock({1: 2}), VectorClock({2: 3}), last_server=2)
+    context = session.context()
+    assert context == SessionContext(VectorClock({1: 2}), VectorClock({2: 3}), 2)
+    assert context.encode() == "@r=1:2;w=2:3;via=2"
+    assert requirement(context) == VectorClock({1: 2, 2: 3})
+    assert requirement(None) == VectorClock()
+
+
+def test_missing_is_what_the_replica_lacks():
+    assert missing(VectorClock({1: 3, 2: 1}), VectorClock({1: 1, 2: 5})) == VectorClock({1: 3})
+    assert missing(VectorClock({1: 1}), VectorClock({1: 1})) == VectorClock()
+
+
+def test_order_puts_known_coordinator_first():
+    session = ClientSession(coordinator=3, addresses={3: "c:3"})
+    assert session.order(["a:1", "b:2", "c:3"]) == ["c:3", "a:1", "b:2"]
+
+
+@pytest.mark.parametrize(
+    "session",
+    [
+        ClientSession(),                                        # nothing known
+        ClientSession(coordinator=3),                           # address unknown
+        ClientSession(coordinator=3, addresses={3: "x:9"}),     # not one of ours
+    ],
+)
+def test_order_keeps_the_static_list_otherwise(session):
+    assert session.order(["a:1", "b:2"]) == ["a:1", "b:2"]
+
+
+def test_json_round_trip():
+    session = ClientSession(
+        VectorClock({1: 2, 3: 4}), VectorClock({2: 1}), last_server=3, coordinator=3,
+        addresses={1: "127.0.0.1:7001", 3: "[::1]:7003"},
+    )
+    assert ClientSession.from_json(session.to_json()) == session
+    assert ClientSession.from_json(ClientSession().to_json()) == ClientSession()
+
+
+@pytest.mark.parametrize(
+    "text",
+    [
+        "",
+        "{",
+        "[]",
+        '{"read": "1:x"}',
+        '{"read": 5}',
+        '{"last_server": "three"}',
+        '{"addresses": {"one": "h:1"}}',
+        '{"addresses": []}',
+    ],
+)
+def test_damaged_json_raises_session_file_error(text):
+    with pytest.raises(SessionFileError, match="damaged"):
+        ClientSession.from_json(text)
