@@ -287,17 +287,20 @@ def test_non_utf8_is_badencoding_and_still_usable():
     assert transport.value() == b"PONG\r\n"
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="BUG: a line with whitespace other than space/tab next to the command "
-    "(e.g. NBSP, \\v) raises AssertionError out of lineReceived (wire.parse_request) "
-    "instead of an ERR reply; a real transport would drop the connection",
-)
+# Regression: NBSP or \\v next to the command word raised AssertionError out of
+# lineReceived (wire.parse_request), which drops the connection on a real transport.
 def test_odd_whitespace_gets_a_reply_not_a_crash():
     proto, transport, _clock, _handler, _factory = setup()
-    proto.dataReceived("PING\u00a0\r\n".encode())
-    assert len(replies(transport)) == 1
+    proto.dataReceived("PING\u00a0\r\n\x0bPING\r\n".encode())
+    assert transport.value() == b"PONG\r\nPONG\r\n"
     assert not transport.disconnecting
+
+
+def test_huge_number_in_context_gets_badcontext():
+    proto, transport, _clock, handler, _factory = setup()
+    proto.dataReceived(b"@via=" + b"9" * 4400 + b" GET k\r\nPING\r\n")
+    assert [r.error_code for r in replies(transport)] == ["BADCONTEXT", None]
+    assert handler.handled == []
 
 
 # Idle timeout -----------------------------------------------------------------------------------

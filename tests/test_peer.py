@@ -260,17 +260,21 @@ def test_auth_line_may_end_with_crlf():
     assert proto.peer_id == CLIENT_ID
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="BUG: AUTH with a 5000-digit id makes parse_int raise a plain ValueError out of "
-    "lineReceived (only PeerWireError is caught) instead of ERR AUTH",
-)
+# Regression: a 5000-digit id made parse_int raise a plain ValueError out of lineReceived.
 def test_huge_id_in_auth_is_refused():
     proto, transport, _clock, _handler = make_server(max_line=100_000)
     lines(transport)
     proto.dataReceived(f"AUTH {'9' * 5000} {CLIENT_NONCE} proof\n".encode())
-    assert lines(transport)[0].startswith("ERR AUTH ")
+    assert lines(transport) == [f"ERR AUTH replica id must be a number, got '{'9' * 20}'"]
     assert transport.disconnecting
+
+
+def test_huge_rid_after_auth_is_a_protocol_error():
+    proto, transport, _clock, handler = authenticated_server(max_line=100_000)
+    proto.dataReceived(("9" * 5000 + " PING\n").encode())
+    assert lines(transport)[0].startswith("ERR PROTOCOL expected")
+    assert transport.disconnecting
+    assert handler.calls == []
 
 
 # Server: requests ------------------------------------------------------------------------

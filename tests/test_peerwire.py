@@ -21,6 +21,7 @@ from replicad.peerwire import (
 )
 from replicad.store import Record
 from replicad.vclock import VectorClock
+from replicad.wire import MAX_NUMBER_DIGITS
 
 SECRET = "cluster secret"
 
@@ -35,9 +36,9 @@ VALUES = st.text(
 CLOCKS = st.dictionaries(
     st.integers(1, 64), st.integers(1, 2**63 - 1), max_size=4
 ).map(VectorClock)
-RECORDS = st.builds(
-    Record, KEYS, st.none() | VALUES, st.integers(1, 64), st.integers(1, 2**63 - 1), CLOCKS
-)
+# Write ids on the peer wire have at most wire.MAX_NUMBER_DIGITS digits.
+SEQS = st.integers(1, 10**MAX_NUMBER_DIGITS - 1)
+RECORDS = st.builds(Record, KEYS, st.none() | VALUES, st.integers(1, 64), SEQS, CLOCKS)
 
 
 # Records ---------------------------------------------------------------------------------
@@ -119,11 +120,8 @@ def test_decode_clock_and_parse_int():
             parse_int(bad, "count")
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="BUG: parse_int/parse_frame/decode_record call int() on unbounded digit strings; "
-    "5000 digits raise a plain ValueError (int max str digits), not PeerWireError",
-)
+# Regression: int() of a 5000-digit string raises a plain ValueError (Python's int max
+# str digits), which the peer protocol did not catch.
 @pytest.mark.parametrize(
     "parse",
     [
@@ -136,6 +134,15 @@ def test_decode_clock_and_parse_int():
 def test_huge_numbers_raise_peer_wire_error(parse):
     with pytest.raises(PeerWireError):
         parse()
+
+
+def test_number_digit_limit():
+    biggest = "9" * MAX_NUMBER_DIGITS
+    assert parse_int(biggest, "rid") == int(biggest)
+    assert parse_frame(biggest + " OK") == Frame(int(biggest), "OK")
+    assert decode_record(f"k 1 {biggest} 1:1 T").seq == int(biggest)
+    with pytest.raises(PeerWireError):
+        parse_int(biggest + "9", "rid")
 
 
 # Frames -----------------------------------------------------------------------------------

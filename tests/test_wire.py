@@ -54,7 +54,8 @@ REQUESTS = st.one_of(
 
 # Reply text and body lines: a line on the wire, so no CR/LF (nor other controls).
 LINE_TEXT = st.text(st.characters(codec="utf-8", exclude_categories=("Cc", "Cs")), max_size=30)
-METAS = st.none() | st.builds(ReplyMeta, CLOCKS, IDS, IDS, st.integers(0, 2**63 - 1), IDS)
+EPOCHS = st.integers(0, 10**wire.MAX_NUMBER_DIGITS - 1)
+METAS = st.none() | st.builds(ReplyMeta, CLOCKS, IDS, IDS, EPOCHS, IDS)
 REPLIES = st.one_of(
     st.builds(Reply, st.sampled_from(sorted(wire.SINGLE_STATUSES)), LINE_TEXT, st.just(()),
               METAS),
@@ -351,27 +352,39 @@ def test_wire_error_reply():
     assert str(error) == f"BADARGS {error.message}"
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="BUG: parse_request hits `assert match is not None` (AssertionError, not "
-    "WireError) when the line starts with, or the command is followed by, whitespace "
-    "other than space/tab (\\v, \\f, NBSP, U+3000)",
+# Regression: these lines used to hit `assert match is not None` (an AssertionError out
+# of lineReceived) because only space and tab were stripped around the command word.
+@pytest.mark.parametrize(
+    ("line", "expected"),
+    [
+        ("\x0bPING", Request("PING")),
+        ("PING\x0c", Request("PING")),
+        ("GET\u00a0key", Request("GET", "key")),
+        ("\u3000STATUS", Request("STATUS")),
+        ("@r=- \x0cDEL k", Request("DEL", "k", context=SessionContext())),
+    ],
 )
-@pytest.mark.parametrize("line", ["\x0bPING", "PING\x0c", "GET\u00a0key", "\u3000STATUS"])
-def test_odd_whitespace_around_the_command_is_not_a_crash(line):
-    try:
-        parse_request(line)
-    except WireError:
-        pass
+def test_any_whitespace_around_the_command_word(line, expected):
+    assert parse_request(line) == expected
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="BUG: _optional_id calls int() on an unbounded digit string; 5000 digits "
-    "raise ValueError (int max str digits), not WireError(BADCONTEXT)",
+# Regression: int() of a 5000-digit string raises ValueError (Python's int max str
+# digits), which escaped as a non-WireError.
+@pytest.mark.parametrize(
+    "token", ["@via=" + "9" * 5000, "@via=" + "9" * (wire.MAX_NUMBER_DIGITS + 1)]
 )
-def test_huge_number_in_a_context_is_badcontext():
-    assert wire_error("@via=" + "9" * 5000 + " PING").code == Code.BADCONTEXT
+def test_huge_number_in_a_context_is_badcontext(token):
+    error = wire_error(token + " PING")
+    assert error.code == Code.BADCONTEXT
+    assert len(error.message) < 100
+
+
+def test_numbers_up_to_max_digits_are_accepted():
+    biggest = "9" * wire.MAX_NUMBER_DIGITS
+    assert parse_request(f"@via={biggest} PING").context.via == int(biggest)
+    assert wire.is_number(biggest)
+    for text in ("", "-1", "1.0", "\u0663", "9" * (wire.MAX_NUMBER_DIGITS + 1)):
+        assert not wire.is_number(text)
 
 
 # Replies ----------------------------------------------------------------------------------
@@ -467,6 +480,8 @@ def test_error_reply_fields():
         "@nofield OK",
         "@vc=-;epoch=x OK",
         "@vc=- HUH",
+        "KEYS " + "9" * 5000,
+        "@vc=-;epoch=" + "9" * 5000 + " OK",
     ],
 )
 def test_bad_reply_header_raises_wire_error(line):
