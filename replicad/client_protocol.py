@@ -50,6 +50,9 @@ class ClientProtocol(LineReceiver, TimeoutMixin):
         self.factory.handler.client_connected()
 
     def connectionLost(self, reason: object = None) -> None:
+        # Twisted leaves `connected` set after a close; a reply that arrives later must
+        # see the truth, or it would write, re-arm the idle timer and resume reading.
+        self.connected = False
         self.setTimeout(None)
         if self._counted:
             self.factory.open_connections -= 1

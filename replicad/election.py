@@ -247,6 +247,18 @@ class BullyElection:
             return
         self._epoch = epoch
         self._actions.persist_epoch(epoch)
+        if self._role is Role.COORDINATOR:
+            # A newer term exists somewhere: re-elect and announce above it rather than
+            # live on in an older epoch.  Next turn, since this may be called mid-input.
+            self._clock.callLater(0, self._check_outdated)
+
+    def _check_outdated(self) -> None:
+        if (
+            not self._stopped
+            and self._role is Role.COORDINATOR
+            and (self._coordinator_epoch or 0) < self._epoch
+        ):
+            self.start_election(f"a newer epoch {self._epoch} was seen")
 
     def stop(self) -> None:
         """Service shutdown: cancel timers; later inputs are ignored."""

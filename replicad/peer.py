@@ -19,7 +19,13 @@ from twisted.internet import defer, error
 from twisted.internet.endpoints import clientFromString
 from twisted.internet.interfaces import IPullProducer, IReactorTime
 from twisted.internet.protocol import Factory
-from twisted.logger import Logger
+from twisted.logger import (
+    FilteringLogObserver,
+    Logger,
+    LogLevel,
+    LogLevelFilterPredicate,
+    globalLogPublisher,
+)
 from twisted.protocols.basic import LineReceiver
 from zope.interface import implementer
 
@@ -146,6 +152,7 @@ class PeerServerProtocol(_LineProtocol):
         )
 
     def connectionLost(self, reason: object = None) -> None:
+        self.connected = False   # Twisted leaves it set; late answers check it
         self._cancel_handshake_timer()
         if self._active is not None:
             self._active.stopProducing()
@@ -277,6 +284,14 @@ class PeerClientProtocol(_LineProtocol):
         self._ready = False
         self._next_rid = 1
         self._calls: dict[int, _PendingCall] = {}
+        self._handshake_timer = None
+
+    def connectionMade(self) -> None:
+        # A peer that accepts but never answers (frozen, overloaded) must not wedge the
+        # link: give up, and let ClientService dial again.
+        self._handshake_timer = self.factory.clock.callLater(
+            HANDSHAKE_TIMEOUT_S, self._abort, "handshake timed out"
+        )
 
     def lineReceived(self, raw: bytes) -> None:
         line = self.decoded(raw)
@@ -322,6 +337,7 @@ class PeerClientProtocol(_LineProtocol):
                                              self._server_nonce, self._nonce)
             if peerwire.proofs_match(expected, parts[1]):
                 self._ready = True
+                self._cancel_handshake_timer()
                 self.authenticated.callback(self)
                 return
             self._abort("peer failed to prove it knows the cluster secret")
@@ -334,7 +350,13 @@ class PeerClientProtocol(_LineProtocol):
         if not self.authenticated.called:
             self.authenticated.errback(PeerUnavailable(message))
 
+    def _cancel_handshake_timer(self) -> None:
+        if self._handshake_timer is not None and self._handshake_timer.active():
+            self._handshake_timer.cancel()
+        self._handshake_timer = None
+
     def connectionLost(self, reason: object = None) -> None:
+        self._cancel_handshake_timer()
         if not self.authenticated.called:
             self.authenticated.errback(PeerUnavailable("connection lost during handshake"))
         for rid in list(self._calls):
@@ -387,6 +409,18 @@ class PeerClientFactory(Factory):
         return PeerClientProtocol(self)
 
 
+class _QuietClientService(ClientService):
+    """A ClientService that keeps only warnings: it logs every reconnect attempt at
+    info, a line every half second for a peer that is down for a day.  The replica
+    logs peers going down and coming back instead."""
+
+    _log = Logger(
+        observer=FilteringLogObserver(
+            globalLogPublisher, [LogLevelFilterPredicate(defaultLogLevel=LogLevel.warn)]
+        )
+    )
+
+
 class PeerLink:
     """The link to one peer: a reconnecting ClientService plus ``call()``."""
 
@@ -396,7 +430,7 @@ class PeerLink:
                  max_line_bytes: int, max_retry_delay_s: float = 0.5):
         self.peer_id = peer_id
         factory = PeerClientFactory(my_id, peer_id, secret, reactor, max_line_bytes)
-        self.service = ClientService(
+        self.service = _QuietClientService(
             clientFromString(reactor, endpoint_spec),
             factory,
             # backoffPolicy's default jitter adds up to a whole second; a returning

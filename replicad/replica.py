@@ -21,6 +21,7 @@ from twisted.application import service
 from twisted.internet import defer
 from twisted.internet.task import LoopingCall
 from twisted.logger import Logger
+from twisted.python.failure import Failure
 
 from replicad import peerwire, session, wire
 from replicad.config import ClusterConfig, ConfigError
@@ -157,6 +158,12 @@ class Replica(service.MultiService):
 
         return d.addBoth(close)
 
+    def _mark(self, peer_id: int, up: bool) -> None:
+        """Record whether the last exchange with a peer worked; log the changes."""
+        if self.peer_up.get(peer_id) != up:
+            self.log.info("replica {peer} is {state}", peer=peer_id, state="up" if up else "down")
+        self.peer_up[peer_id] = up
+
     # ElectionActions (called by the Bully machine) -------------------------------------
 
     def send_election(self, peer_id: int, epoch: int) -> None:
@@ -200,14 +207,14 @@ class Replica(service.MultiService):
         self.store.set_epoch(epoch)
 
     def _peer_answered(self, response, peer_id: int, then) -> None:
-        self.peer_up[peer_id] = True
+        self._mark(peer_id, True)
         if response.kind == "ERR":
             raise PeerWireError(f"replica {peer_id} answered ERR {response.payload}")
         then(response)
 
     def _peer_failed(self, failure, peer_id: int, verb: str, then) -> None:
         if failure.check(PeerUnavailable):
-            self.peer_up[peer_id] = False
+            self._mark(peer_id, False)
         else:
             self.log.failure("{verb} to replica {peer} failed", failure, verb=verb, peer=peer_id)
         then()
@@ -259,14 +266,14 @@ class Replica(service.MultiService):
         d = self.links[peer_id].call("PING", "", timeout_s)
 
         def parsed(response):
-            self.peer_up[peer_id] = True
+            self._mark(peer_id, True)
             status = PeerStatus.parse(peer_id, response.payload)
             self.election.epoch_seen(status.epoch)
             return status
 
         def down(failure):
             failure.trap(PeerUnavailable)
-            self.peer_up[peer_id] = False
+            self._mark(peer_id, False)
             return failure
 
         return d.addCallbacks(parsed, down)
@@ -397,7 +404,7 @@ class Replica(service.MultiService):
         def acked(response, peer_id: int) -> None:
             nonlocal acks, pending
             pending -= 1
-            self.peer_up[peer_id] = True
+            self._mark(peer_id, True)
             if response.kind == "OK":
                 acks += 1
             settle()
@@ -406,7 +413,7 @@ class Replica(service.MultiService):
             nonlocal pending
             pending -= 1
             if failure.check(PeerUnavailable):
-                self.peer_up[peer_id] = False
+                self._mark(peer_id, False)
             else:
                 self.log.failure("push to replica {peer} failed", failure, peer=peer_id)
             settle()
@@ -533,10 +540,22 @@ class Replica(service.MultiService):
                 waiter.callback(None)
 
     async def _forward(self, coordinator: int, request: Request) -> Reply:
-        response = await self.links[coordinator].call(
-            "CLIENT", request.encode(), self.timers.forward_timeout
-        )
-        self.peer_up[coordinator] = True
+        # Race the answer against the heartbeat declaring this coordinator failed: a
+        # hung coordinator then costs about one ping interval, not forward_timeout.
+        # race() only counts a success, so the call's failure travels as a value: a
+        # refused call (never sent) must not turn into a write in doubt.
+        call = self.links[coordinator].call("CLIENT", request.encode(),
+                                            self.timers.forward_timeout)
+        call.addErrback(lambda failure: failure)
+        deadline = self.reactor.seconds() + self.timers.forward_timeout
+        gone = defer.ensureDeferred(self._state_change(coordinator, deadline))
+        winner, response = await defer.race([call, gone])
+        if winner == 1:
+            raise PeerUnavailable(f"coordinator {coordinator} failed during the request",
+                                  sent=True)
+        if isinstance(response, Failure):
+            response.raiseException()
+        self._mark(coordinator, True)
         if response.kind == "NO":
             # It is not the coordinator (any more): treat it like a failed ping.
             raise PeerUnavailable(f"replica {coordinator} is not the coordinator")
@@ -592,7 +611,7 @@ class Replica(service.MultiService):
     # Peer requests (PeerRequestHandler) ------------------------------------------------
 
     def peer_request(self, peer_id: int, verb: str, payload: str):
-        self.peer_up[peer_id] = True
+        self._mark(peer_id, True)
         election = self.election
         if verb == "PING":
             # A coordinator still pulling before it serves answers "coordinator": it is

@@ -240,7 +240,8 @@ def parse_request(line: str, limits: Limits = Limits()) -> Request | None:
     match = _FIRST_WORD.match(line.lstrip())
     if match is None:
         raise WireError(Code.BADCMD, "empty command; try HELP")
-    command, rest = match.group(1).upper(), match.group(2)
+    word, rest = match.group(1), match.group(2)
+    command = word.upper() if word.isascii() else word   # no Unicode case folding
     if command not in COMMANDS:
         raise WireError(Code.BADCMD, f"unknown command {_shorten(match.group(1))!r}; try HELP")
     rest = rest if rest else ""

@@ -82,7 +82,7 @@ def error_codes(transport) -> list[str | None]:
     return [reply.error_code for reply in replies(transport)]
 
 
-# Local commands ------------------------------------------------------------------------------
+# Local commands -------------------------------------------------------------------------
 
 
 def test_connect_tells_the_handler_and_writes_nothing():
@@ -134,7 +134,7 @@ def test_blank_lines_are_ignored():
     assert transport.value() == b"PONG\r\n"
 
 
-# Data commands ------------------------------------------------------------------------------
+# Data commands --------------------------------------------------------------------------
 
 
 def test_data_command_goes_to_handle_and_the_reply_is_written():
@@ -204,7 +204,7 @@ def test_reply_meta_is_written():
     assert replies(transport) == [Reply("VALUE", "x", meta=meta)]
 
 
-# Errors ---------------------------------------------------------------------------------------
+# Errors ---------------------------------------------------------------------------------
 
 
 @pytest.mark.parametrize(
@@ -303,7 +303,7 @@ def test_huge_number_in_context_gets_badcontext():
     assert handler.handled == []
 
 
-# Idle timeout -----------------------------------------------------------------------------------
+# Idle timeout ---------------------------------------------------------------------------
 
 
 def test_idle_connection_gets_err_idle_and_is_closed():
@@ -343,12 +343,12 @@ def test_no_idle_timeout_while_a_request_is_in_progress():
     assert transport.disconnecting
 
 
-# Connection accounting ------------------------------------------------------------------------------
+# Connection accounting ------------------------------------------------------------------
 
 
 def test_max_connections_exceeded_is_busy_and_closed():
     factory, _clock = make_factory(max_connections=2)
-    (p1, _t1), (p2, _t2) = connect(factory), connect(factory)
+    (p1, _t1), (_p2, _t2) = connect(factory), connect(factory)
     p3, t3 = connect(factory)
     assert t3.value() == b"ERR BUSY too many connections, try later\r\n"
     assert t3.disconnecting
@@ -374,12 +374,6 @@ def test_connection_count_is_decremented_once_on_close():
     assert clock.getDelayedCalls() == []         # the idle timer is cancelled
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="BUG: _served checks self.connected, which Twisted never resets on "
-    "connectionLost; a reply after the client left is written and the idle timer is "
-    "re-armed on the dead connection (a DelayedCall that outlives it)",
-)
 def test_reply_after_the_client_disconnected_is_dropped_silently():
     proto, transport, clock, handler, factory = setup()
     proto.dataReceived(b"GET k\r\n")

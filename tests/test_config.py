@@ -127,7 +127,7 @@ def test_default_timers_keep_ping_timeout_under_interval():
     assert timers.ping_timeout < timers.ping_interval
 
 
-# Loading a good file ----------------------------------------------------------------
+# Loading a good file --------------------------------------------------------------------
 
 
 def test_load_good_config(tmp_path):
@@ -168,7 +168,7 @@ def test_secret_is_stripped_and_not_interpolated(tmp_path):
     assert config.secret == "100%${x}"
 
 
-# Every mistake ----------------------------------------------------------------------
+# Every mistake --------------------------------------------------------------------------
 
 
 def test_missing_file(tmp_path):
@@ -404,7 +404,7 @@ def test_huge_section_id_is_a_config_error(tmp_path):
     assert "needs a positive integer id" in message
 
 
-# Addresses and endpoints ---------------------------------------------------------------
+# Addresses and endpoints ----------------------------------------------------------------
 
 
 def test_ipv6_address_parses_and_endpoints_escape_colons():
@@ -436,7 +436,7 @@ def test_client_endpoint_timeout_rounds_up_to_at_least_one_second():
     )
 
 
-# render_config ------------------------------------------------------------------------
+# render_config --------------------------------------------------------------------------
 
 
 def comparable(config):

@@ -167,7 +167,7 @@ def connected_pair(handler=None, server_secret=SECRET, client_secret=SECRET,
     return server, client, server_io, client_io, pump, clock, handler
 
 
-# Server: handshake ------------------------------------------------------------------------
+# Server: handshake ----------------------------------------------------------------------
 
 
 def test_hello_is_sent_on_connect():
@@ -277,7 +277,7 @@ def test_huge_rid_after_auth_is_a_protocol_error():
     assert handler.calls == []
 
 
-# Server: requests ------------------------------------------------------------------------
+# Server: requests -----------------------------------------------------------------------
 
 
 def test_request_is_dispatched_and_answered_ok():
@@ -477,7 +477,7 @@ def test_non_utf8_is_refused(authenticated):
     assert handler.calls == []
 
 
-# Client protocol over StringTransport -------------------------------------------------------
+# Client protocol over StringTransport ---------------------------------------------------
 
 
 def test_client_handshake_step_by_step():
@@ -617,7 +617,7 @@ def test_client_refuses_malformed_frames():
     failure_of(d, PeerUnavailable)
 
 
-# Client against server over iosim -------------------------------------------------------------
+# Client against server over iosim -------------------------------------------------------
 
 
 def test_handshake_over_iosim():
@@ -715,7 +715,7 @@ def test_connection_lost_fails_calls_over_iosim():
     never.callback(PeerAnswer("OK"))       # the answer after the close goes nowhere
 
 
-# PeerLink: ClientService on a MemoryReactorClock ------------------------------------------------
+# PeerLink: ClientService on a MemoryReactorClock ----------------------------------------
 
 
 def make_link(reactor, endpoint="tcp:host=127.0.0.1:port=7102"):

@@ -41,7 +41,7 @@ SEQS = st.integers(1, 10**MAX_NUMBER_DIGITS - 1)
 RECORDS = st.builds(Record, KEYS, st.none() | VALUES, st.integers(1, 64), SEQS, CLOCKS)
 
 
-# Records ---------------------------------------------------------------------------------
+# Records --------------------------------------------------------------------------------
 
 
 def test_record_encoding():
@@ -145,7 +145,7 @@ def test_number_digit_limit():
         parse_int(biggest + "9", "rid")
 
 
-# Frames -----------------------------------------------------------------------------------
+# Frames ---------------------------------------------------------------------------------
 
 
 def test_frame_encoding():
@@ -177,7 +177,7 @@ def test_frame_kinds_and_verbs():
     assert {"PING", "ELECTION", "COORDINATOR"} <= peerwire.VERBS
 
 
-# Handshake proofs ---------------------------------------------------------------------------
+# Handshake proofs -----------------------------------------------------------------------
 
 
 def test_nonces_are_fresh_hex():

@@ -13,7 +13,7 @@ from twisted.python import usage
 
 from replicad import tap
 from replicad.client_protocol import ClientFactory
-from replicad.config import render_config, with_overrides, default_config
+from replicad.config import default_config, render_config, with_overrides
 from replicad.peer import PeerServerFactory
 
 
@@ -39,7 +39,7 @@ def in_tmp(tmp_path, monkeypatch):
     return tmp_path
 
 
-# Options -------------------------------------------------------------------------------------
+# Options --------------------------------------------------------------------------------
 
 
 def test_missing_id_is_a_usage_error(in_tmp):
@@ -129,7 +129,7 @@ def test_data_dir_with_a_damaged_database_exits_with_one_line(in_tmp):
     assert DB_FILENAME in message
 
 
-# makeService --------------------------------------------------------------------------------------
+# makeService ----------------------------------------------------------------------------
 
 
 def test_make_service_builds_replica_and_two_listeners_without_starting(in_tmp):
@@ -177,7 +177,7 @@ def test_make_service_listens_on_the_members_addresses_when_started(in_tmp):
         listener.stopService()
 
 
-# The twistd plugin -----------------------------------------------------------------------------------
+# The twistd plugin ----------------------------------------------------------------------
 
 
 def test_plugin_is_discoverable():

@@ -23,7 +23,7 @@ from replicad.wire import (
     parse_request,
 )
 
-# Strategies ---------------------------------------------------------------------------
+# Strategies -----------------------------------------------------------------------------
 
 # A key character: anything printable that is not whitespace (a key is one word).
 KEY_CHARS = st.characters(
@@ -87,7 +87,7 @@ def reply_from_bytes(data: bytes) -> Reply:
     return reply
 
 
-# Requests: every command ---------------------------------------------------------------
+# Requests: every command ----------------------------------------------------------------
 
 
 @pytest.mark.parametrize(
@@ -195,7 +195,7 @@ def test_put_round_trip_keeps_the_value_exactly(key, value):
     assert parse_request(f"PUT {key} {value}") == Request("PUT", key, value)
 
 
-# Requests: line handling -----------------------------------------------------------------
+# Requests: line handling ----------------------------------------------------------------
 
 
 @pytest.mark.parametrize("line", ["", " ", "\t", "  \t ", "\r\n", "\n", " \r\n"])
@@ -223,7 +223,7 @@ def test_decode_line_rejects_non_utf8(raw):
     assert info.value.code == Code.BADENCODING
 
 
-# Requests: errors ---------------------------------------------------------------------
+# Requests: errors -----------------------------------------------------------------------
 
 
 @pytest.mark.parametrize("line", ["FROB", "frob k", "GETX k", "@r=- NOPE k", "END"])
@@ -387,7 +387,7 @@ def test_numbers_up_to_max_digits_are_accepted():
         assert not wire.is_number(text)
 
 
-# Replies ----------------------------------------------------------------------------------
+# Replies --------------------------------------------------------------------------------
 
 
 def test_single_line_reply_encoding():

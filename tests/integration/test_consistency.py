@@ -44,6 +44,8 @@ def test_original_scenario_the_returning_empty_replica_fetches_before_answering(
     cluster = start_cluster(3)
     servers = cluster.addresses()
     cluster.kill(3)
+    cluster.wait_until(lambda: cluster.coordinator() == 2, timeout_s=10,
+                       what="replica 2 takes over")
     assert cli(servers, "put", "k", "written while 3 was down").returncode == 0
     wipe(cluster, 3)                  # replica 3 comes back empty-handed ...
     cluster.start_replica(3)

@@ -2,9 +2,14 @@
 
 from __future__ import annotations
 
+import signal
+import time
+
 import pytest
 
 from replicad.client import BlockingClient
+
+from .test_foundation import talk
 
 
 def agreed_coordinator(cluster, live: list[int]) -> int | None:
@@ -30,9 +35,12 @@ def test_kill_the_coordinator_then_bring_it_back(start_cluster, cli):
     wait_for_coordinator(cluster, [1, 2, 3], 3)
     epoch_before = int(cluster.status(3)["epoch"])
     cluster.kill(3)
-    # A write through the static list succeeds without waiting for detection first.
-    assert cli(cluster.addresses(), "put", "k", "while 3 is down").returncode == 0
+    # A write right after the kill succeeds, or, if it was forwarded to replica 3 just
+    # as it died, is reported in doubt (exit 3): never a false OK, never a hang.
+    first = cli(cluster.addresses(), "put", "k", "while 3 is down")
+    assert first.returncode == 0 or (first.returncode == 3 and "INDOUBT" in first.stderr)
     wait_for_coordinator(cluster, [1, 2], 2)
+    assert cli(cluster.addresses(), "put", "k", "while 3 is down").returncode == 0
     assert int(cluster.status(2)["epoch"]) > epoch_before
 
     cluster.start_replica(3)
@@ -66,10 +74,35 @@ def test_killing_a_follower_changes_nothing(start_cluster, victim):
 
 
 def test_requests_during_an_election_wait_then_succeed(start_cluster):
-    # Slow the election down so the client's request certainly lands inside it.
+    # Freeze the coordinator (SIGSTOP): elections now wait answer_timeout for it, so a
+    # request sent once replica 1 is electing certainly lands inside the election.
     cluster = start_cluster(3, answer_timeout=1.0, coordinator_timeout=2.0)
-    cluster.kill(3)
-    client = BlockingClient([cluster.address(1)], timeout_s=15)
-    client.put("during", "election")          # waits for the election, then is served
-    assert client.get("during") == "election"
-    assert agreed_coordinator(cluster, [1, 2]) == 2
+    cluster.kill(3, signal.SIGSTOP)
+    try:
+        cluster.wait_until(lambda: cluster.status(1)["role"] == "electing", timeout_s=5,
+                           what="replica 1 starts an election")
+        client = BlockingClient([cluster.address(1)], timeout_s=15)
+        client.put("during", "election")      # waits for the election, then is served
+        assert client.get("during") == "election"
+        assert agreed_coordinator(cluster, [1, 2]) == 2
+    finally:
+        cluster.kill(3, signal.SIGCONT)
+
+
+def test_a_request_gets_unavailable_at_the_deadline_never_a_hang(start_cluster):
+    # Freeze (SIGSTOP) the two higher replicas: replica 1's election then waits for
+    # their answers (answer_timeout 3 s), longer than a request may wait (0.5 s).
+    cluster = start_cluster(3, answer_timeout=3, coordinator_timeout=6, election_wait=0.5)
+    cluster.kill(3, signal.SIGSTOP)
+    cluster.kill(2, signal.SIGSTOP)
+    try:
+        cluster.wait_until(lambda: cluster.status(1)["role"] == "electing", timeout_s=5,
+                           what="replica 1 notices the coordinator is frozen")
+        # One raw request, no client retries: the replica itself must answer in time.
+        started = time.monotonic()
+        reply = talk(cluster.address(1), b"PUT k v\r\nQUIT\r\n").decode()
+        assert time.monotonic() - started < 3
+        assert reply.startswith("ERR UNAVAILABLE "), reply
+    finally:
+        cluster.kill(3, signal.SIGCONT)
+        cluster.kill(2, signal.SIGCONT)

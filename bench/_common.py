@@ -1,0 +1,139 @@
+"""Helpers shared by the benchmarks: statistics, machine facts, the results file.
+
+Nothing here prints: the scripts decide what to print and when.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import datetime
+import math
+import os
+import platform
+import re
+import shlex
+import sqlite3
+import sys
+from collections.abc import Sequence
+
+import twisted
+from replicad.config import Timers
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+RESULTS_PATH = os.path.join(ROOT, "docs", "benchmarks.md")
+
+
+# Statistics --------------------------------------------------------------------------
+
+
+def percentile(values: Sequence[float], p: float) -> float:
+    """Linear interpolation between closest ranks (numpy's default); NaN for no values.
+
+    With fewer than 100 samples p99 lies between the two largest values, so it is
+    reported next to the max rather than instead of it.
+    """
+    if not values:
+        return math.nan
+    ordered = sorted(values)
+    rank = (len(ordered) - 1) * p / 100.0
+    low = math.floor(rank)
+    high = min(low + 1, len(ordered) - 1)
+    return ordered[low] + (ordered[high] - ordered[low]) * (rank - low)
+
+
+@dataclasses.dataclass(frozen=True)
+class Summary:
+    n: int
+    median: float
+    p99: float
+    max: float
+    min: float
+
+    @classmethod
+    def of(cls, values: Sequence[float]) -> Summary:
+        if not values:
+            return cls(0, math.nan, math.nan, math.nan, math.nan)
+        return cls(len(values), percentile(values, 50), percentile(values, 99),
+                   max(values), min(values))
+
+
+def ms(seconds: float) -> str:
+    """Seconds -> "123" (milliseconds, no decimals), "-" for NaN."""
+    return "-" if math.isnan(seconds) else f"{seconds * 1000:.0f}"
+
+
+def markdown_table(header: Sequence[str], rows: Sequence[Sequence[object]]) -> list[str]:
+    lines = ["| " + " | ".join(header) + " |",
+             "|" + "|".join("---:" if i else "---" for i in range(len(header))) + "|"]
+    lines += ["| " + " | ".join(str(cell) for cell in row) + " |" for row in rows]
+    return lines
+
+
+# Machine and invocation --------------------------------------------------------------
+
+
+def command_line() -> str:
+    """How this script was run, relative to the repository root when possible."""
+    script = os.path.relpath(os.path.abspath(sys.argv[0]), ROOT)
+    python = os.path.relpath(sys.executable, ROOT)
+    if python.startswith(".."):
+        python = sys.executable
+    return shlex.join([python, script, *sys.argv[1:]])
+
+
+def _cpu_model() -> str:
+    try:
+        with open("/proc/cpuinfo", encoding="utf-8") as handle:
+            for line in handle:
+                if line.startswith("model name"):
+                    return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or "unknown CPU"
+
+
+def machine_lines() -> list[str]:
+    try:
+        cores = len(os.sched_getaffinity(0))
+    except AttributeError:
+        cores = os.cpu_count() or 0
+    return [
+        f"- date: {datetime.datetime.now().astimezone().strftime('%Y-%m-%d %H:%M %Z')}",
+        f"- machine: {cores} cores (nproc), {_cpu_model()}, {platform.system()} "
+        f"{platform.release()}",
+        f"- python {platform.python_version()}, Twisted {twisted.__version__}, "
+        f"SQLite {sqlite3.sqlite_version}",
+    ]
+
+
+def timers_line(timers: Timers | None = None) -> str:
+    timers = timers or Timers()
+    parts = [f"{f.name}={getattr(timers, f.name):g}" for f in dataclasses.fields(timers)]
+    return "- timers (replicad.config.Timers, seconds): " + ", ".join(parts)
+
+
+# The results file --------------------------------------------------------------------
+
+
+def _markers(name: str) -> tuple[str, str]:
+    return f"<!-- BEGIN {name} (written by bench/{name}.py --write) -->", f"<!-- END {name} -->"
+
+
+def write_section(name: str, body: str, path: str = RESULTS_PATH) -> None:
+    """Replace the text between this benchmark's markers in path (append if absent)."""
+    begin, end = _markers(name)
+    block = f"{begin}\n{body.rstrip()}\n{end}"
+    try:
+        with open(path, encoding="utf-8") as handle:
+            text = handle.read()
+    except FileNotFoundError:
+        text = "# Benchmarks\n"
+    pattern = re.compile(re.escape(begin) + r".*?" + re.escape(end), re.DOTALL)
+    if pattern.search(text):
+        text = pattern.sub(lambda _: block, text)
+    else:
+        text = text.rstrip() + "\n\n" + block + "\n"
+    tmp = path + ".tmp"
+    with open(tmp, "w", encoding="utf-8") as handle:
+        handle.write(text)
+    os.replace(tmp, path)

@@ -1,0 +1,535 @@
+"""Failover benchmark (issue #3): what a client sees when the coordinator is killed.
+
+Two measurements, each on real ``twistd replicad`` processes on 127.0.0.1 (LocalCluster
+in a temporary directory, free ports):
+
+1. Client-observed gap.  Three replicas; one writer thread with a BlockingClient over the
+   static server list writes keys back to back (each PUT acknowledged before the next).
+   The coordinator is killed with SIGKILL.  The *failover gap* is the time between the
+   last write the old coordinator acknowledged and the first one a new coordinator
+   acknowledged; then the killed replica is restarted, bullies its way back, and the
+   *bully-back gap* is measured the same way (last ack by the interim coordinator to
+   first ack by the returning one).  Repeated --runs times.
+
+2. Election time vs cluster size.  For each size, the coordinator is killed --election-runs
+   times; the time from the kill until every live replica names the same new coordinator
+   is measured by polling every ~10 ms, with two observers:
+
+   - ``status``: a client STATUS request to every survivor.  Every client connection to a
+     follower makes it ping its coordinator (client-triggered detection), so this is
+     detection on demand + election + announcement.
+   - ``peer``: a PING over the authenticated peer protocol (the benchmark knows the
+     cluster secret it generated).  Peer PINGs do not trigger detection, so the
+     survivors only notice the death through their heartbeat: detection by heartbeat +
+     election + announcement.
+
+   The killed replica is restarted after each kill; the time from its restart until every
+   replica names it again (process start-up included) is reported too.
+
+Results are printed as markdown; with --write they also replace the "failover" section
+of docs/benchmarks.md.  Nothing but 127.0.0.1 is contacted.
+"""
+
+from __future__ import annotations
+
+import argparse
+import configparser
+import dataclasses
+import os
+import signal
+import socket
+import sys
+import tempfile
+import threading
+import time
+from collections.abc import Callable
+
+import _common
+from _common import Summary, markdown_table, ms
+
+from replicad import peerwire
+from replicad.client import (
+    BlockingClient,
+    ClientError,
+    NoServerAvailable,
+    OutcomeUnknown,
+    build_request,
+    put_result,
+)
+from replicad.cluster import LocalCluster, find_free_base_port
+
+now = time.monotonic
+
+
+# The writer ---------------------------------------------------------------------------
+
+
+@dataclasses.dataclass(frozen=True)
+class Ack:
+    sent: float
+    acked: float
+    by: int | None      # the coordinator that served the write (reply meta "by")
+    here: int | None    # the replica the client reached (it may have forwarded)
+
+
+@dataclasses.dataclass(frozen=True)
+class Failure:
+    at: float
+    kind: str
+    message: str
+
+
+class Writer(threading.Thread):
+    """PUTs w00000001, w00000002, ... back to back until stopped."""
+
+    def __init__(self, servers: list[str], value_bytes: int, timeout_s: float):
+        super().__init__(name="writer", daemon=True)
+        self.client = BlockingClient(servers, timeout_s=timeout_s)
+        self.value = "v" * value_bytes
+        self.acks: list[Ack] = []          # appended by this thread only
+        self.failures: list[Failure] = []
+        self._stop_event = threading.Event()
+
+    def run(self) -> None:
+        n = 0
+        while not self._stop_event.is_set():
+            n += 1
+            sent = now()
+            try:
+                reply, address = self.client.exchange(
+                    build_request("PUT", f"w{n:08d}", self.value)
+                )
+                put_result(reply, address)
+            except OutcomeUnknown as e:    # includes ERR INDOUBT / QUORUM
+                self.failures.append(Failure(now(), "in doubt", str(e)))
+                continue
+            except NoServerAvailable as e:
+                self.failures.append(Failure(now(), "no server", str(e)))
+                continue
+            except ClientError as e:
+                self.failures.append(Failure(now(), type(e).__name__, str(e)))
+                continue
+            meta = reply.meta
+            self.acks.append(Ack(sent, now(), meta.by if meta else None,
+                                 meta.here if meta else None))
+
+    def stop(self) -> None:
+        self._stop_event.set()
+        self.join(timeout=30)
+
+    def wait_for_ack(self, predicate: Callable[[Ack], bool], start: int, timeout_s: float,
+                     what: str) -> int:
+        """Index of the first ack at or after position start that satisfies predicate."""
+        deadline = now() + timeout_s
+        i = start
+        while True:
+            while i < len(self.acks):
+                if predicate(self.acks[i]):
+                    return i
+                i += 1
+            if now() > deadline:
+                raise TimeoutError(f"no acknowledged write {what} within {timeout_s:g} s")
+            if not self.is_alive():
+                raise RuntimeError("the writer thread died")
+            time.sleep(0.002)
+
+
+# 1. Client-observed gap -----------------------------------------------------------------
+
+
+@dataclasses.dataclass
+class GapRun:
+    failover_gap: float        # last ack by the killed coordinator -> first ack by the new one
+    kill_to_ack: float         # SIGKILL sent -> first ack by the new one
+    new_coordinator: int | None
+    bully_gap: float           # last ack by the interim coordinator -> first by the returning one
+    restart_to_ack: float      # process started -> first ack by the returning replica
+    failures: list[Failure]
+
+
+def measure_gap(args: argparse.Namespace, workdir: str, progress) -> tuple[list[GapRun], dict]:
+    size = 3
+    cluster = LocalCluster(size, find_free_base_port(size), os.path.join(workdir, "gap"))
+    runs: list[GapRun] = []
+    with cluster:
+        cluster.start()
+        victim = cluster.wait_ready(timeout_s=30)
+        writer = Writer(cluster.addresses(), args.value_bytes, args.client_timeout)
+        writer.start()
+        try:
+            for run in range(1, args.runs + 1):
+                victim = wait_for_coordinator(cluster, size, timeout_s=30)
+                # Steady state first: the victim has acknowledged writes for a while.
+                mark = len(writer.acks)
+                time.sleep(args.settle)
+                writer.wait_for_ack(lambda a, v=victim: a.by == v, mark, 10, f"by {victim}")
+                failures_before = len(writer.failures)
+
+                kill_index = len(writer.acks)
+                killed_at = now()
+                cluster.kill(victim, signal.SIGKILL)
+                first_new = writer.wait_for_ack(
+                    lambda a, t=killed_at, v=victim: a.acked > t and a.by not in (v, None),
+                    kill_index, args.client_timeout + 10, "after the kill",
+                )
+                new_ack, prev_ack = writer.acks[first_new], writer.acks[first_new - 1]
+
+                restarted_at = now()
+                cluster.start_replica(victim)
+                first_back = writer.wait_for_ack(
+                    lambda a, t=restarted_at, v=victim: a.acked > t and a.by == v,
+                    first_new, 30, f"by the returning replica {victim}",
+                )
+                back_ack, interim_ack = writer.acks[first_back], writer.acks[first_back - 1]
+                wait_for_coordinator(cluster, victim, timeout_s=30)
+
+                result = GapRun(
+                    failover_gap=new_ack.acked - prev_ack.acked,
+                    kill_to_ack=new_ack.acked - killed_at,
+                    new_coordinator=new_ack.by,
+                    bully_gap=back_ack.acked - interim_ack.acked,
+                    restart_to_ack=back_ack.acked - restarted_at,
+                    failures=writer.failures[failures_before:],
+                )
+                runs.append(result)
+                progress(
+                    f"gap run {run}/{args.runs}: failover {ms(result.failover_gap)} ms "
+                    f"(kill->ack {ms(result.kill_to_ack)} ms, new coordinator "
+                    f"{result.new_coordinator}), bully-back {ms(result.bully_gap)} ms, "
+                    f"{len(result.failures)} failed writes"
+                )
+        finally:
+            writer.stop()
+        totals = {
+            "writes": len(writer.acks),
+            "failures": list(writer.failures),
+            "unattributed": sum(1 for a in writer.acks if a.by is None),
+            "forwarded": sum(1 for a in writer.acks if a.by != a.here),
+            "latency": Summary.of([a.acked - a.sent for a in writer.acks]),
+        }
+    return runs, totals
+
+
+def wait_for_coordinator(cluster: LocalCluster, expected: int, timeout_s: float) -> int:
+    """Wait until every live replica names expected (a returning replica bullies back)."""
+    deadline = now() + timeout_s
+    while True:
+        if cluster.wait_ready(max(0.5, deadline - now())) == expected:
+            return expected
+        if now() > deadline:
+            raise TimeoutError(cluster.describe(
+                f"replica {expected} did not become the coordinator within {timeout_s:g} s"))
+        time.sleep(0.05)
+
+
+# 2. Election time vs size -------------------------------------------------------------
+
+
+class PeerProbe:
+    """A blocking peer-protocol PING, authenticated as a live member.
+
+    It opens its own connection (the replicas' links are untouched) and only sends PING,
+    whose answer is ``OK <role> <coordinator> <epoch> <clock>``.  Unlike a client STATUS,
+    a peer PING does not make a follower check its coordinator.
+    """
+
+    def __init__(self, address: tuple[str, int], server_id: int, as_id: int, secret: str):
+        self.sock = socket.create_connection(address, timeout=1.0)
+        self.buffer = b""
+        self.rid = 0
+        hello = self._line().split(" ")
+        if len(hello) != 3 or hello[0] != "HELLO" or hello[1] != str(server_id):
+            raise RuntimeError(f"unexpected peer greeting {hello!r}")
+        nonce = peerwire.new_nonce()
+        proof = peerwire.client_proof(secret, as_id, server_id, hello[2], nonce)
+        self._send(f"AUTH {as_id} {nonce} {proof}")
+        welcome = self._line()
+        if not welcome.startswith("WELCOME "):
+            raise RuntimeError(f"peer handshake refused: {welcome!r}")
+
+    def coordinator(self) -> int | None:
+        self.rid += 1
+        self._send(f"{self.rid} PING")
+        frame = peerwire.parse_frame(self._line())
+        if frame.rid != self.rid or frame.kind != "OK":
+            raise RuntimeError(f"unexpected PING answer {frame!r}")
+        coordinator = frame.payload.split(" ")[1]
+        return None if coordinator == "-" else int(coordinator)
+
+    def close(self) -> None:
+        self.sock.close()
+
+    def _send(self, text: str) -> None:
+        self.sock.sendall(text.encode() + b"\n")
+
+    def _line(self) -> str:
+        while b"\n" not in self.buffer:
+            chunk = self.sock.recv(65536)
+            if not chunk:
+                raise ConnectionError("peer closed the connection")
+            self.buffer += chunk
+        line, self.buffer = self.buffer.split(b"\n", 1)
+        return line.decode().rstrip("\r")
+
+
+def cluster_secret(cluster: LocalCluster) -> str:
+    parser = configparser.ConfigParser(interpolation=None)
+    parser.read(cluster.config_path, encoding="utf-8")
+    return parser["cluster"]["secret"]
+
+
+@dataclasses.dataclass
+class ElectionRun:
+    size: int
+    observer: str
+    agree: float          # kill -> every survivor names the new coordinator
+    ready: float          # kill -> the new coordinator says ready=yes (status observer only)
+    winner: int | None
+    back: float           # restart -> every replica names the returning one
+
+
+def observe_until_agreed(
+    cluster: LocalCluster, ids: list[int], excluded: int | None, poll_s: float,
+    timeout_s: float, names: Callable[[int], int | None], ready: Callable[[int], bool] | None,
+    started: float,
+) -> tuple[float, float, int]:
+    """Poll until every id names the same coordinator (not excluded); (agree, ready, who)."""
+    agreed_at = ready_at = float("nan")
+    winner = None
+    deadline = started + timeout_s
+    while now() < deadline:
+        round_started = now()
+        named = {names(i) for i in ids}
+        if len(named) == 1:
+            (candidate,) = named
+            if candidate is not None and candidate != excluded and candidate in ids:
+                if winner is None:
+                    winner, agreed_at = candidate, now() - started
+                if ready is None:
+                    return agreed_at, ready_at, winner
+                if ready(winner):
+                    return agreed_at, now() - started, winner
+        time.sleep(max(0.0, poll_s - (now() - round_started)))
+    raise TimeoutError(cluster.describe(f"replicas {ids} did not agree on a coordinator "
+                                        f"within {timeout_s:g} s"))
+
+
+def measure_election(args: argparse.Namespace, workdir: str, size: int,
+                     progress) -> list[ElectionRun]:
+    cluster = LocalCluster(size, find_free_base_port(size),
+                           os.path.join(workdir, f"election-{size}"))
+    results: list[ElectionRun] = []
+    with cluster:
+        cluster.start()
+        cluster.wait_ready(timeout_s=60)
+        secret = cluster_secret(cluster)
+
+        def status_names(i: int) -> int | None:
+            status = cluster.status(i, timeout_s=0.5)
+            return None if status is None else status["coordinator"]
+
+        def status_ready(i: int) -> bool:
+            status = cluster.status(i, timeout_s=0.5)
+            return status is not None and status.get("ready") == "yes"
+
+        for observer in args.observers:
+            for run in range(1, args.election_runs + 1):
+                victim = wait_for_coordinator(cluster, size, timeout_s=60)
+                survivors = [i for i in cluster.ids if i != victim]
+                probes: dict[int, PeerProbe] = {}
+
+                def peer_names(i: int, probes=probes) -> int | None:
+                    return probes[i].coordinator()
+
+                try:
+                    names: Callable[[int], int | None] = status_names
+                    ready: Callable[[int], bool] | None = status_ready
+                    if observer == "peer":
+                        for i in survivors:
+                            as_id = next(j for j in survivors if j != i)
+                            address = cluster.peer_address(i)
+                            probes[i] = PeerProbe((address.host, address.port), i, as_id,
+                                                  secret)
+                        names, ready = peer_names, None
+                    killed_at = now()
+                    cluster.kill(victim, signal.SIGKILL)
+                    agree, ready_s, winner = observe_until_agreed(
+                        cluster, survivors, victim, args.poll_ms / 1000, 30, names, ready,
+                        killed_at,
+                    )
+                finally:
+                    for probe in probes.values():
+                        probe.close()
+                restarted_at = now()
+                cluster.start_replica(victim)
+                back, _, _ = observe_until_agreed(
+                    cluster, cluster.ids, None, args.poll_ms / 1000, 60,
+                    lambda i, v=victim: v if status_names(i) == v else None, None,
+                    restarted_at,
+                )
+                result = ElectionRun(size, observer, agree, ready_s, winner, back)
+                results.append(result)
+                progress(
+                    f"election size {size} [{observer}] run {run}/{args.election_runs}: "
+                    f"agreed on {winner} after {ms(agree)} ms"
+                    + (f", ready after {ms(ready_s)} ms" if observer == "status" else "")
+                    + f"; back after restart {ms(back)} ms"
+                )
+    return results
+
+
+# Report ---------------------------------------------------------------------------------
+
+
+def report(args: argparse.Namespace, gap: tuple[list[GapRun], dict] | None,
+           elections: list[ElectionRun], elapsed_s: float) -> str:
+    lines = ["## Failover (bench/failover.py, issue #3)", "",
+             "Command:", "", "```", _common.command_line(), "```", ""]
+    lines += _common.machine_lines()
+    lines += [_common.timers_line(), f"- total run time: {elapsed_s:.0f} s", ""]
+
+    if gap is not None:
+        runs, totals = gap
+        lines += [
+            f"### Client-observed gap, 3 replicas, {len(runs)} kills of the coordinator", "",
+            "One writer thread, BlockingClient over the static server list, "
+            f"{args.value_bytes}-byte values, each PUT acknowledged before the next. "
+            "Gap = time between consecutive acknowledged writes across the change of "
+            "coordinator. Milliseconds.", "",
+        ]
+        rows = []
+        for label, values in (
+            ("failover gap (last ack by killed -> first ack by new)",
+             [r.failover_gap for r in runs]),
+            ("  SIGKILL -> first ack by new coordinator", [r.kill_to_ack for r in runs]),
+            ("bully-back gap (last ack by interim -> first ack by returning)",
+             [r.bully_gap for r in runs]),
+            ("  restart (process start) -> first ack by returning",
+             [r.restart_to_ack for r in runs]),
+        ):
+            s = Summary.of(values)
+            rows.append([label, s.n, ms(s.median), ms(s.p99), ms(s.max), ms(s.min)])
+        lines += markdown_table(["measure", "n", "median", "p99", "max", "min"], rows)
+        failures = totals["failures"]
+        kinds: dict[str, int] = {}
+        for f in failures:
+            kinds[f.kind] = kinds.get(f.kind, 0) + 1
+        latency = totals["latency"]
+        lines += [
+            "",
+            f"Writes acknowledged: {totals['writes']}; steady-state PUT latency median "
+            f"{latency.median * 1000:.1f} ms, p99 {latency.p99 * 1000:.1f} ms; acknowledged "
+            f"through a forwarding follower: {totals['forwarded']}; "
+            f"failed writes: {len(failures)}"
+            + (" (" + ", ".join(f"{k}: {v}" for k, v in sorted(kinds.items())) + ")"
+               if failures else "")
+            + ".",
+        ]
+        if failures:
+            lines += ["", "First failures (client exception text):", ""]
+            lines += [f"- `{f.kind}`: {f.message}" for f in failures[:5]]
+        lines.append("")
+
+    if elections:
+        lines += [
+            "### Election time vs cluster size", "",
+            f"Kill -9 of the coordinator, {args.election_runs} times per size and observer; "
+            f"every survivor polled every {args.poll_ms:g} ms. `agree` = kill -> every "
+            "survivor names the same new coordinator; `ready` = kill -> it answers "
+            "STATUS ready=yes (it has pulled from its peers); `back` = restart of the "
+            "killed replica (process start-up included) -> every replica names it again. "
+            "Milliseconds.", "",
+        ]
+        rows = []
+        for size in args.sizes:
+            for observer in args.observers:
+                sample = [r for r in elections if r.size == size and r.observer == observer]
+                if not sample:
+                    continue
+                agree = Summary.of([r.agree for r in sample])
+                ready = Summary.of([r.ready for r in sample if r.ready == r.ready])
+                back = Summary.of([r.back for r in sample])
+                rows.append([
+                    size, observer, agree.n, ms(agree.median), ms(agree.p99), ms(agree.max),
+                    ms(ready.median), ms(ready.p99), ms(back.median), ms(back.p99),
+                ])
+        lines += markdown_table(
+            ["replicas", "observer", "n", "agree median", "agree p99", "agree max",
+             "ready median", "ready p99", "back median", "back p99"], rows)
+        lines += [
+            "",
+            "Observers: `status` = client STATUS to each survivor (each connection makes a "
+            "follower ping its coordinator: client-triggered detection); `peer` = "
+            "peer-protocol PING (no detection side effect: the heartbeat detects).",
+            "",
+        ]
+    return "\n".join(lines)
+
+
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--runs", type=int, default=10,
+                        help="coordinator kills for the client-observed gap (default 10)")
+    parser.add_argument("--election-runs", type=int, default=5,
+                        help="kills per cluster size and observer (default 5)")
+    parser.add_argument("--sizes", default="3,5,7",
+                        help="cluster sizes for the election measurement (default 3,5,7)")
+    parser.add_argument("--observers", default="status,peer",
+                        help="status, peer or both (default status,peer)")
+    parser.add_argument("--poll-ms", type=float, default=10.0,
+                        help="polling interval of the election observer (default 10)")
+    parser.add_argument("--value-bytes", type=int, default=100)
+    parser.add_argument("--settle", type=float, default=0.5,
+                        help="seconds of steady writes before each kill (default 0.5)")
+    parser.add_argument("--client-timeout", type=float, default=10.0,
+                        help="the writer's BlockingClient timeout_s (default 10)")
+    parser.add_argument("--skip-gap", action="store_true", help="only the election part")
+    parser.add_argument("--skip-election", action="store_true", help="only the gap part")
+    parser.add_argument("--write", action="store_true",
+                        help="also replace the failover section of docs/benchmarks.md")
+    parser.add_argument("--keep", action="store_true",
+                        help="keep the temporary cluster directories (logs) and print where")
+    args = parser.parse_args(argv)
+    args.sizes = [int(s) for s in args.sizes.split(",") if s.strip()]
+    args.observers = [o.strip() for o in args.observers.split(",") if o.strip()]
+    if any(o not in ("status", "peer") for o in args.observers):
+        parser.error("--observers takes status and/or peer")
+    if any(s < 2 for s in args.sizes):
+        parser.error("cluster sizes must be at least 2")
+    return args
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parse_args(argv)
+    started = now()
+
+    def progress(text: str) -> None:
+        print(f"[{now() - started:6.1f} s] {text}", file=sys.stderr, flush=True)
+
+    workdir = tempfile.mkdtemp(prefix="replicad-bench-failover-")
+    gap = None
+    elections: list[ElectionRun] = []
+    try:
+        if not args.skip_gap:
+            gap = measure_gap(args, workdir, progress)
+        if not args.skip_election:
+            for size in args.sizes:
+                elections += measure_election(args, workdir, size, progress)
+    finally:
+        if args.keep:
+            progress(f"cluster directories kept in {workdir}")
+        else:
+            import shutil
+
+            shutil.rmtree(workdir, ignore_errors=True)
+    text = report(args, gap, elections, now() - started)
+    print(text)
+    if args.write:
+        _common.write_section("failover", text)
+        progress(f"wrote the failover section of {_common.RESULTS_PATH}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
