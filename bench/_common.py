@@ -137,3 +137,46 @@ def write_section(name: str, body: str, path: str = RESULTS_PATH) -> None:
     with open(tmp, "w", encoding="utf-8") as handle:
         handle.write(text)
     os.replace(tmp, path)
+
+
+# Fine-grained replica logs (diagnostics) -------------------------------------------------
+
+TRACE_TIME_FORMAT = "%Y-%m-%dT%H:%M:%S.%f%z"
+TRACE_LOGGER = "_common.trace_log_observer"
+
+
+def trace_log_observer():
+    """A ``twistd --logger`` factory: the usual text log, in the file named by --logfile,
+    with microsecond timestamps (twistd's default format has whole seconds).
+
+    Runs inside the replica process; bench/ must be on its PYTHONPATH.
+    """
+    from twisted.logger import textFileLogObserver
+
+    path = sys.argv[sys.argv.index("--logfile") + 1]
+    handle = open(path, "a", encoding="utf-8", buffering=1)  # lives as long as the process
+    return textFileLogObserver(handle, timeFormat=TRACE_TIME_FORMAT)
+
+
+_TRACE_LINE = re.compile(r"^(\S+) \[([^\]]*)\] (.*)$")
+
+
+def read_trace(path: str, start: float, end: float) -> list[tuple[float, str, str]]:
+    """(wall time, system, text) of the lines of a trace log between start and end."""
+    events = []
+    try:
+        with open(path, encoding="utf-8", errors="replace") as handle:
+            for line in handle:
+                match = _TRACE_LINE.match(line.rstrip("\n"))
+                if not match:
+                    continue
+                try:
+                    when = datetime.datetime.strptime(match.group(1), TRACE_TIME_FORMAT)
+                except ValueError:
+                    continue
+                t = when.timestamp()
+                if start <= t <= end:
+                    events.append((t, match.group(2), match.group(3)))
+    except OSError:
+        pass
+    return events

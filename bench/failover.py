@@ -59,6 +59,22 @@ from replicad.client import (
 from replicad.cluster import LocalCluster, find_free_base_port
 
 now = time.monotonic
+WALL_OFFSET = time.time() - time.monotonic()   # monotonic -> wall clock (replica logs)
+BENCH_DIR = os.path.dirname(os.path.abspath(__file__))
+
+
+class TracingCluster(LocalCluster):
+    """A LocalCluster whose replicas log with microsecond timestamps (--trace)."""
+
+    def command(self, i: int) -> list[str]:
+        command = super().command(i)
+        at = command.index("replicad")
+        return [*command[:at], "--logger", _common.TRACE_LOGGER, *command[at:]]
+
+
+def make_cluster(args: argparse.Namespace, size: int, data_dir: str) -> LocalCluster:
+    kind = TracingCluster if args.trace else LocalCluster
+    return kind(size, find_free_base_port(size), data_dir)
 
 
 # The writer ---------------------------------------------------------------------------
@@ -144,12 +160,17 @@ class GapRun:
     new_coordinator: int | None
     bully_gap: float           # last ack by the interim coordinator -> first by the returning one
     restart_to_ack: float      # process started -> first ack by the returning replica
-    failures: list[Failure]
+    failover_failures: list[Failure]
+    bully_failures: list[Failure]
+    killed_at: float           # monotonic times, for the trace timelines
+    new_ack_at: float
+    restarted_at: float
+    back_ack_at: float
 
 
 def measure_gap(args: argparse.Namespace, workdir: str, progress) -> tuple[list[GapRun], dict]:
     size = 3
-    cluster = LocalCluster(size, find_free_base_port(size), os.path.join(workdir, "gap"))
+    cluster = make_cluster(args, size, os.path.join(workdir, "gap"))
     runs: list[GapRun] = []
     with cluster:
         cluster.start()
@@ -174,6 +195,7 @@ def measure_gap(args: argparse.Namespace, workdir: str, progress) -> tuple[list[
                 )
                 new_ack, prev_ack = writer.acks[first_new], writer.acks[first_new - 1]
 
+                failures_restart = len(writer.failures)
                 restarted_at = now()
                 cluster.start_replica(victim)
                 first_back = writer.wait_for_ack(
@@ -189,14 +211,18 @@ def measure_gap(args: argparse.Namespace, workdir: str, progress) -> tuple[list[
                     new_coordinator=new_ack.by,
                     bully_gap=back_ack.acked - interim_ack.acked,
                     restart_to_ack=back_ack.acked - restarted_at,
-                    failures=writer.failures[failures_before:],
+                    failover_failures=writer.failures[failures_before:failures_restart],
+                    bully_failures=writer.failures[failures_restart:],
+                    killed_at=killed_at, new_ack_at=new_ack.acked,
+                    restarted_at=restarted_at, back_ack_at=back_ack.acked,
                 )
                 runs.append(result)
                 progress(
                     f"gap run {run}/{args.runs}: failover {ms(result.failover_gap)} ms "
                     f"(kill->ack {ms(result.kill_to_ack)} ms, new coordinator "
                     f"{result.new_coordinator}), bully-back {ms(result.bully_gap)} ms, "
-                    f"{len(result.failures)} failed writes"
+                    f"failed writes {len(result.failover_failures)}+"
+                    f"{len(result.bully_failures)}"
                 )
         finally:
             writer.stop()
@@ -206,8 +232,41 @@ def measure_gap(args: argparse.Namespace, workdir: str, progress) -> tuple[list[
             "unattributed": sum(1 for a in writer.acks if a.by is None),
             "forwarded": sum(1 for a in writer.acks if a.by != a.here),
             "latency": Summary.of([a.acked - a.sent for a in writer.acks]),
+            "timelines": timelines(args, cluster, runs) if args.trace else [],
         }
     return runs, totals
+
+
+def timelines(args: argparse.Namespace, cluster: LocalCluster,
+              runs: list[GapRun]) -> list[str]:
+    """The replicas' log lines during the slowest and the median failover and bully-back."""
+    lines: list[str] = []
+    picks = []
+    for label, key in (("failover", lambda r: r.failover_gap),
+                       ("bully-back", lambda r: r.bully_gap)):
+        ordered = sorted(range(len(runs)), key=lambda i, k=key: k(runs[i]))
+        for which, index in (("slowest", ordered[-1]), ("median", ordered[len(ordered) // 2])):
+            picks.append((label, which, index))
+    for label, which, index in picks:
+        run = runs[index]
+        if label == "failover":
+            start, end, what = run.killed_at, run.new_ack_at, "SIGKILL"
+        else:
+            start, end, what = run.restarted_at, run.back_ack_at, "restart"
+        lines += ["", f"{which} {label} (run {index + 1}), ms after the {what}; the writer's "
+                  f"first acknowledged write under the new coordinator at "
+                  f"{(end - start) * 1000:.0f} ms:", "", "```"]
+        events = []
+        for i in cluster.ids:
+            for t, system, text in _common.read_trace(
+                cluster.log_path(i), start + WALL_OFFSET - 0.005, end + WALL_OFFSET + 0.005
+            ):
+                if system.startswith("replicad."):
+                    events.append((t - WALL_OFFSET - start, i, text))
+        for offset, i, text in sorted(events):
+            lines.append(f"{offset * 1000:7.1f}  r{i}  {text}")
+        lines.append("```")
+    return lines
 
 
 def wait_for_coordinator(cluster: LocalCluster, expected: int, timeout_s: float) -> int:
@@ -316,8 +375,7 @@ def observe_until_agreed(
 
 def measure_election(args: argparse.Namespace, workdir: str, size: int,
                      progress) -> list[ElectionRun]:
-    cluster = LocalCluster(size, find_free_base_port(size),
-                           os.path.join(workdir, f"election-{size}"))
+    cluster = make_cluster(args, size, os.path.join(workdir, f"election-{size}"))
     results: list[ElectionRun] = []
     with cluster:
         cluster.start()
@@ -425,9 +483,19 @@ def report(args: argparse.Namespace, gap: tuple[list[GapRun], dict] | None,
                if failures else "")
             + ".",
         ]
+        per_failover = [len(r.failover_failures) for r in runs]
+        per_bully = [len(r.bully_failures) for r in runs]
+        lines += [
+            "",
+            f"Failed writes per kill: {per_failover}; per bully-back: {per_bully}.",
+        ]
         if failures:
             lines += ["", "First failures (client exception text):", ""]
-            lines += [f"- `{f.kind}`: {f.message}" for f in failures[:5]]
+            lines += [f"- `{f.kind}`: {f.message}" for f in failures[:3]]
+        if totals["timelines"]:
+            lines += ["", "#### Timelines (--trace: replica logs with microsecond "
+                      "timestamps)"]
+            lines += totals["timelines"]
         lines.append("")
 
     if elections:
@@ -488,6 +556,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--skip-election", action="store_true", help="only the gap part")
     parser.add_argument("--write", action="store_true",
                         help="also replace the failover section of docs/benchmarks.md")
+    parser.add_argument("--trace", action="store_true",
+                        help="replicas log with microsecond timestamps; the report shows "
+                             "their log lines during the slowest and median failovers")
     parser.add_argument("--keep", action="store_true",
                         help="keep the temporary cluster directories (logs) and print where")
     args = parser.parse_args(argv)
@@ -508,6 +579,9 @@ def main(argv: list[str] | None = None) -> int:
         print(f"[{now() - started:6.1f} s] {text}", file=sys.stderr, flush=True)
 
     workdir = tempfile.mkdtemp(prefix="replicad-bench-failover-")
+    if args.trace:   # the replicas must import bench/_common.py for --logger
+        os.environ["PYTHONPATH"] = os.pathsep.join(
+            filter(None, [BENCH_DIR, os.environ.get("PYTHONPATH")]))
     gap = None
     elections: list[ElectionRun] = []
     try:

@@ -383,7 +383,28 @@ class _OneShot(LineOnlyReceiver):
         self.transport.abortConnection()
 
 
-class ReplicadClient:
+class _ClientSettings:
+    """What both clients are configured with; the session is updated in place."""
+
+    def __init__(
+        self,
+        servers: list[str],
+        timeout_s: float = DEFAULT_TIMEOUT_S,
+        session: ClientSession | None = None,
+        connect_timeout_s: float = DEFAULT_CONNECT_TIMEOUT_S,
+        reply_timeout_s: float | None = None,
+    ):
+        self._addresses = normalise_servers(servers)
+        self.servers = list(self._addresses)
+        self.timeout_s = timeout_s
+        self.session = session if session is not None else ClientSession()
+        self.connect_timeout_s = connect_timeout_s
+        # None: wait for a reply until the overall deadline (a server may legitimately
+        # spend seconds waiting for an election before it answers).
+        self.reply_timeout_s = reply_timeout_s
+
+
+class ReplicadClient(_ClientSettings):
     """The Twisted client: every method returns a Deferred.
 
     timeout_s bounds a whole call, retries included; connect_timeout_s one connection
@@ -401,15 +422,8 @@ class ReplicadClient:
         connect_timeout_s: float = DEFAULT_CONNECT_TIMEOUT_S,
         reply_timeout_s: float | None = None,
     ):
+        super().__init__(servers, timeout_s, session, connect_timeout_s, reply_timeout_s)
         self._reactor = reactor
-        self._addresses = normalise_servers(servers)
-        self.servers = list(self._addresses)
-        self.timeout_s = timeout_s
-        self.session = session if session is not None else ClientSession()
-        self.connect_timeout_s = connect_timeout_s
-        # None: wait for a reply until the overall deadline (a server may legitimately
-        # spend seconds waiting for an election before it answers).
-        self.reply_timeout_s = reply_timeout_s
 
     def request(self, request: Request) -> defer.Deferred[Reply]:
         d = self._exchange(request)
@@ -500,7 +514,7 @@ def _connect_failure(e: BaseException, connect_s: float) -> str:
 # The blocking client ------------------------------------------------------------------
 
 
-class BlockingClient:
+class BlockingClient(_ClientSettings):
     """The same client on plain sockets, for scripts, the CLI and benchmarks.
 
     Same arguments and semantics as ReplicadClient, without a reactor; not thread-safe
@@ -515,12 +529,7 @@ class BlockingClient:
         connect_timeout_s: float = DEFAULT_CONNECT_TIMEOUT_S,
         reply_timeout_s: float | None = None,
     ):
-        self._addresses = normalise_servers(servers)
-        self.servers = list(self._addresses)
-        self.timeout_s = timeout_s
-        self.session = session if session is not None else ClientSession()
-        self.connect_timeout_s = connect_timeout_s
-        self.reply_timeout_s = reply_timeout_s
+        super().__init__(servers, timeout_s, session, connect_timeout_s, reply_timeout_s)
         # Injected for tests; the plan only ever sees these two.
         self._now: Callable[[], float] = time.monotonic
         self._sleep: Callable[[float], None] = time.sleep

@@ -184,3 +184,10 @@ def test_config_mistakes_stop_start_up_with_one_line(tmp_path):
         f"replicad: error: cannot read config file {tmp_path / 'nope.ini'}: "
         "No such file or directory"
     ]
+
+
+def test_twistd_lists_the_plugin_from_outside_the_source_tree(tmp_path):
+    result = subprocess.run([TWISTD[0], "--help"], capture_output=True, text=True,
+                            cwd=tmp_path, timeout=60)
+    assert result.returncode == 0
+    assert any(line.split()[:1] == ["replicad"] for line in result.stdout.splitlines())
