@@ -24,8 +24,8 @@ cluster: venv
 
 test: venv
 	$(VENV)/bin/ruff check .
-	$(PY) -m pytest
 	$(VENV)/bin/trial --temp-directory=/tmp/replicad-trial tests
+	$(PY) -m pytest
 
 trial: venv
 	$(VENV)/bin/trial tests
