@@ -124,3 +124,33 @@ def parse_int(text: str, what: str) -> int:
     if not is_number(text):
         raise PeerWireError(f"{what} must be a number, got {text[:20]!r}")
     return int(text)
+
+
+@dataclass(frozen=True)
+class PeerStatus:
+    """What a PING answer tells: the peer's role, its coordinator, epoch and clock."""
+
+    peer_id: int
+    role: str
+    coordinator: int | None
+    epoch: int
+    clock: VectorClock
+
+    def encode(self) -> str:
+        """The PING answer payload (peer_id is who answers, so it is not sent)."""
+        coordinator = "-" if self.coordinator is None else str(self.coordinator)
+        return f"{self.role} {coordinator} {self.epoch} {self.clock.encode()}"
+
+    @classmethod
+    def parse(cls, peer_id: int, payload: str) -> PeerStatus:
+        parts = payload.split(" ")
+        if len(parts) != 4:
+            raise PeerWireError(f"bad PING answer {payload[:60]!r}")
+        role, coord, epoch, clock = parts
+        return cls(
+            peer_id,
+            role,
+            None if coord == "-" else parse_int(coord, "coordinator"),
+            parse_int(epoch, "epoch"),
+            decode_clock(clock),
+        )

@@ -15,7 +15,6 @@ turns their decisions into peer calls:
 from __future__ import annotations
 
 import os
-from dataclasses import dataclass
 
 from twisted.application import service
 from twisted.internet import defer
@@ -28,14 +27,13 @@ from replicad.config import ClusterConfig, ConfigError
 from replicad.detector import HeartbeatMonitor
 from replicad.election import BullyElection, Role
 from replicad.peer import PeerAnswer, PeerLink, PeerUnavailable
-from replicad.peerwire import PeerWireError
-from replicad.store import Record, Store, StoreError
+from replicad.peerwire import PeerStatus, PeerWireError
+from replicad.store import Store, StoreError
+from replicad.sync import Synchroniser
 from replicad.vclock import VectorClock
 from replicad.wire import Code, Reply, ReplyMeta, Request, WireError
 
 DB_FILENAME = "replica.sqlite"
-# A sync stream may run long; it fails only when the peer goes silent this long.
-STREAM_IDLE_TIMEOUT_S = 5.0
 
 
 def check_data_dir(path: str) -> None:
@@ -50,31 +48,6 @@ def check_data_dir(path: str) -> None:
         Store(os.path.join(path, DB_FILENAME)).close()
     except StoreError as e:
         raise ConfigError(str(e)) from None
-
-
-@dataclass(frozen=True)
-class PeerStatus:
-    """What a PING answer tells: the peer's role, its coordinator, epoch and clock."""
-
-    peer_id: int
-    role: str
-    coordinator: int | None
-    epoch: int
-    clock: VectorClock
-
-    @classmethod
-    def parse(cls, peer_id: int, payload: str) -> PeerStatus:
-        parts = payload.split(" ")
-        if len(parts) != 4:
-            raise PeerWireError(f"bad PING answer {payload[:60]!r}")
-        role, coord, epoch, clock = parts
-        return cls(
-            peer_id,
-            role,
-            None if coord == "-" else peerwire.parse_int(coord, "coordinator"),
-            peerwire.parse_int(epoch, "epoch"),
-            peerwire.decode_clock(clock),
-        )
 
 
 class _NotCoordinator(Exception):
@@ -108,7 +81,7 @@ class Replica(service.MultiService):
         self.peer_up: dict[int, bool] = dict.fromkeys(self.links, False)
         self._ready = False            # a coordinator serves only after its take-over pull
         self._waiters: list[defer.Deferred] = []
-        self._pulls: dict[int, defer.Deferred] = {}
+        self.sync: Synchroniser | None = None
         self._pinged_coordinator: int | None = None
         self._anti_entropy = LoopingCall(self._anti_entropy_tick)
         self._anti_entropy.clock = reactor
@@ -118,6 +91,8 @@ class Replica(service.MultiService):
     def startService(self) -> None:
         os.makedirs(self.data_dir, exist_ok=True)
         self.store = Store(os.path.join(self.data_dir, DB_FILENAME))
+        self.sync = Synchroniser(self.store, self.links, self.config, self.reactor,
+                                 self.ping, self._mark)
         self.election = BullyElection(
             self.my_id, self.config.ids, self, self.reactor, epoch=self.store.epoch,
             answer_timeout_s=self.timers.answer_timeout,
@@ -223,9 +198,7 @@ class Replica(service.MultiService):
         """A new coordinator first pulls what reachable peers have, then serves."""
         self.log.info("coordinator {id} (epoch {epoch}) pulling from peers before serving",
                       id=self.my_id, epoch=epoch)
-        await defer.DeferredList(
-            [self.sync_from(peer_id) for peer_id in self.links], consumeErrors=True
-        )
+        await self.sync.pull_from_all()
         if self.election.role is Role.COORDINATOR and self.election.coordinator_epoch == epoch:
             self._ready = True
             self.log.info("coordinator {id} serving in epoch {epoch}, clock {clock}",
@@ -247,7 +220,7 @@ class Replica(service.MultiService):
 
         def alive(status: PeerStatus) -> bool:
             if status.clock.missing_from(self.store.clock):
-                self.sync_from(coordinator)   # cheap anti-entropy on every heartbeat
+                self.sync.sync_from(coordinator)   # cheap anti-entropy on every heartbeat
             return status.role == Role.COORDINATOR.value
 
         d = self.ping(coordinator, self.timers.ping_timeout)
@@ -286,146 +259,12 @@ class Replica(service.MultiService):
 
     def _compare_with_peer(self, status: PeerStatus) -> None:
         if status.clock.missing_from(self.store.clock):
-            self.sync_from(status.peer_id)
+            self.sync.sync_from(status.peer_id)
         # Two coordinators (a healed partition, a lost announcement): Bully sorts it out.
         if status.role == Role.COORDINATOR.value and status.peer_id != self.election.coordinator:
             self.log.info("replica {peer} also claims to be coordinator; holding an election",
                           peer=status.peer_id)
             self.election.start_election("second coordinator seen")
-
-    # Synchronisation -------------------------------------------------------------------
-
-    def sync_from(self, peer_id: int) -> defer.Deferred[bool]:
-        """Pull what peer_id has and this replica lacks; concurrent pulls share one."""
-        running = self._pulls.get(peer_id)
-        if running is None:
-            running = defer.ensureDeferred(self._sync_from(peer_id))
-            self._pulls[peer_id] = running
-
-            def done(result):
-                self._pulls.pop(peer_id, None)
-                return result
-
-            running.addBoth(done)
-        # Each caller gets its own Deferred, so one caller's timeout cannot cancel the
-        # pull that others wait on.  _sync_from never fails: it answers True/False.
-        mine: defer.Deferred[bool] = defer.Deferred()
-
-        def relay(result):
-            if not mine.called:
-                mine.callback(result)
-            return result
-
-        running.addBoth(relay)
-        return mine
-
-    async def _sync_from(self, peer_id: int) -> bool:
-        try:
-            status = await self.ping(peer_id, self.timers.ping_timeout)
-            have = self.store.clock
-            missing = status.clock.missing_from(have)
-            if not missing:
-                return True
-            behind = sum(status.clock[o] - have[o] for o in missing)
-            full = (have == VectorClock() and self.store.count() == 0) or (
-                behind > self.config.full_copy_threshold
-            )
-            return await self._pull(peer_id, full, have, behind)
-        except (PeerUnavailable, PeerWireError) as e:
-            self.log.debug("pull from replica {peer} failed: {error}", peer=peer_id, error=e)
-            return False
-        except Exception:
-            self.log.failure("pull from replica {peer} failed", peer=peer_id)
-            return False
-
-    async def _pull(self, peer_id: int, full: bool, have: VectorClock, behind: int) -> bool:
-        kind = "FULL" if full else "DELTA"
-        started = self.reactor.seconds()
-        importer = self.store.begin_import()
-        received = 0
-
-        def on_line(frame_kind: str, text: str) -> None:
-            nonlocal received
-            importer.add(peerwire.decode_record(text))
-            received += 1
-
-        try:
-            response = await self.links[peer_id].call(
-                kind, "" if full else have.encode(), STREAM_IDLE_TIMEOUT_S, on_line
-            )
-            if response.kind != "END":
-                raise PeerWireError(f"{kind} answered {response.kind} {response.payload[:60]}")
-            result = importer.finish(peerwire.decode_clock(response.payload))
-        except BaseException:
-            importer.abort()
-            raise
-        self.log.info(
-            "pulled {kind} from replica {peer}: {received} records, {applied} applied, "
-            "{conflicts} conflicts, {behind} writes behind, {ms:.0f} ms; clock {clock}",
-            kind=kind.lower(), peer=peer_id, received=received, applied=result.applied,
-            conflicts=result.conflicts, behind=behind,
-            ms=(self.reactor.seconds() - started) * 1000, clock=self.store.clock.encode(),
-        )
-        if result.conflicts:
-            self.log.warn("{n} concurrent versions resolved while pulling from replica {peer}",
-                          n=result.conflicts, peer=peer_id)
-        return True
-
-    async def _catch_up(self, need: VectorClock, via: int | None) -> bool:
-        """Fetch the writes a session depends on: from its last server first, then any
-        peer whose clock shows them; bounded by fetch_timeout."""
-        deadline = self.reactor.seconds() + self.timers.fetch_timeout
-        candidates = [via] if via in self.links else []
-        candidates += [p for p in sorted(self.links, reverse=True) if p != via]
-        for peer_id in candidates:
-            remaining = deadline - self.reactor.seconds()
-            if remaining <= 0 or need <= self.store.clock:
-                break
-            pull = self.sync_from(peer_id)
-            pull.addTimeout(remaining, self.reactor)
-            try:
-                await pull
-            except defer.TimeoutError:
-                break
-        return need <= self.store.clock
-
-    def _replicate(self, record: Record) -> defer.Deferred[bool]:
-        """Push a write to every peer; fire True once write_quorum replicas have it."""
-        needed = self.config.write_quorum - 1     # the coordinator has it already
-        result: defer.Deferred[bool] = defer.Deferred()
-        acks = 0
-        pending = len(self.links)
-        line = peerwire.encode_record(record)
-
-        def settle() -> None:
-            if not result.called and (acks >= needed or pending == 0):
-                result.callback(acks >= needed)
-
-        def acked(response, peer_id: int) -> None:
-            nonlocal acks, pending
-            pending -= 1
-            self._mark(peer_id, True)
-            if response.kind == "OK":
-                acks += 1
-            settle()
-
-        def failed(failure, peer_id: int) -> None:
-            nonlocal pending
-            pending -= 1
-            if failure.check(PeerUnavailable):
-                self._mark(peer_id, False)
-            else:
-                self.log.failure("push to replica {peer} failed", failure, peer=peer_id)
-            settle()
-
-        for peer_id, link in self.links.items():
-            d = link.call("PUSH", line, self.timers.quorum_timeout)
-            d.addCallbacks(acked, failed, callbackArgs=(peer_id,), errbackArgs=(peer_id,))
-        settle()
-        if not result.called:
-            result.addTimeout(self.timers.quorum_timeout, self.reactor,
-                              onTimeoutCancel=lambda *_: False)
-        return result
 
     # Client requests -------------------------------------------------------------------
 
@@ -576,7 +415,7 @@ class Replica(service.MultiService):
         need = session.requirement(request.context)
         if not need <= self.store.clock:
             via = request.context.via if request.context else None
-            if not await self._catch_up(need, via):
+            if not await self.sync.catch_up(need, via):
                 lacking = session.missing(need, self.store.clock).encode()
                 return self._error(
                     request, Code.STALE,
@@ -599,7 +438,7 @@ class Replica(service.MultiService):
             if current is None or current.deleted:
                 return Reply("NOTFOUND", meta=self._meta(request, store.clock))
         record = store.write(self.my_id, request.key, request.value)
-        if not await self._replicate(record):
+        if not await self.sync.replicate(record):
             return self._error(
                 request, Code.QUORUM,
                 f"the write is on this replica but fewer than write_quorum = "
@@ -616,11 +455,9 @@ class Replica(service.MultiService):
         if verb == "PING":
             # A coordinator still pulling before it serves answers "coordinator": it is
             # alive, and forwarded requests wait for its take-over to finish.
-            role = election.public_role
-            coordinator = "-" if election.coordinator is None else str(election.coordinator)
-            return PeerAnswer(
-                "OK", f"{role} {coordinator} {election.epoch} {self.store.clock.encode()}"
-            )
+            status = PeerStatus(self.my_id, election.public_role, election.coordinator,
+                                election.epoch, self.store.clock)
+            return PeerAnswer("OK", status.encode())
         if verb == "ELECTION":
             answer = election.election_received(peer_id, peerwire.parse_int(payload, "epoch"))
             return PeerAnswer("OK" if answer else "NO", str(election.epoch))
@@ -634,7 +471,7 @@ class Replica(service.MultiService):
         if verb == "PUSH":
             outcome = self.store.apply_pushed(peerwire.decode_record(payload))
             if outcome == "gap":
-                self.sync_from(peer_id)   # a push was lost: fetch what is missing
+                self.sync.sync_from(peer_id)   # a push was lost: fetch what is missing
             return PeerAnswer("OK", outcome)
         if verb == "DELTA":
             clock, records = self.store.export_delta(peerwire.decode_clock(payload))

@@ -1,0 +1,194 @@
+"""Moving writes between replicas: pulls (delta or full copy), session catch-up, pushes.
+
+A pull asks a peer for its clock first and then for exactly what this replica lacks:
+a delta (records whose write ids our clock does not cover), or a full copy when this
+replica is empty or more than ``full_copy_threshold`` writes behind.  Records stream in
+one per line and are staged by the store's Importer, then merged in one transaction, so
+memory stays bounded and nothing is half-applied.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+from twisted.internet import defer
+from twisted.logger import Logger
+
+from replicad import peerwire
+from replicad.config import ClusterConfig
+from replicad.peer import PeerLink, PeerUnavailable
+from replicad.peerwire import PeerStatus, PeerWireError
+from replicad.store import Record, Store
+from replicad.vclock import VectorClock
+
+# A sync stream may run long; it fails only when the peer goes silent this long.
+STREAM_IDLE_TIMEOUT_S = 5.0
+
+
+class Synchroniser:
+    """Pulls and pushes for one replica.  ``ping`` asks a peer for its PeerStatus
+    (errback PeerUnavailable); ``mark`` records whether a peer answered."""
+
+    log = Logger()
+
+    def __init__(
+        self,
+        store: Store,
+        links: dict[int, PeerLink],
+        config: ClusterConfig,
+        reactor,
+        ping: Callable[[int, float], defer.Deferred[PeerStatus]],
+        mark: Callable[[int, bool], None],
+    ):
+        self.store = store
+        self.links = links
+        self.config = config
+        self.timers = config.timers
+        self.reactor = reactor
+        self.ping = ping
+        self.mark = mark
+        self._pulls: dict[int, defer.Deferred[bool]] = {}
+
+    # Pulls -----------------------------------------------------------------------------
+
+    def sync_from(self, peer_id: int) -> defer.Deferred[bool]:
+        """Pull what peer_id has and this replica lacks; concurrent pulls share one."""
+        running = self._pulls.get(peer_id)
+        if running is None:
+            running = defer.ensureDeferred(self._sync_from(peer_id))
+            self._pulls[peer_id] = running
+
+            def done(result):
+                self._pulls.pop(peer_id, None)
+                return result
+
+            running.addBoth(done)
+        # Each caller gets its own Deferred, so one caller's timeout cannot cancel the
+        # pull that others wait on.  _sync_from never fails: it answers True/False.
+        mine: defer.Deferred[bool] = defer.Deferred()
+
+        def relay(result):
+            if not mine.called:
+                mine.callback(result)
+            return result
+
+        running.addBoth(relay)
+        return mine
+
+    async def _sync_from(self, peer_id: int) -> bool:
+        try:
+            status = await self.ping(peer_id, self.timers.ping_timeout)
+            have = self.store.clock
+            missing = status.clock.missing_from(have)
+            if not missing:
+                return True
+            behind = sum(status.clock[o] - have[o] for o in missing)
+            full = (have == VectorClock() and self.store.count() == 0) or (
+                behind > self.config.full_copy_threshold
+            )
+            return await self._pull(peer_id, full, have, behind)
+        except (PeerUnavailable, PeerWireError) as e:
+            self.log.debug("pull from replica {peer} failed: {error}", peer=peer_id, error=e)
+            return False
+        except Exception:
+            self.log.failure("pull from replica {peer} failed", peer=peer_id)
+            return False
+
+    async def _pull(self, peer_id: int, full: bool, have: VectorClock, behind: int) -> bool:
+        kind = "FULL" if full else "DELTA"
+        started = self.reactor.seconds()
+        importer = self.store.begin_import()
+        received = 0
+
+        def on_line(frame_kind: str, text: str) -> None:
+            nonlocal received
+            importer.add(peerwire.decode_record(text))
+            received += 1
+
+        try:
+            response = await self.links[peer_id].call(
+                kind, "" if full else have.encode(), STREAM_IDLE_TIMEOUT_S, on_line
+            )
+            if response.kind != "END":
+                raise PeerWireError(f"{kind} answered {response.kind} {response.payload[:60]}")
+            result = importer.finish(peerwire.decode_clock(response.payload))
+        except BaseException:
+            importer.abort()
+            raise
+        self.log.info(
+            "pulled {kind} from replica {peer}: {received} records, {applied} applied, "
+            "{conflicts} conflicts, {behind} writes behind, {ms:.0f} ms; clock {clock}",
+            kind=kind.lower(), peer=peer_id, received=received, applied=result.applied,
+            conflicts=result.conflicts, behind=behind,
+            ms=(self.reactor.seconds() - started) * 1000, clock=self.store.clock.encode(),
+        )
+        if result.conflicts:
+            self.log.warn(
+                "{n} concurrent versions resolved while pulling from replica {peer}: {keys}",
+                n=result.conflicts, peer=peer_id, keys=" ".join(result.conflict_keys),
+            )
+        return True
+
+    def pull_from_all(self) -> defer.Deferred:
+        """Pull from every peer at once; fires when all have answered or failed."""
+        return defer.DeferredList(
+            [self.sync_from(peer_id) for peer_id in self.links], consumeErrors=True
+        )
+
+    async def catch_up(self, need: VectorClock, via: int | None) -> bool:
+        """Fetch the writes a session depends on: from its last server first, then any
+        peer whose clock shows them; bounded by fetch_timeout."""
+        deadline = self.reactor.seconds() + self.timers.fetch_timeout
+        candidates = [via] if via in self.links else []
+        candidates += [p for p in sorted(self.links, reverse=True) if p != via]
+        for peer_id in candidates:
+            remaining = deadline - self.reactor.seconds()
+            if remaining <= 0 or need <= self.store.clock:
+                break
+            pull = self.sync_from(peer_id)
+            pull.addTimeout(remaining, self.reactor)
+            try:
+                await pull
+            except defer.TimeoutError:
+                break
+        return need <= self.store.clock
+
+    # Pushes ----------------------------------------------------------------------------
+
+    def replicate(self, record: Record) -> defer.Deferred[bool]:
+        """Push a write to every peer; fire True once write_quorum replicas have it."""
+        needed = self.config.write_quorum - 1     # the coordinator has it already
+        result: defer.Deferred[bool] = defer.Deferred()
+        acks = 0
+        pending = len(self.links)
+        line = peerwire.encode_record(record)
+
+        def settle() -> None:
+            if not result.called and (acks >= needed or pending == 0):
+                result.callback(acks >= needed)
+
+        def acked(response, peer_id: int) -> None:
+            nonlocal acks, pending
+            pending -= 1
+            self.mark(peer_id, True)
+            if response.kind == "OK":
+                acks += 1
+            settle()
+
+        def failed(failure, peer_id: int) -> None:
+            nonlocal pending
+            pending -= 1
+            if failure.check(PeerUnavailable):
+                self.mark(peer_id, False)
+            else:
+                self.log.failure("push to replica {peer} failed", failure, peer=peer_id)
+            settle()
+
+        for peer_id, link in self.links.items():
+            d = link.call("PUSH", line, self.timers.quorum_timeout)
+            d.addCallbacks(acked, failed, callbackArgs=(peer_id,), errbackArgs=(peer_id,))
+        settle()
+        if not result.called:
+            result.addTimeout(self.timers.quorum_timeout, self.reactor,
+                              onTimeoutCancel=lambda *_: False)
+        return result
