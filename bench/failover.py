@@ -263,8 +263,11 @@ def timelines(args: argparse.Namespace, cluster: LocalCluster,
             ):
                 if system.startswith("replicad."):
                     events.append((t - WALL_OFFSET - start, i, text))
+        failures = run.failover_failures if label == "failover" else run.bully_failures
+        for f in failures:
+            events.append((f.at - start, 0, f"writer: {f.kind}: {f.message}"))
         for offset, i, text in sorted(events):
-            lines.append(f"{offset * 1000:7.1f}  r{i}  {text}")
+            lines.append(f"{offset * 1000:7.1f}  {f'r{i}' if i else '--'}  {text}")
         lines.append("```")
     return lines
 
@@ -489,9 +492,15 @@ def report(args: argparse.Namespace, gap: tuple[list[GapRun], dict] | None,
             "",
             f"Failed writes per kill: {per_failover}; per bully-back: {per_bully}.",
         ]
-        if failures:
-            lines += ["", "First failures (client exception text):", ""]
-            lines += [f"- `{f.kind}`: {f.message}" for f in failures[:3]]
+        examples = {}
+        for phase, attr in (("kill", "failover_failures"), ("bully-back", "bully_failures")):
+            for r in runs:
+                for f in getattr(r, attr):
+                    examples.setdefault((phase, f.kind, f.message.split(" (from ")[0]), f)
+        if examples:
+            lines += ["", "Distinct failures seen by the writer (client exception text):", ""]
+            lines += [f"- during a {phase}: `{kind}` {message}"
+                      for phase, kind, message in list(examples)[:6]]
         if totals["timelines"]:
             lines += ["", "#### Timelines (--trace: replica logs with microsecond "
                       "timestamps)"]

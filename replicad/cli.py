@@ -78,6 +78,9 @@ def _add_common(parser: argparse.ArgumentParser, suppress: bool) -> None:
                              "under ~/.local/state/replicad)")
     parser.add_argument("--no-session", action="store_true", default=default(False),
                         help="use a fresh session and do not save it")
+    parser.add_argument("--password-file", metavar="FILE", default=default(None),
+                        help="the cluster's client password, first line of FILE (default: "
+                             "$REPLICAD_PASSWORD; never on the command line, where ps shows it)")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -274,6 +277,20 @@ def _reason(e: BaseException) -> str:
     return getattr(e, "strerror", None) or str(e) or type(e).__name__
 
 
+def read_password(path: str | None) -> str | None:
+    """The client password: first line of --password-file, else $REPLICAD_PASSWORD."""
+    if path is None:
+        return os.environ.get("REPLICAD_PASSWORD") or None
+    try:
+        with open(path, encoding="utf-8") as handle:
+            password = handle.readline().rstrip("\r\n")
+    except (OSError, UnicodeDecodeError) as e:
+        raise UsageError(f"cannot read password file {path}: {_reason(e)}") from None
+    if not password:
+        raise UsageError(f"password file {path} is empty")
+    return password
+
+
 def _main(argv: Sequence[str] | None, out: TextIO, stdin: TextIO) -> int:
     args = build_parser().parse_args(argv)
     if args.session is not None and args.no_session:
@@ -288,7 +305,8 @@ def _main(argv: Sequence[str] | None, out: TextIO, stdin: TextIO) -> int:
     # With a config we know every replica's address, so a reply naming the coordinator
     # sends the next request straight to it instead of through a forwarding replica.
     session.addresses.update(target.by_id)
-    client = BlockingClient(target.servers, timeout_s=args.timeout, session=session)
+    client = BlockingClient(target.servers, timeout_s=args.timeout, session=session,
+                            password=read_password(args.password_file))
     try:
         return run_command(args, client, out)
     finally:
@@ -313,7 +331,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         _fail(str(e))
         return EXIT_UNAVAILABLE
     except (ServerError, UnexpectedReply) as e:
-        _fail(f"server error: {e}")
+        hint = ""
+        if getattr(e, "code", None) == wire.Code.AUTH:
+            hint = "; give the password in $REPLICAD_PASSWORD or with --password-file"
+        _fail(f"server error: {e}{hint}")
         return EXIT_SERVER_ERROR
     except KeyboardInterrupt:
         _fail("interrupted")

@@ -243,8 +243,30 @@ def build_request(
     return Request(command, key, value)
 
 
-def encode_line(request: Request, session: ClientSession) -> bytes:
-    return (request.with_context(session.context()).encode() + wire.EOL).encode("utf-8")
+def encode_line(request: Request, session: ClientSession, password: str | None = None) -> bytes:
+    """What one attempt sends: AUTH first when the cluster needs a password (pipelined
+    on the same connection), then the request with the session's context."""
+    line = request.with_context(session.context()).encode() + wire.EOL
+    if password is not None:
+        line = Request("AUTH", None, password).encode() + wire.EOL + line
+    return line.encode("utf-8")
+
+
+class _Replies:
+    """Parses the replies to one attempt: the AUTH answer (skipped when OK, final when
+    an error), then the request's reply."""
+
+    def __init__(self, auth_sent: bool):
+        self._parser = wire.ReplyParser()
+        self._auth_pending = auth_sent
+
+    def feed(self, line: str) -> Reply | None:
+        reply = self._parser.feed(line)
+        if reply is not None and self._auth_pending:
+            self._auth_pending = False
+            if not reply.is_error:
+                return None
+        return reply
 
 
 def raise_for_error(reply: Reply, address: str) -> None:
@@ -346,9 +368,9 @@ class _OneShot(LineOnlyReceiver):
     delimiter = b"\n"
     MAX_LENGTH = MAX_REPLY_LINE_BYTES
 
-    def __init__(self, line: bytes):
+    def __init__(self, line: bytes, auth_sent: bool = False):
         self._line = line
-        self._parser = wire.ReplyParser()
+        self._parser = _Replies(auth_sent)
         self.sent = False
         self.done: defer.Deferred[Reply | str] = defer.Deferred(self._cancel)
 
@@ -393,7 +415,9 @@ class _ClientSettings:
         session: ClientSession | None = None,
         connect_timeout_s: float = DEFAULT_CONNECT_TIMEOUT_S,
         reply_timeout_s: float | None = None,
+        password: str | None = None,
     ):
+        self.password = password   # sent as AUTH when the cluster sets client_password
         self._addresses = normalise_servers(servers)
         self.servers = list(self._addresses)
         self.timeout_s = timeout_s
@@ -421,8 +445,10 @@ class ReplicadClient(_ClientSettings):
         session: ClientSession | None = None,
         connect_timeout_s: float = DEFAULT_CONNECT_TIMEOUT_S,
         reply_timeout_s: float | None = None,
+        password: str | None = None,
     ):
-        super().__init__(servers, timeout_s, session, connect_timeout_s, reply_timeout_s)
+        super().__init__(servers, timeout_s, session, connect_timeout_s, reply_timeout_s,
+                         password)
         self._reactor = reactor
 
     def request(self, request: Request) -> defer.Deferred[Reply]:
@@ -467,7 +493,7 @@ class ReplicadClient(_ClientSettings):
             if isinstance(step, Backoff):
                 await deferLater(self._reactor, step.delay_s)
                 continue
-            outcome = await self._attempt(step, encode_line(request, self.session))
+            outcome = await self._attempt(step, encode_line(request, self.session, self.password))
             reply = plan.record(outcome)
             if reply is not None:
                 return reply, outcome.address
@@ -478,7 +504,7 @@ class ReplicadClient(_ClientSettings):
         connect_s = min(self.connect_timeout_s, step.budget_s)
         endpoint_type = TCP6ClientEndpoint if isIPv6Address(address.host) else TCP4ClientEndpoint
         endpoint = endpoint_type(self._reactor, address.host, address.port, timeout=connect_s)
-        protocol = _OneShot(line)
+        protocol = _OneShot(line, auth_sent=self.password is not None)
         try:
             await connectProtocol(endpoint, protocol)
         except (defer.CancelledError, error.ConnectingCancelledError):
@@ -528,8 +554,10 @@ class BlockingClient(_ClientSettings):
         session: ClientSession | None = None,
         connect_timeout_s: float = DEFAULT_CONNECT_TIMEOUT_S,
         reply_timeout_s: float | None = None,
+        password: str | None = None,
     ):
-        super().__init__(servers, timeout_s, session, connect_timeout_s, reply_timeout_s)
+        super().__init__(servers, timeout_s, session, connect_timeout_s, reply_timeout_s,
+                         password)
         # Injected for tests; the plan only ever sees these two.
         self._now: Callable[[], float] = time.monotonic
         self._sleep: Callable[[float], None] = time.sleep
@@ -545,7 +573,7 @@ class BlockingClient(_ClientSettings):
             if isinstance(step, Backoff):
                 self._sleep(step.delay_s)
                 continue
-            outcome = self._attempt(step, encode_line(request, self.session))
+            outcome = self._attempt(step, encode_line(request, self.session, self.password))
             reply = plan.record(outcome)
             if reply is not None:
                 return reply, outcome.address
@@ -587,16 +615,18 @@ class BlockingClient(_ClientSettings):
             reply_s = max(0.0, step.budget_s - (self._now() - started))
             if self.reply_timeout_s is not None:
                 reply_s = min(reply_s, self.reply_timeout_s)
-            result = _read_reply(sock, self._now() + reply_s, self._now)
+            result = _read_reply(sock, self._now() + reply_s, self._now,
+                                 auth_sent=self.password is not None)
         if isinstance(result, Reply):
             return Outcome(step.address, reply=result, sent=True)
         return Outcome(step.address, failure=result or f"no reply came within {reply_s:.2g} s",
                        sent=True)
 
 
-def _read_reply(sock: socket.socket, deadline: float, now: Callable[[], float]) -> Reply | str:
+def _read_reply(sock: socket.socket, deadline: float, now: Callable[[], float],
+                auth_sent: bool = False) -> Reply | str:
     """Read one reply; a reason string on failure ("" means the deadline passed)."""
-    parser = wire.ReplyParser()
+    parser = _Replies(auth_sent)
     buffer = bytearray()
     scanned = 0   # bytes of buffer known to hold no newline
     while True:

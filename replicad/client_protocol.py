@@ -7,6 +7,7 @@ protocol pauses reading, so a pipelining client gets back-pressure, not reorderi
 
 from __future__ import annotations
 
+import hmac
 from typing import Protocol
 
 from twisted.internet import defer
@@ -19,6 +20,9 @@ from twisted.protocols.policies import TimeoutMixin
 from replicad import wire
 from replicad.config import ClusterConfig
 from replicad.wire import Code, Reply, Request, WireError
+
+# A connection that guesses wrong this often is closed (guessing then costs a connect).
+MAX_FAILED_AUTHS = 3
 
 
 class RequestHandler(Protocol):
@@ -38,6 +42,8 @@ class ClientProtocol(LineReceiver, TimeoutMixin):
         self.MAX_LENGTH = factory.limits.max_line_bytes
         self.callLater = factory.clock.callLater   # TimeoutMixin uses this: injected time
         self._counted = False
+        self._authenticated = factory.password is None
+        self._failed_auths = 0
 
     def connectionMade(self) -> None:
         if self.factory.open_connections >= self.factory.max_connections:
@@ -82,7 +88,13 @@ class ClientProtocol(LineReceiver, TimeoutMixin):
             return
         if request is None:
             return
-        if request.command == "PING":
+        if request.command == "AUTH":
+            self._auth(request.value or "")
+        elif not self._authenticated and request.command not in wire.UNAUTHENTICATED_COMMANDS:
+            self.write_reply(wire.error_reply(
+                Code.AUTH, "this cluster needs a password: send AUTH <password> first"
+            ))
+        elif request.command == "PING":
             self.write_reply(Reply("PONG"))
         elif request.command == "HELP":
             self.write_reply(Reply("HELP", lines=wire.HELP_LINES))
@@ -93,6 +105,20 @@ class ClientProtocol(LineReceiver, TimeoutMixin):
             self.write_reply(self.factory.handler.status(request))
         else:
             self._serve(request)
+
+    def _auth(self, password: str) -> None:
+        expected = self.factory.password
+        if expected is None or hmac.compare_digest(password.encode(), expected.encode()):
+            self._authenticated = True
+            self.write_reply(Reply("OK"))
+            return
+        self._failed_auths += 1
+        self.log.warn("wrong client password from {peer}", peer=self.transport.getPeer())
+        if self._failed_auths >= MAX_FAILED_AUTHS:
+            self.write_reply(wire.error_reply(Code.AUTH, "wrong password; closing"))
+            self.transport.loseConnection()
+        else:
+            self.write_reply(wire.error_reply(Code.AUTH, "wrong password"))
 
     def _serve(self, request: Request) -> None:
         # Pause reading (and the idle timer) until this reply is written: replies
@@ -125,6 +151,7 @@ class ClientFactory(Factory):
         self.limits = config.limits
         self.idle_timeout_s = config.timers.idle_timeout
         self.max_connections = config.max_connections
+        self.password = config.client_password
         self.open_connections = 0
 
     def buildProtocol(self, addr) -> ClientProtocol:

@@ -281,12 +281,17 @@ class LocalCluster:
 
     # Observing -------------------------------------------------------------------------
 
+    @property
+    def password(self) -> str | None:
+        """The client password set with the client_password override, if any."""
+        return self.overrides.get("client_password") or None
+
     def status(self, i: int, timeout_s: float = 1.0) -> dict[str, Any] | None:
         """STATUS of replica i alone, or None if it is not running or does not answer."""
         if not self.running(i):
             return None
         client = BlockingClient([self.address(i)], timeout_s=timeout_s,
-                                connect_timeout_s=min(timeout_s, 0.5))
+                                connect_timeout_s=min(timeout_s, 0.5), password=self.password)
         try:
             return client.status()
         except ClientError:

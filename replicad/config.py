@@ -107,6 +107,7 @@ class Timers:
 class ClusterConfig:
     members: dict[int, Member]
     secret: str = DEFAULT_SECRET
+    client_password: str | None = None   # clients must send AUTH <password> first
     write_quorum: int = 1
     max_connections: int = 1000
     full_copy_threshold: int = 10000   # missing writes above which a pull asks for a full copy
@@ -151,7 +152,7 @@ def default_config(
 _CLUSTER_FLOATS = {f.name for f in dataclasses.fields(Timers)}
 _CLUSTER_INTS = {"write_quorum", "max_connections", "full_copy_threshold",
                  "max_key_bytes", "max_value_bytes"}
-_CLUSTER_STRINGS = {"secret"}
+_CLUSTER_STRINGS = {"secret", "client_password"}
 _MEMBER_KEYS = {"client", "peer", "client_listen", "peer_listen", "peer_connect"}
 
 
@@ -212,6 +213,7 @@ def parse_config(parser: configparser.ConfigParser, source: str) -> ClusterConfi
     config = ClusterConfig(
         members=members,
         secret=secret,
+        client_password=cluster.get("client_password", "").strip() or None,
         timers=Timers(**timers),
         limits=limits,
         source=where,
@@ -278,6 +280,8 @@ def _validate(config: ClusterConfig) -> None:
 def render_config(config: ClusterConfig) -> str:
     """INI text for a config (used by replicad-local to write the file it starts with)."""
     lines = ["[cluster]", f"secret = {config.secret}", f"write_quorum = {config.write_quorum}"]
+    if config.client_password:
+        lines.append(f"client_password = {config.client_password}")
     for f in dataclasses.fields(Timers):
         value = getattr(config.timers, f.name)
         if value != f.default:

@@ -64,7 +64,8 @@ class _Demo:
 
     def client(self, *ids: int, timeout_s: float = 5.0) -> BlockingClient:
         servers = [self.cluster.address(i) for i in (ids or self.cluster.ids)]
-        return BlockingClient(servers, timeout_s=timeout_s, session=self.session)
+        return BlockingClient(servers, timeout_s=timeout_s, session=self.session,
+                              password=self.cluster.password)
 
     def run(self) -> None:
         cluster = self.cluster

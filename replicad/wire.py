@@ -45,6 +45,7 @@ class Code:
     # a forwarded write got no answer; it may or may not have been applied
     INDOUBT = "INDOUBT"
     INTERNAL = "INTERNAL"        # a bug or storage failure; nothing was half-applied
+    AUTH = "AUTH"                # this cluster needs AUTH <password> first, or it was wrong
 
 
 class WireError(Exception):
@@ -61,7 +62,9 @@ class WireError(Exception):
 
 READ_COMMANDS = frozenset({"GET", "KEYS"})
 WRITE_COMMANDS = frozenset({"PUT", "DEL"})
-LOCAL_COMMANDS = frozenset({"STATUS", "PING", "HELP", "QUIT"})
+LOCAL_COMMANDS = frozenset({"STATUS", "PING", "HELP", "QUIT", "AUTH"})
+# What a connection may do before AUTH when the cluster sets client_password.
+UNAUTHENTICATED_COMMANDS = frozenset({"AUTH", "PING", "HELP", "QUIT"})
 COMMANDS = READ_COMMANDS | WRITE_COMMANDS | LOCAL_COMMANDS
 
 HELP_LINES = (
@@ -73,6 +76,7 @@ HELP_LINES = (
     "PING                reply PONG",
     "HELP                this text",
     "QUIT                close the connection",
+    "AUTH <password>     authenticate (when the cluster sets client_password)",
 )
 
 _FIRST_WORD = re.compile(r"^(\S+)(?:\s+(.*))?$", re.DOTALL)
@@ -245,6 +249,10 @@ def parse_request(line: str, limits: Limits = Limits()) -> Request | None:
     if command not in COMMANDS:
         raise WireError(Code.BADCMD, f"unknown command {_shorten(match.group(1))!r}; try HELP")
     rest = rest if rest else ""
+    if command == "AUTH":
+        if not rest:
+            raise WireError(Code.BADARGS, "usage: AUTH <password>")
+        return Request("AUTH", None, rest, context)
     if command == "PUT":
         key_value = _KEY_AND_VALUE.match(rest)
         if not rest or key_value is None or key_value.group(2) is None:

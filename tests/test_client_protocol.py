@@ -40,10 +40,11 @@ class FakeHandler:
         return self.pending[-1]
 
 
-def make_factory(max_connections=1000, handler=None):
+def make_factory(max_connections=1000, handler=None, client_password=None):
     config = with_overrides(
         default_config(),
         max_connections=max_connections,
+        client_password=client_password,
         timers=Timers(idle_timeout=IDLE_S),
         limits=Limits(max_value_bytes=MAX_VALUE),
     )
@@ -393,3 +394,35 @@ def test_reply_after_disconnect_raises_nothing():
     handler.pending[0].addBoth(result.append)
     handler.pending[0].callback(Reply("VALUE", "late"))
     assert result == [None]
+
+
+# Client password ------------------------------------------------------------------------
+
+
+def test_without_a_password_configured_auth_is_accepted_and_not_needed():
+    proto, transport, clock, handler, factory = setup()
+    proto.dataReceived(b"AUTH anything\r\nGET k\r\n")
+    assert [r.status for r in replies(transport)] == ["OK"]
+    assert [r.command for r in handler.handled] == ["GET"]
+
+
+def test_with_a_password_data_and_status_need_auth_first():
+    proto, transport, clock, handler, factory = setup(client_password="s3cret pass")
+    proto.dataReceived(b"GET k\r\nSTATUS\r\nPING\r\nHELP\r\n")
+    got = replies(transport)
+    assert [r.error_code for r in got[:2]] == ["AUTH", "AUTH"]
+    assert [r.status for r in got[2:]] == ["PONG", "HELP"]
+    assert handler.handled == [] and handler.status_requests == []
+    proto.dataReceived(b"AUTH s3cret pass\r\nGET k\r\n")
+    assert [r.status for r in replies(transport)] == ["OK"]
+    assert [r.command for r in handler.handled] == ["GET"]
+
+
+def test_three_wrong_passwords_close_the_connection():
+    proto, transport, clock, handler, factory = setup(client_password="right")
+    proto.dataReceived(b"AUTH wrong\r\nAUTH Right\r\n")
+    assert error_codes(transport) == ["AUTH", "AUTH"]
+    assert not transport.disconnecting
+    proto.dataReceived(b"AUTH right \r\n")      # a trailing space is part of it
+    assert error_codes(transport) == ["AUTH"]
+    assert transport.disconnecting

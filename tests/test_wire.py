@@ -117,13 +117,15 @@ def test_every_command_parses_case_insensitively(line, expected):
 
 
 def test_command_sets_and_request_kinds():
-    assert wire.COMMANDS == {"PUT", "GET", "DEL", "KEYS", "STATUS", "PING", "HELP", "QUIT"}
+    assert wire.COMMANDS == {
+        "PUT", "GET", "DEL", "KEYS", "STATUS", "PING", "HELP", "QUIT", "AUTH"
+    }
     assert Request("GET", "k").is_read and not Request("GET", "k").is_write
     assert Request("KEYS").is_read
     assert Request("PUT", "k", "v").is_write and Request("DEL", "k").is_write
     for command in ("GET", "KEYS", "PUT", "DEL"):
         assert Request(command, "k").needs_coordinator
-    for command in ("STATUS", "PING", "HELP", "QUIT"):
+    for command in ("STATUS", "PING", "HELP", "QUIT", "AUTH"):
         request = Request(command)
         assert not (request.is_read or request.is_write or request.needs_coordinator)
 
@@ -519,3 +521,12 @@ def test_status_lines_round_trip():
 @given(st.dictionaries(st.text(KEY_CHARS, min_size=1, max_size=10), LINE_TEXT, max_size=6))
 def test_status_lines_round_trip_property(fields):
     assert wire.parse_status_lines(wire.status_lines(fields)) == fields
+
+
+def test_auth_takes_the_rest_of_the_line_as_the_password():
+    request = parse_request("auth  two words ")
+    assert (request.command, request.value) == ("AUTH", "two words ")
+    assert parse_request(request.encode()) == request
+    with pytest.raises(WireError) as caught:
+        parse_request("AUTH")
+    assert caught.value.code == Code.BADARGS

@@ -191,3 +191,23 @@ def test_twistd_lists_the_plugin_from_outside_the_source_tree(tmp_path):
                             cwd=tmp_path, timeout=60)
     assert result.returncode == 0
     assert any(line.split()[:1] == ["replicad"] for line in result.stdout.splitlines())
+
+
+def test_a_client_password_guards_every_replica(start_cluster, cli, tmp_path, monkeypatch):
+    cluster = start_cluster(client_password="open sesame")
+    follower = next(i for i in (1, 2, 3) if i != cluster.coordinator())
+    refused = cli([cluster.address(follower)], "get", "k")
+    assert refused.returncode == 4
+    assert refused.stderr.startswith("replicad-cli: server error: ERR AUTH ")
+    assert "REPLICAD_PASSWORD" in refused.stderr and len(refused.stderr.splitlines()) == 1
+    wrong = talk(cluster.address(follower), b"AUTH guess\r\nGET k\r\nQUIT\r\n").decode()
+    assert wrong.splitlines()[:2] == ["ERR AUTH wrong password",
+                                       "ERR AUTH this cluster needs a password: send AUTH "
+                                       "<password> first"]
+    password_file = tmp_path / "password"
+    password_file.write_text("open sesame\n")
+    put = cli([cluster.address(follower)], "--password-file", str(password_file),
+              "put", "k", "through a follower")
+    assert put.returncode == 0, put.stderr
+    monkeypatch.setenv("REPLICAD_PASSWORD", "open sesame")
+    assert cli(cluster.addresses(), "get", "k").stdout == "through a follower\n"
