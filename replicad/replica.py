@@ -370,6 +370,11 @@ class Replica(service.MultiService):
             await waiter
         except defer.TimeoutError:
             return False
+        finally:
+            # Every forwarded request waits here (racing its answer), so a waiter must
+            # leave the list however it ends, or a steady load would grow it forever.
+            if waiter in self._waiters:
+                self._waiters.remove(waiter)
         return True
 
     def _notify(self) -> None:
