@@ -361,6 +361,8 @@ class PeerClientProtocol(_LineProtocol):
             self.authenticated.errback(PeerUnavailable("connection lost during handshake"))
         for rid in list(self._calls):
             self._finish(rid, error=PeerUnavailable("connection lost", sent=True))
+        if self._ready and self.factory.on_lost is not None:
+            self.factory.on_lost(self)
 
     def call(self, verb: str, payload: str = "", timeout_s: float = 1.0,
              on_line: Callable[[str, str], None] | None = None) -> defer.Deferred[PeerResponse]:
@@ -404,6 +406,7 @@ class PeerClientFactory(Factory):
                  max_line_bytes: int):
         self.my_id, self.expected_peer_id, self.secret = my_id, expected_peer_id, secret
         self.clock, self.max_line_bytes = clock, max_line_bytes
+        self.on_lost: Callable[[PeerClientProtocol], None] | None = None
 
     def buildProtocol(self, addr) -> PeerClientProtocol:
         return PeerClientProtocol(self)
@@ -429,7 +432,13 @@ class PeerLink:
     def __init__(self, reactor, my_id: int, peer_id: int, endpoint_spec: str, secret: str,
                  max_line_bytes: int, max_retry_delay_s: float = 0.5):
         self.peer_id = peer_id
+        # True from losing an authenticated connection until the next one: calls then
+        # fail at once instead of waiting for ClientService's next attempt (a SIGKILLed
+        # peer closes its connections, so this is how a crash is noticed in milliseconds).
+        self.down = False
+        self.on_down: Callable[[], None] | None = None
         factory = PeerClientFactory(my_id, peer_id, secret, reactor, max_line_bytes)
+        factory.on_lost = self._lost
         self.service = _QuietClientService(
             clientFromString(reactor, endpoint_spec),
             factory,
@@ -440,9 +449,25 @@ class PeerLink:
                 jitter=lambda: random.uniform(0, 0.05),
             ),
             clock=reactor,
-            prepareConnection=lambda proto: proto.authenticated,
+            prepareConnection=self._prepare,
         )
         self._clock = reactor
+
+    def _prepare(self, proto: PeerClientProtocol) -> defer.Deferred[PeerClientProtocol]:
+        def up(proto: PeerClientProtocol) -> PeerClientProtocol:
+            self.down = False
+            return proto
+
+        return proto.authenticated.addCallback(up)
+
+    def _lost(self, proto: PeerClientProtocol) -> None:
+        self.down = True
+        if self.on_down is not None:
+            self.on_down()
+
+    def alive_hint(self) -> None:
+        """The peer just talked to us: wait for the reconnection instead of failing fast."""
+        self.down = False
 
     def call(self, verb: str, payload: str = "", timeout_s: float = 1.0,
              on_line: Callable[[str, str], None] | None = None) -> defer.Deferred[PeerResponse]:
@@ -458,6 +483,9 @@ class PeerLink:
 
     def _start_call(self, result: defer.Deferred, verb: str, payload: str, timeout_s: float,
                     on_line: Callable[[str, str], None] | None) -> None:
+        if self.down:
+            result.errback(PeerUnavailable(f"replica {self.peer_id}: connection lost"))
+            return
         connected = self.service.whenConnected(failAfterFailures=1)
         connected.addTimeout(timeout_s, self._clock)
 

@@ -77,6 +77,7 @@ class Replica(service.MultiService):
                 config.secret, config.limits.max_line_bytes + 1024,
             )
             link.service.setServiceParent(self)
+            link.on_down = lambda peer_id=peer_id: self._link_lost(peer_id)
             self.links[peer_id] = link
         self.peer_up: dict[int, bool] = dict.fromkeys(self.links, False)
         self._ready = False            # a coordinator serves only after its take-over pull
@@ -227,6 +228,16 @@ class Replica(service.MultiService):
         d.addCallback(alive)
         d.addErrback(lambda f: f.trap(PeerUnavailable, PeerWireError) and False)
         return d
+
+    def _link_lost(self, peer_id: int) -> None:
+        """The connection to a peer dropped.  If it was our coordinator, check it now
+        rather than at the next heartbeat: a crashed process closes its sockets."""
+        self._mark(peer_id, False)
+        election = self.election
+        if election is not None and election.role is Role.FOLLOWER:
+            if election.coordinator == peer_id:
+                self.detector.reset()
+                self.detector.check()
 
     def _coordinator_ping_failed(self) -> None:
         if self.election.coordinator == self._pinged_coordinator:
@@ -456,6 +467,7 @@ class Replica(service.MultiService):
 
     def peer_request(self, peer_id: int, verb: str, payload: str):
         self._mark(peer_id, True)
+        self.links[peer_id].alive_hint()
         election = self.election
         if verb == "PING":
             # A coordinator still pulling before it serves answers "coordinator": it is
