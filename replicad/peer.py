@@ -278,13 +278,39 @@ class PeerClientProtocol(_LineProtocol):
     def __init__(self, factory: PeerClientFactory):
         self.factory = factory
         self.MAX_LENGTH = factory.max_line_bytes
-        self.authenticated: defer.Deferred[PeerClientProtocol] = defer.Deferred()
         self._nonce = peerwire.new_nonce()
         self._server_nonce: str | None = None
         self._ready = False
         self._next_rid = 1
         self._calls: dict[int, _PendingCall] = {}
         self._handshake_timer = None
+        self._ready_waiters: list[defer.Deferred[PeerClientProtocol]] = []
+        self._failure: PeerUnavailable | None = None
+
+    @property
+    def authenticated(self) -> defer.Deferred[PeerClientProtocol]:
+        """Same as when_ready(): a fresh Deferred per use, so none is left unhandled."""
+        return self.when_ready()
+
+    def when_ready(self) -> defer.Deferred[PeerClientProtocol]:
+        """A fresh Deferred that fires with this protocol once the handshake is done."""
+        if self._ready:
+            return defer.succeed(self)
+        if self._failure is not None:
+            return defer.fail(self._failure)
+        waiter: defer.Deferred[PeerClientProtocol] = defer.Deferred()
+        self._ready_waiters.append(waiter)
+        return waiter
+
+    def _settle_waiters(self) -> None:
+        waiters, self._ready_waiters = self._ready_waiters, []
+        for waiter in waiters:
+            if waiter.called:     # cancelled by a caller's timeout
+                continue
+            if self._ready:
+                waiter.callback(self)
+            else:
+                waiter.errback(self._failure or PeerUnavailable("handshake failed"))
 
     def connectionMade(self) -> None:
         # A peer that accepts but never answers (frozen, overloaded) must not wedge the
@@ -338,7 +364,9 @@ class PeerClientProtocol(_LineProtocol):
             if peerwire.proofs_match(expected, parts[1]):
                 self._ready = True
                 self._cancel_handshake_timer()
-                self.authenticated.callback(self)
+                self._settle_waiters()
+                if self.factory.on_ready is not None:
+                    self.factory.on_ready(self)
                 return
             self._abort("peer failed to prove it knows the cluster secret")
             return
@@ -347,8 +375,8 @@ class PeerClientProtocol(_LineProtocol):
     def _abort(self, message: str) -> None:
         self.log.warn("peer {peer}: {message}", peer=self.factory.expected_peer_id, message=message)
         self.transport.loseConnection()
-        if not self.authenticated.called:
-            self.authenticated.errback(PeerUnavailable(message))
+        self._failure = PeerUnavailable(message)
+        self._settle_waiters()
 
     def _cancel_handshake_timer(self) -> None:
         if self._handshake_timer is not None and self._handshake_timer.active():
@@ -357,8 +385,9 @@ class PeerClientProtocol(_LineProtocol):
 
     def connectionLost(self, reason: object = None) -> None:
         self._cancel_handshake_timer()
-        if not self.authenticated.called:
-            self.authenticated.errback(PeerUnavailable("connection lost during handshake"))
+        if not self._ready and self._failure is None:
+            self._failure = PeerUnavailable("connection lost during handshake")
+        self._settle_waiters()
         for rid in list(self._calls):
             self._finish(rid, error=PeerUnavailable("connection lost", sent=True))
         if self._ready and self.factory.on_lost is not None:
@@ -407,6 +436,7 @@ class PeerClientFactory(Factory):
         self.my_id, self.expected_peer_id, self.secret = my_id, expected_peer_id, secret
         self.clock, self.max_line_bytes = clock, max_line_bytes
         self.on_lost: Callable[[PeerClientProtocol], None] | None = None
+        self.on_ready: Callable[[PeerClientProtocol], None] | None = None
 
     def buildProtocol(self, addr) -> PeerClientProtocol:
         return PeerClientProtocol(self)
@@ -439,6 +469,10 @@ class PeerLink:
         self.on_down: Callable[[], None] | None = None
         factory = PeerClientFactory(my_id, peer_id, secret, reactor, max_line_bytes)
         factory.on_lost = self._lost
+        factory.on_ready = self._up
+        # No prepareConnection: when it fails, ClientService later meets the failed
+        # connection's close in a state with no transition for it and logs an
+        # "Unhandled Error" (Twisted 26).  Calls wait for the handshake themselves.
         self.service = _QuietClientService(
             clientFromString(reactor, endpoint_spec),
             factory,
@@ -449,16 +483,11 @@ class PeerLink:
                 jitter=lambda: random.uniform(0, 0.05),
             ),
             clock=reactor,
-            prepareConnection=self._prepare,
         )
         self._clock = reactor
 
-    def _prepare(self, proto: PeerClientProtocol) -> defer.Deferred[PeerClientProtocol]:
-        def up(proto: PeerClientProtocol) -> PeerClientProtocol:
-            self.down = False
-            return proto
-
-        return proto.authenticated.addCallback(up)
+    def _up(self, proto: PeerClientProtocol) -> None:
+        self.down = False
 
     def _lost(self, proto: PeerClientProtocol) -> None:
         self.down = True
@@ -487,6 +516,7 @@ class PeerLink:
             result.errback(PeerUnavailable(f"replica {self.peer_id}: connection lost"))
             return
         connected = self.service.whenConnected(failAfterFailures=1)
+        connected.addCallback(lambda proto: proto.when_ready())
         connected.addTimeout(timeout_s, self._clock)
 
         def send(proto: PeerClientProtocol):

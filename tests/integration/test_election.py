@@ -3,11 +3,12 @@
 from __future__ import annotations
 
 import signal
+import subprocess
 import time
 
 import pytest
 
-from replicad.client import BlockingClient
+from replicad.client import BlockingClient, ClientError
 
 from .test_foundation import talk
 
@@ -106,3 +107,40 @@ def test_a_request_gets_unavailable_at_the_deadline_never_a_hang(start_cluster):
     finally:
         cluster.kill(3, signal.SIGCONT)
         cluster.kill(2, signal.SIGCONT)
+
+
+def test_a_replica_with_the_wrong_secret_can_neither_vote_nor_sync(start_cluster, tmp_path):
+    cluster = start_cluster(3)
+    BlockingClient(cluster.addresses(), timeout_s=10).put("k", "v")
+    cluster.kill(3)
+    wait_for_coordinator(cluster, [1, 2], 2)
+    BlockingClient(cluster.addresses(), timeout_s=10).put("later", "written by 2")
+    # Replica 3 comes back with the right addresses but another secret.
+    rogue_config = tmp_path / "rogue.ini"
+    text = open(cluster.config_path).read()
+    secret_line = next(line for line in text.splitlines() if line.startswith("secret"))
+    rogue_config.write_text(text.replace(secret_line, "secret = not-the-cluster-secret"))
+    command = cluster.command(3)
+    command[command.index("--config") + 1] = str(rogue_config)
+    rogue = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    def rogue_status():
+        try:
+            return BlockingClient([cluster.address(3)], timeout_s=1).status()
+        except ClientError:
+            return None
+
+    try:
+        cluster.wait_until(
+            lambda: (status := rogue_status()) is not None and status["role"] == "coordinator",
+            timeout_s=10, what="the rogue replica answers STATUS",
+        )
+        rogue_status = rogue_status()
+        assert rogue_status["peers"] == {"1": "down", "2": "down"}   # nobody let it in
+        assert "2" not in rogue_status["clock"]         # it never got replica 2's write
+        assert agreed_coordinator(cluster, [1, 2]) == 2             # its claim is ignored
+        assert BlockingClient([cluster.address(1)], timeout_s=5).get("k") == "v"
+        log = cluster.log_tail(2, lines=400)
+        assert "bad proof: is the cluster secret the same on every replica?" in log
+    finally:
+        rogue.kill()
+        rogue.wait()
