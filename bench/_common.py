@@ -7,12 +7,14 @@ from __future__ import annotations
 
 import dataclasses
 import datetime
+import hashlib
 import math
 import os
 import platform
 import re
 import shlex
 import sqlite3
+import subprocess
 import sys
 from collections.abc import Sequence
 
@@ -92,13 +94,70 @@ def _cpu_model() -> str:
     return platform.processor() or "unknown CPU"
 
 
+def code_version() -> str:
+    """The commit and whether the product code differs from it (read-only git calls)."""
+    try:
+        head = subprocess.run(["git", "-C", ROOT, "rev-parse", "--short", "HEAD"],
+                              capture_output=True, text=True, timeout=10)
+        if head.returncode != 0:
+            return "not a git checkout"
+        dirty = subprocess.run(["git", "-C", ROOT, "diff", "--quiet", "HEAD", "--",
+                                "replicad", "twisted"], timeout=10).returncode
+    except (OSError, subprocess.SubprocessError):
+        return "unknown (git not available)"
+    state = "with uncommitted changes in replicad/" if dirty else "clean"
+    return f"commit {head.stdout.strip()} ({state})"
+
+
+def code_fingerprint() -> str:
+    """sha256 (12 hex digits) of the product's source files: replicad/ and the dropin.
+
+    Taken at the start and at the end of a run, it tells whether the code under test
+    changed meanwhile (replicas started later would run other code than earlier ones).
+    """
+    digest = hashlib.sha256()
+    for top in ("replicad", os.path.join("twisted", "plugins")):
+        for folder, dirs, files in sorted(os.walk(os.path.join(ROOT, top))):
+            dirs.sort()
+            for name in sorted(files):
+                if name.endswith(".py"):
+                    path = os.path.join(folder, name)
+                    digest.update(os.path.relpath(path, ROOT).encode() + b"\0")
+                    try:
+                        with open(path, "rb") as handle:
+                            digest.update(handle.read())
+                    except OSError:
+                        digest.update(b"<unreadable>")
+    return digest.hexdigest()[:12]
+
+
+class CodeWatch:
+    """The code version at the start of a run, compared with the end by ``lines()``."""
+
+    def __init__(self) -> None:
+        self.started = datetime.datetime.now().astimezone()
+        self.version = code_version()
+        self.fingerprint = code_fingerprint()
+
+    def lines(self) -> list[str]:
+        now = code_fingerprint()
+        lines = [f"- started: {self.started.strftime('%Y-%m-%d %H:%M %Z')}",
+                 f"- code: {self.version}; replicad/ sources sha256 {self.fingerprint}"]
+        if now != self.fingerprint:
+            lines.append(
+                f"- **WARNING: the replicad sources changed during this run** (sha256 "
+                f"{self.fingerprint} at the start, {now} at the end, now {code_version()}): "
+                f"replicas started at different times ran different code"
+            )
+        return lines
+
+
 def machine_lines() -> list[str]:
     try:
         cores = len(os.sched_getaffinity(0))
     except AttributeError:
         cores = os.cpu_count() or 0
     return [
-        f"- date: {datetime.datetime.now().astimezone().strftime('%Y-%m-%d %H:%M %Z')}",
         f"- machine: {cores} cores (nproc), {_cpu_model()}, {platform.system()} "
         f"{platform.release()}",
         f"- python {platform.python_version()}, Twisted {twisted.__version__}, "
@@ -116,7 +175,8 @@ def timers_line(timers: Timers | None = None) -> str:
 
 
 def _markers(name: str) -> tuple[str, str]:
-    return f"<!-- BEGIN {name} (written by bench/{name}.py --write) -->", f"<!-- END {name} -->"
+    return (f"<!-- BEGIN {name}: written by a bench/ script with --write; edits inside are "
+            f"overwritten -->", f"<!-- END {name} -->")
 
 
 def write_section(name: str, body: str, path: str = RESULTS_PATH) -> None:

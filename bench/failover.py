@@ -20,8 +20,8 @@ in a temporary directory, free ports):
      detection on demand + election + announcement.
    - ``peer``: a PING over the authenticated peer protocol (the benchmark knows the
      cluster secret it generated).  Peer PINGs do not trigger detection, so the
-     survivors only notice the death through their heartbeat: detection by heartbeat +
-     election + announcement.
+     survivors notice the death on their own (closed connection, heartbeat):
+     detection without clients + election + announcement.
 
    The killed replica is restarted after each kill; the time from its restart until every
    replica names it again (process start-up included) is reported too.
@@ -36,6 +36,7 @@ import argparse
 import configparser
 import dataclasses
 import os
+import shutil
 import signal
 import socket
 import sys
@@ -74,7 +75,7 @@ class TracingCluster(LocalCluster):
 
 def make_cluster(args: argparse.Namespace, size: int, data_dir: str) -> LocalCluster:
     kind = TracingCluster if args.trace else LocalCluster
-    return kind(size, find_free_base_port(size), data_dir)
+    return kind(size, find_free_base_port(size), data_dir, overrides=args.overrides)
 
 
 # The writer ---------------------------------------------------------------------------
@@ -166,6 +167,7 @@ class GapRun:
     new_ack_at: float
     restarted_at: float
     back_ack_at: float
+    stall: str | None = None   # why no write was acknowledged until the victim returned
 
 
 def measure_gap(args: argparse.Namespace, workdir: str, progress) -> tuple[list[GapRun], dict]:
@@ -189,32 +191,48 @@ def measure_gap(args: argparse.Namespace, workdir: str, progress) -> tuple[list[
                 kill_index = len(writer.acks)
                 killed_at = now()
                 cluster.kill(victim, signal.SIGKILL)
-                first_new = writer.wait_for_ack(
-                    lambda a, t=killed_at, v=victim: a.acked > t and a.by not in (v, None),
-                    kill_index, args.client_timeout + 10, "after the kill",
-                )
-                new_ack, prev_ack = writer.acks[first_new], writer.acks[first_new - 1]
+                stall = None
+                try:
+                    first_new = writer.wait_for_ack(
+                        lambda a, t=killed_at, v=victim: a.acked > t and a.by not in (v, None),
+                        kill_index, args.stall_timeout, "after the kill",
+                    )
+                except TimeoutError as e:
+                    if not args.restart_stalled:
+                        raise stalled(cluster, writer, failures_before,
+                                      f"run {run}: {e}") from None
+                    stall = diagnose_stall(cluster, writer, victim, now() - killed_at)
+                    progress(f"gap run {run}/{args.runs}: STALLED: {stall}")
+                    first_new = None
 
                 failures_restart = len(writer.failures)
                 restarted_at = now()
                 cluster.start_replica(victim)
-                first_back = writer.wait_for_ack(
-                    lambda a, t=restarted_at, v=victim: a.acked > t and a.by == v,
-                    first_new, 30, f"by the returning replica {victim}",
-                )
+                try:
+                    first_back = writer.wait_for_ack(
+                        lambda a, t=restarted_at, v=victim: a.acked > t and a.by == v,
+                        kill_index if first_new is None else first_new, 30,
+                        f"by the returning replica {victim}",
+                    )
+                except TimeoutError as e:
+                    raise stalled(cluster, writer, failures_restart, f"run {run}: {e}") from None
                 back_ack, interim_ack = writer.acks[first_back], writer.acks[first_back - 1]
                 wait_for_coordinator(cluster, victim, timeout_s=30)
 
+                nan = float("nan")
+                new_ack = None if first_new is None else writer.acks[first_new]
+                prev_ack = None if first_new is None else writer.acks[first_new - 1]
                 result = GapRun(
-                    failover_gap=new_ack.acked - prev_ack.acked,
-                    kill_to_ack=new_ack.acked - killed_at,
-                    new_coordinator=new_ack.by,
-                    bully_gap=back_ack.acked - interim_ack.acked,
+                    failover_gap=nan if new_ack is None else new_ack.acked - prev_ack.acked,
+                    kill_to_ack=nan if new_ack is None else new_ack.acked - killed_at,
+                    new_coordinator=None if new_ack is None else new_ack.by,
+                    bully_gap=nan if new_ack is None else back_ack.acked - interim_ack.acked,
                     restart_to_ack=back_ack.acked - restarted_at,
                     failover_failures=writer.failures[failures_before:failures_restart],
                     bully_failures=writer.failures[failures_restart:],
-                    killed_at=killed_at, new_ack_at=new_ack.acked,
+                    killed_at=killed_at, new_ack_at=nan if new_ack is None else new_ack.acked,
                     restarted_at=restarted_at, back_ack_at=back_ack.acked,
+                    stall=stall,
                 )
                 runs.append(result)
                 progress(
@@ -244,18 +262,32 @@ def timelines(args: argparse.Namespace, cluster: LocalCluster,
     picks = []
     for label, key in (("failover", lambda r: r.failover_gap),
                        ("bully-back", lambda r: r.bully_gap)):
-        ordered = sorted(range(len(runs)), key=lambda i, k=key: k(runs[i]))
+        ordered = sorted((i for i in range(len(runs)) if runs[i].stall is None),
+                         key=lambda i, k=key: k(runs[i]))
+        if not ordered:
+            continue
         for which, index in (("slowest", ordered[-1]), ("median", ordered[len(ordered) // 2])):
             picks.append((label, which, index))
+    stalled_runs = [i for i in range(len(runs)) if runs[i].stall is not None]
+    if stalled_runs:
+        picks.append(("stalled failover", "first", stalled_runs[0]))
     for label, which, index in picks:
         run = runs[index]
+        limit = None
         if label == "failover":
             start, end, what = run.killed_at, run.new_ack_at, "SIGKILL"
+        elif label == "stalled failover":
+            start, end, what = run.killed_at, run.killed_at + 1.0, "SIGKILL"
+            limit = 40
         else:
             start, end, what = run.restarted_at, run.back_ack_at, "restart"
-        lines += ["", f"{which} {label} (run {index + 1}), ms after the {what}; the writer's "
-                  f"first acknowledged write under the new coordinator at "
-                  f"{(end - start) * 1000:.0f} ms:", "", "```"]
+        if limit is None:
+            heading = (f"the writer's first acknowledged write under the new coordinator at "
+                       f"{(end - start) * 1000:.0f} ms")
+        else:
+            heading = f"the first {limit} lines of the first second"
+        lines += ["", f"{which} {label} (run {index + 1}), ms after the {what}; {heading}:",
+                  "", "```"]
         events = []
         for i in cluster.ids:
             for t, system, text in _common.read_trace(
@@ -263,13 +295,48 @@ def timelines(args: argparse.Namespace, cluster: LocalCluster,
             ):
                 if system.startswith("replicad."):
                     events.append((t - WALL_OFFSET - start, i, text))
-        failures = run.failover_failures if label == "failover" else run.bully_failures
+        failures = run.bully_failures if label == "bully-back" else run.failover_failures
         for f in failures:
-            events.append((f.at - start, 0, f"writer: {f.kind}: {f.message}"))
-        for offset, i, text in sorted(events):
+            if f.at <= end + 0.005:
+                events.append((f.at - start, 0, f"writer: {f.kind}: {f.message}"))
+        for offset, i, text in sorted(events)[:limit]:
             lines.append(f"{offset * 1000:7.1f}  {f'r{i}' if i else '--'}  {text}")
         lines.append("```")
     return lines
+
+
+def diagnose_stall(cluster: LocalCluster, writer: Writer, victim: int, waited_s: float) -> str:
+    """Why the writer got no acknowledgement: compare its session with the survivors."""
+    need = writer.client.session.write
+    statuses = {i: s for i, s in cluster.statuses(0.5).items() if s is not None}
+    named = sorted({str(s.get("coordinator")) for s in statuses.values()})
+    best: dict[str, int] = {}   # per origin, the most any live replica has
+    for status in statuses.values():
+        clock = status.get("clock")
+        for origin, count in (clock.items() if isinstance(clock, dict) else ()):
+            best[origin] = max(best.get(origin, 0), int(count))
+    lacking = {o: n for o, n in need.items() if n > best.get(str(o), 0)}
+    text = (f"no write acknowledged {waited_s:.1f} s after the kill; the live replicas name "
+            f"coordinator {'/'.join(named) or '?'}; their clocks: "
+            + "; ".join(f"r{i} {s.get('clock')}" for i, s in sorted(statuses.items())))
+    if lacking:
+        text += (f"; the writer's session has seen writes up to "
+                 f"{', '.join(f'{o}:{n}' for o, n in lacking.items())}, which no live "
+                 f"replica has (acknowledged by replica {victim}, not pushed before the kill)")
+    return text
+
+
+class Stalled(Exception):
+    """The writer got no acknowledgement in time: the message says what the cluster did."""
+
+
+def stalled(cluster: LocalCluster, writer: Writer, since: int, headline: str) -> Stalled:
+    lines = [headline, "the writer's failures meanwhile:"]
+    failures = writer.failures[since:]
+    lines += [f"  +{(f.at - failures[0].at):.3f} s {f.kind}: {f.message}" for f in failures[:10]]
+    if len(failures) > 10:
+        lines.append(f"  ... {len(failures) - 10} more")
+    return Stalled("\n".join(lines) + "\n" + cluster.describe("cluster state:"))
 
 
 def wait_for_coordinator(cluster: LocalCluster, expected: int, timeout_s: float) -> int:
@@ -396,6 +463,9 @@ def measure_election(args: argparse.Namespace, workdir: str, size: int,
         for observer in args.observers:
             for run in range(1, args.election_runs + 1):
                 victim = wait_for_coordinator(cluster, size, timeout_s=60)
+                # Let every link to the (returned) coordinator reconnect first: a link
+                # still in its reconnect back-off does not see the kill.
+                time.sleep(args.election_settle)
                 survivors = [i for i in cluster.ids if i != victim]
                 probes: dict[int, PeerProbe] = {}
 
@@ -444,10 +514,18 @@ def measure_election(args: argparse.Namespace, workdir: str, size: int,
 
 def report(args: argparse.Namespace, gap: tuple[list[GapRun], dict] | None,
            elections: list[ElectionRun], elapsed_s: float) -> str:
-    lines = ["## Failover (bench/failover.py, issue #3)", "",
+    title = "" if args.section == "failover" else f" [{args.section}]"
+    lines = [f"## Failover (bench/failover.py, issue #3){title}", "",
              "Command:", "", "```", _common.command_line(), "```", ""]
     lines += _common.machine_lines()
-    lines += [_common.timers_line(), f"- total run time: {elapsed_s:.0f} s", ""]
+    lines += args.code.lines()
+    lines.append(_common.timers_line())
+    if args.overrides:
+        lines.append("- cluster settings changed with --set: "
+                     + ", ".join(f"{k}={v}" for k, v in args.overrides.items()))
+    else:
+        lines.append("- cluster settings: defaults (write_quorum=1)")
+    lines += [f"- total run time: {elapsed_s:.0f} s", ""]
 
     if gap is not None:
         runs, totals = gap
@@ -459,14 +537,15 @@ def report(args: argparse.Namespace, gap: tuple[list[GapRun], dict] | None,
             "coordinator. Milliseconds.", "",
         ]
         rows = []
+        ok = [r for r in runs if r.stall is None]
         for label, values in (
             ("failover gap (last ack by killed -> first ack by new)",
-             [r.failover_gap for r in runs]),
-            ("  SIGKILL -> first ack by new coordinator", [r.kill_to_ack for r in runs]),
+             [r.failover_gap for r in ok]),
+            ("  SIGKILL -> first ack by new coordinator", [r.kill_to_ack for r in ok]),
             ("bully-back gap (last ack by interim -> first ack by returning)",
-             [r.bully_gap for r in runs]),
+             [r.bully_gap for r in ok]),
             ("  restart (process start) -> first ack by returning",
-             [r.restart_to_ack for r in runs]),
+             [r.restart_to_ack for r in ok]),
         ):
             s = Summary.of(values)
             rows.append([label, s.n, ms(s.median), ms(s.p99), ms(s.max), ms(s.min)])
@@ -486,6 +565,16 @@ def report(args: argparse.Namespace, gap: tuple[list[GapRun], dict] | None,
                if failures else "")
             + ".",
         ]
+        stalls = [(i + 1, r) for i, r in enumerate(runs) if r.stall is not None]
+        lines += [
+            "",
+            f"Stalled failovers (no write acknowledged within {args.stall_timeout:g} s of the "
+            f"kill; the killed replica was then restarted, and these runs are left out of "
+            f"the table above): {len(stalls)} of {len(runs)}.",
+        ]
+        for index, r in stalls:
+            lines.append(f"- run {index}: {r.stall}; the writer got its next acknowledgement "
+                         f"{ms(r.restart_to_ack)} ms after the restart")
         per_failover = [len(r.failover_failures) for r in runs]
         per_bully = [len(r.bully_failures) for r in runs]
         lines += [
@@ -510,7 +599,8 @@ def report(args: argparse.Namespace, gap: tuple[list[GapRun], dict] | None,
     if elections:
         lines += [
             "### Election time vs cluster size", "",
-            f"Kill -9 of the coordinator, {args.election_runs} times per size and observer; "
+            f"Kill -9 of the coordinator, {args.election_runs} times per size and observer, "
+            f"each {args.election_settle:g} s after the cluster agreed on it; "
             f"every survivor polled every {args.poll_ms:g} ms. `agree` = kill -> every "
             "survivor names the same new coordinator; `ready` = kill -> it answers "
             "STATUS ready=yes (it has pulled from its peers); `back` = restart of the "
@@ -537,7 +627,9 @@ def report(args: argparse.Namespace, gap: tuple[list[GapRun], dict] | None,
             "",
             "Observers: `status` = client STATUS to each survivor (each connection makes a "
             "follower ping its coordinator: client-triggered detection); `peer` = "
-            "peer-protocol PING (no detection side effect: the heartbeat detects).",
+            "peer-protocol PING (no side effect: the replicas notice the death on their own, "
+            "from the closed connection or the heartbeat). Resolution: one polling round "
+            f"(--poll-ms {args.poll_ms:g} plus the time to ask every survivor).",
             "",
         ]
     return "\n".join(lines)
@@ -559,18 +651,40 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--value-bytes", type=int, default=100)
     parser.add_argument("--settle", type=float, default=0.5,
                         help="seconds of steady writes before each kill (default 0.5)")
+    parser.add_argument("--election-settle", type=float, default=1.0,
+                        help="seconds between the cluster agreeing on the (returned) "
+                             "coordinator and the next kill in the election part "
+                             "(default 1; the peer links' reconnect back-off is <= 0.55 s)")
     parser.add_argument("--client-timeout", type=float, default=10.0,
                         help="the writer's BlockingClient timeout_s (default 10)")
+    parser.add_argument("--stall-timeout", type=float, default=5.0,
+                        help="a failover with no acknowledged write this long after the "
+                             "kill counts as stalled (default 5 s)")
+    parser.add_argument("--stop-on-stall", dest="restart_stalled", action="store_false",
+                        help="stop at a stalled failover (keeping the logs) instead of "
+                             "restarting the killed replica and going on")
+    parser.add_argument("--set", action="append", default=[], metavar="NAME=VALUE",
+                        help="a [cluster] setting for every cluster, e.g. --set "
+                             "write_quorum=2 or --set ping_interval=0.2 (repeatable)")
     parser.add_argument("--skip-gap", action="store_true", help="only the election part")
     parser.add_argument("--skip-election", action="store_true", help="only the gap part")
     parser.add_argument("--write", action="store_true",
                         help="also replace the failover section of docs/benchmarks.md")
+    parser.add_argument("--section", default="failover",
+                        help="the docs/benchmarks.md section --write replaces "
+                             "(default failover; e.g. failover-large for a bigger run)")
     parser.add_argument("--trace", action="store_true",
                         help="replicas log with microsecond timestamps; the report shows "
                              "their log lines during the slowest and median failovers")
     parser.add_argument("--keep", action="store_true",
                         help="keep the temporary cluster directories (logs) and print where")
     args = parser.parse_args(argv)
+    args.overrides = {}
+    for setting in args.set:
+        name, sep, value = setting.partition("=")
+        if not sep or not name.strip():
+            parser.error(f"--set needs NAME=VALUE, got {setting!r}")
+        args.overrides[name.strip()] = value.strip()
     args.sizes = [int(s) for s in args.sizes.split(",") if s.strip()]
     args.observers = [o.strip() for o in args.observers.split(",") if o.strip()]
     if any(o not in ("status", "peer") for o in args.observers):
@@ -582,6 +696,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
+    args.code = _common.CodeWatch()
     started = now()
 
     def progress(text: str) -> None:
@@ -599,18 +714,19 @@ def main(argv: list[str] | None = None) -> int:
         if not args.skip_election:
             for size in args.sizes:
                 elections += measure_election(args, workdir, size, progress)
-    finally:
+    except BaseException:
+        progress(f"failed; cluster directories (logs) kept in {workdir}")
+        raise
+    else:
         if args.keep:
             progress(f"cluster directories kept in {workdir}")
         else:
-            import shutil
-
             shutil.rmtree(workdir, ignore_errors=True)
     text = report(args, gap, elections, now() - started)
     print(text)
     if args.write:
-        _common.write_section("failover", text)
-        progress(f"wrote the failover section of {_common.RESULTS_PATH}")
+        _common.write_section(args.section, text)
+        progress(f"wrote the {args.section} section of {_common.RESULTS_PATH}")
     return 0
 
 

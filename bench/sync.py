@@ -436,9 +436,11 @@ def run_real(args: argparse.Namespace, workdir: str, progress) -> list[dict]:
 
 def report(args: argparse.Namespace, rows: list[Row], real: list[dict],
            elapsed_s: float) -> str:
-    lines = ["## Synchronisation: full copy vs delta (bench/sync.py, issue #4)", "",
+    title = "" if args.section == "sync" else f" [{args.section}]"
+    lines = [f"## Synchronisation: full copy vs delta (bench/sync.py, issue #4){title}", "",
              "Command:", "", "```", _common.command_line(), "```", ""]
     lines += _common.machine_lines()
+    lines += args.code.lines()
     lines += [f"- total run time: {elapsed_s:.0f} s", ""]
     lines += [
         f"### In-process, real peer protocol over loopback TCP ({args.value_bytes}-byte "
@@ -515,6 +517,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--real-missed", type=int, default=100)
     parser.add_argument("--write", action="store_true",
                         help="also replace the sync section of docs/benchmarks.md")
+    parser.add_argument("--section", default="sync",
+                        help="the docs/benchmarks.md section --write replaces "
+                             "(default sync; e.g. sync-large for a bigger run)")
     args = parser.parse_args(argv)
     sizes = "1000,10000" if args.quick else args.sizes
     args.sizes = [int(s) for s in sizes.split(",") if s.strip()]
@@ -531,6 +536,7 @@ def main(argv: list[str] | None = None) -> int:
     if argv[:1] == ["--receiver-child"]:
         return child_main(json.loads(argv[1]))
     args = parse_args(argv)
+    args.code = _common.CodeWatch()
     started = now()
 
     def progress(text: str) -> None:
@@ -554,8 +560,8 @@ def main(argv: list[str] | None = None) -> int:
     text = report(args, rows, real, now() - started)
     print(text)
     if args.write:
-        _common.write_section("sync", text)
-        progress(f"wrote the sync section of {_common.RESULTS_PATH}")
+        _common.write_section(args.section, text)
+        progress(f"wrote the {args.section} section of {_common.RESULTS_PATH}")
     return 0
 
 

@@ -110,7 +110,9 @@ class ClusterConfig:
     client_password: str | None = None   # clients must send AUTH <password> first
     write_quorum: int = 1
     max_connections: int = 1000
-    full_copy_threshold: int = 10000   # missing writes above which a pull asks for a full copy
+    # A pull asks for a full copy when this replica is empty or lacks at least this
+    # fraction of the writes the peer has seen; otherwise a delta (never larger).
+    full_copy_ratio: float = 0.9
     timers: Timers = field(default_factory=Timers)
     limits: Limits = field(default_factory=Limits)
     source: str = "built-in cluster"
@@ -150,7 +152,8 @@ def default_config(
 
 
 _CLUSTER_FLOATS = {f.name for f in dataclasses.fields(Timers)}
-_CLUSTER_INTS = {"write_quorum", "max_connections", "full_copy_threshold",
+_CLUSTER_RATIOS = {"full_copy_ratio"}
+_CLUSTER_INTS = {"write_quorum", "max_connections",
                  "max_key_bytes", "max_value_bytes"}
 _CLUSTER_STRINGS = {"secret", "client_password"}
 _MEMBER_KEYS = {"client", "peer", "client_listen", "peer_listen", "peer_connect"}
@@ -177,7 +180,7 @@ def parse_config(parser: configparser.ConfigParser, source: str) -> ClusterConfi
     if not parser.has_section("cluster"):
         raise ConfigError(f"{where} has no [cluster] section")
     cluster = parser["cluster"]
-    unknown = set(cluster) - _CLUSTER_FLOATS - _CLUSTER_INTS - _CLUSTER_STRINGS
+    unknown = set(cluster) - _CLUSTER_FLOATS - _CLUSTER_INTS - _CLUSTER_STRINGS - _CLUSTER_RATIOS
     if unknown:
         raise ConfigError(f"{where}: unknown setting {sorted(unknown)[0]!r} in [cluster]")
 
@@ -207,6 +210,11 @@ def parse_config(parser: configparser.ConfigParser, source: str) -> ClusterConfi
         max_key_bytes=ints.pop("max_key_bytes", Limits.max_key_bytes),
         max_value_bytes=ints.pop("max_value_bytes", Limits.max_value_bytes),
     )
+    for name in _CLUSTER_RATIOS & set(cluster):
+        ratio = _positive(cluster[name], name, where, float)
+        if ratio > 1:
+            raise ConfigError(f"{where}: {name} must be at most 1, got {cluster[name]!r}")
+        ints[name] = ratio
     secret = cluster.get("secret", "").strip()
     if not secret:
         raise ConfigError(f"{where}: [cluster] needs a non-empty secret")
@@ -290,7 +298,7 @@ def render_config(config: ClusterConfig) -> str:
         value = getattr(config.limits, name)
         if value != getattr(Limits, name):
             lines.append(f"{name} = {value}")
-    for name in ("max_connections", "full_copy_threshold"):
+    for name in ("max_connections", "full_copy_ratio"):
         value = getattr(config, name)
         if value != getattr(ClusterConfig, name):
             lines.append(f"{name} = {value}")

@@ -460,7 +460,7 @@ class PeerLink:
     log = Logger()
 
     def __init__(self, reactor, my_id: int, peer_id: int, endpoint_spec: str, secret: str,
-                 max_line_bytes: int, max_retry_delay_s: float = 0.5):
+                 max_line_bytes: int, max_retry_delay_s: float = 0.25):
         self.peer_id = peer_id
         # True from losing an authenticated connection until the next one: calls then
         # fail at once instead of waiting for ClientService's next attempt (a SIGKILLed
@@ -527,8 +527,11 @@ class PeerLink:
                 return failure
             if failure.check(PeerWireError):   # a bad record in a stream: fail the call
                 raise PeerUnavailable(f"replica {self.peer_id}: {failure.value}", sent=True)
-            if failure.check(defer.TimeoutError, defer.CancelledError, error.ConnectError,
-                             error.ConnectionLost):
+            if failure.check(defer.TimeoutError, defer.CancelledError):
+                raise PeerUnavailable(
+                    f"replica {self.peer_id}: no connection within {timeout_s:g} s"
+                )
+            if failure.check(error.ConnectError, error.ConnectionLost):
                 raise PeerUnavailable(f"replica {self.peer_id}: {failure.getErrorMessage()}")
             self.log.failure("call {verb} to replica {peer} failed", failure, verb=verb,
                              peer=self.peer_id)

@@ -20,7 +20,6 @@ from twisted.application import service
 from twisted.internet import defer
 from twisted.internet.task import LoopingCall
 from twisted.logger import Logger
-from twisted.python.failure import Failure
 
 from replicad import peerwire, session, wire
 from replicad.config import ClusterConfig, ConfigError
@@ -233,6 +232,7 @@ class Replica(service.MultiService):
         """The connection to a peer dropped.  If it was our coordinator, check it now
         rather than at the next heartbeat: a crashed process closes its sockets."""
         self._mark(peer_id, False)
+        self._notify()     # forwards in flight to this peer stop waiting for it
         election = self.election
         if election is not None and election.role is Role.FOLLOWER:
             if election.coordinator == peer_id:
@@ -369,6 +369,14 @@ class Replica(service.MultiService):
             if not await self._news(deadline):
                 return
 
+    async def _coordinator_dead(self, coordinator: int, deadline: float) -> None:
+        """Wait until coordinator is declared dead (an election started, or our link to
+        it dropped).  Being replaced by a higher replica does not count: the old one is
+        alive and will still answer what it was sent."""
+        while self._serving_as() is not None and not self.links[coordinator].down:
+            if not await self._news(deadline):
+                return
+
     async def _news(self, deadline: float) -> bool:
         """Wait for the next role change or readiness; False at the deadline."""
         remaining = deadline - self.reactor.seconds()
@@ -395,21 +403,22 @@ class Replica(service.MultiService):
                 waiter.callback(None)
 
     async def _forward(self, coordinator: int, request: Request) -> Reply:
-        # Race the answer against the heartbeat declaring this coordinator failed: a
-        # hung coordinator then costs about one ping interval, not forward_timeout.
-        # race() only counts a success, so the call's failure travels as a value: a
-        # refused call (never sent) must not turn into a write in doubt.
+        # Race the answer against this coordinator being declared dead: a hung one then
+        # costs about one ping interval, not forward_timeout.  race() only counts a
+        # success, so the call's outcome travels as a value (a refused call, never
+        # sent, must not turn into a write in doubt).
         call = self.links[coordinator].call("CLIENT", request.encode(),
                                             self.timers.forward_timeout)
-        call.addErrback(lambda failure: failure)
+        call.addCallbacks(lambda response: (response, None), lambda failure: (None, failure))
         deadline = self.reactor.seconds() + self.timers.forward_timeout
-        gone = defer.ensureDeferred(self._state_change(coordinator, deadline))
-        winner, response = await defer.race([call, gone])
+        dead = defer.ensureDeferred(self._coordinator_dead(coordinator, deadline))
+        winner, outcome = await defer.race([call, dead])
         if winner == 1:
             raise PeerUnavailable(f"coordinator {coordinator} failed during the request",
                                   sent=True)
-        if isinstance(response, Failure):
-            response.raiseException()
+        response, failure = outcome
+        if failure is not None:
+            failure.raiseException()
         self._mark(coordinator, True)
         if response.kind == "NO":
             # It is not the coordinator (any more): treat it like a failed ping.

@@ -62,10 +62,17 @@ class ClientSession:
             self.last_server = meta.by
 
     def order(self, servers: list[str]) -> list[str]:
-        """Servers to try: the known coordinator's address first, then the static list."""
+        """Servers to try: the known coordinator's address first, then the static list.
+
+        If a reply named a coordinator whose address we have not learned yet, servers
+        we have never reached come before those known to be other replicas: one of
+        them is the coordinator, and reaching it teaches us its address."""
         preferred = self.addresses.get(self.coordinator) if self.coordinator else None
         if preferred in servers:
             return [preferred] + [s for s in servers if s != preferred]
+        if self.coordinator is not None:
+            known = set(self.addresses.values())
+            return [s for s in servers if s not in known] + [s for s in servers if s in known]
         return list(servers)
 
     def to_json(self) -> str:

@@ -2,7 +2,9 @@
 
 A pull asks a peer for its clock first and then for exactly what this replica lacks:
 a delta (records whose write ids our clock does not cover), or a full copy when this
-replica is empty or more than ``full_copy_threshold`` writes behind.  Records stream in
+replica is empty or lacks most of what the peer has seen (``full_copy_ratio``; a delta
+never carries more than a full copy, so that is the only case where the full copy's one
+sequential scan is the better choice).  Records stream in
 one per line and are staged by the store's Importer, then merged in one transaction, so
 memory stays bounded and nothing is half-applied.
 """
@@ -84,7 +86,7 @@ class Synchroniser:
                 return True
             behind = sum(status.clock[o] - have[o] for o in missing)
             full = (have == VectorClock() and self.store.count() == 0) or (
-                behind > self.config.full_copy_threshold
+                behind >= self.config.full_copy_ratio * status.clock.total()
             )
             return await self._pull(peer_id, full, have, behind)
         except (PeerUnavailable, PeerWireError) as e:
@@ -187,6 +189,15 @@ class Synchroniser:
         for peer_id, link in self.links.items():
             d = link.call("PUSH", line, self.timers.quorum_timeout)
             d.addCallbacks(acked, failed, callbackArgs=(peer_id,), errbackArgs=(peer_id,))
+        if needed == 0:
+            # write_quorum = 1: acknowledge once the pushes have been handed to the
+            # links, so a crash right after the OK is less likely to take the only copy
+            # with it (only a quorum of 2 or more makes that a guarantee).  The pushes
+            # start in calls due now; a call scheduled from inside a due call runs on
+            # the next reactor iteration, after all of them (equal times alone do not
+            # keep their order).
+            self.reactor.callLater(0, self.reactor.callLater, 0, settle)
+            return result
         settle()
         if not result.called:
             result.addTimeout(self.timers.quorum_timeout, self.reactor,

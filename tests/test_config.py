@@ -34,7 +34,7 @@ answer_timeout = 0.4
 idle_timeout = 30
 anti_entropy_interval = 7.5
 max_connections = 50
-full_copy_threshold = 7
+full_copy_ratio = 0.5
 max_key_bytes = 100
 max_value_bytes = 2000
 
@@ -138,7 +138,7 @@ def test_load_good_config(tmp_path):
     assert not config.uses_default_secret
     assert config.write_quorum == 2
     assert config.max_connections == 50
-    assert config.full_copy_threshold == 7
+    assert config.full_copy_ratio == 0.5
     assert config.timers == Timers(
         ping_interval=0.5, ping_timeout=0.25, answer_timeout=0.4, idle_timeout=30.0,
         anti_entropy_interval=7.5,
@@ -348,7 +348,7 @@ def test_integer_setting_must_be_whole(tmp_path, value):
     assert f"max_connections = '{value}' is not a whole number" in message
 
 
-@pytest.mark.parametrize("name", ["max_value_bytes", "max_key_bytes", "full_copy_threshold"])
+@pytest.mark.parametrize("name", ["max_value_bytes", "max_key_bytes", "full_copy_ratio"])
 def test_integer_settings_must_be_positive(tmp_path, name):
     assert f"{name} must be greater than 0" in config_error(tmp_path, with_cluster(f"{name} = 0"))
 
@@ -467,10 +467,16 @@ def test_render_config_with_ipv6_timers_and_limits_loads_back(tmp_path):
     assert comparable(loaded) == comparable(config)
 
 
-# Regression: render_config used to drop max_connections, full_copy_threshold and the
+# Regression: render_config used to drop max_connections, full_copy_ratio and the
 # members' client_listen/peer_listen/peer_connect.
 def test_render_config_keeps_every_setting(tmp_path):
     config = load_config(write(tmp_path, GOOD))
     loaded = load_config(write(tmp_path, render_config(config), name="rendered.ini"))
     assert loaded.members == config.members
     assert comparable(loaded) == comparable(config)
+
+
+@pytest.mark.parametrize("value", ["1.5", "2", "nan"])
+def test_full_copy_ratio_is_a_fraction(tmp_path, value):
+    message = config_error(tmp_path, with_cluster(f"full_copy_ratio = {value}"))
+    assert "full_copy_ratio" in message

@@ -127,3 +127,10 @@ def test_json_round_trip():
 def test_damaged_json_raises_session_file_error(text):
     with pytest.raises(SessionFileError, match="damaged"):
         ClientSession.from_json(text)
+
+
+def test_an_unknown_coordinator_is_looked_for_among_servers_never_reached():
+    session = ClientSession(coordinator=3, addresses={1: "h:1"})
+    assert session.order(["h:1", "h:2", "h:3"]) == ["h:2", "h:3", "h:1"]
+    session.addresses[3] = "h:3"
+    assert session.order(["h:1", "h:2", "h:3"]) == ["h:3", "h:1", "h:2"]

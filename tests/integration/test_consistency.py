@@ -76,16 +76,17 @@ def test_an_empty_replica_gets_every_key_by_full_copy(start_cluster):
 def test_a_replica_that_missed_writes_catches_up_by_delta(start_cluster):
     cluster = start_cluster(3)
     client = BlockingClient(cluster.addresses(), timeout_s=10)
-    client.put("before", "1")
+    for n in range(40):
+        client.put(f"before{n}", str(n))
     cluster.wait_until(lambda: same_clock_everywhere(cluster, [1, 2, 3]), timeout_s=5,
-                       what="first write everywhere")
+                       what="the first writes everywhere")
     cluster.kill(1)
-    for n in range(20):
+    for n in range(20):    # a third of all writes: less than full_copy_ratio, so a delta
         client.put(f"missed{n}", str(n))
     cluster.start_replica(1)
     cluster.wait_until(lambda: same_clock_everywhere(cluster, [1, 2, 3]), timeout_s=15,
                        what="replica 1 catches up")
-    assert cluster.status(1)["keys"] == 21
+    assert cluster.status(1)["keys"] == 60
     assert "pulled delta from replica" in cluster.log_tail(1, lines=200)
 
 
