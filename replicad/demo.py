@@ -96,7 +96,7 @@ class _Demo:
             elapsed, tries = self.write_until_accepted(
                 "after-failover", f"written while replica {coordinator} was down"
             )
-            self.say(f"    a write succeeded again {elapsed:.2f} s after the kill "
+            self.say(f"    a write succeeded again {elapsed * 1000:.0f} ms after the kill "
                      f"({tries} {'try' if tries == 1 else 'tries'})")
             new = cluster.wait_ready()
             status = cluster.status(new) or {}
@@ -118,7 +118,7 @@ class _Demo:
             )
             status = cluster.status(coordinator) or {}
             self.say(f"    replica {coordinator} is coordinator again after "
-                     f"{time.monotonic() - started:.2f} s, epoch {status.get('epoch')} "
+                     f"{(time.monotonic() - started) * 1000:.0f} ms, epoch {status.get('epoch')} "
                      f"(was {before})")
 
         with self.step(f"reading every key through replica {coordinator}"):
