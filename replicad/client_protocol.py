@@ -19,6 +19,7 @@ from twisted.protocols.policies import TimeoutMixin
 
 from replicad import wire
 from replicad.config import ClusterConfig
+from replicad.peer import no_delay
 from replicad.wire import Code, Reply, Request, WireError
 
 # A connection that guesses wrong this often is closed (guessing then costs a connect).
@@ -46,6 +47,7 @@ class ClientProtocol(LineReceiver, TimeoutMixin):
         self._failed_auths = 0
 
     def connectionMade(self) -> None:
+        no_delay(self.transport)
         if self.factory.open_connections >= self.factory.max_connections:
             self.write_reply(wire.error_reply(Code.BUSY, "too many connections, try later"))
             self.transport.loseConnection()

@@ -75,6 +75,14 @@ class PeerRequestHandler(Protocol):
     ) -> PeerAnswer | defer.Deferred[PeerAnswer]: ...
 
 
+def no_delay(transport) -> None:
+    """Turn Nagle off: our messages are small request/answer lines, and Nagle plus the
+    peer's delayed ACK stalled a forwarded reply's second frame by about 40 ms."""
+    set_no_delay = getattr(transport, "setTcpNoDelay", None)
+    if set_no_delay is not None:
+        set_no_delay(True)
+
+
 class _LineProtocol(LineReceiver):
     delimiter = b"\n"
 
@@ -146,6 +154,7 @@ class PeerServerProtocol(_LineProtocol):
         self._handshake_timer = None
 
     def connectionMade(self) -> None:
+        no_delay(self.transport)
         self.send_line(f"HELLO {self.factory.my_id} {self.nonce}")
         self._handshake_timer = self.factory.clock.callLater(
             HANDSHAKE_TIMEOUT_S, self.refuse, "handshake timed out", "AUTH"
@@ -313,6 +322,7 @@ class PeerClientProtocol(_LineProtocol):
                 waiter.errback(self._failure or PeerUnavailable("handshake failed"))
 
     def connectionMade(self) -> None:
+        no_delay(self.transport)
         # A peer that accepts but never answers (frozen, overloaded) must not wedge the
         # link: give up, and let ClientService dial again.
         self._handshake_timer = self.factory.clock.callLater(

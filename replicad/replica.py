@@ -219,8 +219,7 @@ class Replica(service.MultiService):
         self._pinged_coordinator = coordinator
 
         def alive(status: PeerStatus) -> bool:
-            if status.clock.missing_from(self.store.clock):
-                self.sync.sync_from(coordinator)   # cheap anti-entropy on every heartbeat
+            self.sync.compare(status)        # cheap anti-entropy on every heartbeat
             return status.role == Role.COORDINATOR.value
 
         d = self.ping(coordinator, self.timers.ping_timeout)
@@ -269,8 +268,7 @@ class Replica(service.MultiService):
             d.addErrback(lambda f: f.trap(PeerUnavailable, PeerWireError))
 
     def _compare_with_peer(self, status: PeerStatus) -> None:
-        if status.clock.missing_from(self.store.clock):
-            self.sync.sync_from(status.peer_id)
+        self.sync.compare(status)
         # Two coordinators (a healed partition, a lost announcement): Bully sorts it out.
         if status.role == Role.COORDINATOR.value and status.peer_id != self.election.coordinator:
             self.log.info("replica {peer} also claims to be coordinator; holding an election",
