@@ -205,6 +205,14 @@ TRACE_TIME_FORMAT = "%Y-%m-%dT%H:%M:%S.%f%z"
 TRACE_LOGGER = "_common.trace_log_observer"
 
 
+def publish(text: str, section: str, write: bool, progress) -> None:
+    """Print the report; with --write, also replace this script's section of the results."""
+    print(text)
+    if write:
+        write_section(section, text)
+        progress(f"wrote the {section} section of {RESULTS_PATH}")
+
+
 def trace_log_observer():
     """A ``twistd --logger`` factory: the usual text log, in the file named by --logfile,
     with microsecond timestamps (twistd's default format has whole seconds).

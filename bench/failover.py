@@ -723,10 +723,7 @@ def main(argv: list[str] | None = None) -> int:
         else:
             shutil.rmtree(workdir, ignore_errors=True)
     text = report(args, gap, elections, now() - started)
-    print(text)
-    if args.write:
-        _common.write_section(args.section, text)
-        progress(f"wrote the {args.section} section of {_common.RESULTS_PATH}")
+    _common.publish(text, args.section, args.write, progress)
     return 0
 
 

@@ -376,20 +376,9 @@ class BlockingClient(_ClientSettings):
     (one session, updated in place): use one BlockingClient per thread.
     """
 
-    def __init__(
-        self,
-        servers: list[str],
-        timeout_s: float = DEFAULT_TIMEOUT_S,
-        session: ClientSession | None = None,
-        connect_timeout_s: float = DEFAULT_CONNECT_TIMEOUT_S,
-        reply_timeout_s: float | None = None,
-        password: str | None = None,
-    ):
-        super().__init__(servers, timeout_s, session, connect_timeout_s, reply_timeout_s,
-                         password)
-        # Injected for tests; the plan only ever sees these two.
-        self._now: Callable[[], float] = time.monotonic
-        self._sleep: Callable[[float], None] = time.sleep
+    # Injected for tests (per instance); the plan only ever sees these two.
+    _now: Callable[[], float] = staticmethod(time.monotonic)
+    _sleep: Callable[[float], None] = staticmethod(time.sleep)
 
     def request(self, request: Request) -> Reply:
         return self.exchange(request)[0]
