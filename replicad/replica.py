@@ -83,6 +83,9 @@ class Replica(service.MultiService):
         self._waiters: list[defer.Deferred] = []
         self.sync: Synchroniser | None = None
         self._pinged_coordinator: int | None = None
+        # Peers that failed a ping or a forward since they last answered: the evidence
+        # that a forward in flight to them will get no answer.
+        self._suspected: set[int] = set()
         self._anti_entropy = LoopingCall(self._anti_entropy_tick)
         self._anti_entropy.clock = reactor
 
@@ -138,6 +141,8 @@ class Replica(service.MultiService):
         if self.peer_up.get(peer_id) != up:
             self.log.info("replica {peer} is {state}", peer=peer_id, state="up" if up else "down")
         self.peer_up[peer_id] = up
+        if up:
+            self._suspected.discard(peer_id)
 
     # ElectionActions (called by the Bully machine) -------------------------------------
 
@@ -174,6 +179,8 @@ class Replica(service.MultiService):
         )
         self.detector.reset()
         self._ready = False
+        if coordinator is not None:
+            self._suspected.discard(coordinator)   # it just announced itself: alive
         if role is Role.COORDINATOR:
             defer.ensureDeferred(self._take_over(epoch))
         self._notify()
@@ -227,6 +234,11 @@ class Replica(service.MultiService):
         d.addErrback(lambda f: f.trap(PeerUnavailable, PeerWireError) and False)
         return d
 
+    def _suspect(self, peer_id: int | None) -> None:
+        if peer_id is not None:
+            self._suspected.add(peer_id)
+            self._notify()     # forwards in flight to it stop waiting
+
     def _link_lost(self, peer_id: int) -> None:
         """The connection to a peer dropped.  If it was our coordinator, check it now
         rather than at the next heartbeat: a crashed process closes its sockets."""
@@ -239,6 +251,7 @@ class Replica(service.MultiService):
                 self.detector.check()
 
     def _coordinator_ping_failed(self) -> None:
+        self._suspect(self._pinged_coordinator)
         if self.election.coordinator == self._pinged_coordinator:
             self.log.info("coordinator {coordinator} did not answer a ping",
                           coordinator=self._pinged_coordinator)
@@ -340,6 +353,7 @@ class Replica(service.MultiService):
                         f"coordinator {coordinator} did not answer; the write may or may "
                         "not have been applied",
                     )
+                self._suspect(coordinator)
                 if self.election.coordinator == coordinator:
                     self.election.coordinator_failed()
                 await self._state_change(coordinator, deadline)
@@ -368,10 +382,11 @@ class Replica(service.MultiService):
                 return
 
     async def _coordinator_dead(self, coordinator: int, deadline: float) -> None:
-        """Wait until coordinator is declared dead (an election started, or our link to
-        it dropped).  Being replaced by a higher replica does not count: the old one is
-        alive and will still answer what it was sent."""
-        while self._serving_as() is not None and not self.links[coordinator].down:
+        """Wait for evidence that coordinator died: our link to it dropped, or a ping to
+        it failed.  An election (Bully makes a follower hold one whenever a lower replica
+        does) or a higher replica taking over is no such evidence: the old coordinator
+        is alive and will still answer what it was sent."""
+        while not self.links[coordinator].down and coordinator not in self._suspected:
             if not await self._news(deadline):
                 return
 
@@ -405,6 +420,7 @@ class Replica(service.MultiService):
         # costs about one ping interval, not forward_timeout.  race() only counts a
         # success, so the call's outcome travels as a value (a refused call, never
         # sent, must not turn into a write in doubt).
+        self._suspected.discard(coordinator)   # only evidence from now on counts
         call = self.links[coordinator].call("CLIENT", request.encode(),
                                             self.timers.forward_timeout)
         call.addCallbacks(lambda response: (response, None), lambda failure: (None, failure))

@@ -121,3 +121,15 @@ def test_waiters_leave_the_list_however_their_wait_ends(replica):
     replica.reactor.advance(0.15)
     assert timed_out.result is False
     assert replica._waiters == []
+
+
+def test_an_election_is_no_evidence_that_the_coordinator_died(replica):
+    """Bully makes a follower hold an election whenever a lower replica does; a forward
+    in flight to the (alive) coordinator must keep waiting for its answer."""
+    follow(replica)
+    dead = defer.ensureDeferred(replica._coordinator_dead(3, replica.reactor.seconds() + 5))
+    assert replica.peer_request(1, "ELECTION", "1").kind == "OK"
+    assert replica.election.role is Role.ELECTING
+    assert not dead.called
+    replica._suspect(3)                     # what a failed ping to it does
+    assert dead.called
