@@ -18,7 +18,10 @@ def talk(address: str, payload: bytes, timeout_s: float = 5.0) -> bytes:
     """Send raw bytes to a replica's client port; return everything until it closes."""
     host, port = address.rsplit(":", 1)
     with socket.create_connection((host, int(port)), timeout=timeout_s) as sock:
-        sock.sendall(payload)
+        try:
+            sock.sendall(payload)
+        except (BrokenPipeError, ConnectionResetError):
+            pass     # the server may close a connection whose line is too long mid-send
         chunks = []
         while True:
             try:
