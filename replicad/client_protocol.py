@@ -24,6 +24,8 @@ from replicad.wire import Code, Reply, Request, WireError
 
 # A connection that guesses wrong this often is closed (guessing then costs a connect).
 MAX_FAILED_AUTHS = 3
+# After a final reply and a half-close, how long a client may keep its side open.
+CLOSE_LINGER_S = 2.0
 
 
 class RequestHandler(Protocol):
@@ -45,12 +47,14 @@ class ClientProtocol(LineReceiver, TimeoutMixin):
         self._counted = False
         self._authenticated = factory.password is None
         self._failed_auths = 0
+        self._closing = False
+        self._linger = None
 
     def connectionMade(self) -> None:
         no_delay(self.transport)
         if self.factory.open_connections >= self.factory.max_connections:
             self.write_reply(wire.error_reply(Code.BUSY, "too many connections, try later"))
-            self.transport.loseConnection()
+            self.close_after_reply()
             return
         self._counted = True
         self.factory.open_connections += 1
@@ -62,6 +66,8 @@ class ClientProtocol(LineReceiver, TimeoutMixin):
         # see the truth, or it would write, re-arm the idle timer and resume reading.
         self.connected = False
         self.setTimeout(None)
+        if self._linger is not None and self._linger.active():
+            self._linger.cancel()
         if self._counted:
             self.factory.open_connections -= 1
             self._counted = False
@@ -69,19 +75,42 @@ class ClientProtocol(LineReceiver, TimeoutMixin):
     def timeoutConnection(self) -> None:
         seconds = self.factory.idle_timeout_s
         self.write_reply(wire.error_reply(Code.IDLE, f"no request for {seconds:g} s, closing"))
-        self.transport.loseConnection()
+        self.close_after_reply()
 
     def lineLengthExceeded(self, line: bytes) -> None:
         limit = self.MAX_LENGTH
         self.write_reply(
             wire.error_reply(Code.LINETOOLONG, f"line over {limit} bytes, closing")
         )
-        self.transport.loseConnection()
+        self.close_after_reply()
+
+    def close_after_reply(self) -> None:
+        """Close so that the client reads our last reply.  Closing a socket that still
+        holds unread input makes the kernel send RST, and the client may then lose the
+        reply (an over-long line is exactly that case).  So: half-close after the reply,
+        discard whatever else arrives, and abort only if the client lingers."""
+        self._closing = True
+        self.setTimeout(None)
+        half_close = getattr(self.transport, "loseWriteConnection", None)
+        if half_close is None:
+            self.transport.loseConnection()
+            return
+        half_close()
+        self._linger = self.factory.clock.callLater(
+            CLOSE_LINGER_S, self.transport.abortConnection
+        )
+
+    def dataReceived(self, data: bytes) -> None:
+        if self._closing:
+            return      # the client's leftovers after our final reply
+        super().dataReceived(data)
 
     def write_reply(self, reply: Reply) -> None:
         self.transport.write(reply.encode())
 
     def lineReceived(self, raw: bytes) -> None:
+        if self._closing:
+            return      # lines pipelined after QUIT (or another final reply) are dropped
         self.resetTimeout()
         try:
             request = wire.parse_request(wire.decode_line(raw), self.factory.limits)
@@ -102,7 +131,7 @@ class ClientProtocol(LineReceiver, TimeoutMixin):
             self.write_reply(Reply("HELP", lines=wire.HELP_LINES))
         elif request.command == "QUIT":
             self.write_reply(Reply("BYE"))
-            self.transport.loseConnection()
+            self.close_after_reply()
         elif request.command == "STATUS":
             self.write_reply(self.factory.handler.status(request))
         else:
@@ -118,7 +147,7 @@ class ClientProtocol(LineReceiver, TimeoutMixin):
         self.log.warn("wrong client password from {peer}", peer=self.transport.getPeer())
         if self._failed_auths >= MAX_FAILED_AUTHS:
             self.write_reply(wire.error_reply(Code.AUTH, "wrong password; closing"))
-            self.transport.loseConnection()
+            self.close_after_reply()
         else:
             self.write_reply(wire.error_reply(Code.AUTH, "wrong password"))
 

@@ -426,3 +426,52 @@ def test_three_wrong_passwords_close_the_connection():
     proto.dataReceived(b"AUTH right \r\n")      # a trailing space is part of it
     assert error_codes(transport) == ["AUTH"]
     assert transport.disconnecting
+
+
+# Closing after a final reply ------------------------------------------------------------
+
+
+class HalfCloseTransport(StringTransport):
+    """A StringTransport that can half-close, like a real TCP transport."""
+
+    write_closed = False
+    aborted = False
+
+    def loseWriteConnection(self):
+        self.write_closed = True
+
+    def abortConnection(self):
+        self.aborted = True
+
+
+def half_close_setup(**kwargs):
+    factory, clock = make_factory(**kwargs)
+    proto = factory.buildProtocol(None)
+    transport = HalfCloseTransport()
+    proto.makeConnection(transport)
+    return proto, transport, clock, factory.handler
+
+
+def test_an_over_long_line_gets_its_error_then_a_half_close_and_input_is_drained():
+    proto, transport, clock, handler = half_close_setup()
+    proto.dataReceived(b"x" * (proto.MAX_LENGTH + 10))
+    assert error_codes(transport) == ["LINETOOLONG"]
+    assert transport.write_closed and not transport.aborted
+    proto.dataReceived(b"more of the same line\r\nGET k\r\n")   # discarded, not served
+    assert transport.value() == b"" and handler.handled == []
+    clock.advance(2.0)                                       # the client lingers: abort
+    assert transport.aborted
+
+
+def test_lines_pipelined_after_quit_are_not_served():
+    proto, transport, clock, handler = half_close_setup()
+    proto.dataReceived(b"QUIT\r\nPUT k v\r\n")
+    assert [r.status for r in replies(transport)] == ["BYE"]
+    assert handler.handled == [] and transport.write_closed
+
+
+def test_the_linger_timer_dies_with_the_connection():
+    proto, transport, clock, handler = half_close_setup()
+    proto.dataReceived(b"QUIT\r\n")
+    proto.connectionLost(Failure(ConnectionDone()))
+    assert clock.getDelayedCalls() == []
