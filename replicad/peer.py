@@ -477,6 +477,7 @@ class PeerLink:
         # peer closes its connections, so this is how a crash is noticed in milliseconds).
         self.down = False
         self.on_down: Callable[[], None] | None = None
+        self.on_up: Callable[[], None] | None = None
         factory = PeerClientFactory(my_id, peer_id, secret, reactor, max_line_bytes)
         factory.on_lost = self._lost
         factory.on_ready = self._up
@@ -498,6 +499,8 @@ class PeerLink:
 
     def _up(self, proto: PeerClientProtocol) -> None:
         self.down = False
+        if self.on_up is not None:
+            self.on_up()
 
     def _lost(self, proto: PeerClientProtocol) -> None:
         self.down = True

@@ -77,6 +77,7 @@ class Replica(service.MultiService):
             )
             link.service.setServiceParent(self)
             link.on_down = lambda peer_id=peer_id: self._link_lost(peer_id)
+            link.on_up = lambda peer_id=peer_id: self._mark(peer_id, True)
             self.links[peer_id] = link
         self.peer_up: dict[int, bool] = dict.fromkeys(self.links, False)
         self._ready = False            # a coordinator serves only after its take-over pull

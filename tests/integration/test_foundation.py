@@ -143,6 +143,9 @@ def test_status_json_names_role_coordinator_epoch_clock_peers(start_cluster, cli
     cluster = start_cluster()
     coordinator = cluster.coordinator()
     cli(cluster.addresses(), "put", "k", "v")
+    # Right after start-up a link may still be dialling; it must come up by itself.
+    cluster.wait_until(lambda: cluster.status(1)["peers"] == {"2": "up", "3": "up"},
+                       timeout_s=5, what="replica 1 sees both peers up")
     result = cli([cluster.address(1)], "status", "--json")
     status = json.loads(result.stdout)
     assert status["id"] == 1
