@@ -144,9 +144,6 @@ class VectorClock(Mapping[int, int]):
             entries[replica] = int(count_text)
         return cls(entries)
 
-    def as_dict(self) -> dict[int, int]:
-        return dict(self._entries)
-
 
 EMPTY = VectorClock()
 
