@@ -33,9 +33,15 @@ trial: venv
 lint: venv
 	$(VENV)/bin/ruff check .
 
+# Benchmarks print markdown; add --write to a script to refresh docs/benchmarks.md.
+# throughput.py compares with redis-server (Debian's package), installed here if missing.
 bench: venv
+	command -v redis-server >/dev/null 2>&1 || \
+	  { apt-get update -qq && apt-get install -y -qq redis-server; } || \
+	  echo "redis-server missing: throughput.py will measure replicad alone"
 	$(PY) bench/failover.py
 	$(PY) bench/sync.py
+	$(PY) bench/throughput.py
 
 clean:
 	rm -rf $(VENV) replicad-local _trial_temp .pytest_cache .hypothesis
