@@ -205,6 +205,20 @@ TRACE_TIME_FORMAT = "%Y-%m-%dT%H:%M:%S.%f%z"
 TRACE_LOGGER = "_common.trace_log_observer"
 
 
+def add_output_arguments(parser, section: str, bigger_section: str) -> None:
+    """--write and --section, the same for every benchmark script."""
+    parser.add_argument("--write", action="store_true",
+                        help=f"also replace the {section} section of docs/benchmarks.md")
+    parser.add_argument("--section", default=section,
+                        help="the docs/benchmarks.md section --write replaces (default "
+                             f"{section}; e.g. {bigger_section} for a bigger run)")
+
+
+def add_keep_argument(parser) -> None:
+    parser.add_argument("--keep", action="store_true",
+                        help="keep the temporary directory (logs) and print where")
+
+
 def publish(text: str, section: str, write: bool, progress) -> None:
     """Print the report; with --write, also replace this script's section of the results."""
     print(text)

@@ -57,7 +57,7 @@ from replicad.client import (
     build_request,
     put_result,
 )
-from replicad.cluster import LocalCluster, find_free_base_port
+from replicad.cluster import LocalCluster, find_free_base_port, parse_settings
 
 now = time.monotonic
 WALL_OFFSET = time.time() - time.monotonic()   # monotonic -> wall clock (replica logs)
@@ -668,23 +668,16 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                              "write_quorum=2 or --set ping_interval=0.2 (repeatable)")
     parser.add_argument("--skip-gap", action="store_true", help="only the election part")
     parser.add_argument("--skip-election", action="store_true", help="only the gap part")
-    parser.add_argument("--write", action="store_true",
-                        help="also replace the failover section of docs/benchmarks.md")
-    parser.add_argument("--section", default="failover",
-                        help="the docs/benchmarks.md section --write replaces "
-                             "(default failover; e.g. failover-large for a bigger run)")
+    _common.add_output_arguments(parser, "failover", "failover-large")
     parser.add_argument("--trace", action="store_true",
                         help="replicas log with microsecond timestamps; the report shows "
                              "their log lines during the slowest and median failovers")
-    parser.add_argument("--keep", action="store_true",
-                        help="keep the temporary cluster directories (logs) and print where")
+    _common.add_keep_argument(parser)
     args = parser.parse_args(argv)
-    args.overrides = {}
-    for setting in args.set:
-        name, sep, value = setting.partition("=")
-        if not sep or not name.strip():
-            parser.error(f"--set needs NAME=VALUE, got {setting!r}")
-        args.overrides[name.strip()] = value.strip()
+    try:
+        args.overrides = parse_settings(args.set)
+    except ValueError as e:
+        parser.error(str(e))
     args.sizes = [int(s) for s in args.sizes.split(",") if s.strip()]
     args.observers = [o.strip() for o in args.observers.split(",") if o.strip()]
     if any(o not in ("status", "peer") for o in args.observers):

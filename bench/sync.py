@@ -515,11 +515,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                         help="skip the real-process measurement")
     parser.add_argument("--real-keys", type=int, default=2000)
     parser.add_argument("--real-missed", type=int, default=100)
-    parser.add_argument("--write", action="store_true",
-                        help="also replace the sync section of docs/benchmarks.md")
-    parser.add_argument("--section", default="sync",
-                        help="the docs/benchmarks.md section --write replaces "
-                             "(default sync; e.g. sync-large for a bigger run)")
+    _common.add_output_arguments(parser, "sync", "sync-large")
     args = parser.parse_args(argv)
     sizes = "1000,10000" if args.quick else args.sizes
     args.sizes = [int(s) for s in sizes.split(",") if s.strip()]

@@ -874,13 +874,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                              "that appendfsync) or off (no AOF); default always,everysec")
     parser.add_argument("--skip-redis", action="store_true", help="measure replicad only")
     parser.add_argument("--skip-replicad", action="store_true", help="measure Redis only")
-    parser.add_argument("--write", action="store_true",
-                        help="also replace the throughput section of docs/benchmarks.md")
-    parser.add_argument("--section", default="throughput",
-                        help="the docs/benchmarks.md section --write replaces "
-                             "(default throughput)")
-    parser.add_argument("--keep", action="store_true",
-                        help="keep the temporary directory (replica and Redis logs)")
+    _common.add_output_arguments(parser, "throughput", "throughput-large")
+    _common.add_keep_argument(parser)
     args = parser.parse_args(argv)
     args.redis_modes = [m.strip() for m in args.redis_modes.split(",") if m.strip()]
     if any(m not in ("always", "everysec", "no", "off") for m in args.redis_modes):

@@ -505,12 +505,13 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
-def _overrides(settings: list[str]) -> dict[str, str]:
+def parse_settings(settings: list[str]) -> dict[str, str]:
+    """``--set NAME=VALUE`` arguments -> overrides; ValueError names a malformed one."""
     overrides = {}
     for setting in settings:
         name, sep, value = setting.partition("=")
         if not sep or not name.strip():
-            raise _Usage(f"--set needs NAME=VALUE, got {setting!r}")
+            raise ValueError(f"--set needs NAME=VALUE, got {setting!r}")
         overrides[name.strip()] = value.strip()
     return overrides
 
@@ -555,8 +556,11 @@ def main(argv: list[str] | None = None) -> int:
     """Console-script entry point; returns the exit status."""
     try:
         args = build_parser().parse_args(argv)
-        cluster = LocalCluster(args.size, args.base_port, args.data_dir,
-                               overrides=_overrides(args.set))
+        try:
+            overrides = parse_settings(args.set)
+        except ValueError as e:
+            raise _Usage(str(e)) from None
+        cluster = LocalCluster(args.size, args.base_port, args.data_dir, overrides=overrides)
         cluster.write_config()   # a bad --set is a usage error, found before starting
     except (_Usage, ClusterError, cfg.ConfigError) as e:
         print(f"{PROG}: {e}", file=sys.stderr)
