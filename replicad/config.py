@@ -4,6 +4,17 @@ Every mistake raises ConfigError with one sentence that names the problem, so th
 ``twistd replicad`` and ``replicad-cli`` can print it as a single line and exit
 non-zero.  With no file the built-in cluster is used: three replicas on 127.0.0.1,
 client ports 7001-7003 and peer ports 7101-7103 (docs/operations.md).
+
+Invariants of a built config (``default_config``, ``parse_config``, ``with_overrides``):
+
+- ``write_quorum`` is an int in 1..N; ``write_quorum_text`` is what the operator wrote
+  (``"majority"`` or the number) and is what ``render_config`` writes back.
+- Every timer is a float.  ``forward_timeout`` and ``lease_timeout`` may be *derived*
+  (left unset): they are computed from the other timers whenever a ``Timers`` is built,
+  ``dataclasses.replace`` included, and ``render_config`` does not write them back.
+- Timer rules, each with its reason in docs/operations.md: ping_timeout < ping_interval;
+  forward_timeout >= election_wait + fetch_timeout + quorum_timeout;
+  lease_timeout > ping_interval; coordinator_timeout > answer_timeout.
 """
 
 from __future__ import annotations
@@ -22,6 +33,12 @@ DEFAULT_CLIENT_BASE_PORT = 7000
 DEFAULT_PEER_BASE_PORT = 7100
 DEFAULT_SECRET = "replicad-insecure-default-secret"
 MAX_REPLICAS = 64
+MAJORITY = "majority"       # write_quorum = majority: N // 2 + 1
+# A derived forward_timeout adds this to the longest the coordinator may legitimately
+# take (election_wait + fetch_timeout + quorum_timeout): the request and its reply
+# still have to cross the peer link.
+FORWARD_MARGIN_S = 1.0
+LEASE_HEARTBEATS = 2        # a derived lease_timeout is this many ping_intervals
 
 
 class ConfigError(Exception):
@@ -84,9 +101,28 @@ class Member:
         return self.peer_connect or self.peer.client_endpoint(timeout_s)
 
 
+class _Derived(float):
+    """A timer value computed from the others rather than set by the operator.
+
+    Being a float, every reader of ``timers.forward_timeout`` keeps working; being its
+    own type, the mark survives ``dataclasses.replace`` (which passes every field on),
+    so the copy derives the value again from its own timers instead of freezing a stale
+    one as if the operator had set it."""
+
+    __slots__ = ()
+
+
+_DERIVED_TIMERS = ("forward_timeout", "lease_timeout")
+
+
 @dataclass(frozen=True)
 class Timers:
-    """Seconds.  Defaults aim at < 1 s client-visible failover on a LAN (docs/election.md)."""
+    """Seconds.  Defaults aim at < 1 s client-visible failover on a LAN (docs/election.md).
+
+    ``forward_timeout`` and ``lease_timeout`` default to None, meaning *derived*; once
+    built they are always floats (see ``forward_timeout_s`` and ``lease_timeout_s``),
+    and ``derived`` names the ones that were computed rather than given.
+    """
 
     ping_interval: float = 0.3      # heartbeat period; a client-triggered ping is skipped
                                     # if one succeeded within this interval
@@ -95,12 +131,54 @@ class Timers:
     coordinator_timeout: float = 0.8  # wait for COORDINATOR after an OK
     reannounce_interval: float = 1.0  # a coordinator repeats COORDINATOR: heals lost ones
     election_wait: float = 3.0      # a client request waits this long for a coordinator
-    forward_timeout: float = 3.0    # a forwarded request waits this long for its reply
+    # A forwarded request waits this long for its reply.  None: derived, see
+    # forward_timeout_s; never below forward_timeout_floor_s (checked).
+    forward_timeout: float | None = None
     fetch_timeout: float = 1.0      # catching up with a session before ERR STALE
     quorum_timeout: float = 2.0     # waiting for write_quorum acks before ERR QUORUM
     anti_entropy_interval: float = 2.0
     idle_timeout: float = 60.0      # a client connection that sends nothing is closed
     connect_timeout: float = 1.0    # dialing a peer
+    # Quorum mode: a coordinator that has not heard from a majority for this long stops
+    # serving.  None: derived, see lease_timeout_s; must exceed ping_interval (checked).
+    lease_timeout: float | None = None
+
+    def __post_init__(self) -> None:
+        derive = {
+            "forward_timeout": round(self.forward_timeout_floor_s + FORWARD_MARGIN_S, 9),
+            "lease_timeout": LEASE_HEARTBEATS * self.ping_interval,
+        }
+        for name in _DERIVED_TIMERS:
+            value = getattr(self, name)
+            if value is None or isinstance(value, _Derived):
+                object.__setattr__(self, name, _Derived(derive[name]))
+
+    @property
+    def forward_timeout_floor_s(self) -> float:
+        """The longest a coordinator may take over a forwarded request it completes:
+        waiting for its take-over (election_wait), catching up with the session
+        (fetch_timeout), then collecting write_quorum acks (quorum_timeout).  A follower
+        that gave up sooner would answer ERR INDOUBT for a write that succeeded."""
+        # Rounded so that 0.1 + 0.2 + 0.3 admits a forward_timeout of 0.6.
+        return round(self.election_wait + self.fetch_timeout + self.quorum_timeout, 9)
+
+    @property
+    def forward_timeout_s(self) -> float:
+        """Effective forward_timeout: as set, or derived as forward_timeout_floor_s +
+        FORWARD_MARGIN_S (7.0 s with the defaults).  Same value as ``forward_timeout``."""
+        return float(self.forward_timeout)
+
+    @property
+    def lease_timeout_s(self) -> float:
+        """Effective lease_timeout: as set, or derived as LEASE_HEARTBEATS (2) x
+        ping_interval (0.6 s with the defaults).  Same value as ``lease_timeout``."""
+        return float(self.lease_timeout)
+
+    @property
+    def derived(self) -> frozenset[str]:
+        """Names of the timers computed from the others (not set): render_config skips
+        them, so they follow the timers they come from."""
+        return frozenset(n for n in _DERIVED_TIMERS if isinstance(getattr(self, n), _Derived))
 
 
 @dataclass(frozen=True)
@@ -108,7 +186,7 @@ class ClusterConfig:
     members: dict[int, Member]
     secret: str = DEFAULT_SECRET
     client_password: str | None = None   # clients must send AUTH <password> first
-    write_quorum: int = 1
+    write_quorum: int = 1   # an int once built; given as text, "majority" or "2"
     max_connections: int = 1000
     # A pull asks for a full copy when this replica is empty or lacks at least this
     # fraction of the writes the peer has seen; otherwise a delta (never larger).
@@ -116,6 +194,34 @@ class ClusterConfig:
     timers: Timers = field(default_factory=Timers)
     limits: Limits = field(default_factory=Limits)
     source: str = "built-in cluster"
+    # What the operator wrote for write_quorum: "majority" or the number; set on
+    # construction (leave it None).  See __post_init__.
+    write_quorum_text: str | None = None
+
+    def __post_init__(self) -> None:
+        # write_quorum may be given as text ("majority", "2"): it is always an int after.
+        # The text is kept only while it still describes the number, so a replace() that
+        # changes write_quorum or the members cannot leave a stale "majority" behind.
+        if isinstance(self.write_quorum, str):
+            number, text = _parse_write_quorum(self.write_quorum, len(self.members),
+                                               self.source)
+        else:
+            number = self.write_quorum
+            given = (self.write_quorum_text or "").strip().lower()
+            text = MAJORITY if given == MAJORITY and number == self.majority else str(number)
+        object.__setattr__(self, "write_quorum", number)
+        object.__setattr__(self, "write_quorum_text", text)
+
+    @property
+    def majority(self) -> int:
+        """Replicas that make a majority of the members: N // 2 + 1."""
+        return len(self.members) // 2 + 1
+
+    @property
+    def quorum_mode(self) -> bool:
+        """True when write_quorum > N / 2 (partition-safe): two sides of a partition can
+        never both complete writes, and the coordinator holds a lease (lease_timeout)."""
+        return 2 * self.write_quorum > len(self.members)
 
     @property
     def ids(self) -> list[int]:
@@ -133,6 +239,19 @@ class ClusterConfig:
     @property
     def uses_default_secret(self) -> bool:
         return self.secret == DEFAULT_SECRET
+
+
+def describe_quorum(config: ClusterConfig) -> str:
+    """The write quorum for people: "1 (always serviceable)", "majority 2 of 3
+    (partition-safe)", "3 of 3 (partition-safe)" or "2 of 5 (not partition-safe)"."""
+    quorum, size = config.write_quorum, len(config.members)
+    if config.write_quorum_text == MAJORITY:
+        return f"majority {quorum} of {size} (partition-safe)"
+    if config.quorum_mode:
+        return f"{quorum} of {size} (partition-safe)"
+    if quorum == 1:
+        return "1 (always serviceable)"
+    return f"{quorum} of {size} (not partition-safe)"
 
 
 def default_config(
@@ -153,9 +272,8 @@ def default_config(
 
 _CLUSTER_FLOATS = {f.name for f in dataclasses.fields(Timers)}
 _CLUSTER_RATIOS = {"full_copy_ratio"}
-_CLUSTER_INTS = {"write_quorum", "max_connections",
-                 "max_key_bytes", "max_value_bytes"}
-_CLUSTER_STRINGS = {"secret", "client_password"}
+_CLUSTER_INTS = {"max_connections", "max_key_bytes", "max_value_bytes"}
+_CLUSTER_STRINGS = {"secret", "client_password", "write_quorum"}
 _MEMBER_KEYS = {"client", "peer", "client_listen", "peer_listen", "peer_connect"}
 
 
@@ -222,6 +340,7 @@ def parse_config(parser: configparser.ConfigParser, source: str) -> ClusterConfi
         members=members,
         secret=secret,
         client_password=cluster.get("client_password", "").strip() or None,
+        write_quorum=cluster.get("write_quorum", "1"),   # parsed in __post_init__
         timers=Timers(**timers),
         limits=limits,
         source=where,
@@ -261,6 +380,22 @@ def _positive(text: str, name: str, where: str, kind: type) -> float | int:
     return value
 
 
+def _parse_write_quorum(text: str, size: int, where: str) -> tuple[int, str]:
+    """``majority`` (any case) or a positive whole number -> (number, text to keep)."""
+    word = text.strip()
+    if word.lower() == MAJORITY:
+        return size // 2 + 1, MAJORITY
+    try:
+        number = int(word)
+    except ValueError:
+        raise ConfigError(
+            f"{where}: write_quorum = {word!r} is neither a whole number nor 'majority'"
+        ) from None
+    if number < 1:
+        raise ConfigError(f"{where}: write_quorum must be greater than 0, got {word!r}")
+    return number, str(number)
+
+
 def _validate(config: ClusterConfig) -> None:
     where = config.source
     if len(config.members) > MAX_REPLICAS:
@@ -283,14 +418,39 @@ def _validate(config: ClusterConfig) -> None:
             f"{where}: ping_timeout ({timers.ping_timeout}) must be shorter than "
             f"ping_interval ({timers.ping_interval})"
         )
+    # Explicit values only can break these two: a derived one is built to pass.
+    floor = timers.forward_timeout_floor_s
+    if timers.forward_timeout < floor:
+        raise ConfigError(
+            f"{where}: forward_timeout ({timers.forward_timeout}) must be at least "
+            f"election_wait + fetch_timeout + quorum_timeout ({timers.election_wait} + "
+            f"{timers.fetch_timeout} + {timers.quorum_timeout} = {floor}): a follower "
+            f"would report ERR INDOUBT for writes the coordinator completes"
+        )
+    if timers.lease_timeout <= timers.ping_interval:
+        raise ConfigError(
+            f"{where}: lease_timeout ({timers.lease_timeout}) must be longer than "
+            f"ping_interval ({timers.ping_interval}): a coordinator in quorum mode would "
+            f"lose its lease between two heartbeats of a healthy cluster"
+        )
+    if timers.coordinator_timeout <= timers.answer_timeout:
+        raise ConfigError(
+            f"{where}: coordinator_timeout ({timers.coordinator_timeout}) must be longer "
+            f"than answer_timeout ({timers.answer_timeout}): the replica that answered OK "
+            f"waits answer_timeout for higher ones before it announces, so the election "
+            f"would restart before its COORDINATOR could arrive"
+        )
 
 
 def render_config(config: ClusterConfig) -> str:
     """INI text for a config (used by replicad-local to write the file it starts with)."""
-    lines = ["[cluster]", f"secret = {config.secret}", f"write_quorum = {config.write_quorum}"]
+    lines = ["[cluster]", f"secret = {config.secret}",
+             f"write_quorum = {config.write_quorum_text}"]
     if config.client_password:
         lines.append(f"client_password = {config.client_password}")
     for f in dataclasses.fields(Timers):
+        if f.name in config.timers.derived:
+            continue   # not written back: it follows the timers it is derived from
         value = getattr(config.timers, f.name)
         if value != f.default:
             lines.append(f"{f.name} = {value}")

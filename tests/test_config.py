@@ -6,6 +6,8 @@ import dataclasses
 import textwrap
 
 import pytest
+from hypothesis import given
+from hypothesis import strategies as st
 from twisted.internet.endpoints import clientFromString, serverFromString
 from twisted.internet.protocol import Factory
 from twisted.internet.testing import MemoryReactor
@@ -17,6 +19,7 @@ from replicad.config import (
     Member,
     Timers,
     default_config,
+    describe_quorum,
     load_config,
     parse_address,
     render_config,
@@ -84,6 +87,15 @@ def with_cluster(settings: str) -> str:
     return "[cluster]\nsecret = x\n" + textwrap.dedent(settings) + "\n" + MEMBERS
 
 
+def sized(size: int, settings: str = "") -> str:
+    """A file with replicas 1..size and the given [cluster] lines."""
+    members = "".join(
+        f"[replica:{i}]\nclient = 127.0.0.1:{8000 + i}\npeer = 127.0.0.1:{8100 + i}\n"
+        for i in range(1, size + 1)
+    )
+    return "[cluster]\nsecret = x\n" + textwrap.dedent(settings) + "\n" + members
+
+
 # The built-in cluster ---------------------------------------------------------------
 
 
@@ -127,6 +139,18 @@ def test_default_timers_keep_ping_timeout_under_interval():
     assert timers.ping_timeout < timers.ping_interval
 
 
+def test_default_quorum_is_one_and_timers_are_derived():
+    config = default_config()
+    assert (config.write_quorum, config.write_quorum_text) == (1, "1")
+    assert not config.quorum_mode
+    assert config.majority == 2
+    assert describe_quorum(config) == "1 (always serviceable)"
+    timers = config.timers
+    assert timers.derived == {"forward_timeout", "lease_timeout"}
+    assert (timers.forward_timeout, timers.forward_timeout_s) == (7.0, 7.0)   # 3 + 1 + 2 + 1
+    assert (timers.lease_timeout, timers.lease_timeout_s) == (0.6, 0.6)       # 2 x 0.3
+
+
 # Loading a good file --------------------------------------------------------------------
 
 
@@ -143,6 +167,8 @@ def test_load_good_config(tmp_path):
         ping_interval=0.5, ping_timeout=0.25, answer_timeout=0.4, idle_timeout=30.0,
         anti_entropy_interval=7.5,
     )
+    assert config.timers.lease_timeout == 1.0      # derived: 2 x ping_interval
+    assert config.timers.forward_timeout == 7.0    # derived: 3 + 1 + 2 + 1 s margin
     assert config.limits == Limits(max_key_bytes=100, max_value_bytes=2000)
     assert config.source == f"config file {path}"
     assert config.member(1) == Member(
@@ -368,6 +394,196 @@ def test_write_quorum_equal_to_the_number_of_replicas_is_fine(tmp_path):
     assert load_config(write(tmp_path, with_cluster("write_quorum = 2"))).write_quorum == 2
 
 
+# write_quorum = majority ----------------------------------------------------------------
+
+
+@pytest.mark.parametrize(("size", "majority"), [(1, 1), (2, 2), (3, 2), (4, 3), (5, 3),
+                                                (6, 4), (7, 4)])
+@pytest.mark.parametrize("word", ["majority", "MAJORITY", "Majority"])
+def test_write_quorum_majority(tmp_path, size, majority, word):
+    config = load_config(write(tmp_path, sized(size, f"write_quorum = {word}")))
+    assert config.write_quorum == majority
+    assert config.majority == majority
+    assert config.write_quorum_text == "majority"
+    assert config.quorum_mode
+    assert describe_quorum(config) == f"majority {majority} of {size} (partition-safe)"
+
+
+@pytest.mark.parametrize(
+    ("value", "message"),
+    [
+        ("most", "write_quorum = 'most' is neither a whole number nor 'majority'"),
+        ("1.5", "write_quorum = '1.5' is neither a whole number nor 'majority'"),
+        ("majority of 3", "write_quorum = 'majority of 3' is neither a whole number nor "
+                          "'majority'"),
+        ("", "write_quorum = '' is neither a whole number nor 'majority'"),
+        ("0", "write_quorum must be greater than 0, got '0'"),
+        ("-1", "write_quorum must be greater than 0, got '-1'"),
+        ("4", "write_quorum = 4 must be between 1 and the number of replicas (3)"),
+    ],
+)
+def test_bad_write_quorum(tmp_path, value, message):
+    assert message in config_error(tmp_path, sized(3, f"write_quorum = {value}"))
+
+
+@pytest.mark.parametrize(
+    ("size", "quorum", "quorum_mode", "description"),
+    [
+        (1, 1, True, "1 of 1 (partition-safe)"),
+        (2, 1, False, "1 (always serviceable)"),
+        (2, 2, True, "2 of 2 (partition-safe)"),
+        (3, 1, False, "1 (always serviceable)"),
+        (3, 2, True, "2 of 3 (partition-safe)"),
+        (3, 3, True, "3 of 3 (partition-safe)"),
+        (4, 2, False, "2 of 4 (not partition-safe)"),
+        (4, 3, True, "3 of 4 (partition-safe)"),
+        (5, 2, False, "2 of 5 (not partition-safe)"),
+        (5, 3, True, "3 of 5 (partition-safe)"),
+    ],
+)
+def test_quorum_mode_is_more_than_half(tmp_path, size, quorum, quorum_mode, description):
+    config = load_config(write(tmp_path, sized(size, f"write_quorum = {quorum}")))
+    assert (config.write_quorum, config.write_quorum_text) == (quorum, str(quorum))
+    assert config.quorum_mode is quorum_mode
+    assert config.majority == size // 2 + 1
+    assert describe_quorum(config) == description
+
+
+def test_write_quorum_text_follows_overrides():
+    majority = with_overrides(default_config(), write_quorum="majority")
+    assert (majority.write_quorum, majority.write_quorum_text) == (2, "majority")
+    # Unrelated changes keep it; a new number replaces it.
+    assert with_overrides(majority, secret="other").write_quorum_text == "majority"
+    assert with_overrides(majority, write_quorum=3).write_quorum_text == "3"
+    # The number is what counts: a copy with more members keeps 2, no longer a majority.
+    grown = with_overrides(majority, members=default_config(size=5).members)
+    assert (grown.write_quorum, grown.write_quorum_text, grown.quorum_mode) == (2, "2", False)
+    assert with_overrides(grown, write_quorum="majority").write_quorum == 3
+    with pytest.raises(ConfigError, match="write_quorum = 'most' is neither"):
+        with_overrides(majority, write_quorum="most")
+
+
+# Derived timers and the timer rules -----------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("settings", "forward", "lease"),
+    [
+        ("", 7.0, 0.6),
+        ("election_wait = 1\nfetch_timeout = 0.5\nquorum_timeout = 0.5", 3.0, 0.6),
+        ("election_wait = 0.1\nfetch_timeout = 0.2\nquorum_timeout = 0.3", 1.6, 0.6),
+        ("ping_interval = 0.5", 7.0, 1.0),
+        ("ping_interval = 2\nping_timeout = 1", 7.0, 4.0),
+        ("forward_timeout = 9.5", 9.5, 0.6),
+        ("lease_timeout = 0.45", 7.0, 0.45),
+    ],
+)
+def test_forward_and_lease_timeouts(tmp_path, settings, forward, lease):
+    timers = load_config(write(tmp_path, with_cluster(settings))).timers
+    assert (timers.forward_timeout, timers.lease_timeout) == (forward, lease)
+    assert (timers.forward_timeout_s, timers.lease_timeout_s) == (forward, lease)
+    assert type(timers.forward_timeout_s) is float and type(timers.lease_timeout_s) is float
+    explicit = {name for name in ("forward_timeout", "lease_timeout") if name in settings}
+    assert timers.derived == {"forward_timeout", "lease_timeout"} - explicit
+
+
+def test_timers_built_directly_have_float_values():
+    # Tests and tools build Timers(...) themselves; readers use .forward_timeout.
+    timers = Timers(ping_interval=0.5, ping_timeout=0.25, quorum_timeout=0.5)
+    assert isinstance(timers.forward_timeout, float) and timers.forward_timeout == 5.5
+    assert isinstance(timers.lease_timeout, float) and timers.lease_timeout == 1.0
+    assert Timers(forward_timeout=None).forward_timeout == 7.0
+    given = Timers(forward_timeout=8.0, lease_timeout=1.5)
+    assert (given.forward_timeout, given.lease_timeout, given.derived) == (8.0, 1.5, set())
+    assert timers.forward_timeout_floor_s == 4.5
+
+
+def test_replace_derives_again_and_keeps_given_values():
+    # dataclasses.replace passes every field on: a derived value must not turn into a
+    # stale "given" one (which the rules would then reject).
+    timers = dataclasses.replace(Timers(), ping_interval=1.0, ping_timeout=0.5,
+                                 election_wait=10.0)
+    assert (timers.forward_timeout, timers.lease_timeout) == (14.0, 2.0)
+    assert timers.derived == {"forward_timeout", "lease_timeout"}
+    given = dataclasses.replace(Timers(), forward_timeout=20.0)
+    assert given.derived == {"lease_timeout"}
+    assert dataclasses.replace(given, election_wait=1.0).forward_timeout == 20.0
+    config = with_overrides(default_config(), timers=timers)
+    assert config.timers.forward_timeout == 14.0
+
+
+@pytest.mark.parametrize(
+    ("settings", "message"),
+    [
+        ("forward_timeout = 3",
+         "forward_timeout (3.0) must be at least election_wait + fetch_timeout + "
+         "quorum_timeout (3.0 + 1.0 + 2.0 = 6.0): a follower would report ERR INDOUBT for "
+         "writes the coordinator completes"),
+        ("forward_timeout = 5.9",
+         "forward_timeout (5.9) must be at least election_wait + fetch_timeout + "
+         "quorum_timeout (3.0 + 1.0 + 2.0 = 6.0)"),
+        ("forward_timeout = 3.9\nquorum_timeout = 0.5\nelection_wait = 2.5",
+         "forward_timeout (3.9) must be at least election_wait + fetch_timeout + "
+         "quorum_timeout (2.5 + 1.0 + 0.5 = 4.0)"),
+        ("lease_timeout = 0.3",
+         "lease_timeout (0.3) must be longer than ping_interval (0.3): a coordinator in "
+         "quorum mode would lose its lease between two heartbeats of a healthy cluster"),
+        ("lease_timeout = 0.5\nping_interval = 1\nping_timeout = 0.5",
+         "lease_timeout (0.5) must be longer than ping_interval (1.0)"),
+        ("coordinator_timeout = 0.3",
+         "coordinator_timeout (0.3) must be longer than answer_timeout (0.3): the replica "
+         "that answered OK waits answer_timeout for higher ones before it announces, so the "
+         "election would restart before its COORDINATOR could arrive"),
+        ("answer_timeout = 1",
+         "coordinator_timeout (0.8) must be longer than answer_timeout (1.0)"),
+    ],
+)
+def test_timer_rules(tmp_path, settings, message):
+    assert message in config_error(tmp_path, with_cluster(settings))
+
+
+@pytest.mark.parametrize(
+    "settings",
+    [
+        "forward_timeout = 6",                                     # exactly the sum
+        "forward_timeout = 0.6\nelection_wait = 0.1\nfetch_timeout = 0.2\n"
+        "quorum_timeout = 0.3",                                    # 0.1 + 0.2 + 0.3 in floats
+        "lease_timeout = 0.31",
+        "coordinator_timeout = 0.31",
+        # reannounce_interval is free: the winner announces at once, and repeats only
+        # to heal a lost announcement.
+        "reannounce_interval = 5",
+    ],
+)
+def test_timer_rules_boundaries_are_accepted(tmp_path, settings):
+    load_config(write(tmp_path, with_cluster(settings)))
+
+
+def test_with_overrides_checks_the_timer_rules():
+    config = default_config()
+    with pytest.raises(ConfigError, match=r"forward_timeout \(3\.0\) must be at least"):
+        with_overrides(config, timers=Timers(forward_timeout=3.0))
+    with pytest.raises(ConfigError, match=r"lease_timeout \(0\.2\) must be longer"):
+        with_overrides(config, timers=Timers(lease_timeout=0.2))
+    with pytest.raises(ConfigError, match=r"coordinator_timeout \(0\.2\) must be longer"):
+        with_overrides(config, timers=Timers(coordinator_timeout=0.2))
+
+
+seconds = st.floats(min_value=0.001, max_value=1000, allow_nan=False, allow_infinity=False)
+
+
+@given(ping_interval=seconds, election_wait=seconds, fetch_timeout=seconds,
+       quorum_timeout=seconds)
+def test_derived_timers_always_pass_their_rules(ping_interval, election_wait, fetch_timeout,
+                                               quorum_timeout):
+    timers = Timers(ping_interval=ping_interval, ping_timeout=ping_interval / 2,
+                    election_wait=election_wait, fetch_timeout=fetch_timeout,
+                    quorum_timeout=quorum_timeout)
+    config = with_overrides(default_config(), timers=timers)   # validates
+    assert config.timers.forward_timeout >= timers.forward_timeout_floor_s + 0.999
+    assert config.timers.lease_timeout > ping_interval
+
+
 @pytest.mark.parametrize("secret_line", ["secret =", "secret =    ", ""])
 def test_empty_or_missing_secret(tmp_path, secret_line):
     text = f"[cluster]\n{secret_line}\n" + MEMBERS
@@ -474,6 +690,45 @@ def test_render_config_keeps_every_setting(tmp_path):
     loaded = load_config(write(tmp_path, render_config(config), name="rendered.ini"))
     assert loaded.members == config.members
     assert comparable(loaded) == comparable(config)
+
+
+def test_render_majority_and_derived_timers_round_trip(tmp_path):
+    config = load_config(write(tmp_path, sized(5, "write_quorum = Majority\nping_interval = 0.5")))
+    text = render_config(config)
+    assert "write_quorum = majority\n" in text
+    assert "ping_interval = 0.5\n" in text
+    assert "forward_timeout" not in text and "lease_timeout" not in text
+    loaded = load_config(write(tmp_path, text, name="rendered.ini"))
+    assert comparable(loaded) == comparable(config)
+    assert (loaded.write_quorum, loaded.write_quorum_text) == (3, "majority")
+    assert loaded.timers.derived == {"forward_timeout", "lease_timeout"}
+    assert (loaded.timers.forward_timeout, loaded.timers.lease_timeout) == (7.0, 1.0)
+    # Not written back, so they follow the timers they come from when the file is edited.
+    edited = text.replace("ping_interval = 0.5", "ping_interval = 0.5\nelection_wait = 1")
+    timers = load_config(write(tmp_path, edited, name="edited.ini")).timers
+    assert timers.forward_timeout == 5.0
+
+
+def test_render_given_forward_and_lease_timeouts_round_trip(tmp_path):
+    config = load_config(write(tmp_path, sized(3, "write_quorum = 2\nforward_timeout = 7\n"
+                                                    "lease_timeout = 0.45")))
+    text = render_config(config)
+    assert "write_quorum = 2\n" in text
+    assert "forward_timeout = 7.0\n" in text and "lease_timeout = 0.45\n" in text
+    loaded = load_config(write(tmp_path, text, name="rendered.ini"))
+    assert comparable(loaded) == comparable(config)
+    assert (loaded.write_quorum_text, loaded.timers.derived) == ("2", set())
+
+
+@pytest.mark.parametrize("size", range(1, 8))
+@pytest.mark.parametrize("quorum", ["majority", "1", "max"])
+def test_render_round_trips_every_quorum(tmp_path, size, quorum):
+    text = "majority" if quorum == "majority" else str(size) if quorum == "max" else quorum
+    config = with_overrides(default_config(size=size), write_quorum=text)
+    loaded = load_config(write(tmp_path, render_config(config)))
+    assert comparable(loaded) == comparable(config)
+    assert loaded.write_quorum_text == config.write_quorum_text == text
+    assert describe_quorum(loaded) == describe_quorum(config)
 
 
 @pytest.mark.parametrize("value", ["1.5", "2", "nan"])
