@@ -4,6 +4,11 @@ Each replica dials every other one (a ``ClientService`` per peer, reconnecting w
 back-off) and uses that connection for its own requests; it answers the requests of
 others on its listening side.  So a connection carries requests one way only, and
 either side dying fails every call on it at once.  Line format: replicad.peerwire.
+
+The handshake also compares cluster ids: each factory asks a ``cluster_id`` callable
+(the store's id, None while unbound) when a handshake starts.  Two bound replicas of
+different clusters refuse each other, with one log line per peer and change (a refused
+dialer redials every quarter second), and the dialer's calls fail with PeerUnavailable.
 """
 
 from __future__ import annotations
@@ -30,10 +35,42 @@ from twisted.protocols.basic import LineReceiver
 from zope.interface import implementer
 
 from replicad import peerwire
+from replicad.identity import encode_cluster_id
 from replicad.peerwire import Frame, PeerWireError
 
 HANDSHAKE_TIMEOUT_S = 5.0
 STREAM_BATCH_LINES = 512
+
+CLUSTER_REFUSAL = (
+    "refusing replica {peer}: it belongs to cluster {theirs}, this replica to cluster "
+    "{ours} (a replica of another cluster with the same secret?)"
+)
+
+ClusterIdSource = Callable[[], str | None]
+CLUSTER_MISMATCH = "cluster mismatch:"     # how an ERR AUTH for this reason begins
+
+
+def unbound() -> None:
+    """The cluster_id source of a replica that has no store (yet): unbound."""
+    return None
+
+
+class _ReportedRefusals:
+    """The last cluster refusal logged per peer, so each is logged once until it changes."""
+
+    def __init__(self) -> None:
+        self._last: dict[int, tuple[str | None, str | None]] = {}
+
+    def first(self, peer_id: int, theirs: str | None, ours: str | None) -> bool:
+        """True (and remembered) unless this very refusal was the last one logged."""
+        if self._last.get(peer_id) == (theirs, ours):
+            return False
+        self._last[peer_id] = (theirs, ours)
+        return True
+
+    def forget(self, peer_id: int) -> None:
+        """The peer authenticated: a later refusal is news again."""
+        self._last.pop(peer_id, None)
 
 
 class PeerUnavailable(Exception):
@@ -148,6 +185,8 @@ class PeerServerProtocol(_LineProtocol):
         self.factory = factory
         self.peer_id: int | None = None
         self.nonce = peerwire.new_nonce()
+        self.cluster_id: str | None = None        # ours, as sent in HELLO (the MACs cover it)
+        self.peer_cluster_id: str | None = None   # the peer's, once authenticated
         self.MAX_LENGTH = factory.max_line_bytes
         self._streams: collections.deque[_StreamProducer] = collections.deque()
         self._active: _StreamProducer | None = None
@@ -155,7 +194,10 @@ class PeerServerProtocol(_LineProtocol):
 
     def connectionMade(self) -> None:
         no_delay(self.transport)
-        self.send_line(f"HELLO {self.factory.my_id} {self.nonce}")
+        self.cluster_id = self.factory.cluster_id()
+        self.send_line(
+            f"HELLO {self.factory.my_id} {self.nonce} {encode_cluster_id(self.cluster_id)}"
+        )
         self._handshake_timer = self.factory.clock.callLater(
             HANDSHAKE_TIMEOUT_S, self.refuse, "handshake timed out", "AUTH"
         )
@@ -195,26 +237,44 @@ class PeerServerProtocol(_LineProtocol):
 
     def _authenticate(self, line: str) -> None:
         parts = line.split(" ")
-        if len(parts) != 4 or parts[0] != "AUTH":
+        if len(parts) != 5 or parts[0] != "AUTH":
             self.refuse("not authenticated: send AUTH first", "AUTH")
             return
-        _, id_text, client_nonce, proof = parts
+        _, id_text, client_nonce, proof, cluster_text = parts
         try:
             client_id = peerwire.parse_int(id_text, "replica id")
+            client_cluster = peerwire.parse_cluster_id(cluster_text)
         except PeerWireError as e:
             self.refuse(str(e), "AUTH")
             return
         if client_id not in self.factory.member_ids or client_id == self.factory.my_id:
             self.refuse(f"replica {client_id} is not a member of this cluster", "AUTH")
             return
-        args = (client_id, self.factory.my_id, self.nonce, client_nonce)
+        args = (client_id, self.factory.my_id, self.nonce, client_nonce, self.cluster_id,
+                client_cluster)
         expected = peerwire.client_proof(self.factory.secret, *args)
         if not peerwire.proofs_match(expected, proof):
             self.refuse("bad proof: is the cluster secret the same on every replica?", "AUTH")
             return
         self._cancel_handshake_timer()
+        if peerwire.clusters_conflict(self.cluster_id, client_cluster):
+            self._refuse_cluster(client_id, client_cluster)
+            return
         self.peer_id = client_id
+        self.peer_cluster_id = client_cluster
+        self.factory.cluster_refusals.forget(client_id)
         self.send_line(f"WELCOME {peerwire.server_proof(self.factory.secret, *args)}")
+
+    def _refuse_cluster(self, client_id: int, client_cluster: str | None) -> None:
+        """An authenticated replica of another cluster: ERR AUTH, logged once per change."""
+        if self.factory.cluster_refusals.first(client_id, client_cluster, self.cluster_id):
+            self.log.warn(CLUSTER_REFUSAL, peer=client_id, theirs=client_cluster,
+                          ours=self.cluster_id)
+        self.send_line(
+            f"ERR AUTH {CLUSTER_MISMATCH} replica {client_id} belongs to cluster "
+            f"{client_cluster}, replica {self.factory.my_id} to cluster {self.cluster_id}"
+        )
+        self.transport.loseConnection()
 
     def _dispatch(self, frame: Frame) -> None:
         assert self.peer_id is not None
@@ -259,9 +319,12 @@ class PeerServerFactory(Factory):
     noisy = False
 
     def __init__(self, my_id: int, member_ids: set[int], secret: str,
-                 handler: PeerRequestHandler, clock: IReactorTime, max_line_bytes: int):
+                 handler: PeerRequestHandler, clock: IReactorTime, max_line_bytes: int,
+                 cluster_id: ClusterIdSource = unbound):
         self.my_id, self.member_ids, self.secret = my_id, member_ids, secret
         self.handler, self.clock, self.max_line_bytes = handler, clock, max_line_bytes
+        self.cluster_id = cluster_id     # asked at each handshake: a replica binds later
+        self.cluster_refusals = _ReportedRefusals()
 
     def buildProtocol(self, addr) -> PeerServerProtocol:
         return PeerServerProtocol(self)
@@ -289,6 +352,8 @@ class PeerClientProtocol(_LineProtocol):
         self.MAX_LENGTH = factory.max_line_bytes
         self._nonce = peerwire.new_nonce()
         self._server_nonce: str | None = None
+        self.cluster_id: str | None = None        # ours, as sent in AUTH (the MACs cover it)
+        self.peer_cluster_id: str | None = None   # the peer's, from HELLO; proven by WELCOME
         self._ready = False
         self._next_rid = 1
         self._calls: dict[int, _PendingCall] = {}
@@ -359,19 +424,34 @@ class PeerClientProtocol(_LineProtocol):
     def _handshake(self, line: str) -> None:
         f = self.factory
         parts = line.split(" ")
-        if self._server_nonce is None and len(parts) == 3 and parts[0] == "HELLO":
+        if self._server_nonce is None and len(parts) == 4 and parts[0] == "HELLO":
             if parts[1] != str(f.expected_peer_id):
                 self._abort(f"expected replica {f.expected_peer_id}, found replica {parts[1][:10]}")
                 return
+            try:
+                self.peer_cluster_id = peerwire.parse_cluster_id(parts[3])
+            except PeerWireError as e:
+                self._abort(f"handshake failed: {e}")
+                return
             self._server_nonce = parts[2]
+            self.cluster_id = f.cluster_id()
             proof = peerwire.client_proof(f.secret, f.my_id, f.expected_peer_id,
-                                          self._server_nonce, self._nonce)
-            self.send_line(f"AUTH {f.my_id} {self._nonce} {proof}")
+                                          self._server_nonce, self._nonce,
+                                          self.peer_cluster_id, self.cluster_id)
+            self.send_line(
+                f"AUTH {f.my_id} {self._nonce} {proof} {encode_cluster_id(self.cluster_id)}"
+            )
             return
+        conflict = peerwire.clusters_conflict(self.cluster_id, self.peer_cluster_id)
         if self._server_nonce is not None and len(parts) == 2 and parts[0] == "WELCOME":
             expected = peerwire.server_proof(f.secret, f.my_id, f.expected_peer_id,
-                                             self._server_nonce, self._nonce)
+                                             self._server_nonce, self._nonce,
+                                             self.peer_cluster_id, self.cluster_id)
             if peerwire.proofs_match(expected, parts[1]):
+                if conflict:   # a listener that should have refused: we refuse instead
+                    self._refuse_cluster()
+                    return
+                f.cluster_refusals.forget(f.expected_peer_id)
                 self._ready = True
                 self._cancel_handshake_timer()
                 self._settle_waiters()
@@ -380,10 +460,26 @@ class PeerClientProtocol(_LineProtocol):
                 return
             self._abort("peer failed to prove it knows the cluster secret")
             return
+        if conflict and line.startswith(f"ERR AUTH {CLUSTER_MISMATCH} "):
+            self._refuse_cluster()   # the listener saw the conflict first and said so
+            return
         self._abort(f"handshake failed: {line[:120]}")
 
-    def _abort(self, message: str) -> None:
-        self.log.warn("peer {peer}: {message}", peer=self.factory.expected_peer_id, message=message)
+    def _refuse_cluster(self) -> None:
+        f = self.factory
+        theirs, ours = self.peer_cluster_id, self.cluster_id
+        if f.cluster_refusals.first(f.expected_peer_id, theirs, ours):
+            self.log.warn(CLUSTER_REFUSAL, peer=f.expected_peer_id, theirs=theirs, ours=ours)
+        self._abort(
+            f"replica {f.expected_peer_id} belongs to cluster {theirs}, "
+            f"this replica to cluster {ours}",
+            quiet=True,
+        )
+
+    def _abort(self, message: str, quiet: bool = False) -> None:
+        if not quiet:
+            self.log.warn("peer {peer}: {message}", peer=self.factory.expected_peer_id,
+                          message=message)
         self.transport.loseConnection()
         self._failure = PeerUnavailable(message)
         self._settle_waiters()
@@ -442,9 +538,11 @@ class PeerClientFactory(Factory):
     noisy = False
 
     def __init__(self, my_id: int, expected_peer_id: int, secret: str, clock: IReactorTime,
-                 max_line_bytes: int):
+                 max_line_bytes: int, cluster_id: ClusterIdSource = unbound):
         self.my_id, self.expected_peer_id, self.secret = my_id, expected_peer_id, secret
         self.clock, self.max_line_bytes = clock, max_line_bytes
+        self.cluster_id = cluster_id     # asked at each handshake: a replica binds later
+        self.cluster_refusals = _ReportedRefusals()
         self.on_lost: Callable[[PeerClientProtocol], None] | None = None
         self.on_ready: Callable[[PeerClientProtocol], None] | None = None
 
@@ -470,17 +568,23 @@ class PeerLink:
     log = Logger()
 
     def __init__(self, reactor, my_id: int, peer_id: int, endpoint_spec: str, secret: str,
-                 max_line_bytes: int, max_retry_delay_s: float = 0.25):
+                 max_line_bytes: int, max_retry_delay_s: float = 0.25,
+                 cluster_id: ClusterIdSource = unbound):
         self.peer_id = peer_id
+        # The peer's cluster id as of the last authenticated connection (None: unbound
+        # then, or never connected).
+        self.peer_cluster_id: str | None = None
         # True from losing an authenticated connection until the next one: calls then
         # fail at once instead of waiting for ClientService's next attempt (a SIGKILLed
         # peer closes its connections, so this is how a crash is noticed in milliseconds).
         self.down = False
         self.on_down: Callable[[], None] | None = None
         self.on_up: Callable[[], None] | None = None
-        factory = PeerClientFactory(my_id, peer_id, secret, reactor, max_line_bytes)
+        factory = PeerClientFactory(my_id, peer_id, secret, reactor, max_line_bytes,
+                                    cluster_id=cluster_id)
         factory.on_lost = self._lost
         factory.on_ready = self._up
+        self.factory = factory
         # No prepareConnection: when it fails, ClientService later meets the failed
         # connection's close in a state with no transition for it and logs an
         # "Unhandled Error" (Twisted 26).  Calls wait for the handshake themselves.
@@ -498,6 +602,7 @@ class PeerLink:
         self._clock = reactor
 
     def _up(self, proto: PeerClientProtocol) -> None:
+        self.peer_cluster_id = proto.peer_cluster_id
         self.down = False
         if self.on_up is not None:
             self.on_up()

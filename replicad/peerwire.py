@@ -2,9 +2,13 @@
 
 Handshake (the secret never crosses the wire; both sides prove they know it):
 
-    server: HELLO <server_id> <server_nonce>
-    client: AUTH <client_id> <client_nonce> <mac(client, ...)>
+    server: HELLO <server_id> <server_nonce> <server_cluster|->
+    client: AUTH <client_id> <client_nonce> <mac(client, ...)> <client_cluster|->
     server: WELCOME <mac(server, ...)>          or  ERR AUTH <message>, then close
+
+Both MACs cover both ids and nonces and both cluster ids (``-``: unbound), so neither
+cluster id can be altered in flight.  Two bound sides with different cluster ids refuse
+each other; an unbound side accepts either (it binds when it first copies a peer).
 
 After it the dialing side sends requests ``<rid> <VERB> [args]`` and the listening side
 answers with frames ``<rid> <KIND> [payload]``: ``OK``/``NO``/``ERR`` end a call;
@@ -19,11 +23,12 @@ import hmac
 import secrets
 from dataclasses import dataclass
 
+from replicad.identity import decode_cluster_id, encode_cluster_id
 from replicad.store import Record
 from replicad.vclock import ClockError, VectorClock
 from replicad.wire import is_number
 
-AUTH_CONTEXT = "replicad-peer-auth-v1"
+AUTH_CONTEXT = "replicad-peer-auth-v2"     # v2: the MACs cover both cluster ids
 NONCE_BYTES = 16
 
 FINAL_KINDS = frozenset({"OK", "NO", "ERR", "END"})
@@ -49,13 +54,32 @@ def auth_mac(secret: str, role: str, *parts: object) -> str:
 
 
 def client_proof(secret: str, client_id: int, server_id: int, server_nonce: str,
-                 client_nonce: str) -> str:
-    return auth_mac(secret, "client", client_id, server_id, server_nonce, client_nonce)
+                 client_nonce: str, server_cluster: str | None = None,
+                 client_cluster: str | None = None) -> str:
+    """The AUTH proof.  Cluster ids as sent in HELLO and AUTH (None: unbound)."""
+    return auth_mac(secret, "client", client_id, server_id, server_nonce, client_nonce,
+                    encode_cluster_id(server_cluster), encode_cluster_id(client_cluster))
 
 
 def server_proof(secret: str, client_id: int, server_id: int, server_nonce: str,
-                 client_nonce: str) -> str:
-    return auth_mac(secret, "server", client_id, server_id, server_nonce, client_nonce)
+                 client_nonce: str, server_cluster: str | None = None,
+                 client_cluster: str | None = None) -> str:
+    """The WELCOME proof, over the same fields as client_proof."""
+    return auth_mac(secret, "server", client_id, server_id, server_nonce, client_nonce,
+                    encode_cluster_id(server_cluster), encode_cluster_id(client_cluster))
+
+
+def parse_cluster_id(token: str) -> str | None:
+    """A cluster id token from the wire: the id, or None for ``-``; PeerWireError else."""
+    try:
+        return decode_cluster_id(token)
+    except ValueError as e:
+        raise PeerWireError(str(e)) from None
+
+
+def clusters_conflict(ours: str | None, theirs: str | None) -> bool:
+    """Both sides bound to different clusters: the handshake must be refused."""
+    return ours is not None and theirs is not None and ours != theirs
 
 
 def proofs_match(expected: str, given: str) -> bool:
@@ -128,29 +152,36 @@ def parse_int(text: str, what: str) -> int:
 
 @dataclass(frozen=True)
 class PeerStatus:
-    """What a PING answer tells: the peer's role, its coordinator, epoch and clock."""
+    """What a PING answer tells: the peer's role, its coordinator, epoch, clock and
+    cluster id (None: unbound)."""
 
     peer_id: int
     role: str
     coordinator: int | None
     epoch: int
     clock: VectorClock
+    cluster_id: str | None = None
 
     def encode(self) -> str:
         """The PING answer payload (peer_id is who answers, so it is not sent)."""
         coordinator = "-" if self.coordinator is None else str(self.coordinator)
-        return f"{self.role} {coordinator} {self.epoch} {self.clock.encode()}"
+        return (f"{self.role} {coordinator} {self.epoch} {self.clock.encode()} "
+                f"{encode_cluster_id(self.cluster_id)}")
 
     @classmethod
     def parse(cls, peer_id: int, payload: str) -> PeerStatus:
+        """The PING answer; one without a cluster id (4 fields) reads as unbound."""
         parts = payload.split(" ")
-        if len(parts) != 4:
+        if len(parts) == 4:
+            parts.append("-")
+        if len(parts) != 5:
             raise PeerWireError(f"bad PING answer {payload[:60]!r}")
-        role, coord, epoch, clock = parts
+        role, coord, epoch, clock, cluster = parts
         return cls(
             peer_id,
             role,
             None if coord == "-" else parse_int(coord, "coordinator"),
             parse_int(epoch, "epoch"),
             decode_clock(clock),
+            parse_cluster_id(cluster),
         )

@@ -22,31 +22,16 @@ from twisted.internet.task import LoopingCall
 from twisted.logger import Logger
 
 from replicad import peerwire, session, wire
-from replicad.config import ClusterConfig, ConfigError
+from replicad.config import ClusterConfig
+from replicad.datadir import DB_FILENAME, check_data_dir  # noqa: F401 (moved there)
 from replicad.detector import HeartbeatMonitor
 from replicad.election import BullyElection, Role
 from replicad.peer import PeerAnswer, PeerLink, PeerUnavailable
 from replicad.peerwire import PeerStatus, PeerWireError
-from replicad.store import Store, StoreError
+from replicad.store import Store
 from replicad.sync import Synchroniser
 from replicad.vclock import VectorClock
 from replicad.wire import Code, Reply, ReplyMeta, Request, WireError
-
-DB_FILENAME = "replica.sqlite"
-
-
-def check_data_dir(path: str) -> None:
-    """Create the data dir and make sure its database opens; ConfigError otherwise."""
-    try:
-        os.makedirs(path, exist_ok=True)
-    except OSError as e:
-        raise ConfigError(f"cannot create data dir {path}: {e.strerror or e}") from None
-    if not os.access(path, os.W_OK | os.X_OK):
-        raise ConfigError(f"data dir {path} is not writable")
-    try:
-        Store(os.path.join(path, DB_FILENAME)).close()
-    except StoreError as e:
-        raise ConfigError(str(e)) from None
 
 
 class _NotCoordinator(Exception):
@@ -56,9 +41,11 @@ class _NotCoordinator(Exception):
 class Replica(service.MultiService):
     log = Logger()
 
-    def __init__(self, config: ClusterConfig, my_id: int, data_dir: str, reactor):
+    def __init__(self, config: ClusterConfig, my_id: int, data_dir: str, reactor,
+                 new_cluster: bool = False):
         super().__init__()
         self.config = config
+        self.new_cluster = new_cluster
         self.my_id = my_id
         self.data_dir = data_dir
         self.reactor = reactor
@@ -74,6 +61,7 @@ class Replica(service.MultiService):
                 reactor, my_id, peer_id,
                 config.member(peer_id).peer_connect_endpoint(self.timers.connect_timeout),
                 config.secret, config.limits.max_line_bytes + 1024,
+                cluster_id=lambda: self.store.cluster_id if self.store else None,
             )
             link.service.setServiceParent(self)
             link.on_down = lambda peer_id=peer_id: self._link_lost(peer_id)

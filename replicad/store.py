@@ -35,6 +35,7 @@ from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from replicad.identity import is_cluster_id
 from replicad.vclock import MAX_ENTRY, ClockError, Order, VectorClock
 
 SCHEMA_VERSION = "1"
@@ -215,6 +216,7 @@ class Store:
         self._epoch = int(meta["epoch"])
         self._conflicts = int(meta["conflicts"])
         self._clock = _read_clock(db)
+        self._replica_id, self._cluster_id = _read_identity(meta, self._path)
 
     def _remove_stale_staging(self) -> None:
         """Staging files left by a crash during an import are garbage: drop them."""
@@ -259,6 +261,23 @@ class Store:
         return self._epoch
 
     @property
+    def replica_id(self) -> int | None:
+        """The replica this database belongs to (claim()); None until first claimed."""
+        return self._replica_id
+
+    @property
+    def cluster_id(self) -> str | None:
+        """The cluster history this database is part of; None: unbound (never was)."""
+        return self._cluster_id
+
+    @property
+    def is_empty(self) -> bool:
+        """No write was ever applied here: the clock is empty and kv holds no row."""
+        if len(self._clock):
+            return False
+        return self._db.execute("SELECT 1 FROM kv LIMIT 1").fetchone() is None
+
+    @property
     def conflicts(self) -> int:
         """Running total of concurrent versions met while merging (persisted)."""
         return self._conflicts
@@ -290,6 +309,43 @@ class Store:
         with self._transaction():
             self._set_meta("epoch", epoch)
         self._epoch = epoch
+
+    def claim(self, replica_id: int) -> None:
+        """Record that this database belongs to replica_id, on first use.
+
+        StoreError if it already belongs to another replica: a data dir started with the
+        wrong --id would issue write ids of the other replica, which breaks the rule that
+        a write id is never issued twice.
+        """
+        if isinstance(replica_id, bool) or not isinstance(replica_id, int) or replica_id < 1:
+            raise StoreError(f"replica id must be a positive integer, got {replica_id!r}")
+        with self._transaction():
+            owner = self._get_meta("replica_id")
+            if owner is None:
+                self._set_meta("replica_id", replica_id)
+            elif owner != str(replica_id):
+                raise StoreError(
+                    f"{self._path} belongs to replica {owner}, not replica {replica_id}: "
+                    "wrong --data-dir?"
+                )
+        self._replica_id = replica_id
+
+    def bind_cluster(self, cluster_id: str) -> None:
+        """Record the cluster id once; binding again to the same id does nothing.
+
+        StoreError for a malformed id, or if the database belongs to another cluster.
+        """
+        if not is_cluster_id(cluster_id):
+            raise StoreError(f"bad cluster id {cluster_id!r:.60}: expected 32 lowercase hex")
+        with self._transaction():
+            bound = self._get_meta("cluster_id")
+            if bound is None:
+                self._set_meta("cluster_id", cluster_id)
+            elif bound != cluster_id:
+                raise StoreError(
+                    f"{self._path} belongs to cluster {bound}, not cluster {cluster_id}"
+                )
+        self._cluster_id = cluster_id
 
     def write(self, origin: int, key: str, value: str | None) -> Record:
         """Accept a write at this replica (origin = its id); durable when this returns.
@@ -385,6 +441,10 @@ class Store:
     def _set_meta(self, name: str, value: object) -> None:
         self._db.execute("REPLACE INTO meta (name, value) VALUES (?, ?)", (name, str(value)))
 
+    def _get_meta(self, name: str) -> str | None:
+        row = self._db.execute("SELECT value FROM meta WHERE name = ?", (name,)).fetchone()
+        return None if row is None else row[0]
+
     # -- export --------------------------------------------------------------------------
 
     def export_full(self) -> tuple[VectorClock, Iterator[Record]]:
@@ -439,6 +499,17 @@ class Store:
 
 def _read_clock(db: sqlite3.Connection) -> VectorClock:
     return VectorClock(db.execute("SELECT replica, count FROM clock"))
+
+
+def _read_identity(meta: dict[str, str], path: str) -> tuple[int | None, str | None]:
+    """The replica id and cluster id from the meta table (absent rows: None)."""
+    replica_text, cluster_id = meta.get("replica_id"), meta.get("cluster_id")
+    if replica_text is not None and not (replica_text.isascii() and replica_text.isdigit()
+                                         and int(replica_text) >= 1):
+        raise StoreError(f"{path}: corrupt replica id {replica_text!r:.40} in meta")
+    if cluster_id is not None and not is_cluster_id(cluster_id):
+        raise StoreError(f"{path}: corrupt cluster id {cluster_id!r:.60} in meta")
+    return (None if replica_text is None else int(replica_text)), cluster_id
 
 
 def _fetch(db: sqlite3.Connection, sql: str, params: tuple = ()) -> Iterator[tuple]:

@@ -6,6 +6,7 @@ import pytest
 from twisted.internet import defer, task
 from twisted.internet.error import ConnectionDone, ConnectionRefusedError
 from twisted.internet.testing import MemoryReactorClock, StringTransport
+from twisted.logger import capturedLogs, formatEvent
 from twisted.python.failure import Failure
 from twisted.test import iosim
 
@@ -25,6 +26,9 @@ MEMBERS = {1, 2, 3}
 SERVER_ID = 2
 CLIENT_ID = 1
 CLIENT_NONCE = "c" * 32
+CLUSTER_A = "a" * 32
+CLUSTER_B = "b" * 32
+AS_SENT = object()      # auth_line: use the cluster id the server sent in HELLO
 
 
 # Helpers --------------------------------------------------------------------------------
@@ -93,26 +97,34 @@ class Body:
         self.closed = True
 
 
-def make_server(handler=None, secret=SECRET, max_line=10_000):
+def make_server(handler=None, secret=SECRET, max_line=10_000, cluster=None, factory=None):
     clock = task.Clock()
     handler = handler or Handler()
-    factory = PeerServerFactory(SERVER_ID, set(MEMBERS), secret, handler, clock, max_line)
+    if factory is None:
+        factory = PeerServerFactory(SERVER_ID, set(MEMBERS), secret, handler, clock, max_line,
+                                    cluster_id=lambda: cluster)
     proto = factory.buildProtocol(None)
     transport = StringTransport()
     proto.makeConnection(transport)
     return proto, transport, clock, handler
 
 
-def auth_line(proto, client_id=CLIENT_ID, secret=SECRET, nonce=None) -> bytes:
+def auth_line(proto, client_id=CLIENT_ID, secret=SECRET, nonce=None, cluster=None,
+              proof_cluster=AS_SENT, server_cluster=AS_SENT) -> bytes:
+    """AUTH as a client would send it; proof_cluster/server_cluster: what the proof
+    covers instead of the cluster ids really sent (a tampered handshake)."""
+    proof_cluster = cluster if proof_cluster is AS_SENT else proof_cluster
+    server_cluster = proto.cluster_id if server_cluster is AS_SENT else server_cluster
     proof = peerwire.client_proof(
-        secret, client_id, SERVER_ID, nonce or proto.nonce, CLIENT_NONCE
+        secret, client_id, SERVER_ID, nonce or proto.nonce, CLIENT_NONCE, server_cluster,
+        proof_cluster,
     )
-    return f"AUTH {client_id} {CLIENT_NONCE} {proof}\n".encode()
+    return f"AUTH {client_id} {CLIENT_NONCE} {proof} {cluster or '-'}\n".encode()
 
 
 def authenticated_server(handler=None, max_line=10_000):
     proto, transport, clock, handler = make_server(handler, max_line=max_line)
-    assert lines(transport) == [f"HELLO {SERVER_ID} {proto.nonce}"]
+    assert lines(transport) == [f"HELLO {SERVER_ID} {proto.nonce} -"]
     proto.dataReceived(auth_line(proto))
     welcome = peerwire.server_proof(SECRET, CLIENT_ID, SERVER_ID, proto.nonce, CLIENT_NONCE)
     assert lines(transport) == [f"WELCOME {welcome}"]
@@ -131,9 +143,11 @@ def drain(transport) -> int:
     return rounds
 
 
-def make_client(secret=SECRET, expected_peer=SERVER_ID):
+def make_client(secret=SECRET, expected_peer=SERVER_ID, cluster=None, factory=None):
     clock = task.Clock()
-    factory = PeerClientFactory(CLIENT_ID, expected_peer, secret, clock, 10_000)
+    if factory is None:
+        factory = PeerClientFactory(CLIENT_ID, expected_peer, secret, clock, 10_000,
+                                    cluster_id=lambda: cluster)
     proto = factory.buildProtocol(None)
     transport = StringTransport()
     proto.makeConnection(transport)
@@ -142,9 +156,9 @@ def make_client(secret=SECRET, expected_peer=SERVER_ID):
 
 def ready_client():
     proto, transport, clock = make_client()
-    proto.dataReceived(f"HELLO {SERVER_ID} servernonce\n".encode())
-    word, client_id, nonce, proof = lines(transport)[0].split(" ")
-    assert (word, client_id) == ("AUTH", str(CLIENT_ID))
+    proto.dataReceived(f"HELLO {SERVER_ID} servernonce -\n".encode())
+    word, client_id, nonce, proof, cluster = lines(transport)[0].split(" ")
+    assert (word, client_id, cluster) == ("AUTH", str(CLIENT_ID), "-")
     assert proof == peerwire.client_proof(SECRET, CLIENT_ID, SERVER_ID, "servernonce", nonce)
     welcome = peerwire.server_proof(SECRET, CLIENT_ID, SERVER_ID, "servernonce", nonce)
     proto.dataReceived(f"WELCOME {welcome}\n".encode())
@@ -153,13 +167,18 @@ def ready_client():
 
 
 def connected_pair(handler=None, server_secret=SECRET, client_secret=SECRET,
-                   expected_peer=SERVER_ID):
+                   expected_peer=SERVER_ID, server_cluster=None, client_cluster=None,
+                   server_factory=None, client_factory=None):
     clock = task.Clock()
     handler = handler or Handler()
-    server_factory = PeerServerFactory(
-        SERVER_ID, set(MEMBERS), server_secret, handler, clock, 100_000
-    )
-    client_factory = PeerClientFactory(CLIENT_ID, expected_peer, client_secret, clock, 100_000)
+    if server_factory is None:
+        server_factory = PeerServerFactory(
+            SERVER_ID, set(MEMBERS), server_secret, handler, clock, 100_000,
+            cluster_id=lambda: server_cluster,
+        )
+    if client_factory is None:
+        client_factory = PeerClientFactory(CLIENT_ID, expected_peer, client_secret, clock,
+                                           100_000, cluster_id=lambda: client_cluster)
     server = server_factory.buildProtocol(None)
     client = client_factory.buildProtocol(None)
     server_io, client_io = iosim.makeFakeServer(server), iosim.makeFakeClient(client)
@@ -173,14 +192,14 @@ def connected_pair(handler=None, server_secret=SECRET, client_secret=SECRET,
 def test_hello_is_sent_on_connect():
     proto, transport, _clock, _handler = make_server()
     (hello,) = lines(transport)
-    word, server_id, nonce = hello.split(" ")
-    assert (word, server_id) == ("HELLO", str(SERVER_ID))
+    word, server_id, nonce, cluster = hello.split(" ")
+    assert (word, server_id, cluster) == ("HELLO", str(SERVER_ID), "-")   # unbound
     assert nonce == proto.nonce and len(nonce) == 32
     assert make_server()[0].nonce != proto.nonce
 
 
 @pytest.mark.parametrize("garbage", [b"hello\n", b"1 PING x\n", b"AUTH 1 n\n", b"\n",
-                                     b"WELCOME x\n", b"AUTH 1 a b c\n"])
+                                     b"WELCOME x\n", b"AUTH 1 a b\n", b"AUTH 1 a b - c\n"])
 def test_garbage_before_auth_is_refused(garbage):
     proto, transport, _clock, handler = make_server()
     lines(transport)
@@ -227,7 +246,7 @@ def test_unknown_or_own_id_is_refused(client_id):
 def test_non_numeric_id_is_refused():
     proto, transport, _clock, _handler = make_server()
     lines(transport)
-    proto.dataReceived(b"AUTH one nonce proof\n")
+    proto.dataReceived(b"AUTH one nonce proof -\n")
     assert lines(transport) == ["ERR AUTH replica id must be a number, got 'one'"]
     assert transport.disconnecting
 
@@ -264,7 +283,7 @@ def test_auth_line_may_end_with_crlf():
 def test_huge_id_in_auth_is_refused():
     proto, transport, _clock, _handler = make_server(max_line=100_000)
     lines(transport)
-    proto.dataReceived(f"AUTH {'9' * 5000} {CLIENT_NONCE} proof\n".encode())
+    proto.dataReceived(f"AUTH {'9' * 5000} {CLIENT_NONCE} proof -\n".encode())
     assert lines(transport) == [f"ERR AUTH replica id must be a number, got '{'9' * 20}'"]
     assert transport.disconnecting
 
@@ -497,7 +516,7 @@ def test_client_call_rids_increase():
 
 def test_client_refuses_the_wrong_replica():
     proto, transport, _clock = make_client(expected_peer=SERVER_ID)
-    proto.dataReceived(b"HELLO 3 nonce\n")
+    proto.dataReceived(b"HELLO 3 nonce -\n")
     assert transport.value() == b""          # no AUTH for the wrong replica
     assert transport.disconnecting
     error = failure_of(proto.authenticated, PeerUnavailable)
@@ -506,7 +525,7 @@ def test_client_refuses_the_wrong_replica():
 
 def test_client_refuses_a_server_that_cannot_prove_the_secret():
     proto, transport, _clock = make_client()
-    proto.dataReceived(b"HELLO 2 nonce\n")
+    proto.dataReceived(b"HELLO 2 nonce -\n")
     lines(transport)
     proto.dataReceived(b"WELCOME " + b"0" * 64 + b"\n")
     assert transport.disconnecting
@@ -516,7 +535,8 @@ def test_client_refuses_a_server_that_cannot_prove_the_secret():
 
 
 @pytest.mark.parametrize("first", [b"ERR AUTH bad proof\n", b"WELCOME abc\n", b"1 OK\n",
-                                   b"HELLO 2\n"])
+                                   b"HELLO 2\n", b"HELLO 2 nonce\n", b"HELLO 2 nonce xyz\n",
+                                   b"HELLO 2 nonce " + b"A" * 32 + b"\n"])
 def test_client_handshake_garbage_fails(first):
     proto, transport, _clock = make_client()
     proto.dataReceived(first)
@@ -789,4 +809,249 @@ def test_peer_link_call_made_from_a_failed_calls_errback_succeeds_later():
     pump.flush()
     assert success(retried[0]) == PeerResponse("OK", "again", [])
     assert handler.calls == [(CLIENT_ID, "PING", "again")]
+    link.service.stopService()
+
+
+# Cluster ids in the handshake -----------------------------------------------------------
+
+
+def refusal_lines(events) -> list[str]:
+    return [formatEvent(e) for e in events if formatEvent(e).startswith("refusing replica")]
+
+
+def refusal(peer_id: int, theirs: str, ours: str) -> str:
+    return (f"refusing replica {peer_id}: it belongs to cluster {theirs}, this replica to "
+            f"cluster {ours} (a replica of another cluster with the same secret?)")
+
+
+def mismatch_err(server_cluster: str, client_cluster: str) -> str:
+    return (f"ERR AUTH cluster mismatch: replica {CLIENT_ID} belongs to cluster "
+            f"{client_cluster}, replica {SERVER_ID} to cluster {server_cluster}")
+
+
+def test_hello_carries_the_cluster_id_asked_at_connect():
+    bound = {"id": None}
+    factory = PeerServerFactory(SERVER_ID, set(MEMBERS), SECRET, Handler(), task.Clock(),
+                                10_000, cluster_id=lambda: bound["id"])
+    proto, transport, _clock, _handler = make_server(factory=factory)
+    assert lines(transport) == [f"HELLO {SERVER_ID} {proto.nonce} -"]
+    bound["id"] = CLUSTER_A              # the replica binds: the next handshake says so
+    proto, transport, _clock, _handler = make_server(factory=factory)
+    assert lines(transport) == [f"HELLO {SERVER_ID} {proto.nonce} {CLUSTER_A}"]
+    assert proto.cluster_id == CLUSTER_A
+
+
+@pytest.mark.parametrize(
+    "server_cluster, client_cluster",
+    [(CLUSTER_A, CLUSTER_A), (CLUSTER_A, None), (None, CLUSTER_A), (None, None)],
+    ids=["same", "client-unbound", "server-unbound", "both-unbound"],
+)
+def test_server_accepts_equal_or_unbound_cluster_ids(server_cluster, client_cluster):
+    proto, transport, _clock, handler = make_server(cluster=server_cluster)
+    lines(transport)
+    proto.dataReceived(auth_line(proto, cluster=client_cluster) + b"1 PING x\n")
+    welcome = peerwire.server_proof(SECRET, CLIENT_ID, SERVER_ID, proto.nonce, CLIENT_NONCE,
+                                    server_cluster, client_cluster)
+    assert lines(transport) == [f"WELCOME {welcome}", "1 OK x"]
+    assert proto.peer_id == CLIENT_ID
+    assert proto.peer_cluster_id == client_cluster
+    assert handler.calls == [(CLIENT_ID, "PING", "x")]
+
+
+def test_server_refuses_another_cluster_once_in_the_log():
+    proto, transport, _clock, handler = make_server(cluster=CLUSTER_A)
+    factory = proto.factory
+    with capturedLogs() as events:
+        for _ in range(5):                     # the dialer retries every quarter second
+            proto, transport, clock, _ = make_server(factory=factory)
+            lines(transport)
+            proto.dataReceived(auth_line(proto, cluster=CLUSTER_B) + b"1 PING x\n")
+            assert lines(transport) == [mismatch_err(CLUSTER_A, CLUSTER_B)]
+            assert transport.disconnecting
+            assert proto.peer_id is None
+            assert clock.getDelayedCalls() == []
+    assert handler.calls == []
+    assert refusal_lines(events) == [refusal(CLIENT_ID, CLUSTER_B, CLUSTER_A)]
+    # The generic "closing peer connection" warning is not repeated either.
+    assert [formatEvent(e) for e in events] == [refusal(CLIENT_ID, CLUSTER_B, CLUSTER_A)]
+
+
+def test_server_logs_a_refusal_again_after_a_change_or_a_success():
+    first, transport, _clock, _handler = make_server(cluster=CLUSTER_A)
+    factory = first.factory
+    other = "c" * 32
+
+    def attempt(cluster):
+        proto, transport, _clock, _ = make_server(factory=factory)
+        lines(transport)
+        proto.dataReceived(auth_line(proto, cluster=cluster))
+        return lines(transport)[0]
+
+    with capturedLogs() as events:
+        attempt(CLUSTER_B)
+        attempt(CLUSTER_B)
+        attempt(other)                    # the peer's id changed: news
+        assert attempt(CLUSTER_A).startswith("WELCOME ")   # then it authenticated
+        attempt(other)                    # so a new refusal is news again
+    assert refusal_lines(events) == [
+        refusal(CLIENT_ID, CLUSTER_B, CLUSTER_A),
+        refusal(CLIENT_ID, other, CLUSTER_A),
+        refusal(CLIENT_ID, other, CLUSTER_A),
+    ]
+
+
+def test_server_refuses_a_malformed_cluster_id():
+    proto, transport, _clock, _handler = make_server(cluster=CLUSTER_A)
+    lines(transport)
+    proto.dataReceived(f"AUTH {CLIENT_ID} {CLIENT_NONCE} proof ABC\n".encode())
+    (line,) = lines(transport)
+    assert line.startswith("ERR AUTH bad cluster id 'ABC'")
+    assert transport.disconnecting
+
+
+@pytest.mark.parametrize(
+    "tamper",
+    [
+        # the AUTH line's cluster id differs from the one the client's proof covers
+        {"cluster": CLUSTER_A, "proof_cluster": None},
+        {"cluster": None, "proof_cluster": CLUSTER_A},
+        {"cluster": CLUSTER_A, "proof_cluster": "c" * 32},
+        # the client saw another cluster id in HELLO than the server sent
+        {"cluster": CLUSTER_A, "server_cluster": None},
+        {"cluster": CLUSTER_A, "server_cluster": CLUSTER_B},
+    ],
+)
+def test_the_client_proof_covers_both_cluster_ids(tamper):
+    proto, transport, _clock, _handler = make_server(cluster=CLUSTER_A)
+    lines(transport)
+    proto.dataReceived(auth_line(proto, **tamper))
+    assert lines(transport)[0].startswith("ERR AUTH bad proof")
+    assert proto.peer_id is None
+
+
+def test_client_sends_its_cluster_id_asked_at_hello_and_checks_the_welcome():
+    bound = {"id": None}
+    factory = PeerClientFactory(CLIENT_ID, SERVER_ID, SECRET, task.Clock(), 10_000,
+                                cluster_id=lambda: bound["id"])
+    bound["id"] = CLUSTER_A              # asked when HELLO comes, not when built
+    proto, transport, _clock = make_client(factory=factory)
+    proto.dataReceived(f"HELLO {SERVER_ID} sn {CLUSTER_A}\n".encode())
+    word, _id, nonce, proof, cluster = lines(transport)[0].split(" ")
+    assert (word, cluster) == ("AUTH", CLUSTER_A)
+    assert proof == peerwire.client_proof(SECRET, CLIENT_ID, SERVER_ID, "sn", nonce,
+                                          CLUSTER_A, CLUSTER_A)
+    # A WELCOME proven over other cluster ids (altered in flight) is refused.
+    forged = peerwire.server_proof(SECRET, CLIENT_ID, SERVER_ID, "sn", nonce, None, CLUSTER_A)
+    proto.dataReceived(f"WELCOME {forged}\n".encode())
+    assert "failed to prove" in str(failure_of(proto.authenticated, PeerUnavailable))
+
+
+def test_client_accepts_an_unbound_server_and_exposes_its_cluster_id():
+    for server_cluster, client_cluster in [(None, CLUSTER_A), (CLUSTER_A, None),
+                                           (CLUSTER_A, CLUSTER_A), (None, None)]:
+        proto, transport, _clock = make_client(cluster=client_cluster)
+        proto.dataReceived(f"HELLO {SERVER_ID} sn {server_cluster or '-'}\n".encode())
+        nonce = lines(transport)[0].split(" ")[2]
+        welcome = peerwire.server_proof(SECRET, CLIENT_ID, SERVER_ID, "sn", nonce,
+                                        server_cluster, client_cluster)
+        proto.dataReceived(f"WELCOME {welcome}\n".encode())
+        assert success(proto.authenticated) is proto
+        assert proto.peer_cluster_id == server_cluster
+
+
+def test_client_refuses_a_welcome_from_another_cluster():
+    # A listener that should have refused (it does not, in this code) is refused here.
+    proto, transport, _clock = make_client(cluster=CLUSTER_A)
+    proto.dataReceived(f"HELLO {SERVER_ID} sn {CLUSTER_B}\n".encode())
+    nonce = lines(transport)[0].split(" ")[2]
+    welcome = peerwire.server_proof(SECRET, CLIENT_ID, SERVER_ID, "sn", nonce, CLUSTER_B,
+                                    CLUSTER_A)
+    with capturedLogs() as events:
+        proto.dataReceived(f"WELCOME {welcome}\n".encode())
+    assert transport.disconnecting
+    error = failure_of(proto.authenticated, PeerUnavailable)
+    assert f"belongs to cluster {CLUSTER_B}, this replica to cluster {CLUSTER_A}" in str(error)
+    assert refusal_lines(events) == [refusal(SERVER_ID, CLUSTER_B, CLUSTER_A)]
+
+
+@pytest.mark.parametrize(
+    "server_cluster, client_cluster",
+    [(CLUSTER_A, CLUSTER_A), (CLUSTER_A, None), (None, CLUSTER_B), (None, None)],
+    ids=["same", "client-unbound", "server-unbound", "both-unbound"],
+)
+def test_handshake_over_iosim_with_cluster_ids(server_cluster, client_cluster):
+    server, client, server_io, client_io, pump, _clock, _handler = connected_pair(
+        server_cluster=server_cluster, client_cluster=client_cluster
+    )
+    pump.flush()
+    assert success(client.authenticated) is client
+    assert server.peer_id == CLIENT_ID
+    assert server.peer_cluster_id == client_cluster
+    assert client.peer_cluster_id == server_cluster
+    assert not server_io.disconnecting and not client_io.disconnecting
+
+
+def test_different_clusters_over_iosim_are_refused_and_logged_once_on_each_side():
+    clock = task.Clock()
+    server_factory = PeerServerFactory(SERVER_ID, set(MEMBERS), SECRET, Handler(), clock,
+                                       100_000, cluster_id=lambda: CLUSTER_A)
+    client_factory = PeerClientFactory(CLIENT_ID, SERVER_ID, SECRET, clock, 100_000,
+                                       cluster_id=lambda: CLUSTER_B)
+    with capturedLogs() as events:
+        for _ in range(3):
+            server, client, server_io, client_io, pump, _clock, handler = connected_pair(
+                server_factory=server_factory, client_factory=client_factory
+            )
+            pump.flush()
+            error = failure_of(client.authenticated, PeerUnavailable)
+            assert str(error) == (f"replica {SERVER_ID} belongs to cluster {CLUSTER_A}, "
+                                  f"this replica to cluster {CLUSTER_B}")
+            assert error.sent is False
+            assert server.peer_id is None
+            assert server_io.disconnected and client_io.disconnected
+    assert handler.calls == []
+    assert refusal_lines(events) == [
+        refusal(CLIENT_ID, CLUSTER_B, CLUSTER_A),      # the listener's line
+        refusal(SERVER_ID, CLUSTER_A, CLUSTER_B),      # the dialer's line
+    ]
+    assert len(events) == 2                            # nothing else, however many retries
+
+
+def test_peer_link_passes_the_cluster_id_and_records_the_peers():
+    reactor = MemoryReactorClock()
+    reactor.listenTCP(7102, PeerServerFactory(SERVER_ID, set(MEMBERS), SECRET, Handler(),
+                                              reactor, 100_000, cluster_id=lambda: CLUSTER_A))
+    link = PeerLink(reactor, CLIENT_ID, SERVER_ID, "tcp:host=127.0.0.1:port=7102", SECRET,
+                    100_000, cluster_id=lambda: None)
+    link.service.startService()
+    assert link.peer_cluster_id is None
+    d = link.call("PING", "x")
+    iosim.ConnectionCompleter(reactor).succeedOnce().flush()
+    assert success(d).payload == "x"
+    assert link.peer_cluster_id == CLUSTER_A
+    link.service.stopService()
+
+
+def test_peer_link_to_another_cluster_fails_calls_like_a_failed_handshake():
+    reactor = MemoryReactorClock()
+    reactor.listenTCP(7102, PeerServerFactory(SERVER_ID, set(MEMBERS), SECRET, Handler(),
+                                              reactor, 100_000, cluster_id=lambda: CLUSTER_A))
+    link = PeerLink(reactor, CLIENT_ID, SERVER_ID, "tcp:host=127.0.0.1:port=7102", SECRET,
+                    100_000, cluster_id=lambda: CLUSTER_B)
+    link.service.startService()
+    with capturedLogs() as events:
+        d = link.call("PING", "x", timeout_s=5.0)
+        reactor.advance(0)
+        iosim.ConnectionCompleter(reactor).succeedOnce().flush()
+        error = failure_of(d, PeerUnavailable)
+        assert f"belongs to cluster {CLUSTER_A}" in str(error)
+        assert error.sent is False
+        for _ in range(4):                # ClientService redials: no new log lines
+            reactor.advance(0.3)
+            pump = iosim.ConnectionCompleter(reactor).succeedOnce()
+            assert pump is not None
+            pump.flush()
+    assert link.peer_cluster_id is None
+    assert refusal_lines(events) == [refusal(CLIENT_ID, CLUSTER_B, CLUSTER_A),
+                                     refusal(SERVER_ID, CLUSTER_A, CLUSTER_B)]
     link.service.stopService()

@@ -9,6 +9,7 @@ from hypothesis import strategies as st
 from replicad import peerwire
 from replicad.peerwire import (
     Frame,
+    PeerStatus,
     PeerWireError,
     client_proof,
     decode_clock,
@@ -221,9 +222,68 @@ def test_proof_is_a_keyed_mac_of_the_documented_message():
     import hashlib
     import hmac
 
-    message = b"replicad-peer-auth-v1|client|1|2|sn|cn"
+    message = b"replicad-peer-auth-v2|client|1|2|sn|cn|-|-"
     expected = hmac.new(SECRET.encode(), message, hashlib.sha256).hexdigest()
     assert client_proof(SECRET, 1, 2, "sn", "cn") == expected
+    assert client_proof(SECRET, 1, 2, "sn", "cn", None, None) == expected
+    bound = b"replicad-peer-auth-v2|server|1|2|sn|cn|" + b"a" * 32 + b"|" + b"b" * 32
+    expected = hmac.new(SECRET.encode(), bound, hashlib.sha256).hexdigest()
+    assert server_proof(SECRET, 1, 2, "sn", "cn", "a" * 32, "b" * 32) == expected
+
+
+CLUSTER_A, CLUSTER_B = "a" * 32, "b" * 32
+
+
+@pytest.mark.parametrize(
+    "clusters",
+    [(CLUSTER_A, None), (None, CLUSTER_A), (CLUSTER_B, CLUSTER_A), (CLUSTER_A, CLUSTER_B),
+     (CLUSTER_B, CLUSTER_B)],
+)
+def test_proofs_cover_both_cluster_ids(clusters):
+    base = (SECRET, 1, 2, "sn", "cn", CLUSTER_A, CLUSTER_A)
+    changed = (SECRET, 1, 2, "sn", "cn", *clusters)
+    assert client_proof(*changed) != client_proof(*base)
+    assert server_proof(*changed) != server_proof(*base)
+
+
+def test_parse_cluster_id():
+    assert peerwire.parse_cluster_id("-") is None
+    assert peerwire.parse_cluster_id(CLUSTER_A) == CLUSTER_A
+    for bad in ("", "a" * 31, "a" * 33, "A" * 32, "g" * 32, " " + "a" * 31, "--"):
+        with pytest.raises(PeerWireError, match="bad cluster id"):
+            peerwire.parse_cluster_id(bad)
+
+
+def test_clusters_conflict_only_when_both_are_bound_and_differ():
+    assert peerwire.clusters_conflict(CLUSTER_A, CLUSTER_B)
+    assert not peerwire.clusters_conflict(CLUSTER_A, CLUSTER_A)
+    assert not peerwire.clusters_conflict(CLUSTER_A, None)
+    assert not peerwire.clusters_conflict(None, CLUSTER_A)
+    assert not peerwire.clusters_conflict(None, None)
+
+
+# PING answers ---------------------------------------------------------------------------
+
+
+def test_peer_status_carries_the_cluster_id():
+    status = PeerStatus(2, "follower", 3, 4, VectorClock({1: 2}), CLUSTER_A)
+    assert status.encode() == f"follower 3 4 1:2 {CLUSTER_A}"
+    assert PeerStatus.parse(2, status.encode()) == status
+    unbound = PeerStatus(2, "coordinator", None, 0, VectorClock())
+    assert unbound.cluster_id is None                      # the old constructor still works
+    assert unbound.encode() == "coordinator - 0 - -"
+    assert PeerStatus.parse(2, unbound.encode()) == unbound
+    # An answer without the field (an older replica) reads as unbound.
+    assert PeerStatus.parse(2, "follower 3 4 1:2") == PeerStatus(
+        2, "follower", 3, 4, VectorClock({1: 2}), None
+    )
+
+
+@pytest.mark.parametrize("payload", ["follower 3 4 1:2 xyz", "follower 3 4 1:2 - extra",
+                                     "follower 3 4", f"follower 3 4 1:2 {'A' * 32}"])
+def test_bad_peer_status(payload):
+    with pytest.raises(PeerWireError):
+        PeerStatus.parse(2, payload)
 
 
 def test_proofs_match_semantics():

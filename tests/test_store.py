@@ -406,3 +406,121 @@ def test_epoch_persisted(tmp_path):
         assert s.epoch == 3
         with pytest.raises(StoreError):
             s.set_epoch(-1)
+
+
+# Identity -------------------------------------------------------------------------------
+
+CLUSTER = "0123456789abcdef" * 2
+
+
+def test_a_new_store_is_unbound_and_unclaimed(store):
+    assert store.replica_id is None
+    assert store.cluster_id is None
+
+
+def test_claim_records_the_replica_id_once(tmp_path):
+    path = str(tmp_path / "db.sqlite")
+    with Store(path) as s:
+        s.claim(2)
+        assert s.replica_id == 2
+        s.claim(2)                           # the same replica again: nothing changes
+    with Store(path) as s:
+        assert s.replica_id == 2             # persisted
+        s.claim(2)
+
+
+def test_claim_by_another_replica_names_both(tmp_path):
+    path = str(tmp_path / "db.sqlite")
+    with Store(path) as s:
+        s.claim(2)
+    with Store(path) as s:
+        with pytest.raises(StoreError) as info:
+            s.claim(3)
+        assert str(info.value) == f"{path} belongs to replica 2, not replica 3: wrong --data-dir?"
+        assert s.replica_id == 2
+    with Store(path) as s:
+        assert s.replica_id == 2
+
+
+@pytest.mark.parametrize("bad", [0, -1, True, "2", 2.0, None])
+def test_claim_needs_a_positive_integer(store, bad):
+    with pytest.raises(StoreError, match="replica id must be a positive integer"):
+        store.claim(bad)
+    assert store.replica_id is None
+
+
+def test_bind_cluster_once(tmp_path):
+    path = str(tmp_path / "db.sqlite")
+    with Store(path) as s:
+        s.bind_cluster(CLUSTER)
+        assert s.cluster_id == CLUSTER
+        s.bind_cluster(CLUSTER)              # idempotent
+    with Store(path) as s:
+        assert s.cluster_id == CLUSTER       # persisted
+        assert s.replica_id is None          # independent of the replica id
+
+
+def test_bind_to_another_cluster_names_both(tmp_path):
+    path = str(tmp_path / "db.sqlite")
+    other = "f" * 32
+    with Store(path) as s:
+        s.bind_cluster(CLUSTER)
+        with pytest.raises(StoreError) as info:
+            s.bind_cluster(other)
+        assert str(info.value) == f"{path} belongs to cluster {CLUSTER}, not cluster {other}"
+        assert s.cluster_id == CLUSTER
+    with Store(path) as s:
+        assert s.cluster_id == CLUSTER
+
+
+@pytest.mark.parametrize("bad", ["", "-", "abc", CLUSTER.upper(), CLUSTER + "0", " " + CLUSTER,
+                                 None, 42])
+def test_bind_cluster_checks_the_format(store, bad):
+    with pytest.raises(StoreError, match="bad cluster id"):
+        store.bind_cluster(bad)
+    assert store.cluster_id is None
+
+
+def test_new_cluster_ids_are_fresh_and_well_formed():
+    from replicad.identity import is_cluster_id, new_cluster_id
+
+    a, b = new_cluster_id(), new_cluster_id()
+    assert a != b and len(a) == 32
+    assert is_cluster_id(a) and is_cluster_id(b)
+    assert not is_cluster_id(a.upper()) and not is_cluster_id(a[:-1]) and not is_cluster_id(None)
+
+
+def test_corrupt_identity_in_meta_is_refused(tmp_path):
+    path = str(tmp_path / "db.sqlite")
+    Store(path).close()
+    for name, value in [("replica_id", "two"), ("replica_id", "0"), ("cluster_id", "xyz")]:
+        db = sqlite3.connect(path)
+        db.execute("DELETE FROM meta WHERE name IN ('replica_id', 'cluster_id')")
+        db.execute("INSERT INTO meta (name, value) VALUES (?, ?)", (name, value))
+        db.commit()
+        db.close()
+        with pytest.raises(StoreError, match=f"corrupt {name.replace('_', ' ')}"):
+            Store(path)
+
+
+def test_is_empty(tmp_path):
+    path = str(tmp_path / "db.sqlite")
+    with Store(path) as s:
+        assert s.is_empty
+        s.claim(1)
+        s.bind_cluster(CLUSTER)
+        s.set_epoch(4)
+        assert s.is_empty                    # identity and epoch are not data
+        s.write(1, "k", "v")
+        assert not s.is_empty
+    with Store(path) as s:
+        assert not s.is_empty
+
+
+def test_is_empty_false_for_a_clock_without_rows_and_for_tombstones(store):
+    store.apply([], VectorClock({2: 3}))     # a clock with no row: not a fresh database
+    assert not store.is_empty
+    other = Store(":memory:")
+    other.write(1, "k", None)                # a tombstone is a row, and a write
+    assert not other.is_empty
+    other.close()

@@ -129,7 +129,62 @@ def test_data_dir_with_a_damaged_database_exits_with_one_line(in_tmp):
     assert DB_FILENAME in message
 
 
+def test_the_data_dir_is_locked_for_the_life_of_the_options(in_tmp):
+    first = parse("--id", "1", "--data-dir", "dd")
+    assert first.data_dir_lock.locked
+    message = one_line_exit("--id", "1", "--data-dir", "dd")
+    assert message == (
+        f"replicad: error: data dir dd is in use by another replicad process (pid {os.getpid()})"
+    )
+    first.data_dir_lock.close()
+    parse("--id", "1", "--data-dir", "dd").data_dir_lock.close()
+
+
+def test_a_data_dir_of_another_replica_exits_with_one_line(in_tmp):
+    parse("--id", "2", "--data-dir", "dd").data_dir_lock.close()
+    message = one_line_exit("--id", "3", "--data-dir", "dd")
+    db = in_tmp / "dd" / "replica.sqlite"
+    assert message == (
+        f"replicad: error: {db} belongs to replica 2, not replica 3: wrong --data-dir?"
+    )
+    # The failed start let go of the lock: the right replica can start.
+    assert parse("--id", "2", "--data-dir", "dd").data_dir_lock.locked
+
+
+def test_new_cluster_flag(in_tmp):
+    assert not parse("--id", "1", "-d", "a")["new-cluster"]
+    assert parse("--id", "1", "-d", "b", "--new-cluster")["new-cluster"]
+    assert "--new-cluster" in str(tap.Options())
+
+
 # makeService ----------------------------------------------------------------------------
+
+
+def test_make_service_passes_identity_to_the_replica_and_the_peer_listener(in_tmp):
+    from replicad.replica import Replica
+
+    for flag, expected in [([], False), (["--new-cluster"], True)]:
+        options = parse("--id", "1", "-d", f"d{expected}", *flag)
+        reactor = MemoryReactorClock()
+        top = tap.makeService(options, reactor=reactor)
+        replica = next(c for c in top if isinstance(c, Replica))
+        assert replica.new_cluster is expected
+        factory = next(c.factory for c in top if isinstance(c, StreamServerEndpointService)
+                       and isinstance(c.factory, PeerServerFactory))
+        assert factory.cluster_id() is None              # no store before startService
+
+        class FakeStore:
+            cluster_id = "ab" * 16
+
+        replica.store = FakeStore()
+        assert factory.cluster_id() == "ab" * 16         # asked at each handshake
+        for link in replica.links.values():
+            assert link.factory.cluster_id() == "ab" * 16
+        replica.store = None
+        # The daemon rewrites the pid in LOCK once the reactor runs (after the fork).
+        assert reactor.whenRunningHooks == [(options.data_dir_lock.write_pid, (), {})]
+        options.data_dir_lock.close()
+
 
 
 def test_make_service_builds_replica_and_two_listeners_without_starting(in_tmp):
