@@ -335,13 +335,14 @@ class LocalCluster:
             live = self.live_ids()
             if not live:
                 raise ClusterError("no replica is running")
-            named = set()
+            named, clusters = set(), set()
             for i in live:
                 status = self.status(i, 0.5)
                 if status is None:
                     return None
                 named.add(status["coordinator"])
-            if len(named) == 1:
+                clusters.add(status.get("cluster_id"))
+            if len(named) == 1 and len(clusters) == 1 and "-" not in clusters:
                 (winner,) = named
                 if isinstance(winner, int) and winner in live:
                     return winner
@@ -349,7 +350,8 @@ class LocalCluster:
 
         return self.wait_until(
             agreed, timeout_s,
-            what="every live replica to answer STATUS and name the same live coordinator",
+            what="every live replica to answer STATUS, hold the same cluster id and name "
+                 "the same live coordinator",
         )
 
     def describe(self, headline: str) -> str:

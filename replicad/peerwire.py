@@ -21,9 +21,12 @@ from __future__ import annotations
 import hashlib
 import hmac
 import secrets
+from collections.abc import Callable
 from dataclasses import dataclass
+from typing import ClassVar
 
 from replicad.identity import decode_cluster_id, encode_cluster_id
+from replicad.node import MAX_EPOCH
 from replicad.store import Record
 from replicad.vclock import ClockError, VectorClock
 from replicad.wire import is_number
@@ -31,7 +34,8 @@ from replicad.wire import is_number
 AUTH_CONTEXT = "replicad-peer-auth-v2"     # v2: the MACs cover both cluster ids
 NONCE_BYTES = 16
 
-FINAL_KINDS = frozenset({"OK", "NO", "ERR", "END"})
+# STALE <epoch>: the request carried an older epoch than the answerer's; nothing done.
+FINAL_KINDS = frozenset({"OK", "NO", "ERR", "END", "STALE"})
 STREAM_KINDS = frozenset({"LINE", "REC"})
 
 VERBS = frozenset(
@@ -110,31 +114,33 @@ def parse_frame(line: str) -> Frame:
 
 
 def encode_record(record: Record) -> str:
-    """``<key> <origin> <seq> <version> V <value>`` or ``... T`` for a tombstone."""
-    head = f"{record.key} {record.origin} {record.seq} {record.version.encode()}"
+    """``<key> <origin> <seq> <epoch> <version> V <value>`` or ``... T`` (a tombstone)."""
+    head = (f"{record.key} {record.origin} {record.seq} {record.epoch} "
+            f"{record.version.encode()}")
     return f"{head} T" if record.value is None else f"{head} V {record.value}"
 
 
 def decode_record(text: str) -> Record:
-    parts = text.split(" ", 5)
-    if len(parts) < 5 or parts[4] not in ("V", "T"):
+    parts = text.split(" ", 6)
+    if len(parts) < 6 or parts[5] not in ("V", "T"):
         raise PeerWireError(f"bad record {text[:60]!r}")
-    key, origin, seq, version_text, flag = parts[:5]
+    key, origin, seq, epoch_text, version_text, flag = parts[:6]
     if not (is_number(origin) and is_number(seq)):
         raise PeerWireError(f"bad write id in record {text[:60]!r}")
+    epoch = parse_epoch(epoch_text)
     try:
         version = VectorClock.decode(version_text)
     except ClockError as e:
         raise PeerWireError(f"bad version in record: {e}") from None
     if flag == "V":
-        if len(parts) != 6:
+        if len(parts) != 7:
             raise PeerWireError(f"record {text[:60]!r} has no value")
-        value: str | None = parts[5]
+        value: str | None = parts[6]
     else:
-        if len(parts) != 5:
+        if len(parts) != 6:
             raise PeerWireError(f"tombstone record {text[:60]!r} has a value")
         value = None
-    return Record(key, value, int(origin), int(seq), version)
+    return Record(key, value, int(origin), int(seq), version, epoch)
 
 
 def decode_clock(text: str) -> VectorClock:
@@ -148,6 +154,15 @@ def parse_int(text: str, what: str) -> int:
     if not is_number(text):
         raise PeerWireError(f"{what} must be a number, got {text[:20]!r}")
     return int(text)
+
+
+def parse_epoch(text: str) -> int:
+    """An epoch from the wire: bounded, so a huge one is a refused message, not a
+    value that wedges every later comparison (or the persisted state)."""
+    epoch = parse_int(text, "epoch")
+    if epoch > MAX_EPOCH:
+        raise PeerWireError(f"epoch {text[:20]} is above the bound {MAX_EPOCH}")
+    return epoch
 
 
 @dataclass(frozen=True)
@@ -181,7 +196,120 @@ class PeerStatus:
             peer_id,
             role,
             None if coord == "-" else parse_int(coord, "coordinator"),
-            parse_int(epoch, "epoch"),
+            parse_epoch(epoch),
             decode_clock(clock),
             parse_cluster_id(cluster),
         )
+
+
+# Typed requests -----------------------------------------------------------------------
+#
+# Every request carries the sender's epoch first: ``<VERB> <epoch> [args]``.  The wiring
+# decodes a frame once into one of these and checks the epoch once, where it enters
+# (replica.Replica.peer_request): a newer epoch is seen before anything else (a
+# coordinator steps down), an older one is refused with ``STALE <epoch>`` where
+# ``fenced`` (requests that change or copy state), and merely answered with the newer
+# epoch otherwise (PING and ELECTION, which exist to spread epochs and liveness).
+
+
+@dataclass(frozen=True)
+class Ping:
+    epoch: int
+    verb: ClassVar[str] = "PING"
+    fenced: ClassVar[bool] = False
+
+    def args(self) -> str:
+        return ""
+
+
+@dataclass(frozen=True)
+class Election:
+    epoch: int
+    verb: ClassVar[str] = "ELECTION"
+    fenced: ClassVar[bool] = False
+
+    def args(self) -> str:
+        return ""
+
+
+@dataclass(frozen=True)
+class Coordinator:
+    """Fenced by the node itself (I3 in node.py): its answer is NO <epoch>."""
+
+    epoch: int
+    verb: ClassVar[str] = "COORDINATOR"
+    fenced: ClassVar[bool] = False
+
+    def args(self) -> str:
+        return ""
+
+
+@dataclass(frozen=True)
+class Client:
+    epoch: int
+    line: str
+    verb: ClassVar[str] = "CLIENT"
+    fenced: ClassVar[bool] = True
+
+    def args(self) -> str:
+        return self.line
+
+
+@dataclass(frozen=True)
+class Push:
+    epoch: int
+    record: Record
+    verb: ClassVar[str] = "PUSH"
+    fenced: ClassVar[bool] = True
+
+    def args(self) -> str:
+        return encode_record(self.record)
+
+
+@dataclass(frozen=True)
+class Delta:
+    epoch: int
+    since: VectorClock
+    verb: ClassVar[str] = "DELTA"
+    fenced: ClassVar[bool] = True
+
+    def args(self) -> str:
+        return self.since.encode()
+
+
+@dataclass(frozen=True)
+class Full:
+    epoch: int
+    verb: ClassVar[str] = "FULL"
+    fenced: ClassVar[bool] = True
+
+    def args(self) -> str:
+        return ""
+
+
+Message = Ping | Election | Coordinator | Client | Push | Delta | Full
+
+_DECODERS: dict[str, Callable[[int, str], Message]] = {
+    "PING": lambda epoch, rest: Ping(epoch),
+    "ELECTION": lambda epoch, rest: Election(epoch),
+    "COORDINATOR": lambda epoch, rest: Coordinator(epoch),
+    "CLIENT": lambda epoch, rest: Client(epoch, rest),
+    "PUSH": lambda epoch, rest: Push(epoch, decode_record(rest)),
+    "DELTA": lambda epoch, rest: Delta(epoch, decode_clock(rest)),
+    "FULL": lambda epoch, rest: Full(epoch),
+}
+
+
+def encode_message(message: Message) -> tuple[str, str]:
+    """(verb, payload) for PeerLink.call."""
+    args = message.args()
+    return message.verb, f"{message.epoch} {args}" if args else str(message.epoch)
+
+
+def decode_message(verb: str, payload: str) -> Message:
+    """The typed request for a frame; PeerWireError for anything malformed."""
+    decoder = _DECODERS.get(verb)
+    if decoder is None:
+        raise PeerWireError(f"unknown verb {verb[:20]}")
+    epoch_text, _, rest = payload.partition(" ")
+    return decoder(parse_epoch(epoch_text), rest)

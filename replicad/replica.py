@@ -1,15 +1,19 @@
-"""The Replica service: wires the store, the Bully machine, peer links, sync and sessions.
+"""The Replica service: wiring between the store, the node, peer links, sync and sessions.
 
-The logic lives in the pure modules; this file only decides *when* to call them and
-turns their decisions into peer calls:
+The logic lives in the pure modules (``node`` decides roles, ``joining`` whether an
+unbound replica may take part, ``session`` what a request needs, ``store`` how records
+merge); this file turns their decisions into peer calls and their inputs into method
+calls:
 
-- client requests: a follower checks the coordinator is alive (client-triggered
-  failure detection), forwards, and relays the reply; the coordinator catches up with
-  the session's clocks, executes, pushes the write, and waits for the write quorum;
-- the election's actions (ELECTION/COORDINATOR) become peer calls, and a replica that
-  wins first pulls what the reachable peers have and it lacks, then serves;
-- anti-entropy: a LoopingCall pings every peer and pulls (delta, or full copy when far
-  behind or empty) from any peer whose clock shows writes this replica lacks.
+- peer requests are decoded once into typed messages (``peerwire``) and their epoch is
+  checked here, at one edge (``peer_request``), before any handler runs;
+- client requests wait with ``Node.when_serving``; a follower checks its coordinator
+  is alive (client-triggered detection), forwards and relays the reply; the
+  coordinator catches up with the session's clocks, executes, pushes the write and
+  waits for the write quorum;
+- anti-entropy: a LoopingCall pings every peer and pulls what a peer has and this
+  replica lacks; in quorum mode a coordinator also pings every peer each
+  ``ping_interval`` to keep its lease.
 """
 
 from __future__ import annotations
@@ -25,13 +29,17 @@ from replicad import peerwire, session, wire
 from replicad.config import ClusterConfig
 from replicad.datadir import DB_FILENAME, check_data_dir  # noqa: F401 (moved there)
 from replicad.detector import HeartbeatMonitor
-from replicad.election import BullyElection, Role
-from replicad.peer import PeerAnswer, PeerLink, PeerUnavailable
-from replicad.peerwire import PeerStatus, PeerWireError
-from replicad.store import Store
-from replicad.sync import Synchroniser
+from replicad.identity import new_cluster_id
+from replicad.joining import Joining
+from replicad.node import Candidacy, Node, Role
+from replicad.peer import PeerAnswer, PeerLink, PeerResponse, PeerUnavailable
+from replicad.peerwire import Message, PeerStatus, PeerWireError
+from replicad.store import NewerEpoch, Store
+from replicad.sync import StaleEpoch, Synchroniser
 from replicad.vclock import VectorClock
 from replicad.wire import Code, Reply, ReplyMeta, Request, WireError
+
+WAITING_LOG_INTERVAL_S = 10.0
 
 
 class _NotCoordinator(Exception):
@@ -51,8 +59,9 @@ class Replica(service.MultiService):
         self.reactor = reactor
         self.timers = config.timers
         self.store: Store | None = None
-        self.election: BullyElection | None = None
+        self.node: Node | None = None
         self.detector: HeartbeatMonitor | None = None
+        self.sync: Synchroniser | None = None
         self.links: dict[int, PeerLink] = {}
         for peer_id in config.ids:
             if peer_id == my_id:
@@ -68,28 +77,42 @@ class Replica(service.MultiService):
             link.on_up = lambda peer_id=peer_id: self._mark(peer_id, True)
             self.links[peer_id] = link
         self.peer_up: dict[int, bool] = dict.fromkeys(self.links, False)
-        self._ready = False            # a coordinator serves only after its take-over pull
-        self._waiters: list[defer.Deferred] = []
-        self.sync: Synchroniser | None = None
+        quorum_mode = config.quorum_mode
+        self.election_quorum = config.majority if quorum_mode else 1
+        self.joining = Joining(
+            my_id, config.ids,
+            len(config.ids) - config.majority + 1 if quorum_mode else 1, new_cluster,
+        )
         self._pinged_coordinator: int | None = None
         # Peers that failed a ping or a forward since they last answered: the evidence
         # that a forward in flight to them will get no answer.
         self._suspected: set[int] = set()
+        self._last_waiting_log = float("-inf")
         self._anti_entropy = LoopingCall(self._anti_entropy_tick)
         self._anti_entropy.clock = reactor
+        self._lease_heartbeat = LoopingCall(self._lease_tick)
+        self._lease_heartbeat.clock = reactor
+        # An unbound replica looks at its peers every ping_interval until it knows
+        # whether it starts a fresh cluster or must copy one (joining.py).
+        self._discovery = LoopingCall(self._discovery_tick)
+        self._discovery.clock = reactor
+        self._started_at = 0.0
 
     # Service life cycle ----------------------------------------------------------------
 
     def startService(self) -> None:
         os.makedirs(self.data_dir, exist_ok=True)
         self.store = Store(os.path.join(self.data_dir, DB_FILENAME))
-        self.sync = Synchroniser(self.store, self.links, self.config, self.reactor,
-                                 self.ping, self._mark)
-        self.election = BullyElection(
+        self.sync = Synchroniser(self.store, list(self.links), self.config, self.reactor,
+                                 self.ping, self.call, self._mark, lambda: self.node.epoch)
+        self.node = Node(
             self.my_id, self.config.ids, self, self.reactor, epoch=self.store.epoch,
+            quorum=self.election_quorum,
             answer_timeout_s=self.timers.answer_timeout,
             coordinator_timeout_s=self.timers.coordinator_timeout,
             reannounce_interval_s=self.timers.reannounce_interval,
+            lease_s=self.timers.lease_timeout,
+            candidacy=self._candidacy(),
         )
         self.detector = HeartbeatMonitor(
             self.reactor, self.timers.ping_interval, self._ping_coordinator,
@@ -99,22 +122,29 @@ class Replica(service.MultiService):
         if self.config.uses_default_secret:
             self.log.warn("using the built-in cluster secret: set [cluster] secret in production")
         self.log.info(
-            "replica {id} starting: data {path}, clock {clock}, epoch {epoch}, {keys} keys",
-            id=self.my_id, path=self.data_dir, clock=self.store.clock.encode(),
-            epoch=self.store.epoch, keys=self.store.count(),
+            "replica {id} starting: data {path}, cluster {cluster}, clock {clock}, epoch "
+            "{epoch}, {keys} keys, write quorum {quorum}",
+            id=self.my_id, path=self.data_dir, cluster=self.store.cluster_id or "(unbound)",
+            clock=self.store.clock.encode(), epoch=self.store.epoch,
+            keys=self.store.count(), quorum=self.config.write_quorum,
         )
         self.detector.start()
+        self._started_at = self.reactor.seconds()
         self._anti_entropy.start(self.timers.anti_entropy_interval, now=False)
-        self.election.start_election("start-up")
+        if not self._bound:
+            self._discovery.start(self.timers.ping_interval, now=True)
+        if self.config.quorum_mode:
+            self._lease_heartbeat.start(self.timers.ping_interval, now=False)
+        self.node.start_election("start-up")
 
     def stopService(self):
-        if self._anti_entropy.running:
-            self._anti_entropy.stop()
+        for loop in (self._anti_entropy, self._lease_heartbeat, self._discovery):
+            if loop.running:
+                loop.stop()
         if self.detector is not None:
             self.detector.stop()
-        if self.election is not None:
-            self.election.stop()
-        self._notify()
+        if self.node is not None:
+            self.node.stop()
         d = defer.maybeDeferred(super().stopService)
 
         def close(result):
@@ -125,6 +155,15 @@ class Replica(service.MultiService):
 
         return d.addBoth(close)
 
+    def _candidacy(self) -> Candidacy:
+        if self._bound or self.joining.fresh:
+            return Candidacy.YES
+        return Candidacy.NO if self.joining.knows_history else Candidacy.PENDING
+
+    @property
+    def _bound(self) -> bool:
+        return self.store is not None and self.store.cluster_id is not None
+
     def _mark(self, peer_id: int, up: bool) -> None:
         """Record whether the last exchange with a peer worked; log the changes."""
         if self.peer_up.get(peer_id) != up:
@@ -132,128 +171,153 @@ class Replica(service.MultiService):
         self.peer_up[peer_id] = up
         if up:
             self._suspected.discard(peer_id)
+            if self.node is not None:
+                self.node.contact(peer_id)
 
-    # ElectionActions (called by the Bully machine) -------------------------------------
+    def _epoch_seen(self, epoch: int) -> None:
+        if self.node is not None:
+            self.node.epoch_seen(epoch)
+
+    # Calls to peers --------------------------------------------------------------------
+
+    def call(self, peer_id: int, message: Message, timeout_s: float,
+             on_line=None) -> defer.Deferred[PeerResponse]:
+        """Send a typed request; a ``STALE <epoch>`` answer teaches this replica the
+        newer epoch and fails the call with StaleEpoch."""
+        d = self.links[peer_id].call(*peerwire.encode_message(message), timeout_s, on_line)
+
+        def answered(response: PeerResponse) -> PeerResponse:
+            self._mark(peer_id, True)
+            if response.kind == "STALE":
+                epoch = peerwire.parse_epoch(response.payload)
+                self._epoch_seen(epoch)
+                raise StaleEpoch(peer_id, epoch)
+            if response.kind == "ERR":
+                raise PeerWireError(f"replica {peer_id} answered ERR {response.payload}")
+            return response
+
+        return d.addCallback(answered)
+
+    def _failed(self, failure, peer_id: int, verb: str) -> None:
+        if failure.check(PeerUnavailable):
+            self._mark(peer_id, False)
+        elif not failure.check(StaleEpoch):
+            self.log.failure("{verb} to replica {peer} failed", failure, verb=verb, peer=peer_id)
+
+    # NodeActions (called by the node) ---------------------------------------------------
 
     def send_election(self, peer_id: int, epoch: int) -> None:
-        d = self.links[peer_id].call("ELECTION", str(epoch), self.timers.answer_timeout)
+        d = self.call(peer_id, peerwire.Election(epoch), self.timers.answer_timeout)
 
         def answered(response):
-            peer_epoch = peerwire.parse_int(response.payload, "epoch")
+            peer_epoch = peerwire.parse_epoch(response.payload)
             if response.kind == "OK":
-                self.election.answer_received(peer_id, peer_epoch)
+                self.node.answer_received(peer_id, peer_epoch)
             else:
-                self.election.epoch_seen(peer_epoch)
-                self.election.election_send_failed(peer_id)
+                self.node.epoch_seen(peer_epoch)
+                self.node.election_send_failed(peer_id)
 
-        d.addCallback(self._peer_answered, peer_id, answered)
-        d.addErrback(self._peer_failed, peer_id, "ELECTION",
-                     lambda: self.election.election_send_failed(peer_id))
+        def failed(failure):
+            self._failed(failure, peer_id, "ELECTION")
+            self.node.election_send_failed(peer_id)
+
+        d.addCallbacks(answered, failed)
+        d.addErrback(self._failed, peer_id, "ELECTION")
 
     def send_coordinator(self, peer_id: int, epoch: int) -> None:
-        d = self.links[peer_id].call("COORDINATOR", str(epoch), self.timers.answer_timeout)
+        d = self.call(peer_id, peerwire.Coordinator(epoch), self.timers.answer_timeout)
 
         def answered(response):
-            if response.kind != "OK":
-                peer_epoch = peerwire.parse_int(response.payload, "epoch")
-                self.election.coordinator_rejected(peer_id, peer_epoch)
+            if response.kind == "OK":
+                self.node.coordinator_accepted(peer_id, epoch)
+            else:
+                peer_epoch = peerwire.parse_epoch(response.payload)
+                self.node.coordinator_rejected(peer_id, peer_epoch, epoch)
 
-        d.addCallback(self._peer_answered, peer_id, answered)
-        d.addErrback(self._peer_failed, peer_id, "COORDINATOR", lambda: None)
+        def failed(failure):
+            self._failed(failure, peer_id, "COORDINATOR")
+            self.node.coordinator_send_failed(peer_id, epoch)
+
+        d.addCallbacks(answered, failed)
+        d.addErrback(self._failed, peer_id, "COORDINATOR")
+
+    def pull_for_take_over(self, peer_id: int, epoch: int) -> None:
+        d = self.sync.sync_from(peer_id)
+        d.addCallback(lambda ok: self.node.pull_done(peer_id, epoch, bool(ok)))
+        d.addErrback(self._failed, peer_id, "take-over pull")
 
     def role_changed(self, role: Role, coordinator: int | None, epoch: int) -> None:
         self.log.info(
             "replica {id} is now {role}; coordinator {coordinator}, epoch {epoch}",
             id=self.my_id, role=role.value, coordinator=coordinator, epoch=epoch,
         )
+        if role is Role.STOPPED:
+            return
         self.detector.reset()
-        self._ready = False
         if coordinator is not None:
             self._suspected.discard(coordinator)   # it just announced itself: alive
-        if role is Role.COORDINATOR:
-            defer.ensureDeferred(self._take_over(epoch))
-        self._notify()
+        if role is Role.TAKING_OVER and not self._bound:
+            # A fresh cluster's first coordinator makes its id (joining.py).
+            self.store.bind_cluster(new_cluster_id())
+            self.log.info("replica {id} begins the history of cluster {cluster}",
+                          id=self.my_id, cluster=self.store.cluster_id)
 
     def persist_epoch(self, epoch: int) -> None:
         self.store.set_epoch(epoch)
-
-    def _peer_answered(self, response, peer_id: int, then) -> None:
-        self._mark(peer_id, True)
-        if response.kind == "ERR":
-            raise PeerWireError(f"replica {peer_id} answered ERR {response.payload}")
-        then(response)
-
-    def _peer_failed(self, failure, peer_id: int, verb: str, then) -> None:
-        if failure.check(PeerUnavailable):
-            self._mark(peer_id, False)
-        else:
-            self.log.failure("{verb} to replica {peer} failed", failure, verb=verb, peer=peer_id)
-        then()
-
-    async def _take_over(self, epoch: int) -> None:
-        """A new coordinator first pulls what reachable peers have, then serves."""
-        self.log.info("coordinator {id} (epoch {epoch}) pulling from peers before serving",
-                      id=self.my_id, epoch=epoch)
-        await self.sync.pull_from_all()
-        if self.election.role is Role.COORDINATOR and self.election.coordinator_epoch == epoch:
-            self._ready = True
-            self.log.info("coordinator {id} serving in epoch {epoch}, clock {clock}",
-                          id=self.my_id, epoch=epoch, clock=self.store.clock.encode())
-            self._notify()
 
     # Failure detection -----------------------------------------------------------------
 
     def client_connected(self) -> None:
         """A client arrived: a follower checks its coordinator (unless recently OK)."""
-        if self.election is not None and self.election.role is Role.FOLLOWER:
+        if self.node is not None and self.node.role is Role.FOLLOWER:
             self.detector.check()
 
     def _ping_coordinator(self) -> defer.Deferred[bool]:
-        coordinator = self.election.coordinator
+        coordinator = self.node.coordinator
         if coordinator is None or coordinator == self.my_id:
             return defer.succeed(True)
         self._pinged_coordinator = coordinator
 
         def alive(status: PeerStatus) -> bool:
-            self.sync.compare(status)        # cheap anti-entropy on every heartbeat
-            return status.role == Role.COORDINATOR.value
+            self._compare(status)        # cheap anti-entropy on every heartbeat
+            return status.role == "coordinator"
 
         d = self.ping(coordinator, self.timers.ping_timeout)
         d.addCallback(alive)
-        d.addErrback(lambda f: f.trap(PeerUnavailable, PeerWireError) and False)
+        d.addErrback(lambda f: f.trap(PeerUnavailable, PeerWireError, StaleEpoch) and False)
         return d
 
     def _suspect(self, peer_id: int | None) -> None:
         if peer_id is not None:
             self._suspected.add(peer_id)
-            self._notify()     # forwards in flight to it stop waiting
+            self.node.poke()     # forwards in flight to it stop waiting
 
     def _link_lost(self, peer_id: int) -> None:
         """The connection to a peer dropped.  If it was our coordinator, check it now
         rather than at the next heartbeat: a crashed process closes its sockets."""
         self._mark(peer_id, False)
-        self._notify()     # forwards in flight to this peer stop waiting for it
-        election = self.election
-        if election is not None and election.role is Role.FOLLOWER:
-            if election.coordinator == peer_id:
-                self.detector.reset()
-                self.detector.check()
+        node = self.node
+        if node is None:
+            return
+        node.poke()     # forwards in flight to this peer stop waiting for it
+        if node.role is Role.FOLLOWER and node.coordinator == peer_id:
+            self.detector.reset()
+            self.detector.check()
 
     def _coordinator_ping_failed(self) -> None:
         self._suspect(self._pinged_coordinator)
-        if self.election.coordinator == self._pinged_coordinator:
+        if self.node.coordinator == self._pinged_coordinator:
             self.log.info("coordinator {coordinator} did not answer a ping",
                           coordinator=self._pinged_coordinator)
-            self.election.coordinator_failed()
+            self.node.coordinator_failed()
 
     def ping(self, peer_id: int, timeout_s: float) -> defer.Deferred[PeerStatus]:
         """PING a peer; learn its epoch; errback PeerUnavailable if it does not answer."""
-        d = self.links[peer_id].call("PING", "", timeout_s)
+        d = self.call(peer_id, peerwire.Ping(self.node.epoch), timeout_s)
 
         def parsed(response):
-            self._mark(peer_id, True)
             status = PeerStatus.parse(peer_id, response.payload)
-            self.election.epoch_seen(status.epoch)
+            self.node.epoch_seen(status.epoch)
             return status
 
         def down(failure):
@@ -263,19 +327,83 @@ class Replica(service.MultiService):
 
         return d.addCallbacks(parsed, down)
 
+    def _lease_tick(self) -> None:
+        """Quorum mode: a coordinator hears from every peer each ping_interval, which
+        keeps its lease (Node.contact through _mark)."""
+        if self.node.role.is_coordinator:
+            for peer_id in self.links:
+                d = self.ping(peer_id, self.timers.ping_timeout)
+                d.addErrback(lambda f: f.trap(PeerUnavailable, PeerWireError, StaleEpoch))
+
     def _anti_entropy_tick(self) -> None:
         for peer_id in self.links:
             d = self.ping(peer_id, self.timers.ping_timeout)
             d.addCallback(self._compare_with_peer)
-            d.addErrback(lambda f: f.trap(PeerUnavailable, PeerWireError))
+            d.addErrback(lambda f: f.trap(PeerUnavailable, PeerWireError, StaleEpoch))
+
+    def _discovery_tick(self) -> None:
+        if self._bound:
+            self._discovery.stop()
+            return
+        self._anti_entropy_tick()
+        now = self.reactor.seconds()
+        if not self.joining.fresh and (self.joining.knows_history
+                                       or now - self._started_at >= WAITING_LOG_INTERVAL_S):
+            if now - self._last_waiting_log >= WAITING_LOG_INTERVAL_S:
+                self._last_waiting_log = now
+                self.log.warn(
+                    "replica {id} has no cluster history yet and waits to copy the "
+                    "cluster's data before it serves or acknowledges writes: {what}",
+                    id=self.my_id, what=self.joining.waiting_for(),
+                )
 
     def _compare_with_peer(self, status: PeerStatus) -> None:
-        self.sync.compare(status)
+        self._compare(status)
+        node = self.node
         # Two coordinators (a healed partition, a lost announcement): Bully sorts it out.
-        if status.role == Role.COORDINATOR.value and status.peer_id != self.election.coordinator:
+        if status.role == "coordinator" and status.peer_id != node.coordinator:
             self.log.info("replica {peer} also claims to be coordinator; holding an election",
                           peer=status.peer_id)
-            self.election.start_election("second coordinator seen")
+            node.start_election("second coordinator seen")
+
+    def _compare(self, status: PeerStatus) -> None:
+        """What a peer's PING answer means for identity and anti-entropy."""
+        self.joining.peer_seen(status.peer_id, status.cluster_id,
+                               empty=status.clock == VectorClock())
+        if self._bound:
+            if status.cluster_id in (None, self.store.cluster_id):
+                self.sync.compare(status)
+            return
+        if self.joining.fresh:
+            if status.cluster_id is not None:
+                # A fresh cluster's coordinator made the id: nothing existed before it.
+                self._bind(status.cluster_id, f"fresh cluster, id from replica {status.peer_id}")
+            else:
+                self.node.set_candidacy(Candidacy.YES, "every member is new: a fresh cluster")
+            self.sync.compare(status)
+            return
+        if status.cluster_id is not None:
+            self.node.set_candidacy(Candidacy.NO, "the cluster has a history to copy first")
+            if not self.joining.has_copied(status.peer_id):
+                self._join_from(status)
+
+    def _join_from(self, status: PeerStatus) -> None:
+        d = self.sync.sync_from(status.peer_id, full=True)
+
+        def copied(ok: bool) -> None:
+            if not ok or self._bound:
+                return
+            cluster = self.joining.pulled(status.peer_id, status.cluster_id)
+            if cluster is not None:
+                self._bind(cluster, f"copied {self.joining.pulls_needed} peer(s)")
+
+        d.addCallback(copied)
+
+    def _bind(self, cluster_id: str, reason: str) -> None:
+        self.store.bind_cluster(cluster_id)
+        self.log.info("replica {id} joins cluster {cluster}: {reason}", id=self.my_id,
+                      cluster=cluster_id, reason=reason)
+        self.node.set_candidacy(Candidacy.YES, reason)
 
     # Client requests -------------------------------------------------------------------
 
@@ -284,13 +412,13 @@ class Replica(service.MultiService):
                      meta=self._meta(request, self.store.clock))
 
     def status_fields(self) -> dict[str, str]:
-        election = self.election
-        coordinator = election.coordinator
+        node = self.node
+        coordinator = node.coordinator
         return {
             "id": str(self.my_id),
-            "role": election.public_role,
+            "role": node.public_role,
             "coordinator": str(coordinator) if coordinator is not None else "-",
-            "epoch": str(election.epoch),
+            "epoch": str(node.epoch),
             "clock": self.store.clock.encode(),
             "keys": str(self.store.count()),
             "peers": ",".join(
@@ -298,15 +426,18 @@ class Replica(service.MultiService):
             ),
             "conflicts": str(self.store.conflicts),
             "write_quorum": str(self.config.write_quorum),
-            "ready": "yes" if self._serving_as() is not None else "no",
+            "mode": "quorum" if self.config.quorum_mode else "available",
+            "cluster_id": self.store.cluster_id or "-",
+            "ready": "yes" if node.serving_as is not None else "no",
         }
 
     def _meta(self, request: Request, vc: VectorClock) -> ReplyMeta | None:
         if request.context is None:
             return None
+        node = self.node
         return ReplyMeta(
-            vc=vc, by=self.my_id if self._serving_as() == self.my_id else None,
-            coord=self.election.coordinator, epoch=self.election.epoch, here=self.my_id,
+            vc=vc, by=self.my_id if node.serving_as == self.my_id else None,
+            coord=node.coordinator, epoch=node.epoch, here=self.my_id,
         )
 
     def _error(self, request: Request, code: str, message: str) -> Reply:
@@ -315,15 +446,22 @@ class Replica(service.MultiService):
     def handle(self, request: Request) -> defer.Deferred[Reply]:
         return defer.ensureDeferred(self._handle(request))
 
+    def _unavailable(self, request: Request) -> Reply:
+        if self.node.cannot_serve:
+            why = "this replica's side of the cluster has no majority"
+        elif not self.node.eligible:
+            why = "this replica is still copying the cluster's data"
+        else:
+            why = f"no coordinator within {self.timers.election_wait:g} s"
+        return self._error(request, Code.UNAVAILABLE, f"{why}; nothing was done")
+
     async def _handle(self, request: Request) -> Reply:
         deadline = self.reactor.seconds() + self.timers.election_wait
+        node = self.node
         while True:
-            coordinator = await self._await_coordinator(deadline)
+            coordinator = await node.when_serving(deadline)
             if coordinator is None:
-                return self._error(
-                    request, Code.UNAVAILABLE,
-                    f"no coordinator within {self.timers.election_wait:g} s; nothing was done",
-                )
+                return self._unavailable(request)
             if coordinator == self.my_id:
                 try:
                     return await self._coordinate(request)
@@ -335,6 +473,8 @@ class Replica(service.MultiService):
                 continue
             try:
                 return await self._forward(coordinator, request)
+            except StaleEpoch:
+                await self._state_change(coordinator, deadline)
             except PeerUnavailable as e:
                 if e.sent and request.is_write:
                     return self._error(
@@ -343,31 +483,15 @@ class Replica(service.MultiService):
                         "not have been applied",
                     )
                 self._suspect(coordinator)
-                if self.election.coordinator == coordinator:
-                    self.election.coordinator_failed()
+                if node.coordinator == coordinator:
+                    node.coordinator_failed()
                 await self._state_change(coordinator, deadline)
-
-    def _serving_as(self) -> int | None:
-        """The coordinator this replica would use right now, or None while electing."""
-        election = self.election
-        if election is None:
-            return None
-        if election.role is Role.COORDINATOR:
-            return self.my_id if self._ready else None
-        if election.role is Role.FOLLOWER:
-            return election.coordinator
-        return None
-
-    async def _await_coordinator(self, deadline: float) -> int | None:
-        while (coordinator := self._serving_as()) is None:
-            if not await self._news(deadline):
-                return self._serving_as()
-        return coordinator
 
     async def _state_change(self, coordinator: int, deadline: float) -> None:
         """Wait until this replica would use another coordinator (or the deadline)."""
-        while self._serving_as() == coordinator:
-            if not await self._news(deadline):
+        node = self.node
+        while node.serving_as == coordinator and not node.cannot_serve:
+            if not await node.wait_for_change(deadline - self.reactor.seconds()):
                 return
 
     async def _coordinator_dead(self, coordinator: int, deadline: float) -> None:
@@ -376,33 +500,8 @@ class Replica(service.MultiService):
         does) or a higher replica taking over is no such evidence: the old coordinator
         is alive and will still answer what it was sent."""
         while not self.links[coordinator].down and coordinator not in self._suspected:
-            if not await self._news(deadline):
+            if not await self.node.wait_for_change(deadline - self.reactor.seconds()):
                 return
-
-    async def _news(self, deadline: float) -> bool:
-        """Wait for the next role change or readiness; False at the deadline."""
-        remaining = deadline - self.reactor.seconds()
-        if remaining <= 0 or not self.running:
-            return False
-        waiter: defer.Deferred[None] = defer.Deferred()
-        self._waiters.append(waiter)
-        waiter.addTimeout(remaining, self.reactor)
-        try:
-            await waiter
-        except defer.TimeoutError:
-            return False
-        finally:
-            # Every forwarded request waits here (racing its answer), so a waiter must
-            # leave the list however it ends, or a steady load would grow it forever.
-            if waiter in self._waiters:
-                self._waiters.remove(waiter)
-        return True
-
-    def _notify(self) -> None:
-        waiters, self._waiters = self._waiters, []
-        for waiter in waiters:
-            if not waiter.called:
-                waiter.callback(None)
 
     async def _forward(self, coordinator: int, request: Request) -> Reply:
         # Race the answer against this coordinator being declared dead: a hung one then
@@ -410,8 +509,8 @@ class Replica(service.MultiService):
         # success, so the call's outcome travels as a value (a refused call, never
         # sent, must not turn into a write in doubt).
         self._suspected.discard(coordinator)   # only evidence from now on counts
-        call = self.links[coordinator].call("CLIENT", request.encode(),
-                                            self.timers.forward_timeout)
+        message = peerwire.Client(self.node.epoch, request.encode())
+        call = self.call(coordinator, message, self.timers.forward_timeout)
         call.addCallbacks(lambda response: (response, None), lambda failure: (None, failure))
         deadline = self.reactor.seconds() + self.timers.forward_timeout
         dead = defer.ensureDeferred(self._coordinator_dead(coordinator, deadline))
@@ -422,7 +521,6 @@ class Replica(service.MultiService):
         response, failure = outcome
         if failure is not None:
             failure.raiseException()
-        self._mark(coordinator, True)
         if response.kind == "NO":
             # It is not the coordinator (any more): treat it like a failed ping.
             raise PeerUnavailable(f"replica {coordinator} is not the coordinator")
@@ -450,8 +548,10 @@ class Replica(service.MultiService):
                     f"this replica lacks writes your session has seen ({lacking}) and could "
                     f"not fetch them within {self.timers.fetch_timeout:g} s; nothing was done",
                 )
-        if self._serving_as() != self.my_id:
+        node = self.node
+        if node.serving_as != self.my_id:
             raise _NotCoordinator()
+        epoch = node.coordinator_epoch
         store = self.store
         if request.command == "GET":
             record = store.get(request.key)
@@ -465,8 +565,12 @@ class Replica(service.MultiService):
             current = store.get(request.key)
             if current is None or current.deleted:
                 return Reply("NOTFOUND", meta=self._meta(request, store.clock))
-        record = store.write(self.my_id, request.key, request.value)
-        if not await self.sync.replicate(record):
+        try:
+            record = store.write(self.my_id, request.key, request.value, epoch)
+        except NewerEpoch as e:
+            node.epoch_seen(e.epoch)      # deposed: step down, the request goes elsewhere
+            raise _NotCoordinator() from None
+        if not await self.sync.replicate(record, epoch, self._push_refused):
             return self._error(
                 request, Code.QUORUM,
                 f"the write is on this replica but fewer than write_quorum = "
@@ -475,49 +579,79 @@ class Replica(service.MultiService):
             )
         return Reply("OK", meta=self._meta(request, record.version))
 
-    # Peer requests (PeerRequestHandler) ------------------------------------------------
+    def _push_refused(self, peer_id: int) -> None:
+        """A follower refused a push (it follows no one, or another epoch): announce
+        this epoch to it again rather than wait for the next re-announcement."""
+        node = self.node
+        if node.role.is_coordinator and node.coordinator_epoch is not None:
+            self.send_coordinator(peer_id, node.coordinator_epoch)
+
+    # Peer requests: the edge -----------------------------------------------------------
 
     def peer_request(self, peer_id: int, verb: str, payload: str):
+        """Decode, check the epoch once, dispatch to one handler per message."""
         self._mark(peer_id, True)
         self.links[peer_id].alive_hint()
-        election = self.election
-        if verb == "PING":
-            # A coordinator still pulling before it serves answers "coordinator": it is
-            # alive, and forwarded requests wait for its take-over to finish.
-            status = PeerStatus(self.my_id, election.public_role, election.coordinator,
-                                election.epoch, self.store.clock)
-            return PeerAnswer("OK", status.encode())
-        if verb == "ELECTION":
-            answer = election.election_received(peer_id, peerwire.parse_int(payload, "epoch"))
-            return PeerAnswer("OK" if answer else "NO", str(election.epoch))
-        if verb == "COORDINATOR":
-            accepted = election.coordinator_received(
-                peer_id, peerwire.parse_int(payload, "epoch")
-            )
-            return PeerAnswer("OK" if accepted else "NO", str(election.epoch))
-        if verb == "CLIENT":
-            return defer.ensureDeferred(self._serve_forwarded(payload))
-        if verb == "PUSH":
-            outcome = self.store.apply_pushed(peerwire.decode_record(payload))
-            if outcome == "gap":
-                self.sync.sync_from(peer_id)   # a push was lost: fetch what is missing
-            return PeerAnswer("OK", outcome)
-        if verb == "DELTA":
-            clock, records = self.store.export_delta(peerwire.decode_clock(payload))
-            return self._stream(clock, records)
-        if verb == "FULL":
-            clock, records = self.store.export_full()
-            return self._stream(clock, records)
-        raise PeerWireError(f"unknown verb {verb}")
+        try:
+            message = peerwire.decode_message(verb, payload)
+        except PeerWireError as e:
+            self.log.warn("refusing {verb} from replica {peer}: {error}", verb=verb[:20],
+                          peer=peer_id, error=e)
+            raise
+        node = self.node
+        node.epoch_seen(message.epoch)        # a newer epoch: a coordinator steps down
+        if message.fenced and message.epoch < node.epoch:
+            return PeerAnswer("STALE", str(node.epoch))
+        handler = getattr(self, f"_on_{message.verb.lower()}")
+        return handler(peer_id, message)
 
-    @staticmethod
-    def _stream(clock: VectorClock, records) -> PeerAnswer:
+    def _on_ping(self, peer_id: int, message: peerwire.Ping) -> PeerAnswer:
+        # A coordinator still taking over answers "coordinator": it is alive, and
+        # forwarded requests wait for its take-over to finish.
+        node = self.node
+        status = PeerStatus(self.my_id, node.public_role, node.coordinator, node.epoch,
+                            self.store.clock, self.store.cluster_id)
+        return PeerAnswer("OK", status.encode())
+
+    def _on_election(self, peer_id: int, message: peerwire.Election) -> PeerAnswer:
+        answer = self.node.election_received(peer_id, message.epoch)
+        return PeerAnswer("OK" if answer else "NO", str(self.node.epoch))
+
+    def _on_coordinator(self, peer_id: int, message: peerwire.Coordinator) -> PeerAnswer:
+        accepted = self.node.coordinator_received(peer_id, message.epoch)
+        return PeerAnswer("OK" if accepted else "NO", str(self.node.epoch))
+
+    def _on_client(self, peer_id: int, message: peerwire.Client):
+        return defer.ensureDeferred(self._serve_forwarded(message.line))
+
+    def _on_push(self, peer_id: int, message: peerwire.Push) -> PeerAnswer:
+        node = self.node
+        # Fencing: only the coordinator this replica accepted, in that epoch, and only
+        # once this replica holds the cluster's history (joining.py).
+        accepted = (node.role is Role.FOLLOWER and node.coordinator == peer_id
+                    and node.coordinator_epoch == message.epoch)
+        if not accepted or not (self._bound or self.joining.fresh):
+            return PeerAnswer("NO", str(node.epoch))
+        outcome = self.store.apply_pushed(message.record)
+        if outcome == "gap":
+            self.sync.sync_from(peer_id)   # a push was lost: fetch what is missing
+        return PeerAnswer("OK", outcome)
+
+    def _on_delta(self, peer_id: int, message: peerwire.Delta) -> PeerAnswer:
+        return self._stream(*self.store.export_delta(message.since))
+
+    def _on_full(self, peer_id: int, message: peerwire.Full) -> PeerAnswer:
+        return self._stream(*self.store.export_full())
+
+    def _stream(self, clock: VectorClock, records) -> PeerAnswer:
         body = (("REC", peerwire.encode_record(record)) for record in records)
-        return PeerAnswer("END", clock.encode(), body=body)
+        cluster = self.store.cluster_id or "-"
+        return PeerAnswer("END", f"{clock.encode()} {cluster}", body=body)
 
     async def _serve_forwarded(self, line: str) -> PeerAnswer:
-        if self.election.role is not Role.COORDINATOR:
-            return PeerAnswer("NO", str(self.election.coordinator or "-"))
+        node = self.node
+        if not node.role.is_coordinator:
+            return PeerAnswer("NO", str(node.coordinator or "-"))
         try:
             request = wire.parse_request(line, self.config.limits)
             if request is None or not request.needs_coordinator:
@@ -526,10 +660,14 @@ class Replica(service.MultiService):
             reply = e.reply()
         else:
             deadline = self.reactor.seconds() + self.timers.election_wait
-            if await self._await_coordinator(deadline) != self.my_id:
-                return PeerAnswer("NO", str(self.election.coordinator or "-"))
+            if await node.when_serving(deadline) != self.my_id:
+                if node.cannot_serve:
+                    reply = self._unavailable(request)
+                    return PeerAnswer("END", "", body=iter(
+                        [("LINE", t) for t in reply.encode_lines()]))
+                return PeerAnswer("NO", str(node.coordinator or "-"))
             try:
                 reply = await self._coordinate(request)
             except _NotCoordinator:
-                return PeerAnswer("NO", str(self.election.coordinator or "-"))
+                return PeerAnswer("NO", str(node.coordinator or "-"))
         return PeerAnswer("END", "", body=iter([("LINE", t) for t in reply.encode_lines()]))

@@ -38,7 +38,7 @@ from pathlib import Path
 from replicad.identity import is_cluster_id
 from replicad.vclock import MAX_ENTRY, ClockError, Order, VectorClock
 
-SCHEMA_VERSION = "1"
+SCHEMA_VERSION = "2"   # 2: kv.epoch (the epoch of the coordinator that accepted the write)
 BATCH_ROWS = 1000  # rows per fetchmany/staging batch: bounds memory of exports and imports
 MAX_CONFLICT_KEYS = 20  # keys named in an ApplyResult, for the log; the count is exact
 MEMORY = ":memory:"
@@ -50,7 +50,8 @@ CREATE TABLE kv (
     origin INTEGER NOT NULL,
     seq INTEGER NOT NULL,
     version TEXT NOT NULL,      -- VectorClock.encode()
-    vtotal INTEGER NOT NULL     -- version.total(), first part of rank()
+    vtotal INTEGER NOT NULL,    -- version.total(), second part of rank()
+    epoch INTEGER NOT NULL DEFAULT 0   -- first part of rank()
 ) WITHOUT ROWID;
 CREATE INDEX kv_write ON kv (origin, seq);
 CREATE TABLE clock (replica INTEGER PRIMARY KEY, count INTEGER NOT NULL);
@@ -60,32 +61,43 @@ CREATE TABLE meta (name TEXT PRIMARY KEY, value TEXT NOT NULL);
 _STAGE_SCHEMA = """
 CREATE TABLE {s}.kv (
     key TEXT PRIMARY KEY NOT NULL, value TEXT, origin INTEGER NOT NULL,
-    seq INTEGER NOT NULL, version TEXT NOT NULL, vtotal INTEGER NOT NULL
+    seq INTEGER NOT NULL, version TEXT NOT NULL, vtotal INTEGER NOT NULL,
+    epoch INTEGER NOT NULL
 ) WITHOUT ROWID
 """
 
-_COLUMNS = "key, value, origin, seq, version"
+_COLUMNS = "key, value, origin, seq, version, epoch"
 
 Rows = Callable[[sqlite3.Connection], Iterator[tuple]]
 
 
 @dataclass(frozen=True)
 class Record:
-    """One key's state: value (None = tombstone), write id and the write's version."""
+    """One key's state: value (None = tombstone), write id, the write's version and the
+    epoch of the coordinator that accepted it."""
 
     key: str
     value: str | None
     origin: int
     seq: int
     version: VectorClock
+    epoch: int = 0
 
     @property
     def deleted(self) -> bool:
         return self.value is None
 
-    def rank(self) -> tuple[int, int, int]:
-        """Total order extending happened-before: total() grows strictly along <."""
-        return (self.version.total(), self.origin, self.seq)
+    def rank(self) -> tuple[int, int, int, int]:
+        """Total order extending happened-before, epoch first.
+
+        Along happened-before the epoch never falls (``Store.write`` refuses to write
+        over a record of a newer epoch) and total() grows strictly, so this extends it.
+        Epoch first means that of two concurrent versions (a split brain) the one
+        accepted by the newer coordinator wins: in quorum mode that is the side that
+        held a majority, so a write that missed its quorum on a deposed coordinator can
+        never outrank one acknowledged by its successor (docs/consistency.md).
+        """
+        return (self.epoch, self.version.total(), self.origin, self.seq)
 
 
 def winner(a: Record, b: Record) -> Record:
@@ -117,6 +129,14 @@ class StoreError(Exception):
     """The database cannot be used (not a replicad database, bad schema) or a bad record."""
 
 
+class NewerEpoch(StoreError):
+    """A write over a record that a newer coordinator accepted: the writer is deposed."""
+
+    def __init__(self, epoch: int):
+        super().__init__(f"the key holds a write of the newer epoch {epoch}")
+        self.epoch = epoch
+
+
 def check_record(record: Record) -> None:
     """Refuse a record that would break the store's invariants; raise StoreError."""
     if not isinstance(record, Record):
@@ -132,6 +152,8 @@ def check_record(record: Record) -> None:
         and isinstance(record.version, VectorClock)
         and record.version[record.origin] == record.seq
         and record.version.total() <= MAX_ENTRY  # stored as an SQLite INTEGER
+        and isinstance(record.epoch, int)
+        and 0 <= record.epoch <= MAX_ENTRY
     )
     if not ok:
         raise StoreError(f"malformed record {record!r:.200}")
@@ -139,13 +161,14 @@ def check_record(record: Record) -> None:
 
 def _row(record: Record) -> tuple:
     version = record.version
-    return (record.key, record.value, record.origin, record.seq, version.encode(), version.total())
+    return (record.key, record.value, record.origin, record.seq, version.encode(),
+            version.total(), record.epoch)
 
 
 def _record(row: tuple) -> Record:
-    key, value, origin, seq, version = row
+    key, value, origin, seq, version, epoch = row
     try:
-        return Record(key, value, origin, seq, VectorClock.decode(version))
+        return Record(key, value, origin, seq, VectorClock.decode(version), epoch)
     except ClockError as e:
         raise StoreError(f"corrupt version for key {key!r}: {e}") from None
 
@@ -208,6 +231,12 @@ class Store:
             elif "meta" not in tables or "kv" not in tables:
                 raise StoreError(f"{self._path} is an SQLite file but not a replicad database")
             meta = dict(db.execute("SELECT name, value FROM meta"))
+            if meta.get("schema") == "1":
+                # 1 -> 2: records gain the epoch that accepted them; older writes rank
+                # as epoch 0, below every write made since.
+                db.execute("ALTER TABLE kv ADD COLUMN epoch INTEGER NOT NULL DEFAULT 0")
+                self._set_meta("schema", SCHEMA_VERSION)
+                meta["schema"] = SCHEMA_VERSION
             if meta.get("schema") != SCHEMA_VERSION:
                 raise StoreError(
                     f"{self._path} has schema version {meta.get('schema')!r}, "
@@ -347,24 +376,30 @@ class Store:
                 )
         self._cluster_id = cluster_id
 
-    def write(self, origin: int, key: str, value: str | None) -> Record:
-        """Accept a write at this replica (origin = its id); durable when this returns.
+    def write(self, origin: int, key: str, value: str | None, epoch: int = 0) -> Record:
+        """Accept a write at this replica (origin = its id) as the coordinator of
+        ``epoch``; durable when this returns.
 
         The version is the clock after the write merged with the version of the record it
         replaces.  A pushed record may carry writes the clock lacks; without the merge the
         new write could rank below the record it replaced, and replicas would diverge.
+        A record accepted in a newer epoch is never written over (``NewerEpoch``): the
+        caller is a deposed coordinator, and rank() relies on epochs never falling along
+        happened-before.
         """
         new_clock = self._clock.advance(origin)
         seq = new_clock[origin]
         with self._transaction():
             current = self.get(key)
+            if current is not None and current.epoch > epoch:
+                raise NewerEpoch(current.epoch)
             version = new_clock if current is None else new_clock.merge(current.version)
             if version[origin] != seq:
                 raise StoreError(
                     f"key {key!r} holds write {origin}:{version[origin]} of this replica, "
                     f"but its clock is at {seq - 1}: was the database replaced?"
                 )
-            record = Record(key, value, origin, seq, version)
+            record = Record(key, value, origin, seq, version, epoch)
             check_record(record)
             self._put(record)
             self._save_clock(new_clock)
@@ -425,7 +460,8 @@ class Store:
 
     def _put(self, record: Record) -> None:
         self._db.execute(
-            "REPLACE INTO kv (key, value, origin, seq, version, vtotal) VALUES (?, ?, ?, ?, ?, ?)",
+            "REPLACE INTO kv (key, value, origin, seq, version, vtotal, epoch)"
+            " VALUES (?, ?, ?, ?, ?, ?, ?)",
             _row(record),
         )
 
@@ -581,11 +617,12 @@ class Importer:
         self._db.execute("BEGIN")  # deferred: only the staging database gets locked
         try:
             self._db.executemany(
-                f"INSERT INTO {s}.kv (key, value, origin, seq, version, vtotal)"
-                " VALUES (?, ?, ?, ?, ?, ?) ON CONFLICT (key) DO UPDATE SET"
+                f"INSERT INTO {s}.kv (key, value, origin, seq, version, vtotal, epoch)"
+                " VALUES (?, ?, ?, ?, ?, ?, ?) ON CONFLICT (key) DO UPDATE SET"
                 " value = excluded.value, origin = excluded.origin, seq = excluded.seq,"
-                " version = excluded.version, vtotal = excluded.vtotal"
-                " WHERE (excluded.vtotal, excluded.origin, excluded.seq) > (vtotal, origin, seq)",
+                " version = excluded.version, vtotal = excluded.vtotal, epoch = excluded.epoch"
+                " WHERE (excluded.epoch, excluded.vtotal, excluded.origin, excluded.seq)"
+                " > (epoch, vtotal, origin, seq)",
                 self._pending,
             )
             self._db.execute("COMMIT")
@@ -613,7 +650,8 @@ class Importer:
                     # cursor stays open on kv while _merge() writes to it.  CROSS JOIN
                     # makes SQLite walk the staging in key order and probe kv by key.
                     page = db.execute(
-                        f"SELECT s.key, s.value, s.origin, s.seq, s.version FROM {s}.kv AS s"
+                        f"SELECT s.key, s.value, s.origin, s.seq, s.version, s.epoch"
+                        f" FROM {s}.kv AS s"
                         " CROSS JOIN main.kv AS k ON k.key = s.key WHERE s.key > ?"
                         " ORDER BY s.key LIMIT ?",
                         (last, BATCH_ROWS),
@@ -624,8 +662,8 @@ class Importer:
                         store._merge(_record(row), result)
                     last = page[-1][0]
                 inserted = db.execute(
-                    "INSERT INTO main.kv (key, value, origin, seq, version, vtotal)"
-                    f" SELECT key, value, origin, seq, version, vtotal FROM {s}.kv AS s"
+                    "INSERT INTO main.kv (key, value, origin, seq, version, vtotal, epoch)"
+                    f" SELECT key, value, origin, seq, version, vtotal, epoch FROM {s}.kv AS s"
                     " WHERE NOT EXISTS (SELECT 1 FROM main.kv AS k WHERE k.key = s.key)"
                 ).rowcount
                 result.applied += inserted

@@ -18,37 +18,53 @@ from twisted.logger import Logger
 
 from replicad import peerwire
 from replicad.config import ClusterConfig
-from replicad.peer import PeerLink, PeerUnavailable
-from replicad.peerwire import PeerStatus, PeerWireError
+from replicad.peer import PeerResponse, PeerUnavailable
+from replicad.peerwire import Message, PeerStatus, PeerWireError
 from replicad.store import Record, Store
 from replicad.vclock import VectorClock
 
 # A sync stream may run long; it fails only when the peer goes silent this long.
 STREAM_IDLE_TIMEOUT_S = 5.0
 
+Call = Callable[..., defer.Deferred[PeerResponse]]
+
+
+class StaleEpoch(Exception):
+    """A peer refused a request because it has seen a newer epoch (already learnt)."""
+
+    def __init__(self, peer_id: int, epoch: int):
+        super().__init__(f"replica {peer_id} is in the newer epoch {epoch}")
+        self.peer_id, self.epoch = peer_id, epoch
+
 
 class Synchroniser:
     """Pulls and pushes for one replica.  ``ping`` asks a peer for its PeerStatus
-    (errback PeerUnavailable); ``mark`` records whether a peer answered."""
+    (errback PeerUnavailable); ``call(peer_id, message, timeout_s, on_line)`` sends a
+    typed request (errback StaleEpoch when the peer knows a newer epoch); ``mark``
+    records whether a peer answered; ``epoch`` is this replica's highest epoch."""
 
     log = Logger()
 
     def __init__(
         self,
         store: Store,
-        links: dict[int, PeerLink],
+        peers: list[int],
         config: ClusterConfig,
         reactor,
         ping: Callable[[int, float], defer.Deferred[PeerStatus]],
+        call: Call,
         mark: Callable[[int, bool], None],
+        epoch: Callable[[], int],
     ):
         self.store = store
-        self.links = links
+        self.peers = sorted(peers)
         self.config = config
         self.timers = config.timers
         self.reactor = reactor
         self.ping = ping
+        self.call = call
         self.mark = mark
+        self.epoch = epoch
         self._pulls: dict[int, defer.Deferred[bool]] = {}
         self._last_seen: dict[int, VectorClock] = {}
 
@@ -69,11 +85,12 @@ class Synchroniser:
         if empty or (previous is not None and previous.missing_from(self.store.clock)):
             self.sync_from(status.peer_id)
 
-    def sync_from(self, peer_id: int) -> defer.Deferred[bool]:
-        """Pull what peer_id has and this replica lacks; concurrent pulls share one."""
+    def sync_from(self, peer_id: int, full: bool = False) -> defer.Deferred[bool]:
+        """Pull what peer_id has and this replica lacks (``full``: a full copy whatever
+        the clocks say); concurrent pulls share one."""
         running = self._pulls.get(peer_id)
         if running is None:
-            running = defer.ensureDeferred(self._sync_from(peer_id))
+            running = defer.ensureDeferred(self._sync_from(peer_id, full))
             self._pulls[peer_id] = running
 
             def done(result):
@@ -93,19 +110,19 @@ class Synchroniser:
         running.addBoth(relay)
         return mine
 
-    async def _sync_from(self, peer_id: int) -> bool:
+    async def _sync_from(self, peer_id: int, force_full: bool = False) -> bool:
         try:
             status = await self.ping(peer_id, self.timers.ping_timeout)
             have = self.store.clock
             missing = status.clock.missing_from(have)
-            if not missing:
+            if not missing and not force_full:
                 return True
             behind = sum(status.clock[o] - have[o] for o in missing)
-            full = (have == VectorClock() and self.store.count() == 0) or (
+            full = force_full or (have == VectorClock() and self.store.count() == 0) or (
                 behind >= self.config.full_copy_ratio * status.clock.total()
             )
             return await self._pull(peer_id, full, have, behind)
-        except (PeerUnavailable, PeerWireError) as e:
+        except (PeerUnavailable, PeerWireError, StaleEpoch) as e:
             self.log.debug("pull from replica {peer} failed: {error}", peer=peer_id, error=e)
             return False
         except Exception:
@@ -123,13 +140,19 @@ class Synchroniser:
             importer.add(peerwire.decode_record(text))
             received += 1
 
+        message: Message = (peerwire.Full(self.epoch()) if full
+                            else peerwire.Delta(self.epoch(), have))
         try:
-            response = await self.links[peer_id].call(
-                kind, "" if full else have.encode(), STREAM_IDLE_TIMEOUT_S, on_line
-            )
+            response = await self.call(peer_id, message, STREAM_IDLE_TIMEOUT_S, on_line)
             if response.kind != "END":
                 raise PeerWireError(f"{kind} answered {response.kind} {response.payload[:60]}")
-            result = importer.finish(peerwire.decode_clock(response.payload))
+            clock_text, _, cluster_text = response.payload.partition(" ")
+            source_cluster = peerwire.parse_cluster_id(cluster_text or "-")
+            mine = self.store.cluster_id
+            if None not in (mine, source_cluster) and mine != source_cluster:
+                raise PeerWireError(f"replica {peer_id} holds cluster {source_cluster}, "
+                                    f"not this replica's {mine}")
+            result = importer.finish(peerwire.decode_clock(clock_text))
         except BaseException:
             importer.abort()
             raise
@@ -147,18 +170,12 @@ class Synchroniser:
             )
         return True
 
-    def pull_from_all(self) -> defer.Deferred:
-        """Pull from every peer at once; fires when all have answered or failed."""
-        return defer.DeferredList(
-            [self.sync_from(peer_id) for peer_id in self.links], consumeErrors=True
-        )
-
     async def catch_up(self, need: VectorClock, via: int | None) -> bool:
         """Fetch the writes a session depends on: from its last server first, then any
         peer whose clock shows them; bounded by fetch_timeout."""
         deadline = self.reactor.seconds() + self.timers.fetch_timeout
-        candidates = [via] if via in self.links else []
-        candidates += [p for p in sorted(self.links, reverse=True) if p != via]
+        candidates = [via] if via in self.peers else []
+        candidates += [p for p in reversed(self.peers) if p != via]
         for peer_id in candidates:
             remaining = deadline - self.reactor.seconds()
             if remaining <= 0 or need <= self.store.clock:
@@ -173,13 +190,16 @@ class Synchroniser:
 
     # Pushes ----------------------------------------------------------------------------
 
-    def replicate(self, record: Record) -> defer.Deferred[bool]:
-        """Push a write to every peer; fire True once write_quorum replicas have it."""
+    def replicate(self, record: Record, epoch: int,
+                  refused: Callable[[int], None] = lambda peer_id: None) -> defer.Deferred[bool]:
+        """Push a write of ``epoch`` to every peer; fire True once write_quorum replicas
+        have it on disk.  A follower that does not follow this epoch answers NO: it is
+        no ack, and ``refused(peer_id)`` is told."""
         needed = self.config.write_quorum - 1     # the coordinator has it already
         result: defer.Deferred[bool] = defer.Deferred()
         acks = 0
-        pending = len(self.links)
-        line = peerwire.encode_record(record)
+        pending = len(self.peers)
+        message = peerwire.Push(epoch, record)
 
         def settle() -> None:
             if not result.called and (acks >= needed or pending == 0):
@@ -188,9 +208,10 @@ class Synchroniser:
         def acked(response, peer_id: int) -> None:
             nonlocal acks, pending
             pending -= 1
-            self.mark(peer_id, True)
             if response.kind == "OK":
                 acks += 1
+            elif response.kind == "NO":
+                refused(peer_id)
             settle()
 
         def failed(failure, peer_id: int) -> None:
@@ -198,12 +219,12 @@ class Synchroniser:
             pending -= 1
             if failure.check(PeerUnavailable):
                 self.mark(peer_id, False)
-            else:
+            elif not failure.check(StaleEpoch):
                 self.log.failure("push to replica {peer} failed", failure, peer=peer_id)
             settle()
 
-        for peer_id, link in self.links.items():
-            d = link.call("PUSH", line, self.timers.quorum_timeout)
+        for peer_id in self.peers:
+            d = self.call(peer_id, message, self.timers.quorum_timeout)
             d.addCallbacks(acked, failed, callbackArgs=(peer_id,), errbackArgs=(peer_id,))
         if needed == 0:
             # write_quorum = 1: acknowledge once the pushes have been handed to the

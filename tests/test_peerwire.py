@@ -7,6 +7,7 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from replicad import peerwire
+from replicad.node import MAX_EPOCH
 from replicad.peerwire import (
     Frame,
     PeerStatus,
@@ -39,18 +40,19 @@ CLOCKS = st.dictionaries(
 ).map(VectorClock)
 # Write ids on the peer wire have at most wire.MAX_NUMBER_DIGITS digits.
 SEQS = st.integers(1, 10**MAX_NUMBER_DIGITS - 1)
-RECORDS = st.builds(Record, KEYS, st.none() | VALUES, st.integers(1, 64), SEQS, CLOCKS)
+RECORDS = st.builds(Record, KEYS, st.none() | VALUES, st.integers(1, 64), SEQS, CLOCKS,
+                    st.integers(0, MAX_EPOCH))
 
 
 # Records --------------------------------------------------------------------------------
 
 
 def test_record_encoding():
-    record = Record("k", "hello world", 2, 7, VectorClock({1: 3, 2: 7}))
-    assert encode_record(record) == "k 2 7 1:3,2:7 V hello world"
+    record = Record("k", "hello world", 2, 7, VectorClock({1: 3, 2: 7}), 5)
+    assert encode_record(record) == "k 2 7 5 1:3,2:7 V hello world"
     tombstone = Record("k", None, 1, 4, VectorClock({1: 4}))
-    assert encode_record(tombstone) == "k 1 4 1:4 T"
-    assert encode_record(Record("k", "", 1, 1, VectorClock())) == "k 1 1 - V "
+    assert encode_record(tombstone) == "k 1 4 0 1:4 T"
+    assert encode_record(Record("k", "", 1, 1, VectorClock())) == "k 1 1 0 - V "
 
 
 @pytest.mark.parametrize(
@@ -71,7 +73,7 @@ def test_tombstone_round_trip():
 
 
 def test_empty_value_is_not_a_tombstone():
-    decoded = decode_record("k 1 1 1:1 V ")
+    decoded = decode_record("k 1 1 0 1:1 V ")
     assert decoded.value == ""
     assert not decoded.deleted
 
@@ -87,18 +89,21 @@ def test_record_round_trip_property(record):
         "",
         "k",
         "k 1 2",
-        "k 1 2 1:1",            # no flag
-        "k 1 2 1:1 X v",        # unknown flag
-        "k 1 2 1:1 v value",    # flag is case-sensitive
-        "k 1 2 1:1 V",          # V without a value (not even the space)
-        "k 1 2 1:1 T extra",    # a tombstone with a value
-        "k 1 2 1:1 T ",         # ... even an empty one
-        "k x 2 1:1 V v",        # origin not a number
-        "k 1 -2 1:1 V v",       # seq not a number
-        "k \u0663 2 1:1 V v",   # a non-ASCII digit
-        "k 1 2 bogus V v",      # bad version
-        "k 1 2 1:1,1:2 V v",    # replica twice in the version
-        "k 1 2 1:-1 V v",
+        "k 1 2 0 1:1",            # no flag
+        "k 1 2 0 1:1 X v",        # unknown flag
+        "k 1 2 0 1:1 v value",    # flag is case-sensitive
+        "k 1 2 0 1:1 V",          # V without a value (not even the space)
+        "k 1 2 0 1:1 T extra",    # a tombstone with a value
+        "k 1 2 0 1:1 T ",         # ... even an empty one
+        "k x 2 0 1:1 V v",        # origin not a number
+        "k 1 -2 0 1:1 V v",       # seq not a number
+        "k \u0663 2 0 1:1 V v",   # a non-ASCII digit
+        "k 1 2 0 bogus V v",      # bad version
+        "k 1 2 0 1:1,1:2 V v",    # replica twice in the version
+        "k 1 2 0 1:-1 V v",
+        "k 1 2 1:1 V v",          # no epoch (the format before epochs)
+        "k 1 2 x 1:1 V v",        # epoch not a number
+        f"k 1 2 {MAX_EPOCH + 1} 1:1 V v",   # epoch above the bound
     ],
 )
 def test_bad_records_raise_peer_wire_error(text):
@@ -128,7 +133,7 @@ def test_decode_clock_and_parse_int():
     [
         lambda: parse_int("9" * 5000, "replica id"),
         lambda: parse_frame("9" * 5000 + " PING"),
-        lambda: decode_record("k " + "9" * 5000 + " 1 1:1 V v"),
+        lambda: decode_record("k " + "9" * 5000 + " 1 0 1:1 V v"),
     ],
     ids=["parse_int", "parse_frame", "decode_record"],
 )
@@ -141,7 +146,7 @@ def test_number_digit_limit():
     biggest = "9" * MAX_NUMBER_DIGITS
     assert parse_int(biggest, "rid") == int(biggest)
     assert parse_frame(biggest + " OK") == Frame(int(biggest), "OK")
-    assert decode_record(f"k 1 {biggest} 1:1 T").seq == int(biggest)
+    assert decode_record(f"k 1 {biggest} 0 1:1 T").seq == int(biggest)
     with pytest.raises(PeerWireError):
         parse_int(biggest + "9", "rid")
 
@@ -172,7 +177,7 @@ def test_bad_frames(line):
 
 
 def test_frame_kinds_and_verbs():
-    assert peerwire.FINAL_KINDS == {"OK", "NO", "ERR", "END"}
+    assert peerwire.FINAL_KINDS == {"OK", "NO", "ERR", "END", "STALE"}
     assert peerwire.STREAM_KINDS == {"LINE", "REC"}
     assert not peerwire.FINAL_KINDS & peerwire.STREAM_KINDS
     assert {"PING", "ELECTION", "COORDINATOR"} <= peerwire.VERBS
@@ -310,3 +315,57 @@ def test_proofs_match_uses_constant_time_compare(monkeypatch):
     monkeypatch.setattr(peerwire.hmac, "compare_digest", spy)
     assert proofs_match("ab", "ab")
     assert calls == [(b"ab", b"ab")]
+
+
+# Typed messages ---------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    "message",
+    [
+        peerwire.Ping(0),
+        peerwire.Election(7),
+        peerwire.Coordinator(MAX_EPOCH),
+        peerwire.Client(3, "PUT k a value with spaces"),
+        peerwire.Push(4, Record("k", "v w", 2, 3, VectorClock({2: 3}), 4)),
+        peerwire.Delta(2, VectorClock({1: 5, 3: 2})),
+        peerwire.Delta(2, VectorClock()),
+        peerwire.Full(9),
+    ],
+)
+def test_messages_round_trip_with_their_epoch(message):
+    verb, payload = peerwire.encode_message(message)
+    assert verb in peerwire.VERBS
+    assert payload.split(" ")[0] == str(message.epoch)
+    assert peerwire.decode_message(verb, payload) == message
+
+
+def test_fenced_messages_are_the_ones_that_change_or_copy_state():
+    fenced = {cls.verb for cls in (peerwire.Ping, peerwire.Election, peerwire.Coordinator,
+                                   peerwire.Client, peerwire.Push, peerwire.Delta,
+                                   peerwire.Full) if cls.fenced}
+    assert fenced == {"CLIENT", "PUSH", "DELTA", "FULL"}
+
+
+@pytest.mark.parametrize(
+    ("verb", "payload"),
+    [
+        ("PING", ""),                          # no epoch
+        ("PING", "x"),
+        ("ELECTION", "-1"),
+        ("COORDINATOR", str(MAX_EPOCH + 1)),   # a huge epoch is refused, never adopted
+        ("COORDINATOR", "9" * 19),             # 19 digits: above every bound
+        ("PUSH", "1 k 1 1 0 1:1"),             # bad record
+        ("DELTA", "1 1:x"),
+        ("NOPE", "1"),
+    ],
+)
+def test_bad_messages_raise_peer_wire_error(verb, payload):
+    with pytest.raises(PeerWireError):
+        peerwire.decode_message(verb, payload)
+
+
+def test_parse_epoch_bounds():
+    assert peerwire.parse_epoch(str(MAX_EPOCH)) == MAX_EPOCH
+    with pytest.raises(PeerWireError, match="above the bound"):
+        peerwire.parse_epoch(str(MAX_EPOCH + 1))

@@ -8,7 +8,7 @@ from twisted.internet.testing import MemoryReactorClock
 
 from replicad import peerwire
 from replicad.config import default_config
-from replicad.election import Role
+from replicad.node import Candidacy, Role
 from replicad.peer import PeerAnswer
 from replicad.peerwire import PeerStatus, PeerWireError
 from replicad.replica import Replica
@@ -21,19 +21,20 @@ from replicad.wire import Request
 def replica(tmp_path):
     """Replica 2 of the built-in 3-replica cluster, started on a MemoryReactorClock."""
     reactor = MemoryReactorClock()
-    replica = Replica(default_config(), 2, str(tmp_path / "data"), reactor)
+    # --new-cluster: a fresh replica may stand at once (tests of joining set it apart)
+    replica = Replica(default_config(), 2, str(tmp_path / "data"), reactor, new_cluster=True)
     replica.startService()
     yield replica
     replica.stopService()
 
 
 def follow(replica: Replica, coordinator: int = 3, epoch: int = 1) -> None:
-    assert replica.election.coordinator_received(coordinator, epoch)
+    assert replica.node.coordinator_received(coordinator, epoch)
 
 
 def test_start_up_dials_every_peer_and_holds_an_election(replica):
     assert sorted(c[1] for c in replica.reactor.tcpClients) == [7101, 7103]
-    assert replica.election.role is Role.ELECTING     # asked replica 3, waiting for OK
+    assert replica.node.role is Role.ELECTING     # asked replica 3, waiting for OK
     assert replica.status_fields()["role"] == "electing"
     assert replica.status_fields()["ready"] == "no"
 
@@ -49,7 +50,7 @@ def test_a_follower_serves_through_its_coordinator(replica):
 def test_ping_answer_carries_role_coordinator_epoch_and_clock(replica):
     follow(replica)
     replica.store.write(3, "k", "v")
-    answer = replica.peer_request(1, "PING", "")
+    answer = replica.peer_request(1, "PING", "0")
     status = PeerStatus.parse(2, answer.payload)
     assert (answer.kind, status.role, status.coordinator, status.epoch) == (
         "OK", "follower", 3, 1
@@ -69,12 +70,17 @@ def test_a_stale_coordinator_announcement_is_rejected_with_our_epoch(replica):
     assert (answer.kind, answer.payload) == ("NO", "5")
 
 
+def push(replica: Replica, sender: int, epoch: int, record: Record) -> PeerAnswer:
+    return replica.peer_request(sender, *peerwire.encode_message(peerwire.Push(epoch, record)))
+
+
 def test_pushes_apply_in_order_and_a_gap_is_reported(replica):
-    first = Record("a", "1", 3, 1, VectorClock({3: 1}))
-    third = Record("b", "3", 3, 3, VectorClock({3: 3}))
-    assert replica.peer_request(3, "PUSH", peerwire.encode_record(first)).payload == "applied"
-    assert replica.peer_request(3, "PUSH", peerwire.encode_record(first)).payload == "duplicate"
-    assert replica.peer_request(3, "PUSH", peerwire.encode_record(third)).payload == "gap"
+    follow(replica)
+    first = Record("a", "1", 3, 1, VectorClock({3: 1}), 1)
+    third = Record("b", "3", 3, 3, VectorClock({3: 3}), 1)
+    assert push(replica, 3, 1, first).payload == "applied"
+    assert push(replica, 3, 1, first).payload == "duplicate"
+    assert push(replica, 3, 1, third).payload == "gap"
     assert replica.store.clock == VectorClock({3: 1})     # not past the gap
     assert replica.store.get("b").value == "3"           # but the record is kept
 
@@ -82,23 +88,23 @@ def test_pushes_apply_in_order_and_a_gap_is_reported(replica):
 def test_delta_streams_only_what_the_asker_lacks(replica):
     for n in range(5):
         replica.store.write(2, f"k{n}", str(n))
-    answer = replica.peer_request(1, "DELTA", "2:3")
+    answer = replica.peer_request(1, "DELTA", "0 2:3")
     assert isinstance(answer, PeerAnswer)
     records = [peerwire.decode_record(text) for _, text in answer.body]
     assert [r.key for r in records] == ["k3", "k4"]
-    assert answer.payload == "2:5"
+    assert answer.payload == "2:5 -"          # the clock, then the cluster id (unbound)
 
 
 def test_garbage_in_a_peer_request_is_a_peer_wire_error(replica):
     with pytest.raises(PeerWireError):
-        replica.peer_request(1, "PUSH", "not a record")
+        replica.peer_request(1, "PUSH", "0 not a record")
     with pytest.raises(PeerWireError):
         replica.peer_request(1, "ELECTION", "soon")
 
 
 def test_a_forwarded_request_to_a_non_coordinator_is_refused(replica):
     follow(replica)
-    answer = replica.peer_request(1, "CLIENT", "GET k")
+    answer = replica.peer_request(1, "CLIENT", "1 GET k")
     assert answer.result.kind == "NO" and answer.result.payload == "3"
 
 
@@ -111,16 +117,16 @@ def test_a_request_without_a_coordinator_is_unavailable_at_the_deadline(replica)
 
 def test_waiters_leave_the_list_however_their_wait_ends(replica):
     """Every forwarded request waits for news; none may stay behind (a leak)."""
-    deadline = replica.reactor.seconds() + 10
-    cancelled = defer.ensureDeferred(replica._news(deadline))
+    node = replica.node
+    cancelled = node.wait_for_change(10)
     # Shorter than every election timer, so no role change can end it early.
-    timed_out = defer.ensureDeferred(replica._news(replica.reactor.seconds() + 0.1))
-    assert len(replica._waiters) == 2
+    timed_out = node.wait_for_change(0.1)
+    assert len(node._waiters) == 2
     cancelled.cancel()
     cancelled.addErrback(lambda f: f.trap(defer.CancelledError))
     replica.reactor.advance(0.15)
     assert timed_out.result is False
-    assert replica._waiters == []
+    assert node._waiters == []
 
 
 def test_an_election_is_no_evidence_that_the_coordinator_died(replica):
@@ -129,7 +135,71 @@ def test_an_election_is_no_evidence_that_the_coordinator_died(replica):
     follow(replica)
     dead = defer.ensureDeferred(replica._coordinator_dead(3, replica.reactor.seconds() + 5))
     assert replica.peer_request(1, "ELECTION", "1").kind == "OK"
-    assert replica.election.role is Role.ELECTING
+    assert replica.node.role is Role.ELECTING
     assert not dead.called
     replica._suspect(3)                     # what a failed ping to it does
     assert dead.called
+
+
+# The edge: one epoch check for every peer message -------------------------------------
+
+
+def test_an_older_epoch_on_a_fenced_message_is_refused_with_ours(replica):
+    follow(replica, 3, 5)
+    record = Record("a", "1", 3, 1, VectorClock({3: 1}), 4)
+    answer = push(replica, 3, 4, record)
+    assert (answer.kind, answer.payload) == ("STALE", "5")
+    assert replica.store.get("a") is None                  # nothing applied
+    assert replica.peer_request(1, "FULL", "4").kind == "STALE"
+    assert replica.peer_request(1, "CLIENT", "4 GET k").kind == "STALE"
+    # PING and ELECTION are answered: they exist to spread the newer epoch
+    assert PeerStatus.parse(2, replica.peer_request(1, "PING", "1").payload).epoch == 5
+
+
+def test_a_newer_epoch_makes_a_coordinator_step_down_before_anything_else(replica):
+    replica.reactor.advance(replica.timers.answer_timeout)   # replica 3 never answered
+    replica.reactor.advance(0)
+    node = replica.node
+    assert node.role in (Role.TAKING_OVER, Role.SERVING)
+    answer = replica.peer_request(1, "PING", str(node.epoch + 3))
+    assert not node.role.is_coordinator                    # stepped down at the edge
+    assert PeerStatus.parse(2, answer.payload).role == "electing"
+    assert replica.store.epoch == node.epoch               # the newer epoch is persisted
+
+
+def test_a_push_from_a_replica_this_one_does_not_follow_is_refused(replica):
+    follow(replica, 3, 2)
+    record = Record("a", "1", 1, 1, VectorClock({1: 1}), 2)
+    answer = push(replica, 1, 2, record)                   # 1 is not the coordinator
+    assert (answer.kind, answer.payload) == ("NO", "2")
+    assert replica.store.get("a") is None
+
+
+def test_a_huge_epoch_is_a_refused_message_not_a_wedge(replica):
+    follow(replica, 3, 2)
+    with pytest.raises(PeerWireError):
+        replica.peer_request(3, "COORDINATOR", "9" * 18)
+    assert replica.node.epoch == 2
+    assert replica.peer_request(3, "COORDINATOR", "3").kind == "OK"   # later ones work
+
+
+def test_status_names_the_mode_and_the_cluster_id(replica):
+    fields = replica.status_fields()
+    assert (fields["mode"], fields["cluster_id"]) == ("available", "-")
+
+
+def test_an_unbound_replica_of_a_cluster_with_history_refuses_pushes(tmp_path):
+    reactor = MemoryReactorClock()
+    replica = Replica(default_config(), 2, str(tmp_path / "data"), reactor)
+    replica.startService()
+    try:
+        assert replica.node.candidacy is Candidacy.PENDING     # not seen its peers yet
+        bound = PeerStatus(3, "coordinator", 3, 1, VectorClock({3: 4}), "ab" * 16)
+        replica._compare(bound)
+        assert replica.node.candidacy is Candidacy.NO          # must copy first
+        follow(replica, 3, 1)
+        answer = push(replica, 3, 1, Record("a", "1", 3, 5, VectorClock({3: 5}), 1))
+        assert answer.kind == "NO"
+        assert replica.peer_request(1, "ELECTION", "1").kind == "NO"   # not a candidate
+    finally:
+        replica.stopService()

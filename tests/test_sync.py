@@ -13,7 +13,8 @@ from replicad.vclock import VectorClock
 
 def make(tmp_path):
     store = Store(str(tmp_path / "replica.sqlite"))
-    sync = Synchroniser(store, {}, default_config(), Clock(), ping=None, mark=None)
+    sync = Synchroniser(store, [], default_config(), Clock(), ping=None, call=None, mark=None,
+                        epoch=lambda: 0)
     pulls: list[int] = []
     sync.sync_from = pulls.append          # record instead of dialling
     return store, sync, pulls

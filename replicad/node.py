@@ -1,0 +1,634 @@
+"""The replica's role machine: Bully election, epochs, quorum take-over, lease.  Pure.
+
+No sockets and no global reactor: network I/O goes out through a ``NodeActions`` object
+(the replica's wiring) and time comes in as an injected ``IReactorTime``, so tests drive
+it with ``task.Clock``.  docs/election.md has the protocol and a diagram.
+
+States (each carries its own data and at most one timer; leaving a state cancels it):
+
+    FOLLOWER     follows ``coordinator`` in ``epoch`` (or none yet: shown as electing)
+    ELECTING     sent ELECTION to the higher ids; waits for an OK (answer timer)
+    AWAITING     got an OK; waits for the COORDINATOR announcement (coordinator timer)
+    TAKING_OVER  won: announced its epoch, pulls from the replicas that accepted it
+                 (re-announce timer); serves once ``quorum`` replicas, itself included,
+                 accepted the epoch and were pulled from, and every other answer is in
+    SERVING      the coordinator clients use (re-announce timer; lease timer in quorum
+                 mode)
+    STOPPED      the service stopped; every input is ignored
+
+Invariants (each is tested):
+
+- I1 epochs never decrease; the epoch a replica wins with is persisted *before* it is
+  announced, and a failed persist is retried on a timer (never a stuck state).
+- I2 a replica announces itself only when every higher member failed or stayed silent
+  for ``answer_timeout_s``: a lower replica never announces while a higher one answers.
+- I3 an announcement is rejected if its epoch is below the highest seen or if another
+  coordinator already holds that epoch here; the rejection carries the newer epoch and
+  makes the announcer re-elect above it, so an epoch names one coordinator.
+- I4 a replica only ever follows a higher id, so "follows" chains have no cycles.
+- I5 the highest live *eligible* replica bullies: an announcement from a lower id is
+  rejected and answered with an election.
+- I6 (quorum mode) a replica serves only after a majority, itself included, accepted its
+  epoch; a replica that accepted epoch e refuses older epochs (fencing), so a deposed
+  coordinator can no longer reach a write quorum.  A serving coordinator that hears from
+  no majority for ``lease_s`` stops serving and answers at once that it cannot serve.
+- I7 an epoch from the wire above ``MAX_EPOCH`` is refused at the edge (peerwire), and
+  a newer epoch makes a coordinator step down before anything else is handled.
+"""
+
+from __future__ import annotations
+
+import enum
+from collections.abc import Iterable
+from dataclasses import dataclass, field
+from typing import Protocol
+
+from twisted.internet import defer
+from twisted.internet.interfaces import IDelayedCall, IReactorTime
+from twisted.logger import Logger
+
+ANSWER_TIMEOUT_S = 0.3
+COORDINATOR_TIMEOUT_S = 0.8
+REANNOUNCE_INTERVAL_S = 1.0
+PERSIST_RETRY_S = 0.5
+MAX_EPOCH = 2**48     # far beyond any real history; bounds what the wire may claim
+
+
+class Role(enum.Enum):
+    FOLLOWER = "follower"
+    ELECTING = "electing"
+    AWAITING = "awaiting"
+    TAKING_OVER = "taking-over"
+    SERVING = "serving"
+    STOPPED = "stopped"
+
+    @property
+    def is_coordinator(self) -> bool:
+        return self in (Role.TAKING_OVER, Role.SERVING)
+
+    @property
+    def public_name(self) -> str:
+        """What clients and peers see: AWAITING is a detail of electing, and a
+        coordinator still taking over is a coordinator (forwards wait for it)."""
+        if self in (Role.ELECTING, Role.AWAITING):
+            return "electing"
+        if self.is_coordinator:
+            return "coordinator"
+        return self.value
+
+
+class Candidacy(enum.Enum):
+    """Whether this replica stands for election (joining.py says which)."""
+
+    YES = "yes"
+    PENDING = "pending"   # will stand soon (a new replica still looking at its peers):
+                          # answers OK to lower ids, so they wait for it, but never wins
+    NO = "no"             # must first copy the cluster's data: lower ids do not wait
+
+
+class NodeActions(Protocol):
+    """Network and disk side effects, implemented by the replica's wiring."""
+
+    def send_election(self, peer_id: int, epoch: int) -> None:
+        """Send ELECTION(epoch).  Call ``answer_received`` on OK, else
+        ``election_send_failed`` within ``answer_timeout_s``."""
+
+    def send_coordinator(self, peer_id: int, epoch: int) -> None:
+        """Send COORDINATOR(epoch); call ``coordinator_accepted``,
+        ``coordinator_rejected`` or ``coordinator_send_failed``."""
+
+    def pull_for_take_over(self, peer_id: int, epoch: int) -> None:
+        """Pull what peer_id has and this replica lacks; call ``pull_done``."""
+
+    def role_changed(self, role: Role, coordinator: int | None, epoch: int) -> None:
+        """Called on every change of (role, coordinator, coordinator epoch)."""
+
+    def persist_epoch(self, epoch: int) -> None:
+        """Durably store the highest epoch seen; may raise (the node retries)."""
+
+
+# States ------------------------------------------------------------------------------
+
+
+@dataclass
+class _State:
+    role: Role
+    coordinator: int | None = None
+    epoch: int | None = None          # the coordinator's epoch, where there is one
+    timer: IDelayedCall | None = None
+
+
+@dataclass
+class _Electing(_State):
+    round: int = 0
+    waiting_on: set[int] = field(default_factory=set)
+
+
+@dataclass
+class _TakingOver(_State):
+    unsettled: set[int] = field(default_factory=set)   # announcements not answered yet
+    accepted: set[int] = field(default_factory=set)
+    pulled: set[int] = field(default_factory=set)
+    pulling: set[int] = field(default_factory=set)
+
+
+@dataclass
+class _Serving(_State):
+    lease_timer: IDelayedCall | None = None
+
+
+class Node:
+    """One replica's role.  Inputs are the public methods; outputs are calls on
+    ``actions``.  ``quorum`` is how many replicas, this one included, must accept an
+    epoch before its coordinator serves: 1 in the default mode, a majority in quorum
+    mode (where ``lease_s`` also applies)."""
+
+    log = Logger()
+
+    def __init__(
+        self,
+        my_id: int,
+        member_ids: Iterable[int],
+        actions: NodeActions,
+        clock: IReactorTime,
+        epoch: int = 0,
+        quorum: int = 1,
+        answer_timeout_s: float = ANSWER_TIMEOUT_S,
+        coordinator_timeout_s: float = COORDINATOR_TIMEOUT_S,
+        reannounce_interval_s: float | None = REANNOUNCE_INTERVAL_S,
+        lease_s: float | None = None,
+        candidacy: Candidacy = Candidacy.YES,
+    ) -> None:
+        members = frozenset(member_ids) | {my_id}
+        if not 0 <= epoch <= MAX_EPOCH:
+            raise ValueError(f"epoch must be between 0 and {MAX_EPOCH}, got {epoch}")
+        if answer_timeout_s <= 0 or coordinator_timeout_s <= 0:
+            raise ValueError("answer_timeout_s and coordinator_timeout_s must be > 0")
+        if reannounce_interval_s is not None and reannounce_interval_s <= 0:
+            raise ValueError("reannounce_interval_s must be > 0 or None")
+        if not 1 <= quorum <= len(members):
+            raise ValueError(f"quorum must be between 1 and {len(members)}, got {quorum}")
+        self._my_id = my_id
+        self._others = members - {my_id}
+        self._higher = tuple(sorted(i for i in self._others if i > my_id))
+        self._actions = actions
+        self._clock = clock
+        self._epoch = epoch
+        self._quorum = quorum
+        self._answer_timeout_s = answer_timeout_s
+        self._coordinator_timeout_s = coordinator_timeout_s
+        self._reannounce_interval_s = reannounce_interval_s
+        self._lease_s = lease_s if quorum > 1 else None
+        self._candidacy = candidacy
+        self._state: _State = _State(Role.FOLLOWER)
+        self._round = 0
+        self._contact: dict[int, float] = {}
+        self._fail_fast = False        # lost the majority: refuse at once, do not wait
+        self._persist_timer: IDelayedCall | None = None
+        self._waiters: list[defer.Deferred[None]] = []
+
+    # -- read-only view -------------------------------------------------------------
+
+    @property
+    def my_id(self) -> int:
+        return self._my_id
+
+    @property
+    def role(self) -> Role:
+        return self._state.role
+
+    @property
+    def public_role(self) -> str:
+        """Role.public_name, except that a follower without a coordinator is electing."""
+        if self._state.role is Role.FOLLOWER and self._state.coordinator is None:
+            return "electing"
+        return self._state.role.public_name
+
+    @property
+    def coordinator(self) -> int | None:
+        return self._state.coordinator
+
+    @property
+    def epoch(self) -> int:
+        """Highest epoch seen."""
+        return self._epoch
+
+    @property
+    def coordinator_epoch(self) -> int | None:
+        return self._state.epoch
+
+    @property
+    def quorum(self) -> int:
+        return self._quorum
+
+    @property
+    def eligible(self) -> bool:
+        return self._candidacy is Candidacy.YES
+
+    @property
+    def candidacy(self) -> Candidacy:
+        return self._candidacy
+
+    @property
+    def serving_as(self) -> int | None:
+        """The coordinator a request goes to right now: this replica while SERVING, the
+        followed coordinator for a follower; None while electing or taking over."""
+        state = self._state
+        if state.role is Role.SERVING:
+            return self._my_id
+        if state.role is Role.FOLLOWER:
+            return state.coordinator
+        return None
+
+    @property
+    def cannot_serve(self) -> bool:
+        """True while a request should be refused at once instead of waiting: a
+        coordinator that lost its majority (quorum mode), or a stopped node."""
+        return self._fail_fast or self._state.role is Role.STOPPED
+
+    def take_over_progress(self) -> tuple[int, int] | None:
+        """(replicas accepted and pulled, this one included; quorum) while taking over."""
+        state = self._state
+        if isinstance(state, _TakingOver):
+            return len(state.pulled) + 1, self._quorum
+        return None
+
+    # -- waiting ----------------------------------------------------------------------
+
+    def wait_for_change(self, timeout_s: float) -> defer.Deferred[bool]:
+        """Fires True at the next transition (or ``poke``), False after timeout_s."""
+        if timeout_s <= 0 or self._state.role is Role.STOPPED:
+            return defer.succeed(False)
+        waiter: defer.Deferred[None] = defer.Deferred()
+        self._waiters.append(waiter)
+
+        def leave(result):
+            if waiter in self._waiters:
+                self._waiters.remove(waiter)
+            return result
+
+        waiter.addTimeout(timeout_s, self._clock)
+        waiter.addBoth(leave)
+        waiter.addCallbacks(lambda _: True, lambda f: f.trap(defer.TimeoutError) and False)
+        return waiter
+
+    async def when_serving(self, deadline: float) -> int | None:
+        """The coordinator to use, once there is one; None at the deadline, or at once
+        while ``cannot_serve``."""
+        while True:
+            if self.cannot_serve:
+                return None
+            coordinator = self.serving_as
+            if coordinator is not None:
+                return coordinator
+            if not await self.wait_for_change(deadline - self._clock.seconds()):
+                return self.serving_as if not self.cannot_serve else None
+
+    def poke(self) -> None:
+        """Wake the waiters: the wiring learned something they may care about (a link
+        dropped, a peer became suspect)."""
+        waiters, self._waiters = self._waiters, []
+        for waiter in waiters:
+            if not waiter.called:
+                waiter.callback(None)
+
+    # -- inputs: election ----------------------------------------------------------------
+
+    def start_election(self, reason: str) -> None:
+        """Hold an election unless one is running or this replica may not stand."""
+        if self._state.role in (Role.STOPPED, Role.ELECTING, Role.AWAITING):
+            return
+        if not self.eligible:
+            return
+        self._elect(reason)
+
+    def set_candidacy(self, candidacy: Candidacy, reason: str) -> None:
+        """A replica that must first catch up (an empty data dir while the cluster has
+        data) does not stand for election; once it has caught up it does."""
+        if candidacy is self._candidacy or self._state.role is Role.STOPPED:
+            return
+        self._candidacy = candidacy
+        self.log.info("replica {replica} candidacy {what}: {reason}", replica=self._my_id,
+                      what=candidacy.value, reason=reason)
+        state = self._state
+        following_higher = (state.role is Role.FOLLOWER and state.coordinator is not None
+                            and state.coordinator > self._my_id)
+        if candidacy is Candidacy.YES and not following_higher:
+            self.start_election(reason)   # Bully: a higher replica takes over
+        elif self._state.role is not Role.FOLLOWER:
+            self._enter(_State(Role.FOLLOWER))
+
+    def election_received(self, from_id: int, epoch: int) -> bool:
+        """ELECTION from a peer.  True means answer OK (carrying ``self.epoch``)."""
+        if self._state.role is Role.STOPPED or from_id not in self._others:
+            return False
+        self.epoch_seen(epoch)
+        if from_id > self._my_id or self._candidacy is Candidacy.NO:
+            return False   # not Bully traffic, or not a candidate: do not make it wait
+        if self._candidacy is Candidacy.PENDING:
+            return True    # it will stand soon: the lower one waits for it
+        if self._state.role.is_coordinator:
+            assert self._state.epoch is not None
+            self._actions.send_coordinator(from_id, self._state.epoch)
+        else:
+            self.start_election(f"election from {from_id}")
+        return True
+
+    def answer_received(self, from_id: int, epoch: int) -> None:
+        """OK from a higher peer: it will win, so wait for its announcement."""
+        if self._state.role is Role.STOPPED:
+            return
+        self.epoch_seen(epoch)
+        if self._state.role is not Role.ELECTING or from_id <= self._my_id:
+            return
+        state = _State(Role.AWAITING)
+        self._enter(state)
+        state.timer = self._clock.callLater(self._coordinator_timeout_s,
+                                            self._coordinator_timed_out, state)
+
+    def election_send_failed(self, peer_id: int) -> None:
+        """ELECTION to a higher peer failed: once all have, win at once (I2)."""
+        state = self._state
+        if not isinstance(state, _Electing):
+            return
+        state.waiting_on.discard(peer_id)
+        if not state.waiting_on:
+            self.log.info("replica {replica}: no higher replica reachable in epoch {epoch}",
+                          replica=self._my_id, epoch=self._epoch)
+            self._win()
+
+    def coordinator_received(self, from_id: int, epoch: int) -> bool:
+        """COORDINATOR(epoch).  True = accepted; False = rejected with ``self.epoch``."""
+        if self._state.role is Role.STOPPED or from_id not in self._others:
+            return False
+        if from_id < self._my_id and self.eligible:
+            self.epoch_seen(epoch)
+            self.log.info("replica {replica} rejects coordinator {peer} (lower id) in "
+                          "epoch {epoch}", replica=self._my_id, peer=from_id, epoch=epoch)
+            self.start_election(f"announcement from lower {from_id}")
+            return False
+        state = self._state
+        holder = state.coordinator if state.role in (Role.FOLLOWER, Role.TAKING_OVER,
+                                                     Role.SERVING) else None
+        conflict = epoch == state.epoch and holder not in (None, from_id)
+        if epoch < self._epoch or conflict:   # I3
+            self.log.info(
+                "replica {replica} rejects coordinator {peer} in epoch {epoch}: stale or "
+                "already held by {holder} (highest seen {seen})", replica=self._my_id,
+                peer=from_id, epoch=epoch, holder=holder, seen=self._epoch,
+            )
+            return False
+        self.epoch_seen(epoch)
+        if (state.role, state.coordinator, state.epoch) == (Role.FOLLOWER, from_id, epoch):
+            return True   # a re-announcement
+        self._enter(_State(Role.FOLLOWER, from_id, epoch))
+        self.log.info("replica {replica} follows coordinator {coordinator} in epoch {epoch}",
+                      replica=self._my_id, coordinator=from_id, epoch=epoch)
+        return True
+
+    def coordinator_accepted(self, peer_id: int, epoch: int) -> None:
+        """A peer accepted this replica's announcement of ``epoch``."""
+        self._contact[peer_id] = self._clock.seconds()
+        state = self._state
+        if not isinstance(state, _TakingOver) or state.epoch != epoch:
+            return
+        state.unsettled.discard(peer_id)
+        if peer_id not in state.accepted:
+            state.accepted.add(peer_id)
+            state.pulling.add(peer_id)
+            self._actions.pull_for_take_over(peer_id, epoch)
+        self._check_taken_over()
+
+    def coordinator_send_failed(self, peer_id: int, epoch: int) -> None:
+        state = self._state
+        if isinstance(state, _TakingOver) and state.epoch == epoch:
+            state.unsettled.discard(peer_id)
+            self._check_taken_over()
+
+    def coordinator_rejected(self, peer_id: int, epoch: int, my_epoch: int | None = None) -> None:
+        """A peer rejected the announcement of ``my_epoch`` and answered with its own
+        ``epoch``.  A lower one with an epoch at least ours has seen a newer term:
+        re-elect above it.  A higher one is alive and will bully this replica."""
+        state = self._state
+        if isinstance(state, _TakingOver) and my_epoch in (None, state.epoch):
+            state.unsettled.discard(peer_id)
+        self.epoch_seen(epoch)
+        state = self._state
+        if (
+            state.role.is_coordinator
+            and peer_id < self._my_id
+            and state.epoch is not None
+            and epoch >= state.epoch
+        ):
+            self._elect(f"announcement rejected by {peer_id} in epoch {epoch}")
+            return
+        if isinstance(state, _TakingOver):
+            self._check_taken_over()
+
+    def pull_done(self, peer_id: int, epoch: int, ok: bool) -> None:
+        """The take-over pull from an accepting peer ended."""
+        state = self._state
+        if not isinstance(state, _TakingOver) or state.epoch != epoch:
+            return
+        state.pulling.discard(peer_id)
+        if ok:
+            state.pulled.add(peer_id)
+        else:
+            state.accepted.discard(peer_id)   # asked again at the next re-announcement
+        self._check_taken_over()
+
+    def coordinator_failed(self) -> None:
+        """A ping to the coordinator failed: a follower holds an election."""
+        if self._state.role is Role.FOLLOWER:
+            coordinator = self._state.coordinator
+            if self.eligible:
+                self._elect(f"coordinator {coordinator} failed")
+            else:
+                self._enter(_State(Role.FOLLOWER))
+
+    def contact(self, peer_id: int) -> None:
+        """A peer answered this replica just now (keeps a quorum-mode lease)."""
+        if peer_id in self._others:
+            self._contact[peer_id] = self._clock.seconds()
+
+    def epoch_seen(self, epoch: int) -> None:
+        """I1: the highest epoch seen only rises.  A coordinator that sees a newer
+        epoch steps down at once (I7), then holds an election on the next turn."""
+        if self._state.role is Role.STOPPED or epoch <= self._epoch:
+            return
+        if epoch > MAX_EPOCH:
+            self.log.warn("ignoring epoch {epoch} above the bound {bound}", epoch=epoch,
+                          bound=MAX_EPOCH)
+            return
+        self._epoch = epoch
+        self._persist(epoch)
+        if self._state.role.is_coordinator:
+            self.log.info("replica {replica} steps down: epoch {epoch} is newer than its "
+                          "own {own}", replica=self._my_id, epoch=epoch,
+                          own=self._state.epoch)
+            self._enter(_State(Role.FOLLOWER))
+            self._clock.callLater(0, self._elect_if_leaderless, "a newer epoch was seen")
+
+    def stop(self) -> None:
+        """Service shutdown: cancel timers; later inputs are ignored; waiters released."""
+        self._enter(_State(Role.STOPPED))
+        if self._persist_timer is not None and self._persist_timer.active():
+            self._persist_timer.cancel()
+
+    # -- internals --------------------------------------------------------------------
+
+    def _elect_if_leaderless(self, reason: str) -> None:
+        state = self._state
+        if state.role is Role.FOLLOWER and state.coordinator is None:
+            self.start_election(reason)
+
+    def _elect(self, reason: str) -> None:
+        self.log.info("replica {replica} starts an election in epoch {epoch}: {reason}",
+                      replica=self._my_id, epoch=self._epoch, reason=reason)
+        if not self._higher:
+            self._win()
+            return
+        self._round += 1
+        state = _Electing(Role.ELECTING, round=self._round, waiting_on=set(self._higher))
+        self._enter(state)
+        state.timer = self._clock.callLater(self._answer_timeout_s, self._answer_timed_out,
+                                            state)
+        for peer in self._higher:
+            if self._state is not state:   # the glue answered synchronously
+                break
+            self._actions.send_election(peer, self._epoch)
+
+    def _win(self) -> None:
+        new_epoch = self._epoch + 1
+        try:
+            self._actions.persist_epoch(new_epoch)   # I1: durable before announced
+        except Exception:
+            self.log.failure("replica {replica} cannot persist epoch {epoch}; retrying in "
+                             "{delay_s} s", replica=self._my_id, epoch=new_epoch,
+                             delay_s=PERSIST_RETRY_S)
+            state = _State(Role.ELECTING)
+            self._enter(state)
+            state.timer = self._clock.callLater(PERSIST_RETRY_S, self._retry_win, state)
+            return
+        self._epoch = new_epoch
+        self.log.info("replica {replica} won the election in epoch {epoch}",
+                      replica=self._my_id, epoch=new_epoch)
+        state = _TakingOver(Role.TAKING_OVER, self._my_id, new_epoch,
+                            unsettled=set(self._others))
+        self._enter(state)
+        self._announce(state)
+        if self._state is state:
+            self._check_taken_over()
+
+    def _retry_win(self, state: _State) -> None:
+        if self._state is state:
+            self._win()
+
+    def _persist(self, epoch: int) -> None:
+        """Persist a seen epoch; on failure retry until it lands (or a later one does)."""
+        try:
+            self._actions.persist_epoch(epoch)
+        except Exception:
+            self.log.failure("cannot persist epoch {epoch}; retrying", epoch=epoch)
+            if self._persist_timer is None or not self._persist_timer.active():
+                self._persist_timer = self._clock.callLater(
+                    PERSIST_RETRY_S, lambda: self._persist(self._epoch))
+
+    def _announce(self, state: _State) -> None:
+        """Send COORDINATOR to the others; repeated every reannounce_interval_s so a lost
+        announcement heals (a missed one, a peer that came back)."""
+        if self._reannounce_interval_s is not None:
+            state.timer = self._clock.callLater(self._reannounce_interval_s,
+                                                self._reannounce, state)
+        targets = sorted(self._others)
+        if isinstance(state, _TakingOver):
+            state.unsettled |= set(targets) - state.accepted
+            targets = sorted(state.unsettled)
+        for peer in targets:
+            if self._state is not state:
+                break   # a synchronous rejection started a new election
+            assert state.epoch is not None
+            self._actions.send_coordinator(peer, state.epoch)
+
+    def _reannounce(self, state: _State) -> None:
+        if self._state is state:
+            self._announce(state)
+
+    def _check_taken_over(self) -> None:
+        state = self._state
+        if not isinstance(state, _TakingOver):
+            return
+        have = len(state.pulled) + 1
+        settled = not state.unsettled and not state.pulling
+        if have >= self._quorum and settled:
+            serving = _Serving(Role.SERVING, self._my_id, state.epoch)
+            self._enter(serving)
+            self._fail_fast = False
+            self.log.info("coordinator {replica} serving in epoch {epoch}: {have} replicas "
+                          "hold the epoch (quorum {quorum})", replica=self._my_id,
+                          epoch=state.epoch, have=have, quorum=self._quorum)
+            if self._reannounce_interval_s is not None:
+                serving.timer = self._clock.callLater(self._reannounce_interval_s,
+                                                      self._reannounce, serving)
+            if self._lease_s is not None:
+                now = self._clock.seconds()
+                for peer in state.pulled:
+                    self._contact[peer] = max(self._contact.get(peer, now), now)
+                self._arm_lease(serving)
+        elif settled and have < self._quorum and not self._fail_fast:
+            self._fail_fast = True
+            self.log.warn("coordinator {replica} cannot reach a majority in epoch {epoch} "
+                          "({have} of {quorum}): refusing requests until it does",
+                          replica=self._my_id, epoch=state.epoch, have=have,
+                          quorum=self._quorum)
+            self.poke()
+
+    def _majority_contact(self) -> float:
+        """The time by which ``quorum - 1`` peers had last been heard from."""
+        times = sorted(self._contact.get(p, float("-inf")) for p in self._others)
+        return times[-(self._quorum - 1)] if self._quorum > 1 else self._clock.seconds()
+
+    def _arm_lease(self, state: _Serving) -> None:
+        assert self._lease_s is not None
+        expiry = self._majority_contact() + self._lease_s
+        delay = max(0.0, expiry - self._clock.seconds())
+        state.lease_timer = self._clock.callLater(delay, self._lease_check, state)
+
+    def _lease_check(self, state: _Serving) -> None:
+        if self._state is not state:
+            return
+        assert self._lease_s is not None
+        if self._clock.seconds() - self._majority_contact() < self._lease_s:
+            self._arm_lease(state)
+            return
+        self.log.warn("coordinator {replica} heard from no majority for {lease_s} s: "
+                      "stops serving in epoch {epoch}", replica=self._my_id,
+                      lease_s=self._lease_s, epoch=state.epoch)
+        self._fail_fast = True
+        self._elect("lost the majority (lease expired)")
+
+    def _answer_timed_out(self, state: _State) -> None:
+        if self._state is state:
+            self.log.info("replica {replica}: no OK within {timeout_s} s in epoch {epoch}",
+                          replica=self._my_id, timeout_s=self._answer_timeout_s,
+                          epoch=self._epoch)
+            self._win()
+
+    def _coordinator_timed_out(self, state: _State) -> None:
+        if self._state is state:
+            self._elect("no COORDINATOR after OK")
+
+    def _enter(self, new: _State) -> None:
+        """Move to a state; the old state's timers die with it; waiters wake up."""
+        old = self._state
+        for timer in (old.timer, getattr(old, "lease_timer", None)):
+            if timer is not None and timer.active():
+                timer.cancel()
+        self._state = new
+        if new.role is Role.FOLLOWER and new.coordinator is not None:
+            self._fail_fast = False
+        if (old.role, old.coordinator, old.epoch) != (new.role, new.coordinator, new.epoch):
+            shown = self._epoch if new.epoch is None else new.epoch
+            self._actions.role_changed(new.role, new.coordinator, shown)
+        self.poke()
+
