@@ -39,7 +39,8 @@ from replicad.sync import StaleEpoch, Synchroniser
 from replicad.vclock import VectorClock
 from replicad.wire import Code, Reply, ReplyMeta, Request, WireError
 
-WAITING_LOG_INTERVAL_S = 10.0
+WAITING_FIRST_LOG_S = 1.0       # an unbound replica says what it waits for after this,
+WAITING_LOG_INTERVAL_S = 10.0   # then this often
 
 
 class _NotCoordinator(Exception):
@@ -348,7 +349,7 @@ class Replica(service.MultiService):
         self._anti_entropy_tick()
         now = self.reactor.seconds()
         if not self.joining.fresh and (self.joining.knows_history
-                                       or now - self._started_at >= WAITING_LOG_INTERVAL_S):
+                                       or now - self._started_at >= WAITING_FIRST_LOG_S):
             if now - self._last_waiting_log >= WAITING_LOG_INTERVAL_S:
                 self._last_waiting_log = now
                 self.log.warn(
