@@ -500,25 +500,29 @@ class PeerClientProtocol(_LineProtocol):
             self.factory.on_lost(self)
 
     def call(self, verb: str, payload: str = "", timeout_s: float = 1.0,
-             on_line: Callable[[str, str], None] | None = None) -> defer.Deferred[PeerResponse]:
+             on_line: Callable[[str, str], None] | None = None,
+             first_timeout_s: float | None = None) -> defer.Deferred[PeerResponse]:
         """Send one request; the Deferred fires with the final frame or PeerUnavailable.
 
-        The timeout restarts on every frame of the answer, so a long stream that keeps
+        The first frame must come within ``first_timeout_s`` (default timeout_s); the
+        timeout then restarts on every frame of the answer, so a long stream that keeps
         flowing is not cut, but a silent peer is.
         """
         rid = self._next_rid
         self._next_rid += 1
         call = _PendingCall(defer.Deferred(), timeout_s, on_line)
         self._calls[rid] = call
-        self._restart_timer(rid, call)
+        self._restart_timer(rid, call, first_timeout_s)
         self.send_line(Frame(rid, verb, payload).encode())
         return call.deferred
 
-    def _restart_timer(self, rid: int, call: _PendingCall) -> None:
+    def _restart_timer(self, rid: int, call: _PendingCall,
+                       timeout_s: float | None = None) -> None:
         if call.timer is not None and call.timer.active():
             call.timer.cancel()
         call.timer = self.factory.clock.callLater(
-            call.timeout_s, self._finish, rid, None, PeerUnavailable("timed out", sent=True)
+            call.timeout_s if timeout_s is None else timeout_s,
+            self._finish, rid, None, PeerUnavailable("timed out", sent=True),
         )
 
     def _finish(self, rid: int, response: PeerResponse | None = None,
@@ -633,12 +637,16 @@ class PeerLink:
         if self.down:
             result.errback(PeerUnavailable(f"replica {self.peer_id}: connection lost"))
             return
+        # One deadline for connecting and the first answer together: a caller that
+        # assumes timeout_s (an ELECTION round, a forward) is never outlived.
+        deadline = self._clock.seconds() + timeout_s
         connected = self.service.whenConnected(failAfterFailures=1)
         connected.addCallback(lambda proto: proto.when_ready())
         connected.addTimeout(timeout_s, self._clock)
 
         def send(proto: PeerClientProtocol):
-            return proto.call(verb, payload, timeout_s, on_line)
+            remaining = max(deadline - self._clock.seconds(), 0.0)
+            return proto.call(verb, payload, timeout_s, on_line, first_timeout_s=remaining)
 
         def unavailable(failure):
             if failure.check(PeerUnavailable):

@@ -785,6 +785,25 @@ def test_peer_link_connect_timeout_is_unavailable_not_sent():
     link.service.stopService()
 
 
+def test_peer_link_call_never_outlives_its_timeout_connecting_plus_answering():
+    """Connecting and answering share one deadline: a call with timeout_s = 1 whose
+    connection took 0.7 s fails 0.3 s later if no answer comes, not 1 s later."""
+    reactor = MemoryReactorClock()
+    never = defer.Deferred()
+    reactor.listenTCP(7102, PeerServerFactory(SERVER_ID, set(MEMBERS), SECRET,
+                                              Handler(lambda *args: never), reactor, 100_000))
+    link = make_link(reactor)
+    d = link.call("ELECTION", "1", timeout_s=1.0)
+    reactor.advance(0)
+    reactor.advance(0.7)                  # the connection is slow to complete
+    pump = iosim.ConnectionCompleter(reactor).succeedOnce()
+    pump.flush()                          # handshake done, request sent, no answer
+    assert not d.called
+    reactor.advance(0.3)
+    assert failure_of(d, PeerUnavailable).sent is True
+    link.service.stopService()
+
+
 def test_peer_link_call_made_from_a_failed_calls_errback_succeeds_later():
     reactor = MemoryReactorClock()
     handler = Handler()
