@@ -524,3 +524,73 @@ def test_is_empty_false_for_a_clock_without_rows_and_for_tombstones(store):
     other.write(1, "k", None)                # a tombstone is a row, and a write
     assert not other.is_empty
     other.close()
+
+
+# Epochs in records (issue #7): epoch-first ranking, fencing of deposed writers -----------
+
+
+def test_a_newer_epoch_outranks_a_bigger_vector():
+    """The acknowledged write of the newer coordinator beats a concurrent one that
+    the deposed coordinator made, however many writes that side made."""
+    deposed = Record("k", "lost", 3, 40, VectorClock({3: 40}), epoch=1)
+    newer = Record("k", "kept", 2, 1, VectorClock({2: 1}), epoch=2)
+    assert is_conflict(deposed, newer)
+    assert winner(deposed, newer) is newer and winner(newer, deposed) is newer
+
+
+def test_equal_epochs_rank_as_before():
+    a = Record("k", "a", 1, 1, VectorClock({1: 1}), epoch=3)
+    b = Record("k", "b", 1, 2, VectorClock({1: 2}), epoch=3)
+    assert winner(a, b) is b
+
+
+def test_a_write_over_a_newer_epochs_record_is_refused(store):
+    store.apply([Record("k", "new", 2, 1, VectorClock({2: 1}), epoch=5)], VectorClock({2: 1}))
+    with pytest.raises(replicad.store.NewerEpoch) as caught:
+        store.write(3, "k", "stale coordinator", epoch=4)
+    assert caught.value.epoch == 5
+    assert store.get("k").value == "new" and store.clock == VectorClock({2: 1})
+    record = store.write(3, "k", "same epoch", epoch=5)          # not newer: allowed
+    assert (record.epoch, store.get("k").value) == (5, "same epoch")
+
+
+def test_write_records_its_epoch_and_exports_carry_it(tmp_path):
+    with Store(str(tmp_path / "db")) as store:
+        store.write(1, "k", "v", epoch=7)
+    with Store(str(tmp_path / "db")) as store:
+        assert store.get("k").epoch == 7
+        _clock, records = store.export_full()
+        assert [r.epoch for r in records] == [7]
+
+
+def test_import_keeps_the_newer_epoch(tmp_path, small_batches):
+    with Store(str(tmp_path / "db")) as store:
+        store.write(3, "k", "deposed", epoch=1)
+        importer = store.begin_import()
+        importer.add(Record("k", "kept", 2, 1, VectorClock({2: 1}), epoch=2))
+        result = importer.finish(VectorClock({2: 1}))
+        assert (store.get("k").value, result.conflicts) == ("kept", 1)
+
+
+def test_a_schema_1_database_is_migrated(tmp_path):
+    path = str(tmp_path / "old.sqlite")
+    db = sqlite3.connect(path)
+    db.executescript(
+        """
+        CREATE TABLE kv (key TEXT PRIMARY KEY NOT NULL, value TEXT, origin INTEGER NOT NULL,
+            seq INTEGER NOT NULL, version TEXT NOT NULL, vtotal INTEGER NOT NULL) WITHOUT ROWID;
+        CREATE INDEX kv_write ON kv (origin, seq);
+        CREATE TABLE clock (replica INTEGER PRIMARY KEY, count INTEGER NOT NULL);
+        CREATE TABLE meta (name TEXT PRIMARY KEY, value TEXT NOT NULL);
+        INSERT INTO kv VALUES ('k', 'old', 1, 1, '1:1', 1);
+        INSERT INTO clock VALUES (1, 1);
+        INSERT INTO meta VALUES ('schema', '1'), ('epoch', '3'), ('conflicts', '0');
+        """
+    )
+    db.close()
+    with Store(path) as store:
+        assert store.get("k") == Record("k", "old", 1, 1, VectorClock({1: 1}), 0)
+        assert (store.epoch, store.clock) == (3, VectorClock({1: 1}))
+        store.write(2, "k", "new", epoch=4)
+    with Store(path) as store:
+        assert store.get("k").value == "new"
