@@ -29,7 +29,7 @@ from replicad.identity import decode_cluster_id, encode_cluster_id
 from replicad.node import MAX_EPOCH
 from replicad.store import Record
 from replicad.vclock import ClockError, VectorClock
-from replicad.wire import is_number
+from replicad.wire import is_number, is_request_id
 
 AUTH_CONTEXT = "replicad-peer-auth-v2"     # v2: the MACs cover both cluster ids
 NONCE_BYTES = 16
@@ -114,33 +114,38 @@ def parse_frame(line: str) -> Frame:
 
 
 def encode_record(record: Record) -> str:
-    """``<key> <origin> <seq> <epoch> <version> V <value>`` or ``... T`` (a tombstone)."""
-    head = (f"{record.key} {record.origin} {record.seq} {record.epoch} "
+    """``<key> <origin> <seq> <epoch> <rid|-> <version> V <value>`` or ``... T`` (a
+    tombstone)."""
+    rid = record.rid or "-"
+    head = (f"{record.key} {record.origin} {record.seq} {record.epoch} {rid} "
             f"{record.version.encode()}")
     return f"{head} T" if record.value is None else f"{head} V {record.value}"
 
 
 def decode_record(text: str) -> Record:
-    parts = text.split(" ", 6)
-    if len(parts) < 6 or parts[5] not in ("V", "T"):
+    parts = text.split(" ", 7)
+    if len(parts) < 7 or parts[6] not in ("V", "T"):
         raise PeerWireError(f"bad record {text[:60]!r}")
-    key, origin, seq, epoch_text, version_text, flag = parts[:6]
+    key, origin, seq, epoch_text, rid, version_text, flag = parts[:7]
     if not (is_number(origin) and is_number(seq)):
         raise PeerWireError(f"bad write id in record {text[:60]!r}")
     epoch = parse_epoch(epoch_text)
+    if rid != "-" and not is_request_id(rid):
+        raise PeerWireError(f"bad request id in record {text[:60]!r}")
     try:
         version = VectorClock.decode(version_text)
     except ClockError as e:
         raise PeerWireError(f"bad version in record: {e}") from None
     if flag == "V":
-        if len(parts) != 7:
+        if len(parts) != 8:
             raise PeerWireError(f"record {text[:60]!r} has no value")
-        value: str | None = parts[6]
+        value: str | None = parts[7]
     else:
-        if len(parts) != 6:
+        if len(parts) != 7:
             raise PeerWireError(f"tombstone record {text[:60]!r} has a value")
         value = None
-    return Record(key, value, int(origin), int(seq), version, epoch)
+    return Record(key, value, int(origin), int(seq), version, epoch,
+                  None if rid == "-" else rid)
 
 
 def decode_clock(text: str) -> VectorClock:

@@ -439,6 +439,7 @@ class Replica(service.MultiService):
         return ReplyMeta(
             vc=vc, by=self.my_id if node.serving_as == self.my_id else None,
             coord=node.coordinator, epoch=node.epoch, here=self.my_id,
+            cluster=self.store.cluster_id,
         )
 
     def _error(self, request: Request, code: str, message: str) -> Reply:
@@ -562,15 +563,35 @@ class Replica(service.MultiService):
         if request.command == "KEYS":
             keys = tuple(store.keys(request.key or ""))
             return Reply("KEYS", lines=keys, meta=self._meta(request, store.clock))
+        rid = request.context.rid if request.context else None
+        done = store.request(rid) if rid is not None else None
+        if done is not None:
+            return await self._replay(request, done)
         if request.command == "DEL":
             current = store.get(request.key)
             if current is None or current.deleted:
                 return Reply("NOTFOUND", meta=self._meta(request, store.clock))
         try:
-            record = store.write(self.my_id, request.key, request.value, epoch)
+            record = store.write(self.my_id, request.key, request.value, epoch, rid)
         except NewerEpoch as e:
             node.epoch_seen(e.epoch)      # deposed: step down, the request goes elsewhere
             raise _NotCoordinator() from None
+        return await self._replicated(request, record, epoch)
+
+    async def _replay(self, request: Request, done: tuple[int, int, VectorClock]) -> Reply:
+        """A write sent again with a request id this cluster already applied: answer
+        it, never apply it twice.  If the write is still the key's current version it
+        is pushed again (followers that have it answer "duplicate", which counts), so
+        the answer says whether it now has its quorum."""
+        origin, seq, version = done
+        self.log.info("request {rid} was already applied as write {origin}:{seq}; "
+                      "answering it again", rid=request.context.rid, origin=origin, seq=seq)
+        current = self.store.get(request.key)
+        if current is not None and (current.origin, current.seq) == (origin, seq):
+            return await self._replicated(request, current, self.node.coordinator_epoch)
+        return Reply("OK", meta=self._meta(request, version))
+
+    async def _replicated(self, request: Request, record, epoch) -> Reply:
         if not await self.sync.replicate(record, epoch, self._push_refused):
             return self._error(
                 request, Code.QUORUM,

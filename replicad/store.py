@@ -38,7 +38,8 @@ from pathlib import Path
 from replicad.identity import is_cluster_id
 from replicad.vclock import MAX_ENTRY, ClockError, Order, VectorClock
 
-SCHEMA_VERSION = "2"   # 2: kv.epoch (the epoch of the coordinator that accepted the write)
+SCHEMA_VERSION = "2"   # 2: kv.epoch and kv.rid, the requests table
+REQUEST_IDS_KEPT = 100_000   # request ids remembered (the newest): the retry window
 BATCH_ROWS = 1000  # rows per fetchmany/staging batch: bounds memory of exports and imports
 MAX_CONFLICT_KEYS = 20  # keys named in an ApplyResult, for the log; the count is exact
 MEMORY = ":memory:"
@@ -51,22 +52,30 @@ CREATE TABLE kv (
     seq INTEGER NOT NULL,
     version TEXT NOT NULL,      -- VectorClock.encode()
     vtotal INTEGER NOT NULL,    -- version.total(), second part of rank()
-    epoch INTEGER NOT NULL DEFAULT 0   -- first part of rank()
+    epoch INTEGER NOT NULL DEFAULT 0,  -- first part of rank()
+    rid TEXT                    -- the client's request id, if it sent one
 ) WITHOUT ROWID;
 CREATE INDEX kv_write ON kv (origin, seq);
 CREATE TABLE clock (replica INTEGER PRIMARY KEY, count INTEGER NOT NULL);
 CREATE TABLE meta (name TEXT PRIMARY KEY, value TEXT NOT NULL);
+CREATE TABLE requests (     -- recent request ids: a retried write is answered, not redone
+    n INTEGER PRIMARY KEY,      -- insertion order: the oldest are evicted first
+    rid TEXT NOT NULL UNIQUE,
+    origin INTEGER NOT NULL,
+    seq INTEGER NOT NULL,
+    version TEXT NOT NULL
+);
 """
 
 _STAGE_SCHEMA = """
 CREATE TABLE {s}.kv (
     key TEXT PRIMARY KEY NOT NULL, value TEXT, origin INTEGER NOT NULL,
     seq INTEGER NOT NULL, version TEXT NOT NULL, vtotal INTEGER NOT NULL,
-    epoch INTEGER NOT NULL
+    epoch INTEGER NOT NULL, rid TEXT
 ) WITHOUT ROWID
 """
 
-_COLUMNS = "key, value, origin, seq, version, epoch"
+_COLUMNS = "key, value, origin, seq, version, epoch, rid"
 
 Rows = Callable[[sqlite3.Connection], Iterator[tuple]]
 
@@ -82,6 +91,7 @@ class Record:
     seq: int
     version: VectorClock
     epoch: int = 0
+    rid: str | None = None      # the request id the client sent with the write
 
     @property
     def deleted(self) -> bool:
@@ -154,6 +164,7 @@ def check_record(record: Record) -> None:
         and record.version.total() <= MAX_ENTRY  # stored as an SQLite INTEGER
         and isinstance(record.epoch, int)
         and 0 <= record.epoch <= MAX_ENTRY
+        and (record.rid is None or (isinstance(record.rid, str) and 0 < len(record.rid) <= 64))
     )
     if not ok:
         raise StoreError(f"malformed record {record!r:.200}")
@@ -162,13 +173,13 @@ def check_record(record: Record) -> None:
 def _row(record: Record) -> tuple:
     version = record.version
     return (record.key, record.value, record.origin, record.seq, version.encode(),
-            version.total(), record.epoch)
+            version.total(), record.epoch, record.rid)
 
 
 def _record(row: tuple) -> Record:
-    key, value, origin, seq, version, epoch = row
+    key, value, origin, seq, version, epoch, rid = row
     try:
-        return Record(key, value, origin, seq, VectorClock.decode(version), epoch)
+        return Record(key, value, origin, seq, VectorClock.decode(version), epoch, rid)
     except ClockError as e:
         raise StoreError(f"corrupt version for key {key!r}: {e}") from None
 
@@ -235,6 +246,8 @@ class Store:
                 # 1 -> 2: records gain the epoch that accepted them; older writes rank
                 # as epoch 0, below every write made since.
                 db.execute("ALTER TABLE kv ADD COLUMN epoch INTEGER NOT NULL DEFAULT 0")
+                db.execute("ALTER TABLE kv ADD COLUMN rid TEXT")
+                db.execute(_SCHEMA[_SCHEMA.index("CREATE TABLE requests"):].rstrip().rstrip(";"))
                 self._set_meta("schema", SCHEMA_VERSION)
                 meta["schema"] = SCHEMA_VERSION
             if meta.get("schema") != SCHEMA_VERSION:
@@ -376,7 +389,8 @@ class Store:
                 )
         self._cluster_id = cluster_id
 
-    def write(self, origin: int, key: str, value: str | None, epoch: int = 0) -> Record:
+    def write(self, origin: int, key: str, value: str | None, epoch: int = 0,
+              rid: str | None = None) -> Record:
         """Accept a write at this replica (origin = its id) as the coordinator of
         ``epoch``; durable when this returns.
 
@@ -399,9 +413,10 @@ class Store:
                     f"key {key!r} holds write {origin}:{version[origin]} of this replica, "
                     f"but its clock is at {seq - 1}: was the database replaced?"
                 )
-            record = Record(key, value, origin, seq, version, epoch)
+            record = Record(key, value, origin, seq, version, epoch, rid)
             check_record(record)
             self._put(record)
+            self._remember(record)
             self._save_clock(new_clock)
         self._clock = new_clock
         return record
@@ -449,6 +464,7 @@ class Store:
         check_record(record)
         if self._clock[record.origin] >= record.seq:
             return  # covered: by the invariant we hold it or a winner over it
+        self._remember(record)      # it happened, whether or not it wins here
         current = self.get(record.key)
         if current is not None:
             if is_conflict(current, record):
@@ -458,10 +474,32 @@ class Store:
         self._put(record)
         result.applied += 1
 
+    def request(self, rid: str) -> tuple[int, int, VectorClock] | None:
+        """The write id and version of the write a request id made, if the id is among
+        the REQUEST_IDS_KEPT newest this replica has seen; else None."""
+        row = self._db.execute(
+            "SELECT origin, seq, version FROM requests WHERE rid = ?", (rid,)).fetchone()
+        if row is None:
+            return None
+        origin, seq, version = row
+        return origin, seq, VectorClock.decode(version)
+
+    def _remember(self, record: Record) -> None:
+        """Keep a write's request id (inside the caller's transaction), bounded: every
+        1000 ids, the ones older than the newest REQUEST_IDS_KEPT go."""
+        if record.rid is None:
+            return
+        cursor = self._db.execute(
+            "INSERT OR IGNORE INTO requests (rid, origin, seq, version) VALUES (?, ?, ?, ?)",
+            (record.rid, record.origin, record.seq, record.version.encode()))
+        if cursor.rowcount and cursor.lastrowid % 1000 == 0:
+            self._db.execute("DELETE FROM requests WHERE n <= ?",
+                             (cursor.lastrowid - REQUEST_IDS_KEPT,))
+
     def _put(self, record: Record) -> None:
         self._db.execute(
-            "REPLACE INTO kv (key, value, origin, seq, version, vtotal, epoch)"
-            " VALUES (?, ?, ?, ?, ?, ?, ?)",
+            "REPLACE INTO kv (key, value, origin, seq, version, vtotal, epoch, rid)"
+            " VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
             _row(record),
         )
 
@@ -617,10 +655,11 @@ class Importer:
         self._db.execute("BEGIN")  # deferred: only the staging database gets locked
         try:
             self._db.executemany(
-                f"INSERT INTO {s}.kv (key, value, origin, seq, version, vtotal, epoch)"
-                " VALUES (?, ?, ?, ?, ?, ?, ?) ON CONFLICT (key) DO UPDATE SET"
+                f"INSERT INTO {s}.kv (key, value, origin, seq, version, vtotal, epoch, rid)"
+                " VALUES (?, ?, ?, ?, ?, ?, ?, ?) ON CONFLICT (key) DO UPDATE SET"
                 " value = excluded.value, origin = excluded.origin, seq = excluded.seq,"
-                " version = excluded.version, vtotal = excluded.vtotal, epoch = excluded.epoch"
+                " version = excluded.version, vtotal = excluded.vtotal, epoch = excluded.epoch,"
+                " rid = excluded.rid"
                 " WHERE (excluded.epoch, excluded.vtotal, excluded.origin, excluded.seq)"
                 " > (epoch, vtotal, origin, seq)",
                 self._pending,
@@ -650,7 +689,7 @@ class Importer:
                     # cursor stays open on kv while _merge() writes to it.  CROSS JOIN
                     # makes SQLite walk the staging in key order and probe kv by key.
                     page = db.execute(
-                        f"SELECT s.key, s.value, s.origin, s.seq, s.version, s.epoch"
+                        f"SELECT s.key, s.value, s.origin, s.seq, s.version, s.epoch, s.rid"
                         f" FROM {s}.kv AS s"
                         " CROSS JOIN main.kv AS k ON k.key = s.key WHERE s.key > ?"
                         " ORDER BY s.key LIMIT ?",
@@ -661,9 +700,14 @@ class Importer:
                     for row in page:
                         store._merge(_record(row), result)
                     last = page[-1][0]
+                db.execute(
+                    "INSERT OR IGNORE INTO main.requests (rid, origin, seq, version)"
+                    f" SELECT rid, origin, seq, version FROM {s}.kv AS s WHERE rid IS NOT NULL"
+                    " AND NOT EXISTS (SELECT 1 FROM main.kv AS k WHERE k.key = s.key)"
+                )
                 inserted = db.execute(
-                    "INSERT INTO main.kv (key, value, origin, seq, version, vtotal, epoch)"
-                    f" SELECT key, value, origin, seq, version, vtotal, epoch FROM {s}.kv AS s"
+                    "INSERT INTO main.kv (key, value, origin, seq, version, vtotal, epoch, rid)"
+                    f" SELECT key, value, origin, seq, version, vtotal, epoch, rid FROM {s}.kv AS s"
                     " WHERE NOT EXISTS (SELECT 1 FROM main.kv AS k WHERE k.key = s.key)"
                 ).rowcount
                 result.applied += inserted

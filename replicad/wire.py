@@ -85,13 +85,27 @@ MAX_NUMBER_DIGITS = 18
 _KEY_AND_VALUE = re.compile(r"^(\S+)(?: (.*))?$", re.DOTALL)
 
 
+# A request id: ``<client>.<seq>``, the client a random hex name of its session, seq the
+# number of its write.  The coordinator remembers recent ids with their outcome, so a
+# write whose outcome was unknown can be sent again without being applied twice.
+_REQUEST_ID = re.compile(r"[0-9a-f]{8,32}\.[1-9][0-9]{0,17}")
+MAX_REQUEST_ID_CHARS = 51
+_CLUSTER = re.compile(r"[0-9a-f]{32}")     # replicad.identity's format
+
+
+def is_request_id(text: str) -> bool:
+    return len(text) <= MAX_REQUEST_ID_CHARS and _REQUEST_ID.fullmatch(text) is not None
+
+
 @dataclass(frozen=True)
 class SessionContext:
-    """What a smart client sends: its read clock, write clock, last server."""
+    """What a smart client sends: its read clock, write clock, last server, and for a
+    write its request id."""
 
     read: VectorClock = VectorClock()
     write: VectorClock = VectorClock()
     via: int | None = None
+    rid: str | None = None
 
     def requirement(self) -> VectorClock:
         return self.read.merge(self.write)
@@ -100,12 +114,14 @@ class SessionContext:
         fields = [f"r={self.read.encode()}", f"w={self.write.encode()}"]
         if self.via is not None:
             fields.append(f"via={self.via}")
+        if self.rid is not None:
+            fields.append(f"id={self.rid}")
         return "@" + ";".join(fields)
 
     @classmethod
     def decode(cls, token: str) -> SessionContext:
         fields = _decode_fields(token)
-        unknown = set(fields) - {"r", "w", "via"}
+        unknown = set(fields) - {"r", "w", "via", "id"}
         if unknown:
             raise WireError(Code.BADCONTEXT, f"unknown context field {sorted(unknown)[0]!r}")
         try:
@@ -113,7 +129,11 @@ class SessionContext:
             write = VectorClock.decode(fields.get("w", ""))
         except ClockError as e:
             raise WireError(Code.BADCONTEXT, str(e)) from None
-        return cls(read, write, _optional_id(fields.get("via"), "via"))
+        rid = fields.get("id")
+        if rid is not None and not is_request_id(rid):
+            raise WireError(Code.BADCONTEXT,
+                            f"id must be <hex client>.<seq>, got {_shorten(rid)!r}")
+        return cls(read, write, _optional_id(fields.get("via"), "via"), rid)
 
 
 @dataclass(frozen=True)
@@ -125,6 +145,7 @@ class ReplyMeta:
     coord: int | None = None
     epoch: int = 0
     here: int | None = None   # the replica this connection reached (it may have forwarded)
+    cluster: str | None = None   # the cluster id: a session belongs to one cluster
 
     def encode(self) -> str:
         fields = [f"vc={self.vc.encode()}"]
@@ -135,6 +156,8 @@ class ReplyMeta:
         if self.coord is not None:
             fields.append(f"coord={self.coord}")
         fields.append(f"epoch={self.epoch}")
+        if self.cluster is not None:
+            fields.append(f"cluster={self.cluster}")
         return "@" + ";".join(fields)
 
     @classmethod
@@ -145,12 +168,16 @@ class ReplyMeta:
         except ClockError as e:
             raise WireError(Code.BADCONTEXT, str(e)) from None
         epoch = _optional_id(fields.get("epoch"), "epoch")
+        cluster = fields.get("cluster") or None
+        if cluster is not None and not _CLUSTER.fullmatch(cluster):
+            raise WireError(Code.BADCONTEXT, f"bad cluster id {_shorten(cluster)!r}")
         return cls(
             vc,
             _optional_id(fields.get("by"), "by"),
             _optional_id(fields.get("coord"), "coord"),
             epoch or 0,
             _optional_id(fields.get("here"), "here"),
+            cluster,
         )
 
 

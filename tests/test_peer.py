@@ -91,7 +91,7 @@ class Body:
         if self.sent >= self.n:
             raise StopIteration
         self.sent += 1
-        return (self.kind, f"k{self.sent} 1 {self.sent} 0 1:{self.sent} V value {self.sent}")
+        return (self.kind, f"k{self.sent} 1 {self.sent} 0 - 1:{self.sent} V value {self.sent}")
 
     def close(self):
         self.closed = True
@@ -397,14 +397,14 @@ def test_streamed_answer_is_written_in_batches_through_the_producer():
     transport.producer.resumeProducing()
     first = lines(transport)
     assert len(first) == peer.STREAM_BATCH_LINES == 512
-    assert first[0] == "9 REC k1 1 1 0 1:1 V value 1"
+    assert first[0] == "9 REC k1 1 1 0 - 1:1 V value 1"
     transport.producer.resumeProducing()
     assert len(lines(transport)) == 512
     rounds = drain(transport)
     rest = lines(transport)
     assert rounds == 2
     assert len(rest) == 2000 - 2 * 512 + 1
-    assert rest[-2] == "9 REC k2000 1 2000 0 1:2000 V value 2000"
+    assert rest[-2] == "9 REC k2000 1 2000 0 - 1:2000 V value 2000"
     # The trailer is computed after the body ran out.
     assert rest[-1] == "9 END sent=2000"
     assert transport.producer is None
@@ -450,9 +450,9 @@ def test_failing_stream_ends_with_err_and_the_next_stream_runs():
     proto.dataReceived(b"1 FULL bad\n2 FULL good\n")
     drain(transport)
     out = lines(transport)
-    assert out[:5] == [f"1 REC k{i} 1 {i} 0 1:{i} V value {i}" for i in range(1, 6)]
+    assert out[:5] == [f"1 REC k{i} 1 {i} 0 - 1:{i} V value {i}" for i in range(1, 6)]
     assert out[5] == "1 ERR INTERNAL stream failed"
-    assert out[6:] == ["2 REC k1 1 1 0 1:1 V value 1", "2 REC k2 1 2 0 1:2 V value 2", "2 END"]
+    assert out[6:] == ["2 REC k1 1 1 0 - 1:1 V value 1", "2 REC k2 1 2 0 - 1:2 V value 2", "2 END"]
     assert not transport.disconnecting
 
 
@@ -714,8 +714,8 @@ def test_streamed_records_reach_on_line_over_iosim():
     pump.flush()
     assert success(d) == PeerResponse("END", "1:2000", [])
     assert len(seen) == 2000
-    assert seen[0] == ("REC", "k1 1 1 0 1:1 V value 1")
-    assert seen[-1] == ("REC", "k2000 1 2000 0 1:2000 V value 2000")
+    assert seen[0] == ("REC", "k1 1 1 0 - 1:1 V value 1")
+    assert seen[-1] == ("REC", "k2000 1 2000 0 - 1:2000 V value 2000")
     # The lines really are records.
     record = peerwire.decode_record(seen[-1][1])
     assert (record.key, record.value, record.seq) == ("k2000", "value 2000", 2000)

@@ -40,8 +40,10 @@ CLOCKS = st.dictionaries(
 ).map(VectorClock)
 # Write ids on the peer wire have at most wire.MAX_NUMBER_DIGITS digits.
 SEQS = st.integers(1, 10**MAX_NUMBER_DIGITS - 1)
+RIDS = st.none() | st.builds(lambda c, n: f"{c}.{n}", st.text("0123456789abcdef", min_size=8,
+                                                          max_size=32), st.integers(1, 10**17))
 RECORDS = st.builds(Record, KEYS, st.none() | VALUES, st.integers(1, 64), SEQS, CLOCKS,
-                    st.integers(0, MAX_EPOCH))
+                    st.integers(0, MAX_EPOCH), RIDS)
 
 
 # Records --------------------------------------------------------------------------------
@@ -49,10 +51,10 @@ RECORDS = st.builds(Record, KEYS, st.none() | VALUES, st.integers(1, 64), SEQS, 
 
 def test_record_encoding():
     record = Record("k", "hello world", 2, 7, VectorClock({1: 3, 2: 7}), 5)
-    assert encode_record(record) == "k 2 7 5 1:3,2:7 V hello world"
-    tombstone = Record("k", None, 1, 4, VectorClock({1: 4}))
-    assert encode_record(tombstone) == "k 1 4 0 1:4 T"
-    assert encode_record(Record("k", "", 1, 1, VectorClock())) == "k 1 1 0 - V "
+    assert encode_record(record) == "k 2 7 5 - 1:3,2:7 V hello world"
+    tombstone = Record("k", None, 1, 4, VectorClock({1: 4}), rid="0123abcd.9")
+    assert encode_record(tombstone) == "k 1 4 0 0123abcd.9 1:4 T"
+    assert encode_record(Record("k", "", 1, 1, VectorClock())) == "k 1 1 0 - - V "
 
 
 @pytest.mark.parametrize(
@@ -73,7 +75,7 @@ def test_tombstone_round_trip():
 
 
 def test_empty_value_is_not_a_tombstone():
-    decoded = decode_record("k 1 1 0 1:1 V ")
+    decoded = decode_record("k 1 1 0 - 1:1 V ")
     assert decoded.value == ""
     assert not decoded.deleted
 
@@ -89,21 +91,22 @@ def test_record_round_trip_property(record):
         "",
         "k",
         "k 1 2",
-        "k 1 2 0 1:1",            # no flag
-        "k 1 2 0 1:1 X v",        # unknown flag
-        "k 1 2 0 1:1 v value",    # flag is case-sensitive
-        "k 1 2 0 1:1 V",          # V without a value (not even the space)
-        "k 1 2 0 1:1 T extra",    # a tombstone with a value
-        "k 1 2 0 1:1 T ",         # ... even an empty one
-        "k x 2 0 1:1 V v",        # origin not a number
-        "k 1 -2 0 1:1 V v",       # seq not a number
-        "k \u0663 2 0 1:1 V v",   # a non-ASCII digit
-        "k 1 2 0 bogus V v",      # bad version
-        "k 1 2 0 1:1,1:2 V v",    # replica twice in the version
-        "k 1 2 0 1:-1 V v",
-        "k 1 2 1:1 V v",          # no epoch (the format before epochs)
-        "k 1 2 x 1:1 V v",        # epoch not a number
-        f"k 1 2 {MAX_EPOCH + 1} 1:1 V v",   # epoch above the bound
+        "k 1 2 0 - 1:1",            # no flag
+        "k 1 2 0 - 1:1 X v",        # unknown flag
+        "k 1 2 0 - 1:1 v value",    # flag is case-sensitive
+        "k 1 2 0 - 1:1 V",          # V without a value (not even the space)
+        "k 1 2 0 - 1:1 T extra",    # a tombstone with a value
+        "k 1 2 0 - 1:1 T ",         # ... even an empty one
+        "k x 2 0 - 1:1 V v",        # origin not a number
+        "k 1 -2 0 - 1:1 V v",       # seq not a number
+        "k \u0663 2 0 - 1:1 V v",   # a non-ASCII digit
+        "k 1 2 0 - bogus V v",      # bad version
+        "k 1 2 0 - 1:1,1:2 V v",    # replica twice in the version
+        "k 1 2 0 - 1:-1 V v",
+        "k 1 2 0 1:1 V v",        # no request id field
+        "k 1 2 x - 1:1 V v",      # epoch not a number
+        "k 1 2 0 NOTANID.1 1:1 V v",   # bad request id
+        f"k 1 2 {MAX_EPOCH + 1} - 1:1 V v",   # epoch above the bound
     ],
 )
 def test_bad_records_raise_peer_wire_error(text):
@@ -133,7 +136,7 @@ def test_decode_clock_and_parse_int():
     [
         lambda: parse_int("9" * 5000, "replica id"),
         lambda: parse_frame("9" * 5000 + " PING"),
-        lambda: decode_record("k " + "9" * 5000 + " 1 0 1:1 V v"),
+        lambda: decode_record("k " + "9" * 5000 + " 1 0 - 1:1 V v"),
     ],
     ids=["parse_int", "parse_frame", "decode_record"],
 )
@@ -146,7 +149,7 @@ def test_number_digit_limit():
     biggest = "9" * MAX_NUMBER_DIGITS
     assert parse_int(biggest, "rid") == int(biggest)
     assert parse_frame(biggest + " OK") == Frame(int(biggest), "OK")
-    assert decode_record(f"k 1 {biggest} 0 1:1 T").seq == int(biggest)
+    assert decode_record(f"k 1 {biggest} 0 - 1:1 T").seq == int(biggest)
     with pytest.raises(PeerWireError):
         parse_int(biggest + "9", "rid")
 

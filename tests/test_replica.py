@@ -203,3 +203,31 @@ def test_an_unbound_replica_of_a_cluster_with_history_refuses_pushes(tmp_path):
         assert replica.peer_request(1, "ELECTION", "1").kind == "NO"   # not a candidate
     finally:
         replica.stopService()
+
+
+# Request ids (issue #8): a write sent again is answered, never applied twice ------------
+
+
+def serve(replica: Replica, line: str):
+    from replicad import wire
+    d = replica.handle(wire.parse_request(line, replica.config.limits))
+    replica.reactor.advance(0)
+    replica.reactor.advance(0)
+    return d.result
+
+
+def test_a_write_sent_twice_with_one_request_id_is_applied_once(replica):
+    replica.reactor.advance(replica.timers.answer_timeout)   # replica 3 never answered
+    for _ in range(3):
+        replica.reactor.advance(replica.timers.answer_timeout)
+    assert replica.node.serving_as == 2
+    first = serve(replica, "@r=;w=;id=0123abcd.1 PUT k v1")
+    again = serve(replica, "@r=;w=;id=0123abcd.1 PUT k v1")
+    assert first.status == again.status == "OK"
+    assert again.meta.vc == first.meta.vc                    # the same write's version
+    assert replica.store.clock == VectorClock({2: 1})        # applied once
+    other = serve(replica, "@r=;w=;id=0123abcd.2 PUT k v2")  # a new id is a new write
+    assert other.status == "OK" and replica.store.clock == VectorClock({2: 2})
+    assert serve(replica, "@r=;w=;id=0123abcd.1 PUT k v1").status == "OK"
+    assert replica.store.get("k").value == "v2"              # the old id changed nothing
+    assert replica.store.request("0123abcd.1")[:2] == (2, 1)

@@ -594,3 +594,44 @@ def test_a_schema_1_database_is_migrated(tmp_path):
         store.write(2, "k", "new", epoch=4)
     with Store(path) as store:
         assert store.get("k").value == "new"
+
+
+# Request ids (issue #8) ------------------------------------------------------------------
+
+
+def test_a_written_request_id_is_remembered_with_its_write(tmp_path):
+    with Store(str(tmp_path / "db")) as store:
+        record = store.write(1, "k", "v", rid="00ff00ff.1")
+        assert store.request("00ff00ff.1") == (1, 1, record.version)
+        assert store.request("00ff00ff.2") is None
+    with Store(str(tmp_path / "db")) as store:               # durable
+        assert store.request("00ff00ff.1")[:2] == (1, 1)
+        assert store.get("k").rid == "00ff00ff.1"
+
+
+def test_request_ids_travel_with_pushes_and_copies(tmp_path, small_batches):
+    with Store(str(tmp_path / "a")) as a, Store(str(tmp_path / "b")) as b, \
+            Store(str(tmp_path / "c")) as c:
+        first = a.write(1, "k", "v1", rid="00ff00ff.1")
+        a.write(1, "k", "v2", rid="00ff00ff.2")           # supersedes the first
+        a.write(1, "j", "w", rid="00ff00ff.3")
+        assert b.apply_pushed(first) == "applied"         # a push: remembered
+        assert b.request("00ff00ff.1")[:2] == (1, 1)
+        clock, records = a.export_full()                  # a full copy carries the
+        importer = c.begin_import()                       # current records' ids
+        for record in records:
+            importer.add(record)
+        importer.finish(clock)
+        assert c.request("00ff00ff.2")[:2] == (1, 2)
+        assert c.request("00ff00ff.3")[:2] == (1, 3)
+        assert c.request("00ff00ff.1") is None            # superseded before the copy
+
+
+def test_request_ids_are_bounded(store, monkeypatch):
+    monkeypatch.setattr(replicad.store, "REQUEST_IDS_KEPT", 1500)
+    for n in range(1, 3001):
+        store.write(1, f"k{n}", "v", rid=f"00ff00ff.{n}")
+    kept = store._db.execute("SELECT count(*) FROM requests").fetchone()[0]
+    assert 1500 <= kept < 2500
+    assert store.request("00ff00ff.1") is None            # the oldest went first
+    assert store.request("00ff00ff.3000") is not None
