@@ -25,6 +25,7 @@ from twisted.internet import defer
 from twisted.internet.task import LoopingCall
 from twisted.logger import Logger
 
+import replicad
 from replicad import peerwire, session, wire
 from replicad.config import ClusterConfig
 from replicad.datadir import DB_FILENAME, check_data_dir  # noqa: F401 (moved there)
@@ -430,6 +431,7 @@ class Replica(service.MultiService):
             "mode": "quorum" if self.config.quorum_mode else "available",
             "cluster_id": self.store.cluster_id or "-",
             "ready": "yes" if node.serving_as is not None else "no",
+            "version": replicad.__version__,
         }
 
     def _meta(self, request: Request, vc: VectorClock) -> ReplyMeta | None:
