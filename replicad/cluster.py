@@ -1,4 +1,7 @@
-"""``replicad-local`` and LocalCluster: N real replica processes on one machine.
+"""LocalCluster: N real replica processes on one machine (process control only).
+
+The command-line tools built on it live elsewhere: ``replicad-local`` in replicad/local.py,
+its narrated walkthrough in replicad/demo.py; this module imports neither.
 
 Each replica runs as ``twistd -n ... replicad --id N`` so that what a test,
 a benchmark or a curious user starts is exactly what an operator runs.  Children are
@@ -10,7 +13,6 @@ is a separate process and STATUS is the only way to observe it.
 
 from __future__ import annotations
 
-import argparse
 import configparser
 import ctypes
 import dataclasses
@@ -23,7 +25,7 @@ import subprocess
 import sys
 import time
 from collections.abc import Callable
-from typing import Any, TextIO, TypeVar
+from typing import Any, TypeVar
 
 import replicad
 from replicad import config as cfg
@@ -35,7 +37,6 @@ PR_SET_PDEATHSIG = 1   # from <linux/prctl.h>
 LOG_TAIL_LINES = 30
 
 T = TypeVar("T")
-
 
 
 def twistd_command() -> list[str]:
@@ -475,36 +476,7 @@ def _exit_text(code: int | None) -> str:
     return f"exit status {code}"
 
 
-# replicad-local ------------------------------------------------------------------------
-
-PROG = "replicad-local"
-
-
-class _Parser(argparse.ArgumentParser):
-    def error(self, message: str) -> Any:
-        raise _Usage(f"{message} (see {PROG} --help)")
-
-
-class _Usage(Exception):
-    pass
-
-
-class _Terminated(Exception):
-    """SIGTERM or SIGHUP: stop like on Ctrl-C."""
-
-
-def build_parser() -> argparse.ArgumentParser:
-    parser = _Parser(prog=PROG, description="Run a replicad cluster on this machine.")
-    parser.add_argument("--size", type=int, default=3, help="number of replicas (default 3)")
-    parser.add_argument("--base-port", type=int, default=cfg.DEFAULT_CLIENT_BASE_PORT,
-                        help="replica i listens on base+i (clients) and base+100+i (peers)")
-    parser.add_argument("--data-dir", default="./replicad-local",
-                        help="config, logs and databases (kept between runs)")
-    parser.add_argument("--set", action="append", default=[], metavar="NAME=VALUE",
-                        help="a [cluster] setting, e.g. --set write_quorum=2 (repeatable)")
-    parser.add_argument("--demo", action="store_true",
-                        help="run a narrated failover walkthrough, then stop")
-    return parser
+# Overrides from a command line (replicad-local, bench) --------------------------------
 
 
 def parse_settings(settings: list[str]) -> dict[str, str]:
@@ -516,102 +488,3 @@ def parse_settings(settings: list[str]) -> dict[str, str]:
             raise ValueError(f"--set needs NAME=VALUE, got {setting!r}")
         overrides[name.strip()] = value.strip()
     return overrides
-
-
-def print_banner(cluster: LocalCluster, coordinator: int, out: TextIO) -> None:
-    shown = os.path.relpath(cluster.data_dir)
-    shown = cluster.data_dir if shown.startswith("..") else shown
-    print(f"{PROG}: {cluster.size} replicas are up; replica {coordinator} is the coordinator.",
-          file=out)
-    for i in cluster.ids:
-        print(f"  replica {i}: client {cluster.address(i)}  peer {cluster.peer_address(i)}  "
-              f"log {os.path.join(shown, f'replica-{i}.log')}", file=out)
-    default = cfg.default_config()
-    servers = [str(default.members[i].client) for i in default.ids]
-    cli = "replicad-cli"
-    if cluster.addresses() != servers:
-        cli += f" --config {os.path.join(shown, 'cluster.ini')}"
-    print("Try, in another terminal:", file=out)
-    print(f"  {cli} put greeting hello world", file=out)
-    print(f"  {cli} get greeting", file=out)
-    print(f"  {cli} status", file=out)
-    print(f"  kill -9 $(cat {os.path.join(shown, f'replica-{coordinator}.pid')})"
-          "   # then see another replica take over", file=out)
-    print(f"Data is kept in {shown} between runs. Press Ctrl-C to stop.", file=out, flush=True)
-
-
-def _watch(cluster: LocalCluster, out: TextIO) -> None:
-    """Until a signal: report replicas that exit (a user killing one to try failover)."""
-    reported: set[int] = set()
-    while True:
-        for i in cluster.ids:
-            if not cluster.running(i) and i not in reported:
-                reported.add(i)
-                print(f"{PROG}: replica {i} exited ({cluster.exit_text(i)})",
-                      file=out, flush=True)
-            elif cluster.running(i):
-                reported.discard(i)
-        time.sleep(0.5)
-
-
-def main(argv: list[str] | None = None) -> int:
-    """Console-script entry point; returns the exit status."""
-    try:
-        args = build_parser().parse_args(argv)
-        try:
-            overrides = parse_settings(args.set)
-        except ValueError as e:
-            raise _Usage(str(e)) from None
-        cluster = LocalCluster(args.size, args.base_port, args.data_dir, overrides=overrides)
-        cluster.write_config()   # a bad --set is a usage error, found before starting
-    except (_Usage, ClusterError, cfg.ConfigError) as e:
-        print(f"{PROG}: {e}", file=sys.stderr)
-        return 2
-    except SystemExit as e:   # --help
-        return e.code if isinstance(e.code, int) else 2
-
-    def terminate(signum: int, frame: object) -> None:
-        raise _Terminated()
-
-    previous = {sig: signal.signal(sig, terminate) for sig in (signal.SIGTERM, signal.SIGHUP)}
-    previous[signal.SIGINT] = signal.getsignal(signal.SIGINT)
-    try:
-        return _run(cluster, args.demo)
-    except (KeyboardInterrupt, _Terminated):
-        print(f"{PROG}: stopping", file=sys.stderr)
-        return 0
-    except (ClusterError, cfg.ConfigError, TimeoutError) as e:
-        print(f"{PROG}: {e}", file=sys.stderr)
-        return 1
-    except Exception as e:
-        print(f"{PROG}: internal error, please report it: {type(e).__name__}: {e}",
-              file=sys.stderr)
-        return 70
-    finally:
-        # A second Ctrl-C must not cut the shutdown short and leave orphans behind.
-        for sig in previous:
-            signal.signal(sig, signal.SIG_IGN)
-        cluster.stop()
-        for sig, handler in previous.items():
-            signal.signal(sig, handler)
-
-
-def _run(cluster: LocalCluster, demo: bool) -> int:
-    cluster.start()
-    coordinator = cluster.wait_ready()
-    if demo:
-        from replicad.demo import DemoError, run
-
-        try:
-            run(cluster, out=sys.stdout)
-        except DemoError as e:
-            print(f"{PROG}: demo failed: {e}", file=sys.stderr)
-            return 1
-        return 0
-    print_banner(cluster, coordinator, sys.stdout)
-    _watch(cluster, sys.stdout)
-    return 0   # not reached: only a signal ends _watch
-
-
-if __name__ == "__main__":
-    sys.exit(main())

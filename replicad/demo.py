@@ -4,7 +4,8 @@ It shows, step by step, what DESIGN.md promises: any replica answers (forwarding
 coordinator), the highest live id coordinates, a SIGKILLed coordinator is replaced
 quickly, and a replica that comes back takes over again (Bully) in a higher epoch
 with every key.  One session is used throughout, so every read also checks the
-session guarantees.  Printing is the point here, so this module prints.
+session guarantees.  Printing is the point here, so this module prints.  It imports
+replicad.cluster; only replicad/local.py imports it (cluster never does).
 """
 
 from __future__ import annotations
@@ -13,7 +14,7 @@ import sys
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
-from typing import TYPE_CHECKING, Any, TextIO
+from typing import Any, TextIO
 
 from replicad.client import (
     BlockingClient,
@@ -22,11 +23,9 @@ from replicad.client import (
     get_result,
     put_result,
 )
+from replicad.cluster import ClusterError, LocalCluster
 from replicad.session import ClientSession
 from replicad.wire import Reply
-
-if TYPE_CHECKING:
-    from replicad.cluster import LocalCluster
 
 FAILOVER_DEADLINE_S = 20.0
 TAKEOVER_DEADLINE_S = 30.0
@@ -59,7 +58,7 @@ class _Demo:
             yield
         except DemoError:
             raise
-        except (ClientError, TimeoutError, OSError) as e:
+        except (ClientError, ClusterError, TimeoutError, OSError) as e:
             raise DemoError(f"{title}: {e}") from None
 
     def client(self, *ids: int, timeout_s: float = 5.0) -> BlockingClient:
