@@ -4,8 +4,13 @@ PYTHON ?= python3
 VENV ?= .venv
 PY := $(VENV)/bin/python
 PIP_FLAGS ?= -q
+# Separate data dirs: the demo always starts from an empty cluster, `make cluster` keeps
+# its data between runs.
+DEMO_DIR ?= ./replicad-demo
+CLUSTER_DIR ?= ./replicad-local
+N ?= 20
 
-.PHONY: venv demo cluster test trial lint bench clean
+.PHONY: venv demo cluster test trial lint soak bench clean
 
 $(VENV)/.installed: setup.cfg pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -17,10 +22,11 @@ $(VENV)/.installed: setup.cfg pyproject.toml
 venv: $(VENV)/.installed
 
 demo: venv
-	$(VENV)/bin/replicad-local --demo --data-dir ./replicad-local
+	rm -rf $(DEMO_DIR)
+	$(VENV)/bin/replicad-local --demo --data-dir $(DEMO_DIR)
 
 cluster: venv
-	$(VENV)/bin/replicad-local --data-dir ./replicad-local
+	$(VENV)/bin/replicad-local --data-dir $(CLUSTER_DIR)
 
 test: venv
 	$(VENV)/bin/ruff check .
@@ -33,6 +39,11 @@ trial: venv
 lint: venv
 	$(VENV)/bin/ruff check .
 
+# The whole pytest suite N times (`make soak N=5`): which test failed in which run, the
+# failing runs' output kept in .soak/run-K.log, exit status 1 if any run failed.
+soak: venv
+	$(PY) tests/soak.py --runs $(N)
+
 # Benchmarks print markdown; add --write to a script to refresh docs/benchmarks.md.
 # throughput.py compares with redis-server (Debian's package), installed here if missing.
 bench: venv
@@ -44,4 +55,4 @@ bench: venv
 	$(PY) bench/throughput.py
 
 clean:
-	rm -rf $(VENV) replicad-local _trial_temp .pytest_cache .hypothesis
+	rm -rf $(VENV) $(DEMO_DIR) $(CLUSTER_DIR) .soak _trial_temp .pytest_cache .hypothesis

@@ -1,9 +1,14 @@
 """LocalCluster without the real replica: the config it writes, the command it runs, ports,
-and its process handling, exercised with a tiny fake replica that only answers STATUS."""
+and its process handling, exercised with a tiny fake replica that only answers STATUS;
+replicad-local's command line and banner; no import cycle between the tools' modules."""
 
 from __future__ import annotations
 
+import ast
+import io
 import os
+import shlex
+import shutil
 import signal
 import socket
 import stat
@@ -15,8 +20,16 @@ import time
 import pytest
 
 from replicad import cluster as cluster_module
-from replicad.cluster import ClusterError, LocalCluster, find_free_base_port, port_free
+from replicad import local
+from replicad.cluster import (
+    ClusterError,
+    LocalCluster,
+    find_free_base_port,
+    parse_settings,
+    port_free,
+)
 from replicad.config import ConfigError, load_config
+from replicad.usage import UsageError
 
 
 def test_config_file_loads_with_the_right_ports(tmp_path):
@@ -231,3 +244,235 @@ def _alive(pid: int) -> bool:
         except ProcessLookupError:
             return False
         return True
+
+
+# Settings and the replicad-local command line --------------------------------------------
+
+
+def test_parse_settings():
+    assert parse_settings([]) == {}
+    assert parse_settings(["write_quorum=2", " ping_interval = 0.5 ", "client_password=a=b"]) \
+        == {"write_quorum": "2", "ping_interval": "0.5", "client_password": "a=b"}
+    for bad in ("write_quorum", "=2", " =2"):
+        with pytest.raises(ValueError, match="--set needs NAME=VALUE"):
+            parse_settings([bad])
+
+
+def test_data_dirs_of_the_demo_and_of_the_cluster_differ(tmp_path):
+    parser = local.build_parser()
+    plain = local.cluster_from_args(parser.parse_args([]))
+    demo = local.cluster_from_args(parser.parse_args(["--demo"]))
+    assert plain.data_dir == os.path.abspath("replicad-local")
+    assert demo.data_dir == os.path.abspath("replicad-demo")
+    chosen = local.cluster_from_args(parser.parse_args(["--demo", "--data-dir", str(tmp_path)]))
+    assert chosen.data_dir == str(tmp_path)
+
+
+@pytest.mark.parametrize("argv, message", [
+    (["--size", "three"], "invalid int value"),
+    (["--colour", "blue"], "unrecognized arguments"),
+    (["--set", "write_quorum"], "--set needs NAME=VALUE"),
+])
+def test_command_line_mistakes_are_the_one_usage_error(argv, message):
+    with pytest.raises(UsageError, match=message):
+        local.cluster_from_args(local.build_parser().parse_args(argv))
+
+
+@pytest.mark.parametrize("argv, message", [
+    (["--size", "0"], "size must be between"),
+    (["--set", "colour=blue"], "colour"),
+    (["--bogus"], "unrecognized arguments: --bogus (see replicad-local --help)"),
+])
+def test_main_reports_mistakes_in_one_line_before_starting_anything(tmp_path, capsys, argv,
+                                                                     message):
+    assert local.main([*argv, "--data-dir", str(tmp_path / "d")]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("replicad-local: ") and message in err
+    assert err.count("\n") == 1
+    assert not os.path.exists(tmp_path / "d" / "replica-1")
+
+
+def test_the_tools_share_one_usage_error():
+    from replicad import usage
+
+    assert local.UsageError is usage.UsageError
+    assert not hasattr(cluster_module, "_Usage")
+    with pytest.raises(usage.UsageError):
+        local.build_parser().parse_args(["--size"])
+
+
+# The banner: commands that work as printed ------------------------------------------------
+
+
+@pytest.fixture
+def venv(tmp_path):
+    """A fake interpreter directory holding an executable replicad-cli, as in .venv/bin."""
+    bin_dir = tmp_path / "venv" / "bin"
+    bin_dir.mkdir(parents=True)
+    for name in ("python", "replicad-cli"):
+        (bin_dir / name).write_text("#!/bin/sh\n")
+        (bin_dir / name).chmod(0o755)
+    return bin_dir
+
+
+def banner(local_cluster, coordinator=3, **kwargs) -> list[str]:
+    out = io.StringIO()
+    local.print_banner(local_cluster, coordinator, out, **kwargs)
+    return out.getvalue().splitlines()
+
+
+def test_banner_names_the_cli_by_path_with_this_clusters_servers(tmp_path, venv):
+    cluster = LocalCluster(size=3, base_port=17000, data_dir=str(tmp_path / "data"))
+    lines = banner(cluster, 3, cluster_id="ab" * 16, executable=str(venv / "python"),
+                   cwd=str(tmp_path))
+    cli = "venv/bin/replicad-cli --servers 127.0.0.1:17001,127.0.0.1:17002,127.0.0.1:17003"
+    assert lines == [
+        "replicad-local: 3 replicas are up; replica 3 is the coordinator "
+        f"(cluster id {'ab' * 16}).",
+        "  replica 1: client 127.0.0.1:17001  peer 127.0.0.1:17101  log data/replica-1.log",
+        "  replica 2: client 127.0.0.1:17002  peer 127.0.0.1:17102  log data/replica-2.log",
+        "  replica 3: client 127.0.0.1:17003  peer 127.0.0.1:17103  log data/replica-3.log",
+        "Try, in another terminal in this directory:",
+        f"  {cli} put greeting hello world",
+        f"  {cli} get greeting",
+        f"  {cli} status",
+        "  kill -9 $(cat data/replica-3.pid)   # then see another replica take over",
+        "Data is kept in data between runs. Press Ctrl-C to stop.",
+    ]
+
+
+def test_banner_paths_outside_the_directory_are_absolute(tmp_path, venv):
+    elsewhere = tmp_path / "elsewhere"
+    elsewhere.mkdir()
+    cluster = LocalCluster(size=2, base_port=17000, data_dir=str(tmp_path / "data"))
+    commands = local.suggested_commands(cluster, 2, executable=str(venv / "python"),
+                                        cwd=str(elsewhere))
+    assert commands[0] == (f"{venv}/replicad-cli --servers 127.0.0.1:17001,127.0.0.1:17002 "
+                           "put greeting hello world")
+    assert commands[-1] == f"kill -9 $(cat {tmp_path}/data/replica-2.pid)"
+
+
+def test_banner_quotes_paths_for_the_shell(tmp_path):
+    bin_dir = tmp_path / "my venv" / "bin"
+    bin_dir.mkdir(parents=True)
+    (bin_dir / "replicad-cli").write_text("#!/bin/sh\n")
+    (bin_dir / "replicad-cli").chmod(0o755)
+    cluster = LocalCluster(size=1, base_port=17000, data_dir=str(tmp_path / "a dir"))
+    put, get, status, kill = local.suggested_commands(
+        cluster, 1, executable=str(bin_dir / "python"), cwd=str(tmp_path))
+    assert shlex.split(get) == ["my venv/bin/replicad-cli", "--servers", "127.0.0.1:17001",
+                                "get", "greeting"]
+    assert kill == "kill -9 $(cat 'a dir/replica-1.pid')"
+    os.makedirs(tmp_path / "a dir")
+    (tmp_path / "a dir" / "replica-1.pid").write_text("12345")
+    echoed = subprocess.run(["sh", "-c", kill.replace("kill -9", "echo", 1)], cwd=tmp_path,
+                            capture_output=True, text=True, timeout=30)
+    assert echoed.stdout == "12345\n"
+
+
+def test_a_cli_in_the_current_directory_is_run_as_dot_slash(venv):
+    assert local.cli_program(str(venv / "python"), cwd=str(venv)) == ["./replicad-cli"]
+
+
+def test_without_a_console_script_the_cli_runs_as_a_module(tmp_path):
+    python = tmp_path / "python"
+    assert local.cli_program(str(python), cwd=str(tmp_path)) == [
+        "./python", "-m", "replicad.cli"]
+
+
+def test_the_real_cli_is_found_next_to_this_interpreter():
+    (program,) = local.cli_program()
+    assert os.path.isfile(program) and os.access(program, os.X_OK)
+    assert os.path.samefile(program, os.path.join(os.path.dirname(sys.executable),
+                                                  "replicad-cli"))
+
+
+def test_a_client_password_goes_into_a_file_the_commands_name(tmp_path, venv):
+    cluster = LocalCluster(size=3, base_port=17000, data_dir=str(tmp_path / "data"),
+                           overrides={"client_password": "s3cret"})
+    cluster.write_config()
+    path = local.write_password_file(cluster)
+    assert path == str(tmp_path / "data" / "client-password")
+    assert open(path).read() == "s3cret\n"
+    assert stat.S_IMODE(os.stat(path).st_mode) == 0o600
+    put = local.suggested_commands(cluster, 3, executable=str(venv / "python"),
+                                   cwd=str(tmp_path))[0]
+    assert "--password-file data/client-password put greeting" in put
+    assert "s3cret" not in "\n".join(banner(cluster, executable=str(venv / "python")))
+    assert local.write_password_file(LocalCluster(data_dir=str(tmp_path / "b"))) is None
+
+
+def test_starting_line_says_whether_the_cluster_is_new(tmp_path):
+    cluster = LocalCluster(size=3, base_port=17000, data_dir=str(tmp_path))
+    out = io.StringIO()
+    local.print_starting(cluster, True, out)
+    local.print_starting(cluster, False, out)
+    new, kept = out.getvalue().splitlines()
+    assert new.startswith("replicad-local: starting 3 replicas on 127.0.0.1:17001-17003 (a new")
+    assert "agree on a cluster id" in new
+    assert "data kept in" in kept
+
+
+# No import cycle ---------------------------------------------------------------------------
+
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+def _imported_modules(path: str) -> set[str]:
+    """Every module a source file imports, at any depth (functions, TYPE_CHECKING too)."""
+    with open(path, encoding="utf-8") as handle:
+        tree = ast.parse(handle.read())
+    found = set()
+    for node in ast.walk(tree):
+        if isinstance(node, ast.Import):
+            found.update(alias.name for alias in node.names)
+        elif isinstance(node, ast.ImportFrom) and node.module:
+            found.add(node.module)
+            found.update(f"{node.module}.{alias.name}" for alias in node.names)
+    return found
+
+
+def test_cluster_imports_neither_the_demo_nor_replicad_local():
+    imported = _imported_modules(os.path.join(REPO, "replicad", "cluster.py"))
+    assert not imported & {"replicad.demo", "replicad.local"}
+    assert not _imported_modules(os.path.join(REPO, "replicad", "demo.py")) & {"replicad.local"}
+    assert not _imported_modules(os.path.join(REPO, "replicad", "usage.py"))
+
+
+@pytest.mark.parametrize("first, then", [
+    ("replicad.cluster", "replicad.demo"),
+    ("replicad.demo", "replicad.cluster"),
+    ("replicad.local", "replicad.cluster"),
+])
+def test_no_import_cycle_in_a_fresh_interpreter(first, then):
+    code = textwrap.dedent(f"""
+        import sys
+        import {first}
+        import {then}
+        # Now on its own: importing cluster must not pull in the tools built on it.
+        for name in ("replicad.cluster", "replicad.demo", "replicad.local"):
+            sys.modules.pop(name, None)
+        import replicad.cluster
+        print(",".join(m for m in ("replicad.demo", "replicad.local") if m in sys.modules))
+    """)
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                            timeout=60, cwd=REPO)
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.strip() == ""
+
+
+def test_make_uses_separate_data_dirs():
+    make = shutil.which("make")
+    if make is None:
+        pytest.skip("make is not installed")
+
+    def dry_run(target: str) -> str:
+        return subprocess.run([make, "-n", target], capture_output=True, text=True, cwd=REPO,
+                              timeout=60).stdout
+
+    demo, cluster, clean = dry_run("demo"), dry_run("cluster"), dry_run("clean")
+    assert "rm -rf ./replicad-demo\n" in demo
+    assert "replicad-local --demo --data-dir ./replicad-demo" in demo
+    assert "replicad-local --data-dir ./replicad-local" in cluster
+    assert "rm -rf" not in cluster
+    assert "./replicad-demo" in clean and "./replicad-local" in clean
