@@ -433,6 +433,7 @@ class Node:
         state.pulling.discard(peer_id)
         if ok:
             state.pulled.add(peer_id)
+            self._contact[peer_id] = self._clock.seconds()   # it just answered
         else:
             state.accepted.discard(peer_id)   # asked again at the next re-announcement
         self._check_taken_over()
@@ -561,6 +562,13 @@ class Node:
         have = len(state.pulled) + 1
         settled = not state.unsettled and not state.pulling
         if have >= self._quorum and settled:
+            if self._lease_s is not None and not self._lease_valid():
+                # The take-over outlasted the lease (say a replica pulled from long ago
+                # died since): no majority heard from within lease_s, so do not serve;
+                # elect again, as at a lease expiry, which asks every replica anew.
+                self._fail_fast = True
+                self._elect("no majority heard from within the lease at take-over")
+                return
             serving = _Serving(Role.SERVING, self._my_id, state.epoch)
             self._enter(serving)
             self._fail_fast = False
@@ -571,9 +579,6 @@ class Node:
                 serving.timer = self._clock.callLater(self._reannounce_interval_s,
                                                       self._reannounce, serving)
             if self._lease_s is not None:
-                now = self._clock.seconds()
-                for peer in state.pulled:
-                    self._contact[peer] = max(self._contact.get(peer, now), now)
                 self._arm_lease(serving)
         elif settled and have < self._quorum and not self._fail_fast:
             self._fail_fast = True
@@ -588,6 +593,12 @@ class Node:
         times = sorted(self._contact.get(p, float("-inf")) for p in self._others)
         return times[-(self._quorum - 1)] if self._quorum > 1 else self._clock.seconds()
 
+    def _lease_valid(self) -> bool:
+        # The same sum as _arm_lease's expiry: "now - contact < lease" can hold in floats
+        # at the expiry itself, and re-arming with a zero delay then loops forever.
+        assert self._lease_s is not None
+        return self._clock.seconds() < self._majority_contact() + self._lease_s
+
     def _arm_lease(self, state: _Serving) -> None:
         assert self._lease_s is not None
         expiry = self._majority_contact() + self._lease_s
@@ -598,7 +609,7 @@ class Node:
         if self._state is not state:
             return
         assert self._lease_s is not None
-        if self._clock.seconds() - self._majority_contact() < self._lease_s:
+        if self._lease_valid():
             self._arm_lease(state)
             return
         self.log.warn("coordinator {replica} heard from no majority for {lease_s} s: "

@@ -1,16 +1,18 @@
-"""Unit tests for the Bully machine (one replica, a recording glue, task.Clock) and a
-few whole-cluster scenarios on the simulated network of test_election_sim."""
+"""Unit tests for the role machine (one replica, a recording glue, task.Clock) and a few
+whole-cluster scenarios on the simulated network of test_node_sim."""
 
 from __future__ import annotations
 
+from twisted.internet import defer
 from twisted.internet.task import Clock
 from twisted.logger import capturedLogs
 from twisted.trial.unittest import SynchronousTestCase
 
-from replicad.election import BullyElection, Role
-from tests.test_election_sim import Network
+from replicad.node import MAX_EPOCH, PERSIST_RETRY_S, Candidacy, Node, Role
+from tests.test_node_sim import Network
 
-F, E, A, C = Role.FOLLOWER, Role.ELECTING, Role.AWAITING, Role.COORDINATOR
+F, E, A = Role.FOLLOWER, Role.ELECTING, Role.AWAITING
+T, S, X = Role.TAKING_OVER, Role.SERVING, Role.STOPPED
 
 
 class Glue:
@@ -19,6 +21,7 @@ class Glue:
     def __init__(self) -> None:
         self.calls: list[tuple] = []
         self.on_send_election = None  # optional hook to answer synchronously
+        self.persist_failures = 0     # persist_epoch raises this many times first
 
     def of(self, kind: str) -> list[tuple]:
         return [c[1:] for c in self.calls if c[0] == kind]
@@ -31,26 +34,54 @@ class Glue:
     def send_coordinator(self, peer_id, epoch):
         self.calls.append(("coordinator", peer_id, epoch))
 
+    def pull_for_take_over(self, peer_id, epoch):
+        self.calls.append(("pull", peer_id, epoch))
+
     def role_changed(self, role, coordinator, epoch):
         self.calls.append(("role", role, coordinator, epoch))
 
     def persist_epoch(self, epoch):
         self.calls.append(("persist", epoch))
+        if self.persist_failures > 0:
+            self.persist_failures -= 1
+            raise OSError("disk full")
 
 
 def make(my_id, members=(1, 2, 3), **kw):
     clock, glue = Clock(), Glue()
-    return BullyElection(my_id, members, glue, clock, **kw), glue, clock
+    return Node(my_id, members, glue, clock, **kw), glue, clock
+
+
+def take_over(m, glue, accept=None, fail=()):
+    """Finish a take-over: the peers in ``accept`` (default: every peer announced to and
+    not in ``fail``) accept the announcement and are pulled from; those in ``fail``
+    time out."""
+    epoch = m.coordinator_epoch
+    announced = sorted({p for (p, e) in glue.of("coordinator") if e == epoch})
+    if accept is None:
+        accept = [p for p in announced if p not in fail]
+    for peer in accept:
+        m.coordinator_accepted(peer, epoch)
+        m.pull_done(peer, epoch, True)
+    for peer in fail:
+        m.coordinator_send_failed(peer, epoch)
 
 
 def coordinator_of(my_id, members=(1, 2, 3), **kw):
-    """A machine that has just won (by answer timeout if it has higher members)."""
+    """A machine that has just won (by answer timeout if it has higher members) and
+    taken over: every peer accepted and was pulled from."""
     m, glue, clock = make(my_id, members, **kw)
     m.start_election("test")
     clock.advance(m._answer_timeout_s)
-    assert m.role is C
+    assert m.role is T
+    take_over(m, glue)
+    assert m.role is S
     glue.calls.clear()
     return m, glue, clock
+
+
+def serving(m):
+    return defer.ensureDeferred(m.when_serving(m._clock.seconds() + 10))
 
 
 class StateTests(SynchronousTestCase):
@@ -58,35 +89,45 @@ class StateTests(SynchronousTestCase):
         m, glue, _ = make(2, epoch=4)
         self.assertEqual((m.role, m.coordinator, m.coordinator_epoch), (F, None, None))
         self.assertEqual((m.my_id, m.epoch, m.public_role), (2, 4, "electing"))
+        self.assertEqual((m.serving_as, m.cannot_serve, m.take_over_progress()),
+                         (None, False, None))
         self.assertEqual(glue.calls, [])
 
     def test_public_names(self):
         names = {r: r.public_name for r in Role}
-        self.assertEqual(names, {F: "follower", E: "electing", A: "electing", C: "coordinator"})
+        self.assertEqual(names, {F: "follower", E: "electing", A: "electing",
+                                 T: "coordinator", S: "coordinator", X: "stopped"})
+        self.assertEqual([r for r in Role if r.is_coordinator], [T, S])
 
     def test_bad_arguments(self):
         self.assertRaises(ValueError, make, 1, epoch=-1)
+        self.assertRaises(ValueError, make, 1, epoch=MAX_EPOCH + 1)
         self.assertRaises(ValueError, make, 1, answer_timeout_s=0)
         self.assertRaises(ValueError, make, 1, reannounce_interval_s=0)
+        self.assertRaises(ValueError, make, 1, quorum=0)
+        self.assertRaises(ValueError, make, 1, quorum=4)   # 3 members
 
     def test_events_logged_with_epoch(self):
         with capturedLogs() as events:
-            m, _, _ = make(3)
+            m, glue, _ = make(3)
             m.start_election("start-up")
             m.coordinator_received(4, 1)  # not a member: ignored
+            take_over(m, glue)
         formats = [(e["log_format"].split()[2], e.get("epoch")) for e in events]
-        self.assertEqual(formats, [("starts", 0), ("won", 1)])
+        self.assertEqual(formats, [("starts", 0), ("won", 1), ("serving", 1)])
 
 
 class StartElectionTests(SynchronousTestCase):
     def test_highest_wins_at_once(self):
         m, glue, clock = make(3, epoch=7)
         m.start_election("start-up")
-        self.assertEqual((m.role, m.coordinator, m.epoch, m.coordinator_epoch), (C, 3, 8, 8))
+        self.assertEqual((m.role, m.coordinator, m.epoch, m.coordinator_epoch), (T, 3, 8, 8))
         self.assertEqual(
             glue.calls,
-            [("persist", 8), ("role", C, 3, 8), ("coordinator", 1, 8), ("coordinator", 2, 8)],
+            [("persist", 8), ("role", T, 3, 8), ("coordinator", 1, 8), ("coordinator", 2, 8)],
         )
+        take_over(m, glue)
+        self.assertEqual((m.role, m.serving_as), (S, 3))
 
     def test_lower_asks_higher_only(self):
         m, glue, _ = make(2, (1, 2, 3, 4), epoch=5)
@@ -111,7 +152,7 @@ class StartElectionTests(SynchronousTestCase):
         clock.advance(0.29)
         self.assertEqual(m.role, E)
         clock.advance(0.01)
-        self.assertEqual((m.role, m.epoch), (C, 1))
+        self.assertEqual((m.role, m.epoch), (T, 1))
         self.assertEqual(glue.of("coordinator"), [(2, 1), (3, 1)])
 
     def test_all_sends_failed_wins_at_once(self):
@@ -120,14 +161,14 @@ class StartElectionTests(SynchronousTestCase):
         m.election_send_failed(2)
         self.assertEqual(m.role, E)
         m.election_send_failed(3)
-        self.assertEqual((m.role, clock.seconds()), (C, 0))
+        self.assertEqual((m.role, clock.seconds()), (T, 0))
 
     def test_synchronous_failures(self):
         """The glue may fail a send from inside send_election (connection refused)."""
         m, glue, _ = make(1)
         glue.on_send_election = m.election_send_failed
         m.start_election("start-up")
-        self.assertEqual((m.role, m.epoch), (C, 1))
+        self.assertEqual((m.role, m.epoch), (T, 1))
         self.assertEqual(len(glue.of("election")), 2)
 
     def test_synchronous_answer_stops_the_round(self):
@@ -166,7 +207,7 @@ class AnswerTests(SynchronousTestCase):
         clock.advance(0.01)
         self.assertEqual((m.role, len(glue.of("election"))), (E, 4))
         clock.advance(0.3)  # and nobody answers this time
-        self.assertEqual(m.role, C)
+        self.assertEqual(m.role, T)
 
     def test_answer_from_lower_ignored(self):
         m, _, _ = make(2)
@@ -194,7 +235,14 @@ class ElectionReceivedTests(SynchronousTestCase):
         m, glue, _ = coordinator_of(3)
         self.assertTrue(m.election_received(1, 0))
         self.assertEqual(glue.calls, [("coordinator", 1, 1)])
-        self.assertEqual((m.role, m.epoch), (C, 1))
+        self.assertEqual((m.role, m.epoch), (S, 1))
+
+    def test_from_lower_while_taking_over_reannounces_same_epoch(self):
+        m, glue, _ = make(3)
+        m.start_election("x")
+        glue.calls.clear()
+        self.assertTrue(m.election_received(1, 0))
+        self.assertEqual((glue.calls, m.role), ([("coordinator", 1, 1)], T))
 
     def test_from_higher_or_stranger_is_not_answered(self):
         m, glue, _ = make(2)
@@ -210,7 +258,7 @@ class CoordinatorReceivedTests(SynchronousTestCase):
         m.answer_received(3, 0)
         self.assertTrue(m.coordinator_received(3, 1))
         self.assertEqual((m.role, m.coordinator, m.coordinator_epoch, m.epoch), (F, 3, 1, 1))
-        self.assertEqual(m.public_role, "follower")
+        self.assertEqual((m.public_role, m.serving_as), ("follower", 3))
         self.assertEqual(glue.of("role")[-1], (F, 3, 1))
         self.assertEqual(clock.getDelayedCalls(), [])  # coordinator timer cancelled
 
@@ -240,22 +288,30 @@ class CoordinatorReceivedTests(SynchronousTestCase):
         self.assertTrue(m.coordinator_received(3, 6))
 
     def test_coordinator_steps_down_for_higher(self):
-        m, glue, _ = coordinator_of(2)
+        m, glue, clock = coordinator_of(2)
         self.assertTrue(m.coordinator_received(3, 2))
         self.assertEqual((m.role, m.coordinator), (F, 3))
+        clock.advance(0)  # the step-down's election on the next turn: it has a coordinator
+        self.assertEqual((m.role, m.coordinator, glue.of("election")), (F, 3, []))
+
+    def test_coordinator_rejects_same_epoch_from_higher(self):
+        """It holds that epoch itself; the higher one re-elects above it."""
+        m, _, _ = coordinator_of(2)
+        self.assertFalse(m.coordinator_received(3, 1))
+        self.assertEqual(m.role, S)
 
     def test_lower_is_bullied_with_higher_epoch(self):
         """I5: reject, then win above the lower one's epoch."""
         m, glue, _ = make(3, epoch=1)
         self.assertFalse(m.coordinator_received(1, 9))
-        self.assertEqual((m.role, m.epoch, m.coordinator_epoch), (C, 10, 10))
+        self.assertEqual((m.role, m.epoch, m.coordinator_epoch), (T, 10, 10))
         self.assertIn(("coordinator", 1, 10), glue.calls)
 
     def test_lower_with_stale_epoch_is_bullied_too(self):
         """Otherwise a lower coordinator that missed a newer epoch keeps its belief."""
         m, glue, _ = coordinator_of(3, epoch=5)
         self.assertFalse(m.coordinator_received(1, 2))
-        self.assertEqual((m.role, m.coordinator_epoch), (C, 7))
+        self.assertEqual((m.role, m.coordinator_epoch), (T, 7))
 
     def test_lower_while_follower_starts_election(self):
         m, glue, _ = make(2)
@@ -266,22 +322,50 @@ class CoordinatorReceivedTests(SynchronousTestCase):
 
 class RejectedTests(SynchronousTestCase):
     def test_lower_with_newer_epoch_forces_reelection(self):
-        m, glue, _ = coordinator_of(3)
+        m, glue, clock = coordinator_of(3)
         m.coordinator_rejected(1, 6)
-        self.assertEqual((m.role, m.epoch, m.coordinator_epoch), (C, 7, 7))
+        # Changed on purpose: a newer epoch makes a coordinator step down at once (I7)
+        # and re-elect on the next turn (BullyElection re-elected inside the call).
+        self.assertEqual((m.role, m.coordinator, m.epoch), (F, None, 6))
+        clock.advance(0)
+        self.assertEqual((m.role, m.epoch, m.coordinator_epoch), (T, 7, 7))
         self.assertEqual(glue.of("coordinator"), [(1, 7), (2, 7)])
 
+    def test_lower_with_same_epoch_forces_reelection_at_once(self):
+        """Another coordinator holds our epoch there (I3): re-elect above it."""
+        m, glue, _ = coordinator_of(3)
+        m.coordinator_rejected(1, 1, 1)
+        self.assertEqual((m.role, m.coordinator_epoch), (T, 2))
+
     def test_rejection_of_an_older_announcement_ignored(self):
-        m, glue, _ = coordinator_of(3, epoch=4)  # announced 5
-        m.coordinator_rejected(1, 6)  # re-elected: announced 7
+        m, glue, clock = coordinator_of(3, epoch=4)  # announced 5
+        m.coordinator_rejected(1, 6, 5)  # re-elected (next turn): announced 7
+        clock.advance(0)
+        self.assertEqual((m.role, m.coordinator_epoch), (T, 7))
         glue.calls.clear()
-        m.coordinator_rejected(2, 6)  # also about the announcement of 5: too late
-        self.assertEqual((m.role, m.coordinator_epoch, glue.calls), (C, 7, []))
+        m.coordinator_rejected(2, 6, 5)  # also about the announcement of 5: too late
+        self.assertEqual((m.role, m.coordinator_epoch, glue.calls), (T, 7, []))
+        take_over(m, glue, accept=[1])   # and 2's answer to 7 is still awaited
+        self.assertEqual(m.role, T)
+        m.coordinator_accepted(2, 7)
+        m.pull_done(2, 7, True)
+        self.assertEqual(m.role, S)
 
     def test_rejection_from_higher_waits_to_be_bullied(self):
         m, glue, _ = coordinator_of(2)
+        m.coordinator_rejected(3, 1, 1)
+        self.assertEqual((m.role, glue.calls), (S, []))
+
+    def test_rejection_from_higher_with_newer_epoch_steps_down(self):
+        # Changed on purpose: BullyElection stayed coordinator (in its old epoch) until
+        # bullied; a newer epoch now makes a coordinator step down at once (I7), and it
+        # elects on the next turn, asking the higher one.
+        m, glue, clock = coordinator_of(2)
         m.coordinator_rejected(3, 9)
-        self.assertEqual((m.role, m.epoch, glue.calls), (C, 9, [("persist", 9)]))
+        self.assertEqual((m.role, m.epoch), (F, 9))
+        self.assertEqual(glue.calls, [("persist", 9), ("role", F, None, 9)])
+        clock.advance(0)
+        self.assertEqual((m.role, glue.of("election")), (E, [(3, 9)]))
 
     def test_ignored_unless_coordinator(self):
         m, glue, _ = make(1)
@@ -301,7 +385,7 @@ class FailureAndStopTests(SynchronousTestCase):
     def test_coordinator_failed_ignored_otherwise(self):
         m, glue, _ = coordinator_of(3)
         m.coordinator_failed()
-        self.assertEqual((m.role, glue.calls), (C, []))
+        self.assertEqual((m.role, glue.calls), (S, []))
         m, glue, _ = make(1)
         m.start_election("x")
         m.coordinator_failed()
@@ -314,7 +398,38 @@ class FailureAndStopTests(SynchronousTestCase):
         self.assertFalse(m.election_received(1, 5))
         self.assertFalse(m.coordinator_received(3, 5))
         m.coordinator_rejected(1, 5)
-        self.assertEqual((glue.calls, m.epoch), ([], 1))
+        # Changed on purpose: STOPPED is a role now, and reported like any other.
+        self.assertEqual((glue.calls, m.epoch), ([("role", X, None, 1)], 1))
+
+
+class StopTests(SynchronousTestCase):
+    def test_stopped_ignores_inputs_and_releases_waiters(self):
+        m, glue, clock = make(1, quorum=2, lease_s=1.0)
+        m.start_election("x")
+        waiting = serving(m)
+        change = m.wait_for_change(5)
+        m.stop()
+        self.assertIsNone(self.successResultOf(waiting))
+        self.assertTrue(self.successResultOf(change))
+        self.assertEqual((m.role, m.public_role, m.cannot_serve), (X, "stopped", True))
+        glue.calls.clear()
+        m.start_election("x")
+        m.answer_received(3, 4)
+        m.election_send_failed(2)
+        m.coordinator_received(3, 4)
+        m.coordinator_accepted(2, 1)
+        m.coordinator_send_failed(2, 1)
+        m.coordinator_rejected(2, 4, 1)
+        m.pull_done(2, 1, True)
+        m.coordinator_failed()
+        m.epoch_seen(9)
+        m.set_candidacy(Candidacy.NO, "x")
+        m.contact(2)
+        m.poke()
+        self.assertEqual((m.role, m.epoch, m.candidacy, glue.calls), (X, 0, Candidacy.YES, []))
+        self.assertEqual(clock.getDelayedCalls(), [])
+        self.assertFalse(self.successResultOf(m.wait_for_change(5)))
+        self.assertIsNone(self.successResultOf(serving(m)))
 
 
 class EpochTests(SynchronousTestCase):
@@ -339,13 +454,400 @@ class EpochTests(SynchronousTestCase):
         m.answer_received(3, 2)
         m.coordinator_failed()
         m.election_send_failed(3)  # won, epoch 5
-        m.coordinator_rejected(1, 8)  # re-elect
+        m.coordinator_rejected(1, 8)  # steps down; re-elects on the next turn
+        clock.advance(0)
         clock.advance(0.3)  # won, epoch 9
         m.coordinator_received(1, 3)  # lower: bully again
         clock.advance(0.3)
         persisted = [p for (p,) in glue.of("persist")]
         self.assertEqual(persisted, sorted(set(persisted)))
         self.assertEqual((persisted[-1], m.coordinator_epoch), (10, 10))
+
+    def test_epoch_above_the_bound_ignored(self):
+        """I7's second line: the wire refuses it first (peerwire)."""
+        m, glue, _ = coordinator_of(3)
+        m.epoch_seen(MAX_EPOCH + 1)
+        self.assertEqual((m.role, m.epoch, glue.calls), (S, 1, []))
+        m.epoch_seen(MAX_EPOCH)
+        self.assertEqual((m.role, m.epoch), (F, MAX_EPOCH))
+
+
+class StepDownTests(SynchronousTestCase):
+    """I7: a newer epoch makes a coordinator step down before anything else is handled,
+    and it elects on the next turn."""
+
+    def test_serving_steps_down_synchronously(self):
+        m, glue, clock = coordinator_of(3)
+        m.epoch_seen(5)
+        self.assertEqual((m.role, m.coordinator, m.serving_as), (F, None, None))
+        self.assertFalse(m.role.is_coordinator)
+        self.assertEqual(glue.calls, [("persist", 5), ("role", F, None, 5)])
+        clock.advance(0)
+        self.assertEqual((m.role, m.coordinator_epoch), (T, 6))  # the highest: wins at once
+
+    def test_taking_over_steps_down_synchronously(self):
+        m, glue, clock = make(3)
+        m.start_election("x")
+        m.coordinator_accepted(1, 1)   # a pull in flight
+        m.epoch_seen(4)
+        self.assertFalse(m.role.is_coordinator)
+        self.assertIsNone(m.take_over_progress())
+        m.pull_done(1, 1, True)        # about the old epoch: ignored
+        self.assertEqual(m.role, F)
+        clock.advance(0)
+        self.assertEqual((m.role, m.coordinator_epoch), (T, 5))
+
+    def test_lower_coordinator_asks_the_higher_next_turn(self):
+        m, glue, clock = coordinator_of(2)
+        m.epoch_seen(7)
+        self.assertEqual(glue.of("election"), [])
+        clock.advance(0)
+        self.assertEqual((m.role, glue.of("election")), (E, [(3, 7)]))
+
+    def test_no_election_if_it_found_a_coordinator_meanwhile(self):
+        m, glue, clock = coordinator_of(2)
+        m.epoch_seen(5)
+        m.coordinator_received(3, 5)
+        clock.advance(0)
+        self.assertEqual((m.role, m.coordinator, glue.of("election")), (F, 3, []))
+
+    def test_follower_does_not_step_down(self):
+        m, glue, clock = make(1)
+        m.coordinator_received(3, 1)
+        m.epoch_seen(4)
+        clock.advance(0)
+        self.assertEqual((m.role, m.coordinator, m.epoch), (F, 3, 4))
+
+
+class TakeOverTests(SynchronousTestCase):
+    def test_needs_quorum_acceptances_and_pulls(self):
+        m, glue, _ = make(5, (1, 2, 3, 4, 5), quorum=3)
+        m.start_election("x")
+        self.assertEqual((m.role, m.public_role, m.serving_as), (T, "coordinator", None))
+        self.assertEqual(m.take_over_progress(), (1, 3))
+        self.assertEqual(glue.of("pull"), [])
+        m.coordinator_accepted(4, 1)
+        m.coordinator_accepted(4, 1)   # a duplicate answer: pulled once
+        self.assertEqual((glue.of("pull"), m.take_over_progress()), ([(4, 1)], (1, 3)))
+        m.pull_done(4, 1, True)
+        self.assertEqual(m.take_over_progress(), (2, 3))
+        m.coordinator_accepted(3, 1)
+        m.pull_done(3, 1, True)
+        self.assertEqual((m.role, m.take_over_progress()), (T, (3, 3)))  # 1, 2 unanswered
+        m.coordinator_send_failed(1, 1)
+        self.assertEqual(m.role, T)
+        m.coordinator_send_failed(2, 1)
+        self.assertEqual((m.role, m.serving_as, m.take_over_progress()), (S, 5, None))
+        self.assertEqual(glue.of("role"), [(T, 5, 1), (S, 5, 1)])
+
+    def test_accepted_but_not_pulled_does_not_count(self):
+        m, glue, _ = make(3, quorum=2)
+        m.start_election("x")
+        m.coordinator_accepted(1, 1)
+        m.coordinator_send_failed(2, 1)
+        self.assertEqual((m.role, m.cannot_serve), (T, False))   # the pull is in flight
+        m.pull_done(1, 1, True)
+        self.assertEqual(m.role, S)
+
+    def test_default_mode_waits_for_every_answer(self):
+        """quorum = 1: it serves alone, but only once every announcement is settled
+        (accepted and pulled, rejected, or failed), so it has pulled from everyone up."""
+        m, glue, _ = make(3)
+        m.start_election("x")
+        m.coordinator_accepted(2, 1)
+        m.pull_done(2, 1, True)
+        self.assertEqual(m.role, T)
+        m.coordinator_send_failed(1, 1)
+        self.assertEqual(m.role, S)
+
+    def test_rejection_from_higher_settles(self):
+        m, glue, _ = make(2)
+        m.start_election("x")
+        m.election_send_failed(3)      # 3 silent: 2 wins
+        m.coordinator_rejected(3, 1, 1)
+        self.assertEqual(m.role, T)
+        take_over(m, glue, accept=[1])
+        self.assertEqual(m.role, S)
+
+    def test_answers_about_another_epoch_ignored(self):
+        m, glue, _ = make(3, epoch=4)
+        m.start_election("x")          # epoch 5
+        m.coordinator_accepted(1, 4)
+        m.coordinator_send_failed(2, 4)
+        m.pull_done(1, 4, True)
+        self.assertEqual((m.role, glue.of("pull"), m.take_over_progress()), (T, [], (1, 1)))
+
+    def test_failed_pull_asked_again_at_the_next_reannouncement(self):
+        m, glue, clock = make(3, quorum=2, reannounce_interval_s=1.0)
+        m.start_election("x")
+        m.coordinator_accepted(1, 1)
+        m.pull_done(1, 1, False)
+        m.coordinator_send_failed(2, 1)
+        self.assertEqual((m.role, m.cannot_serve), (T, True))
+        glue.calls.clear()
+        clock.advance(1.0)
+        self.assertEqual(glue.of("coordinator"), [(1, 1), (2, 1)])   # 1 is asked again
+        m.coordinator_accepted(1, 1)
+        self.assertEqual(glue.of("pull"), [(1, 1)])
+        m.pull_done(1, 1, True)
+        self.assertEqual(m.role, T)          # 2's answer to the re-announcement is due
+        m.coordinator_send_failed(2, 1)
+        self.assertEqual((m.role, m.cannot_serve), (S, False))
+
+    def test_reannounces_only_to_the_unsettled(self):
+        m, glue, clock = make(4, (1, 2, 3, 4), quorum=3, reannounce_interval_s=1.0)
+        m.start_election("x")
+        take_over(m, glue, accept=[3], fail=[1, 2])
+        glue.calls.clear()
+        clock.advance(1.0)
+        self.assertEqual(glue.of("coordinator"), [(1, 1), (2, 1)])
+
+    def test_settled_but_short_fails_fast(self):
+        """Quorum mode: every answer is in and no majority: refuse requests at once."""
+        m, glue, clock = make(3, quorum=2, reannounce_interval_s=1.0)
+        m.start_election("x")
+        waiting = serving(m)
+        m.coordinator_send_failed(1, 1)
+        self.assertNoResult(waiting)
+        m.coordinator_send_failed(2, 1)
+        self.assertEqual((m.role, m.cannot_serve), (T, True))
+        self.assertIsNone(self.successResultOf(waiting))      # woken, and refused
+        self.assertIsNone(self.successResultOf(serving(m)))   # at once
+        clock.advance(1.0)                                     # re-announced: 1 accepts
+        take_over(m, glue, accept=[1], fail=[2])
+        self.assertEqual((m.role, m.cannot_serve), (S, False))
+        self.assertEqual(self.successResultOf(serving(m)), 3)
+
+    def test_short_in_default_mode_cannot_happen(self):
+        m, glue, _ = make(3)
+        m.start_election("x")
+        take_over(m, glue, fail=[1, 2])
+        self.assertEqual((m.role, m.cannot_serve), (S, False))
+
+
+class LeaseTests(SynchronousTestCase):
+    def lease_holder(self, **kw):
+        """5 serving in a cluster of 5, quorum 3, lease 1 s, every peer accepted at 0."""
+        return coordinator_of(5, (1, 2, 3, 4, 5), quorum=3, lease_s=1.0,
+                              reannounce_interval_s=None, **kw)
+
+    def test_steps_down_after_lease_without_majority_contact(self):
+        m, glue, clock = self.lease_holder()
+        m.contact(1)            # one peer is not a majority
+        clock.advance(0.99)
+        self.assertEqual(m.role, S)
+        waiting = m.wait_for_change(5)
+        clock.advance(0.01)
+        self.assertTrue(m.cannot_serve)
+        self.assertTrue(self.successResultOf(waiting))   # woken by the step-down
+        self.assertNotEqual(m.role, S)
+        self.assertEqual((m.role, m.coordinator_epoch), (T, 2))   # the highest: re-won
+        self.assertIsNone(self.successResultOf(serving(m)))
+
+    def test_contact_from_a_majority_keeps_the_lease(self):
+        m, glue, clock = self.lease_holder()
+        for _ in range(20):
+            clock.advance(0.5)
+            m.contact(1)
+            m.contact(2 if _ % 2 else 3)   # two peers within every second
+        self.assertEqual((m.role, m.cannot_serve), (S, False))
+        clock.advance(1.0)
+        self.assertEqual((m.role, m.cannot_serve), (T, True))
+
+    def test_contact_from_strangers_does_not_count(self):
+        m, glue, clock = self.lease_holder()
+        clock.advance(0.5)
+        m.contact(9)
+        m.contact(5)             # itself
+        m.contact(1)
+        clock.advance(0.5)
+        self.assertEqual(m.role, T)
+
+    def test_answers_count_as_contact(self):
+        m, glue, clock = self.lease_holder()
+        clock.advance(0.9)
+        m.coordinator_accepted(1, 1)   # e.g. an answer to a re-announcement
+        m.coordinator_accepted(2, 1)
+        clock.advance(0.9)
+        self.assertEqual(m.role, S)
+
+    def test_no_lease_in_default_mode(self):
+        m, glue, clock = coordinator_of(3, lease_s=1.0, reannounce_interval_s=None)
+        clock.advance(100)
+        self.assertEqual((m.role, clock.getDelayedCalls()), (S, []))
+
+    def test_expiry_at_a_rounded_instant(self):
+        """Regression: at 0.6 + 0.1 the clock reads 0.7 while 0.7 - 0.6 < 0.1, so the
+        lease check re-armed a zero-delay timer forever (task.Clock hung)."""
+        m, glue, clock = make(3, quorum=2, lease_s=0.1, reannounce_interval_s=None)
+        clock.advance(0.6)
+        m.start_election("x")
+        take_over(m, glue, accept=[1], fail=[2])
+        self.assertEqual(m.role, S)
+        clock.advance(0.1)
+        self.assertEqual((m.role, m.cannot_serve), (T, True))
+
+    def test_take_over_outlasting_the_lease_does_not_serve(self):
+        """Regression: SERVING used to count every replica pulled from as heard "now",
+        however long ago it answered: here 1 answered at 0 and is silent since, yet 5
+        served at 2.0 with a lease to 3.0.  Now it elects again instead."""
+        m, glue, clock = make(5, (1, 2, 3, 4, 5), quorum=3, lease_s=1.0,
+                              reannounce_interval_s=1.0)
+        m.start_election("x")
+        take_over(m, glue, accept=[1], fail=[2, 3, 4])
+        clock.advance(2.0)             # two re-announcements to 2, 3, 4
+        take_over(m, glue, accept=[2], fail=[3, 4])
+        self.assertEqual((m.role, m.coordinator_epoch, m.cannot_serve), (T, 2, True))
+        # The same, with 1 heard from meanwhile (a lease ping): it serves.
+        m, glue, clock = make(5, (1, 2, 3, 4, 5), quorum=3, lease_s=1.0,
+                              reannounce_interval_s=1.0)
+        m.start_election("x")
+        take_over(m, glue, accept=[1], fail=[2, 3, 4])
+        clock.advance(1.5)
+        m.contact(1)
+        clock.advance(0.5)
+        take_over(m, glue, accept=[2], fail=[3, 4])
+        self.assertEqual((m.role, m.coordinator_epoch), (S, 1))
+
+
+class PersistTests(SynchronousTestCase):
+    def test_failed_persist_of_a_win_is_retried(self):
+        """I1: nothing is announced until the epoch is durable; no stuck state."""
+        m, glue, clock = make(3, reannounce_interval_s=None)
+        glue.persist_failures = 2
+        m.start_election("x")
+        self.assertEqual((m.role, m.epoch, glue.of("coordinator")), (E, 0, []))
+        clock.advance(PERSIST_RETRY_S)
+        self.assertEqual((m.role, m.epoch), (E, 0))
+        clock.advance(PERSIST_RETRY_S)
+        self.assertEqual((m.role, m.epoch, glue.of("persist")), (T, 1, [(1,)] * 3))
+        take_over(m, glue)
+        self.assertEqual(m.role, S)
+        self.assertEqual(clock.getDelayedCalls(), [])   # no timer left dangling
+        self.assertEqual(len(self.flushLoggedErrors(OSError)), 2)
+
+    def test_failed_persist_of_a_seen_epoch_is_retried(self):
+        m, glue, clock = make(1)
+        glue.persist_failures = 2
+        m.epoch_seen(5)
+        m.epoch_seen(7)         # fails too; one retry timer only
+        self.assertEqual((m.epoch, len(clock.getDelayedCalls())), (7, 1))
+        clock.advance(PERSIST_RETRY_S)
+        self.assertEqual(glue.of("persist"), [(5,), (7,), (7,)])   # the latest epoch
+        self.assertEqual(clock.getDelayedCalls(), [])
+        self.assertEqual(len(self.flushLoggedErrors(OSError)), 2)
+
+    def test_stop_cancels_the_persist_retry(self):
+        m, glue, clock = make(1)
+        glue.persist_failures = 1
+        m.epoch_seen(5)
+        m.stop()
+        self.assertEqual(clock.getDelayedCalls(), [])
+        self.flushLoggedErrors(OSError)
+
+
+class CandidacyTests(SynchronousTestCase):
+    def test_no_never_stands(self):
+        m, glue, clock = make(3, candidacy=Candidacy.NO)
+        self.assertFalse(m.eligible)
+        m.start_election("x")
+        self.assertFalse(m.election_received(1, 0))   # the lower one need not wait
+        m.coordinator_failed()
+        clock.advance(10)
+        self.assertEqual((m.role, glue.calls), (F, []))
+
+    def test_no_follows_even_a_lower_coordinator(self):
+        m, glue, _ = make(3, candidacy=Candidacy.NO)
+        self.assertTrue(m.coordinator_received(1, 1))
+        self.assertEqual((m.role, m.coordinator), (F, 1))
+        m.coordinator_failed()
+        self.assertEqual((m.role, m.coordinator, glue.of("election")), (F, None, []))
+
+    def test_pending_answers_ok_but_does_not_elect(self):
+        m, glue, clock = make(3, candidacy=Candidacy.PENDING)
+        self.assertTrue(m.election_received(1, 2))   # the lower one waits for it
+        m.start_election("x")
+        clock.advance(10)
+        self.assertEqual((m.role, m.epoch, glue.of("election")), (F, 2, []))
+        self.assertEqual(glue.of("coordinator"), [])
+
+    def test_yes_while_following_a_higher_does_not_elect(self):
+        m, glue, _ = make(2, candidacy=Candidacy.PENDING)
+        m.coordinator_received(3, 1)
+        m.set_candidacy(Candidacy.YES, "caught up")
+        self.assertEqual((m.role, m.coordinator, glue.of("election")), (F, 3, []))
+        self.assertTrue(m.eligible)
+
+    def test_yes_while_following_a_lower_elects(self):
+        m, glue, clock = make(2, candidacy=Candidacy.NO)
+        m.coordinator_received(1, 1)
+        m.set_candidacy(Candidacy.YES, "caught up")
+        self.assertEqual((m.role, glue.of("election")), (E, [(3, 1)]))
+        clock.advance(0.3)
+        self.assertEqual((m.role, m.coordinator_epoch), (T, 2))
+
+    def test_yes_without_coordinator_elects(self):
+        m, glue, _ = make(3, candidacy=Candidacy.PENDING)
+        m.set_candidacy(Candidacy.YES, "fresh cluster")
+        self.assertEqual((m.role, m.epoch), (T, 1))
+
+    def test_withdrawing_steps_a_coordinator_down(self):
+        m, glue, _ = coordinator_of(3)
+        m.set_candidacy(Candidacy.NO, "x")
+        self.assertEqual((m.role, m.coordinator), (F, None))
+        m, glue, _ = make(1)
+        m.start_election("x")
+        m.set_candidacy(Candidacy.PENDING, "x")
+        self.assertEqual(m.role, F)
+
+    def test_same_candidacy_is_a_noop(self):
+        m, glue, _ = make(1)
+        m.set_candidacy(Candidacy.YES, "x")
+        self.assertEqual(glue.calls, [])
+
+
+class WaitTests(SynchronousTestCase):
+    def test_when_serving_resolves_at_serving(self):
+        m, glue, _ = make(3)
+        waiting = serving(m)
+        m.start_election("x")
+        self.assertNoResult(waiting)       # taking over: not yet
+        take_over(m, glue)
+        self.assertEqual(self.successResultOf(waiting), 3)
+
+    def test_when_serving_resolves_for_a_follower(self):
+        m, _, _ = make(1)
+        waiting = serving(m)
+        m.start_election("x")
+        m.answer_received(3, 0)
+        self.assertNoResult(waiting)
+        m.coordinator_received(3, 1)
+        self.assertEqual(self.successResultOf(waiting), 3)
+        self.assertEqual(self.successResultOf(serving(m)), 3)   # at once now
+
+    def test_when_serving_gives_up_at_the_deadline(self):
+        m, _, clock = make(1)
+        waiting = defer.ensureDeferred(m.when_serving(2.0))
+        m.poke()                           # woken, nothing changed: waits on
+        clock.advance(1.99)
+        self.assertNoResult(waiting)
+        clock.advance(0.01)
+        self.assertIsNone(self.successResultOf(waiting))
+        self.assertEqual(clock.getDelayedCalls(), [])
+        self.assertIsNone(self.successResultOf(defer.ensureDeferred(m.when_serving(1.0))))
+
+    def test_wait_for_change(self):
+        m, _, clock = make(1)
+        change = m.wait_for_change(1.0)
+        m.start_election("x")
+        self.assertTrue(self.successResultOf(change))
+        change = m.wait_for_change(1.0)
+        m.poke()
+        self.assertTrue(self.successResultOf(change))
+        change = m.wait_for_change(0.2)
+        clock.advance(0.2)
+        self.assertFalse(self.successResultOf(change))
+        self.assertFalse(self.successResultOf(m.wait_for_change(0)))
 
 
 class ReannounceTests(SynchronousTestCase):
@@ -371,7 +873,7 @@ class ClusterTests(SynchronousTestCase):
     """Whole elections on the simulated network (no message loss unless stated)."""
 
     def coordinators(self, net):
-        return [i for i, n in net.nodes.items() if n.machine.role is C]
+        return [i for i, n in net.nodes.items() if n.machine.role is S]
 
     def test_all_up_highest_wins(self):
         net = Network(4)
@@ -439,3 +941,19 @@ class ClusterTests(SynchronousTestCase):
             net.recover(i)
             net.converge()
         self.assertEqual({a[1] for a in net.announced}, {4})
+
+    def test_quorum_mode_majority_side_serves(self):
+        net = Network.quorum_mode(5)
+        net.start()
+        net.converge()
+        net.crash(5)
+        net.crash(4)
+        net.converge()
+        self.assertEqual(self.coordinators(net), [3])
+        net.crash(3)     # 2 of 5 left: nobody can serve
+        net.advance(5.0)
+        self.assertEqual(self.coordinators(net), [])
+        self.assertTrue(net.machine(2).cannot_serve)
+        net.recover(5)
+        net.converge()
+        self.assertEqual(self.coordinators(net), [5])

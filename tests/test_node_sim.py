@@ -1,27 +1,43 @@
-"""Simulated cluster: N BullyElection machines on one task.Clock, a lossy network and a
-HeartbeatMonitor per replica.  Hypothesis generates crash / recover / link-cut schedules;
-once messages flow again every live replica must agree on the highest live id within
-CONVERGENCE_BOUND_S.
+"""Simulated cluster: N ``replicad.node.Node`` machines on one task.Clock, a lossy network,
+a HeartbeatMonitor per replica and, in quorum mode, the glue's lease heartbeat.
+
+The network does what replicad/replica.py does with the node's actions: every request
+carries the sender's epoch and the receiver feeds it to ``epoch_seen`` before handling
+it; every answered call is a ``contact``; an ELECTION answered NO is a failed send; a
+COORDINATOR is accepted, rejected (with the receiver's epoch) or fails; a take-over pull
+succeeds at once.  Hypothesis generates crash / recover / link-cut schedules and checks:
+
+- once messages flow again every live replica agrees on the highest live id within
+  CONVERGENCE_BOUND_S, and epochs never decrease;
+- in quorum mode, the safety invariants of SafetyChecker (I6: majority, lease, fencing
+  of an older epoch), at every instant.
+
+CounterexampleTests hold two schedules where stronger properties fail: leases overlap,
+and one epoch has two serving coordinators.
 """
 
 from __future__ import annotations
 
+from collections import defaultdict
+from itertools import combinations
+
 from hypothesis import given, settings
 from hypothesis import strategies as st
 from twisted.internet.defer import Deferred, succeed
-from twisted.internet.task import Clock
+from twisted.internet.task import Clock, LoopingCall
 from twisted.trial.unittest import SynchronousTestCase
 
 from replicad.detector import HeartbeatMonitor
-from replicad.election import ANSWER_TIMEOUT_S as ANSWER_S
-from replicad.election import COORDINATOR_TIMEOUT_S as COORDINATOR_S
-from replicad.election import REANNOUNCE_INTERVAL_S as REANNOUNCE_S
-from replicad.election import BullyElection, Role
+from replicad.node import ANSWER_TIMEOUT_S as ANSWER_S
+from replicad.node import COORDINATOR_TIMEOUT_S as COORDINATOR_S
+from replicad.node import REANNOUNCE_INTERVAL_S as REANNOUNCE_S
+from replicad.node import Node, Role
 
 DELAY_S = 0.01  # one-way message latency
-RPC_TIMEOUT_S = 0.2  # glue gives up on an unanswered ELECTION (< answer timeout)
+RPC_TIMEOUT_S = 0.2  # glue gives up on an unanswered ELECTION / COORDINATOR (<= answer)
 PING_INTERVAL_S = 0.5
 PING_TIMEOUT_S = 0.2  # < PING_INTERVAL_S, as detector.py requires
+LEASE_S = 2 * PING_INTERVAL_S  # config.LEASE_HEARTBEATS ping intervals
 
 # Bound on settling after the network heals (t = 0), each timer leg at its worst:
 #   a follower of a dead coordinator notices it           ping interval + timeout  0.7 s
@@ -30,64 +46,122 @@ PING_TIMEOUT_S = 0.2  # < PING_INTERVAL_S, as detector.py requires
 #   one that missed the winner's announcement hears the
 #   re-announcement, rejects its stale epoch, and the
 #   winner re-elects                                      re-announce + answer    1.3 s
-# plus 20 message latencies: 3.3 s.  (Worst seen over ~10k random schedules: ~1.0 s.)
+#   the take-over waits for an announcement sent over a
+#   link that was cut before the heal to time out         RPC timeout             0.2 s
+# plus 20 message latencies: 3.5 s.  (Worst seen over ~4k random schedules: ~1.1 s.)
 CONVERGENCE_BOUND_S = (
     PING_INTERVAL_S + PING_TIMEOUT_S + COORDINATOR_S + 2 * ANSWER_S + REANNOUNCE_S
-    + 20 * DELAY_S
+    + RPC_TIMEOUT_S + 20 * DELAY_S
 )
-STEP_S = 0.01  # so the bound is CONVERGENCE_BOUND_S / STEP_S = 330 clock steps
+STEP_S = 0.01  # so the bound is CONVERGENCE_BOUND_S / STEP_S = 350 clock steps
 SETTLE_S = 3 * REANNOUNCE_S  # agreement must then hold this long, with no role change
 
 
-class Node:
-    """The replica glue for one incarnation of one replica."""
+class Replica:
+    """The replica glue (replica.py's NodeActions) for one incarnation of one replica."""
 
     def __init__(self, net: Network, node_id: int, epoch: int) -> None:
         self.net = net
         self.id = node_id
         self.alive = True
         self.followed: int | None = None
-        self.machine = BullyElection(
-            node_id, net.ids, self, net.clock, epoch=epoch,
-            reannounce_interval_s=net.reannounce_interval_s,
+        self.heard: dict[int, float] = {}  # peer -> when it last answered this incarnation
+        self.machine = Node(
+            node_id, net.ids, self, net.clock, epoch=epoch, quorum=net.quorum,
+            reannounce_interval_s=net.reannounce_interval_s, lease_s=net.lease_s,
         )
         self.monitor = HeartbeatMonitor(
             net.clock, PING_INTERVAL_S, self.ping, self.machine.coordinator_failed
         )
+        self.lease_heartbeat = LoopingCall(self.lease_tick)
+        self.lease_heartbeat.clock = net.clock
 
     def start(self) -> None:
         self.monitor.start()
+        if self.net.quorum > 1:
+            self.lease_heartbeat.start(PING_INTERVAL_S, now=False)
         self.machine.start_election("start-up")
 
     def crash(self) -> None:
         self.alive = False
         self.monitor.stop()
+        if self.lease_heartbeat.running:
+            self.lease_heartbeat.stop()
         self.machine.stop()
 
     def ping(self) -> Deferred[bool]:
-        """PONG after a round trip if the coordinator is up and reachable, else False
-        after PING_TIMEOUT_S."""
+        """The follower's heartbeat: the coordinator is alive if it answers the PING in
+        time and still calls itself coordinator; the epoch it answers with is seen."""
         target = self.machine.coordinator
         if target is None or target == self.id:
             return succeed(True)
-        up = target in self.net.nodes and not self.net.cut & {(self.id, target), (target, self.id)}
         d: Deferred[bool] = Deferred()
-        self.net.clock.callLater(2 * DELAY_S if up else PING_TIMEOUT_S, d.callback, up)
+
+        def answered(status: tuple[str, int]) -> None:
+            role, epoch = status
+            self.machine.epoch_seen(epoch)
+            d.callback(role == "coordinator")
+
+        self.net.call(self, target, self.machine.epoch, self.net.on_ping, PING_TIMEOUT_S,
+                      answered, lambda: d.callback(False))
         return d
 
+    def lease_tick(self) -> None:
+        """Quorum mode: a coordinator pings every peer each ping interval, which keeps
+        its lease (an answer is a ``contact``) and teaches it any newer epoch."""
+        if self.machine.role.is_coordinator:
+            for peer in self.net.ids:
+                if peer != self.id:
+                    self.net.call(self, peer, self.machine.epoch, self.net.on_ping,
+                                  PING_TIMEOUT_S, lambda s: self.machine.epoch_seen(s[1]),
+                                  lambda: None)
+
+    # -- NodeActions ---------------------------------------------------------------
+
     def send_election(self, peer_id: int, epoch: int) -> None:
-        self.net.send_election(self, peer_id, epoch)
+        machine = self.machine
+
+        def answered(answer: tuple[bool, int]) -> None:
+            ok, peer_epoch = answer
+            if ok:
+                machine.answer_received(peer_id, peer_epoch)
+            else:
+                machine.epoch_seen(peer_epoch)
+                machine.election_send_failed(peer_id)
+
+        self.net.call(self, peer_id, epoch, self.net.on_election, RPC_TIMEOUT_S, answered,
+                      lambda: machine.election_send_failed(peer_id))
 
     def send_coordinator(self, peer_id: int, epoch: int) -> None:
-        self.net.send_coordinator(self, peer_id, epoch)
+        machine = self.machine
+
+        def answered(answer: tuple[bool, int]) -> None:
+            ok, peer_epoch = answer
+            if ok:
+                machine.coordinator_accepted(peer_id, epoch)
+            else:
+                machine.coordinator_rejected(peer_id, peer_epoch, epoch)
+
+        self.net.call(self, peer_id, epoch, self.net.on_coordinator, RPC_TIMEOUT_S,
+                      answered, lambda: machine.coordinator_send_failed(peer_id, epoch))
+
+    def pull_for_take_over(self, peer_id: int, epoch: int) -> None:
+        self.net.pulls.append((self.id, peer_id, epoch))
+        self.machine.pull_done(peer_id, epoch, True)   # instant, and it always works
 
     def role_changed(self, role: Role, coordinator: int | None, epoch: int) -> None:
+        if role is Role.STOPPED:
+            return
         if coordinator != self.followed:
             self.followed = coordinator
             self.monitor.reset()  # the glue contract: a new coordinator, a fresh detector
-        self.net.role_changes.append((self.net.clock.seconds(), self.id, role, coordinator, epoch))
-        if role is Role.COORDINATOR:
-            self.net.announced.append((self.net.clock.seconds(), self.id, epoch))
+        net = self.net
+        net.role_changes.append((net.clock.seconds(), self.id, role, coordinator, epoch))
+        if role is Role.TAKING_OVER:
+            net.announced.append((net.clock.seconds(), self.id, epoch))
+        if role is Role.SERVING:
+            net.served[epoch].add(self.id)
+        net.on_role_changed(self)
 
     def persist_epoch(self, epoch: int) -> None:
         assert epoch > self.net.disk[self.id], "persisted epochs must rise"
@@ -95,15 +169,33 @@ class Node:
 
 
 class Network:
-    def __init__(self, n: int, reannounce_interval_s: float | None = REANNOUNCE_S) -> None:
+    def __init__(
+        self,
+        n: int,
+        reannounce_interval_s: float | None = REANNOUNCE_S,
+        quorum: int = 1,
+        lease_s: float | None = None,
+    ) -> None:
         self.clock = Clock()
         self.reannounce_interval_s = reannounce_interval_s
+        self.quorum = quorum
+        self.lease_s = lease_s
         self.ids = list(range(1, n + 1))
         self.disk = {i: 0 for i in self.ids}  # persisted epochs survive crashes
-        self.nodes: dict[int, Node] = {}  # live incarnations
+        self.nodes: dict[int, Replica] = {}  # live incarnations
         self.cut: set[tuple[int, int]] = set()  # directed links that drop messages
         self.role_changes: list[tuple] = []
         self.announced: list[tuple[float, int, int]] = []
+        self.pulls: list[tuple[int, int, int]] = []
+        self.served: defaultdict[int, set[int]] = defaultdict(set)  # epoch -> SERVING ids
+        # (coordinator, epoch) -> replicas that accepted it, as seen by the receivers
+        self.accepted: defaultdict[tuple[int, int], set[int]] = defaultdict(set)
+        self.acceptances: list[tuple[int, int, int]] = []  # (replica, coordinator, epoch)
+        self.on_role_changed = lambda replica: None  # a hook for invariant checks
+
+    @classmethod
+    def quorum_mode(cls, n: int, **kw) -> Network:
+        return cls(n, quorum=n // 2 + 1, lease_s=LEASE_S, **kw)
 
     # -- cluster control --------------------------------------------------------
 
@@ -119,17 +211,37 @@ class Network:
     def recover(self, node_id: int) -> None:
         if node_id in self.nodes:
             return
-        node = Node(self, node_id, self.disk[node_id])
+        node = Replica(self, node_id, self.disk[node_id])
         self.nodes[node_id] = node
         node.start()
 
-    def machine(self, node_id: int) -> BullyElection:
+    def partition(self, a: int, b: int) -> None:
+        self.cut |= {(a, b), (b, a)}
+
+    def machine(self, node_id: int) -> Node:
         return self.nodes[node_id].machine
 
-    def advance(self, seconds: float, step_s: float = STEP_S) -> None:
+    def advance(self, seconds: float, step_s: float = STEP_S, check=None) -> None:
         while seconds > 1e-9:
             self.clock.advance(min(step_s, seconds))
             seconds -= step_s
+            if check is not None:
+                check()
+
+    def serving(self) -> dict[int, Node]:
+        return {i: n.machine for i, n in self.nodes.items() if n.machine.role is Role.SERVING}
+
+    def lease_valid(self, node_id: int) -> bool:
+        """Whether the replica heard from a majority (quorum - 1 peers) within LEASE_S,
+        by the answers this network delivered to it (not by the node's own records)."""
+        heard = sorted(self.nodes[node_id].heard.get(p, float("-inf"))
+                       for p in self.ids if p != node_id)
+        return self.clock.seconds() < heard[-(self.quorum - 1)] + LEASE_S
+
+    def not_past(self, epoch: int) -> list[int]:
+        """The replicas whose persisted epoch is at most ``epoch``: only they would
+        answer a fenced request of that epoch other than STALE (peerwire)."""
+        return [i for i in self.ids if self.disk[i] <= epoch]
 
     def agreed(self) -> bool:
         """Every live replica follows the highest live id, in the same epoch."""
@@ -138,7 +250,7 @@ class Network:
         top = max(self.nodes)
         epochs = {n.machine.coordinator_epoch for n in self.nodes.values()}
         return (
-            self.machine(top).role is Role.COORDINATOR
+            self.machine(top).role is Role.SERVING
             and all(n.machine.coordinator == top for n in self.nodes.values())
             and all(
                 n.machine.role is Role.FOLLOWER for i, n in self.nodes.items() if i != top
@@ -174,49 +286,65 @@ class Network:
             for i, n in sorted(self.nodes.items())
         )
 
-    # -- message delivery (what the glue would do) ------------------------------
+    # -- message delivery (what the glue and peerwire do) --------------------------
 
-    def _later(self, delay_s: float, node: Node, fn, *args) -> None:
+    def _later(self, delay_s: float, node: Replica, fn, *args) -> None:
         """Deliver a reply to one incarnation: a dead process hears nothing."""
         self.clock.callLater(delay_s, lambda: node.alive and fn(*args))
 
-    def send_election(self, src: Node, dst_id: int, epoch: int) -> None:
+    def call(self, src: Replica, dst_id: int, epoch: int, handle, timeout_s: float,
+             on_answer, on_failure) -> None:
+        """One request and its answer.  The receiver sees the request's epoch first
+        (peerwire: a newer epoch makes a coordinator step down before the handler);
+        the sender counts any answer as a contact (the lease) before handling it."""
         if (src.id, dst_id) in self.cut:
-            self._later(RPC_TIMEOUT_S, src, src.machine.election_send_failed, dst_id)
+            self._later(timeout_s, src, on_failure)
             return
-        self.clock.callLater(DELAY_S, self._deliver_election, src, dst_id, epoch)
 
-    def _deliver_election(self, src: Node, dst_id: int, epoch: int) -> None:
-        dst = self.nodes.get(dst_id)
-        if dst is None:  # connection refused: the sender learns one latency later
-            self._later(DELAY_S, src, src.machine.election_send_failed, dst_id)
-        elif dst.machine.election_received(src.id, epoch):
-            if (dst_id, src.id) in self.cut:  # the OK is lost: sender times out
-                wait_s = RPC_TIMEOUT_S - DELAY_S
-                self._later(wait_s, src, src.machine.election_send_failed, dst_id)
-            else:
-                reply = (dst_id, dst.machine.epoch)
-                self._later(DELAY_S, src, src.machine.answer_received, *reply)
+        def deliver() -> None:
+            dst = self.nodes.get(dst_id)
+            if dst is None:  # connection refused: the sender learns one latency later
+                self._later(DELAY_S, src, on_failure)
+                return
+            dst.machine.epoch_seen(epoch)
+            answer = handle(dst, src.id, epoch)
+            if (dst_id, src.id) in self.cut:  # the answer is lost: the sender times out
+                self._later(timeout_s - DELAY_S, src, on_failure)
+                return
 
-    def send_coordinator(self, src: Node, dst_id: int, epoch: int) -> None:
-        if (src.id, dst_id) not in self.cut:
-            self.clock.callLater(DELAY_S, self._deliver_coordinator, src, dst_id, epoch)
+            def answered() -> None:
+                src.heard[dst_id] = self.clock.seconds()
+                src.machine.contact(dst_id)
+                on_answer(answer)
 
-    def _deliver_coordinator(self, src: Node, dst_id: int, epoch: int) -> None:
-        dst = self.nodes.get(dst_id)
-        if dst is None or dst.machine.coordinator_received(src.id, epoch):
-            return
-        if (dst_id, src.id) not in self.cut:
-            reply = (dst_id, dst.machine.epoch)
-            self._later(DELAY_S, src, src.machine.coordinator_rejected, *reply)
+            self._later(DELAY_S, src, answered)
+
+        self.clock.callLater(DELAY_S, deliver)
+
+    @staticmethod
+    def on_ping(dst: Replica, src_id: int, epoch: int) -> tuple[str, int]:
+        return dst.machine.public_role, dst.machine.epoch
+
+    @staticmethod
+    def on_election(dst: Replica, src_id: int, epoch: int) -> tuple[bool, int]:
+        return dst.machine.election_received(src_id, epoch), dst.machine.epoch
+
+    def on_coordinator(self, dst: Replica, src_id: int, epoch: int) -> tuple[bool, int]:
+        ok = dst.machine.coordinator_received(src_id, epoch)
+        if ok:
+            self.accepted[(src_id, epoch)].add(dst.id)
+            self.acceptances.append((dst.id, src_id, epoch))
+        return ok, dst.machine.epoch
 
 
 # -- schedules -------------------------------------------------------------------
 
 
 @st.composite
-def schedules(draw):
-    n = draw(st.integers(min_value=2, max_value=6))
+def schedules(draw, min_n=2, max_n=6, max_steps=25, pairs=False):
+    """(n, [(wait_s, event)]).  Events: crash / recover a replica, cut / heal a link
+    (one direction, or both with ``pairs``)."""
+    n = draw(st.integers(min_value=min_n, max_value=max_n))
     ids = st.integers(min_value=1, max_value=n)
     event = st.one_of(
         st.tuples(st.just("crash"), ids),
@@ -225,10 +353,10 @@ def schedules(draw):
         st.tuples(st.just("heal"), ids, ids),
     )
     wait_s = st.integers(min_value=0, max_value=120).map(lambda cs: cs / 100)
-    return n, draw(st.lists(st.tuples(wait_s, event), max_size=25))
+    return n, draw(st.lists(st.tuples(wait_s, event), max_size=max_steps)), pairs
 
 
-def apply(net: Network, event: tuple) -> None:
+def apply(net: Network, event: tuple, pairs: bool = False) -> None:
     kind, *args = event
     if kind == "crash":
         net.crash(args[0])
@@ -236,17 +364,21 @@ def apply(net: Network, event: tuple) -> None:
         net.recover(args[0])
     elif kind == "cut":
         net.cut.add((args[0], args[1]))
+        if pairs:
+            net.cut.add((args[1], args[0]))
     else:
         net.cut.discard((args[0], args[1]))
+        if pairs:
+            net.cut.discard((args[1], args[0]))
 
 
 class ConvergenceTests(SynchronousTestCase):
-    @settings(max_examples=150, deadline=None)
+    @settings(max_examples=100, deadline=None)
     @given(schedules())
     def test_converges_to_highest_live(self, schedule):
         """After any schedule, once messages flow: the highest live id is the one
         coordinator everywhere within CONVERGENCE_BOUND_S, and it stays put."""
-        n, steps = schedule
+        n, steps, _ = schedule
         net = Network(n)
         net.start()
         for wait_s, event in steps:
@@ -254,12 +386,26 @@ class ConvergenceTests(SynchronousTestCase):
             apply(net, event)
         net.converge()  # asserts bound and stability
 
-    @settings(max_examples=100, deadline=None)
+    @settings(max_examples=60, deadline=None)
+    @given(schedules(min_n=3, max_n=5, pairs=True))
+    def test_converges_in_quorum_mode(self, schedule):
+        """The same in quorum mode: the take-over needs a majority, leases run."""
+        n, steps, pairs = schedule
+        net = Network.quorum_mode(n)
+        net.start()
+        for wait_s, event in steps:
+            net.advance(wait_s)
+            apply(net, event, pairs)
+        if len(net.nodes) >= net.quorum:
+            net.converge()
+
+    @settings(max_examples=60, deadline=None)
     @given(schedules())
     def test_epochs_never_decrease(self, schedule):
-        """A replica's epoch only rises, across restarts too (Node.persist_epoch checks
-        the disk), and the final coordinator's epoch is the highest any replica saw."""
-        n, steps = schedule
+        """A replica's epoch only rises, across restarts too (Replica.persist_epoch
+        checks the disk), and the final coordinator's epoch is the highest any replica
+        saw."""
+        n, steps, _ = schedule
         net = Network(n)
         net.start()
         seen = {i: 0 for i in net.ids}
@@ -284,6 +430,13 @@ class ScenarioTests(SynchronousTestCase):
         self.assertLess(net.converge(), 0.1)
         self.assertEqual(net.machine(1).coordinator, 5)
         self.assertEqual([a[1] for a in net.announced], [5])  # only the highest announced
+        self.assertEqual(sorted(p[1] for p in net.pulls), [1, 2, 3, 4])  # pulled from all
+
+    def test_all_up_quorum_mode(self):
+        net = Network.quorum_mode(5)
+        net.start()
+        self.assertLess(net.converge(), 0.1)
+        self.assertEqual(dict(net.served), {1: {5}})
 
     def test_failover_under_one_second(self):
         """Worst case: the coordinator dies just after a heartbeat tick."""
@@ -303,8 +456,10 @@ class ScenarioTests(SynchronousTestCase):
         net.cut.update(cut)
         net.start()
         net.advance(2.0)
-        self.assertEqual(net.machine(1).role, Role.COORDINATOR)
-        self.assertEqual(net.machine(3).role, Role.COORDINATOR)
+        # Both serve: quorum 1, and each one's announcements were all settled (accepted
+        # or timed out).
+        self.assertEqual(net.machine(1).role, Role.SERVING)
+        self.assertEqual(net.machine(3).role, Role.SERVING)
         net.converge()
         self.assertEqual(net.machine(1).coordinator, 3)
 
@@ -315,3 +470,155 @@ class ScenarioTests(SynchronousTestCase):
         quiet.cut.clear()
         quiet.advance(CONVERGENCE_BOUND_S)
         self.assertFalse(quiet.agreed())  # two coordinators forever
+
+    def test_minority_side_of_a_partition_stops_serving(self):
+        """Quorum mode: the coordinator cut off from both others loses its lease and
+        answers at once that it cannot serve; the majority side elects a coordinator
+        of a newer epoch, which the old one follows once the partition heals."""
+        net = Network.quorum_mode(3)
+        net.start()
+        net.converge()
+        old = net.machine(3)
+        net.partition(3, 1)
+        net.partition(3, 2)
+        net.advance(LEASE_S + PING_INTERVAL_S)
+        # 3 is the highest: it wins again alone, but cannot take over without a majority
+        self.assertEqual((old.role, old.take_over_progress()), (Role.TAKING_OVER, (1, 2)))
+        self.assertTrue(old.cannot_serve)
+        self.assertEqual((net.machine(1).coordinator, net.machine(2).role), (2, Role.SERVING))
+        self.assertEqual(net.machine(2).coordinator_epoch, 2)
+        net.converge()
+        self.assertEqual((old.role, old.coordinator_epoch, old.cannot_serve),
+                         (Role.SERVING, 3, False))
+
+
+class SafetyChecker:
+    """The quorum-mode safety invariants, checked at every role change (the SERVING set
+    only changes there, and persisted epochs only rise, so that is exact) and after
+    every clock step (leases run out with time).
+
+    - majority (I6): a coordinator reaches SERVING only once quorum - 1 peers accepted
+      its (id, epoch), counted on the receivers' side;
+    - lease (I6): a SERVING replica has heard from quorum - 1 peers within LEASE_S;
+    - fencing (I6): while two replicas serve in epochs e1 < e2, fewer than a quorum of
+      replicas are not past e1, so every fenced request of the older one meets a STALE
+      majority: it cannot complete a quorum write.
+
+    Not checked, because they do not hold (see CounterexampleTests): at most one
+    SERVING replica with a valid lease at a time, and one coordinator per epoch.
+    """
+
+    def __init__(self, test: SynchronousTestCase, net: Network) -> None:
+        self.test = test
+        self.net = net
+        net.on_role_changed = self.role_changed
+
+    def role_changed(self, replica: Replica) -> None:
+        machine, net = replica.machine, self.net
+        if machine.role is Role.SERVING:
+            accepted = net.accepted[(replica.id, machine.coordinator_epoch)]
+            self.test.assertGreaterEqual(len(accepted) + 1, net.quorum, net.describe())
+            self.check()
+
+    def check(self) -> None:
+        net, test = self.net, self.test
+        serving = net.serving()
+        for i in serving:
+            test.assertTrue(net.lease_valid(i), (i, net.clock.seconds(), net.describe()))
+        ranked = sorted((m.coordinator_epoch, i) for i, m in serving.items())
+        for (older, _), (newer, _) in combinations(ranked, 2):
+            if older < newer:
+                test.assertLess(len(net.not_past(older)), net.quorum, net.describe())
+
+
+class SafetyTests(SynchronousTestCase):
+    @settings(max_examples=150, deadline=None)
+    @given(schedules(min_n=3, max_n=5, pairs=True))
+    def test_quorum_mode_safety(self, schedule):
+        """Crashes, recoveries and partitions (both directions of a link) in quorum mode
+        (quorum = majority, lease LEASE_S): the invariants of SafetyChecker hold at every
+        instant, and each replica accepts epochs in non-decreasing order across its
+        restarts (a replica that accepted e refuses older epochs)."""
+        n, steps, pairs = schedule
+        net = Network.quorum_mode(n)
+        checker = SafetyChecker(self, net)
+        net.start()
+        for wait_s, event in steps:
+            net.advance(wait_s, check=checker.check)
+            apply(net, event, pairs)
+        net.advance(2 * LEASE_S, check=checker.check)
+        last: dict[int, int] = {}
+        for replica, _, epoch in net.acceptances:
+            self.assertGreaterEqual(epoch, last.get(replica, 0))
+            last[replica] = epoch
+
+    @settings(max_examples=50, deadline=None)
+    @given(schedules(min_n=3, max_n=5))
+    def test_quorum_mode_safety_one_way_cuts(self, schedule):
+        """The same with links cut in one direction only (answers lost, requests not)."""
+        n, steps, _ = schedule
+        net = Network.quorum_mode(n)
+        checker = SafetyChecker(self, net)
+        net.start()
+        for wait_s, event in steps:
+            net.advance(wait_s, check=checker.check)
+            apply(net, event)
+
+
+class CounterexampleTests(SynchronousTestCase):
+    """Executable counterexamples to two properties one might expect of quorum mode.
+    Neither breaks write safety: a follower acks pushes only from the coordinator it
+    follows in that coordinator's epoch (replica._on_push), and an older epoch's fenced
+    requests meet a STALE majority (SafetyChecker).  If the design changes to make one
+    of them hold, turn its test around."""
+
+    def serving_with_valid_leases(self, net: Network) -> dict[int, int]:
+        return {i: m.coordinator_epoch for i, m in net.serving().items() if net.lease_valid(i)}
+
+    def test_leases_overlap(self):
+        """Two replicas SERVING at once, each having heard from a majority within the
+        lease.  2 and 3 lose each other; 2 wins epoch 2, accepted by 1.  3 hears epoch 2
+        from 1 (a lease ping), steps down, wins epoch 3 at once and 1 accepts it.  2's
+        take-over then completes (its announcement to 3 times out) and 2 serves epoch 2,
+        although its only acceptor has moved on: its lease is valid (1 answered 0.2 s
+        ago), so it serves alongside 3 until its next ping to 1 teaches it epoch 3."""
+        net = Network.quorum_mode(3)
+        net.start()
+        net.advance(1.03)
+        net.partition(2, 3)
+        for _ in range(200):
+            net.advance(STEP_S)
+            if len(self.serving_with_valid_leases(net)) > 1:
+                break
+        start = net.clock.seconds()
+        self.assertEqual(self.serving_with_valid_leases(net), {2: 2, 3: 3})
+        self.assertEqual(net.not_past(2), [2])   # 2 is fenced: 1 is past epoch 2
+        while len(self.serving_with_valid_leases(net)) > 1:
+            net.advance(STEP_S)
+        # It ends within a lease ping (whose answer carries epoch 3).
+        self.assertLess(net.clock.seconds() - start, PING_INTERVAL_S + 2 * DELAY_S)
+        self.assertNotEqual(net.machine(2).role, Role.SERVING)   # stepped down, elects
+
+    def test_one_epoch_two_coordinators(self):
+        """I3 says an epoch names one coordinator; it does not, because a replica keeps
+        which coordinator holds its epoch only while it follows it (and does not persist
+        it).  3 serves epoch 1, accepted by 1; 2 (down so far, cut from 3) wins epoch 1
+        too; 1 restarts (or its ping to 3 fails) and, electing, accepts 2's epoch 1.  Both
+        serve epoch 1 with a majority, {3, 1} and {2, 1}: epoch fencing cannot tell
+        them apart, only the (coordinator, epoch) check on pushes does."""
+        net = Network.quorum_mode(3)
+        net.start()
+        net.crash(2)
+        net.advance(1.0)
+        net.partition(2, 3)
+        net.advance(0.5)
+        net.recover(2)
+        net.advance(0.2)                 # 2 wins epoch 1: its ELECTION to 3 timed out
+        net.crash(1)
+        net.cut.add((1, 3))
+        net.recover(1)                   # electing when 2's COORDINATOR(1) arrives
+        net.advance(0.2)                 # 2's announcement to 3 times out: it serves
+        self.assertEqual(self.serving_with_valid_leases(net), {2: 1, 3: 1})
+        self.assertEqual((net.accepted[(3, 1)], net.accepted[(2, 1)]), ({1}, {1}))
+        self.assertEqual(net.not_past(1), [1, 2, 3])   # no STALE anywhere
+        self.assertEqual(net.machine(1).coordinator, 2)  # 1 acks only 2's pushes
