@@ -14,7 +14,10 @@ Invariants of a built config (``default_config``, ``parse_config``, ``with_overr
   ``dataclasses.replace`` included, and ``render_config`` does not write them back.
 - Timer rules, each with its reason in docs/operations.md: ping_timeout < ping_interval;
   forward_timeout >= election_wait + fetch_timeout + quorum_timeout;
-  lease_timeout > ping_interval; coordinator_timeout > answer_timeout.
+  lease_timeout > ping_interval; coordinator_timeout > answer_timeout;
+  stream_stall_timeout >= MIN_STREAM_STALL_TIMEOUT_S.
+- ``max_peer_connections`` is None (derived: ``peer_connection_limit`` is
+  PEER_CONNECTIONS_PER_MEMBER x N) or a number >= N.
 """
 
 from __future__ import annotations
@@ -39,6 +42,13 @@ MAJORITY = "majority"       # write_quorum = majority: N // 2 + 1
 # still have to cross the peer link.
 FORWARD_MARGIN_S = 1.0
 LEASE_HEARTBEATS = 2        # a derived lease_timeout is this many ping_intervals
+# A derived max_peer_connections is this many per member: each other member holds one
+# authenticated link and at most one handshake at a time; the rest is room for
+# operators' probes and for handshakes that overlap a flood.
+PEER_CONNECTIONS_PER_MEMBER = 4
+# A receiver gives up on a stream after this much silence (sync.STREAM_IDLE_TIMEOUT_S;
+# config cannot import sync): a sender should be at least as patient.
+MIN_STREAM_STALL_TIMEOUT_S = 5.0
 
 
 class ConfigError(Exception):
@@ -142,6 +152,10 @@ class Timers:
     # Quorum mode: a coordinator that has not heard from a majority for this long stops
     # serving.  None: derived, see lease_timeout_s; must exceed ping_interval (checked).
     lease_timeout: float | None = None
+    # A streamed answer (DELTA, FULL) whose receiver has read nothing for this long is
+    # aborted with its connection, releasing its read snapshot; at least
+    # MIN_STREAM_STALL_TIMEOUT_S (checked).
+    stream_stall_timeout: float = 30.0
 
     def __post_init__(self) -> None:
         derive = {
@@ -188,6 +202,8 @@ class ClusterConfig:
     client_password: str | None = None   # clients must send AUTH <password> first
     write_quorum: int = 1   # an int once built; given as text, "majority" or "2"
     max_connections: int = 1000
+    # Open connections on the peer port; None: derived, see peer_connection_limit.
+    max_peer_connections: int | None = None
     # A pull asks for a full copy when this replica is empty or lacks at least this
     # fraction of the writes the peer has seen; otherwise a delta (never larger).
     full_copy_ratio: float = 0.9
@@ -216,6 +232,14 @@ class ClusterConfig:
     def majority(self) -> int:
         """Replicas that make a majority of the members: N // 2 + 1."""
         return len(self.members) // 2 + 1
+
+    @property
+    def peer_connection_limit(self) -> int:
+        """Effective max_peer_connections: as set, or PEER_CONNECTIONS_PER_MEMBER (4) x N
+        (12 for 3 replicas); derived, it follows the member list."""
+        if self.max_peer_connections is not None:
+            return self.max_peer_connections
+        return PEER_CONNECTIONS_PER_MEMBER * len(self.members)
 
     @property
     def quorum_mode(self) -> bool:
@@ -272,7 +296,8 @@ def default_config(
 
 _CLUSTER_FLOATS = {f.name for f in dataclasses.fields(Timers)}
 _CLUSTER_RATIOS = {"full_copy_ratio"}
-_CLUSTER_INTS = {"max_connections", "max_key_bytes", "max_value_bytes"}
+_CLUSTER_INTS = {"max_connections", "max_peer_connections", "max_key_bytes",
+                 "max_value_bytes"}
 _CLUSTER_STRINGS = {"secret", "client_password", "write_quorum"}
 _MEMBER_KEYS = {"client", "peer", "client_listen", "peer_listen", "peer_connect"}
 
@@ -440,6 +465,19 @@ def _validate(config: ClusterConfig) -> None:
             f"waits answer_timeout for higher ones before it announces, so the election "
             f"would restart before its COORDINATOR could arrive"
         )
+    if timers.stream_stall_timeout < MIN_STREAM_STALL_TIMEOUT_S:
+        raise ConfigError(
+            f"{where}: stream_stall_timeout ({timers.stream_stall_timeout}) must be at "
+            f"least {MIN_STREAM_STALL_TIMEOUT_S:g} s: a receiver waits that long for a "
+            f"stream's next line, so a shorter one would cut streams still being read"
+        )
+    size = len(config.members)
+    if config.max_peer_connections is not None and config.max_peer_connections < size:
+        raise ConfigError(
+            f"{where}: max_peer_connections ({config.max_peer_connections}) must be at "
+            f"least the number of replicas ({size}): each other replica holds one "
+            f"connection and a reconnecting one needs a slot for its handshake"
+        )
 
 
 def render_config(config: ClusterConfig) -> str:
@@ -458,7 +496,7 @@ def render_config(config: ClusterConfig) -> str:
         value = getattr(config.limits, name)
         if value != getattr(Limits, name):
             lines.append(f"{name} = {value}")
-    for name in ("max_connections", "full_copy_ratio"):
+    for name in ("max_connections", "max_peer_connections", "full_copy_ratio"):
         value = getattr(config, name)
         if value != getattr(ClusterConfig, name):
             lines.append(f"{name} = {value}")

@@ -9,12 +9,32 @@ The handshake also compares cluster ids: each factory asks a ``cluster_id`` call
 (the store's id, None while unbound) when a handshake starts.  Two bound replicas of
 different clusters refuse each other, with one log line per peer and change (a refused
 dialer redials every quarter second), and the dialer's calls fail with PeerUnavailable.
+
+The listening port is bounded like the client port (docs/operations.md, "The peer
+port"), because anyone who can reach it can connect before proving anything:
+
+- at most ``max_connections`` open connections; at the limit the oldest connection
+  that has not authenticated yet makes room (an attacker cannot hold the slots a
+  redialling replica needs), and a replica that authenticates again replaces its own
+  older connection (it dials one at a time, so the older one is dead);
+- before the handshake a line may be PRE_AUTH_MAX_LINE_BYTES long, and the handshake
+  must end within HANDSHAKE_TIMEOUT_S;
+- a streamed answer (DELTA, FULL) that makes no progress for ``stream_stall_timeout_s``
+  is aborted with its connection: its body holds an SQLite read snapshot, and a frozen
+  receiver would otherwise pin it (and grow the WAL) forever;
+- refusals of unauthenticated connections are logged at most once per
+  REFUSAL_LOG_INTERVAL_S, with a count of the rest: a flood must not flood the log.
+
+Both sides turn TCP keepalive on, so a peer that vanished without a close (power loss,
+a partition) is eventually noticed even on a link that carries nothing.
 """
 
 from __future__ import annotations
 
 import collections
+import math
 import random
+import socket
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from typing import Protocol
@@ -35,11 +55,28 @@ from twisted.protocols.basic import LineReceiver
 from zope.interface import implementer
 
 from replicad import peerwire
+from replicad.config import PEER_CONNECTIONS_PER_MEMBER, Timers
 from replicad.identity import encode_cluster_id
 from replicad.peerwire import Frame, PeerWireError
 
 HANDSHAKE_TIMEOUT_S = 5.0
+# Before the handshake the longest legitimate line is an AUTH or an ERR AUTH (under 300
+# bytes): an unauthenticated sender must not make us buffer a whole data line.
+PRE_AUTH_MAX_LINE_BYTES = 1024
+# A streamed answer is written in batches of at most this many lines and bytes, each
+# when the transport has drained the previous one.  The byte bound keeps memory per
+# stream small with large values, and gives the stall deadline a fixed amount of data
+# to time: a live receiver drains 1 MiB far faster than STREAM_STALL_TIMEOUT_S.
 STREAM_BATCH_LINES = 512
+STREAM_BATCH_BYTES = 1 << 20
+# A stream whose transport has not drained a batch for this long is aborted: the
+# default of the stream_stall_timeout setting (config.py says why it is no shorter).
+STREAM_STALL_TIMEOUT_S = Timers.stream_stall_timeout
+REFUSAL_LOG_INTERVAL_S = 10.0
+# TCP keepalive on peer links: the kernel's default waits 2 h before the first probe.
+KEEPALIVE_IDLE_S = 30
+KEEPALIVE_INTERVAL_S = 10
+KEEPALIVE_PROBES = 3
 
 CLUSTER_REFUSAL = (
     "refusing replica {peer}: it belongs to cluster {theirs}, this replica to cluster "
@@ -120,6 +157,65 @@ def no_delay(transport) -> None:
         set_no_delay(True)
 
 
+_KEEPALIVE_OPTIONS = (
+    ("TCP_KEEPIDLE", KEEPALIVE_IDLE_S),
+    ("TCP_KEEPINTVL", KEEPALIVE_INTERVAL_S),
+    ("TCP_KEEPCNT", KEEPALIVE_PROBES),
+)
+
+
+def keep_alive(transport) -> None:
+    """TCP keepalive where the transport has it, probing after KEEPALIVE_IDLE_S rather
+    than the kernel's 2 h where the platform lets us say so: the listening side of a
+    link only answers, so without probes it never notices a dialer that vanished
+    without a close, and that dead connection would hold a slot of the peer port."""
+    set_keep_alive = getattr(transport, "setTcpKeepAlive", None)
+    if set_keep_alive is None:
+        return
+    set_keep_alive(True)
+    get_handle = getattr(transport, "getHandle", None)
+    handle = get_handle() if get_handle is not None else None
+    if not isinstance(handle, socket.socket):
+        return
+    for name, value in _KEEPALIVE_OPTIONS:
+        option = getattr(socket, name, None)
+        if option is None:
+            continue
+        try:
+            handle.setsockopt(socket.IPPROTO_TCP, option, value)
+        except OSError:
+            pass    # the platform refuses the tuning: keepalive is still on
+
+
+class _RateLimitedWarning:
+    """At most one warning per ``interval_s`` for one kind of event.  The events in
+    between are counted and told in one summary line when the interval ends, so a flood
+    of bad connections costs a few log lines, not one per connection."""
+
+    def __init__(self, log: Logger, clock: IReactorTime, interval_s: float, summary: str):
+        self.log, self.clock, self.interval_s, self.summary = log, clock, interval_s, summary
+        self._quiet_until = -math.inf
+        self._held = 0
+        self._summary_call = None
+
+    def warn(self, fmt: str, **fields: object) -> None:
+        now = self.clock.seconds()
+        if now >= self._quiet_until and self._summary_call is None:
+            self._quiet_until = now + self.interval_s
+            self.log.warn(fmt, **fields)
+            return
+        self._held += 1
+        if self._summary_call is None:
+            delay = max(self._quiet_until - now, 0.0)
+            self._summary_call = self.clock.callLater(delay, self._summarise)
+
+    def _summarise(self) -> None:
+        self._summary_call = None
+        held, self._held = self._held, 0
+        self._quiet_until = self.clock.seconds() + self.interval_s
+        self.log.warn(self.summary, count=held, seconds=self.interval_s)
+
+
 class _LineProtocol(LineReceiver):
     delimiter = b"\n"
 
@@ -136,10 +232,13 @@ class _LineProtocol(LineReceiver):
             return None
 
     def refuse(self, message: str, code: str = "PROTOCOL") -> None:
-        self.log.warn("closing peer connection from {peer}: {message}",
-                      peer=self.transport.getPeer(), message=message)
+        self.report_refusal(message)
         self.send_line(f"ERR {code} {message}")
         self.transport.loseConnection()
+
+    def report_refusal(self, message: str) -> None:
+        self.log.warn("closing peer connection from {peer}: {message}",
+                      peer=self.transport.getPeer(), message=message)
 
     def lineLengthExceeded(self, line: bytes) -> None:
         self.refuse("line too long", "LINETOOLONG")
@@ -150,17 +249,29 @@ class _LineProtocol(LineReceiver):
 
 @implementer(IPullProducer)
 class _StreamProducer:
-    """Writes one answer's body in batches as the transport drains: bounded memory."""
+    """Writes one answer's body in batches as the transport drains: bounded memory.
 
-    def __init__(self, proto: PeerServerProtocol, rid: int, answer: PeerAnswer):
-        self.proto, self.rid, self.answer = proto, rid, answer
+    Every resumeProducing is progress (the transport drained the previous batch); the
+    protocol's stall deadline restarts on it."""
+
+    def __init__(self, proto: PeerServerProtocol, rid: int, verb: str, answer: PeerAnswer):
+        self.proto, self.rid, self.verb, self.answer = proto, rid, verb, answer
+        self.stopped = False
 
     def resumeProducing(self) -> None:
         assert self.answer.body is not None
+        if self.stopped:
+            return
+        self.proto.stream_progressed()
+        written = 0
         try:
             for _ in range(STREAM_BATCH_LINES):
                 kind, text = next(self.answer.body)
-                self.proto.send_line(Frame(self.rid, kind, text).encode())
+                line = Frame(self.rid, kind, text).encode().encode("utf-8")
+                self.proto.sendLine(line)
+                written += len(line) + 1
+                if written >= STREAM_BATCH_BYTES:
+                    break
         except StopIteration:
             trailer = self.answer.trailer() if self.answer.trailer else self.answer.payload
             self.proto.send_line(Frame(self.rid, "END", trailer).encode())
@@ -171,6 +282,9 @@ class _StreamProducer:
             self.proto.stream_finished()
 
     def stopProducing(self) -> None:
+        """Close the body (and with it the read snapshot it holds).  Idempotent: the
+        transport calls it too when a connection with a producer is lost."""
+        self.stopped = True
         close = getattr(self.answer.body, "close", None)
         if close is not None:
             close()
@@ -187,13 +301,20 @@ class PeerServerProtocol(_LineProtocol):
         self.nonce = peerwire.new_nonce()
         self.cluster_id: str | None = None        # ours, as sent in HELLO (the MACs cover it)
         self.peer_cluster_id: str | None = None   # the peer's, once authenticated
-        self.MAX_LENGTH = factory.max_line_bytes
+        # Until the handshake succeeds a line may be PRE_AUTH_MAX_LINE_BYTES long.
+        self.MAX_LENGTH = min(PRE_AUTH_MAX_LINE_BYTES, factory.max_line_bytes)
         self._streams: collections.deque[_StreamProducer] = collections.deque()
         self._active: _StreamProducer | None = None
         self._handshake_timer = None
+        self._stall_timer = None
 
     def connectionMade(self) -> None:
         no_delay(self.transport)
+        keep_alive(self.transport)
+        if not self.factory.admit(self):
+            self.send_line("ERR BUSY too many peer connections, try later")
+            self.transport.loseConnection()
+            return
         self.cluster_id = self.factory.cluster_id()
         self.send_line(
             f"HELLO {self.factory.my_id} {self.nonce} {encode_cluster_id(self.cluster_id)}"
@@ -202,15 +323,48 @@ class PeerServerProtocol(_LineProtocol):
             HANDSHAKE_TIMEOUT_S, self.refuse, "handshake timed out", "AUTH"
         )
 
+    def evict(self, message: str, code: str = "BUSY") -> None:
+        """Close this connection to make room (the factory has already forgotten it).
+
+        A connection in its handshake has written a line or two: closing lets the ERR
+        line out.  An authenticated one may hold a stream its dead peer will never read:
+        aborting does not wait for that buffer to drain."""
+        self._cancel_handshake_timer()
+        self.send_line(f"ERR {code} {message}")
+        if self.peer_id is None:
+            self.transport.loseConnection()
+        else:
+            self._close_streams()
+            self.transport.abortConnection()
+
     def connectionLost(self, reason: object = None) -> None:
         self.connected = False   # Twisted leaves it set; late answers check it
+        self.factory.forget(self)
         self._cancel_handshake_timer()
+        self._close_streams()
+
+    def _close_streams(self) -> None:
+        self._cancel_stall_timer()
         if self._active is not None:
             self._active.stopProducing()
         for stream in self._streams:
             stream.stopProducing()
         self._streams.clear()
         self._active = None
+
+    def _cancel_stall_timer(self) -> None:
+        if self._stall_timer is not None and self._stall_timer.active():
+            self._stall_timer.cancel()
+        self._stall_timer = None
+
+    def report_refusal(self, message: str) -> None:
+        if self.peer_id is None:    # anyone can connect: rate-limited
+            self.factory.handshake_refusals.warn(
+                "closing peer connection from {peer}: {message}",
+                peer=self.transport.getPeer(), message=message,
+            )
+        else:
+            super().report_refusal(message)
 
     def _cancel_handshake_timer(self) -> None:
         if self._handshake_timer is not None and self._handshake_timer.active():
@@ -262,7 +416,9 @@ class PeerServerProtocol(_LineProtocol):
             return
         self.peer_id = client_id
         self.peer_cluster_id = client_cluster
+        self.MAX_LENGTH = self.factory.max_line_bytes
         self.factory.cluster_refusals.forget(client_id)
+        self.factory.authenticated(self)
         self.send_line(f"WELCOME {peerwire.server_proof(self.factory.secret, *args)}")
 
     def _refuse_cluster(self, client_id: int, client_cluster: str | None) -> None:
@@ -281,18 +437,18 @@ class PeerServerProtocol(_LineProtocol):
         d = defer.maybeDeferred(
             self.factory.handler.peer_request, self.peer_id, frame.kind, frame.payload
         )
-        d.addCallback(self._answer, frame.rid)
+        d.addCallback(self._answer, frame)
         d.addErrback(self._failed, frame)
 
-    def _answer(self, answer: PeerAnswer, rid: int) -> None:
+    def _answer(self, answer: PeerAnswer, frame: Frame) -> None:
         if not self.connected:
             if answer.body is not None and hasattr(answer.body, "close"):
                 answer.body.close()
             return
         if answer.body is None:
-            self.send_line(Frame(rid, answer.kind, answer.payload).encode())
+            self.send_line(Frame(frame.rid, answer.kind, answer.payload).encode())
             return
-        self._streams.append(_StreamProducer(self, rid, answer))
+        self._streams.append(_StreamProducer(self, frame.rid, frame.kind, answer))
         self._next_stream()
 
     def _failed(self, failure, frame: Frame) -> None:
@@ -307,27 +463,117 @@ class PeerServerProtocol(_LineProtocol):
     def _next_stream(self) -> None:
         if self._active is None and self._streams:
             self._active = self._streams.popleft()
+            # Armed before registering: a real transport asks for the first batch at once.
+            self._stall_timer = self.factory.clock.callLater(
+                self.factory.stream_stall_timeout_s, self._stream_stalled
+            )
             self.transport.registerProducer(self._active, False)
 
+    def stream_progressed(self) -> None:
+        if self._stall_timer is not None and self._stall_timer.active():
+            self._stall_timer.reset(self.factory.stream_stall_timeout_s)
+
     def stream_finished(self) -> None:
+        self._cancel_stall_timer()
         self.transport.unregisterProducer()
         self._active = None
         self._next_stream()
 
+    def _stream_stalled(self) -> None:
+        """The transport has not drained for stream_stall_timeout_s: the receiver stopped
+        reading (frozen, overloaded, or gone without a close).  Close the body first, so
+        its read snapshot is released whatever the transport does, then drop the
+        connection without waiting for a buffer that will not drain."""
+        self._stall_timer = None
+        active = self._active
+        if active is None:
+            return
+        self.log.warn(
+            "aborting {verb} stream {rid} to replica {peer} and its connection: no progress "
+            "for {seconds:g} s (the receiver stopped reading); its read snapshot is released",
+            verb=active.verb, rid=active.rid, peer=self.peer_id,
+            seconds=self.factory.stream_stall_timeout_s,
+        )
+        self._close_streams()
+        self.transport.unregisterProducer()
+        self.transport.abortConnection()
+
 
 class PeerServerFactory(Factory):
+    """The listening side's shared state: the handler, and the open connections (oldest
+    first) that ``max_connections`` bounds (None: PEER_CONNECTIONS_PER_MEMBER per
+    member)."""
+
     noisy = False
+    log = Logger()
 
     def __init__(self, my_id: int, member_ids: set[int], secret: str,
                  handler: PeerRequestHandler, clock: IReactorTime, max_line_bytes: int,
-                 cluster_id: ClusterIdSource = unbound):
+                 cluster_id: ClusterIdSource = unbound, max_connections: int | None = None,
+                 stream_stall_timeout_s: float = STREAM_STALL_TIMEOUT_S):
         self.my_id, self.member_ids, self.secret = my_id, member_ids, secret
         self.handler, self.clock, self.max_line_bytes = handler, clock, max_line_bytes
         self.cluster_id = cluster_id     # asked at each handshake: a replica binds later
         self.cluster_refusals = _ReportedRefusals()
+        self.max_connections = (max_connections if max_connections is not None
+                                else PEER_CONNECTIONS_PER_MEMBER * len(member_ids))
+        self.stream_stall_timeout_s = stream_stall_timeout_s
+        # Open connections in the order they came (a dict keeps it): the oldest
+        # unauthenticated one is the first to go when the port is full.
+        self.connections: dict[PeerServerProtocol, None] = {}
+        self.handshake_refusals = _RateLimitedWarning(
+            self.log, clock, REFUSAL_LOG_INTERVAL_S,
+            "closed {count} more unauthenticated peer connections in the last {seconds:g} s",
+        )
+        self.full_port = _RateLimitedWarning(
+            self.log, clock, REFUSAL_LOG_INTERVAL_S,
+            "closed {count} more peer connections at the connection limit in the last "
+            "{seconds:g} s",
+        )
 
     def buildProtocol(self, addr) -> PeerServerProtocol:
         return PeerServerProtocol(self)
+
+    def admit(self, proto: PeerServerProtocol) -> bool:
+        """Count a new connection in; False if it must be closed at once.
+
+        At the limit the oldest connection still in its handshake is closed instead:
+        refusing the newest would let anyone hold every slot with idle connections
+        (renewed each HANDSHAKE_TIMEOUT_S) and keep a redialling replica out for good.
+        Authenticated connections are at most one per other member (``authenticated``),
+        so with max_connections >= N there is always a handshake to close."""
+        if len(self.connections) >= self.max_connections:
+            oldest = next((p for p in self.connections if p.peer_id is None), None)
+            if oldest is None:
+                self.full_port.warn(
+                    "peer port full ({limit} connections, all authenticated): closing the "
+                    "new connection from {peer}",
+                    limit=self.max_connections, peer=proto.transport.getPeer(),
+                )
+                return False
+            self.full_port.warn(
+                "peer port full ({limit} connections): closing the oldest unauthenticated "
+                "one, from {peer}",
+                limit=self.max_connections, peer=oldest.transport.getPeer(),
+            )
+            del self.connections[oldest]
+            oldest.evict("too many peer connections, try later")
+        self.connections[proto] = None
+        return True
+
+    def authenticated(self, proto: PeerServerProtocol) -> None:
+        """A replica dials one connection at a time, so an older connection of the same
+        replica is dead (it went without a close): drop it, with any stream on it."""
+        for other in list(self.connections):
+            if other is not proto and other.peer_id == proto.peer_id:
+                self.log.info("replica {peer} connected again: dropping its previous "
+                              "connection", peer=proto.peer_id)
+                del self.connections[other]
+                other.evict("replaced by a newer connection from the same replica",
+                            "PROTOCOL")
+
+    def forget(self, proto: PeerServerProtocol) -> None:
+        self.connections.pop(proto, None)
 
 
 # Dialing side -----------------------------------------------------------------------
@@ -349,7 +595,8 @@ class PeerClientProtocol(_LineProtocol):
 
     def __init__(self, factory: PeerClientFactory):
         self.factory = factory
-        self.MAX_LENGTH = factory.max_line_bytes
+        # Until the handshake succeeds a line may be PRE_AUTH_MAX_LINE_BYTES long.
+        self.MAX_LENGTH = min(PRE_AUTH_MAX_LINE_BYTES, factory.max_line_bytes)
         self._nonce = peerwire.new_nonce()
         self._server_nonce: str | None = None
         self.cluster_id: str | None = None        # ours, as sent in AUTH (the MACs cover it)
@@ -388,6 +635,7 @@ class PeerClientProtocol(_LineProtocol):
 
     def connectionMade(self) -> None:
         no_delay(self.transport)
+        keep_alive(self.transport)
         # A peer that accepts but never answers (frozen, overloaded) must not wedge the
         # link: give up, and let ClientService dial again.
         self._handshake_timer = self.factory.clock.callLater(
@@ -453,6 +701,7 @@ class PeerClientProtocol(_LineProtocol):
                     return
                 f.cluster_refusals.forget(f.expected_peer_id)
                 self._ready = True
+                self.MAX_LENGTH = f.max_line_bytes
                 self._cancel_handshake_timer()
                 self._settle_waiters()
                 if self.factory.on_ready is not None:
@@ -464,6 +713,12 @@ class PeerClientProtocol(_LineProtocol):
             self._refuse_cluster()   # the listener saw the conflict first and said so
             return
         self._abort(f"handshake failed: {line[:120]}")
+
+    def lineLengthExceeded(self, line: bytes) -> None:
+        if not self._ready:
+            self._abort(f"handshake line over {self.MAX_LENGTH} bytes")
+            return
+        super().lineLengthExceeded(line)
 
     def _refuse_cluster(self) -> None:
         f = self.factory

@@ -100,6 +100,8 @@ def makeService(options: Options, reactor=None) -> service.MultiService:
             my_id, set(config.ids), config.secret, replica, reactor,
             config.limits.max_line_bytes + 1024,
             cluster_id=lambda: replica.store.cluster_id if replica.store else None,
+            max_connections=config.peer_connection_limit,
+            stream_stall_timeout_s=config.timers.stream_stall_timeout,
         ),
     )
     for listener in (client_listener, peer_listener):
