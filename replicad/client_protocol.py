@@ -3,6 +3,11 @@
 Telnet-friendly: many commands per connection until QUIT or close; CRLF or LF.
 Requests on one connection are answered in order: while one is being served the
 protocol pauses reading, so a pipelining client gets back-pressure, not reordering.
+
+Half-close (IHalfCloseableProtocol): a client may send its requests and shut down its
+write side (``printf 'PUT k v\n' | nc -N host 7001``).  The requests already received
+are still served and answered, a last line without a newline included, and only then
+is the connection closed.
 """
 
 from __future__ import annotations
@@ -11,11 +16,12 @@ import hmac
 from typing import Protocol
 
 from twisted.internet import defer
-from twisted.internet.interfaces import IReactorTime
+from twisted.internet.interfaces import IHalfCloseableProtocol, IReactorTime
 from twisted.internet.protocol import Factory
 from twisted.logger import Logger
 from twisted.protocols.basic import LineReceiver
 from twisted.protocols.policies import TimeoutMixin
+from zope.interface import implementer
 
 from replicad import wire
 from replicad.config import ClusterConfig
@@ -36,6 +42,7 @@ class RequestHandler(Protocol):
     def handle(self, request: Request) -> defer.Deferred[Reply]: ...
 
 
+@implementer(IHalfCloseableProtocol)
 class ClientProtocol(LineReceiver, TimeoutMixin):
     delimiter = b"\n"
     log = Logger()
@@ -49,6 +56,7 @@ class ClientProtocol(LineReceiver, TimeoutMixin):
         self._failed_auths = 0
         self._closing = False
         self._linger = None
+        self._read_closed = False   # the client shut down its write side
 
     def connectionMade(self) -> None:
         no_delay(self.transport)
@@ -72,6 +80,30 @@ class ClientProtocol(LineReceiver, TimeoutMixin):
             self.factory.open_connections -= 1
             self._counted = False
 
+    def readConnectionLost(self) -> None:
+        """The client half-closed: serve what it sent, then close (not before)."""
+        if self._read_closed:
+            return
+        self._read_closed = True
+        self.setTimeout(None)      # nothing more can come: idleness is over
+        if self._closing:
+            self.transport.loseConnection()   # our final reply went out already
+            return
+        if self._buffer and not self._buffer.endswith(self.delimiter):
+            self._buffer += self.delimiter   # a last line without its newline
+        self._finish_input()
+
+    def writeConnectionLost(self) -> None:
+        """Our side was shut down after a final reply; the linger timer covers it."""
+
+    def _finish_input(self) -> None:
+        """After the client's EOF: serve the lines left in the buffer, then close."""
+        if self.paused or not self.connected:
+            return                     # a request is being served; _served calls again
+        self.dataReceived(b"")
+        if not self.paused and not self._closing and self.connected:
+            self.transport.loseConnection()
+
     def timeoutConnection(self) -> None:
         seconds = self.factory.idle_timeout_s
         self.write_reply(wire.error_reply(Code.IDLE, f"no request for {seconds:g} s, closing"))
@@ -92,7 +124,7 @@ class ClientProtocol(LineReceiver, TimeoutMixin):
         self._closing = True
         self.setTimeout(None)
         half_close = getattr(self.transport, "loseWriteConnection", None)
-        if half_close is None:
+        if half_close is None or self._read_closed:
             self.transport.loseConnection()
             return
         half_close()
@@ -168,6 +200,11 @@ class ClientProtocol(LineReceiver, TimeoutMixin):
         if not self.connected:
             return
         self.write_reply(reply)
+        if self._read_closed:
+            # Do not resume the transport: its read side is over.
+            self.paused = False
+            self._finish_input()
+            return
         self.setTimeout(self.factory.idle_timeout_s)
         self.resumeProducing()
 

@@ -2,8 +2,11 @@
 
 from __future__ import annotations
 
+import socket
+
 import pytest
-from twisted.internet import defer, task
+import pytest_twisted
+from twisted.internet import defer, task, threads
 from twisted.internet.error import ConnectionDone
 from twisted.internet.testing import StringTransport
 from twisted.python.failure import Failure
@@ -475,3 +478,102 @@ def test_the_linger_timer_dies_with_the_connection():
     proto.dataReceived(b"QUIT\r\n")
     proto.connectionLost(Failure(ConnectionDone()))
     assert clock.getDelayedCalls() == []
+
+
+def test_eof_after_quit_closes_at_once():
+    proto, transport, clock, handler = half_close_setup()
+    proto.dataReceived(b"QUIT\r\n")
+    assert transport.write_closed and not transport.disconnecting
+    proto.readConnectionLost()
+    assert transport.disconnecting
+
+
+# Half-close: the client shuts down its write side ---------------------------------------
+
+
+def test_a_request_in_progress_at_eof_is_answered_then_the_connection_closed():
+    proto, transport, clock, handler = half_close_setup()
+    proto.dataReceived(b"PUT k v\n")
+    proto.readConnectionLost()
+    assert not transport.disconnecting
+    handler.pending[0].callback(Reply("OK"))
+    assert transport.value() == b"OK\r\n"
+    assert transport.disconnecting
+    assert clock.getDelayedCalls() == []          # no idle timer left behind
+
+
+def test_pipelined_requests_before_eof_are_all_answered_in_order():
+    proto, transport, clock, handler = half_close_setup()
+    proto.dataReceived(b"PUT a 1\nGET a\nPING\n")
+    proto.readConnectionLost()
+    handler.pending[0].callback(Reply("OK"))
+    assert not transport.disconnecting and len(handler.pending) == 2
+    handler.pending[1].callback(Reply("VALUE", "1"))
+    assert transport.value() == b"OK\r\nVALUE 1\r\nPONG\r\n"
+    assert transport.disconnecting
+
+
+def test_a_last_line_without_a_newline_is_served_at_eof():
+    proto, transport, clock, handler = half_close_setup()
+    proto.dataReceived(b"PING\nGET k")
+    assert transport.value() == b"PONG\r\n" and handler.handled == []
+    proto.readConnectionLost()
+    assert handler.handled == [Request("GET", "k")]
+    handler.pending[0].callback(Reply("NOTFOUND"))
+    assert transport.value() == b"PONG\r\nNOTFOUND\r\n" and transport.disconnecting
+
+
+def test_eof_with_nothing_pending_closes_at_once():
+    proto, transport, clock, handler = half_close_setup()
+    proto.dataReceived(b"PING\r\n")
+    proto.readConnectionLost()
+    assert transport.value() == b"PONG\r\n" and transport.disconnecting
+    proto.readConnectionLost()                    # twice is harmless
+
+
+def test_quit_before_eof_still_says_bye():
+    proto, transport, clock, handler = half_close_setup()
+    proto.dataReceived(b"QUIT")
+    proto.readConnectionLost()
+    assert transport.value() == b"BYE\r\n" and transport.disconnecting
+
+
+class DelayedHandler(FakeHandler):
+    """Answers every request on the real reactor a little later, like a replica."""
+
+    def __init__(self, reactor, delay_s):
+        super().__init__()
+        self.reactor = reactor
+        self.delay_s = delay_s
+
+    def handle(self, request):
+        self.handled.append(request)
+        reply = Reply("OK") if request.is_write else Reply("VALUE", "x")
+        return task.deferLater(self.reactor, self.delay_s, lambda: reply)
+
+
+def shut_write_and_read_all(port: int, payload: bytes) -> bytes:
+    with socket.create_connection(("127.0.0.1", port), timeout=10) as sock:
+        sock.sendall(payload)
+        sock.shutdown(socket.SHUT_WR)
+        chunks = []
+        while chunk := sock.recv(65536):
+            chunks.append(chunk)
+    return b"".join(chunks)
+
+
+@pytest.mark.parametrize("delay_s", [0.0, 0.05])
+@pytest_twisted.inlineCallbacks
+def test_half_close_on_a_real_socket_still_gets_the_reply(delay_s):
+    from twisted.internet import reactor
+
+    handler = DelayedHandler(reactor, delay_s)
+    factory, _clock = make_factory(handler=handler)
+    port = reactor.listenTCP(0, factory, interface="127.0.0.1")
+    try:
+        data = yield threads.deferToThread(
+            shut_write_and_read_all, port.getHost().port, b"PUT k v\nGET k\nPING")
+    finally:
+        yield port.stopListening()
+    assert data == b"OK\r\nVALUE x\r\nPONG\r\n"
+    assert handler.handled == [Request("PUT", "k", "v"), Request("GET", "k")]
