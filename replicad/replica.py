@@ -30,6 +30,7 @@ from replicad import peerwire, session, wire
 from replicad.config import ClusterConfig
 from replicad.datadir import DB_FILENAME, check_data_dir  # noqa: F401 (moved there)
 from replicad.detector import HeartbeatMonitor
+from replicad.groupcommit import GroupCommit, GroupFailed
 from replicad.identity import new_cluster_id
 from replicad.joining import Joining
 from replicad.node import Candidacy, Node, Role
@@ -105,6 +106,7 @@ class Replica(service.MultiService):
     def startService(self) -> None:
         os.makedirs(self.data_dir, exist_ok=True)
         self.store = Store(os.path.join(self.data_dir, DB_FILENAME))
+        self.commits = GroupCommit(self.store, self.reactor)
         self.sync = Synchroniser(self.store, list(self.links), self.config, self.reactor,
                                  self.ping, self.call, self._mark, lambda: self.node.epoch)
         self.node = Node(
@@ -151,6 +153,7 @@ class Replica(service.MultiService):
 
         def close(result):
             if self.store is not None:
+                self.commits.flush()
                 self.store.close()
                 self.store = None
             return result
@@ -557,6 +560,10 @@ class Replica(service.MultiService):
             raise _NotCoordinator()
         epoch = node.coordinator_epoch
         store = self.store
+        if request.is_read and store.group_open:
+            await self.commits.durable()     # never answer with a write not yet on disk
+            if node.serving_as != self.my_id:
+                raise _NotCoordinator()
         if request.command == "GET":
             record = store.get(request.key)
             if record is None or record.deleted:
@@ -574,10 +581,15 @@ class Replica(service.MultiService):
             if current is None or current.deleted:
                 return Reply("NOTFOUND", meta=self._meta(request, store.clock))
         try:
-            record = store.write(self.my_id, request.key, request.value, epoch, rid)
+            written = self.commits.run(
+                lambda: store.write(self.my_id, request.key, request.value, epoch, rid))
         except NewerEpoch as e:
             node.epoch_seen(e.epoch)      # deposed: step down, the request goes elsewhere
             raise _NotCoordinator() from None
+        try:
+            record = await written         # durable here: only now is it pushed
+        except GroupFailed as e:
+            return self._error(request, Code.INTERNAL, str(e))
         return await self._replicated(request, record, epoch)
 
     async def _replay(self, request: Request, done: tuple[int, int, VectorClock]) -> Reply:
@@ -656,10 +668,14 @@ class Replica(service.MultiService):
                     and node.coordinator_epoch == message.epoch)
         if not accepted or not (self._bound or self.joining.fresh):
             return PeerAnswer("NO", str(node.epoch))
-        outcome = self.store.apply_pushed(message.record)
-        if outcome == "gap":
-            self.sync.sync_from(peer_id)   # a push was lost: fetch what is missing
-        return PeerAnswer("OK", outcome)
+        applied = self.commits.run(lambda: self.store.apply_pushed(message.record))
+
+        def answer(outcome: str) -> PeerAnswer:     # an acknowledgement: on disk now
+            if outcome == "gap":
+                self.sync.sync_from(peer_id)   # a push was lost: fetch what is missing
+            return PeerAnswer("OK", outcome)
+
+        return applied.addCallback(answer)
 
     def _on_delta(self, peer_id: int, message: peerwire.Delta) -> PeerAnswer:
         return self._stream(*self.store.export_delta(message.since))

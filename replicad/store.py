@@ -16,7 +16,10 @@ the records it promises (one transaction) or when the write is the next one in s
 clock; the caller pulls a delta to fill the gap.
 
 Durability: WAL with ``synchronous=FULL``; every change is one ``BEGIN IMMEDIATE`` .. COMMIT
-on the main connection, so it is on disk when the method returns, or not applied at all.
+on the main connection, so it is on disk when the method returns, or not applied at all;
+or, inside a write group (``begin_group``/``commit_group``), one savepoint of a shared
+transaction that is on disk when ``commit_group`` returns (group commit: many writes,
+one fsync; replicad.groupcommit decides when).
 Exports read from a separate read-only connection inside one read transaction, so their
 clock and records come from one snapshot while the main connection keeps writing.  With
 ``":memory:"`` there is no second connection: exports read the main connection and see
@@ -206,6 +209,9 @@ class Store:
     def __init__(self, path: str):
         self._path = path if path == MEMORY else os.path.abspath(path)
         self._importers: set[Importer] = set()
+        self._group: tuple[VectorClock, int] | None = None   # (clock, conflicts) at begin
+        self._group_ids = 0
+        self._failed_groups: set[int] = set()
         self._stage_ids = itertools.count(1)
         try:
             self._db = sqlite3.connect(self._path, isolation_level=None)
@@ -269,10 +275,13 @@ class Store:
                 pass
 
     def close(self) -> None:
-        """Abort pending imports and close the database (idempotent)."""
+        """Abort pending imports, commit an open write group, close the database."""
         for importer in list(self._importers):
             importer.abort()
-        self._db.close()
+        try:
+            self.commit_group()
+        finally:
+            self._db.close()
 
     def __enter__(self) -> Store:
         return self
@@ -281,8 +290,25 @@ class Store:
         self.close()
 
     @contextmanager
-    def _transaction(self) -> Iterator[None]:
-        """One write transaction: all of it is committed, or none of it (ROLLBACK)."""
+    def _transaction(self, joinable: bool = False) -> Iterator[None]:
+        """One write transaction: all of it is committed, or none of it (ROLLBACK).
+
+        While a write group is open (``begin_group``) a *joinable* change (a write, a
+        pushed record) runs inside it under a savepoint, so it is still all or nothing;
+        any other change commits the group first and then runs on its own.
+        """
+        if self._group is not None:
+            if joinable:
+                self._db.execute("SAVEPOINT change")
+                try:
+                    yield
+                    self._db.execute("RELEASE change")
+                except BaseException:
+                    self._db.execute("ROLLBACK TO change")
+                    self._db.execute("RELEASE change")
+                    raise
+                return
+            self.commit_group()
         self._db.execute("BEGIN IMMEDIATE")
         try:
             yield
@@ -291,6 +317,53 @@ class Store:
             if self._db.in_transaction:
                 self._db.execute("ROLLBACK")
             raise
+
+    # -- group commit --------------------------------------------------------------------
+
+    @property
+    def group_open(self) -> bool:
+        return self._group is not None
+
+    @property
+    def group_id(self) -> int:
+        """The id of the open group (or of the next one)."""
+        return self._group_ids
+
+    def begin_group(self) -> None:
+        """Open one transaction that writes and pushed records join until
+        ``commit_group``: many changes, one COMMIT, one fsync.  Reads on this connection
+        see the group's changes before they are durable: the caller must not answer a
+        read with them (or acknowledge a write) before the group is committed."""
+        if self._group is not None:
+            return
+        self._db.execute("BEGIN IMMEDIATE")
+        self._group = (self._clock, self._conflicts)
+
+    def commit_group(self) -> None:
+        """Commit the open group: durable when this returns.  If the COMMIT fails the
+        whole group is rolled back, the in-memory clock restored, the group's id
+        recorded as failed (``group_failed``) and the error raised."""
+        if self._group is None:
+            return
+        clock, conflicts = self._group
+        self._group = None
+        group_id = self._group_ids
+        self._group_ids += 1
+        try:
+            self._db.execute("COMMIT")
+        except BaseException:
+            if self._db.in_transaction:
+                self._db.execute("ROLLBACK")
+            self._clock, self._conflicts = clock, conflicts
+            self._failed_groups.add(group_id)
+            raise
+
+    def group_failed(self, group_id: int) -> bool:
+        """Whether that group's COMMIT failed (until ``forget_failed_groups``)."""
+        return group_id in self._failed_groups
+
+    def forget_failed_groups(self) -> None:
+        self._failed_groups.clear()
 
     # -- reading -------------------------------------------------------------------------
 
@@ -403,7 +476,7 @@ class Store:
         """
         new_clock = self._clock.advance(origin)
         seq = new_clock[origin]
-        with self._transaction():
+        with self._transaction(joinable=True):
             current = self.get(key)
             if current is not None and current.epoch > epoch:
                 raise NewerEpoch(current.epoch)
@@ -451,7 +524,7 @@ class Store:
         in_order = have == record.seq - 1
         new_clock = self._clock.advance(record.origin, record.seq) if in_order else self._clock
         result = ApplyResult(0, 0)
-        with self._transaction():
+        with self._transaction(joinable=True):
             self._merge(record, result)
             self._save_clock(new_clock)
             self._count_conflicts(result.conflicts)
@@ -629,6 +702,7 @@ class Importer:
             self._file = None
         else:
             self._file = f"{store._path}.import-{uuid.uuid4().hex}"
+        store.commit_group()    # ATTACH and DETACH cannot run inside a transaction
         self._db.execute(f"ATTACH DATABASE ? AS {schema}", (self._file or "",))
         try:
             # Not durable on purpose: a crash makes the staging garbage anyway.
@@ -652,6 +726,7 @@ class Importer:
         if not self._pending:
             return
         s = self._schema
+        self._store.commit_group()    # a write group must not swallow the staging
         self._db.execute("BEGIN")  # deferred: only the staging database gets locked
         try:
             self._db.executemany(
@@ -734,6 +809,7 @@ class Importer:
         self._pending.clear()
         self._store._importers.discard(self)
         try:
+            self._store.commit_group()
             self._db.execute(f"DETACH DATABASE {self._schema}")
         finally:
             if self._file is not None and os.path.exists(self._file):

@@ -14,7 +14,10 @@ def wipe(cluster, replica_id: int) -> None:
 
 
 def same_clock_everywhere(cluster, live):
-    clocks = [cluster.status(i)["clock"] for i in live]
+    statuses = [cluster.status(i) for i in live]
+    if any(status is None for status in statuses):    # still starting up
+        return False
+    clocks = [status["clock"] for status in statuses]
     return all(clock == clocks[0] for clock in clocks)
 
 

@@ -1,0 +1,87 @@
+"""Group commit: the writes of one reactor turn share one COMMIT, so one fsync.
+
+Why one transaction per reactor turn and not a writer thread: SQLite's COMMIT with
+``synchronous=FULL`` costs one fdatasync whatever it carries, and the reactor already
+collects every request that arrived together (many connections, pipelined lines) into
+one turn. Writes join the open group synchronously (the store's savepoints keep each
+all-or-nothing and its errors synchronous, e.g. a deposed coordinator's NewerEpoch);
+the group is committed by a call scheduled for the next turn, and only then are the
+writers told (their Deferreds fire). Nothing is acknowledged, pushed or read from
+before it is durable. A writer thread would take the fsync off the reactor thread but
+needs a second connection and a hand-over per write; docs/benchmarks.md has the
+measurements this choice was made on.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import TypeVar
+
+from twisted.internet import defer
+from twisted.internet.interfaces import IDelayedCall, IReactorTime
+from twisted.logger import Logger
+
+from replicad.store import Store
+
+T = TypeVar("T")
+
+
+class GroupCommit:
+    log = Logger()
+
+    def __init__(self, store: Store, clock: IReactorTime):
+        self._store = store
+        self._clock = clock
+        self._waiting: list[tuple[defer.Deferred, object, int]] = []
+        self._call: IDelayedCall | None = None
+        self.groups = 0          # committed groups, for metrics and tests
+        self.writes = 0          # writes they carried
+
+    def run(self, change: Callable[[], T]) -> defer.Deferred[T]:
+        """Run ``change`` (a store write) inside the open group now; the Deferred fires
+        with its result once the group is durable.  Errors of ``change`` itself are
+        raised here, synchronously, and leave nothing behind."""
+        store = self._store
+        if not store.group_open:
+            store.begin_group()
+        if self._call is None or not self._call.active():
+            self._call = self._clock.callLater(0, self.flush)
+        result = change()
+        d: defer.Deferred[T] = defer.Deferred()
+        self._waiting.append((d, result, store.group_id))
+        return d
+
+    def durable(self) -> defer.Deferred[None]:
+        """Fires once nothing written so far is still uncommitted (at once if so)."""
+        if not self._store.group_open and not self._waiting:
+            return defer.succeed(None)
+        return self.run(lambda: None)
+
+    def flush(self) -> None:
+        """Commit the open group and tell its writers (also called by tests)."""
+        if self._call is not None and self._call.active():
+            self._call.cancel()
+        self._call = None
+        waiting, self._waiting = self._waiting, []
+        store = self._store
+        try:
+            store.commit_group()
+        except Exception:
+            self.log.failure("group commit of {n} writes failed", n=len(waiting))
+        if waiting:
+            self.groups += 1
+            self.writes += len(waiting)
+        # A group may also have been committed (or failed) early, by a change that
+        # cannot join a group; its writers learn the outcome here all the same.
+        outcomes = [(d, result, store.group_failed(group_id))
+                    for d, result, group_id in waiting]
+        store.forget_failed_groups()
+        for d, result, failed in outcomes:
+            if failed:
+                d.errback(GroupFailed("the write could not be committed; nothing was done"))
+            else:
+                d.callback(result)
+
+
+class GroupFailed(Exception):
+    """The COMMIT of a write group failed: none of its writes happened."""

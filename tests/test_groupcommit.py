@@ -1,0 +1,137 @@
+"""Group commit on a real SQLite file, driven by task.Clock: one COMMIT per reactor turn."""
+
+from __future__ import annotations
+
+import sqlite3
+
+import pytest
+from twisted.internet.task import Clock
+
+from replicad.groupcommit import GroupCommit, GroupFailed
+from replicad.store import NewerEpoch, Record, Store
+from replicad.vclock import VectorClock
+
+
+class FailingCommits:
+    """The store's connection, except that COMMIT fails while ``fail`` is set."""
+
+    def __init__(self, db: sqlite3.Connection):
+        self._db = db
+        self.fail = False
+        self.commits = 0
+
+    def execute(self, sql: str, *args):
+        if sql == "COMMIT":
+            self.commits += 1
+            if self.fail:
+                raise sqlite3.OperationalError("disk I/O error")
+        return self._db.execute(sql, *args)
+
+    def __getattr__(self, name):
+        return getattr(self._db, name)
+
+
+@pytest.fixture
+def setup(tmp_path):
+    path = str(tmp_path / "db.sqlite")
+    store = Store(path)
+    store._db = spy = FailingCommits(store._db)
+    clock = Clock()
+    yield store, GroupCommit(store, clock), clock, spy, path
+    store.close()
+
+
+def committed_keys(path: str) -> list[str]:
+    """What another connection (or a restart after kill -9) sees."""
+    with sqlite3.connect(path) as db:
+        return [k for (k,) in db.execute("SELECT key FROM kv ORDER BY key")]
+
+
+def test_writes_of_one_turn_share_one_commit_and_are_told_only_after_it(setup):
+    store, commits, clock, spy, path = setup
+    done = [commits.run(lambda n=n: store.write(1, f"k{n}", "v")) for n in range(10)]
+    assert not any(d.called for d in done)
+    assert committed_keys(path) == []                  # nothing durable yet
+    clock.advance(0)
+    assert [d.result.seq for d in done] == list(range(1, 11))
+    assert committed_keys(path) == sorted(f"k{n}" for n in range(10))
+    assert spy.commits == 1 and (commits.groups, commits.writes) == (1, 10)
+
+
+def test_each_turn_is_its_own_group(setup):
+    store, commits, clock, spy, _ = setup
+    for n in range(3):
+        commits.run(lambda n=n: store.write(1, f"k{n}", "v"))
+        clock.advance(0)
+    assert spy.commits == 3
+
+
+def test_a_failed_commit_fails_every_write_of_the_group_and_restores_the_clock(setup):
+    store, commits, clock, spy, path = setup
+    first = commits.run(lambda: store.write(1, "a", "v"))
+    clock.advance(0)
+    assert first.called and store.clock == VectorClock({1: 1})
+    spy.fail = True
+    failed = [commits.run(lambda n=n: store.write(1, f"k{n}", "v")) for n in range(3)]
+    clock.advance(0)
+    for d in failed:
+        assert isinstance(d.result.value, GroupFailed)
+        d.addErrback(lambda f: None)
+    assert store.clock == VectorClock({1: 1})          # as if they never happened
+    assert committed_keys(path) == ["a"]
+    spy.fail = False
+    again = commits.run(lambda: store.write(1, "k0", "v"))
+    clock.advance(0)
+    assert again.result.seq == 2                        # no write id was burnt
+
+
+def test_a_write_that_raises_leaves_the_rest_of_the_group_alone(setup):
+    store, commits, clock, _, path = setup
+    store.apply([Record("taken", "new", 2, 1, VectorClock({2: 1}), epoch=9)], VectorClock({2: 1}))
+    ok = commits.run(lambda: store.write(1, "a", "v", epoch=3))
+    with pytest.raises(NewerEpoch):
+        commits.run(lambda: store.write(1, "taken", "stale", epoch=3))
+    also_ok = commits.run(lambda: store.write(1, "b", "v", epoch=3))
+    clock.advance(0)
+    assert ok.result.seq == 1 and also_ok.result.seq == 2
+    assert committed_keys(path) == ["a", "b", "taken"]
+    assert store.get("taken").value == "new"
+
+
+def test_a_change_that_cannot_join_commits_the_group_first(setup):
+    store, commits, clock, spy, path = setup
+    d = commits.run(lambda: store.write(1, "a", "v"))
+    store.set_epoch(5)                                  # its own transaction
+    assert committed_keys(path) == ["a"] and not d.called
+    clock.advance(0)
+    assert d.result.seq == 1 and store.epoch == 5
+
+
+def test_durable_waits_for_the_open_group_only(setup):
+    store, commits, clock, _, _ = setup
+    assert commits.durable().called                     # nothing pending
+    commits.run(lambda: store.write(1, "a", "v"))
+    waiting = commits.durable()
+    assert not waiting.called
+    clock.advance(0)
+    assert waiting.called
+
+
+def test_pushed_records_join_groups_too(setup):
+    store, commits, clock, spy, path = setup
+    records = [Record(f"k{n}", "v", 3, n, VectorClock({3: n})) for n in range(1, 6)]
+    done = [commits.run(lambda r=r: store.apply_pushed(r)) for r in records]
+    clock.advance(0)
+    assert [d.result for d in done] == ["applied"] * 5
+    assert spy.commits == 1 and len(committed_keys(path)) == 5
+
+
+def test_imports_and_exports_work_while_a_group_is_open(setup):
+    store, commits, clock, _, path = setup
+    d = commits.run(lambda: store.write(1, "a", "v"))
+    importer = store.begin_import()                     # ATTACH: commits the group first
+    importer.add(Record("b", "w", 2, 1, VectorClock({2: 1})))
+    commits.run(lambda: store.write(1, "c", "v"))
+    importer.finish(VectorClock({2: 1}))
+    clock.advance(0)
+    assert d.called and committed_keys(path) == ["a", "b", "c"]
