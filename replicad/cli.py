@@ -4,34 +4,52 @@ It runs on BlockingClient, not on the reactor: a run makes one request and exits
 plain sockets start faster, Ctrl-C is an ordinary KeyboardInterrupt (no reactor to stop
 cleanly from a signal handler), and the retry policy is the same shared code anyway.
 
-The session (read and write clocks, the coordinator last seen) lives in a JSON file so
-that successive runs keep read-your-writes and monotonic reads.  Exit codes: 0 ok,
-1 key not found, 2 usage error, 3 no server could serve or the outcome of a write is
-unknown, 4 the server answered ERR, 130 interrupted, 70 a bug in this program.
+The command line reads like redis-cli and etcdctl: options may come before or after the
+command, ``--`` ends them (``put k -- -v`` stores ``-v``), and the servers come from
+``--servers``, ``--config`` (a client file or a cluster file), ``$REPLICAD_SERVERS``,
+``$REPLICAD_CONFIG`` or the built-in cluster, in that order.
+
+The session (clocks, the coordinator last seen, the cluster it belongs to, the request
+id counter) lives in a JSON file so that successive runs keep read-your-writes and
+monotonic reads.  A session of another cluster, or a damaged file, is reset with one
+line on stderr naming the file.
+
+Exit codes: 0 ok, 1 key not found, 2 usage error (a bad command line, or input the
+protocol cannot carry, found before anything is sent), 3 no server could serve, or a
+write's outcome is unknown, 4 the server refused the request (ERR BADKEY, TOOBIG, AUTH,
+...), 130 interrupted, 70 a bug in this program.
 """
 
 from __future__ import annotations
 
 import argparse
+import configparser
+import contextlib
+import fcntl
 import hashlib
 import json
+import math
 import os
 import sys
-from collections.abc import Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any, TextIO
 
+import replicad
 from replicad import wire
 from replicad.client import (
+    ATTEMPT_TIMEOUT_S,
+    DEFAULT_TIMEOUT_S,
     BlockingClient,
     InvalidRequest,
     NoServerAvailable,
     OutcomeUnknown,
     ServerError,
+    SessionReset,
     UnexpectedReply,
 )
-from replicad.config import ConfigError, default_config, load_config, parse_address
-from replicad.session import ClientSession, SessionFileError
+from replicad.config import ConfigError, default_config, parse_address, parse_config
+from replicad.session import ClientSession, SessionFileError, new_client_id
 
 PROG = "replicad-cli"
 EXIT_OK = 0
@@ -42,6 +60,46 @@ EXIT_SERVER_ERROR = 4
 EXIT_BUG = 70
 EXIT_INTERRUPTED = 130
 
+ENV_SERVERS = "REPLICAD_SERVERS"
+ENV_CONFIG = "REPLICAD_CONFIG"
+ENV_SESSION = "REPLICAD_SESSION"
+ENV_PASSWORD = "REPLICAD_PASSWORD"
+
+COMMANDS = ("get", "put", "del", "keys", "status", "session")
+WRITE_COMMANDS = ("put", "del")
+
+USAGE = f"{PROG} [OPTIONS] COMMAND [ARGS]   (options may also follow the command; -- ends them)"
+DESCRIPTION = """\
+Talk to a replicad cluster.
+
+commands:
+  get KEY                print the value of KEY (exit 1 if there is none)
+  put KEY [VALUE...]     store VALUE, the words joined by single spaces, and print OK;
+                         with no VALUE (stdin not a terminal) or with -, the value is
+                         read from stdin, less one final newline
+  del KEY                delete KEY and print OK (exit 1 if there is none)
+  keys [PREFIX]          list live keys, one a line
+  status [--json]        the state of the replica that answers
+  session show [--json]  the session: its file, cluster id, clocks, coordinator, client id
+  session reset          start a new session (deletes the session file)"""
+EPILOG = f"""\
+environment:
+  {ENV_SERVERS}  servers when neither --servers nor --config is given
+  {ENV_CONFIG}   config file when neither --servers, --config nor {ENV_SERVERS} is
+  {ENV_SESSION}  session file (default: one per server list under ~/.local/state/replicad)
+  {ENV_PASSWORD} the cluster's client password (--password-file takes precedence)
+
+a client config file needs no peer secret:
+  [client]
+  servers = 127.0.0.1:7001,127.0.0.1:7002,127.0.0.1:7003
+  timeout = 5                 ; optional, seconds
+  password_file = client.pw   ; optional, relative to the config file
+  tls = no                    ; optional; only no is supported
+
+exit codes: 0 ok, 1 key not found, 2 usage error (bad command line or input, nothing sent),
+3 no server could serve, or a write's outcome is unknown, 4 the server refused the request
+(ERR ...), 130 interrupted"""
+
 
 class UsageError(Exception):
     """Bad command line or local input; exit 2."""
@@ -51,221 +109,486 @@ class _Parser(argparse.ArgumentParser):
     """argparse that reports errors as one line (exit 2) instead of usage + message."""
 
     def error(self, message: str) -> Any:
+        if message.startswith("unrecognized arguments"):
+            message += " (a value that begins with - goes after --, as in: put KEY -- -x)"
         raise UsageError(f"{message} (see {PROG} --help)")
 
 
-def _positive_float(text: str) -> float:
+def _seconds(text: str) -> float:
     try:
         value = float(text)
     except ValueError:
         raise argparse.ArgumentTypeError(f"{text!r} is not a number of seconds") from None
-    if not 0 < value < float("inf"):
-        raise argparse.ArgumentTypeError(f"timeout must be greater than 0, got {text!r}")
+    if not 0 < value < math.inf:
+        raise argparse.ArgumentTypeError(f"must be greater than 0, got {text!r}")
     return value
 
 
-def _add_common(parser: argparse.ArgumentParser, suppress: bool) -> None:
-    """Options accepted before the command and, for convenience, after it too."""
-    default = (lambda value: argparse.SUPPRESS) if suppress else (lambda value: value)
-    parser.add_argument("--servers", metavar="H:P,H:P", default=default(None),
-                        help="client addresses of the replicas (default: 127.0.0.1:7001-7003)")
-    parser.add_argument("--config", metavar="FILE", default=default(None),
-                        help="take the replicas' client addresses from a cluster config file")
-    parser.add_argument("--timeout", metavar="S", type=_positive_float, default=default(5.0),
-                        help="give up after this many seconds (default: 5)")
-    parser.add_argument("--session", metavar="FILE", default=default(None),
+def build_parser() -> argparse.ArgumentParser:
+    parser = _Parser(prog=PROG, usage=USAGE, description=DESCRIPTION, epilog=EPILOG,
+                     formatter_class=argparse.RawDescriptionHelpFormatter, allow_abbrev=False)
+    parser.add_argument("words", nargs="*", metavar="COMMAND [ARGS]", help=argparse.SUPPRESS)
+    parser.add_argument("--servers", metavar="H:P,H:P",
+                        help="client addresses of the replicas (default: $REPLICAD_SERVERS, "
+                             "else the built-in cluster 127.0.0.1:7001-7003)")
+    parser.add_argument("--config", metavar="FILE",
+                        help="a client config file ([client] servers = ...) or a cluster "
+                             "config file, whose client addresses are used")
+    parser.add_argument("--timeout", metavar="S", type=_seconds,
+                        help=f"give up after this many seconds, retries included "
+                             f"(default: {DEFAULT_TIMEOUT_S:g})")
+    parser.add_argument("--attempt-timeout", metavar="S", type=_seconds,
+                        help=f"skip a server that has not shown it is alive within this "
+                             f"many seconds (default: {ATTEMPT_TIMEOUT_S:g})")
+    parser.add_argument("--session", metavar="FILE",
                         help="session file (default: $REPLICAD_SESSION or one per server list "
                              "under ~/.local/state/replicad)")
-    parser.add_argument("--no-session", action="store_true", default=default(False),
+    parser.add_argument("--no-session", action="store_true",
                         help="use a fresh session and do not save it")
-    parser.add_argument("--password-file", metavar="FILE", default=default(None),
+    parser.add_argument("--password-file", metavar="FILE",
                         help="the cluster's client password, first line of FILE (default: "
                              "$REPLICAD_PASSWORD; never on the command line, where ps shows it)")
-
-
-def build_parser() -> argparse.ArgumentParser:
-    parser = _Parser(prog=PROG, description="Talk to a replicad cluster.")
-    _add_common(parser, suppress=False)
-    commands = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
-    get = commands.add_parser("get", help="print the value of KEY")
-    get.add_argument("key", metavar="KEY")
-    put = commands.add_parser(
-        "put", help="store VALUE under KEY",
-        description="Store VALUE (the remaining arguments joined by single spaces, or - to "
-                    "read it from stdin without its final newline) under KEY.",
-    )
-    put.add_argument("key", metavar="KEY")
-    put.add_argument("value", metavar="VALUE", nargs=argparse.REMAINDER)
-    delete = commands.add_parser("del", help="delete KEY")
-    delete.add_argument("key", metavar="KEY")
-    keys = commands.add_parser("keys", help="list live keys, one a line")
-    keys.add_argument("prefix", metavar="PREFIX", nargs="?", default="")
-    status = commands.add_parser("status", help="show the state of the replica that answers")
-    status.add_argument("--json", action="store_true", help="print one JSON object")
-    for sub in (get, delete, keys, status):
-        _add_common(sub, suppress=True)
+    parser.add_argument("--json", action="store_true",
+                        help="status and session show: print one JSON object")
+    parser.add_argument("-q", "--quiet", action="store_true",
+                        help="put and del: print nothing on success (the exit code tells)")
+    parser.add_argument("--version", action="version",
+                        version=f"{PROG} {replicad.__version__}")
     return parser
 
 
-# Servers, input and the session file ---------------------------------------------------
+@dataclass(frozen=True)
+class Command:
+    """A parsed command line: what to do and the options, wherever they were."""
+
+    name: str
+    args: list[str]
+    options: argparse.Namespace
+
+    @property
+    def is_write(self) -> bool:
+        return self.name in WRITE_COMMANDS
+
+
+_ARITY = {   # command -> (fewest, most) arguments; None: no limit
+    "get": (1, 1), "put": (1, None), "del": (1, 1), "keys": (0, 1), "status": (0, 0),
+    "session": (1, 1),
+}
+_SHAPES = {
+    "get": "get KEY", "put": "put KEY [VALUE...]", "del": "del KEY", "keys": "keys [PREFIX]",
+    "status": "status [--json]", "session": "session show|reset",
+}
+
+
+def parse_command_line(argv: Sequence[str]) -> Command:
+    """Options anywhere, ``--`` ends them: everything after it is an argument."""
+    argv = list(argv)
+    tail: list[str] = []
+    if "--" in argv:
+        cut = argv.index("--")
+        argv, tail = argv[:cut], argv[cut + 1:]
+    options = build_parser().parse_intermixed_args(argv)
+    words = list(options.words) + tail
+    if not words:
+        raise UsageError(f"a COMMAND is needed: {', '.join(COMMANDS)} (see {PROG} --help)")
+    name, args = words[0], words[1:]
+    if name not in COMMANDS:
+        raise UsageError(f"unknown command {name!r}; the commands are {', '.join(COMMANDS)} "
+                         f"(see {PROG} --help)")
+    fewest, most = _ARITY[name]
+    if len(args) < fewest or (most is not None and len(args) > most):
+        raise UsageError(f"usage: {PROG} {_SHAPES[name]} (see {PROG} --help)")
+    if name == "session" and args[0] not in ("show", "reset"):
+        raise UsageError(f"usage: {PROG} session show|reset, not {args[0]!r}")
+    if options.json and name not in ("status", "session"):
+        raise UsageError(f"--json goes with status or session show, not {name}")
+    if options.session is not None and options.no_session:
+        raise UsageError("give --session or --no-session, not both")
+    return Command(name, args, options)
+
+
+# Servers, config files, input -----------------------------------------------------------
 
 
 @dataclass(frozen=True)
 class Target:
-    """Where to send requests, and what a cluster config (if any) tells besides."""
+    """Where to send requests, and what a config file (if any) tells besides."""
 
     servers: list[str]
     limits: wire.Limits | None = None        # size limits to check locally
     by_id: dict[int, str] = field(default_factory=dict)   # replica id -> client address
+    timeout_s: float | None = None           # from a client config file
+    attempt_timeout_s: float | None = None
+    password_file: str | None = None
 
 
-def resolve_target(args: argparse.Namespace) -> Target:
-    if args.servers is not None and args.config is not None:
-        raise UsageError("give --servers or --config, not both")
+def parse_servers(text: str, source: str) -> list[str]:
+    parts = [p for p in text.replace("\n", ",").replace(" ", ",").split(",") if p.strip()]
+    if not parts:
+        raise UsageError(f"{source} needs at least one host:port")
     try:
-        if args.config is not None:
-            config = load_config(args.config)
-        elif args.servers is not None:
-            parts = [p for p in args.servers.split(",") if p.strip()]
-            if not parts:
-                raise UsageError("--servers needs at least one host:port")
-            return Target([str(parse_address(p, "server address")) for p in parts])
-        else:
-            config = default_config()
+        return [str(parse_address(p, f"{source}: server address")) for p in parts]
+    except ConfigError as e:
+        raise UsageError(str(e)) from None
+
+
+def resolve_target(options: argparse.Namespace, env: Mapping[str, str]) -> Target:
+    if options.servers is not None and options.config is not None:
+        raise UsageError("give --servers or --config, not both")
+    if options.servers is not None:
+        return Target(parse_servers(options.servers, "--servers"))
+    if options.config is not None:
+        return load_client_config(options.config)
+    if env.get(ENV_SERVERS, "").strip():
+        return Target(parse_servers(env[ENV_SERVERS], f"${ENV_SERVERS}"))
+    if env.get(ENV_CONFIG, "").strip():
+        return load_client_config(env[ENV_CONFIG])
+    config = default_config()
+    by_id = {i: str(config.members[i].client) for i in config.ids}
+    return Target(list(by_id.values()), config.limits, by_id)
+
+
+_CLIENT_KEYS = {"servers", "timeout", "attempt_timeout", "password_file", "tls"}
+_NO = {"no", "false", "off", "0"}
+
+
+def load_client_config(path: str) -> Target:
+    """A ``[client]`` file (servers, optional timeout, attempt_timeout, password_file,
+    tls = no), or a cluster file (``[cluster]`` + ``[replica:N]``), whose client
+    addresses and size limits are taken."""
+    parser = configparser.ConfigParser(interpolation=None)
+    try:
+        with open(path, encoding="utf-8") as handle:
+            parser.read_file(handle)
+    except OSError as e:
+        raise UsageError(f"cannot read config file {path}: {e.strerror or e}") from None
+    except UnicodeDecodeError:
+        raise UsageError(f"config file {path} is not UTF-8 text") from None
+    except configparser.Error as e:
+        first = str(e).splitlines()[0]
+        raise UsageError(f"config file {path} is not a valid INI file: {first}") from None
+    where = f"config file {path}"
+    if parser.has_section("client"):
+        section = parser["client"]
+        unknown = set(section) - _CLIENT_KEYS
+        if unknown:
+            raise UsageError(f"{where}: unknown setting {sorted(unknown)[0]!r} in [client] "
+                             f"(known: {', '.join(sorted(_CLIENT_KEYS))})")
+        if "servers" not in section:
+            raise UsageError(f"{where}: [client] needs servers = host:port,...")
+        tls = section.get("tls", "no").strip().lower()
+        if tls not in _NO:
+            raise UsageError(f"{where}: tls = {tls} is not supported by this client; the "
+                             "replicas speak plain TCP (tls = no)")
+        password_file = section.get("password_file", "").strip() or None
+        if password_file is not None:
+            password_file = os.path.join(os.path.dirname(os.path.abspath(path)),
+                                         os.path.expanduser(password_file))
+        return Target(
+            parse_servers(section["servers"], f"{where}: servers"),
+            timeout_s=_setting_seconds(section, "timeout", where),
+            attempt_timeout_s=_setting_seconds(section, "attempt_timeout", where),
+            password_file=password_file,
+        )
+    if not parser.has_section("cluster"):
+        raise UsageError(f"{where} has neither a [client] nor a [cluster] section")
+    try:
+        config = parse_config(parser, path)
     except ConfigError as e:
         raise UsageError(str(e)) from None
     by_id = {i: str(config.members[i].client) for i in config.ids}
     return Target(list(by_id.values()), config.limits, by_id)
 
 
-def default_session_path(servers: list[str]) -> str:
-    explicit = os.environ.get("REPLICAD_SESSION")
+def _setting_seconds(section: configparser.SectionProxy, name: str, where: str) -> float | None:
+    if name not in section:
+        return None
+    try:
+        return _seconds(section[name])
+    except argparse.ArgumentTypeError as e:
+        raise UsageError(f"{where}: {name} {e}") from None
+
+
+def _is_terminal(stream: TextIO) -> bool:
+    try:
+        return stream.isatty()
+    except (AttributeError, ValueError, OSError):
+        return True   # unknown: do not block reading it
+
+
+def _read_stdin(stdin: TextIO) -> str:
+    data = stdin.buffer.read() if hasattr(stdin, "buffer") else stdin.read().encode()
+    try:
+        text = data.decode("utf-8")
+    except UnicodeDecodeError:
+        raise UsageError("the value read from stdin is not UTF-8 text") from None
+    if text.endswith("\n"):
+        text = text[:-1]
+        if text.endswith("\r"):
+            text = text[:-1]
+    return text
+
+
+def value_of(words: list[str], stdin: TextIO) -> str:
+    """put's VALUE: the words joined by single spaces; ``-`` or no words (stdin not a
+    terminal) read stdin, less one final newline."""
+    if words == ["-"]:
+        return _read_stdin(stdin)
+    if words:
+        return " ".join(words)
+    if _is_terminal(stdin):
+        raise UsageError(f"put needs a VALUE after the KEY, or the value on stdin "
+                         f"(see {PROG} --help)")
+    try:
+        text = _read_stdin(stdin)
+    except OSError as e:
+        raise UsageError(f"cannot read the value from stdin: {e.strerror or e}") from None
+    if not text:
+        raise UsageError("put KEY without a VALUE reads it from stdin, which was empty; "
+                         "give '' for an empty value")
+    return text
+
+
+def check_input(command: Command, limits: wire.Limits | None, stdin: TextIO) -> str | None:
+    """Reject what the protocol cannot carry before touching the network (exit 2);
+    returns put's value."""
+    limits = limits or wire.Limits(max_key_bytes=2**62, max_value_bytes=2**62)
+    value = None
+    try:
+        if command.name in ("get", "put", "del"):
+            wire.check_key(command.args[0], limits)
+        if command.name == "keys" and command.args:
+            wire.check_key(command.args[0], limits)
+        if command.name == "put":
+            value = value_of(command.args[1:], stdin)
+            wire.check_value(value, limits)
+    except wire.WireError as e:
+        raise UsageError(f"bad input ({e.code}): {e.message}") from None
+    return value
+
+
+def read_password(path: str | None, env: Mapping[str, str],
+                  config_path: str | None = None) -> str | None:
+    """--password-file, else $REPLICAD_PASSWORD, else the config file's password_file."""
+    if path is None and env.get(ENV_PASSWORD):
+        return env[ENV_PASSWORD]
+    path = path or config_path
+    if path is None:
+        return None
+    try:
+        with open(path, encoding="utf-8") as handle:
+            password = handle.readline().rstrip("\r\n")
+    except (OSError, UnicodeDecodeError) as e:
+        raise UsageError(f"cannot read password file {path}: {_reason(e)}") from None
+    if not password:
+        raise UsageError(f"password file {path} is empty")
+    return password
+
+
+# The session file ---------------------------------------------------------------------
+
+
+def default_session_path(servers: list[str], env: Mapping[str, str] | None = None) -> str:
+    env = os.environ if env is None else env
+    explicit = env.get(ENV_SESSION)
     if explicit:
         return explicit
-    state = os.environ.get("XDG_STATE_HOME") or os.path.join(
-        os.path.expanduser("~"), ".local", "state"
-    )
+    state = env.get("XDG_STATE_HOME") or os.path.join(os.path.expanduser("~"), ".local", "state")
     digest = hashlib.sha256(",".join(sorted(servers)).encode("utf-8")).hexdigest()[:12]
     return os.path.join(state, "replicad", f"session-{digest}.json")
 
 
-def load_session(path: str) -> ClientSession:
-    try:
-        with open(path, encoding="utf-8") as handle:
-            text = handle.read()
-    except FileNotFoundError:
-        return ClientSession()
-    except (OSError, UnicodeDecodeError) as e:
-        raise UsageError(f"cannot read session file {path}: {_reason(e)}") from None
-    try:
-        return ClientSession.from_json(text)
-    except SessionFileError as e:
-        raise UsageError(
-            f"{e} ({path}); delete that file to start a new session, or use --no-session"
-        ) from None
+class SessionFile:
+    """The session on disk: loaded and saved under a lock (``<file>.lock``), so that
+    runs sharing a file never use one request id twice and never lose each other's
+    clocks.  A damaged file is reset with one line naming it."""
 
+    def __init__(self, path: str, warn: Any):
+        self.path = path
+        self._warn = warn
+        self.damaged = False   # it could not be read back: save the new session over it
 
-def save_session(path: str, session: ClientSession) -> None:
-    """Atomic replace; clocks already on disk are merged in, since another run may have
-    saved a newer session meanwhile and session clocks only ever grow."""
-    try:
-        on_disk = load_session(path)
-    except UsageError:
-        on_disk = ClientSession()
-    merged = ClientSession(
-        session.read.merge(on_disk.read),
-        session.write.merge(on_disk.write),
-        session.last_server,
-        session.coordinator,
-        {**on_disk.addresses, **session.addresses},
-    )
-    directory = os.path.dirname(os.path.abspath(path))
-    os.makedirs(directory, mode=0o700, exist_ok=True)
-    tmp = f"{path}.{os.getpid()}.tmp"
-    try:
-        with open(tmp, "w", encoding="utf-8") as handle:
-            handle.write(merged.to_json() + "\n")
-            handle.flush()
-            os.fsync(handle.fileno())
-        os.replace(tmp, path)
-    finally:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-
-
-def _value_from_args(words: list[str], stdin: TextIO) -> str:
-    if not words:
-        raise UsageError(f"put needs a VALUE after the KEY (see {PROG} put --help)")
-    if words == ["-"]:
-        data = stdin.buffer.read() if hasattr(stdin, "buffer") else stdin.read().encode()
+    @contextlib.contextmanager
+    def _locked(self) -> Iterator[None]:
+        directory = os.path.dirname(os.path.abspath(self.path))
+        os.makedirs(directory, mode=0o700, exist_ok=True)
+        fd = os.open(self.path + ".lock", os.O_RDWR | os.O_CREAT, 0o600)
         try:
-            text = data.decode("utf-8")
-        except UnicodeDecodeError:
-            raise UsageError("the value read from stdin is not UTF-8 text") from None
-        if text.endswith("\n"):
-            text = text[:-1]
-            if text.endswith("\r"):
-                text = text[:-1]
-        return text
-    return " ".join(words)
+            fcntl.flock(fd, fcntl.LOCK_EX)
+            yield
+        finally:
+            os.close(fd)
+
+    def _read(self, warn: bool) -> ClientSession | None:
+        """The session on disk; None when there is no file (or a damaged one)."""
+        try:
+            with open(self.path, encoding="utf-8") as handle:
+                text = handle.read()
+        except FileNotFoundError:
+            return None
+        except (OSError, UnicodeDecodeError) as e:
+            raise UsageError(f"cannot read session file {self.path}: {_reason(e)}") from None
+        try:
+            return ClientSession.from_json(text)
+        except SessionFileError as e:
+            if warn:
+                self.damaged = True
+                self._warn(f"session file {self.path} cannot be read back ({e}); "
+                           "starting a new session")
+            return None
+
+    def load(self, reserve_request_id: bool = False) -> ClientSession:
+        """The session; with reserve_request_id, the next request id is taken on disk
+        first, so a concurrent run sharing the file gets the one after."""
+        if not reserve_request_id:
+            return self._read(warn=True) or ClientSession()
+        try:
+            with self._locked():
+                session = self._read(warn=True) or ClientSession()
+                if session.client_id is None:
+                    session.client_id = new_client_id()
+                reserved = ClientSession.from_json(session.to_json())
+                reserved.next_request_id()
+                self._write(reserved)
+        except OSError as e:
+            raise UsageError(f"cannot write session file {self.path}: {_reason(e)}") from None
+        return session
+
+    def save(self, session: ClientSession, was_reset: bool) -> None:
+        """Merge with what is on disk (another run may have saved meanwhile; clocks of
+        one cluster only ever grow), then replace the file atomically."""
+        with self._locked():
+            on_disk = self._read(warn=False)
+            self._write(merge_sessions(session, on_disk, was_reset))
+
+    def reset(self) -> bool:
+        """Delete the file; True if there was one."""
+        with self._locked():
+            try:
+                os.unlink(self.path)
+            except FileNotFoundError:
+                return False
+            return True
+
+    def _write(self, session: ClientSession) -> None:
+        tmp = f"{self.path}.{os.getpid()}.tmp"
+        try:
+            with open(tmp, "w", encoding="utf-8") as handle:
+                handle.write(session.to_json() + "\n")
+                handle.flush()
+                os.fsync(handle.fileno())
+            os.replace(tmp, self.path)
+        finally:
+            if os.path.exists(tmp):
+                os.unlink(tmp)
 
 
-def check_input(args: argparse.Namespace, limits: wire.Limits | None, stdin: TextIO) -> None:
-    """Reject what the protocol cannot carry before touching the network (exit 2)."""
-    limits = limits or wire.Limits(max_key_bytes=2**62, max_value_bytes=2**62)
-    try:
-        if args.command in ("get", "put", "del"):
-            wire.check_key(args.key, limits)
-        if args.command == "keys" and args.prefix:
-            wire.check_key(args.prefix, limits)
-        if args.command == "put":
-            args.value = _value_from_args(args.value, stdin)
-            wire.check_value(args.value, limits)
-    except wire.WireError as e:
-        raise UsageError(_input_message(e)) from None
+def merge_sessions(ours: ClientSession, on_disk: ClientSession | None,
+                   was_reset: bool) -> ClientSession:
+    """What to save: ours, with what another run saved meanwhile if it is the same
+    session (the same cluster, or one not yet known).  After a reset, only a file of
+    the new cluster is merged."""
+    if on_disk is None:
+        return ours
+    if was_reset:
+        same = on_disk.cluster == ours.cluster
+    else:
+        same = None in (on_disk.cluster, ours.cluster) or on_disk.cluster == ours.cluster
+    if not same:
+        return ours
+    same_client = ours.client_id is None or on_disk.client_id in (None, ours.client_id)
+    return ClientSession(
+        ours.read.merge(on_disk.read),
+        ours.write.merge(on_disk.write),
+        ours.last_server if ours.last_server is not None else on_disk.last_server,
+        ours.coordinator if ours.coordinator is not None else on_disk.coordinator,
+        {**on_disk.addresses, **ours.addresses},
+        ours.cluster or on_disk.cluster,
+        ours.client_id or on_disk.client_id,
+        max(ours.seq, on_disk.seq) if same_client else ours.seq,
+        list(ours.demoted),
+    )
 
 
-def _input_message(e: wire.WireError) -> str:
-    return f"bad input ({e.code}): {e.message}"
+def describe_reset(reset: SessionReset, path: str | None) -> str:
+    where = f"session file {path}" if path else "the session"
+    return (f"{where} belonged to cluster {reset.old_cluster}, but {reset.address} "
+            f"answers for cluster {reset.new_cluster} (a new or wiped cluster?); "
+            "starting a new session")
 
 
 # Running a command -----------------------------------------------------------------------
 
 
-def run_command(args: argparse.Namespace, client: BlockingClient, out: TextIO) -> int:
-    if args.command == "get":
-        value = client.get(args.key)
-        if value is None:
-            _fail(f"key {args.key!r} not found")
+def run_command(command: Command, value: str | None, client: BlockingClient,
+                out: TextIO) -> int:
+    name, args, quiet = command.name, command.args, command.options.quiet
+    if name == "get":
+        found = client.get(args[0])
+        if found is None:
+            _fail(f"key {args[0]!r} not found")
             return EXIT_NOT_FOUND
-        print(value, file=out)
-    elif args.command == "put":
-        client.put(args.key, args.value)
-    elif args.command == "del":
-        if not client.delete(args.key):
-            _fail(f"key {args.key!r} not found")
+        print(found, file=out)
+    elif name == "put":
+        client.put(args[0], value)
+        if not quiet:
+            print("OK", file=out)
+    elif name == "del":
+        if not client.delete(args[0]):
+            _fail(f"key {args[0]!r} not found")
             return EXIT_NOT_FOUND
-    elif args.command == "keys":
-        for key in client.keys(args.prefix):
+        if not quiet:
+            print("OK", file=out)
+    elif name == "keys":
+        for key in client.keys(args[0] if args else ""):
             print(key, file=out)
-    elif args.command == "status":
+    elif name == "status":
         status = client.status()
-        if args.json:
+        if command.options.json:
             print(json.dumps(status, sort_keys=False), file=out)
         else:
-            width = max(len(name) for name in status)
-            for name in ("server", *[n for n in status if n != "server"]):
-                print(f"{name:<{width}}  {_human(status[name])}", file=out)
+            _print_table(status, "server", out)
     return EXIT_OK
+
+
+def run_session_command(command: Command, store: SessionFile | None, out: TextIO) -> int:
+    if store is None:
+        raise UsageError(f"session {command.args[0]} needs a session file, not --no-session")
+    if command.args[0] == "reset":
+        existed = store.reset()
+        print(f"session file {store.path} {'reset' if existed else 'did not exist'}",
+              file=out)
+        return EXIT_OK
+    session = store.load()
+    fields: dict[str, Any] = {
+        "file": store.path,
+        "exists": os.path.exists(store.path),
+        **json.loads(session.to_json()),
+    }
+    if command.options.json:
+        print(json.dumps(fields), file=out)
+    else:
+        _print_table(fields, "file", out)
+    return EXIT_OK
+
+
+def _print_table(fields: dict[str, Any], first: str, out: TextIO) -> None:
+    width = max(len(name) for name in fields)
+    for name in (first, *[n for n in fields if n != first]):
+        print(f"{name:<{width}}  {_human(fields[name])}", file=out)
 
 
 def _human(value: Any) -> str:
     if value is None:
         return "-"
+    if isinstance(value, bool):
+        return "yes" if value else "no"
     if isinstance(value, dict):
         if not value:
             return "-"
         return ",".join(f"{k}:{v}" for k, v in value.items())
+    if isinstance(value, list):
+        return ",".join(map(str, value)) or "-"
     return str(value)
 
 
@@ -277,50 +600,53 @@ def _reason(e: BaseException) -> str:
     return getattr(e, "strerror", None) or str(e) or type(e).__name__
 
 
-def read_password(path: str | None) -> str | None:
-    """The client password: first line of --password-file, else $REPLICAD_PASSWORD."""
-    if path is None:
-        return os.environ.get("REPLICAD_PASSWORD") or None
-    try:
-        with open(path, encoding="utf-8") as handle:
-            password = handle.readline().rstrip("\r\n")
-    except (OSError, UnicodeDecodeError) as e:
-        raise UsageError(f"cannot read password file {path}: {_reason(e)}") from None
-    if not password:
-        raise UsageError(f"password file {path} is empty")
-    return password
-
-
-def _main(argv: Sequence[str] | None, out: TextIO, stdin: TextIO) -> int:
-    args = build_parser().parse_args(argv)
-    if args.session is not None and args.no_session:
-        raise UsageError("give --session or --no-session, not both")
-    target = resolve_target(args)
-    check_input(args, target.limits, stdin)
-    session_path = None
-    if not args.no_session:
-        session_path = args.session or default_session_path(target.servers)
-    session = load_session(session_path) if session_path else ClientSession()
+def _main(argv: Sequence[str], out: TextIO, stdin: TextIO, env: Mapping[str, str]) -> int:
+    command = parse_command_line(argv)
+    options = command.options
+    target = resolve_target(options, env)
+    store = None
+    if not options.no_session:
+        store = SessionFile(options.session or default_session_path(target.servers, env),
+                            _fail)
+    if command.name == "session":
+        return run_session_command(command, store, out)
+    value = check_input(command, target.limits, stdin)
+    password = read_password(options.password_file, env, target.password_file)
+    session = store.load(reserve_request_id=command.is_write) if store else ClientSession()
     before = session.to_json()
     # With a config we know every replica's address, so a reply naming the coordinator
     # sends the next request straight to it instead of through a forwarding replica.
     session.addresses.update(target.by_id)
-    client = BlockingClient(target.servers, timeout_s=args.timeout, session=session,
-                            password=read_password(args.password_file))
+    resets: list[SessionReset] = []
+
+    def reset(event: SessionReset) -> None:
+        resets.append(event)
+        _fail(describe_reset(event, store.path if store else None))
+
+    client = BlockingClient(
+        target.servers,
+        timeout_s=options.timeout or target.timeout_s or DEFAULT_TIMEOUT_S,
+        session=session,
+        password=password,
+        attempt_timeout_s=options.attempt_timeout or target.attempt_timeout_s
+        or ATTEMPT_TIMEOUT_S,
+        on_session_reset=reset,
+    )
     try:
-        return run_command(args, client, out)
+        return run_command(command, value, client, out)
     finally:
-        if session_path and session.to_json() != before:
+        if store is not None and (session.to_json() != before or resets or store.damaged):
             try:
-                save_session(session_path, session)
+                store.save(session, was_reset=bool(resets))
             except OSError as e:
-                _fail(f"warning: could not save the session to {session_path}: {_reason(e)}")
+                _fail(f"warning: could not save the session to {store.path}: {_reason(e)}")
 
 
 def main(argv: Sequence[str] | None = None) -> int:
     """Console-script entry point; returns the exit code, prints no traceback."""
     try:
-        return _main(argv, sys.stdout, sys.stdin)
+        return _main(sys.argv[1:] if argv is None else argv, sys.stdout, sys.stdin,
+                     os.environ)
     except UsageError as e:
         _fail(str(e))
         return EXIT_USAGE
@@ -333,7 +659,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     except (ServerError, UnexpectedReply) as e:
         hint = ""
         if getattr(e, "code", None) == wire.Code.AUTH:
-            hint = "; give the password in $REPLICAD_PASSWORD or with --password-file"
+            hint = f"; give the password in ${ENV_PASSWORD} or with --password-file"
         _fail(f"server error: {e}{hint}")
         return EXIT_SERVER_ERROR
     except KeyboardInterrupt:
@@ -355,4 +681,3 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 if __name__ == "__main__":
     sys.exit(main())
-

@@ -1,9 +1,13 @@
 """One-shot replicad clients: a Twisted one and a blocking one, sharing one retry policy.
 
-Every attempt opens a new connection, sends one request carrying the session context,
-reads one reply and closes (DESIGN.md: clients are one-shot).  What to do after an
-attempt (retry elsewhere, give up, hand the reply over) is decided by the pure policy in
-replicad.retry, whose names are re-exported here for callers of the client.
+Every attempt opens a new connection, sends ``PING`` and one request carrying the session
+context (and the write's request id), reads PONG and one reply, and closes (DESIGN.md:
+clients are one-shot).  PONG says the server is alive: one that does not send it within
+the attempt deadline, or that falls silent after it and does not answer a fresh PING on
+a second connection either, is skipped (a frozen process whose kernel still accepts
+connections).  What to do after an attempt (retry elsewhere, give up, hand the reply
+over) is decided by the pure policy in replicad.retry, whose names are re-exported here
+for callers of the client.
 """
 
 from __future__ import annotations
@@ -22,6 +26,7 @@ from twisted.protocols.basic import LineOnlyReceiver
 from replicad import wire
 from replicad.config import Address, parse_address
 from replicad.retry import (  # noqa: F401  (re-exported: the client's public API)
+    ATTEMPT_TIMEOUT_S,
     BACKOFF_MAX_S,
     BACKOFF_MIN_S,
     IN_DOUBT_CODES,
@@ -29,12 +34,15 @@ from replicad.retry import (  # noqa: F401  (re-exported: the client's public AP
     Attempt,
     Backoff,
     ClientError,
+    FailureKind,
     InvalidRequest,
+    MixedClusters,
     NoServerAvailable,
     Outcome,
     OutcomeUnknown,
     RetryPlan,
     ServerError,
+    SessionReset,
     UnexpectedReply,
     Verdict,
     WriteInDoubt,
@@ -49,6 +57,7 @@ DEFAULT_CONNECT_TIMEOUT_S = 1.0
 # A reply line holds at most one value; servers may allow large values, so be generous
 # but bounded so a broken peer cannot make us buffer forever.
 MAX_REPLY_LINE_BYTES = 64 * 1024 * 1024
+PING_LINE = b"PING" + wire.EOL.encode()
 
 # Shape-only checks: the client does not know the server's size limits, the server does.
 SHAPE_ONLY = wire.Limits(max_key_bytes=2**62, max_value_bytes=2**62)
@@ -73,25 +82,48 @@ def build_request(
 
 
 def encode_line(request: Request, session: ClientSession, password: str | None = None) -> bytes:
-    """What one attempt sends: AUTH first when the cluster needs a password (pipelined
-    on the same connection), then the request with the session's context."""
+    """One request as a smart client words it: AUTH first when the cluster needs a
+    password (pipelined on the same connection), then the request with the session's
+    context.  (What the clients send adds a PING in front: encode_attempt.)"""
     line = request.with_context(session.context()).encode() + wire.EOL
     if password is not None:
         line = Request("AUTH", None, password).encode() + wire.EOL + line
     return line.encode("utf-8")
 
 
-class _Replies:
-    """Parses the replies to one attempt: the AUTH answer (skipped when OK, final when
-    an error), then the request's reply."""
+def encode_attempt(request: Request, password: str | None = None) -> bytes:
+    """What one attempt sends: PING (its PONG proves the server alive), AUTH when the
+    cluster needs a password, then the request, context included, in one write."""
+    line = request.encode() + wire.EOL
+    if password is not None:
+        line = Request("AUTH", None, password).encode() + wire.EOL + line
+    return PING_LINE + line.encode("utf-8")
 
-    def __init__(self, auth_sent: bool):
+
+class _Replies:
+    """Parses the replies to one attempt: PONG (sets ``alive``), the AUTH answer
+    (skipped when OK, final when an error), then the request's reply.
+
+    Anything but PONG first is final: ``ERR BUSY`` is sent on connecting instead of
+    serving, and anything else is not a replicad server."""
+
+    def __init__(self, auth_sent: bool, ping_sent: bool = True):
         self._parser = wire.ReplyParser()
         self._auth_pending = auth_sent
+        self._pong_pending = ping_sent
+        self.alive = False
 
     def feed(self, line: str) -> Reply | None:
         reply = self._parser.feed(line)
-        if reply is not None and self._auth_pending:
+        if reply is None:
+            return None
+        if self._pong_pending:
+            self._pong_pending = False
+            if reply.status == "PONG":
+                self.alive = True
+                return None
+            return reply
+        if self._auth_pending:
             self._auth_pending = False
             if not reply.is_error:
                 return None
@@ -192,46 +224,91 @@ T = TypeVar("T")
 
 
 class _OneShot(LineOnlyReceiver):
-    """Write one request line, read one reply; ``done`` fires with a Reply or a reason."""
+    """Write one attempt's lines, read PONG and one reply.
+
+    ``alive`` turns True with the PONG; ``result`` becomes the Reply, or a reason
+    string when the connection ends without one.  ``wait(seconds)`` fires on either
+    change or after seconds, whichever is first."""
 
     delimiter = b"\n"
     MAX_LENGTH = MAX_REPLY_LINE_BYTES
 
-    def __init__(self, line: bytes, auth_sent: bool = False):
+    def __init__(self, line: bytes, replies: _Replies, clock: Any, probe: bool = False):
         self._line = line
-        self._parser = _Replies(auth_sent)
+        self._probe = probe    # only PING was sent: PONG ends the exchange
+        self._replies = replies
+        self._clock = clock
         self.sent = False
-        self.done: defer.Deferred[Reply | str] = defer.Deferred(self._cancel)
+        self.result: Reply | str | None = None
+        self._waiter: tuple[defer.Deferred[None], Any] | None = None
+
+    @property
+    def alive(self) -> bool:
+        return self._replies.alive
 
     def connectionMade(self) -> None:
         self.transport.write(self._line)
         self.sent = True
 
     def lineReceived(self, line: bytes) -> None:
-        if self.done.called:
+        if self.result is not None:
             return
+        was_alive = self.alive
         try:
-            reply = self._parser.feed(wire.decode_line(line))
+            reply = self._replies.feed(wire.decode_line(line))
         except WireError as e:
             self._finish(f"sent a garbled reply ({e.message})")
             return
         if reply is not None:
             self._finish(reply)
+        elif self.alive and not was_alive:
+            self._wake()
 
     def lineLengthExceeded(self, line: bytes) -> None:
         self._finish(f"sent a reply line over {self.MAX_LENGTH} bytes")
 
     def connectionLost(self, reason: object = None) -> None:
-        if not self.done.called:
-            self.done.callback("closed the connection before a complete reply")
+        if self.result is None:
+            self.result = "closed the connection before a complete reply"
+        self._wake()
+
+    def wait(self, seconds: float) -> defer.Deferred[None]:
+        d: defer.Deferred[None] = defer.Deferred(self._cancel)
+        self._waiter = (d, self._clock.callLater(max(0.0, seconds), self._wake))
+        return d
+
+    def close(self) -> None:
+        """Hang up: gracefully once the exchange is over, else abort (the server may
+        be hung; nothing more is wanted from it)."""
+        if self.transport is None:
+            return
+        if isinstance(self.result, Reply) or (self._probe and self.alive):
+            self.transport.loseConnection()
+        else:
+            self.transport.abortConnection()
 
     def _finish(self, result: Reply | str) -> None:
-        if not self.done.called:
-            self.done.callback(result)
+        if self.result is None:
+            self.result = result
         self.transport.loseConnection()
+        self._wake()
+
+    def _wake(self) -> None:
+        if self._waiter is None:
+            return
+        d, timer = self._waiter
+        self._waiter = None
+        if timer.active():
+            timer.cancel()
+        d.callback(None)
 
     def _cancel(self, _: defer.Deferred) -> None:
-        self.transport.abortConnection()
+        if self._waiter is not None:
+            _, timer = self._waiter
+            self._waiter = None
+            if timer.active():
+                timer.cancel()
+        self.close()
 
 
 class _ClientSettings:
@@ -245,6 +322,8 @@ class _ClientSettings:
         connect_timeout_s: float = DEFAULT_CONNECT_TIMEOUT_S,
         reply_timeout_s: float | None = None,
         password: str | None = None,
+        attempt_timeout_s: float = ATTEMPT_TIMEOUT_S,
+        on_session_reset: Callable[[SessionReset], None] | None = None,
     ):
         self.password = password   # sent as AUTH when the cluster sets client_password
         self._addresses = normalise_servers(servers)
@@ -252,18 +331,49 @@ class _ClientSettings:
         self.timeout_s = timeout_s
         self.session = session if session is not None else ClientSession()
         self.connect_timeout_s = connect_timeout_s
-        # None: wait for a reply until the overall deadline (a server may legitimately
-        # spend seconds waiting for an election before it answers).
+        # None: a server that keeps answering PING may take until the overall deadline
+        # (it may legitimately wait seconds for an election before it answers).
         self.reply_timeout_s = reply_timeout_s
+        self.attempt_timeout_s = attempt_timeout_s
+        self.on_session_reset = on_session_reset
+
+    def _plan(self, request: Request, now: float) -> RetryPlan:
+        return RetryPlan(request, self.servers, self.session, self.timeout_s, now,
+                         attempt_timeout_s=self.attempt_timeout_s,
+                         on_reset=self.on_session_reset)
+
+    def _reply_deadline(self, step: Attempt, started: float) -> float:
+        deadline = started + step.budget_s
+        if self.reply_timeout_s is not None:
+            deadline = min(deadline, started + self.reply_timeout_s)
+        return deadline
+
+
+def _stalled(step: Attempt, after_pong: bool) -> Outcome:
+    if after_pong:
+        why = (f"fell silent and did not answer a fresh PING within {step.stall_s:.2g} s "
+               "(a hung server?)")
+    else:
+        why = f"accepted the connection but did not answer within {step.stall_s:.2g} s " \
+              "(a hung server?)"
+    return Outcome(step.address, failure=why, sent=True, kind=FailureKind.STALLED)
+
+
+def _no_reply(step: Attempt, started: float, now: float) -> Outcome:
+    return Outcome(step.address, failure=f"no reply came within {now - started:.2g} s",
+                   sent=True)
 
 
 class ReplicadClient(_ClientSettings):
     """The Twisted client: every method returns a Deferred.
 
-    timeout_s bounds a whole call, retries included; connect_timeout_s one connection
-    attempt; reply_timeout_s (default: until the deadline) the wait for a reply after
-    sending, which only matters for reads: a write is never sent twice.  The session is
-    updated in place by every reply, so share one client (or session) per session.
+    timeout_s bounds a whole call, retries included; attempt_timeout_s is how long a
+    server may take to show it is alive (PONG, see replicad.retry.ATTEMPT_TIMEOUT_S);
+    connect_timeout_s caps connecting; reply_timeout_s (default: until the deadline) caps
+    one attempt.  A write whose outcome is unknown is sent again with the same request
+    id.  The session is updated in place by every reply, so share one client (or
+    session) per session; on_session_reset(SessionReset) is called when a reply from
+    another cluster resets it.
     """
 
     def __init__(
@@ -275,9 +385,11 @@ class ReplicadClient(_ClientSettings):
         connect_timeout_s: float = DEFAULT_CONNECT_TIMEOUT_S,
         reply_timeout_s: float | None = None,
         password: str | None = None,
+        attempt_timeout_s: float = ATTEMPT_TIMEOUT_S,
+        on_session_reset: Callable[[SessionReset], None] | None = None,
     ):
         super().__init__(servers, timeout_s, session, connect_timeout_s, reply_timeout_s,
-                         password)
+                         password, attempt_timeout_s, on_session_reset)
         self._reactor = reactor
 
     def request(self, request: Request) -> defer.Deferred[Reply]:
@@ -315,55 +427,100 @@ class ReplicadClient(_ClientSettings):
         return defer.Deferred.fromCoroutine(self._run(request))
 
     async def _run(self, request: Request) -> tuple[Reply, str]:
-        plan = RetryPlan(request, self.servers, self.session, self.timeout_s,
-                         self._reactor.seconds())
+        plan = self._plan(request, self._reactor.seconds())
         while True:
             step = plan.next_step(self._reactor.seconds())
             if isinstance(step, Backoff):
                 await deferLater(self._reactor, step.delay_s)
                 continue
-            outcome = await self._attempt(step, encode_line(request, self.session, self.password))
+            line = encode_attempt(plan.attempt_request(), self.password)
+            outcome = await self._attempt(step, line)
             reply = plan.record(outcome)
             if reply is not None:
                 return reply, outcome.address
 
-    async def _attempt(self, step: Attempt, line: bytes) -> Outcome:
-        address = self._addresses[step.address]
-        started = self._reactor.seconds()
-        connect_s = min(self.connect_timeout_s, step.budget_s)
+    async def _connect(self, address: Address, protocol: _OneShot, connect_s: float) -> None:
         endpoint_type = TCP6ClientEndpoint if isIPv6Address(address.host) else TCP4ClientEndpoint
         endpoint = endpoint_type(self._reactor, address.host, address.port, timeout=connect_s)
-        protocol = _OneShot(line, auth_sent=self.password is not None)
         try:
             await connectProtocol(endpoint, protocol)
         except (defer.CancelledError, error.ConnectingCancelledError):
             raise defer.CancelledError() from None   # our caller cancelled the request
-        except Exception as e:
-            return Outcome(step.address, failure=_connect_failure(e, connect_s))
-        reply_s = max(0.0, step.budget_s - (self._reactor.seconds() - started))
-        if self.reply_timeout_s is not None:
-            reply_s = min(reply_s, self.reply_timeout_s)
-        protocol.done.addTimeout(reply_s, self._reactor)
+
+    async def _attempt(self, step: Attempt, line: bytes) -> Outcome:
+        clock = self._reactor
+        address = self._addresses[step.address]
+        started = clock.seconds()
+        connect_s = min(self.connect_timeout_s, step.stall_s)
+        protocol = _OneShot(line, _Replies(auth_sent=self.password is not None), clock)
         try:
-            result = await protocol.done
-        except defer.TimeoutError:
-            return Outcome(step.address, failure=f"no reply came within {reply_s:.2g} s",
-                           sent=protocol.sent)
+            await self._connect(address, protocol, connect_s)
+        except defer.CancelledError:
+            raise
+        except Exception as e:
+            return _connect_failure(step.address, e, connect_s)
+        try:
+            return await self._await_reply(step, protocol, started)
+        finally:
+            protocol.close()
+
+    async def _await_reply(self, step: Attempt, protocol: _OneShot, started: float) -> Outcome:
+        clock = self._reactor
+        deadline = self._reply_deadline(step, started)
+        alive_by = min(started + step.stall_s, deadline)
+        while protocol.result is None and not protocol.alive and clock.seconds() < alive_by:
+            await protocol.wait(alive_by - clock.seconds())
+        if protocol.result is None and not protocol.alive:
+            return _stalled(step, after_pong=False)
+        while protocol.result is None:
+            now = clock.seconds()
+            if now >= deadline:
+                return _no_reply(step, started, now)
+            await protocol.wait(min(step.stall_s, deadline - now))
+            if protocol.result is None and clock.seconds() < deadline:
+                if not await self._ping(step):
+                    if protocol.result is None:
+                        return _stalled(step, after_pong=True)
+        result = protocol.result
         if isinstance(result, Reply):
             return Outcome(step.address, reply=result, sent=True)
         return Outcome(step.address, failure=result, sent=protocol.sent)
 
+    async def _ping(self, step: Attempt) -> bool:
+        """A fresh connection's PING answered within stall_s: the server still lives."""
+        clock = self._reactor
+        started = clock.seconds()
+        probe = _OneShot(PING_LINE, _Replies(auth_sent=False), clock, probe=True)
+        try:
+            await self._connect(self._addresses[step.address], probe,
+                                min(self.connect_timeout_s, step.stall_s))
+        except defer.CancelledError:
+            raise
+        except Exception:
+            return False
+        try:
+            while probe.result is None and not probe.alive:
+                left = started + step.stall_s - clock.seconds()
+                if left <= 0:
+                    break
+                await probe.wait(left)
+            return probe.alive
+        finally:
+            probe.close()
 
-def _connect_failure(e: BaseException, connect_s: float) -> str:
-    if isinstance(e, (error.TimeoutError, TimeoutError)):
-        return f"no connection within {connect_s:.2g} s"
+
+def _connect_failure(address: str, e: BaseException, connect_s: float) -> Outcome:
     if isinstance(e, (error.ConnectionRefusedError, ConnectionRefusedError)):
-        return "connection refused"
-    if isinstance(e, error.DNSLookupError):
-        return "cannot resolve the host name"
-    if isinstance(e, error.ConnectError) and e.osError is not None:
-        return str(e.osError)
-    return str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+        return Outcome(address, failure="connection refused", kind=FailureKind.REFUSED)
+    if isinstance(e, (error.TimeoutError, TimeoutError)):
+        why = f"no connection within {connect_s:.2g} s"
+    elif isinstance(e, error.DNSLookupError):
+        why = "cannot resolve the host name"
+    elif isinstance(e, error.ConnectError) and e.osError is not None:
+        why = str(e.osError)
+    else:
+        why = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+    return Outcome(address, failure=why, kind=FailureKind.UNREACHABLE)
 
 
 # The blocking client ------------------------------------------------------------------
@@ -385,13 +542,13 @@ class BlockingClient(_ClientSettings):
 
     def exchange(self, request: Request) -> tuple[Reply, str]:
         """Like request(), also naming the address that answered."""
-        plan = RetryPlan(request, self.servers, self.session, self.timeout_s, self._now())
+        plan = self._plan(request, self._now())
         while True:
             step = plan.next_step(self._now())
             if isinstance(step, Backoff):
                 self._sleep(step.delay_s)
                 continue
-            outcome = self._attempt(step, encode_line(request, self.session, self.password))
+            outcome = self._attempt(step, encode_attempt(plan.attempt_request(), self.password))
             reply = plan.record(outcome)
             if reply is not None:
                 return reply, outcome.address
@@ -411,18 +568,26 @@ class BlockingClient(_ClientSettings):
     def status(self) -> dict[str, Any]:
         return status_result(*self.exchange(build_request("STATUS")))
 
-    def _attempt(self, step: Attempt, line: bytes) -> Outcome:
+    def _connect(self, step: Attempt) -> socket.socket | Outcome:
         address = self._addresses[step.address]
-        started = self._now()
-        connect_s = min(self.connect_timeout_s, step.budget_s)
+        connect_s = min(self.connect_timeout_s, step.stall_s)
         try:
-            sock = socket.create_connection((address.host, address.port), timeout=connect_s)
-        except TimeoutError:
-            return Outcome(step.address, failure=f"no connection within {connect_s:.2g} s")
+            return socket.create_connection((address.host, address.port), timeout=connect_s)
         except ConnectionRefusedError:
-            return Outcome(step.address, failure="connection refused")
+            return Outcome(step.address, failure="connection refused", kind=FailureKind.REFUSED)
+        except TimeoutError:
+            why = f"no connection within {connect_s:.2g} s"
+        except socket.gaierror:
+            why = "cannot resolve the host name"
         except OSError as e:
-            return Outcome(step.address, failure=e.strerror or str(e))
+            why = e.strerror or str(e)
+        return Outcome(step.address, failure=why, kind=FailureKind.UNREACHABLE)
+
+    def _attempt(self, step: Attempt, line: bytes) -> Outcome:
+        started = self._now()
+        sock = self._connect(step)
+        if isinstance(sock, Outcome):
+            return sock
         with sock:
             try:
                 sock.sendall(line)
@@ -430,49 +595,82 @@ class BlockingClient(_ClientSettings):
                 # sendall failed before handing over the last byte, the newline, so the
                 # server never saw a complete request line: nothing can have been done.
                 return Outcome(step.address, failure=f"sending failed: {e.strerror or e}")
-            reply_s = max(0.0, step.budget_s - (self._now() - started))
-            if self.reply_timeout_s is not None:
-                reply_s = min(reply_s, self.reply_timeout_s)
-            result = _read_reply(sock, self._now() + reply_s, self._now,
-                                 auth_sent=self.password is not None)
-        if isinstance(result, Reply):
-            return Outcome(step.address, reply=result, sent=True)
-        return Outcome(step.address, failure=result or f"no reply came within {reply_s:.2g} s",
-                       sent=True)
+            reader = _Reader(sock, _Replies(auth_sent=self.password is not None), self._now)
+            deadline = self._reply_deadline(step, started)
+            reader.read(min(started + step.stall_s, deadline), lambda: reader.replies.alive)
+            if reader.result is None and not reader.replies.alive:
+                return _stalled(step, after_pong=False)
+            while reader.result is None:
+                now = self._now()
+                if now >= deadline:
+                    return _no_reply(step, started, now)
+                reader.read(min(now + step.stall_s, deadline))
+                if reader.result is None and self._now() < deadline and not self._ping(step):
+                    return _stalled(step, after_pong=True)
+        if isinstance(reader.result, Reply):
+            return Outcome(step.address, reply=reader.result, sent=True)
+        return Outcome(step.address, failure=reader.result, sent=True)
 
-
-def _read_reply(sock: socket.socket, deadline: float, now: Callable[[], float],
-                auth_sent: bool = False) -> Reply | str:
-    """Read one reply; a reason string on failure ("" means the deadline passed)."""
-    parser = _Replies(auth_sent)
-    buffer = bytearray()
-    scanned = 0   # bytes of buffer known to hold no newline
-    while True:
-        end = buffer.find(b"\n", scanned)
-        if end >= 0:
-            raw = bytes(buffer[:end])
-            del buffer[: end + 1]
-            scanned = 0
+    def _ping(self, step: Attempt) -> bool:
+        """A fresh connection's PING answered within stall_s: the server still lives."""
+        started = self._now()
+        sock = self._connect(step)
+        if isinstance(sock, Outcome):
+            return False
+        with sock:
             try:
-                reply = parser.feed(wire.decode_line(raw))
-            except WireError as e:
-                return f"sent a garbled reply ({e.message})"
-            if reply is not None:
-                return reply
-            continue
-        scanned = len(buffer)
-        if scanned > MAX_REPLY_LINE_BYTES:
-            return f"sent a reply line over {MAX_REPLY_LINE_BYTES} bytes"
-        remaining = deadline - now()
-        if remaining <= 0:
-            return ""
-        sock.settimeout(remaining)
-        try:
-            chunk = sock.recv(65536)
-        except TimeoutError:
-            return ""
-        except OSError as e:
-            return f"broke the connection ({e.strerror or e})"
-        if not chunk:
-            return "closed the connection before a complete reply"
-        buffer += chunk
+                sock.sendall(PING_LINE)
+            except OSError:
+                return False
+            reader = _Reader(sock, _Replies(auth_sent=False), self._now)
+            reader.read(started + step.stall_s, lambda: reader.replies.alive)
+            return reader.replies.alive
+
+
+class _Reader:
+    """Reads one attempt's replies from a blocking socket; ``result`` becomes the Reply
+    or a reason string, like _OneShot's."""
+
+    def __init__(self, sock: socket.socket, replies: _Replies, now: Callable[[], float]):
+        self._sock = sock
+        self.replies = replies
+        self._now = now
+        self._buffer = bytearray()
+        self._scanned = 0   # bytes of the buffer known to hold no newline
+        self.result: Reply | str | None = None
+
+    def read(self, deadline: float, enough: Callable[[], bool] = lambda: False) -> None:
+        """Read until a result, enough() or the deadline."""
+        while self.result is None and not enough():
+            end = self._buffer.find(b"\n", self._scanned)
+            if end >= 0:
+                raw = bytes(self._buffer[:end])
+                del self._buffer[: end + 1]
+                self._scanned = 0
+                try:
+                    reply = self.replies.feed(wire.decode_line(raw))
+                except WireError as e:
+                    self.result = f"sent a garbled reply ({e.message})"
+                    return
+                if reply is not None:
+                    self.result = reply
+                continue
+            self._scanned = len(self._buffer)
+            if self._scanned > MAX_REPLY_LINE_BYTES:
+                self.result = f"sent a reply line over {MAX_REPLY_LINE_BYTES} bytes"
+                return
+            remaining = deadline - self._now()
+            if remaining <= 0:
+                return
+            self._sock.settimeout(remaining)
+            try:
+                chunk = self._sock.recv(65536)
+            except TimeoutError:
+                return
+            except OSError as e:
+                self.result = f"broke the connection ({e.strerror or e})"
+                return
+            if not chunk:
+                self.result = "closed the connection before a complete reply"
+                return
+            self._buffer += chunk

@@ -3,13 +3,26 @@
 What to do after an attempt is decided here, so the two clients cannot drift apart:
 
 - ``classify(request, outcome)`` says DONE (hand the reply over), RETRY (nothing was
-  done, or it was a read: try the next server) or FAIL (a write may have been applied:
-  never send it again).
-- ``RetryPlan`` walks the servers (known coordinator first), backs off 50-100 ms between
-  passes and gives up at the deadline with NoServerAvailable.
+  done, it was a read, or it was a write whose outcome is unknown and which carries a
+  request id: try the next server) or FAIL (a write without a request id may have been
+  applied: never send it again).
+- ``RetryPlan`` walks the servers (known coordinator first, failed or stalled servers
+  last), backs off 50-100 ms between passes, and gives up at the deadline, or early when
+  every server refused the connection in two passes running (nobody is listening).
 
-A write is never retried once it may have reached a server: resending a PUT after its
-first copy was applied could reorder it after a later write of the same session.
+Why a write may be sent again: each write carries a request id (``<client>.<seq>``, in
+the session context) and the coordinator remembers the ids of the newest 100,000 writes
+of the cluster, stored with each write and replicated with it, so a new coordinator
+knows them too.  A write sent again with the same id is answered without being applied
+a second time.  The window is far longer than one call's timeout unless the cluster
+takes 100,000 writes within it.
+
+Why a stalled server costs little: every attempt sends ``PING`` before its request on
+the same connection (``encode_attempt``).  A live replica answers PONG at once, even
+while the request itself legitimately waits (for an election, a quorum, a catch-up); a
+frozen process (SIGSTOP, a wedged host) whose kernel still accepts connections does not.
+No PONG within the attempt deadline, or silence after it and no PONG to a fresh PING
+either: the server is skipped and demoted in the session.
 """
 
 from __future__ import annotations
@@ -20,15 +33,28 @@ from collections.abc import Callable
 from dataclasses import dataclass
 
 from replicad.session import ClientSession
-from replicad.wire import Code, Reply, Request
+from replicad.wire import Code, Reply, Request, SessionContext
 
+# A server must answer PING within this (connecting included), and a server silent this
+# long after its PONG must answer a fresh PING within this too.  A live replica answers
+# PING at once, whatever its request waits for, so this only has to cover a round trip
+# and a busy event loop: 0.5 s is hundreds of LAN round trips, and short enough that
+# skipping one hung server still leaves a failover well under 1 s.  A pass in which no
+# server answered in time doubles it for the next pass (a slow network, not a hung server).
+ATTEMPT_TIMEOUT_S = 0.5
+MAX_ATTEMPT_TIMEOUT_S = 8.0
 BACKOFF_MIN_S = 0.05     # pause between passes over the servers: long enough for an
 BACKOFF_MAX_S = 0.1      # election to progress, short next to a < 1 s failover
+# Give up early when every server refused the connection in this many passes running
+# (with a back-off between): nobody is listening, waiting out the timeout helps no one.
+REFUSED_PASSES = 2
 
 # ERR codes after which nothing was done, so the request may go to another server.
 # BUSY is sent instead of serving (too many connections), so it qualifies too.
 RETRYABLE_CODES = frozenset({Code.UNAVAILABLE, Code.STALE, Code.BUSY})
-# ERR codes saying a write may or may not have been applied.
+# ERR codes saying a write may or may not have been applied (sent again with its id:
+# INDOUBT's coordinator may be gone; QUORUM's write is on the coordinator, and sending
+# its id again pushes it again, so the answer may now be OK).
 IN_DOUBT_CODES = frozenset({Code.INDOUBT, Code.QUORUM})
 
 
@@ -51,14 +77,17 @@ class InvalidRequest(ClientError, ValueError):
 class NoServerAvailable(ClientError):
     """No server served the request before the deadline; nothing was done."""
 
-    def __init__(self, message: str, tried: list[str], last_reply: Reply | None = None):
+    def __init__(self, message: str, tried: list[str], last_reply: Reply | None = None,
+                 all_refused: bool = False):
         super().__init__(message)
         self.tried = tried
         self.last_reply = last_reply
+        self.all_refused = all_refused   # every server refused: is the cluster running?
 
 
 class OutcomeUnknown(ClientError):
-    """A write reached a server but no answer came back: it may or may not be applied."""
+    """A write reached a server but no answer confirmed it before the deadline: it may
+    or may not be applied."""
 
 
 class ServerError(ClientError):
@@ -73,14 +102,35 @@ class ServerError(ClientError):
 
 
 class WriteInDoubt(ServerError, OutcomeUnknown):
-    """ERR INDOUBT or ERR QUORUM: the server itself does not know if the write survives."""
+    """ERR INDOUBT or ERR QUORUM until the deadline: the write may or may not survive.
+
+    ``summary``, when given, is the whole message (what was tried, until when)."""
+
+    def __init__(self, code: str, message: str, address: str | None = None,
+                 summary: str | None = None):
+        super().__init__(code, message, address)
+        if summary is not None:
+            self.args = (summary,)
 
 
 class UnexpectedReply(ClientError):
     """A reply that does not fit the request (a server bug or not a replicad server)."""
 
 
+class MixedClusters(UnexpectedReply):
+    """The servers given answer for two different clusters within one request."""
+
+
 # The retry policy (pure) --------------------------------------------------------------
+
+
+class FailureKind(enum.Enum):
+    """Why an attempt got no reply."""
+
+    REFUSED = "refused"          # connection refused: nobody listens there
+    UNREACHABLE = "unreachable"  # no connection (timeout, no route, unknown host)
+    STALLED = "stalled"          # connected, but no PONG in time: a hung process
+    BROKEN = "broken"            # closed, reset or garbled before a complete reply
 
 
 @dataclass(frozen=True)
@@ -91,6 +141,7 @@ class Outcome:
     reply: Reply | None = None
     failure: str | None = None   # set when reply is None
     sent: bool = False           # the whole request line may have reached the server
+    kind: FailureKind = FailureKind.BROKEN   # meaningful when reply is None
 
     def describe(self) -> str:
         if self.reply is not None:
@@ -100,25 +151,42 @@ class Outcome:
 
 class Verdict(enum.Enum):
     DONE = "done"    # give the reply to the caller (success, NOTFOUND or a final ERR)
-    RETRY = "retry"  # nothing was done, or it was a read: try the next server
-    FAIL = "fail"    # a write may have been applied: stop with OutcomeUnknown
+    RETRY = "retry"  # nothing was done, a read, or a write with an id: try the next server
+    FAIL = "fail"    # a write without a request id may have been applied: stop
+
+
+def has_request_id(request: Request) -> bool:
+    return request.context is not None and request.context.rid is not None
 
 
 def classify(request: Request, outcome: Outcome) -> Verdict:
     """The whole retry policy, shared by both clients."""
     if outcome.reply is not None:
-        if outcome.reply.error_code in RETRYABLE_CODES:
+        code = outcome.reply.error_code
+        if code in RETRYABLE_CODES:
+            return Verdict.RETRY
+        if code in IN_DOUBT_CODES and request.is_write and has_request_id(request):
             return Verdict.RETRY
         return Verdict.DONE
-    if outcome.sent and request.is_write:
+    if outcome.sent and request.is_write and not has_request_id(request):
         return Verdict.FAIL
     return Verdict.RETRY
+
+
+def in_doubt(request: Request, outcome: Outcome) -> bool:
+    """After this outcome, may the write have been applied without our knowing?"""
+    if not request.is_write:
+        return False
+    if outcome.reply is not None:
+        return outcome.reply.error_code in IN_DOUBT_CODES
+    return outcome.sent
 
 
 @dataclass(frozen=True)
 class Attempt:
     address: str
     budget_s: float   # time left before the overall deadline
+    stall_s: float    # the server must answer PING within this (see ATTEMPT_TIMEOUT_S)
 
 
 @dataclass(frozen=True)
@@ -126,13 +194,27 @@ class Backoff:
     delay_s: float
 
 
+@dataclass(frozen=True)
+class SessionReset:
+    """A reply came from another cluster than the session's: the session was reset."""
+
+    old_cluster: str
+    new_cluster: str
+    address: str
+
+
 class RetryPlan:
     """Which server next, when to pause, when to give up.  Pure: time is passed in.
 
     Both clients run the same loop: ``next_step(now)`` gives an Attempt or a Backoff
-    (or raises NoServerAvailable at the deadline), ``record(outcome)`` folds a reply
-    into the session and returns the final reply, None to go on, or raises
-    OutcomeUnknown.
+    (or raises NoServerAvailable / OutcomeUnknown when it gives up), ``attempt_request()``
+    is what to send, and ``record(outcome)`` folds a reply into the session and returns
+    the final reply, or None to go on.
+
+    A write gets its request id here, once (``rid``); every attempt sends the same id
+    with the session's current context.  A reply from another cluster resets the
+    session (``on_reset`` is told) and the request goes on with the fresh session; a
+    second change within one request means the servers belong to two clusters.
     """
 
     def __init__(
@@ -143,23 +225,41 @@ class RetryPlan:
         timeout_s: float,
         now: float,
         rng: Callable[[], float] = random.random,
+        attempt_timeout_s: float = ATTEMPT_TIMEOUT_S,
+        on_reset: Callable[[SessionReset], None] | None = None,
     ):
-        self.request = request
+        rid = request.context.rid if request.context is not None else None
+        if request.is_write and rid is None:
+            rid = session.next_request_id()
+        self.rid = rid
+        self.request = request.with_context(SessionContext(rid=rid))
         self.deadline = now + timeout_s
         self.timeout_s = timeout_s
+        self.attempt_timeout_s = attempt_timeout_s
         self.tried: list[str] = []
         self.last_reason: str | None = None
         self.last_reply: Reply | None = None   # the last retryable ERR seen
+        self.doubt: Outcome | None = None      # the last attempt that left a write in doubt
+        self.reset: SessionReset | None = None
         self._servers = servers
         self._session = session
         self._rng = rng
+        self._on_reset = on_reset
         self._pending = session.order(servers)
+        self._pass: list[Outcome] = []         # outcomes of the current pass
+        self._refused_passes = 0
+        self._slow_passes = 0                  # passes running in which nobody answered
+
+    def attempt_request(self) -> Request:
+        """The request to send now: the session's current context, the write's id."""
+        return self.request.with_context(self._session.context(self.rid))
 
     def next_step(self, now: float) -> Attempt | Backoff:
         remaining = self.deadline - now
         if remaining <= 0:
             raise self._give_up()
         if not self._pending:
+            self._end_pass()
             # The order is recomputed each pass: a reply may have named a new coordinator.
             self._pending = self._session.order(self._servers)
             pause = BACKOFF_MIN_S + (BACKOFF_MAX_S - BACKOFF_MIN_S) * self._rng()
@@ -167,11 +267,16 @@ class RetryPlan:
         address = self._pending.pop(0)
         if address not in self.tried:
             self.tried.append(address)
-        return Attempt(address, remaining)
+        stall_s = min(self.attempt_timeout_s * 2 ** self._slow_passes, MAX_ATTEMPT_TIMEOUT_S)
+        return Attempt(address, remaining, min(stall_s, remaining))
 
     def record(self, outcome: Outcome) -> Reply | None:
+        self._pass.append(outcome)
         if outcome.reply is not None:
+            self._check_cluster(outcome)
             self._session.observe(self.request, outcome.reply, outcome.address)
+        else:
+            self._session.demote(outcome.address)
         verdict = classify(self.request, outcome)
         if verdict is Verdict.DONE:
             return outcome.reply
@@ -180,18 +285,67 @@ class RetryPlan:
                 f"{_describe_request(self.request)}: the request reached {outcome.address} "
                 f"but {outcome.failure}; the write may or may not have been applied"
             )
+        if in_doubt(self.request, outcome):
+            self.doubt = outcome
         self.last_reason = outcome.describe()
         if outcome.reply is not None:
             self.last_reply = outcome.reply
             self.last_reason += " (retryable)"
         return None
 
-    def _give_up(self) -> NoServerAvailable:
+    def _check_cluster(self, outcome: Outcome) -> None:
+        meta = outcome.reply.meta
+        cluster = meta.cluster if meta is not None else None
+        ours = self._session.cluster
+        if cluster is None or ours is None or cluster == ours:
+            self._session.adopt_cluster(cluster)
+            return
+        if self.reset is not None:
+            raise MixedClusters(
+                f"the servers answer for two clusters: {self.reset.address} for "
+                f"{self.reset.new_cluster}, {outcome.address} for {cluster}; check the "
+                "server list"
+            )
+        self._session.reset(cluster)
+        self.reset = SessionReset(ours, cluster, outcome.address)
+        if self._on_reset is not None:
+            self._on_reset(self.reset)
+
+    def _end_pass(self) -> None:
+        outcomes, self._pass = self._pass, []
+        if outcomes and all(o.reply is None and o.kind is FailureKind.REFUSED
+                            for o in outcomes):
+            self._refused_passes += 1
+            if self._refused_passes >= REFUSED_PASSES:
+                raise self._give_up(all_refused=True)
+        else:
+            self._refused_passes = 0
+        if outcomes and all(o.reply is None and o.kind in (FailureKind.STALLED,
+                                                           FailureKind.UNREACHABLE)
+                            for o in outcomes):
+            self._slow_passes += 1
+        else:
+            self._slow_passes = 0
+
+    def _give_up(self, all_refused: bool = False) -> ClientError:
+        what = _describe_request(self.request)
         tried = ", ".join(self.tried) or "none"
-        message = (
-            f"no server could serve {_describe_request(self.request)} within "
-            f"{self.timeout_s:g} s (tried {tried})"
-        )
+        if self.doubt is not None:
+            doubt = self.doubt
+            message = (
+                f"{what}: the outcome is unknown: {doubt.describe()}, and no server "
+                f"confirmed the write within {self.timeout_s:g} s (sent with the same "
+                f"request id {self.rid} to {tried}); it may or may not have been applied"
+            )
+            if doubt.reply is not None:
+                return WriteInDoubt(doubt.reply.error_code or Code.INDOUBT,
+                                    doubt.reply.error_message, doubt.address, message)
+            return OutcomeUnknown(message)
+        if all_refused:
+            message = (f"every server refused the connection ({tried}); "
+                       "is the cluster running?")
+            return NoServerAvailable(message, list(self.tried), all_refused=True)
+        message = f"no server could serve {what} within {self.timeout_s:g} s (tried {tried})"
         if self.last_reason:
             message += f"; last: {self.last_reason}"
         if self.last_reply is not None and not self.last_reason.endswith("(retryable)"):

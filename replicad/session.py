@@ -6,15 +6,34 @@ cover both: S >= R gives monotonic reads and writes-follow-reads, S >= W gives
 read-your-writes and monotonic writes.  A read reply returns the replica's clock (merged
 into R); a write reply returns the write's version vector (merged into W).  See
 docs/consistency.md.
+
+Invariants of a ClientSession:
+
+- It belongs to one cluster: ``cluster`` is the id the first reply that named one gave.
+  Clocks of one cluster mean nothing in another (a wiped cluster starts counting again),
+  so a reply from another cluster resets the session (``adopt_cluster``).
+- Each write carries a request id ``<client_id>.<seq>``: the client id is made once per
+  session (at its first write), seq grows by one per write and never repeats within the
+  session, so a write sent again after an unknown outcome keeps its id and the
+  coordinator can tell it from a new one.
+- ``demoted`` lists servers that failed or stalled; they are tried last, the known
+  coordinator included, until they answer again.
 """
 
 from __future__ import annotations
 
 import json
+import re
+import secrets
 from dataclasses import dataclass, field
 
+from replicad.identity import is_cluster_id
 from replicad.vclock import ClockError, VectorClock
 from replicad.wire import Reply, Request, SessionContext
+
+CLIENT_ID_BYTES = 8              # 16 hex digits; the wire allows 8 to 32
+_CLIENT_ID = re.compile(r"[0-9a-f]{8,32}")
+MAX_SEQ = 10**18 - 1             # the wire's seq has at most 18 digits
 
 
 def missing(need: VectorClock, have: VectorClock) -> VectorClock:
@@ -24,6 +43,10 @@ def missing(need: VectorClock, have: VectorClock) -> VectorClock:
 
 def requirement(context: SessionContext | None) -> VectorClock:
     return context.requirement() if context is not None else VectorClock()
+
+
+def new_client_id() -> str:
+    return secrets.token_hex(CLIENT_ID_BYTES)
 
 
 class SessionFileError(ValueError):
@@ -39,12 +62,43 @@ class ClientSession:
     last_server: int | None = None        # sent as via: it has what we saw
     coordinator: int | None = None        # last coordinator named by a reply
     addresses: dict[int, str] = field(default_factory=dict)   # learned id -> host:port
+    cluster: str | None = None            # the cluster this session belongs to
+    client_id: str | None = None          # made at the first write (request ids)
+    seq: int = 0                          # the last request id's sequence number
+    demoted: list[str] = field(default_factory=list)   # failed or stalled: tried last
 
-    def context(self) -> SessionContext:
-        return SessionContext(self.read, self.write, self.last_server)
+    def context(self, rid: str | None = None) -> SessionContext:
+        return SessionContext(self.read, self.write, self.last_server, rid)
+
+    def next_request_id(self) -> str:
+        """A request id never used before in this session: ``<client_id>.<seq>``."""
+        if self.client_id is None:
+            self.client_id = new_client_id()
+        if self.seq >= MAX_SEQ:   # 10^18 writes: start over under a new name
+            self.client_id, self.seq = new_client_id(), 0
+        self.seq += 1
+        return f"{self.client_id}.{self.seq}"
+
+    def adopt_cluster(self, cluster: str | None) -> str | None:
+        """Bind the session to the cluster a reply named.  A reply from another cluster
+        resets the session to that cluster and returns the old id (else None)."""
+        if cluster is None or cluster == self.cluster:
+            return None
+        old = self.cluster
+        if old is None:
+            self.cluster = cluster
+            return None
+        self.reset(cluster)
+        return old
+
+    def reset(self, cluster: str | None = None) -> None:
+        """Forget everything (clocks, who is where, the client id): a new session."""
+        fresh = ClientSession(cluster=cluster)
+        self.__dict__.update(fresh.__dict__)
 
     def observe(self, request: Request, reply: Reply, address: str) -> None:
         """Fold a reply into the session: merge its clock, learn who is where."""
+        self.answered(address)
         meta = reply.meta
         if meta is None:
             return
@@ -61,28 +115,45 @@ class ClientSession:
         if meta.by is not None:
             self.last_server = meta.by
 
+    def demote(self, address: str) -> None:
+        """address failed or stalled: try it last until it answers again."""
+        if address not in self.demoted:
+            self.demoted.append(address)
+
+    def answered(self, address: str) -> None:
+        if address in self.demoted:
+            self.demoted.remove(address)
+
     def order(self, servers: list[str]) -> list[str]:
-        """Servers to try: the known coordinator's address first, then the static list.
+        """Servers to try: the known coordinator's address first, then the static list;
+        demoted servers (failed or stalled) last, in the order they were demoted.
 
         If a reply named a coordinator whose address we have not learned yet, servers
         we have never reached come before those known to be other replicas: one of
         them is the coordinator, and reaching it teaches us its address."""
         preferred = self.addresses.get(self.coordinator) if self.coordinator else None
         if preferred in servers:
-            return [preferred] + [s for s in servers if s != preferred]
-        if self.coordinator is not None:
+            ordered = [preferred] + [s for s in servers if s != preferred]
+        elif self.coordinator is not None:
             known = set(self.addresses.values())
-            return [s for s in servers if s not in known] + [s for s in servers if s in known]
-        return list(servers)
+            ordered = [s for s in servers if s not in known] + [s for s in servers if s in known]
+        else:
+            ordered = list(servers)
+        last = [s for s in self.demoted if s in ordered]
+        return [s for s in ordered if s not in last] + last
 
     def to_json(self) -> str:
         return json.dumps(
             {
+                "cluster": self.cluster,
                 "read": self.read.encode(),
                 "write": self.write.encode(),
                 "last_server": self.last_server,
                 "coordinator": self.coordinator,
                 "addresses": {str(k): v for k, v in sorted(self.addresses.items())},
+                "client_id": self.client_id,
+                "seq": self.seq,
+                "demoted": list(self.demoted),
             },
             indent=2,
         )
@@ -97,6 +168,10 @@ class ClientSession:
                 _optional_int(data.get("last_server")),
                 _optional_int(data.get("coordinator")),
                 {int(k): str(v) for k, v in data.get("addresses", {}).items()},
+                _optional_text(data.get("cluster"), is_cluster_id, "cluster id"),
+                _optional_text(data.get("client_id"), _CLIENT_ID.fullmatch, "client id"),
+                _seq(data.get("seq", 0)),
+                _strings(data.get("demoted", [])),
             )
         except (ValueError, ClockError, AttributeError, TypeError) as e:
             raise SessionFileError(f"session file is damaged: {e}") from None
@@ -105,6 +180,26 @@ class ClientSession:
 def _optional_int(value: object) -> int | None:
     if value is None:
         return None
-    if not isinstance(value, int):
+    if not isinstance(value, int) or isinstance(value, bool):
         raise ValueError(f"expected a replica id, got {value!r}")
     return value
+
+
+def _optional_text(value: object, valid, what: str) -> str | None:
+    if value is None:
+        return None
+    if not isinstance(value, str) or not valid(value):
+        raise ValueError(f"bad {what} {value!r}")
+    return value
+
+
+def _seq(value: object) -> int:
+    if not isinstance(value, int) or isinstance(value, bool) or not 0 <= value <= MAX_SEQ:
+        raise ValueError(f"bad sequence number {value!r}")
+    return value
+
+
+def _strings(value: object) -> list[str]:
+    if not isinstance(value, list) or not all(isinstance(v, str) for v in value):
+        raise ValueError(f"expected a list of addresses, got {value!r}")
+    return list(value)

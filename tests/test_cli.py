@@ -1,4 +1,5 @@
-"""replicad-cli run in-process: exit codes, one-line errors, output, the session file."""
+"""replicad-cli run in-process: the command line, exit codes, one-line errors, output,
+config files, stdin values and the session file."""
 
 from __future__ import annotations
 
@@ -9,19 +10,37 @@ import sys
 
 import pytest
 
+import replicad
 from replicad import cli
 from replicad.client import BlockingClient
+from replicad.session import ClientSession
 from replicad.vclock import VectorClock
 from replicad.wire import Code, Reply, ReplyMeta, error_reply
-from tests.test_client import ScriptedServer, answer, refused  # noqa: F401 (fixture)
+from tests.test_client import ScriptedServer, answer, refused, rid_of  # noqa: F401 (fixture)
+
+CLUSTER_A = "a" * 32
+CLUSTER_B = "b" * 32
 
 
 @pytest.fixture(autouse=True)
 def isolated_home(tmp_path, monkeypatch):
-    """Never read or write the real ~/.local/state."""
+    """Never read or write the real ~/.local/state; no stray environment."""
     monkeypatch.setenv("HOME", str(tmp_path / "home"))
-    monkeypatch.delenv("XDG_STATE_HOME", raising=False)
-    monkeypatch.delenv("REPLICAD_SESSION", raising=False)
+    for name in ("XDG_STATE_HOME", cli.ENV_SESSION, cli.ENV_SERVERS, cli.ENV_CONFIG,
+                 cli.ENV_PASSWORD):
+        monkeypatch.delenv(name, raising=False)
+    monkeypatch.setattr(sys, "stdin", Terminal())
+
+
+class Terminal(io.StringIO):
+    """stdin as an interactive user has it."""
+
+    def isatty(self) -> bool:
+        return True
+
+
+def piped(data: bytes) -> io.TextIOWrapper:
+    return io.TextIOWrapper(io.BytesIO(data))
 
 
 @pytest.fixture
@@ -52,6 +71,9 @@ def assert_one_error_line(err: str) -> None:
 META = ReplyMeta(VectorClock({3: 4}), by=3, here=3, coord=3, epoch=2)
 
 
+# The command line --------------------------------------------------------------------
+
+
 @pytest.mark.parametrize(
     "argv",
     [
@@ -59,22 +81,80 @@ META = ReplyMeta(VectorClock({3: 4}), by=3, here=3, coord=3, epoch=2)
         ["frob"],
         ["get"],
         ["get", "a", "b"],
-        ["put", "k"],
+        ["put"],
+        ["put", "k"],                          # stdin is a terminal: no value
+        ["del"],
+        ["keys", "a", "b"],
+        ["status", "x"],
         ["status", "--yaml"],
+        ["put", "k", "-x"],                    # an option, not a value: use --
+        ["get", "k", "--json"],
+        ["session"],
+        ["session", "frob"],
         ["--timeout", "x", "get", "k"],
         ["--timeout", "0", "get", "k"],
+        ["--attempt-timeout", "-1", "get", "k"],
         ["--servers", "nohost", "get", "k"],
         ["--servers", ",", "get", "k"],
         ["--servers", "h:1", "--config", "cluster.ini", "get", "k"],
         ["--session", "s.json", "--no-session", "get", "k"],
         ["--config", "/nonexistent/cluster.ini", "get", "k"],
+        ["--no-session", "session", "show"],
+        ["--serv", "h:1", "get", "k"],         # no abbreviations
     ],
 )
 def test_usage_errors_exit_2_with_one_line(capsys, argv):
     code, out, err = run(capsys, *argv)
-    assert code == 2
+    assert code == 2, err
     assert out == ""
     assert_one_error_line(err)
+
+
+def test_an_option_where_a_value_was_meant_says_to_use_double_dash(capsys):
+    code, _, err = run(capsys, "put", "k", "-x")
+    assert code == 2 and "--" in err and "put KEY -- -x" in err
+
+
+@pytest.mark.parametrize(
+    "argv, name, args",
+    [
+        (["put", "k", "hello", "--servers", "h:1"], "put", ["k", "hello"]),
+        (["--servers", "h:1", "put", "k", "hello"], "put", ["k", "hello"]),
+        (["put", "--servers", "h:1", "k", "hello"], "put", ["k", "hello"]),
+        (["put", "k", "--", "hello", "--servers", "x"], "put", ["k", "hello", "--servers", "x"]),
+        (["put", "k", "--servers", "h:1", "--", "-v"], "put", ["k", "-v"]),
+        (["put", "k", "--", "a", "--", "b"], "put", ["k", "a", "--", "b"]),
+        (["--", "get", "--servers"], "get", ["--servers"]),
+        (["put", "k", "-5"], "put", ["k", "-5"]),
+        (["status", "--json", "--servers", "h:1"], "status", []),
+        (["session", "show", "--json"], "session", ["show"]),
+    ],
+)
+def test_options_anywhere_and_double_dash(argv, name, args):
+    command = cli.parse_command_line(argv)
+    assert (command.name, command.args) == (name, args)
+
+
+def test_options_after_the_command_take_effect():
+    command = cli.parse_command_line(["put", "k", "v", "--timeout", "1.5", "-q",
+                                      "--servers=h:1", "--no-session"])
+    options = command.options
+    assert (options.timeout, options.quiet, options.servers, options.no_session) == (
+        1.5, True, "h:1", True)
+
+
+def test_help_exits_0(capsys):
+    code, out, _ = run(capsys, "--help")
+    assert code == 0 and "COMMAND" in out and "session show" in out
+    assert "REPLICAD_SERVERS" in out and "exit codes" in out
+
+
+def test_version(capsys):
+    assert run(capsys, "--version") == (0, f"replicad-cli {replicad.__version__}\n", "")
+    assert run(capsys, "get", "k", "--version")[1] == f"replicad-cli {replicad.__version__}\n"
+
+
+# Exit codes and output -------------------------------------------------------------------
 
 
 @pytest.mark.parametrize(
@@ -105,27 +185,13 @@ def test_sizes_are_checked_locally_when_a_config_gives_the_limits(capsys, tmp_pa
         assert_one_error_line(err)
 
 
-def test_help_exits_0(capsys):
-    code, out, _ = run(capsys, "--help")
-    assert code == 0 and "COMMAND" in out
-
-
-def test_no_server_reachable_exits_3(capsys, refused):  # noqa: F811
-    code, out, err = run(capsys, "--servers", refused, "--timeout", "0.3", "--no-session",
+def test_no_cluster_running_fails_fast_and_says_so(capsys, refused):  # noqa: F811
+    code, out, err = run(capsys, "--servers", refused, "--timeout", "60", "--no-session",
                          "get", "k")
     assert code == 3
     assert out == ""
     assert_one_error_line(err)
-    assert refused in err and "connection refused" in err
-
-
-def test_damaged_session_file_exits_2(capsys, tmp_path, refused):  # noqa: F811
-    damaged = tmp_path / "session.json"
-    damaged.write_text("{not json")
-    code, _, err = run(capsys, "--servers", refused, "--session", str(damaged), "get", "k")
-    assert code == 2
-    assert_one_error_line(err)
-    assert str(damaged) in err and "--no-session" in err
+    assert refused in err and err.rstrip().endswith("is the cluster running?")
 
 
 def test_get_prints_the_value_alone(capsys, scripted):
@@ -142,11 +208,14 @@ def test_get_missing_exits_1(capsys, scripted):
     assert_one_error_line(err)
 
 
-def test_del_missing_exits_1_and_del_prints_nothing(capsys, scripted):
+def test_del_prints_ok_and_a_missing_key_exits_1(capsys, scripted):
     missing = scripted(answer(Reply("NOTFOUND")))
     present = scripted(answer(Reply("OK")))
     assert run(capsys, "--servers", missing.address, "--no-session", "del", "k")[0] == 1
-    assert run(capsys, "--servers", present.address, "--no-session", "del", "k") == (0, "", "")
+    assert run(capsys, "--servers", present.address, "--no-session", "del", "k") == (
+        0, "OK\n", "")
+    assert run(capsys, "--servers", present.address, "--no-session", "del", "k", "-q") == (
+        0, "", "")
 
 
 def test_err_reply_exits_4(capsys, scripted):
@@ -157,27 +226,82 @@ def test_err_reply_exits_4(capsys, scripted):
     assert "TOOBIG" in err
 
 
-def test_in_doubt_write_exits_3(capsys, scripted):
-    s = scripted(answer(error_reply(Code.INDOUBT, "forwarded write got no answer")))
-    code, _, err = run(capsys, "--servers", s.address, "--no-session", "put", "k", "v")
-    assert code == 3
+def test_auth_error_exits_4_with_a_hint(capsys, scripted):
+    s = scripted(answer(error_reply(Code.AUTH, "this cluster needs a password")))
+    code, _, err = run(capsys, "--servers", s.address, "--no-session", "get", "k")
+    assert code == 4 and "REPLICAD_PASSWORD" in err
     assert_one_error_line(err)
 
 
-def test_put_joins_words_and_prints_nothing(capsys, scripted):
+def test_write_in_doubt_until_the_timeout_exits_3(capsys, scripted):
+    s = scripted(answer(error_reply(Code.INDOUBT, "forwarded write got no answer")))
+    code, _, err = run(capsys, "--servers", s.address, "--no-session", "--timeout", "0.5",
+                       "put", "k", "v")
+    assert code == 3
+    assert_one_error_line(err)
+    assert "may or may not" in err
+    assert len({rid_of(line) for line in s.requests}) == 1   # always the same id
+
+
+def test_write_in_doubt_then_ok_elsewhere_exits_0(capsys, scripted):
+    doubtful = scripted(answer(error_reply(Code.INDOUBT, "coordinator 3 did not answer")))
+    good = scripted(answer(Reply("OK")))
+    code, out, err = run(capsys, "--servers", f"{doubtful.address},{good.address}",
+                         "--no-session", "put", "k", "v")
+    assert (code, out, err) == (0, "OK\n", "")
+    assert rid_of(doubtful.requests[0]) == rid_of(good.requests[0])
+
+
+def test_put_joins_words_and_prints_ok(capsys, scripted):
     s = scripted(answer(Reply("OK")))
     code, out, err = run(capsys, "--servers", s.address, "--no-session",
-                         "put", "k", "a", "b", "--c")
-    assert (code, out, err) == (0, "", "")
-    assert s.requests == ["@r=-;w=- PUT k a b --c"]
+                         "put", "k", "a", "b", "--", "--c")
+    assert (code, out, err) == (0, "OK\n", "")
+    assert s.requests[0].endswith(" PUT k a b --c")
+
+
+def test_put_with_options_after_the_value_stores_only_the_value(capsys, scripted):
+    s = scripted(answer(Reply("OK")))
+    code, out, _ = run(capsys, "--no-session", "put", "k", "hello", "--servers", s.address,
+                       "--timeout", "3")
+    assert (code, out) == (0, "OK\n")
+    assert s.requests[0].endswith(" PUT k hello")
+
+
+def test_put_quiet_prints_nothing(capsys, scripted):
+    s = scripted(answer(Reply("OK")))
+    assert run(capsys, "-q", "--servers", s.address, "--no-session", "put", "k", "v") == (
+        0, "", "")
 
 
 def test_put_dash_reads_stdin_without_the_final_newline(capsys, scripted, monkeypatch):
     s = scripted(answer(Reply("OK")))
-    monkeypatch.setattr(sys, "stdin", io.TextIOWrapper(io.BytesIO(b"from stdin \n")))
+    monkeypatch.setattr(sys, "stdin", piped(b"from stdin \n"))
     code, _, _ = run(capsys, "--servers", s.address, "--no-session", "put", "k", "-")
     assert code == 0
-    assert s.requests == ["@r=-;w=- PUT k from stdin "]
+    assert s.requests[0].endswith(" PUT k from stdin ")
+
+
+def test_put_without_a_value_reads_a_piped_stdin(capsys, scripted, monkeypatch):
+    s = scripted(answer(Reply("OK")))
+    monkeypatch.setattr(sys, "stdin", piped(b"hi\r\n"))
+    code, out, _ = run(capsys, "--servers", s.address, "--no-session", "put", "k")
+    assert (code, out) == (0, "OK\n")
+    assert s.requests[0].endswith(" PUT k hi")
+
+
+def test_put_without_a_value_and_an_empty_stdin_is_a_usage_error(capsys, monkeypatch,
+                                                                    refused):  # noqa: F811
+    monkeypatch.setattr(sys, "stdin", piped(b""))
+    code, _, err = run(capsys, "--servers", refused, "--no-session", "put", "k")
+    assert code == 2 and "empty" in err
+    assert_one_error_line(err)
+
+
+def test_a_multi_line_stdin_value_is_bad_input(capsys, monkeypatch, refused):  # noqa: F811
+    monkeypatch.setattr(sys, "stdin", piped(b"two\nlines\n"))
+    code, _, err = run(capsys, "--servers", refused, "--no-session", "put", "k")
+    assert code == 2 and "BADVALUE" in err
 
 
 def test_keys_one_per_line(capsys, scripted):
@@ -187,7 +311,8 @@ def test_keys_one_per_line(capsys, scripted):
 
 
 STATUS_BODY = ("id 2", "role follower", "coordinator 3", "epoch 5", "clock 1:2,3:4",
-               "keys 7", "peers 1:up,3:down", "conflicts 0", "write_quorum 1")
+               "keys 7", "peers 1:up,3:down", "conflicts 0", "write_quorum 1",
+               "mode available", f"cluster_id {CLUSTER_A}", "version 0.2.0")
 
 
 def test_status_json_is_one_object_with_the_required_fields(capsys, scripted):
@@ -202,6 +327,8 @@ def test_status_json_is_one_object_with_the_required_fields(capsys, scripted):
     assert status["keys"] == 7 and status["conflicts"] == 0
     assert status["peers"] == {"1": "up", "3": "down"}
     assert status["server"] == s.address
+    assert (status["cluster_id"], status["version"], status["mode"]) == (
+        CLUSTER_A, "0.2.0", "available")
 
 
 def test_status_human(capsys, scripted):
@@ -214,15 +341,112 @@ def test_status_human(capsys, scripted):
     assert ["clock", "1:2,3:4"] in [line.split() for line in lines]
 
 
+# Where the servers come from ---------------------------------------------------------
+
+
+def test_servers_from_the_environment(capsys, scripted, monkeypatch):
+    s = scripted(answer(Reply("VALUE", "from env")))
+    monkeypatch.setenv(cli.ENV_SERVERS, s.address)
+    assert run(capsys, "--no-session", "get", "k") == (0, "from env\n", "")
+
+
+def test_servers_on_the_command_line_beat_the_environment(capsys, scripted, monkeypatch,
+                                                         refused):  # noqa: F811
+    s = scripted(answer(Reply("VALUE", "from the command line")))
+    monkeypatch.setenv(cli.ENV_SERVERS, refused)
+    code, out, _ = run(capsys, "--no-session", "get", "k", "--servers", s.address)
+    assert (code, out) == (0, "from the command line\n")
+
+
+def test_a_bad_environment_variable_is_named(capsys, monkeypatch):
+    monkeypatch.setenv(cli.ENV_SERVERS, "nohost")
+    code, _, err = run(capsys, "--no-session", "get", "k")
+    assert code == 2 and "$REPLICAD_SERVERS" in err
+
+
+def test_client_config_file_needs_no_secret(capsys, scripted, tmp_path):
+    s = scripted(answer(Reply("VALUE", "from a client file")))
+    (tmp_path / "pw").write_text("sesame\n")
+    ini = tmp_path / "client.ini"
+    ini.write_text(f"[client]\nservers = {s.address}\ntimeout = 3\npassword_file = pw\n"
+                   "tls = no\n")
+    code, out, _ = run(capsys, "--config", str(ini), "--no-session", "get", "k")
+    assert (code, out) == (0, "from a client file\n")
+    assert s.seen[:2] == ["PING", "AUTH sesame"]
+    target = cli.load_client_config(str(ini))
+    assert target.timeout_s == 3.0 and target.servers == [s.address]
+
+
+def test_client_config_from_the_environment(capsys, scripted, tmp_path, monkeypatch):
+    s = scripted(answer(Reply("VALUE", "x")))
+    ini = tmp_path / "client.ini"
+    ini.write_text(f"[client]\nservers = {s.address}\n")
+    monkeypatch.setenv(cli.ENV_CONFIG, str(ini))
+    assert run(capsys, "--no-session", "get", "k") == (0, "x\n", "")
+
+
+@pytest.mark.parametrize(
+    "text, complaint",
+    [
+        ("[client]\nservers = h:1\ntls = yes\n", "tls"),
+        ("[client]\nservers = h:1\nsecret = s\n", "unknown setting 'secret'"),
+        ("[client]\ntimeout = 3\n", "needs servers"),
+        ("[client]\nservers = h:1\ntimeout = soon\n", "timeout"),
+        ("[client]\nservers = nohost\n", "not host:port"),
+        ("[other]\nx = 1\n", "neither a [client] nor a [cluster]"),
+        ("not an ini file\n", "not a valid INI file"),
+    ],
+)
+def test_client_config_mistakes_exit_2_with_one_line(capsys, tmp_path, text, complaint):
+    ini = tmp_path / "client.ini"
+    ini.write_text(text)
+    code, _, err = run(capsys, "--config", str(ini), "--no-session", "get", "k")
+    assert code == 2 and complaint in err, err
+    assert_one_error_line(err)
+
+
+def test_cluster_config_file_gives_the_servers(capsys, scripted, tmp_path):
+    s = scripted(answer(Reply("VALUE", "from config")))
+    port = int(s.address.rsplit(":", 1)[1])
+    ini = tmp_path / "cluster.ini"
+    ini.write_text(f"[cluster]\nsecret = s\n\n[replica:1]\nclient = 127.0.0.1:{port}\n"
+                   f"peer = 127.0.0.1:{port + 1 if port < 65535 else port - 1}\n")
+    code, out, _ = run(capsys, "--config", str(ini), "--no-session", "get", "k")
+    assert (code, out) == (0, "from config\n")
+
+
+def test_password_from_the_environment(capsys, scripted, monkeypatch):
+    s = scripted(answer(Reply("VALUE", "x")))
+    monkeypatch.setenv(cli.ENV_PASSWORD, "from env")
+    assert run(capsys, "--servers", s.address, "--no-session", "get", "k")[0] == 0
+    assert s.seen[1] == "AUTH from env"
+
+
+# The session file --------------------------------------------------------------------
+
+
 def test_session_file_is_written_and_used_next_time(capsys, scripted, tmp_path):
     path = tmp_path / "sub" / "session.json"
     s = scripted(answer(Reply("OK", meta=META)))
     assert run(capsys, "--servers", s.address, "--session", str(path), "put", "k", "v")[0] == 0
     saved = json.loads(path.read_text())
     assert saved["write"] == "3:4" and saved["coordinator"] == 3
-    assert os.listdir(path.parent) == ["session.json"]   # no temporary file left
+    assert sorted(os.listdir(path.parent)) == ["session.json", "session.json.lock"]
     run(capsys, "--servers", s.address, "--session", str(path), "put", "k", "v")
-    assert s.requests[1] == "@r=-;w=3:4;via=3 PUT k v"
+    client = saved["client_id"]
+    assert s.requests[0] == f"@r=-;w=-;id={client}.1 PUT k v"
+    assert s.requests[1] == f"@r=-;w=3:4;via=3;id={client}.2 PUT k v"
+
+
+def test_runs_sharing_a_session_file_never_share_a_request_id(tmp_path):
+    store = cli.SessionFile(str(tmp_path / "s.json"), warn=print)
+    first = store.load(reserve_request_id=True)
+    second = store.load(reserve_request_id=True)    # before the first one saved
+    ids = {first.next_request_id(), second.next_request_id()}
+    assert len(ids) == 2 and first.client_id == second.client_id
+    store.save(second, was_reset=False)
+    store.save(first, was_reset=False)
+    assert store.load(reserve_request_id=True).next_request_id().endswith(".3")
 
 
 def test_session_save_merges_what_another_run_saved(capsys, scripted, tmp_path):
@@ -232,6 +456,71 @@ def test_session_save_merges_what_another_run_saved(capsys, scripted, tmp_path):
     run(capsys, "--servers", s.address, "--session", str(path), "put", "k", "v")
     saved = json.loads(path.read_text())
     assert (saved["read"], saved["write"]) == ("1:9", "2:9,3:4")
+
+
+def test_a_session_of_another_cluster_is_reset_with_one_line(capsys, scripted, tmp_path):
+    path = tmp_path / "session.json"
+    old = ClientSession(VectorClock({2: 4, 3: 40}), VectorClock({3: 40}), coordinator=3,
+                        cluster=CLUSTER_A, client_id="abcdef0123456789", seq=5)
+    path.write_text(old.to_json())
+    answers = iter([
+        error_reply(Code.STALE, "lacks writes (2:4,3:40)").with_meta(
+            ReplyMeta(here=1, coord=1, cluster=CLUSTER_B)),
+        Reply("OK", meta=ReplyMeta(VectorClock({1: 1}), by=1, here=1, coord=1,
+                                   cluster=CLUSTER_B)),
+    ])
+    s = scripted(lambda line: next(answers).encode())
+    code, out, err = run(capsys, "--servers", s.address, "--session", str(path),
+                         "put", "k", "v")
+    assert (code, out) == (0, "OK\n")
+    assert_one_error_line(err)
+    assert str(path) in err and CLUSTER_A in err and CLUSTER_B in err
+    saved = ClientSession.from_json(path.read_text())
+    assert saved.cluster == CLUSTER_B and saved.write == VectorClock({1: 1})
+    assert saved.read == VectorClock() and saved.client_id != "abcdef0123456789"
+    assert s.requests[1] == "@r=-;w=-;id=abcdef0123456789.6 PUT k v"
+
+
+def test_a_damaged_session_file_is_reset_with_one_line(capsys, scripted, tmp_path):
+    damaged = tmp_path / "session.json"
+    damaged.write_text("{not json")
+    s = scripted(answer(Reply("VALUE", "x")))
+    code, out, err = run(capsys, "--servers", s.address, "--session", str(damaged),
+                         "get", "k")
+    assert (code, out) == (0, "x\n")
+    assert_one_error_line(err)
+    assert str(damaged) in err and "new session" in err
+    assert ClientSession.from_json(damaged.read_text()) == ClientSession()
+
+
+def test_an_unreadable_session_file_exits_2(capsys, tmp_path, refused):  # noqa: F811
+    directory = tmp_path / "a-directory.json"
+    directory.mkdir()
+    code, _, err = run(capsys, "--servers", refused, "--session", str(directory), "get", "k")
+    assert code == 2 and str(directory) in err
+    assert_one_error_line(err)
+
+
+def test_session_show_and_reset(capsys, tmp_path):
+    path = tmp_path / "session.json"
+    path.write_text(ClientSession(VectorClock({1: 2}), coordinator=3, cluster=CLUSTER_A,
+                                  client_id="abcdef0123456789", seq=4,
+                                  demoted=["h:3"]).to_json())
+    code, out, err = run(capsys, "--session", str(path), "session", "show")
+    assert code == 0 and err == ""
+    rows = {line.split()[0]: line.split()[1:] for line in out.splitlines()}
+    assert out.splitlines()[0].split() == ["file", str(path)]
+    assert rows["cluster"] == [CLUSTER_A] and rows["read"] == ["1:2"]
+    assert rows["coordinator"] == ["3"] and rows["client_id"] == ["abcdef0123456789"]
+    assert rows["demoted"] == ["h:3"] and rows["exists"] == ["yes"]
+    code, out, _ = run(capsys, "--session", str(path), "session", "show", "--json")
+    shown = json.loads(out)
+    assert shown["file"] == str(path) and shown["seq"] == 4 and shown["write"] == "-"
+    assert run(capsys, "--session", str(path), "session", "reset") == (
+        0, f"session file {path} reset\n", "")
+    assert not path.exists()
+    code, out, _ = run(capsys, "--session", str(path), "session", "show", "--json")
+    assert json.loads(out)["exists"] is False and json.loads(out)["cluster"] is None
 
 
 def test_default_session_path(monkeypatch, tmp_path):
@@ -250,16 +539,6 @@ def test_default_session_file_is_used(capsys, scripted, tmp_path, monkeypatch):
     s = scripted(answer(Reply("VALUE", "x", meta=META)))
     assert run(capsys, "--servers", s.address, "get", "k")[0] == 0
     assert json.loads((tmp_path / "env.json").read_text())["read"] == "3:4"
-
-
-def test_config_file_gives_the_servers(capsys, scripted, tmp_path):
-    s = scripted(answer(Reply("VALUE", "from config")))
-    port = int(s.address.rsplit(":", 1)[1])
-    ini = tmp_path / "cluster.ini"
-    ini.write_text(f"[cluster]\nsecret = s\n\n[replica:1]\nclient = 127.0.0.1:{port}\n"
-                   f"peer = 127.0.0.1:{port + 1 if port < 65535 else port - 1}\n")
-    code, out, _ = run(capsys, "--config", str(ini), "--no-session", "get", "k")
-    assert (code, out) == (0, "from config\n")
 
 
 def test_interrupt_exits_130(capsys, monkeypatch, refused):  # noqa: F811

@@ -1,56 +1,100 @@
-"""Both clients against scripted line servers on 127.0.0.1, plus the retry policy alone.
+"""Both clients, and the retry policy alone.
 
-Every behaviour test runs twice, once per client: the Twisted client directly on the
-reactor, the blocking one in a thread (deferToThread) so the reactor keeps running.
-The scripted server is a plain socket server in a thread, so it serves both alike.
+Three kinds of tests:
+
+- The pure policy (classify, RetryPlan) with time passed in.
+- Each client on injected time, deterministic: the Twisted client on a
+  MemoryReactorClock where the test plays every server (accepts, refuses, answers,
+  stays silent, advances the clock); the blocking client against scripted servers that
+  always answer at once, its clock and sleep injected.
+- Behaviour against scripted line servers on 127.0.0.1, run once per client (the
+  blocking one in a thread, so the reactor keeps running).  These use real time, so
+  every assertion is about what happened, never about how fast, and every deadline is
+  far longer than a loopback round trip.
 """
 
 from __future__ import annotations
 
+import re
 import socket
 import threading
 import time
 from collections.abc import Callable, Iterator
+from dataclasses import dataclass
 
 import pytest
 import pytest_twisted
-from twisted.internet import defer, reactor, threads
+from twisted.internet import defer, error, reactor, threads
+from twisted.internet.address import IPv4Address
+from twisted.internet.testing import MemoryReactorClock, StringTransport
+from twisted.python.failure import Failure
 
 from replicad.client import (
+    ATTEMPT_TIMEOUT_S,
     Attempt,
     Backoff,
     BlockingClient,
+    FailureKind,
     InvalidRequest,
+    MixedClusters,
     NoServerAvailable,
     Outcome,
     OutcomeUnknown,
     ReplicadClient,
     RetryPlan,
     ServerError,
+    SessionReset,
     UnexpectedReply,
     Verdict,
     WriteInDoubt,
     classify,
+    encode_attempt,
     parse_status,
 )
 from replicad.session import ClientSession
 from replicad.vclock import VectorClock
-from replicad.wire import Code, Reply, ReplyMeta, Request, error_reply
+from replicad.wire import Code, Reply, ReplyMeta, Request, SessionContext, error_reply
+
+CLUSTER_A = "a" * 32
+CLUSTER_B = "b" * 32
+RID = re.compile(r"id=([0-9a-f]+\.[0-9]+)")
+
+
+def rid_of(line: str) -> str | None:
+    match = RID.search(line)
+    return match.group(1) if match else None
+
 
 # A scripted server ---------------------------------------------------------------------
 
 DROP = "drop"      # read the request, close without answering
-SILENT = "silent"  # read the request, never answer, keep the connection open
+SILENT = "silent"  # read the request, never answer it, keep the connection open
+FREEZE = "freeze"  # read the request, then act like a SIGSTOPped process from now on
 
-Script = Callable[[str], "bytes | str"]
+Script = Callable[[str], "bytes | str | Delayed"]
+
+
+@dataclass(frozen=True)
+class Delayed:
+    """Answer after this many seconds (the server stays alive and answers PING)."""
+
+    seconds: float
+    answer: bytes
 
 
 class ScriptedServer:
-    """A one-request-per-connection line server in a thread; script(line) says what to do."""
+    """A line server in threads: PING is answered PONG (unless frozen), every other
+    line goes to script(line), which says what to do.  One request per connection."""
 
-    def __init__(self, script: Script):
+    def __init__(self, script: Script, frozen: bool = False, on_connect: bytes | None = None):
         self.script = script
+        self.on_connect = on_connect     # sent at once, then closed (ERR BUSY)
         self.requests: list[str] = []
+        self.seen: list[str] = []        # every line, PING and AUTH included
+        self.pings = 0
+        self.frozen = threading.Event()   # accept, read nothing, answer nothing
+        if frozen:
+            self.frozen.set()
         self._listener = socket.create_server(("127.0.0.1", 0))
         self._listener.settimeout(0.05)
         self.address = f"127.0.0.1:{self._listener.getsockname()[1]}"
@@ -67,31 +111,56 @@ class ScriptedServer:
                 continue
             except OSError:
                 return
-            self._handle(conn)
+            if self.frozen.is_set():
+                self._held.append(conn)
+                continue
+            threading.Thread(target=self._handle, args=(conn,), daemon=True).start()
+
+    def _lines(self, conn: socket.socket) -> Iterator[str]:
+        data = b""
+        while True:
+            while b"\n" in data:
+                line, data = data.split(b"\n", 1)
+                yield line.decode("utf-8").rstrip("\r")
+            chunk = conn.recv(65536)
+            if not chunk:
+                return
+            data += chunk
 
     def _handle(self, conn: socket.socket) -> None:
-        conn.settimeout(5)
-        data = b""
+        conn.settimeout(10)
         try:
-            while b"\n" not in data:
-                chunk = conn.recv(65536)
-                if not chunk:
-                    break
-                data += chunk
+            if self.on_connect is not None:
+                conn.sendall(self.on_connect)
+                conn.close()
+                return
+            for line in self._lines(conn):
+                if self.frozen.is_set():
+                    self._held.append(conn)
+                    return
+                self.seen.append(line)
+                if line == "PING":
+                    self.pings += 1
+                    conn.sendall(b"PONG\r\n")
+                    continue
+                if line.startswith("AUTH "):
+                    conn.sendall(b"OK\r\n")
+                    continue
+                self.requests.append(line)
+                action = self.script(line)
+                if action in (SILENT, FREEZE):
+                    if action == FREEZE:
+                        self.frozen.set()
+                    self._held.append(conn)
+                    return
+                if isinstance(action, Delayed):
+                    time.sleep(action.seconds)
+                    action = action.answer
+                if isinstance(action, bytes):
+                    conn.sendall(action)
+                break
         except OSError:
-            conn.close()
-            return
-        line = data.split(b"\n", 1)[0].decode("utf-8").rstrip("\r")
-        self.requests.append(line)
-        action = self.script(line)
-        if action == SILENT:
-            self._held.append(conn)
-            return
-        if isinstance(action, bytes):
-            try:
-                conn.sendall(action)
-            except OSError:
-                pass
+            pass
         conn.close()
 
     def close(self) -> None:
@@ -110,11 +179,12 @@ def answer(reply: Reply, **meta: object) -> Script:
 
 
 @pytest.fixture
-def server() -> Iterator[Callable[[Script], ScriptedServer]]:
+def server() -> Iterator[Callable[..., ScriptedServer]]:
     started: list[ScriptedServer] = []
 
-    def start(script: Script) -> ScriptedServer:
-        started.append(ScriptedServer(script))
+    def start(script: Script, frozen: bool = False,
+              on_connect: bytes | None = None) -> ScriptedServer:
+        started.append(ScriptedServer(script, frozen, on_connect))
         return started[-1]
 
     yield start
@@ -150,7 +220,7 @@ class Driver:
         self.kind = kind
 
     def make(self, servers: list[str], **kwargs: object) -> ReplicadClient | BlockingClient:
-        kwargs.setdefault("timeout_s", 2.0)
+        kwargs.setdefault("timeout_s", 5.0)
         if self.kind == "twisted":
             return ReplicadClient(reactor, servers, **kwargs)
         return BlockingClient(servers, **kwargs)
@@ -175,6 +245,7 @@ async def raises(exc_type: type[BaseException], d: defer.Deferred) -> BaseExcept
 
 
 VALUE = Reply("VALUE", "v1")
+OK = Reply("OK")
 
 
 @pytest_twisted.ensureDeferred
@@ -183,6 +254,7 @@ async def test_refused_server_is_skipped(drive, server, refused):
     client = drive.make([refused, good.address])
     assert await drive.call(client, "get", "k") == "v1"
     assert len(good.requests) == 1
+    assert client.session.demoted == [refused]
 
 
 @pytest_twisted.ensureDeferred
@@ -191,9 +263,46 @@ async def test_server_that_never_accepts_is_skipped_after_connect_timeout(
 ):
     good = server(answer(VALUE))
     client = drive.make([blackhole, good.address], connect_timeout_s=0.2)
-    started = time.monotonic()
     assert await drive.call(client, "get", "k") == "v1"
-    assert 0.15 <= time.monotonic() - started < 1.5
+    assert client.session.demoted == [blackhole]
+
+
+@pytest_twisted.ensureDeferred
+async def test_a_frozen_server_is_skipped_and_demoted(drive, server):
+    """A SIGSTOPped process: the kernel accepts, nobody reads.  Even as the session's
+    coordinator it holds the client only for the attempt deadline."""
+    hung = server(answer(OK), frozen=True)
+    good = server(answer(OK, vc=VectorClock({2: 1}), by=2, here=2, coord=2))
+    session = ClientSession(coordinator=1, addresses={1: hung.address})
+    client = drive.make([good.address, hung.address], session=session)
+    assert await drive.call(client, "put", "k", "v") is None
+    assert good.requests and hung.requests == []
+    assert session.demoted == [hung.address]
+    assert session.order([good.address, hung.address]) == [good.address, hung.address]
+
+
+@pytest_twisted.ensureDeferred
+async def test_a_server_that_freezes_mid_request_is_left_and_the_write_resent(drive, server):
+    """PONG came, then the process froze: the fresh PING gets no answer, so the write
+    goes to the next server with the same request id."""
+    hung = server(lambda line: FREEZE)
+    good = server(answer(OK))
+    client = drive.make([hung.address, good.address], attempt_timeout_s=0.2)
+    assert await drive.call(client, "put", "k", "v") is None
+    assert rid_of(hung.requests[0]) == rid_of(good.requests[0]) is not None
+    assert client.session.demoted == [hung.address]
+
+
+@pytest_twisted.ensureDeferred
+async def test_a_slow_but_live_server_is_waited_for(drive, server):
+    """A server that answers PING may take longer than the attempt deadline (a
+    forwarded write waiting for an election): no retry elsewhere."""
+    slow = server(lambda line: Delayed(3 * ATTEMPT_TIMEOUT_S, OK.encode()))
+    other = server(answer(OK))
+    client = drive.make([slow.address, other.address])
+    assert await drive.call(client, "put", "k", "v") is None
+    assert other.requests == []
+    assert slow.pings >= 2   # the attempt's PING and at least one fresh one
 
 
 @pytest.mark.parametrize("code", [Code.UNAVAILABLE, Code.STALE])
@@ -209,25 +318,36 @@ async def test_retryable_error_moves_on_to_the_next_server(drive, server, code):
 
 @pytest.mark.parametrize("code", [Code.INDOUBT, Code.QUORUM])
 @pytest_twisted.ensureDeferred
-async def test_in_doubt_write_is_not_retried(drive, server, code):
+async def test_in_doubt_write_is_sent_again_with_the_same_id(drive, server, code):
     doubtful = server(answer(error_reply(code, "may or may not survive")))
-    good = server(answer(Reply("OK")))
+    good = server(answer(OK))
     client = drive.make([doubtful.address, good.address])
-    e = await raises(WriteInDoubt, drive.call(client, "put", "k", "v"))
-    assert isinstance(e, OutcomeUnknown) and isinstance(e, ServerError)
-    assert e.code == code
-    assert good.requests == []
+    assert await drive.call(client, "put", "k", "v") is None
+    assert len(good.requests) == 1
+    assert rid_of(doubtful.requests[0]) == rid_of(good.requests[0]) is not None
 
 
 @pytest_twisted.ensureDeferred
-async def test_write_dropped_after_sending_is_outcome_unknown(drive, server):
+async def test_write_dropped_after_sending_is_sent_again_with_the_same_id(drive, server):
     dropper = server(lambda line: DROP)
-    good = server(answer(Reply("OK")))
+    good = server(answer(OK))
     client = drive.make([dropper.address, good.address])
-    e = await raises(OutcomeUnknown, drive.call(client, "put", "k", "v"))
-    assert dropper.address in str(e) and "may or may not" in str(e)
-    assert good.requests == []
-    assert len(dropper.requests) == 1
+    assert await drive.call(client, "put", "k", "v") is None
+    assert rid_of(dropper.requests[0]) == rid_of(good.requests[0]) is not None
+
+
+@pytest_twisted.ensureDeferred
+async def test_each_write_gets_a_new_id_and_reads_get_none(drive, server):
+    ok = server(answer(OK))
+    client = drive.make([ok.address])
+    await drive.call(client, "put", "k", "v")
+    await drive.call(client, "delete", "k")
+    listing = server(answer(Reply("KEYS", lines=("k",))))
+    await drive.call(drive.make([listing.address], session=client.session), "keys")
+    first, second = (rid_of(line) for line in ok.requests)
+    assert first == f"{client.session.client_id}.1"
+    assert second == f"{client.session.client_id}.2"
+    assert rid_of(listing.requests[0]) is None and client.session.seq == 2
 
 
 @pytest_twisted.ensureDeferred
@@ -247,13 +367,13 @@ async def test_silent_server_read_moves_on_after_reply_timeout(drive, server):
 
 
 @pytest_twisted.ensureDeferred
-async def test_silent_server_write_is_outcome_unknown(drive, server):
-    silent = server(lambda line: SILENT)
-    good = server(answer(Reply("OK")))
-    client = drive.make([silent.address, good.address], reply_timeout_s=0.2)
-    e = await raises(OutcomeUnknown, drive.call(client, "put", "k", "v"))
-    assert "no reply" in str(e)
-    assert good.requests == []
+async def test_write_in_doubt_until_the_deadline_is_outcome_unknown(drive, server):
+    doubtful = server(answer(error_reply(Code.INDOUBT, "coordinator 3 did not answer")))
+    client = drive.make([doubtful.address], timeout_s=1.0)
+    e = await raises(WriteInDoubt, drive.call(client, "put", "k", "v"))
+    assert isinstance(e, OutcomeUnknown) and e.code == Code.INDOUBT
+    assert "may or may not" in str(e) and "same request id" in str(e)
+    assert len({rid_of(line) for line in doubtful.requests}) == 1
 
 
 @pytest_twisted.ensureDeferred
@@ -266,7 +386,7 @@ async def test_notfound(drive, server):
 
 @pytest_twisted.ensureDeferred
 async def test_put_and_delete(drive, server):
-    ok = server(answer(Reply("OK")))
+    ok = server(answer(OK))
     client = drive.make([ok.address])
     assert await drive.call(client, "put", "k", "a value  with spaces") is None
     assert await drive.call(client, "delete", "k") is True
@@ -307,6 +427,35 @@ async def test_known_coordinator_is_tried_first(drive, server):
 
 
 @pytest_twisted.ensureDeferred
+async def test_a_reply_from_another_cluster_resets_the_session(drive, server):
+    stale = server(answer(error_reply(Code.STALE, "lacks writes"), vc=VectorClock(),
+                          here=1, coord=1, cluster=CLUSTER_B))
+    good = server(answer(OK, vc=VectorClock({1: 1}), by=1, here=1, coord=1,
+                         cluster=CLUSTER_B))
+    session = ClientSession(VectorClock({1: 40}), VectorClock({1: 40}), coordinator=3,
+                            cluster=CLUSTER_A, client_id="c0ffee00", seq=7)
+    resets: list[SessionReset] = []
+    client = drive.make([stale.address, good.address], session=session,
+                        on_session_reset=resets.append)
+    assert await drive.call(client, "put", "k", "v") is None
+    assert resets == [SessionReset(CLUSTER_A, CLUSTER_B, stale.address)]
+    assert session.cluster == CLUSTER_B and session.write == VectorClock({1: 1})
+    assert session.read == VectorClock() and session.client_id != "c0ffee00"
+    assert stale.requests[0].startswith("@r=1:40;w=1:40;id=c0ffee00.8 PUT")
+    assert good.requests == ["@r=-;w=-;id=c0ffee00.8 PUT k v"]   # the same id, fresh clocks
+
+
+@pytest_twisted.ensureDeferred
+async def test_servers_of_two_clusters_are_refused(drive, server):
+    a = server(answer(error_reply(Code.STALE, "x"), cluster=CLUSTER_B))
+    b = server(answer(error_reply(Code.STALE, "x"), cluster=CLUSTER_A))
+    session = ClientSession(cluster=CLUSTER_A)
+    client = drive.make([a.address, b.address], session=session)
+    e = await raises(MixedClusters, drive.call(client, "get", "k"))
+    assert "two clusters" in str(e)
+
+
+@pytest_twisted.ensureDeferred
 async def test_final_error_is_server_error_and_not_retried(drive, server):
     bad = server(answer(error_reply(Code.BADARGS, "usage: GET <key>")))
     good = server(answer(VALUE))
@@ -318,6 +467,14 @@ async def test_final_error_is_server_error_and_not_retried(drive, server):
 
 
 @pytest_twisted.ensureDeferred
+async def test_busy_before_pong_is_retryable(drive, server):
+    busy = server(answer(VALUE), on_connect=error_reply(Code.BUSY, "try later").encode())
+    good = server(answer(VALUE))
+    client = drive.make([busy.address, good.address])
+    assert await drive.call(client, "get", "k") == "v1"
+
+
+@pytest_twisted.ensureDeferred
 async def test_reply_that_does_not_fit(drive, server):
     confused = server(answer(Reply("PONG")))
     client = drive.make([confused.address])
@@ -325,30 +482,13 @@ async def test_reply_that_does_not_fit(drive, server):
 
 
 @pytest_twisted.ensureDeferred
-async def test_deadline_gives_no_server_available(drive, refused):
-    client = drive.make([refused], timeout_s=0.3)
+async def test_every_server_refusing_fails_fast(drive, refused):
+    client = drive.make([refused], timeout_s=30)
     started = time.monotonic()
     e = await raises(NoServerAvailable, drive.call(client, "get", "k"))
-    assert 0.25 <= time.monotonic() - started < 2
-    assert refused in str(e) and "connection refused" in str(e)
-    assert e.tried == [refused]
-
-
-@pytest_twisted.ensureDeferred
-async def test_deadline_names_the_retryable_error(drive, server):
-    busy = server(answer(error_reply(Code.UNAVAILABLE, "no coordinator")))
-    client = drive.make([busy.address], timeout_s=0.3)
-    e = await raises(NoServerAvailable, drive.call(client, "get", "k"))
-    assert "ERR UNAVAILABLE no coordinator" in str(e) and "retryable" in str(e)
-    assert len(busy.requests) >= 2   # passes were repeated until the deadline
-
-
-@pytest_twisted.ensureDeferred
-async def test_silent_server_read_gives_up_at_the_deadline(drive, server):
-    silent = server(lambda line: SILENT)
-    client = drive.make([silent.address], timeout_s=0.3)
-    e = await raises(NoServerAvailable, drive.call(client, "get", "k"))
-    assert "no reply" in str(e)
+    assert time.monotonic() - started < 10     # two passes and one back-off, not 30 s
+    assert e.all_refused and e.tried == [refused]
+    assert str(e).endswith("is the cluster running?")
 
 
 @pytest_twisted.ensureDeferred
@@ -375,6 +515,14 @@ async def test_status_is_parsed(drive, server):
     }
 
 
+@pytest_twisted.ensureDeferred
+async def test_password_is_sent_after_ping_and_before_the_request(drive, server):
+    s = server(answer(VALUE))
+    client = drive.make([s.address], password="sesame")
+    assert await drive.call(client, "get", "k") == "v1"
+    assert s.seen == ["PING", "AUTH sesame", "@r=-;w=- GET k"]
+
+
 @pytest_twisted.inlineCallbacks
 def test_twisted_request_returns_the_raw_reply(server):
     s = server(answer(error_reply(Code.BADKEY, "nope")))
@@ -385,7 +533,8 @@ def test_twisted_request_returns_the_raw_reply(server):
 
 @pytest_twisted.inlineCallbacks
 def test_twisted_request_can_be_cancelled(blackhole):
-    client = ReplicadClient(reactor, [blackhole], timeout_s=5, connect_timeout_s=5)
+    client = ReplicadClient(reactor, [blackhole], timeout_s=5, connect_timeout_s=5,
+                            attempt_timeout_s=5)
     d = client.get("k")
     reactor.callLater(0.05, d.cancel)
     with pytest.raises(defer.CancelledError):
@@ -399,10 +548,275 @@ def test_servers_are_validated():
         BlockingClient(["nohost"])
 
 
+def test_an_attempt_is_ping_then_auth_then_the_request():
+    request = Request("PUT", "k", "v", SessionContext(rid="abcdef12.1"))
+    assert encode_attempt(request) == b"PING\r\n@r=-;w=-;id=abcdef12.1 PUT k v\r\n"
+    assert encode_attempt(Request("GET", "k"), "pw") == b"PING\r\nAUTH pw\r\nGET k\r\n"
+
+
+# The Twisted client on injected time ----------------------------------------------------
+
+
+class Conn:
+    """One accepted connection of the fake network; the test plays the server."""
+
+    def __init__(self, address: str, protocol, transport: StringTransport):
+        self.address = address
+        self.protocol = protocol
+        self.transport = transport
+
+    def lines(self) -> list[str]:
+        return self.transport.value().decode().split("\r\n")[:-1]
+
+    def request(self) -> str:
+        return next(line for line in self.lines() if line != "PING"
+                    and not line.startswith("AUTH"))
+
+    def reply(self, *replies: Reply | bytes) -> None:
+        for reply in replies:
+            self.protocol.dataReceived(reply if isinstance(reply, bytes) else reply.encode())
+
+    @property
+    def closed(self) -> bool:
+        return self.transport.disconnecting
+
+
+class FakeNet:
+    """A ReplicadClient on a MemoryReactorClock: connections are accepted or refused by
+    the test, time moves only with advance()."""
+
+    def __init__(self, servers: list[str], **kwargs: object):
+        self.clock = MemoryReactorClock()
+        kwargs.setdefault("timeout_s", 5.0)
+        self.client = ReplicadClient(self.clock, servers, **kwargs)
+        self._dialled = 0
+
+    def _next(self):
+        assert len(self.clock.tcpClients) > self._dialled, "the client dialled nobody"
+        host, port, factory, _timeout, _bind = self.clock.tcpClients[self._dialled]
+        self._dialled += 1
+        return f"{host}:{port}", factory
+
+    def pending(self) -> int:
+        return len(self.clock.tcpClients) - self._dialled
+
+    def accept(self) -> Conn:
+        address, factory = self._next()
+        host, port = address.rsplit(":", 1)
+        protocol = factory.buildProtocol(IPv4Address("TCP", host, int(port)))
+        transport = StringTransport()
+        protocol.makeConnection(transport)
+        return Conn(address, protocol, transport)
+
+    def refuse(self) -> str:
+        address, factory = self._next()
+        factory.clientConnectionFailed(None, Failure(error.ConnectionRefusedError()))
+        return address
+
+    def advance(self, seconds: float) -> None:
+        self.clock.advance(seconds)
+
+
+def result_of(d: defer.Deferred) -> object:
+    results: list[object] = []
+    d.addBoth(results.append)
+    assert results, "the call has not finished"
+    if isinstance(results[0], Failure):
+        results[0].raiseException()
+    return results[0]
+
+
+PONG = Reply("PONG")
+
+
+def test_clock_a_stalled_coordinator_costs_one_attempt_deadline_and_is_demoted():
+    session = ClientSession(coordinator=1, addresses={1: "h:1"})
+    net = FakeNet(["h:2", "h:1"], session=session)
+    d = net.client.put("k", "v")
+    hung = net.accept()
+    assert hung.address == "h:1" and hung.lines()[0] == "PING"
+    net.advance(ATTEMPT_TIMEOUT_S - 0.001)
+    assert net.pending() == 0                      # still waiting for its PONG
+    net.advance(0.001)
+    assert hung.closed and session.demoted == ["h:1"]
+    good = net.accept()
+    assert good.address == "h:2"
+    good.reply(PONG, OK.with_meta(ReplyMeta(VectorClock({2: 1}), by=2, here=2, coord=2)))
+    assert result_of(d) is None
+    assert rid_of(good.request()) == rid_of(hung.request())
+    # The next request goes to the new coordinator; the hung one is last.
+    assert session.order(["h:1", "h:2"]) == ["h:2", "h:1"]
+
+
+def test_clock_a_demoted_server_is_promoted_when_it_answers_again():
+    session = ClientSession(demoted=["h:1"])
+    net = FakeNet(["h:1"], session=session)
+    d = net.client.get("k")
+    net.accept().reply(PONG, VALUE)
+    assert result_of(d) == "v1" and session.demoted == []
+
+
+def test_clock_a_live_server_is_given_time_while_it_answers_fresh_pings():
+    net = FakeNet(["h:1", "h:2"])
+    d = net.client.put("k", "v")
+    busy = net.accept()
+    busy.reply(PONG)
+    for _ in range(5):                              # 2.5 s: an election, say
+        net.advance(ATTEMPT_TIMEOUT_S)
+        probe = net.accept()
+        assert probe.address == "h:1" and probe.lines() == ["PING"]
+        probe.reply(PONG)
+        assert probe.closed
+    busy.reply(OK)
+    assert result_of(d) is None
+    assert net.pending() == 0                       # h:2 was never tried
+
+
+def test_clock_silence_after_pong_and_no_answer_to_a_fresh_ping_is_a_stall():
+    net = FakeNet(["h:1", "h:2"])
+    d = net.client.put("k", "v")
+    frozen = net.accept()
+    frozen.reply(PONG)
+    net.advance(ATTEMPT_TIMEOUT_S)
+    probe = net.accept()
+    net.advance(ATTEMPT_TIMEOUT_S)                  # the probe gets no PONG either
+    assert probe.closed and frozen.closed
+    good = net.accept()
+    assert good.address == "h:2"
+    good.reply(PONG, OK)
+    assert result_of(d) is None
+    assert rid_of(good.request()) == rid_of(frozen.request()) is not None
+
+
+def test_clock_a_probe_refused_means_the_server_died():
+    net = FakeNet(["h:1", "h:2"])
+    d = net.client.get("k")
+    net.accept().reply(PONG)
+    net.advance(ATTEMPT_TIMEOUT_S)
+    net.refuse()
+    net.accept().reply(PONG, VALUE)
+    assert result_of(d) == "v1"
+
+
+def test_clock_the_attempt_deadline_doubles_after_a_pass_where_nobody_answered():
+    net = FakeNet(["h:1"], timeout_s=10, attempt_timeout_s=0.5)
+    d = net.client.get("k")
+    first = net.accept()
+    net.advance(0.5)
+    assert first.closed
+    net.advance(0.1)                                # the back-off
+    slow = net.accept()
+    net.advance(0.9)
+    assert not slow.closed                          # now it has 1 s
+    slow.reply(PONG, VALUE)
+    assert result_of(d) == "v1"
+
+
+def test_clock_every_server_refusing_gives_up_after_two_passes():
+    net = FakeNet(["h:1", "h:2"], timeout_s=30)
+    d = net.client.get("k")
+    net.refuse()
+    net.refuse()
+    net.advance(0.1)
+    net.refuse()
+    net.refuse()
+    with pytest.raises(NoServerAvailable, match="is the cluster running"):
+        result_of(d)
+    assert net.clock.seconds() <= 0.1
+
+
+def test_clock_a_write_in_doubt_then_refused_everywhere_is_still_in_doubt():
+    net = FakeNet(["h:1", "h:2"], timeout_s=30)
+    d = net.client.put("k", "v")
+    net.accept().reply(PONG, error_reply(Code.INDOUBT, "coordinator 3 did not answer"))
+    net.refuse()
+    net.advance(0.1)
+    net.refuse()
+    net.refuse()
+    net.advance(0.1)
+    net.refuse()
+    net.refuse()
+    with pytest.raises(WriteInDoubt, match="may or may not have been applied"):
+        result_of(d)
+
+
+def test_clock_deadline_names_the_retryable_error():
+    """Was flaky on real sockets (a last attempt with microseconds left); here every
+    attempt is answered and only the back-offs take time."""
+    net = FakeNet(["h:1"], timeout_s=0.3)
+    d = net.client.get("k")
+    answered = 0
+    while not d.called:
+        if net.pending():
+            net.accept().reply(PONG, error_reply(Code.UNAVAILABLE, "no coordinator"))
+            answered += 1
+        else:
+            net.advance(0.01)
+    with pytest.raises(NoServerAvailable) as info:
+        result_of(d)
+    assert "ERR UNAVAILABLE no coordinator" in str(info.value)
+    assert "retryable" in str(info.value)
+    assert answered >= 3                            # passes were repeated until the deadline
+
+
+def test_clock_silent_read_gives_up_at_the_deadline():
+    net = FakeNet(["h:1"], timeout_s=1.0, reply_timeout_s=None)
+    d = net.client.get("k")
+    silent = net.accept()
+    silent.reply(PONG)
+    net.advance(0.5)
+    net.accept().reply(PONG)                        # alive, just slow
+    net.advance(0.5)
+    with pytest.raises(NoServerAvailable, match="no reply"):
+        result_of(d)
+
+
+# The blocking client on injected time ---------------------------------------------------
+
+
+class FakeTime:
+    def __init__(self) -> None:
+        self.now = 1000.0
+        self.slept: list[float] = []
+
+    def sleep(self, seconds: float) -> None:
+        self.slept.append(seconds)
+        self.now += seconds
+
+
+def blocking_on_fake_time(servers: list[str], **kwargs: object) -> tuple[BlockingClient,
+                                                                         FakeTime]:
+    fake = FakeTime()
+    client = BlockingClient(servers, **kwargs)
+    client._now = lambda: fake.now
+    client._sleep = fake.sleep
+    return client, fake
+
+
+def test_blocking_deadline_names_the_retryable_error(server):
+    busy = server(answer(error_reply(Code.UNAVAILABLE, "no coordinator")))
+    client, fake = blocking_on_fake_time([busy.address], timeout_s=0.3)
+    with pytest.raises(NoServerAvailable) as info:
+        client.get("k")
+    assert "ERR UNAVAILABLE no coordinator" in str(info.value)
+    assert "retryable" in str(info.value)
+    assert len(busy.requests) == len(fake.slept) >= 3
+    assert fake.now - 1000.0 == pytest.approx(0.3)
+
+
+def test_blocking_every_server_refusing_sleeps_once(refused):
+    client, fake = blocking_on_fake_time([refused], timeout_s=30)
+    with pytest.raises(NoServerAvailable, match="is the cluster running"):
+        client.get("k")
+    assert len(fake.slept) == 1 and fake.slept[0] <= 0.1
+
+
 # The retry policy, pure ----------------------------------------------------------------
 
 GET = Request("GET", "k")
 PUT = Request("PUT", "k", "v")
+PUT_ID = Request("PUT", "k", "v", SessionContext(rid="abcdef12.1"))
+DEL_ID = Request("DEL", "k", None, SessionContext(rid="abcdef12.2"))
 
 
 @pytest.mark.parametrize(
@@ -410,18 +824,23 @@ PUT = Request("PUT", "k", "v")
     [
         (GET, Outcome("a", reply=VALUE, sent=True), Verdict.DONE),
         (GET, Outcome("a", reply=Reply("NOTFOUND"), sent=True), Verdict.DONE),
-        (PUT, Outcome("a", reply=Reply("OK"), sent=True), Verdict.DONE),
+        (PUT_ID, Outcome("a", reply=OK, sent=True), Verdict.DONE),
         (GET, Outcome("a", reply=error_reply(Code.UNAVAILABLE, "x"), sent=True), Verdict.RETRY),
-        (PUT, Outcome("a", reply=error_reply(Code.UNAVAILABLE, "x"), sent=True), Verdict.RETRY),
-        (PUT, Outcome("a", reply=error_reply(Code.STALE, "x"), sent=True), Verdict.RETRY),
-        (PUT, Outcome("a", reply=error_reply(Code.BUSY, "x"), sent=True), Verdict.RETRY),
+        (PUT_ID, Outcome("a", reply=error_reply(Code.UNAVAILABLE, "x"), sent=True),
+         Verdict.RETRY),
+        (PUT_ID, Outcome("a", reply=error_reply(Code.STALE, "x"), sent=True), Verdict.RETRY),
+        (PUT_ID, Outcome("a", reply=error_reply(Code.BUSY, "x"), sent=True), Verdict.RETRY),
+        (PUT_ID, Outcome("a", reply=error_reply(Code.INDOUBT, "x"), sent=True), Verdict.RETRY),
+        (PUT_ID, Outcome("a", reply=error_reply(Code.QUORUM, "x"), sent=True), Verdict.RETRY),
         (PUT, Outcome("a", reply=error_reply(Code.INDOUBT, "x"), sent=True), Verdict.DONE),
-        (PUT, Outcome("a", reply=error_reply(Code.QUORUM, "x"), sent=True), Verdict.DONE),
         (GET, Outcome("a", reply=error_reply(Code.BADKEY, "x"), sent=True), Verdict.DONE),
         (GET, Outcome("a", failure="connection refused"), Verdict.RETRY),
         (PUT, Outcome("a", failure="connection refused"), Verdict.RETRY),
         (GET, Outcome("a", failure="closed", sent=True), Verdict.RETRY),
         (Request("STATUS"), Outcome("a", failure="closed", sent=True), Verdict.RETRY),
+        (PUT_ID, Outcome("a", failure="closed", sent=True), Verdict.RETRY),
+        (DEL_ID, Outcome("a", failure="stalled", sent=True, kind=FailureKind.STALLED),
+         Verdict.RETRY),
         (PUT, Outcome("a", failure="closed", sent=True), Verdict.FAIL),
         (Request("DEL", "k"), Outcome("a", failure="closed", sent=True), Verdict.FAIL),
     ],
@@ -430,24 +849,78 @@ def test_classify(request_, outcome, verdict):
     assert classify(request_, outcome) is verdict
 
 
+REFUSED = FailureKind.REFUSED
+STALLED = FailureKind.STALLED
+
+
 def test_plan_walks_servers_backs_off_and_gives_up_at_the_deadline():
     plan = RetryPlan(GET, ["a", "b"], ClientSession(), timeout_s=1.0, now=100.0, rng=lambda: 0.5)
-    assert plan.next_step(100.0) == Attempt("a", 1.0)
-    assert plan.record(Outcome("a", failure="connection refused")) is None
-    assert plan.next_step(100.25) == Attempt("b", 0.75)
+    assert plan.next_step(100.0) == Attempt("a", 1.0, 0.5)
+    assert plan.record(Outcome("a", failure="connection refused", kind=REFUSED)) is None
+    assert plan.next_step(100.25) == Attempt("b", 0.75, 0.5)
     assert plan.record(Outcome("b", reply=error_reply(Code.UNAVAILABLE, "busy"))) is None
     assert plan.next_step(100.5) == Backoff(pytest.approx(0.075))
-    assert plan.next_step(100.6) == Attempt("a", pytest.approx(0.4))
-    assert plan.record(Outcome("a", failure="connection refused")) is None
-    assert plan.next_step(100.96) == Attempt("b", pytest.approx(0.04))
-    assert plan.record(Outcome("b", failure="connection refused")) is None
+    assert plan.next_step(100.6) == Attempt("b", pytest.approx(0.4), pytest.approx(0.4))
+    assert plan.record(Outcome("b", failure="connection refused", kind=REFUSED)) is None
+    assert plan.next_step(100.96) == Attempt("a", pytest.approx(0.04), pytest.approx(0.04))
+    assert plan.record(Outcome("a", failure="connection refused", kind=REFUSED)) is None
     assert plan.next_step(100.99) == Backoff(pytest.approx(0.01))
     with pytest.raises(NoServerAvailable) as info:
         plan.next_step(101.0)
     message = str(info.value)
-    assert "tried a, b" in message and "b: connection refused" in message
+    assert "tried a, b" in message and "a: connection refused" in message
     assert "last answer: ERR UNAVAILABLE busy" in message
     assert info.value.last_reply == error_reply(Code.UNAVAILABLE, "busy")
+    assert not info.value.all_refused
+
+
+def test_plan_demotes_a_stalled_coordinator_for_this_and_later_requests():
+    session = ClientSession(coordinator=3, addresses={3: "c"})
+    plan = RetryPlan(PUT, ["a", "b", "c"], session, timeout_s=5, now=0, rng=lambda: 0)
+    assert plan.next_step(0).address == "c"
+    plan.record(Outcome("c", failure="no PONG", sent=True, kind=STALLED))
+    assert session.demoted == ["c"]
+    assert plan.next_step(0.5).address == "a"
+    plan.record(Outcome("a", reply=error_reply(Code.UNAVAILABLE, "electing")))
+    assert plan.next_step(0.6).address == "b"
+    plan.record(Outcome("b", reply=error_reply(Code.UNAVAILABLE, "electing")))
+    assert isinstance(plan.next_step(0.7), Backoff)
+    assert [plan.next_step(0.8).address] == ["a"]        # c is last now
+    later = RetryPlan(GET, ["a", "b", "c"], session, timeout_s=5, now=1)
+    assert later.next_step(1).address == "a"
+    assert session.order(["a", "b", "c"]) == ["a", "b", "c"]
+
+
+def test_plan_gives_each_write_one_id_and_sends_it_with_every_attempt():
+    session = ClientSession(client_id="abcdef12", seq=41)
+    plan = RetryPlan(PUT, ["a", "b"], session, timeout_s=5, now=0)
+    assert plan.rid == "abcdef12.42" and session.seq == 42
+    first = plan.attempt_request()
+    plan.next_step(0)
+    plan.record(Outcome("a", failure="closed", sent=True))
+    assert plan.doubt is not None
+    plan.next_step(0.1)
+    assert plan.attempt_request().context.rid == first.context.rid == "abcdef12.42"
+    assert RetryPlan(GET, ["a"], session, timeout_s=5, now=0).rid is None
+    assert session.seq == 42
+
+
+def test_plan_resolves_a_write_in_doubt_when_a_later_attempt_answers():
+    plan = RetryPlan(PUT, ["a", "b"], ClientSession(), timeout_s=5, now=0)
+    plan.next_step(0)
+    assert plan.record(Outcome("a", reply=error_reply(Code.QUORUM, "x"))) is None
+    plan.next_step(0)
+    assert plan.record(Outcome("b", reply=OK)) == OK
+
+
+def test_plan_write_in_doubt_at_the_deadline_is_outcome_unknown():
+    plan = RetryPlan(PUT, ["a"], ClientSession(), timeout_s=1, now=0)
+    plan.next_step(0)
+    plan.record(Outcome("a", failure="closed the connection", sent=True))
+    with pytest.raises(OutcomeUnknown, match="PUT k: the outcome is unknown") as info:
+        plan.next_step(1)
+    assert not isinstance(info.value, NoServerAvailable)
+    assert plan.rid in str(info.value)
 
 
 def test_plan_reorders_each_pass_when_a_coordinator_is_learned():
@@ -456,25 +929,91 @@ def test_plan_reorders_each_pass_when_a_coordinator_is_learned():
     assert plan.next_step(0).address == "a"
     plan.record(Outcome("a", reply=error_reply(Code.STALE, "x").with_meta(ReplyMeta(coord=2))))
     assert plan.next_step(0).address == "b"
-    plan.record(Outcome("b", failure="connection refused"))
+    plan.record(Outcome("b", failure="connection refused", kind=REFUSED))
     assert isinstance(plan.next_step(0), Backoff)
-    assert plan.next_step(0).address == "b"
+    assert plan.next_step(0).address == "a"     # b refused: demoted behind a
 
 
 def test_plan_returns_final_reply_and_folds_it_into_the_session():
     session = ClientSession()
     plan = RetryPlan(PUT, ["a"], session, timeout_s=5, now=0)
     plan.next_step(0)
-    ok = Reply("OK", meta=ReplyMeta(VectorClock({3: 4}), by=3, here=3, coord=3))
+    ok = Reply("OK", meta=ReplyMeta(VectorClock({3: 4}), by=3, here=3, coord=3,
+                                    cluster=CLUSTER_A))
     assert plan.record(Outcome("a", reply=ok, sent=True)) is ok
     assert session.write == VectorClock({3: 4}) and session.last_server == 3
+    assert session.cluster == CLUSTER_A
 
 
-def test_plan_write_lost_after_sending_raises_outcome_unknown():
-    plan = RetryPlan(PUT, ["a", "b"], ClientSession(), timeout_s=5, now=0)
+def test_plan_cluster_change_resets_the_session_once():
+    session = ClientSession(VectorClock({1: 9}), coordinator=1, addresses={1: "a"},
+                            cluster=CLUSTER_A, demoted=["b"])
+    resets: list[SessionReset] = []
+    plan = RetryPlan(GET, ["a", "b"], session, timeout_s=5, now=0, on_reset=resets.append)
     plan.next_step(0)
-    with pytest.raises(OutcomeUnknown, match="PUT k: the request reached a"):
-        plan.record(Outcome("a", failure="closed the connection", sent=True))
+    stale = error_reply(Code.STALE, "x").with_meta(ReplyMeta(here=1, coord=1,
+                                                             cluster=CLUSTER_B))
+    assert plan.record(Outcome("a", reply=stale)) is None
+    assert resets == [SessionReset(CLUSTER_A, CLUSTER_B, "a")]
+    assert session.read == VectorClock() and session.demoted == []
+    assert session.cluster == CLUSTER_B and session.coordinator == 1
+    assert plan.attempt_request().context == SessionContext()
+    plan.next_step(0)
+    back = VALUE.with_meta(ReplyMeta(cluster=CLUSTER_A))
+    with pytest.raises(MixedClusters):
+        plan.record(Outcome("b", reply=back))
+
+
+def test_plan_a_reply_without_a_cluster_changes_nothing():
+    session = ClientSession(VectorClock({1: 9}), cluster=CLUSTER_A)
+    plan = RetryPlan(GET, ["a"], session, timeout_s=5, now=0)
+    plan.next_step(0)
+    plan.record(Outcome("a", reply=VALUE.with_meta(ReplyMeta(VectorClock({1: 10})))))
+    assert session.cluster == CLUSTER_A and session.read == VectorClock({1: 10})
+
+
+def test_plan_every_server_refusing_twice_gives_up_early():
+    plan = RetryPlan(GET, ["a", "b"], ClientSession(), timeout_s=30, now=0, rng=lambda: 0)
+    for now in (0.0, 0.06):
+        for address in ("a", "b"):
+            assert plan.next_step(now).address == address
+            plan.record(Outcome(address, failure="connection refused", kind=REFUSED))
+        if now == 0.0:
+            assert plan.next_step(now) == Backoff(0.05)
+    with pytest.raises(NoServerAvailable) as info:
+        plan.next_step(0.07)
+    assert info.value.all_refused
+    assert str(info.value) == "every server refused the connection (a, b); is the cluster running?"
+
+
+def test_plan_one_server_answering_keeps_the_plan_going():
+    plan = RetryPlan(GET, ["a", "b"], ClientSession(), timeout_s=30, now=0, rng=lambda: 0)
+    for _ in range(3):
+        plan.next_step(0)
+        plan.record(Outcome("a", failure="connection refused", kind=REFUSED))
+        plan.next_step(0)
+        plan.record(Outcome("b", reply=error_reply(Code.UNAVAILABLE, "electing")))
+        assert isinstance(plan.next_step(0), Backoff)
+
+
+def test_plan_doubles_the_attempt_deadline_only_after_a_pass_of_stalls():
+    plan = RetryPlan(GET, ["a", "b"], ClientSession(), timeout_s=30, now=0, rng=lambda: 0,
+                     attempt_timeout_s=0.5)
+    stalls = []
+    for _ in range(3):
+        for _ in range(2):
+            step = plan.next_step(0)
+            stalls.append(step.stall_s)
+            plan.record(Outcome(step.address, failure="no PONG", sent=True, kind=STALLED))
+        plan.next_step(0)
+    assert stalls == [0.5, 0.5, 1.0, 1.0, 2.0, 2.0]
+    step = plan.next_step(0)
+    plan.record(Outcome(step.address, reply=error_reply(Code.UNAVAILABLE, "x")))
+    step = plan.next_step(0)
+    assert step.stall_s == 4.0
+    plan.record(Outcome(step.address, failure="no PONG", sent=True, kind=STALLED))
+    plan.next_step(0)
+    assert plan.next_step(0).stall_s == 0.5     # somebody answered: back to the default
 
 
 def test_plan_with_no_time_at_all():

@@ -1,16 +1,29 @@
-"""ClientSession: how replies advance the clocks, server order, and the JSON file form."""
+"""ClientSession: how replies advance the clocks, server order, request ids, the cluster it
+belongs to, and the JSON file form."""
 
 import pytest
 
 from replicad.session import ClientSession, SessionFileError, missing, requirement
 from replicad.vclock import VectorClock
-from replicad.wire import Code, Reply, ReplyMeta, Request, SessionContext, error_reply
+from replicad.wire import (
+    Code,
+    Reply,
+    ReplyMeta,
+    Request,
+    SessionContext,
+    error_reply,
+    is_request_id,
+)
 
 GET = Request("GET", "k")
 KEYS = Request("KEYS")
 PUT = Request("PUT", "k", "v")
 DEL = Request("DEL", "k")
 STATUS = Request("STATUS")
+
+
+CLUSTER_A = "a" * 32
+CLUSTER_B = "b" * 32
 
 
 def meta(vc=None, by=3, here=1, coord=3, epoch=5):
@@ -105,7 +118,8 @@ def test_order_keeps_the_static_list_otherwise(session):
 def test_json_round_trip():
     session = ClientSession(
         VectorClock({1: 2, 3: 4}), VectorClock({2: 1}), last_server=3, coordinator=3,
-        addresses={1: "127.0.0.1:7001", 3: "[::1]:7003"},
+        addresses={1: "127.0.0.1:7001", 3: "[::1]:7003"}, cluster=CLUSTER_A,
+        client_id="0123456789abcdef", seq=12, demoted=["127.0.0.1:7003"],
     )
     assert ClientSession.from_json(session.to_json()) == session
     assert ClientSession.from_json(ClientSession().to_json()) == ClientSession()
@@ -122,6 +136,14 @@ def test_json_round_trip():
         '{"last_server": "three"}',
         '{"addresses": {"one": "h:1"}}',
         '{"addresses": []}',
+        '{"cluster": "ABC"}',
+        '{"cluster": 5}',
+        '{"client_id": "not hex"}',
+        '{"seq": -1}',
+        '{"seq": "3"}',
+        '{"seq": true}',
+        '{"demoted": "h:1"}',
+        '{"demoted": [1]}',
     ],
 )
 def test_damaged_json_raises_session_file_error(text):
@@ -134,3 +156,56 @@ def test_an_unknown_coordinator_is_looked_for_among_servers_never_reached():
     assert session.order(["h:1", "h:2", "h:3"]) == ["h:2", "h:3", "h:1"]
     session.addresses[3] = "h:3"
     assert session.order(["h:1", "h:2", "h:3"]) == ["h:3", "h:1", "h:2"]
+
+
+def test_demoted_servers_go_last_even_the_coordinator():
+    session = ClientSession(coordinator=3, addresses={3: "c:3"}, demoted=["c:3", "a:1"])
+    assert session.order(["a:1", "b:2", "c:3"]) == ["b:2", "c:3", "a:1"]
+    session.demote("b:2")
+    session.demote("c:3")                  # already demoted: keeps its place
+    assert session.demoted == ["c:3", "a:1", "b:2"]
+    assert session.order(["a:1", "b:2", "c:3"]) == ["c:3", "a:1", "b:2"]
+    assert session.order(["a:1"]) == ["a:1"]
+
+
+def test_a_reply_promotes_a_demoted_server():
+    session = ClientSession(coordinator=3, addresses={3: "c:3"}, demoted=["c:3"])
+    session.observe(GET, Reply("VALUE", "x"), "c:3")          # even without meta
+    assert session.demoted == []
+    assert session.order(["a:1", "c:3"]) == ["c:3", "a:1"]
+
+
+def test_request_ids_are_made_once_per_session_and_never_repeat():
+    session = ClientSession()
+    assert session.client_id is None        # no id until the first write
+    first, second = session.next_request_id(), session.next_request_id()
+    client = session.client_id
+    assert len(client) == 16 and first == f"{client}.1" and second == f"{client}.2"
+    assert is_request_id(first) and is_request_id(second)
+    assert ClientSession().next_request_id() != first          # another session
+
+
+def test_the_context_carries_the_request_id():
+    session = ClientSession(VectorClock({1: 1}), client_id="abcdef12", seq=4)
+    assert session.context(session.next_request_id()).encode() == "@r=1:1;w=-;id=abcdef12.5"
+
+
+def test_a_session_binds_to_the_first_cluster_it_hears_of():
+    session = ClientSession(VectorClock({1: 2}))
+    assert session.adopt_cluster(None) is None and session.cluster is None
+    assert session.adopt_cluster(CLUSTER_A) is None
+    assert session.cluster == CLUSTER_A and session.read == VectorClock({1: 2})
+    assert session.adopt_cluster(CLUSTER_A) is None
+
+
+def test_another_cluster_resets_the_session():
+    session = ClientSession(VectorClock({1: 2}), VectorClock({1: 2}), last_server=1,
+                            coordinator=1, addresses={1: "h:1"}, cluster=CLUSTER_A,
+                            client_id="abcdef12", seq=9, demoted=["h:2"])
+    assert session.adopt_cluster(CLUSTER_B) == CLUSTER_A
+    assert session == ClientSession(cluster=CLUSTER_B)
+
+
+def test_an_old_session_file_without_the_new_fields_still_loads():
+    session = ClientSession.from_json('{"read": "1:2", "write": "-", "coordinator": 1}')
+    assert session == ClientSession(VectorClock({1: 2}), coordinator=1)
