@@ -20,6 +20,9 @@ Invariants (each is tested):
 
 - I1 epochs never decrease; the epoch a replica wins with is persisted *before* it is
   announced, and a failed persist is retried on a timer (never a stuck state).
+- I1b an epoch names one coordinator: a replica wins only epochs ``e`` with
+  ``e % stride == its id`` (stride = highest member id + 1), and an announcement whose
+  epoch is not the announcer's own is rejected.
 - I2 a replica announces itself only when every higher member failed or stayed silent
   for ``answer_timeout_s``: a lower replica never announces while a higher one answers.
 - I3 an announcement is rejected if its epoch is below the highest seen or if another
@@ -170,6 +173,7 @@ class Node:
             raise ValueError(f"quorum must be between 1 and {len(members)}, got {quorum}")
         self._my_id = my_id
         self._others = members - {my_id}
+        self._stride = max(members) + 1
         self._higher = tuple(sorted(i for i in self._others if i > my_id))
         self._actions = actions
         self._clock = clock
@@ -361,6 +365,10 @@ class Node:
         """COORDINATOR(epoch).  True = accepted; False = rejected with ``self.epoch``."""
         if self._state.role is Role.STOPPED or from_id not in self._others:
             return False
+        if epoch > MAX_EPOCH or epoch % self._stride != from_id % self._stride:
+            self.log.warn("replica {replica} rejects coordinator {peer}: epoch {epoch} "
+                          "cannot be its own", replica=self._my_id, peer=from_id, epoch=epoch)
+            return False
         if from_id < self._my_id and self.eligible:
             self.epoch_seen(epoch)
             self.log.info("replica {replica} rejects coordinator {peer} (lower id) in "
@@ -388,6 +396,8 @@ class Node:
 
     def coordinator_accepted(self, peer_id: int, epoch: int) -> None:
         """A peer accepted this replica's announcement of ``epoch``."""
+        if peer_id not in self._others:
+            return
         self._contact[peer_id] = self._clock.seconds()
         state = self._state
         if not isinstance(state, _TakingOver) or state.epoch != epoch:
@@ -499,8 +509,15 @@ class Node:
                 break
             self._actions.send_election(peer, self._epoch)
 
+    def _next_epoch(self) -> int:
+        """The least epoch above every epoch seen that is this replica's own: epochs are
+        ``round * stride + id`` (stride = highest member id + 1), so two coordinators
+        can never hold the same epoch, even two that won alone in a partition."""
+        epoch = self._epoch + 1
+        return epoch + (self._my_id - epoch) % self._stride
+
     def _win(self) -> None:
-        new_epoch = self._epoch + 1
+        new_epoch = self._next_epoch()
         try:
             self._actions.persist_epoch(new_epoch)   # I1: durable before announced
         except Exception:

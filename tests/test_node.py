@@ -3,6 +3,8 @@ whole-cluster scenarios on the simulated network of test_node_sim."""
 
 from __future__ import annotations
 
+from hypothesis import given, settings
+from hypothesis import strategies as st
 from twisted.internet import defer
 from twisted.internet.task import Clock
 from twisted.logger import capturedLogs
@@ -10,9 +12,17 @@ from twisted.trial.unittest import SynchronousTestCase
 
 from replicad.node import MAX_EPOCH, PERSIST_RETRY_S, Candidacy, Node, Role
 from tests.test_node_sim import Network
+from tests.test_node_sim import own_epoch as sim_own_epoch
 
 F, E, A = Role.FOLLOWER, Role.ELECTING, Role.AWAITING
 T, S, X = Role.TAKING_OVER, Role.SERVING, Role.STOPPED
+
+
+def own_epoch(round_: int, node_id: int, stride: int = 4) -> int:
+    """Replica ``node_id``'s epoch of round ``round_`` (0-based): ``round * stride + id``
+    (I1b).  Stride 4 is the default members (1, 2, 3): 1 owns 1, 5, 9..., 2 owns 2, 6,
+    10..., 3 owns 3, 7, 11...; members (1..4) have stride 5, (1..5) stride 6."""
+    return sim_own_epoch(round_, node_id, stride)
 
 
 class Glue:
@@ -114,17 +124,18 @@ class StateTests(SynchronousTestCase):
             m.coordinator_received(4, 1)  # not a member: ignored
             take_over(m, glue)
         formats = [(e["log_format"].split()[2], e.get("epoch")) for e in events]
-        self.assertEqual(formats, [("starts", 0), ("won", 1), ("serving", 1)])
+        self.assertEqual(formats, [("starts", 0), ("won", 3), ("serving", 3)])
 
 
 class StartElectionTests(SynchronousTestCase):
     def test_highest_wins_at_once(self):
         m, glue, clock = make(3, epoch=7)
         m.start_election("start-up")
-        self.assertEqual((m.role, m.coordinator, m.epoch, m.coordinator_epoch), (T, 3, 8, 8))
+        e = own_epoch(2, 3)   # 11: 3's least own epoch above 7
+        self.assertEqual((m.role, m.coordinator, m.epoch, m.coordinator_epoch), (T, 3, e, e))
         self.assertEqual(
             glue.calls,
-            [("persist", 8), ("role", T, 3, 8), ("coordinator", 1, 8), ("coordinator", 2, 8)],
+            [("persist", e), ("role", T, 3, e), ("coordinator", 1, e), ("coordinator", 2, e)],
         )
         take_over(m, glue)
         self.assertEqual((m.role, m.serving_as), (S, 3))
@@ -152,7 +163,7 @@ class StartElectionTests(SynchronousTestCase):
         clock.advance(0.29)
         self.assertEqual(m.role, E)
         clock.advance(0.01)
-        self.assertEqual((m.role, m.epoch), (T, 1))
+        self.assertEqual((m.role, m.epoch), (T, own_epoch(0, 1)))
         self.assertEqual(glue.of("coordinator"), [(2, 1), (3, 1)])
 
     def test_all_sends_failed_wins_at_once(self):
@@ -168,7 +179,7 @@ class StartElectionTests(SynchronousTestCase):
         m, glue, _ = make(1)
         glue.on_send_election = m.election_send_failed
         m.start_election("start-up")
-        self.assertEqual((m.role, m.epoch), (T, 1))
+        self.assertEqual((m.role, m.epoch), (T, own_epoch(0, 1)))
         self.assertEqual(len(glue.of("election")), 2)
 
     def test_synchronous_answer_stops_the_round(self):
@@ -217,7 +228,7 @@ class AnswerTests(SynchronousTestCase):
 
     def test_late_answer_ignored_but_epoch_seen(self):
         m, glue, _ = make(1)
-        m.coordinator_received(3, 2)
+        m.coordinator_received(3, 3)
         glue.calls.clear()
         m.answer_received(3, 7)
         self.assertEqual((m.role, m.coordinator, m.epoch), (F, 3, 7))
@@ -232,17 +243,17 @@ class ElectionReceivedTests(SynchronousTestCase):
         self.assertEqual(glue.of("election"), [(3, 4)])
 
     def test_from_lower_while_coordinator_reannounces_same_epoch(self):
-        m, glue, _ = coordinator_of(3)
+        m, glue, _ = coordinator_of(3)   # epoch 3
         self.assertTrue(m.election_received(1, 0))
-        self.assertEqual(glue.calls, [("coordinator", 1, 1)])
-        self.assertEqual((m.role, m.epoch), (S, 1))
+        self.assertEqual(glue.calls, [("coordinator", 1, 3)])
+        self.assertEqual((m.role, m.epoch), (S, 3))
 
     def test_from_lower_while_taking_over_reannounces_same_epoch(self):
         m, glue, _ = make(3)
         m.start_election("x")
         glue.calls.clear()
         self.assertTrue(m.election_received(1, 0))
-        self.assertEqual((glue.calls, m.role), ([("coordinator", 1, 1)], T))
+        self.assertEqual((glue.calls, m.role), ([("coordinator", 1, 3)], T))
 
     def test_from_higher_or_stranger_is_not_answered(self):
         m, glue, _ = make(2)
@@ -256,104 +267,108 @@ class CoordinatorReceivedTests(SynchronousTestCase):
         m, glue, clock = make(1)
         m.start_election("start-up")
         m.answer_received(3, 0)
-        self.assertTrue(m.coordinator_received(3, 1))
-        self.assertEqual((m.role, m.coordinator, m.coordinator_epoch, m.epoch), (F, 3, 1, 1))
+        self.assertTrue(m.coordinator_received(3, 3))
+        self.assertEqual((m.role, m.coordinator, m.coordinator_epoch, m.epoch), (F, 3, 3, 3))
         self.assertEqual((m.public_role, m.serving_as), ("follower", 3))
-        self.assertEqual(glue.of("role")[-1], (F, 3, 1))
+        self.assertEqual(glue.of("role")[-1], (F, 3, 3))
         self.assertEqual(clock.getDelayedCalls(), [])  # coordinator timer cancelled
 
     def test_duplicate_is_quiet(self):
         m, glue, _ = make(1)
-        self.assertTrue(m.coordinator_received(3, 1))
-        self.assertTrue(m.coordinator_received(3, 1))
-        self.assertEqual(glue.of("role"), [(F, 3, 1)])
+        self.assertTrue(m.coordinator_received(3, 3))
+        self.assertTrue(m.coordinator_received(3, 3))
+        self.assertEqual(glue.of("role"), [(F, 3, 3)])
 
     def test_stale_epoch_rejected(self):
         """I3."""
         m, glue, _ = make(1, epoch=5)
-        self.assertFalse(m.coordinator_received(3, 4))
+        self.assertFalse(m.coordinator_received(3, 3))   # 3's own epoch, but below 5
         self.assertEqual((m.role, m.coordinator, m.epoch, glue.calls), (F, None, 5, []))
 
     def test_equal_epoch_accepted(self):
         """E.g. a follower that restarted: it persisted the epoch, not the coordinator."""
-        m, _, _ = make(1, epoch=5)
-        self.assertTrue(m.coordinator_received(2, 5))
+        m, _, _ = make(1, epoch=6)
+        self.assertTrue(m.coordinator_received(2, 6))
 
     def test_epoch_held_by_another_coordinator_rejected(self):
-        """I3: two announcements with one epoch; the later one must re-elect above it."""
+        """I3 and I1b: two announcements with one epoch; the later one must re-elect
+        above it (and can no longer happen honestly: 6 is 2's epoch, not 3's)."""
         m, glue, _ = make(1)
-        m.coordinator_received(2, 5)
-        self.assertFalse(m.coordinator_received(3, 5))
-        self.assertEqual((m.coordinator, m.coordinator_epoch), (2, 5))
-        self.assertTrue(m.coordinator_received(3, 6))
+        self.assertTrue(m.coordinator_received(2, 6))
+        self.assertFalse(m.coordinator_received(3, 6))
+        self.assertEqual((m.coordinator, m.coordinator_epoch), (2, 6))
+        self.assertTrue(m.coordinator_received(3, 7))
 
     def test_coordinator_steps_down_for_higher(self):
-        m, glue, clock = coordinator_of(2)
-        self.assertTrue(m.coordinator_received(3, 2))
+        m, glue, clock = coordinator_of(2)   # epoch 2
+        self.assertTrue(m.coordinator_received(3, 3))
         self.assertEqual((m.role, m.coordinator), (F, 3))
         clock.advance(0)  # the step-down's election on the next turn: it has a coordinator
         self.assertEqual((m.role, m.coordinator, glue.of("election")), (F, 3, []))
 
     def test_coordinator_rejects_same_epoch_from_higher(self):
-        """It holds that epoch itself; the higher one re-elects above it."""
-        m, _, _ = coordinator_of(2)
-        self.assertFalse(m.coordinator_received(3, 1))
-        self.assertEqual(m.role, S)
+        """It holds that epoch itself; the higher one re-elects above it.  (I1b: epoch 2
+        is 2's own, so 3 cannot have won it.)"""
+        m, glue, _ = coordinator_of(2)
+        self.assertFalse(m.coordinator_received(3, 2))
+        self.assertEqual((m.role, m.coordinator_epoch, glue.calls), (S, 2, []))
 
     def test_lower_is_bullied_with_higher_epoch(self):
         """I5: reject, then win above the lower one's epoch."""
         m, glue, _ = make(3, epoch=1)
         self.assertFalse(m.coordinator_received(1, 9))
-        self.assertEqual((m.role, m.epoch, m.coordinator_epoch), (T, 10, 10))
-        self.assertIn(("coordinator", 1, 10), glue.calls)
+        e = own_epoch(2, 3)   # 11: 3's least own epoch above 9
+        self.assertEqual((m.role, m.epoch, m.coordinator_epoch), (T, e, e))
+        self.assertIn(("coordinator", 1, e), glue.calls)
 
     def test_lower_with_stale_epoch_is_bullied_too(self):
         """Otherwise a lower coordinator that missed a newer epoch keeps its belief."""
-        m, glue, _ = coordinator_of(3, epoch=5)
-        self.assertFalse(m.coordinator_received(1, 2))
-        self.assertEqual((m.role, m.coordinator_epoch), (T, 7))
+        m, glue, _ = coordinator_of(3, epoch=5)   # won 7
+        self.assertFalse(m.coordinator_received(1, 5))
+        self.assertEqual((m.role, m.coordinator_epoch), (T, own_epoch(2, 3)))   # 11
 
     def test_lower_while_follower_starts_election(self):
         m, glue, _ = make(2)
-        m.coordinator_received(3, 1)
+        self.assertTrue(m.coordinator_received(3, 3))
         self.assertFalse(m.coordinator_received(1, 1))
-        self.assertEqual((m.role, glue.of("election")), (E, [(3, 1)]))
+        self.assertEqual((m.role, glue.of("election")), (E, [(3, 3)]))
 
 
 class RejectedTests(SynchronousTestCase):
     def test_lower_with_newer_epoch_forces_reelection(self):
         m, glue, clock = coordinator_of(3)
-        m.coordinator_rejected(1, 6)
+        m.coordinator_rejected(1, 9)
         # Changed on purpose: a newer epoch makes a coordinator step down at once (I7)
         # and re-elect on the next turn (BullyElection re-elected inside the call).
-        self.assertEqual((m.role, m.coordinator, m.epoch), (F, None, 6))
+        self.assertEqual((m.role, m.coordinator, m.epoch), (F, None, 9))
         clock.advance(0)
-        self.assertEqual((m.role, m.epoch, m.coordinator_epoch), (T, 7, 7))
-        self.assertEqual(glue.of("coordinator"), [(1, 7), (2, 7)])
+        e = own_epoch(2, 3)   # 11
+        self.assertEqual((m.role, m.epoch, m.coordinator_epoch), (T, e, e))
+        self.assertEqual(glue.of("coordinator"), [(1, e), (2, e)])
 
     def test_lower_with_same_epoch_forces_reelection_at_once(self):
         """Another coordinator holds our epoch there (I3): re-elect above it."""
-        m, glue, _ = coordinator_of(3)
-        m.coordinator_rejected(1, 1, 1)
-        self.assertEqual((m.role, m.coordinator_epoch), (T, 2))
+        m, glue, _ = coordinator_of(3)   # epoch 3
+        m.coordinator_rejected(1, 3, 3)
+        self.assertEqual((m.role, m.coordinator_epoch), (T, own_epoch(1, 3)))   # 7
 
     def test_rejection_of_an_older_announcement_ignored(self):
-        m, glue, clock = coordinator_of(3, epoch=4)  # announced 5
-        m.coordinator_rejected(1, 6, 5)  # re-elected (next turn): announced 7
+        m, glue, clock = coordinator_of(3, epoch=4)  # announced 7
+        m.coordinator_rejected(1, 9, 7)  # re-elected (next turn): announced 11
         clock.advance(0)
-        self.assertEqual((m.role, m.coordinator_epoch), (T, 7))
+        self.assertEqual((m.role, m.coordinator_epoch), (T, 11))
         glue.calls.clear()
-        m.coordinator_rejected(2, 6, 5)  # also about the announcement of 5: too late
-        self.assertEqual((m.role, m.coordinator_epoch, glue.calls), (T, 7, []))
-        take_over(m, glue, accept=[1])   # and 2's answer to 7 is still awaited
+        m.coordinator_rejected(2, 9, 7)  # also about the announcement of 7: too late
+        self.assertEqual((m.role, m.coordinator_epoch, glue.calls), (T, 11, []))
+        take_over(m, glue, accept=[1])   # and 2's answer to 11 is still awaited
         self.assertEqual(m.role, T)
-        m.coordinator_accepted(2, 7)
-        m.pull_done(2, 7, True)
+        m.coordinator_accepted(2, 11)
+        m.pull_done(2, 11, True)
         self.assertEqual(m.role, S)
 
     def test_rejection_from_higher_waits_to_be_bullied(self):
-        m, glue, _ = coordinator_of(2)
-        m.coordinator_rejected(3, 1, 1)
+        m, glue, _ = coordinator_of(2)   # epoch 2
+        m.coordinator_rejected(3, 2, 2)
         self.assertEqual((m.role, glue.calls), (S, []))
 
     def test_rejection_from_higher_with_newer_epoch_steps_down(self):
@@ -369,18 +384,18 @@ class RejectedTests(SynchronousTestCase):
 
     def test_ignored_unless_coordinator(self):
         m, glue, _ = make(1)
-        m.coordinator_received(3, 1)
-        m.coordinator_rejected(2, 1)
-        self.assertEqual(m.role, F)
+        m.coordinator_received(3, 3)
+        m.coordinator_rejected(2, 3)
+        self.assertEqual((m.role, m.coordinator), (F, 3))
 
 
 class FailureAndStopTests(SynchronousTestCase):
     def test_coordinator_failed_makes_follower_elect(self):
         m, glue, _ = make(1)
-        m.coordinator_received(3, 1)
+        m.coordinator_received(3, 3)
         m.coordinator_failed()
         self.assertEqual((m.role, m.coordinator, m.coordinator_epoch), (E, None, None))
-        self.assertEqual(glue.of("election"), [(2, 1), (3, 1)])
+        self.assertEqual(glue.of("election"), [(2, 3), (3, 3)])
 
     def test_coordinator_failed_ignored_otherwise(self):
         m, glue, _ = coordinator_of(3)
@@ -392,14 +407,14 @@ class FailureAndStopTests(SynchronousTestCase):
         self.assertEqual(len(glue.of("election")), 2)
 
     def test_stop_cancels_timers_and_ignores_inputs(self):
-        m, glue, clock = coordinator_of(2)
+        m, glue, clock = coordinator_of(2)   # epoch 2
         m.stop()
         self.assertEqual(clock.getDelayedCalls(), [])
         self.assertFalse(m.election_received(1, 5))
-        self.assertFalse(m.coordinator_received(3, 5))
+        self.assertFalse(m.coordinator_received(3, 7))
         m.coordinator_rejected(1, 5)
         # Changed on purpose: STOPPED is a role now, and reported like any other.
-        self.assertEqual((glue.calls, m.epoch), ([("role", X, None, 1)], 1))
+        self.assertEqual((glue.calls, m.epoch), ([("role", X, None, 2)], 2))
 
 
 class StopTests(SynchronousTestCase):
@@ -416,7 +431,7 @@ class StopTests(SynchronousTestCase):
         m.start_election("x")
         m.answer_received(3, 4)
         m.election_send_failed(2)
-        m.coordinator_received(3, 4)
+        m.coordinator_received(3, 7)
         m.coordinator_accepted(2, 1)
         m.coordinator_send_failed(2, 1)
         m.coordinator_rejected(2, 4, 1)
@@ -449,27 +464,159 @@ class EpochTests(SynchronousTestCase):
     def test_persist_calls_monotone_through_a_busy_history(self):
         m, glue, clock = make(2, (1, 2, 3))
         m.start_election("start-up")
-        clock.advance(0.3)  # won, epoch 1
-        m.coordinator_received(3, 4)
+        clock.advance(0.3)  # won, epoch 2
+        m.coordinator_received(3, 7)
         m.answer_received(3, 2)
         m.coordinator_failed()
-        m.election_send_failed(3)  # won, epoch 5
-        m.coordinator_rejected(1, 8)  # steps down; re-elects on the next turn
+        m.election_send_failed(3)  # won, epoch 10
+        m.coordinator_rejected(1, 13)  # steps down; re-elects on the next turn
         clock.advance(0)
-        clock.advance(0.3)  # won, epoch 9
-        m.coordinator_received(1, 3)  # lower: bully again
+        clock.advance(0.3)  # won, epoch 14
+        m.coordinator_received(1, 9)  # lower: bully again
         clock.advance(0.3)
         persisted = [p for (p,) in glue.of("persist")]
         self.assertEqual(persisted, sorted(set(persisted)))
-        self.assertEqual((persisted[-1], m.coordinator_epoch), (10, 10))
+        won = [e for (role, _, e) in glue.of("role") if role is T]
+        self.assertEqual(won, [own_epoch(r, 2) for r in (0, 2, 3, 4)])   # 2, 10, 14, 18
+        self.assertEqual((persisted[-1], m.coordinator_epoch), (18, 18))
 
     def test_epoch_above_the_bound_ignored(self):
         """I7's second line: the wire refuses it first (peerwire)."""
         m, glue, _ = coordinator_of(3)
         m.epoch_seen(MAX_EPOCH + 1)
-        self.assertEqual((m.role, m.epoch, glue.calls), (S, 1, []))
+        self.assertEqual((m.role, m.epoch, glue.calls), (S, 3, []))
         m.epoch_seen(MAX_EPOCH)
         self.assertEqual((m.role, m.epoch), (F, MAX_EPOCH))
+
+
+@st.composite
+def win_histories(draw):
+    """(members, my_id, start epoch, ops): members any distinct ids in 1..30 (not only
+    1..N); ops are ("seen", epoch) or ("win",)."""
+    members = draw(st.lists(st.integers(min_value=1, max_value=30), min_size=1, max_size=6,
+                            unique=True))
+    my_id = draw(st.sampled_from(members))
+    start = draw(st.integers(min_value=0, max_value=200))
+    op = st.one_of(st.just(("win",)),
+                   st.tuples(st.just("seen"), st.integers(min_value=0, max_value=400)))
+    return members, my_id, start, draw(st.lists(op, max_size=30))
+
+
+class OwnEpochTests(SynchronousTestCase):
+    """I1b: an epoch names one coordinator.  Epochs are ``round * stride + id`` with
+    stride = highest member id + 1: a replica wins only its own epochs, and rejects an
+    announcement of an epoch that is not the announcer's own."""
+
+    @settings(max_examples=300, deadline=None)
+    @given(win_histories())
+    def test_won_epochs_are_own_rising_and_above_everything_seen(self, history):
+        members, my_id, start, ops = history
+        stride = max(members) + 1
+        m, glue, _ = make(my_id, members, epoch=start)
+        seen, won = start, []
+        for op in ops:
+            if op[0] == "seen":
+                m.epoch_seen(op[1])
+                seen = max(seen, op[1])
+                continue
+            m.start_election("x")                      # wins at once, or asks higher ids
+            for peer in sorted(i for i in members if i > my_id):
+                m.election_send_failed(peer)           # ... which are all down
+            epoch = m.coordinator_epoch
+            self.assertTrue(m.role.is_coordinator)     # SERVING at once when alone
+            self.assertEqual((m.coordinator, m.epoch), (my_id, epoch))
+            self.assertEqual(epoch % stride, my_id)    # its own
+            self.assertGreater(epoch, seen)            # above every epoch seen (and won)
+            self.assertLessEqual(epoch - stride, seen)   # the least such epoch
+            won.append(epoch)
+            seen = epoch
+        self.assertEqual(won, sorted(set(won)))        # strictly increasing
+        persisted = [p for (p,) in glue.of("persist")]
+        self.assertEqual(persisted, sorted(set(persisted)))
+        for epoch in won:   # durable before announced (I1)
+            announced = [i for i, c in enumerate(glue.calls) if c[:1] == ("coordinator",)
+                         and c[2] == epoch]
+            persisted_at = glue.calls.index(("persist", epoch))
+            self.assertLess(persisted_at, min(announced, default=len(glue.calls)))
+
+    def test_examples_of_own_epochs(self):
+        """Members (1, 2, 3): stride 4.  From epoch 0, 3 wins 3; above 3, 2 wins 6 and 1
+        wins 5; 3 then wins 7; above 7 (its own), 3 wins 11, never 7 again."""
+        for my_id, seen, expected in ((3, 0, 3), (2, 3, 6), (1, 3, 5), (3, 6, 7),
+                                      (3, 7, 11), (1, 4, 5), (1, 5, 9)):
+            m, _, clock = make(my_id, epoch=seen)
+            m.start_election("x")
+            clock.advance(m._answer_timeout_s)
+            self.assertEqual((my_id, seen, m.coordinator_epoch), (my_id, seen, expected))
+
+    def test_foreign_epoch_is_rejected(self):
+        """An announcement whose epoch is not the announcer's own (6 is 2's, not 3's)
+        is rejected and changes nothing; its own epoch above that is accepted."""
+        m, glue, _ = make(1)
+        with capturedLogs() as events:
+            self.assertFalse(m.coordinator_received(3, 6))
+        self.assertEqual((m.role, m.coordinator, m.epoch, glue.calls), (F, None, 0, []))
+        self.assertIn("cannot be its own", events[0]["log_format"])
+        self.assertEqual((events[0]["peer"], events[0]["epoch"]), (3, 6))
+        for foreign in (1, 2, 4, 5, 8):
+            self.assertFalse(m.coordinator_received(3, foreign))
+        self.assertTrue(m.coordinator_received(3, 7))
+        self.assertEqual((m.role, m.coordinator, m.coordinator_epoch), (F, 3, 7))
+
+    def test_foreign_epoch_rejected_by_a_follower_and_a_coordinator(self):
+        m, glue, _ = make(1)
+        self.assertTrue(m.coordinator_received(3, 3))
+        glue.calls.clear()
+        self.assertFalse(m.coordinator_received(2, 7))     # 7 is 3's
+        self.assertFalse(m.coordinator_received(3, 10))    # 10 is 2's
+        self.assertEqual((m.role, m.coordinator, m.coordinator_epoch, glue.calls),
+                         (F, 3, 3, []))
+        m, glue, _ = coordinator_of(3)
+        self.assertFalse(m.coordinator_received(1, 6))     # lower, and not 1's epoch
+        self.assertFalse(m.coordinator_received(2, 9))
+        self.assertEqual((m.role, m.coordinator_epoch), (S, 3))
+
+    def test_announcement_above_the_bound_is_rejected(self):
+        """Even when it is the announcer's own (2**48 + 3 for 3, stride 4)."""
+        m, glue, _ = make(1)
+        own_above = MAX_EPOCH + (3 - MAX_EPOCH) % 4
+        self.assertEqual((own_above % 4, own_above > MAX_EPOCH), (3, True))
+        self.assertFalse(m.coordinator_received(3, own_above))
+        self.assertEqual((m.role, m.coordinator, m.epoch, glue.calls), (F, None, 0, []))
+
+    def test_acceptance_from_a_stranger_ignored(self):
+        m, glue, _ = make(3, quorum=2)
+        m.start_election("x")                 # epoch 3
+        m.coordinator_accepted(9, 3)          # not a member
+        m.coordinator_accepted(3, 3)          # itself
+        self.assertEqual((m.role, glue.of("pull"), m.take_over_progress()), (T, [], (1, 2)))
+        m.coordinator_accepted(1, 3)
+        self.assertEqual(glue.of("pull"), [(1, 3)])
+
+    def test_members_2_5_9(self):
+        """Ids that are not 1..N: stride 10.  5 wins 5 while 9 is silent; 9's 9 makes it
+        follow 9, and 9's foreign 12 is rejected; once 9 fails, 5 wins 15, and 2, above
+        that, would win 22."""
+        m, glue, clock = make(5, (2, 5, 9))
+        m.start_election("x")
+        self.assertEqual(glue.of("election"), [(9, 0)])
+        clock.advance(m._answer_timeout_s)
+        self.assertEqual((m.role, m.coordinator_epoch), (T, own_epoch(0, 5, stride=10)))
+        self.assertEqual(glue.of("coordinator"), [(2, 5), (9, 5)])
+        self.assertFalse(m.coordinator_received(9, 12))
+        self.assertTrue(m.coordinator_received(9, 9))
+        self.assertEqual((m.role, m.coordinator, m.epoch), (F, 9, 9))
+        m.coordinator_failed()
+        clock.advance(m._answer_timeout_s)
+        self.assertEqual((m.role, m.coordinator_epoch), (T, own_epoch(1, 5, stride=10)))
+        low, glue, _ = make(2, (2, 5, 9), epoch=15)
+        low.start_election("x")
+        low.election_send_failed(5)
+        low.election_send_failed(9)
+        self.assertEqual(low.coordinator_epoch, own_epoch(2, 2, stride=10))
+        self.assertTrue(low.coordinator_received(9, 29))
+        self.assertEqual((low.role, low.coordinator), (F, 9))
+
 
 
 class StepDownTests(SynchronousTestCase):
@@ -483,19 +630,21 @@ class StepDownTests(SynchronousTestCase):
         self.assertFalse(m.role.is_coordinator)
         self.assertEqual(glue.calls, [("persist", 5), ("role", F, None, 5)])
         clock.advance(0)
-        self.assertEqual((m.role, m.coordinator_epoch), (T, 6))  # the highest: wins at once
+        # the highest: wins at once, with its own epoch above 5
+        self.assertEqual((m.role, m.coordinator_epoch), (T, own_epoch(1, 3)))
 
     def test_taking_over_steps_down_synchronously(self):
         m, glue, clock = make(3)
-        m.start_election("x")
-        m.coordinator_accepted(1, 1)   # a pull in flight
+        m.start_election("x")          # epoch 3
+        m.coordinator_accepted(1, 3)   # a pull in flight
+        self.assertEqual(glue.of("pull"), [(1, 3)])
         m.epoch_seen(4)
         self.assertFalse(m.role.is_coordinator)
         self.assertIsNone(m.take_over_progress())
-        m.pull_done(1, 1, True)        # about the old epoch: ignored
+        m.pull_done(1, 3, True)        # about the old epoch: ignored
         self.assertEqual(m.role, F)
         clock.advance(0)
-        self.assertEqual((m.role, m.coordinator_epoch), (T, 5))
+        self.assertEqual((m.role, m.coordinator_epoch), (T, own_epoch(1, 3)))   # 7
 
     def test_lower_coordinator_asks_the_higher_next_turn(self):
         m, glue, clock = coordinator_of(2)
@@ -506,14 +655,14 @@ class StepDownTests(SynchronousTestCase):
 
     def test_no_election_if_it_found_a_coordinator_meanwhile(self):
         m, glue, clock = coordinator_of(2)
-        m.epoch_seen(5)
-        m.coordinator_received(3, 5)
+        m.epoch_seen(7)
+        m.coordinator_received(3, 7)
         clock.advance(0)
         self.assertEqual((m.role, m.coordinator, glue.of("election")), (F, 3, []))
 
     def test_follower_does_not_step_down(self):
         m, glue, clock = make(1)
-        m.coordinator_received(3, 1)
+        m.coordinator_received(3, 3)
         m.epoch_seen(4)
         clock.advance(0)
         self.assertEqual((m.role, m.coordinator, m.epoch), (F, 3, 4))
@@ -523,75 +672,76 @@ class TakeOverTests(SynchronousTestCase):
     def test_needs_quorum_acceptances_and_pulls(self):
         m, glue, _ = make(5, (1, 2, 3, 4, 5), quorum=3)
         m.start_election("x")
+        e = own_epoch(0, 5, stride=6)
         self.assertEqual((m.role, m.public_role, m.serving_as), (T, "coordinator", None))
         self.assertEqual(m.take_over_progress(), (1, 3))
         self.assertEqual(glue.of("pull"), [])
-        m.coordinator_accepted(4, 1)
-        m.coordinator_accepted(4, 1)   # a duplicate answer: pulled once
-        self.assertEqual((glue.of("pull"), m.take_over_progress()), ([(4, 1)], (1, 3)))
-        m.pull_done(4, 1, True)
+        m.coordinator_accepted(4, e)
+        m.coordinator_accepted(4, e)   # a duplicate answer: pulled once
+        self.assertEqual((glue.of("pull"), m.take_over_progress()), ([(4, e)], (1, 3)))
+        m.pull_done(4, e, True)
         self.assertEqual(m.take_over_progress(), (2, 3))
-        m.coordinator_accepted(3, 1)
-        m.pull_done(3, 1, True)
+        m.coordinator_accepted(3, e)
+        m.pull_done(3, e, True)
         self.assertEqual((m.role, m.take_over_progress()), (T, (3, 3)))  # 1, 2 unanswered
-        m.coordinator_send_failed(1, 1)
+        m.coordinator_send_failed(1, e)
         self.assertEqual(m.role, T)
-        m.coordinator_send_failed(2, 1)
+        m.coordinator_send_failed(2, e)
         self.assertEqual((m.role, m.serving_as, m.take_over_progress()), (S, 5, None))
-        self.assertEqual(glue.of("role"), [(T, 5, 1), (S, 5, 1)])
+        self.assertEqual(glue.of("role"), [(T, 5, e), (S, 5, e)])
 
     def test_accepted_but_not_pulled_does_not_count(self):
         m, glue, _ = make(3, quorum=2)
-        m.start_election("x")
-        m.coordinator_accepted(1, 1)
-        m.coordinator_send_failed(2, 1)
+        m.start_election("x")          # epoch 3
+        m.coordinator_accepted(1, 3)
+        m.coordinator_send_failed(2, 3)
         self.assertEqual((m.role, m.cannot_serve), (T, False))   # the pull is in flight
-        m.pull_done(1, 1, True)
+        m.pull_done(1, 3, True)
         self.assertEqual(m.role, S)
 
     def test_default_mode_waits_for_every_answer(self):
         """quorum = 1: it serves alone, but only once every announcement is settled
         (accepted and pulled, rejected, or failed), so it has pulled from everyone up."""
         m, glue, _ = make(3)
-        m.start_election("x")
-        m.coordinator_accepted(2, 1)
-        m.pull_done(2, 1, True)
+        m.start_election("x")          # epoch 3
+        m.coordinator_accepted(2, 3)
+        m.pull_done(2, 3, True)
         self.assertEqual(m.role, T)
-        m.coordinator_send_failed(1, 1)
+        m.coordinator_send_failed(1, 3)
         self.assertEqual(m.role, S)
 
     def test_rejection_from_higher_settles(self):
         m, glue, _ = make(2)
         m.start_election("x")
-        m.election_send_failed(3)      # 3 silent: 2 wins
-        m.coordinator_rejected(3, 1, 1)
+        m.election_send_failed(3)      # 3 silent: 2 wins epoch 2
+        m.coordinator_rejected(3, 2, 2)
         self.assertEqual(m.role, T)
         take_over(m, glue, accept=[1])
         self.assertEqual(m.role, S)
 
     def test_answers_about_another_epoch_ignored(self):
         m, glue, _ = make(3, epoch=4)
-        m.start_election("x")          # epoch 5
-        m.coordinator_accepted(1, 4)
-        m.coordinator_send_failed(2, 4)
-        m.pull_done(1, 4, True)
+        m.start_election("x")          # epoch 7; 3 was its previous one
+        m.coordinator_accepted(1, 3)
+        m.coordinator_send_failed(2, 3)
+        m.pull_done(1, 3, True)
         self.assertEqual((m.role, glue.of("pull"), m.take_over_progress()), (T, [], (1, 1)))
 
     def test_failed_pull_asked_again_at_the_next_reannouncement(self):
         m, glue, clock = make(3, quorum=2, reannounce_interval_s=1.0)
-        m.start_election("x")
-        m.coordinator_accepted(1, 1)
-        m.pull_done(1, 1, False)
-        m.coordinator_send_failed(2, 1)
+        m.start_election("x")          # epoch 3
+        m.coordinator_accepted(1, 3)
+        m.pull_done(1, 3, False)
+        m.coordinator_send_failed(2, 3)
         self.assertEqual((m.role, m.cannot_serve), (T, True))
         glue.calls.clear()
         clock.advance(1.0)
-        self.assertEqual(glue.of("coordinator"), [(1, 1), (2, 1)])   # 1 is asked again
-        m.coordinator_accepted(1, 1)
-        self.assertEqual(glue.of("pull"), [(1, 1)])
-        m.pull_done(1, 1, True)
+        self.assertEqual(glue.of("coordinator"), [(1, 3), (2, 3)])   # 1 is asked again
+        m.coordinator_accepted(1, 3)
+        self.assertEqual(glue.of("pull"), [(1, 3)])
+        m.pull_done(1, 3, True)
         self.assertEqual(m.role, T)          # 2's answer to the re-announcement is due
-        m.coordinator_send_failed(2, 1)
+        m.coordinator_send_failed(2, 3)
         self.assertEqual((m.role, m.cannot_serve), (S, False))
 
     def test_reannounces_only_to_the_unsettled(self):
@@ -600,16 +750,17 @@ class TakeOverTests(SynchronousTestCase):
         take_over(m, glue, accept=[3], fail=[1, 2])
         glue.calls.clear()
         clock.advance(1.0)
-        self.assertEqual(glue.of("coordinator"), [(1, 1), (2, 1)])
+        e = own_epoch(0, 4, stride=5)
+        self.assertEqual(glue.of("coordinator"), [(1, e), (2, e)])
 
     def test_settled_but_short_fails_fast(self):
         """Quorum mode: every answer is in and no majority: refuse requests at once."""
         m, glue, clock = make(3, quorum=2, reannounce_interval_s=1.0)
-        m.start_election("x")
+        m.start_election("x")          # epoch 3
         waiting = serving(m)
-        m.coordinator_send_failed(1, 1)
+        m.coordinator_send_failed(1, 3)
         self.assertNoResult(waiting)
-        m.coordinator_send_failed(2, 1)
+        m.coordinator_send_failed(2, 3)
         self.assertEqual((m.role, m.cannot_serve), (T, True))
         self.assertIsNone(self.successResultOf(waiting))      # woken, and refused
         self.assertIsNone(self.successResultOf(serving(m)))   # at once
@@ -641,7 +792,8 @@ class LeaseTests(SynchronousTestCase):
         self.assertTrue(m.cannot_serve)
         self.assertTrue(self.successResultOf(waiting))   # woken by the step-down
         self.assertNotEqual(m.role, S)
-        self.assertEqual((m.role, m.coordinator_epoch), (T, 2))   # the highest: re-won
+        # the highest: re-won, with its next own epoch (stride 6: 5, then 11)
+        self.assertEqual((m.role, m.coordinator_epoch), (T, own_epoch(1, 5, stride=6)))
         self.assertIsNone(self.successResultOf(serving(m)))
 
     def test_contact_from_a_majority_keeps_the_lease(self):
@@ -666,8 +818,9 @@ class LeaseTests(SynchronousTestCase):
     def test_answers_count_as_contact(self):
         m, glue, clock = self.lease_holder()
         clock.advance(0.9)
-        m.coordinator_accepted(1, 1)   # e.g. an answer to a re-announcement
-        m.coordinator_accepted(2, 1)
+        e = m.coordinator_epoch
+        m.coordinator_accepted(1, e)   # e.g. an answer to a re-announcement
+        m.coordinator_accepted(2, e)
         clock.advance(0.9)
         self.assertEqual(m.role, S)
 
@@ -697,7 +850,8 @@ class LeaseTests(SynchronousTestCase):
         take_over(m, glue, accept=[1], fail=[2, 3, 4])
         clock.advance(2.0)             # two re-announcements to 2, 3, 4
         take_over(m, glue, accept=[2], fail=[3, 4])
-        self.assertEqual((m.role, m.coordinator_epoch, m.cannot_serve), (T, 2, True))
+        self.assertEqual((m.role, m.coordinator_epoch, m.cannot_serve),
+                         (T, own_epoch(1, 5, stride=6), True))
         # The same, with 1 heard from meanwhile (a lease ping): it serves.
         m, glue, clock = make(5, (1, 2, 3, 4, 5), quorum=3, lease_s=1.0,
                               reannounce_interval_s=1.0)
@@ -707,7 +861,7 @@ class LeaseTests(SynchronousTestCase):
         m.contact(1)
         clock.advance(0.5)
         take_over(m, glue, accept=[2], fail=[3, 4])
-        self.assertEqual((m.role, m.coordinator_epoch), (S, 1))
+        self.assertEqual((m.role, m.coordinator_epoch), (S, own_epoch(0, 5, stride=6)))
 
 
 class PersistTests(SynchronousTestCase):
@@ -720,7 +874,7 @@ class PersistTests(SynchronousTestCase):
         clock.advance(PERSIST_RETRY_S)
         self.assertEqual((m.role, m.epoch), (E, 0))
         clock.advance(PERSIST_RETRY_S)
-        self.assertEqual((m.role, m.epoch, glue.of("persist")), (T, 1, [(1,)] * 3))
+        self.assertEqual((m.role, m.epoch, glue.of("persist")), (T, 3, [(3,)] * 3))
         take_over(m, glue)
         self.assertEqual(m.role, S)
         self.assertEqual(clock.getDelayedCalls(), [])   # no timer left dangling
@@ -773,7 +927,7 @@ class CandidacyTests(SynchronousTestCase):
 
     def test_yes_while_following_a_higher_does_not_elect(self):
         m, glue, _ = make(2, candidacy=Candidacy.PENDING)
-        m.coordinator_received(3, 1)
+        self.assertTrue(m.coordinator_received(3, 3))
         m.set_candidacy(Candidacy.YES, "caught up")
         self.assertEqual((m.role, m.coordinator, glue.of("election")), (F, 3, []))
         self.assertTrue(m.eligible)
@@ -784,12 +938,12 @@ class CandidacyTests(SynchronousTestCase):
         m.set_candidacy(Candidacy.YES, "caught up")
         self.assertEqual((m.role, glue.of("election")), (E, [(3, 1)]))
         clock.advance(0.3)
-        self.assertEqual((m.role, m.coordinator_epoch), (T, 2))
+        self.assertEqual((m.role, m.coordinator_epoch), (T, own_epoch(0, 2)))
 
     def test_yes_without_coordinator_elects(self):
         m, glue, _ = make(3, candidacy=Candidacy.PENDING)
         m.set_candidacy(Candidacy.YES, "fresh cluster")
-        self.assertEqual((m.role, m.epoch), (T, 1))
+        self.assertEqual((m.role, m.epoch), (T, own_epoch(0, 3)))
 
     def test_withdrawing_steps_a_coordinator_down(self):
         m, glue, _ = coordinator_of(3)
@@ -821,7 +975,7 @@ class WaitTests(SynchronousTestCase):
         m.start_election("x")
         m.answer_received(3, 0)
         self.assertNoResult(waiting)
-        m.coordinator_received(3, 1)
+        m.coordinator_received(3, 3)
         self.assertEqual(self.successResultOf(waiting), 3)
         self.assertEqual(self.successResultOf(serving(m)), 3)   # at once now
 
@@ -855,12 +1009,12 @@ class ReannounceTests(SynchronousTestCase):
         m, glue, clock = coordinator_of(3, reannounce_interval_s=1.0)
         clock.advance(1.0)
         clock.advance(1.0)
-        self.assertEqual(glue.of("coordinator"), [(1, 1), (2, 1)] * 2)
+        self.assertEqual(glue.of("coordinator"), [(1, 3), (2, 3)] * 2)
         self.assertEqual(glue.of("role"), [])
 
     def test_stops_when_stepping_down(self):
         m, glue, clock = coordinator_of(2, reannounce_interval_s=1.0)
-        m.coordinator_received(3, 2)
+        self.assertTrue(m.coordinator_received(3, 3))
         clock.advance(5)
         self.assertEqual(glue.of("coordinator"), [])
 
@@ -889,7 +1043,8 @@ class ClusterTests(SynchronousTestCase):
         net.crash(4)
         net.converge()
         self.assertEqual(self.coordinators(net), [3])
-        self.assertEqual(net.machine(1).coordinator_epoch, 2)
+        # stride 5: 4 won 4, then 3 its least own epoch above 4
+        self.assertEqual(net.machine(1).coordinator_epoch, own_epoch(1, 3, stride=5))
 
     def test_highest_returns_and_bullies_with_higher_epoch(self):
         net = Network(4)
@@ -900,7 +1055,7 @@ class ClusterTests(SynchronousTestCase):
         net.recover(4)
         net.converge()
         self.assertEqual(self.coordinators(net), [4])
-        self.assertEqual(net.machine(1).coordinator_epoch, 3)
+        self.assertEqual(net.machine(1).coordinator_epoch, own_epoch(1, 4, stride=5))
 
     def test_highest_returns_with_old_epoch(self):
         """4 was down through several epochs; its persisted epoch is stale, so its first
@@ -915,10 +1070,16 @@ class ClusterTests(SynchronousTestCase):
             net.recover(3)
             net.converge()
         stale = net.disk[4]
+        cluster = max(n.machine.epoch for n in net.nodes.values())
         net.recover(4)
         net.converge()
         self.assertEqual(self.coordinators(net), [4])
-        self.assertGreater(net.machine(4).epoch, stale + 1)
+        won = [e for (_, i, e) in net.announced if i == 4]
+        first = own_epoch(1, 4, stride=5)          # its least own epoch above stale 4
+        self.assertEqual((stale, won[-2]), (own_epoch(0, 4, stride=5), first))
+        self.assertLess(first, cluster)            # rejected: the cluster is past it
+        self.assertGreater(net.machine(4).epoch, cluster)
+        self.assertEqual(net.machine(4).epoch % 5, 4)
 
     def test_two_elections_at_once(self):
         net = Network(5)
@@ -929,7 +1090,8 @@ class ClusterTests(SynchronousTestCase):
         net.machine(2).coordinator_failed()
         net.converge()
         self.assertEqual(self.coordinators(net), [4])
-        self.assertEqual([a[1:] for a in net.announced], [(5, 1), (4, 2)])
+        self.assertEqual([a[1:] for a in net.announced],
+                         [(5, own_epoch(0, 5, stride=6)), (4, own_epoch(1, 4, stride=6))])
 
     def test_lower_restarts_never_announce_while_higher_answers(self):
         net = Network(4)

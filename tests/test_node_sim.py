@@ -9,16 +9,22 @@ succeeds at once.  Hypothesis generates crash / recover / link-cut schedules and
 
 - once messages flow again every live replica agrees on the highest live id within
   CONVERGENCE_BOUND_S, and epochs never decrease;
+- (a) at most one coordinator per epoch, ever (I1b), in both modes: across the whole
+  run, every epoch was held (TAKING_OVER or SERVING) by one id only, the id the epoch
+  names (``epoch % stride``), and each replica's won epochs strictly rise; also with
+  member ids that are not 1..N;
 - in quorum mode, the safety invariants of SafetyChecker (I6: majority, lease, fencing
   of an older epoch), at every instant.
 
-CounterexampleTests hold two schedules where stronger properties fail: leases overlap,
-and one epoch has two serving coordinators.
+CounterexampleTests hold two schedules: (b) leases overlap briefly, which still happens
+and is harmless for writes (fencing, checked), and the former counterexample to (a), two
+coordinators with one epoch, kept as a regression test of the per-coordinator epochs.
 """
 
 from __future__ import annotations
 
 from collections import defaultdict
+from collections.abc import Iterable
 from itertools import combinations
 
 from hypothesis import given, settings
@@ -55,6 +61,18 @@ CONVERGENCE_BOUND_S = (
 )
 STEP_S = 0.01  # so the bound is CONVERGENCE_BOUND_S / STEP_S = 350 clock steps
 SETTLE_S = 3 * REANNOUNCE_S  # agreement must then hold this long, with no role change
+
+
+def own_epoch(round_: int, node_id: int, stride: int) -> int:
+    """The epoch replica ``node_id`` wins in its ``round_``-th stride (0-based): epochs
+    are ``round * stride + id`` with stride = highest member id + 1 (Node._next_epoch),
+    so an epoch names its coordinator."""
+    assert 0 <= node_id < stride
+    return round_ * stride + node_id
+
+
+def stride_of(ids: Iterable[int]) -> int:
+    return max(ids) + 1
 
 
 class Replica:
@@ -159,6 +177,8 @@ class Replica:
         net.role_changes.append((net.clock.seconds(), self.id, role, coordinator, epoch))
         if role is Role.TAKING_OVER:
             net.announced.append((net.clock.seconds(), self.id, epoch))
+        if role.is_coordinator:
+            net.holders[epoch].add(self.id)
         if role is Role.SERVING:
             net.served[epoch].add(self.id)
         net.on_role_changed(self)
@@ -171,7 +191,7 @@ class Replica:
 class Network:
     def __init__(
         self,
-        n: int,
+        members: int | Iterable[int],
         reannounce_interval_s: float | None = REANNOUNCE_S,
         quorum: int = 1,
         lease_s: float | None = None,
@@ -180,7 +200,8 @@ class Network:
         self.reannounce_interval_s = reannounce_interval_s
         self.quorum = quorum
         self.lease_s = lease_s
-        self.ids = list(range(1, n + 1))
+        # n replicas 1..n, or the given ids (any positive ints: {2, 5, 9} works too)
+        self.ids = list(range(1, members + 1)) if isinstance(members, int) else sorted(members)
         self.disk = {i: 0 for i in self.ids}  # persisted epochs survive crashes
         self.nodes: dict[int, Replica] = {}  # live incarnations
         self.cut: set[tuple[int, int]] = set()  # directed links that drop messages
@@ -188,14 +209,18 @@ class Network:
         self.announced: list[tuple[float, int, int]] = []
         self.pulls: list[tuple[int, int, int]] = []
         self.served: defaultdict[int, set[int]] = defaultdict(set)  # epoch -> SERVING ids
+        # epoch -> the ids that reached TAKING_OVER or SERVING with it, over the whole run
+        self.holders: defaultdict[int, set[int]] = defaultdict(set)
         # (coordinator, epoch) -> replicas that accepted it, as seen by the receivers
         self.accepted: defaultdict[tuple[int, int], set[int]] = defaultdict(set)
         self.acceptances: list[tuple[int, int, int]] = []  # (replica, coordinator, epoch)
         self.on_role_changed = lambda replica: None  # a hook for invariant checks
 
     @classmethod
-    def quorum_mode(cls, n: int, **kw) -> Network:
-        return cls(n, quorum=n // 2 + 1, lease_s=LEASE_S, **kw)
+    def quorum_mode(cls, members: int | Iterable[int], **kw) -> Network:
+        members = members if isinstance(members, int) else list(members)
+        size = members if isinstance(members, int) else len(members)
+        return cls(members, quorum=size // 2 + 1, lease_s=LEASE_S, **kw)
 
     # -- cluster control --------------------------------------------------------
 
@@ -341,11 +366,18 @@ class Network:
 
 
 @st.composite
-def schedules(draw, min_n=2, max_n=6, max_steps=25, pairs=False):
-    """(n, [(wait_s, event)]).  Events: crash / recover a replica, cut / heal a link
-    (one direction, or both with ``pairs``)."""
+def schedules(draw, min_n=2, max_n=6, max_steps=25, pairs=False, sparse=False):
+    """(members, [(wait_s, event)], pairs).  ``members`` is n (ids 1..n), or with
+    ``sparse`` a list of n distinct ids in 1..20 (e.g. [2, 5, 9]).  Events: crash /
+    recover a replica, cut / heal a link (one direction, or both with ``pairs``)."""
     n = draw(st.integers(min_value=min_n, max_value=max_n))
-    ids = st.integers(min_value=1, max_value=n)
+    if sparse:
+        members = sorted(draw(st.lists(st.integers(min_value=1, max_value=20),
+                                       min_size=n, max_size=n, unique=True)))
+        ids = st.sampled_from(members)
+    else:
+        members = n
+        ids = st.integers(min_value=1, max_value=n)
     event = st.one_of(
         st.tuples(st.just("crash"), ids),
         st.tuples(st.just("recover"), ids),
@@ -353,7 +385,7 @@ def schedules(draw, min_n=2, max_n=6, max_steps=25, pairs=False):
         st.tuples(st.just("heal"), ids, ids),
     )
     wait_s = st.integers(min_value=0, max_value=120).map(lambda cs: cs / 100)
-    return n, draw(st.lists(st.tuples(wait_s, event), max_size=max_steps)), pairs
+    return members, draw(st.lists(st.tuples(wait_s, event), max_size=max_steps)), pairs
 
 
 def apply(net: Network, event: tuple, pairs: bool = False) -> None:
@@ -436,7 +468,7 @@ class ScenarioTests(SynchronousTestCase):
         net = Network.quorum_mode(5)
         net.start()
         self.assertLess(net.converge(), 0.1)
-        self.assertEqual(dict(net.served), {1: {5}})
+        self.assertEqual(dict(net.served), {own_epoch(0, 5, 6): {5}})   # epoch 5
 
     def test_failover_under_one_second(self):
         """Worst case: the coordinator dies just after a heartbeat tick."""
@@ -460,6 +492,9 @@ class ScenarioTests(SynchronousTestCase):
         # or timed out).
         self.assertEqual(net.machine(1).role, Role.SERVING)
         self.assertEqual(net.machine(3).role, Role.SERVING)
+        # ... but not in one epoch (I1b): each won an epoch of its own.
+        self.assertEqual((net.machine(1).coordinator_epoch, net.machine(3).coordinator_epoch),
+                         (own_epoch(0, 1, 4), own_epoch(0, 3, 4)))
         net.converge()
         self.assertEqual(net.machine(1).coordinator, 3)
 
@@ -482,14 +517,92 @@ class ScenarioTests(SynchronousTestCase):
         net.partition(3, 1)
         net.partition(3, 2)
         net.advance(LEASE_S + PING_INTERVAL_S)
-        # 3 is the highest: it wins again alone, but cannot take over without a majority
-        self.assertEqual((old.role, old.take_over_progress()), (Role.TAKING_OVER, (1, 2)))
+        # 3 is the highest: it wins again alone (epoch 7, its own above 3), but cannot
+        # take over without a majority
+        self.assertEqual((old.role, old.take_over_progress(), old.coordinator_epoch),
+                         (Role.TAKING_OVER, (1, 2), own_epoch(1, 3, 4)))
         self.assertTrue(old.cannot_serve)
         self.assertEqual((net.machine(1).coordinator, net.machine(2).role), (2, Role.SERVING))
-        self.assertEqual(net.machine(2).coordinator_epoch, 2)
+        self.assertEqual(net.machine(2).coordinator_epoch, own_epoch(1, 2, 4))   # 6
         net.converge()
         self.assertEqual((old.role, old.coordinator_epoch, old.cannot_serve),
-                         (Role.SERVING, 3, False))
+                         (Role.SERVING, own_epoch(1, 3, 4), False))
+
+
+def check_epoch_owners(test: SynchronousTestCase, net: Network) -> None:
+    """(a), I1b: over the whole run every epoch was held (TAKING_OVER or SERVING) by one
+    replica only, the one it names (``epoch % stride``), and each replica's won epochs
+    strictly rise, across its restarts."""
+    stride = stride_of(net.ids)
+    for epoch, holders in sorted(net.holders.items()):
+        test.assertEqual(holders, {epoch % stride}, (epoch, net.describe()))
+    for i in net.ids:
+        won = [e for _, j, e in net.announced if j == i]
+        test.assertEqual(won, sorted(set(won)), (i, net.describe()))
+
+
+class EpochOwnershipTests(SynchronousTestCase):
+    """(a) at most one coordinator per epoch, ever, whatever the schedule, in both modes,
+    with ids 1..N and with arbitrary ids (which must converge too)."""
+
+    def run_schedule(self, net: Network, steps, pairs: bool) -> None:
+        net.start()
+        for wait_s, event in steps:
+            net.advance(wait_s)
+            apply(net, event, pairs)
+        if len(net.nodes) >= net.quorum:
+            net.converge()
+        else:
+            net.advance(CONVERGENCE_BOUND_S)
+        check_epoch_owners(self, net)
+
+    @settings(max_examples=100, deadline=None)
+    @given(schedules())
+    def test_one_coordinator_per_epoch(self, schedule):
+        members, steps, pairs = schedule
+        self.run_schedule(Network(members), steps, pairs)
+
+    @settings(max_examples=60, deadline=None)
+    @given(schedules(min_n=3, max_n=5, pairs=True))
+    def test_one_coordinator_per_epoch_quorum_mode(self, schedule):
+        members, steps, pairs = schedule
+        self.run_schedule(Network.quorum_mode(members), steps, pairs)
+
+    @settings(max_examples=60, deadline=None)
+    @given(schedules(sparse=True))
+    def test_ids_not_one_to_n(self, schedule):
+        members, steps, pairs = schedule
+        self.run_schedule(Network(members), steps, pairs)
+
+    @settings(max_examples=40, deadline=None)
+    @given(schedules(min_n=3, max_n=5, pairs=True, sparse=True))
+    def test_ids_not_one_to_n_quorum_mode(self, schedule):
+        members, steps, pairs = schedule
+        net = Network.quorum_mode(members)
+        checker = SafetyChecker(self, net)
+        net.start()
+        for wait_s, event in steps:
+            net.advance(wait_s, check=checker.check)
+            apply(net, event, pairs)
+        net.advance(2 * LEASE_S, check=checker.check)
+        check_epoch_owners(self, net)
+
+    def test_members_2_5_9(self):
+        """Stride 10: 9 wins 9; once 9 dies, 5 wins 15 (its own above 9); 9 back wins
+        19; every replica follows the highest live id."""
+        net = Network([2, 5, 9])
+        net.start()
+        net.converge()
+        self.assertEqual(net.machine(2).coordinator_epoch, own_epoch(0, 9, 10))
+        net.crash(9)
+        net.converge()
+        self.assertEqual((net.machine(2).coordinator, net.machine(2).coordinator_epoch),
+                         (5, own_epoch(1, 5, 10)))
+        net.recover(9)
+        net.converge()
+        self.assertEqual((net.machine(2).coordinator, net.machine(2).coordinator_epoch),
+                         (9, own_epoch(1, 9, 10)))
+        check_epoch_owners(self, net)
 
 
 class SafetyChecker:
@@ -500,12 +613,15 @@ class SafetyChecker:
     - majority (I6): a coordinator reaches SERVING only once quorum - 1 peers accepted
       its (id, epoch), counted on the receivers' side;
     - lease (I6): a SERVING replica has heard from quorum - 1 peers within LEASE_S;
+    - one coordinator per epoch (I1b): two replicas serving at once serve different
+      epochs, and over the whole run every epoch had one holder (check_epoch_owners);
     - fencing (I6): while two replicas serve in epochs e1 < e2, fewer than a quorum of
       replicas are not past e1, so every fenced request of the older one meets a STALE
       majority: it cannot complete a quorum write.
 
-    Not checked, because they do not hold (see CounterexampleTests): at most one
-    SERVING replica with a valid lease at a time, and one coordinator per epoch.
+    Not checked, because it does not hold (see CounterexampleTests.test_leases_overlap):
+    at most one SERVING replica with a valid lease at a time.  Fencing makes that brief
+    overlap harmless for writes.
     """
 
     def __init__(self, test: SynchronousTestCase, net: Network) -> None:
@@ -527,8 +643,9 @@ class SafetyChecker:
             test.assertTrue(net.lease_valid(i), (i, net.clock.seconds(), net.describe()))
         ranked = sorted((m.coordinator_epoch, i) for i, m in serving.items())
         for (older, _), (newer, _) in combinations(ranked, 2):
-            if older < newer:
-                test.assertLess(len(net.not_past(older)), net.quorum, net.describe())
+            test.assertLess(older, newer, net.describe())   # never one epoch twice
+            test.assertLess(len(net.not_past(older)), net.quorum, net.describe())
+        check_epoch_owners(test, net)
 
 
 class SafetyTests(SynchronousTestCase):
@@ -566,22 +683,36 @@ class SafetyTests(SynchronousTestCase):
 
 
 class CounterexampleTests(SynchronousTestCase):
-    """Executable counterexamples to two properties one might expect of quorum mode.
-    Neither breaks write safety: a follower acks pushes only from the coordinator it
-    follows in that coordinator's epoch (replica._on_push), and an older epoch's fenced
-    requests meet a STALE majority (SafetyChecker).  If the design changes to make one
-    of them hold, turn its test around."""
+    """Two schedules that were counterexamples to properties one might expect of quorum
+    mode.
+
+    - (b) leases overlap: two replicas SERVING at once, each with a valid lease.  This
+      still happens, briefly, and is harmless for writes.  A quorum-mode write is
+      acknowledged only once quorum - 1 followers acked its push, and a follower acks
+      only pushes from the coordinator it follows, in that coordinator's epoch
+      (replica._on_push); the newer coordinator's epoch is persisted on a majority
+      before it serves (I1, I6), and those replicas answer every fenced request of an
+      older epoch with STALE.  Any write quorum of the deposed coordinator would have
+      to include one of them, so it cannot complete a write: it learns the newer epoch
+      from the STALE answer (or its next lease ping) and steps down.  SafetyChecker
+      checks that fencing at every instant.
+    - (a) one epoch, two coordinators: this no longer happens (I1b: an epoch is
+      ``round * stride + id``, so epoch -> coordinator is a function).  The schedule
+      that produced it is kept as a regression test: the second coordinator now wins
+      an epoch of its own, and the first one is fenced.
+    """
 
     def serving_with_valid_leases(self, net: Network) -> dict[int, int]:
         return {i: m.coordinator_epoch for i, m in net.serving().items() if net.lease_valid(i)}
 
     def test_leases_overlap(self):
-        """Two replicas SERVING at once, each having heard from a majority within the
-        lease.  2 and 3 lose each other; 2 wins epoch 2, accepted by 1.  3 hears epoch 2
-        from 1 (a lease ping), steps down, wins epoch 3 at once and 1 accepts it.  2's
-        take-over then completes (its announcement to 3 times out) and 2 serves epoch 2,
-        although its only acceptor has moved on: its lease is valid (1 answered 0.2 s
-        ago), so it serves alongside 3 until its next ping to 1 teaches it epoch 3."""
+        """(b), still a counterexample, harmless for writes (see the class docstring).
+        3 serves epoch 3; 2 and 3 lose each other; 2 wins epoch 6, accepted by 1.  3
+        hears epoch 6 from 1 (a lease ping), steps down, wins epoch 7 at once and 1
+        accepts it.  2's take-over then completes (its announcement to 3 times out) and
+        2 serves epoch 6, although its only acceptor has moved on: its lease is valid (1
+        answered 0.2 s ago), so it serves alongside 3 until its next ping to 1 teaches
+        it epoch 7.  Meanwhile it is fenced: only 2 itself is not past epoch 6."""
         net = Network.quorum_mode(3)
         net.start()
         net.advance(1.03)
@@ -591,21 +722,25 @@ class CounterexampleTests(SynchronousTestCase):
             if len(self.serving_with_valid_leases(net)) > 1:
                 break
         start = net.clock.seconds()
-        self.assertEqual(self.serving_with_valid_leases(net), {2: 2, 3: 3})
-        self.assertEqual(net.not_past(2), [2])   # 2 is fenced: 1 is past epoch 2
+        first, second = own_epoch(1, 2, 4), own_epoch(1, 3, 4)     # 6 and 7
+        self.assertEqual(self.serving_with_valid_leases(net), {2: first, 3: second})
+        self.assertEqual(net.not_past(first), [2])   # 2 is fenced: 1 is past epoch 6
+        self.assertLess(len(net.not_past(first)), net.quorum)
         while len(self.serving_with_valid_leases(net)) > 1:
             net.advance(STEP_S)
-        # It ends within a lease ping (whose answer carries epoch 3).
+        # It ends within a lease ping (whose answer carries epoch 7).
         self.assertLess(net.clock.seconds() - start, PING_INTERVAL_S + 2 * DELAY_S)
         self.assertNotEqual(net.machine(2).role, Role.SERVING)   # stepped down, elects
+        check_epoch_owners(self, net)
 
-    def test_one_epoch_two_coordinators(self):
-        """I3 says an epoch names one coordinator; it does not, because a replica keeps
-        which coordinator holds its epoch only while it follows it (and does not persist
-        it).  3 serves epoch 1, accepted by 1; 2 (down so far, cut from 3) wins epoch 1
-        too; 1 restarts (or its ping to 3 fails) and, electing, accepts 2's epoch 1.  Both
-        serve epoch 1 with a majority, {3, 1} and {2, 1}: epoch fencing cannot tell
-        them apart, only the (coordinator, epoch) check on pushes does."""
+    def test_a_second_coordinator_gets_its_own_epoch(self):
+        """(a), regression: the schedule that used to make 3 and 2 both serve epoch 1,
+        each accepted by 1.  3 serves epoch 3, accepted by 1; 2 (down so far, cut from 3)
+        wins epoch 2 on its own disk's history, but 1 (restarted, electing) has seen 3
+        and rejects it as stale; 2 re-elects above it, with 6, and 1 accepts that.  Both
+        serve for a moment ((b) above), in different epochs, and 3 is fenced: epoch
+        fencing tells them apart now, not only the (coordinator, epoch) check on
+        pushes."""
         net = Network.quorum_mode(3)
         net.start()
         net.crash(2)
@@ -613,12 +748,23 @@ class CounterexampleTests(SynchronousTestCase):
         net.partition(2, 3)
         net.advance(0.5)
         net.recover(2)
-        net.advance(0.2)                 # 2 wins epoch 1: its ELECTION to 3 timed out
+        net.advance(0.2)                 # 2 wins epoch 2: its ELECTION to 3 timed out
+        self.assertEqual((net.machine(2).role, net.machine(2).coordinator_epoch),
+                         (Role.TAKING_OVER, own_epoch(0, 2, 4)))
         net.crash(1)
         net.cut.add((1, 3))
-        net.recover(1)                   # electing when 2's COORDINATOR(1) arrives
-        net.advance(0.2)                 # 2's announcement to 3 times out: it serves
-        self.assertEqual(self.serving_with_valid_leases(net), {2: 1, 3: 1})
-        self.assertEqual((net.accepted[(3, 1)], net.accepted[(2, 1)]), ({1}, {1}))
-        self.assertEqual(net.not_past(1), [1, 2, 3])   # no STALE anywhere
+        net.recover(1)                   # electing when 2's COORDINATOR(2) arrives
+        for _ in range(100):
+            net.advance(STEP_S)
+            if net.machine(2).role is Role.SERVING:
+                break
+        three, six = own_epoch(0, 3, 4), own_epoch(1, 2, 4)
+        self.assertEqual(self.serving_with_valid_leases(net), {2: six, 3: three})
+        self.assertEqual(net.accepted[(3, three)], {1})
+        self.assertEqual(net.accepted[(2, own_epoch(0, 2, 4))], set())   # stale at 1
+        self.assertEqual(net.accepted[(2, six)], {1})
+        self.assertEqual(net.not_past(three), [3])     # 3 is fenced: a STALE majority
         self.assertEqual(net.machine(1).coordinator, 2)  # 1 acks only 2's pushes
+        self.assertEqual(dict(net.holders), {three: {3}, own_epoch(0, 2, 4): {2}, six: {2}})
+        net.converge()
+        check_epoch_owners(self, net)

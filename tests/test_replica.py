@@ -28,7 +28,17 @@ def replica(tmp_path):
     replica.stopService()
 
 
-def follow(replica: Replica, coordinator: int = 3, epoch: int = 1) -> None:
+def own_epoch(round_: int, replica_id: int, stride: int = 4) -> int:
+    """Replica ``replica_id``'s epoch of round ``round_``: ``round * stride + id``, stride
+    = highest member id + 1 (4 for the built-in cluster 1, 2, 3): an epoch names its
+    coordinator (node.py, I1b)."""
+    return round_ * stride + replica_id
+
+
+def follow(replica: Replica, coordinator: int = 3, epoch: int | None = None) -> None:
+    """Follow ``coordinator`` in ``epoch`` (default: its first own epoch)."""
+    if epoch is None:
+        epoch = own_epoch(0, coordinator)
     assert replica.node.coordinator_received(coordinator, epoch)
 
 
@@ -42,9 +52,9 @@ def test_start_up_dials_every_peer_and_holds_an_election(replica):
 def test_a_follower_serves_through_its_coordinator(replica):
     follow(replica)
     fields = replica.status_fields()
-    assert (fields["role"], fields["coordinator"], fields["epoch"]) == ("follower", "3", "1")
+    assert (fields["role"], fields["coordinator"], fields["epoch"]) == ("follower", "3", "3")
     assert fields["ready"] == "yes"
-    assert replica.store.epoch == 1                   # the epoch is persisted
+    assert replica.store.epoch == 3                   # the epoch is persisted
 
 
 def test_ping_answer_carries_role_coordinator_epoch_and_clock(replica):
@@ -53,7 +63,7 @@ def test_ping_answer_carries_role_coordinator_epoch_and_clock(replica):
     answer = replica.peer_request(1, "PING", "0")
     status = PeerStatus.parse(2, answer.payload)
     assert (answer.kind, status.role, status.coordinator, status.epoch) == (
-        "OK", "follower", 3, 1
+        "OK", "follower", 3, 3
     )
     assert status.clock == VectorClock({3: 1})
     assert replica.peer_up[1] is True
@@ -65,22 +75,41 @@ def test_election_from_a_lower_replica_is_answered_ok(replica):
 
 
 def test_a_stale_coordinator_announcement_is_rejected_with_our_epoch(replica):
-    follow(replica, 3, 5)
-    answer = replica.peer_request(3, "COORDINATOR", "2")
-    assert (answer.kind, answer.payload) == ("NO", "5")
+    follow(replica, 3, own_epoch(1, 3))                    # 7
+    answer = replica.peer_request(3, "COORDINATOR", "3")   # 3's own, but older
+    assert (answer.kind, answer.payload) == ("NO", "7")
+
+
+def test_an_announcement_of_a_foreign_epoch_is_rejected(replica):
+    """I1b: epoch 6 is replica 2's (6 % 4 == 2), so 3 cannot have won it; 1 cannot
+    announce 3's epoch 7 either.  Refused (NO with our epoch), and nothing followed."""
+    follow(replica, 3, 3)
+    answer = replica.peer_request(3, "COORDINATOR", "6")
+    assert (answer.kind, answer.payload) == ("NO", str(replica.node.epoch))
+    assert (replica.node.coordinator, replica.node.coordinator_epoch) == (3, 3)
+    assert replica.peer_request(1, "COORDINATOR", "7").kind == "NO"
+    assert replica.node.coordinator == 3
 
 
 def push(replica: Replica, sender: int, epoch: int, record: Record) -> PeerAnswer:
-    return replica.peer_request(sender, *peerwire.encode_message(peerwire.Push(epoch, record)))
+    """A PUSH and its answer.  An applied push is answered once its group commit is
+    durable, on the next reactor turn (groupcommit.py): let that turn run."""
+    answer = replica.peer_request(sender, *peerwire.encode_message(peerwire.Push(epoch, record)))
+    if isinstance(answer, defer.Deferred):
+        results: list = []
+        answer.addBoth(results.append)
+        replica.reactor.advance(0)
+        (answer,) = results
+    return answer
 
 
 def test_pushes_apply_in_order_and_a_gap_is_reported(replica):
-    follow(replica)
-    first = Record("a", "1", 3, 1, VectorClock({3: 1}), 1)
-    third = Record("b", "3", 3, 3, VectorClock({3: 3}), 1)
-    assert push(replica, 3, 1, first).payload == "applied"
-    assert push(replica, 3, 1, first).payload == "duplicate"
-    assert push(replica, 3, 1, third).payload == "gap"
+    follow(replica)                                       # epoch 3
+    first = Record("a", "1", 3, 1, VectorClock({3: 1}), 3)
+    third = Record("b", "3", 3, 3, VectorClock({3: 3}), 3)
+    assert push(replica, 3, 3, first).payload == "applied"
+    assert push(replica, 3, 3, first).payload == "duplicate"
+    assert push(replica, 3, 3, third).payload == "gap"
     assert replica.store.clock == VectorClock({3: 1})     # not past the gap
     assert replica.store.get("b").value == "3"           # but the record is kept
 
@@ -103,8 +132,8 @@ def test_garbage_in_a_peer_request_is_a_peer_wire_error(replica):
 
 
 def test_a_forwarded_request_to_a_non_coordinator_is_refused(replica):
-    follow(replica)
-    answer = replica.peer_request(1, "CLIENT", "1 GET k")
+    follow(replica)                                        # epoch 3
+    answer = replica.peer_request(1, "CLIENT", "3 GET k")
     assert answer.result.kind == "NO" and answer.result.payload == "3"
 
 
@@ -134,7 +163,7 @@ def test_an_election_is_no_evidence_that_the_coordinator_died(replica):
     in flight to the (alive) coordinator must keep waiting for its answer."""
     follow(replica)
     dead = defer.ensureDeferred(replica._coordinator_dead(3, replica.reactor.seconds() + 5))
-    assert replica.peer_request(1, "ELECTION", "1").kind == "OK"
+    assert replica.peer_request(1, "ELECTION", "3").kind == "OK"
     assert replica.node.role is Role.ELECTING
     assert not dead.called
     replica._suspect(3)                     # what a failed ping to it does
@@ -145,15 +174,15 @@ def test_an_election_is_no_evidence_that_the_coordinator_died(replica):
 
 
 def test_an_older_epoch_on_a_fenced_message_is_refused_with_ours(replica):
-    follow(replica, 3, 5)
-    record = Record("a", "1", 3, 1, VectorClock({3: 1}), 4)
-    answer = push(replica, 3, 4, record)
-    assert (answer.kind, answer.payload) == ("STALE", "5")
+    follow(replica, 3, own_epoch(1, 3))                    # 7
+    record = Record("a", "1", 3, 1, VectorClock({3: 1}), 3)
+    answer = push(replica, 3, 3, record)                   # 3's previous epoch
+    assert (answer.kind, answer.payload) == ("STALE", "7")
     assert replica.store.get("a") is None                  # nothing applied
-    assert replica.peer_request(1, "FULL", "4").kind == "STALE"
-    assert replica.peer_request(1, "CLIENT", "4 GET k").kind == "STALE"
+    assert replica.peer_request(1, "FULL", "6").kind == "STALE"
+    assert replica.peer_request(1, "CLIENT", "6 GET k").kind == "STALE"
     # PING and ELECTION are answered: they exist to spread the newer epoch
-    assert PeerStatus.parse(2, replica.peer_request(1, "PING", "1").payload).epoch == 5
+    assert PeerStatus.parse(2, replica.peer_request(1, "PING", "1").payload).epoch == 7
 
 
 def test_a_newer_epoch_makes_a_coordinator_step_down_before_anything_else(replica):
@@ -168,19 +197,19 @@ def test_a_newer_epoch_makes_a_coordinator_step_down_before_anything_else(replic
 
 
 def test_a_push_from_a_replica_this_one_does_not_follow_is_refused(replica):
-    follow(replica, 3, 2)
-    record = Record("a", "1", 1, 1, VectorClock({1: 1}), 2)
-    answer = push(replica, 1, 2, record)                   # 1 is not the coordinator
-    assert (answer.kind, answer.payload) == ("NO", "2")
+    follow(replica, 3, 3)
+    record = Record("a", "1", 1, 1, VectorClock({1: 1}), 3)
+    answer = push(replica, 1, 3, record)                   # 1 is not the coordinator
+    assert (answer.kind, answer.payload) == ("NO", "3")
     assert replica.store.get("a") is None
 
 
 def test_a_huge_epoch_is_a_refused_message_not_a_wedge(replica):
-    follow(replica, 3, 2)
+    follow(replica, 3, 3)
     with pytest.raises(PeerWireError):
         replica.peer_request(3, "COORDINATOR", "9" * 18)
-    assert replica.node.epoch == 2
-    assert replica.peer_request(3, "COORDINATOR", "3").kind == "OK"   # later ones work
+    assert replica.node.epoch == 3
+    assert replica.peer_request(3, "COORDINATOR", "7").kind == "OK"   # later ones work
 
 
 def test_status_names_the_mode_and_the_cluster_id(replica):
@@ -194,13 +223,13 @@ def test_an_unbound_replica_of_a_cluster_with_history_refuses_pushes(tmp_path):
     replica.startService()
     try:
         assert replica.node.candidacy is Candidacy.PENDING     # not seen its peers yet
-        bound = PeerStatus(3, "coordinator", 3, 1, VectorClock({3: 4}), "ab" * 16)
+        bound = PeerStatus(3, "coordinator", 3, 3, VectorClock({3: 4}), "ab" * 16)
         replica._compare(bound)
         assert replica.node.candidacy is Candidacy.NO          # must copy first
-        follow(replica, 3, 1)
-        answer = push(replica, 3, 1, Record("a", "1", 3, 5, VectorClock({3: 5}), 1))
+        follow(replica, 3, 3)
+        answer = push(replica, 3, 3, Record("a", "1", 3, 5, VectorClock({3: 5}), 3))
         assert answer.kind == "NO"
-        assert replica.peer_request(1, "ELECTION", "1").kind == "NO"   # not a candidate
+        assert replica.peer_request(1, "ELECTION", "3").kind == "NO"   # not a candidate
     finally:
         replica.stopService()
 
