@@ -36,6 +36,7 @@ DEFAULT_CLIENT_BASE_PORT = 7000
 DEFAULT_PEER_BASE_PORT = 7100
 DEFAULT_SECRET = "replicad-insecure-default-secret"
 MAX_REPLICAS = 64
+MAX_REPLICA_ID = 9999
 MAJORITY = "majority"       # write_quorum = majority: N // 2 + 1
 # A derived forward_timeout adds this to the longest the coordinator may legitimately
 # take (election_wait + fetch_timeout + quorum_timeout): the request and its reply
@@ -336,6 +337,9 @@ def parse_config(parser: configparser.ConfigParser, source: str) -> ClusterConfi
             raise ConfigError(f"{where}: unknown section [{section}] (expected [replica:N])")
         if not is_number(id_text) or int(id_text) < 1:
             raise ConfigError(f"{where}: section [{section}] needs a positive integer id")
+        if int(id_text) > MAX_REPLICA_ID:
+            # Epochs are round x (highest id + 1) + id: ids must stay small.
+            raise ConfigError(f"{where}: replica id {int(id_text)} is above {MAX_REPLICA_ID}")
         if int(id_text) in members:
             raise ConfigError(f"{where}: replica id {int(id_text)} is defined twice")
         members[int(id_text)] = _parse_member(int(id_text), parser[section], where)

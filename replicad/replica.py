@@ -478,10 +478,15 @@ class Replica(service.MultiService):
                 # The failed ping started an election: wait for news, do not spin.
                 await self._state_change(coordinator, deadline)
                 continue
+            sent_in = node.epoch
             try:
                 return await self._forward(coordinator, request)
             except StaleEpoch:
-                await self._state_change(coordinator, deadline)
+                # The refusal taught us a newer epoch.  If the coordinator is the same
+                # (it re-elected itself higher, as after every bully-back) nothing else
+                # will change: send again at once, now in the new epoch.
+                if node.epoch == sent_in:
+                    await self._state_change(coordinator, deadline)
             except PeerUnavailable as e:
                 if e.sent and request.is_write:
                     return self._error(

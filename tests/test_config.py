@@ -735,3 +735,11 @@ def test_render_round_trips_every_quorum(tmp_path, size, quorum):
 def test_full_copy_ratio_is_a_fraction(tmp_path, value):
     message = config_error(tmp_path, with_cluster(f"full_copy_ratio = {value}"))
     assert "full_copy_ratio" in message
+
+
+def test_replica_ids_are_bounded_because_epochs_contain_them(tmp_path):
+    path = tmp_path / "c.ini"
+    path.write_text("[cluster]\nsecret = s\n[replica:10000]\nclient = 127.0.0.1:1\n"
+                    "peer = 127.0.0.1:2\n")
+    with pytest.raises(ConfigError, match="replica id 10000 is above 9999"):
+        load_config(str(path))

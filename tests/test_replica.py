@@ -260,3 +260,31 @@ def test_a_write_sent_twice_with_one_request_id_is_applied_once(replica):
     assert serve(replica, "@r=;w=;id=0123abcd.1 PUT k v1").status == "OK"
     assert replica.store.get("k").value == "v2"              # the old id changed nothing
     assert replica.store.request("0123abcd.1")[:2] == (2, 1)
+
+
+def test_a_stale_answer_from_the_same_coordinator_is_retried_at_once(replica):
+    """The coordinator re-elected itself higher (as after every bully-back): its STALE
+    answer teaches the new epoch, and the forward is sent again at once, not after
+    election_wait (a 3 s stall the failover benchmark found)."""
+    from replicad.peer import PeerResponse
+    from replicad.sync import StaleEpoch
+
+    follow(replica, 3, own_epoch(0, 3))                    # 3
+    sent = []
+
+    def call(peer_id, message, timeout_s, on_line=None):
+        sent.append((message.verb, message.epoch))
+        if message.verb == "PING":
+            status = PeerStatus(3, "coordinator", 3, replica.node.epoch, VectorClock())
+            return defer.succeed(PeerResponse("OK", status.encode()))
+        if len([v for v, _ in sent if v == "CLIENT"]) == 1:
+            replica.node.epoch_seen(own_epoch(1, 3))       # what call() does on STALE
+            return defer.fail(StaleEpoch(3, own_epoch(1, 3)))
+        return defer.succeed(PeerResponse("END", "", [("LINE", "OK")]))
+
+    replica.call = call
+    d = replica.handle(Request("PUT", "k", "v"))
+    replica.reactor.advance(0)
+    assert d.called, "the forward waited instead of being sent again"
+    assert d.result.status == "OK"
+    assert [e for v, e in sent if v == "CLIENT"] == [3, 7]  # again, in the new epoch
