@@ -231,6 +231,13 @@ class _LineProtocol(LineReceiver):
             self.refuse("line is not valid UTF-8")
             return None
 
+    def dataReceived(self, data: bytes) -> None:
+        # Once this side has decided to close, what the peer still sends is moot: it
+        # must not draw a second ERR (a real transport stops reading anyway).
+        if getattr(self.transport, "disconnecting", False):
+            return
+        super().dataReceived(data)
+
     def refuse(self, message: str, code: str = "PROTOCOL") -> None:
         self.report_refusal(message)
         self.send_line(f"ERR {code} {message}")
@@ -356,6 +363,10 @@ class PeerServerProtocol(_LineProtocol):
         if self._stall_timer is not None and self._stall_timer.active():
             self._stall_timer.cancel()
         self._stall_timer = None
+
+    def refuse(self, message: str, code: str = "PROTOCOL") -> None:
+        self._cancel_handshake_timer()      # or it would say "timed out" on the way out
+        super().refuse(message, code)
 
     def report_refusal(self, message: str) -> None:
         if self.peer_id is None:    # anyone can connect: rate-limited
@@ -666,6 +677,14 @@ class PeerClientProtocol(_LineProtocol):
                     self._finish(frame.rid, error=e)
             else:
                 call.lines.append((frame.kind, frame.payload))
+            return
+        if frame.kind not in peerwire.FINAL_KINDS:
+            # Not an answer this protocol knows: fail this call (as a bad record does),
+            # rather than hand the caller a response it has no branch for.
+            self._finish(frame.rid, error=PeerWireError(
+                f"unexpected answer {frame.kind[:20]!r} from replica "
+                f"{self.factory.expected_peer_id}"
+            ))
             return
         self._finish(frame.rid, PeerResponse(frame.kind, frame.payload, call.lines))
 

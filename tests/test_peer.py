@@ -1482,3 +1482,30 @@ def test_tap_wires_the_peer_limits_into_the_peer_listener(tmp_path, monkeypatch)
         assert factory.stream_stall_timeout_s == 7.0
     finally:
         options.data_dir_lock.close()
+
+
+# Found by fuzzing (tests/test_fuzz_peer.py) ---------------------------------------------
+
+
+def test_a_refused_connection_says_err_once_and_ignores_the_rest():
+    """A refusal used to leave the handshake timer armed (a second ERR AUTH 5 s later on
+    a closing connection), and lines after the refusal drew more ERRs."""
+    proto, transport, clock, handler = make_server()
+    lines(transport)
+    proto.dataReceived(b"HELLO?\n")
+    proto.dataReceived(b"1 PING 0\nmore garbage\n")
+    clock.advance(peer.HANDSHAKE_TIMEOUT_S)
+    assert lines(transport) == ["ERR AUTH not authenticated: send AUTH first"]
+    assert clock.getDelayedCalls() == [] and handler.calls == []
+
+
+def test_an_answer_of_unknown_kind_fails_only_its_call():
+    """It used to end the call as if it were an answer, leaving callers a kind they
+    have no branch for."""
+    proto, transport, _clock = ready_client()
+    odd, good = proto.call("PING"), proto.call("PING")
+    proto.dataReceived(b"1 MAYBE later\n2 OK fine\n")
+    error = failure_of(odd, PeerWireError)
+    assert "unexpected answer 'MAYBE'" in str(error)
+    assert success(good) == PeerResponse("OK", "fine", [])
+    assert not transport.disconnecting
