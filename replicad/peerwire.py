@@ -262,13 +262,38 @@ class Client:
 
 @dataclass(frozen=True)
 class Push:
+    """The writes of one reactor turn, for one link: ``<len>:<record>`` each (len in
+    characters), separated by a space, so one frame is decoded per batch."""
+
     epoch: int
-    record: Record
+    records: tuple[Record, ...]
     verb: ClassVar[str] = "PUSH"
     fenced: ClassVar[bool] = True
 
     def args(self) -> str:
-        return encode_record(self.record)
+        return encode_batch(self.records)
+
+
+def encode_batch(records) -> str:
+    texts = (encode_record(record) for record in records)
+    return " ".join(f"{len(text)}:{text}" for text in texts)
+
+
+def decode_batch(text: str) -> tuple[Record, ...]:
+    records = []
+    at = 0
+    while at < len(text):
+        colon = text.find(":", at, at + 12)
+        if colon < 0 or not is_number(text[at:colon]):
+            raise PeerWireError(f"bad record batch at {text[at:at + 20]!r}")
+        end = colon + 1 + int(text[at:colon])
+        if end > len(text) or (end < len(text) and text[end] != " "):
+            raise PeerWireError("a record batch's lengths do not match its records")
+        records.append(decode_record(text[colon + 1:end]))
+        at = end + 1
+    if not records:
+        raise PeerWireError("an empty record batch")
+    return tuple(records)
 
 
 @dataclass(frozen=True)
@@ -299,7 +324,7 @@ _DECODERS: dict[str, Callable[[int, str], Message]] = {
     "ELECTION": lambda epoch, rest: Election(epoch),
     "COORDINATOR": lambda epoch, rest: Coordinator(epoch),
     "CLIENT": lambda epoch, rest: Client(epoch, rest),
-    "PUSH": lambda epoch, rest: Push(epoch, decode_record(rest)),
+    "PUSH": lambda epoch, rest: Push(epoch, decode_batch(rest)),
     "DELTA": lambda epoch, rest: Delta(epoch, decode_clock(rest)),
     "FULL": lambda epoch, rest: Full(epoch),
 }

@@ -33,6 +33,7 @@ from replicad.detector import HeartbeatMonitor
 from replicad.groupcommit import GroupCommit, GroupFailed
 from replicad.identity import new_cluster_id
 from replicad.joining import Joining
+from replicad.metrics import ReplicaMetrics
 from replicad.node import Candidacy, Node, Role
 from replicad.peer import PeerAnswer, PeerLink, PeerResponse, PeerUnavailable
 from replicad.peerwire import Message, PeerStatus, PeerWireError
@@ -100,6 +101,7 @@ class Replica(service.MultiService):
         self._discovery = LoopingCall(self._discovery_tick)
         self._discovery.clock = reactor
         self._started_at = 0.0
+        self.metrics = ReplicaMetrics(self, reactor)   # metrics hook: /metrics, admin page
 
     # Service life cycle ----------------------------------------------------------------
 
@@ -173,6 +175,7 @@ class Replica(service.MultiService):
         """Record whether the last exchange with a peer worked; log the changes."""
         if self.peer_up.get(peer_id) != up:
             self.log.info("replica {peer} is {state}", peer=peer_id, state="up" if up else "down")
+            self.metrics.link_changed(peer_id, up)   # metrics hook
         self.peer_up[peer_id] = up
         if up:
             self._suspected.discard(peer_id)
@@ -189,7 +192,12 @@ class Replica(service.MultiService):
              on_line=None) -> defer.Deferred[PeerResponse]:
         """Send a typed request; a ``STALE <epoch>`` answer teaches this replica the
         newer epoch and fails the call with StaleEpoch."""
+        pull = isinstance(message, (peerwire.Delta, peerwire.Full))   # metrics hook
+        if pull:   # metrics hook: count the records and bytes of a pull, time it
+            on_line, pulled = self.metrics.pull(isinstance(message, peerwire.Full), on_line)
         d = self.links[peer_id].call(*peerwire.encode_message(message), timeout_s, on_line)
+        if pull:   # metrics hook
+            d.addBoth(pulled)
 
         def answered(response: PeerResponse) -> PeerResponse:
             self._mark(peer_id, True)
@@ -256,6 +264,7 @@ class Replica(service.MultiService):
             "replica {id} is now {role}; coordinator {coordinator}, epoch {epoch}",
             id=self.my_id, role=role.value, coordinator=coordinator, epoch=epoch,
         )
+        self.metrics.role_changed(role.value, coordinator, epoch)   # metrics hook
         if role is Role.STOPPED:
             return
         self.detector.reset()
@@ -322,6 +331,7 @@ class Replica(service.MultiService):
 
         def parsed(response):
             status = PeerStatus.parse(peer_id, response.payload)
+            self.metrics.peer_status(status)   # metrics hook: /cluster.json, lag
             self.node.epoch_seen(status.epoch)
             return status
 
@@ -451,7 +461,8 @@ class Replica(service.MultiService):
         return wire.error_reply(code, message).with_meta(self._meta(request, self.store.clock))
 
     def handle(self, request: Request) -> defer.Deferred[Reply]:
-        return defer.ensureDeferred(self._handle(request))
+        reply = defer.ensureDeferred(self._handle(request))
+        return self.metrics.request(request.command, reply)   # metrics hook
 
     def _unavailable(self, request: Request) -> Reply:
         if self.node.cannot_serve:
@@ -611,7 +622,10 @@ class Replica(service.MultiService):
         return Reply("OK", meta=self._meta(request, version))
 
     async def _replicated(self, request: Request, record, epoch) -> Reply:
-        if not await self.sync.replicate(record, epoch, self._push_refused):
+        started = self.reactor.seconds()   # metrics hook
+        reached = await self.sync.replicate(record, epoch, self._push_refused)
+        self.metrics.quorum_wait(self.reactor.seconds() - started, reached)   # metrics hook
+        if not reached:
             return self._error(
                 request, Code.QUORUM,
                 f"the write is on this replica but fewer than write_quorum = "
@@ -673,12 +687,13 @@ class Replica(service.MultiService):
                     and node.coordinator_epoch == message.epoch)
         if not accepted or not (self._bound or self.joining.fresh):
             return PeerAnswer("NO", str(node.epoch))
-        applied = self.commits.run(lambda: self.store.apply_pushed(message.record))
+        store = self.store
+        applied = self.commits.run(lambda: [store.apply_pushed(r) for r in message.records])
 
-        def answer(outcome: str) -> PeerAnswer:     # an acknowledgement: on disk now
-            if outcome == "gap":
+        def answer(outcomes: list[str]) -> PeerAnswer:   # an acknowledgement: on disk now
+            if "gap" in outcomes:
                 self.sync.sync_from(peer_id)   # a push was lost: fetch what is missing
-            return PeerAnswer("OK", outcome)
+            return PeerAnswer("OK", ",".join(outcomes))
 
         return applied.addCallback(answer)
 

@@ -66,6 +66,8 @@ class Synchroniser:
         self.mark = mark
         self.epoch = epoch
         self._pulls: dict[int, defer.Deferred[bool]] = {}
+        self._batches: dict[int, list[_Pending]] = {}    # this turn's writes, per epoch
+        self._refused: Callable[[int], None] = lambda peer_id: None
         self._last_seen: dict[int, VectorClock] = {}
 
     # Pulls -----------------------------------------------------------------------------
@@ -192,51 +194,98 @@ class Synchroniser:
 
     def replicate(self, record: Record, epoch: int,
                   refused: Callable[[int], None] = lambda peer_id: None) -> defer.Deferred[bool]:
-        """Push a write of ``epoch`` to every peer; fire True once write_quorum replicas
-        have it on disk.  A follower that does not follow this epoch answers NO: it is
-        no ack, and ``refused(peer_id)`` is told."""
-        needed = self.config.write_quorum - 1     # the coordinator has it already
-        result: defer.Deferred[bool] = defer.Deferred()
-        acks = 0
-        pending = len(self.peers)
-        message = peerwire.Push(epoch, record)
+        """Push a durable write of ``epoch`` to every peer; fire True once write_quorum
+        replicas have it on disk.  The writes of one reactor turn go out together, one
+        PUSH per link (batched replication), and each batch's answer counts for every
+        write in it.  A follower that does not follow this epoch answers NO: it is no
+        ack, and ``refused(peer_id)`` is told."""
+        pending = _Pending(record, self.config.write_quorum - 1, len(self.peers))
+        if not self._batches:
+            self.reactor.callLater(0, self._send_batches)
+        self._batches.setdefault(epoch, []).append(pending)
+        self._refused = refused
+        if pending.needed > 0:
+            pending.settle()
+            if not pending.result.called:
+                pending.result.addTimeout(self.timers.quorum_timeout, self.reactor,
+                                          onTimeoutCancel=lambda *_: False)
+        return pending.result
 
-        def settle() -> None:
-            if not result.called and (acks >= needed or pending == 0):
-                result.callback(acks >= needed)
-
-        def acked(response, peer_id: int) -> None:
-            nonlocal acks, pending
-            pending -= 1
-            if response.kind == "OK":
-                acks += 1
-            elif response.kind == "NO":
-                refused(peer_id)
-            settle()
-
-        def failed(failure, peer_id: int) -> None:
-            nonlocal pending
-            pending -= 1
-            if failure.check(PeerUnavailable):
-                self.mark(peer_id, False)
-            elif not failure.check(StaleEpoch):
-                self.log.failure("push to replica {peer} failed", failure, peer=peer_id)
-            settle()
-
-        for peer_id in self.peers:
-            d = self.call(peer_id, message, self.timers.quorum_timeout)
-            d.addCallbacks(acked, failed, callbackArgs=(peer_id,), errbackArgs=(peer_id,))
-        if needed == 0:
+    def _send_batches(self) -> None:
+        batches, self._batches = self._batches, {}
+        refused = self._refused
+        quorum_one: list[_Pending] = []
+        for epoch, items in batches.items():
+            quorum_one += [p for p in items if p.needed == 0]
+            for chunk in self._chunks(items):
+                message = peerwire.Push(epoch, tuple(p.record for p in chunk))
+                for peer_id in self.peers:
+                    d = self.call(peer_id, message, self.timers.quorum_timeout)
+                    d.addCallbacks(self._acked, self._push_failed,
+                                   callbackArgs=(peer_id, chunk, refused),
+                                   errbackArgs=(peer_id, chunk))
+        if quorum_one:
             # write_quorum = 1: acknowledge once the pushes have been handed to the
             # links, so a crash right after the OK is less likely to take the only copy
             # with it (only a quorum of 2 or more makes that a guarantee).  The pushes
             # start in calls due now; a call scheduled from inside a due call runs on
             # the next reactor iteration, after all of them (equal times alone do not
             # keep their order).
-            self.reactor.callLater(0, self.reactor.callLater, 0, settle)
-            return result
-        settle()
-        if not result.called:
-            result.addTimeout(self.timers.quorum_timeout, self.reactor,
-                              onTimeoutCancel=lambda *_: False)
-        return result
+            def settle_all() -> None:
+                for pending in quorum_one:
+                    pending.settle(force=True)
+
+            self.reactor.callLater(0, self.reactor.callLater, 0, settle_all)
+
+    def _chunks(self, items: list[_Pending]):
+        """Batches that fit a peer line (the receiver's limit)."""
+        limit = self.config.limits.max_line_bytes
+        chunk: list[_Pending] = []
+        size = 0
+        for pending in items:
+            length = len(peerwire.encode_record(pending.record).encode("utf-8")) + 24
+            if chunk and size + length > limit:
+                yield chunk
+                chunk, size = [], 0
+            chunk.append(pending)
+            size += length
+        if chunk:
+            yield chunk
+
+    def _acked(self, response, peer_id: int, chunk: list[_Pending],
+               refused: Callable[[int], None]) -> None:
+        if response.kind == "NO":
+            refused(peer_id)
+        for pending in chunk:
+            pending.answered(response.kind == "OK")
+
+    def _push_failed(self, failure, peer_id: int, chunk: list[_Pending]) -> None:
+        if failure.check(PeerUnavailable):
+            self.mark(peer_id, False)
+        elif not failure.check(StaleEpoch):
+            self.log.failure("push to replica {peer} failed", failure, peer=peer_id)
+        for pending in chunk:
+            pending.answered(False)
+
+
+class _Pending:
+    """One write waiting for its quorum: acks counted from the batches it went in."""
+
+    def __init__(self, record: Record, needed: int, peers: int):
+        self.record = record
+        self.needed = needed          # acks needed besides the coordinator's own copy
+        self.outstanding = peers
+        self.acks = 0
+        self.result: defer.Deferred[bool] = defer.Deferred()
+
+    def answered(self, ack: bool) -> None:
+        self.outstanding -= 1
+        self.acks += ack
+        if self.needed > 0:
+            self.settle()
+
+    def settle(self, force: bool = False) -> None:
+        if self.result.called:
+            return
+        if force or self.acks >= self.needed or self.outstanding == 0:
+            self.result.callback(self.acks >= self.needed)

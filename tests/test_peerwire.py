@@ -330,7 +330,10 @@ def test_proofs_match_uses_constant_time_compare(monkeypatch):
         peerwire.Election(7),
         peerwire.Coordinator(MAX_EPOCH),
         peerwire.Client(3, "PUT k a value with spaces"),
-        peerwire.Push(4, Record("k", "v w", 2, 3, VectorClock({2: 3}), 4)),
+        peerwire.Push(4, (Record("k", "v w", 2, 3, VectorClock({2: 3}), 4),)),
+        peerwire.Push(4, (Record("a", "1:2 3", 2, 3, VectorClock({2: 3}), 4, "00ff00ff.1"),
+                          Record("b", None, 2, 4, VectorClock({2: 4}), 4),
+                          Record("c", "", 2, 5, VectorClock({2: 5}), 4))),
         peerwire.Delta(2, VectorClock({1: 5, 3: 2})),
         peerwire.Delta(2, VectorClock()),
         peerwire.Full(9),
@@ -372,3 +375,15 @@ def test_parse_epoch_bounds():
     assert peerwire.parse_epoch(str(MAX_EPOCH)) == MAX_EPOCH
     with pytest.raises(PeerWireError, match="above the bound"):
         peerwire.parse_epoch(str(MAX_EPOCH + 1))
+
+
+@given(st.lists(RECORDS, min_size=1, max_size=5))
+def test_record_batches_round_trip(records):
+    assert peerwire.decode_batch(peerwire.encode_batch(records)) == tuple(records)
+
+
+@pytest.mark.parametrize("text", ["", "5:k 1 1", "x:k", "3:abc4:defg", "99:k 1 1 0 - 1:1 V v",
+                                  "14:k 1 1 0 - 1:1 T extra"])
+def test_bad_record_batches_raise_peer_wire_error(text):
+    with pytest.raises(PeerWireError):
+        peerwire.decode_batch(text)

@@ -94,7 +94,7 @@ def test_an_announcement_of_a_foreign_epoch_is_rejected(replica):
 def push(replica: Replica, sender: int, epoch: int, record: Record) -> PeerAnswer:
     """A PUSH and its answer.  An applied push is answered once its group commit is
     durable, on the next reactor turn (groupcommit.py): let that turn run."""
-    answer = replica.peer_request(sender, *peerwire.encode_message(peerwire.Push(epoch, record)))
+    answer = replica.peer_request(sender, *peerwire.encode_message(peerwire.Push(epoch, (record,))))
     if isinstance(answer, defer.Deferred):
         results: list = []
         answer.addBoth(results.append)

@@ -2,9 +2,12 @@
 
 from __future__ import annotations
 
+from twisted.internet import defer
 from twisted.internet.task import Clock
 
+from replicad import peerwire
 from replicad.config import default_config
+from replicad.peer import PeerResponse, PeerUnavailable
 from replicad.peerwire import PeerStatus
 from replicad.store import Record, Store
 from replicad.sync import Synchroniser
@@ -53,3 +56,74 @@ def test_nothing_missing_nothing_pulled(tmp_path):
     sync.compare(seen({3: 1}))
     sync.compare(seen({3: 1}))
     assert pulls == []
+
+
+# Batched replication (issue #10) --------------------------------------------------------
+
+
+class Links:
+    """call() for a Synchroniser: records each PUSH and lets the test answer it."""
+
+    def __init__(self):
+        self.sent: list[tuple[int, object, defer.Deferred]] = []
+
+    def __call__(self, peer_id, message, timeout_s, on_line=None):
+        d = defer.Deferred()
+        self.sent.append((peer_id, message, d))
+        return d
+
+
+def replicator(tmp_path, write_quorum: int = 2, **limits):
+    from replicad.config import with_overrides
+    from replicad.wire import Limits
+
+    config = with_overrides(default_config(), write_quorum=write_quorum)
+    if limits:
+        config = with_overrides(config, limits=Limits(**limits))
+    clock, links, refused = Clock(), Links(), []
+    store = Store(str(tmp_path / "replica.sqlite"))
+    sync = Synchroniser(store, [1, 2], config, clock, ping=None, call=links,
+                        mark=lambda peer, up: None,
+                        epoch=lambda: 3)
+    return sync, store, clock, links, refused
+
+
+def test_the_writes_of_one_turn_go_out_as_one_push_per_link(tmp_path):
+    sync, store, clock, links, refused = replicator(tmp_path)
+    records = [store.write(3, f"k{n}", "v", epoch=3) for n in range(10)]
+    results = [sync.replicate(r, 3, refused.append) for r in records]
+    clock.advance(0)
+    assert [(peer, len(m.records)) for peer, m, _ in links.sent] == [(1, 10), (2, 10)]
+    assert not any(r.called for r in results)
+    links.sent[0][2].callback(PeerResponse("OK", ",".join(["applied"] * 10)))
+    assert [r.result for r in results] == [True] * 10     # one answer acks all ten
+
+
+def test_a_refusal_is_no_ack_and_is_reported(tmp_path):
+    sync, store, clock, links, refused = replicator(tmp_path)
+    result = sync.replicate(store.write(3, "k", "v", epoch=3), 3, refused.append)
+    clock.advance(0)
+    links.sent[0][2].callback(PeerResponse("NO", "9"))
+    assert not result.called and refused == [1]
+    links.sent[1][2].errback(PeerUnavailable("gone"))
+    assert result.result is False
+
+
+def test_batches_are_cut_to_fit_a_peer_line(tmp_path):
+    sync, store, clock, links, refused = replicator(tmp_path, max_value_bytes=1000)
+    records = [store.write(3, f"k{n}", "x" * 900, epoch=3) for n in range(12)]
+    for record in records:
+        sync.replicate(record, 3, refused.append)
+    clock.advance(0)
+    sizes = [len(m.records) for peer, m, _ in links.sent if peer == 1]
+    assert sum(sizes) == 12 and len(sizes) > 1
+    limit = sync.config.limits.max_line_bytes
+    assert all(len(peerwire.encode_message(m)[1].encode()) <= limit for _, m, _ in links.sent)
+
+
+def test_quorum_one_is_acknowledged_once_the_pushes_left(tmp_path):
+    sync, store, clock, links, refused = replicator(tmp_path, write_quorum=1)
+    result = sync.replicate(store.write(3, "k", "v", epoch=3), 3, refused.append)
+    assert not result.called
+    clock.advance(0)     # task.Clock also runs the calls scheduled meanwhile
+    assert len(links.sent) == 2 and result.result is True   # no answer needed
