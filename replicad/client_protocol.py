@@ -39,6 +39,7 @@ class RequestHandler(Protocol):
 
     def client_connected(self) -> None: ...
     def status(self, request: Request) -> Reply: ...
+    def answer_now(self, request: Request) -> Reply | None: ...
     def handle(self, request: Request) -> defer.Deferred[Reply]: ...
 
 
@@ -167,7 +168,13 @@ class ClientProtocol(LineReceiver, TimeoutMixin):
         elif request.command == "STATUS":
             self.write_reply(self.factory.handler.status(request))
         else:
-            self._serve(request)
+            # The fast path: a read the coordinator can answer at once is answered here,
+            # with no Deferred and no pause of reading (most GETs).
+            reply = self.factory.handler.answer_now(request)
+            if reply is not None:
+                self.write_reply(reply)
+            else:
+                self._serve(request)
 
     def _auth(self, password: str) -> None:
         expected = self.factory.password

@@ -464,6 +464,27 @@ class Replica(service.MultiService):
         reply = defer.ensureDeferred(self._handle(request))
         return self.metrics.request(request.command, reply)   # metrics hook
 
+    def answer_now(self, request: Request) -> Reply | None:
+        """The read fast path: the answer, if this replica can give it at once (it
+        serves, the session needs nothing it lacks, no write is waiting for its
+        COMMIT); else None and the request takes the full path (handle)."""
+        if not request.is_read or self.node.serving_as != self.my_id:
+            return None
+        store = self.store
+        if store.group_open or not session.requirement(request.context) <= store.clock:
+            return None
+        return self._read(request)
+
+    def _read(self, request: Request) -> Reply:
+        store = self.store
+        if request.command == "GET":
+            record = store.get(request.key)
+            if record is None or record.deleted:
+                return Reply("NOTFOUND", meta=self._meta(request, store.clock))
+            return Reply("VALUE", record.value, meta=self._meta(request, store.clock))
+        keys = tuple(store.keys(request.key or ""))
+        return Reply("KEYS", lines=keys, meta=self._meta(request, store.clock))
+
     def _unavailable(self, request: Request) -> Reply:
         if self.node.cannot_serve:
             why = "this replica's side of the cluster has no majority"
@@ -580,14 +601,8 @@ class Replica(service.MultiService):
             await self.commits.durable()     # never answer with a write not yet on disk
             if node.serving_as != self.my_id:
                 raise _NotCoordinator()
-        if request.command == "GET":
-            record = store.get(request.key)
-            if record is None or record.deleted:
-                return Reply("NOTFOUND", meta=self._meta(request, store.clock))
-            return Reply("VALUE", record.value, meta=self._meta(request, store.clock))
-        if request.command == "KEYS":
-            keys = tuple(store.keys(request.key or ""))
-            return Reply("KEYS", lines=keys, meta=self._meta(request, store.clock))
+        if request.is_read:
+            return self._read(request)
         rid = request.context.rid if request.context else None
         done = store.request(rid) if rid is not None else None
         if done is not None:

@@ -37,6 +37,12 @@ class FakeHandler:
         self.status_requests.append(request)
         return Reply("STATUS", lines=wire.status_lines({"role": "coordinator", "epoch": "4"}))
 
+    def answer_now(self, request):
+        """The read fast path: a GET of 'fast' is answered at once."""
+        if request.command == "GET" and request.key == "fast":
+            return Reply("VALUE", "at once")
+        return None
+
     def handle(self, request):
         self.handled.append(request)
         self.pending.append(defer.Deferred())
@@ -577,3 +583,16 @@ def test_half_close_on_a_real_socket_still_gets_the_reply(delay_s):
         yield port.stopListening()
     assert data == b"OK\r\nVALUE x\r\nPONG\r\n"
     assert handler.handled == [Request("PUT", "k", "v"), Request("GET", "k")]
+
+
+def test_a_read_answered_at_once_takes_no_deferred_and_does_not_pause_reading():
+    handler = FakeHandler()
+    proto, transport = connect(make_factory(handler=handler)[0])
+    proto.dataReceived(b"GET fast\r\nGET fast\r\n")
+    assert transport.value() == b"VALUE at once\r\nVALUE at once\r\n"
+    assert handler.handled == [] and transport.producerState == "producing"
+    proto.dataReceived(b"GET slow\r\nGET fast\r\n")      # the slow one keeps order:
+    assert [r.key for r in handler.handled] == ["slow"]     # reading paused behind it
+    assert transport.producerState == "paused"
+    handler.pending[0].callback(Reply("NOTFOUND"))
+    assert transport.value().endswith(b"NOTFOUND\r\nVALUE at once\r\n")

@@ -288,3 +288,25 @@ def test_a_stale_answer_from_the_same_coordinator_is_retried_at_once(replica):
     assert d.called, "the forward waited instead of being sent again"
     assert d.result.status == "OK"
     assert [e for v, e in sent if v == "CLIENT"] == [3, 7]  # again, in the new epoch
+
+
+def test_the_read_fast_path_answers_only_what_needs_no_waiting(replica):
+    from replicad import wire
+
+    def now(line):
+        return replica.answer_now(wire.parse_request(line, replica.config.limits))
+
+    for _ in range(4):                                   # replica 3 never answers:
+        replica.reactor.advance(replica.timers.answer_timeout)   # 2 takes over
+    assert replica.node.serving_as == 2
+    assert now("GET k").status == "NOTFOUND"
+    serve(replica, "PUT k v")
+    assert now("GET k").text == "v" and now("KEYS").lines == ("k",)
+    assert now("@r=9:1;w= GET k") is None                # the session needs more: full path
+    replica.commits.run(lambda: replica.store.write(2, "j", "w"))
+    assert now("GET k") is None                          # a write awaits its COMMIT
+    replica.reactor.advance(0)
+    assert now("GET j").text == "w"
+    assert now("PUT k v2") is None                       # writes never
+    follow(replica, 3, own_epoch(5, 3))
+    assert now("GET k") is None                          # a follower forwards
