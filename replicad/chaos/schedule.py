@@ -1,0 +1,198 @@
+"""The fault schedule: which fault, on which replicas, when.  Pure and seeded.
+
+``make_schedule(seed, duration_s, replicas, kinds)`` returns the same list of ``Fault``
+for the same arguments, on every machine: the runner only carries it out, so a run is
+reproduced by its seed (the timing of client operations is not; the faults are).
+The last fault lasts until ``duration_s``: it is still in effect when the clients stop,
+and the final heal ends it, so the time to converge measures recovery from a fault.
+
+Faults run one at a time.  Each holds for ``hold_s`` (``MIN_HOLD_S``-``MAX_HOLD_S``),
+then is undone (restart, SIGCONT, heal), then the cluster gets ``MIN_GAP_S``-``MAX_GAP_S``
+to recover before the next one.  One fault at a time keeps every failure explainable
+from the history: a lost write happened in the one fault that was active.  The kinds
+are drawn from a shuffled bag (every requested kind once, then reshuffle), so a run of
+a few dozen faults covers every kind evenly.
+
+Targets are replica ids, or ``COORDINATOR``: "the replica every other names as
+coordinator when the fault starts", which only the runner can resolve (it is recorded
+in the history with the id it resolved to).
+
+Kinds (the partitions hold bytes in the fault proxy; nothing is closed):
+
+- ``kill``: SIGKILL, restart after the hold.
+- ``pause``: SIGSTOP, SIGCONT after the hold (a hung replica: sockets stay open).
+- ``isolate``: cut the coordinator from every other replica.
+- ``split``: two sides, the smaller one ``size // 2`` replicas (1/2 of 3, 2/3 of 5).
+- ``oneway``: hold the bytes from one replica to another, not back.
+- ``bridge``: two sides that do not see each other and one replica that sees both.
+- ``wipe``: SIGKILL, delete the data dir, restart empty after the hold.
+"""
+
+from __future__ import annotations
+
+import enum
+import random
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass
+
+COORDINATOR = "coordinator"   # a target resolved when the fault starts
+
+MIN_HOLD_S = 2.0
+MAX_HOLD_S = 6.0
+MIN_GAP_S = 1.0
+MAX_GAP_S = 3.0
+FIRST_FAULT_S = 2.0   # the cluster serves a little before the first fault
+# Share of kill/pause/wipe faults aimed at the coordinator (the rest at any replica):
+# a coordinator's failure is the interesting one, a follower's the common one.
+COORDINATOR_SHARE = 0.5
+
+
+class FaultKind(enum.Enum):
+    KILL = "kill"
+    PAUSE = "pause"
+    ISOLATE = "isolate"
+    SPLIT = "split"
+    ONEWAY = "oneway"
+    BRIDGE = "bridge"
+    WIPE = "wipe"
+
+
+ALL_KINDS = tuple(FaultKind)
+
+
+class ScheduleError(ValueError):
+    """Arguments no schedule can be made from; the message is one line."""
+
+
+@dataclass(frozen=True)
+class Fault:
+    """One fault: its kind, when it starts and for how long, and whom it hits.
+
+    ``target`` is a replica id or COORDINATOR (kill, pause, wipe, isolate); ``groups``
+    the sides of a partition (split, bridge: the bridge is in neither side);
+    ``pair`` (source, destination) of a one-way cut; ``bridge`` the replica that sees
+    both sides.
+    """
+
+    index: int
+    kind: FaultKind
+    start_s: float
+    hold_s: float
+    target: int | str | None = None
+    groups: tuple[tuple[int, ...], ...] = ()
+    pair: tuple[int, int] | None = None
+    bridge: int | None = None
+
+    @property
+    def end_s(self) -> float:
+        return self.start_s + self.hold_s
+
+    def describe(self) -> str:
+        """One line for the progress output and the history."""
+        kind = self.kind
+        if kind in (FaultKind.KILL, FaultKind.PAUSE, FaultKind.WIPE, FaultKind.ISOLATE):
+            what = f"{kind.value} {self.target}"
+        elif kind is FaultKind.SPLIT:
+            what = "split " + " | ".join(",".join(map(str, g)) for g in self.groups)
+        elif kind is FaultKind.ONEWAY:
+            assert self.pair is not None
+            what = f"oneway {self.pair[0]}->{self.pair[1]}"
+        else:
+            sides = " | ".join(",".join(map(str, g)) for g in self.groups)
+            what = f"bridge {self.bridge} between {sides}"
+        return f"{what} for {self.hold_s:.1f} s"
+
+    def to_json(self) -> dict:
+        return {
+            "index": self.index, "kind": self.kind.value, "start_s": self.start_s,
+            "hold_s": self.hold_s, "target": self.target,
+            "groups": [list(g) for g in self.groups],
+            "pair": list(self.pair) if self.pair else None, "bridge": self.bridge,
+        }
+
+
+def parse_kinds(text: str) -> tuple[FaultKind, ...]:
+    """``kill,pause,...`` (or ``all``) -> kinds, in the order given, without repeats."""
+    names = [n.strip().lower() for n in text.split(",") if n.strip()]
+    if not names:
+        raise ScheduleError("no fault kinds given")
+    if names == ["all"]:
+        return ALL_KINDS
+    if names == ["none"]:
+        return ()
+    kinds: list[FaultKind] = []
+    for name in names:
+        try:
+            kind = FaultKind(name)
+        except ValueError:
+            known = ", ".join(k.value for k in ALL_KINDS)
+            raise ScheduleError(f"unknown fault kind {name!r} (known: {known}, all, none)")\
+                from None
+        if kind not in kinds:
+            kinds.append(kind)
+    return tuple(kinds)
+
+
+def make_schedule(seed: int, duration_s: float, replicas: int,
+                  kinds: Iterable[FaultKind] = ALL_KINDS) -> list[Fault]:
+    """The faults of a run, in time order; the last one ends at ``duration_s``."""
+    kinds = tuple(kinds)
+    if replicas < 3:
+        raise ScheduleError(f"faults need at least 3 replicas, got {replicas}")
+    if duration_s <= 0:
+        raise ScheduleError(f"the duration must be positive, got {duration_s:g} s")
+    rng = random.Random(f"replicad-chaos-{seed}")   # str seeds hash stably (SHA-512)
+    ids = list(range(1, replicas + 1))
+    faults: list[Fault] = []
+    bag: list[FaultKind] = []
+    t = FIRST_FAULT_S
+    while kinds and t < duration_s:
+        hold = rng.uniform(MIN_HOLD_S, MAX_HOLD_S)
+        last = t + hold + MAX_GAP_S + MIN_HOLD_S >= duration_s
+        if last:
+            hold = duration_s - t   # still in effect at the end: the final heal ends it
+        if not bag:
+            bag = list(kinds)
+            rng.shuffle(bag)
+        kind = bag.pop()
+        faults.append(_fault(rng, len(faults), kind, round(t, 2), round(hold, 2), ids))
+        if last:
+            break
+        t += hold + rng.uniform(MIN_GAP_S, MAX_GAP_S)
+    return faults
+
+
+def _fault(rng: random.Random, index: int, kind: FaultKind, start_s: float, hold_s: float,
+           ids: Sequence[int]) -> Fault:
+    if kind in (FaultKind.KILL, FaultKind.PAUSE, FaultKind.WIPE):
+        target: int | str = COORDINATOR if rng.random() < COORDINATOR_SHARE else rng.choice(ids)
+        return Fault(index, kind, start_s, hold_s, target=target)
+    if kind is FaultKind.ISOLATE:
+        return Fault(index, kind, start_s, hold_s, target=COORDINATOR)
+    shuffled = list(ids)
+    rng.shuffle(shuffled)
+    if kind is FaultKind.SPLIT:
+        small = len(ids) // 2
+        sides = (tuple(sorted(shuffled[:small])), tuple(sorted(shuffled[small:])))
+        return Fault(index, kind, start_s, hold_s, groups=sides)
+    if kind is FaultKind.ONEWAY:
+        return Fault(index, kind, start_s, hold_s, pair=(shuffled[0], shuffled[1]))
+    # BRIDGE: the others split as evenly as possible on either side of the bridge.
+    bridge, rest = shuffled[0], shuffled[1:]
+    half = len(rest) // 2
+    sides = (tuple(sorted(rest[:half])), tuple(sorted(rest[half:])))
+    return Fault(index, kind, start_s, hold_s, groups=sides, bridge=bridge)
+
+
+def replicas_touched(fault: Fault) -> set[int | str]:
+    """Every replica a fault names (COORDINATOR stays symbolic)."""
+    touched: set[int | str] = set()
+    if fault.target is not None:
+        touched.add(fault.target)
+    for group in fault.groups:
+        touched.update(group)
+    if fault.pair:
+        touched.update(fault.pair)
+    if fault.bridge is not None:
+        touched.add(fault.bridge)
+    return touched

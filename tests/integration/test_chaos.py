@@ -1,0 +1,55 @@
+"""Issue #9 item 3: a short chaos run in quorum mode, then the checker.
+
+About 30 s of three real replicas behind the fault proxy, three client sessions at a
+time, and every fault kind on a fixed seed; the checker must find no violation and no
+acknowledged write lost.  The long runs are in docs/reliability.md.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import time
+
+import pytest
+
+from replicad.chaos.checker import REPLAYED_AFTER_MERGE, check, format_report
+from replicad.chaos.history import read_history
+from replicad.chaos.runner import RunConfig, run
+from replicad.chaos.schedule import ALL_KINDS
+
+# Where a failing run's history, logs and data are kept (tmp_path is rotated away).
+EVIDENCE_DIR = os.environ.get("REPLICAD_CHAOS_EVIDENCE", "/tmp/replicad-chaos-failures")
+SEED = 18   # its 30 s schedule: wipe, split, isolate the coordinator, kill, one-way cut
+
+
+@pytest.mark.integration
+def test_a_short_quorum_mode_run_keeps_every_promise(tmp_path):
+    lines: list[str] = []
+    config = RunConfig(out_dir=str(tmp_path / "chaos"), seed=SEED, duration_s=30.0,
+                       replicas=3, clients=3, faults=ALL_KINDS, write_quorum="majority")
+    result = run(config, progress=lines.append)
+    events = read_history(result.history_path)
+    report = check(events)
+    summary = format_report(report)
+    print(summary)   # shown by pytest when the test fails
+    stats = report.stats
+    if not report.ok:
+        kept = os.path.join(EVIDENCE_DIR, f"seed{SEED}-{time.strftime('%Y%m%d-%H%M%S')}")
+        shutil.copytree(config.out_dir, kept, dirs_exist_ok=True)
+        summary += f"\nhistory, logs and data kept in {kept}"
+        if all(v.cause == REPLAYED_AFTER_MERGE for v in report.violations):
+            # docs/reliability.md, "Findings": a write left in doubt on a cut-off
+            # coordinator loses the merge after the heal, and the retry with its request
+            # id is then answered OK from the request-id memory.  Any other violation
+            # fails the test; this one stops being expected once the product is fixed.
+            pytest.xfail(f"known product bug ({REPLAYED_AFTER_MERGE}):\n{summary}")
+    assert report.ok, summary
+    assert stats["writes"]["lost_total"] == 0, summary
+    assert stats["writes"]["acknowledged"] > 500, summary
+    assert stats["converged"], summary
+    assert sum(stats["faults"].values()) >= 4 and stats["fault_errors"] == 0, summary
+    assert result.crashes == 0, [e for e in events if e["type"] == "crash"]
+    writes = [e for e in events if e["type"] == "invoke" and e["kind"] != "get"]
+    assert writes and all(e.get("rid") for e in writes), "every write carries a request id"
+    assert any(line.startswith("progress") for line in lines)
