@@ -32,6 +32,7 @@ from replicad import config as cfg
 from replicad.client import BlockingClient, ClientError
 
 PEER_PORT_OFFSET = 100
+ADMIN_PORT_OFFSET = 200   # the HTTP admin port of replica i is base+200+i (admin=True)
 STOP_GRACE_S = 5.0
 PR_SET_PDEATHSIG = 1   # from <linux/prctl.h>
 LOG_TAIL_LINES = 30
@@ -58,7 +59,8 @@ class ClusterError(Exception):
 
 
 class LocalCluster:
-    """A cluster of ``size`` replicas on ``host``: client port base+i, peer port base+100+i."""
+    """A cluster of ``size`` replicas on ``host``: client port base+i, peer port base+100+i,
+    and with ``admin`` the HTTP admin port base+200+i."""
 
     def __init__(
         self,
@@ -67,14 +69,17 @@ class LocalCluster:
         data_dir: str = "./replicad-local",
         host: str = cfg.DEFAULT_HOST,
         overrides: dict[str, str] | None = None,
+        admin: bool = False,
     ):
         if not 1 <= size <= cfg.MAX_REPLICAS:
             raise ClusterError(f"size must be between 1 and {cfg.MAX_REPLICAS}, got {size}")
-        if not (1 <= base_port and base_port + PEER_PORT_OFFSET + size <= 65535):
+        highest = base_port + (ADMIN_PORT_OFFSET if admin else PEER_PORT_OFFSET) + size
+        if not (1 <= base_port and highest <= 65535):
             raise ClusterError(
                 f"base port {base_port} leaves no room for ports up to "
-                f"{base_port + PEER_PORT_OFFSET + size} (the highest TCP port is 65535)"
+                f"{highest} (the highest TCP port is 65535)"
             )
+        self.admin = admin
         self.size = size
         self.base_port = base_port
         self.host = host
@@ -95,6 +100,16 @@ class LocalCluster:
 
     def peer_address(self, i: int) -> cfg.Address:
         return cfg.Address(self.host, self.base_port + PEER_PORT_OFFSET + self._check_id(i))
+
+    def admin_address(self, i: int) -> cfg.Address | None:
+        """The HTTP admin address of replica i, or None when the admin port is off."""
+        if not self.admin:
+            return None
+        return cfg.Address(self.host, self.base_port + ADMIN_PORT_OFFSET + self._check_id(i))
+
+    def admin_url(self, i: int, path: str = "/") -> str | None:
+        address = self.admin_address(i)
+        return None if address is None else f"http://{address}{path}"
 
     def address(self, i: int) -> str:
         return str(self.client_address(i))
@@ -139,6 +154,11 @@ class LocalCluster:
             self.size, self.base_port, self.base_port + PEER_PORT_OFFSET, self.host
         )
         base = dataclasses.replace(base, secret=self._secret())
+        if self.admin:
+            base = dataclasses.replace(base, members={
+                i: dataclasses.replace(member, admin=self.admin_address(i))
+                for i, member in base.members.items()
+            })
         parser = configparser.ConfigParser(interpolation=None)
         parser.read_string(cfg.render_config(base))
         for name, value in self.overrides.items():
@@ -255,8 +275,11 @@ class LocalCluster:
             pass
 
     def _check_ports_free(self, i: int) -> None:
-        for kind, address in (("client", self.client_address(i)),
-                              ("peer", self.peer_address(i))):
+        ports = [("client", self.client_address(i)), ("peer", self.peer_address(i))]
+        admin = self.admin_address(i)
+        if admin is not None:
+            ports.append(("admin", admin))
+        for kind, address in ports:
             if not port_free(address.host, address.port):
                 raise ClusterError(
                     f"port {address.port} ({kind} port of replica {i}) on {address.host} is "
@@ -427,8 +450,9 @@ def _ephemeral_range() -> tuple[int, int]:
 
 
 def find_free_base_port(size: int = 3, host: str = cfg.DEFAULT_HOST,
-                        attempts: int = 200) -> int:
-    """A base port P with P+1..P+size and P+101..P+100+size free on host (for tests).
+                        attempts: int = 200, admin: bool = False) -> int:
+    """A base port P with P+1..P+size and P+101..P+100+size free on host (for tests),
+    and P+201..P+200+size with ``admin``.
 
     Picked at random below the kernel's ephemeral range, where outgoing connections
     would otherwise steal ports between this check and the replicas binding them.
@@ -436,18 +460,19 @@ def find_free_base_port(size: int = 3, host: str = cfg.DEFAULT_HOST,
     import random
 
     low, high = _ephemeral_range()
-    span = PEER_PORT_OFFSET + size
+    offsets = (0, PEER_PORT_OFFSET, ADMIN_PORT_OFFSET) if admin else (0, PEER_PORT_OFFSET)
+    span = offsets[-1] + size
     if low - span > 10000:
         first, last = 10000, low - span - 1
     else:
         first, last = high + 1, 65535 - span
     for _ in range(attempts):
         base = random.randint(first, last)
-        ports = [base + i for i in range(1, size + 1)]
-        ports += [base + PEER_PORT_OFFSET + i for i in range(1, size + 1)]
+        ports = [base + offset + i for offset in offsets for i in range(1, size + 1)]
         if all(port_free(host, p) for p in ports):
             return base
-    raise ClusterError(f"found no {2 * size} free ports on {host} after {attempts} tries")
+    raise ClusterError(f"found no {len(offsets) * size} free ports on {host} after "
+                       f"{attempts} tries")
 
 
 def _tail(path: str, lines: int) -> str:

@@ -101,6 +101,9 @@ class Member:
     client_listen: str | None = None   # endpoint string override (e.g. ssl:...)
     peer_listen: str | None = None
     peer_connect: str | None = None
+    # The HTTP admin port (/metrics, /healthz, /readyz, the cluster page); off when None.
+    admin: Address | None = None
+    admin_listen: str | None = None    # endpoint string override; needs ``admin``
 
     def client_listen_endpoint(self) -> str:
         return self.client_listen or self.client.server_endpoint()
@@ -110,6 +113,12 @@ class Member:
 
     def peer_connect_endpoint(self, timeout_s: float) -> str:
         return self.peer_connect or self.peer.client_endpoint(timeout_s)
+
+    def admin_listen_endpoint(self) -> str | None:
+        """Where the admin port listens, or None when it is off (no ``admin``)."""
+        if self.admin is None:
+            return None
+        return self.admin_listen or self.admin.server_endpoint()
 
 
 class _Derived(float):
@@ -300,7 +309,8 @@ _CLUSTER_RATIOS = {"full_copy_ratio"}
 _CLUSTER_INTS = {"max_connections", "max_peer_connections", "max_key_bytes",
                  "max_value_bytes"}
 _CLUSTER_STRINGS = {"secret", "client_password", "write_quorum"}
-_MEMBER_KEYS = {"client", "peer", "client_listen", "peer_listen", "peer_connect"}
+_MEMBER_KEYS = {"client", "peer", "client_listen", "peer_listen", "peer_connect", "admin",
+                "admin_listen"}
 
 
 def load_config(path: str) -> ClusterConfig:
@@ -388,6 +398,15 @@ def _parse_member(replica_id: int, section: configparser.SectionProxy, where: st
     for required in ("client", "peer"):
         if required not in section:
             raise ConfigError(f"{where}: [replica:{replica_id}] needs a {required} address")
+    admin = section.get("admin", "").strip()
+    admin_listen = section.get("admin_listen", "").strip() or None
+    if admin_listen is not None and not admin:
+        # The admin address is what the cluster page links to and what the docs print;
+        # an endpoint string alone does not say where a browser should go.
+        raise ConfigError(
+            f"{where}: [replica:{replica_id}] sets admin_listen without an admin address "
+            f"(admin = host:port, the address people and the cluster page use)"
+        )
     return Member(
         replica_id,
         parse_address(section["client"], f"[replica:{replica_id}] client address"),
@@ -395,6 +414,8 @@ def _parse_member(replica_id: int, section: configparser.SectionProxy, where: st
         section.get("client_listen") or None,
         section.get("peer_listen") or None,
         section.get("peer_connect") or None,
+        parse_address(admin, f"[replica:{replica_id}] admin address") if admin else None,
+        admin_listen,
     )
 
 
@@ -431,7 +452,10 @@ def _validate(config: ClusterConfig) -> None:
         raise ConfigError(f"{where}: at most {MAX_REPLICAS} replicas are supported")
     seen: dict[Address, str] = {}
     for member in config.members.values():
-        for kind, address in (("client", member.client), ("peer", member.peer)):
+        addresses = [("client", member.client), ("peer", member.peer)]
+        if member.admin is not None:
+            addresses.append(("admin", member.admin))
+        for kind, address in addresses:
             label = f"replica {member.id} {kind} address {address}"
             if address in seen:
                 raise ConfigError(f"{where}: {label} is also {seen[address]}")
@@ -507,7 +531,9 @@ def render_config(config: ClusterConfig) -> str:
     for member in sorted(config.members.values(), key=lambda m: m.id):
         lines += ["", f"[replica:{member.id}]"]
         lines += [f"client = {member.client}", f"peer = {member.peer}"]
-        for name in ("client_listen", "peer_listen", "peer_connect"):
+        if member.admin is not None:
+            lines.append(f"admin = {member.admin}")
+        for name in ("client_listen", "peer_listen", "peer_connect", "admin_listen"):
             if getattr(member, name):
                 lines.append(f"{name} = {getattr(member, name)}")
     return "\n".join(lines) + "\n"

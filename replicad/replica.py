@@ -473,7 +473,10 @@ class Replica(service.MultiService):
         store = self.store
         if store.group_open or not session.requirement(request.context) <= store.clock:
             return None
-        return self._read(request)
+        started = self.reactor.seconds()   # metrics hook
+        reply = self._read(request)
+        self.metrics.answered(request.command, reply, started)   # metrics hook
+        return reply
 
     def _read(self, request: Request) -> Reply:
         store = self.store

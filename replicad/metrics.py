@@ -1,0 +1,347 @@
+"""What a replica measures about itself, for ``/metrics`` and ``/cluster.json``.
+
+Two kinds of numbers, kept apart on purpose:
+
+- **Events** (requests and their latency, elections, failovers, quorum waits, pulls)
+  can only be counted when they happen: ``replica.py`` calls the ``*`` hook methods
+  below (each call is marked ``# metrics hook`` there; none changes what the replica
+  does).
+- **State** (role, epoch, clock, peers, store size, connections, group commits) is read
+  from the replica when Prometheus scrapes, by ``ReplicaCollector``: nothing to keep in
+  step, and a scrape always shows the truth of that moment.
+
+Every replica has its own ``CollectorRegistry`` (never prometheus_client's global one),
+so two replicas in one process (the tests) do not mix their numbers.
+
+The replica is read duck-typed (``node``, ``store``, ``peer_up``, ``links``,
+``commits``, ``config``, ``my_id``, ``data_dir``): this module imports nothing of
+replicad's wiring, so ``replica.py`` can import it without a cycle.  Time comes from the
+injected clock (``IReactorTime``), like everywhere else.
+"""
+
+from __future__ import annotations
+
+import collections
+import os
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+from typing import Any
+
+from prometheus_client import CollectorRegistry, Counter, Histogram
+from prometheus_client.core import (
+    CounterMetricFamily,
+    GaugeMetricFamily,
+    InfoMetricFamily,
+    Metric,
+)
+from prometheus_client.exposition import generate_latest
+from prometheus_client.platform_collector import PlatformCollector
+from prometheus_client.process_collector import ProcessCollector
+from twisted.internet.interfaces import IReactorTime
+from twisted.python.failure import Failure
+
+import replicad
+from replicad.datadir import DB_FILENAME
+
+TIMELINE_LENGTH = 50       # recent role changes, failovers and link changes kept
+# Seconds.  A request is a fraction of a millisecond when served locally, milliseconds
+# with fsync or a forward, up to election_wait + fetch + quorum timeouts at worst.
+REQUEST_BUCKETS_S = (0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5,
+                     1.0, 2.5, 5.0, 10.0)
+QUORUM_BUCKETS_S = (0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5,
+                    1.0, 2.0, 5.0)
+PULL_BUCKETS_S = (0.005, 0.01, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0,
+                  120.0)
+# The role values of replicad.node.Role (not imported: see the module docstring).
+ROLES = ("follower", "electing", "awaiting", "taking-over", "serving", "stopped")
+DB_SUFFIXES = ("", "-wal")     # replica.sqlite and its write-ahead log
+
+CONTENT_TYPE = "text/plain; version=0.0.4; charset=utf-8"
+
+
+@dataclass(frozen=True)
+class PeerSeen:
+    """A peer's last PING answer (replicad.peerwire.PeerStatus) and when it came."""
+
+    status: Any
+    at: float
+
+
+class ReplicaMetrics:
+    """The metrics of one replica: its registry, the event hooks, the timeline."""
+
+    def __init__(self, replica: Any, clock: IReactorTime, process: bool = True):
+        self.replica = replica
+        self.clock = clock
+        self.registry = CollectorRegistry()
+        registry = self.registry
+        self.requests = Counter(
+            "replicad_requests", "Client data requests received by this replica "
+            "(GET, PUT, DEL, KEYS), by command and outcome (ok, notfound, or the "
+            "error code in lower case)",
+            ["command", "outcome"], registry=registry)
+        self.request_seconds = Histogram(
+            "replicad_request_duration_seconds", "Time from receiving a client data "
+            "request to its reply (forwarding to the coordinator included)",
+            ["command"], buckets=REQUEST_BUCKETS_S, registry=registry)
+        self.elections = Counter(
+            "replicad_elections", "Elections this replica held (it entered the "
+            "electing state)", registry=registry)
+        self.elections_won = Counter(
+            "replicad_elections_won", "Elections this replica won (it began taking "
+            "over as coordinator)", registry=registry)
+        self.failovers = Counter(
+            "replicad_failovers", "Changes of coordinator seen by this replica (from "
+            "one coordinator to another, its own start-up not counted)",
+            registry=registry)
+        self.quorum_wait_seconds = Histogram(
+            "replicad_quorum_wait_seconds", "Time a coordinator waited for write_quorum "
+            "replicas to have a write, by outcome (reached, missed)",
+            ["outcome"], buckets=QUORUM_BUCKETS_S, registry=registry)
+        self.pull_seconds = Histogram(
+            "replicad_sync_pull_duration_seconds", "Pulls from a peer (anti-entropy, "
+            "take-over, catching up, joining), by kind (delta, full) and outcome (ok, "
+            "failed)", ["kind", "outcome"], buckets=PULL_BUCKETS_S, registry=registry)
+        self.pull_bytes = Counter(
+            "replicad_sync_pull_bytes", "Bytes of records received by pulls, by kind",
+            ["kind"], registry=registry)
+        self.pull_records = Counter(
+            "replicad_sync_pull_records", "Records received by pulls, by kind",
+            ["kind"], registry=registry)
+        registry.register(ReplicaCollector(self))
+        if process:
+            ProcessCollector(registry=registry)
+            PlatformCollector(registry=registry)
+        # For /cluster.json: the last PING answer of each peer, the recent events.
+        self.peers: dict[int, PeerSeen] = {}
+        self.timeline: collections.deque[dict[str, Any]] = collections.deque(
+            maxlen=TIMELINE_LENGTH)
+        self._last_coordinator: int | None = None
+        # Set by the wiring (replicad.tap) when it builds the listeners.
+        self.client_connections: Callable[[], int] | None = None
+        self.peer_connections: Callable[[], int] | None = None
+
+    def exposition(self) -> bytes:
+        """The Prometheus text format of everything in this replica's registry."""
+        return generate_latest(self.registry)
+
+    # Hooks (called by replicad.replica) ------------------------------------------------
+
+    def request(self, command: str, reply: Any) -> Any:
+        """A client data request began; ``reply`` is the Deferred of its Reply.  Counts
+        the outcome and the latency when it fires; passes the result on unchanged."""
+        started = self.clock.seconds()
+
+        def done(result: Any) -> Any:
+            self.answered(command, result, started)
+            return result
+
+        return reply.addBoth(done)
+
+    def answered(self, command: str, reply: Any, started: float) -> None:
+        """A client data request began at ``started`` and got ``reply`` (a Reply, or a
+        Failure that the client protocol turns into ERR INTERNAL)."""
+        if isinstance(reply, Failure):
+            outcome = "internal"
+        elif reply.is_error:
+            outcome = (reply.error_code or "error").lower()
+        elif reply.status == "NOTFOUND":
+            outcome = "notfound"
+        else:
+            outcome = "ok"
+        self.requests.labels(command, outcome).inc()
+        self.request_seconds.labels(command).observe(self.clock.seconds() - started)
+
+    def role_changed(self, role: str, coordinator: int | None, epoch: int) -> None:
+        """Replica.role_changed: count elections, wins and failovers; keep a timeline."""
+        if role == "electing":
+            self.elections.inc()
+            self._event("election", f"held an election (epoch {epoch})", role=role,
+                        epoch=epoch)
+        elif role == "taking-over":
+            self.elections_won.inc()
+            self._event("won", f"won the election: taking over in epoch {epoch}",
+                        role=role, coordinator=coordinator, epoch=epoch)
+        elif role == "serving":
+            self._event("serving", f"serving as coordinator in epoch {epoch}", role=role,
+                        coordinator=coordinator, epoch=epoch)
+        elif role == "awaiting":
+            self._event("awaiting", f"a higher replica answered: awaiting its "
+                        f"announcement (epoch {epoch})", role=role, epoch=epoch)
+        elif role == "follower" and coordinator is not None:
+            self._event("follow", f"follows coordinator {coordinator} (epoch {epoch})",
+                        role=role, coordinator=coordinator, epoch=epoch)
+        else:
+            self._event("role", f"is {role} (epoch {epoch})", role=role,
+                        coordinator=coordinator, epoch=epoch)
+        if coordinator is None:
+            return
+        previous, self._last_coordinator = self._last_coordinator, coordinator
+        if previous is not None and previous != coordinator:
+            self.failovers.inc()
+            self._event("failover", f"coordinator changed from {previous} to "
+                        f"{coordinator} (epoch {epoch})", previous=previous,
+                        coordinator=coordinator, epoch=epoch)
+
+    def link_changed(self, peer_id: int, up: bool) -> None:
+        """The replica's view of a peer changed (Replica._mark)."""
+        self._event("link", f"replica {peer_id} is {'up' if up else 'down'}",
+                    peer=peer_id, up=up)
+
+    def peer_status(self, status: Any) -> None:
+        """A peer answered a PING (role, coordinator, epoch, clock, cluster id)."""
+        self.peers[status.peer_id] = PeerSeen(status, self.clock.seconds())
+
+    def quorum_wait(self, seconds: float, reached: bool) -> None:
+        self.quorum_wait_seconds.labels("reached" if reached else "missed").observe(seconds)
+
+    def pull(self, full: bool, on_line: Callable[[str, str], None] | None
+             ) -> tuple[Callable[[str, str], None] | None, Callable[[Any], Any]]:
+        """A DELTA or FULL request is sent: returns the ``on_line`` to use instead (it
+        counts records and bytes) and a callback for the call's Deferred (it times the
+        pull and passes the result on)."""
+        kind = "full" if full else "delta"
+        started = self.clock.seconds()
+        records = self.pull_records.labels(kind)
+        received = self.pull_bytes.labels(kind)
+
+        def counting(frame_kind: str, text: str) -> None:
+            records.inc()
+            # The frame on the wire: "<kind> <text>\n".
+            received.inc(len(frame_kind) + len(text.encode("utf-8")) + 2)
+            if on_line is not None:
+                on_line(frame_kind, text)
+
+        def done(result: Any) -> Any:
+            outcome = "failed" if isinstance(result, Failure) or getattr(
+                result, "kind", "END") != "END" else "ok"
+            self.pull_seconds.labels(kind, outcome).observe(self.clock.seconds() - started)
+            return result
+
+        return counting, done
+
+    def _event(self, kind: str, text: str, **fields: Any) -> None:
+        self.timeline.append({"at": self.clock.seconds(), "replica": self.replica.my_id,
+                              "kind": kind, "text": text, **fields})
+
+    # State read at scrape time ---------------------------------------------------------
+
+    def lag(self, peer_id: int) -> tuple[int, int] | None:
+        """(writes this replica has that the peer lacked, writes the peer had that this
+        replica lacks) as of the peer's last PING answer; None if it never answered."""
+        seen = self.peers.get(peer_id)
+        store = self.replica.store
+        if seen is None or store is None:
+            return None
+        ours, theirs = store.clock, seen.status.clock
+        behind = sum(ours[o] - theirs[o] for o in ours.missing_from(theirs))
+        ahead = sum(theirs[o] - ours[o] for o in theirs.missing_from(ours))
+        return behind, ahead
+
+    def db_bytes(self) -> int:
+        total = 0
+        for suffix in DB_SUFFIXES:
+            try:
+                total += os.path.getsize(self.db_path + suffix)
+            except OSError:
+                pass
+        return total
+
+    @property
+    def db_path(self) -> str:
+        return os.path.join(self.replica.data_dir, DB_FILENAME)
+
+
+class ReplicaCollector:
+    """Gauges and store counters read from the replica at scrape time."""
+
+    def __init__(self, metrics: ReplicaMetrics):
+        self.metrics = metrics
+
+    def collect(self) -> Iterator[Metric]:
+        metrics = self.metrics
+        replica = metrics.replica
+        node, store = replica.node, replica.store
+        config = replica.config
+        info = InfoMetricFamily("replicad", "This replica: id, version, cluster, mode")
+        info.add_metric([], {
+            "replica": str(replica.my_id),
+            "version": replicad.__version__,
+            "cluster_id": (store.cluster_id if store is not None else None) or "",
+            "write_quorum": str(config.write_quorum),
+            "mode": "quorum" if config.quorum_mode else "available",
+        })
+        yield info
+        yield _gauge("replicad_members", "Replicas in the cluster's member list",
+                     len(config.ids))
+        if node is not None:
+            role = GaugeMetricFamily(
+                "replicad_role", "1 for this replica's current role (follower, "
+                "electing, awaiting, taking-over, serving, stopped), 0 for the others",
+                labels=["role"])
+            for name in ROLES:
+                role.add_metric([name], 1 if node.role.value == name else 0)
+            yield role
+            yield _gauge("replicad_coordinator_id", "The coordinator this replica "
+                         "follows or is (0: none known)", node.coordinator or 0)
+            yield _gauge("replicad_epoch", "Highest election epoch this replica has seen",
+                         node.epoch)
+            ready = (node.serving_as is not None and not node.cannot_serve
+                     and store is not None and store.cluster_id is not None)
+            yield _gauge("replicad_ready", "1 when this replica serves clients itself or "
+                         "by forwarding (what /readyz answers 200 to)", int(ready))
+        peer_up = GaugeMetricFamily("replicad_peer_up", "1 when the last exchange with "
+                                    "the peer worked", labels=["peer"])
+        lag = GaugeMetricFamily(
+            "replicad_replication_lag_writes", "Writes this replica has applied that the "
+            "peer had not, as of the peer's last PING answer", labels=["peer"])
+        ahead = GaugeMetricFamily(
+            "replicad_replication_missing_writes", "Writes the peer had applied that this "
+            "replica has not, as of the peer's last PING answer", labels=["peer"])
+        age = GaugeMetricFamily(
+            "replicad_peer_last_answer_age_seconds", "Seconds since the peer last "
+            "answered a PING from this replica", labels=["peer"])
+        now = metrics.clock.seconds()
+        for peer_id in sorted(replica.peer_up):
+            label = [str(peer_id)]
+            peer_up.add_metric(label, int(bool(replica.peer_up[peer_id])))
+            behind = metrics.lag(peer_id)
+            if behind is not None:
+                lag.add_metric(label, behind[0])
+                ahead.add_metric(label, behind[1])
+                age.add_metric(label, max(0.0, now - metrics.peers[peer_id].at))
+        yield from (peer_up, lag, ahead, age)
+        if store is not None:
+            clock = GaugeMetricFamily("replicad_clock_writes", "This replica's vector "
+                                      "clock: writes applied per originating replica",
+                                      labels=["origin"])
+            for origin in sorted(store.clock):
+                clock.add_metric([str(origin)], store.clock[origin])
+            yield clock
+            yield _gauge("replicad_store_keys", "Live keys in this replica's store",
+                         store.count())
+            yield _gauge("replicad_store_db_bytes", "Size of the SQLite database and its "
+                         "write-ahead log, in bytes", metrics.db_bytes())
+            yield CounterMetricFamily("replicad_conflicts", "Concurrent versions met and "
+                                      "resolved by this replica (kept in its database)",
+                                      value=store.conflicts)
+        commits = getattr(replica, "commits", None)
+        if commits is not None:
+            yield CounterMetricFamily("replicad_group_commits", "Group commits (one "
+                                      "fsync each) that carried writes",
+                                      value=commits.groups)
+            yield CounterMetricFamily("replicad_group_commit_writes", "Writes and "
+                                      "pushed records carried by group commits",
+                                      value=commits.writes)
+        for name, source, text in (
+            ("replicad_client_connections", metrics.client_connections,
+             "Open client connections"),
+            ("replicad_peer_connections", metrics.peer_connections,
+             "Open connections on the peer port (peers dialing in, handshakes)"),
+        ):
+            if source is not None:
+                yield _gauge(name, text, source())
+
+
+def _gauge(name: str, documentation: str, value: float) -> GaugeMetricFamily:
+    return GaugeMetricFamily(name, documentation, value=value)
