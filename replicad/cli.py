@@ -498,15 +498,16 @@ def merge_sessions(ours: ClientSession, on_disk: ClientSession | None,
         return ours
     same_client = ours.client_id is None or on_disk.client_id in (None, ours.client_id)
     return ClientSession(
-        ours.read.merge(on_disk.read),
-        ours.write.merge(on_disk.write),
-        ours.last_server if ours.last_server is not None else on_disk.last_server,
-        ours.coordinator if ours.coordinator is not None else on_disk.coordinator,
-        {**on_disk.addresses, **ours.addresses},
-        ours.cluster or on_disk.cluster,
-        ours.client_id or on_disk.client_id,
-        max(ours.seq, on_disk.seq) if same_client else ours.seq,
-        list(ours.demoted),
+        read=ours.read.merge(on_disk.read),
+        write=ours.write.merge(on_disk.write),
+        last_server=ours.last_server if ours.last_server is not None else on_disk.last_server,
+        coordinator=ours.coordinator if ours.coordinator is not None else on_disk.coordinator,
+        addresses={**on_disk.addresses, **ours.addresses},
+        cluster=ours.cluster or on_disk.cluster,
+        client_id=ours.client_id or on_disk.client_id,
+        seq=max(ours.seq, on_disk.seq) if same_client else ours.seq,
+        epoch=max(ours.epoch, on_disk.epoch),
+        demoted=dict(ours.demoted),   # this run's view of who failed is the newest
     )
 
 
@@ -568,6 +569,7 @@ def run_session_command(command: Command, store: SessionFile | None, out: TextIO
     if command.options.json:
         print(json.dumps(fields), file=out)
     else:
+        fields["demoted"] = list(session.demoted)   # the addresses; epochs are for JSON
         _print_table(fields, "file", out)
     return EXIT_OK
 

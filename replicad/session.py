@@ -16,8 +16,10 @@ Invariants of a ClientSession:
   session (at its first write), seq grows by one per write and never repeats within the
   session, so a write sent again after an unknown outcome keeps its id and the
   coordinator can tell it from a new one.
-- ``demoted`` lists servers that failed or stalled; they are tried last, the known
-  coordinator included, until they answer again.
+- ``demoted`` maps servers that failed or stalled to the epoch the session knew then;
+  they are tried last, the known coordinator included, until they answer again or a
+  reply names one of them coordinator in a newer epoch (it recovered and was elected
+  again: it is the right first try once more).
 """
 
 from __future__ import annotations
@@ -34,6 +36,7 @@ from replicad.wire import Reply, Request, SessionContext
 CLIENT_ID_BYTES = 8              # 16 hex digits; the wire allows 8 to 32
 _CLIENT_ID = re.compile(r"[0-9a-f]{8,32}")
 MAX_SEQ = 10**18 - 1             # the wire's seq has at most 18 digits
+MAX_EPOCH = 2**48                # as the replicas bound it
 
 
 def missing(need: VectorClock, have: VectorClock) -> VectorClock:
@@ -65,7 +68,9 @@ class ClientSession:
     cluster: str | None = None            # the cluster this session belongs to
     client_id: str | None = None          # made at the first write (request ids)
     seq: int = 0                          # the last request id's sequence number
-    demoted: list[str] = field(default_factory=list)   # failed or stalled: tried last
+    epoch: int = 0                        # the highest election epoch a reply named
+    # failed or stalled servers, tried last: address -> the epoch known when it failed
+    demoted: dict[str, int] = field(default_factory=dict)
 
     def context(self, rid: str | None = None) -> SessionContext:
         return SessionContext(self.read, self.write, self.last_server, rid)
@@ -106,6 +111,10 @@ class ClientSession:
             self.addresses[meta.here] = address
         if meta.coord is not None:
             self.coordinator = meta.coord
+            named = self.addresses.get(meta.coord)
+            if named in self.demoted and meta.epoch > self.demoted[named]:
+                del self.demoted[named]    # elected again since it failed: it recovered
+        self.epoch = max(self.epoch, meta.epoch)
         if reply.is_error:
             return
         if request.is_read:
@@ -116,13 +125,12 @@ class ClientSession:
             self.last_server = meta.by
 
     def demote(self, address: str) -> None:
-        """address failed or stalled: try it last until it answers again."""
-        if address not in self.demoted:
-            self.demoted.append(address)
+        """address failed or stalled: try it last until it answers again, or until a
+        reply names it coordinator in an epoch newer than the one known now."""
+        self.demoted.setdefault(address, self.epoch)
 
     def answered(self, address: str) -> None:
-        if address in self.demoted:
-            self.demoted.remove(address)
+        self.demoted.pop(address, None)
 
     def order(self, servers: list[str]) -> list[str]:
         """Servers to try: the known coordinator's address first, then the static list;
@@ -153,7 +161,8 @@ class ClientSession:
                 "addresses": {str(k): v for k, v in sorted(self.addresses.items())},
                 "client_id": self.client_id,
                 "seq": self.seq,
-                "demoted": list(self.demoted),
+                "epoch": self.epoch,
+                "demoted": dict(self.demoted),
             },
             indent=2,
         )
@@ -170,8 +179,9 @@ class ClientSession:
                 {int(k): str(v) for k, v in data.get("addresses", {}).items()},
                 _optional_text(data.get("cluster"), is_cluster_id, "cluster id"),
                 _optional_text(data.get("client_id"), _CLIENT_ID.fullmatch, "client id"),
-                _seq(data.get("seq", 0)),
-                _strings(data.get("demoted", [])),
+                _count(data.get("seq", 0), MAX_SEQ, "sequence number"),
+                _count(data.get("epoch", 0), MAX_EPOCH, "epoch"),
+                _demoted(data.get("demoted", {})),
             )
         except (ValueError, ClockError, AttributeError, TypeError) as e:
             raise SessionFileError(f"session file is damaged: {e}") from None
@@ -193,13 +203,13 @@ def _optional_text(value: object, valid, what: str) -> str | None:
     return value
 
 
-def _seq(value: object) -> int:
-    if not isinstance(value, int) or isinstance(value, bool) or not 0 <= value <= MAX_SEQ:
-        raise ValueError(f"bad sequence number {value!r}")
+def _count(value: object, limit: int, what: str) -> int:
+    if not isinstance(value, int) or isinstance(value, bool) or not 0 <= value <= limit:
+        raise ValueError(f"bad {what} {value!r}")
     return value
 
 
-def _strings(value: object) -> list[str]:
-    if not isinstance(value, list) or not all(isinstance(v, str) for v in value):
-        raise ValueError(f"expected a list of addresses, got {value!r}")
-    return list(value)
+def _demoted(value: object) -> dict[str, int]:
+    if not isinstance(value, dict):
+        raise ValueError(f"expected addresses and epochs, got {value!r}")
+    return {str(k): _count(v, MAX_EPOCH, "epoch") for k, v in value.items()}

@@ -505,7 +505,7 @@ def test_session_show_and_reset(capsys, tmp_path):
     path = tmp_path / "session.json"
     path.write_text(ClientSession(VectorClock({1: 2}), coordinator=3, cluster=CLUSTER_A,
                                   client_id="abcdef0123456789", seq=4,
-                                  demoted=["h:3"]).to_json())
+                                  demoted={"h:3": 2}).to_json())
     code, out, err = run(capsys, "--session", str(path), "session", "show")
     assert code == 0 and err == ""
     rows = {line.split()[0]: line.split()[1:] for line in out.splitlines()}

@@ -119,7 +119,7 @@ def test_json_round_trip():
     session = ClientSession(
         VectorClock({1: 2, 3: 4}), VectorClock({2: 1}), last_server=3, coordinator=3,
         addresses={1: "127.0.0.1:7001", 3: "[::1]:7003"}, cluster=CLUSTER_A,
-        client_id="0123456789abcdef", seq=12, demoted=["127.0.0.1:7003"],
+        client_id="0123456789abcdef", seq=12, epoch=7, demoted={"127.0.0.1:7003": 6},
     )
     assert ClientSession.from_json(session.to_json()) == session
     assert ClientSession.from_json(ClientSession().to_json()) == ClientSession()
@@ -144,6 +144,8 @@ def test_json_round_trip():
         '{"seq": true}',
         '{"demoted": "h:1"}',
         '{"demoted": [1]}',
+        '{"demoted": {"h:1": -1}}',
+        '{"epoch": "5"}',
     ],
 )
 def test_damaged_json_raises_session_file_error(text):
@@ -159,19 +161,20 @@ def test_an_unknown_coordinator_is_looked_for_among_servers_never_reached():
 
 
 def test_demoted_servers_go_last_even_the_coordinator():
-    session = ClientSession(coordinator=3, addresses={3: "c:3"}, demoted=["c:3", "a:1"])
+    session = ClientSession(coordinator=3, addresses={3: "c:3"},
+                            demoted={"c:3": 0, "a:1": 0})
     assert session.order(["a:1", "b:2", "c:3"]) == ["b:2", "c:3", "a:1"]
     session.demote("b:2")
     session.demote("c:3")                  # already demoted: keeps its place
-    assert session.demoted == ["c:3", "a:1", "b:2"]
+    assert list(session.demoted) == ["c:3", "a:1", "b:2"]
     assert session.order(["a:1", "b:2", "c:3"]) == ["c:3", "a:1", "b:2"]
     assert session.order(["a:1"]) == ["a:1"]
 
 
 def test_a_reply_promotes_a_demoted_server():
-    session = ClientSession(coordinator=3, addresses={3: "c:3"}, demoted=["c:3"])
+    session = ClientSession(coordinator=3, addresses={3: "c:3"}, demoted={"c:3": 4})
     session.observe(GET, Reply("VALUE", "x"), "c:3")          # even without meta
-    assert session.demoted == []
+    assert list(session.demoted) == []
     assert session.order(["a:1", "c:3"]) == ["c:3", "a:1"]
 
 
@@ -201,7 +204,7 @@ def test_a_session_binds_to_the_first_cluster_it_hears_of():
 def test_another_cluster_resets_the_session():
     session = ClientSession(VectorClock({1: 2}), VectorClock({1: 2}), last_server=1,
                             coordinator=1, addresses={1: "h:1"}, cluster=CLUSTER_A,
-                            client_id="abcdef12", seq=9, demoted=["h:2"])
+                            client_id="abcdef12", seq=9, epoch=3, demoted={"h:2": 3})
     assert session.adopt_cluster(CLUSTER_B) == CLUSTER_A
     assert session == ClientSession(cluster=CLUSTER_B)
 
@@ -209,3 +212,17 @@ def test_another_cluster_resets_the_session():
 def test_an_old_session_file_without_the_new_fields_still_loads():
     session = ClientSession.from_json('{"read": "1:2", "write": "-", "coordinator": 1}')
     assert session == ClientSession(VectorClock({1: 2}), coordinator=1)
+
+
+def test_a_demoted_coordinator_elected_again_in_a_newer_epoch_is_tried_first_again():
+    session = ClientSession(coordinator=3, addresses={2: "b:2", 3: "c:3"}, epoch=4)
+    session.demote("c:3")                     # it stalled in epoch 4
+    assert session.demoted == {"c:3": 4}
+    # A follower still names it in epoch 4: no news, it stays last.
+    session.observe(GET, Reply("VALUE", "x", meta=meta(by=3, here=2, coord=3, epoch=4)), "b:2")
+    assert session.order(["b:2", "c:3"]) == ["b:2", "c:3"]
+    # Replica 2 took over in epoch 5; later 3 recovered and took over in epoch 6.
+    session.observe(GET, Reply("VALUE", "x", meta=meta(by=2, here=2, coord=2, epoch=5)), "b:2")
+    assert session.demoted == {"c:3": 4} and session.epoch == 5
+    session.observe(GET, Reply("VALUE", "x", meta=meta(by=3, here=2, coord=3, epoch=6)), "b:2")
+    assert session.demoted == {} and session.order(["b:2", "c:3"]) == ["c:3", "b:2"]
