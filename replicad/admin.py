@@ -277,11 +277,58 @@ def cluster_view(replica: Any, peers: PeerDetails | None = None) -> dict[str, An
 # Resources --------------------------------------------------------------------------------
 
 
-# Each resource below has no children, so a longer path (/metrics/x, /healthz/) finds
-# none and twisted.web answers 404.
+# Each resource below has no children, so a longer path (/metrics/x, /healthz/) is 404;
+# GET and HEAD are the only methods, any other is 405 with an Allow header.  Both
+# answers are one line of plain text (twisted.web's own are HTML pages).
+
+ALLOWED_METHODS = (b"GET", b"HEAD")
 
 
-class _Probe(Resource):
+def _plain(request: server.Request, code: int, text: str) -> bytes:
+    request.setResponseCode(code)
+    request.setHeader(b"content-type", TEXT_TYPE)
+    request.setHeader(b"cache-control", b"no-store")
+    return f"{text}\n".encode()
+
+
+class _NotFound(Resource):
+    isLeaf = True
+
+    def render(self, request: server.Request) -> bytes:
+        path = request.path.decode("ascii", "replace")[:200]
+        return _plain(request, 404, f"not found: {path} (this port serves /, "
+                      "/cluster.json, /metrics, /healthz and /readyz)")
+
+
+class _Root(Resource):
+    def getChild(self, path: bytes, request: server.Request) -> Resource:
+        return _NotFound()
+
+
+class _ReadOnly(Resource):
+    def getChild(self, path: bytes, request: server.Request) -> Resource:
+        return _NotFound()
+
+    def render(self, request: server.Request) -> bytes:
+        if request.method not in ALLOWED_METHODS:
+            request.setHeader(b"allow", b", ".join(ALLOWED_METHODS))
+            method = request.method.decode("ascii", "replace")[:20]
+            return _plain(request, 405, f"method not allowed: {method} (the admin port "
+                          "is read-only: GET and HEAD only)")
+        return super().render(request)
+
+    def render_HEAD(self, request: server.Request) -> bytes:
+        """GET's status and headers without the body (twisted.web would send the same
+        but log a warning for every HEAD: probes use HEAD)."""
+        body = self.render_GET(request)
+        request.setHeader(b"content-length", b"%d" % len(body))
+        return b""
+
+    def render_GET(self, request: server.Request) -> bytes:
+        raise NotImplementedError
+
+
+class _Probe(_ReadOnly):
     """200 ``ok: <why>`` or 503 ``<failing>: <why>``: for load balancers and probes."""
 
     def __init__(self, check, failing: str):
@@ -297,7 +344,7 @@ class _Probe(Resource):
         return f"{'ok' if ok else self.failing}: {why}\n".encode()
 
 
-class _Metrics(Resource):
+class _Metrics(_ReadOnly):
     def __init__(self, metrics: Any):
         super().__init__()
         self.metrics = metrics
@@ -312,7 +359,7 @@ class _Metrics(Resource):
         return encoder(self.metrics.registry)
 
 
-class _ClusterJson(Resource):
+class _ClusterJson(_ReadOnly):
     def __init__(self, replica: Any, peers: PeerDetails | None):
         super().__init__()
         self.replica = replica
@@ -330,7 +377,7 @@ class _ClusterJson(Resource):
         return json.dumps(view, separators=(",", ":")).encode("utf-8")
 
 
-class _Page(Resource):
+class _Page(_ReadOnly):
     def __init__(self, page: bytes):
         super().__init__()
         self.page = page
@@ -348,7 +395,7 @@ def page_html() -> bytes:
 
 def admin_root(replica: Any, peers: PeerDetails | None = None) -> Resource:
     """The resource tree: exactly the paths in the module docstring."""
-    root = Resource()
+    root = _Root()
     root.putChild(b"", _Page(page_html()))
     root.putChild(b"cluster.json", _ClusterJson(replica, peers))
     root.putChild(b"metrics", _Metrics(replica.metrics))
@@ -377,7 +424,8 @@ class AdminService(service.MultiService):
     def __init__(self, replica: Any, endpoint: str, reactor: Any):
         super().__init__()
         self.peers = PeerDetails(replica, reactor)
-        site = AdminSite(admin_root(replica, self.peers), timeout=HTTP_IDLE_TIMEOUT_S)
+        site = AdminSite(admin_root(replica, self.peers), timeout=HTTP_IDLE_TIMEOUT_S,
+                         reactor=reactor)
         # More connections than this are closed at once (the admin port is no data path).
         factory = ThrottlingFactory(site, maxConnectionCount=MAX_ADMIN_CONNECTIONS)
         factory.noisy = False

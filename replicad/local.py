@@ -63,6 +63,9 @@ def build_parser() -> argparse.ArgumentParser:
                         help="a [cluster] setting, e.g. --set write_quorum=2 (repeatable)")
     parser.add_argument("--demo", action="store_true",
                         help="run a narrated failover walkthrough, then stop")
+    parser.add_argument("--no-admin", dest="admin", action="store_false",
+                        help="no HTTP admin ports (by default replica i serves its admin "
+                             "page, /metrics, /healthz and /readyz on base+200+i)")
     return parser
 
 
@@ -73,7 +76,8 @@ def cluster_from_args(args: argparse.Namespace) -> LocalCluster:
     except ValueError as e:
         raise UsageError(str(e)) from None
     data_dir = args.data_dir or (DEMO_DATA_DIR if args.demo else DEFAULT_DATA_DIR)
-    return LocalCluster(args.size, args.base_port, data_dir, overrides=overrides)
+    return LocalCluster(args.size, args.base_port, data_dir, overrides=overrides,
+                        admin=args.admin)
 
 
 # What to print ---------------------------------------------------------------------------
@@ -150,8 +154,10 @@ def print_banner(cluster: LocalCluster, coordinator: int, out: TextIO,
     print(f"{PROG}: {cluster.size} replicas are up; replica {coordinator} is the "
           f"coordinator{identity}.", file=out)
     for i in cluster.ids:
+        admin = f"admin {cluster.admin_url(i)}  " if cluster.admin else ""
         print(f"  replica {i}: client {cluster.address(i)}  peer {cluster.peer_address(i)}  "
-              f"log {shown_path(cluster.log_path(i), cwd)}", file=out)
+              f"{admin}log {shown_path(cluster.log_path(i), cwd)}", file=out)
+    print_watch(cluster, out)
     print("Try, in another terminal in this directory:", file=out)
     *commands, kill = suggested_commands(cluster, coordinator, executable, cwd)
     for command in commands:
@@ -159,6 +165,15 @@ def print_banner(cluster: LocalCluster, coordinator: int, out: TextIO,
     print(f"  {kill}   # then see another replica take over", file=out)
     print(f"Data is kept in {data_dir} between runs. Press Ctrl-C to stop.", file=out,
           flush=True)
+
+
+def print_watch(cluster: LocalCluster, out: TextIO) -> None:
+    """Where to watch the cluster in a browser (nothing without admin ports)."""
+    if not cluster.admin:
+        return
+    print(f"Watch the whole cluster live in a browser: {cluster.admin_url(1)} (any "
+          f"replica's admin page shows every replica; also /metrics, /healthz, /readyz)",
+          file=out, flush=True)
 
 
 def print_starting(cluster: LocalCluster, new: bool, out: TextIO) -> None:
@@ -221,6 +236,7 @@ def _run(cluster: LocalCluster, demo: bool) -> int:
     cluster.start()
     coordinator = cluster.wait_ready(timeout_s=READY_TIMEOUT_S)
     if demo:
+        print_watch(cluster, sys.stdout)
         try:
             walkthrough.run(cluster, out=sys.stdout)
         except walkthrough.DemoError as e:
