@@ -104,7 +104,11 @@ def _plot(history: str, output: str | None) -> int:
         return EXIT_USAGE
     path = output or os.path.join(os.path.dirname(os.path.abspath(history)), "timeline.png")
     try:
-        plot(events, path)
+        lost = check(events).lost_ops
+    except CheckError:
+        lost = []
+    try:
+        plot(events, path, lost_ops=lost)
     except PlotUnavailable as e:
         print(f"no plot: {e}", file=sys.stderr)
         return EXIT_USAGE
@@ -165,7 +169,8 @@ def _run(args: argparse.Namespace) -> int:
         from replicad.chaos.plot import PlotUnavailable, plot
 
         try:
-            print(f"timeline: {plot(events, os.path.join(out, 'timeline.png'))}")
+            path = os.path.join(out, "timeline.png")
+            print(f"timeline: {plot(events, path, lost_ops=report.lost_ops)}")
         except PlotUnavailable as e:
             print(f"no timeline plot: {e}")
     print(f"history: {config.history_path}")

@@ -238,6 +238,7 @@ class Replica:
 class Report:
     violations: list[Violation]
     stats: dict[str, Any]
+    lost_ops: list[int] = field(default_factory=list)   # acknowledged writes lost
 
     @property
     def ok(self) -> bool:
@@ -395,6 +396,7 @@ class _Checker:
         self.put_totals_by_key: dict[str, list[int]] = {}
         self.deletes_index: dict[str, tuple[list[float], list[VectorClock], float | None]] = {}
         self.reference: dict[str, FinalRecord] | None = None
+        self.lost_ops: list[int] = []   # acknowledged writes lost, either way
         self.reference_replica: int | None = None
 
     def add(self, rule: Rule, ops: Iterable[int], message: str,
@@ -745,6 +747,7 @@ class _Checker:
             assert op.version is not None
             if op.id in conflicts:
                 figures["lost_to_conflict"] += 1
+                self.lost_ops.append(op.id)
                 continue
             if self.reference is None:
                 unchecked += 1
@@ -753,6 +756,7 @@ class _Checker:
             value = op.written if op.kind == "put" else None
             if final is None:
                 figures["lost"] += 1
+                self.lost_ops.append(op.id)
                 self.add(Rule.LOST_WRITE, [op.id],
                          f"acknowledged {op.describe()} is lost: {where} holds no record "
                          f"of {op.key!r} at all")
@@ -762,6 +766,7 @@ class _Checker:
                 figures["kept"] += 1
                 continue
             figures["lost"] += 1
+            self.lost_ops.append(op.id)
             if order is Order.EQUAL:
                 why = "the same version with other data"
             elif order is Order.CONCURRENT:
@@ -1099,7 +1104,7 @@ def check(events: Iterable[Mapping[str, Any]]) -> Report:
     lost = checker.check_lost()
     checker.check_convergence()
     lost.update(checker.check_duplicates())
-    return Report(checker.violations, checker.stats(lost))
+    return Report(checker.violations, checker.stats(lost), sorted(checker.lost_ops))
 
 
 # The summary ---------------------------------------------------------------------------------

@@ -21,10 +21,14 @@ class PlotUnavailable(RuntimeError):
     """matplotlib is not installed."""
 
 
-def timeline(events: Iterable[Mapping[str, Any]], bin_s: float = BIN_S) -> dict[str, Any]:
-    """The data of the plot (pure): per bin the completed operations by outcome, the
-    fault spans, the heal and convergence times."""
-    counts: dict[str, dict[int, int]] = {o: defaultdict(int) for o in ("ok", "fail", "unknown")}
+def timeline(events: Iterable[Mapping[str, Any]], bin_s: float = BIN_S,
+             lost_ops: Iterable[int] = ()) -> dict[str, Any]:
+    """The data of the plot (pure): per bin the completed operations by outcome and the
+    acknowledged writes later lost (by when they were acknowledged), the fault spans,
+    the heal and convergence times."""
+    lost = set(lost_ops)
+    counts: dict[str, dict[int, int]] = {o: defaultdict(int)
+                                         for o in ("ok", "fail", "unknown", "lost")}
     starts: dict[int, tuple[float, str, str]] = {}
     spans: list[tuple[float, float, str, str]] = []
     run: Mapping[str, Any] = {}
@@ -36,8 +40,10 @@ def timeline(events: Iterable[Mapping[str, Any]], bin_s: float = BIN_S) -> dict[
         last = max(last, t)
         if kind == "run":
             run = event
-        elif kind == "complete" and event.get("outcome") in counts:
+        elif kind == "complete" and event.get("outcome") in ("ok", "fail", "unknown"):
             counts[event["outcome"]][int(t // bin_s)] += 1
+            if event.get("op") in lost:
+                counts["lost"][int(t // bin_s)] += 1
         elif kind == "fault" and event.get("phase") == "start":
             label = str(event.get("describe", event.get("kind")))
             targets = event.get("targets") or []
@@ -60,7 +66,8 @@ def timeline(events: Iterable[Mapping[str, Any]], bin_s: float = BIN_S) -> dict[
             "series": series, "spans": sorted(spans), "heal": heal, "converged": converged}
 
 
-def plot(events: Iterable[Mapping[str, Any]], path: str, title: str | None = None) -> str:
+def plot(events: Iterable[Mapping[str, Any]], path: str, title: str | None = None,
+         lost_ops: Iterable[int] = ()) -> str:
     """Draw the timeline into path (PNG); PlotUnavailable without matplotlib."""
     try:
         import matplotlib
@@ -68,22 +75,26 @@ def plot(events: Iterable[Mapping[str, Any]], path: str, title: str | None = Non
         import matplotlib.pyplot as plt
     except ImportError:
         raise PlotUnavailable("matplotlib is not installed (pip install matplotlib)") from None
-    data = timeline(events)
+    data = timeline(events, lost_ops=lost_ops)
     run = data["run"]
-    fig, ax = plt.subplots(figsize=(12, 4.5), dpi=110)
+    fig, ax = plt.subplots(figsize=(12, 5), dpi=110)
     times, series = data["times"], data["series"]
     width = data["bin_s"]
-    ax.bar(times, series["ok"], width=width, align="edge", color="tab:green", label="ok")
+    ax.bar(times, series["ok"], width=width, align="edge", color="tab:green", label="ok",
+           zorder=2)
     ax.bar(times, series["fail"], width=width, align="edge", bottom=series["ok"],
-           color="tab:gray", label="failed (nothing done)")
+           color="tab:gray", label="failed (nothing done)", zorder=2)
     stacked = [a + b for a, b in zip(series["ok"], series["fail"], strict=True)]
     ax.bar(times, series["unknown"], width=width, align="edge", bottom=stacked,
-           color="black", label="unknown (in doubt)")
+           color="black", label="unknown (in doubt)", zorder=2)
+    if any(series["lost"]):
+        ax.bar(times, series["lost"], width=width, align="edge", color="tab:red",
+               label="acknowledged, later lost", zorder=3)
     top = max([a + b for a, b in zip(stacked, series["unknown"], strict=True)] or [1])
     seen = set()
     for start, end, kind, label in data["spans"]:
         colour = FAULT_COLOURS.get(kind, "tab:blue")
-        ax.axvspan(start, end, color=colour, alpha=0.18,
+        ax.axvspan(start, end, color=colour, alpha=0.18, zorder=0,
                    label=None if kind in seen else f"fault: {kind}")
         seen.add(kind)
         ax.text(start, top * 1.02, label.split(" for ")[0], rotation=90, fontsize=6,
@@ -100,7 +111,8 @@ def plot(events: Iterable[Mapping[str, Any]], path: str, title: str | None = Non
     ax.set_title(title or (f"replicad chaos run: write_quorum {run.get('write_quorum')}, "
                            f"{run.get('replicas')} replicas, {run.get('clients')} clients, "
                            f"seed {run.get('seed')}"))
-    ax.legend(loc="upper right", fontsize=7, ncol=3)
+    ax.legend(loc="upper center", bbox_to_anchor=(0.5, -0.13), fontsize=7, ncol=7,
+              frameon=False)
     fig.tight_layout()
     fig.savefig(path)
     plt.close(fig)
