@@ -24,6 +24,11 @@ replicad alone.
 
 Results are printed as markdown; with --write they also replace the "throughput"
 section of docs/benchmarks.md.  Nothing but 127.0.0.1 is contacted.
+
+The client here is this Python script, which is slower than both servers for most rows;
+bench/suite.py measures the same comparison (and more: 50 connections, 1/3/5 replicas,
+a connection burst, the targets of issue #10) with a C load generator.  This script stays
+for what the suite does not measure: the BlockingClient rows and the storage alone.
 """
 
 from __future__ import annotations
