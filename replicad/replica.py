@@ -18,6 +18,7 @@ calls:
 
 from __future__ import annotations
 
+import dataclasses
 import os
 
 from twisted.application import service
@@ -576,11 +577,8 @@ class Replica(service.MultiService):
                           kind=response.kind, payload=response.payload)
             return self._error(request, Code.INTERNAL, "the coordinator failed to answer")
         reply = wire.parse_reply_lines([text for _, text in response.lines])
-        if reply.meta is not None:
-            reply = reply.with_meta(
-                ReplyMeta(reply.meta.vc, reply.meta.by, reply.meta.coord, reply.meta.epoch,
-                          here=self.my_id)
-            )
+        if reply.meta is not None:    # the coordinator's meta, but reached here
+            reply = reply.with_meta(dataclasses.replace(reply.meta, here=self.my_id))
         return reply
 
     async def _coordinate(self, request: Request) -> Reply:

@@ -14,7 +14,7 @@ from replicad.peerwire import PeerStatus, PeerWireError
 from replicad.replica import Replica
 from replicad.store import Record
 from replicad.vclock import VectorClock
-from replicad.wire import Request
+from replicad.wire import Reply, Request
 
 
 @pytest.fixture
@@ -310,3 +310,26 @@ def test_the_read_fast_path_answers_only_what_needs_no_waiting(replica):
     assert now("PUT k v2") is None                       # writes never
     follow(replica, 3, own_epoch(5, 3))
     assert now("GET k") is None                          # a follower forwards
+
+
+def test_a_forwarded_reply_keeps_the_coordinators_meta_cluster_included(replica):
+    from replicad.peer import PeerResponse
+    from replicad.wire import ReplyMeta, SessionContext
+
+    follow(replica, 3, own_epoch(0, 3))
+    cluster = "ab" * 16
+    answer = Reply("OK", meta=ReplyMeta(VectorClock({3: 1}), by=3, coord=3, epoch=3,
+                                        here=3, cluster=cluster))
+
+    def call(peer_id, message, timeout_s, on_line=None):
+        if message.verb == "PING":
+            status = PeerStatus(3, "coordinator", 3, replica.node.epoch, VectorClock())
+            return defer.succeed(PeerResponse("OK", status.encode()))
+        return defer.succeed(PeerResponse("END", "", [("LINE", t)
+                                                      for t in answer.encode_lines()]))
+
+    replica.call = call
+    d = replica.handle(Request("PUT", "k", "v", context=SessionContext()))
+    replica.reactor.advance(0)
+    meta = d.result.meta
+    assert (meta.here, meta.by, meta.cluster) == (2, 3, cluster)
