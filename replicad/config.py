@@ -212,6 +212,10 @@ class ClusterConfig:
     client_password: str | None = None   # clients must send AUTH <password> first
     write_quorum: int = 1   # an int once built; given as text, "majority" or "2"
     max_connections: int = 1000
+    # The listen queue of the client and peer ports: a burst of new connections beyond
+    # it costs each dropped SYN a 1 s retransmit (Twisted's default is 50).  The kernel
+    # caps it at net.core.somaxconn (4096 on current Linux).
+    listen_backlog: int = 1024
     # Open connections on the peer port; None: derived, see peer_connection_limit.
     max_peer_connections: int | None = None
     # A pull asks for a full copy when this replica is empty or lacks at least this
@@ -306,7 +310,7 @@ def default_config(
 
 _CLUSTER_FLOATS = {f.name for f in dataclasses.fields(Timers)}
 _CLUSTER_RATIOS = {"full_copy_ratio"}
-_CLUSTER_INTS = {"max_connections", "max_peer_connections", "max_key_bytes",
+_CLUSTER_INTS = {"max_connections", "max_peer_connections", "listen_backlog", "max_key_bytes",
                  "max_value_bytes"}
 _CLUSTER_STRINGS = {"secret", "client_password", "write_quorum"}
 _MEMBER_KEYS = {"client", "peer", "client_listen", "peer_listen", "peer_connect", "admin",
@@ -524,7 +528,8 @@ def render_config(config: ClusterConfig) -> str:
         value = getattr(config.limits, name)
         if value != getattr(Limits, name):
             lines.append(f"{name} = {value}")
-    for name in ("max_connections", "max_peer_connections", "full_copy_ratio"):
+    for name in ("max_connections", "max_peer_connections", "listen_backlog",
+                 "full_copy_ratio"):
         value = getattr(config, name)
         if value != getattr(ClusterConfig, name):
             lines.append(f"{name} = {value}")
@@ -544,3 +549,12 @@ def with_overrides(config: ClusterConfig, **changes: object) -> ClusterConfig:
     new = dataclasses.replace(config, **changes)
     _validate(new)
     return new
+
+
+def with_backlog(endpoint: str, backlog: int) -> str:
+    """A server endpoint string with the listen backlog, unless it names one already
+    (tcp:, ssl: and tcp6: take ``backlog=``)."""
+    kind = endpoint.split(":", 1)[0]
+    if kind not in ("tcp", "ssl", "tcp6") or "backlog=" in endpoint:
+        return endpoint
+    return f"{endpoint}:backlog={backlog}"

@@ -46,7 +46,13 @@ from twisted.python.components import Componentized
 
 from replicad.admin import AdminService
 from replicad.client_protocol import ClientFactory
-from replicad.config import ClusterConfig, ConfigError, default_config, load_config
+from replicad.config import (
+    ClusterConfig,
+    ConfigError,
+    default_config,
+    load_config,
+    with_backlog,
+)
 from replicad.datadir import DataDirLock, check_data_dir, lock_data_dir
 from replicad.peer import PeerServerFactory
 from replicad.replica import Replica
@@ -200,7 +206,8 @@ def makeService(options: Options, reactor=None) -> service.MultiService:
 
     clients = ClientFactory(replica, config, reactor)
     client_listener = StreamServerEndpointService(
-        serverFromString(reactor, member.client_listen_endpoint()), clients,
+        serverFromString(reactor, with_backlog(member.client_listen_endpoint(),
+                                               config.listen_backlog)), clients,
     )
     peers = PeerServerFactory(
         my_id, set(config.ids), config.secret, replica, reactor,
@@ -210,7 +217,8 @@ def makeService(options: Options, reactor=None) -> service.MultiService:
         stream_stall_timeout_s=config.timers.stream_stall_timeout,
     )
     peer_listener = StreamServerEndpointService(
-        serverFromString(reactor, member.peer_listen_endpoint()), peers,
+        serverFromString(reactor, with_backlog(member.peer_listen_endpoint(),
+                                               config.listen_backlog)), peers,
     )
     replica.metrics.client_connections = lambda: clients.open_connections
     replica.metrics.peer_connections = lambda: len(peers.connections)

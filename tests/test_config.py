@@ -743,3 +743,28 @@ def test_replica_ids_are_bounded_because_epochs_contain_them(tmp_path):
                     "peer = 127.0.0.1:2\n")
     with pytest.raises(ConfigError, match="replica id 10000 is above 9999"):
         load_config(str(path))
+
+
+@pytest.mark.parametrize(
+    ("endpoint", "expected"),
+    [
+        ("tcp:port=7001:interface=127.0.0.1", "tcp:port=7001:interface=127.0.0.1:backlog=64"),
+        ("ssl:7001:privateKey=k.pem", "ssl:7001:privateKey=k.pem:backlog=64"),
+        ("tcp:7001:backlog=5", "tcp:7001:backlog=5"),              # the operator's wins
+        ("unix:/run/replicad.sock", "unix:/run/replicad.sock"),   # no backlog option here
+    ],
+)
+def test_listen_backlog_is_added_to_server_endpoints(endpoint, expected):
+    from replicad.config import with_backlog
+    assert with_backlog(endpoint, 64) == expected
+
+
+def test_listen_backlog_setting(tmp_path):
+    path = tmp_path / "c.ini"
+    path.write_text("[cluster]\nsecret = s\nlisten_backlog = 4096\n[replica:1]\n"
+                    "client = 127.0.0.1:1\npeer = 127.0.0.1:2\n")
+    assert load_config(str(path)).listen_backlog == 4096
+    assert default_config().listen_backlog == 1024
+    path.write_text(path.read_text().replace("4096", "0"))
+    with pytest.raises(ConfigError, match="listen_backlog must be greater than 0"):
+        load_config(str(path))
