@@ -44,7 +44,7 @@ Output: markdown on stdout (progress on stderr).  --write replaces the section
 (--section, default "suite") of docs/benchmarks.md, writes the raw results to
 docs/suite/<section>.json and, if matplotlib is installed, PNG plots to
 docs/suite/<section>-*.png (bench/plots.py; --plots DIR for elsewhere).  Quick by
-default (about a minute); --full for the figures in docs (about 8 minutes).
+default (about a minute); --full for the figures in docs (about 6 minutes).
 """
 
 from __future__ import annotations
@@ -916,7 +916,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--full", action="store_true",
                         help="the figures for docs: 3 rounds of 2 s runs, the whole "
-                             "connection sweep, a 40 s burst timeout (about 8 min)")
+                             "connection sweep, a 40 s burst timeout (about 6 min)")
     parser.add_argument("--rounds", type=int, help="rounds (quick 1, --full 3)")
     parser.add_argument("--duration", type=float, help="measured seconds per run "
                         "(quick 0.5, --full 2)")
