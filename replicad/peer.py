@@ -856,6 +856,7 @@ class PeerLink:
         # fail at once instead of waiting for ClientService's next attempt (a SIGKILLed
         # peer closes its connections, so this is how a crash is noticed in milliseconds).
         self.down = False
+        self._ready_proto: PeerClientProtocol | None = None   # authenticated, connected
         self.on_down: Callable[[], None] | None = None
         self.on_up: Callable[[], None] | None = None
         factory = PeerClientFactory(my_id, peer_id, secret, reactor, max_line_bytes,
@@ -882,11 +883,14 @@ class PeerLink:
     def _up(self, proto: PeerClientProtocol) -> None:
         self.peer_cluster_id = proto.peer_cluster_id
         self.down = False
+        self._ready_proto = proto
         if self.on_up is not None:
             self.on_up()
 
     def _lost(self, proto: PeerClientProtocol) -> None:
         self.down = True
+        if self._ready_proto is proto:
+            self._ready_proto = None
         if self.on_down is not None:
             self.on_down()
 
@@ -898,10 +902,16 @@ class PeerLink:
              on_line: Callable[[str, str], None] | None = None) -> defer.Deferred[PeerResponse]:
         """Call the peer, connecting first if needed; errbacks PeerUnavailable only.
 
-        The call starts on the next reactor turn: callers often react to one call's
-        failure by making another, from inside ClientService's own callbacks, and
-        ClientService.whenConnected must not be entered re-entrantly.
+        On an authenticated connection the request is written at once (the hot path:
+        pushes, forwards, pings).  Otherwise the call starts on the next reactor turn:
+        callers often react to one call's failure by making another, from inside
+        ClientService's own callbacks, and ClientService.whenConnected must not be
+        entered re-entrantly.
         """
+        proto = self._ready_proto
+        if proto is not None and not self.down:
+            d = proto.call(verb, payload, timeout_s, on_line)
+            return d.addErrback(self._unavailable, verb, timeout_s)
         result: defer.Deferred[PeerResponse] = defer.Deferred()
         self._clock.callLater(0, self._start_call, result, verb, payload, timeout_s, on_line)
         return result
@@ -922,19 +932,19 @@ class PeerLink:
             remaining = max(deadline - self._clock.seconds(), 0.0)
             return proto.call(verb, payload, timeout_s, on_line, first_timeout_s=remaining)
 
-        def unavailable(failure):
-            if failure.check(PeerUnavailable):
-                return failure
-            if failure.check(PeerWireError):   # a bad record in a stream: fail the call
-                raise PeerUnavailable(f"replica {self.peer_id}: {failure.value}", sent=True)
-            if failure.check(defer.TimeoutError, defer.CancelledError):
-                raise PeerUnavailable(
-                    f"replica {self.peer_id}: no connection within {timeout_s:g} s"
-                )
-            if failure.check(error.ConnectError, error.ConnectionLost):
-                raise PeerUnavailable(f"replica {self.peer_id}: {failure.getErrorMessage()}")
-            self.log.failure("call {verb} to replica {peer} failed", failure, verb=verb,
-                             peer=self.peer_id)
-            raise PeerUnavailable(f"replica {self.peer_id}: {failure.getErrorMessage()}")
+        connected.addCallback(send).addErrback(self._unavailable, verb, timeout_s)
+        connected.chainDeferred(result)
 
-        connected.addCallback(send).addErrback(unavailable).chainDeferred(result)
+    def _unavailable(self, failure, verb: str, timeout_s: float):
+        """Every way a call can fail, as PeerUnavailable (sent or not)."""
+        if failure.check(PeerUnavailable):
+            return failure
+        if failure.check(PeerWireError):   # a bad record in a stream: fail the call
+            raise PeerUnavailable(f"replica {self.peer_id}: {failure.value}", sent=True)
+        if failure.check(defer.TimeoutError, defer.CancelledError):
+            raise PeerUnavailable(f"replica {self.peer_id}: no connection within {timeout_s:g} s")
+        if failure.check(error.ConnectError, error.ConnectionLost):
+            raise PeerUnavailable(f"replica {self.peer_id}: {failure.getErrorMessage()}")
+        self.log.failure("call {verb} to replica {peer} failed", failure, verb=verb,
+                         peer=self.peer_id)
+        raise PeerUnavailable(f"replica {self.peer_id}: {failure.getErrorMessage()}")

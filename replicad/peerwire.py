@@ -27,7 +27,7 @@ from typing import ClassVar
 
 from replicad.identity import decode_cluster_id, encode_cluster_id
 from replicad.node import MAX_EPOCH
-from replicad.store import Record
+from replicad.store import Record, StoreError, check_record
 from replicad.vclock import ClockError, VectorClock
 from replicad.wire import is_number, is_request_id
 
@@ -144,8 +144,13 @@ def decode_record(text: str) -> Record:
         if len(parts) != 7:
             raise PeerWireError(f"tombstone record {text[:60]!r} has a value")
         value = None
-    return Record(key, value, int(origin), int(seq), version, epoch,
-                  None if rid == "-" else rid)
+    record = Record(key, value, int(origin), int(seq), version, epoch,
+                    None if rid == "-" else rid)
+    try:
+        check_record(record)     # what the store would refuse is refused at the edge
+    except StoreError as e:
+        raise PeerWireError(f"bad record: {e}") from None
+    return record
 
 
 def decode_clock(text: str) -> VectorClock:
