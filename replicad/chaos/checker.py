@@ -49,7 +49,9 @@ Rules
     session read).
 ``phantom-write``
     Every value observed, and every value a replica holds at the end, was written by a
-    PUT of that key whose outcome was not ``fail``, invoked before the observation ended.
+    PUT of that key whose outcome was not ``fail``, invoked before the observation ended;
+    and no request the client was told did nothing (a failed write, a DEL answered
+    NOTFOUND) appears as a write in a replica's request-id memory or records.
 ``lost-write``
     Every acknowledged write ``w`` survives, or is superseded by a write that descends
     from it.  Two ways to lose it:
@@ -116,10 +118,18 @@ class Outcome(enum.Enum):
 
 MAX_LISTED = 3   # writes named in one violation message
 LATE_REPLY_S = 1.0   # a write answered later than this may report a newer epoch than its own
+RETRIED_S = 0.3      # a write that took this long was probably sent more than once
 
 
 # A known cause, named when the evidence shows it (docs/reliability.md).
-REPLAYED_AFTER_MERGE = "replayed-after-merge"
+REPLAYED_AFTER_MERGE = "replayed-after-merge"   # OK from the request-id memory for a
+                                                # write that had lost a merge
+REAPPLIED = "reapplied"                         # a request id applied again by a replica
+                                                # that never learnt it (evidence: versions)
+REAPPLIED_SUSPECTED = "reapplied-suspected"     # an old value back after a retried write
+NOOP_CARRIED_OUT = "noop-carried-out"           # a request answered "nothing done" applied
+KNOWN_CAUSES = frozenset({REPLAYED_AFTER_MERGE, REAPPLIED, REAPPLIED_SUSPECTED,
+                          NOOP_CARRIED_OUT})
 
 
 @dataclass(frozen=True)
@@ -416,6 +426,7 @@ class _Checker:
                 self.puts_by_value[op.written] = op
         self._choose_reference()
         self._resolve_versions()
+        self._find_ghosts()
         for op in ops.values():
             if op.version is not None and op.may_have_written:
                 self.writes_by_key[op.key].append((op.version.total(), op.version, op))
@@ -635,14 +646,16 @@ class _Checker:
                 self.add(Rule.READ_YOUR_WRITES, [op.id, x.id, newer.id],
                          f"{op.describe()} read the value of {x.describe()}, strictly older "
                          f"than {newer.describe()}, which the session's writes cover "
-                         f"(W = {write.encode()})")
+                         f"(W = {write.encode()})" + _retried_hint(x),
+                         REAPPLIED_SUSPECTED if _retried_hint(x) else None)
                 return
             newer = self.newer_covered(op.key, x.version, read)
             if newer is not None:
                 self.add(Rule.MONOTONIC_READS, [op.id, x.id, newer.id],
                          f"{op.describe()} read the value of {x.describe()}, strictly older "
                          f"than {newer.describe()}, which the session's earlier reads cover "
-                         f"(R = {read.encode()})")
+                         f"(R = {read.encode()})" + _retried_hint(x),
+                         REAPPLIED_SUSPECTED if _retried_hint(x) else None)
                 return
             for version, earlier in seen.get(op.key, ()):
                 if x.version < version:
@@ -657,14 +670,17 @@ class _Checker:
             if put is not None:
                 self.add(Rule.READ_YOUR_WRITES, [op.id, put.id],
                          f"{op.describe()} found the key absent, but the session's writes "
-                         f"cover {put.describe()} and no DEL can have removed it")
+                         f"cover {put.describe()} and no DEL can have removed it"
+                         + self._ghost_hint(op.key),
+                         NOOP_CARRIED_OUT if self._ghost_hint(op.key) else None)
                 return
             put = self.unexplained_put(op.key, read, end, seen.get(op.key, ()))
             if put is not None:
                 self.add(Rule.MONOTONIC_READS, [op.id, put.id],
                          f"{op.describe()} found the key absent, but the session had read "
                          f"{put.describe()} (or a clock covering it) and no DEL can have "
-                         "removed it")
+                         "removed it" + self._ghost_hint(op.key),
+                         NOOP_CARRIED_OUT if self._ghost_hint(op.key) else None)
 
     def _write(self, op: Op, read: VectorClock, write: VectorClock, writes: list[Op],
                observations: list[Op], seen: dict[str, list[tuple[VectorClock, Op]]],
@@ -717,6 +733,44 @@ class _Checker:
                     self.add(Rule.PHANTOM_WRITE, self._writer_ids(record.value),
                              f"replica {replica.id} holds {record.value!r} for key {key!r} "
                              f"at the end, which {why}")
+
+    def _find_ghosts(self) -> None:
+        """Requests answered as doing nothing that replicas nevertheless applied:
+        op id -> (replica, where, request id, write id)."""
+        self.ghosts: dict[int, tuple[int, str, str, tuple[int, int]]] = {}
+        by_rid = {op.rid: op for op in self.h.ops.values() if op.rid and op.is_write_kind}
+        for replica in sorted(self.h.replicas.values(), key=lambda r: r.id):
+            found = [(rid, (origin, seq), "request ids")
+                     for rid, (origin, seq, _v) in replica.requests.items()]
+            found += [(record.rid, (record.origin, record.seq), f"record of {key!r}")
+                      for key, record in replica.records.items() if record.rid]
+            for rid, wid, where in sorted(found, key=lambda f: str(f[0])):
+                op = by_rid.get(rid or "")
+                if op is not None and not op.may_have_written and op.id not in self.ghosts:
+                    self.ghosts[op.id] = (replica.id, where, str(rid), wid)
+
+    def _ghost_hint(self, key: str) -> str:
+        ghosts = [(op_id, g) for op_id, g in self.ghosts.items()
+                  if self.h.ops[op_id].key == key]
+        if not ghosts:
+            return ""
+        return "; a request answered as doing nothing was carried out later on this key: " \
+            + ", ".join(f"op {op_id} as write {g[3][0]}:{g[3][1]}" for op_id, g in ghosts[:3])
+
+    def check_applied_no_ops(self) -> None:
+        """A request the client was told did nothing (a DEL answered NOTFOUND, a write
+        that failed) must not turn up as a write in any replica's request-id memory or
+        records: that would be a write applied after its final answer, e.g. a copy of
+        the request left queued at a frozen replica and carried out when it resumed."""
+        for op_id, (replica, where, rid, (origin, seq)) in sorted(self.ghosts.items()):
+            op = self.h.ops[op_id]
+            told = ("NOTFOUND (nothing to delete)" if op.outcome is Outcome.OK
+                    else f"{op.outcome.value} ({op.status}: nothing was done)")
+            self.add(Rule.PHANTOM_WRITE, [op.id],
+                     f"{op.describe()} was answered {told} at t={op.end}, yet replica "
+                     f"{replica}'s {where} names its request id {rid} as write "
+                     f"{origin}:{seq}: the request was carried out after its answer",
+                     NOOP_CARRIED_OUT)
 
     def _writer_ids(self, value: str) -> list[int]:
         writer = self.puts_by_value.get(value)
@@ -911,7 +965,8 @@ class _Checker:
                 self.add(Rule.DUPLICATE_WRITE, [op.id],
                          f"{op.describe()} (request id {op.rid}) was applied twice: "
                          f"version {again.encode()} ({again_where}) comes after "
-                         f"{first.encode()} ({first_where}); all its versions: {shown}")
+                         f"{first.encode()} ({first_where}); all its versions: {shown}",
+                         REAPPLIED)
             else:
                 both_sides.append(op.id)
         owners: dict[tuple[int, int], Op] = {}
@@ -967,6 +1022,16 @@ class _Checker:
             "final_get_errors": sum(len(r.get_errors) for r in self.h.replicas.values()),
             "complete": self.h.end is not None,
         }
+
+
+def _retried_hint(x: Op) -> str:
+    """A value read back long after newer writes: if its write was sent more than once
+    (it took long: an attempt stalled and was retried), a stale copy of the request may
+    have been carried out again, giving the old value a new version."""
+    if x.end is None or x.end - x.start < RETRIED_S:
+        return ""
+    return (f"; op {x.id} took {x.end - x.start:.2f} s (an attempt stalled and was retried):"
+            " a copy of its request carried out again later would bring its value back")
 
 
 def _rank(op: Op) -> tuple[int, int, int, int]:
@@ -1101,6 +1166,7 @@ def check(events: Iterable[Mapping[str, Any]]) -> Report:
     checker.index()
     checker.check_sessions()
     checker.check_phantoms()
+    checker.check_applied_no_ops()
     lost = checker.check_lost()
     checker.check_convergence()
     lost.update(checker.check_duplicates())
@@ -1131,7 +1197,7 @@ def format_report(report: Report, max_violations: int = 50) -> str:
     if "lost_share" in w:
         lines.append(
             f"acknowledged writes: {w['acknowledged']}, kept {w['kept']}, lost "
-            f"{w['lost_total']} ({100 * w['lost_share']:.2f} %): {w['lost_to_conflict']} to "
+            f"{w['lost_total']} ({100 * w['lost_share']:.3g} %): {w['lost_to_conflict']} to "
             f"conflicts, {w['lost']} otherwise")
         if w.get("applied_on_both_sides"):
             lines.append(f"writes in doubt applied on both sides of a partition (one copy "
