@@ -254,6 +254,12 @@ def cluster_view(replica: Any, peers: PeerDetails | None = None) -> dict[str, An
             entry.update({k: detail.get(k) for k in ("keys", "ready", "db_bytes",
                                                      "conflicts")})
             entry["detail_age_s"] = round(max(0.0, now - at), 3)
+            if seen is None or at > seen.at:
+                # Fresher than the last PING answer (anti-entropy pings a follower only
+                # every anti_entropy_interval): the peer's own word, a second old at most.
+                entry.update({k: detail.get(k) for k in (
+                    "role", "coordinator", "epoch", "clock", "writes", "cluster_id")})
+                entry["age_s"] = entry["detail_age_s"]
         members.append(entry)
     store = replica.store
     ready, why = readiness(replica)
