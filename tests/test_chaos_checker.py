@@ -572,3 +572,54 @@ def test_phantom_write_catches_a_request_carried_out_after_its_answer():
                          requests=requests))
     only(report, Rule.PHANTOM_WRITE, noop)
     assert "carried out after its answer" in report.violations[0].message
+
+
+def test_the_timeline_data_and_a_lazy_matplotlib():
+    import subprocess
+    import sys
+
+    from replicad.chaos.plot import timeline
+
+    events = [
+        {"type": "run", "t": 0.0, "write_quorum": "1"},
+        {"type": "complete", "t": 0.5, "op": 1, "outcome": "ok"},
+        {"type": "complete", "t": 1.5, "op": 2, "outcome": "fail"},
+        {"type": "complete", "t": 1.7, "op": 3, "outcome": "ok"},
+        {"type": "fault", "t": 1.0, "phase": "start", "index": 0, "kind": "isolate",
+         "describe": "isolate coordinator for 2.0 s", "targets": [3]},
+        {"type": "fault", "t": 3.0, "phase": "end", "index": 0, "kind": "isolate"},
+        {"type": "heal", "t": 3.5},
+        {"type": "converged", "t": 3.9, "ok": True},
+    ]
+    data = timeline(events, lost_ops=[3])
+    assert data["series"]["ok"][:2] == [1, 1] and data["series"]["fail"][:2] == [0, 1]
+    assert data["series"]["lost"][:2] == [0, 1]
+    assert data["spans"] == [(1.0, 3.0, "isolate", "isolate coordinator 3 for 2.0 s")]
+    assert (data["heal"], data["converged"]) == (3.5, 3.9)
+    # importing the chaos package and its plot module does not import matplotlib
+    code = ("import sys, replicad.chaos.__main__, replicad.chaos.runner, "
+            "replicad.chaos.plot; print('matplotlib' in sys.modules)")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
+    assert out.stdout.strip() == "False", out.stderr
+
+
+def test_what_an_exception_says_about_the_outcome():
+    from replicad.chaos.runner import _failure
+    from replicad.retry import (
+        InvalidRequest,
+        NoServerAvailable,
+        OutcomeUnknown,
+        ServerError,
+        WriteInDoubt,
+    )
+
+    def outcome(e, write=True):
+        return _failure(e, write)["outcome"]
+
+    assert outcome(WriteInDoubt("QUORUM", "no quorum", "a")) == "unknown"
+    assert outcome(OutcomeUnknown("no answer")) == "unknown"
+    assert outcome(NoServerAvailable("nobody", [])) == "fail"
+    assert outcome(ServerError("UNAVAILABLE", "no majority", "a")) == "fail"
+    assert outcome(ServerError("INTERNAL", "?", "a")) == "unknown"   # not known to be nothing
+    assert outcome(ServerError("INTERNAL", "?", "a"), write=False) == "fail"
+    assert outcome(InvalidRequest("BADKEY", "bad")) == "fail"
