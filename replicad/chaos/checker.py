@@ -10,7 +10,9 @@ Every session is sequential (one thread, one operation at a time), so its operat
 have a program order.  For an operation ``o`` that completed ``ok``:
 
 - a **write** is a PUT, or a DEL answered OK (a tombstone).  ``V(o)`` is its version
-  vector (the reply's ``vc``), its write id ``(by, V(o)[by])``;
+  vector (the reply's ``vc``), its write id ``(origin, V(o)[origin])`` with the origin
+  as a replica's store names it (a reply's ``by`` is the replica that answered, which
+  is not the origin when a retry was answered from another replica's request-id memory);
 - an **observation** is a GET, or a DEL answered NOTFOUND (it wrote nothing).  ``C(o)``
   is the serving replica's clock (the reply's ``vc``) and ``val(o)`` what it saw (a
   value, or absent).
@@ -62,8 +64,13 @@ Rules
     the merge kept ``y``'s and discarded ``w`` and all that built on it.  This is found
     from the versions and epochs alone, so a loss stays visible even when later writes
     overwrite the key (the final value then dominates ``w``'s version, but ``w``'s
-    value never won).  A violation in quorum mode; with ``write_quorum = 1`` the
-    documented price of a split brain, counted, not a violation;
+    value never won).  With ``write_quorum = 1`` the documented price of a split brain,
+    counted, not a violation.  In quorum mode two acknowledged writes of one key with
+    *concurrent* versions are a violation by themselves (the merge kept one branch, so
+    acknowledged writes of the other are lost, whichever won: which one did needs the
+    writes' epochs, and a reply reports the replica's epoch when it answers, not always
+    the write's); so is an acknowledged write lost to a concurrent write that was never
+    acknowledged, whose exact epoch a final record gives;
 
     *otherwise*: after the heal, with ``F`` the key's final record (the converged
     coordinator's), ``V(F) >= V(w)`` fails (``F`` strictly older, concurrent without
@@ -76,11 +83,11 @@ Rules
 ``duplicate-write``
     An operation's versions, from its reply, the final records (by value, or by request
     id for a tombstone) and every replica's memory of request ids, are never ordered:
-    a second version after the first means the write was applied again by a replica
-    that had seen it.  Two *concurrent* versions of one request id are not a violation:
-    a write left in doubt on a coordinator that was cut off, sent again with its id to
-    the other side, is applied by both, and the merge keeps one copy (the newer
-    epoch's); they are counted (``applied_on_both_sides``) and named.
+    a second version after the first means the request was applied again after its
+    first copy had been applied and seen.  Two *concurrent* versions of one request id
+    are not a violation: a write left in doubt on a coordinator that was cut off, sent
+    again with its id to the other side, is applied by both, and the merge keeps one
+    copy (the newer epoch's); they are counted (``applied_on_both_sides``) and named.
 ``unique-write-ids``
     A write id ``(origin, seq)`` (as the stores name it) and an acknowledged version
     belong to one operation: no write id was issued twice.
