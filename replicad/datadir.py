@@ -87,7 +87,7 @@ def lock_data_dir(path: str) -> DataDirLock:
     make_data_dir(path)
     lock_path = os.path.join(path, LOCK_FILENAME)
     try:
-        fd = os.open(lock_path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o644)
+        fd = os.open(lock_path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
     except OSError as e:
         raise ConfigError(f"cannot lock data dir {path}: {e.strerror or e}") from None
     try:

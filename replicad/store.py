@@ -46,6 +46,9 @@ REQUEST_IDS_KEPT = 100_000   # request ids remembered (the newest): the retry wi
 BATCH_ROWS = 1000  # rows per fetchmany/staging batch: bounds memory of exports and imports
 MAX_CONFLICT_KEYS = 20  # keys named in an ApplyResult, for the log; the count is exact
 MEMORY = ":memory:"
+# The database, its -wal and -shm, and staging files hold every key and value: owner
+# only, whatever the umask (SQLite would create the database 0644 less the umask).
+FILE_MODE = 0o600
 
 _SCHEMA = """
 CREATE TABLE kv (
@@ -213,6 +216,8 @@ class Store:
         self._group_ids = 0
         self._failed_groups: set[int] = set()
         self._stage_ids = itertools.count(1)
+        if self._path != MEMORY:
+            _make_private(self._path, wal=True)
         try:
             self._db = sqlite3.connect(self._path, isolation_level=None)
         except sqlite3.Error as e:
@@ -644,6 +649,35 @@ class Store:
         return importer
 
 
+def _make_private(path: str, wal: bool = False) -> None:
+    """Create path with mode 0600 before SQLite opens it, or take the group and other
+    bits off an existing one (and its -wal and -shm: files of an older version).
+
+    SQLite gives the -wal and -shm files it creates the database file's mode, so one
+    private database file makes all three private.  An existing file is changed by
+    path, never opened here: closing a descriptor of a file SQLite has open in this
+    process would drop SQLite's POSIX locks on it.  Errors are left to SQLite (a
+    directory that is not writable) or ignored (a file of another owner).
+    """
+    try:
+        fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, FILE_MODE)
+    except FileExistsError:
+        for name in (path, path + "-wal", path + "-shm") if wal else (path,):
+            try:
+                mode = os.stat(name).st_mode & 0o7777
+                if mode & 0o077:
+                    os.chmod(name, mode & ~0o077)
+            except OSError:
+                pass
+        return
+    except OSError:
+        return
+    try:
+        os.fchmod(fd, FILE_MODE)    # the umask may have taken owner bits off
+    finally:
+        os.close(fd)
+
+
 def _read_clock(db: sqlite3.Connection) -> VectorClock:
     return VectorClock(db.execute("SELECT replica, count FROM clock"))
 
@@ -703,6 +737,8 @@ class Importer:
         else:
             self._file = f"{store._path}.import-{uuid.uuid4().hex}"
         store.commit_group()    # ATTACH and DETACH cannot run inside a transaction
+        if self._file is not None:
+            _make_private(self._file)
         self._db.execute(f"ATTACH DATABASE ? AS {schema}", (self._file or "",))
         try:
             # Not durable on purpose: a crash makes the staging garbage anyway.
