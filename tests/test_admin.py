@@ -9,6 +9,7 @@ from __future__ import annotations
 import dataclasses
 import io
 import json
+import re
 from types import SimpleNamespace
 
 import pytest
@@ -201,8 +202,9 @@ def test_the_page_is_self_contained_html(replica):
     assert headers["x-frame-options"] == "DENY"
     page = body.decode("utf-8")
     assert page.startswith("<!DOCTYPE html>") and "cluster.json" in page
-    for external in ("<script src", "<link", "@import", "url(", "https://"):
+    for external in ("<script src", "@import", "url(", "https://", "<img"):
         assert external not in page, external
+    assert re.findall(r"<link[^>]*>", page) == ['<link rel="icon" href="data:,">']
 
 
 @pytest.mark.parametrize("path", ["/nope", "/metrics/x", "/healthz/", "/index.html",
@@ -442,3 +444,52 @@ def test_twistd_gets_the_observer_from_the_application(in_tmp):
     (line,) = (in_tmp / "t.log").read_text().splitlines()
     assert json.loads(line)["text"] == "kept 1"
     options.data_dir_lock.close()
+
+
+# replicad-local: admin ports on base+200+i, their URLs printed ----------------------------------
+
+
+def test_local_cluster_admin_ports_and_config(tmp_path):
+    from replicad.cluster import LocalCluster
+
+    cluster = LocalCluster(size=3, base_port=17000, data_dir=str(tmp_path), admin=True)
+    assert cluster.admin_url(2) == "http://127.0.0.1:17202/"
+    assert cluster.admin_url(3, "/metrics") == "http://127.0.0.1:17203/metrics"
+    config = load_config(cluster.write_config())
+    assert [config.member(i).admin for i in cluster.ids] == [
+        Address("127.0.0.1", 17200 + i) for i in cluster.ids]
+    plain = LocalCluster(size=3, base_port=17000, data_dir=str(tmp_path / "p"))
+    assert plain.admin_url(1) is None
+    assert load_config(plain.write_config()).member(1).admin is None
+
+
+def test_local_cluster_admin_ports_must_fit_below_65536(tmp_path):
+    from replicad.cluster import ClusterError, LocalCluster
+
+    LocalCluster(size=3, base_port=65400, data_dir=str(tmp_path))        # 65503: fits
+    with pytest.raises(ClusterError, match="no room for ports up to 65603"):
+        LocalCluster(size=3, base_port=65400, data_dir=str(tmp_path), admin=True)
+
+
+def test_free_base_port_with_admin_leaves_the_admin_ports_free():
+    from replicad.cluster import find_free_base_port, port_free
+
+    base = find_free_base_port(3, admin=True)
+    assert all(port_free("127.0.0.1", base + offset + i)
+               for offset in (0, 100, 200) for i in (1, 2, 3))
+
+
+def test_replicad_local_prints_the_admin_urls(tmp_path):
+    from replicad import local
+
+    args = local.build_parser().parse_args(["--data-dir", str(tmp_path), "--base-port",
+                                            "17000"])
+    cluster = local.cluster_from_args(args)
+    assert cluster.admin
+    out = io.StringIO()
+    local.print_banner(cluster, 3, out, cwd=str(tmp_path))
+    text = out.getvalue()
+    assert "admin http://127.0.0.1:17201/  log " in text
+    assert "Watch the whole cluster live in a browser: http://127.0.0.1:17201/" in text
+    off = local.cluster_from_args(local.build_parser().parse_args(["--no-admin"]))
+    assert not off.admin
