@@ -14,15 +14,25 @@ id counter) lives in a JSON file so that successive runs keep read-your-writes a
 monotonic reads.  A session of another cluster, or a damaged file, is reset with one
 line on stderr naming the file.
 
+TLS: ``--tls`` (or ``tls = yes`` in a client file, or a cluster file whose client
+listeners are ssl:/tls:) verifies the servers' certificates against the system's CAs;
+``--cacert FILE`` (or ``$REPLICAD_CACERT``, or ``cacert =`` in a client file) against
+the CA certificates in FILE, and implies ``--tls``.  The certificate must name the host
+given in the server list.  A server whose certificate cannot be verified is refused:
+when every server is, the CLI stops at once with one line (exit 3, nothing was sent).
+
 Exit codes: 0 ok, 1 key not found, 2 usage error (a bad command line, or input the
-protocol cannot carry, found before anything is sent), 3 no server could serve, or a
-write's outcome is unknown, 4 the server refused the request (ERR BADKEY, TOOBIG, AUTH,
-...), 130 interrupted, 70 a bug in this program.
+protocol cannot carry, or an unreadable CA file, found before anything is sent), 3 no
+server could serve (none reachable, none verified over TLS), or a write's outcome is
+unknown, 4 the server refused the request (ERR BADKEY, TOOBIG, AUTH, ...), 130
+interrupted, 70 a bug in this program.  ``status --cluster`` exits 3 when no server
+answered, else 0.
 """
 
 from __future__ import annotations
 
 import argparse
+import concurrent.futures
 import configparser
 import contextlib
 import fcntl
@@ -41,14 +51,22 @@ from replicad.client import (
     ATTEMPT_TIMEOUT_S,
     DEFAULT_TIMEOUT_S,
     BlockingClient,
+    ClientError,
     InvalidRequest,
     NoServerAvailable,
     OutcomeUnknown,
     ServerError,
     SessionReset,
+    TLSSetupError,
     UnexpectedReply,
 )
-from replicad.config import ConfigError, default_config, parse_address, parse_config
+from replicad.config import (
+    ConfigError,
+    default_config,
+    is_tls_endpoint,
+    parse_address,
+    parse_config,
+)
 from replicad.session import ClientSession, SessionFileError, new_client_id
 
 PROG = "replicad-cli"
@@ -64,6 +82,10 @@ ENV_SERVERS = "REPLICAD_SERVERS"
 ENV_CONFIG = "REPLICAD_CONFIG"
 ENV_SESSION = "REPLICAD_SESSION"
 ENV_PASSWORD = "REPLICAD_PASSWORD"
+ENV_CACERT = "REPLICAD_CACERT"
+# status --cluster asks each server alone: one that has not answered within this (unless
+# --timeout says otherwise) is shown as down.
+CLUSTER_STATUS_TIMEOUT_S = 2.0
 
 COMMANDS = ("get", "put", "del", "keys", "status", "session")
 WRITE_COMMANDS = ("put", "del")
@@ -80,6 +102,7 @@ commands:
   del KEY                delete KEY and print OK (exit 1 if there is none)
   keys [PREFIX]          list live keys, one a line
   status [--json]        the state of the replica that answers
+  status --cluster       every server's state in one table (--json: a list)
   session show [--json]  the session: its file, cluster id, clocks, coordinator, client id
   session reset          start a new session (deletes the session file)"""
 EPILOG = f"""\
@@ -88,17 +111,21 @@ environment:
   {ENV_CONFIG}   config file when neither --servers, --config nor {ENV_SERVERS} is
   {ENV_SESSION}  session file (default: one per server list under ~/.local/state/replicad)
   {ENV_PASSWORD} the cluster's client password (--password-file takes precedence)
+  {ENV_CACERT}   CA certificate file for TLS (--cacert takes precedence; implies --tls)
 
 a client config file needs no peer secret:
   [client]
   servers = 127.0.0.1:7001,127.0.0.1:7002,127.0.0.1:7003
   timeout = 5                 ; optional, seconds
   password_file = client.pw   ; optional, relative to the config file
-  tls = no                    ; optional; only no is supported
+  tls = yes                   ; optional (default no): connect with TLS
+  cacert = ca.pem             ; optional CA file (PEM), relative to the config file;
+                              ; default: the system's CAs; implies tls = yes
 
-exit codes: 0 ok, 1 key not found, 2 usage error (bad command line or input, nothing sent),
-3 no server could serve, or a write's outcome is unknown, 4 the server refused the request
-(ERR ...), 130 interrupted"""
+exit codes: 0 ok, 1 key not found, 2 usage error (bad command line or input, or an
+unreadable CA file: nothing sent), 3 no server could serve (none reachable, or none whose
+TLS certificate could be verified), or a write's outcome is unknown, 4 the server refused
+the request (ERR ...), 130 interrupted"""
 
 
 class UsageError(Exception):
@@ -148,8 +175,16 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--password-file", metavar="FILE",
                         help="the cluster's client password, first line of FILE (default: "
                              "$REPLICAD_PASSWORD; never on the command line, where ps shows it)")
+    parser.add_argument("--tls", action="store_true",
+                        help="connect with TLS, verifying each server's certificate and "
+                             "that it names the host given (default CAs: the system's)")
+    parser.add_argument("--cacert", metavar="FILE",
+                        help=f"trust the CA certificates in FILE (PEM) for TLS; implies "
+                             f"--tls (default: ${ENV_CACERT})")
+    parser.add_argument("--cluster", action="store_true",
+                        help="status: ask every server and print one table")
     parser.add_argument("--json", action="store_true",
-                        help="status and session show: print one JSON object")
+                        help="status and session show: print JSON")
     parser.add_argument("-q", "--quiet", action="store_true",
                         help="put and del: print nothing on success (the exit code tells)")
     parser.add_argument("--version", action="version",
@@ -202,6 +237,8 @@ def parse_command_line(argv: Sequence[str]) -> Command:
         raise UsageError(f"usage: {PROG} session show|reset, not {args[0]!r}")
     if options.json and name not in ("status", "session"):
         raise UsageError(f"--json goes with status or session show, not {name}")
+    if options.cluster and name != "status":
+        raise UsageError(f"--cluster goes with status, not {name}")
     if options.session is not None and options.no_session:
         raise UsageError("give --session or --no-session, not both")
     return Command(name, args, options)
@@ -220,6 +257,8 @@ class Target:
     timeout_s: float | None = None           # from a client config file
     attempt_timeout_s: float | None = None
     password_file: str | None = None
+    tls: bool = False                        # from a config file
+    cacert: str | None = None                # from a client config file
 
 
 def parse_servers(text: str, source: str) -> list[str]:
@@ -248,8 +287,9 @@ def resolve_target(options: argparse.Namespace, env: Mapping[str, str]) -> Targe
     return Target(list(by_id.values()), config.limits, by_id)
 
 
-_CLIENT_KEYS = {"servers", "timeout", "attempt_timeout", "password_file", "tls"}
+_CLIENT_KEYS = {"servers", "timeout", "attempt_timeout", "password_file", "tls", "cacert"}
 _NO = {"no", "false", "off", "0"}
+_YES = {"yes", "true", "on", "1"}
 
 
 def load_client_config(path: str) -> Target:
@@ -277,18 +317,17 @@ def load_client_config(path: str) -> Target:
         if "servers" not in section:
             raise UsageError(f"{where}: [client] needs servers = host:port,...")
         tls = section.get("tls", "no").strip().lower()
-        if tls not in _NO:
-            raise UsageError(f"{where}: tls = {tls} is not supported by this client; the "
-                             "replicas speak plain TCP (tls = no)")
-        password_file = section.get("password_file", "").strip() or None
-        if password_file is not None:
-            password_file = os.path.join(os.path.dirname(os.path.abspath(path)),
-                                         os.path.expanduser(password_file))
+        if tls not in _NO | _YES:
+            raise UsageError(f"{where}: tls = {tls} must be yes or no")
+        password_file = _relative_path(section, "password_file", path)
+        cacert = _relative_path(section, "cacert", path)
         return Target(
             parse_servers(section["servers"], f"{where}: servers"),
             timeout_s=_setting_seconds(section, "timeout", where),
             attempt_timeout_s=_setting_seconds(section, "attempt_timeout", where),
             password_file=password_file,
+            tls=tls in _YES or cacert is not None,
+            cacert=cacert,
         )
     if not parser.has_section("cluster"):
         raise UsageError(f"{where} has neither a [client] nor a [cluster] section")
@@ -297,7 +336,25 @@ def load_client_config(path: str) -> Target:
     except ConfigError as e:
         raise UsageError(str(e)) from None
     by_id = {i: str(config.members[i].client) for i in config.ids}
-    return Target(list(by_id.values()), config.limits, by_id)
+    # Clients reach the replicas the way they listen: with TLS if their listeners do.
+    tls = any(is_tls_endpoint(m.client_listen) for m in config.members.values())
+    return Target(list(by_id.values()), config.limits, by_id, tls=tls)
+
+
+def _relative_path(section: configparser.SectionProxy, name: str, path: str) -> str | None:
+    """A file named in a config file: relative to that file's directory."""
+    value = section.get(name, "").strip() or None
+    if value is None:
+        return None
+    return os.path.join(os.path.dirname(os.path.abspath(path)), os.path.expanduser(value))
+
+
+def tls_settings(options: argparse.Namespace, target: Target,
+                 env: Mapping[str, str]) -> tuple[bool, str | None]:
+    """(tls, cacert): --cacert, else $REPLICAD_CACERT, else the config's cacert; TLS
+    when any of them is given, or --tls, or the config says so."""
+    cacert = options.cacert or env.get(ENV_CACERT, "").strip() or target.cacert
+    return bool(options.tls or cacert or target.tls), cacert or None
 
 
 def _setting_seconds(section: configparser.SectionProxy, name: str, where: str) -> float | None:
@@ -552,6 +609,97 @@ def run_command(command: Command, value: str | None, client: BlockingClient,
     return EXIT_OK
 
 
+# status --cluster --------------------------------------------------------------------
+
+CLUSTER_COLUMNS = ("server", "id", "role", "coordinator", "epoch", "clock", "keys", "peers",
+                   "cluster", "ready", "version")
+
+
+def run_cluster_status(clients: Mapping[str, BlockingClient], by_id: Mapping[int, str],
+                       as_json: bool, out: TextIO) -> int:
+    """STATUS from every server at once (each client knows one server); one table, or
+    a JSON list, in the order of the server list.  A server that does not answer is a
+    row marked down with the reason.  Exit 3 when none answered."""
+    results: dict[str, dict[str, Any] | ClientError] = {}
+    with concurrent.futures.ThreadPoolExecutor(max_workers=min(16, len(clients))) as pool:
+        futures = {server: pool.submit(client.status) for server, client in clients.items()}
+        for server, future in futures.items():
+            try:
+                results[server] = future.result()
+            except ClientError as e:
+                results[server] = e
+    ids = {address: i for i, address in by_id.items()}
+    rows: list[dict[str, Any]] = []
+    for server, result in results.items():
+        if isinstance(result, dict):
+            rows.append({**result, "server": server, "up": True})
+        else:
+            rows.append({"server": server, "id": ids.get(server), "up": False,
+                         "error": _why_down(result, server)})
+    if as_json:
+        print(json.dumps(rows), file=out)
+    else:
+        _print_cluster_table(rows, out)
+    return EXIT_OK if any(row["up"] for row in rows) else EXIT_UNAVAILABLE
+
+
+def _why_down(e: ClientError, server: str) -> str:
+    if getattr(e, "all_refused", False):
+        return "connection refused"
+    reason = getattr(e, "last_reason", None) or str(e)
+    if reason.startswith(f"{server}: "):
+        reason = reason[len(server) + 2:]
+    if isinstance(e, ServerError):
+        reason = f"ERR {e.code} {e.message}"
+    return reason.removesuffix(" (retryable)")
+
+
+def _cluster_cells(row: dict[str, Any]) -> list[str]:
+    if not row["up"]:
+        return [row["server"], _human(row.get("id")), "down"] + ["-"] * 8
+    peers = row.get("peers")
+    if isinstance(peers, dict):
+        down = [p for p, state in peers.items() if state != "up"]
+        shown = f"{len(peers) - len(down)}/{len(peers)} up"
+        if down:
+            shown += f" (down: {','.join(down)})"
+    else:
+        shown = _human(peers)
+    cluster = row.get("cluster_id")
+    return [row["server"], _human(row.get("id")), _human(row.get("role")),
+            _human(row.get("coordinator")), _human(row.get("epoch")), _human(row.get("clock")),
+            _human(row.get("keys")), shown,
+            cluster[:8] if isinstance(cluster, str) and len(cluster) > 8 else _human(cluster),
+            _human(row.get("ready")), _human(row.get("version"))]
+
+
+def _print_cluster_table(rows: list[dict[str, Any]], out: TextIO) -> None:
+    table = [[c.upper() for c in CLUSTER_COLUMNS]] + [_cluster_cells(r) for r in rows]
+    widths = [max(len(line[i]) for line in table) for i in range(len(CLUSTER_COLUMNS))]
+    for line in table:
+        print("  ".join(cell.ljust(w) for cell, w in zip(line, widths, strict=True)).rstrip(),
+              file=out)
+    for row in rows:
+        if not row["up"]:
+            print(f"{row['server']} is down: {row['error']}", file=out)
+    up = [r for r in rows if r["up"]]
+    summary = f"{len(up)} of {len(rows)} up"
+    named = {r.get("coordinator") for r in up}
+    if len(named) == 1 and up:
+        (coordinator,) = named
+        epochs = {r.get("epoch") for r in up if r.get("id") == coordinator}
+        epoch = f" in epoch {epochs.pop()}" if len(epochs) == 1 else ""
+        summary += (f"; coordinator {coordinator}{epoch}" if coordinator is not None
+                    else "; no coordinator")
+    elif up:
+        summary += "; they name different coordinators: " + ", ".join(
+            f"{_human(r.get('id'))} follows {_human(r.get('coordinator'))}" for r in up)
+    clusters = {r.get("cluster_id") for r in up} - {None, "-"}
+    if len(clusters) > 1:
+        summary += f"; {len(clusters)} different cluster ids: check the server list"
+    print(summary, file=out)
+
+
 def run_session_command(command: Command, store: SessionFile | None, out: TextIO) -> int:
     if store is None:
         raise UsageError(f"session {command.args[0]} needs a session file, not --no-session")
@@ -594,6 +742,18 @@ def _human(value: Any) -> str:
     return str(value)
 
 
+def _tls_hint(e: BaseException) -> str:
+    if getattr(e, "silent", False):
+        return f" (--tls, with --cacert FILE or ${ENV_CACERT} for the cluster's own CA)"
+    if not getattr(e, "tls_failed", False):
+        return ""
+    if "does not speak TLS" in str(e):
+        return "; leave out --tls (and --cacert) for servers without TLS"
+    return ("; give the CA certificate that signed the servers' certificates with --cacert "
+            f"FILE (or ${ENV_CACERT}), and list the servers by a name or address their "
+            "certificates hold")
+
+
 def _fail(message: str) -> None:
     print(f"{PROG}: {message}", file=sys.stderr)
 
@@ -614,6 +774,15 @@ def _main(argv: Sequence[str], out: TextIO, stdin: TextIO, env: Mapping[str, str
         return run_session_command(command, store, out)
     value = check_input(command, target.limits, stdin)
     password = read_password(options.password_file, env, target.password_file)
+    tls, cacert = tls_settings(options, target, env)
+    if command.name == "status" and options.cluster:
+        clients = {server: BlockingClient(
+            [server], timeout_s=options.timeout or CLUSTER_STATUS_TIMEOUT_S,
+            password=password, tls=tls, cacert=cacert,
+            attempt_timeout_s=options.attempt_timeout or target.attempt_timeout_s
+            or ATTEMPT_TIMEOUT_S,
+        ) for server in target.servers}
+        return run_cluster_status(clients, target.by_id, options.json, out)
     session = store.load(reserve_request_id=command.is_write) if store else ClientSession()
     before = session.to_json()
     # With a config we know every replica's address, so a reply naming the coordinator
@@ -633,6 +802,8 @@ def _main(argv: Sequence[str], out: TextIO, stdin: TextIO, env: Mapping[str, str
         attempt_timeout_s=options.attempt_timeout or target.attempt_timeout_s
         or ATTEMPT_TIMEOUT_S,
         on_session_reset=reset,
+        tls=tls,
+        cacert=cacert,
     )
     try:
         return run_command(command, value, client, out)
@@ -655,8 +826,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     except InvalidRequest as e:
         _fail(f"bad input ({e.code}): {e.message}")
         return EXIT_USAGE
-    except (NoServerAvailable, OutcomeUnknown) as e:   # WriteInDoubt included
+    except TLSSetupError as e:
         _fail(str(e))
+        return EXIT_USAGE
+    except (NoServerAvailable, OutcomeUnknown) as e:   # WriteInDoubt included
+        _fail(str(e) + _tls_hint(e))
         return EXIT_UNAVAILABLE
     except (ServerError, UnexpectedReply) as e:
         hint = ""

@@ -8,18 +8,33 @@ a second connection either, is skipped (a frozen process whose kernel still acce
 connections).  What to do after an attempt (retry elsewhere, give up, hand the reply
 over) is decided by the pure policy in replicad.retry, whose names are re-exported here
 for callers of the client.
+
+TLS (``tls=True``, or ``cacert=FILE``, which implies it): the servers' certificates are
+verified against the CA certificates in FILE (PEM; several may follow each other), else
+against the system's trusted CAs, and must name the host dialled (a DNS name, or an IP
+address in the certificate's subjectAltName).  The handshake is part of the attempt:
+one that does not complete within the attempt deadline is a stalled server like any
+other; one that fails (an untrusted certificate, a name mismatch, a server without
+TLS) is a FailureKind.TLS outcome, and a pass in which every server failed so ends the
+request at once (NoServerAvailable with ``tls_failed``).
 """
 
 from __future__ import annotations
 
 import socket
+import ssl
 import time
 from collections.abc import Callable
 from typing import Any, TypeVar
 
 from twisted.internet import defer, error
 from twisted.internet.abstract import isIPv6Address
-from twisted.internet.endpoints import TCP4ClientEndpoint, TCP6ClientEndpoint, connectProtocol
+from twisted.internet.endpoints import (
+    TCP4ClientEndpoint,
+    TCP6ClientEndpoint,
+    connectProtocol,
+    wrapClientTLS,
+)
 from twisted.internet.task import deferLater
 from twisted.protocols.basic import LineOnlyReceiver
 
@@ -58,6 +73,9 @@ DEFAULT_CONNECT_TIMEOUT_S = 1.0
 # but bounded so a broken peer cannot make us buffer forever.
 MAX_REPLY_LINE_BYTES = 64 * 1024 * 1024
 PING_LINE = b"PING" + wire.EOL.encode()
+# A replicad answers PING at once; a TLS listener closes a plain-text connection
+# without a word.
+CLOSED_SILENTLY = "closed the connection without answering (a TLS port? then use TLS)"
 
 # Shape-only checks: the client does not know the server's size limits, the server does.
 SHAPE_ONLY = wire.Limits(max_key_bytes=2**62, max_value_bytes=2**62)
@@ -233,13 +251,17 @@ class _OneShot(LineOnlyReceiver):
     delimiter = b"\n"
     MAX_LENGTH = MAX_REPLY_LINE_BYTES
 
-    def __init__(self, line: bytes, replies: _Replies, clock: Any, probe: bool = False):
+    def __init__(self, line: bytes, replies: _Replies, clock: Any, probe: bool = False,
+                 tls: bool = False):
         self._line = line
         self._probe = probe    # only PING was sent: PONG ends the exchange
         self._replies = replies
         self._clock = clock
+        self._tls = tls
+        self._received = False
         self.sent = False
         self.result: Reply | str | None = None
+        self.tls_failure: str | None = None   # the TLS handshake failed: nothing was sent
         self._waiter: tuple[defer.Deferred[None], Any] | None = None
 
     @property
@@ -249,6 +271,10 @@ class _OneShot(LineOnlyReceiver):
     def connectionMade(self) -> None:
         self.transport.write(self._line)
         self.sent = True
+
+    def dataReceived(self, data: bytes) -> None:
+        self._received = True
+        super().dataReceived(data)
 
     def lineReceived(self, line: bytes) -> None:
         if self.result is not None:
@@ -269,7 +295,14 @@ class _OneShot(LineOnlyReceiver):
 
     def connectionLost(self, reason: object = None) -> None:
         if self.result is None:
-            self.result = "closed the connection before a complete reply"
+            self.tls_failure = _twisted_tls_failure(reason)
+            if self.tls_failure is not None:
+                self.result = self.tls_failure
+            elif (not self._tls and not self._received
+                  and getattr(reason, "check", lambda *_: False)(error.ConnectionDone)):
+                self.result = CLOSED_SILENTLY
+            else:
+                self.result = "closed the connection before a complete reply"
         self._wake()
 
     def wait(self, seconds: float) -> defer.Deferred[None]:
@@ -324,8 +357,12 @@ class _ClientSettings:
         password: str | None = None,
         attempt_timeout_s: float = ATTEMPT_TIMEOUT_S,
         on_session_reset: Callable[[SessionReset], None] | None = None,
+        tls: bool = False,
+        cacert: str | None = None,
     ):
         self.password = password   # sent as AUTH when the cluster sets client_password
+        self.tls = tls or cacert is not None
+        self.cacert = cacert       # CA certificates (PEM file); None: the system's
         self._addresses = normalise_servers(servers)
         self.servers = list(self._addresses)
         self.timeout_s = timeout_s
@@ -347,6 +384,13 @@ class _ClientSettings:
         if self.reply_timeout_s is not None:
             deadline = min(deadline, started + self.reply_timeout_s)
         return deadline
+
+
+def _kind(failure: str) -> FailureKind:
+    """SILENT for a connection closed without a byte: not even the PONG that a replicad
+    writes as soon as it reads the attempt's first line, so it did not read the request
+    (not sent); BROKEN otherwise."""
+    return FailureKind.SILENT if failure == CLOSED_SILENTLY else FailureKind.BROKEN
 
 
 def _stalled(step: Attempt, after_pong: bool) -> Outcome:
@@ -387,10 +431,14 @@ class ReplicadClient(_ClientSettings):
         password: str | None = None,
         attempt_timeout_s: float = ATTEMPT_TIMEOUT_S,
         on_session_reset: Callable[[SessionReset], None] | None = None,
+        tls: bool = False,
+        cacert: str | None = None,
     ):
         super().__init__(servers, timeout_s, session, connect_timeout_s, reply_timeout_s,
-                         password, attempt_timeout_s, on_session_reset)
+                         password, attempt_timeout_s, on_session_reset, tls, cacert)
         self._reactor = reactor
+        self._trust_root = _twisted_trust_root(self.cacert) if self.tls else None
+        self._tls_options: dict[str, Any] = {}
 
     def request(self, request: Request) -> defer.Deferred[Reply]:
         d = self._exchange(request)
@@ -442,6 +490,8 @@ class ReplicadClient(_ClientSettings):
     async def _connect(self, address: Address, protocol: _OneShot, connect_s: float) -> None:
         endpoint_type = TCP6ClientEndpoint if isIPv6Address(address.host) else TCP4ClientEndpoint
         endpoint = endpoint_type(self._reactor, address.host, address.port, timeout=connect_s)
+        if self.tls:
+            endpoint = wrapClientTLS(self._client_tls(address.host), endpoint)
         try:
             await connectProtocol(endpoint, protocol)
         except (defer.CancelledError, error.ConnectingCancelledError):
@@ -452,7 +502,8 @@ class ReplicadClient(_ClientSettings):
         address = self._addresses[step.address]
         started = clock.seconds()
         connect_s = min(self.connect_timeout_s, step.stall_s)
-        protocol = _OneShot(line, _Replies(auth_sent=self.password is not None), clock)
+        protocol = _OneShot(line, _Replies(auth_sent=self.password is not None), clock,
+                            tls=self.tls)
         try:
             await self._connect(address, protocol, connect_s)
         except defer.CancelledError:
@@ -484,13 +535,25 @@ class ReplicadClient(_ClientSettings):
         result = protocol.result
         if isinstance(result, Reply):
             return Outcome(step.address, reply=result, sent=True)
-        return Outcome(step.address, failure=result, sent=protocol.sent)
+        if protocol.tls_failure is not None:
+            return Outcome(step.address, failure=protocol.tls_failure, kind=FailureKind.TLS)
+        kind = _kind(result)
+        return Outcome(step.address, failure=result, kind=kind,
+                       sent=protocol.sent and kind is not FailureKind.SILENT)
+
+    def _client_tls(self, host: str) -> Any:
+        """TLS options verifying the CA and that the certificate names host."""
+        if host not in self._tls_options:
+            from twisted.internet.ssl import optionsForClientTLS
+
+            self._tls_options[host] = optionsForClientTLS(host, trustRoot=self._trust_root)
+        return self._tls_options[host]
 
     async def _ping(self, step: Attempt) -> bool:
         """A fresh connection's PING answered within stall_s: the server still lives."""
         clock = self._reactor
         started = clock.seconds()
-        probe = _OneShot(PING_LINE, _Replies(auth_sent=False), clock, probe=True)
+        probe = _OneShot(PING_LINE, _Replies(auth_sent=False), clock, probe=True, tls=self.tls)
         try:
             await self._connect(self._addresses[step.address], probe,
                                 min(self.connect_timeout_s, step.stall_s))
@@ -523,6 +586,92 @@ def _connect_failure(address: str, e: BaseException, connect_s: float) -> Outcom
     return Outcome(address, failure=why, kind=FailureKind.UNREACHABLE)
 
 
+# TLS ----------------------------------------------------------------------------------
+
+
+class TLSSetupError(ClientError, ValueError):
+    """The client's own TLS settings cannot be used (an unreadable CA file, no TLS
+    support installed); detected before any network use."""
+
+
+def _read_cacert(path: str) -> bytes:
+    try:
+        with open(path, "rb") as handle:
+            data = handle.read()
+    except OSError as e:
+        raise TLSSetupError(f"cannot read the CA file {path}: {e.strerror or e}") from None
+    if b"-----BEGIN CERTIFICATE-----" not in data:
+        raise TLSSetupError(f"the CA file {path} holds no PEM certificate "
+                            "(-----BEGIN CERTIFICATE-----)")
+    return data
+
+
+def ssl_context(cacert: str | None) -> ssl.SSLContext:
+    """The blocking client's context: the CA certificates in cacert (PEM), else the
+    system's; certificate and host name verification on (ssl.create_default_context)."""
+    if cacert is None:
+        return ssl.create_default_context()
+    data = _read_cacert(cacert)
+    try:
+        return ssl.create_default_context(cadata=data.decode("ascii", "replace"))
+    except ssl.SSLError as e:
+        raise TLSSetupError(f"the CA file {cacert} cannot be used: "
+                            f"{e.reason or e}") from None
+
+
+def _twisted_trust_root(cacert: str | None) -> Any:
+    """Twisted's trust root: every certificate in cacert (PEM), else the platform's."""
+    try:
+        from twisted.internet.ssl import Certificate, platformTrust, trustRootFromCertificates
+    except ImportError as e:   # pragma: no cover - pyOpenSSL is a dependency
+        raise TLSSetupError(f"TLS needs pyOpenSSL and service-identity ({e}): "
+                            "pip install 'twisted[tls]'") from None
+    if cacert is None:
+        return platformTrust()
+    data = _read_cacert(cacert)
+    blocks = [b"-----BEGIN CERTIFICATE-----" + part for part in
+              data.split(b"-----BEGIN CERTIFICATE-----")[1:]]
+    try:
+        return trustRootFromCertificates([Certificate.loadPEM(block) for block in blocks])
+    except Exception as e:
+        raise TLSSetupError(f"the CA file {cacert} cannot be used: {e}") from None
+
+
+def describe_tls_error(reason: str) -> str:
+    """``TLS: <what OpenSSL said>``, with what it usually means."""
+    text = reason.strip().rstrip(".")
+    lower = text.lower()
+    if "wrong version number" in lower or "packet length too long" in lower or \
+            "record layer failure" in lower:
+        return f"TLS: the server does not speak TLS ({text})"
+    if "certificate verify failed" in lower and "mismatch" not in lower and \
+            "expired" not in lower:
+        return (f"TLS: {text} (the server's certificate is not signed by a CA this "
+                "client trusts)")
+    return f"TLS: {text}"
+
+
+def _twisted_tls_failure(reason: Any) -> str | None:
+    """A one-line description when a connection ended with a TLS error."""
+    check = getattr(reason, "check", None)
+    if check is None:
+        return None
+    try:
+        from OpenSSL.SSL import Error as OpenSSLError
+        from service_identity import VerificationError
+    except ImportError:
+        return None
+    if check(VerificationError):
+        return "TLS: the server's certificate does not name the host dialled"
+    if check(OpenSSLError):
+        args = getattr(reason.value, "args", ())
+        last = ""
+        if args and isinstance(args[0], list) and args[0] and isinstance(args[0][-1], tuple):
+            last = str(args[0][-1][-1])
+        return describe_tls_error(last or str(reason.value) or "handshake failed")
+    return None
+
+
 # The blocking client ------------------------------------------------------------------
 
 
@@ -536,6 +685,11 @@ class BlockingClient(_ClientSettings):
     # Injected for tests (per instance); the plan only ever sees these two.
     _now: Callable[[], float] = staticmethod(time.monotonic)
     _sleep: Callable[[float], None] = staticmethod(time.sleep)
+
+    def __init__(self, *args: Any, **kwargs: Any):
+        super().__init__(*args, **kwargs)
+        # Made once (the CA file is read here: TLSSetupError before any network use).
+        self._context = ssl_context(self.cacert) if self.tls else None
 
     def request(self, request: Request) -> Reply:
         return self.exchange(request)[0]
@@ -568,11 +722,13 @@ class BlockingClient(_ClientSettings):
     def status(self) -> dict[str, Any]:
         return status_result(*self.exchange(build_request("STATUS")))
 
-    def _connect(self, step: Attempt) -> socket.socket | Outcome:
+    def _connect(self, step: Attempt, started: float) -> socket.socket | Outcome:
         address = self._addresses[step.address]
         connect_s = min(self.connect_timeout_s, step.stall_s)
         try:
-            return socket.create_connection((address.host, address.port), timeout=connect_s)
+            sock = socket.create_connection((address.host, address.port), timeout=connect_s)
+            if self._context is None:
+                return sock
         except ConnectionRefusedError:
             return Outcome(step.address, failure="connection refused", kind=FailureKind.REFUSED)
         except TimeoutError:
@@ -581,11 +737,46 @@ class BlockingClient(_ClientSettings):
             why = "cannot resolve the host name"
         except OSError as e:
             why = e.strerror or str(e)
+        else:
+            return self._handshake(sock, step, address, started)
         return Outcome(step.address, failure=why, kind=FailureKind.UNREACHABLE)
+
+    def _handshake(self, sock: socket.socket, step: Attempt, address: Address,
+                   started: float) -> socket.socket | Outcome:
+        """TLS over a connected socket, within the attempt's deadline (a server that
+        accepts but does not complete the handshake is a stalled one)."""
+        try:
+            tls = self._context.wrap_socket(sock, server_hostname=address.host,
+                                            do_handshake_on_connect=False)
+        except (OSError, ValueError) as e:
+            sock.close()
+            return Outcome(step.address, failure=describe_tls_error(str(e)),
+                           kind=FailureKind.TLS)
+        try:
+            tls.settimeout(max(0.001, started + step.stall_s - self._now()))
+            tls.do_handshake()
+        except ssl.SSLCertVerificationError as e:
+            failure = describe_tls_error(f"certificate verify failed: {e.verify_message}")
+            kind = FailureKind.TLS
+        except TimeoutError:
+            failure = (f"accepted the connection but did not complete the TLS handshake "
+                       f"within {step.stall_s:.2g} s (a hung server, or one without TLS?)")
+            kind = FailureKind.STALLED
+        except (ssl.SSLEOFError, ssl.SSLZeroReturnError):
+            failure, kind = "closed the connection during the TLS handshake", FailureKind.BROKEN
+        except ssl.SSLError as e:
+            failure, kind = describe_tls_error(e.reason or str(e)), FailureKind.TLS
+        except OSError as e:
+            failure = f"broke the connection during the TLS handshake ({e.strerror or e})"
+            kind = FailureKind.BROKEN
+        else:
+            return tls
+        tls.close()
+        return Outcome(step.address, failure=failure, kind=kind)
 
     def _attempt(self, step: Attempt, line: bytes) -> Outcome:
         started = self._now()
-        sock = self._connect(step)
+        sock = self._connect(step, started)
         if isinstance(sock, Outcome):
             return sock
         with sock:
@@ -609,12 +800,14 @@ class BlockingClient(_ClientSettings):
                     return _stalled(step, after_pong=True)
         if isinstance(reader.result, Reply):
             return Outcome(step.address, reply=reader.result, sent=True)
-        return Outcome(step.address, failure=reader.result, sent=True)
+        kind = _kind(reader.result)
+        return Outcome(step.address, failure=reader.result, kind=kind,
+                       sent=kind is not FailureKind.SILENT)
 
     def _ping(self, step: Attempt) -> bool:
         """A fresh connection's PING answered within stall_s: the server still lives."""
         started = self._now()
-        sock = self._connect(step)
+        sock = self._connect(step, started)
         if isinstance(sock, Outcome):
             return False
         with sock:
@@ -637,6 +830,7 @@ class _Reader:
         self._now = now
         self._buffer = bytearray()
         self._scanned = 0   # bytes of the buffer known to hold no newline
+        self._received = False
         self.result: Reply | str | None = None
 
     def read(self, deadline: float, enough: Callable[[], bool] = lambda: False) -> None:
@@ -671,6 +865,9 @@ class _Reader:
                 self.result = f"broke the connection ({e.strerror or e})"
                 return
             if not chunk:
-                self.result = "closed the connection before a complete reply"
+                silent = not self._received and not isinstance(self._sock, ssl.SSLSocket)
+                self.result = (CLOSED_SILENTLY if silent
+                               else "closed the connection before a complete reply")
                 return
+            self._received = True
             self._buffer += chunk

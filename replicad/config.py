@@ -112,7 +112,16 @@ class Member:
         return self.peer_listen or self.peer.server_endpoint()
 
     def peer_connect_endpoint(self, timeout_s: float) -> str:
-        return self.peer_connect or self.peer.client_endpoint(timeout_s)
+        """How the OTHER replicas dial this one (not how this one dials them): the
+        ``peer_connect`` endpoint string, else plain TCP to ``peer``.  A TLS endpoint
+        (ssl:, tls:) without ``timeout=`` gets connect_timeout, as the default does
+        (Twisted's own default is 30 s)."""
+        if not self.peer_connect:
+            return self.peer.client_endpoint(timeout_s)
+        endpoint = parse_endpoint(self.peer_connect)
+        if endpoint.tls and "timeout" not in endpoint.kwargs:
+            return f"{self.peer_connect}:timeout={max(1, math.ceil(timeout_s))}"
+        return self.peer_connect
 
     def admin_listen_endpoint(self) -> str | None:
         """Where the admin port listens, or None when it is off (no ``admin``)."""
@@ -454,6 +463,7 @@ def _validate(config: ClusterConfig) -> None:
     where = config.source
     if len(config.members) > MAX_REPLICAS:
         raise ConfigError(f"{where}: at most {MAX_REPLICAS} replicas are supported")
+    _validate_endpoints(config)
     seen: dict[Address, str] = {}
     for member in config.members.values():
         addresses = [("client", member.client), ("peer", member.peer)]
@@ -558,3 +568,170 @@ def with_backlog(endpoint: str, backlog: int) -> str:
     if kind not in ("tcp", "ssl", "tcp6") or "backlog=" in endpoint:
         return endpoint
     return f"{endpoint}:backlog={backlog}"
+
+
+# Endpoint strings ----------------------------------------------------------------------
+#
+# client_listen, peer_listen and admin_listen are Twisted *server* endpoint strings (where
+# this replica listens); peer_connect is a Twisted *client* endpoint string: how the
+# OTHER replicas dial the replica whose section holds it.  They are checked here for
+# what can be told from the text alone (the type, the parameters, TLS on both ends of
+# the peer link, a peer_connect that dials another replica), so that a typo is one
+# line wherever the config is read; twistd replicad then opens the files they name
+# (replicad.tap) before it forks.
+
+SERVER_ENDPOINT_TYPES = ("tcp", "tcp6", "ssl", "tls", "unix", "systemd")
+CLIENT_ENDPOINT_TYPES = ("tcp", "ssl", "tls", "unix")
+TLS_ENDPOINT_TYPES = frozenset({"ssl", "tls"})
+# Parameters Twisted accepts, per type (unix: and systemd: are not checked).
+_SERVER_PARAMETERS = {
+    "tcp": {"port", "interface", "backlog"},
+    "tcp6": {"port", "interface", "backlog"},
+    "ssl": {"port", "interface", "backlog", "privateKey", "certKey", "extraCertChain",
+            "sslmethod", "dhParameters"},
+    "tls": {"port", "interface", "backlog"},
+}
+_CLIENT_PARAMETERS = {
+    "tcp": {"host", "port", "timeout", "bindAddress"},
+    "ssl": {"host", "port", "timeout", "bindAddress", "certKey", "privateKey",
+            "caCertsDir", "hostname"},
+    "tls": {"host", "port", "timeout", "bindAddress", "certificate", "privateKey",
+            "trustRoots", "endpoint"},
+}
+
+
+@dataclass(frozen=True)
+class Endpoint:
+    """A Twisted endpoint string taken apart as Twisted does (``:`` separates, ``\\``
+    escapes the next character, the first ``=`` of a part makes it a parameter)."""
+
+    type: str                          # lower case
+    args: tuple[str, ...]              # positional parts after the type
+    kwargs: dict[str, str] = field(default_factory=dict)
+
+    @property
+    def tls(self) -> bool:
+        return self.type in TLS_ENDPOINT_TYPES
+
+    def param(self, name: str, position: int | None = None) -> str | None:
+        """A parameter given by name, or else at that position among the args."""
+        if name in self.kwargs:
+            return self.kwargs[name]
+        if position is not None and position < len(self.args):
+            return self.args[position]
+        return None
+
+
+def parse_endpoint(text: str) -> Endpoint:
+    parts: list[list[str]] = [[""]]
+    chars = iter(text.strip())
+    for char in chars:
+        if char == "\\":
+            parts[-1][-1] += next(chars, "")
+        elif char == ":":
+            parts.append([""])
+        elif char == "=" and len(parts[-1]) == 1:
+            parts[-1].append("")
+        else:
+            parts[-1][-1] += char
+    head, rest = parts[0], parts[1:]
+    kind = head[0].strip().lower() if len(head) == 1 else ""
+    return Endpoint(kind, tuple(p[0] for p in rest if len(p) == 1),
+                    {p[0]: p[1] for p in rest if len(p) == 2})
+
+
+def is_tls_endpoint(text: str | None) -> bool:
+    return bool(text) and parse_endpoint(text).tls
+
+
+def endpoint_tcp_address(endpoint: Endpoint, server: bool) -> tuple[str, int] | None:
+    """(host or interface, port) of a tcp/tcp6/ssl/tls endpoint, None for other types
+    or an unreadable port.  A server's interface defaults as Twisted's does ("" is
+    every IPv4 address, "::" every address)."""
+    if endpoint.type not in ("tcp", "tcp6", "ssl", "tls"):
+        return None
+    if server:
+        position = 1 if endpoint.type == "tls" else 0   # tls:<dir of PEMs>:port=...
+        port = endpoint.param("port", position)
+        if port is None and endpoint.type == "tls":
+            port = "443"
+        default = "::" if endpoint.type in ("tcp6", "tls") else ""
+        host = endpoint.kwargs.get("interface", default)
+    else:
+        host, port = endpoint.param("host", 0), endpoint.param("port", 1)
+    if host is None or port is None or not (port.isascii() and port.isdigit()):
+        return None
+    return host, int(port)
+
+
+def _check_endpoint(text: str, setting: str, member: Member, where: str,
+                    server: bool) -> Endpoint:
+    label = f"{where}: [replica:{member.id}] {setting} = {text.strip()}"
+    endpoint = parse_endpoint(text)
+    known = SERVER_ENDPOINT_TYPES if server else CLIENT_ENDPOINT_TYPES
+    if endpoint.type not in known:
+        what = f"type {endpoint.type!r}" if endpoint.type else "type"
+        raise ConfigError(f"{label}: unknown endpoint {what} (known here: "
+                          f"{', '.join(known)}; e.g. {known[0]}:...)")
+    allowed = (_SERVER_PARAMETERS if server else _CLIENT_PARAMETERS).get(endpoint.type)
+    if allowed is not None:
+        unknown = sorted(set(endpoint.kwargs) - allowed)
+        if unknown:
+            raise ConfigError(f"{label}: unknown parameter {unknown[0]!r} for a "
+                              f"{endpoint.type}: endpoint (known: {', '.join(sorted(allowed))}; "
+                              f"names are case-sensitive)")
+        address = endpoint_tcp_address(endpoint, server)
+        if address is None or not 1 <= address[1] <= 65535:
+            needs = "a port from 1 to 65535" if server else "a host and a port (1-65535)"
+            raise ConfigError(f"{label}: a {endpoint.type}: endpoint needs {needs}")
+    if server and endpoint.type == "ssl" and "privateKey" not in endpoint.kwargs:
+        raise ConfigError(f"{label}: an ssl: listener needs privateKey=KEY.pem (and "
+                          f"certKey=CERT.pem unless the key file holds the certificate too)")
+    if server and endpoint.type == "tls" and not endpoint.args:
+        raise ConfigError(f"{label}: a tls: listener needs a directory of PEM files "
+                          f"(tls:DIR:port=N); ssl:N:privateKey=...:certKey=... is simpler")
+    if not server and endpoint.type == "ssl" and not (
+            "caCertsDir" in endpoint.kwargs and "hostname" in endpoint.kwargs):
+        raise ConfigError(
+            f"{label}: an ssl: peer_connect without caCertsDir= and hostname= does not "
+            f"verify the replica it dials (any certificate would do); use "
+            f"tls:host=H:port=P:trustRoots=DIR, which checks the CA and the host name")
+    return endpoint
+
+
+def _validate_endpoints(config: ClusterConfig) -> None:
+    where = config.source
+    peers = {m.id: (m.peer.host, m.peer.port) for m in config.members.values()}
+    for member in config.members.values():
+        for setting in ("client_listen", "peer_listen", "admin_listen"):
+            text = getattr(member, setting)
+            if text is not None:
+                _check_endpoint(text, setting, member, where, server=True)
+        listen_tls = is_tls_endpoint(member.peer_listen)
+        if member.peer_connect is None:
+            if listen_tls:
+                raise ConfigError(
+                    f"{where}: [replica:{member.id}] peer_listen is TLS but it has no "
+                    f"peer_connect, so the other replicas would dial it in plain TCP: add "
+                    f"peer_connect = tls:host={_escape(member.peer.host)}:"
+                    f"port={member.peer.port}:trustRoots=DIR (how the others reach "
+                    f"replica {member.id})")
+            continue
+        dial = _check_endpoint(member.peer_connect, "peer_connect", member, where,
+                               server=False)
+        target = endpoint_tcp_address(dial, server=False)
+        others = [i for i, address in peers.items() if address == target and i != member.id]
+        if others and "endpoint" not in dial.kwargs:
+            host, port = target
+            raise ConfigError(
+                f"{where}: [replica:{member.id}] peer_connect dials {host}:{port}, the peer "
+                f"address of replica {others[0]}: peer_connect in [replica:{member.id}] is "
+                f"how the OTHER replicas reach replica {member.id} (its own peer port), not "
+                f"how replica {member.id} dials the others")
+        if listen_tls != dial.tls:
+            if listen_tls:
+                problem = "peer_listen is TLS but peer_connect dials in plain TCP"
+            else:
+                problem = "peer_connect dials with TLS but peer_listen is plain TCP"
+            raise ConfigError(f"{where}: [replica:{member.id}] {problem}: both ends of the "
+                              f"peer link must agree (ssl: or tls: on both, or neither)")

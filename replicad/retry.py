@@ -8,7 +8,9 @@ What to do after an attempt is decided here, so the two clients cannot drift apa
   applied: never send it again).
 - ``RetryPlan`` walks the servers (known coordinator first, failed or stalled servers
   last), backs off 50-100 ms between passes, and gives up at the deadline, or early when
-  every server refused the connection in two passes running (nobody is listening).
+  every server refused the connection in two passes running (nobody is listening), or
+  at once when every server of a pass failed the TLS handshake (the client does not
+  trust their certificates: waiting does not change that).
 
 Why a write may be sent again: each write carries a request id (``<client>.<seq>``, in
 the session context) and the coordinator remembers the ids of the newest 100,000 writes
@@ -78,9 +80,16 @@ class NoServerAvailable(ClientError):
     """No server served the request before the deadline; nothing was done."""
 
     def __init__(self, message: str, tried: list[str], last_reply: Reply | None = None,
-                 all_refused: bool = False):
+                 all_refused: bool = False, tls_failed: bool = False,
+                 last_reason: str | None = None, silent: bool = False):
         super().__init__(message)
         self.tried = tried
+        self.last_reason = last_reason   # "<address>: <why>" of the last failed attempt
+        # every server failed the TLS handshake (an untrusted certificate, one that
+        # does not name the host, or a server without TLS): not worth waiting for
+        self.tls_failed = tls_failed
+        # every server closed plain-text connections without a word (TLS ports?)
+        self.silent = silent
         self.last_reply = last_reply
         self.all_refused = all_refused   # every server refused: is the cluster running?
 
@@ -131,6 +140,13 @@ class FailureKind(enum.Enum):
     UNREACHABLE = "unreachable"  # no connection (timeout, no route, unknown host)
     STALLED = "stalled"          # connected, but no PONG in time: a hung process
     BROKEN = "broken"            # closed, reset or garbled before a complete reply
+    TLS = "tls"                  # the TLS handshake failed: nothing was sent
+    SILENT = "silent"            # closed without a byte: what a TLS port does to plain text
+
+
+# Passes made only of these outcomes count towards REFUSED_PASSES: nobody serves, and
+# waiting will not change it (a pass of TLS failures alone ends the request at once).
+_NOBODY_SERVES = frozenset({FailureKind.REFUSED, FailureKind.TLS, FailureKind.SILENT})
 
 
 @dataclass(frozen=True)
@@ -313,11 +329,15 @@ class RetryPlan:
 
     def _end_pass(self) -> None:
         outcomes, self._pass = self._pass, []
-        if outcomes and all(o.reply is None and o.kind is FailureKind.REFUSED
-                            for o in outcomes):
+        tls = [o for o in outcomes if o.reply is None and o.kind is FailureKind.TLS]
+        if tls and len(tls) == len(outcomes):
+            raise self._give_up(tls_failures=tls)
+        silent = [o for o in outcomes if o.reply is None and o.kind is FailureKind.SILENT]
+        if outcomes and all(o.reply is None and o.kind in _NOBODY_SERVES for o in outcomes):
             self._refused_passes += 1
             if self._refused_passes >= REFUSED_PASSES:
-                raise self._give_up(all_refused=True)
+                raise self._give_up(all_refused=not tls and not silent, tls_failures=tls,
+                                    silent=silent)
         else:
             self._refused_passes = 0
         if outcomes and all(o.reply is None and o.kind in (FailureKind.STALLED,
@@ -327,7 +347,9 @@ class RetryPlan:
         else:
             self._slow_passes = 0
 
-    def _give_up(self, all_refused: bool = False) -> ClientError:
+    def _give_up(self, all_refused: bool = False,
+                 tls_failures: list[Outcome] | None = None,
+                 silent: list[Outcome] | None = None) -> ClientError:
         what = _describe_request(self.request)
         tried = ", ".join(self.tried) or "none"
         if self.doubt is not None:
@@ -341,16 +363,38 @@ class RetryPlan:
                 return WriteInDoubt(doubt.reply.error_code or Code.INDOUBT,
                                     doubt.reply.error_message, doubt.address, message)
             return OutcomeUnknown(message)
+        if tls_failures:
+            reasons = {o.failure for o in tls_failures}
+            if len(reasons) == 1:
+                failed = (f"({', '.join(o.address for o in tls_failures)}): "
+                          f"{reasons.pop()}")
+            else:
+                failed = "(" + "; ".join(o.describe() for o in tls_failures) + ")"
+            refused = "" if len(tls_failures) == len(self.tried) else \
+                "; the others refused the connection"
+            message = f"the TLS handshake failed with every server {failed}{refused}"
+            return NoServerAvailable(message, list(self.tried), tls_failed=True,
+                                     last_reason=tls_failures[-1].describe())
+        if silent:
+            others = "" if len(silent) == len(self.tried) else \
+                " (the others refused it)"
+            message = (f"every server closed the connection without answering "
+                       f"({', '.join(o.address for o in silent)}){others}: "
+                       "a TLS listener does that to plain text; use TLS?")
+            return NoServerAvailable(message, list(self.tried), silent=True,
+                                     last_reason=silent[-1].describe())
         if all_refused:
             message = (f"every server refused the connection ({tried}); "
                        "is the cluster running?")
-            return NoServerAvailable(message, list(self.tried), all_refused=True)
+            return NoServerAvailable(message, list(self.tried), all_refused=True,
+                                     last_reason=self.last_reason)
         message = f"no server could serve {what} within {self.timeout_s:g} s (tried {tried})"
         if self.last_reason:
             message += f"; last: {self.last_reason}"
         if self.last_reply is not None and not self.last_reason.endswith("(retryable)"):
             message += f"; last answer: ERR {self.last_reply.text}"
-        return NoServerAvailable(message, list(self.tried), self.last_reply)
+        return NoServerAvailable(message, list(self.tried), self.last_reply,
+                                 last_reason=self.last_reason)
 
 
 def _describe_request(request: Request) -> str:

@@ -20,21 +20,28 @@ twistd's own ``--logger`` option still wins over it, as documented by twistd.
 
 from __future__ import annotations
 
+import errno
 import io
 import os
 import signal
+import socket
 import sys
+import time
 from collections.abc import Mapping
 from typing import Any, TextIO
 
 from twisted.application import service
 from twisted.application.internet import StreamServerEndpointService
-from twisted.internet.endpoints import serverFromString
+from twisted.internet.abstract import isIPAddress, isIPv6Address
+from twisted.internet.endpoints import clientFromString, serverFromString
+from twisted.internet.error import CannotListenError
+from twisted.internet.protocol import Factory
 from twisted.logger import (
     FileLogObserver,
     FilteringLogObserver,
     ILogObserver,
     LegacyLogObserverWrapper,
+    Logger,
     LogLevel,
     LogLevelFilterPredicate,
     eventAsJSON,
@@ -49,18 +56,23 @@ from replicad.client_protocol import ClientFactory
 from replicad.config import (
     ClusterConfig,
     ConfigError,
+    Endpoint,
     default_config,
+    endpoint_tcp_address,
+    is_tls_endpoint,
     load_config,
+    parse_endpoint,
     with_backlog,
 )
 from replicad.datadir import DataDirLock, check_data_dir, lock_data_dir
-from replicad.peer import PeerServerFactory
+from replicad.peer import PeerServerFactory, _RateLimitedWarning
 from replicad.replica import Replica
 
 DEFAULT_DATA_ROOT = "replicad-data"
 LOG_LEVELS = {"debug": LogLevel.debug, "info": LogLevel.info, "warn": LogLevel.warn,
               "error": LogLevel.error}
 LOG_FORMATS = ("text", "json")
+_log = Logger(namespace="replicad.tap")
 
 
 def fail(message: str) -> SystemExit:
@@ -90,6 +102,14 @@ class Options(usage.Options):
     ]
 
     def postOptions(self) -> None:
+        try:
+            self._check_options()
+        except SystemExit as e:   # one line on stderr; a daemon's log gets it too
+            _log_early(str(e.code), getattr(self, "parent", None) or {},
+                       str(self.get("log-format") or "text"))
+            raise
+
+    def _check_options(self) -> None:
         if self["id"] is None:
             raise usage.UsageError("--id is required (which replica of the cluster to run)")
         for name, choices in (("log-level", LOG_LEVELS), ("log-format", LOG_FORMATS)):
@@ -132,6 +152,14 @@ class ReplicaService(service.MultiService):
             parent.setComponent(ILogObserver, log_observer(
                 self.log_level, self.log_format, self.twistd_options))
         super().setServiceParent(parent)
+
+    def privilegedStartService(self) -> None:
+        # twistd binds the listeners here, after forking: a failure is one line and
+        # exit 1, not a traceback (see "Start-up failures" below).
+        try:
+            super().privilegedStartService()
+        except Exception as e:
+            raise stop_starting(describe_listen_error(e), self.twistd_options) from None
 
 
 def log_observer(level: str, log_format: str,
@@ -187,11 +215,17 @@ def json_lines_observer(out: TextIO | io.TextIOBase) -> FileLogObserver:
 def makeService(options: Options, reactor=None) -> service.MultiService:
     """The replica, its client listener, its peer listener and (when the config gives
     it an ``admin`` address) its admin port, in one MultiService."""
+    bind_check = reactor is None   # twistd's own reactor: try the ports before forking
     if reactor is None:
         from twisted.internet import reactor
     config = options.cluster
     my_id = options["id"]
     member = config.member(my_id)
+    try:
+        check_startup(config, my_id, reactor, bind=bind_check)
+    except ConfigError as e:
+        raise startup_failure(str(e), getattr(options, "parent", None),
+                              options.get("log-format") or "text") from None
 
     top = ReplicaService(options.get("log-level") or "info",
                          options.get("log-format") or "text",
@@ -207,7 +241,8 @@ def makeService(options: Options, reactor=None) -> service.MultiService:
     clients = ClientFactory(replica, config, reactor)
     client_listener = StreamServerEndpointService(
         serverFromString(reactor, with_backlog(member.client_listen_endpoint(),
-                                               config.listen_backlog)), clients,
+                                               config.listen_backlog)),
+        watch_tls(clients, member.client_listen_endpoint(), "client", reactor),
     )
     peers = PeerServerFactory(
         my_id, set(config.ids), config.secret, replica, reactor,
@@ -218,7 +253,8 @@ def makeService(options: Options, reactor=None) -> service.MultiService:
     )
     peer_listener = StreamServerEndpointService(
         serverFromString(reactor, with_backlog(member.peer_listen_endpoint(),
-                                               config.listen_backlog)), peers,
+                                               config.listen_backlog)),
+        watch_tls(peers, member.peer_listen_endpoint(), "peer", reactor),
     )
     replica.metrics.client_connections = lambda: clients.open_connections
     replica.metrics.peer_connections = lambda: len(peers.connections)
@@ -230,3 +266,423 @@ def makeService(options: Options, reactor=None) -> service.MultiService:
     if admin_endpoint is not None:
         AdminService(replica, admin_endpoint, reactor).setServiceParent(top)
     return top
+
+
+# Start-up failures ----------------------------------------------------------------------
+#
+# Every start-up failure is ONE line starting "replicad: error:" and a non-zero exit,
+# never a traceback.  Most are found before twistd forks and starts logging, as
+# SystemExit from postOptions or makeService (twistd prints the line on stderr and exits
+# 1): the config and the data dir (postOptions); then, in makeService, TLS support, the
+# certificate, key and CA files, and every port (check_startup binds and closes them,
+# so a port in use is found before a daemon forks).  When the replica logs to a file
+# or syslog (a daemon, --logfile), the line is written there too.  What can still
+# fail later, when twistd binds the ports after forking (a port taken in between), is
+# caught by ReplicaService.privilegedStartService: the line goes to the log and to
+# stderr, a daemonizing twistd's first process is told through its status pipe and
+# exits non-zero, and the replica exits 1.
+
+
+def startup_failure(message: str, twistd_options: Mapping[str, Any] | None,
+                    log_format: str = "text") -> SystemExit:
+    """The SystemExit for a failure found before twistd logs: its message is the one
+    line twistd prints; a replica that logs to a file or syslog gets it there too."""
+    exit_ = fail(message)
+    _log_early(str(exit_.code), twistd_options or {}, log_format)
+    return exit_
+
+
+def _startup_event(line: str) -> dict[str, Any]:
+    return {"log_format": "{line}", "line": line, "log_level": LogLevel.critical,
+            "log_namespace": "replicad.tap", "log_source": None, "log_time": time.time()}
+
+
+def _log_early(line: str, twistd_options: Mapping[str, Any], log_format: str) -> None:
+    """Write line where the replica's log would go, unless that is the terminal."""
+    try:
+        if twistd_options.get("syslog"):
+            import syslog
+
+            syslog.openlog(twistd_options.get("prefix") or "twisted")
+            syslog.syslog(syslog.LOG_ERR, line)
+            return
+        name = twistd_options.get("logfile") or ""
+        nodaemon = bool(twistd_options.get("nodaemon", True))
+        if name == "-" or (not name and nodaemon):
+            return   # stdout: the line is on stderr already
+        with open(name or "twistd.log", "a", encoding="utf-8") as handle:
+            observer = (json_lines_observer(handle) if log_format == "json"
+                        else textFileLogObserver(handle))
+            observer(_startup_event(line))
+    except OSError:
+        pass   # the line is on stderr; a log that cannot be written says nothing more
+
+
+def check_startup(config: ClusterConfig, my_id: int, reactor: Any, bind: bool = True) -> None:
+    """ConfigError, worded for the operator, for anything that would stop this replica
+    later: TLS endpoints without pyOpenSSL, certificate, key and CA files that are
+    missing, unreadable, not PEM, expired or not matching, endpoint strings Twisted
+    refuses, and (with ``bind``) ports that cannot be bound or host names that do not
+    resolve.  Nothing is kept open."""
+    member = config.member(my_id)
+    listeners = [
+        (f"the client port of replica {my_id}", member.client_listen_endpoint(),
+         "client_listen" if member.client_listen else None),
+        (f"the peer port of replica {my_id}", member.peer_listen_endpoint(),
+         "peer_listen" if member.peer_listen else None),
+    ]
+    admin = member.admin_listen_endpoint()
+    if admin is not None:
+        listeners.append((f"the admin port of replica {my_id}", admin,
+                          "admin_listen" if member.admin_listen else None))
+    dialers = [(f"[replica:{m.id}] peer_connect", m.peer_connect_endpoint(1.0))
+               for m in config.members.values() if m.id != my_id and m.peer_connect]
+    tls = [what for what, text, _ in listeners if is_tls_endpoint(text)]
+    tls += [what for what, text in dialers if is_tls_endpoint(text)]
+    if tls:
+        check_tls_support(tls[0])
+    for what, text, setting in listeners:
+        label = f"[replica:{my_id}] {setting}" if setting else what
+        endpoint = parse_endpoint(text)
+        if endpoint.type == "ssl":
+            _check_ssl_listener(endpoint, label)
+            if setting == "client_listen":
+                _warn_unnamed(endpoint, member.client.host, label)
+        _twisted_parse(lambda text=text: serverFromString(reactor, text), label)
+    if is_tls_endpoint(member.peer_listen) and member.peer_connect:
+        _check_peer_names(member, f"[replica:{my_id}] peer_listen")
+    for label, text in dialers:
+        endpoint = parse_endpoint(text)
+        if endpoint.tls:
+            _check_tls_dialer(endpoint, label)
+        _twisted_parse(lambda text=text: clientFromString(reactor, text), label)
+    if bind:
+        check_ports([(what, text) for what, text, _ in listeners])
+
+
+def check_tls_support(what: str) -> None:
+    try:
+        import OpenSSL  # noqa: F401
+        import service_identity  # noqa: F401
+    except ImportError as e:
+        raise ConfigError(
+            f"{what} uses TLS, which needs pyOpenSSL and service-identity ({e}): "
+            f"pip install 'twisted[tls]' (replicad depends on them: reinstall it)"
+        ) from None
+
+
+def _read(path: str, name: str, label: str) -> bytes:
+    try:
+        with open(path, "rb") as handle:
+            return handle.read()
+    except OSError as e:
+        raise ConfigError(f"{label}: cannot read {name} {path}: "
+                          f"{e.strerror or e}") from None
+
+
+def _ssl_reason(e: BaseException) -> str:
+    """The last reason OpenSSL gave, or the exception's text."""
+    args = getattr(e, "args", ())
+    if args and isinstance(args[0], list) and args[0] and isinstance(args[0][-1], tuple):
+        return str(args[0][-1][-1]) or type(e).__name__
+    return str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+
+
+def _load_certificate(data: bytes, path: str, name: str, label: str) -> Any:
+    from cryptography import x509
+
+    try:
+        certificate = x509.load_pem_x509_certificate(data)
+    except ValueError as e:
+        raise ConfigError(f"{label}: {name} {path} holds no PEM certificate "
+                          f"({_ssl_reason(e)})") from None
+    expires = certificate.not_valid_after_utc
+    if expires.timestamp() < time.time():
+        raise ConfigError(f"{label}: the certificate in {name} {path} expired on "
+                          f"{expires:%Y-%m-%d %H:%M} UTC")
+    return certificate
+
+
+def _check_ssl_listener(endpoint: Endpoint, label: str) -> None:
+    from cryptography.hazmat.primitives.serialization import load_pem_private_key
+
+    key_path = endpoint.kwargs["privateKey"]
+    cert_path = endpoint.kwargs.get("certKey", key_path)
+    key = _read(key_path, "privateKey", label)
+    cert = _read(cert_path, "certKey", label)
+    _load_certificate(cert, cert_path, "certKey", label)
+    try:
+        load_pem_private_key(key, password=None)
+    except (ValueError, TypeError) as e:
+        raise ConfigError(f"{label}: privateKey {key_path} holds no unencrypted PEM "
+                          f"private key ({_ssl_reason(e)})") from None
+    for name in ("extraCertChain", "dhParameters"):
+        if name in endpoint.kwargs:
+            _read(endpoint.kwargs[name], name, label)
+
+
+def _check_tls_dialer(endpoint: Endpoint, label: str) -> None:
+    roots_name = "trustRoots" if endpoint.type == "tls" else "caCertsDir"
+    roots = endpoint.kwargs.get(roots_name)
+    if roots is not None:
+        _check_trust_dir(roots, roots_name, label)
+    cert_name = "certificate" if endpoint.type == "tls" else "certKey"
+    for name in (cert_name, "privateKey"):
+        if name in endpoint.kwargs:
+            _read(endpoint.kwargs[name], name, label)
+
+
+def _check_trust_dir(path: str, name: str, label: str) -> None:
+    """Twisted reads every *.pem file of the directory (the first certificate of each)
+    and silently skips what it cannot read: a directory with none would refuse every
+    replica, so that is an error here."""
+    try:
+        entries = sorted(os.listdir(path))
+    except OSError as e:
+        raise ConfigError(f"{label}: {name} {path} must be a directory of CA certificates "
+                          f"(*.pem): {e.strerror or e}") from None
+    for entry in entries:
+        if entry.lower().endswith(".pem"):
+            full = os.path.join(path, entry)
+            try:
+                with open(full, "rb") as handle:
+                    _load_certificate(handle.read(), full, name, label)
+                return
+            except (OSError, ConfigError):
+                continue
+    raise ConfigError(f"{label}: {name} {path} holds no readable, unexpired CA "
+                      f"certificate in a *.pem file (one certificate per file)")
+
+
+def _check_peer_names(member: Any, label: str) -> None:
+    """The others verify this replica's peer certificate against the host name in its
+    peer_connect: a certificate that does not name it would be refused by all."""
+    dial = parse_endpoint(member.peer_connect)
+    listen = parse_endpoint(member.peer_listen)
+    host = dial.kwargs.get("hostname") if dial.type == "ssl" else dial.param("host", 0)
+    if listen.type != "ssl" or not host:
+        return
+    path = listen.kwargs.get("certKey", listen.kwargs["privateKey"])
+    certificate = _load_certificate(_read(path, "certKey", label), path, "certKey", label)
+    if not certificate_names(certificate, host):
+        raise ConfigError(
+            f"{label}: the certificate in {path} does not name {host}, the host the other "
+            f"replicas verify when they dial replica {member.id} (its peer_connect); they "
+            f"would all refuse it (give it a subjectAltName for {host})")
+
+
+def _warn_unnamed(listen: Endpoint, host: str, label: str) -> None:
+    """Clients verify the host name they dial: warn (clients may use another name)
+    when the client certificate does not name the replica's client address."""
+    path = listen.kwargs.get("certKey", listen.kwargs["privateKey"])
+    certificate = _load_certificate(_read(path, "certKey", label), path, "certKey", label)
+    if not certificate_names(certificate, host):
+        _log.warn("{label}: the certificate in {path} does not name {host}, this "
+                  "replica's client address: clients that dial {host} will refuse it",
+                  label=label, path=path, host=host)
+
+
+def certificate_names(certificate: Any, host: str) -> bool:
+    """Whether a cryptography certificate is valid for host (a DNS name or an IP)."""
+    from service_identity import VerificationError
+    from service_identity.cryptography import (
+        verify_certificate_hostname,
+        verify_certificate_ip_address,
+    )
+
+    try:
+        if isIPAddress(host) or isIPv6Address(host):
+            verify_certificate_ip_address(certificate, host)
+        else:
+            verify_certificate_hostname(certificate, host)
+    except (VerificationError, ValueError):
+        return False
+    return True
+
+
+def _twisted_parse(build: Any, label: str) -> None:
+    try:
+        build()
+    except ConfigError:
+        raise
+    except OSError as e:
+        where = f" {e.filename}" if getattr(e, "filename", None) else ""
+        raise ConfigError(f"{label}: cannot read{where}: {e.strerror or e}") from None
+    except Exception as e:
+        reason = _ssl_reason(e)
+        if "do not match" in reason:
+            reason = "the certificate (certKey) and the private key (privateKey) do not match"
+        raise ConfigError(f"{label}: {reason}") from None
+
+
+def check_ports(listeners: list[tuple[str, str]]) -> None:
+    """Bind and listen on every tcp/tcp6/ssl/tls listener's address at once, as Twisted
+    will (SO_REUSEADDR), then close them: ConfigError naming the port otherwise.  unix:
+    and systemd: endpoints are left to twistd."""
+    sockets: list[socket.socket] = []
+    try:
+        for what, text in listeners:
+            address = endpoint_tcp_address(parse_endpoint(text), server=True)
+            if address is not None:
+                sockets.append(_try_listen(what, *address))
+    finally:
+        for sock in sockets:
+            sock.close()
+
+
+def _try_listen(what: str, host: str, port: int) -> socket.socket:
+    shown = f"[{host}]:{port}" if ":" in host else f"{host or '*'}:{port}"
+    family = socket.AF_INET6 if ":" in host else socket.AF_INET
+    try:
+        infos = socket.getaddrinfo(host or None, port, family, socket.SOCK_STREAM, 0,
+                                   socket.AI_PASSIVE)
+    except socket.gaierror as e:
+        raise ConfigError(f"cannot listen on {shown} ({what}): cannot resolve the host "
+                          f"name {host!r}: {e.strerror}") from None
+    sock = socket.socket(family, socket.SOCK_STREAM)
+    try:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        sock.bind(infos[0][4])
+        sock.listen(1)
+    except OSError as e:
+        sock.close()
+        raise ConfigError(f"cannot listen on {shown} ({what}): "
+                          f"{describe_socket_error(e)}") from None
+    return sock
+
+
+def describe_socket_error(e: OSError) -> str:
+    reason = (e.strerror or str(e)).lower()
+    if e.errno == errno.EADDRINUSE:
+        return f"{reason}: another replicad, or another program, listens there"
+    if e.errno == errno.EADDRNOTAVAIL:
+        return f"{reason}: no interface of this machine has that address"
+    if e.errno in (errno.EACCES, errno.EPERM):
+        return f"{reason} (ports below 1024 need root or CAP_NET_BIND_SERVICE)"
+    return reason
+
+
+def describe_listen_error(e: BaseException) -> str:
+    """One line for an exception raised while twistd binds the listeners."""
+    if isinstance(e, CannotListenError):
+        host = e.interface or "*"
+        shown = f"[{host}]:{e.port}" if ":" in host else f"{host}:{e.port}"
+        inner = e.socketError
+        if isinstance(inner, OSError):
+            return f"cannot listen on {shown}: {describe_socket_error(inner)}"
+        return f"cannot listen on {shown}: {inner}"
+    if isinstance(e, OSError) and e.strerror:
+        path = e.filename2 or e.filename
+        where = f": {os.fsdecode(path)}" if isinstance(path, (str, bytes)) else ""
+        return f"cannot start: {e.strerror.lower()}{where}"
+    text = str(e).strip()
+    first = text.splitlines()[0] if text else ""
+    return f"cannot start: {type(e).__name__}{': ' + first if first else ''}"
+
+
+def stop_starting(message: str, twistd_options: Mapping[str, Any]) -> SystemExit:
+    """After twistd started logging (and may have forked): log the line, write it on
+    the terminal's stderr, tell a daemonizing twistd's waiting first process through
+    its status pipe (it exits 1, printing its own note), remove the pid file, and
+    return SystemExit(1) for the caller to raise."""
+    line = f"replicad: error: {message}"
+    _log.critical("{line}", line=line)
+    stderr = sys.__stderr__
+    if twistd_options.get("nodaemon", True) and stderr is not None:
+        try:
+            stderr.write(line + "\n")
+            stderr.flush()
+        except (OSError, ValueError):
+            pass
+    pipe = twistd_options.get("statusPipe") if isinstance(twistd_options, Mapping) else None
+    if pipe is not None:
+        short = line if len(line) <= 98 else line[:94].rsplit(" ", 1)[0] + " ..."
+        try:
+            os.write(pipe, b"1 " + short.encode("ascii", "backslashreplace")[:98])
+            os.close(pipe)
+        except OSError:
+            pass
+        try:
+            twistd_options["statusPipe"] = None   # type: ignore[index]
+        except TypeError:
+            pass
+    pidfile = twistd_options.get("pidfile")
+    if pidfile:
+        try:
+            os.unlink(pidfile)
+        except OSError:
+            pass
+    return SystemExit(1)
+
+
+# TLS handshakes that fail --------------------------------------------------------------
+
+TLS_FAILURE_LOG_INTERVAL_S = 10.0
+
+
+class TLSFailureLog(Factory):
+    """Stands in for a TLS listener's factory: builds the wrapped factory's own
+    protocols and logs, at most once per TLS_FAILURE_LOG_INTERVAL_S with a count of
+    the rest, connections that end before their TLS handshake completed: a peer or
+    client that does not trust this replica's certificate (``alert unknown ca``), a
+    plain-text client on a TLS port (``wrong version number``), and so on.  Without it
+    a replica with the wrong CA is refused in silence."""
+
+    noisy = False
+
+    def __init__(self, wrapped: Any, port_name: str, clock: Any):
+        self.wrapped = wrapped
+        self.port_name = port_name
+        self.warning = _RateLimitedWarning(
+            _log, clock, TLS_FAILURE_LOG_INTERVAL_S,
+            f"{{count}} more TLS handshakes failed on the {port_name} port in the last "
+            f"{{seconds:g}} s")
+
+    def logPrefix(self) -> str:
+        return self.wrapped.logPrefix()
+
+    def doStart(self) -> None:
+        self.wrapped.doStart()
+
+    def doStop(self) -> None:
+        self.wrapped.doStop()
+
+    def buildProtocol(self, addr: Any) -> Any:
+        proto = self.wrapped.buildProtocol(addr)
+        if proto is None:
+            return None
+        lost = proto.connectionLost
+
+        def connectionLost(reason: Any = None) -> None:
+            transport = getattr(proto, "transport", None)
+            if reason is not None and not getattr(transport, "_handshakeDone", True):
+                self._report(addr, reason)
+            lost(reason)
+
+        proto.connectionLost = connectionLost
+        return proto
+
+    def _report(self, addr: Any, reason: Any) -> None:
+        from OpenSSL.SSL import Error as SSLError
+
+        if not reason.check(SSLError):
+            return   # closed before a word (a port scan, a probe): not a TLS failure
+        why = _ssl_reason(reason.value)
+        hint = ""
+        if "unknown ca" in why or "bad certificate" in why or "certificate unknown" in why:
+            hint = (" (it does not trust this replica's certificate: check its CA, "
+                    "and that the certificate names the host it dials)")
+        elif "wrong version" in why or "http request" in why or "packet length" in why:
+            hint = " (it does not speak TLS: a plain tcp: endpoint or a client without --tls?)"
+        host = getattr(addr, "host", addr)
+        port = getattr(addr, "port", "")
+        self.warning.warn(
+            "TLS handshake on the {port_name} port with {peer} failed: {reason}{hint}",
+            port_name=self.port_name, peer=f"{host}:{port}", reason=why, hint=hint)
+
+
+def watch_tls(factory: Any, endpoint_text: str, port_name: str, clock: Any) -> Any:
+    """The factory to listen with: wrapped in TLSFailureLog when the endpoint is TLS."""
+    if is_tls_endpoint(endpoint_text):
+        return TLSFailureLog(factory, port_name, clock)
+    return factory

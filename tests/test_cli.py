@@ -27,7 +27,7 @@ def isolated_home(tmp_path, monkeypatch):
     """Never read or write the real ~/.local/state; no stray environment."""
     monkeypatch.setenv("HOME", str(tmp_path / "home"))
     for name in ("XDG_STATE_HOME", cli.ENV_SESSION, cli.ENV_SERVERS, cli.ENV_CONFIG,
-                 cli.ENV_PASSWORD):
+                 cli.ENV_PASSWORD, cli.ENV_CACERT):
         monkeypatch.delenv(name, raising=False)
     monkeypatch.setattr(sys, "stdin", Terminal())
 
@@ -388,7 +388,7 @@ def test_client_config_from_the_environment(capsys, scripted, tmp_path, monkeypa
 @pytest.mark.parametrize(
     "text, complaint",
     [
-        ("[client]\nservers = h:1\ntls = yes\n", "tls"),
+        ("[client]\nservers = h:1\ntls = maybe\n", "tls = maybe must be yes or no"),
         ("[client]\nservers = h:1\nsecret = s\n", "unknown setting 'secret'"),
         ("[client]\ntimeout = 3\n", "needs servers"),
         ("[client]\nservers = h:1\ntimeout = soon\n", "timeout"),
