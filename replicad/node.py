@@ -161,6 +161,7 @@ class Node:
         reannounce_interval_s: float | None = REANNOUNCE_INTERVAL_S,
         lease_s: float | None = None,
         candidacy: Candidacy = Candidacy.YES,
+        pause_s: float | None = None,
     ) -> None:
         members = frozenset(member_ids) | {my_id}
         if not 0 <= epoch <= MAX_EPOCH:
@@ -184,6 +185,8 @@ class Node:
         self._reannounce_interval_s = reannounce_interval_s
         self._lease_s = lease_s if quorum > 1 else None
         self._candidacy = candidacy
+        self._pause_s = pause_s        # no tick() for this long: the process was paused
+        self._last_tick = clock.seconds()
         self._state: _State = _State(Role.FOLLOWER)
         self._round = 0
         self._contact: dict[int, float] = {}
@@ -236,9 +239,19 @@ class Node:
     @property
     def serving_as(self) -> int | None:
         """The coordinator a request goes to right now: this replica while SERVING, the
-        followed coordinator for a follower; None while electing or taking over."""
+        followed coordinator for a follower; None while electing or taking over.
+
+        A coordinator whose process was paused (SIGSTOP, a VM freeze: no ``tick`` for
+        ``pause_s``) does not serve what was queued meanwhile: it stands again first
+        (take-over pull included), since the others may have moved on without it."""
         state = self._state
         if state.role is Role.SERVING:
+            if self._paused():
+                self.log.warn("coordinator {replica} was paused for {gap_s:.1f} s: "
+                              "standing again before it serves", replica=self._my_id,
+                              gap_s=self._clock.seconds() - self._last_tick)
+                self._elect("this process was paused")
+                return None
             return self._my_id
         if state.role is Role.FOLLOWER:
             return state.coordinator
@@ -457,6 +470,14 @@ class Node:
             else:
                 self._enter(_State(Role.FOLLOWER))
 
+    def tick(self) -> None:
+        """The wiring's heartbeat loop ran: this process is not paused."""
+        self._last_tick = self._clock.seconds()
+
+    def _paused(self) -> bool:
+        return (self._pause_s is not None
+                and self._clock.seconds() - self._last_tick > self._pause_s)
+
     def contact(self, peer_id: int) -> None:
         """A peer answered this replica just now (keeps a quorum-mode lease)."""
         if peer_id in self._others:
@@ -587,6 +608,7 @@ class Node:
                 self._elect("no majority heard from within the lease at take-over")
                 return
             serving = _Serving(Role.SERVING, self._my_id, state.epoch)
+            self._last_tick = self._clock.seconds()
             self._enter(serving)
             self._fail_fast = False
             self.log.info("coordinator {replica} serving in epoch {epoch}: {have} replicas "

@@ -27,7 +27,7 @@ from typing import ClassVar
 
 from replicad.identity import decode_cluster_id, encode_cluster_id
 from replicad.node import MAX_EPOCH
-from replicad.store import Record, StoreError, check_record
+from replicad.store import Record, RequestRow, StoreError, check_record
 from replicad.vclock import ClockError, VectorClock
 from replicad.wire import is_number, is_request_id
 
@@ -36,7 +36,7 @@ NONCE_BYTES = 16
 
 # STALE <epoch>: the request carried an older epoch than the answerer's; nothing done.
 FINAL_KINDS = frozenset({"OK", "NO", "ERR", "END", "STALE"})
-STREAM_KINDS = frozenset({"LINE", "REC"})
+STREAM_KINDS = frozenset({"LINE", "REC", "REQ"})
 
 VERBS = frozenset(
     {"PING", "ELECTION", "COORDINATOR", "CLIENT", "PUSH", "DELTA", "FULL"}
@@ -151,6 +151,19 @@ def decode_record(text: str) -> Record:
     except StoreError as e:
         raise PeerWireError(f"bad record: {e}") from None
     return record
+
+
+def encode_request_row(row: RequestRow) -> str:
+    """``<rid> <origin> <seq> <version>``: a remembered request id, as pulls carry them."""
+    return f"{row.rid} {row.origin} {row.seq} {row.version.encode()}"
+
+
+def decode_request_row(text: str) -> RequestRow:
+    parts = text.split(" ")
+    if (len(parts) != 4 or not is_request_id(parts[0]) or not is_number(parts[1])
+            or not is_number(parts[2]) or int(parts[1]) < 1 or int(parts[2]) < 1):
+        raise PeerWireError(f"bad request row {text[:60]!r}")
+    return RequestRow(parts[0], int(parts[1]), int(parts[2]), decode_clock(parts[3]))
 
 
 def decode_clock(text: str) -> VectorClock:

@@ -38,11 +38,12 @@ from replicad.metrics import ReplicaMetrics
 from replicad.node import Candidacy, Node, Role
 from replicad.peer import PeerAnswer, PeerLink, PeerResponse, PeerUnavailable
 from replicad.peerwire import Message, PeerStatus, PeerWireError
-from replicad.store import NewerEpoch, Store
+from replicad.store import NewerEpoch, Record, Store
 from replicad.sync import StaleEpoch, Synchroniser
 from replicad.vclock import VectorClock
 from replicad.wire import Code, Reply, ReplyMeta, Request, WireError
 
+PAUSE_TICKS = 4                 # no heartbeat tick for this many ping intervals: paused
 WAITING_FIRST_LOG_S = 1.0       # an unbound replica says what it waits for after this,
 WAITING_LOG_INTERVAL_S = 10.0   # then this often
 
@@ -119,6 +120,7 @@ class Replica(service.MultiService):
             coordinator_timeout_s=self.timers.coordinator_timeout,
             reannounce_interval_s=self.timers.reannounce_interval,
             lease_s=self.timers.lease_timeout,
+            pause_s=PAUSE_TICKS * self.timers.ping_interval,
             candidacy=self._candidacy(),
         )
         self.detector = HeartbeatMonitor(
@@ -140,8 +142,7 @@ class Replica(service.MultiService):
         self._anti_entropy.start(self.timers.anti_entropy_interval, now=False)
         if not self._bound:
             self._discovery.start(self.timers.ping_interval, now=True)
-        if self.config.quorum_mode:
-            self._lease_heartbeat.start(self.timers.ping_interval, now=False)
+        self._lease_heartbeat.start(self.timers.ping_interval, now=False)
         self.node.start_election("start-up")
 
     def stopService(self):
@@ -344,9 +345,11 @@ class Replica(service.MultiService):
         return d.addCallbacks(parsed, down)
 
     def _lease_tick(self) -> None:
-        """Quorum mode: a coordinator hears from every peer each ping_interval, which
-        keeps its lease (Node.contact through _mark)."""
-        if self.node.role.is_coordinator:
+        """Every ping_interval: tell the node this process runs (pause detection), and
+        in quorum mode a coordinator hears from every peer, which keeps its lease
+        (Node.contact through _mark)."""
+        self.node.tick()
+        if self.config.quorum_mode and self.node.role.is_coordinator:
             for peer_id in self.links:
                 d = self.ping(peer_id, self.timers.ping_timeout)
                 d.addErrback(lambda f: f.trap(PeerUnavailable, PeerWireError, StaleEpoch))
@@ -611,6 +614,8 @@ class Replica(service.MultiService):
         if request.command == "DEL":
             current = store.get(request.key)
             if current is None or current.deleted:
+                if rid is not None:       # a retry must get the same answer later
+                    await self.commits.run(lambda: store.remember_noop(rid))
                 return Reply("NOTFOUND", meta=self._meta(request, store.clock))
         try:
             written = self.commits.run(
@@ -632,10 +637,21 @@ class Replica(service.MultiService):
         origin, seq, version = done
         self.log.info("request {rid} was already applied as write {origin}:{seq}; "
                       "answering it again", rid=request.context.rid, origin=origin, seq=seq)
+        if origin == 0:             # it changed nothing (a DEL of a missing key)
+            return Reply("NOTFOUND", meta=self._meta(request, self.store.clock))
         current = self.store.get(request.key)
         if current is not None and (current.origin, current.seq) == (origin, seq):
             return await self._replicated(request, current, self.node.coordinator_epoch)
-        return Reply("OK", meta=self._meta(request, version))
+        if current is not None and version <= current.version:
+            # Superseded by a write that saw it: it happened, and was overwritten.
+            return Reply("OK", meta=self._meta(request, version))
+        # It lost a merge to a concurrent version (a split brain): it is not in the
+        # data, and applying it again would make one request two writes.
+        return self._error(
+            request, Code.INDOUBT,
+            f"this write was applied as {origin}:{seq}, then discarded by a concurrent "
+            "write during a partition; it is not in the data",
+        )
 
     async def _replicated(self, request: Request, record, epoch) -> Reply:
         started = self.reactor.seconds()   # metrics hook
@@ -714,13 +730,16 @@ class Replica(service.MultiService):
         return applied.addCallback(answer)
 
     def _on_delta(self, peer_id: int, message: peerwire.Delta) -> PeerAnswer:
-        return self._stream(*self.store.export_delta(message.since))
+        return self._stream(*self.store.export_delta(message.since, requests=True))
 
     def _on_full(self, peer_id: int, message: peerwire.Full) -> PeerAnswer:
-        return self._stream(*self.store.export_full())
+        return self._stream(*self.store.export_full(requests=True))
 
-    def _stream(self, clock: VectorClock, records) -> PeerAnswer:
-        body = (("REC", peerwire.encode_record(record)) for record in records)
+    def _stream(self, clock: VectorClock, items) -> PeerAnswer:
+        """REC lines, then REQ lines (the request ids of those writes, superseded ones
+        included), then END: all from one read snapshot."""
+        body = (("REC", peerwire.encode_record(item)) if isinstance(item, Record)
+                else ("REQ", peerwire.encode_request_row(item)) for item in items)
         cluster = self.store.cluster_id or "-"
         return PeerAnswer("END", f"{clock.encode()} {cluster}", body=body)
 

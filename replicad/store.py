@@ -71,6 +71,7 @@ CREATE TABLE requests (     -- recent request ids: a retried write is answered, 
     seq INTEGER NOT NULL,
     version TEXT NOT NULL
 );
+CREATE INDEX requests_write ON requests (origin, seq);
 """
 
 _STAGE_SCHEMA = """
@@ -82,6 +83,7 @@ CREATE TABLE {s}.kv (
 """
 
 _COLUMNS = "key, value, origin, seq, version, epoch, rid"
+_REQUEST_COLUMNS = "rid, origin, seq, version"
 
 Rows = Callable[[sqlite3.Connection], Iterator[tuple]]
 
@@ -127,6 +129,16 @@ def winner(a: Record, b: Record) -> Record:
 def is_conflict(a: Record, b: Record) -> bool:
     """Concurrent versions: writes made without seeing each other (a split brain)."""
     return a.version.compare(b.version) is Order.CONCURRENT
+
+
+@dataclass(frozen=True)
+class RequestRow:
+    """A remembered request id and the write it made, as exports carry them."""
+
+    rid: str
+    origin: int
+    seq: int
+    version: VectorClock
 
 
 @dataclass
@@ -258,7 +270,9 @@ class Store:
                 # as epoch 0, below every write made since.
                 db.execute("ALTER TABLE kv ADD COLUMN epoch INTEGER NOT NULL DEFAULT 0")
                 db.execute("ALTER TABLE kv ADD COLUMN rid TEXT")
-                db.execute(_SCHEMA[_SCHEMA.index("CREATE TABLE requests"):].rstrip().rstrip(";"))
+                for statement in _SCHEMA[_SCHEMA.index("CREATE TABLE requests"):].split(";"):
+                    if statement.strip():
+                        db.execute(statement)
                 self._set_meta("schema", SCHEMA_VERSION)
                 meta["schema"] = SCHEMA_VERSION
             if meta.get("schema") != SCHEMA_VERSION:
@@ -562,6 +576,14 @@ class Store:
         origin, seq, version = row
         return origin, seq, VectorClock.decode(version)
 
+    def remember_noop(self, rid: str) -> None:
+        """Keep a request id that changed nothing (a DEL of a missing key): a retry of
+        it gets the same answer, even once the key exists.  Joins a write group."""
+        with self._transaction(joinable=True):
+            self._db.execute(
+                "INSERT OR IGNORE INTO requests (rid, origin, seq, version) VALUES (?, 0, 0, '-')",
+                (rid,))
+
     def _remember(self, record: Record) -> None:
         """Keep a write's request id (inside the caller's transaction), bounded: every
         1000 ids, the ones older than the newest REQUEST_IDS_KEPT go."""
@@ -599,40 +621,34 @@ class Store:
 
     # -- export --------------------------------------------------------------------------
 
-    def export_full(self) -> tuple[VectorClock, Iterator[Record]]:
-        """The clock and every record (tombstones too), from one snapshot, in key order."""
-        return self._export(lambda db: _fetch(db, f"SELECT {_COLUMNS} FROM kv ORDER BY key"))
+    def export_full(self, requests: bool = False) -> tuple[VectorClock, Iterator]:
+        """The clock and every record (tombstones too), from one snapshot, in key order;
+        with ``requests``, then every remembered request id (RequestRow)."""
+        return self._export(lambda db: _fetch(db, f"SELECT {_COLUMNS} FROM kv ORDER BY key"),
+                            _by_origin("requests", _REQUEST_COLUMNS, VectorClock())
+                            if requests else None)
 
-    def export_delta(self, since: VectorClock) -> tuple[VectorClock, Iterator[Record]]:
-        """The clock and the records whose write id since does not cover (seq > since[o]).
+    def export_delta(self, since: VectorClock,
+                     requests: bool = False) -> tuple[VectorClock, Iterator]:
+        """The clock and the records whose write id since does not cover (seq > since[o]);
+        with ``requests``, then the request ids of those writes, superseded ones
+        included (what keeps a retried write from being applied twice elsewhere).
 
         since must not exceed the receiver's clock, or the receiver would be promised
         writes it never gets.  One index range per origin present in the table.
         """
+        return self._export(_by_origin("kv", _COLUMNS, since),
+                            _by_origin("requests", _REQUEST_COLUMNS, since)
+                            if requests else None)
 
-        def rows(db: sqlite3.Connection) -> Iterator[tuple]:
-            origin = -1
-            while True:
-                (origin,) = db.execute(
-                    "SELECT min(origin) FROM kv WHERE origin > ?", (origin,)
-                ).fetchone()
-                if origin is None:
-                    return
-                yield from _fetch(
-                    db,
-                    f"SELECT {_COLUMNS} FROM kv WHERE origin = ? AND seq > ? ORDER BY seq",
-                    (origin, since[origin]),
-                )
-
-        return self._export(rows)
-
-    def _export(self, rows: Rows) -> tuple[VectorClock, Iterator[Record]]:
+    def _export(self, rows: Rows, request_rows: Rows | None = None
+                ) -> tuple[VectorClock, Iterator]:
         if self._path == MEMORY:
-            return self._clock, (_record(row) for row in rows(self._db))
+            return self._clock, _records_then_requests(self._db, rows, request_rows)
         reader = sqlite3.connect(
             Path(self._path).as_uri() + "?mode=ro", uri=True, isolation_level=None
         )
-        snapshot = _snapshot(reader, rows)
+        snapshot = _snapshot(reader, rows, request_rows)
         clock = next(snapshot)  # started, so closing the generator runs its finally
         return clock, snapshot
 
@@ -703,8 +719,10 @@ def _fetch(db: sqlite3.Connection, sql: str, params: tuple = ()) -> Iterator[tup
         cursor.close()
 
 
-def _snapshot(reader: sqlite3.Connection, rows: Rows) -> Iterator:
-    """Yield the clock, then the records, all inside one read transaction on reader.
+def _snapshot(reader: sqlite3.Connection, rows: Rows,
+              request_rows: Rows | None = None) -> Iterator:
+    """Yield the clock, then the records (then the request rows), all inside one read
+    transaction on reader.
 
     The connection (and with it the read transaction, which holds back WAL checkpoints)
     is closed when the generator is exhausted, closed or garbage collected.
@@ -712,10 +730,39 @@ def _snapshot(reader: sqlite3.Connection, rows: Rows) -> Iterator:
     try:
         reader.execute("BEGIN")
         yield _read_clock(reader)  # the first read fixes the snapshot
-        for row in rows(reader):
-            yield _record(row)
+        yield from _records_then_requests(reader, rows, request_rows)
     finally:
         reader.close()
+
+
+def _records_then_requests(db: sqlite3.Connection, rows: Rows,
+                           request_rows: Rows | None) -> Iterator:
+    for row in rows(db):
+        yield _record(row)
+    if request_rows is not None:
+        for rid, origin, seq, version in request_rows(db):
+            yield RequestRow(rid, origin, seq, VectorClock.decode(version))
+
+
+def _by_origin(table: str, columns: str, since: VectorClock) -> Rows:
+    """Rows of table whose write id since does not cover: one index range per origin
+    (origin 0, the request ids that changed nothing, is never shipped)."""
+
+    def rows(db: sqlite3.Connection) -> Iterator[tuple]:
+        origin = 0
+        while True:
+            (origin,) = db.execute(
+                f"SELECT min(origin) FROM {table} WHERE origin > ?", (origin,)
+            ).fetchone()
+            if origin is None:
+                return
+            yield from _fetch(
+                db,
+                f"SELECT {columns} FROM {table} WHERE origin = ? AND seq > ? ORDER BY seq",
+                (origin, since[origin]),
+            )
+
+    return rows
 
 
 class Importer:
@@ -732,6 +779,7 @@ class Importer:
         self._db = store._db
         self._schema = schema
         self._pending: list[tuple] = []
+        self._requests: list[tuple] = []
         if store._path == MEMORY:
             self._file = None
         else:
@@ -749,6 +797,14 @@ class Importer:
             self._drop()
             raise
         self._active = True
+
+    def add_request(self, row: RequestRow) -> None:
+        """Stage one request id (merged into the store's at finish)."""
+        self._check_open()
+        if not (isinstance(row.rid, str) and 0 < len(row.rid) <= 64 and row.origin >= 1
+                and row.seq >= 1):
+            raise StoreError(f"malformed request row {row!r:.120}")
+        self._requests.append((row.rid, row.origin, row.seq, row.version.encode()))
 
     def add(self, record: Record) -> None:
         """Stage one record (the highest rank wins if a key comes twice)."""
@@ -822,6 +878,9 @@ class Importer:
                     " WHERE NOT EXISTS (SELECT 1 FROM main.kv AS k WHERE k.key = s.key)"
                 ).rowcount
                 result.applied += inserted
+                db.executemany(
+                    "INSERT OR IGNORE INTO main.requests (rid, origin, seq, version)"
+                    " VALUES (?, ?, ?, ?)", self._requests)
                 new_clock = store._clock.merge(clock)
                 store._save_clock(new_clock)
                 store._count_conflicts(result.conflicts)
@@ -843,6 +902,7 @@ class Importer:
     def _drop(self) -> None:
         self._active = False
         self._pending.clear()
+        self._requests.clear()
         self._store._importers.discard(self)
         try:
             self._store.commit_group()

@@ -139,6 +139,9 @@ class Synchroniser:
 
         def on_line(frame_kind: str, text: str) -> None:
             nonlocal received
+            if frame_kind == "REQ":
+                importer.add_request(peerwire.decode_request_row(text))
+                return
             importer.add(peerwire.decode_record(text))
             received += 1
 

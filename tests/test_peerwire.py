@@ -195,7 +195,7 @@ def test_bad_frames(line):
 
 def test_frame_kinds_and_verbs():
     assert peerwire.FINAL_KINDS == {"OK", "NO", "ERR", "END", "STALE"}
-    assert peerwire.STREAM_KINDS == {"LINE", "REC"}
+    assert peerwire.STREAM_KINDS == {"LINE", "REC", "REQ"}
     assert not peerwire.FINAL_KINDS & peerwire.STREAM_KINDS
     assert {"PING", "ELECTION", "COORDINATOR"} <= peerwire.VERBS
 
@@ -401,3 +401,14 @@ def test_record_batches_round_trip(records):
 def test_bad_record_batches_raise_peer_wire_error(text):
     with pytest.raises(PeerWireError):
         peerwire.decode_batch(text)
+
+
+def test_request_rows_round_trip_and_bad_ones_are_refused():
+    from replicad.store import RequestRow
+
+    row = RequestRow("00ff00ff.12", 3, 7, VectorClock({3: 7, 1: 2}))
+    assert peerwire.decode_request_row(peerwire.encode_request_row(row)) == row
+    for bad in ("", "00ff00ff.1 3 7", "nothex.1 3 7 3:7", "00ff00ff.1 0 7 3:7",
+                "00ff00ff.1 3 x 3:7", "00ff00ff.1 3 7 3:x"):
+        with pytest.raises(PeerWireError):
+            peerwire.decode_request_row(bad)

@@ -333,3 +333,49 @@ def test_a_forwarded_reply_keeps_the_coordinators_meta_cluster_included(replica)
     replica.reactor.advance(0)
     meta = d.result.meta
     assert (meta.here, meta.by, meta.cluster) == (2, 3, cluster)
+
+
+def serving(replica: Replica) -> None:
+    for _ in range(4):                                   # replica 3 never answers:
+        replica.reactor.advance(replica.timers.answer_timeout)   # 2 takes over
+    assert replica.node.serving_as == 2
+
+
+def test_a_retried_write_that_lost_a_merge_is_in_doubt_not_ok(replica):
+    """Found by the chaos suite: the write was applied, then discarded by a concurrent
+    write of a newer epoch; answering OK would acknowledge a write not in the data."""
+    serving(replica)
+    first = serve(replica, "@r=;w=;id=0123abcd.1 PUT k mine")
+    assert first.status == "OK"
+    newer = Record("k", "theirs", 3, 1, VectorClock({3: 1}), replica.node.epoch + 1)
+    replica.store.apply([newer], VectorClock({3: 1}))     # the other side's, concurrent
+    again = serve(replica, "@r=;w=;id=0123abcd.1 PUT k mine")
+    assert (again.status, again.error_code) == ("ERR", "INDOUBT")
+    assert replica.store.get("k").value == "theirs"      # and nothing applied again
+
+
+def test_a_retried_write_superseded_by_a_later_write_is_ok(replica):
+    serving(replica)
+    assert serve(replica, "@r=;w=;id=0123abcd.1 PUT k v1").status == "OK"
+    assert serve(replica, "@r=;w=;id=0123abcd.2 PUT k v2").status == "OK"
+    assert serve(replica, "@r=;w=;id=0123abcd.1 PUT k v1").status == "OK"
+    assert replica.store.get("k").value == "v2"
+
+
+def test_a_retried_del_that_found_nothing_finds_nothing_again(replica):
+    serving(replica)
+    assert serve(replica, "@r=;w=;id=0123abcd.1 DEL k").status == "NOTFOUND"
+    assert serve(replica, "@r=;w=;id=0123abcd.2 PUT k v").status == "OK"
+    assert serve(replica, "@r=;w=;id=0123abcd.1 DEL k").status == "NOTFOUND"
+    assert replica.store.get("k").value == "v"           # the retry deleted nothing
+
+
+def test_a_paused_coordinator_stands_again_before_serving_what_was_queued(replica):
+    """SIGSTOP: the heartbeat loop did not run; requests queued meanwhile must not be
+    served before the replica is sure it is still coordinator."""
+    serving(replica)
+    replica._lease_heartbeat.stop()                      # what a frozen process does
+    replica.reactor.advance(10 * replica.timers.ping_interval)
+    replica.reactor.advance(0)
+    assert replica.node.serving_as is None
+    assert replica.node.role is not Role.SERVING

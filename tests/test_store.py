@@ -635,3 +635,31 @@ def test_request_ids_are_bounded(store, monkeypatch):
     assert 1500 <= kept < 2500
     assert store.request("00ff00ff.1") is None            # the oldest went first
     assert store.request("00ff00ff.3000") is not None
+
+
+def test_pulls_carry_the_request_ids_of_superseded_writes_too(tmp_path, small_batches):
+    """What keeps a retried write from being applied twice on a replica that only ever
+    saw the write that superseded it (found by the chaos suite)."""
+    from replicad.store import RequestRow
+
+    with Store(str(tmp_path / "a")) as a, Store(str(tmp_path / "b")) as b:
+        a.write(1, "k", "v1", rid="00ff00ff.1")
+        a.write(1, "k", "v2", rid="00ff00ff.2")
+        clock, items = a.export_delta(VectorClock(), requests=True)
+        items = list(items)
+        rows = [i for i in items if isinstance(i, RequestRow)]
+        assert [r.rid for r in rows] == ["00ff00ff.1", "00ff00ff.2"]
+        importer = b.begin_import()
+        for item in items:
+            (importer.add_request if isinstance(item, RequestRow) else importer.add)(item)
+        importer.finish(clock)
+        assert b.request("00ff00ff.1")[:2] == (1, 1)    # superseded, still remembered
+        _, since_one = a.export_delta(VectorClock({1: 1}), requests=True)
+        assert [i.rid for i in since_one if isinstance(i, RequestRow)] == ["00ff00ff.2"]
+
+
+def test_a_request_that_changed_nothing_is_remembered_but_not_shipped(store):
+    store.remember_noop("00ff00ff.7")
+    assert store.request("00ff00ff.7") == (0, 0, VectorClock())
+    _, items = store.export_full(requests=True)
+    assert list(items) == []
