@@ -21,9 +21,11 @@ Mutations: tests/test_fuzz_client.py.
 from __future__ import annotations
 
 import collections
+import contextlib
 import os
 import shutil
 import tempfile
+from collections.abc import Iterator
 
 import pytest
 from hypothesis import event, given
@@ -256,28 +258,37 @@ def ram_dir() -> str:
 SEED_KEYS = ["k", "END", "a/b", "gone"]
 
 
-def fresh_replica(state: str, directory: str) -> tuple[Replica, int, int]:
-    """(replica 2, the peer that talks to it, the epoch to use).  "coordinator": it
-    serves (replica 3 never answers); "follower": it follows replica 3, whose pushes it
-    applies."""
+@contextlib.contextmanager
+def fresh_replica(state: str) -> Iterator[tuple[Replica, int, int]]:
+    """(replica 2, the peer that talks to it, the epoch to use), stopped and removed
+    afterwards.  "coordinator": it serves (replica 3 never answers); "follower": it
+    follows replica 3, whose pushes it applies."""
+    directory = ram_dir()
     reactor = MemoryReactorClock()
     replica = Replica(default_config(), 2, os.path.join(directory, "data"), reactor,
                       new_cluster=True)
-    replica.startService()
-    replica.store.apply(
-        [Record(key, None if key == "gone" else f"v-{key}", 3, n, VectorClock({3: n}), 0)
-         for n, key in enumerate(SEED_KEYS, start=1)],
-        VectorClock({3: len(SEED_KEYS)}),
-    )
-    if state == "coordinator":
-        for _ in range(4):
-            reactor.advance(replica.timers.answer_timeout)
-        assert replica.node.serving_as == 2
-        return replica, 1, replica.node.epoch
-    epoch = replica.node.epoch + 1
-    while not replica.node.coordinator_received(3, epoch):
-        epoch += 1
-    return replica, 3, epoch
+    try:
+        replica.startService()
+        replica.store.apply(
+            [Record(key, None if key == "gone" else f"v-{key}", 3, n, VectorClock({3: n}),
+                    0)
+             for n, key in enumerate(SEED_KEYS, start=1)],
+            VectorClock({3: len(SEED_KEYS)}),
+        )
+        if state == "coordinator":
+            for _ in range(4):
+                reactor.advance(replica.timers.answer_timeout)
+            assert replica.node.serving_as == 2
+            yield replica, 1, replica.node.epoch
+        else:
+            epoch = replica.node.epoch + 1
+            while not replica.node.coordinator_received(3, epoch):
+                epoch += 1
+            yield replica, 3, epoch
+    finally:
+        if replica.running:
+            replica.stopService()
+        shutil.rmtree(directory, ignore_errors=True)
 
 
 @st.composite
@@ -377,9 +388,7 @@ def records_of(store) -> dict[str, Record]:
 @FUZZ
 @given(data=st.data(), state=st.sampled_from(["coordinator", "follower"]), cuts=CUTS)
 def test_after_the_handshake_a_real_replica_answers_refuses_or_closes(data, state, cuts):
-    directory = ram_dir()
-    replica, peer_id, epoch = fresh_replica(state, directory)
-    try:
+    with fresh_replica(state) as (replica, peer_id, epoch):
         frames = peer_frames(epoch)
         lines = data.draw(st.lists(st.one_of(mutated(frames), mutated(frames), frames,
                                              st.binary(max_size=100)),
@@ -430,25 +439,17 @@ def test_after_the_handshake_a_real_replica_answers_refuses_or_closes(data, stat
             proto.dataReceived(f"999 PING {replica.node.epoch}\n".encode())
             out = pump(proto, transport, replica.reactor, 1)
             assert out and out[-1].startswith("999 OK "), out
-    finally:
-        replica.stopService()
-        shutil.rmtree(directory, ignore_errors=True)
 
 
 def test_a_push_the_store_refuses_is_badargs_without_a_traceback():
     """The consequence of the bug above, on a follower that accepts the sender's pushes:
     it was ERR INTERNAL and a traceback."""
-    directory = ram_dir()
-    replica, peer_id, epoch = fresh_replica("follower", directory)
-    try:
+    with fresh_replica("follower") as (replica, peer_id, epoch):
         with capturedLogs() as events:
             record = f"k 3 9 {epoch} - 3:8 V v"
             with pytest.raises(PeerWireError):
                 replica.peer_request(peer_id, "PUSH", f"{epoch} {len(record)}:{record}")
         assert failures(events) == []
-    finally:
-        replica.stopService()
-        shutil.rmtree(directory, ignore_errors=True)
 
 
 # The dialing side ------------------------------------------------------------------------
