@@ -57,10 +57,12 @@ soak: venv
 bench: venv
 	command -v redis-server >/dev/null 2>&1 || \
 	  { apt-get update -qq && apt-get install -y -qq redis-server; } || \
-	  echo "redis-server missing: throughput.py will measure replicad alone"
-	$(PY) bench/failover.py
-	$(PY) bench/sync.py
-	$(PY) bench/throughput.py
+	  echo "redis-server missing: bench/suite.py will measure replicad alone"
+	command -v cc >/dev/null 2>&1 || { apt-get update -qq && apt-get install -y -qq gcc; }
+	$(PY) -m pip install $(PIP_FLAGS) -e '.[bench]' --config-settings editable_mode=compat
+	$(PY) bench/failover.py --runs 5 --election-runs 2 --sizes 3,5
+	$(PY) bench/sync.py --sizes 1000,10000
+	$(PY) bench/suite.py
 
 clean:
 	rm -rf $(VENV) $(DEMO_DIR) $(CLUSTER_DIR) .soak _trial_temp .pytest_cache .hypothesis
