@@ -5,10 +5,12 @@ with ``replicad-cli``, through a failover.
   otherwise): each replica runs in a namespace of its own with its own address
   (10.77.0.1-3 on a bridge in a fourth, "hub" namespace) and the same ports, as on
   three machines; the CLI runs in a fifth namespace (10.77.0.100), so every connection
-  crosses the bridge.  Every listener is checked to be on its replica's address alone,
-  the admin port answers from the client's namespace, the coordinator is SIGKILLed and
-  writes go on.  The namespaces, and only they, hold the addresses; all are deleted
-  when the test ends.
+  crosses the bridge.  The config names the replicas by host name (replica1-3, from a
+  hosts file that ``ip netns exec`` mounts over /etc/hosts in those namespaces alone),
+  as deploy/docker-compose.yml does.  Every listener is checked to be on its replica's
+  address alone, the admin port answers from the client's namespace, the coordinator
+  is SIGKILLed and writes go on.  The namespaces, and only they, hold the addresses;
+  they and their hosts files are deleted when the test ends.
 - **Loopback addresses** (no privileges): 127.0.0.2, 127.0.0.3 and 127.0.0.4 (all of
   127/8 is loopback on Linux) with the *same* ports on each: anything hard-wired to
   127.0.0.1, or to "one port per replica", fails there.
@@ -37,6 +39,7 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(replicad.__file__)))
 CLI = os.path.join(os.path.dirname(sys.executable), "replicad-cli")
 SUBNET = "10.77.0"
 CLIENT_ADDRESS = f"{SUBNET}.100"
+ETC_NETNS = Path("/etc/netns")
 ADMIN_OFFSET = 200
 READY_TIMEOUT_S = 40.0
 
@@ -249,6 +252,19 @@ class Namespaces:
         self.tag = tag
         self.hub = f"{tag}-hub"
         self.created: list[str] = []
+        self.etc_dirs: list[Path] = []
+
+    def hosts_file(self, ns: str, hosts: dict[str, str]) -> None:
+        """/etc/hosts as processes in ns see it (``ip netns exec`` bind-mounts
+        /etc/netns/<ns>/hosts over it): name -> address, plus localhost."""
+        if not ETC_NETNS.exists():
+            ETC_NETNS.mkdir()
+            self.etc_dirs.append(ETC_NETNS)    # removed last, if it is empty then
+        directory = ETC_NETNS / ns
+        directory.mkdir()
+        self.etc_dirs.insert(0, directory)
+        lines = ["127.0.0.1 localhost"] + [f"{a} {n}" for n, a in sorted(hosts.items())]
+        (directory / "hosts").write_text("\n".join(lines) + "\n")
 
     def name(self, node: str) -> str:
         return f"{self.tag}-{node}"
@@ -278,6 +294,15 @@ class Namespaces:
         for ns in reversed(self.created):
             ip("netns", "del", ns, check=False)
         self.created.clear()
+        for directory in self.etc_dirs:
+            if directory == ETC_NETNS:
+                try:
+                    directory.rmdir()
+                except OSError:
+                    pass        # not empty: another test's hosts files are in it
+            else:
+                shutil.rmtree(directory, ignore_errors=True)
+        self.etc_dirs.clear()
 
 
 def listening(ns: str) -> set[str]:
@@ -326,11 +351,14 @@ def namespaces():
 
 
 def test_three_replicas_in_network_namespaces_driven_by_the_cli(namespaces, tmp_path):
-    hosts = {i: f"{SUBNET}.{i}" for i in (1, 2, 3)}
-    replica_ns = {i: namespaces.add_node(f"r{i}", host) for i, host in hosts.items()}
+    addresses = {i: f"{SUBNET}.{i}" for i in (1, 2, 3)}
+    names = {i: f"replica{i}" for i in (1, 2, 3)}
+    replica_ns = {i: namespaces.add_node(f"r{i}", address) for i, address in addresses.items()}
     client_ns = namespaces.add_node("c", CLIENT_ADDRESS)
+    for ns in [*replica_ns.values(), client_ns]:
+        namespaces.hosts_file(ns, {names[i]: addresses[i] for i in names})
     replicas = Replicas(
-        hosts, 7000, tmp_path,
+        names, 7000, tmp_path,
         prefix=lambda i: ["ip", "netns", "exec", replica_ns[i]],
         cli_prefix=["ip", "netns", "exec", client_ns],
     )
@@ -338,13 +366,13 @@ def test_three_replicas_in_network_namespaces_driven_by_the_cli(namespaces, tmp_
     def first_checks() -> None:
         # Each replica listens on its own address, and on nothing else.
         for i, ns in replica_ns.items():
-            assert listening(ns) == {replicas.client(i), replicas.peer(i), replicas.admin(i)}
+            assert listening(ns) == {f"{addresses[i]}:{port}" for port in (7001, 7101, 7201)}
         # The admin port, from the client's namespace: alive, and the cluster page's
         # data names every replica by its address.
         assert http_get(client_ns, f"http://{replicas.admin(1)}/healthz")[0] == 200
         status, body = http_get(client_ns, f"http://{replicas.admin(1)}/cluster.json")
         assert status == 200
-        assert all(replicas.client(i) in body for i in hosts)
+        assert all(replicas.client(i) in body for i in names)
 
     try:
         failover_scenario(replicas, first_checks)
