@@ -63,6 +63,10 @@ class Joining:
         if cluster_id is not None and not empty and not self.fresh:
             self._seen_bound = True
 
+    @property
+    def copied(self) -> int:
+        return len(self._pulled)
+
     def has_copied(self, peer_id: int) -> bool:
         return peer_id in self._pulled
 

@@ -93,6 +93,7 @@ class Replica(service.MultiService):
         # Peers that failed a ping or a forward since they last answered: the evidence
         # that a forward in flight to them will get no answer.
         self._suspected: set[int] = set()
+        self._joining_from: set[int] = set()     # copies in flight while joining
         self._last_waiting_log = float("-inf")
         self._anti_entropy = LoopingCall(self._anti_entropy_tick)
         self._anti_entropy.clock = reactor
@@ -403,13 +404,20 @@ class Replica(service.MultiService):
             return
         if status.cluster_id is not None:
             self.node.set_candidacy(Candidacy.NO, "the cluster has a history to copy first")
-            if not self.joining.has_copied(status.peer_id):
+            copying = len(self._joining_from) + self.joining.copied
+            if (not self.joining.has_copied(status.peer_id)
+                    and status.peer_id not in self._joining_from
+                    and copying < self.joining.pulls_needed):
                 self._join_from(status)
 
     def _join_from(self, status: PeerStatus) -> None:
-        d = self.sync.sync_from(status.peer_id, full=True)
+        """Copy a bound peer: a full copy into an empty store, else what it has and
+        this replica lacks (a delta covers all of it: the store's clock invariant)."""
+        self._joining_from.add(status.peer_id)
+        d = self.sync.sync_from(status.peer_id, full=self.store.is_empty)
 
         def copied(ok: bool) -> None:
+            self._joining_from.discard(status.peer_id)
             if not ok or self._bound:
                 return
             cluster = self.joining.pulled(status.peer_id, status.cluster_id)
