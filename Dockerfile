@@ -2,10 +2,14 @@
 # deploy/docker-compose.yml).
 #
 #   docker build -t replicad .
-#   docker run -e REPLICAD_ID=1 -v /etc/replicad/cluster.ini:/etc/replicad/cluster.ini:ro \
-#       -v replicad-1:/var/lib/replicad -p 7001:7001 -p 7101:7101 replicad
+#   docker run -d --network host -e REPLICAD_ID=1 \
+#       -v /etc/replicad/cluster.ini:/etc/replicad/cluster.ini:ro \
+#       -v replicad-1:/var/lib/replicad replicad
 #
-# Arguments after the image name reach twistd's replicad, e.g. `--log-format json`.
+# The replica listens where its [replica:N] section says (with --network host: the
+# machine's addresses, as in deploy/cluster.example.ini).  The config must be readable
+# by uid 10001.  Arguments after the image name reach twistd's replicad, e.g.
+# `--log-format json`.
 
 # Build stage: a wheel, so the final image holds no sources and no build tools.
 FROM python:3.11-slim AS build
