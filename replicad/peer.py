@@ -42,7 +42,7 @@ from typing import Protocol
 from twisted.application.internet import ClientService, backoffPolicy
 from twisted.internet import defer, error
 from twisted.internet.endpoints import clientFromString
-from twisted.internet.interfaces import IPullProducer, IReactorTime
+from twisted.internet.interfaces import IPullProducer, IPushProducer, IReactorTime
 from twisted.internet.protocol import Factory
 from twisted.logger import (
     FilteringLogObserver,
@@ -599,8 +599,29 @@ class _PendingCall:
     lines: list[tuple[str, str]] = field(default_factory=list)
 
 
+@implementer(IPushProducer)
+class _Congestion:
+    """Registered as the producer of a dialing connection: the transport pauses it when
+    its write buffer is full, i.e. the peer stopped reading (frozen, overloaded)."""
+
+    congested = False
+
+    def pauseProducing(self) -> None:
+        self.congested = True
+
+    def resumeProducing(self) -> None:
+        self.congested = False
+
+    def stopProducing(self) -> None:
+        self.congested = True
+
+
 class PeerClientProtocol(_LineProtocol):
-    """The dialing side: handshake as client, then ``call()`` with per-call timeouts."""
+    """The dialing side: handshake as client, then ``call()`` with per-call timeouts.
+
+    A peer that stops reading makes calls fail at once (not sent) instead of queueing
+    more bytes for it: pushes to a frozen follower must not grow the coordinator's
+    memory; anti-entropy fills the gap once it reads again."""
 
     log = Logger()
 
@@ -647,6 +668,8 @@ class PeerClientProtocol(_LineProtocol):
     def connectionMade(self) -> None:
         no_delay(self.transport)
         keep_alive(self.transport)
+        self.congestion = _Congestion()
+        self.transport.registerProducer(self.congestion, True)
         # A peer that accepts but never answers (frozen, overloaded) must not wedge the
         # link: give up, and let ClientService dial again.
         self._handshake_timer = self.factory.clock.callLater(
@@ -782,6 +805,10 @@ class PeerClientProtocol(_LineProtocol):
         timeout then restarts on every frame of the answer, so a long stream that keeps
         flowing is not cut, but a silent peer is.
         """
+        if self.congestion.congested:
+            return defer.fail(PeerUnavailable(
+                f"replica {self.factory.expected_peer_id} is not reading (its link is "
+                "congested)"))
         rid = self._next_rid
         self._next_rid += 1
         call = _PendingCall(defer.Deferred(), timeout_s, on_line)

@@ -1509,3 +1509,18 @@ def test_an_answer_of_unknown_kind_fails_only_its_call():
     assert "unexpected answer 'MAYBE'" in str(error)
     assert success(good) == PeerResponse("OK", "fine", [])
     assert not transport.disconnecting
+
+
+def test_a_peer_that_stops_reading_gets_no_more_bytes_queued_for_it():
+    """A frozen follower: its connection's write buffer fills, the transport pauses the
+    link's producer, and calls fail at once (not sent) instead of growing memory."""
+    _server, client, _sio, client_io, pump, _clock, _handler = connected_pair()
+    pump.flush()
+    assert success(client.authenticated) is client
+    client_io.producer.pauseProducing()        # what a full write buffer makes TCP do
+    error = failure_of(client.call("PUSH", "1 " + "x" * 100), PeerUnavailable)
+    assert error.sent is False and "not reading" in str(error)
+    client_io.producer.resumeProducing()       # drained: calls go out again
+    d = client.call("PING", "back")
+    pump.flush()
+    assert success(d) == PeerResponse("OK", "back", [])
