@@ -76,6 +76,14 @@ PING_LINE = b"PING" + wire.EOL.encode()
 # A replicad answers PING at once; a TLS listener closes a plain-text connection
 # without a word.
 CLOSED_SILENTLY = "closed the connection without answering (a TLS port? then use TLS)"
+# Other TLS servers send an alert record instead.
+ANSWERED_IN_TLS = "answered with a TLS record (a TLS port? then use TLS)"
+
+
+def _tls_record(data: bytes) -> bool:
+    """Whether data begins like a TLS record (an alert or a handshake, TLS 1.x): what a
+    TLS listener sends to a client speaking plain text, if anything."""
+    return len(data) >= 2 and data[0] in (0x15, 0x16) and data[1] == 0x03
 
 # Shape-only checks: the client does not know the server's size limits, the server does.
 SHAPE_ONLY = wire.Limits(max_key_bytes=2**62, max_value_bytes=2**62)
@@ -273,6 +281,10 @@ class _OneShot(LineOnlyReceiver):
         self.sent = True
 
     def dataReceived(self, data: bytes) -> None:
+        if not self._received and not self._tls and _tls_record(data):
+            self._received = True
+            self._finish(ANSWERED_IN_TLS)
+            return
         self._received = True
         super().dataReceived(data)
 
@@ -387,16 +399,20 @@ class _ClientSettings:
 
 
 def _kind(failure: str) -> FailureKind:
-    """SILENT for a connection closed without a byte: not even the PONG that a replicad
-    writes as soon as it reads the attempt's first line, so it did not read the request
-    (not sent); BROKEN otherwise."""
-    return FailureKind.SILENT if failure == CLOSED_SILENTLY else FailureKind.BROKEN
+    """SILENT for a connection closed without a byte, or answered in TLS: not even the
+    PONG that a replicad writes as soon as it reads the attempt's first line, so it did
+    not read the request (not sent); BROKEN otherwise."""
+    silent = failure in (CLOSED_SILENTLY, ANSWERED_IN_TLS)
+    return FailureKind.SILENT if silent else FailureKind.BROKEN
 
 
-def _stalled(step: Attempt, after_pong: bool) -> Outcome:
+def _stalled(step: Attempt, after_pong: bool, tls: bool = False) -> Outcome:
     if after_pong:
         why = (f"fell silent and did not answer a fresh PING within {step.stall_s:.2g} s "
                "(a hung server?)")
+    elif tls:
+        why = (f"accepted the connection but did not answer (nor, maybe, complete the TLS "
+               f"handshake) within {step.stall_s:.2g} s (a hung server, or one without TLS?)")
     else:
         why = f"accepted the connection but did not answer within {step.stall_s:.2g} s " \
               "(a hung server?)"
@@ -522,7 +538,7 @@ class ReplicadClient(_ClientSettings):
         while protocol.result is None and not protocol.alive and clock.seconds() < alive_by:
             await protocol.wait(alive_by - clock.seconds())
         if protocol.result is None and not protocol.alive:
-            return _stalled(step, after_pong=False)
+            return _stalled(step, after_pong=False, tls=self.tls)
         while protocol.result is None:
             now = clock.seconds()
             if now >= deadline:
@@ -868,6 +884,10 @@ class _Reader:
                 silent = not self._received and not isinstance(self._sock, ssl.SSLSocket)
                 self.result = (CLOSED_SILENTLY if silent
                                else "closed the connection before a complete reply")
+                return
+            if not self._received and not isinstance(self._sock, ssl.SSLSocket) and \
+                    _tls_record(chunk):
+                self.result = ANSWERED_IN_TLS
                 return
             self._received = True
             self._buffer += chunk

@@ -58,6 +58,35 @@ class ClusterError(Exception):
     """Starting or running the local cluster failed; the message is one line."""
 
 
+@dataclasses.dataclass(frozen=True)
+class ClusterTLS:
+    """TLS on every replica's client and peer ports: each listens with ``cert`` and
+    ``key`` (the certificate must name the cluster's host), and the replicas dial each
+    other verifying it against the CA certificates in ``ca_dir`` (*.pem, Twisted's
+    trustRoots); clients use ``cacert``, the CA's PEM file."""
+
+    cert: str
+    key: str
+    cacert: str
+    ca_dir: str
+
+    def settings(self, client: cfg.Address, peer: cfg.Address) -> dict[str, str]:
+        """The endpoint settings of one [replica:N] section."""
+        keys = f"privateKey={_escape(self.key)}:certKey={_escape(self.cert)}"
+        return {
+            "client_listen": f"ssl:port={client.port}:interface={_escape(client.host)}:{keys}",
+            "peer_listen": f"ssl:port={peer.port}:interface={_escape(peer.host)}:{keys}",
+            # How the OTHER replicas dial this one: its peer port, verified.
+            "peer_connect": f"tls:host={_escape(peer.host)}:port={peer.port}"
+                            f":trustRoots={_escape(self.ca_dir)}",
+        }
+
+
+def _escape(text: str) -> str:
+    """A value inside a Twisted endpoint string (``:`` and ``\\`` escaped)."""
+    return text.replace("\\", "\\\\").replace(":", "\\:")
+
+
 class LocalCluster:
     """A cluster of ``size`` replicas on ``host``: client port base+i, peer port base+100+i,
     and with ``admin`` the HTTP admin port base+200+i."""
@@ -70,6 +99,7 @@ class LocalCluster:
         host: str = cfg.DEFAULT_HOST,
         overrides: dict[str, str] | None = None,
         admin: bool = False,
+        tls: ClusterTLS | None = None,
     ):
         if not 1 <= size <= cfg.MAX_REPLICAS:
             raise ClusterError(f"size must be between 1 and {cfg.MAX_REPLICAS}, got {size}")
@@ -80,6 +110,7 @@ class LocalCluster:
                 f"{highest} (the highest TCP port is 65535)"
             )
         self.admin = admin
+        self.tls = tls
         self.size = size
         self.base_port = base_port
         self.host = host
@@ -163,6 +194,10 @@ class LocalCluster:
         parser.read_string(cfg.render_config(base))
         for name, value in self.overrides.items():
             parser["cluster"][name] = value
+        if self.tls is not None:
+            for i in self.ids:
+                parser[f"replica:{i}"].update(self.tls.settings(
+                    self.client_address(i), self.peer_address(i)))
         cfg.parse_config(parser, self.config_path)   # validates, raises ConfigError
         tmp = self.config_path + ".tmp"
         # The file holds the cluster secret: readable by the owner only.
@@ -310,12 +345,23 @@ class LocalCluster:
         """The client password set with the client_password override, if any."""
         return self.overrides.get("client_password") or None
 
+    def client_options(self) -> dict[str, Any]:
+        """What a BlockingClient or ReplicadClient needs to talk to this cluster (TLS)."""
+        if self.tls is None:
+            return {}
+        return {"tls": True, "cacert": self.tls.cacert}
+
+    def cli_options(self) -> list[str]:
+        """The same for replicad-cli."""
+        return [] if self.tls is None else ["--cacert", self.tls.cacert]
+
     def status(self, i: int, timeout_s: float = 1.0) -> dict[str, Any] | None:
         """STATUS of replica i alone, or None if it is not running or does not answer."""
         if not self.running(i):
             return None
         client = BlockingClient([self.address(i)], timeout_s=timeout_s,
-                                connect_timeout_s=min(timeout_s, 0.5), password=self.password)
+                                connect_timeout_s=min(timeout_s, 0.5), password=self.password,
+                                **self.client_options())
         try:
             return client.status()
         except ClientError:

@@ -618,25 +618,25 @@ def stop_starting(message: str, twistd_options: Mapping[str, Any]) -> SystemExit
 # TLS handshakes that fail --------------------------------------------------------------
 
 TLS_FAILURE_LOG_INTERVAL_S = 10.0
+_TLS_FAILURE_KINDS = {"untrusted": "this replica's certificate not trusted",
+                      "plain": "plain text", "other": "other reasons"}
 
 
 class TLSFailureLog(Factory):
     """Stands in for a TLS listener's factory: builds the wrapped factory's own
-    protocols and logs, at most once per TLS_FAILURE_LOG_INTERVAL_S with a count of
-    the rest, connections that end before their TLS handshake completed: a peer or
-    client that does not trust this replica's certificate (``alert unknown ca``), a
-    plain-text client on a TLS port (``wrong version number``), and so on.  Without it
-    a replica with the wrong CA is refused in silence."""
+    protocols and logs connections that end before their TLS handshake completed: a
+    peer or client that does not trust this replica's certificate (``alert unknown
+    ca``), plain text on a TLS port (``wrong version number``), and so on.  Each kind
+    is logged at most once per TLS_FAILURE_LOG_INTERVAL_S, with a count of the rest.
+    Without it a replica with the wrong CA is refused in silence."""
 
     noisy = False
 
     def __init__(self, wrapped: Any, port_name: str, clock: Any):
         self.wrapped = wrapped
         self.port_name = port_name
-        self.warning = _RateLimitedWarning(
-            _log, clock, TLS_FAILURE_LOG_INTERVAL_S,
-            f"{{count}} more TLS handshakes failed on the {port_name} port in the last "
-            f"{{seconds:g}} s")
+        self._clock = clock
+        self._warnings: dict[str, _RateLimitedWarning] = {}
 
     def logPrefix(self) -> str:
         return self.wrapped.logPrefix()
@@ -668,15 +668,22 @@ class TLSFailureLog(Factory):
         if not reason.check(SSLError):
             return   # closed before a word (a port scan, a probe): not a TLS failure
         why = _ssl_reason(reason.value)
-        hint = ""
+        kind, hint = "other", ""
         if "unknown ca" in why or "bad certificate" in why or "certificate unknown" in why:
-            hint = (" (it does not trust this replica's certificate: check its CA, "
-                    "and that the certificate names the host it dials)")
+            kind, hint = "untrusted", (" (it does not trust this replica's certificate: "
+                                       "check its CA, and that the certificate names the "
+                                       "host it dials)")
         elif "wrong version" in why or "http request" in why or "packet length" in why:
-            hint = " (it does not speak TLS: a plain tcp: endpoint or a client without --tls?)"
+            kind, hint = "plain", (" (it does not speak TLS: a plain tcp: endpoint or a "
+                                   "client without --tls?)")
+        if kind not in self._warnings:
+            self._warnings[kind] = _RateLimitedWarning(
+                _log, self._clock, TLS_FAILURE_LOG_INTERVAL_S,
+                f"{{count}} more TLS handshakes failed on the {self.port_name} port in the "
+                f"last {{seconds:g}} s ({_TLS_FAILURE_KINDS[kind]})")
         host = getattr(addr, "host", addr)
         port = getattr(addr, "port", "")
-        self.warning.warn(
+        self._warnings[kind].warn(
             "TLS handshake on the {port_name} port with {peer} failed: {reason}{hint}",
             port_name=self.port_name, peer=f"{host}:{port}", reason=why, hint=hint)
 

@@ -560,3 +560,111 @@ def test_unexpected_exception_is_one_line(capsys, monkeypatch, refused):  # noqa
     assert code == cli.EXIT_BUG
     assert_one_error_line(err)
     assert "boom" in err
+
+
+# status --cluster ------------------------------------------------------------------------
+
+
+def status_body(replica: int, role: str, coordinator: int = 3,
+                peers: str = "1:up,2:up,3:up") -> Reply:
+    others = ",".join(p for p in peers.split(",") if not p.startswith(f"{replica}:"))
+    return Reply("STATUS", lines=(f"id {replica}", f"role {role}", f"coordinator {coordinator}",
+                                  "epoch 5", "clock 3:4", "keys 7", f"peers {others}",
+                                  "conflicts 0", "write_quorum 1", "mode available",
+                                  f"cluster_id {CLUSTER_A}", "ready yes", "version 0.2.0"))
+
+
+def test_status_cluster_prints_one_table_with_a_down_server(capsys, scripted,
+                                                            refused):  # noqa: F811
+    one = scripted(answer(status_body(1, "follower", coordinator=2, peers="2:up,3:down")))
+    two = scripted(answer(status_body(2, "coordinator", coordinator=2, peers="1:up,3:down")))
+    code, out, err = run(capsys, "--servers", f"{one.address},{two.address},{refused}",
+                         "--no-session", "status", "--cluster")
+    assert (code, err) == (0, "")
+    lines = out.splitlines()
+    assert lines[0].split() == ["SERVER", "ID", "ROLE", "COORDINATOR", "EPOCH", "CLOCK",
+                                "KEYS", "PEERS", "CLUSTER", "READY", "VERSION"]
+    assert lines[1].split() == [one.address, "1", "follower", "2", "5", "3:4", "7", "1/2",
+                                "up", "(down:", "3)", "aaaaaaaa", "yes", "0.2.0"]
+    assert lines[2].split()[:3] == [two.address, "2", "coordinator"]
+    assert lines[3].split() == [refused, "-", "down"] + ["-"] * 8
+    assert lines[4] == f"{refused} is down: connection refused"
+    assert lines[5] == "2 of 3 up; coordinator 2 in epoch 5"
+
+
+def test_status_cluster_json_is_a_list_and_names_ids_from_a_config(capsys, scripted, tmp_path,
+                                                                    refused):  # noqa: F811
+    one = scripted(answer(status_body(1, "follower")))
+    ini = tmp_path / "cluster.ini"
+    ini.write_text(f"[cluster]\nsecret = s\n[replica:1]\nclient = {one.address}\n"
+                   f"peer = 127.0.0.1:1\n[replica:2]\nclient = {refused}\npeer = 127.0.0.1:2\n")
+    code, out, _ = run(capsys, "--config", str(ini), "--no-session", "status", "--cluster",
+                       "--json")
+    assert code == 0
+    rows = json.loads(out)
+    assert [(r["server"], r["id"], r["up"]) for r in rows] == [(one.address, 1, True),
+                                                               (refused, 2, False)]
+    assert rows[0]["role"] == "follower" and rows[0]["cluster_id"] == CLUSTER_A
+    assert rows[1]["error"] == "connection refused"
+
+
+def test_status_cluster_with_nobody_up_exits_3(capsys, refused):  # noqa: F811
+    code, out, _ = run(capsys, "--servers", refused, "--no-session", "status", "--cluster")
+    assert code == 3
+    assert out.splitlines()[-1] == "0 of 1 up"
+
+
+def test_cluster_goes_with_status_only(capsys):
+    code, _, err = run(capsys, "--no-session", "get", "k", "--cluster")
+    assert code == 2 and "--cluster goes with status" in err
+
+
+# TLS settings ----------------------------------------------------------------------------
+
+
+def tls_of(argv: list[str], env: dict[str, str] | None = None) -> tuple[bool, str | None]:
+    command = cli.parse_command_line([*argv, "get", "k"])
+    env = env or {}
+    return cli.tls_settings(command.options, cli.resolve_target(command.options, env), env)
+
+
+def test_tls_settings_and_their_precedence(tmp_path):
+    assert tls_of(["--servers", "h:1"]) == (False, None)
+    assert tls_of(["--servers", "h:1", "--tls"]) == (True, None)
+    assert tls_of(["--servers", "h:1", "--cacert", "a.pem"]) == (True, "a.pem")
+    env = {cli.ENV_CACERT: "env.pem"}
+    assert tls_of(["--servers", "h:1"], env) == (True, "env.pem")
+    assert tls_of(["--servers", "h:1", "--cacert", "a.pem"], env) == (True, "a.pem")
+    client = tmp_path / "client.ini"
+    client.write_text("[client]\nservers = h:1\ncacert = ca/ca.pem\n")
+    assert tls_of(["--config", str(client)]) == (True, str(tmp_path / "ca" / "ca.pem"))
+    assert tls_of(["--config", str(client)], env) == (True, "env.pem")
+    client.write_text("[client]\nservers = h:1\ntls = yes\n")
+    assert tls_of(["--config", str(client)]) == (True, None)
+    cluster = tmp_path / "cluster.ini"
+    cluster.write_text("[cluster]\nsecret = s\n[replica:1]\nclient = h:1\npeer = h:2\n"
+                       "client_listen = ssl:1:privateKey=k.pem\n")
+    assert tls_of(["--config", str(cluster)]) == (True, None)
+
+
+def test_an_unreadable_ca_file_exits_2_before_any_network_use(capsys, refused):  # noqa: F811
+    code, _, err = run(capsys, "--servers", refused, "--no-session", "--cacert",
+                       "/nonexistent/ca.pem", "get", "k")
+    assert code == 2
+    assert_one_error_line(err)
+    assert "cannot read the CA file /nonexistent/ca.pem" in err
+
+
+def test_a_tls_failure_exits_3_with_one_line_and_a_hint(capsys, monkeypatch,
+                                                        refused):  # noqa: F811
+    from replicad.client import NoServerAvailable
+
+    def unverified(self, key):
+        raise NoServerAvailable("the TLS handshake failed with every server (h:1): TLS: "
+                                "certificate verify failed", ["h:1"], tls_failed=True)
+
+    monkeypatch.setattr(BlockingClient, "get", unverified)
+    code, _, err = run(capsys, "--servers", refused, "--no-session", "--tls", "get", "k")
+    assert code == 3
+    assert_one_error_line(err)
+    assert "give the CA certificate that signed the servers' certificates with --cacert" in err
