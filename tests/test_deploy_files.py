@@ -420,6 +420,7 @@ LOG_LINES = [
     "concurrent versions resolved while pulling from replica",
     "(the receiver stopped reading); its read snapshot is released",
     "wrong client password from",
+    "TLS handshake on the",
 ]
 
 
