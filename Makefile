@@ -40,6 +40,9 @@ test-deps:
 	@command -v chromium >/dev/null 2>&1 || \
 	  { apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium; } || \
 	  echo "chromium could not be installed: the browser test will be skipped"
+	@command -v ip >/dev/null 2>&1 || \
+	  { apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq iproute2; } || \
+	  echo "iproute2 could not be installed: the network-namespace test will be skipped"
 
 trial: venv
 	$(VENV)/bin/trial tests
@@ -52,8 +55,8 @@ lint: venv
 soak: venv
 	$(PY) tests/soak.py --runs $(N)
 
-# Benchmarks print markdown; add --write to a script to refresh docs/benchmarks.md.
-# throughput.py compares with redis-server (Debian's package), installed here if missing.
+# Quick benchmarks (markdown on stdout); bench/suite.py --full --write refreshes the
+# figures in docs/benchmarks.md.  redis-server (Debian's package) is installed if missing.
 bench: venv
 	command -v redis-server >/dev/null 2>&1 || \
 	  { apt-get update -qq && apt-get install -y -qq redis-server; } || \
