@@ -69,9 +69,10 @@ class DataDirLock:
 
 
 def make_data_dir(path: str) -> None:
-    """Create the data dir if needed and check it is writable; ConfigError otherwise."""
+    """Create the data dir if needed (0700: it holds the data) and check it is
+    writable; ConfigError otherwise."""
     try:
-        os.makedirs(path, exist_ok=True)
+        os.makedirs(path, mode=0o700, exist_ok=True)
     except OSError as e:
         raise ConfigError(f"cannot create data dir {path}: {e.strerror or e}") from None
     if not os.access(path, os.W_OK | os.X_OK):

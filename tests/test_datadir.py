@@ -191,3 +191,16 @@ def test_replica_module_still_exports_the_moved_names():
 
     assert replica.DB_FILENAME is datadir.DB_FILENAME
     assert replica.check_data_dir is datadir.check_data_dir
+
+
+def test_a_new_data_dir_is_private(tmp_path):
+    import stat
+
+    from replicad.datadir import make_data_dir
+
+    old = os.umask(0o022)
+    try:
+        make_data_dir(str(tmp_path / "new"))
+    finally:
+        os.umask(old)
+    assert stat.S_IMODE(os.stat(tmp_path / "new").st_mode) == 0o700
