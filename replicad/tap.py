@@ -105,8 +105,9 @@ class Options(usage.Options):
         try:
             self._check_options()
         except SystemExit as e:   # one line on stderr; a daemon's log gets it too
-            _log_early(str(e.code), getattr(self, "parent", None) or {},
-                       str(self.get("log-format") or "text"))
+            if isinstance(e.code, str) and e.code.startswith("replicad: error:"):
+                _log_early(e.code, getattr(self, "parent", None) or {},
+                           str(self.get("log-format") or "text"))
             raise
 
     def _check_options(self) -> None:
@@ -484,7 +485,7 @@ def _warn_unnamed(listen: Endpoint, host: str, label: str) -> None:
 
 def certificate_names(certificate: Any, host: str) -> bool:
     """Whether a cryptography certificate is valid for host (a DNS name or an IP)."""
-    from service_identity import VerificationError
+    from service_identity import CertificateError, VerificationError
     from service_identity.cryptography import (
         verify_certificate_hostname,
         verify_certificate_ip_address,
@@ -495,8 +496,8 @@ def certificate_names(certificate: Any, host: str) -> bool:
             verify_certificate_ip_address(certificate, host)
         else:
             verify_certificate_hostname(certificate, host)
-    except (VerificationError, ValueError):
-        return False
+    except (VerificationError, CertificateError, ValueError):
+        return False   # a name it does not hold, or no subjectAltName at all
     return True
 
 
