@@ -25,6 +25,15 @@ accepted its epoch, and holds a lease):
      requests, no retry): GETs every --probe-ms, which tell when it stops serving
      (``ERR UNAVAILABLE``: the lease step-down in quorum mode), and PUTs, which tell
      whether it still acknowledges writes.
+   - ``hang``.  The coordinator is frozen with SIGSTOP (its kernel still accepts
+     connections, nothing reads them), held --hang-hold s, then sent SIGCONT; it bullies
+     back.  Three kinds of client (--hang-clients), each writing alone in its own hangs:
+     ``fresh`` (a new BlockingClient and ClientSession per write, the hung replica first
+     in its list), ``session`` (one BlockingClient with a ClientSession that has reached
+     the coordinator directly, default settings) and ``cli`` (``replicad-cli --session
+     FILE put`` in a loop, one process per write).  Also reported: a write's latency
+     later in the hang and how the write in flight at the SIGSTOP ended.  Issue #8's
+     target: the next write acknowledged within 1 s median.
 
 2. Election time vs cluster size.  For each size, the coordinator is killed --election-runs
    times; the time from the kill until every live replica names the same new coordinator
@@ -65,6 +74,7 @@ import re
 import shutil
 import signal
 import socket
+import subprocess
 import sys
 import tempfile
 import threading
@@ -92,7 +102,8 @@ from replicad.testing.cluster import ProxiedCluster
 now = time.monotonic
 WALL_OFFSET = time.time() - time.monotonic()   # monotonic -> wall clock (replica logs)
 BENCH_DIR = os.path.dirname(os.path.abspath(__file__))
-FAULTS = ("kill", "partition")
+FAULTS = ("kill", "partition", "hang")
+HANG_CLIENTS = ("fresh", "session", "cli")
 OBSERVERS = ("status", "peer", "log")
 NAN = float("nan")
 
@@ -151,41 +162,83 @@ class Failure:
 
 
 class Writer(threading.Thread):
-    """PUTs w00000001, w00000002, ... back to back until stopped."""
+    """PUTs <prefix>00000001, <prefix>00000002, ... back to back until stopped: one
+    BlockingClient (one ClientSession) over the static server list.  pause() / resume()
+    hold the loop between two writes (the hang mode runs one kind of client at a time)."""
 
-    def __init__(self, servers: list[str], value_bytes: int, timeout_s: float):
-        super().__init__(name="writer", daemon=True)
-        self.client = BlockingClient(servers, timeout_s=timeout_s)
+    kind = "session"
+
+    def __init__(self, servers: list[str], value_bytes: int, timeout_s: float | None,
+                 prefix: str = "w"):
+        super().__init__(name=f"writer-{self.kind}", daemon=True)
+        self.servers = servers
+        self.timeout_s = timeout_s
+        self.prefix = prefix
+        self.client = self.new_client()
         self.value = "v" * value_bytes
         self.acks: list[Ack] = []          # appended by this thread only
         self.failures: list[Failure] = []
         self._stop_event = threading.Event()
+        self._active = threading.Event()
+        self._active.set()
+        self._idle = threading.Event()
+
+    def new_client(self) -> BlockingClient:
+        """The library's defaults unless --client-timeout says otherwise."""
+        if self.timeout_s is None:
+            return BlockingClient(self.servers, session=ClientSession())
+        return BlockingClient(self.servers, timeout_s=self.timeout_s, session=ClientSession())
+
+    @property
+    def session(self) -> ClientSession:
+        return self.client.session
 
     def run(self) -> None:
         n = 0
         while not self._stop_event.is_set():
+            if not self._active.is_set():
+                self._idle.set()
+                self._active.wait(0.05)
+                continue
+            self._idle.clear()
             n += 1
-            sent = now()
-            try:
-                reply, address = self.client.exchange(
-                    build_request("PUT", f"w{n:08d}", self.value)
-                )
-                put_result(reply, address)
-            except OutcomeUnknown as e:    # includes ERR INDOUBT / QUORUM
-                self.failures.append(Failure(now(), "in doubt", str(e)))
-                continue
-            except NoServerAvailable as e:
-                self.failures.append(Failure(now(), "no server", str(e)))
-                continue
-            except ClientError as e:
-                self.failures.append(Failure(now(), type(e).__name__, str(e)))
-                continue
-            meta = reply.meta
-            self.acks.append(Ack(sent, now(), meta.by if meta else None,
-                                 meta.here if meta else None))
+            self.write_one(f"{self.prefix}{n:08d}")
+        self._idle.set()
+
+    def write_one(self, key: str) -> None:
+        sent = now()
+        try:
+            reply, address = self.client.exchange(build_request("PUT", key, self.value))
+            put_result(reply, address)
+        except OutcomeUnknown as e:    # includes ERR INDOUBT / QUORUM
+            self.failures.append(Failure(now(), "in doubt", str(e)))
+            return
+        except NoServerAvailable as e:
+            self.failures.append(Failure(now(), "no server", str(e)))
+            return
+        except ClientError as e:
+            self.failures.append(Failure(now(), type(e).__name__, str(e)))
+            return
+        meta = reply.meta
+        self.acks.append(Ack(sent, now(), meta.by if meta else None,
+                             meta.here if meta else None))
+
+    def hold(self) -> None:
+        """No new write starts (before start(): the thread starts paused)."""
+        self._active.clear()
+
+    def pause(self) -> None:
+        """Return once the write in progress (if any) is done; no new one starts."""
+        self._active.clear()
+        self._idle.wait(60)
+
+    def resume(self) -> None:
+        self._idle.clear()
+        self._active.set()
 
     def stop(self) -> None:
         self._stop_event.set()
+        self._active.set()
         self.join(timeout=30)
 
     def wait_for_ack(self, predicate: Callable[[Ack], bool], start: int, timeout_s: float,
@@ -203,6 +256,73 @@ class Writer(threading.Thread):
             if not self.is_alive():
                 raise RuntimeError("the writer thread died")
             time.sleep(0.002)
+
+
+class FreshWriter(Writer):
+    """Every write by a new BlockingClient with a new, empty ClientSession whose server
+    list starts with the replica that will hang (a client that knows nothing)."""
+
+    kind = "fresh"
+
+    def write_one(self, key: str) -> None:
+        self.client = self.new_client()
+        super().write_one(key)
+
+
+class CliWriter(Writer):
+    """Every write is one run of ``replicad-cli --servers ... --session FILE put KEY
+    VALUE`` (default timeouts), as a shell loop would do; the session file carries the
+    session from run to run.  An ack is a run that exited 0; who served it and where it
+    went are read back from the session file (``last_server`` is the reply's by=,
+    ``addresses[coordinator]`` the replica the next run tries first)."""
+
+    kind = "cli"
+
+    def __init__(self, servers: list[str], value_bytes: int, timeout_s: float | None,
+                 prefix: str = "c", cli: str = "", session_path: str = ""):
+        self.cli = cli
+        self.session_path = session_path
+        super().__init__(servers, value_bytes, timeout_s, prefix)
+        self.env = {k: v for k, v in os.environ.items() if not k.startswith("REPLICAD_")}
+
+    @property
+    def session(self) -> ClientSession:
+        try:
+            with open(self.session_path, encoding="utf-8") as handle:
+                return ClientSession.from_json(handle.read())
+        except (OSError, ValueError):
+            return ClientSession()
+
+    def write_one(self, key: str) -> None:
+        argv = [self.cli, "--servers", ",".join(self.servers), "--session",
+                self.session_path, "put", key, self.value]
+        if self.timeout_s is not None:
+            argv += ["--timeout", f"{self.timeout_s:g}"]
+        sent = now()
+        try:
+            done = subprocess.run(argv, capture_output=True, text=True, env=self.env,
+                                  timeout=120)
+        except subprocess.TimeoutExpired:
+            self.failures.append(Failure(now(), "cli hung", "no exit within 120 s"))
+            return
+        acked = now()
+        if done.returncode != 0:
+            self.failures.append(Failure(acked, f"exit {done.returncode}",
+                                         done.stderr.strip()[:300]))
+            return
+        session = self.session
+        known = session.addresses.get(session.coordinator) if session.coordinator else None
+        here = next((i for i, a in session.addresses.items() if a == known), None)
+        self.acks.append(Ack(sent, acked, session.last_server, here))
+
+
+WRITERS: dict[str, type[Writer]] = {"fresh": FreshWriter, "session": Writer, "cli": CliWriter}
+CLIENT_WORDS = {
+    "fresh": "fresh client (a new ClientSession per write, the hung replica first in its "
+             "list)",
+    "session": "library client with a session (ClientSession + BlockingClient, defaults)",
+    "cli": "CLI with a session file (replicad-cli --session FILE put, one run per write)",
+}
 
 
 # A client that talks to one replica only (the isolated side of a partition) -----------
@@ -358,6 +478,7 @@ class GapRun:
     isolated: IsolatedSide | None = None   # partition: what the isolated side's clients saw
     control_s: float = 0.0     # partition: how long the proxy took to confirm the cut
     slow_writes: list[str] = dataclasses.field(default_factory=list)   # acked, but slowly
+    in_flight: str | None = None   # hang: how the write in flight at the SIGSTOP ended
 
 
 @dataclasses.dataclass
@@ -366,6 +487,7 @@ class GapResult:
     fault: str
     runs: list[GapRun]
     totals: dict
+    client: str = "session"    # hang: which kind of client wrote (WRITERS)
 
     @property
     def title(self) -> str:
@@ -375,6 +497,7 @@ class GapResult:
 FAULT_WORDS = {   # fault -> (the fault, the recovery), as the timelines name them
     "kill": ("SIGKILL", "restart"),
     "partition": ("cut", "heal"),
+    "hang": ("SIGSTOP", "SIGCONT"),
 }
 
 
@@ -394,7 +517,7 @@ def measure_gap(args: argparse.Namespace, workdir: str, progress, write_quorum: 
         victim = wait_for_coordinator(cluster, size, timeout_s=30)
         # A partition's writer is on the majority side: it cannot reach the victim.
         servers = [cluster.address(i) for i in cluster.ids if not (partition and i == victim)]
-        writer = Writer(servers, args.value_bytes, args.client_timeout)
+        writer = Writer(servers, args.value_bytes, args.client_timeout or 10.0)
         writer.start()
         probes: list[IsolatedProbe] = []
         try:
@@ -524,6 +647,163 @@ def measure_gap(args: argparse.Namespace, workdir: str, progress, write_quorum: 
     return GapResult(write_quorum, fault, runs, totals)
 
 
+def measure_hang(args: argparse.Namespace, workdir: str, progress,
+                 write_quorum: str) -> list[GapResult]:
+    """--fault hang: the coordinator is frozen with SIGSTOP (its kernel still accepts
+    connections, nobody reads them), held --hang-hold s, then SIGCONT.  One kind of
+    client writes at a time, each in its own hang, in turn: a fresh client, a library
+    client with a session, the CLI with a session file.  Between hangs the resumed
+    replica bullies back and every link is up again before the next one."""
+    size = 3
+    name = f"gap-hang-wq-{write_quorum}"
+    cluster = make_cluster(args, size, os.path.join(workdir, name), write_quorum)
+    runs: dict[str, list[GapRun]] = {kind: [] for kind in args.hang_clients}
+    steady: dict[str, list[float]] = {kind: [] for kind in args.hang_clients}
+    while_hung: dict[str, list[float]] = {kind: [] for kind in args.hang_clients}
+    writers: dict[str, Writer] = {}
+    with cluster:
+        cluster.start()
+        cluster.wait_ready(timeout_s=30)
+        victim = wait_for_coordinator(cluster, size, timeout_s=30)
+        servers = cluster.addresses()
+        hung_first = [cluster.address(victim)] + [a for a in servers
+                                                  if a != cluster.address(victim)]
+        for kind in args.hang_clients:
+            options: dict = {}
+            if kind == "cli":
+                options = {"cli": args.cli,
+                           "session_path": os.path.join(workdir, f"{name}-session.json")}
+            writer = WRITERS[kind](hung_first if kind == "fresh" else servers,
+                                   args.value_bytes, args.client_timeout,
+                                   prefix=kind[0], **options)
+            writer.hold()
+            writer.start()
+            writers[kind] = writer
+        try:
+            for run in range(1, args.runs + 1):
+                for kind in args.hang_clients:
+                    writer = writers[kind]
+                    tag = f"gap [hang, {kind}, wq={write_quorum}]"
+                    wait_for_coordinator(cluster, victim, timeout_s=30)
+                    wait_settled(cluster, timeout_s=30)
+                    mark = len(writer.acks)
+                    writer.resume()
+                    time.sleep(args.settle)
+                    # The client knows the coordinator: it reached it directly (the CLI's
+                    # session names its address, so its next run goes there first).
+                    writer.wait_for_ack(lambda a, v=victim: a.by == v and a.here == v, mark,
+                                        20, f"by {victim}, reached directly")
+                    failures_before = len(writer.failures)
+                    fault_index = len(writer.acks)
+                    before = [b.acked - a.acked for a, b in
+                              zip(writer.acks[mark:fault_index],
+                                  writer.acks[mark + 1:fault_index], strict=False)]
+                    steady[kind] += before
+                    fault_at = now()
+                    cluster.kill(victim, signal.SIGSTOP)
+                    stall = None
+                    try:
+                        first_new = writer.wait_for_ack(
+                            lambda a, t=fault_at, v=victim: a.acked > t
+                            and a.by not in (v, None),
+                            fault_index, args.stall_timeout, "after the SIGSTOP")
+                    except TimeoutError as e:
+                        if not args.restart_stalled:
+                            cluster.kill(victim, signal.SIGCONT)
+                            raise stalled(cluster, writer, failures_before,
+                                          f"{tag} run {run}: {e}") from None
+                        stall = diagnose_stall(cluster, writer, victim, now() - fault_at,
+                                               "hang")
+                        progress(f"{tag} run {run}/{args.runs}: STALLED: {stall}")
+                        first_new = None
+                    time.sleep(max(0.0, fault_at + args.hang_hold - now()))
+                    failures_recover = len(writer.failures)
+                    recover_index = len(writer.acks)
+                    recover_at = now()
+                    cluster.kill(victim, signal.SIGCONT)
+                    if first_new is not None:
+                        while_hung[kind] += [a.acked - a.sent for a in
+                                             writer.acks[first_new + 1:recover_index]
+                                             if a.sent < recover_at]
+                    try:
+                        first_back = writer.wait_for_ack(
+                            lambda a, t=recover_at, v=victim: a.acked > t and a.by == v,
+                            fault_index if first_new is None else first_new, 30,
+                            f"by the resumed replica {victim}")
+                    except TimeoutError as e:
+                        raise stalled(cluster, writer, failures_recover,
+                                      f"{tag} run {run}: {e}") from None
+                    writer.pause()
+                    back_ack, interim_ack = writer.acks[first_back], writer.acks[first_back - 1]
+                    slow = []
+                    for a in writer.acks[fault_index:first_back + 1]:
+                        if a.acked - a.sent > args.slow_write:
+                            resumed = a.sent >= recover_at
+                            offset = a.sent - (recover_at if resumed else fault_at)
+                            slow.append(
+                                f"sent {ms(abs(offset))} ms "
+                                f"{'after' if offset >= 0 else 'before'} the "
+                                f"{'SIGCONT' if resumed else 'SIGSTOP'}, served by {a.by}, "
+                                f"took {ms(a.acked - a.sent)} ms")
+                    new_ack = None if first_new is None else writer.acks[first_new]
+                    prev_ack = None if first_new is None else writer.acks[first_new - 1]
+                    result = GapRun(
+                        failover_gap=NAN if new_ack is None else new_ack.acked - prev_ack.acked,
+                        fault_to_ack=NAN if new_ack is None else new_ack.acked - fault_at,
+                        new_coordinator=None if new_ack is None else new_ack.by,
+                        bully_gap=back_ack.acked - interim_ack.acked,
+                        recover_to_ack=back_ack.acked - recover_at,
+                        failover_failures=writer.failures[failures_before:failures_recover],
+                        bully_failures=writer.failures[failures_recover:],
+                        fault_at=fault_at,
+                        new_ack_at=NAN if new_ack is None else new_ack.acked,
+                        recover_at=recover_at, back_ack_at=back_ack.acked,
+                        stall=stall, slow_writes=slow,
+                        in_flight=in_flight_note(writer.acks[fault_index:first_back + 1],
+                                                 fault_at),
+                    )
+                    runs[kind].append(result)
+                    for line in slow:
+                        progress(f"  slow write: {line}")
+                    progress(
+                        f"{tag} run {run}/{args.runs}: failover {ms(result.failover_gap)} ms "
+                        f"(SIGSTOP->ack {ms(result.fault_to_ack)} ms, new coordinator "
+                        f"{result.new_coordinator}), back after SIGCONT "
+                        f"{ms(result.bully_gap)} ms, failed writes "
+                        f"{len(result.failover_failures)}+{len(result.bully_failures)}")
+        finally:
+            cluster.kill(victim, signal.SIGCONT)   # only sent: a no-op if it runs
+            for writer in writers.values():
+                writer.stop()
+        results = []
+        for kind in args.hang_clients:
+            writer = writers[kind]
+            totals = {
+                "writes": len(writer.acks),
+                "failures": list(writer.failures),
+                "unattributed": sum(1 for a in writer.acks if a.by is None),
+                "forwarded": sum(1 for a in writer.acks if a.by != a.here),
+                "latency": Summary.of([a.acked - a.sent for a in writer.acks]),
+                "steady_interval": Summary.of(steady[kind]),
+                "while_hung": Summary.of(while_hung[kind]),
+                "servers": ", ".join(hung_first if kind == "fresh" else servers),
+                "timelines": timelines(args, cluster, runs[kind], "hang")
+                if args.trace else [],
+            }
+            results.append(GapResult(write_quorum, "hang", runs[kind], totals, client=kind))
+    return results
+
+
+def in_flight_note(acks: list[Ack], fault_at: float) -> str | None:
+    """The write that was in flight when the fault came, if one was: how it ended."""
+    for a in acks:
+        if a.sent < fault_at < a.acked:
+            return (f"the write in flight at the SIGSTOP (sent {ms(fault_at - a.sent)} ms "
+                    f"before it) was acknowledged by replica {a.by} "
+                    f"{ms(a.acked - fault_at)} ms after it")
+    return None
+
+
 def wait_settled(cluster: LocalCluster, timeout_s: float) -> None:
     """Every replica answers STATUS and reports every peer up (its links are back)."""
 
@@ -603,7 +883,7 @@ def timelines(args: argparse.Namespace, cluster: LocalCluster, runs: list[GapRun
 def diagnose_stall(cluster: LocalCluster, writer: Writer, victim: int, waited_s: float,
                    fault: str) -> str:
     """Why the writer got no acknowledgement: compare its session with the survivors."""
-    need = writer.client.session.write
+    need = writer.session.write
     others = [i for i in cluster.live_ids() if i != victim]
     statuses = {i: s for i in others if (s := cluster.status(i, 0.5)) is not None}
     named = sorted({str(s.get("coordinator")) for s in statuses.values()})
@@ -613,7 +893,7 @@ def diagnose_stall(cluster: LocalCluster, writer: Writer, victim: int, waited_s:
         for origin, count in (clock.items() if isinstance(clock, dict) else ()):
             best[origin] = max(best.get(origin, 0), int(count))
     lacking = {o: n for o, n in need.items() if n > best.get(str(o), 0)}
-    side = "live replicas" if fault == "kill" else "replicas on the majority side"
+    side = "replicas on the majority side" if fault == "partition" else "live replicas"
     text = (f"no write acknowledged {waited_s:.1f} s after the {fault}; the {side} name "
             f"coordinator {'/'.join(named) or '?'}; their clocks: "
             + "; ".join(f"r{i} {s.get('clock')}" for i, s in sorted(statuses.items())))
@@ -913,6 +1193,10 @@ def gap_heading(args: argparse.Namespace, result: GapResult) -> str:
     n = len(result.runs)
     wq = result.write_quorum
     quorum = is_quorum_mode(wq)
+    if result.fault == "hang":
+        mode = f"quorum mode ({quorum_label(wq)})" if quorum else quorum_label(wq)
+        return (f"### Hung coordinator (SIGSTOP), {mode}: {result.client} client, "
+                f"3 replicas, {n} hangs")
     if result.fault == "kill":
         what = f"client-observed gap, 3 replicas, {n} kills of the coordinator"
         if quorum:
@@ -936,6 +1220,12 @@ def table_command(args: argparse.Namespace, result: GapResult | None = None) -> 
             words += ["--write-quorum", result.write_quorum]
         if result.fault != "kill":
             words += ["--fault", result.fault]
+        if result.fault == "hang":
+            words += ["--hang-clients", result.client]
+            if args.hang_hold != 2.0:
+                words += ["--hang-hold", f"{args.hang_hold:g}"]
+            if args.client_timeout is not None:
+                words += ["--client-timeout", f"{args.client_timeout:g}"]
         if result.fault == "partition" and args.partition_hold != 3.0:
             words += ["--partition-hold", f"{args.partition_hold:g}"]
     else:
@@ -957,9 +1247,26 @@ def table_command(args: argparse.Namespace, result: GapResult | None = None) -> 
 def gap_section(args: argparse.Namespace, result: GapResult) -> list[str]:
     runs, totals = result.runs, result.totals
     partition = result.fault == "partition"
+    hang = result.fault == "hang"
     fault_word, recover_word = FAULT_WORDS[result.fault]
     lines = [gap_heading(args, result), ""]
-    if partition:
+    if hang:
+        lines += [
+            f"The coordinator (replica 3) is frozen with SIGSTOP (its kernel still accepts "
+            f"connections; nothing reads them), held {args.hang_hold:g} s (longer if no "
+            "write was acknowledged by then), then sent SIGCONT; it bullies back and every "
+            "peer link is up again before the next hang. The writer: "
+            f"{CLIENT_WORDS[result.client]}, over {totals['servers']}, "
+            f"{args.value_bytes}-byte values, each PUT acknowledged before the next"
+            + (f", timeout {args.client_timeout:g} s" if args.client_timeout is not None
+               else ", the client's default timeouts")
+            + "; before each hang it has reached replica 3 directly (the CLI: its session "
+            "file names replica 3's address as the coordinator's). Gap = time between "
+            "consecutive acknowledged writes across the change of coordinator. "
+            "Milliseconds.",
+            "",
+        ]
+    elif partition:
         lines += [
             "The coordinator (replica 3) is cut off with `ProxiedCluster.isolate(3)`: every "
             "peer connection goes through a proxy that now holds every byte to and from "
@@ -982,7 +1289,13 @@ def gap_section(args: argparse.Namespace, result: GapResult) -> list[str]:
         ]
     lines += [f"This table alone: `{table_command(args, result)}`", ""]
     ok = [r for r in runs if r.stall is None]
-    if partition:
+    if hang:
+        labels = ("failover gap (last ack by hung -> first ack by new)",
+                  "  SIGSTOP -> first ack by new coordinator",
+                  "bully-back gap after the SIGCONT (last ack by interim -> first ack by "
+                  "resumed)",
+                  "  SIGCONT -> first ack by the resumed replica")
+    elif partition:
         labels = ("failover gap (last ack by isolated -> first ack by new)",
                   "  cut -> first ack by new coordinator",
                   "bully-back gap after the heal (last ack by interim -> first ack by "
@@ -1014,8 +1327,26 @@ def gap_section(args: argparse.Namespace, result: GapResult) -> list[str]:
     ]
     if partition:
         lines += isolated_lines(args, runs)
+    if hang:
+        interval, hung = totals["steady_interval"], totals["while_hung"]
+        lines += [
+            "",
+            f"Before the hangs, acknowledgements came every {ms(interval.median)} ms "
+            f"(median; p99 {ms(interval.p99)} ms): a gap cannot be shorter than that"
+            + (" (a CLI run is a new process)" if result.client == "cli" else "")
+            + f". While replica 3 stayed frozen, after the first acknowledgement by the new "
+            f"coordinator, a write took {ms(hung.median)} ms (median of {hung.n}; p99 "
+            f"{ms(hung.p99)} ms, max {ms(hung.max)} ms).",
+        ]
+        flights = [(i + 1, r.in_flight) for i, r in enumerate(runs) if r.in_flight]
+        lines += ["", f"Hangs that caught a write in flight: {len(flights)} of {len(runs)}"
+                  + (":" if flights else ".")]
+        lines += [f"- run {i}: {text}" for i, text in flights[:5]]
+        if len(flights) > 5:
+            lines.append(f"- ... {len(flights) - 5} more")
     stalls = [(i + 1, r) for i, r in enumerate(runs) if r.stall is not None]
     recovered = ("the cut was then healed" if partition
+                 else "the frozen replica was then sent SIGCONT" if hang
                  else "the killed replica was then restarted")
     lines += [
         "",
@@ -1054,6 +1385,49 @@ def gap_section(args: argparse.Namespace, result: GapResult) -> list[str]:
     if totals["timelines"]:
         lines += ["", "#### Timelines (--trace: replica logs with microsecond timestamps)"]
         lines += totals["timelines"]
+    lines.append("")
+    return lines
+
+
+HANG_TARGET_S = 1.0   # issue #8: the next write acknowledged within 1 s (median)
+
+
+def hang_summary(args: argparse.Namespace, hangs: list[GapResult]) -> list[str]:
+    """One table for every client kind and write quorum of the hang mode."""
+    rows = []
+    for result in hangs:
+        ok = [r for r in result.runs if r.stall is None]
+        gap = Summary.of([r.failover_gap for r in ok])
+        to_ack = Summary.of([r.fault_to_ack for r in ok])
+        back = Summary.of([r.bully_gap for r in ok])
+        interval = result.totals["steady_interval"]
+        hung = result.totals["while_hung"]
+        stalls = len(result.runs) - len(ok)
+        met = gap.n and gap.median <= HANG_TARGET_S and not stalls
+        rows.append([
+            result.client, quorum_label(result.write_quorum).split(" = ")[1],
+            f"{gap.n}" + (f" (+{stalls} stalled)" if stalls else ""),
+            ms(gap.median), ms(gap.p99), ms(gap.max), ms(to_ack.median),
+            ms(interval.median), ms(hung.median), ms(back.median),
+            sum(len(r.failover_failures) + len(r.bully_failures) for r in result.runs),
+            "met" if met else "**not met**",
+        ])
+    lines = [
+        "### Hung coordinator (SIGSTOP): summary", "",
+        "The coordinator frozen with SIGSTOP while one client writes back to back, each "
+        "kind of client in its own hangs (details per client below). `gap` = last write "
+        "acknowledged by the hung coordinator -> first acknowledged by the new one; "
+        "`stop->ack` = SIGSTOP -> that first acknowledgement; `interval` = time between "
+        "acknowledgements before the hang (the floor of a gap); `while hung` = a write's "
+        "latency later in the hang; `back` = the bully-back gap after SIGCONT; `failed` = "
+        "writes that raised or exited non-zero (a user would have seen them). Target "
+        f"(issue #8): the next write acknowledged within {HANG_TARGET_S:g} s median, with "
+        "default settings. Milliseconds.", "",
+    ]
+    lines += markdown_table(
+        ["client", "write_quorum", "hangs", "gap median", "gap p99", "gap max",
+         "stop->ack median", "interval", "while hung", "back median", "failed",
+         "gap <= 1 s median"], rows)
     lines.append("")
     return lines
 
@@ -1129,7 +1503,10 @@ def report(args: argparse.Namespace, gaps: list[GapResult], elections: list[Elec
         lines.append("- other cluster settings: defaults")
     lines += [f"- total run time: {elapsed_s:.0f} s", ""]
 
+    hangs = [g for g in gaps if g.fault == "hang"]
     for result in gaps:
+        if hangs and result is hangs[0]:
+            lines += hang_summary(args, hangs)
         lines += gap_section(args, result)
 
     if elections:
@@ -1208,8 +1585,22 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                              "1, or what --set write_quorum= says)")
     parser.add_argument("--fault", dest="faults", default="kill", metavar="F[,F...]",
                         help="how the coordinator fails in the gap measurement: kill "
-                             "(SIGKILL, then restart) and/or partition (isolated by a proxy, "
-                             "then healed); default kill")
+                             "(SIGKILL, then restart), partition (isolated by a proxy, "
+                             "then healed) and/or hang (SIGSTOP, then SIGCONT); default "
+                             "kill")
+    parser.add_argument("--hang-clients", default=",".join(HANG_CLIENTS),
+                        metavar="C[,C...]",
+                        help="hang: which clients write, each in its own hangs: fresh (a "
+                             "new session per write, the hung replica first in its list), "
+                             "session (BlockingClient with a ClientSession), cli "
+                             "(replicad-cli --session FILE put, one run per write); "
+                             "default all three")
+    parser.add_argument("--hang-hold", type=float, default=2.0,
+                        help="hang: seconds from SIGSTOP to SIGCONT, at least (default 2; "
+                             "longer while no write has been acknowledged)")
+    parser.add_argument("--cli", default=os.path.join(os.path.dirname(sys.executable),
+                                                      "replicad-cli"),
+                        help="hang: the replicad-cli to run (default: next to this Python)")
     parser.add_argument("--partition-hold", type=float, default=3.0,
                         help="seconds a cut is held before the heal, at least (default 3, "
                              "above quorum_timeout, so that the isolated replica's answers "
@@ -1230,8 +1621,10 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                         help="seconds between the cluster agreeing on the (returned) "
                              "coordinator and the next kill in the election part "
                              "(default 1; the peer links' reconnect back-off is <= 0.55 s)")
-    parser.add_argument("--client-timeout", type=float, default=10.0,
-                        help="the writer's BlockingClient timeout_s (default 10)")
+    parser.add_argument("--client-timeout", type=float, default=None,
+                        help="the writer's BlockingClient timeout_s (default 10 for kill "
+                             "and partition; hang: the client's and the CLI's own default, "
+                             "5 s)")
     parser.add_argument("--stall-timeout", type=float, default=5.0,
                         help="a failover with no acknowledged write this long after the "
                              "kill or cut counts as stalled (default 5 s)")
@@ -1268,7 +1661,13 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         parser.error("--write-quorum takes 1, another number or majority (comma-separated)")
     args.faults = [f.strip() for f in args.faults.split(",") if f.strip()]
     if not args.faults or any(f not in FAULTS for f in args.faults):
-        parser.error("--fault takes kill and/or partition")
+        parser.error("--fault takes kill, partition and/or hang")
+    args.hang_clients = [c.strip() for c in args.hang_clients.split(",") if c.strip()]
+    if not args.hang_clients or any(c not in HANG_CLIENTS for c in args.hang_clients):
+        parser.error("--hang-clients takes fresh, session and/or cli")
+    if "hang" in args.faults and "cli" in args.hang_clients and not os.access(args.cli,
+                                                                              os.X_OK):
+        parser.error(f"--cli {args.cli}: not an executable (pip install -e . in the venv)")
     args.sizes = [int(s) for s in args.sizes.split(",") if s.strip()]
     args.observers = [o.strip() for o in args.observers.split(",") if o.strip()]
     if not args.observers or any(o not in OBSERVERS for o in args.observers):
@@ -1299,7 +1698,11 @@ def main(argv: list[str] | None = None) -> int:
         if not args.skip_gap:
             for fault in args.faults:
                 for write_quorum in args.write_quorums:
-                    gaps.append(measure_gap(args, workdir, progress, write_quorum, fault))
+                    if fault == "hang":
+                        gaps += measure_hang(args, workdir, progress, write_quorum)
+                    else:
+                        gaps.append(measure_gap(args, workdir, progress, write_quorum,
+                                                fault))
         if not args.skip_election:
             for write_quorum in args.write_quorums:
                 for size in args.sizes:

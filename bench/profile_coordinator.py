@@ -1,0 +1,438 @@
+"""Where a request's time goes (issue #10 item 6): py-spy on the coordinator under load.
+
+A 3-replica LocalCluster (``write_quorum = 1``, the suite's settings) is driven by the
+suite's load generator (bench/load.c) with PUT and GET over 50 persistent connections
+(--scenarios); while each run is under way, ``py-spy record --format raw --function``
+samples the coordinator process (every thread, Python frames only) for --duration
+seconds.  The samples are summarised by *own* time (the innermost Python frame of each
+sample: the function whose code, or the C call it made, was running) per function and
+per category (bench/profile_coordinator.py CATEGORIES: parsing, vector clocks, SQLite, Deferreds,
+logging, ...), and by *inclusive* time for the same categories (samples with such a frame
+anywhere on the stack).  py-spy leaves out idle samples (the reactor waiting in epoll),
+so ``not idle`` = samples / (rate x duration) is the share of the wall time the reactor
+thread was on a CPU, runnable, or blocked in another syscall (fdatasync); time in C and
+in the kernel (a COMMIT's fdatasync, send(), SQLite's own work) is counted in the Python
+function that called it.  The coordinator's user and system CPU time (/proc) are given
+beside it, so that waiting (for the disk, or for a CPU on a shared machine) can be told
+from work.
+
+``--before REV`` first measures the replicad of git revision REV the same way (a clone
+at REV with these benchmark files copied in, as ``suite.py --at`` does) and reports the
+two side by side.  ``--write`` replaces the section (default ``profile``) of
+docs/benchmarks.md and writes the raw numbers to docs/suite/<section>.json; ``--keep``
+keeps the raw py-spy files (flamegraph.pl input) and the cluster logs.  About 30 s per
+revision with the defaults.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import re
+import shutil
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+
+import _common
+from _common import markdown_table
+from suite import (
+    Scenario,
+    Suite,
+    compile_load,
+    settle_cluster,
+    start_cluster,
+)
+
+CLK_TCK = os.sysconf("SC_CLK_TCK")
+
+
+def cpu_split(pid: int) -> tuple[float, float]:
+    """(user, system) CPU seconds of a process, every thread, from /proc/<pid>/stat."""
+    with open(f"/proc/{pid}/stat", encoding="ascii") as handle:
+        fields = handle.read().rsplit(")", 1)[1].split()
+    return int(fields[11]) / CLK_TCK, int(fields[12]) / CLK_TCK
+
+HERE = os.path.dirname(os.path.abspath(__file__))
+PROFILE_FILES = ("load.c", "suite.py", "plots.py", "profile_coordinator.py")
+
+SCENARIOS = {
+    "put-50": Scenario("put-50", "PUT, 50 connections", "put", "persistent", 50, ("R3",)),
+    "get-50": Scenario("get-50", "GET, 50 connections", "get", "persistent", 50, ("R3",)),
+    "put-1": Scenario("put-1", "PUT, 1 connection", "put", "persistent", 1, ("R3",)),
+    "get-1": Scenario("get-1", "GET, 1 connection", "get", "persistent", 1, ("R3",)),
+}
+
+# (category, pattern on "function (file)" of a frame), first match wins.  Own time of a
+# sample goes to the category of its innermost frame.
+CATEGORIES = [
+    ("vector clocks (encode/decode/merge)", r"replicad/vclock\.py"),
+    ("client protocol: parse/encode lines", r"replicad/wire\.py"),
+    ("peer protocol: frames, records", r"replicad/peerwire\.py"),
+    ("SQLite (store, group commit)", r"replicad/(store|groupcommit)\.py"),
+    ("socket syscalls (send, recv, accept)", r"twisted/internet/(tcp|_newtls)\.py"),
+    ("epoll, reactor loop, write buffers", r"twisted/internet/(abstract|epollreactor|"
+                                           r"posixbase|base|selectreactor|main)\.py|"
+                                           r"callWithLogger|callWithContext|"
+                                           r"twisted/python/context\.py"),
+    ("logging", r"twisted/logger/|twisted/python/log\.py|/logging/"),
+    ("metrics", r"replicad/metrics\.py|prometheus_client/"),
+    ("Deferred / coroutine machinery", r"twisted/internet/defer\.py"),
+    ("line framing (LineReceiver)", r"twisted/protocols/basic\.py"),
+    ("other Twisted", r"twisted/"),
+    ("request handling (replica, client protocol)", r"replicad/(replica|client_protocol)\.py"),
+    ("election / node state", r"replicad/(node|detector)\.py"),
+    ("replication, peer links", r"replicad/(peer|sync)\.py"),
+    ("other replicad", r"replicad/"),
+    ("Python stdlib / other", r".*"),
+]
+# Helpers whose own time belongs to their caller's category (untilConcludes wraps the
+# socket's send() in tcp.py, and a log file's write() in logging).
+PASS_THROUGH = re.compile(r"^untilConcludes \(.*twisted/python/util\.py")
+# Categories every sample is inside (the reactor runs everything): no inclusive figure.
+NO_INCLUSIVE = {"socket syscalls (send, recv, accept)", "epoll, reactor loop, write buffers",
+                "other Twisted", "Python stdlib / other", "other replicad"}
+_COMPILED = [(name, re.compile(pattern)) for name, pattern in CATEGORIES]
+_FRAME = re.compile(r"^(?P<func>.*) \((?P<file>.*?)(?::(?P<line>\d+))?\)$")
+
+
+def category(frame: str) -> str:
+    for name, pattern in _COMPILED:
+        if pattern.search(frame):
+            return name
+    return CATEGORIES[-1][0]
+
+
+def short_frame(frame: str) -> str:
+    """``func (/long/path/replicad/store.py:123)`` -> ``store.py: func``."""
+    match = _FRAME.match(frame)
+    if not match:
+        return frame
+    path = match.group("file")
+    for marker in ("site-packages/", "/lib/python3"):
+        if marker in path:
+            path = path.split(marker, 1)[1]
+            break
+    if "replicad/" in path:
+        path = "replicad/" + path.rsplit("replicad/", 1)[1]
+    path = path.split("/", 1)[1] if path.startswith("python3.") and "/" in path else path
+    return f"{path}: {match.group('func')}"
+
+
+def parse_raw(path: str) -> list[tuple[list[str], int]]:
+    """py-spy's raw (collapsed) output: one ``root;...;leaf count`` per line."""
+    stacks = []
+    with open(path, encoding="utf-8", errors="replace") as handle:
+        for line in handle:
+            line = line.rstrip("\n")
+            if not line:
+                continue
+            frames, _, count = line.rpartition(" ")
+            try:
+                stacks.append((frames.split(";"), int(count)))
+            except ValueError:
+                continue
+    return stacks
+
+
+def summarise(stacks: list[tuple[list[str], int]], top: int) -> dict:
+    total = sum(count for _, count in stacks)
+    own: dict[str, int] = {}
+    own_cat: dict[str, int] = {}
+    own_cat_of: dict[str, str] = {}
+    incl_cat: dict[str, int] = {}
+    incl_fn: dict[str, int] = {}
+    for frames, count in stacks:
+        leaf = frames[-1]
+        name = short_frame(leaf)
+        if len(frames) > 1 and PASS_THROUGH.search(leaf):
+            name = f"{name} <- {short_frame(frames[-2]).split(': ', 1)[-1]}"
+            leaf = frames[-2]
+        own[name] = own.get(name, 0) + count
+        own_cat_of[name] = category(leaf)
+        cat = category(leaf)
+        own_cat[cat] = own_cat.get(cat, 0) + count
+        for c in {category(f) for f in frames}:
+            incl_cat[c] = incl_cat.get(c, 0) + count
+        for f in {short_frame(f) for f in frames}:
+            incl_fn[f] = incl_fn.get(f, 0) + count
+    ranked = sorted(own.items(), key=lambda kv: -kv[1])[:top]
+    return {
+        "samples": total,
+        "top_own": [{"frame": f, "samples": n, "category": own_cat_of[f]} for f, n in ranked],
+        "own_categories": dict(sorted(own_cat.items(), key=lambda kv: -kv[1])),
+        "inclusive_categories": dict(sorted(incl_cat.items(), key=lambda kv: -kv[1])),
+        "top_inclusive": [{"frame": f, "samples": n} for f, n in
+                          sorted(incl_fn.items(), key=lambda kv: -kv[1])[:top * 2]],
+    }
+
+
+# Measuring ----------------------------------------------------------------------------
+
+
+def py_spy() -> str:
+    found = shutil.which("py-spy") or os.path.join(os.path.dirname(sys.executable), "py-spy")
+    if not os.access(found, os.X_OK):
+        raise SystemExit("bench/profile_coordinator.py needs py-spy: .venv/bin/pip install py-spy")
+    return found
+
+
+def measure(args: argparse.Namespace, progress) -> dict:
+    workdir = tempfile.mkdtemp(prefix="replicad-bench-profile-")
+    binary, cc = compile_load(workdir)
+    spy = py_spy()
+    target = start_cluster("R3", workdir, progress)
+    results: dict = {"code": args.code.version, "fingerprint": args.code.fingerprint,
+                     "scenarios": {}, "cc": cc}
+    try:
+        settle_cluster(target, progress)
+        # Suite.run: load for warm-up + duration; py-spy records inside it, 1 s to spare.
+        load_args = argparse.Namespace(**vars(args))
+        load_args.duration = args.duration + 1.0
+        suite = Suite(load_args, binary, progress)
+        if any(SCENARIOS[k].op == "get" for k in args.scenarios):
+            suite.preload(target)
+        cluster = target.cluster
+        assert cluster is not None
+        coordinator = target.coordinator
+        assert coordinator is not None
+        pid = cluster.pid(coordinator)
+        assert pid is not None
+        for key in args.scenarios:
+            scenario = SCENARIOS[key]
+            raw = os.path.join(workdir, f"{key}.raw")
+            argv = [spy, "record", "--pid", str(pid), "--duration", f"{args.duration:g}",
+                    "--rate", str(args.rate), "--format", "raw", "--function",
+                    "--output", raw]
+            if args.nonblocking:
+                argv.append("--nonblocking")
+            spy_done: dict = {}
+
+            def record(argv=argv, spy_done=spy_done) -> None:
+                spy_done["proc"] = subprocess.run(argv, capture_output=True, text=True,
+                                                  timeout=args.duration + 60)
+
+            # load.c runs warm-up + duration + a margin; py-spy starts after the warm-up.
+            timer = threading.Timer(args.warmup, record)
+            user0, sys0 = cpu_split(pid)
+            timer.start()
+            run = suite.run(scenario, target, 0)
+            timer.join()
+            user1, sys1 = cpu_split(pid)
+            cpu0, cpu1 = user0 + sys0, user1 + sys1
+            done = spy_done["proc"]
+            if done.returncode != 0 or not os.path.exists(raw):
+                raise RuntimeError(f"py-spy failed ({done.returncode}): "
+                                   f"{done.stderr.strip()[-500:]}")
+            summary = summarise(parse_raw(raw), args.top)
+            expected = args.rate * args.duration
+            summary.update({
+                "rate_ops": run.rate, "p50_us": run.p50_us, "p99_us": run.p99_us,
+                "errors": run.errors, "busy": summary["samples"] / expected,
+                "cpu_us_per_op": (cpu1 - cpu0) / run.completed * 1e6 if run.completed
+                else float("nan"),
+                "coordinator_cpu_share": (cpu1 - cpu0) / run.wall_s if run.wall_s else 0.0,
+                "system_share": (sys1 - sys0) / (cpu1 - cpu0) if cpu1 > cpu0 else 0.0,
+                "other_share": run.other_cpu_s / run.wall_s if run.wall_s else 0.0,
+                "py_spy": done.stderr.strip().splitlines()[-2:] if done.stderr else [],
+            })
+            if args.keep:
+                summary["raw"] = raw
+            results["scenarios"][key] = summary
+            progress(f"{key}: {run.rate:,.0f} ops/s under py-spy, {summary['samples']} "
+                     f"samples (not idle {summary['busy']:.0%} of the time, on CPU "
+                     f"{summary['coordinator_cpu_share']:.0%})")
+    finally:
+        target.cluster.stop()
+        if args.keep:
+            progress(f"raw py-spy files and logs kept in {workdir}")
+        else:
+            shutil.rmtree(workdir, ignore_errors=True)
+    return results
+
+
+def measure_at(args: argparse.Namespace, rev: str, progress) -> dict:
+    """This script in a clone at rev (its replicad), --json into a temporary file."""
+    clone = tempfile.mkdtemp(prefix="replicad-bench-profile-at-")
+    out = os.path.join(clone, "result.json")
+    try:
+        subprocess.run(["git", "clone", "-q", "--shared", "--no-checkout", _common.ROOT,
+                        clone], check=True)
+        subprocess.run(["git", "-C", clone, "checkout", "-q", "--detach", rev], check=True)
+        for name in PROFILE_FILES:
+            shutil.copy2(os.path.join(HERE, name), os.path.join(clone, "bench", name))
+        env = dict(os.environ)
+        env["PYTHONPATH"] = os.pathsep.join(filter(None, [clone, env.get("PYTHONPATH")]))
+        command = [sys.executable, os.path.join(clone, "bench", "profile_coordinator.py"),
+                   "--scenarios", ",".join(args.scenarios), "--duration",
+                   f"{args.duration:g}", "--warmup", f"{args.warmup:g}", "--rate",
+                   str(args.rate), "--top", str(args.top), "--json", out]
+        if args.nonblocking:
+            command.append("--nonblocking")
+        if args.keep:
+            command.append("--keep")
+        progress(f"measuring {rev} in {clone}")
+        subprocess.run(command, env=env, cwd=clone, check=True)
+        with open(out, encoding="utf-8") as handle:
+            return json.load(handle)
+    finally:
+        if not args.keep:
+            shutil.rmtree(clone, ignore_errors=True)
+
+
+# Report -------------------------------------------------------------------------------
+
+
+def pct(n: float, total: float) -> str:
+    return "-" if not total else f"{100 * n / total:.1f}%"
+
+
+def report(args: argparse.Namespace, now_: dict, before: dict | None, elapsed: float) -> str:
+    title = "" if args.section == "profile" else f" [{args.section}]"
+    lines = ["## Where a request's time goes: py-spy on the coordinator "
+             f"(bench/profile_coordinator.py){title}", "",
+             "Command:", "", "```", _common.command_line(), "```", ""]
+    lines += _common.machine_lines()
+    lines += args.code.lines()
+    lines += [
+        f"- cluster: 3 replicas, write_quorum = 1, default timers (as the suite's); load: "
+        f"bench/load.c ({now_.get('cc', 'cc')}), {args.value_bytes}-byte values, a new key "
+        f"per PUT, GETs over {args.keyspace:,} keys",
+        f"- py-spy record --rate {args.rate} --function --format raw"
+        + (" --nonblocking" if args.nonblocking else "")
+        + f", {args.duration:g} s per scenario after {args.warmup:g} s of load; Python "
+        "frames only (time in C is counted in the Python function that called it)",
+        "- before: " + (before["code"] if before else "not measured")
+        + f"; now: {now_['code']}",
+        f"- total run time: {elapsed:.0f} s",
+        "",
+        "`coordinator CPU µs/op` = its utime+stime per completed request during the run "
+        "(py-spy's pauses slow it a little), `of it in the kernel` = the stime share "
+        "(syscalls: send, recv, epoll, fdatasync's CPU part), `on CPU` = utime+stime over "
+        "the run's wall time. `not idle` = py-spy's samples / (rate x duration): the "
+        "share of the wall time the reactor thread was *not* waiting in epoll, i.e. on a "
+        "CPU, runnable but waiting for one (a shared machine), or blocked in a syscall "
+        "(fdatasync). The percentages below are of those samples: shares of the "
+        "reactor's wall time, not of its CPU time; where `not idle` is well above `on "
+        "CPU` the difference is waiting (disk or scheduler), and it is counted in the "
+        "function that waited (e.g. a COMMIT's fdatasync in Store.commit_group).",
+        "",
+    ]
+    runs = [("before", before), ("now", now_)] if before else [("now", now_)]
+    for key in args.scenarios:
+        title_ = SCENARIOS[key].title
+        lines += [f"### {title_}", ""]
+        rows = []
+        for label, data in runs:
+            s = data["scenarios"].get(key)
+            if s is None:
+                continue
+            rows.append([label, f"{s['rate_ops']:,.0f}", f"{s['cpu_us_per_op']:,.0f}",
+                         f"{s.get('system_share', float('nan')):.0%}",
+                         f"{s['coordinator_cpu_share']:.0%}", f"{s['busy']:.0%}",
+                         s["samples"], s["errors"], f"{s['other_share']:.2f}"])
+        lines += markdown_table(["code", "ops/s (under py-spy)", "coordinator CPU µs/op",
+                                 "of it in the kernel", "on CPU", "not idle", "samples",
+                                 "errors", "other (cores)"], rows)
+        lines.append("")
+        cats = []
+        for _, data in runs:
+            s = data["scenarios"].get(key)
+            if s:
+                cats += [c for c in s["own_categories"] if c not in cats]
+        header = ["category"]
+        for label, _ in runs:
+            header += [f"own {label}", f"inclusive {label}"]
+        crow = []
+        for c in cats:
+            row = [c]
+            for _, data in runs:
+                s = data["scenarios"].get(key) or {}
+                total = s.get("samples", 0)
+                row += [pct(s.get("own_categories", {}).get(c, 0), total),
+                        "-" if c in NO_INCLUSIVE
+                        else pct(s.get("inclusive_categories", {}).get(c, 0), total)]
+            crow.append(row)
+        lines += ["By category (own = the innermost frame is there; inclusive = such a "
+                  "frame anywhere on the stack):", ""]
+        lines += markdown_table(header, crow)
+        lines.append("")
+        for label, data in runs:
+            s = data["scenarios"].get(key)
+            if not s:
+                continue
+            total = s["samples"]
+            lines += [f"Top {args.top} functions by own time, {label}:", ""]
+            lines += markdown_table(
+                ["function", "own", "category"],
+                [[f"`{t['frame']}`", pct(t["samples"], total), t["category"]]
+                 for t in s["top_own"][:args.top]])
+            lines.append("")
+    return "\n".join(lines)
+
+
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--scenarios", default="put-50,get-50",
+                        help=f"comma-separated, of {', '.join(SCENARIOS)} "
+                             "(default put-50,get-50)")
+    parser.add_argument("--duration", type=float, default=10.0,
+                        help="seconds py-spy records per scenario (default 10)")
+    parser.add_argument("--warmup", type=float, default=1.0,
+                        help="seconds of load before py-spy starts (default 1)")
+    parser.add_argument("--rate", type=int, default=100, help="py-spy samples/s (100)")
+    parser.add_argument("--nonblocking", action="store_true",
+                        help="py-spy --nonblocking (does not pause the coordinator)")
+    parser.add_argument("--top", type=int, default=12,
+                        help="functions listed per scenario (default 12)")
+    parser.add_argument("--before", metavar="REV",
+                        help="also measure git revision REV (e.g. 3566276) and compare")
+    parser.add_argument("--json", metavar="PATH", help="also write the raw results here")
+    parser.add_argument("--value-bytes", type=int, default=100)
+    parser.add_argument("--keyspace", type=int, default=1000)
+    _common.add_output_arguments(parser, "profile", "profile-before")
+    _common.add_keep_argument(parser)
+    args = parser.parse_args(argv)
+    args.scenarios = [s.strip() for s in args.scenarios.split(",") if s.strip()]
+    if not args.scenarios or any(s not in SCENARIOS for s in args.scenarios):
+        parser.error(f"--scenarios takes {', '.join(SCENARIOS)}")
+    # What Suite.run reads from its arguments.
+    args.rounds = 1
+    return args
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parse_args(argv)
+    args.code = _common.CodeWatch()
+    started = time.perf_counter()
+
+    def progress(text: str) -> None:
+        print(f"[{time.perf_counter() - started:6.1f} s] {text}", file=sys.stderr,
+              flush=True)
+
+    before = measure_at(args, args.before, progress) if args.before else None
+    now_ = measure(args, progress)
+    if args.json:
+        with open(args.json, "w", encoding="utf-8") as handle:
+            json.dump(now_, handle, indent=1)
+            handle.write("\n")
+    text = report(args, now_, before, time.perf_counter() - started)
+    if args.write:
+        path = os.path.join(_common.ROOT, "docs", "suite", f"{args.section}.json")
+        with open(path, "w", encoding="utf-8") as handle:
+            json.dump({"before": before, "now": now_}, handle, indent=1)
+            handle.write("\n")
+        progress(f"results: {path}")
+    print(text)
+    if args.write:
+        _common.write_section(args.section, text, _common.RESULTS_PATH)
+        progress(f"wrote the {args.section} section of {_common.RESULTS_PATH}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
