@@ -921,6 +921,14 @@ class PeerLink:
         if self.on_down is not None:
             self.on_down()
 
+    def abort(self) -> None:
+        """Drop the connection at once (service stop): a graceful close of a TLS
+        connection waits for the peer's close_notify, which a peer that is stopping
+        too may never send, and SIGTERM would then take seconds."""
+        proto = self._ready_proto
+        if proto is not None and proto.transport is not None:
+            proto.transport.abortConnection()
+
     def alive_hint(self) -> None:
         """The peer just talked to us: wait for the reconnection instead of failing fast."""
         self.down = False

@@ -154,6 +154,8 @@ class Replica(service.MultiService):
             self.detector.stop()
         if self.node is not None:
             self.node.stop()
+        for link in self.links.values():
+            link.abort()     # no graceful TLS close: every peer is stopping too
         d = defer.maybeDeferred(super().stopService)
 
         def close(result):

@@ -104,6 +104,11 @@ def test_a_tls_cluster_elects_serves_and_fails_over(tls_cluster, tmp_path):
     keys = cli(cluster, session, "keys")
     assert sorted(keys.stdout.split()) == ["after", "greeting"], keys.stderr
 
+    # SIGTERM stops a TLS replica at once (it waited ~5 s for close_notify, then got
+    # SIGKILLed by stop()'s grace period): peer links are aborted, not closed.
+    cluster.stop()
+    assert [cluster.exit_text(i) for i in cluster.ids] == ["signal SIGTERM"] * 3
+
 
 def test_clients_without_the_ca_or_without_tls_are_refused_with_one_line(tls_cluster,
                                                                           tmp_path):
