@@ -10,7 +10,7 @@ DEMO_DIR ?= ./replicad-demo
 CLUSTER_DIR ?= ./replicad-local
 N ?= 20
 
-.PHONY: venv demo cluster test test-deps trial lint soak bench clean
+.PHONY: venv demo cluster test test-slow test-deps trial lint soak bench clean
 
 $(VENV)/.installed: setup.cfg pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -31,7 +31,12 @@ cluster: venv
 test: venv test-deps
 	$(VENV)/bin/ruff check .
 	$(VENV)/bin/trial --temp-directory=/tmp/replicad-trial tests
-	$(PY) -m pytest
+	$(PY) -m pytest -m "not slow"
+
+# The long fault tests (a frozen receiver mid-copy, a connection flood, network
+# namespaces, a live backup restored in place): CI runs them after `make test`.
+test-slow: venv test-deps
+	$(PY) -m pytest -m slow
 
 # Debian's chromium, for the cluster page's browser test
 # (tests/integration/test_admin_browser.py); where it cannot be installed (no root, no

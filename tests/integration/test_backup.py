@@ -21,6 +21,8 @@ import threading
 import time
 from pathlib import Path
 
+import pytest
+
 from replicad import backup as backup_tool
 from replicad.client import BlockingClient, ClientError
 from replicad.datadir import DB_FILENAME, check_data_dir, lock_data_dir
@@ -108,6 +110,7 @@ def run_backup(*args: str) -> subprocess.CompletedProcess:
                           capture_output=True, text=True, timeout=60)
 
 
+@pytest.mark.slow
 def test_a_backup_of_the_live_coordinator_restored_in_place_rejoins_with_every_write(
         start_cluster, tmp_path):
     cluster = start_cluster(write_quorum="majority")

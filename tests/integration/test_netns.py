@@ -350,6 +350,7 @@ def namespaces():
         spaces.delete()
 
 
+@pytest.mark.slow
 def test_three_replicas_in_network_namespaces_driven_by_the_cli(namespaces, tmp_path):
     addresses = {i: f"{SUBNET}.{i}" for i in (1, 2, 3)}
     names = {i: f"replica{i}" for i in (1, 2, 3)}

@@ -233,6 +233,7 @@ def agreed_coordinator(cluster, live) -> int | None:
     return named.pop() if len(named) == 1 else None
 
 
+@pytest.mark.slow
 def test_a_flood_of_connections_and_garbage_on_the_peer_port_leaves_the_cluster_serving(
         start_cluster):
     cluster = start_cluster(3)
@@ -316,6 +317,7 @@ def wal_pinned(cluster, i: int) -> bool:
     return done < log
 
 
+@pytest.mark.slow
 def test_a_frozen_receiver_does_not_pin_the_senders_read_snapshot(start_cluster):
     cluster = start_cluster(3, stream_stall_timeout=STALL_S)
     # 20k keys of 2 KB: a full copy of ~40 MB, far more than the socket buffers between
