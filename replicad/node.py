@@ -437,6 +437,8 @@ class Node:
             state.unsettled.discard(peer_id)
         self.epoch_seen(epoch)
         state = self._state
+        if my_epoch is not None and my_epoch != state.epoch:
+            return    # a late answer to an older announcement (e.g. queued while paused)
         if (
             state.role.is_coordinator
             and peer_id < self._my_id

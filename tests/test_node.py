@@ -1119,3 +1119,22 @@ class ClusterTests(SynchronousTestCase):
         net.recover(5)
         net.converge()
         self.assertEqual(self.coordinators(net), [5])
+
+
+class LateRejectionTests(SynchronousTestCase):
+    def test_a_late_rejection_of_an_older_announcement_starts_no_election(self):
+        """A coordinator that was paused gets, after it re-elected, the rejections of
+        the announcements it queued before: each used to start another election (an
+        election storm of 7 epochs in a second, seen in an integration run)."""
+        m, glue, clock = coordinator_of(3)
+        old = m.coordinator_epoch
+        m.epoch_seen(old + 4)                 # it learnt a newer epoch and re-elected
+        clock.advance(0)
+        take_over(m, glue)
+        current = m.coordinator_epoch
+        assert current > old
+        glue.calls.clear()
+        m.coordinator_rejected(1, current, my_epoch=old)   # the answer to the old one
+        clock.advance(0)
+        assert m.coordinator_epoch == current and glue.of("election") == []
+        assert m.role is Role.SERVING

@@ -75,17 +75,20 @@ def test_killing_a_follower_changes_nothing(start_cluster, victim):
 
 
 def test_requests_during_an_election_wait_then_succeed(start_cluster):
-    # Freeze the coordinator (SIGSTOP): elections now wait answer_timeout for it, so a
-    # request sent once replica 1 is electing certainly lands inside the election.
-    cluster = start_cluster(3, answer_timeout=1.0, coordinator_timeout=2.0)
+    # Freeze the coordinator (SIGSTOP) and send a write to replica 1 at once: the
+    # request itself makes replica 1 ping its coordinator (client-triggered detection),
+    # the failed ping starts the election, and the request waits for it, then is served.
+    cluster = start_cluster(3)
+    assert cluster.coordinator() == 3
     cluster.kill(3, signal.SIGSTOP)
     try:
-        cluster.wait_until(lambda: cluster.status(1)["role"] == "electing", timeout_s=5,
-                           what="replica 1 starts an election")
         client = BlockingClient([cluster.address(1)], timeout_s=15)
         client.put("during", "election")      # waits for the election, then is served
         assert client.get("during") == "election"
         assert agreed_coordinator(cluster, [1, 2]) == 2
+        log = cluster.log_tail(1, lines=400)
+        assert "coordinator 3 did not answer a ping" in log
+        assert "starts an election" in log.split("coordinator 3 did not answer a ping")[1]
     finally:
         cluster.kill(3, signal.SIGCONT)
 
