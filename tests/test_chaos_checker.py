@@ -302,6 +302,18 @@ def test_quorum_one_a_write_lost_to_a_conflict_is_counted_not_a_violation():
     assert "lost 1 (50 %): 1 to conflicts" in format_report(report)
 
 
+def test_acknowledged_and_lost_writes_by_the_fault_active_when_acknowledged():
+    events = split_brain("1")
+    # a (acknowledged at t=1.5) during an isolation, b (t=2.5) after it
+    events[1:1] = [
+        {"type": "fault", "t": 0.5, "phase": "start", "index": 0, "kind": "isolate"},
+        {"type": "fault", "t": 2.0, "phase": "end", "index": 0, "kind": "isolate"},
+    ]
+    report = check(events)
+    assert report.stats["writes"]["by_fault"] == {"isolate": [1, 1], "none": [1, 0]}
+    assert "isolate 1 / 1 (100 %), none 1 / 0" in format_report(report)
+
+
 def test_a_conflict_loss_stays_visible_when_a_later_write_overwrites_the_key():
     # The final value dominates a's version, but a's value never won the merge.
     report = check(split_brain("majority", overwrite=True))
@@ -542,6 +554,69 @@ def test_a_write_answered_from_the_request_id_memory_after_losing_the_merge():
     assert report.stats["writes"]["lost_to_conflict"] == 1
 
 
+def test_a_write_answered_indoubt_after_losing_the_merge_is_not_acknowledged():
+    # The fixed behaviour: the retry of a (3:2, discarded by the merge) is answered
+    # ERR INDOUBT until the client's deadline: unknown, neither acknowledged nor lost.
+    h = H("majority")
+    h.put("s0", "k", "z", "3:1", epoch=1)
+    h.put("s2", "k", "b", "2:1,3:1", epoch=2, by=2)
+    h.put("s1", "k", "a", None, outcome="unknown", rid="abcdef01.1", overlap=True)
+    report = check(h.end({"k": ("b", 2, 1, "2:1,3:1", 2)}, "2:1,3:2", coordinator=2,
+                         requests={i: {"abcdef01.1": [3, 2, "3:2"]} for i in (1, 2, 3)}))
+    assert report.ok, format_report(report)
+    writes = report.stats["writes"]
+    assert (writes["acknowledged"], writes["lost_total"]) == (2, 0)
+
+
+def test_a_replay_answered_ok_once_a_write_after_the_merge_covers_the_lost_version():
+    # What is left of that bug after 6be9ee9: replica 3's memory answers ERR INDOUBT
+    # for a (3:2) while b's branch holds the key, the client retries, and once c,
+    # written after the merge (2:2,3:3), covers a's version the retry is answered OK.
+    from replicad.chaos.runner import log_events
+
+    h = H("majority")
+    h.put("s0", "k", "z", "3:1", epoch=1)
+    b = h.put("s2", "k", "b", "2:1,3:1", epoch=2, by=2)
+    a = h.put("s1", "k", "a", "3:2", epoch=9, rid="abcdef01.1", overlap=True)
+    c = h.put("s3", "k", "c", "2:1,3:3", epoch=3, by=3)
+    events = h.end({"k": ("c", 3, 3, "2:1,3:3", 3)}, "2:1,3:3",
+                   requests={3: {"abcdef01.1": [3, 2, "3:2"]}})
+    line = ("2026-11-29T21:20:41+0000 [replicad.replica.Replica#info] request abcdef01.1 "
+            "was already applied as write 3:2; answering it again")
+    events += list(log_events(3, [line, line]))
+    report = check(events)
+    only(report, Rule.LOST_WRITE, a, b)
+    violation = report.violations[0]
+    assert violation.cause == checker.REPLAYED_AFTER_OVERWRITE
+    assert checker.REPLAYED_AFTER_OVERWRITE in checker.OPEN_CAUSES
+    assert "replica 3 (write 3:2, 2 answers)" in violation.message
+    assert f"after op {c} " in violation.message
+
+
+def test_the_open_bug_explains_concurrent_writes_only_when_a_replay_is_in_each_pair():
+    from replicad.chaos.runner import log_events
+
+    line = ("2026-11-29T21:20:41+0000 [replicad.replica.Replica#info] request abcdef01.1 "
+            "was already applied as write 3:2; answering it again")
+
+    def history(plain_pair: bool, replay: bool) -> list[dict]:
+        h = H("majority")
+        h.put("s0", "k", "z", "3:1", epoch=1)
+        h.put("s2", "k", "b", "2:1,3:1", epoch=2, by=2)
+        if plain_pair:   # acknowledged by replica 1 without seeing b: no replay involved
+            h.put("s4", "k", "e", "1:1,3:1", epoch=2, by=1)
+        h.put("s1", "k", "a", "3:2", epoch=9, rid="abcdef01.1", overlap=True)
+        h.put("s3", "k", "c", "1:1,2:1,3:3", epoch=3, by=3)
+        events = h.end({"k": ("c", 3, 3, "1:1,2:1,3:3", 3)}, "1:1,2:1,3:3",
+                       requests={3: {"abcdef01.1": [3, 2, "3:2"]}})
+        return events + (list(log_events(3, [line])) if replay else [])
+
+    causes = {v.cause for v in check(history(False, True)).violations}
+    assert causes == {checker.REPLAYED_AFTER_OVERWRITE}
+    assert {v.cause for v in check(history(True, True)).violations} == {None}
+    assert {v.cause for v in check(history(False, False)).violations} == {None}
+
+
 def test_log_events_picks_replays_and_conflicts():
     from replicad.chaos.runner import log_events
 
@@ -572,6 +647,47 @@ def test_phantom_write_catches_a_request_carried_out_after_its_answer():
                          requests=requests))
     only(report, Rule.PHANTOM_WRITE, noop)
     assert "carried out after its answer" in report.violations[0].message
+
+
+def test_request_ids_that_changed_nothing_are_not_writes():
+    # Since 6be9ee9 a DEL of a missing key remembers its request id as write 0:0 (so
+    # that a retry answers NOTFOUND again); that is no write carried out later.
+    from replicad.chaos.runner import log_events
+
+    h = H()
+    h.put("s1", "k", "a", "3:1")
+    noop = h.delete("s2", "j", "3:1", status="NOTFOUND", rid="abcdef01.1")
+    doubt = h.delete("s2", "j", "3:1", outcome="unknown", rid="abcdef01.2")
+    requests = {i: {"abcdef01.1": [0, 0, "-"], "abcdef01.2": [0, 0, "-"]} for i in (1, 2, 3)}
+    events = h.end({"k": ("a", 3, 1, "3:1", 1)}, "3:1", requests=requests)
+    line = ("2026-11-29T21:20:41+0000 [replicad.replica.Replica#info] request abcdef01.1 "
+            "was already applied as write 0:0; answering it again")
+    events += list(log_events(2, [line]))
+    report = check(events)
+    assert report.ok, format_report(report)
+    assert report.stats["writes"]["applied_on_both_sides"] == 0
+    assert noop and doubt
+
+
+def test_a_read_of_a_copy_nobody_remembers_is_judged_by_the_clock_that_served_it():
+    # Replica 3, just cut off, applied x as its own write (3:2) and served a read of
+    # it; the client's retry made x again on replica 2 (2:1,3:1), acknowledged.  The
+    # request-id memories kept only replica 2's copy.  The read's clock (3:2) does not
+    # cover that version, so the reader saw the other copy: s1's next write (3:3) is
+    # not "older than what it read", and the copy is counted as applied twice.
+    h = H("1")
+    h.put("s0", "k", "z", "3:1")
+    x = h.put("s2", "k", "a", "2:1,3:1", rid="abcdef01.1", by=2, epoch=2, overlap=True)
+    read = h.get("s1", "k", "a", "3:2")
+    h.put("s1", "k", "b", "3:3")
+    requests = {i: {"abcdef01.1": [2, 1, "2:1,3:1"]} for i in (1, 2, 3)}
+    report = check(h.end({"k": ("a", 2, 1, "2:1,3:1", 2, "abcdef01.1")}, "2:1,3:3",
+                         coordinator=2, requests=requests))
+    assert report.ok, format_report(report)
+    writes = report.stats["writes"]
+    assert writes["copies_seen_only_by_reads_ops"] == [(x, read)]
+    assert writes["applied_on_both_sides"] == 1
+    assert f"op {x} read by op {read}" in format_report(report)
 
 
 def test_the_timeline_data_and_a_lazy_matplotlib():
@@ -617,6 +733,9 @@ def test_what_an_exception_says_about_the_outcome():
         return _failure(e, write)["outcome"]
 
     assert outcome(WriteInDoubt("QUORUM", "no quorum", "a")) == "unknown"
+    # a retried write whose copy lost a merge (6be9ee9): in doubt, never acknowledged
+    assert outcome(WriteInDoubt("INDOUBT", "applied as 3:7, then discarded", "a")) == "unknown"
+    assert outcome(ServerError("INDOUBT", "applied as 3:7, then discarded", "a")) == "unknown"
     assert outcome(OutcomeUnknown("no answer")) == "unknown"
     assert outcome(NoServerAvailable("nobody", [])) == "fail"
     assert outcome(ServerError("UNAVAILABLE", "no majority", "a")) == "fail"

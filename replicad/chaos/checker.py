@@ -19,8 +19,12 @@ have a program order.  For an operation ``o`` that completed ``ok``:
 
 Every PUT writes a value unique in the run, so an observed value names the write ``x``
 that wrote it.  ``V(x)`` is known when ``x`` was acknowledged, or when the final state
-of some replica holds ``x`` (by value) or remembers its request id.  ``a < b`` is the
-strict happened-before order of version vectors, ``a <= b`` dominance.
+of some replica holds ``x`` (by value) or remembers its request id.  A request applied
+on both sides of a partition has two versions; an observation is judged with the one
+its clock covers (a replica holds only records its clock covers), and not at all when
+it covers none that is known (the request-id memories keep one write id per request
+id, so the other copy's version may be forgotten: such a read is counted, not judged).
+``a < b`` is the strict happened-before order of version vectors, ``a <= b`` dominance.
 
 Before operation ``o`` of session ``s``: ``W`` is the merge of ``V(w)`` over the
 session's earlier acknowledged writes, ``R`` the merge of ``C(r)`` over its earlier
@@ -53,7 +57,9 @@ Rules
     Every value observed, and every value a replica holds at the end, was written by a
     PUT of that key whose outcome was not ``fail``, invoked before the observation ended;
     and no request the client was told did nothing (a failed write, a DEL answered
-    NOTFOUND) appears as a write in a replica's request-id memory or records.
+    NOTFOUND) appears as a write in a replica's request-id memory or records.  (A
+    request id remembered as write ``0:0`` is a request that changed nothing, kept so
+    that a retry gets the same answer: not a write.)
 ``lost-write``
     Every acknowledged write ``w`` survives, or is superseded by a write that descends
     from it.  Two ways to lose it:
@@ -123,6 +129,9 @@ class Outcome(enum.Enum):
     UNKNOWN = "unknown"
 
 
+# A replica remembers the request id of a request that changed nothing (a DEL of a
+# missing key) as write 0:0 (store.remember_noop), so that a retry gets its answer again.
+NOOP_ORIGIN = 0
 MAX_LISTED = 3   # writes named in one violation message
 LATE_REPLY_S = 1.0   # a write answered later than this may report a newer epoch than its own
 RETRIED_S = 0.3      # a write that took this long was probably sent more than once
@@ -130,13 +139,18 @@ RETRIED_S = 0.3      # a write that took this long was probably sent more than o
 
 # A known cause, named when the evidence shows it (docs/reliability.md).
 REPLAYED_AFTER_MERGE = "replayed-after-merge"   # OK from the request-id memory for a
-                                                # write that had lost a merge
+                                                # write that had lost a merge (fixed in
+                                                # 6be9ee9: ERR INDOUBT since) ...
+REPLAYED_AFTER_OVERWRITE = "replayed-after-overwrite"   # ... except once a write made
+                                                # after the merge covers its version
 REAPPLIED = "reapplied"                         # a request id applied again by a replica
                                                 # that never learnt it (evidence: versions)
 REAPPLIED_SUSPECTED = "reapplied-suspected"     # an old value back after a retried write
 NOOP_CARRIED_OUT = "noop-carried-out"           # a request answered "nothing done" applied
-KNOWN_CAUSES = frozenset({REPLAYED_AFTER_MERGE, REAPPLIED, REAPPLIED_SUSPECTED,
-                          NOOP_CARRIED_OUT})
+KNOWN_CAUSES = frozenset({REPLAYED_AFTER_MERGE, REPLAYED_AFTER_OVERWRITE, REAPPLIED,
+                          REAPPLIED_SUSPECTED, NOOP_CARRIED_OUT})
+# Known causes of product bugs not fixed yet (docs/reliability.md, "Open").
+OPEN_CAUSES = frozenset({REPLAYED_AFTER_OVERWRITE})
 
 
 @dataclass(frozen=True)
@@ -246,6 +260,7 @@ class Replica:
     conflicts: int | None = None
     records: dict[str, FinalRecord] = field(default_factory=dict)
     requests: dict[str, tuple[int, int, VectorClock]] = field(default_factory=dict)
+    noops: set[str] = field(default_factory=set)   # request ids that changed nothing
     gets: dict[str, str | None] = field(default_factory=dict)
     get_errors: dict[str, str] = field(default_factory=dict)
     error: str | None = None
@@ -364,6 +379,8 @@ def _read(events: Iterable[Mapping[str, Any]]) -> _History:
             end = dict(event)
         elif kind == "log" and event.get("kind") == "replay":
             write = event.get("write") or [0, 0]
+            if int(write[0]) == NOOP_ORIGIN:
+                continue   # a no-op answered NOTFOUND again: no write to name
             replays[str(event.get("rid"))].append((int(event.get("replica", 0)),
                                                    (int(write[0]), int(write[1]))))
     for op in ops.values():
@@ -388,6 +405,9 @@ def _final(event: Mapping[str, Any]) -> Replica:
                                            int(row["seq"]), version, int(row.get("epoch", 0)),
                                            row.get("rid"))
     for request_id, (origin, seq, version) in (event.get("requests") or {}).items():
+        if int(origin) == NOOP_ORIGIN:
+            replica.noops.add(request_id)   # remembered, not a write: nothing to check
+            continue
         decoded = _clock(version, f"replica {rid} request {request_id}")
         assert decoded is not None
         replica.requests[request_id] = (int(origin), int(seq), decoded)
@@ -415,6 +435,9 @@ class _Checker:
         self.reference: dict[str, FinalRecord] | None = None
         self.lost_ops: list[int] = []   # acknowledged writes lost, either way
         self.reference_replica: int | None = None
+        # writes read in a copy whose version no replica remembers -> the first such read
+        self.unknown_copies: dict[int, int] = {}
+        self._covering_cache: dict[int, list[Op]] = {}
 
     def add(self, rule: Rule, ops: Iterable[int], message: str,
             cause: str | None = None) -> None:
@@ -607,14 +630,32 @@ class _Checker:
                 read = read.merge(op.vc)
                 observations.append(op)
                 x = self._written_by(op)
-                if x is not None and x.version is not None:
-                    seen[op.key].append((x.version, x))
+                version = self._observed_version(op, x) if x is not None else None
+                if x is not None and version is not None:
+                    seen[op.key].append((version, x))
             elif op.acknowledged:
                 assert op.version is not None
                 self._write(op, read, write, writes, observations, seen, versions)
                 write = write.merge(op.version)
                 writes.append(op)
                 versions.setdefault(op.version, op)
+
+    def _observed_version(self, op: Op, x: Op) -> VectorClock | None:
+        """The version of the copy of x that observation op read.  A replica holds only
+        records its clock covers, so when C(op) does not cover V(x) the replica held
+        another copy of x: the request was applied twice (a retry across a partition),
+        and that copy's version is the one known copy C(op) covers, or unknown when a
+        replica's request-id memory kept only the other one (it keeps the first write
+        id it learns of a request id).  None: not known which (nothing to compare)."""
+        clock = op.vc
+        if x.version is None or clock is None or x.version <= clock:
+            return x.version
+        covered = [v for v in self.copies.get(x.id, {}) if v <= clock]
+        if len(covered) == 1:
+            return covered[0]
+        if not covered:
+            self.unknown_copies.setdefault(x.id, op.id)
+        return None
 
     def _written_by(self, op: Op) -> Op | None:
         if op.kind != "get" or op.observed is None:
@@ -646,9 +687,10 @@ class _Checker:
             x = self._written_by(op)
             if x is None:
                 return   # phantom-write reports it
-            if x.version is None:
+            version = self._observed_version(op, x)
+            if version is None:
                 return   # never acknowledged nor found at the end: nothing to compare
-            newer = self.newer_covered(op.key, x.version, write)
+            newer = self.newer_covered(op.key, version, write)
             if newer is not None:
                 self.add(Rule.READ_YOUR_WRITES, [op.id, x.id, newer.id],
                          f"{op.describe()} read the value of {x.describe()}, strictly older "
@@ -656,7 +698,7 @@ class _Checker:
                          f"(W = {write.encode()})" + _retried_hint(x),
                          REAPPLIED_SUSPECTED if _retried_hint(x) else None)
                 return
-            newer = self.newer_covered(op.key, x.version, read)
+            newer = self.newer_covered(op.key, version, read)
             if newer is not None:
                 self.add(Rule.MONOTONIC_READS, [op.id, x.id, newer.id],
                          f"{op.describe()} read the value of {x.describe()}, strictly older "
@@ -664,8 +706,8 @@ class _Checker:
                          f"(R = {read.encode()})" + _retried_hint(x),
                          REAPPLIED_SUSPECTED if _retried_hint(x) else None)
                 return
-            for version, earlier in seen.get(op.key, ()):
-                if x.version < version:
+            for earlier_version, earlier in seen.get(op.key, ()):
+                if version < earlier_version:
                     self.add(Rule.MONOTONIC_READS, [op.id, x.id, earlier.id],
                              f"{op.describe()} read the value of {x.describe()}, strictly "
                              f"older than {earlier.describe()}, which the session read "
@@ -845,7 +887,32 @@ class _Checker:
         lost = figures["lost"] + figures["lost_to_conflict"]
         figures["lost_total"] = lost
         figures["lost_share"] = lost / len(acked) if acked else 0.0
+        figures["by_fault"] = self._by_fault(acked, set(self.lost_ops))
         return figures
+
+    def _by_fault(self, acked: list[Op], lost: set[int]) -> dict[str, list[int]]:
+        """Acknowledged writes and those lost, by the kind of fault active when each was
+        acknowledged ("none": between faults; one fault at a time)."""
+        spans: list[tuple[float, float, str]] = []
+        started: dict[Any, tuple[float, str]] = {}
+        for fault in self.h.faults:
+            t = float(fault.get("t", 0.0))
+            if fault.get("phase") == "start":
+                started[fault.get("index")] = (t, str(fault.get("kind")))
+            elif fault.get("phase") == "end" and fault.get("index") in started:
+                begun, kind = started.pop(fault.get("index"))
+                spans.append((begun, t, kind))
+        spans += [(begun, float("inf"), kind) for begun, kind in started.values()]
+        spans.sort()
+        starts = [span[0] for span in spans]
+        figures: dict[str, list[int]] = defaultdict(lambda: [0, 0])
+        for op in acked:
+            when = op.end if op.end is not None else op.start
+            i = bisect.bisect_right(starts, when) - 1
+            kind = spans[i][2] if i >= 0 and when < spans[i][1] else "none"
+            figures[kind][0] += 1
+            figures[kind][1] += op.id in lost
+        return dict(sorted(figures.items()))
 
     def _split_brain(self, pairs: list[tuple[Op, Op]], conflicts: dict[int, Op]) -> None:
         """Quorum mode: two acknowledged writes of one key with concurrent versions mean
@@ -867,13 +934,22 @@ class _Checker:
                       + (" ..." if len(lost) > 10 else "")) if lost else ""
             replayed = [self.h.ops[i] for i in lost if self.h.ops[i].rid in self.h.replays]
             cause = None
-            if lost and len(replayed) == len(lost):
+            ops = [self.h.ops[i] for i in involved]
+            partners = self._replays_explain(ops)
+            if partners is not None:
+                # Every concurrent pair has a side answered OK from the request-id memory
+                # once a write made since the merge covered both (the winner is named
+                # when the epochs tell it, else one write it is concurrent with).
+                cause = REPLAYED_AFTER_OVERWRITE
+                shown = sorted(partners.items(), key=lambda item: (item[0] not in lost,
+                                                                   item[0]))[:3]
+                judged += ". " + " ".join(
+                    self._replayed(self.h.ops[i], conflicts.get(i), partner, overwrite)
+                    for i, (partner, overwrite) in shown)
+            elif lost and len(replayed) == len(lost) and not self._plain_pair(ops):
                 cause = REPLAYED_AFTER_MERGE
                 judged += ". " + " ".join(
-                    f"{op.describe()} was answered OK from the request-id memory of "
-                    + " and ".join(f"replica {r} (write {o}:{q})"
-                                   for r, (o, q) in self.h.replays[op.rid or ""])
-                    + f", a write that lost the merge to {conflicts[op.id].describe()}."
+                    self._replayed(op, conflicts[op.id], conflicts[op.id], None)
                     for op in replayed[:3])
             self.add(Rule.LOST_WRITE, involved,
                      f"{len(involved)} acknowledged writes of {key!r} have versions "
@@ -888,6 +964,75 @@ class _Checker:
                          f"acknowledged {op.describe()} was lost to a conflict: the "
                          f"concurrent {y.describe()} (epoch {y.epoch}, never acknowledged) "
                          "outranks every version descending from it")
+
+    def _replays_explain(self, ops: list[Op]) -> dict[int, tuple[Op, Op]] | None:
+        """Whether the open bug explains every concurrent pair among these acknowledged
+        writes of one key: one side of each pair was answered OK from the request-id
+        memory after a write made since the merge covered both (REPLAYED_AFTER_OVERWRITE).
+        A pair of writes acknowledged without a replay is never explained.  Returns the
+        replayed writes with a concurrent partner and the covering write, or None."""
+        replayed = [op for op in ops if op.rid in self.h.replays]
+        if not replayed or self._plain_pair(ops):
+            return None
+        shown: dict[int, tuple[Op, Op]] = {}
+        for a in replayed:
+            for b in ops:
+                assert a.version is not None and b.version is not None
+                if b is a or a.version.compare(b.version) is not Order.CONCURRENT:
+                    continue
+                z = self._overwrite_before(a, b)
+                if z is not None:
+                    shown.setdefault(a.id, (b, z))
+                elif b.rid not in self.h.replays or self._overwrite_before(b, a) is None:
+                    return None
+        return shown
+
+    def _plain_pair(self, ops: list[Op]) -> bool:
+        """Two of these writes are concurrent and neither was answered from the
+        request-id memory: both acknowledged as written, a split brain of its own."""
+        plain = [op for op in ops if op.rid not in self.h.replays]
+        for i, a in enumerate(plain):
+            for b in plain[i + 1:]:
+                assert a.version is not None and b.version is not None
+                if a.version.compare(b.version) is Order.CONCURRENT:
+                    return True
+        return False
+
+    def _covering(self, w: Op) -> list[Op]:
+        """Writes of w's key invoked before w's answer whose versions cover w's, by when
+        they were invoked (a write is in the store before its own answer)."""
+        cache = self._covering_cache
+        if w.id not in cache:
+            assert w.version is not None
+            cache[w.id] = sorted(
+                (z for _total, version, z in self.writes_by_key.get(w.key, ())
+                 if z is not w and w.end is not None and z.start < w.end
+                 and w.version <= version),
+                key=lambda z: (z.start, z.id))
+        return cache[w.id]
+
+    def _overwrite_before(self, w: Op, y: Op) -> Op | None:
+        """The first write of w's key invoked before w's answer whose version covers
+        both w's and y's (the branches had met: a write made after the merge)."""
+        assert y.version is not None
+        return next((z for z in self._covering(w) if y.version <= z.version), None)
+
+    def _replayed(self, op: Op, winner: Op | None, partner: Op,
+                  overwrite: Op | None) -> str:
+        answers = Counter(self.h.replays[op.rid or ""])
+        memory = " and ".join(f"replica {r} (write {o}:{q}" + (f", {n} answers)" if n > 1
+                                                                else ")")
+                              for (r, (o, q)), n in sorted(answers.items()))
+        lost = (f"a write that lost the merge to {winner.describe()}" if winner is not None
+                else f"a write concurrent with {partner.describe()}")
+        text = (f"{op.describe()} was answered OK at t={op.end:.3f} from the request-id "
+                f"memory of {memory}, {lost}")
+        if overwrite is not None:
+            text += (f", after {overwrite.describe()} (invoked at t={overwrite.start:.3f})"
+                     " had overwritten the key since the merge with a version covering "
+                     "both: every write made after a merge covers the discarded version, "
+                     "so 'superseded by a write that saw it' holds for it")
+        return text + "."
 
     def check_convergence(self) -> None:
         converged = self.h.converged
@@ -995,8 +1140,14 @@ class _Checker:
                     self.add(Rule.UNIQUE_WRITE_IDS, [first.id, op.id],
                              f"{first.describe()} and {op.describe()} were both "
                              f"acknowledged with version {op.version.encode()}")
-        return {"applied_on_both_sides": len(both_sides),
-                "applied_on_both_sides_ops": both_sides[:20]}
+        # A read served by a replica whose clock lacks every known version of the write
+        # it read saw another copy: applied on both sides too, a copy nobody remembers.
+        read_copies = sorted(set(self.unknown_copies) - set(both_sides))
+        return {"applied_on_both_sides": len(both_sides) + len(read_copies),
+                "applied_on_both_sides_ops": sorted(both_sides + read_copies)[:20],
+                "copies_seen_only_by_reads": len(read_copies),
+                "copies_seen_only_by_reads_ops": [
+                    (op_id, self.unknown_copies[op_id]) for op_id in read_copies[:20]]}
 
     # -- figures ---------------------------------------------------------------------------
 
@@ -1206,10 +1357,22 @@ def format_report(report: Report, max_violations: int = 50) -> str:
             f"acknowledged writes: {w['acknowledged']}, kept {w['kept']}, lost "
             f"{w['lost_total']} ({100 * w['lost_share']:.3g} %): {w['lost_to_conflict']} to "
             f"conflicts, {w['lost']} otherwise")
+        by_fault = w.get("by_fault") or {}
+        if by_fault:
+            lines.append("  acknowledged / lost, by the fault active when acknowledged: "
+                         + ", ".join(f"{kind} {n} / {m}"
+                                     + (f" ({100 * m / n:.3g} %)" if m else "")
+                                     for kind, (n, m) in by_fault.items()))
         if w.get("applied_on_both_sides"):
             lines.append(f"writes in doubt applied on both sides of a partition (one copy "
                          f"kept by the merge): {w['applied_on_both_sides']}, e.g. ops "
                          + ", ".join(map(str, w["applied_on_both_sides_ops"][:5])))
+        if w.get("copies_seen_only_by_reads"):
+            lines.append(
+                f"  of which {w['copies_seen_only_by_reads']} known only from a read of a "
+                "copy no replica remembers: "
+                + ", ".join(f"op {a} read by op {b}"
+                            for a, b in w["copies_seen_only_by_reads_ops"][:3]))
     else:
         lines.append(f"acknowledged writes: {w['acknowledged']}, not checked (no final state)")
     converge = s["converge_s"]

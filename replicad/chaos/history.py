@@ -33,7 +33,8 @@ The checker (replicad/chaos/checker.py) reads nothing else, so this is the contr
     ``clock``, ``conflicts``, ``epoch``, ``role``, ``coordinator``), ``gets`` (key ->
     value or None, GET through that replica), ``get_errors``, ``records`` (its database:
     key -> ``value``, ``origin``, ``seq``, ``version``, ``epoch``, ``rid``),
-    ``requests`` (request id -> ``[origin, seq, version]``: the writes it remembers),
+    ``requests`` (request id -> ``[origin, seq, version]``: the writes it remembers;
+    ``[0, 0, "-"]`` for a request that changed nothing, a DEL of a missing key),
     ``clock`` (from its database), ``error`` (if the database could not be read).
 ``log``
     Evidence from a replica's log after the run: ``kind`` ``replay`` (a write answered

@@ -2,7 +2,8 @@
 
 About 30 s of three real replicas behind the fault proxy, three client sessions at a
 time, and every fault kind on a fixed seed; the checker must find no violation and no
-acknowledged write lost.  The long runs are in docs/reliability.md.
+acknowledged write lost (violations of the one open product bug, recognised by their
+evidence, make it xfail).  The long runs are in docs/reliability.md.
 """
 
 from __future__ import annotations
@@ -13,7 +14,7 @@ import time
 
 import pytest
 
-from replicad.chaos.checker import KNOWN_CAUSES, check, format_report
+from replicad.chaos.checker import OPEN_CAUSES, check, format_report
 from replicad.chaos.history import read_history
 from replicad.chaos.runner import RunConfig, run
 from replicad.chaos.schedule import ALL_KINDS
@@ -34,18 +35,10 @@ def test_a_short_quorum_mode_run_keeps_every_promise(tmp_path):
     summary = format_report(report)
     print(summary)   # shown by pytest when the test fails
     stats = report.stats
-    if not report.ok:
+    if not report.ok or stats["writes"]["lost_total"]:
         kept = os.path.join(EVIDENCE_DIR, f"seed{SEED}-{time.strftime('%Y%m%d-%H%M%S')}")
         shutil.copytree(config.out_dir, kept, dirs_exist_ok=True)
         summary += f"\nhistory, logs and data kept in {kept}"
-        causes = {v.cause for v in report.violations}
-        if causes <= KNOWN_CAUSES:
-            # docs/reliability.md, "Findings": the product bugs these runs found, each
-            # recognised by its evidence.  Any other violation fails the test; these stop
-            # being expected once the product is fixed (then delete this branch).
-            pytest.xfail(f"known product bugs ({', '.join(sorted(causes))}):\n{summary}")
-    assert report.ok, summary
-    assert stats["writes"]["lost_total"] == 0, summary
     assert stats["writes"]["acknowledged"] > 500, summary
     assert stats["converged"], summary
     assert sum(stats["faults"].values()) >= 4 and stats["fault_errors"] == 0, summary
@@ -53,3 +46,13 @@ def test_a_short_quorum_mode_run_keeps_every_promise(tmp_path):
     writes = [e for e in events if e["type"] == "invoke" and e["kind"] != "get"]
     assert writes and all(e.get("rid") for e in writes), "every write carries a request id"
     assert any(line.startswith("progress") for line in lines)
+    # The three bugs the long runs found are fixed (6be9ee9): their violations fail the
+    # test.  One remains open (docs/reliability.md, "Open"): a retried write that lost
+    # the merge is answered OK (ERR INDOUBT before, if asked earlier) once a write made
+    # after the merge covers its version.  Only violations recognised as that one are
+    # expected; delete this branch when it is fixed.
+    causes = {v.cause for v in report.violations}
+    if causes and causes <= OPEN_CAUSES:
+        pytest.xfail(f"open product bug ({', '.join(sorted(causes))}):\n{summary}")
+    assert report.ok, summary
+    assert stats["writes"]["lost_total"] == 0, summary
