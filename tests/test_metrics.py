@@ -262,6 +262,9 @@ def test_a_pull_through_replica_call_is_measured(replica):
             on_line("REC", "x" * 10)
             return defer.succeed(PeerResponse("END", "- -"))
 
+        def abort(self):          # what Replica.stopService does to every link
+            pass
+
     replica.links[3] = Link()
     results: list = []
     replica.call(3, peerwire.Delta(replica.node.epoch, VectorClock()), 1.0,
