@@ -154,16 +154,22 @@ def decode_record(text: str) -> Record:
 
 
 def encode_request_row(row: RequestRow) -> str:
-    """``<rid> <origin> <seq> <version>``: a remembered request id, as pulls carry them."""
-    return f"{row.rid} {row.origin} {row.seq} {row.version.encode()}"
+    """``<rid> <origin> <seq> <version>[ D]``: a remembered request id, as pulls carry
+    them; ``D`` when its write lost a merge (a retry is answered ERR INDOUBT)."""
+    text = f"{row.rid} {row.origin} {row.seq} {row.version.encode()}"
+    return f"{text} D" if row.discarded else text
 
 
 def decode_request_row(text: str) -> RequestRow:
     parts = text.split(" ")
+    discarded = len(parts) == 5 and parts[4] == "D"
+    if discarded:
+        parts = parts[:4]
     if (len(parts) != 4 or not is_request_id(parts[0]) or not is_number(parts[1])
             or not is_number(parts[2]) or int(parts[1]) < 1 or int(parts[2]) < 1):
         raise PeerWireError(f"bad request row {text[:60]!r}")
-    return RequestRow(parts[0], int(parts[1]), int(parts[2]), decode_clock(parts[3]))
+    return RequestRow(parts[0], int(parts[1]), int(parts[2]), decode_clock(parts[3]),
+                      discarded)
 
 
 def decode_clock(text: str) -> VectorClock:

@@ -659,6 +659,8 @@ class Replica(service.MultiService):
                       "answering it again", rid=request.context.rid, origin=origin, seq=seq)
         if origin == 0:             # it changed nothing (a DEL of a missing key)
             return Reply("NOTFOUND", meta=self._meta(request, self.store.clock))
+        if self.store.discarded(request.context.rid):
+            return self._discarded(request, origin, seq)
         current = self.store.get(request.key)
         if current is not None and (current.origin, current.seq) == (origin, seq):
             return await self._replicated(request, current, self.node.coordinator_epoch)
@@ -667,6 +669,9 @@ class Replica(service.MultiService):
             return Reply("OK", meta=self._meta(request, version))
         # It lost a merge to a concurrent version (a split brain): it is not in the
         # data, and applying it again would make one request two writes.
+        return self._discarded(request, origin, seq)
+
+    def _discarded(self, request: Request, origin: int, seq: int) -> Reply:
         return self._error(
             request, Code.INDOUBT,
             f"this write was applied as {origin}:{seq}, then discarded by a concurrent "

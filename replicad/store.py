@@ -69,7 +69,8 @@ CREATE TABLE requests (     -- recent request ids: a retried write is answered, 
     rid TEXT NOT NULL UNIQUE,
     origin INTEGER NOT NULL,
     seq INTEGER NOT NULL,
-    version TEXT NOT NULL
+    version TEXT NOT NULL,
+    discarded INTEGER NOT NULL DEFAULT 0   -- its write lost a merge: not in the data
 );
 CREATE INDEX requests_write ON requests (origin, seq);
 """
@@ -83,7 +84,8 @@ CREATE TABLE {s}.kv (
 """
 
 _COLUMNS = "key, value, origin, seq, version, epoch, rid"
-_REQUEST_COLUMNS = "rid, origin, seq, version"
+_REQUEST_COLUMNS = "rid, origin, seq, version, discarded"
+REQUEST_IDS_SHIPPED = 10_000   # a full copy carries the newest this many request ids
 
 Rows = Callable[[sqlite3.Connection], Iterator[tuple]]
 
@@ -139,6 +141,7 @@ class RequestRow:
     origin: int
     seq: int
     version: VectorClock
+    discarded: bool = False     # its write lost a merge to a concurrent version
 
 
 @dataclass
@@ -559,12 +562,26 @@ class Store:
         self._remember(record)      # it happened, whether or not it wins here
         current = self.get(record.key)
         if current is not None:
+            kept = winner(current, record)
             if is_conflict(current, record):
                 result._conflict(record.key)
-            if winner(current, record) is current:
+                # The loser of a concurrent pair is gone from the data: a retry of its
+                # request must hear so, not OK (whatever is written to the key later).
+                self._discard(record if kept is current else current)
+            if kept is current:
                 return
         self._put(record)
         result.applied += 1
+
+    def _discard(self, record: Record) -> None:
+        if record.rid is not None:
+            self._db.execute("UPDATE requests SET discarded = 1 WHERE rid = ?", (record.rid,))
+
+    def discarded(self, rid: str) -> bool:
+        """Whether the write a request id made lost a merge to a concurrent version."""
+        row = self._db.execute("SELECT discarded FROM requests WHERE rid = ?",
+                               (rid,)).fetchone()
+        return bool(row and row[0])
 
     def request(self, rid: str) -> tuple[int, int, VectorClock] | None:
         """The write id and version of the write a request id made, if the id is among
@@ -625,8 +642,7 @@ class Store:
         """The clock and every record (tombstones too), from one snapshot, in key order;
         with ``requests``, then every remembered request id (RequestRow)."""
         return self._export(lambda db: _fetch(db, f"SELECT {_COLUMNS} FROM kv ORDER BY key"),
-                            _by_origin("requests", _REQUEST_COLUMNS, VectorClock())
-                            if requests else None)
+                            _newest_requests if requests else None)
 
     def export_delta(self, since: VectorClock,
                      requests: bool = False) -> tuple[VectorClock, Iterator]:
@@ -740,8 +756,15 @@ def _records_then_requests(db: sqlite3.Connection, rows: Rows,
     for row in rows(db):
         yield _record(row)
     if request_rows is not None:
-        for rid, origin, seq, version in request_rows(db):
-            yield RequestRow(rid, origin, seq, VectorClock.decode(version))
+        for rid, origin, seq, version, discarded in request_rows(db):
+            yield RequestRow(rid, origin, seq, VectorClock.decode(version), bool(discarded))
+
+
+def _newest_requests(db: sqlite3.Connection) -> Iterator[tuple]:
+    """What a full copy carries: the newest REQUEST_IDS_SHIPPED request ids (retries
+    come within seconds; all 100,000 made a wiped replica's copy take seconds)."""
+    return _fetch(db, f"SELECT {_REQUEST_COLUMNS} FROM requests WHERE origin > 0"
+                      " ORDER BY n DESC LIMIT ?", (REQUEST_IDS_SHIPPED,))
 
 
 def _by_origin(table: str, columns: str, since: VectorClock) -> Rows:
@@ -804,7 +827,8 @@ class Importer:
         if not (isinstance(row.rid, str) and 0 < len(row.rid) <= 64 and row.origin >= 1
                 and row.seq >= 1):
             raise StoreError(f"malformed request row {row!r:.120}")
-        self._requests.append((row.rid, row.origin, row.seq, row.version.encode()))
+        self._requests.append((row.rid, row.origin, row.seq, row.version.encode(),
+                               int(row.discarded)))
 
     def add(self, record: Record) -> None:
         """Stage one record (the highest rank wins if a key comes twice)."""
@@ -879,8 +903,9 @@ class Importer:
                 ).rowcount
                 result.applied += inserted
                 db.executemany(
-                    "INSERT OR IGNORE INTO main.requests (rid, origin, seq, version)"
-                    " VALUES (?, ?, ?, ?)", self._requests)
+                    "INSERT INTO main.requests (rid, origin, seq, version, discarded)"
+                    " VALUES (?, ?, ?, ?, ?) ON CONFLICT (rid) DO UPDATE SET"
+                    " discarded = max(discarded, excluded.discarded)", self._requests)
                 new_clock = store._clock.merge(clock)
                 store._save_clock(new_clock)
                 store._count_conflicts(result.conflicts)

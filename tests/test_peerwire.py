@@ -412,3 +412,11 @@ def test_request_rows_round_trip_and_bad_ones_are_refused():
                 "00ff00ff.1 3 x 3:7", "00ff00ff.1 3 7 3:x"):
         with pytest.raises(PeerWireError):
             peerwire.decode_request_row(bad)
+
+
+def test_a_discarded_request_row_round_trips():
+    from replicad.store import RequestRow
+
+    row = RequestRow("00ff00ff.12", 3, 7, VectorClock({3: 7}), discarded=True)
+    assert peerwire.encode_request_row(row).endswith(" D")
+    assert peerwire.decode_request_row(peerwire.encode_request_row(row)) == row

@@ -379,3 +379,20 @@ def test_a_paused_coordinator_stands_again_before_serving_what_was_queued(replic
     replica.reactor.advance(0)
     assert replica.node.serving_as is None
     assert replica.node.role is not Role.SERVING
+
+
+def test_a_discarded_write_stays_in_doubt_after_the_key_is_written_again(replica):
+    """Found by the chaos suite after the first fix: a later write to the key covers the
+    discarded write's id in its version (versions are clocks), so 'superseded by a
+    write that saw it' no longer told them apart; the merge now marks the loser."""
+    serving(replica)
+    epoch = replica.node.coordinator_epoch
+    assert serve(replica, "@r=;w=;id=0123abcd.1 PUT k mine").status == "OK"
+    theirs = Record("k", "theirs", 3, 5, VectorClock({3: 5}), epoch)   # concurrent, wins
+    replica.store.apply([theirs], VectorClock({3: 5}))
+    assert replica.store.discarded("0123abcd.1")
+    assert serve(replica, "@r=;w=;id=0123abcd.2 PUT k later").status == "OK"
+    assert replica.store.get("k").version >= VectorClock({2: 1})        # covers it now
+    again = serve(replica, "@r=;w=;id=0123abcd.1 PUT k mine")
+    assert (again.status, again.error_code) == ("ERR", "INDOUBT")
+    assert replica.store.get("k").value == "later"

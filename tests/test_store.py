@@ -663,3 +663,22 @@ def test_a_request_that_changed_nothing_is_remembered_but_not_shipped(store):
     assert store.request("00ff00ff.7") == (0, 0, VectorClock())
     _, items = store.export_full(requests=True)
     assert list(items) == []
+
+
+def test_the_loser_of_a_merge_is_marked_discarded_and_the_mark_travels(tmp_path, small_batches):
+    from replicad.store import RequestRow
+
+    with Store(str(tmp_path / "a")) as a, Store(str(tmp_path / "b")) as b:
+        a.write(2, "k", "mine", epoch=3, rid="00ff00ff.1")
+        a.apply([Record("k", "theirs", 3, 5, VectorClock({3: 5}), 3, "00ff00ff.9")],
+                VectorClock({3: 5}))
+        assert a.discarded("00ff00ff.1") and not a.discarded("00ff00ff.9")
+        clock, items = a.export_delta(VectorClock(), requests=True)
+        items = list(items)
+        assert [(r.rid, r.discarded) for r in items if isinstance(r, RequestRow)] == [
+            ("00ff00ff.1", True), ("00ff00ff.9", False)]
+        importer = b.begin_import()
+        for item in items:
+            (importer.add_request if isinstance(item, RequestRow) else importer.add)(item)
+        importer.finish(clock)
+        assert b.discarded("00ff00ff.1")
