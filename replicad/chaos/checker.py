@@ -149,8 +149,9 @@ REAPPLIED_SUSPECTED = "reapplied-suspected"     # an old value back after a retr
 NOOP_CARRIED_OUT = "noop-carried-out"           # a request answered "nothing done" applied
 KNOWN_CAUSES = frozenset({REPLAYED_AFTER_MERGE, REPLAYED_AFTER_OVERWRITE, REAPPLIED,
                           REAPPLIED_SUSPECTED, NOOP_CARRIED_OUT})
-# Known causes of product bugs not fixed yet (docs/reliability.md, "Open").
-OPEN_CAUSES = frozenset({REPLAYED_AFTER_OVERWRITE})
+# Known causes of product bugs not fixed yet (docs/reliability.md): none since 9ea17bd,
+# which fixed replayed-after-overwrite.
+OPEN_CAUSES: frozenset[str] = frozenset()
 
 
 @dataclass(frozen=True)

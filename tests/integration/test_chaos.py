@@ -2,8 +2,7 @@
 
 About 30 s of three real replicas behind the fault proxy, three client sessions at a
 time, and every fault kind on a fixed seed; the checker must find no violation and no
-acknowledged write lost (violations of the one open product bug, recognised by their
-evidence, make it xfail).  The long runs are in docs/reliability.md.
+acknowledged write lost.  The long runs are in docs/reliability.md.
 """
 
 from __future__ import annotations
@@ -14,7 +13,7 @@ import time
 
 import pytest
 
-from replicad.chaos.checker import OPEN_CAUSES, check, format_report
+from replicad.chaos.checker import check, format_report
 from replicad.chaos.history import read_history
 from replicad.chaos.runner import RunConfig, run
 from replicad.chaos.schedule import ALL_KINDS
@@ -46,13 +45,6 @@ def test_a_short_quorum_mode_run_keeps_every_promise(tmp_path):
     writes = [e for e in events if e["type"] == "invoke" and e["kind"] != "get"]
     assert writes and all(e.get("rid") for e in writes), "every write carries a request id"
     assert any(line.startswith("progress") for line in lines)
-    # The three bugs the long runs found are fixed (6be9ee9): their violations fail the
-    # test.  One remains open (docs/reliability.md, "Open"): a retried write that lost
-    # the merge is answered OK (ERR INDOUBT before, if asked earlier) once a write made
-    # after the merge covers its version.  Only violations recognised as that one are
-    # expected; delete this branch when it is fixed.
-    causes = {v.cause for v in report.violations}
-    if causes and causes <= OPEN_CAUSES:
-        pytest.xfail(f"open product bug ({', '.join(sorted(causes))}):\n{summary}")
+    # The bugs the long runs found are fixed (6be9ee9, 9ea17bd): any violation fails.
     assert report.ok, summary
     assert stats["writes"]["lost_total"] == 0, summary
