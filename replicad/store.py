@@ -534,7 +534,9 @@ class Store:
         return result
 
     def apply_pushed(self, record: Record) -> str:
-        """Merge one write pushed as it happens: "duplicate", "applied" or "gap".
+        """Merge one write pushed as it happens: "applied", "gap" (applied after a gap),
+        "duplicate" (held already), or "lost": it lost a merge to a concurrent version
+        here, now or before, so this replica does not hold it (no acknowledgement).
 
         The clock advances only when the write is the next from its origin; after a gap
         it would promise the missing writes, so it stays and the caller pulls a delta.
@@ -542,6 +544,8 @@ class Store:
         check_record(record)
         have = self._clock[record.origin]
         if have >= record.seq:
+            if record.rid is not None and self.discarded(record.rid):
+                return "lost"
             return "duplicate"
         in_order = have == record.seq - 1
         new_clock = self._clock.advance(record.origin, record.seq) if in_order else self._clock
@@ -552,6 +556,8 @@ class Store:
             self._count_conflicts(result.conflicts)
         self._clock = new_clock
         self._conflicts += result.conflicts
+        if result.conflicts and not result.applied:
+            return "lost"
         return "applied" if in_order else "gap"
 
     def _merge(self, record: Record, result: ApplyResult) -> None:

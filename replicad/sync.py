@@ -259,8 +259,11 @@ class Synchroniser:
                refused: Callable[[int], None]) -> None:
         if response.kind == "NO":
             refused(peer_id)
-        for pending in chunk:
-            pending.answered(response.kind == "OK")
+        # One outcome per record; "lost" (it lost a merge there) is no acknowledgement.
+        outcomes = response.payload.split(",") if response.kind == "OK" else []
+        for n, pending in enumerate(chunk):
+            pending.answered(response.kind == "OK"
+                             and (outcomes[n] if n < len(outcomes) else "") != "lost")
 
     def _push_failed(self, failure, peer_id: int, chunk: list[_Pending]) -> None:
         if failure.check(PeerUnavailable):

@@ -682,3 +682,14 @@ def test_the_loser_of_a_merge_is_marked_discarded_and_the_mark_travels(tmp_path,
             (importer.add_request if isinstance(item, RequestRow) else importer.add)(item)
         importer.finish(clock)
         assert b.discarded("00ff00ff.1")
+
+
+def test_a_pushed_write_that_loses_a_merge_is_reported_lost(store):
+    """Not an acknowledgement: the follower keeps the concurrent winner (a replayed
+    write re-pushed after a partition was counted towards its quorum)."""
+    store.apply([Record("k", "kept", 2, 1, VectorClock({2: 1}), 9)], VectorClock({2: 1}))
+    loser = Record("k", "old", 3, 1, VectorClock({3: 1}), 4, "00ff00ff.1")
+    assert store.apply_pushed(loser) == "lost"
+    assert store.get("k").value == "kept"
+    assert store.apply_pushed(loser) == "lost"           # again: still not held
+    assert store.apply_pushed(Record("j", "v", 3, 2, VectorClock({3: 2}), 9)) == "applied"

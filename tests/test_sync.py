@@ -127,3 +127,14 @@ def test_quorum_one_is_acknowledged_once_the_pushes_left(tmp_path):
     assert not result.called
     clock.advance(0)     # task.Clock also runs the calls scheduled meanwhile
     assert len(links.sent) == 2 and result.result is True   # no answer needed
+
+
+def test_a_lost_outcome_is_no_acknowledgement(tmp_path):
+    sync, store, clock, links, refused = replicator(tmp_path)
+    records = [store.write(3, f"k{n}", "v", epoch=3) for n in range(2)]
+    results = [sync.replicate(r, 3, refused.append) for r in records]
+    clock.advance(0)
+    links.sent[0][2].callback(PeerResponse("OK", "lost,applied"))
+    assert not results[0].called and results[1].result is True
+    links.sent[1][2].callback(PeerResponse("OK", "lost,applied"))
+    assert results[0].result is False                     # no replica but this one
