@@ -9,6 +9,7 @@ import sys
 import pytest
 
 from replicad.cluster import LocalCluster, find_free_base_port
+from replicad.testing.cluster import ProxiedCluster
 
 CLI = os.path.join(os.path.dirname(sys.executable), "replicad-cli")
 
@@ -19,13 +20,12 @@ def pytest_collection_modifyitems(items):
             item.add_marker(pytest.mark.integration)
 
 
-@pytest.fixture
-def start_cluster(tmp_path):
-    """start_cluster(size=3, **settings) -> a ready LocalCluster, stopped after the test."""
-    started: list[LocalCluster] = []
+def _starter(tmp_path, cluster_class):
+    """A start(size=3, **settings) function and the list of what it started."""
+    started: list = []
 
-    def start(size: int = 3, **settings: object) -> LocalCluster:
-        cluster = LocalCluster(
+    def start(size: int = 3, **settings: object):
+        cluster = cluster_class(
             size=size,
             base_port=find_free_base_port(size),
             data_dir=str(tmp_path / f"cluster-{len(started)}"),
@@ -36,6 +36,23 @@ def start_cluster(tmp_path):
         cluster.wait_ready(timeout_s=20)
         return cluster
 
+    return start, started
+
+
+@pytest.fixture
+def start_cluster(tmp_path):
+    """start_cluster(size=3, **settings) -> a ready LocalCluster, stopped after the test."""
+    start, started = _starter(tmp_path, LocalCluster)
+    yield start
+    for cluster in started:
+        cluster.stop()
+
+
+@pytest.fixture
+def proxied(tmp_path):
+    """proxied(size=3, **settings) -> a ready ProxiedCluster (replicas reach each other
+    only through the fault proxy), stopped with its proxy after the test."""
+    start, started = _starter(tmp_path, ProxiedCluster)
     yield start
     for cluster in started:
         cluster.stop()

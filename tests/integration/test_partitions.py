@@ -14,32 +14,10 @@ import pytest
 
 from replicad.client import BlockingClient, ClientError
 from replicad.cluster import LocalCluster, find_free_base_port
-from replicad.testing.cluster import ProxiedCluster
 
 from .test_foundation import talk
 
 MAJORITY_SERVED_WITHIN_S = 2.0     # issue #7 (a): the majority side serves within 2 s
-
-
-@pytest.fixture
-def proxied(tmp_path):
-    """proxied(size=3, **settings) -> a ready ProxiedCluster; stopped after the test."""
-    started: list[ProxiedCluster] = []
-
-    def start(size: int = 3, **settings: object) -> ProxiedCluster:
-        cluster = ProxiedCluster(
-            size=size, base_port=find_free_base_port(size),
-            data_dir=str(tmp_path / f"cluster-{len(started)}"),
-            overrides={name: str(value) for name, value in settings.items()},
-        )
-        started.append(cluster)
-        cluster.start()
-        cluster.wait_ready(timeout_s=20)
-        return cluster
-
-    yield start
-    for cluster in started:
-        cluster.stop()
 
 
 def try_put(servers: list[str], key: str, value: str, timeout_s: float = 3.0) -> bool:
