@@ -664,11 +664,18 @@ class Replica(service.MultiService):
         current = self.store.get(request.key)
         if current is not None and (current.origin, current.seq) == (origin, seq):
             return await self._replicated(request, current, self.node.coordinator_epoch)
+        # No longer the key's write.  Overwritten by a write that saw it, or gone with a
+        # branch a merge discarded (it, or a later write of the same losing side that
+        # overwrote it): versions are clocks and cannot tell these apart (a chaos run
+        # had OK answered for a write whose branch was discarded).  Never OK then, and
+        # never applied again: the outcome is reported unknown.
         if current is not None and version <= current.version:
-            # Superseded by a write that saw it: it happened, and was overwritten.
-            return Reply("OK", meta=self._meta(request, version))
-        # It lost a merge to a concurrent version (a split brain): it is not in the
-        # data, and applying it again would make one request two writes.
+            return self._error(
+                request, Code.INDOUBT,
+                f"this write was applied as {origin}:{seq} and is no longer the key's "
+                "value (overwritten, or discarded with a partition's losing side); read "
+                "the key to see what it holds",
+            )
         return self._discarded(request, origin, seq)
 
     def _discarded(self, request: Request, origin: int, seq: int) -> Reply:
