@@ -94,6 +94,20 @@ def read_summary(db: sqlite3.Connection, name: str) -> Summary:
     )
 
 
+def _copy_file(source_path: str, tmp: str):
+    """Copy the database at source_path into tmp (one consistent snapshot); errors as
+    BackupError, one line each."""
+    source = _readonly(source_path)
+    try:
+        return _copy(source, tmp, source_path)
+    except sqlite3.Error as e:
+        raise BackupError(f"cannot copy {source_path}: {e}") from None
+    except OSError as e:
+        raise BackupError(f"cannot write {tmp}: {e.strerror or e}") from None
+    finally:
+        source.close()
+
+
 def _readonly(path: str) -> sqlite3.Connection:
     if not os.path.isfile(path):
         raise BackupError(f"{path} does not exist")
@@ -164,17 +178,8 @@ def backup(data_dir: str, out: str) -> Summary:
         raise BackupError(f"{out} exists already: a backup never overwrites a file")
     if not os.path.isdir(os.path.dirname(out)):
         raise BackupError(f"directory {os.path.dirname(out)} does not exist")
-    source = _readonly(source_path)
     tmp = f"{out}.tmp-{os.getpid()}"
-    try:
-        try:
-            summary = _copy(source, tmp, source_path)
-        except sqlite3.Error as e:
-            raise BackupError(f"cannot copy {source_path}: {e}") from None
-        except OSError as e:
-            raise BackupError(f"cannot write {tmp}: {e.strerror or e}") from None
-    finally:
-        source.close()
+    summary = _copy_file(source_path, tmp)
     try:
         os.link(tmp, out)       # never replaces a file that appeared meanwhile
     except FileExistsError:
@@ -227,15 +232,7 @@ def restore(backup_path: str, data_dir: str, replica_id: int | None = None) -> S
                 f"if you really mean to go back to the old cluster")
         tmp = os.path.join(data_dir, f"{DB_FILENAME}.restore-{os.getpid()}")
         _remove(tmp)
-        source = _readonly(backup_path)
-        try:
-            summary = _copy(source, tmp, backup_path)
-        except sqlite3.Error as e:
-            raise BackupError(f"cannot copy {backup_path}: {e}") from None
-        except OSError as e:
-            raise BackupError(f"cannot write {tmp}: {e.strerror or e}") from None
-        finally:
-            source.close()
+        summary = _copy_file(backup_path, tmp)
         _give_to_owner_of(data_dir, tmp)
         # The old database's log and index must go before the new file takes its name:
         # SQLite would apply a leftover -wal to the new database.
