@@ -3,9 +3,9 @@
 Every attempt opens a new connection, sends ``PING`` and one request carrying the session
 context (and the write's request id), reads PONG and one reply, and closes (DESIGN.md:
 clients are one-shot).  PONG says the server is alive: one that does not send it within
-the attempt deadline, or that falls silent after it and does not answer a fresh PING on
-a second connection either, is skipped (a frozen process whose kernel still accepts
-connections).  What to do after an attempt (retry elsewhere, give up, hand the reply
+the attempt deadline, or that falls silent for half of it after the PONG and does not
+answer a fresh PING on a second connection within the deadline either, is skipped (a
+frozen process whose kernel still accepts connections).  What to do after an attempt (retry elsewhere, give up, hand the reply
 over) is decided by the pure policy in replicad.retry, whose names are re-exported here
 for callers of the client.
 
@@ -45,6 +45,7 @@ from replicad.retry import (  # noqa: F401  (re-exported: the client's public AP
     BACKOFF_MAX_S,
     BACKOFF_MIN_S,
     IN_DOUBT_CODES,
+    PROBE_AFTER_FRACTION,
     RETRYABLE_CODES,
     Attempt,
     Backoff,
@@ -543,7 +544,7 @@ class ReplicadClient(_ClientSettings):
             now = clock.seconds()
             if now >= deadline:
                 return _no_reply(step, started, now)
-            await protocol.wait(min(step.stall_s, deadline - now))
+            await protocol.wait(min(step.probe_after_s, deadline - now))
             if protocol.result is None and clock.seconds() < deadline:
                 if not await self._ping(step):
                     if protocol.result is None:
@@ -811,7 +812,7 @@ class BlockingClient(_ClientSettings):
                 now = self._now()
                 if now >= deadline:
                     return _no_reply(step, started, now)
-                reader.read(min(now + step.stall_s, deadline))
+                reader.read(min(now + step.probe_after_s, deadline))
                 if reader.result is None and self._now() < deadline and not self._ping(step):
                     return _stalled(step, after_pong=True)
         if isinstance(reader.result, Reply):

@@ -374,6 +374,19 @@ class Node:
                           replica=self._my_id, epoch=self._epoch)
             self._win()
 
+    def peer_down(self, peer_id: int) -> None:
+        """A call to a peer just timed out or its link dropped (the glue's evidence).
+        Do not keep waiting for its answer: an election waiting on it counts it as
+        failed, a take-over stops waiting for its answer to the announcement.  A hung
+        coordinator cost up to two answer timeouts more without this (issue #8).  It
+        is still asked at the next round or re-announcement."""
+        state = self._state
+        if isinstance(state, _Electing) and peer_id in state.waiting_on:
+            self.election_send_failed(peer_id)
+        elif isinstance(state, _TakingOver) and peer_id in state.unsettled:
+            state.unsettled.discard(peer_id)
+            self._check_taken_over()
+
     def coordinator_received(self, from_id: int, epoch: int) -> bool:
         """COORDINATOR(epoch).  True = accepted; False = rejected with ``self.epoch``."""
         if self._state.role is Role.STOPPED or from_id not in self._others:

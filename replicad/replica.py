@@ -186,6 +186,8 @@ class Replica(service.MultiService):
             self._suspected.discard(peer_id)
             if self.node is not None:
                 self.node.contact(peer_id)
+        elif self.node is not None:
+            self.node.peer_down(peer_id)
 
     def _epoch_seen(self, epoch: int) -> None:
         if self.node is not None:

@@ -23,8 +23,9 @@ Why a stalled server costs little: every attempt sends ``PING`` before its reque
 the same connection (``encode_attempt``).  A live replica answers PONG at once, even
 while the request itself legitimately waits (for an election, a quorum, a catch-up); a
 frozen process (SIGSTOP, a wedged host) whose kernel still accepts connections does not.
-No PONG within the attempt deadline, or silence after it and no PONG to a fresh PING
-either: the server is skipped and demoted in the session.
+No PONG within the attempt deadline, or silence for half of it after the PONG and no
+PONG to a fresh PING within the deadline either: the server is skipped and demoted in
+the session.
 """
 
 from __future__ import annotations
@@ -47,6 +48,12 @@ ATTEMPT_TIMEOUT_S = 0.5
 MAX_ATTEMPT_TIMEOUT_S = 8.0
 BACKOFF_MIN_S = 0.05     # pause between passes over the servers: long enough for an
 BACKOFF_MAX_S = 0.1      # election to progress, short next to a < 1 s failover
+# A server silent for this fraction of the attempt deadline after its PONG is sent a
+# fresh PING (answered within the deadline, or it is skipped).  A process frozen just
+# after its PONG then costs at most 1.5 deadlines (0.75 s), not 2: the write in flight
+# at a coordinator's SIGSTOP is the case (issue #8).  Requests that legitimately wait
+# this long (an election, a quorum, a catch-up) cost one PING per half-deadline.
+PROBE_AFTER_FRACTION = 0.5
 # Give up early when every server refused the connection in this many passes running
 # (with a back-off between): nobody is listening, waiting out the timeout helps no one.
 REFUSED_PASSES = 2
@@ -203,6 +210,12 @@ class Attempt:
     address: str
     budget_s: float   # time left before the overall deadline
     stall_s: float    # the server must answer PING within this (see ATTEMPT_TIMEOUT_S)
+
+    @property
+    def probe_after_s(self) -> float:
+        """Silence after the PONG this long and a fresh PING is sent (see
+        PROBE_AFTER_FRACTION)."""
+        return self.stall_s * PROBE_AFTER_FRACTION
 
 
 @dataclass(frozen=True)

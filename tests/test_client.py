@@ -31,6 +31,7 @@ from twisted.python.failure import Failure
 
 from replicad.client import (
     ATTEMPT_TIMEOUT_S,
+    PROBE_AFTER_FRACTION,
     Attempt,
     Backoff,
     BlockingClient,
@@ -677,10 +678,12 @@ def test_clock_silence_after_pong_and_no_answer_to_a_fresh_ping_is_a_stall():
     d = net.client.put("k", "v")
     frozen = net.accept()
     frozen.reply(PONG)
-    net.advance(ATTEMPT_TIMEOUT_S)
+    net.advance(ATTEMPT_TIMEOUT_S * PROBE_AFTER_FRACTION - 0.001)
+    assert net.pending() == 0                       # not probed yet
+    net.advance(0.001)                              # half the deadline: probe now
     probe = net.accept()
     net.advance(ATTEMPT_TIMEOUT_S)                  # the probe gets no PONG either
-    assert probe.closed and frozen.closed
+    assert probe.closed and frozen.closed           # 1.5 deadlines after the PONG
     good = net.accept()
     assert good.address == "h:2"
     good.reply(PONG, OK)

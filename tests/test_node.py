@@ -188,6 +188,26 @@ class StartElectionTests(SynchronousTestCase):
         m.start_election("start-up")
         self.assertEqual((m.role, glue.of("election")), (A, [(2, 0)]))
 
+    def test_peer_down_counts_as_a_failed_election_send(self):
+        """A ping to the higher replica timed out while its ELECTION is unanswered: win
+        now rather than after answer_timeout (a hung coordinator, issue #8)."""
+        m, glue, clock = make(2, answer_timeout_s=0.3)
+        m.start_election("election from 1")
+        clock.advance(0.1)
+        m.peer_down(1)                 # lower: not waited on
+        self.assertEqual(m.role, E)
+        m.peer_down(3)
+        self.assertEqual((m.role, clock.seconds()), (T, 0.1))
+        m.peer_down(3)                 # once more, now taking over: settles it
+        self.assertEqual(m.take_over_progress(), (1, 1))
+
+    def test_peer_down_while_following_changes_nothing(self):
+        m, glue, _ = make(1)
+        m.coordinator_received(3, 3)
+        glue.calls.clear()
+        m.peer_down(3)                 # the detector's ping decides, not this
+        self.assertEqual((m.role, m.coordinator, glue.calls), (F, 3, []))
+
     def test_failures_outside_an_election_ignored(self):
         m, glue, _ = make(1)
         m.election_send_failed(2)
@@ -709,6 +729,30 @@ class TakeOverTests(SynchronousTestCase):
         self.assertEqual(m.role, T)
         m.coordinator_send_failed(1, 3)
         self.assertEqual(m.role, S)
+
+    def test_peer_down_settles_its_announcement(self):
+        """A hung replica: its announcement is still unanswered when a ping to it
+        times out; the take-over stops waiting for it then, not answer_timeout later."""
+        m, glue, clock = make(2, answer_timeout_s=0.3)
+        m.start_election("coordinator 3 failed")
+        clock.advance(0.3)             # 3 silent: 2 wins
+        m.coordinator_accepted(1, m.coordinator_epoch)
+        m.pull_done(1, m.coordinator_epoch, True)
+        self.assertEqual(m.role, T)    # 3's answer is due
+        m.peer_down(1)                 # settled already: nothing changes
+        self.assertEqual(m.role, T)
+        m.peer_down(3)
+        self.assertEqual((m.role, clock.seconds()), (S, 0.3))
+
+    def test_peer_down_in_quorum_mode_still_needs_the_quorum(self):
+        m, glue, _ = make(3, quorum=2)
+        m.start_election("x")          # epoch 3
+        m.peer_down(1)
+        m.peer_down(2)
+        self.assertEqual((m.role, m.cannot_serve), (T, True))
+        m.coordinator_accepted(1, 3)
+        m.pull_done(1, 3, True)
+        self.assertEqual((m.role, m.cannot_serve), (S, False))
 
     def test_rejection_from_higher_settles(self):
         m, glue, _ = make(2)
