@@ -1,8 +1,13 @@
 """The client-facing LineReceiver: parse a line, hand it to the replica, write the reply.
 
 Telnet-friendly: many commands per connection until QUIT or close; CRLF or LF.
-Requests on one connection are answered in order: while one is being served the
-protocol pauses reading, so a pipelining client gets back-pressure, not reordering.
+Requests on one connection are answered in order.  Pipelining: a request whose place in
+the order is fixed as soon as it is handed over (a write the coordinator has applied to
+its open commit group, a read it has answered) does not stop reading, so the writes of
+one pipelining client share a COMMIT and a push; any other request (forwarded, waiting
+for an election or a catch-up) pauses reading until every reply before it and its own
+are written, so a pipelining client gets back-pressure, never reordering.  At most
+MAX_PIPELINE requests are in flight per connection.
 
 Half-close (IHalfCloseableProtocol): a client may send its requests and shut down its
 write side (``printf 'PUT k v\n' | nc -N host 7001``).  The requests already received
@@ -13,6 +18,8 @@ is the connection closed.
 from __future__ import annotations
 
 import hmac
+from collections import deque
+from collections.abc import Callable
 from typing import Protocol
 
 from twisted.internet import defer
@@ -32,6 +39,8 @@ from replicad.wire import Code, Reply, Request, WireError
 MAX_FAILED_AUTHS = 3
 # After a final reply and a half-close, how long a client may keep its side open.
 CLOSE_LINGER_S = 2.0
+# Requests in flight on one connection before reading pauses (a pipelining client).
+MAX_PIPELINE = 64
 
 
 class RequestHandler(Protocol):
@@ -40,7 +49,11 @@ class RequestHandler(Protocol):
     def client_connected(self) -> None: ...
     def status(self, request: Request) -> Reply: ...
     def answer_now(self, request: Request) -> Reply | None: ...
-    def handle(self, request: Request) -> defer.Deferred[Reply]: ...
+    def handle(self, request: Request,
+               placed: Callable[[], None] | None = None) -> defer.Deferred[Reply]:
+        """Serve a request.  ``placed()``, called before ``handle`` returns, says the
+        request's place in the order is fixed (applied, or answered): the next request
+        of the connection may start before this one's reply."""
 
 
 @implementer(IHalfCloseableProtocol)
@@ -58,6 +71,9 @@ class ClientProtocol(LineReceiver, TimeoutMixin):
         self._closing = False
         self._linger = None
         self._read_closed = False   # the client shut down its write side
+        # Replies in request order: [Reply] when ready, [None] while being served.
+        self._queue: deque[list] = deque()
+        self._close_when_drained = False
 
     def connectionMade(self) -> None:
         no_delay(self.transport)
@@ -100,9 +116,9 @@ class ClientProtocol(LineReceiver, TimeoutMixin):
     def _finish_input(self) -> None:
         """After the client's EOF: serve the lines left in the buffer, then close."""
         if self.paused or not self.connected:
-            return                     # a request is being served; _served calls again
+            return                     # a request is being served; _drain calls again
         self.dataReceived(b"")
-        if not self.paused and not self._closing and self.connected:
+        if not self.paused and not self._queue and not self._closing and self.connected:
             self.transport.loseConnection()
 
     def timeoutConnection(self) -> None:
@@ -112,7 +128,7 @@ class ClientProtocol(LineReceiver, TimeoutMixin):
 
     def lineLengthExceeded(self, line: bytes) -> None:
         limit = self.MAX_LENGTH
-        self.write_reply(
+        self._respond(
             wire.error_reply(Code.LINETOOLONG, f"line over {limit} bytes, closing")
         )
         self.close_after_reply()
@@ -121,9 +137,13 @@ class ClientProtocol(LineReceiver, TimeoutMixin):
         """Close so that the client reads our last reply.  Closing a socket that still
         holds unread input makes the kernel send RST, and the client may then lose the
         reply (an over-long line is exactly that case).  So: half-close after the reply,
-        discard whatever else arrives, and abort only if the client lingers."""
+        discard whatever else arrives, and abort only if the client lingers.  With
+        replies still being served, all that once they are written."""
         self._closing = True
         self.setTimeout(None)
+        if self._queue:
+            self._close_when_drained = True
+            return
         half_close = getattr(self.transport, "loseWriteConnection", None)
         if half_close is None or self._read_closed:
             self.transport.loseConnection()
@@ -141,6 +161,13 @@ class ClientProtocol(LineReceiver, TimeoutMixin):
     def write_reply(self, reply: Reply) -> None:
         self.transport.write(reply.encode())
 
+    def _respond(self, reply: Reply) -> None:
+        """A reply ready now: written at once, or after the replies still being served."""
+        if self._queue:
+            self._queue.append([reply])
+        else:
+            self.write_reply(reply)
+
     def lineReceived(self, raw: bytes) -> None:
         if self._closing:
             return      # lines pipelined after QUIT (or another final reply) are dropped
@@ -148,31 +175,31 @@ class ClientProtocol(LineReceiver, TimeoutMixin):
         try:
             request = wire.parse_request(wire.decode_line(raw), self.factory.limits)
         except WireError as e:
-            self.write_reply(e.reply())
+            self._respond(e.reply())
             return
         if request is None:
             return
         if request.command == "AUTH":
             self._auth(request.value or "")
         elif not self._authenticated and request.command not in wire.UNAUTHENTICATED_COMMANDS:
-            self.write_reply(wire.error_reply(
+            self._respond(wire.error_reply(
                 Code.AUTH, "this cluster needs a password: send AUTH <password> first"
             ))
         elif request.command == "PING":
-            self.write_reply(Reply("PONG"))
+            self._respond(Reply("PONG"))
         elif request.command == "HELP":
-            self.write_reply(Reply("HELP", lines=wire.HELP_LINES))
+            self._respond(Reply("HELP", lines=wire.HELP_LINES))
         elif request.command == "QUIT":
-            self.write_reply(Reply("BYE"))
+            self._respond(Reply("BYE"))
             self.close_after_reply()
         elif request.command == "STATUS":
-            self.write_reply(self.factory.handler.status(request))
+            self._respond(self.factory.handler.status(request))
         else:
             # The fast path: a read the coordinator can answer at once is answered here,
             # with no Deferred and no pause of reading (most GETs).
             reply = self.factory.handler.answer_now(request)
             if reply is not None:
-                self.write_reply(reply)
+                self._respond(reply)
             else:
                 self._serve(request)
 
@@ -180,40 +207,61 @@ class ClientProtocol(LineReceiver, TimeoutMixin):
         expected = self.factory.password
         if expected is None or hmac.compare_digest(password.encode(), expected.encode()):
             self._authenticated = True
-            self.write_reply(Reply("OK"))
+            self._respond(Reply("OK"))
             return
         self._failed_auths += 1
         self.log.warn("wrong client password from {peer}", peer=self.transport.getPeer())
         if self._failed_auths >= MAX_FAILED_AUTHS:
-            self.write_reply(wire.error_reply(Code.AUTH, "wrong password; closing"))
+            self._respond(wire.error_reply(Code.AUTH, "wrong password; closing"))
             self.close_after_reply()
         else:
-            self.write_reply(wire.error_reply(Code.AUTH, "wrong password"))
+            self._respond(wire.error_reply(Code.AUTH, "wrong password"))
 
     def _serve(self, request: Request) -> None:
-        # Pause reading (and the idle timer) until this reply is written: replies
-        # stay in request order and a slow election does not count as idleness.
-        self.pauseProducing()
-        self.setTimeout(None)
-        d = defer.maybeDeferred(self.factory.handler.handle, request)
+        slot: list = [None]
+        self._queue.append(slot)
+        self.setTimeout(None)     # a slow election does not count as idleness
+        placed: list[bool] = []
+        d = defer.maybeDeferred(self.factory.handler.handle, request,
+                                lambda: placed.append(True))
         d.addErrback(self._internal_error, request)
-        d.addCallback(self._served)
+        d.addCallback(self._served, slot)
+        if slot[0] is None and (not placed or len(self._queue) >= MAX_PIPELINE):
+            # Its place is not fixed yet (or the pipeline is full): read nothing more
+            # until it is answered, so nothing after it can overtake it.
+            self.pauseProducing()
 
     def _internal_error(self, failure, request: Request) -> Reply:
         self.log.failure("serving {command} failed", failure, command=request.command)
         return wire.error_reply(Code.INTERNAL, "internal error; nothing was half-applied")
 
-    def _served(self, reply: Reply) -> None:
+    def _served(self, reply: Reply, slot: list) -> None:
+        slot[0] = reply
+        self._drain()
+
+    def _drain(self) -> None:
+        """Write the replies that are ready, in order; once none is left, read again."""
         if not self.connected:
             return
-        self.write_reply(reply)
+        queue = self._queue
+        while queue and queue[0][0] is not None:
+            self.write_reply(queue.popleft()[0])
+        if queue:
+            return
+        if self._close_when_drained:
+            self._close_when_drained = False
+            self.close_after_reply()
+            return
         if self._read_closed:
             # Do not resume the transport: its read side is over.
             self.paused = False
             self._finish_input()
             return
+        if self._closing:
+            return
         self.setTimeout(self.factory.idle_timeout_s)
-        self.resumeProducing()
+        if self.paused:
+            self.resumeProducing()
 
 
 class ClientFactory(Factory):

@@ -486,8 +486,10 @@ class Replica(service.MultiService):
     def _error(self, request: Request, code: str, message: str) -> Reply:
         return wire.error_reply(code, message).with_meta(self._meta(request, self.store.clock))
 
-    def handle(self, request: Request) -> defer.Deferred[Reply]:
-        reply = defer.ensureDeferred(self._handle(request))
+    def handle(self, request: Request, placed=None) -> defer.Deferred[Reply]:
+        """Serve a data request; ``placed()`` is called once its place in the order is
+        fixed (client_protocol: a pipelining client's next request may start then)."""
+        reply = defer.ensureDeferred(self._handle(request, placed))
         return self.metrics.request(request.command, reply)   # metrics hook
 
     def answer_now(self, request: Request) -> Reply | None:
@@ -523,7 +525,7 @@ class Replica(service.MultiService):
             why = f"no coordinator within {self.timers.election_wait:g} s"
         return self._error(request, Code.UNAVAILABLE, f"{why}; nothing was done")
 
-    async def _handle(self, request: Request) -> Reply:
+    async def _handle(self, request: Request, placed=None) -> Reply:
         deadline = self.reactor.seconds() + self.timers.election_wait
         node = self.node
         while True:
@@ -532,7 +534,7 @@ class Replica(service.MultiService):
                 return self._unavailable(request)
             if coordinator == self.my_id:
                 try:
-                    return await self._coordinate(request)
+                    return await self._coordinate(request, placed)
                 except _NotCoordinator:
                     continue
             if not await self.detector.check():
@@ -606,8 +608,10 @@ class Replica(service.MultiService):
             reply = reply.with_meta(dataclasses.replace(reply.meta, here=self.my_id))
         return reply
 
-    async def _coordinate(self, request: Request) -> Reply:
-        """Serve a data request as the coordinator (never with stale data)."""
+    async def _coordinate(self, request: Request, placed=None) -> Reply:
+        """Serve a data request as the coordinator (never with stale data).  ``placed``
+        is called where the request's effect is fixed: a read answered, a write in the
+        open commit group (a write placed later is applied after it)."""
         need = session.requirement(request.context)
         if not need <= self.store.clock:
             via = request.context.via if request.context else None
@@ -628,6 +632,8 @@ class Replica(service.MultiService):
             if node.serving_as != self.my_id:
                 raise _NotCoordinator()
         if request.is_read:
+            if placed is not None:
+                placed()
             return self._read(request)
         rid = request.context.rid if request.context else None
         done = store.request(rid) if rid is not None else None
@@ -636,6 +642,8 @@ class Replica(service.MultiService):
         if request.command == "DEL":
             current = store.get(request.key)
             if current is None or current.deleted:
+                if placed is not None:
+                    placed()
                 if rid is not None:       # a retry must get the same answer later
                     await self.commits.run(lambda: store.remember_noop(rid))
                 return Reply("NOTFOUND", meta=self._meta(request, store.clock))
@@ -645,6 +653,8 @@ class Replica(service.MultiService):
         except NewerEpoch as e:
             node.epoch_seen(e.epoch)      # deposed: step down, the request goes elsewhere
             raise _NotCoordinator() from None
+        if placed is not None:
+            placed()
         try:
             record = await written         # durable here: only now is it pushed
         except GroupFailed as e:

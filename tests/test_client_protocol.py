@@ -43,7 +43,7 @@ class FakeHandler:
             return Reply("VALUE", "at once")
         return None
 
-    def handle(self, request):
+    def handle(self, request, placed=None):
         self.handled.append(request)
         self.pending.append(defer.Deferred())
         return self.pending[-1]
@@ -196,7 +196,7 @@ def test_requests_arriving_while_one_is_served_wait():
 
 def test_a_reply_ready_at_once_does_not_stop_the_pipeline():
     class Immediate(FakeHandler):
-        def handle(self, request):
+        def handle(self, request, placed=None):
             self.handled.append(request)
             return Reply("VALUE", request.key)   # not even a Deferred
 
@@ -253,7 +253,7 @@ def test_handler_errback_is_err_internal():
 
 def test_handler_raising_is_err_internal():
     class Raising(FakeHandler):
-        def handle(self, request):
+        def handle(self, request, placed=None):
             raise ValueError("bug")
 
     proto, transport, _clock, _handler, _factory = setup(handler=Raising())
@@ -552,7 +552,7 @@ class DelayedHandler(FakeHandler):
         self.reactor = reactor
         self.delay_s = delay_s
 
-    def handle(self, request):
+    def handle(self, request, placed=None):
         self.handled.append(request)
         reply = Reply("OK") if request.is_write else Reply("VALUE", "x")
         return task.deferLater(self.reactor, self.delay_s, lambda: reply)
@@ -596,3 +596,115 @@ def test_a_read_answered_at_once_takes_no_deferred_and_does_not_pause_reading():
     assert transport.producerState == "paused"
     handler.pending[0].callback(Reply("NOTFOUND"))
     assert transport.value().endswith(b"NOTFOUND\r\nVALUE at once\r\n")
+
+
+# Pipelining: requests whose place is fixed at once do not stop reading -------------------
+
+
+class Placing(FakeHandler):
+    """Writes (PUT/DEL) are placed at once, as the coordinator places a write in its open
+    commit group; anything else is not (a forwarded request, say)."""
+
+    def handle(self, request, placed=None):
+        if request.is_write and placed is not None:
+            placed()
+        return super().handle(request)
+
+
+def test_placed_writes_are_all_started_and_answered_in_order():
+    proto, transport, _clock, handler, _factory = setup(handler=Placing())
+    proto.dataReceived(b"PUT a 1\r\nPUT b 2\r\nDEL c\r\n")
+    assert [r.key for r in handler.handled] == ["a", "b", "c"]   # one commit group
+    assert transport.producerState == "producing"
+    handler.pending[2].callback(Reply("NOTFOUND"))
+    handler.pending[1].callback(Reply("OK"))
+    assert transport.value() == b""                 # a's reply comes first
+    handler.pending[0].callback(Reply("OK"))
+    assert transport.value() == b"OK\r\nOK\r\nNOTFOUND\r\n"
+
+
+def test_a_request_not_placed_stops_reading_until_everything_before_it_is_answered():
+    proto, transport, _clock, handler, _factory = setup(handler=Placing())
+    proto.dataReceived(b"PUT a 1\r\nGET a\r\nPUT b 2\r\n")
+    assert [r.command for r in handler.handled] == ["PUT", "GET"]
+    assert transport.producerState == "paused"
+    handler.pending[1].callback(Reply("VALUE", "1"))
+    assert len(handler.handled) == 2                # a is still being served
+    handler.pending[0].callback(Reply("OK"))
+    assert [r.key for r in handler.handled] == ["a", "a", "b"]
+    assert transport.producerState == "producing"
+    handler.pending[2].callback(Reply("OK"))
+    assert transport.value() == b"OK\r\nVALUE 1\r\nOK\r\n"
+
+
+def test_local_and_fast_replies_wait_behind_the_writes_in_flight():
+    proto, transport, _clock, handler, _factory = setup(handler=Placing())
+    proto.dataReceived(b"PUT a 1\r\nPING\r\nGET fast\r\nBOGUS\r\n")
+    assert transport.value() == b""
+    handler.pending[0].callback(Reply("OK"))
+    assert [r.status for r in replies(transport)] == ["OK", "PONG", "VALUE", "ERR"]
+
+
+def test_the_pipeline_is_bounded():
+    from replicad.client_protocol import MAX_PIPELINE
+
+    proto, transport, _clock, handler, _factory = setup(handler=Placing())
+    proto.dataReceived(b"".join(b"PUT k%d v\r\n" % i for i in range(MAX_PIPELINE + 3)))
+    assert len(handler.handled) == MAX_PIPELINE
+    assert transport.producerState == "paused"
+    for d in list(handler.pending):
+        d.callback(Reply("OK"))
+    assert len(handler.handled) == MAX_PIPELINE + 3
+    for d in handler.pending[MAX_PIPELINE:]:
+        d.callback(Reply("OK"))
+    assert len(replies(transport)) == MAX_PIPELINE + 3
+    assert transport.producerState == "producing"
+
+
+def test_no_idle_timeout_while_placed_writes_are_in_flight():
+    proto, transport, clock, handler, _factory = setup(handler=Placing())
+    proto.dataReceived(b"PUT a 1\r\nPUT b 2\r\n")
+    clock.advance(IDLE_S * 2)
+    assert not transport.disconnecting
+    handler.pending[0].callback(Reply("OK"))
+    handler.pending[1].callback(Reply("OK"))
+    clock.advance(IDLE_S)
+    assert error_codes(transport)[-1] == "IDLE"
+
+
+def test_quit_behind_placed_writes_closes_after_their_replies():
+    proto, transport, _clock, handler = half_close_setup(handler=Placing())
+    proto.dataReceived(b"PUT a 1\r\nQUIT\r\nPUT b 2\r\n")
+    assert len(handler.handled) == 1 and not transport.write_closed
+    handler.pending[0].callback(Reply("OK"))
+    assert transport.value() == b"OK\r\nBYE\r\n"
+    assert transport.write_closed and len(handler.handled) == 1
+
+
+def test_an_over_long_line_behind_placed_writes_is_answered_after_them():
+    proto, transport, _clock, handler = half_close_setup(handler=Placing())
+    proto.dataReceived(b"PUT a 1\r\n" + b"x" * (proto.MAX_LENGTH + 10))
+    assert transport.value() == b"" and not transport.write_closed
+    handler.pending[0].callback(Reply("OK"))
+    assert error_codes(transport) == [None, "LINETOOLONG"]
+    assert transport.write_closed
+
+
+def test_placed_writes_in_flight_at_eof_are_answered_then_the_connection_closed():
+    proto, transport, _clock, handler = half_close_setup(handler=Placing())
+    proto.dataReceived(b"PUT a 1\nPUT b 2")          # the last line has no newline
+    proto.readConnectionLost()
+    assert [r.key for r in handler.handled] == ["a", "b"] and not transport.disconnecting
+    handler.pending[0].callback(Reply("OK"))
+    assert not transport.disconnecting
+    handler.pending[1].callback(Reply("OK"))
+    assert transport.value() == b"OK\r\nOK\r\n" and transport.disconnecting
+
+
+def test_a_placed_write_whose_connection_died_writes_nothing():
+    proto, transport, _clock, handler, _factory = setup(handler=Placing())
+    proto.dataReceived(b"PUT a 1\r\nPUT b 2\r\n")
+    proto.connectionLost(Failure(ConnectionDone()))
+    handler.pending[1].callback(Reply("OK"))
+    handler.pending[0].callback(Reply("OK"))
+    assert transport.value() == b""
