@@ -5,9 +5,9 @@ context (and the write's request id), reads PONG and one reply, and closes (DESI
 clients are one-shot).  PONG says the server is alive: one that does not send it within
 the attempt deadline, or that falls silent for half of it after the PONG and does not
 answer a fresh PING on a second connection within the deadline either, is skipped (a
-frozen process whose kernel still accepts connections).  What to do after an attempt (retry elsewhere, give up, hand the reply
-over) is decided by the pure policy in replicad.retry, whose names are re-exported here
-for callers of the client.
+frozen process whose kernel still accepts connections).  What to do after an attempt
+(retry elsewhere, give up, hand the reply over) is decided by the pure policy in
+replicad.retry, whose names are re-exported here for callers of the client.
 
 TLS (``tls=True``, or ``cacert=FILE``, which implies it): the servers' certificates are
 verified against the CA certificates in FILE (PEM; several may follow each other), else

@@ -372,6 +372,7 @@ class Store:
         group_id = self._group_ids
         self._group_ids += 1
         try:
+            self._write_clock(clock, self._clock)   # once per group, not per write
             self._db.execute("COMMIT")
         except BaseException:
             if self._db.in_transaction:
@@ -627,7 +628,13 @@ class Store:
         )
 
     def _save_clock(self, new: VectorClock) -> None:
-        changed = [(r, c) for r, c in new.items() if c != self._clock[r]]
+        """Persist the clock ``new`` (inside the caller's transaction).  In an open
+        group the group's COMMIT writes it, once for all its changes."""
+        if self._group is None:
+            self._write_clock(self._clock, new)
+
+    def _write_clock(self, old: VectorClock, new: VectorClock) -> None:
+        changed = [(r, c) for r, c in new.items() if c != old[r]]
         if changed:
             self._db.executemany("REPLACE INTO clock (replica, count) VALUES (?, ?)", changed)
 

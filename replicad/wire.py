@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import dataclasses
 import re
-import unicodedata
 from dataclasses import dataclass
 
 from replicad.vclock import ClockError, VectorClock
@@ -305,10 +304,16 @@ def parse_request(line: str, limits: Limits = Limits()) -> Request | None:
     return Request(command, None, None, context)
 
 
+# Unicode category Cc is exactly U+0000-U+001F and U+007F-U+009F (checked in
+# tests/test_wire.py); one regex search instead of a category lookup per character,
+# which cost 9 % of the coordinator's time under load (issue #10 profile).
+_CONTROL = re.compile("[\x00-\x1f\x7f-\x9f]")
+_CONTROL_BUT_TAB = re.compile("[\x00-\x08\x0a-\x1f\x7f-\x9f]")
+_CONTROL_OR_SPACE = re.compile("[\x00-\x1f\x7f-\x9f\\s]")   # \s is str.isspace
+
+
 def _has_control(text: str, allow_tab: bool) -> bool:
-    return any(
-        unicodedata.category(ch) == "Cc" and not (allow_tab and ch == "\t") for ch in text
-    )
+    return (_CONTROL_BUT_TAB if allow_tab else _CONTROL).search(text) is not None
 
 
 def check_key(key: str, limits: Limits = Limits()) -> None:
@@ -319,7 +324,7 @@ def check_key(key: str, limits: Limits = Limits()) -> None:
         raise WireError(
             Code.BADKEY, f"key is {size} bytes, the limit is {limits.max_key_bytes} bytes"
         )
-    if _has_control(key, allow_tab=False) or any(ch.isspace() for ch in key):
+    if _CONTROL_OR_SPACE.search(key) is not None:
         raise WireError(Code.BADKEY, "key must not contain whitespace or control characters")
 
 

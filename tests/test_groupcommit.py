@@ -135,3 +135,29 @@ def test_imports_and_exports_work_while_a_group_is_open(setup):
     importer.finish(VectorClock({2: 1}))
     clock.advance(0)
     assert d.called and committed_keys(path) == ["a", "b", "c"]
+
+
+def committed_clock(path: str) -> dict[int, int]:
+    with sqlite3.connect(path) as db:
+        return dict(db.execute("SELECT replica, count FROM clock"))
+
+
+def test_the_group_commit_writes_the_clock_once_with_its_writes(setup):
+    """The clock table is written by the COMMIT of the group (once, not per write),
+    and a failed group leaves the persisted clock as it was."""
+    store, commits, clock, spy, path = setup
+    pushed = Record("p", "v", 2, 1, VectorClock({2: 1}))
+    commits.run(lambda: store.write(1, "a", "v"))
+    commits.run(lambda: store.apply_pushed(pushed))
+    commits.run(lambda: store.write(1, "b", "v"))
+    assert committed_clock(path) == {}
+    clock.advance(0)
+    assert committed_clock(path) == {1: 2, 2: 1}
+    reopened = Store(path)                                   # a restart sees it
+    assert reopened.clock == VectorClock({1: 2, 2: 1})
+    reopened.close()
+    spy.fail = True
+    d = commits.run(lambda: store.write(1, "c", "v"))
+    clock.advance(0)
+    d.addErrback(lambda f: None)
+    assert committed_clock(path) == {1: 2, 2: 1}

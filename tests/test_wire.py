@@ -530,3 +530,21 @@ def test_auth_takes_the_rest_of_the_line_as_the_password():
     with pytest.raises(WireError) as caught:
         parse_request("AUTH")
     assert caught.value.code == Code.BADARGS
+
+
+def test_control_and_space_checks_match_unicode_categories_for_every_code_point():
+    """The regexes in wire.py stand for unicodedata.category(ch) == "Cc" and
+    str.isspace(): the same answer for every code point."""
+    import unicodedata
+
+    from replicad import wire as w
+
+    wrong = []
+    for cp in range(0x110000):
+        ch = chr(cp)
+        cc = unicodedata.category(ch) == "Cc"
+        if (w._has_control(ch, False) != cc
+                or w._has_control(ch, True) != (cc and ch != "\t")
+                or (w._CONTROL_OR_SPACE.search(ch) is not None) != (cc or ch.isspace())):
+            wrong.append(hex(cp))
+    assert wrong == []
