@@ -64,6 +64,11 @@ SCENARIOS = {
     "get-50": Scenario("get-50", "GET, 50 connections", "get", "persistent", 50, ("R3",)),
     "put-1": Scenario("put-1", "PUT, 1 connection", "put", "persistent", 1, ("R3",)),
     "get-1": Scenario("get-1", "GET, 1 connection", "get", "persistent", 1, ("R3",)),
+    # Sent to a follower, which is then the process profiled (it forwards each request).
+    "get-50-follower": Scenario("get-50-follower", "GET, 50 connections, sent to a follower",
+                                "get", "persistent", 50, ("R3",), via="follower"),
+    "put-50-follower": Scenario("put-50-follower", "PUT, 50 connections, sent to a follower",
+                                "put", "persistent", 50, ("R3",), via="follower"),
 }
 
 # (category, pattern on "function (file)" of a frame), first match wins.  Own time of a
@@ -199,10 +204,11 @@ def measure(args: argparse.Namespace, progress) -> dict:
         assert cluster is not None
         coordinator = target.coordinator
         assert coordinator is not None
-        pid = cluster.pid(coordinator)
-        assert pid is not None
         for key in args.scenarios:
             scenario = SCENARIOS[key]
+            profiled = target.follower if scenario.via == "follower" else coordinator
+            pid = cluster.pid(profiled)
+            assert pid is not None
             raw = os.path.join(workdir, f"{key}.raw")
             argv = [spy, "record", "--pid", str(pid), "--duration", f"{args.duration:g}",
                     "--rate", str(args.rate), "--format", "raw", "--function",

@@ -117,6 +117,7 @@ class ReplicaMetrics:
         self.timeline: collections.deque[dict[str, Any]] = collections.deque(
             maxlen=TIMELINE_LENGTH)
         self._last_coordinator: int | None = None
+        self._request_children: dict[tuple[str, str], tuple[Any, Any]] = {}
         # Set by the wiring (replicad.tap) when it builds the listeners.
         self.client_connections: Callable[[], int] | None = None
         self.peer_connections: Callable[[], int] | None = None
@@ -149,8 +150,14 @@ class ReplicaMetrics:
             outcome = "notfound"
         else:
             outcome = "ok"
-        self.requests.labels(command, outcome).inc()
-        self.request_seconds.labels(command).observe(self.clock.seconds() - started)
+        children = self._request_children.get((command, outcome))
+        if children is None:   # labels() takes a lock and builds a key: once per pair
+            children = (self.requests.labels(command, outcome),
+                        self.request_seconds.labels(command))
+            self._request_children[(command, outcome)] = children
+        count, seconds = children
+        count.inc()
+        seconds.observe(self.clock.seconds() - started)
 
     def role_changed(self, role: str, coordinator: int | None, epoch: int) -> None:
         """Replica.role_changed: count elections, wins and failovers; keep a timeline."""

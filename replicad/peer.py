@@ -822,9 +822,12 @@ class PeerClientProtocol(_LineProtocol):
         if call.timer is not None and call.timer.active():
             call.timer.cancel()
         call.timer = self.factory.clock.callLater(
-            call.timeout_s if timeout_s is None else timeout_s,
-            self._finish, rid, None, PeerUnavailable("timed out", sent=True),
-        )
+            call.timeout_s if timeout_s is None else timeout_s, self._timed_out, rid)
+
+    def _timed_out(self, rid: int) -> None:
+        # The exception is made here, not with the timer: most calls never time out,
+        # and making one per call was 3 % of a forwarding follower's time.
+        self._finish(rid, None, PeerUnavailable("timed out", sent=True))
 
     def _finish(self, rid: int, response: PeerResponse | None = None,
                 error: Exception | None = None) -> None:

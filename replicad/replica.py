@@ -93,6 +93,9 @@ class Replica(service.MultiService):
         # Peers that failed a ping or a forward since they last answered: the evidence
         # that a forward in flight to them will get no answer.
         self._suspected: set[int] = set()
+        # Forwards in flight, per coordinator: fired with (None, None) when it is
+        # declared dead (a failed ping, its link dropped), so they stop waiting for it.
+        self._forwards: dict[int, set[defer.Deferred]] = {}
         self._joining_from: set[int] = set()     # copies in flight while joining
         self._last_waiting_log = float("-inf")
         self._anti_entropy = LoopingCall(self._anti_entropy_tick)
@@ -321,7 +324,8 @@ class Replica(service.MultiService):
     def _suspect(self, peer_id: int | None) -> None:
         if peer_id is not None:
             self._suspected.add(peer_id)
-            self.node.poke()     # forwards in flight to it stop waiting
+            self._forwards_dead(peer_id)
+            self.node.poke()
 
     def _link_lost(self, peer_id: int) -> None:
         """The connection to a peer dropped.  If it was our coordinator, check it now
@@ -330,7 +334,8 @@ class Replica(service.MultiService):
         node = self.node
         if node is None:
             return
-        node.poke()     # forwards in flight to this peer stop waiting for it
+        self._forwards_dead(peer_id)
+        node.poke()
         if node.role is Role.FOLLOWER and node.coordinator == peer_id:
             self.detector.reset()
             self.detector.check()
@@ -569,31 +574,39 @@ class Replica(service.MultiService):
             if not await node.wait_for_change(deadline - self.reactor.seconds()):
                 return
 
-    async def _coordinator_dead(self, coordinator: int, deadline: float) -> None:
-        """Wait for evidence that coordinator died: our link to it dropped, or a ping to
-        it failed.  An election (Bully makes a follower hold one whenever a lower replica
-        does) or a higher replica taking over is no such evidence: the old coordinator
-        is alive and will still answer what it was sent."""
-        while not self.links[coordinator].down and coordinator not in self._suspected:
-            if not await self.node.wait_for_change(deadline - self.reactor.seconds()):
-                return
+    def _forwards_dead(self, coordinator: int) -> None:
+        """Evidence that coordinator died: the forwards in flight to it stop waiting.
+        An election (Bully makes a follower hold one whenever a lower replica does) or a
+        higher replica taking over is no such evidence: the old coordinator is alive
+        and will still answer what it was sent."""
+        for waiting in list(self._forwards.pop(coordinator, ())):
+            if not waiting.called:
+                waiting.callback((None, None))
 
     async def _forward(self, coordinator: int, request: Request) -> Reply:
-        # Race the answer against this coordinator being declared dead: a hung one then
-        # costs about one ping interval, not forward_timeout.  race() only counts a
-        # success, so the call's outcome travels as a value (a refused call, never
-        # sent, must not turn into a write in doubt).
+        # The answer races the coordinator being declared dead (_forwards_dead): a hung
+        # one then costs about one ping interval, not forward_timeout.  The call's
+        # outcome travels as a value, so that a refused call (never sent) does not turn
+        # into a write in doubt.  No coroutine or timer per forward beyond the call's own:
+        # this is a follower's hot path.
         self._suspected.discard(coordinator)   # only evidence from now on counts
         message = peerwire.Client(self.node.epoch, request.encode())
         call = self.call(coordinator, message, self.timers.forward_timeout)
-        call.addCallbacks(lambda response: (response, None), lambda failure: (None, failure))
-        deadline = self.reactor.seconds() + self.timers.forward_timeout
-        dead = defer.ensureDeferred(self._coordinator_dead(coordinator, deadline))
-        winner, outcome = await defer.race([call, dead])
-        if winner == 1:
+        outcome: defer.Deferred = defer.Deferred()
+        waiting = self._forwards.setdefault(coordinator, set())
+        waiting.add(outcome)
+
+        def settle(response, failure) -> None:
+            waiting.discard(outcome)
+            if not outcome.called:
+                outcome.callback((response, failure))
+
+        call.addCallbacks(settle, lambda failure: settle(None, failure), (None,))
+        response, failure = await outcome
+        if response is None and failure is None:
+            call.cancel()
             raise PeerUnavailable(f"coordinator {coordinator} failed during the request",
                                   sent=True)
-        response, failure = outcome
         if failure is not None:
             failure.raiseException()
         if response.kind == "NO":

@@ -6,10 +6,10 @@ import pytest
 from twisted.internet import defer
 from twisted.internet.testing import MemoryReactorClock
 
-from replicad import peerwire
+from replicad import peerwire, wire
 from replicad.config import default_config
 from replicad.node import Candidacy, Role
-from replicad.peer import PeerAnswer
+from replicad.peer import PeerAnswer, PeerUnavailable
 from replicad.peerwire import PeerStatus, PeerWireError
 from replicad.replica import Replica
 from replicad.store import Record
@@ -162,12 +162,26 @@ def test_an_election_is_no_evidence_that_the_coordinator_died(replica):
     """Bully makes a follower hold an election whenever a lower replica does; a forward
     in flight to the (alive) coordinator must keep waiting for its answer."""
     follow(replica)
-    dead = defer.ensureDeferred(replica._coordinator_dead(3, replica.reactor.seconds() + 5))
+    forward = defer.ensureDeferred(replica._forward(3, wire.parse_request("PUT k v")))
     assert replica.peer_request(1, "ELECTION", "3").kind == "OK"
     assert replica.node.role is Role.ELECTING
-    assert not dead.called
+    assert not forward.called
     replica._suspect(3)                     # what a failed ping to it does
-    assert dead.called
+    failure = forward.result
+    forward.addErrback(lambda f: None)
+    assert failure.check(PeerUnavailable) and failure.value.sent   # a write in doubt
+    assert replica._forwards == {}          # nothing left behind
+    replica.reactor.advance(replica.timers.forward_timeout)   # the cancelled call's timer
+
+
+def test_a_forward_stops_waiting_when_the_link_to_the_coordinator_drops(replica):
+    follow(replica)
+    forward = defer.ensureDeferred(replica._forward(3, wire.parse_request("GET k")))
+    replica._link_lost(1)                   # another peer: no evidence about 3
+    assert not forward.called
+    replica._link_lost(3)
+    assert forward.result.check(PeerUnavailable)
+    forward.addErrback(lambda f: None)
 
 
 # The edge: one epoch check for every peer message -------------------------------------
