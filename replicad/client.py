@@ -421,8 +421,10 @@ def _stalled(step: Attempt, after_pong: bool, tls: bool = False) -> Outcome:
 
 
 def _no_reply(step: Attempt, started: float, now: float) -> Outcome:
+    """No reply by the attempt's deadline: the call's own (DEADLINE) or reply_timeout_s."""
+    cut = now - started >= step.budget_s
     return Outcome(step.address, failure=f"no reply came within {now - started:.2g} s",
-                   sent=True)
+                   sent=True, kind=FailureKind.DEADLINE if cut else FailureKind.BROKEN)
 
 
 class ReplicadClient(_ClientSettings):

@@ -149,6 +149,8 @@ class FailureKind(enum.Enum):
     BROKEN = "broken"            # closed, reset or garbled before a complete reply
     TLS = "tls"                  # the TLS handshake failed: nothing was sent
     SILENT = "silent"            # closed without a byte: what a TLS port does to plain text
+    DEADLINE = "deadline"        # the call's own deadline ended the attempt: says nothing
+                                 # of the server
 
 
 # Passes made only of these outcomes count towards REFUSED_PASSES: nobody serves, and
@@ -314,7 +316,10 @@ class RetryPlan:
                 f"{_describe_request(self.request)}: the request reached {outcome.address} "
                 f"but {outcome.failure}; the write may or may not have been applied"
             )
-        if in_doubt(self.request, outcome):
+        if in_doubt(self.request, outcome) and not (
+                outcome.kind is FailureKind.DEADLINE and self.doubt is not None):
+            # An attempt cut by the deadline (it may have had a millisecond) does not
+            # replace what an earlier one learned (ERR QUORUM from the coordinator).
             self.doubt = outcome
         self.last_reason = outcome.describe()
         if outcome.reply is not None:

@@ -926,6 +926,30 @@ def test_plan_write_in_doubt_at_the_deadline_is_outcome_unknown():
     assert plan.rid in str(info.value)
 
 
+def test_plan_an_attempt_cut_by_the_deadline_keeps_the_earlier_answer():
+    """ERR QUORUM, sent again until the deadline, whose last attempt had a millisecond
+    left: the caller learns of the QUORUM answer, not of "no reply within 0.001 s" (a
+    CI run of test_write_quorum_not_reached_is_reported failed so)."""
+    plan = RetryPlan(PUT, ["a"], ClientSession(), timeout_s=1, now=0)
+    plan.next_step(0)
+    plan.record(Outcome("a", reply=error_reply(Code.QUORUM, "2 of 3")))
+    plan.next_step(0.999)
+    plan.record(Outcome("a", failure="no reply came within 0.001 s", sent=True,
+                        kind=FailureKind.DEADLINE))
+    with pytest.raises(WriteInDoubt) as info:
+        plan.next_step(1)
+    assert info.value.code == Code.QUORUM
+
+
+def test_plan_an_attempt_cut_by_the_deadline_alone_leaves_the_write_in_doubt():
+    plan = RetryPlan(PUT, ["a"], ClientSession(), timeout_s=1, now=0)
+    plan.next_step(0)
+    plan.record(Outcome("a", failure="no reply came within 1 s", sent=True,
+                        kind=FailureKind.DEADLINE))
+    with pytest.raises(OutcomeUnknown, match="no reply came within 1 s"):
+        plan.next_step(1)
+
+
 def test_plan_reorders_each_pass_when_a_coordinator_is_learned():
     session = ClientSession(addresses={2: "b"})
     plan = RetryPlan(GET, ["a", "b"], session, timeout_s=5, now=0, rng=lambda: 0)
