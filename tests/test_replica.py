@@ -429,3 +429,29 @@ def test_a_discarded_write_stays_in_doubt_after_the_key_is_written_again(replica
     again = serve(replica, "@r=;w=;id=0123abcd.1 PUT k mine")
     assert (again.status, again.error_code) == ("ERR", "INDOUBT")
     assert replica.store.get("k").value == "later"
+
+
+def test_the_coordinator_places_a_write_or_a_read_before_handle_returns(replica):
+    """client_protocol pipelines a request only if handle() called placed() before it
+    returned: a write in the open commit group, a read answered."""
+    serving(replica)
+    placed: list[bool] = []
+    d = replica.handle(wire.parse_request("PUT k v"), lambda: placed.append(True))
+    assert placed == [True] and not d.called             # placed, not yet durable
+    replica.reactor.advance(0)                             # the group commits
+    assert d.result.status == "OK"
+    for line, status in (("GET k", "VALUE"), ("DEL gone", "NOTFOUND")):
+        calls: list[bool] = []
+        d = replica.handle(wire.parse_request(line), lambda calls=calls: calls.append(True))
+        assert calls == [True] and d.result.status == status
+
+
+def test_a_request_that_must_wait_is_not_placed(replica):
+    """Forwarded by a follower, or a read behind an uncommitted write: not placed, so
+    the connection stops reading until it is answered."""
+    follow(replica)
+    placed: list[bool] = []
+    d = replica.handle(wire.parse_request("PUT k v"), lambda: placed.append(True))
+    assert placed == [] and not d.called
+    d.cancel()
+    d.addErrback(lambda f: None)
