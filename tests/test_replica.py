@@ -455,3 +455,13 @@ def test_a_request_that_must_wait_is_not_placed(replica):
     assert placed == [] and not d.called
     d.cancel()
     d.addErrback(lambda f: None)
+
+
+def test_a_failed_call_to_the_higher_replica_ends_the_election_wait(replica):
+    """_mark(peer, False) (a call to it timed out, its link dropped) tells the node, which
+    stops waiting answer_timeout for that replica's OK (a hung coordinator, issue #8)."""
+    assert replica.node.role is Role.ELECTING             # waiting for replica 3's OK
+    replica._mark(1, False)                               # lower: not waited on
+    assert replica.node.role is Role.ELECTING
+    replica._mark(3, False)
+    assert replica.node.role.is_coordinator               # won at once, no timer ran
