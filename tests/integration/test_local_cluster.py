@@ -44,7 +44,7 @@ def alive(pid: int) -> bool:
 
 
 def test_the_demo_runs_and_succeeds(tmp_path):
-    base = find_free_base_port(3)
+    base = find_free_base_port(3, admin=True)   # replicad-local serves admin ports
     result = subprocess.run(
         [LOCAL, "--demo", "--base-port", str(base), "--data-dir", str(tmp_path / "demo")],
         capture_output=True, text=True, timeout=120,
@@ -55,7 +55,7 @@ def test_the_demo_runs_and_succeeds(tmp_path):
 
 
 def test_sigterm_stops_every_replica(tmp_path):
-    base = find_free_base_port(3)
+    base = find_free_base_port(3, admin=True)   # replicad-local serves admin ports
     local = subprocess.Popen(
         [LOCAL, "--base-port", str(base), "--data-dir", str(tmp_path / "c")],
         stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
@@ -114,7 +114,7 @@ class Lines:
 def test_the_printed_commands_work_as_printed(tmp_path, settings):
     """From the directory replicad-local runs in, every suggested line works when pasted
     into a shell: the CLI by its path, this cluster's (non-default) ports, the password."""
-    base = find_free_base_port(3)
+    base = find_free_base_port(3, admin=True)   # replicad-local serves admin ports
     env = dict(os.environ, REPLICAD_SESSION=str(tmp_path / "session.json"))
     env.pop("REPLICAD_PASSWORD", None)
     # As after `make cluster`: the virtualenv's bin directory is not on PATH.

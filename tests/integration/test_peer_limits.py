@@ -154,7 +154,16 @@ def load_keys(cluster, n: int, value_bytes: int, connections: int = 16,
 class Flood:
     """Keeps about `size` connections open to a peer port: a third send garbage (binary
     noise, an endless line, a forged AUTH), the rest stay idle; whatever the replica
-    closes is opened again, until stop()."""
+    closes is opened again, at most `rate` a second, until stop().
+
+    The rate is bounded because the port's guarantee is: a flood must open
+    max_peer_connections (12) connections within one handshake round trip to keep a
+    redialling replica out (docs/operations.md, "The peer port", with the known limit).
+    Unbounded, this thread opened 17,500 a second and, on a machine whose cores the
+    rest of the suite kept busy, beat the returning coordinator's handshake for 30 s (a
+    soak run); 400 a second is 12 per 30 ms, far more than the port lets stay open."""
+
+    RATE = 400.0
 
     GARBAGE = [
         b"GET / HTTP/1.1\r\nHost: x\r\n\r\n",
@@ -173,6 +182,7 @@ class Flood:
         self.paused = threading.Event()     # set: open nothing new, keep what is open
         self._thread = threading.Thread(target=self._run, daemon=True)
         self._random = random.Random(9)
+        self._allowance = 0.0
 
     def start(self) -> Flood:
         self._thread.start()
@@ -193,13 +203,18 @@ class Flood:
         self.opened += 1
 
     def _run(self) -> None:
+        last = time.monotonic()
         while not self._stop.is_set():
-            # Re-open at most 200 a round: pressure, without starving the replicas' CPU.
+            now = time.monotonic()
+            self._allowance = min(20.0, self._allowance + (now - last) * self.RATE)
+            last = now
             if not self.paused.is_set():
-                for _ in range(min(200, self.size - len(self.selector.get_map()))):
+                room = self.size - len(self.selector.get_map())
+                for _ in range(min(int(self._allowance), room)):
                     self._open()
+                    self._allowance -= 1
             self.max_open = max(self.max_open, len(self.selector.get_map()))
-            for key, events in self.selector.select(timeout=0.05):
+            for key, events in self.selector.select(timeout=0.01):
                 sock = key.fileobj
                 if events & selectors.EVENT_WRITE:
                     try:
@@ -350,19 +365,21 @@ def test_a_frozen_receiver_does_not_pin_the_senders_read_snapshot(start_cluster)
         # While the stream is stalled its snapshot is pinned: writes grow the WAL.
         wal_before = {i: wal_held_bytes(cluster, i) for i in senders}
         load_keys(cluster, 1500, 2048, prefix="pinned")
-        pinned = [i for i in senders if wal_pinned(cluster, i)]
-        assert pinned, "no sender was left holding a snapshot after the freeze"
+        grown = {i: wal_held_bytes(cluster, i) - wal_before[i] for i in senders}
         assert time.monotonic() - frozen_at < STALL_S, "too slow to see the pinned state"
-        for i in pinned:
-            held = wal_held_bytes(cluster, i) - wal_before[i]
-            assert held > 2_000_000, f"the WAL did not grow: {held} bytes more held"
 
-        def aborted() -> bool:
-            return all("aborting FULL stream" in log_text(cluster, i)[logged_before[i]:]
-                       for i in pinned)
+        def aborting() -> list[int]:
+            """The senders whose FULL stream to replica 1 stalled and was aborted (the
+            one replica 1 was copying from; a sender merely caught mid-read by a
+            checkpoint is not one: a soak run took such a sender for a stalled one)."""
+            return [i for i in senders
+                    if "aborting FULL stream" in log_text(cluster, i)[logged_before[i]:]]
 
-        cluster.wait_until(aborted, STALL_S + 10, what="the senders abort the stream")
+        cluster.wait_until(aborting, STALL_S + 10, what="the sender aborts the stream")
         assert time.monotonic() - frozen_at >= STALL_S - 0.5
+        pinned = aborting()
+        for i in pinned:
+            assert grown[i] > 2_000_000, f"the WAL did not grow: {grown[i]} bytes more held"
         for i in pinned:
             line = next(line for line in log_text(cluster, i).splitlines()
                         if "aborting FULL stream" in line)
