@@ -16,6 +16,7 @@ import shlex
 import sqlite3
 import subprocess
 import sys
+import time
 from collections.abc import Sequence
 
 import twisted
@@ -81,6 +82,17 @@ def command_line() -> str:
     if python.startswith(".."):
         python = sys.executable
     return shlex.join([python, script, *sys.argv[1:]])
+
+
+def progress_printer(started: float, clock=None):
+    """The scripts' progress lines on stderr: ``[  12.3 s] text``, seconds since
+    ``started`` on ``clock`` (default time.perf_counter)."""
+    clock = clock or time.perf_counter
+
+    def progress(text: str) -> None:
+        print(f"[{clock() - started:6.1f} s] {text}", file=sys.stderr, flush=True)
+
+    return progress
 
 
 def _cpu_model() -> str:

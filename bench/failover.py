@@ -1685,8 +1685,7 @@ def main(argv: list[str] | None = None) -> int:
     args.code = _common.CodeWatch()
     started = now()
 
-    def progress(text: str) -> None:
-        print(f"[{now() - started:6.1f} s] {text}", file=sys.stderr, flush=True)
+    progress = _common.progress_printer(started, now)
 
     workdir = tempfile.mkdtemp(prefix="replicad-bench-failover-")
     if args.trace or "log" in args.observers:   # replicas import bench/_common.py

@@ -415,11 +415,7 @@ def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     args.code = _common.CodeWatch()
     started = time.perf_counter()
-
-    def progress(text: str) -> None:
-        print(f"[{time.perf_counter() - started:6.1f} s] {text}", file=sys.stderr,
-              flush=True)
-
+    progress = _common.progress_printer(started)
     before = measure_at(args, args.before, progress) if args.before else None
     now_ = measure(args, progress)
     if args.json:

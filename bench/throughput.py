@@ -936,8 +936,7 @@ def main(argv: list[str] | None = None) -> int:
     args.code = _common.CodeWatch()
     started = now()
 
-    def progress(text: str) -> None:
-        print(f"[{now() - started:6.1f} s] {text}", file=sys.stderr, flush=True)
+    progress = _common.progress_printer(started)
 
     workdir = tempfile.mkdtemp(prefix="replicad-bench-throughput-")
     binary = shutil.which("redis-server")
