@@ -384,8 +384,7 @@ class Node:
         if isinstance(state, _Electing) and peer_id in state.waiting_on:
             self.election_send_failed(peer_id)
         elif isinstance(state, _TakingOver) and peer_id in state.unsettled:
-            state.unsettled.discard(peer_id)
-            self._check_taken_over()
+            self.coordinator_send_failed(peer_id, state.epoch)
 
     def coordinator_received(self, from_id: int, epoch: int) -> bool:
         """COORDINATOR(epoch).  True = accepted; False = rejected with ``self.epoch``."""
