@@ -399,11 +399,21 @@ class Replica(service.MultiService):
     def _compare_with_peer(self, status: PeerStatus) -> None:
         self._compare(status)
         node = self.node
-        # Two coordinators (a healed partition, a lost announcement): Bully sorts it out.
-        if status.role == "coordinator" and status.peer_id != node.coordinator:
-            self.log.info("replica {peer} also claims to be coordinator; holding an election",
-                          peer=status.peer_id)
-            node.start_election("second coordinator seen")
+        if status.role != "coordinator" or status.peer_id == node.coordinator:
+            return
+        # A peer coordinating in the newest epoch is followed as if it had announced
+        # itself: its announcement may never arrive (the path towards this replica is
+        # cut or its peer port flooded) while this replica's PINGs reach it, and an
+        # election would end the same way, or loop if no COORDINATOR can arrive.
+        # The node's checks are those of an announcement (a lower eligible peer, an
+        # older epoch, another cluster's coordinator are not followed).
+        same_cluster = status.cluster_id in (None, self.store.cluster_id)
+        if same_cluster and node.coordinator_received(status.peer_id, status.epoch):
+            return
+        # Two coordinators (a healed partition, an older epoch): Bully sorts it out.
+        self.log.info("replica {peer} also claims to be coordinator; holding an election",
+                      peer=status.peer_id)
+        node.start_election("second coordinator seen")
 
     def _compare(self, status: PeerStatus) -> None:
         """What a peer's PING answer means for identity and anti-entropy."""

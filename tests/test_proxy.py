@@ -139,6 +139,21 @@ def test_partition_leaves_replicas_in_no_group_alone():
     assert cuts.held_pairs() == [("1", "2"), ("2", "1")]
 
 
+def test_no_dial_holds_a_route_not_a_direction_and_heals_with_its_replicas():
+    cuts = table()
+    run(cuts, "NODIAL 3 1")
+    assert cuts.route_held("3", "1") and not cuts.route_held("1", "3")
+    assert cuts.held_pairs() == []                  # no direction between names is cut
+    assert run(cuts, "STATUS") == ["NODIAL 3 1", "END"]
+    run(cuts, "HEAL 1 3")
+    assert cuts.held_routes() == []
+    run(cuts, "NODIAL 3 1")
+    run(cuts, "HEAL 2")                             # another replica: still held
+    assert cuts.held_routes() == [("3", "1")]
+    run(cuts, "HEAL")
+    assert cuts.held_routes() == []
+
+
 def test_status_lists_held_directions_in_numeric_order_then_end():
     cuts = table("2", "10", "3")
     run(cuts, "CUTONEWAY 10 2")
@@ -344,6 +359,28 @@ def test_cut_one_way_holds_only_bytes_from_src_to_dst(harness):
     assert recv_exactly(two_dials, 10) == b"1>2 answer"
 
 
+def test_no_dial_holds_one_route_both_ways_and_leaves_the_other(harness):
+    """One-way reachability: 1 cannot reach 2's peer port, 2 still reaches 1's."""
+    one_dials, two_accepts = harness.connect("1-2")
+    two_dials, one_accepts = harness.connect("2-1")
+    assert harness.command("NODIAL 1 2") == []
+    one_dials.sendall(b"1>2 request")    # held: route 1-2
+    two_accepts.sendall(b"2>1 answer")   # held: route 1-2 as well
+    two_dials.sendall(b"2>1 request")    # route 2-1 flows both ways
+    one_accepts.sendall(b"1>2 answer")
+    assert recv_exactly(one_accepts, 11) == b"2>1 request"
+    assert recv_exactly(two_dials, 10) == b"1>2 answer"
+    assert_silent(two_accepts)
+    assert_silent(one_dials)
+    with pytest.raises(TimeoutError):   # a new dial on the route waits for the heal
+        harness.dial("1-2")
+        harness.accept("1-2", timeout_s=SILENCE_S)
+    assert harness.command("STATUS") == ["NODIAL 1 2"]
+    harness.command("HEAL 2")
+    assert recv_exactly(two_accepts, 11) == b"1>2 request"
+    assert recv_exactly(one_dials, 10) == b"2>1 answer"
+
+
 def test_a_new_connection_during_a_cut_is_dialled_only_after_heal(harness):
     harness.command("CUTONEWAY 2 1")   # even one way: the SYN-ACK would not come back
     client = harness.dial("1-2")       # accepted by the proxy...
@@ -402,6 +439,6 @@ def test_one_control_connection_answers_each_line_in_turn(harness):
     with socket.create_connection(("127.0.0.1", harness.process.control_port),
                                   timeout=ARRIVAL_S) as control:
         control.sendall(b"CUT 1 2\nBOGUS\nSTATUS\nHEAL\r\nSTATUS\n")
-        expected = (b"OK\nERR unknown command 'BOGUS' (known: CUT CUTONEWAY HEAL ISOLATE "
-                    b"PARTITION STATUS)\nCUTONEWAY 1 2\nCUTONEWAY 2 1\nEND\nOK\nEND\n")
+        expected = (b"OK\nERR unknown command 'BOGUS' (known: CUT CUTONEWAY NODIAL HEAL "
+                    b"ISOLATE PARTITION STATUS)\nCUTONEWAY 1 2\nCUTONEWAY 2 1\nEND\nOK\nEND\n")
         assert recv_exactly(control, len(expected)) == expected

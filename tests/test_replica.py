@@ -465,3 +465,37 @@ def test_a_failed_call_to_the_higher_replica_ends_the_election_wait(replica):
     assert replica.node.role is Role.ELECTING
     replica._mark(3, False)
     assert replica.node.role.is_coordinator               # won at once, no timer ran
+
+
+# A coordinator seen in a PING answer ---------------------------------------------------
+
+
+def coordinator_status(peer_id: int, epoch: int, cluster_id: str | None = None):
+    return PeerStatus(peer_id, "coordinator", peer_id, epoch, VectorClock(), cluster_id)
+
+
+def test_a_higher_coordinator_seen_in_a_ping_answer_is_followed(replica):
+    """One-way reachability (its announcements cannot reach this replica, this replica's
+    PINGs reach it): following it ends what an election could only repeat."""
+    assert replica.node.role is Role.ELECTING
+    replica._compare_with_peer(coordinator_status(3, own_epoch(1, 3)))
+    node = replica.node
+    assert (node.role, node.coordinator, node.coordinator_epoch) == (
+        Role.FOLLOWER, 3, own_epoch(1, 3))
+    assert replica.status_fields()["ready"] == "yes"
+
+
+def test_a_coordinator_in_an_older_epoch_is_not_followed(replica):
+    follow(replica, 3, own_epoch(2, 3))
+    replica._compare_with_peer(coordinator_status(3, own_epoch(1, 3)))   # a stale answer
+    assert (replica.node.coordinator, replica.node.coordinator_epoch) == (3, own_epoch(2, 3))
+    replica._compare_with_peer(coordinator_status(1, own_epoch(3, 1)))   # lower: Bully
+    assert replica.node.role is Role.ELECTING
+
+
+def test_another_clusters_coordinator_is_not_followed(replica):
+    replica._bind("a" * 32, "test")
+    replica._compare_with_peer(coordinator_status(3, own_epoch(1, 3), "b" * 32))
+    assert (replica.node.role, replica.node.coordinator) == (Role.ELECTING, None)
+    replica._compare_with_peer(coordinator_status(3, own_epoch(1, 3), "a" * 32))
+    assert (replica.node.role, replica.node.coordinator) == (Role.FOLLOWER, 3)

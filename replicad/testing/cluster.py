@@ -271,6 +271,11 @@ class ProxiedCluster(LocalCluster):
         """Hold the bytes from src to dst only; dst's bytes still reach src."""
         self._control("CUTONEWAY", src, dst)
 
+    def no_dial(self, dialer: int, listener: int) -> None:
+        """Hold route dialer-listener both ways: dialer cannot reach listener's peer
+        port, listener still reaches dialer's (one-way reachability)."""
+        self._control("NODIAL", dialer, listener)
+
     def heal(self, a: int | None = None, b: int | None = None) -> None:
         """Release a<->b; with only a, every cut involving a; with neither, every cut."""
         if a is None and b is not None:

@@ -18,16 +18,21 @@ crash:
 Directions are between replica names, not connections: ``CUT A B`` holds A->B and
 B->A on both routes A-B and B-A; ``CUTONEWAY A B`` holds A->B only, which is the
 client->server direction of route A-B and the server->client direction of route B-A.
+``NODIAL A B`` holds both directions of route A-B only: A cannot reach B's peer port
+while B still reaches A's (one-way reachability, as when B's peer port is flooded or a
+firewall drops A's SYNs), which no cut between names can express.
 
 Control protocol, one line per command on the control port, answered only once the
 change is in effect::
 
     CUT A B            hold both directions between A and B
     CUTONEWAY A B      hold A->B only
+    NODIAL A B         hold both directions of route A-B (A's dials to B) only
     HEAL [A [B]]       release A<->B; with one name every cut involving A; with none all
     ISOLATE A          cut A from every other replica named in the routes
     PARTITION 1,2 3,4  cut every pair across groups (additive: HEAL first to replace)
-    STATUS             one "CUTONEWAY SRC DST" line per held direction, then END
+    STATUS             one "CUTONEWAY SRC DST" line per held direction, one "NODIAL
+                       A B" line per held route, then END
 
 Each answer is ``OK`` or ``ERR <message>`` (STATUS ends with ``END`` instead of OK).
 Run it as ``python -m replicad.testing.proxy --control PORT --route 1-2=LISTEN:HOST:PORT
@@ -82,6 +87,7 @@ class CommandError(ValueError):
 class Verb(enum.Enum):
     CUT = "CUT"
     CUTONEWAY = "CUTONEWAY"
+    NODIAL = "NODIAL"
     HEAL = "HEAL"
     ISOLATE = "ISOLATE"
     PARTITION = "PARTITION"
@@ -124,7 +130,7 @@ def parse_command(line: str) -> Command:
             seen |= group
             groups.append(group)
         return Command(verb, groups=tuple(groups))
-    arity = {Verb.CUT: (2,), Verb.CUTONEWAY: (2,), Verb.HEAL: (0, 1, 2),
+    arity = {Verb.CUT: (2,), Verb.CUTONEWAY: (2,), Verb.NODIAL: (2,), Verb.HEAL: (0, 1, 2),
              Verb.ISOLATE: (1,), Verb.STATUS: (0,)}[verb]
     if len(args) not in arity:
         wanted = " or ".join(map(str, arity))
@@ -141,14 +147,22 @@ def _name_key(name: str) -> tuple[int, int, str]:
 
 
 class Cuts:
-    """Which directions (src, dst) between replicas have their bytes held.  Pure."""
+    """Which directions (src, dst) between replicas, and which routes (dialer,
+    listener), have their bytes held.  Pure."""
 
     def __init__(self, members: Iterable[str]):
         self.members = frozenset(members)
         self._held: set[tuple[str, str]] = set()
+        self._routes: set[tuple[str, str]] = set()
 
     def held(self, src: str, dst: str) -> bool:
         return (src, dst) in self._held
+
+    def route_held(self, dialer: str, listener: str) -> bool:
+        return (dialer, listener) in self._routes
+
+    def no_dial(self, dialer: str, listener: str) -> None:
+        self._routes.add((dialer, listener))
 
     def cut(self, a: str, b: str) -> None:
         self._held |= {(a, b), (b, a)}
@@ -160,10 +174,13 @@ class Cuts:
         """Release a<->b; with only a, everything involving a; with neither, everything."""
         if a is None:
             self._held.clear()
+            self._routes.clear()
         elif b is None:
             self._held = {pair for pair in self._held if a not in pair}
+            self._routes = {pair for pair in self._routes if a not in pair}
         else:
             self._held -= {(a, b), (b, a)}
+            self._routes -= {(a, b), (b, a)}
 
     def isolate(self, a: str) -> None:
         for other in self.members - {a}:
@@ -180,6 +197,9 @@ class Cuts:
     def held_pairs(self) -> list[tuple[str, str]]:
         return sorted(self._held, key=lambda p: (_name_key(p[0]), _name_key(p[1])))
 
+    def held_routes(self) -> list[tuple[str, str]]:
+        return sorted(self._routes, key=lambda p: (_name_key(p[0]), _name_key(p[1])))
+
     def apply(self, command: Command) -> list[str]:
         """Carry out a parsed command; return its answer lines (CommandError if unknown names)."""
         names = set(command.names).union(*command.groups)
@@ -190,11 +210,14 @@ class Cuts:
                                f"(known: {known})")
         verb = command.verb
         if verb is Verb.STATUS:
-            return [f"CUTONEWAY {src} {dst}" for src, dst in self.held_pairs()] + ["END"]
+            return ([f"CUTONEWAY {src} {dst}" for src, dst in self.held_pairs()]
+                    + [f"NODIAL {a} {b}" for a, b in self.held_routes()] + ["END"])
         if verb is Verb.CUT:
             self.cut(*command.names)
         elif verb is Verb.CUTONEWAY:
             self.cut_one_way(*command.names)
+        elif verb is Verb.NODIAL:
+            self.no_dial(*command.names)
         elif verb is Verb.HEAL:
             self.heal(*command.names)
         elif verb is Verb.ISOLATE:
@@ -399,7 +422,11 @@ class _Connection:
 
     def __init__(self, proxy: Proxy, route: Route):
         self.proxy, self.route = proxy, route
-        held = proxy.cuts.held
+        cuts, dialer, listener = proxy.cuts, route.dialer, route.listener
+
+        def held(src: str, dst: str) -> bool:
+            return cuts.held(src, dst) or cuts.route_held(dialer, listener)
+
         self.up = Pipe(*route.upstream, held)
         self.down = Pipe(*route.downstream, held)
         self.accepted = _Side(self.up, self.down, self._accepted_made, self._accepted_lost)
@@ -411,8 +438,7 @@ class _Connection:
     @property
     def blocked(self) -> bool:
         """A new connection waits while either direction is held: its SYN or SYN-ACK."""
-        return self.proxy.cuts.held(*self.route.upstream) or \
-            self.proxy.cuts.held(*self.route.downstream)
+        return self.up.held or self.down.held
 
     def update(self) -> None:
         """The cuts changed: dial if we were waiting for that, and deliver what may go."""
@@ -570,7 +596,9 @@ class Proxy:
             connection.update()
         if answer == ["OK"]:
             self.log.info("control: {line} (held: {held})", line=line.strip(),
-                          held=" ".join(f"{s}>{d}" for s, d in self.cuts.held_pairs()) or "none")
+                          held=" ".join([f"{s}>{d}" for s, d in self.cuts.held_pairs()]
+                                        + [f"{a}-{b}" for a, b in self.cuts.held_routes()])
+                          or "none")
         return answer
 
 

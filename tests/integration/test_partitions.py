@@ -160,6 +160,33 @@ def test_quorum_holds_when_pushes_are_held(proxied):
         assert BlockingClient(survivors, timeout_s=5).get(key) == value, key
 
 
+def test_a_replica_its_coordinator_cannot_dial_follows_it_all_the_same(proxied):
+    """One-way reachability: 3 cannot reach 2's peer port, 2 reaches 3's.  3's
+    announcement never arrives at 2, so an election at 2 could only end waiting for it,
+    again and again; 2 follows 3 because its PING answer says 3 coordinates in the
+    newest epoch, and serves clients through it.  Without that (replica.py
+    _compare_with_peer) replica 2 never follows 3 and this test fails (checked once)."""
+    cluster = proxied(3)
+    assert cluster.coordinator() == 3
+    assert try_put(cluster.addresses(), "before", "1")
+    cluster.no_dial(3, 2)
+    cluster.kill(3)
+    cluster.wait_until(lambda: cluster.coordinator() == 2, timeout_s=10,
+                       what="replica 2 takes over from the dead 3")
+    cluster.start_replica(3)
+
+    def two_follows_three() -> bool:
+        status = cluster.status(2)
+        return status is not None and (status["role"], status["coordinator"]) == (
+            "follower", 3)
+
+    cluster.wait_until(two_follows_three, timeout_s=10,
+                       what="replica 2 follows 3, whose announcements cannot reach it")
+    assert try_put([cluster.address(2)], "through-2", "x")       # forwarded 2 -> 3
+    assert BlockingClient([cluster.address(3)], timeout_s=5).get("through-2") == "x"
+    assert BlockingClient([cluster.address(2)], timeout_s=5).get("before") == "1"
+
+
 def test_a_replica_of_another_cluster_with_the_same_secret_is_refused(tmp_path):
     """(e) Same secret, other cluster id: refused in the handshake, with a clear line,
     and the two histories never mix."""
