@@ -24,10 +24,19 @@ Exports read from a separate read-only connection inside one read transaction, s
 clock and records come from one snapshot while the main connection keeps writing.  With
 ``":memory:"`` there is no second connection: exports read the main connection and see
 later writes (tests that need snapshot isolation use a file).
+
+Hot records: ``get`` answers from a bounded dict of the records it read or ``_put``
+wrote last (HOT_RECORDS, oldest out first), because the SELECT was a third of a GET's
+cost (docs/benchmarks.md, section read-path: 1.42x GETs/s).  The dict only ever holds
+what the main connection sees: ``_put`` is the one way a record changes row by row, and
+the two ways around it clear the dict whole: a change or group that is rolled back, and
+an import's finish (its bulk INSERT .. SELECT).  Inside an open group it holds the
+group's records before they are durable, exactly as the connection's own reads do.
 """
 
 from __future__ import annotations
 
+import collections
 import glob
 import itertools
 import os
@@ -86,6 +95,8 @@ CREATE TABLE {s}.kv (
 _COLUMNS = "key, value, origin, seq, version, epoch, rid"
 _REQUEST_COLUMNS = "rid, origin, seq, version, discarded"
 REQUEST_IDS_SHIPPED = 10_000   # a full copy carries the newest this many request ids
+HOT_RECORDS = 10_000   # records kept in memory in front of get (about 1.1 KB each)
+_ABSENT = object()
 
 Rows = Callable[[sqlite3.Connection], Iterator[tuple]]
 
@@ -231,6 +242,8 @@ class Store:
         self._group_ids = 0
         self._failed_groups: set[int] = set()
         self._stage_ids = itertools.count(1)
+        # key -> Record, or None for a key never written; see "Hot records" above.
+        self._hot: collections.OrderedDict[str, Record | None] = collections.OrderedDict()
         if self._path != MEMORY:
             _make_private(self._path, wal=True)
         try:
@@ -326,6 +339,7 @@ class Store:
                     yield
                     self._db.execute("RELEASE change")
                 except BaseException:
+                    self._hot.clear()
                     self._db.execute("ROLLBACK TO change")
                     self._db.execute("RELEASE change")
                     raise
@@ -336,6 +350,7 @@ class Store:
             yield
             self._db.execute("COMMIT")
         except BaseException:
+            self._hot.clear()
             if self._db.in_transaction:
                 self._db.execute("ROLLBACK")
             raise
@@ -375,6 +390,7 @@ class Store:
             self._write_clock(clock, self._clock)   # once per group, not per write
             self._db.execute("COMMIT")
         except BaseException:
+            self._hot.clear()
             if self._db.in_transaction:
                 self._db.execute("ROLLBACK")
             self._clock, self._conflicts = clock, conflicts
@@ -422,8 +438,19 @@ class Store:
 
     def get(self, key: str) -> Record | None:
         """The record for key, tombstones included; None if the key was never written."""
-        row = self._db.execute(f"SELECT {_COLUMNS} FROM kv WHERE key = ?", (key,)).fetchone()
-        return None if row is None else _record(row)
+        record = self._hot.get(key, _ABSENT)
+        if record is _ABSENT:
+            row = self._db.execute(f"SELECT {_COLUMNS} FROM kv WHERE key = ?",
+                                   (key,)).fetchone()
+            record = None if row is None else _record(row)
+            self._keep(key, record)
+        return record
+
+    def _keep(self, key: str, record: Record | None) -> None:
+        hot = self._hot
+        hot[key] = record
+        if len(hot) > HOT_RECORDS:
+            hot.popitem(last=False)
 
     def keys(self, prefix: str = "") -> list[str]:
         """Live keys starting with prefix, sorted: an index range, not a scan."""
@@ -626,6 +653,7 @@ class Store:
             " VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
             _row(record),
         )
+        self._keep(record.key, record)
 
     def _save_clock(self, new: VectorClock) -> None:
         """Persist the clock ``new`` (inside the caller's transaction).  In an open
@@ -922,6 +950,7 @@ class Importer:
                 new_clock = store._clock.merge(clock)
                 store._save_clock(new_clock)
                 store._count_conflicts(result.conflicts)
+            store._hot.clear()   # the INSERT .. SELECT above went around _put
             store._clock = new_clock
             store._conflicts += result.conflicts
             return result

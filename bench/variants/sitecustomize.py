@@ -18,18 +18,15 @@ environment on to them) with REPLICAD_BENCH_VARIANT naming the variant:
   open group before they are durable).  Harmless here: the exports copy empty stores
   at start-up, and the script reports any pull while it measures.  What adopting
   EXCLUSIVE would have to solve.
-- ``hotcache``: a dict of records in front of ``Store.get``, filled on a miss and
-  updated by ``Store._put`` (every write and every merged record).  A prototype's
-  invalidation, coarse on purpose: the whole dict is cleared on entering and on leaving
-  any transaction that is not a joinable change (apply, an import's finish, epoch and
-  identity changes: the paths that may change kv without ``_put``), when a change is
-  rolled back and when a group commit fails, so it never holds a record the
-  connection does not see.  Cleared whole, too, when it reaches HOT_CACHE_MAX entries.
+- ``nohot``: the store without its dict of hot records (replicad.store, "Hot records";
+  added after this benchmark measured it, as the ``hotcache`` variant here, at 8eed8f3):
+  every ``get`` runs its SELECT, as before.  What the dict buys is the baseline beside
+  this variant.
 
 Unset or empty: nothing is patched (the baseline); another value stops the process.
 ``replicad.store.Store`` is replaced by a subclass before anything imports it by name;
-the subclass logs one line when it opens a database (the hot cache also logs its misses
-when it closes), which is how bench/read_path.py checks that the variant took effect.
+the subclass logs one line when it opens a database, which is how bench/read_path.py
+checks that the variant took effect.
 Imported under another name (bench/read_path.py does, for its in-process part) it
 patches nothing.
 """
@@ -37,13 +34,10 @@ patches nothing.
 from __future__ import annotations
 
 import os
-from contextlib import contextmanager
 
 import replicad.store
 
 ENV = "REPLICAD_BENCH_VARIANT"
-HOT_CACHE_MAX = 100_000
-_ABSENT = object()
 
 
 def _log(text: str, **fields) -> None:
@@ -67,59 +61,25 @@ class ExclusiveStore(replicad.store.Store):
         return self._clock, replicad.store._records_then_requests(self._db, rows, request_rows)
 
 
-class HotCacheStore(replicad.store.Store):
-    """The store with a dict of records in front of ``get``."""
+class NoHotStore(replicad.store.Store):
+    """The store with every ``get`` a SELECT: no dict of hot records."""
 
-    variant = "hotcache"
+    variant = "nohot"
 
     def __init__(self, path: str):
-        self._hot: dict[str, replicad.store.Record | None] = {}
-        self.misses = 0
         super().__init__(path)
-        _log("hotcache: Store.get behind a dict of records on {path}", path=self._path)
+        _log("nohot: Store.get reads SQLite every time on {path}", path=self._path)
 
     def get(self, key: str) -> replicad.store.Record | None:
-        record = self._hot.get(key, _ABSENT)
-        if record is _ABSENT:
-            self.misses += 1
-            record = super().get(key)
-            if len(self._hot) >= HOT_CACHE_MAX:
-                self._hot.clear()
-            self._hot[key] = record
-        return record
+        row = self._db.execute(f"SELECT {replicad.store._COLUMNS} FROM kv WHERE key = ?",
+                               (key,)).fetchone()
+        return None if row is None else replicad.store._record(row)
 
-    def _put(self, record: replicad.store.Record) -> None:
-        super()._put(record)
-        self._hot[record.key] = record
-
-    @contextmanager
-    def _transaction(self, joinable: bool = False):
-        if not joinable:
-            self._hot.clear()
-        try:
-            with super()._transaction(joinable):
-                yield
-        except BaseException:
-            self._hot.clear()
-            raise
-        finally:
-            if not joinable:
-                self._hot.clear()
-
-    def commit_group(self) -> None:
-        try:
-            super().commit_group()
-        except BaseException:
-            self._hot.clear()
-            raise
-
-    def close(self) -> None:
-        _log("hotcache: {misses} misses, {entries} entries at close of {path}",
-             misses=self.misses, entries=len(self._hot), path=self._path)
-        super().close()
+    def _keep(self, key: str, record: replicad.store.Record | None) -> None:
+        pass
 
 
-VARIANTS = {cls.variant: cls for cls in (ExclusiveStore, HotCacheStore)}
+VARIANTS = {cls.variant: cls for cls in (ExclusiveStore, NoHotStore)}
 
 
 def install(name: str | None) -> None:

@@ -1,0 +1,122 @@
+"""The store's hot records: ``get`` from memory, never a record the database lacks.
+
+Each test that checks a way around ``_put`` (a rolled-back change, a failed group, an
+import) fails if the clearing of the dict on that path is taken out.
+"""
+
+from __future__ import annotations
+
+import sqlite3
+
+import pytest
+
+import replicad.store
+from replicad.store import Record, Store, StoreError
+from replicad.vclock import VectorClock
+
+
+@pytest.fixture
+def store(tmp_path):
+    s = Store(str(tmp_path / "db.sqlite"))
+    yield s
+    s.close()
+
+
+def statements(store: Store) -> list[str]:
+    """The SQL the store's connection runs from now on."""
+    seen: list[str] = []
+    store._db.set_trace_callback(seen.append)
+    return seen
+
+
+def from_disk(store: Store, key: str) -> Record | None:
+    store._hot.clear()
+    return store.get(key)
+
+
+def test_a_hot_record_is_read_without_sql(store):
+    store.write(1, "k", "v")
+    store.get("missing")
+    seen = statements(store)
+    assert store.get("k").value == "v"
+    assert store.get("missing") is None          # a key never written is known too
+    assert seen == []
+    store._hot.clear()
+    assert store.get("k").value == "v"
+    assert len(seen) == 1                        # a miss reads the row
+
+
+def test_the_dict_is_bounded_oldest_out_first(store, monkeypatch):
+    monkeypatch.setattr(replicad.store, "HOT_RECORDS", 3)
+    for n in range(5):
+        store.write(1, f"k{n}", str(n))
+    assert list(store._hot) == ["k2", "k3", "k4"]
+    assert store.get("k0").value == "0"          # evicted: read from the database
+    assert list(store._hot) == ["k3", "k4", "k0"]
+
+
+def test_a_rolled_back_change_in_a_group_is_not_read_back(store, monkeypatch):
+    store.write(1, "k", "old")
+    store.begin_group()
+
+    def fails(record):
+        raise sqlite3.OperationalError("database or disk is full")
+
+    monkeypatch.setattr(store, "_remember", fails)      # after _put, inside the change
+    with pytest.raises(sqlite3.OperationalError):
+        store.write(1, "k", "new")
+    monkeypatch.undo()
+    assert store.get("k").value == "old"
+    store.commit_group()
+    assert store.get("k") == from_disk(store, "k")
+
+
+def test_a_rolled_back_transaction_is_not_read_back(store, monkeypatch):
+    store.write(1, "k", "old")
+
+    def fails(new_clock):
+        raise sqlite3.OperationalError("database or disk is full")
+
+    monkeypatch.setattr(store, "_save_clock", fails)    # after the merge's _put
+    with pytest.raises(sqlite3.OperationalError):
+        store.apply([Record("k", "theirs", 2, 1, VectorClock({1: 1, 2: 1}))],
+                    VectorClock({2: 1}))
+    monkeypatch.undo()
+    assert store.get("k").value == "old"
+
+
+def test_a_failed_group_commit_is_not_read_back(store, monkeypatch):
+    store.write(1, "k", "old")
+    store.begin_group()
+    store.write(1, "k", "new")
+    store.write(1, "fresh", "v")
+    assert store.get("k").value == "new"          # the connection's own view, as SQL's
+
+    def fails(old, new):
+        raise sqlite3.OperationalError("disk I/O error")
+
+    monkeypatch.setattr(store, "_write_clock", fails)   # the group's COMMIT fails
+    with pytest.raises(sqlite3.OperationalError):
+        store.commit_group()
+    assert store.get("k").value == "old"
+    assert store.get("fresh") is None
+
+
+def test_an_import_is_read_back_whole(store):
+    store.write(1, "mine", "v")
+    assert store.get("theirs") is None            # known absent, then copied in bulk
+    importer = store.begin_import()
+    importer.add(Record("theirs", "t", 2, 1, VectorClock({2: 1})))
+    importer.add(Record("mine", "newer", 2, 2, VectorClock({1: 1, 2: 2})))
+    importer.finish(VectorClock({2: 2}))
+    assert store.get("theirs").value == "t"       # the INSERT .. SELECT went around _put
+    assert store.get("mine").value == "newer"
+    assert store.get("theirs") == from_disk(store, "theirs")
+
+
+def test_a_refused_write_leaves_the_record_read_before(store):
+    store.write(1, "k", "v", epoch=5)
+    with pytest.raises(StoreError):
+        store.write(1, "k", "older epoch", epoch=3)
+    assert store.get("k") == from_disk(store, "k")
+    assert store.get("k").value == "v"
