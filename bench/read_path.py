@@ -201,7 +201,7 @@ def in_process(args, workdir: str, progress) -> dict:
                  "context": [f"{token} GET {k}\r".encode() for k in hot]}
         expected = {kind: [serve["baseline"](raw) for raw in lines[kind]] for kind in lines}
         expected["get"] = [stores["baseline"].get(k) for k in hot]
-        for v in VARIANTS:    # also fills the dict of hot records, as a first pass over the keys would
+        for v in VARIANTS:    # also fills the hot-record dict, as a first pass would
             got = {kind: [serve[v](raw) for raw in lines[kind]] for kind in lines}
             got["get"] = [stores[v].get(k) for k in hot]
             if got != expected:
