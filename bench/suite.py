@@ -974,15 +974,17 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     return args
 
 
-SUITE_FILES = ("load.c", "suite.py", "plots.py")
+SUITE_FILES = ("load.c", "suite.py", "plots.py", "_common.py")
 
 
 def run_at(args: argparse.Namespace, argv: list[str]) -> int:
     """--at REV: this script again, in a clone at REV, with that replicad on PYTHONPATH.
 
-    The clone's own bench/_common.py and bench/throughput.py are used (they match its
-    replicad); only the suite's files are copied in.  Paths given on the command line are
-    resolved here first, and the results go to this checkout's docs (--docs-root).
+    The clone's own bench/throughput.py is used (it matches its replicad); the suite's
+    files are copied in, with bench/_common.py (the suite needs its newer helpers; of
+    replicad it only reads the config's Timers, which every measured revision has).
+    Paths given on the command line are resolved here first, and the results go to
+    this checkout's docs (--docs-root).
     """
     clone = tempfile.mkdtemp(prefix="replicad-bench-at-")
     try:
