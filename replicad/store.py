@@ -440,11 +440,19 @@ class Store:
         """The record for key, tombstones included; None if the key was never written."""
         record = self._hot.get(key, _ABSENT)
         if record is _ABSENT:
-            row = self._db.execute(f"SELECT {_COLUMNS} FROM kv WHERE key = ?",
-                                   (key,)).fetchone()
-            record = None if row is None else _record(row)
+            record = self._select(key)
             self._keep(key, record)
         return record
+
+    def _current(self, key: str) -> Record | None:
+        """``get`` for a change about to ``_put`` key: a miss is not kept, since
+        ``_put`` keeps the record that replaces it (one dict entry per write, not two)."""
+        record = self._hot.get(key, _ABSENT)
+        return self._select(key) if record is _ABSENT else record
+
+    def _select(self, key: str) -> Record | None:
+        row = self._db.execute(f"SELECT {_COLUMNS} FROM kv WHERE key = ?", (key,)).fetchone()
+        return None if row is None else _record(row)
 
     def _keep(self, key: str, record: Record | None) -> None:
         hot = self._hot
@@ -527,7 +535,7 @@ class Store:
         new_clock = self._clock.advance(origin)
         seq = new_clock[origin]
         with self._transaction(joinable=True):
-            current = self.get(key)
+            current = self._current(key)
             if current is not None and current.epoch > epoch:
                 raise NewerEpoch(current.epoch)
             version = new_clock if current is None else new_clock.merge(current.version)
@@ -594,7 +602,7 @@ class Store:
         if self._clock[record.origin] >= record.seq:
             return  # covered: by the invariant we hold it or a winner over it
         self._remember(record)      # it happened, whether or not it wins here
-        current = self.get(record.key)
+        current = self._current(record.key)
         if current is not None:
             kept = winner(current, record)
             if is_conflict(current, record):
