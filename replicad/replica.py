@@ -407,20 +407,24 @@ class Replica(service.MultiService):
         # election would end the same way, or loop if no COORDINATOR can arrive.
         # The node's checks are those of an announcement (a lower eligible peer, an
         # older epoch, another cluster's coordinator are not followed).
-        same_cluster = status.cluster_id in (None, self.store.cluster_id)
-        if same_cluster and node.coordinator_received(status.peer_id, status.epoch):
+        if (self._of_this_cluster(status)
+                and node.coordinator_received(status.peer_id, status.epoch)):
             return
         # Two coordinators (a healed partition, an older epoch): Bully sorts it out.
         self.log.info("replica {peer} also claims to be coordinator; holding an election",
                       peer=status.peer_id)
         node.start_election("second coordinator seen")
 
+    def _of_this_cluster(self, status: PeerStatus) -> bool:
+        """The peer holds this replica's cluster history, or none yet."""
+        return status.cluster_id in (None, self.store.cluster_id)
+
     def _compare(self, status: PeerStatus) -> None:
         """What a peer's PING answer means for identity and anti-entropy."""
         self.joining.peer_seen(status.peer_id, status.cluster_id,
                                empty=status.clock == VectorClock())
         if self._bound:
-            if status.cluster_id in (None, self.store.cluster_id):
+            if self._of_this_cluster(status):
                 self.sync.compare(status)
             return
         if self.joining.fresh:

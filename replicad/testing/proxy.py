@@ -146,6 +146,10 @@ def _name_key(name: str) -> tuple[int, int, str]:
     return (0, int(name), "") if name.isdigit() else (1, 0, name)
 
 
+def _in_name_order(pairs: Iterable[tuple[str, str]]) -> list[tuple[str, str]]:
+    return sorted(pairs, key=lambda p: (_name_key(p[0]), _name_key(p[1])))
+
+
 class Cuts:
     """Which directions (src, dst) between replicas, and which routes (dialer,
     listener), have their bytes held.  Pure."""
@@ -195,10 +199,10 @@ class Cuts:
                         self.cut(a, b)
 
     def held_pairs(self) -> list[tuple[str, str]]:
-        return sorted(self._held, key=lambda p: (_name_key(p[0]), _name_key(p[1])))
+        return _in_name_order(self._held)
 
     def held_routes(self) -> list[tuple[str, str]]:
-        return sorted(self._routes, key=lambda p: (_name_key(p[0]), _name_key(p[1])))
+        return _in_name_order(self._routes)
 
     def apply(self, command: Command) -> list[str]:
         """Carry out a parsed command; return its answer lines (CommandError if unknown names)."""

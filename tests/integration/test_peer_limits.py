@@ -182,7 +182,6 @@ class Flood:
         self.paused = threading.Event()     # set: open nothing new, keep what is open
         self._thread = threading.Thread(target=self._run, daemon=True)
         self._random = random.Random(9)
-        self._allowance = 0.0
 
     def start(self) -> Flood:
         self._thread.start()
@@ -203,16 +202,16 @@ class Flood:
         self.opened += 1
 
     def _run(self) -> None:
-        last = time.monotonic()
+        last, allowance = time.monotonic(), 0.0
         while not self._stop.is_set():
             now = time.monotonic()
-            self._allowance = min(20.0, self._allowance + (now - last) * self.RATE)
+            allowance = min(20.0, allowance + (now - last) * self.RATE)
             last = now
             if not self.paused.is_set():
                 room = self.size - len(self.selector.get_map())
-                for _ in range(min(int(self._allowance), room)):
+                for _ in range(min(int(allowance), room)):
                     self._open()
-                    self._allowance -= 1
+                    allowance -= 1
             self.max_open = max(self.max_open, len(self.selector.get_map()))
             for key, events in self.selector.select(timeout=0.01):
                 sock = key.fileobj
