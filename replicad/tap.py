@@ -67,6 +67,7 @@ from replicad.config import (
 from replicad.datadir import DataDirLock, check_data_dir, lock_data_dir
 from replicad.peer import PeerServerFactory, _RateLimitedWarning
 from replicad.replica import Replica
+from replicad.turnsend import TurnSendEndpoint, TurnSender
 
 DEFAULT_DATA_ROOT = "replicad-data"
 LOG_LEVELS = {"debug": LogLevel.debug, "info": LogLevel.info, "warn": LogLevel.warn,
@@ -239,10 +240,12 @@ def makeService(options: Options, reactor=None) -> service.MultiService:
         # twistd daemonizes after this (fork, setsid, fork): name the process that runs.
         reactor.callWhenRunning(lock.write_pid)
 
+    # Replies and peer answers leave at the end of the reactor turn (replicad.turnsend).
+    sender = TurnSender(reactor)
     clients = ClientFactory(replica, config, reactor)
     client_listener = StreamServerEndpointService(
-        serverFromString(reactor, with_backlog(member.client_listen_endpoint(),
-                                               config.listen_backlog)),
+        TurnSendEndpoint(serverFromString(reactor, with_backlog(
+            member.client_listen_endpoint(), config.listen_backlog)), sender),
         watch_tls(clients, member.client_listen_endpoint(), "client", reactor),
     )
     peers = PeerServerFactory(
@@ -253,8 +256,8 @@ def makeService(options: Options, reactor=None) -> service.MultiService:
         stream_stall_timeout_s=config.timers.stream_stall_timeout,
     )
     peer_listener = StreamServerEndpointService(
-        serverFromString(reactor, with_backlog(member.peer_listen_endpoint(),
-                                               config.listen_backlog)),
+        TurnSendEndpoint(serverFromString(reactor, with_backlog(
+            member.peer_listen_endpoint(), config.listen_backlog)), sender),
         watch_tls(peers, member.peer_listen_endpoint(), "peer", reactor),
     )
     replica.metrics.client_connections = lambda: clients.open_connections

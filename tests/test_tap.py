@@ -232,6 +232,16 @@ def test_make_service_listens_on_the_members_addresses_when_started(in_tmp):
         listener.stopService()
 
 
+def test_client_and_peer_ports_send_at_the_end_of_the_turn_with_one_sender(in_tmp):
+    from replicad.turnsend import TurnSendEndpoint
+
+    top = tap.makeService(parse("--id", "1"), reactor=MemoryReactorClock())
+    endpoints = [c.endpoint for c in top if isinstance(c, StreamServerEndpointService)]
+    assert len(endpoints) == 2
+    assert all(isinstance(e, TurnSendEndpoint) for e in endpoints)
+    assert endpoints[0]._sender is endpoints[1]._sender
+
+
 # The twistd plugin ----------------------------------------------------------------------
 
 

@@ -1,0 +1,113 @@
+"""Replies sent at the end of the reactor turn, without registering for writability.
+
+Twisted's ``transport.write()`` buffers the bytes and registers the socket for
+writability (one ``epoll_ctl``); the next poll reports it writable, ``doWrite`` sends,
+and ``stopWriting`` unregisters it (a second ``epoll_ctl``).  A replica's replies are
+small and nearly always fit the socket's send buffer, so those two registrations and the
+poll that reports them cost more than the send itself (the reactor's ``_add`` alone was a
+fifth of a GET's time on the coordinator: docs/benchmarks.md, "Where a request's time
+goes").
+
+A connection accepted by a port that ``TurnSendEndpoint`` listens with buffers a write as
+Twisted does but does not register; one call at the end of the turn sends every such
+connection's bytes, one ``send`` each, so the replies of one turn (a pipelining client's,
+or those of one commit group) still leave together.  Whatever that send leaves over, or
+an error it meets, is handed to Twisted's own path (``startWriting``), which finishes it
+or closes the connection exactly as it would have.  A connection that is closing
+(``loseConnection``, ``loseWriteConnection``, ``abortConnection``) and one that started
+TLS on itself (``startTLS``) are Twisted's alone: their close or TLS layer registered them.
+
+Ports of a TLS endpoint are plain TCP ports under a TLS wrapper factory, so their
+encrypted bytes take this path too.
+"""
+
+from __future__ import annotations
+
+from twisted.internet import tcp
+from twisted.internet.defer import Deferred
+from twisted.internet.interfaces import IReactorTime, IStreamServerEndpoint
+from zope.interface import implementer
+
+
+class TurnSender:
+    """The connections that have bytes to send at the end of this turn."""
+
+    def __init__(self, clock: IReactorTime):
+        self._clock = clock
+        self._pending: list[TurnSendServer] = []
+        self._call = None
+        self.turns = 0    # turns that sent something (tests and metrics read it)
+
+    def add(self, connection: TurnSendServer) -> None:
+        self._pending.append(connection)
+        if self._call is None:
+            self._call = self._clock.callLater(0, self.send)
+
+    def send(self) -> None:
+        """Send what this turn buffered (called at the end of the turn)."""
+        self._call = None
+        pending, self._pending = self._pending, []
+        self.turns += 1
+        for connection in pending:
+            connection.send_buffered()
+
+
+class TurnSendServer(tcp.Server):
+    """A server connection whose writes wait for the end of the turn, unregistered.
+
+    ``self.server`` is the port that accepted it; its ``turn_sender`` sends for it."""
+
+    _queued = False     # in the turn sender's list, bytes buffered and not registered
+
+    def write(self, data: bytes) -> None:
+        if not self._queued and not self._idle():
+            super().write(data)       # sending, closing or TLS: Twisted's own path
+            return
+        if not isinstance(data, bytes):
+            raise TypeError(f"data must be bytes, not {type(data).__name__}")
+        if not self.connected or self._writeDisconnected or not data:
+            return
+        self._tempDataBuffer.append(data)
+        self._tempDataLen += len(data)
+        if not self._queued:
+            self._queued = True
+            self.server.turn_sender.add(self)
+        self._maybePauseProducer()
+
+    def _idle(self) -> bool:
+        """Nothing buffered, not closing, no TLS of its own: the next write may wait."""
+        return (not self.TLS and not self.disconnecting and not self._writeDisconnecting
+                and not getattr(self, "_aborting", False)
+                and self.offset == len(self.dataBuffer) and not self._tempDataLen)
+
+    def send_buffered(self) -> None:
+        """Send the buffered bytes now; hand what is left (or an error) to Twisted."""
+        self._queued = False
+        if (not self.connected or self.disconnecting or self._writeDisconnecting
+                or getattr(self, "_aborting", False)):
+            return      # gone, or its close registered it: Twisted sends what is left
+        failed = self.doWrite() is not None
+        if failed or self._tempDataLen or self.offset < len(self.dataBuffer):
+            # A short send (the socket's buffer is full) or an error (EPIPE, a reset):
+            # the reactor's doWrite finishes the job or closes the connection.
+            self.startWriting()
+
+
+@implementer(IStreamServerEndpoint)
+class TurnSendEndpoint:
+    """A server endpoint whose TCP ports accept ``TurnSendServer`` connections.
+
+    Any other kind of port (UNIX sockets, say) listens unchanged."""
+
+    def __init__(self, endpoint: IStreamServerEndpoint, sender: TurnSender):
+        self._endpoint = endpoint
+        self._sender = sender
+
+    def listen(self, factory) -> Deferred:
+        return self._endpoint.listen(factory).addCallback(self._install)
+
+    def _install(self, port):
+        if isinstance(port, tcp.Port) and port.transport is tcp.Server:
+            port.turn_sender = self._sender
+            port.transport = TurnSendServer
+        return port

@@ -1,0 +1,263 @@
+"""Replies sent at the end of the turn (replicad.turnsend), on real loopback sockets.
+
+What it saves is the writability registration: a small reply must leave without the
+connection ever being in the reactor's writers.  What it must not break: order,
+replies bigger than the socket's buffer, a reply followed by a close or a half-close,
+a connection reset under a buffered reply, an abort, TLS.
+"""
+
+from __future__ import annotations
+
+import os
+import socket
+import struct
+
+import pytest
+import pytest_twisted
+from twisted.internet import defer, reactor, ssl, task
+from twisted.internet.endpoints import (
+    TCP4ClientEndpoint,
+    connectProtocol,
+    serverFromString,
+    wrapClientTLS,
+)
+from twisted.internet.error import ConnectionAborted, ConnectionLost
+from twisted.internet.protocol import Factory, Protocol
+
+from replicad.turnsend import TurnSendEndpoint, TurnSender, TurnSendServer
+from tests.tlscerts import make_ca
+
+DEADLINE_S = 30.0    # a bound on a hung test, never a measure of speed
+
+
+class Server(Protocol):
+    """Answers each chunk it receives with what ``factory.answer(self, data)`` does."""
+
+    def connectionMade(self) -> None:
+        self.factory.connections.append(self)
+        self.lost = defer.Deferred()
+        self.registered: list[bool] = []    # was it among the writers after a write?
+
+    def dataReceived(self, data: bytes) -> None:
+        self.factory.answer(self, data)
+        self.registered.append(self.transport in reactor.getWriters())
+
+    def connectionLost(self, reason=None) -> None:
+        self.lost.callback(reason.value)     # the exception, as a value
+
+
+class Client(Protocol):
+    def __init__(self, want: int = 0):
+        self.received = bytearray()
+        self.want = want
+        self.got_all = defer.Deferred()
+        self.closed = defer.Deferred()
+
+    def dataReceived(self, data: bytes) -> None:
+        self.received += data
+        if self.want and len(self.received) >= self.want and not self.got_all.called:
+            self.got_all.callback(bytes(self.received))
+
+    def connectionLost(self, reason=None) -> None:
+        self.closed.callback(bytes(self.received))
+
+
+def within(d: defer.Deferred) -> defer.Deferred:
+    return d.addTimeout(DEADLINE_S, reactor)
+
+
+async def listen(answer, endpoint_text: str = "tcp:0:interface=127.0.0.1",
+                 sender: TurnSender | None = None):
+    factory = Factory.forProtocol(Server)
+    factory.connections = []
+    factory.answer = answer
+    sender = sender or TurnSender(reactor)
+    port = await TurnSendEndpoint(serverFromString(reactor, endpoint_text), sender).listen(
+        factory)
+    return port, factory, sender
+
+
+async def connect(port, client: Client, tls=None) -> Client:
+    endpoint = TCP4ClientEndpoint(reactor, "127.0.0.1", port.getHost().port)
+    if tls is not None:
+        endpoint = wrapClientTLS(tls, endpoint)
+    await connectProtocol(endpoint, client)
+    return client
+
+
+def reply(server: Server, data: bytes) -> None:
+    server.transport.write(b"re:" + data)
+
+
+@pytest_twisted.ensureDeferred
+async def test_a_reply_leaves_without_registering_for_writability():
+    port, factory, sender = await listen(reply)
+    try:
+        client = await connect(port, Client(want=len(b"re:ping")))
+        client.transport.write(b"ping")
+        assert await within(client.got_all) == b"re:ping"
+        server = factory.connections[0]
+        assert isinstance(server.transport, TurnSendServer)
+        assert server.registered == [False]      # Twisted's write would say True
+        assert sender.turns == 1
+        client.transport.loseConnection()
+        await within(server.lost)
+    finally:
+        await port.stopListening()
+
+
+@pytest_twisted.ensureDeferred
+async def test_the_writes_of_one_turn_leave_in_one_send_and_in_order():
+    def three(server: Server, data: bytes) -> None:
+        for part in (b"a", b"b", b"c"):
+            server.transport.write(part)
+
+    port, factory, _ = await listen(three)
+    try:
+        client = await connect(port, Client(want=3))
+        await task.deferLater(reactor, 0, lambda: None)
+        server_transport = factory.connections[0].transport
+        sends: list[int] = []
+        real = server_transport.writeSomeData
+
+        def counted(data):
+            sends.append(len(data))
+            return real(data)
+
+        server_transport.writeSomeData = counted
+        client.transport.write(b"go")
+        assert await within(client.got_all) == b"abc"
+        assert sends == [3]
+    finally:
+        await port.stopListening()
+
+
+@pytest_twisted.ensureDeferred
+async def test_a_reply_bigger_than_the_socket_buffer_arrives_whole():
+    big = os.urandom(8 * 1024 * 1024)
+
+    def bulk(server: Server, data: bytes) -> None:
+        server.transport.write(big)
+
+    port, factory, _ = await listen(bulk)
+    try:
+        client = await connect(port, Client(want=len(big)))
+        client.transport.write(b"go")
+        assert await within(client.got_all) == big
+        server = factory.connections[0]
+        # The first send came up short, so Twisted's own path finished it.
+        assert server.transport.dataBuffer == b"" and not server.transport._tempDataLen
+    finally:
+        await port.stopListening()
+
+
+@pytest_twisted.ensureDeferred
+async def test_a_reply_then_a_close_in_the_same_turn_arrives_before_the_close():
+    def last_words(server: Server, data: bytes) -> None:
+        server.transport.write(b"bye")
+        server.transport.loseConnection()
+
+    port, _, _ = await listen(last_words)
+    try:
+        client = await connect(port, Client())
+        client.transport.write(b"quit")
+        assert await within(client.closed) == b"bye"
+    finally:
+        await port.stopListening()
+
+
+@pytest_twisted.ensureDeferred
+async def test_a_reply_then_a_half_close_arrives_before_the_end_of_stream():
+    def half_close(server: Server, data: bytes) -> None:
+        server.transport.write(b"done")
+        server.transport.loseWriteConnection()
+
+    port, _, _ = await listen(half_close)
+    try:
+        client = await connect(port, Client())
+        client.transport.write(b"x")
+        # The client sees the end of stream and closes: all of the reply came first.
+        assert await within(client.closed) == b"done"
+    finally:
+        await port.stopListening()
+
+
+@pytest_twisted.ensureDeferred
+async def test_an_abort_after_a_buffered_reply_closes_without_sending_it():
+    def abort(server: Server, data: bytes) -> None:
+        server.transport.write(b"never")
+        server.transport.abortConnection()
+
+    port, factory, _ = await listen(abort)
+    try:
+        client = await connect(port, Client())
+        client.transport.write(b"x")
+        assert await within(client.closed) == b""
+        assert isinstance(await within(factory.connections[0].lost), ConnectionAborted)
+    finally:
+        await port.stopListening()
+
+
+@pytest_twisted.ensureDeferred
+async def test_a_reply_to_a_connection_the_client_reset_closes_it_quietly():
+    """The client resets the connection while the server holds a reply for it: the
+    turn's send fails, Twisted's path sees the error and closes the connection."""
+    held: list[Server] = []
+
+    def hold(server: Server, data: bytes) -> None:
+        held.append(server)
+        server.transport.pauseProducing()     # it will not read the reset
+
+    port, factory, sender = await listen(hold)
+    try:
+        raw = socket.create_connection(("127.0.0.1", port.getHost().port))
+        raw.sendall(b"x")
+        while not held:
+            await within(task.deferLater(reactor, 0.01, lambda: None))
+        raw.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+        raw.close()                           # RST
+        server = held[0]
+        server.transport.write(b"late reply " * 1000)
+        reason = await within(server.lost)
+        assert isinstance(reason, ConnectionLost)
+        assert not server.transport.connected
+    finally:
+        await port.stopListening()
+
+
+@pytest_twisted.ensureDeferred
+async def test_replies_over_tls_take_the_same_path(tmp_path):
+    ca = make_ca(str(tmp_path))
+    cert = ca.issue(str(tmp_path / "server"), "server")
+    port, factory, sender = await listen(
+        reply, f"ssl:0:interface=127.0.0.1:privateKey={cert.key}:certKey={cert.cert}")
+    try:
+        with open(ca.cert, "rb") as f:
+            authority = ssl.Certificate.loadPEM(f.read())
+        tls = ssl.optionsForClientTLS("localhost", trustRoot=authority)
+        client = await connect(port, Client(want=len(b"re:secret")), tls=tls)
+        client.transport.write(b"secret")
+        assert await within(client.got_all) == b"re:secret"
+        assert isinstance(factory.connections[0].transport.transport, TurnSendServer)
+        assert sender.turns >= 1            # the handshake and the reply took the path
+    finally:
+        await port.stopListening()
+
+
+def test_a_port_that_is_not_tcp_listens_unchanged():
+    class UnixPort:
+        transport = object()
+
+    port = UnixPort()
+    assert TurnSendEndpoint(None, TurnSender(reactor))._install(port) is port
+    assert port.transport is UnixPort.transport
+    assert not hasattr(port, "turn_sender")
+
+
+def test_a_write_that_is_not_bytes_is_refused_as_twisted_refuses_it():
+    connection = TurnSendServer.__new__(TurnSendServer)
+    connection.TLS = False
+    connection.disconnecting = connection._writeDisconnecting = False
+    connection.dataBuffer, connection.offset, connection._tempDataLen = b"", 0, 0
+    with pytest.raises(TypeError):
+        connection.write("text")
