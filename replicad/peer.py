@@ -58,6 +58,7 @@ from replicad import peerwire
 from replicad.config import PEER_CONNECTIONS_PER_MEMBER, Timers
 from replicad.identity import encode_cluster_id
 from replicad.peerwire import Frame, PeerWireError
+from replicad.turnsend import TurnSendConnecting, TurnSender
 
 HANDSHAKE_TIMEOUT_S = 5.0
 # Before the handshake the longest legitimate line is an AUTH or an ERR AUTH (under 300
@@ -877,7 +878,8 @@ class PeerLink:
 
     def __init__(self, reactor, my_id: int, peer_id: int, endpoint_spec: str, secret: str,
                  max_line_bytes: int, max_retry_delay_s: float = 0.25,
-                 cluster_id: ClusterIdSource = unbound):
+                 cluster_id: ClusterIdSource = unbound,
+                 turn_sender: TurnSender | None = None):
         self.peer_id = peer_id
         # The peer's cluster id as of the last authenticated connection (None: unbound
         # then, or never connected).
@@ -897,8 +899,12 @@ class PeerLink:
         # No prepareConnection: when it fails, ClientService later meets the failed
         # connection's close in a state with no transition for it and logs an
         # "Unhandled Error" (Twisted 26).  Calls wait for the handshake themselves.
+        dialler = reactor
+        if turn_sender is not None and endpoint_spec.startswith("tcp:"):
+            # Plain TCP: calls leave at the end of the turn, unregistered (turnsend.py).
+            dialler = TurnSendConnecting(reactor, turn_sender)
         self.service = _QuietClientService(
-            clientFromString(reactor, endpoint_spec),
+            clientFromString(dialler, endpoint_spec),
             factory,
             # backoffPolicy's default jitter adds up to a whole second; a returning
             # replica must be redialled within about max_retry_delay_s.

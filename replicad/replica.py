@@ -40,6 +40,7 @@ from replicad.peer import PeerAnswer, PeerLink, PeerResponse, PeerUnavailable
 from replicad.peerwire import Message, PeerStatus, PeerWireError
 from replicad.store import NewerEpoch, Record, Store
 from replicad.sync import StaleEpoch, Synchroniser
+from replicad.turnsend import TurnSender
 from replicad.vclock import VectorClock
 from replicad.wire import Code, Reply, ReplyMeta, Request, WireError
 
@@ -69,6 +70,8 @@ class Replica(service.MultiService):
         self.detector: HeartbeatMonitor | None = None
         self.sync: Synchroniser | None = None
         self.links: dict[int, PeerLink] = {}
+        # Shared by this replica's links and (tap.py) its client and peer ports.
+        self.turn_sender = TurnSender(reactor)
         for peer_id in config.ids:
             if peer_id == my_id:
                 continue
@@ -77,6 +80,7 @@ class Replica(service.MultiService):
                 config.member(peer_id).peer_connect_endpoint(self.timers.connect_timeout),
                 config.secret, config.limits.max_line_bytes + 1024,
                 cluster_id=lambda: self.store.cluster_id if self.store else None,
+                turn_sender=self.turn_sender,
             )
             link.service.setServiceParent(self)
             link.on_down = lambda peer_id=peer_id: self._link_lost(peer_id)

@@ -67,7 +67,7 @@ from replicad.config import (
 from replicad.datadir import DataDirLock, check_data_dir, lock_data_dir
 from replicad.peer import PeerServerFactory, _RateLimitedWarning
 from replicad.replica import Replica
-from replicad.turnsend import TurnSendEndpoint, TurnSender
+from replicad.turnsend import TurnSendEndpoint
 
 DEFAULT_DATA_ROOT = "replicad-data"
 LOG_LEVELS = {"debug": LogLevel.debug, "info": LogLevel.info, "warn": LogLevel.warn,
@@ -241,7 +241,7 @@ def makeService(options: Options, reactor=None) -> service.MultiService:
         reactor.callWhenRunning(lock.write_pid)
 
     # Replies and peer answers leave at the end of the reactor turn (replicad.turnsend).
-    sender = TurnSender(reactor)
+    sender = replica.turn_sender
     clients = ClientFactory(replica, config, reactor)
     client_listener = StreamServerEndpointService(
         TurnSendEndpoint(serverFromString(reactor, with_backlog(

@@ -8,8 +8,9 @@ poll that reports them cost more than the send itself (the reactor's ``_add`` al
 fifth of a GET's time on the coordinator: docs/benchmarks.md, "Where a request's time
 goes").
 
-A connection accepted by a port that ``TurnSendEndpoint`` listens with buffers a write as
-Twisted does but does not register; one call at the end of the turn sends every such
+A connection accepted by a port that ``TurnSendEndpoint`` listens with, or dialled through
+``TurnSendConnecting`` (a replica's links to its peers), buffers a write as Twisted does
+but does not register; one call at the end of the turn sends every such
 connection's bytes, one ``send`` each, so the replies of one turn (a pipelining client's,
 or those of one commit group) still leave together.  Whatever that send leaves over, or
 an error it meets, is handed to Twisted's own path (``startWriting``), which finishes it
@@ -26,19 +27,21 @@ from __future__ import annotations
 from twisted.internet import tcp
 from twisted.internet.defer import Deferred
 from twisted.internet.interfaces import IReactorTime, IStreamServerEndpoint
+from twisted.internet.posixbase import PosixReactorBase
 from zope.interface import implementer
 
 
 class TurnSender:
-    """The connections that have bytes to send at the end of this turn."""
+    """The connections that have bytes to send at the end of this turn (one per
+    replica: its client port, its peer port and its links to peers share it)."""
 
     def __init__(self, clock: IReactorTime):
         self._clock = clock
-        self._pending: list[TurnSendServer] = []
+        self._pending: list[_SendsAtTurnEnd] = []
         self._call = None
         self.turns = 0    # turns that sent something (tests and metrics read it)
 
-    def add(self, connection: TurnSendServer) -> None:
+    def add(self, connection: _SendsAtTurnEnd) -> None:
         self._pending.append(connection)
         if self._call is None:
             self._call = self._clock.callLater(0, self.send)
@@ -52,12 +55,13 @@ class TurnSender:
             connection.send_buffered()
 
 
-class TurnSendServer(tcp.Server):
-    """A server connection whose writes wait for the end of the turn, unregistered.
-
-    ``self.server`` is the port that accepted it; its ``turn_sender`` sends for it."""
+class _SendsAtTurnEnd:
+    """The write path of a TCP connection whose writes wait for the end of the turn."""
 
     _queued = False     # in the turn sender's list, bytes buffered and not registered
+
+    def _turn_sender(self) -> TurnSender:
+        raise NotImplementedError
 
     def write(self, data: bytes) -> None:
         if not self._queued and not self._idle():
@@ -71,7 +75,7 @@ class TurnSendServer(tcp.Server):
         self._tempDataLen += len(data)
         if not self._queued:
             self._queued = True
-            self.server.turn_sender.add(self)
+            self._turn_sender().add(self)
         self._maybePauseProducer()
 
     def _idle(self) -> bool:
@@ -91,6 +95,48 @@ class TurnSendServer(tcp.Server):
             # A short send (the socket's buffer is full) or an error (EPIPE, a reset):
             # the reactor's doWrite finishes the job or closes the connection.
             self.startWriting()
+
+
+class TurnSendServer(_SendsAtTurnEnd, tcp.Server):
+    """An accepted connection; ``self.server`` (its port) holds the turn sender."""
+
+    def _turn_sender(self) -> TurnSender:
+        return self.server.turn_sender
+
+
+class TurnSendClient(_SendsAtTurnEnd, tcp.Client):
+    """A dialled connection; ``self.connector`` holds the turn sender."""
+
+    def _turn_sender(self) -> TurnSender:
+        return self.connector.turn_sender
+
+
+class _TurnSendConnector(tcp.Connector):
+    def __init__(self, host, port, factory, timeout, bindAddress, reactor, sender):
+        super().__init__(host, port, factory, timeout, bindAddress, reactor)
+        self.turn_sender = sender
+
+    def _makeTransport(self) -> TurnSendClient:
+        return TurnSendClient(self.host, self.port, self.bindAddress, self, self.reactor)
+
+
+class TurnSendConnecting:
+    """What a ``tcp:`` client endpoint needs of its reactor (``connectTCP``), dialling
+    ``TurnSendClient`` connections: ``clientFromString(TurnSendConnecting(reactor,
+    sender), "tcp:...")``.  A reactor that is not a POSIX one (a test's memory reactor)
+    connects its own way."""
+
+    def __init__(self, reactor, sender: TurnSender):
+        self._reactor = reactor
+        self._sender = sender
+
+    def connectTCP(self, host, port, factory, timeout=30.0, bindAddress=None):
+        if not isinstance(self._reactor, PosixReactorBase):
+            return self._reactor.connectTCP(host, port, factory, timeout, bindAddress)
+        connector = _TurnSendConnector(host, port, factory, timeout, bindAddress,
+                                       self._reactor, self._sender)
+        connector.connect()
+        return connector
 
 
 @implementer(IStreamServerEndpoint)

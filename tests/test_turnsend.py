@@ -17,14 +17,22 @@ import pytest_twisted
 from twisted.internet import defer, reactor, ssl, task
 from twisted.internet.endpoints import (
     TCP4ClientEndpoint,
+    clientFromString,
     connectProtocol,
     serverFromString,
     wrapClientTLS,
 )
 from twisted.internet.error import ConnectionAborted, ConnectionLost
 from twisted.internet.protocol import Factory, Protocol
+from twisted.internet.testing import MemoryReactorClock
 
-from replicad.turnsend import TurnSendEndpoint, TurnSender, TurnSendServer
+from replicad.turnsend import (
+    TurnSendClient,
+    TurnSendConnecting,
+    TurnSendEndpoint,
+    TurnSender,
+    TurnSendServer,
+)
 from tests.tlscerts import make_ca
 
 DEADLINE_S = 30.0    # a bound on a hung test, never a measure of speed
@@ -261,3 +269,49 @@ def test_a_write_that_is_not_bytes_is_refused_as_twisted_refuses_it():
     connection.dataBuffer, connection.offset, connection._tempDataLen = b"", 0, 0
     with pytest.raises(TypeError):
         connection.write("text")
+
+
+class Recorder(Protocol):
+    def connectionMade(self) -> None:
+        self.factory.connections.append(self)
+        self.received = bytearray()
+        self.got = defer.Deferred()
+
+    def dataReceived(self, data: bytes) -> None:
+        self.received += data
+        if len(self.received) >= self.factory.want and not self.got.called:
+            self.got.callback(bytes(self.received))
+
+
+class Dialler(Protocol):
+    def connectionMade(self) -> None:
+        self.transport.write(b"hello")
+        self.registered = self.transport in reactor.getWriters()
+
+
+@pytest_twisted.ensureDeferred
+async def test_a_dialled_connection_sends_at_the_end_of_the_turn_too():
+    factory = Factory.forProtocol(Recorder)
+    factory.connections, factory.want = [], len(b"hello")
+    port = reactor.listenTCP(0, factory, interface="127.0.0.1")
+    sender = TurnSender(reactor)
+    try:
+        endpoint = clientFromString(TurnSendConnecting(reactor, sender),
+                                    f"tcp:host=127.0.0.1:port={port.getHost().port}")
+        dialler = await within(connectProtocol(endpoint, Dialler()))
+        assert isinstance(dialler.transport, TurnSendClient)
+        assert dialler.registered is False       # Twisted's write would say True
+        while not factory.connections:
+            await within(task.deferLater(reactor, 0.01, lambda: None))
+        assert await within(factory.connections[0].got) == b"hello"
+        assert sender.turns >= 1
+        dialler.transport.loseConnection()
+    finally:
+        await port.stopListening()
+
+
+def test_a_memory_reactor_dials_its_own_way():
+    memory = MemoryReactorClock()
+    connecting = TurnSendConnecting(memory, TurnSender(memory))
+    clientFromString(connecting, "tcp:host=127.0.0.1:port=7101").connect(Factory())
+    assert [(host, port) for host, port, *_ in memory.tcpClients] == [("127.0.0.1", 7101)]
