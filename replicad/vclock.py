@@ -48,6 +48,15 @@ class VectorClock(Mapping[int, int]):
         self._entries = dict(sorted(clean.items()))
         self._hash: int | None = None
 
+    @classmethod
+    def _of(cls, entries: dict[int, int]) -> VectorClock:
+        """A clock of entries known clean (positive ints), no check: the operations
+        below build their results from clocks already checked (a write's hot path)."""
+        clock = object.__new__(cls)
+        clock._entries = dict(sorted(entries.items()))
+        clock._hash = None
+        return clock
+
     # Mapping protocol: a missing replica reads as zero through get()/[].
     def __getitem__(self, replica: int) -> int:
         return self._entries.get(replica, 0)
@@ -77,7 +86,11 @@ class VectorClock(Mapping[int, int]):
         return f"VectorClock({self._entries!r})"
 
     def __le__(self, other: VectorClock) -> bool:
-        return all(count <= other[replica] for replica, count in self._entries.items())
+        theirs = other._entries if isinstance(other, VectorClock) else other
+        for replica, count in self._entries.items():
+            if count > theirs.get(replica, 0):
+                return False
+        return True
 
     def __ge__(self, other: VectorClock) -> bool:
         return other <= self
@@ -102,21 +115,30 @@ class VectorClock(Mapping[int, int]):
 
     def merge(self, other: Mapping[int, int]) -> VectorClock:
         """Pointwise maximum: the least clock that is >= both."""
+        if not isinstance(other, VectorClock):
+            other = VectorClock(other)
         merged = dict(self._entries)
-        for replica, count in other.items():
+        for replica, count in other._entries.items():
             if count > merged.get(replica, 0):
                 merged[replica] = count
-        return VectorClock(merged)
+        return VectorClock._of(merged)
 
     def advance(self, replica: int, count: int | None = None) -> VectorClock:
         """Return a copy with replica's entry raised to count (default: one more)."""
+        if not isinstance(replica, int) or not (count is None or isinstance(count, int)):
+            raise ClockError(f"clock entries must be integers, got {replica!r}:{count!r}")
+        if replica < 0 or (count is not None and count < 0):
+            raise ClockError(f"clock entries must not be negative, got {replica}:{count}")
         new = dict(self._entries)
-        new[replica] = self[replica] + 1 if count is None else max(count, self[replica])
-        return VectorClock(new)
+        mine = new.get(replica, 0)
+        raised = mine + 1 if count is None else max(count, mine)
+        if raised:
+            new[replica] = raised
+        return VectorClock._of(new)
 
     def missing_from(self, have: Mapping[int, int]) -> VectorClock:
         """The entries where self is ahead of have: what a holder of have still needs."""
-        return VectorClock({r: c for r, c in self._entries.items() if c > have.get(r, 0)})
+        return VectorClock._of({r: c for r, c in self._entries.items() if c > have.get(r, 0)})
 
     def total(self) -> int:
         """Sum of all entries; strictly grows along the happened-before order."""
