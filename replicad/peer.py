@@ -52,6 +52,7 @@ from twisted.logger import (
     globalLogPublisher,
 )
 from twisted.protocols.basic import LineReceiver
+from twisted.python.failure import Failure
 from zope.interface import implementer
 
 from replicad import peerwire
@@ -131,6 +132,9 @@ class PeerAnswer:
     payload: str = ""
     body: Iterator[tuple[str, str]] | None = None   # (LINE|REC, text) pairs
     trailer: Callable[[], str] | None = None        # END payload, computed after the body
+    # A short body already in memory (a forwarded request's reply): written at once with
+    # the final frame, not streamed by a producer.
+    lines: tuple[tuple[str, str], ...] = ()
 
 
 @dataclass
@@ -446,11 +450,19 @@ class PeerServerProtocol(_LineProtocol):
 
     def _dispatch(self, frame: Frame) -> None:
         assert self.peer_id is not None
-        d = defer.maybeDeferred(
-            self.factory.handler.peer_request, self.peer_id, frame.kind, frame.payload
-        )
-        d.addCallback(self._answer, frame)
-        d.addErrback(self._failed, frame)
+        try:
+            answer = self.factory.handler.peer_request(self.peer_id, frame.kind,
+                                                       frame.payload)
+        except Exception:
+            self._failed(Failure(), frame)
+            return
+        if isinstance(answer, defer.Deferred):
+            answer.addCallback(self._answer, frame).addErrback(self._failed, frame)
+            return
+        try:                       # answered at once (most): no Deferred
+            self._answer(answer, frame)
+        except Exception:
+            self._failed(Failure(), frame)
 
     def _answer(self, answer: PeerAnswer, frame: Frame) -> None:
         if not self.connected:
@@ -458,7 +470,9 @@ class PeerServerProtocol(_LineProtocol):
                 answer.body.close()
             return
         if answer.body is None:
-            self.send_line(Frame(frame.rid, answer.kind, answer.payload).encode())
+            frames = [Frame(frame.rid, kind, text).encode() for kind, text in answer.lines]
+            frames.append(Frame(frame.rid, answer.kind, answer.payload).encode())
+            self.transport.write("".join(f + "\n" for f in frames).encode("utf-8"))
             return
         self._streams.append(_StreamProducer(self, frame.rid, frame.kind, answer))
         self._next_stream()
@@ -596,7 +610,7 @@ class _PendingCall:
     deferred: defer.Deferred
     timeout_s: float
     on_line: Callable[[str, str], None] | None
-    timer: object = None
+    deadline: float = 0.0     # the next frame of the answer is due by then
     lines: list[tuple[str, str]] = field(default_factory=list)
 
 
@@ -637,6 +651,10 @@ class PeerClientProtocol(_LineProtocol):
         self._ready = False
         self._next_rid = 1
         self._calls: dict[int, _PendingCall] = {}
+        # One timer for all calls, due at or before the earliest deadline (_arm): a
+        # timer per call was a tenth of a forwarding follower's time.
+        self._sweep = None
+        self._sweep_at = 0.0
         self._handshake_timer = None
         self._ready_waiters: list[defer.Deferred[PeerClientProtocol]] = []
         self._failure: PeerUnavailable | None = None
@@ -820,10 +838,32 @@ class PeerClientProtocol(_LineProtocol):
 
     def _restart_timer(self, rid: int, call: _PendingCall,
                        timeout_s: float | None = None) -> None:
-        if call.timer is not None and call.timer.active():
-            call.timer.cancel()
-        call.timer = self.factory.clock.callLater(
-            call.timeout_s if timeout_s is None else timeout_s, self._timed_out, rid)
+        """The call's next frame is due ``timeout_s`` (default its timeout) from now."""
+        call.deadline = self.factory.clock.seconds() + (
+            call.timeout_s if timeout_s is None else timeout_s)
+        # A deadline only moves later for a call already armed for: the sweep, due at
+        # or before the old one, still comes in time and re-arms for the new one.
+        self._arm(call.deadline)
+
+    def _arm(self, deadline: float) -> None:
+        """Make sure the sweep runs at or before ``deadline``."""
+        sweep = self._sweep
+        if sweep is not None and sweep.active():
+            if deadline >= self._sweep_at:
+                return
+            sweep.cancel()
+        clock = self.factory.clock
+        self._sweep_at = deadline
+        self._sweep = clock.callLater(max(deadline - clock.seconds(), 0.0), self._expire)
+
+    def _expire(self) -> None:
+        """Time out every call whose deadline has passed; re-arm for the others."""
+        self._sweep = None
+        now = max(self.factory.clock.seconds(), self._sweep_at)   # float rounding
+        for rid in [rid for rid, call in self._calls.items() if call.deadline <= now]:
+            self._timed_out(rid)
+        if self._calls:
+            self._arm(min(call.deadline for call in self._calls.values()))
 
     def _timed_out(self, rid: int) -> None:
         # The exception is made here, not with the timer: most calls never time out,
@@ -835,8 +875,9 @@ class PeerClientProtocol(_LineProtocol):
         call = self._calls.pop(rid, None)
         if call is None:
             return
-        if call.timer is not None and call.timer.active():
-            call.timer.cancel()
+        if not self._calls and self._sweep is not None and self._sweep.active():
+            self._sweep.cancel()      # nothing left to time out: leave no timer behind
+            self._sweep = None
         if error is not None:
             call.deferred.errback(error)
         else:

@@ -512,22 +512,27 @@ class Replica(service.MultiService):
     def handle(self, request: Request, placed=None) -> defer.Deferred[Reply]:
         """Serve a data request; ``placed()`` is called once its place in the order is
         fixed (client_protocol: a pipelining client's next request may start then)."""
-        reply = defer.ensureDeferred(self._handle(request, placed))
+        reply = self._forward_now(request)
+        if reply is None:
+            reply = defer.ensureDeferred(self._handle(request, placed))
         return self.metrics.request(request.command, reply)   # metrics hook
 
     def answer_now(self, request: Request) -> Reply | None:
         """The read fast path: the answer, if this replica can give it at once (it
         serves, the session needs nothing it lacks, no write is waiting for its
         COMMIT); else None and the request takes the full path (handle)."""
-        if not request.is_read or self.node.serving_as != self.my_id:
-            return None
-        store = self.store
-        if store.group_open or not session.requirement(request.context) <= store.clock:
+        if not self._can_read_now(request):
             return None
         started = self.reactor.seconds()   # metrics hook
         reply = self._read(request)
         self.metrics.answered(request.command, reply, started)   # metrics hook
         return reply
+
+    def _can_read_now(self, request: Request) -> bool:
+        store = self.store
+        return (request.is_read and self.node.serving_as == self.my_id
+                and not store.group_open
+                and session.requirement(request.context) <= store.clock)
 
     def _read(self, request: Request) -> Reply:
         store = self.store
@@ -548,8 +553,10 @@ class Replica(service.MultiService):
             why = f"no coordinator within {self.timers.election_wait:g} s"
         return self._error(request, Code.UNAVAILABLE, f"{why}; nothing was done")
 
-    async def _handle(self, request: Request, placed=None) -> Reply:
-        deadline = self.reactor.seconds() + self.timers.election_wait
+    async def _handle(self, request: Request, placed=None,
+                      deadline: float | None = None) -> Reply:
+        if deadline is None:
+            deadline = self.reactor.seconds() + self.timers.election_wait
         node = self.node
         while True:
             coordinator = await node.when_serving(deadline)
@@ -567,23 +574,60 @@ class Replica(service.MultiService):
             sent_in = node.epoch
             try:
                 return await self._forward(coordinator, request)
-            except StaleEpoch:
-                # The refusal taught us a newer epoch.  If the coordinator is the same
-                # (it re-elected itself higher, as after every bully-back) nothing else
-                # will change: send again at once, now in the new epoch.
-                if node.epoch == sent_in:
-                    await self._state_change(coordinator, deadline)
-            except PeerUnavailable as e:
-                if e.sent and request.is_write:
-                    return self._error(
-                        request, Code.INDOUBT,
-                        f"coordinator {coordinator} did not answer; the write may or may "
-                        "not have been applied",
-                    )
-                self._suspect(coordinator)
-                if node.coordinator == coordinator:
-                    node.coordinator_failed()
+            except (StaleEpoch, PeerUnavailable) as e:
+                reply = await self._forward_failed(request, coordinator, sent_in, e, deadline)
+                if reply is not None:
+                    return reply
+
+    def _forward_now(self, request: Request) -> defer.Deferred[Reply] | None:
+        """The follower's fast path: forward at once, with no coroutine, when the
+        coordinator is known and answered a ping within the heartbeat interval (what
+        _handle's loop would find); None when the full path must decide.  A forward
+        that fails continues in _handle's loop, as if it had been sent from there."""
+        node = self.node
+        coordinator = node.serving_as
+        if (coordinator is None or coordinator == self.my_id or node.cannot_serve
+                or not self.detector.recently_ok()):
+            return None
+        deadline = self.reactor.seconds() + self.timers.election_wait
+        sent_in = node.epoch
+
+        def failed(failure):
+            failure.trap(StaleEpoch, PeerUnavailable)
+            return defer.ensureDeferred(
+                self._retry_forward(request, coordinator, sent_in, failure.value, deadline))
+
+        return self._forward(coordinator, request).addErrback(failed)
+
+    async def _retry_forward(self, request: Request, coordinator: int, sent_in: int,
+                             error: Exception, deadline: float) -> Reply:
+        reply = await self._forward_failed(request, coordinator, sent_in, error, deadline)
+        if reply is not None:
+            return reply
+        return await self._handle(request, None, deadline)
+
+    async def _forward_failed(self, request: Request, coordinator: int, sent_in: int,
+                              error: Exception, deadline: float) -> Reply | None:
+        """After a failed forward: the reply if it must be final (a write that may have
+        been applied), else None once it is worth trying again."""
+        if isinstance(error, StaleEpoch):
+            # The refusal taught us a newer epoch.  If the coordinator is the same
+            # (it re-elected itself higher, as after every bully-back) nothing else
+            # will change: send again at once, now in the new epoch.
+            if self.node.epoch == sent_in:
                 await self._state_change(coordinator, deadline)
+            return None
+        if error.sent and request.is_write:
+            return self._error(
+                request, Code.INDOUBT,
+                f"coordinator {coordinator} did not answer; the write may or may "
+                "not have been applied",
+            )
+        self._suspect(coordinator)
+        if self.node.coordinator == coordinator:
+            self.node.coordinator_failed()
+        await self._state_change(coordinator, deadline)
+        return None
 
     async def _state_change(self, coordinator: int, deadline: float) -> None:
         """Wait until this replica would use another coordinator (or the deadline)."""
@@ -601,12 +645,13 @@ class Replica(service.MultiService):
             if not waiting.called:
                 waiting.callback((None, None))
 
-    async def _forward(self, coordinator: int, request: Request) -> Reply:
-        # The answer races the coordinator being declared dead (_forwards_dead): a hung
-        # one then costs about one ping interval, not forward_timeout.  The call's
-        # outcome travels as a value, so that a refused call (never sent) does not turn
-        # into a write in doubt.  No coroutine or timer per forward beyond the call's own:
-        # this is a follower's hot path.
+    def _forward(self, coordinator: int, request: Request) -> defer.Deferred[Reply]:
+        """Send a request to the coordinator; the Deferred fires with its reply, or
+        fails with PeerUnavailable (sent or not) or StaleEpoch.  The answer races the
+        coordinator being declared dead (_forwards_dead): a hung one then costs about
+        one ping interval, not forward_timeout.  The call's outcome travels as a value,
+        so that a refused call (never sent) does not turn into a write in doubt.  No
+        coroutine or timer per forward beyond the call's own: a follower's hot path."""
         self._suspected.discard(coordinator)   # only evidence from now on counts
         message = peerwire.Client(self.node.epoch, request.encode())
         call = self.call(coordinator, message, self.timers.forward_timeout)
@@ -620,7 +665,10 @@ class Replica(service.MultiService):
                 outcome.callback((response, failure))
 
         call.addCallbacks(settle, lambda failure: settle(None, failure), (None,))
-        response, failure = await outcome
+        return outcome.addCallback(self._forwarded, call, coordinator, request)
+
+    def _forwarded(self, settled, call, coordinator: int, request: Request) -> Reply:
+        response, failure = settled
         if response is None and failure is None:
             call.cancel()
             raise PeerUnavailable(f"coordinator {coordinator} failed during the request",
@@ -784,7 +832,20 @@ class Replica(service.MultiService):
         return PeerAnswer("OK" if accepted else "NO", str(self.node.epoch))
 
     def _on_client(self, peer_id: int, message: peerwire.Client):
-        return defer.ensureDeferred(self._serve_forwarded(message.line))
+        """A request a follower forwarded.  A read this replica can answer at once is
+        answered here, with no coroutine (a forwarding follower's GETs)."""
+        node = self.node
+        if not node.role.is_coordinator:
+            return PeerAnswer("NO", str(node.coordinator or "-"))
+        try:
+            request = wire.parse_request(message.line, self.config.limits)
+            if request is None or not request.needs_coordinator:
+                raise WireError(Code.BADARGS, "only data requests are forwarded")
+        except WireError as e:
+            return _final(e.reply())
+        if self._can_read_now(request):
+            return _final(self._read(request))
+        return defer.ensureDeferred(self._serve_forwarded(request))
 
     def _on_push(self, peer_id: int, message: peerwire.Push) -> PeerAnswer:
         node = self.node
@@ -818,26 +879,20 @@ class Replica(service.MultiService):
         cluster = self.store.cluster_id or "-"
         return PeerAnswer("END", f"{clock.encode()} {cluster}", body=body)
 
-    async def _serve_forwarded(self, line: str) -> PeerAnswer:
+    async def _serve_forwarded(self, request: Request) -> PeerAnswer:
         node = self.node
-        if not node.role.is_coordinator:
+        deadline = self.reactor.seconds() + self.timers.election_wait
+        if await node.when_serving(deadline) != self.my_id:
+            if node.cannot_serve:
+                return _final(self._unavailable(request))
             return PeerAnswer("NO", str(node.coordinator or "-"))
         try:
-            request = wire.parse_request(line, self.config.limits)
-            if request is None or not request.needs_coordinator:
-                raise WireError(Code.BADARGS, "only data requests are forwarded")
-        except WireError as e:
-            reply = e.reply()
-        else:
-            deadline = self.reactor.seconds() + self.timers.election_wait
-            if await node.when_serving(deadline) != self.my_id:
-                if node.cannot_serve:
-                    reply = self._unavailable(request)
-                    return PeerAnswer("END", "", body=iter(
-                        [("LINE", t) for t in reply.encode_lines()]))
-                return PeerAnswer("NO", str(node.coordinator or "-"))
-            try:
-                reply = await self._coordinate(request)
-            except _NotCoordinator:
-                return PeerAnswer("NO", str(node.coordinator or "-"))
-        return PeerAnswer("END", "", body=iter([("LINE", t) for t in reply.encode_lines()]))
+            reply = await self._coordinate(request)
+        except _NotCoordinator:
+            return PeerAnswer("NO", str(node.coordinator or "-"))
+        return _final(reply)
+
+
+def _final(reply: Reply) -> PeerAnswer:
+    """A forwarded request's reply, as the peer answer that carries it."""
+    return PeerAnswer("END", "", lines=tuple(("LINE", t) for t in reply.encode_lines()))

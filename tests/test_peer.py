@@ -421,6 +421,23 @@ def test_stream_without_trailer_ends_with_the_answer_payload():
     assert out[-1] == "2 END 1:3"
 
 
+def test_a_short_body_in_memory_is_written_at_once_without_a_producer():
+    """A forwarded request's reply: its lines and END in one write, next to a stream
+    that is still being produced (frames carry their request id)."""
+    bodies = {"big": PeerAnswer(body=Body(600)),
+              "short": PeerAnswer("END", "", lines=(("LINE", "VALUE v"), ("LINE", "x")))}
+    handler = Handler(lambda peer_id, verb, payload: bodies[payload])
+    proto, transport, _clock, _handler = authenticated_server(handler)
+    proto.dataReceived(b"1 DELTA big\n")
+    assert transport.producer is not None            # the big one streams
+    before = len(transport.value())
+    proto.dataReceived(b"2 CLIENT short\n")
+    written = transport.value()[before:].decode().splitlines()
+    assert written == ["2 LINE VALUE v", "2 LINE x", "2 END"]
+    drain(transport)
+    assert lines(transport)[-1].startswith("1 END")
+
+
 def test_two_streams_queue_one_after_the_other():
     bodies = {"a": Body(600), "b": Body(3)}
 
@@ -562,6 +579,30 @@ def test_client_call_times_out():
     assert error.sent is True
     assert "timed out" in str(error)
     assert clock.getDelayedCalls() == []
+
+
+def test_calls_share_one_timer_and_each_times_out_at_its_own_deadline():
+    """One sweep timer for every call: a short call made after a long one still times
+    out at its own deadline, the answered ones never, and no timer outlives the last."""
+    proto, _transport, clock = ready_client()
+    long = proto.call("CLIENT", "a", timeout_s=5.0)           # rid 1
+    answered = proto.call("CLIENT", "b", timeout_s=1.0)       # rid 2
+    short = proto.call("ELECTION", timeout_s=0.2)             # rid 3
+    assert len(clock.getDelayedCalls()) == 1
+    proto.dataReceived(b"2 END\n")
+    clock.advance(0.2)
+    assert "timed out" in str(failure_of(short, PeerUnavailable))
+    assert not long.called
+    assert success(answered).kind == "END"
+    clock.advance(4.79)
+    assert not long.called
+    clock.advance(0.01)
+    assert failure_of(long, PeerUnavailable).sent is True
+    assert clock.getDelayedCalls() == []
+    later = proto.call("PING", timeout_s=1.0)
+    proto.dataReceived(b"4 OK\n")
+    assert success(later).kind == "OK"
+    assert clock.getDelayedCalls() == []                       # the answer took it
 
 
 def test_client_timeout_restarts_on_every_frame_of_a_stream():

@@ -134,7 +134,7 @@ def test_garbage_in_a_peer_request_is_a_peer_wire_error(replica):
 def test_a_forwarded_request_to_a_non_coordinator_is_refused(replica):
     follow(replica)                                        # epoch 3
     answer = replica.peer_request(1, "CLIENT", "3 GET k")
-    assert answer.result.kind == "NO" and answer.result.payload == "3"
+    assert answer.kind == "NO" and answer.payload == "3"
 
 
 def test_a_request_without_a_coordinator_is_unavailable_at_the_deadline(replica):
@@ -347,6 +347,106 @@ def test_a_forwarded_reply_keeps_the_coordinators_meta_cluster_included(replica)
     replica.reactor.advance(0)
     meta = d.result.meta
     assert (meta.here, meta.by, meta.cluster) == (2, 3, cluster)
+
+
+def forwarded(replica: Replica, line: str):
+    """What the coordinator answers a follower that forwarded ``line``: a PeerAnswer
+    now, or a Deferred of one."""
+    return replica.peer_request(1, "CLIENT", f"{replica.node.epoch} {line}")
+
+
+def reply_of(answer: PeerAnswer) -> Reply:
+    return wire.parse_reply_lines([text for _, text in answer.lines])
+
+
+def test_a_forwarded_read_is_answered_at_once_unless_it_must_wait(replica):
+    serving(replica)
+    serve(replica, "PUT k v")
+    answer = forwarded(replica, "GET k")
+    assert isinstance(answer, PeerAnswer)                 # no coroutine, no Deferred
+    assert reply_of(answer).text == "v"
+    assert reply_of(forwarded(replica, "KEYS")).lines == ("k",)
+    epoch = replica.node.coordinator_epoch
+    replica.commits.run(lambda: replica.store.write(2, "k", "uncommitted", epoch))
+    waiting = forwarded(replica, "GET k")
+    assert isinstance(waiting, defer.Deferred) and not waiting.called   # never before
+    replica.reactor.advance(0)                                          # its COMMIT
+    assert reply_of(waiting.result).text == "uncommitted"
+    behind = forwarded(replica, "@r=9:1;w= GET k")        # the session needs more
+    assert isinstance(behind, defer.Deferred)
+    behind.cancel()
+    behind.addErrback(lambda f: None)
+    assert reply_of(forwarded(replica, "GET")).error_code == "BADARGS"   # a bad line
+
+
+def fake_coordinator(replica: Replica, client_answers):
+    """Replica 3 as coordinator, through ``replica.call``: PINGs answered, CLIENT calls
+    answered from ``client_answers`` (each a Deferred); returns the verbs sent."""
+    from replicad.peer import PeerResponse
+
+    sent: list[str] = []
+    answers = iter(client_answers)
+
+    def call(peer_id, message, timeout_s, on_line=None):
+        sent.append(message.verb)
+        if message.verb == "PING":
+            status = PeerStatus(3, "coordinator", 3, replica.node.epoch, VectorClock())
+            return defer.succeed(PeerResponse("OK", status.encode()))
+        return next(answers)
+
+    replica.call = call
+    return sent
+
+
+def test_a_follower_forwards_at_once_when_its_coordinator_answered_lately(replica):
+    from replicad.peer import PeerResponse
+
+    follow(replica)
+    sent = fake_coordinator(replica, [
+        defer.succeed(PeerResponse("END", "", [("LINE", "VALUE v")]))])
+    assert replica.detector.check().result is True        # a ping just succeeded
+    replica._handle = None                                # the full path is not taken
+    d = replica.handle(Request("GET", "k"))
+    assert d.result.text == "v" and sent == ["PING", "CLIENT"]
+
+
+def test_a_fast_forward_of_a_write_that_may_have_been_applied_is_in_doubt(replica):
+    """The forward was sent and its answer lost: the write is never sent again (it
+    may have been applied), however the forward was started."""
+    follow(replica)
+    sent = fake_coordinator(replica, [
+        defer.fail(PeerUnavailable("connection lost", sent=True))])
+    assert replica.detector.check().result is True
+    d = replica.handle(Request("PUT", "k", "v"))
+    replica.reactor.advance(0)
+    assert d.result.error_code == "INDOUBT"
+    assert sent == ["PING", "CLIENT"]                     # sent once, never again
+
+
+def test_a_fast_forward_refused_as_stale_is_sent_again_in_the_new_epoch(replica):
+    from replicad.peer import PeerResponse
+    from replicad.sync import StaleEpoch
+
+    follow(replica, 3, own_epoch(0, 3))
+    epochs: list[int] = []
+
+    def stale():
+        epochs.append(replica.node.epoch)
+        replica.node.epoch_seen(own_epoch(1, 3))          # what call() does on STALE
+        return defer.fail(StaleEpoch(3, own_epoch(1, 3)))
+
+    class Answers:
+        def __iter__(self):
+            yield stale()
+            epochs.append(replica.node.epoch)
+            yield defer.succeed(PeerResponse("END", "", [("LINE", "OK")]))
+
+    fake_coordinator(replica, Answers())
+    assert replica.detector.check().result is True
+    d = replica.handle(Request("PUT", "k", "v"))
+    replica.reactor.advance(0)
+    assert d.result.status == "OK"
+    assert epochs == [3, 7]
 
 
 def serving(replica: Replica) -> None:
