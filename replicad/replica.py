@@ -514,6 +514,8 @@ class Replica(service.MultiService):
         fixed (client_protocol: a pipelining client's next request may start then)."""
         reply = self._forward_now(request)
         if reply is None:
+            reply = self._write_now(request, placed)
+        if reply is None:
             reply = defer.ensureDeferred(self._handle(request, placed))
         return self.metrics.request(request.command, reply)   # metrics hook
 
@@ -578,6 +580,39 @@ class Replica(service.MultiService):
                 reply = await self._forward_failed(request, coordinator, sent_in, e, deadline)
                 if reply is not None:
                     return reply
+
+    def _write_now(self, request: Request, placed=None) -> defer.Deferred[Reply] | None:
+        """The coordinator's fast path for a write it can take at once (it serves, the
+        session needs nothing it lacks, the request id is new, a DEL finds its key):
+        into the open commit group now, then pushed, with no coroutine.  None when
+        _coordinate must decide: anything that waits, replays or answers NOTFOUND."""
+        node = self.node
+        store = self.store
+        if (not request.is_write or node.serving_as != self.my_id
+                or not session.requirement(request.context) <= store.clock):
+            return None
+        rid = request.context.rid if request.context else None
+        if rid is not None and store.request(rid) is not None:
+            return None
+        if request.command == "DEL":
+            current = store.get(request.key)
+            if current is None or current.deleted:
+                return None
+        epoch = node.coordinator_epoch
+        try:
+            written = self.commits.run(
+                lambda: store.write(self.my_id, request.key, request.value, epoch, rid))
+        except NewerEpoch as e:
+            node.epoch_seen(e.epoch)      # deposed: the full path sends it elsewhere
+            return None
+        if placed is not None:
+            placed()
+        return written.addCallbacks(self._replicated, self._not_committed,
+                                    (request, epoch), None, (request,), None)
+
+    def _not_committed(self, failure, request: Request) -> Reply:
+        failure.trap(GroupFailed)
+        return self._error(request, Code.INTERNAL, str(failure.value))
 
     def _forward_now(self, request: Request) -> defer.Deferred[Reply] | None:
         """The follower's fast path: forward at once, with no coroutine, when the
@@ -738,7 +773,7 @@ class Replica(service.MultiService):
             record = await written         # durable here: only now is it pushed
         except GroupFailed as e:
             return self._error(request, Code.INTERNAL, str(e))
-        return await self._replicated(request, record, epoch)
+        return await self._replicated(record, request, epoch)
 
     async def _replay(self, request: Request, done: tuple[int, int, VectorClock]) -> Reply:
         """A write sent again with a request id this cluster already applied: answer
@@ -754,7 +789,7 @@ class Replica(service.MultiService):
             return self._discarded(request, origin, seq)
         current = self.store.get(request.key)
         if current is not None and (current.origin, current.seq) == (origin, seq):
-            return await self._replicated(request, current, self.node.coordinator_epoch)
+            return await self._replicated(current, request, self.node.coordinator_epoch)
         # No longer the key's write.  Overwritten by a write that saw it, or gone with a
         # branch a merge discarded (it, or a later write of the same losing side that
         # overwrote it): versions are clocks and cannot tell these apart (a chaos run
@@ -776,9 +811,14 @@ class Replica(service.MultiService):
             "write during a partition; it is not in the data",
         )
 
-    async def _replicated(self, request: Request, record, epoch) -> Reply:
+    def _replicated(self, record, request: Request, epoch) -> defer.Deferred[Reply]:
+        """Push a durable write; its reply once write_quorum replicas have it (or not)."""
         started = self.reactor.seconds()   # metrics hook
-        reached = await self.sync.replicate(record, epoch, self._push_refused)
+        reached = self.sync.replicate(record, epoch, self._push_refused)
+        return reached.addCallback(self._quorum_outcome, record, request, started)
+
+    def _quorum_outcome(self, reached: bool, record, request: Request,
+                        started: float) -> Reply:
         self.metrics.quorum_wait(self.reactor.seconds() - started, reached)   # metrics hook
         if not reached:
             return self._error(

@@ -455,6 +455,63 @@ def serving(replica: Replica) -> None:
     assert replica.node.serving_as == 2
 
 
+def test_the_coordinator_takes_a_plain_write_at_once_and_acknowledges_it_durable(replica):
+    """The write fast path (no coroutine): into the open group before handle returns,
+    acknowledged only after the group's COMMIT, pushed after that."""
+    serving(replica)
+    replica._handle = None                                # the full path is not taken
+    placed = []
+    d = replica.handle(Request("PUT", "k", "v"), lambda: placed.append(True))
+    assert placed == [True] and replica.store.group_open  # in the group, not durable
+    assert not d.called                                   # so not acknowledged yet
+    replica.reactor.advance(0)                            # the COMMIT
+    replica.reactor.advance(0)
+    assert d.result.status == "OK" and replica.store.get("k").value == "v"
+    assert replica.store.clock == VectorClock({2: 1})
+    d = replica.handle(Request("DEL", "k"))               # a DEL that finds its key
+    replica.reactor.advance(0)
+    replica.reactor.advance(0)
+    assert d.result.status == "OK" and replica.store.get("k").deleted
+
+
+def test_a_write_the_fast_path_cannot_take_goes_the_full_way(replica):
+    serving(replica)
+    assert replica._write_now(Request("DEL", "missing")) is None        # NOTFOUND
+    assert replica._write_now(wire.parse_request("@r=9:1;w= PUT k v")) is None   # behind
+    serve(replica, "@r=;w=;id=0123abcd.1 PUT k v1")
+    assert replica._write_now(wire.parse_request("@r=;w=;id=0123abcd.1 PUT k v1")) is None
+    assert replica._write_now(Request("GET", "k")) is None
+    follow(replica, 3, own_epoch(5, 3))
+    assert replica._write_now(Request("PUT", "k", "v")) is None         # a follower
+
+
+def test_a_deposed_coordinators_fast_write_steps_down_and_applies_nothing(replica):
+    serving(replica)
+    epoch = replica.node.coordinator_epoch
+    newer = Record("k", "theirs", 3, 1, VectorClock({3: 1}), epoch + 1)
+    replica.store.apply([newer], VectorClock({3: 1}))     # a newer epoch wrote k
+    d = replica.handle(Request("PUT", "k", "mine"))       # no exception escapes
+    assert replica.node.serving_as != 2                   # it stepped down
+    assert replica.store.get("k").value == "theirs"      # nothing applied
+    replica.reactor.advance(replica.timers.election_wait + 1)
+    assert d.called
+    d.addErrback(lambda f: None)
+
+
+def test_a_fast_write_whose_commit_fails_is_an_internal_error_not_ok(replica):
+    from tests.test_groupcommit import FailingCommits
+
+    serving(replica)
+    replica.store._db = spy = FailingCommits(replica.store._db)
+    spy.fail = True
+    d = replica.handle(Request("PUT", "k", "v"))
+    replica.reactor.advance(0)
+    spy.fail = False
+    assert d.result.error_code == "INTERNAL"
+    assert "nothing was done" in d.result.text
+    assert replica.store.get("k") is None
+
+
 def test_a_retried_write_that_lost_a_merge_is_in_doubt_not_ok(replica):
     """Found by the chaos suite: the write was applied, then discarded by a concurrent
     write of a newer epoch; answering OK would acknowledge a write not in the data."""
