@@ -5,9 +5,10 @@ Requests on one connection are answered in order.  Pipelining: a request whose p
 the order is fixed as soon as it is handed over (a write the coordinator has applied to
 its open commit group, a read it has answered) does not stop reading, so the writes of
 one pipelining client share a COMMIT and a push; any other request (forwarded, waiting
-for an election or a catch-up) pauses reading until every reply before it and its own
-are written, so a pipelining client gets back-pressure, never reordering.  At most
-MAX_PIPELINE requests are in flight per connection.
+for an election or a catch-up) holds the lines after it until every reply before it and
+its own are written, so a pipelining client is never reordered; once HELD_INPUT_BYTES
+are held the transport stops reading (back-pressure).  At most MAX_PIPELINE requests
+are in flight per connection.
 
 Half-close (IHalfCloseableProtocol): a client may send its requests and shut down its
 write side (``printf 'PUT k v\n' | nc -N host 7001``).  The requests already received
@@ -41,6 +42,9 @@ MAX_FAILED_AUTHS = 3
 CLOSE_LINGER_S = 2.0
 # Requests in flight on one connection before reading pauses (a pipelining client).
 MAX_PIPELINE = 64
+# Bytes a client may send while its lines are held (a request before them is being
+# served) before the transport stops reading altogether.
+HELD_INPUT_BYTES = 64 * 1024
 
 
 class RequestHandler(Protocol):
@@ -74,6 +78,7 @@ class ClientProtocol(LineReceiver, TimeoutMixin):
         # Replies in request order: [Reply] when ready, [None] while being served.
         self._queue: deque[list] = deque()
         self._close_when_drained = False
+        self._reading_paused = False   # the transport itself, not only the line handling
 
     def connectionMade(self) -> None:
         no_delay(self.transport)
@@ -157,6 +162,29 @@ class ClientProtocol(LineReceiver, TimeoutMixin):
         if self._closing:
             return      # the client's leftovers after our final reply
         super().dataReceived(data)
+        if self.paused:
+            self._hold_or_stop_reading()
+
+    def pauseProducing(self) -> None:
+        """Hold the lines that arrive (LineReceiver keeps them in its buffer while
+        ``paused``) rather than pause the transport: pausing and resuming it cost two
+        epoll_ctl calls per forwarded request, and a request/reply client sends nothing
+        while it waits.  The transport is paused once HELD_INPUT_BYTES are held, so a
+        client that keeps sending still gets back-pressure and bounded memory."""
+        self.paused = True
+        self._hold_or_stop_reading()
+
+    def _hold_or_stop_reading(self) -> None:
+        if not self._reading_paused and len(self._buffer) >= HELD_INPUT_BYTES:
+            self._reading_paused = True
+            self.transport.pauseProducing()
+
+    def resumeProducing(self) -> None:
+        self.paused = False
+        if self._reading_paused:
+            self._reading_paused = False
+            self.transport.resumeProducing()
+        self.dataReceived(b"")
 
     def write_reply(self, reply: Reply) -> None:
         self.transport.write(reply.encode())

@@ -170,16 +170,37 @@ def test_pipelined_requests_are_handled_one_at_a_time_and_answered_in_order():
     proto, transport, _clock, handler, _factory = setup()
     proto.dataReceived(b"GET a\r\nGET b\r\nPING\r\n")
     assert [r.key for r in handler.handled] == ["a"]       # b waits for a's reply
-    assert transport.producerState == "paused"             # back-pressure
+    assert proto.paused                                     # its line is held
+    assert transport.producerState == "producing"          # few bytes: still reading
     assert transport.value() == b""
     handler.pending[0].callback(Reply("VALUE", "1"))
     assert [r.key for r in handler.handled] == ["a", "b"]
     assert transport.value() == b"VALUE 1\r\n"
-    assert transport.producerState == "paused"
+    assert proto.paused
     handler.pending[1].callback(Reply("NOTFOUND"))
     # PING, pipelined behind b, is answered after b.
     assert transport.value() == b"VALUE 1\r\nNOTFOUND\r\nPONG\r\n"
     assert transport.producerState == "producing"
+
+
+def test_a_client_that_keeps_sending_while_it_waits_is_stopped_at_the_bound():
+    """Lines held behind a request being served cost memory: past HELD_INPUT_BYTES the
+    transport stops reading (back-pressure), and reads again once they are served."""
+    from replicad.client_protocol import HELD_INPUT_BYTES
+
+    proto, transport, _clock, handler, _factory = setup()
+    proto.dataReceived(b"GET a\r\n")
+    assert proto.paused and transport.producerState == "producing"
+    flood = b"PING\r\n" * (HELD_INPUT_BYTES // 6 + 1)
+    proto.dataReceived(flood[:HELD_INPUT_BYTES // 2])
+    assert transport.producerState == "producing"
+    proto.dataReceived(flood[HELD_INPUT_BYTES // 2:])
+    assert transport.producerState == "paused"           # no more than the bound held
+    assert len(proto._buffer) <= len(flood)
+    handler.pending[0].callback(Reply("VALUE", "1"))
+    assert transport.producerState == "producing"
+    answered = replies(transport)                          # every held line served
+    assert len(answered) == 1 + flood.count(b"PING") and answered[-1].status == "PONG"
 
 
 def test_requests_arriving_while_one_is_served_wait():
@@ -592,8 +613,8 @@ def test_a_read_answered_at_once_takes_no_deferred_and_does_not_pause_reading():
     assert transport.value() == b"VALUE at once\r\nVALUE at once\r\n"
     assert handler.handled == [] and transport.producerState == "producing"
     proto.dataReceived(b"GET slow\r\nGET fast\r\n")      # the slow one keeps order:
-    assert [r.key for r in handler.handled] == ["slow"]     # reading paused behind it
-    assert transport.producerState == "paused"
+    assert [r.key for r in handler.handled] == ["slow"]     # lines held behind it
+    assert proto.paused and transport.producerState == "producing"
     handler.pending[0].callback(Reply("NOTFOUND"))
     assert transport.value().endswith(b"NOTFOUND\r\nVALUE at once\r\n")
 
@@ -627,7 +648,7 @@ def test_a_request_not_placed_stops_reading_until_everything_before_it_is_answer
     proto, transport, _clock, handler, _factory = setup(handler=Placing())
     proto.dataReceived(b"PUT a 1\r\nGET a\r\nPUT b 2\r\n")
     assert [r.command for r in handler.handled] == ["PUT", "GET"]
-    assert transport.producerState == "paused"
+    assert proto.paused
     handler.pending[1].callback(Reply("VALUE", "1"))
     assert len(handler.handled) == 2                # a is still being served
     handler.pending[0].callback(Reply("OK"))
@@ -651,7 +672,7 @@ def test_the_pipeline_is_bounded():
     proto, transport, _clock, handler, _factory = setup(handler=Placing())
     proto.dataReceived(b"".join(b"PUT k%d v\r\n" % i for i in range(MAX_PIPELINE + 3)))
     assert len(handler.handled) == MAX_PIPELINE
-    assert transport.producerState == "paused"
+    assert proto.paused
     for d in list(handler.pending):
         d.callback(Reply("OK"))
     assert len(handler.handled) == MAX_PIPELINE + 3
