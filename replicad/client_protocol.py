@@ -127,6 +127,12 @@ class ClientProtocol(LineReceiver, TimeoutMixin):
             self.transport.loseConnection()
 
     def timeoutConnection(self) -> None:
+        if self._queue:
+            # A request is being served (a slow election, a catch-up): that is not
+            # idleness.  The timer is re-armed here rather than stopped and started
+            # around every request (a callLater and a cancel per request).
+            self.setTimeout(self.factory.idle_timeout_s)
+            return
         seconds = self.factory.idle_timeout_s
         self.write_reply(wire.error_reply(Code.IDLE, f"no request for {seconds:g} s, closing"))
         self.close_after_reply()
@@ -248,20 +254,24 @@ class ClientProtocol(LineReceiver, TimeoutMixin):
     def _serve(self, request: Request) -> None:
         slot: list = [None]
         self._queue.append(slot)
-        self.setTimeout(None)     # a slow election does not count as idleness
         placed: list[bool] = []
-        d = defer.maybeDeferred(self.factory.handler.handle, request,
-                                lambda: placed.append(True))
-        d.addErrback(self._internal_error, request)
-        d.addCallback(self._served, slot)
+        try:
+            reply = self.factory.handler.handle(request, lambda: placed.append(True))
+        except Exception:
+            reply = defer.fail()
+        if isinstance(reply, defer.Deferred):
+            reply.addCallbacks(self._served, self._failed, (slot,), None, (request, slot))
+        else:
+            self._served(reply, slot)
         if slot[0] is None and (not placed or len(self._queue) >= MAX_PIPELINE):
             # Its place is not fixed yet (or the pipeline is full): read nothing more
             # until it is answered, so nothing after it can overtake it.
             self.pauseProducing()
 
-    def _internal_error(self, failure, request: Request) -> Reply:
+    def _failed(self, failure, request: Request, slot: list) -> None:
         self.log.failure("serving {command} failed", failure, command=request.command)
-        return wire.error_reply(Code.INTERNAL, "internal error; nothing was half-applied")
+        self._served(wire.error_reply(Code.INTERNAL, "internal error; nothing was half-applied"),
+                     slot)
 
     def _served(self, reply: Reply, slot: list) -> None:
         slot[0] = reply
@@ -287,7 +297,7 @@ class ClientProtocol(LineReceiver, TimeoutMixin):
             return
         if self._closing:
             return
-        self.setTimeout(self.factory.idle_timeout_s)
+        self.resetTimeout()       # idle from the last reply on
         if self.paused:
             self.resumeProducing()
 
