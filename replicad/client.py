@@ -417,7 +417,11 @@ def _stalled(step: Attempt, after_pong: bool, tls: bool = False) -> Outcome:
     else:
         why = f"accepted the connection but did not answer within {step.stall_s:.2g} s " \
               "(a hung server?)"
-    return Outcome(step.address, failure=why, sent=True, kind=FailureKind.STALLED)
+    # A stall window that was the rest of the call's budget was cut by the deadline: it
+    # says nothing about the server (it may have had a millisecond), and must not
+    # replace what an earlier attempt learned (ERR QUORUM).
+    kind = FailureKind.DEADLINE if step.stall_s >= step.budget_s else FailureKind.STALLED
+    return Outcome(step.address, failure=why, sent=True, kind=kind)
 
 
 def _no_reply(step: Attempt, started: float, now: float) -> Outcome:

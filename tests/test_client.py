@@ -941,6 +941,28 @@ def test_plan_an_attempt_cut_by_the_deadline_keeps_the_earlier_answer():
     assert info.value.code == Code.QUORUM
 
 
+@pytest.mark.parametrize("after_pong", [False, True])
+def test_a_stall_window_that_was_the_rest_of_the_budget_is_the_deadline(after_pong):
+    """The same CI test failed again by the other road: with 0.85 ms left the attempt's
+    PING window was the whole budget, so the silence was the deadline's, not a hung
+    server's, and must not replace the ERR QUORUM learned before."""
+    from replicad.client import _stalled
+    from replicad.retry import Attempt
+
+    cut = _stalled(Attempt("a", budget_s=0.00085, stall_s=0.00085), after_pong)
+    assert cut.kind is FailureKind.DEADLINE and cut.sent
+    hung = _stalled(Attempt("a", budget_s=4.0, stall_s=0.5), after_pong)
+    assert hung.kind is FailureKind.STALLED
+    plan = RetryPlan(PUT, ["a"], ClientSession(), timeout_s=1, now=0)
+    plan.next_step(0)
+    plan.record(Outcome("a", reply=error_reply(Code.QUORUM, "2 of 3")))
+    plan.next_step(0.999)
+    plan.record(cut)
+    with pytest.raises(WriteInDoubt) as info:
+        plan.next_step(1)
+    assert info.value.code == Code.QUORUM
+
+
 def test_plan_an_attempt_cut_by_the_deadline_alone_leaves_the_write_in_doubt():
     plan = RetryPlan(PUT, ["a"], ClientSession(), timeout_s=1, now=0)
     plan.next_step(0)
