@@ -6,7 +6,6 @@ from __future__ import annotations
 import json
 import os
 import signal
-import socket
 import subprocess
 import time
 import urllib.error
@@ -16,7 +15,13 @@ import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
 from replicad.client import BlockingClient
-from replicad.cluster import LocalCluster, find_free_base_port, twistd_command
+from replicad.cluster import (
+    ADMIN_PORT_OFFSET,
+    PEER_PORT_OFFSET,
+    LocalCluster,
+    find_free_base_port,
+    twistd_command,
+)
 
 DEADLINE_S = 20.0
 
@@ -224,16 +229,17 @@ def test_unknown_paths_and_other_methods_over_real_http(admin_cluster):
 # Logs of a real twistd process -------------------------------------------------------------------
 
 
-def free_port() -> int:
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        return probe.getsockname()[1]
+def free_ports() -> tuple[int, int, int]:
+    """A client, a peer and an admin port, free and distinct (binds to port 0 in a row
+    may get one port back twice)."""
+    base = find_free_base_port(1, admin=True)
+    return base + 1, base + PEER_PORT_OFFSET + 1, base + ADMIN_PORT_OFFSET + 1
 
 
 def run_twistd(tmp_path, name: str, *options: str) -> list[str]:
     """Run a one-replica cluster under ``twistd -n --logfile`` with the given replicad
     options, ask its admin port twice, stop it with SIGTERM; the lines of its log."""
-    client, peer, admin = free_port(), free_port(), free_port()
+    client, peer, admin = free_ports()
     config = tmp_path / f"{name}.ini"
     config.write_text(f"[cluster]\nsecret = s\n[replica:1]\nclient = 127.0.0.1:{client}\n"
                       f"peer = 127.0.0.1:{peer}\nadmin = 127.0.0.1:{admin}\n")

@@ -18,16 +18,17 @@ from collections.abc import Callable, Iterator
 
 import pytest
 
-from replicad.cluster import twistd_command
+from replicad.cluster import PEER_PORT_OFFSET, find_free_base_port, twistd_command
 from tests.tlscerts import make_ca
 
 ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
+def free_ports() -> tuple[int, int]:
+    """A client and a peer port, free and distinct (two binds to port 0 in a row may
+    get the same port back: a CI run failed so)."""
+    base = find_free_base_port(1)
+    return base + 1, base + PEER_PORT_OFFSET + 1
 
 
 class Case:
@@ -35,8 +36,7 @@ class Case:
 
     def __init__(self, tmp_path, client: str = "", extra: str = "", expected: str = "",
                  hold_port: bool = False, env: dict[str, str] | None = None):
-        self.client_port = free_port()
-        self.peer_port = free_port()
+        self.client_port, self.peer_port = free_ports()
         host = client or "127.0.0.1"
         extra = extra.format(port=self.client_port, peer=self.peer_port, tmp=tmp_path)
         self.config = tmp_path / "cluster.ini"
