@@ -649,6 +649,25 @@ def test_phantom_write_catches_a_request_carried_out_after_its_answer():
     assert "carried out after its answer" in report.violations[0].message
 
 
+def test_a_del_applied_on_a_cut_off_side_and_notfound_on_the_other_is_no_phantom():
+    """Chaos seed 1 at 4932717, op 71551: the DEL reached coordinator 3 just as it was
+    isolated and was applied there (3:4, never acknowledged); the retry went to the
+    other side, where coordinator 2 had no such key: NOTFOUND.  The write is concurrent
+    with that answer (2 never saw it): applied on one side, nothing to delete on the
+    other, counted with the writes applied on both sides, not carried out after."""
+    h = H()
+    h.put("s1", "k", "a", "3:1")
+    h.put("s1", "j", "b", "3:2")
+    noop = h.delete("s2", "j", "2:1,3:2", status="NOTFOUND", rid="abcdef01.1", by=2)
+    requests = {1: {"abcdef01.1": [3, 3, "3:3"]}}
+    report = check(h.end({"k": ("a", 3, 1, "3:1", 1), "j": (None, 3, 3, "3:3", 1)},
+                         "2:1,3:3", requests=requests))
+    assert not [v for v in report.violations if v.rule is Rule.PHANTOM_WRITE], \
+        format_report(report)
+    assert report.stats["writes"]["applied_on_both_sides"] == 1
+    assert noop in report.stats["writes"]["applied_on_both_sides_ops"]
+
+
 def test_request_ids_that_changed_nothing_are_not_writes():
     # Since 6be9ee9 a DEL of a missing key remembers its request id as write 0:0 (so
     # that a retry answers NOTFOUND again); that is no write carried out later.

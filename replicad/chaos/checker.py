@@ -786,18 +786,34 @@ class _Checker:
 
     def _find_ghosts(self) -> None:
         """Requests answered as doing nothing that replicas nevertheless applied:
-        op id -> (replica, where, request id, write id)."""
+        op id -> (replica, where, request id, write id).
+
+        A DEL answered NOTFOUND whose write is *concurrent* with the answer's clock is
+        no ghost: an earlier attempt reached a coordinator cut off from the one that
+        answered and was applied there first (a write in doubt, retried across a
+        partition, applied on one side and found nothing to delete on the other); it is
+        counted with the writes applied on both sides (``self.noop_elsewhere``).  Only a
+        write made by a replica that had seen the answer (its version covers the
+        answer's clock) was carried out after the answer."""
         self.ghosts: dict[int, tuple[int, str, str, tuple[int, int]]] = {}
+        self.noop_elsewhere: set[int] = set()
         by_rid = {op.rid: op for op in self.h.ops.values() if op.rid and op.is_write_kind}
         for replica in sorted(self.h.replicas.values(), key=lambda r: r.id):
-            found = [(rid, (origin, seq), "request ids")
-                     for rid, (origin, seq, _v) in replica.requests.items()]
-            found += [(record.rid, (record.origin, record.seq), f"record of {key!r}")
+            found = [(rid, (origin, seq), version, "request ids")
+                     for rid, (origin, seq, version) in replica.requests.items()]
+            found += [(record.rid, (record.origin, record.seq), record.version,
+                       f"record of {key!r}")
                       for key, record in replica.records.items() if record.rid]
-            for rid, wid, where in sorted(found, key=lambda f: str(f[0])):
+            for rid, wid, version, where in sorted(found, key=lambda f: str(f[0])):
                 op = by_rid.get(rid or "")
-                if op is not None and not op.may_have_written and op.id not in self.ghosts:
-                    self.ghosts[op.id] = (replica.id, where, str(rid), wid)
+                if op is None or op.may_have_written or op.id in self.ghosts:
+                    continue
+                if (op.outcome is Outcome.OK and op.vc is not None
+                        and isinstance(version, VectorClock) and not op.vc <= version):
+                    self.noop_elsewhere.add(op.id)
+                    continue
+                self.ghosts[op.id] = (replica.id, where, str(rid), wid)
+        self.noop_elsewhere -= set(self.ghosts)
 
     def _ghost_hint(self, key: str) -> str:
         ghosts = [(op_id, g) for op_id, g in self.ghosts.items()
@@ -1144,6 +1160,8 @@ class _Checker:
         # A read served by a replica whose clock lacks every known version of the write
         # it read saw another copy: applied on both sides too, a copy nobody remembers.
         read_copies = sorted(set(self.unknown_copies) - set(both_sides))
+        # A DEL applied on one side and answered NOTFOUND on the other (_find_ghosts).
+        both_sides += sorted(self.noop_elsewhere - set(both_sides) - set(read_copies))
         return {"applied_on_both_sides": len(both_sides) + len(read_copies),
                 "applied_on_both_sides_ops": sorted(both_sides + read_copies)[:20],
                 "copies_seen_only_by_reads": len(read_copies),
