@@ -21,7 +21,9 @@ injected clock (``IReactorTime``), like everywhere else.
 
 from __future__ import annotations
 
+import bisect
 import collections
+import itertools
 import os
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
@@ -31,12 +33,14 @@ from prometheus_client import CollectorRegistry, Counter, Histogram
 from prometheus_client.core import (
     CounterMetricFamily,
     GaugeMetricFamily,
+    HistogramMetricFamily,
     InfoMetricFamily,
     Metric,
 )
 from prometheus_client.exposition import generate_latest
 from prometheus_client.platform_collector import PlatformCollector
 from prometheus_client.process_collector import ProcessCollector
+from prometheus_client.utils import floatToGoString
 from twisted.internet.interfaces import IReactorTime
 from twisted.python.failure import Failure
 
@@ -75,15 +79,11 @@ class ReplicaMetrics:
         self.clock = clock
         self.registry = CollectorRegistry()
         registry = self.registry
-        self.requests = Counter(
-            "replicad_requests", "Client data requests received by this replica "
-            "(GET, PUT, DEL, KEYS), by command and outcome (ok, notfound, or the "
-            "error code in lower case)",
-            ["command", "outcome"], registry=registry)
-        self.request_seconds = Histogram(
-            "replicad_request_duration_seconds", "Time from receiving a client data "
-            "request to its reply (forwarding to the coordinator included)",
-            ["command"], buckets=REQUEST_BUCKETS_S, registry=registry)
+        # Requests are counted in plain dicts (_RequestCounts), exposed at scrape time:
+        # prometheus_client's labelled Counter and Histogram take a lock and walk the
+        # buckets on every observation, 9 % of a GET's time on the coordinator.
+        self.requests = _RequestCounts()
+        registry.register(_RequestCollector(self.requests))
         self.elections = Counter(
             "replicad_elections", "Elections this replica held (it entered the "
             "electing state)", registry=registry)
@@ -117,7 +117,6 @@ class ReplicaMetrics:
         self.timeline: collections.deque[dict[str, Any]] = collections.deque(
             maxlen=TIMELINE_LENGTH)
         self._last_coordinator: int | None = None
-        self._request_children: dict[tuple[str, str], tuple[Any, Any]] = {}
         # Set by the wiring (replicad.tap) when it builds the listeners.
         self.client_connections: Callable[[], int] | None = None
         self.peer_connections: Callable[[], int] | None = None
@@ -150,14 +149,7 @@ class ReplicaMetrics:
             outcome = "notfound"
         else:
             outcome = "ok"
-        children = self._request_children.get((command, outcome))
-        if children is None:   # labels() takes a lock and builds a key: once per pair
-            children = (self.requests.labels(command, outcome),
-                        self.request_seconds.labels(command))
-            self._request_children[(command, outcome)] = children
-        count, seconds = children
-        count.inc()
-        seconds.observe(self.clock.seconds() - started)
+        self.requests.count(command, outcome, self.clock.seconds() - started)
 
     def role_changed(self, role: str, coordinator: int | None, epoch: int) -> None:
         """Replica.role_changed: count elections, wins and failovers; keep a timeline."""
@@ -257,6 +249,51 @@ class ReplicaMetrics:
     @property
     def db_path(self) -> str:
         return os.path.join(self.replica.data_dir, DB_FILENAME)
+
+
+class _RequestCounts:
+    """Client requests by command and outcome, and their latency by command (buckets of
+    REQUEST_BUCKETS_S), as plain numbers: one dict update and one bisect per request."""
+
+    def __init__(self) -> None:
+        self.counts: dict[tuple[str, str], int] = {}
+        # command -> [per-bucket counts (the last one is +Inf), sum of seconds]
+        self.latency: dict[str, list] = {}
+
+    def count(self, command: str, outcome: str, seconds: float) -> None:
+        key = (command, outcome)
+        self.counts[key] = self.counts.get(key, 0) + 1
+        latency = self.latency.get(command)
+        if latency is None:
+            latency = self.latency[command] = [[0] * (len(REQUEST_BUCKETS_S) + 1), 0.0]
+        latency[0][bisect.bisect_left(REQUEST_BUCKETS_S, seconds)] += 1
+        latency[1] += seconds
+
+
+class _RequestCollector:
+    """``replicad_requests_total`` and ``replicad_request_duration_seconds`` from
+    _RequestCounts, in the form prometheus_client's Counter and Histogram give."""
+
+    def __init__(self, requests: _RequestCounts):
+        self.requests = requests
+
+    def collect(self) -> Iterator[Metric]:
+        counter = CounterMetricFamily(
+            "replicad_requests", "Client data requests received by this replica (GET, "
+            "PUT, DEL, KEYS), by command and outcome (ok, notfound, or the error code in "
+            "lower case)", labels=["command", "outcome"])
+        for (command, outcome), n in sorted(self.requests.counts.items()):
+            counter.add_metric([command, outcome], n)
+        yield counter
+        histogram = HistogramMetricFamily(
+            "replicad_request_duration_seconds", "Time from receiving a client data "
+            "request to its reply (forwarding to the coordinator included)",
+            labels=["command"])
+        bounds = [floatToGoString(b) for b in REQUEST_BUCKETS_S] + ["+Inf"]
+        for command, (buckets, total) in sorted(self.requests.latency.items()):
+            cumulative = list(itertools.accumulate(buckets))
+            histogram.add_metric([command], list(zip(bounds, cumulative, strict=True)), total)
+        yield histogram
 
 
 class ReplicaCollector:

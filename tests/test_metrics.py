@@ -88,6 +88,21 @@ def test_a_request_is_counted_by_command_and_outcome_with_its_latency(metrics, c
                  le="0.0025") == 0
 
 
+def test_request_latency_buckets_are_inclusive_and_cumulative_as_prometheus_has_them(
+        metrics):
+    """The request counts are plain numbers exposed at scrape time (not prometheus
+    Counter/Histogram objects): the exposition must still read as theirs would."""
+    for seconds in (0.0005, 0.0006, 10.0, 11.0):
+        metrics.requests.count("GET", "ok", seconds)
+    bucket = "replicad_request_duration_seconds_bucket"
+    assert value(metrics, bucket, command="GET", le="0.0005") == 1     # le is inclusive
+    assert value(metrics, bucket, command="GET", le="0.001") == 2
+    assert value(metrics, bucket, command="GET", le="10.0") == 3
+    assert value(metrics, bucket, command="GET", le="+Inf") == 4
+    assert value(metrics, "replicad_request_duration_seconds_count", command="GET") == 4
+    assert value(metrics, "replicad_requests_total", command="GET", outcome="ok") == 4
+
+
 # Roles: elections, failovers, the timeline ---------------------------------------------------
 
 
