@@ -206,7 +206,8 @@ def measure(args: argparse.Namespace, progress) -> dict:
         assert coordinator is not None
         for key in args.scenarios:
             scenario = SCENARIOS[key]
-            profiled = target.follower if scenario.via == "follower" else coordinator
+            profiled = (target.follower if scenario.via == "follower" or args.follower
+                        else coordinator)
             pid = cluster.pid(profiled)
             assert pid is not None
             raw = os.path.join(workdir, f"{key}.raw")
@@ -391,6 +392,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--warmup", type=float, default=1.0,
                         help="seconds of load before py-spy starts (default 1)")
     parser.add_argument("--rate", type=int, default=100, help="py-spy samples/s (100)")
+    parser.add_argument("--follower", action="store_true",
+                        help="profile a follower (it applies the pushes) instead of the "
+                             "coordinator, for every scenario")
     parser.add_argument("--nonblocking", action="store_true",
                         help="py-spy --nonblocking (does not pause the coordinator)")
     parser.add_argument("--top", type=int, default=12,
