@@ -159,49 +159,26 @@ async def test_a_reply_bigger_than_the_socket_buffer_arrives_whole():
         await port.stopListening()
 
 
+@pytest.mark.parametrize("close, arrives", [
+    ("loseConnection", b"reply"),         # the reply, then the close
+    ("loseWriteConnection", b"reply"),    # the reply, then the end of stream
+    ("abortConnection", b""),             # nothing: an abort drops what is buffered
+])
 @pytest_twisted.ensureDeferred
-async def test_a_reply_then_a_close_in_the_same_turn_arrives_before_the_close():
-    def last_words(server: Server, data: bytes) -> None:
-        server.transport.write(b"bye")
-        server.transport.loseConnection()
+async def test_a_reply_then_a_close_in_the_same_turn(close, arrives):
+    def answer_and_close(server: Server, data: bytes) -> None:
+        server.transport.write(b"reply")
+        getattr(server.transport, close)()
 
-    port, _, _ = await listen(last_words)
-    try:
-        client = await connect(port, Client())
-        client.transport.write(b"quit")
-        assert await within(client.closed) == b"bye"
-    finally:
-        await port.stopListening()
-
-
-@pytest_twisted.ensureDeferred
-async def test_a_reply_then_a_half_close_arrives_before_the_end_of_stream():
-    def half_close(server: Server, data: bytes) -> None:
-        server.transport.write(b"done")
-        server.transport.loseWriteConnection()
-
-    port, _, _ = await listen(half_close)
+    port, factory, _ = await listen(answer_and_close)
     try:
         client = await connect(port, Client())
         client.transport.write(b"x")
-        # The client sees the end of stream and closes: all of the reply came first.
-        assert await within(client.closed) == b"done"
-    finally:
-        await port.stopListening()
-
-
-@pytest_twisted.ensureDeferred
-async def test_an_abort_after_a_buffered_reply_closes_without_sending_it():
-    def abort(server: Server, data: bytes) -> None:
-        server.transport.write(b"never")
-        server.transport.abortConnection()
-
-    port, factory, _ = await listen(abort)
-    try:
-        client = await connect(port, Client())
-        client.transport.write(b"x")
-        assert await within(client.closed) == b""
-        assert isinstance(await within(factory.connections[0].lost), ConnectionAborted)
+        # The client sees the close (or the end of stream, and closes): what came first.
+        assert await within(client.closed) == arrives
+        lost = await within(factory.connections[0].lost)
+        if close == "abortConnection":
+            assert isinstance(lost, ConnectionAborted)
     finally:
         await port.stopListening()
 
