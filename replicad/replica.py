@@ -598,17 +598,10 @@ class Replica(service.MultiService):
             current = store.get(request.key)
             if current is None or current.deleted:
                 return None
-        epoch = node.coordinator_epoch
         try:
-            written = self.commits.run(
-                lambda: store.write(self.my_id, request.key, request.value, epoch, rid))
-        except NewerEpoch as e:
-            node.epoch_seen(e.epoch)      # deposed: the full path sends it elsewhere
-            return None
-        if placed is not None:
-            placed()
-        return written.addCallbacks(self._replicated, self._not_committed,
-                                    (request, epoch), None, (request,), None)
+            return self._apply_write(request, rid, node.coordinator_epoch, placed)
+        except _NotCoordinator:
+            return None                   # it stepped down: the full path sends it on
 
     def _not_committed(self, failure, request: Request) -> Reply:
         failure.trap(GroupFailed)
@@ -761,19 +754,25 @@ class Replica(service.MultiService):
                 if rid is not None:       # a retry must get the same answer later
                     await self.commits.run(lambda: store.remember_noop(rid))
                 return Reply("NOTFOUND", meta=self._meta(request, store.clock))
+        return await self._apply_write(request, rid, epoch, placed)
+
+    def _apply_write(self, request: Request, rid: str | None, epoch: int,
+                     placed=None) -> defer.Deferred[Reply]:
+        """Write into the open commit group now (then ``placed()``); the reply once it
+        is durable and pushed.  A deposed coordinator (NewerEpoch) steps down and raises
+        _NotCoordinator: nothing was written, the request goes elsewhere."""
+        store = self.store
         try:
             written = self.commits.run(
                 lambda: store.write(self.my_id, request.key, request.value, epoch, rid))
         except NewerEpoch as e:
-            node.epoch_seen(e.epoch)      # deposed: step down, the request goes elsewhere
+            self.node.epoch_seen(e.epoch)
             raise _NotCoordinator() from None
         if placed is not None:
             placed()
-        try:
-            record = await written         # durable here: only now is it pushed
-        except GroupFailed as e:
-            return self._error(request, Code.INTERNAL, str(e))
-        return await self._replicated(record, request, epoch)
+        # Durable when `written` fires: only then is it pushed.
+        return written.addCallbacks(self._replicated, self._not_committed,
+                                    (request, epoch), None, (request,), None)
 
     async def _replay(self, request: Request, done: tuple[int, int, VectorClock]) -> Reply:
         """A write sent again with a request id this cluster already applied: answer
@@ -876,7 +875,7 @@ class Replica(service.MultiService):
         answered here, with no coroutine (a forwarding follower's GETs)."""
         node = self.node
         if not node.role.is_coordinator:
-            return PeerAnswer("NO", str(node.coordinator or "-"))
+            return self._not_coordinator()
         try:
             request = wire.parse_request(message.line, self.config.limits)
             if request is None or not request.needs_coordinator:
@@ -919,17 +918,22 @@ class Replica(service.MultiService):
         cluster = self.store.cluster_id or "-"
         return PeerAnswer("END", f"{clock.encode()} {cluster}", body=body)
 
+    def _not_coordinator(self) -> PeerAnswer:
+        """The refusal of a forwarded request: NO and the coordinator this replica
+        knows, so the follower asks it instead."""
+        return PeerAnswer("NO", str(self.node.coordinator or "-"))
+
     async def _serve_forwarded(self, request: Request) -> PeerAnswer:
         node = self.node
         deadline = self.reactor.seconds() + self.timers.election_wait
         if await node.when_serving(deadline) != self.my_id:
             if node.cannot_serve:
                 return _final(self._unavailable(request))
-            return PeerAnswer("NO", str(node.coordinator or "-"))
+            return self._not_coordinator()
         try:
             reply = await self._coordinate(request)
         except _NotCoordinator:
-            return PeerAnswer("NO", str(node.coordinator or "-"))
+            return self._not_coordinator()
         return _final(reply)
 
 
