@@ -39,7 +39,7 @@ class TurnSender:
         self._clock = clock
         self._pending: list[_SendsAtTurnEnd] = []
         self._call = None
-        self.turns = 0    # turns that sent something (tests and metrics read it)
+        self.turns = 0    # turns that sent something (the tests read it)
 
     def add(self, connection: _SendsAtTurnEnd) -> None:
         self._pending.append(connection)
@@ -80,16 +80,20 @@ class _SendsAtTurnEnd:
 
     def _idle(self) -> bool:
         """Nothing buffered, not closing, no TLS of its own: the next write may wait."""
-        return (not self.TLS and not self.disconnecting and not self._writeDisconnecting
-                and not getattr(self, "_aborting", False)
+        return (not self.TLS and not self._closing()
                 and self.offset == len(self.dataBuffer) and not self._tempDataLen)
+
+    def _closing(self) -> bool:
+        """loseConnection, loseWriteConnection or abortConnection was called: its
+        close registered the connection, Twisted's own path sends what is left."""
+        return (self.disconnecting or self._writeDisconnecting
+                or getattr(self, "_aborting", False))
 
     def send_buffered(self) -> None:
         """Send the buffered bytes now; hand what is left (or an error) to Twisted."""
         self._queued = False
-        if (not self.connected or self.disconnecting or self._writeDisconnecting
-                or getattr(self, "_aborting", False)):
-            return      # gone, or its close registered it: Twisted sends what is left
+        if not self.connected or self._closing():
+            return      # gone, or closing: Twisted sends what is left
         failed = self.doWrite() is not None
         if failed or self._tempDataLen or self.offset < len(self.dataBuffer):
             # A short send (the socket's buffer is full) or an error (EPIPE, a reset):
