@@ -189,7 +189,8 @@ def measure(args: argparse.Namespace, progress) -> dict:
     workdir = tempfile.mkdtemp(prefix="replicad-bench-profile-")
     binary, cc = compile_load(workdir)
     spy = py_spy()
-    target = start_cluster("R3", workdir, progress)
+    target = start_cluster("R3m" if args.write_quorum == "majority" else "R3", workdir,
+                           progress)
     results: dict = {"code": args.code.version, "fingerprint": args.code.fingerprint,
                      "scenarios": {}, "cc": cc}
     try:
@@ -305,7 +306,8 @@ def report(args: argparse.Namespace, now_: dict, before: dict | None, elapsed: f
     lines += _common.machine_lines()
     lines += args.code.lines()
     lines += [
-        f"- cluster: 3 replicas, write_quorum = 1, default timers (as the suite's); load: "
+        f"- cluster: 3 replicas, write_quorum = {args.write_quorum}, default timers (as the "
+        "suite's); load: "
         f"bench/load.c ({now_.get('cc', 'cc')}), {args.value_bytes}-byte values, a new key "
         f"per PUT, GETs over {args.keyspace:,} keys",
         f"- py-spy record --rate {args.rate} --function --format raw"
@@ -395,6 +397,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--follower", action="store_true",
                         help="profile a follower (it applies the pushes) instead of the "
                              "coordinator, for every scenario")
+    parser.add_argument("--write-quorum", choices=("1", "majority"), default="1",
+                        help="the cluster's write_quorum (the suite's R3 or R3m)")
     parser.add_argument("--nonblocking", action="store_true",
                         help="py-spy --nonblocking (does not pause the coordinator)")
     parser.add_argument("--top", type=int, default=12,

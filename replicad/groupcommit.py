@@ -36,6 +36,9 @@ class GroupCommit:
         self._call: IDelayedCall | None = None
         self.groups = 0          # committed groups, for metrics and tests
         self.writes = 0          # writes they carried
+        # Called after every flush, once the writers were told: what their callbacks
+        # queued to send (pushes, replies, acks) can leave in this turn, not the next.
+        self.after_flush: Callable[[], None] | None = None
 
     def run(self, change: Callable[[], T]) -> defer.Deferred[T]:
         """Run ``change`` (a store write) inside the open group now; the Deferred fires
@@ -81,6 +84,11 @@ class GroupCommit:
                 d.errback(GroupFailed("the write could not be committed; nothing was done"))
             else:
                 d.callback(result)
+        if self.after_flush is not None:
+            try:
+                self.after_flush()
+            except Exception:
+                self.log.failure("after the group commit of {n} writes", n=len(waiting))
 
 
 class GroupFailed(Exception):

@@ -98,6 +98,9 @@ class ReplicaMetrics:
             "replicad_quorum_wait_seconds", "Time a coordinator waited for write_quorum "
             "replicas to have a write, by outcome (reached, missed)",
             ["outcome"], buckets=QUORUM_BUCKETS_S, registry=registry)
+        # The children, once: labels() takes a lock and hashes on every call.
+        self._quorum_waits = {True: self.quorum_wait_seconds.labels("reached"),
+                              False: self.quorum_wait_seconds.labels("missed")}
         self.pull_seconds = Histogram(
             "replicad_sync_pull_duration_seconds", "Pulls from a peer (anti-entropy, "
             "take-over, catching up, joining), by kind (delta, full) and outcome (ok, "
@@ -192,7 +195,7 @@ class ReplicaMetrics:
         self.peers[status.peer_id] = PeerSeen(status, self.clock.seconds())
 
     def quorum_wait(self, seconds: float, reached: bool) -> None:
-        self.quorum_wait_seconds.labels("reached" if reached else "missed").observe(seconds)
+        self._quorum_waits[reached].observe(seconds)
 
     def pull(self, full: bool, on_line: Callable[[str, str], None] | None
              ) -> tuple[Callable[[str, str], None] | None, Callable[[Any], Any]]:

@@ -121,6 +121,7 @@ class Replica(service.MultiService):
         self.commits = GroupCommit(self.store, self.reactor)
         self.sync = Synchroniser(self.store, list(self.links), self.config, self.reactor,
                                  self.ping, self.call, self._mark, lambda: self.node.epoch)
+        self.commits.after_flush = self._after_commit
         self.node = Node(
             self.my_id, self.config.ids, self, self.reactor, epoch=self.store.epoch,
             quorum=self.election_quorum,
@@ -809,6 +810,14 @@ class Replica(service.MultiService):
             f"this write was applied as {origin}:{seq}, then discarded by a concurrent "
             "write during a partition; it is not in the data",
         )
+
+    def _after_commit(self) -> None:
+        """A group is durable and its writers were told: push its writes and send what
+        the commit released (a follower's acks) in this turn.  A turn later, the pushes
+        would wait behind the requests that turn reads and their group's COMMIT; in
+        quorum mode every write waits for them."""
+        self.sync.send_batches()
+        self.turn_sender.send_now()
 
     def _replicated(self, record, request: Request, epoch) -> defer.Deferred[Reply]:
         """Push a durable write; its reply once write_quorum replicas have it (or not)."""

@@ -204,22 +204,26 @@ class Synchroniser:
         ack, and ``refused(peer_id)`` is told."""
         pending = _Pending(record, self.config.write_quorum - 1, len(self.peers))
         if not self._batches:
-            self.reactor.callLater(0, self._send_batches)
+            self.reactor.callLater(0, self.send_batches)
         self._batches.setdefault(epoch, []).append(pending)
         self._refused = refused
         if pending.needed > 0:
             pending.settle()
-            if not pending.result.called:
-                pending.result.addTimeout(self.timers.quorum_timeout, self.reactor,
-                                          onTimeoutCancel=lambda *_: False)
         return pending.result
 
-    def _send_batches(self) -> None:
+    def send_batches(self) -> None:
+        """Push the writes replicated so far (at the latest on the next turn; the group
+        commit calls it at once, so a batch leaves in the turn it became durable)."""
         batches, self._batches = self._batches, {}
+        if not batches:
+            return
         refused = self._refused
         quorum_one: list[_Pending] = []
         for epoch, items in batches.items():
             quorum_one += [p for p in items if p.needed == 0]
+            waiting = [p for p in items if p.needed > 0 and not p.result.called]
+            if waiting:
+                _QuorumTimer(waiting, self.timers.quorum_timeout, self.reactor)
             for chunk in self._chunks(items):
                 message = peerwire.Push(epoch, tuple(p.record for p in chunk))
                 for peer_id in self.peers:
@@ -274,8 +278,32 @@ class Synchroniser:
             pending.answered(False)
 
 
+class _QuorumTimer:
+    """The one timer of the quorum writes pushed together: a write that has not heard
+    from enough replicas when it fires is settled as missed.  (A timer per write cost a
+    DelayedCall and addTimeout's callbacks on every write.)  Cancelled once every write
+    of the batch is settled, so settled batches leave nothing in the reactor's heap."""
+
+    def __init__(self, waiting: list[_Pending], timeout_s: float, clock):
+        self._unsettled = len(waiting)
+        for pending in waiting:
+            pending.timer = self
+        self._call = clock.callLater(timeout_s, self._expire, waiting)
+
+    def settled(self) -> None:
+        self._unsettled -= 1
+        if self._unsettled == 0 and self._call.active():
+            self._call.cancel()
+
+    def _expire(self, waiting: list[_Pending]) -> None:
+        for pending in waiting:
+            pending.settle(force=True)
+
+
 class _Pending:
     """One write waiting for its quorum: acks counted from the batches it went in."""
+
+    timer: _QuorumTimer | None = None
 
     def __init__(self, record: Record, needed: int, peers: int):
         self.record = record
@@ -294,4 +322,6 @@ class _Pending:
         if self.result.called:
             return
         if force or self.acks >= self.needed or self.outstanding == 0:
+            if self.timer is not None:
+                self.timer.settled()
             self.result.callback(self.acks >= self.needed)

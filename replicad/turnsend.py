@@ -46,6 +46,13 @@ class TurnSender:
         if self._call is None:
             self._call = self._clock.callLater(0, self.send)
 
+    def send_now(self) -> None:
+        """Send what is buffered now rather than at the end of the turn: for bytes on
+        every write's path (pushes, acks) that the rest of the turn would only delay."""
+        if self._call is not None:
+            self._call.cancel()
+            self.send()
+
     def send(self) -> None:
         """Send what this turn buffered (called at the end of the turn)."""
         self._call = None

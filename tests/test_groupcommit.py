@@ -66,6 +66,15 @@ def test_each_turn_is_its_own_group(setup):
     assert spy.commits == 3
 
 
+def test_after_flush_runs_in_the_commits_turn_once_the_writers_were_told(setup):
+    store, commits, clock, _, _ = setup
+    seen = []
+    done = commits.run(lambda: store.write(1, "k", "v"))
+    commits.after_flush = lambda: seen.append((done.called, clock.seconds()))
+    clock.advance(0)
+    assert seen == [(True, 0)]
+
+
 def test_a_failed_commit_fails_every_write_of_the_group_and_restores_the_clock(setup):
     store, commits, clock, spy, path = setup
     first = commits.run(lambda: store.write(1, "a", "v"))

@@ -474,6 +474,24 @@ def test_the_coordinator_takes_a_plain_write_at_once_and_acknowledges_it_durable
     assert d.result.status == "OK" and replica.store.get("k").deleted
 
 
+def test_a_group_is_pushed_in_the_turn_it_became_durable(replica):
+    """The COMMIT's own turn sends the pushes (the group commit's after_flush), not the
+    next one, where they would wait behind the requests that turn reads."""
+    serving(replica)
+    pushed = []
+
+    def call(peer_id, message, timeout_s, on_line=None):
+        pushed.append((peer_id, message.verb, [r.key for r in message.records]))
+        return defer.Deferred()
+
+    replica.sync.call = call
+    replica.handle(Request("PUT", "k", "v"))
+    replica.handle(Request("PUT", "j", "w"))
+    assert pushed == []                                   # nothing durable, nothing sent
+    replica.commits.flush()                               # the COMMIT, clock not advanced
+    assert pushed == [(1, "PUSH", ["k", "j"]), (3, "PUSH", ["k", "j"])]
+
+
 def test_a_write_the_fast_path_cannot_take_goes_the_full_way(replica):
     serving(replica)
     assert replica._write_now(Request("DEL", "missing")) is None        # NOTFOUND

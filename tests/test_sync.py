@@ -138,3 +138,37 @@ def test_a_lost_outcome_is_no_acknowledgement(tmp_path):
     assert not results[0].called and results[1].result is True
     links.sent[1][2].callback(PeerResponse("OK", "lost,applied"))
     assert results[0].result is False                     # no replica but this one
+
+
+def test_a_write_without_its_quorum_in_time_is_reported_missed(tmp_path):
+    sync, store, clock, links, refused = replicator(tmp_path)
+    results = [sync.replicate(store.write(3, f"k{n}", "v", epoch=3), 3, refused.append)
+               for n in range(3)]
+    clock.advance(0)
+    assert len(clock.getDelayedCalls()) == 1            # one timer for the batch
+    clock.advance(sync.timers.quorum_timeout - 0.001)
+    assert not any(r.called for r in results)            # the links never answered
+    clock.advance(0.001)
+    assert [r.result for r in results] == [False] * 3
+
+
+def test_the_batch_timer_goes_once_every_write_is_settled(tmp_path):
+    sync, store, clock, links, refused = replicator(tmp_path)
+    results = [sync.replicate(store.write(3, f"k{n}", "v", epoch=3), 3, refused.append)
+               for n in range(2)]
+    clock.advance(0)
+    links.sent[0][2].callback(PeerResponse("OK", "lost,applied"))
+    assert results[1].result is True and not results[0].called
+    assert len(clock.getDelayedCalls()) == 1       # results[0] still waits for replica 2
+    links.sent[1][2].callback(PeerResponse("OK", "applied,applied"))
+    assert results[0].result is True
+    assert clock.getDelayedCalls() == []           # nothing left in the reactor's heap
+
+
+def test_send_batches_pushes_at_once_what_was_replicated(tmp_path):
+    sync, store, clock, links, refused = replicator(tmp_path)
+    sync.replicate(store.write(3, "k", "v", epoch=3), 3, refused.append)
+    sync.send_batches()                  # the group commit's call, in the same turn
+    assert [peer for peer, _, _ in links.sent] == [1, 2]
+    clock.advance(0)                     # the scheduled call finds nothing left to send
+    assert len(links.sent) == 2

@@ -141,6 +141,30 @@ async def test_the_writes_of_one_turn_leave_in_one_send_and_in_order():
 
 
 @pytest_twisted.ensureDeferred
+async def test_send_now_sends_in_this_turn_and_cancels_the_turn_end_send():
+    sender = TurnSender(reactor)
+    left_over = []
+
+    def at_once(server: Server, data: bytes) -> None:
+        reply(server, data)
+        sender.send_now()
+        transport = server.transport
+        left_over.append(transport._tempDataLen + len(transport.dataBuffer))
+
+    port, factory, _ = await listen(at_once, sender=sender)
+    try:
+        client = await connect(port, Client(want=len(b"re:ping")))
+        client.transport.write(b"ping")
+        assert await within(client.got_all) == b"re:ping"
+        await task.deferLater(reactor, 0, lambda: None)
+        assert left_over == [0]              # sent before the handler returned
+        assert sender.turns == 1             # and the end-of-turn send never ran
+        assert factory.connections[0].registered == [False]
+    finally:
+        await port.stopListening()
+
+
+@pytest_twisted.ensureDeferred
 async def test_a_reply_bigger_than_the_socket_buffer_arrives_whole():
     big = os.urandom(8 * 1024 * 1024)
 
