@@ -936,6 +936,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                         help="keys written before and read by the GET runs (default 1000)")
     parser.add_argument("--only", default="",
                         help="comma-separated scenario keys to run (e.g. get-50,put-50)")
+    parser.add_argument("--targets", default="",
+                        help="comma-separated targets to run them on (e.g. R3,R3m; default "
+                             "every scenario's own: R1 R3 R3m R5 R5m replicad, Ra Re Redis)")
     parser.add_argument("--skip-redis", action="store_true", help="measure replicad only")
     parser.add_argument("--baseline", metavar="JSON",
                         help="an earlier run's results (docs/suite/<section>.json): adds "
@@ -967,6 +970,10 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         parser.error("--rounds, --duration, --burst-conns, --sweep and --keyspace must be "
                      "positive")
     args.only = {x.strip() for x in args.only.split(",") if x.strip()}
+    args.targets = {x.strip() for x in args.targets.split(",") if x.strip()}
+    if args.targets - {*REPLICAD_SHAPES, *REDIS_MODES}:
+        parser.error(f"unknown target(s) {sorted(args.targets)}; known: "
+                     f"{', '.join([*REPLICAD_SHAPES, *REDIS_MODES])}")
     known = {s.key for s in scenarios(args.sweep)}
     if args.only - known:
         parser.error(f"unknown scenario(s) {sorted(args.only - known)}; known: "
@@ -1051,6 +1058,8 @@ def main(argv: list[str] | None = None) -> int:
     wanted = {t for s in plan for t in s.targets}
     if not args.skip_burst:
         wanted |= {"R3", "Ra"}
+    if args.targets:
+        wanted &= args.targets
     if redis_binary is None:
         wanted -= set(REDIS_MODES)
     targets: dict[str, Target] = {}
