@@ -904,7 +904,7 @@ class Replica(service.MultiService):
         if not accepted or not (self._bound or self.joining.fresh):
             return PeerAnswer("NO", str(node.epoch))
         store = self.store
-        applied = self.commits.run(lambda: [store.apply_pushed(r) for r in message.records])
+        applied = self.commits.run(lambda: store.apply_pushed_batch(message.records))
 
         def answer(outcomes: list[str]) -> PeerAnswer:   # an acknowledgement: on disk now
             if "gap" in outcomes:

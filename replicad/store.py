@@ -42,7 +42,7 @@ import itertools
 import os
 import sqlite3
 import uuid
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -570,35 +570,60 @@ class Store:
         return result
 
     def apply_pushed(self, record: Record) -> str:
-        """Merge one write pushed as it happens: "applied", "gap" (applied after a gap),
-        "duplicate" (held already), or "lost": it lost a merge to a concurrent version
-        here, now or before, so this replica does not hold it (no acknowledgement).
+        """``apply_pushed_batch`` of one record."""
+        return self.apply_pushed_batch((record,))[0]
 
-        The clock advances only when the write is the next from its origin; after a gap
-        it would promise the missing writes, so it stays and the caller pulls a delta.
+    def apply_pushed_batch(self, records: Sequence[Record]) -> list[str]:
+        """Merge the writes of one PUSH, in order; per record "applied", "gap" (applied
+        after a gap), "duplicate" (held already), or "lost": it lost a merge to a
+        concurrent version here, now or before, so this replica does not hold it (no
+        acknowledgement).
+
+        The clock advances only past a write that is the next from its origin; after a
+        gap it would promise the missing writes, so it stays and the caller pulls a
+        delta.  All the records are checked before any is merged and they share one
+        savepoint: a batch is applied whole or not at all.
         """
-        check_record(record)
+        for record in records:
+            check_record(record)
+        before, conflicts = self._clock, self._conflicts
+        outcomes: list[str] = []
+        try:
+            with self._transaction(joinable=True):
+                result = ApplyResult(0, 0)
+                for record in records:
+                    outcomes.append(self._pushed(record, result))
+                self._save_clock_since(before)
+                self._count_conflicts(result.conflicts)
+        except BaseException:
+            self._clock = before
+            raise
+        self._conflicts = conflicts + result.conflicts
+        return outcomes
+
+    def _pushed(self, record: Record, result: ApplyResult) -> str:
+        """One checked record of a batch, inside its savepoint; moves ``_clock``."""
         have = self._clock[record.origin]
         if have >= record.seq:
             if record.rid is not None and self.discarded(record.rid):
                 return "lost"
             return "duplicate"
+        applied, conflicts = result.applied, result.conflicts
+        self._merge_valid(record, result)
         in_order = have == record.seq - 1
-        new_clock = self._clock.advance(record.origin, record.seq) if in_order else self._clock
-        result = ApplyResult(0, 0)
-        with self._transaction(joinable=True):
-            self._merge(record, result)
-            self._save_clock(new_clock)
-            self._count_conflicts(result.conflicts)
-        self._clock = new_clock
-        self._conflicts += result.conflicts
-        if result.conflicts and not result.applied:
+        if in_order:
+            self._clock = self._clock.advance(record.origin, record.seq)
+        if result.conflicts > conflicts and result.applied == applied:
             return "lost"
         return "applied" if in_order else "gap"
 
     def _merge(self, record: Record, result: ApplyResult) -> None:
         """Merge one record inside the caller's transaction."""
         check_record(record)
+        self._merge_valid(record, result)
+
+    def _merge_valid(self, record: Record, result: ApplyResult) -> None:
+        """``_merge`` of a record already checked."""
         if self._clock[record.origin] >= record.seq:
             return  # covered: by the invariant we hold it or a winner over it
         self._remember(record)      # it happened, whether or not it wins here
@@ -668,6 +693,11 @@ class Store:
         group the group's COMMIT writes it, once for all its changes."""
         if self._group is None:
             self._write_clock(self._clock, new)
+
+    def _save_clock_since(self, old: VectorClock) -> None:
+        """``_save_clock`` for a change that already moved ``_clock`` on from ``old``."""
+        if self._group is None:
+            self._write_clock(old, self._clock)
 
     def _write_clock(self, old: VectorClock, new: VectorClock) -> None:
         changed = [(r, c) for r, c in new.items() if c != old[r]]

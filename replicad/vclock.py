@@ -33,7 +33,7 @@ class ClockError(ValueError):
 class VectorClock(Mapping[int, int]):
     """An immutable vector clock.  ``a <= b`` means every entry of a is <= b's."""
 
-    __slots__ = ("_entries", "_hash")
+    __slots__ = ("_entries", "_hash", "_text")
 
     def __init__(self, entries: Mapping[int, int] | Iterable[tuple[int, int]] = ()):
         items = entries.items() if isinstance(entries, Mapping) else entries
@@ -47,6 +47,7 @@ class VectorClock(Mapping[int, int]):
                 clean[replica] = count
         self._entries = dict(sorted(clean.items()))
         self._hash: int | None = None
+        self._text: str | None = None       # encode(), once: a write encodes it often
 
     @classmethod
     def _of(cls, entries: dict[int, int]) -> VectorClock:
@@ -55,6 +56,7 @@ class VectorClock(Mapping[int, int]):
         clock = object.__new__(cls)
         clock._entries = dict(sorted(entries.items()))
         clock._hash = None
+        clock._text = None
         return clock
 
     # Mapping protocol: a missing replica reads as zero through get()/[].
@@ -145,9 +147,12 @@ class VectorClock(Mapping[int, int]):
         return sum(self._entries.values())
 
     def encode(self) -> str:
-        if not self._entries:
-            return EMPTY_TOKEN
-        return ",".join(f"{replica}:{count}" for replica, count in self._entries.items())
+        text = self._text
+        if text is None:
+            text = self._text = (
+                ",".join(f"{replica}:{count}" for replica, count in self._entries.items())
+                or EMPTY_TOKEN)
+        return text
 
     @classmethod
     def decode(cls, text: str) -> VectorClock:
@@ -164,7 +169,9 @@ class VectorClock(Mapping[int, int]):
             if replica in entries:
                 raise ClockError(f"replica {replica} appears twice in clock {text!r}")
             entries[replica] = int(count_text)
-        return cls(entries)
+        if 0 in entries.values():
+            entries = {replica: count for replica, count in entries.items() if count}
+        return cls._of(entries)     # checked above: non-negative ints, zeros dropped
 
 
 EMPTY = VectorClock()

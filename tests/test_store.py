@@ -693,3 +693,51 @@ def test_a_pushed_write_that_loses_a_merge_is_reported_lost(store):
     assert store.get("k").value == "kept"
     assert store.apply_pushed(loser) == "lost"           # again: still not held
     assert store.apply_pushed(Record("j", "v", 3, 2, VectorClock({3: 2}), 9)) == "applied"
+
+
+def pushes() -> list[Record]:
+    """A PUSH's records: in order, a duplicate, a gap, and a write that loses a merge."""
+    return [rec("a", "1", 2, {}), rec("b", "2", 2, {2: 1}), rec("a", "1", 2, {}),
+            rec("d", "4", 2, {2: 3}),
+            Record("k", "old", 3, 1, VectorClock({3: 1}), 4, "00ff00ff.1")]
+
+
+def test_a_batch_of_pushes_is_merged_as_one_by_one(store, tmp_path):
+    store.apply([Record("k", "kept", 1, 1, VectorClock({1: 1}), 9)], VectorClock({1: 1}))
+    with Store(str(tmp_path / "one.sqlite")) as one:
+        one.apply([Record("k", "kept", 1, 1, VectorClock({1: 1}), 9)], VectorClock({1: 1}))
+        expected = [one.apply_pushed(r) for r in pushes()]
+        assert expected == ["applied", "applied", "duplicate", "gap", "lost"]
+        store.begin_group()
+        assert store.apply_pushed_batch(pushes()) == expected
+        store.commit_group()
+        assert (store.clock, store.conflicts) == (one.clock, one.conflicts)
+        assert [store.get(k) for k in "abdk"] == [one.get(k) for k in "abdk"]
+        assert store.discarded("00ff00ff.1")
+
+
+def test_a_batch_with_a_record_the_store_refuses_applies_none_of_it(store):
+    bad = Record("x", "v", 2, 3, VectorClock({2: 2}), 0)     # its version is not its id
+    with pytest.raises(StoreError):
+        store.apply_pushed_batch([rec("a", "1", 2, {}), bad])
+    assert store.get("a") is None and store.clock == VectorClock()
+
+
+def test_a_batch_that_fails_midway_leaves_nothing_behind(store, monkeypatch):
+    store.begin_group()
+    store.write(1, "mine", "v")                           # the open group's own write
+    real_put, puts = store._put, []
+
+    def failing_put(record):
+        puts.append(record.key)
+        if len(puts) == 2:
+            raise sqlite3.OperationalError("disk I/O error")
+        real_put(record)
+
+    monkeypatch.setattr(store, "_put", failing_put)
+    with pytest.raises(sqlite3.OperationalError):
+        store.apply_pushed_batch(pushes())
+    assert store.clock == VectorClock({1: 1}) and store.conflicts == 0
+    assert store.get("a") is None and store.get("mine").value == "v"
+    store.commit_group()
+    assert store.clock == VectorClock({1: 1}) and store.get("a") is None
