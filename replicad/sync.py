@@ -231,18 +231,13 @@ class Synchroniser:
                     d.addCallbacks(self._acked, self._push_failed,
                                    callbackArgs=(peer_id, chunk, refused),
                                    errbackArgs=(peer_id, chunk))
-        if quorum_one:
-            # write_quorum = 1: acknowledge once the pushes have been handed to the
-            # links, so a crash right after the OK is less likely to take the only copy
-            # with it (only a quorum of 2 or more makes that a guarantee).  The pushes
-            # start in calls due now; a call scheduled from inside a due call runs on
-            # the next reactor iteration, after all of them (equal times alone do not
-            # keep their order).
-            def settle_all() -> None:
-                for pending in quorum_one:
-                    pending.settle(force=True)
-
-            self.reactor.callLater(0, self.reactor.callLater, 0, settle_all)
+        # write_quorum = 1: acknowledged once the pushes are handed to the links (a
+        # connected link wrote its push just now, ahead of these replies; one still
+        # connecting sends it when it is up), so a crash right after the OK is less
+        # likely to take the only copy with it.  Only a quorum of 2 or more makes that
+        # a guarantee.
+        for pending in quorum_one:
+            pending.settle(force=True)
 
     def _chunks(self, items: list[_Pending]):
         """Batches that fit a peer line (the receiver's limit)."""
