@@ -8,9 +8,9 @@ all-or-nothing and its errors synchronous, e.g. a deposed coordinator's NewerEpo
 the group is committed by a call scheduled for the next turn, and only then are the
 writers told (their Deferreds fire). Nothing is acknowledged, pushed or read from
 before it is durable. ``after_flush`` then lets the replica push the group and send
-what the commit released in that same turn (replica.py, ``_after_commit``). A writer thread would take the fsync off the reactor thread but
-needs a second connection and a hand-over per write; docs/benchmarks.md has the
-measurements this choice was made on.
+what the commit released in that same turn (replica.py, ``_after_commit``).  A writer
+thread would take the fsync off the reactor thread but needs a second connection and a
+hand-over per write; docs/benchmarks.md has the measurements this choice was made on.
 """
 
 from __future__ import annotations
