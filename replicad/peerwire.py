@@ -22,7 +22,7 @@ import hashlib
 import hmac
 import secrets
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import ClassVar
 
 from replicad.identity import decode_cluster_id, encode_cluster_id
@@ -291,15 +291,22 @@ class Push:
 
     epoch: int
     records: tuple[Record, ...]
+    # encode_batch(records), when the sender has it already: one batch goes to every
+    # peer, and encoding it once per peer was a pusher's cost per follower per write.
+    encoded: str = field(default="", compare=False, repr=False)
     verb: ClassVar[str] = "PUSH"
     fenced: ClassVar[bool] = True
 
     def args(self) -> str:
-        return encode_batch(self.records)
+        return self.encoded or encode_batch(self.records)
 
 
 def encode_batch(records) -> str:
-    texts = (encode_record(record) for record in records)
+    return join_batch([encode_record(record) for record in records])
+
+
+def join_batch(texts: list[str]) -> str:
+    """A batch of records already encoded (``encode_record``)."""
     return " ".join(f"{len(text)}:{text}" for text in texts)
 
 

@@ -224,8 +224,9 @@ class Synchroniser:
             waiting = [p for p in items if p.needed > 0 and not p.result.called]
             if waiting:
                 _QuorumTimer(waiting, self.timers.quorum_timeout, self.reactor)
-            for chunk in self._chunks(items):
-                message = peerwire.Push(epoch, tuple(p.record for p in chunk))
+            for chunk, texts in self._chunks(items):
+                message = peerwire.Push(epoch, tuple(p.record for p in chunk),
+                                        peerwire.join_batch(texts))
                 for peer_id in self.peers:
                     d = self.call(peer_id, message, self.timers.quorum_timeout)
                     d.addCallbacks(self._acked, self._push_failed,
@@ -240,19 +241,23 @@ class Synchroniser:
             pending.settle(force=True)
 
     def _chunks(self, items: list[_Pending]):
-        """Batches that fit a peer line (the receiver's limit)."""
+        """Batches that fit a peer line (the receiver's limit), each with its records
+        encoded once for every peer."""
         limit = self.config.limits.max_line_bytes
         chunk: list[_Pending] = []
+        texts: list[str] = []
         size = 0
         for pending in items:
-            length = len(peerwire.encode_record(pending.record).encode("utf-8")) + 24
+            text = peerwire.encode_record(pending.record)
+            length = len(text.encode("utf-8")) + 24
             if chunk and size + length > limit:
-                yield chunk
-                chunk, size = [], 0
+                yield chunk, texts
+                chunk, texts, size = [], [], 0
             chunk.append(pending)
+            texts.append(text)
             size += length
         if chunk:
-            yield chunk
+            yield chunk, texts
 
     def _acked(self, response, peer_id: int, chunk: list[_Pending],
                refused: Callable[[int], None]) -> None:

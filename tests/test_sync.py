@@ -174,3 +174,18 @@ def test_send_batches_pushes_at_once_what_was_replicated(tmp_path):
     assert [peer for peer, _, _ in links.sent] == [1, 2]
     clock.advance(0)                     # the scheduled call finds nothing left to send
     assert len(links.sent) == 2
+
+
+def test_a_batch_is_encoded_once_whatever_the_number_of_peers(tmp_path, monkeypatch):
+    sync, store, clock, links, refused = replicator(tmp_path)
+    records = [store.write(3, f"k{n}", "v", epoch=3) for n in range(10)]
+    for record in records:
+        sync.replicate(record, 3, refused.append)
+    encoded = []
+    real = peerwire.encode_record
+    monkeypatch.setattr(peerwire, "encode_record",
+                        lambda record: encoded.append(record.key) or real(record))
+    sync.send_batches()
+    assert len(encoded) == 10                                # not 10 per peer
+    payloads = {peerwire.encode_message(m)[1] for _, m, _ in links.sent}
+    assert payloads == {f"3 {peerwire.encode_batch(records)}"}   # the same bytes to each
