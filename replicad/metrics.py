@@ -94,13 +94,6 @@ class ReplicaMetrics:
             "replicad_failovers", "Changes of coordinator seen by this replica (from "
             "one coordinator to another, its own start-up not counted)",
             registry=registry)
-        self.quorum_wait_seconds = Histogram(
-            "replicad_quorum_wait_seconds", "Time a coordinator waited for write_quorum "
-            "replicas to have a write, by outcome (reached, missed)",
-            ["outcome"], buckets=QUORUM_BUCKETS_S, registry=registry)
-        # The children, once: labels() takes a lock and hashes on every call.
-        self._quorum_waits = {True: self.quorum_wait_seconds.labels("reached"),
-                              False: self.quorum_wait_seconds.labels("missed")}
         self.pull_seconds = Histogram(
             "replicad_sync_pull_duration_seconds", "Pulls from a peer (anti-entropy, "
             "take-over, catching up, joining), by kind (delta, full) and outcome (ok, "
@@ -195,7 +188,7 @@ class ReplicaMetrics:
         self.peers[status.peer_id] = PeerSeen(status, self.clock.seconds())
 
     def quorum_wait(self, seconds: float, reached: bool) -> None:
-        self._quorum_waits[reached].observe(seconds)
+        self.requests.quorum_waits.observe("reached" if reached else "missed", seconds)
 
     def pull(self, full: bool, on_line: Callable[[str, str], None] | None
              ) -> tuple[Callable[[str, str], None] | None, Callable[[Any], Any]]:
@@ -254,28 +247,57 @@ class ReplicaMetrics:
         return os.path.join(self.replica.data_dir, DB_FILENAME)
 
 
+class _Histogram:
+    """A histogram by one label, as plain numbers (one bisect and two additions per
+    observation, no lock): the hot paths' timings.  ``family`` gives what
+    prometheus_client's Histogram would expose, at scrape time."""
+
+    def __init__(self, bounds: tuple[float, ...], labels: tuple[str, ...] = ()):
+        self.bounds = bounds
+        # label -> [per-bucket counts (the last one is +Inf), sum of seconds]
+        self.series: dict[str, list] = {}
+        for label in labels:      # shown from the start, at zero
+            self._series(label)
+
+    def _series(self, label: str) -> list:
+        series = self.series[label] = [[0] * (len(self.bounds) + 1), 0.0]
+        return series
+
+    def observe(self, label: str, seconds: float) -> None:
+        series = self.series.get(label)
+        if series is None:
+            series = self._series(label)
+        series[0][bisect.bisect_left(self.bounds, seconds)] += 1
+        series[1] += seconds
+
+    def family(self, name: str, documentation: str, label: str) -> HistogramMetricFamily:
+        histogram = HistogramMetricFamily(name, documentation, labels=[label])
+        bounds = [floatToGoString(b) for b in self.bounds] + ["+Inf"]
+        for value, (buckets, total) in sorted(self.series.items()):
+            cumulative = list(itertools.accumulate(buckets))
+            histogram.add_metric([value], list(zip(bounds, cumulative, strict=True)), total)
+        return histogram
+
+
 class _RequestCounts:
     """Client requests by command and outcome, and their latency by command (buckets of
     REQUEST_BUCKETS_S), as plain numbers: one dict update and one bisect per request."""
 
     def __init__(self) -> None:
         self.counts: dict[tuple[str, str], int] = {}
-        # command -> [per-bucket counts (the last one is +Inf), sum of seconds]
-        self.latency: dict[str, list] = {}
+        self.latency = _Histogram(REQUEST_BUCKETS_S)
+        self.quorum_waits = _Histogram(QUORUM_BUCKETS_S, ("missed", "reached"))
 
     def count(self, command: str, outcome: str, seconds: float) -> None:
         key = (command, outcome)
         self.counts[key] = self.counts.get(key, 0) + 1
-        latency = self.latency.get(command)
-        if latency is None:
-            latency = self.latency[command] = [[0] * (len(REQUEST_BUCKETS_S) + 1), 0.0]
-        latency[0][bisect.bisect_left(REQUEST_BUCKETS_S, seconds)] += 1
-        latency[1] += seconds
+        self.latency.observe(command, seconds)
 
 
 class _RequestCollector:
-    """``replicad_requests_total`` and ``replicad_request_duration_seconds`` from
-    _RequestCounts, in the form prometheus_client's Counter and Histogram give."""
+    """``replicad_requests_total``, ``replicad_request_duration_seconds`` and
+    ``replicad_quorum_wait_seconds`` from _RequestCounts, in the form
+    prometheus_client's Counter and Histogram give."""
 
     def __init__(self, requests: _RequestCounts):
         self.requests = requests
@@ -288,15 +310,12 @@ class _RequestCollector:
         for (command, outcome), n in sorted(self.requests.counts.items()):
             counter.add_metric([command, outcome], n)
         yield counter
-        histogram = HistogramMetricFamily(
+        yield self.requests.latency.family(
             "replicad_request_duration_seconds", "Time from receiving a client data "
-            "request to its reply (forwarding to the coordinator included)",
-            labels=["command"])
-        bounds = [floatToGoString(b) for b in REQUEST_BUCKETS_S] + ["+Inf"]
-        for command, (buckets, total) in sorted(self.requests.latency.items()):
-            cumulative = list(itertools.accumulate(buckets))
-            histogram.add_metric([command], list(zip(bounds, cumulative, strict=True)), total)
-        yield histogram
+            "request to its reply (forwarding to the coordinator included)", "command")
+        yield self.requests.quorum_waits.family(
+            "replicad_quorum_wait_seconds", "Time a coordinator waited for write_quorum "
+            "replicas to have a write, by outcome (reached, missed)", "outcome")
 
 
 class ReplicaCollector:
