@@ -83,7 +83,20 @@ class _SendsAtTurnEnd:
         if not self._queued:
             self._queued = True
             self._turn_sender().add(self)
-        self._maybePauseProducer()
+        # No producer is paused for bytes that wait only for the end of the turn: a
+        # full buffer means the peer stopped reading, and these were never offered to
+        # it.  (Pausing here made a big PUSH mark a reading follower congested until
+        # the turn ended, so the next call to it failed.)  send_buffered pauses for
+        # what the kernel did not take, as Twisted's write would.
+
+    def _pause_if_backed_up(self) -> None:
+        """What Twisted's write does (a streaming producer is paused when more than
+        ``bufferSize`` bytes wait), counting only the bytes the kernel did not take."""
+        left = len(self.dataBuffer) - self.offset + self._tempDataLen
+        if (self.producer is not None and self.streamingProducer
+                and not self.producerPaused and left > self.bufferSize):
+            self.producerPaused = True
+            self.producer.pauseProducing()
 
     def _idle(self) -> bool:
         """Nothing buffered, not closing, no TLS of its own: the next write may wait."""
@@ -103,6 +116,7 @@ class _SendsAtTurnEnd:
             return      # gone, or closing: Twisted sends what is left
         failed = self.doWrite() is not None
         if failed or self._tempDataLen or self.offset < len(self.dataBuffer):
+            self._pause_if_backed_up()
             # A short send (the socket's buffer is full) or an error (EPIPE, a reset):
             # the reactor's doWrite finishes the job or closes the connection.
             self.startWriting()

@@ -93,6 +93,14 @@ async def connect(port, client: Client, tls=None) -> Client:
     return client
 
 
+async def until(condition) -> None:
+    """Wait for ``condition()``, polling the reactor, at most DEADLINE_S."""
+    deadline = reactor.seconds() + DEADLINE_S
+    while not condition():
+        assert reactor.seconds() < deadline, "condition not met in time"
+        await task.deferLater(reactor, 0.001, lambda: None)
+
+
 def reply(server: Server, data: bytes) -> None:
     server.transport.write(b"re:" + data)
 
@@ -160,6 +168,71 @@ async def test_send_now_sends_in_this_turn_and_cancels_the_turn_end_send():
         assert left_over == [0]              # sent before the handler returned
         assert sender.turns == 1             # and the end-of-turn send never ran
         assert factory.connections[0].registered == [False]
+    finally:
+        await port.stopListening()
+
+
+class Congestion:
+    """A streaming producer, as a peer link registers to learn that its peer stopped
+    reading (replicad.peer._Congestion)."""
+
+    paused = False
+
+    def pauseProducing(self) -> None:
+        self.paused = True
+
+    def resumeProducing(self) -> None:
+        self.paused = False
+
+    def stopProducing(self) -> None:
+        pass
+
+
+@pytest_twisted.ensureDeferred
+async def test_bytes_that_wait_for_the_turn_end_are_no_congestion():
+    """Two pushes of 100 KB in one turn to a peer that reads: the second must not find
+    the link congested by the first, whose bytes were never offered to the peer."""
+    congestion = Congestion()
+    seen = []
+
+    def two_pushes(server: Server, data: bytes) -> None:
+        server.transport.registerProducer(congestion, True)
+        server.transport.write(b"a" * 100_000)
+        seen.append(congestion.paused)
+        server.transport.write(b"b" * 100_000)
+
+    port, factory, _ = await listen(two_pushes)
+    try:
+        client = await connect(port, Client(want=200_000))
+        client.transport.write(b"go")
+        assert len(await within(client.got_all)) == 200_000
+        assert seen == [False]
+    finally:
+        await port.stopListening()
+
+
+@pytest_twisted.ensureDeferred
+async def test_a_peer_that_does_not_read_pauses_the_producer_at_the_turn_end():
+    """What the kernel did not take is congestion: paused by the turn's send itself,
+    before any later write could notice."""
+    congestion = Congestion()
+    big = b"x" * (8 * 1024 * 1024)
+
+    def bulk(server: Server, data: bytes) -> None:
+        server.transport.registerProducer(congestion, True)
+        server.transport.write(big)
+
+    port, factory, sender = await listen(bulk)
+    try:
+        client = await connect(port, Client(want=len(big)))
+        client.transport.pauseProducing()             # the peer stops reading
+        client.transport.write(b"go")
+        await until(lambda: sender.turns == 1)        # the turn's send, in one call
+        assert congestion.paused
+        client.transport.resumeProducing()            # reading again: drained, resumed
+        assert len(await within(client.got_all)) == len(big)
+        await task.deferLater(reactor, 0, lambda: None)
+        assert not congestion.paused
     finally:
         await port.stopListening()
 
