@@ -696,7 +696,8 @@ class Replica(service.MultiService):
         call.addCallbacks(settle, lambda failure: settle(None, failure), (None,))
         return outcome.addCallback(self._forwarded, call, coordinator, request)
 
-    def _forwarded(self, settled, call, coordinator: int, request: Request) -> Reply:
+    def _forwarded(self, settled, call, coordinator: int,
+                   request: Request) -> Reply | wire.RelayedReply:
         response, failure = settled
         if response is None and failure is None:
             call.cancel()
@@ -711,7 +712,11 @@ class Replica(service.MultiService):
             self.log.warn("forwarding to {c} failed: {kind} {payload}", c=coordinator,
                           kind=response.kind, payload=response.payload)
             return self._error(request, Code.INTERNAL, "the coordinator failed to answer")
-        reply = wire.parse_reply_lines([text for _, text in response.lines])
+        texts = [text for _, text in response.lines]
+        relayed = wire.relay(texts, self.my_id)    # the coordinator's lines, as they are
+        if relayed is not None:
+            return relayed
+        reply = wire.parse_reply_lines(texts)
         if reply.meta is not None:    # the coordinator's meta, but reached here
             reply = reply.with_meta(dataclasses.replace(reply.meta, here=self.my_id))
         return reply
@@ -890,10 +895,10 @@ class Replica(service.MultiService):
             if request is None or not request.needs_coordinator:
                 raise WireError(Code.BADARGS, "only data requests are forwarded")
         except WireError as e:
-            return _final(e.reply())
+            return _final(e.reply(), peer_id)
         if self._can_read_now(request):
-            return _final(self._read(request))
-        return defer.ensureDeferred(self._serve_forwarded(request))
+            return _final(self._read(request), peer_id)
+        return defer.ensureDeferred(self._serve_forwarded(request, peer_id))
 
     def _on_push(self, peer_id: int, message: peerwire.Push) -> PeerAnswer:
         node = self.node
@@ -932,20 +937,25 @@ class Replica(service.MultiService):
         knows, so the follower asks it instead."""
         return PeerAnswer("NO", str(self.node.coordinator or "-"))
 
-    async def _serve_forwarded(self, request: Request) -> PeerAnswer:
+    async def _serve_forwarded(self, request: Request, via: int) -> PeerAnswer:
         node = self.node
         deadline = self.reactor.seconds() + self.timers.election_wait
         if await node.when_serving(deadline) != self.my_id:
             if node.cannot_serve:
-                return _final(self._unavailable(request))
+                return _final(self._unavailable(request), via)
             return self._not_coordinator()
         try:
             reply = await self._coordinate(request)
         except _NotCoordinator:
             return self._not_coordinator()
-        return _final(reply)
+        return _final(reply, via)
 
 
-def _final(reply: Reply) -> PeerAnswer:
-    """A forwarded request's reply, as the peer answer that carries it."""
+def _final(reply: Reply, via: int) -> PeerAnswer:
+    """A forwarded request's reply, as the peer answer that carries it.  Its meta names
+    the follower that forwarded it (``via``) as the replica the client reached, so the
+    follower passes the lines on unchanged (wire.relay)."""
+    meta = reply.meta
+    if meta is not None and meta.here != via:
+        reply = reply.with_meta(dataclasses.replace(meta, here=via))
     return PeerAnswer("END", "", lines=tuple(("LINE", t) for t in reply.encode_lines()))

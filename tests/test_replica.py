@@ -379,6 +379,34 @@ def test_a_forwarded_read_is_answered_at_once_unless_it_must_wait(replica):
     assert reply_of(forwarded(replica, "GET")).error_code == "BADARGS"   # a bad line
 
 
+def test_a_forwarded_reply_names_the_follower_that_forwarded_it(replica):
+    """So the follower passes the coordinator's lines on unchanged (wire.relay)."""
+    serving(replica)
+    serve(replica, "PUT k v")
+    now = reply_of(forwarded(replica, "@r=;w= GET k"))       # peer 1 forwarded it
+    assert (now.text, now.meta.by, now.meta.here) == ("v", 2, 1)
+    later = forwarded(replica, "@r=;w= PUT k v2")           # the full path, a Deferred
+    replica.reactor.advance(0)
+    replica.reactor.advance(0)
+    assert (reply_of(later.result).status, reply_of(later.result).meta.here) == ("OK", 1)
+    assert reply_of(forwarded(replica, "GET k")).meta is None   # no session, no meta
+
+
+def test_a_follower_relays_the_coordinators_reply_as_it_is(replica):
+    from replicad.peer import PeerResponse
+    from replicad.wire import ReplyMeta, SessionContext
+
+    follow(replica, 3, own_epoch(0, 3))
+    answer = Reply("VALUE", "v", meta=ReplyMeta(VectorClock({3: 1}), by=3, coord=3,
+                                                epoch=3, here=2, cluster="ab" * 16))
+    fake_coordinator(replica, [defer.succeed(
+        PeerResponse("END", "", [("LINE", t) for t in answer.encode_lines()]))])
+    d = replica.handle(Request("GET", "k", context=SessionContext()))
+    replica.reactor.advance(0)
+    assert isinstance(d.result, wire.RelayedReply)          # not parsed, not re-encoded
+    assert d.result.encode() == answer.encode() and d.result.meta == answer.meta
+
+
 def fake_coordinator(replica: Replica, client_answers):
     """Replica 3 as coordinator, through ``replica.call``: PINGs answered, CLIENT calls
     answered from ``client_answers`` (each a Deferred); returns the verbs sent."""

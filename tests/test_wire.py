@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import dataclasses
+
 import pytest
 from hypothesis import given
 from hypothesis import strategies as st
@@ -548,3 +550,34 @@ def test_control_and_space_checks_match_unicode_categories_for_every_code_point(
                 or (w._CONTROL_OR_SPACE.search(ch) is not None) != (cc or ch.isspace())):
             wrong.append(hex(cp))
     assert wrong == []
+
+
+# Relaying a forwarded reply (wire.relay) ------------------------------------------------
+
+
+@given(REPLIES, st.integers(1, 9))
+def test_a_relayed_reply_is_the_coordinators_bytes_and_reads_as_the_reply(reply, here):
+    """Whenever relay() takes a reply, passing it on is byte for byte what parsing it
+    and encoding it again gave, and status, error, meta and body read the same."""
+    if reply.meta is not None:
+        reply = reply.with_meta(dataclasses.replace(reply.meta, here=here))
+    relayed = wire.relay(reply.encode_lines(), here)
+    assert relayed is not None
+    assert relayed.encode() == parse_reply_lines(reply.encode_lines()).encode()
+    assert (relayed.status, relayed.is_error, relayed.error_code, relayed.error_message) == (
+        reply.status, reply.is_error, reply.error_code, reply.error_message)
+    assert (relayed.meta, relayed.lines) == (reply.meta, reply.lines)
+
+
+@pytest.mark.parametrize("lines", [
+    ["@vc=3:1;by=3;here=3;coord=3;epoch=3 VALUE v"],      # names another replica: parse it
+    ["@vc=3:1;by=3;here=12;coord=3;epoch=3 VALUE v"],     # 12 is not 1 (nor is 21)
+    ["MAYBE so"],                                         # not a status
+    ["KEYS 2", "a", "END"],                               # a line short
+    ["KEYS 1", "a", "b"],                                 # no terminator
+    ["KEYS x", "END"],
+    ["VALUE v", "trailing"],
+    [],
+])
+def test_a_reply_that_must_be_parsed_is_not_relayed(lines):
+    assert wire.relay(lines, 1) is None
