@@ -34,6 +34,7 @@ from replicad.detector import HeartbeatMonitor
 from replicad.groupcommit import GroupCommit, GroupFailed
 from replicad.identity import new_cluster_id
 from replicad.joining import Joining
+from replicad.linklog import LinkStateLog
 from replicad.metrics import ReplicaMetrics
 from replicad.node import Candidacy, Node, Role
 from replicad.peer import PeerAnswer, PeerLink, PeerResponse, PeerUnavailable
@@ -101,6 +102,7 @@ class Replica(service.MultiService):
         # declared dead (a failed ping, its link dropped), so they stop waiting for it.
         self._forwards: dict[int, set[defer.Deferred]] = {}
         self._joining_from: set[int] = set()     # copies in flight while joining
+        self._link_log = LinkStateLog(self.log, reactor)   # a flapping link: few lines
         self._last_waiting_log = float("-inf")
         self._anti_entropy = LoopingCall(self._anti_entropy_tick)
         self._anti_entropy.clock = reactor
@@ -162,6 +164,7 @@ class Replica(service.MultiService):
             self.detector.stop()
         if self.node is not None:
             self.node.stop()
+        self._link_log.stop()
         for link in self.links.values():
             link.abort()     # no graceful TLS close: every peer is stopping too
         d = defer.maybeDeferred(super().stopService)
@@ -187,7 +190,7 @@ class Replica(service.MultiService):
     def _mark(self, peer_id: int, up: bool) -> None:
         """Record whether the last exchange with a peer worked; log the changes."""
         if self.peer_up.get(peer_id) != up:
-            self.log.info("replica {peer} is {state}", peer=peer_id, state="up" if up else "down")
+            self._link_log.changed(peer_id, up)
             self.metrics.link_changed(peer_id, up)   # metrics hook
         self.peer_up[peer_id] = up
         if up:
