@@ -178,9 +178,10 @@ class ReplicaMetrics:
                         f"{coordinator} (epoch {epoch})", previous=previous,
                         coordinator=coordinator, epoch=epoch)
 
-    def link_changed(self, peer_id: int, up: bool) -> None:
-        """The replica's view of a peer changed (Replica._mark)."""
-        self._event("link", f"replica {peer_id} is {'up' if up else 'down'}",
+    def link_changed(self, peer_id: int, up: bool, text: str | None = None) -> None:
+        """The replica's view of a peer changed (Replica._mark, through its LinkStateLog:
+        a flapping link's changes come summed up in one ``text``)."""
+        self._event("link", text or f"replica {peer_id} is {'up' if up else 'down'}",
                     peer=peer_id, up=up)
 
     def peer_status(self, status: Any) -> None:

@@ -102,7 +102,9 @@ class Replica(service.MultiService):
         # declared dead (a failed ping, its link dropped), so they stop waiting for it.
         self._forwards: dict[int, set[defer.Deferred]] = {}
         self._joining_from: set[int] = set()     # copies in flight while joining
-        self._link_log = LinkStateLog(self.log, reactor)   # a flapping link: few lines
+        # A flapping link: few log lines, and as few on the admin page's timeline.
+        self._link_log = LinkStateLog(self.log, reactor,
+                                      record=lambda *line: self.metrics.link_changed(*line))
         self._last_waiting_log = float("-inf")
         self._anti_entropy = LoopingCall(self._anti_entropy_tick)
         self._anti_entropy.clock = reactor
@@ -190,8 +192,7 @@ class Replica(service.MultiService):
     def _mark(self, peer_id: int, up: bool) -> None:
         """Record whether the last exchange with a peer worked; log the changes."""
         if self.peer_up.get(peer_id) != up:
-            self._link_log.changed(peer_id, up)
-            self.metrics.link_changed(peer_id, up)   # metrics hook
+            self._link_log.changed(peer_id, up)      # and the metrics' timeline
         self.peer_up[peer_id] = up
         if up:
             self._suspected.discard(peer_id)

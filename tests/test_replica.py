@@ -103,6 +103,22 @@ def push(replica: Replica, sender: int, epoch: int, record: Record) -> PeerAnswe
     return answer
 
 
+def test_a_flapping_link_does_not_flood_the_admin_timeline(replica):
+    """The elections stay on the page: a link's changes within 10 s are a few entries."""
+    from replicad.linklog import LINK_LOG_BURST
+
+    def links():
+        return [e["text"] for e in replica.metrics.timeline if e["kind"] == "link"]
+
+    before = links()
+    for n in range(60):
+        replica._mark(1, n % 2 == 1)
+    assert len(links()) <= len(before) + LINK_LOG_BURST
+    replica.reactor.advance(10)
+    assert links()[-1].endswith("in the last 10 s; it is up now")
+    assert replica.peer_up[1] is True                  # the state itself is current
+
+
 def test_pushes_apply_in_order_and_a_gap_is_reported(replica):
     follow(replica)                                       # epoch 3
     first = Record("a", "1", 3, 1, VectorClock({3: 1}), 3)
