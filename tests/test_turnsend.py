@@ -26,6 +26,7 @@ from twisted.internet.error import ConnectionAborted, ConnectionLost
 from twisted.internet.protocol import Factory, Protocol
 from twisted.internet.testing import MemoryReactorClock
 
+from replicad.peer import _Congestion
 from replicad.turnsend import (
     TurnSendClient,
     TurnSendConnecting,
@@ -172,33 +173,17 @@ async def test_send_now_sends_in_this_turn_and_cancels_the_turn_end_send():
         await port.stopListening()
 
 
-class Congestion:
-    """A streaming producer, as a peer link registers to learn that its peer stopped
-    reading (replicad.peer._Congestion)."""
-
-    paused = False
-
-    def pauseProducing(self) -> None:
-        self.paused = True
-
-    def resumeProducing(self) -> None:
-        self.paused = False
-
-    def stopProducing(self) -> None:
-        pass
-
-
 @pytest_twisted.ensureDeferred
 async def test_bytes_that_wait_for_the_turn_end_are_no_congestion():
     """Two pushes of 100 KB in one turn to a peer that reads: the second must not find
     the link congested by the first, whose bytes were never offered to the peer."""
-    congestion = Congestion()
+    congestion = _Congestion()   # what a peer link registers
     seen = []
 
     def two_pushes(server: Server, data: bytes) -> None:
         server.transport.registerProducer(congestion, True)
         server.transport.write(b"a" * 100_000)
-        seen.append(congestion.paused)
+        seen.append(congestion.congested)
         server.transport.write(b"b" * 100_000)
 
     port, factory, _ = await listen(two_pushes)
@@ -215,7 +200,7 @@ async def test_bytes_that_wait_for_the_turn_end_are_no_congestion():
 async def test_a_peer_that_does_not_read_pauses_the_producer_at_the_turn_end():
     """What the kernel did not take is congestion: paused by the turn's send itself,
     before any later write could notice."""
-    congestion = Congestion()
+    congestion = _Congestion()   # what a peer link registers
     big = b"x" * (8 * 1024 * 1024)
 
     def bulk(server: Server, data: bytes) -> None:
@@ -228,11 +213,11 @@ async def test_a_peer_that_does_not_read_pauses_the_producer_at_the_turn_end():
         client.transport.pauseProducing()             # the peer stops reading
         client.transport.write(b"go")
         await until(lambda: sender.turns == 1)        # the turn's send, in one call
-        assert congestion.paused
+        assert congestion.congested
         client.transport.resumeProducing()            # reading again: drained, resumed
         assert len(await within(client.got_all)) == len(big)
         await task.deferLater(reactor, 0, lambda: None)
-        assert not congestion.paused
+        assert not congestion.congested
     finally:
         await port.stopListening()
 
