@@ -34,8 +34,7 @@ class LinkStateLog:
                  record: Callable[[int, bool, str], None] | None = None):
         self._log, self._clock, self._interval_s = log, clock, interval_s
         self._burst, self._record = burst, record
-        self._window_end: dict[int, float] = {}  # the peer's interval
-        self._window_start: dict[int, float] = {}
+        self._window_start: dict[int, float] = {}  # the peer's interval
         self._logged: dict[int, int] = {}        # lines logged in it
         self._held: dict[int, int] = {}          # changes not logged yet
         self._state: dict[int, bool] = {}
@@ -46,7 +45,7 @@ class LinkStateLog:
         self._state[peer_id] = up
         now = self._clock.seconds()
         if peer_id not in self._summaries:
-            if now >= self._window_end.get(peer_id, -math.inf):
+            if now >= self._window_start.get(peer_id, -math.inf) + self._interval_s:
                 self._start_window(peer_id, now, logged=0)
             if self._logged[peer_id] < self._burst:
                 self._logged[peer_id] += 1
@@ -54,12 +53,12 @@ class LinkStateLog:
                            state="up" if up else "down")
                 return
             self._summaries[peer_id] = self._clock.callLater(
-                max(self._window_end[peer_id] - now, 0.0), self._summarise, peer_id)
+                max(self._window_start[peer_id] + self._interval_s - now, 0.0),
+                self._summarise, peer_id)
         self._held[peer_id] = self._held.get(peer_id, 0) + 1
 
     def _start_window(self, peer_id: int, now: float, logged: int) -> None:
         self._window_start[peer_id] = now
-        self._window_end[peer_id] = now + self._interval_s
         self._logged[peer_id] = logged
 
     def _summarise(self, peer_id: int) -> None:

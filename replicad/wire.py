@@ -470,6 +470,7 @@ class RelayedReply:
     is_error = Reply.is_error
     error_code = Reply.error_code
     error_message = Reply.error_message
+    encode = Reply.encode          # of encode_lines(): the coordinator's lines
 
     def _reply(self) -> Reply:
         if self._parsed is None:
@@ -486,9 +487,6 @@ class RelayedReply:
 
     def encode_lines(self) -> list[str]:
         return list(self._lines)
-
-    def encode(self) -> bytes:
-        return "".join(line + EOL for line in self._lines).encode("utf-8")
 
 
 def relay(lines: list[str], here: int) -> RelayedReply | None:
