@@ -31,6 +31,7 @@ from replicad import peerwire, session, wire
 from replicad.config import ClusterConfig
 from replicad.datadir import DB_FILENAME, check_data_dir  # noqa: F401 (moved there)
 from replicad.detector import HeartbeatMonitor
+from replicad.forwarding import Forward, Retry
 from replicad.groupcommit import GroupCommit, GroupFailed
 from replicad.identity import new_cluster_id
 from replicad.joining import Joining
@@ -98,9 +99,9 @@ class Replica(service.MultiService):
         # Peers that failed a ping or a forward since they last answered: the evidence
         # that a forward in flight to them will get no answer.
         self._suspected: set[int] = set()
-        # Forwards in flight, per coordinator: fired with (None, None) when it is
+        # Forwards in flight, per coordinator: told dead() when it is
         # declared dead (a failed ping, its link dropped), so they stop waiting for it.
-        self._forwards: dict[int, set[defer.Deferred]] = {}
+        self._forwards: dict[int, set[Forward]] = {}
         self._joining_from: set[int] = set()     # copies in flight while joining
         # A flapping link: few log lines, and as few on the admin page's timeline.
         self._link_log = LinkStateLog(self.log, reactor,
@@ -218,17 +219,18 @@ class Replica(service.MultiService):
         if pull:   # metrics hook
             d.addBoth(pulled)
 
-        def answered(response: PeerResponse) -> PeerResponse:
-            self._mark(peer_id, True)
-            if response.kind == "STALE":
-                epoch = peerwire.parse_epoch(response.payload)
-                self._epoch_seen(epoch)
-                raise StaleEpoch(peer_id, epoch)
-            if response.kind == "ERR":
-                raise PeerWireError(f"replica {peer_id} answered ERR {response.payload}")
-            return response
+        return d.addCallback(self._answer_from, peer_id)
 
-        return d.addCallback(answered)
+    def _answer_from(self, response: PeerResponse, peer_id: int) -> PeerResponse:
+        """A peer answered a call: it is up; STALE and ERR answers are raised."""
+        self._mark(peer_id, True)
+        if response.kind == "STALE":
+            epoch = peerwire.parse_epoch(response.payload)
+            self._epoch_seen(epoch)
+            raise StaleEpoch(peer_id, epoch)
+        if response.kind == "ERR":
+            raise PeerWireError(f"replica {peer_id} answered ERR {response.payload}")
+        return response
 
     def _failed(self, failure, peer_id: int, verb: str) -> None:
         if failure.check(PeerUnavailable):
@@ -624,13 +626,8 @@ class Replica(service.MultiService):
             return None
         deadline = self.reactor.seconds() + self.timers.election_wait
         sent_in = node.epoch
-
-        def failed(failure):
-            failure.trap(StaleEpoch, PeerUnavailable)
-            return defer.ensureDeferred(
-                self._retry_forward(request, coordinator, sent_in, failure.value, deadline))
-
-        return self._forward(coordinator, request).addErrback(failed)
+        return self._forward(coordinator, request, lambda error: defer.ensureDeferred(
+            self._retry_forward(request, coordinator, sent_in, error, deadline)))
 
     async def _retry_forward(self, request: Request, coordinator: int, sent_in: int,
                              error: Exception, deadline: float) -> Reply:
@@ -674,41 +671,46 @@ class Replica(service.MultiService):
         An election (Bully makes a follower hold one whenever a lower replica does) or a
         higher replica taking over is no such evidence: the old coordinator is alive
         and will still answer what it was sent."""
-        for waiting in list(self._forwards.pop(coordinator, ())):
-            if not waiting.called:
-                waiting.callback((None, None))
+        for forward in list(self._forwards.pop(coordinator, ())):
+            forward.dead(PeerUnavailable(
+                f"coordinator {coordinator} failed during the request", sent=True))
 
-    def _forward(self, coordinator: int, request: Request) -> defer.Deferred[Reply]:
+    def _forward(self, coordinator: int, request: Request,
+                 retry: Retry | None = None) -> defer.Deferred[Reply]:
         """Send a request to the coordinator; the Deferred fires with its reply, or
-        fails with PeerUnavailable (sent or not) or StaleEpoch.  The answer races the
-        coordinator being declared dead (_forwards_dead): a hung one then costs about
-        one ping interval, not forward_timeout.  The call's outcome travels as a value,
-        so that a refused call (never sent) does not turn into a write in doubt.  No
-        coroutine or timer per forward beyond the call's own: a follower's hot path."""
+        fails with PeerUnavailable (sent or not) or StaleEpoch, or, given ``retry``,
+        with what retry(that error) gives.  The answer races the coordinator being
+        declared dead (_forwards_dead): a hung one then costs about one ping interval,
+        not forward_timeout.  No coroutine, timer or Deferred per forward beyond the
+        one returned: a follower's hot path (forwarding.py)."""
         self._suspected.discard(coordinator)   # only evidence from now on counts
-        message = peerwire.Client(self.node.epoch, request.encode())
-        call = self.call(coordinator, message, self.timers.forward_timeout)
-        outcome: defer.Deferred = defer.Deferred()
         waiting = self._forwards.setdefault(coordinator, set())
-        waiting.add(outcome)
+        forward = Forward(lambda response, error: self._forwarded(
+            response, error, coordinator, request), waiting.discard, retry)
+        waiting.add(forward)
+        verb, payload = peerwire.encode_message(
+            peerwire.Client(self.node.epoch, request.encode()))
+        link = self.links[coordinator]
+        timeout_s = self.timers.forward_timeout
+        try:
+            call = link.send(verb, payload, timeout_s, forward.answered)
+        except PeerUnavailable as e:     # not reading: not sent
+            forward.answered(None, e)
+            return forward.result
+        if call is None:                 # no connection yet: call() connects first
+            call = link.call(verb, payload, timeout_s)
+            call.addCallbacks(forward.answered, lambda failure: forward.answered(
+                None, failure.value), (None,))
+        forward.sent(call)
+        return forward.result
 
-        def settle(response, failure) -> None:
-            waiting.discard(outcome)
-            if not outcome.called:
-                outcome.callback((response, failure))
-
-        call.addCallbacks(settle, lambda failure: settle(None, failure), (None,))
-        return outcome.addCallback(self._forwarded, call, coordinator, request)
-
-    def _forwarded(self, settled, call, coordinator: int,
-                   request: Request) -> Reply | wire.RelayedReply:
-        response, failure = settled
-        if response is None and failure is None:
-            call.cancel()
-            raise PeerUnavailable(f"coordinator {coordinator} failed during the request",
-                                  sent=True)
-        if failure is not None:
-            failure.raiseException()
+    def _forwarded(self, response: PeerResponse | None, error: Exception | None,
+                   coordinator: int, request: Request) -> Reply | wire.RelayedReply:
+        if error is not None:     # what PeerLink.call's errback makes of the others:
+            if isinstance(error, PeerUnavailable):
+                raise error
+            raise PeerUnavailable(f"replica {coordinator}: {error}", sent=True)
+        response = self._answer_from(response, coordinator)
         if response.kind == "NO":
             # It is not the coordinator (any more): treat it like a failed ping.
             raise PeerUnavailable(f"replica {coordinator} is not the coordinator")

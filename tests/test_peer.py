@@ -659,6 +659,44 @@ def test_client_connection_lost_fails_pending_calls():
     assert clock.getDelayedCalls() == []
 
 
+def test_send_reports_to_done_later_and_forget_drops_the_call():
+    """send(): call() without a Deferred (a follower's forwards).  ``done`` hears the
+    answer, a timeout or a lost connection; never from inside send(); a forgotten
+    call's answer is dropped and, with nothing else waiting, no timer is left."""
+    proto, transport, clock = ready_client()
+    heard: list = []
+
+    def done(response, error):
+        heard.append((response, error))
+
+    answered = proto.send("CLIENT", "3 GET k", 1.0, done)
+    forgotten = proto.send("CLIENT", "3 GET j", 1.0, done)
+    timed_out = proto.send("CLIENT", "3 GET i", 0.5, done)
+    assert (answered, forgotten, timed_out) == (1, 2, 3)
+    assert lines(transport) == ["1 CLIENT 3 GET k", "2 CLIENT 3 GET j", "3 CLIENT 3 GET i"]
+    assert heard == []
+    proto.dataReceived(b"1 LINE VALUE v\n1 END\n")
+    assert heard == [(PeerResponse("END", "", [("LINE", "VALUE v")]), None)]
+    proto.forget(forgotten)
+    proto.dataReceived(b"2 END\n")                    # dropped: nobody waits for it
+    clock.advance(0.5)
+    assert len(heard) == 2 and heard[1][0] is None
+    assert heard[1][1].sent is True and "timed out" in str(heard[1][1])
+    assert clock.getDelayedCalls() == []               # nothing left to time out
+    lost = proto.send("PING", "", 1.0, done)
+    proto.connectionLost(Failure(ConnectionDone()))
+    assert lost == 4 and "connection lost" in str(heard[2][1])
+
+
+def test_send_to_a_peer_that_is_not_reading_raises_at_once():
+    proto, transport, _clock = ready_client()
+    proto.congestion.pauseProducing()                  # what a full write buffer does
+    with pytest.raises(PeerUnavailable) as raised:
+        proto.send("CLIENT", "3 GET k", 1.0, lambda response, error: None)
+    assert raised.value.sent is False and "not reading" in str(raised.value)
+    assert lines(transport) == [] and proto._calls == {}
+
+
 def test_client_drops_frames_for_unknown_calls():
     proto, transport, _clock = ready_client()
     proto.dataReceived(b"42 OK stray\n")

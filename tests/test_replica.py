@@ -190,6 +190,23 @@ def test_an_election_is_no_evidence_that_the_coordinator_died(replica):
     replica.reactor.advance(replica.timers.forward_timeout)   # the cancelled call's timer
 
 
+def test_a_fast_forward_stops_waiting_when_its_coordinator_is_declared_dead(replica):
+    """The forward sent on the live connection (PeerLink.send) races the coordinator
+    being declared dead: a failed ping fails it at once, as a write in doubt, and its
+    call is forgotten (a late answer is dropped, not delivered to a settled forward)."""
+    link = fake_coordinator(replica, [defer.Deferred()])      # never answered
+    follow(replica)
+    assert replica.detector.check().result is True
+    d = replica.handle(Request("PUT", "k", "v"))
+    assert link.verbs() == ["PING", "CLIENT"] and not d.called
+    assert replica.peer_request(1, "ELECTION", "3").kind == "OK"    # no evidence
+    assert not d.called
+    replica._suspect(3)                                   # what a failed ping does
+    replica.reactor.advance(0)
+    assert d.result.error_code == "INDOUBT"
+    assert link.forgotten == [2] and replica._forwards == {}     # nothing left behind
+
+
 def test_a_forward_stops_waiting_when_the_link_to_the_coordinator_drops(replica):
     follow(replica)
     forward = defer.ensureDeferred(replica._forward(3, wire.parse_request("GET k")))
@@ -297,27 +314,17 @@ def test_a_stale_answer_from_the_same_coordinator_is_retried_at_once(replica):
     answer teaches the new epoch, and the forward is sent again at once, not after
     election_wait (a 3 s stall the failover benchmark found)."""
     from replicad.peer import PeerResponse
-    from replicad.sync import StaleEpoch
 
     follow(replica, 3, own_epoch(0, 3))                    # 3
-    sent = []
-
-    def call(peer_id, message, timeout_s, on_line=None):
-        sent.append((message.verb, message.epoch))
-        if message.verb == "PING":
-            status = PeerStatus(3, "coordinator", 3, replica.node.epoch, VectorClock())
-            return defer.succeed(PeerResponse("OK", status.encode()))
-        if len([v for v, _ in sent if v == "CLIENT"]) == 1:
-            replica.node.epoch_seen(own_epoch(1, 3))       # what call() does on STALE
-            return defer.fail(StaleEpoch(3, own_epoch(1, 3)))
-        return defer.succeed(PeerResponse("END", "", [("LINE", "OK")]))
-
-    replica.call = call
+    link = fake_coordinator(replica, [
+        stale(own_epoch(1, 3)), defer.succeed(PeerResponse("END", "", [("LINE", "OK")]))])
+    replica.detector.reset()                 # no ping lately: the full path (_handle)
     d = replica.handle(Request("PUT", "k", "v"))
+    replica.reactor.advance(0)
     replica.reactor.advance(0)
     assert d.called, "the forward waited instead of being sent again"
     assert d.result.status == "OK"
-    assert [e for v, e in sent if v == "CLIENT"] == [3, 7]  # again, in the new epoch
+    assert [m.epoch for m in link.sent if m.verb == "CLIENT"] == [3, 7]   # in the new one
 
 
 def test_the_read_fast_path_answers_only_what_needs_no_waiting(replica):
@@ -351,15 +358,10 @@ def test_a_forwarded_reply_keeps_the_coordinators_meta_cluster_included(replica)
     answer = Reply("OK", meta=ReplyMeta(VectorClock({3: 1}), by=3, coord=3, epoch=3,
                                         here=3, cluster=cluster))
 
-    def call(peer_id, message, timeout_s, on_line=None):
-        if message.verb == "PING":
-            status = PeerStatus(3, "coordinator", 3, replica.node.epoch, VectorClock())
-            return defer.succeed(PeerResponse("OK", status.encode()))
-        return defer.succeed(PeerResponse("END", "", [("LINE", t)
-                                                      for t in answer.encode_lines()]))
-
-    replica.call = call
+    fake_coordinator(replica, [defer.succeed(
+        PeerResponse("END", "", [("LINE", t) for t in answer.encode_lines()]))])
     d = replica.handle(Request("PUT", "k", "v", context=SessionContext()))
+    replica.reactor.advance(0)
     replica.reactor.advance(0)
     meta = d.result.meta
     assert (meta.here, meta.by, meta.cluster) == (2, 3, cluster)
@@ -423,74 +425,102 @@ def test_a_follower_relays_the_coordinators_reply_as_it_is(replica):
     assert d.result.encode() == answer.encode() and d.result.meta == answer.meta
 
 
-def fake_coordinator(replica: Replica, client_answers):
-    """Replica 3 as coordinator, through ``replica.call``: PINGs answered, CLIENT calls
-    answered from ``client_answers`` (each a Deferred); returns the verbs sent."""
+class FakeCoordinatorLink:
+    """Replica 3's link as a coordinator's would answer: PINGs as the coordinator,
+    CLIENT calls from ``client_answers`` (each a Deferred of the PeerResponse), other
+    calls never; through send() (a forward's path: ``done`` is
+    told on a later turn, as a real connection's is) or call()."""
+
+    def __init__(self, replica: Replica, client_answers):
+        self.replica = replica
+        self.answers = iter(client_answers)
+        self.sent: list[peerwire.Message] = []
+        self.forgotten: list[int] = []
+
+    def _answer(self, verb: str, payload: str) -> defer.Deferred:
+        from replicad.peer import PeerResponse
+
+        message = peerwire.decode_message(verb, payload)
+        self.sent.append(message)
+        if verb == "PING":
+            status = PeerStatus(3, "coordinator", 3, self.replica.node.epoch, VectorClock())
+            return defer.succeed(PeerResponse("OK", status.encode()))
+        if verb != "CLIENT":
+            return defer.Deferred()         # an ELECTION, a pull...: no answer yet
+        return next(self.answers)
+
+    def call(self, verb, payload="", timeout_s=1.0, on_line=None) -> defer.Deferred:
+        return self._answer(verb, payload)
+
+    def send(self, verb, payload, timeout_s, done):
+        answer = self._answer(verb, payload)
+        self.replica.reactor.callLater(0, answer.addCallbacks, done,
+                                       lambda failure: done(None, failure.value), (None,))
+        return self, len(self.sent)
+
+    def forget(self, rid: int) -> None:
+        self.forgotten.append(rid)
+
+    def verbs(self) -> list[str]:
+        return [message.verb for message in self.sent]
+
+    def abort(self) -> None:      # what Replica.stopService does to every link
+        pass
+
+
+def fake_coordinator(replica: Replica, client_answers) -> FakeCoordinatorLink:
+    """Replica 3 as coordinator, behind a FakeCoordinatorLink."""
+    link = replica.links[3] = FakeCoordinatorLink(replica, client_answers)
+    return link
+
+
+def stale(epoch: int) -> defer.Deferred:
+    """The coordinator's refusal of a call in an older epoch than ``epoch``."""
     from replicad.peer import PeerResponse
 
-    sent: list[str] = []
-    answers = iter(client_answers)
-
-    def call(peer_id, message, timeout_s, on_line=None):
-        sent.append(message.verb)
-        if message.verb == "PING":
-            status = PeerStatus(3, "coordinator", 3, replica.node.epoch, VectorClock())
-            return defer.succeed(PeerResponse("OK", status.encode()))
-        return next(answers)
-
-    replica.call = call
-    return sent
+    return defer.succeed(PeerResponse("STALE", str(epoch)))
 
 
 def test_a_follower_forwards_at_once_when_its_coordinator_answered_lately(replica):
     from replicad.peer import PeerResponse
 
     follow(replica)
-    sent = fake_coordinator(replica, [
+    link = fake_coordinator(replica, [
         defer.succeed(PeerResponse("END", "", [("LINE", "VALUE v")]))])
     assert replica.detector.check().result is True        # a ping just succeeded
     replica._handle = None                                # the full path is not taken
     d = replica.handle(Request("GET", "k"))
-    assert d.result.text == "v" and sent == ["PING", "CLIENT"]
+    assert link.verbs() == ["PING", "CLIENT"]             # sent before handle returned
+    replica.reactor.advance(0)                            # the answer's turn
+    assert d.result.text == "v"
 
 
 def test_a_fast_forward_of_a_write_that_may_have_been_applied_is_in_doubt(replica):
     """The forward was sent and its answer lost: the write is never sent again (it
     may have been applied), however the forward was started."""
     follow(replica)
-    sent = fake_coordinator(replica, [
+    link = fake_coordinator(replica, [
         defer.fail(PeerUnavailable("connection lost", sent=True))])
     assert replica.detector.check().result is True
     d = replica.handle(Request("PUT", "k", "v"))
     replica.reactor.advance(0)
     assert d.result.error_code == "INDOUBT"
-    assert sent == ["PING", "CLIENT"]                     # sent once, never again
+    assert link.verbs() == ["PING", "CLIENT"]             # sent once, never again
 
 
 def test_a_fast_forward_refused_as_stale_is_sent_again_in_the_new_epoch(replica):
     from replicad.peer import PeerResponse
-    from replicad.sync import StaleEpoch
 
     follow(replica, 3, own_epoch(0, 3))
-    epochs: list[int] = []
-
-    def stale():
-        epochs.append(replica.node.epoch)
-        replica.node.epoch_seen(own_epoch(1, 3))          # what call() does on STALE
-        return defer.fail(StaleEpoch(3, own_epoch(1, 3)))
-
-    class Answers:
-        def __iter__(self):
-            yield stale()
-            epochs.append(replica.node.epoch)
-            yield defer.succeed(PeerResponse("END", "", [("LINE", "OK")]))
-
-    fake_coordinator(replica, Answers())
+    link = fake_coordinator(replica, [
+        stale(own_epoch(1, 3)), defer.succeed(PeerResponse("END", "", [("LINE", "OK")]))])
     assert replica.detector.check().result is True
     d = replica.handle(Request("PUT", "k", "v"))
+    replica.reactor.advance(0)                            # STALE: sent again at once
     replica.reactor.advance(0)
     assert d.result.status == "OK"
-    assert epochs == [3, 7]
+    assert [m.epoch for m in link.sent if m.verb == "CLIENT"] == [3, 7]
+    assert replica.node.epoch == 7                        # the STALE answer taught it
 
 
 def serving(replica: Replica) -> None:
