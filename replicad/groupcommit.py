@@ -8,9 +8,14 @@ all-or-nothing and its errors synchronous, e.g. a deposed coordinator's NewerEpo
 the group is committed by a call scheduled for the next turn, and only then are the
 writers told (their Deferreds fire). Nothing is acknowledged, pushed or read from
 before it is durable. ``after_flush`` then lets the replica push the group and send
-what the commit released in that same turn (replica.py, ``_after_commit``).  A writer
-thread would take the fsync off the reactor thread but needs a second connection and a
-hand-over per write; docs/benchmarks.md has the measurements this choice was made on.
+what the commit released in that same turn (replica.py, ``_after_commit``).
+
+The fsync stays on the reactor thread, measured: running it on a thread of its own
+(``synchronous=NORMAL`` plus our own fdatasync of the WAL, the group held open while an
+fsync runs; branch experiment/fsync-thread) cost 10 µs more coordinator CPU per write
+at 50 connections and about 90 µs per write at 1 (the hand-over to the thread and
+back), for 0.91-0.95x PUTs/s with write_quorum 1 and 0.87-0.89x with majority on the
+2-core machine (docs/benchmarks.md, "The fsync on a thread").
 """
 
 from __future__ import annotations
@@ -41,6 +46,12 @@ class GroupCommit:
         # queued to send (pushes, replies, acks) can leave in this turn, not the next.
         self.after_flush: Callable[[], None] | None = None
 
+    @property
+    def settled(self) -> bool:
+        """Nothing written so far is uncommitted or waiting to be told: a read may be
+        answered now with what the store holds."""
+        return not self._store.group_open and not self._waiting
+
     def run(self, change: Callable[[], T]) -> defer.Deferred[T]:
         """Run ``change`` (a store write) inside the open group now; the Deferred fires
         with its result once the group is durable.  Errors of ``change`` itself are
@@ -57,7 +68,7 @@ class GroupCommit:
 
     def durable(self) -> defer.Deferred[None]:
         """Fires once nothing written so far is still uncommitted (at once if so)."""
-        if not self._store.group_open and not self._waiting:
+        if self.settled:
             return defer.succeed(None)
         return self.run(lambda: None)
 

@@ -540,7 +540,7 @@ class Replica(service.MultiService):
     def _can_read_now(self, request: Request) -> bool:
         store = self.store
         return (request.is_read and self.node.serving_as == self.my_id
-                and not store.group_open
+                and self.commits.settled
                 and session.requirement(request.context) <= store.clock)
 
     def _read(self, request: Request) -> Reply:
@@ -746,7 +746,7 @@ class Replica(service.MultiService):
             raise _NotCoordinator()
         epoch = node.coordinator_epoch
         store = self.store
-        if request.is_read and store.group_open:
+        if request.is_read and not self.commits.settled:
             await self.commits.durable()     # never answer with a write not yet on disk
             if node.serving_as != self.my_id:
                 raise _NotCoordinator()
@@ -755,12 +755,29 @@ class Replica(service.MultiService):
                 placed()
             return self._read(request)
         rid = request.context.rid if request.context else None
+        if rid is not None and store.request(rid) is not None and not self.commits.settled:
+            # Sent again while its first copy waits for its COMMIT: answered (and pushed
+            # again) only once the first could be, and only if that COMMIT worked.
+            try:
+                await self.commits.durable()
+            except GroupFailed:
+                pass              # the first copy failed: this one is decided afresh
+            if node.serving_as != self.my_id:
+                raise _NotCoordinator()
         done = store.request(rid) if rid is not None else None
         if done is not None:
             return await self._replay(request, done)
         if request.command == "DEL":
             current = store.get(request.key)
             if current is None or current.deleted:
+                if rid is None and not self.commits.settled:
+                    # NOTFOUND reads the store: like a read, it is answered only from
+                    # what is durable (the DEL before it may still fail), so decide again
+                    try:
+                        await self.commits.durable()
+                    except GroupFailed:
+                        pass
+                    return await self._coordinate(request, placed)
                 if placed is not None:
                     placed()
                 if rid is not None:       # a retry must get the same answer later

@@ -327,6 +327,60 @@ def test_a_stale_answer_from_the_same_coordinator_is_retried_at_once(replica):
     assert [m.epoch for m in link.sent if m.verb == "CLIENT"] == [3, 7]   # in the new one
 
 
+def test_a_write_sent_again_before_its_commit_is_answered_only_after_it(replica):
+    """A retry with the same request id that arrives while the first copy waits for
+    its COMMIT is not answered, nor its record pushed, on the strength of a write that
+    may still fail.  Here the COMMIT fails: the first copy hears so, and the retry is
+    applied afresh in the next group (before the fix it was answered OK at once, for
+    a write that was rolled back, and the rolled-back record was pushed)."""
+    from tests.test_groupcommit import FailingCommits
+
+    serving(replica)
+    pushed = []
+
+    def call(peer_id, message, timeout_s, on_line=None):
+        pushed.extend((r.key, r.value, r.seq) for r in message.records)
+        return defer.Deferred()
+
+    replica.sync.call = call
+    replica.store._db = spy = FailingCommits(replica.store._db)
+    spy.fail = True
+    line = "@r=;w=;id=0123abcd.1 PUT k v1"
+    first = replica.handle(wire.parse_request(line))
+    again = replica.handle(wire.parse_request(line))
+    assert not again.called
+    replica.commits.flush()                               # the COMMIT fails
+    spy.fail = False
+    assert first.result.error_code == "INTERNAL"
+    assert not again.called and pushed == []              # nothing of the failed group
+    replica.reactor.advance(0)                            # the retry's own group
+    replica.reactor.advance(0)
+    assert again.result.status == "OK"
+    assert replica.store.get("k").value == "v1"           # OK means it is there
+    assert ("k", "v1", 1) in pushed
+
+
+def test_a_del_finds_a_key_missing_only_once_the_del_before_it_is_durable(replica):
+    """NOTFOUND reads the store: a DEL that finds its key deleted by a DEL still
+    waiting for its COMMIT waits for it; if that COMMIT fails, the key is there."""
+    from tests.test_groupcommit import FailingCommits
+
+    serving(replica)
+    assert serve(replica, "PUT k v").status == "OK"
+    replica.store._db = spy = FailingCommits(replica.store._db)
+    spy.fail = True
+    first = replica.handle(wire.parse_request("DEL k"))
+    second = replica.handle(wire.parse_request("DEL k"))
+    assert not second.called                              # not NOTFOUND yet
+    replica.commits.flush()                               # the first DEL's COMMIT fails
+    spy.fail = False
+    assert first.result.error_code == "INTERNAL"
+    replica.reactor.advance(0)
+    replica.reactor.advance(0)
+    assert second.result.status == "OK"                   # it found k, and deleted it
+    assert replica.store.get("k").deleted
+
+
 def test_the_read_fast_path_answers_only_what_needs_no_waiting(replica):
     from replicad import wire
 
