@@ -69,6 +69,11 @@ SCENARIOS = {
                                 "get", "persistent", 50, ("R3",), via="follower"),
     "put-50-follower": Scenario("put-50-follower", "PUT, 50 connections, sent to a follower",
                                 "put", "persistent", 50, ("R3",), via="follower"),
+    # A connection per request (connect, request, reply, close), 50 at a time.
+    "put-os50": Scenario("put-os50", "PUT, one-shot, 50 concurrent", "put", "oneshot", 50,
+                         ("R3",)),
+    "get-os50": Scenario("get-os50", "GET, one-shot, 50 concurrent", "get", "oneshot", 50,
+                         ("R3",)),
 }
 
 # (category, pattern on "function (file)" of a frame), first match wins.  Own time of a
