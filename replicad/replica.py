@@ -538,10 +538,10 @@ class Replica(service.MultiService):
         return reply
 
     def _can_read_now(self, request: Request) -> bool:
-        store = self.store
         return (request.is_read and self.node.serving_as == self.my_id
                 and self.commits.settled
-                and session.requirement(request.context) <= store.clock)
+                and (request.context is None    # a session's reads may need to wait
+                     or request.context.requirement() <= self.store.clock))
 
     def _read(self, request: Request) -> Reply:
         store = self.store

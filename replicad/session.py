@@ -44,8 +44,11 @@ def missing(need: VectorClock, have: VectorClock) -> VectorClock:
     return need.missing_from(have)
 
 
+_NOTHING = VectorClock()   # clocks are immutable: one empty clock serves every call
+
+
 def requirement(context: SessionContext | None) -> VectorClock:
-    return context.requirement() if context is not None else VectorClock()
+    return context.requirement() if context is not None else _NOTHING
 
 
 def new_client_id() -> str:

@@ -378,19 +378,24 @@ class Reply:
         return dataclasses.replace(self, meta=meta)
 
     def encode_lines(self) -> list[str]:
-        head = self.status
         if self.status in MULTILINE_STATUSES:
-            head += f" {len(self.lines)}"
-        elif self.text or self.status == "VALUE":
-            head += " " + self.text
-        if self.meta is not None:
-            head = self.meta.encode() + " " + head
-        if self.status in MULTILINE_STATUSES:
-            return [head, *self.lines, TERMINATOR]
-        return [head]
+            return [self._head(), *self.lines, TERMINATOR]
+        return [self._head()]
+
+    def _head(self) -> str:
+        status = self.status
+        if status in MULTILINE_STATUSES:
+            head = f"{status} {len(self.lines)}"
+        elif self.text or status == "VALUE":
+            head = f"{status} {self.text}"
+        else:
+            head = status
+        return head if self.meta is None else f"{self.meta.encode()} {head}"
 
     def encode(self) -> bytes:
-        return "".join(line + EOL for line in self.encode_lines()).encode("utf-8")
+        if self.status in MULTILINE_STATUSES:
+            return "".join(line + EOL for line in self.encode_lines()).encode("utf-8")
+        return (self._head() + EOL).encode("utf-8")    # most replies: one line
 
 
 def error_reply(code: str, message: str) -> Reply:
@@ -470,7 +475,10 @@ class RelayedReply:
     is_error = Reply.is_error
     error_code = Reply.error_code
     error_message = Reply.error_message
-    encode = Reply.encode          # of encode_lines(): the coordinator's lines
+
+    def encode(self) -> bytes:
+        """The coordinator's lines, as they came."""
+        return "".join(line + EOL for line in self._lines).encode("utf-8")
 
     def _reply(self) -> Reply:
         if self._parsed is None:
