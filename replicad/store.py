@@ -325,14 +325,25 @@ class Store:
         self.close()
 
     @contextmanager
-    def _transaction(self, joinable: bool = False) -> Iterator[None]:
+    def _transaction(self, joinable: bool = False,
+                     one_statement: bool = False) -> Iterator[None]:
         """One write transaction: all of it is committed, or none of it (ROLLBACK).
 
         While a write group is open (``begin_group``) a *joinable* change (a write, a
         pushed record) runs inside it under a savepoint, so it is still all or nothing;
-        any other change commits the group first and then runs on its own.
+        any other change commits the group first and then runs on its own.  A change
+        that makes *one statement* needs no savepoint: SQLite undoes a failed statement
+        by itself (and an error that ends the whole transaction fails the group's
+        COMMIT, savepoint or not); that saves two statements of every plain write.
         """
         if self._group is not None:
+            if joinable and one_statement:
+                try:
+                    yield
+                except BaseException:
+                    self._hot.clear()
+                    raise
+                return
             if joinable:
                 self._db.execute("SAVEPOINT change")
                 try:
@@ -534,7 +545,8 @@ class Store:
         """
         new_clock = self._clock.advance(origin)
         seq = new_clock[origin]
-        with self._transaction(joinable=True):
+        # One statement (the REPLACE) unless a request id is kept too.
+        with self._transaction(joinable=True, one_statement=rid is None):
             current = self._current(key)
             if current is not None and current.epoch > epoch:
                 raise NewerEpoch(current.epoch)

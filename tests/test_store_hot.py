@@ -62,13 +62,36 @@ def test_a_rolled_back_change_in_a_group_is_not_read_back(store, monkeypatch):
     def fails(record):
         raise sqlite3.OperationalError("database or disk is full")
 
+    # A write with a request id is two statements (the record, then the id), so it
+    # runs under a savepoint: the second failing undoes the first.
     monkeypatch.setattr(store, "_remember", fails)      # after _put, inside the change
     with pytest.raises(sqlite3.OperationalError):
-        store.write(1, "k", "new")
+        store.write(1, "k", "new", rid="0123abcd.1")
     monkeypatch.undo()
     assert store.get("k").value == "old"
     store.commit_group()
     assert store.get("k") == from_disk(store, "k")
+
+
+def test_a_one_statement_write_that_fails_in_a_group_leaves_it_whole(store):
+    """A write without a request id is one statement (REPLACE) and runs without a
+    savepoint: SQLite itself undoes a failed statement, the delete half of a REPLACE
+    over an existing row included, and the group's other writes stay."""
+    store.write(1, "bad", "old")
+    store._db.execute("CREATE TRIGGER refuse BEFORE INSERT ON kv WHEN NEW.key = 'bad'"
+                      " BEGIN SELECT RAISE(ABORT, 'refused by the test'); END")
+    store.begin_group()
+    seen = statements(store)
+    store.write(1, "a", "1")
+    with pytest.raises(sqlite3.IntegrityError):
+        store.write(1, "bad", "new")
+    store.write(1, "c", "3")
+    assert not any("SAVEPOINT" in sql for sql in seen)
+    assert store.get("bad").value == "old"
+    store.commit_group()
+    assert [from_disk(store, k).value for k in ("a", "bad", "c")] == ["1", "old", "3"]
+    assert store.clock == VectorClock({1: 3})          # the failed write took no number
+    assert (from_disk(store, "c").seq, from_disk(store, "bad").seq) == (3, 1)
 
 
 def test_a_rolled_back_transaction_is_not_read_back(store, monkeypatch):
