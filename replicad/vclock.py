@@ -50,11 +50,12 @@ class VectorClock(Mapping[int, int]):
         self._text: str | None = None       # encode(), once: a write encodes it often
 
     @classmethod
-    def _of(cls, entries: dict[int, int]) -> VectorClock:
+    def _of(cls, entries: dict[int, int], in_order: bool = False) -> VectorClock:
         """A clock of entries known clean (positive ints), no check: the operations
-        below build their results from clocks already checked (a write's hot path)."""
+        below build their results from clocks already checked (a write's hot path).
+        ``in_order``: the entries are sorted already (a copy with no new replica)."""
         clock = object.__new__(cls)
-        clock._entries = dict(sorted(entries.items()))
+        clock._entries = entries if in_order else dict(sorted(entries.items()))
         clock._hash = None
         clock._text = None
         return clock
@@ -119,11 +120,12 @@ class VectorClock(Mapping[int, int]):
         """Pointwise maximum: the least clock that is >= both."""
         if not isinstance(other, VectorClock):
             other = VectorClock(other)
-        merged = dict(self._entries)
+        mine = self._entries
+        merged = dict(mine)
         for replica, count in other._entries.items():
             if count > merged.get(replica, 0):
                 merged[replica] = count
-        return VectorClock._of(merged)
+        return VectorClock._of(merged, in_order=len(merged) == len(mine))
 
     def advance(self, replica: int, count: int | None = None) -> VectorClock:
         """Return a copy with replica's entry raised to count (default: one more)."""
@@ -136,7 +138,7 @@ class VectorClock(Mapping[int, int]):
         raised = mine + 1 if count is None else max(count, mine)
         if raised:
             new[replica] = raised
-        return VectorClock._of(new)
+        return VectorClock._of(new, in_order=mine > 0)   # no new replica: still sorted
 
     def missing_from(self, have: Mapping[int, int]) -> VectorClock:
         """The entries where self is ahead of have: what a holder of have still needs."""
