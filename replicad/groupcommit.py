@@ -52,16 +52,22 @@ class GroupCommit:
         answered now with what the store holds."""
         return not self._store.group_open and not self._waiting
 
-    def run(self, change: Callable[[], T]) -> defer.Deferred[T]:
+    def run(self, change: Callable[[], T],
+            done: Callable[[T | None, Exception | None], None] | None = None,
+            ) -> defer.Deferred[T] | None:
         """Run ``change`` (a store write) inside the open group now; the Deferred fires
-        with its result once the group is durable.  Errors of ``change`` itself are
-        raised here, synchronously, and leave nothing behind."""
+        with its result once the group is durable (or, given ``done``, no Deferred:
+        done(result, None), or done(None, GroupFailed) if the COMMIT failed).  Errors
+        of ``change`` itself are raised here, synchronously, and leave nothing behind."""
         store = self._store
         if not store.group_open:
             store.begin_group()
         if self._call is None or not self._call.active():
             self._call = self._clock.callLater(0, self.flush)
         result = change()
+        if done is not None:
+            self._waiting.append((done, result, store.group_id))
+            return None
         d: defer.Deferred[T] = defer.Deferred()
         self._waiting.append((d, result, store.group_id))
         return d
@@ -91,11 +97,20 @@ class GroupCommit:
         outcomes = [(d, result, store.group_failed(group_id))
                     for d, result, group_id in waiting]
         store.forget_failed_groups()
-        for d, result, failed in outcomes:
-            if failed:
-                d.errback(GroupFailed("the write could not be committed; nothing was done"))
+        for told, result, failed in outcomes:
+            if not isinstance(told, defer.Deferred):
+                try:
+                    if failed:
+                        told(None, GroupFailed("the write could not be committed; "
+                                               "nothing was done"))
+                    else:
+                        told(result, None)
+                except Exception:
+                    self.log.failure("telling a writer of its group commit")
+            elif failed:
+                told.errback(GroupFailed("the write could not be committed; nothing was done"))
             else:
-                d.callback(result)
+                told.callback(result)
         if self.after_flush is not None:
             try:
                 self.after_flush()

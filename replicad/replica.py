@@ -610,10 +610,6 @@ class Replica(service.MultiService):
         except _NotCoordinator:
             return None                   # it stepped down: the full path sends it on
 
-    def _not_committed(self, failure, request: Request) -> Reply:
-        failure.trap(GroupFailed)
-        return self._error(request, Code.INTERNAL, str(failure.value))
-
     def _forward_now(self, request: Request) -> defer.Deferred[Reply] | None:
         """The follower's fast path: forward at once, with no coroutine, when the
         coordinator is known and answered a ping within the heartbeat interval (what
@@ -791,17 +787,34 @@ class Replica(service.MultiService):
         is durable and pushed.  A deposed coordinator (NewerEpoch) steps down and raises
         _NotCoordinator: nothing was written, the request goes elsewhere."""
         store = self.store
+        reply: defer.Deferred[Reply] = defer.Deferred()
+
+        def durable(record, error) -> None:   # only then is it pushed
+            if error is not None:
+                reply.callback(self._error(request, Code.INTERNAL, str(error)))
+                return
+            started = self.reactor.seconds()   # metrics hook
+
+            def replicated(reached: bool) -> None:
+                try:
+                    outcome = self._quorum_outcome(reached, record, request, started)
+                except Exception:       # not into the push loop that settled it
+                    reply.errback()
+                    return
+                reply.callback(outcome)
+
+            self.sync.replicate(record, epoch, self._push_refused, replicated)
+
         try:
-            written = self.commits.run(
-                lambda: store.write(self.my_id, request.key, request.value, epoch, rid))
+            self.commits.run(
+                lambda: store.write(self.my_id, request.key, request.value, epoch, rid),
+                durable)
         except NewerEpoch as e:
             self.node.epoch_seen(e.epoch)
             raise _NotCoordinator() from None
         if placed is not None:
             placed()
-        # Durable when `written` fires: only then is it pushed.
-        return written.addCallbacks(self._replicated, self._not_committed,
-                                    (request, epoch), None, (request,), None)
+        return reply
 
     async def _replay(self, request: Request, done: tuple[int, int, VectorClock]) -> Reply:
         """A write sent again with a request id this cluster already applied: answer

@@ -196,13 +196,15 @@ class Synchroniser:
     # Pushes ----------------------------------------------------------------------------
 
     def replicate(self, record: Record, epoch: int,
-                  refused: Callable[[int], None] = lambda peer_id: None) -> defer.Deferred[bool]:
+                  refused: Callable[[int], None] = lambda peer_id: None,
+                  done: Callable[[bool], None] | None = None) -> defer.Deferred[bool] | None:
         """Push a durable write of ``epoch`` to every peer; fire True once write_quorum
-        replicas have it on disk.  The writes of one reactor turn go out together, one
-        PUSH per link (batched replication), and each batch's answer counts for every
-        write in it.  A follower that does not follow this epoch answers NO: it is no
-        ack, and ``refused(peer_id)`` is told."""
-        pending = _Pending(record, self.config.write_quorum - 1, len(self.peers))
+        replicas have it on disk (or call ``done(True)``, with no Deferred: the
+        coordinator's write path).  The writes of one reactor turn go out together,
+        one PUSH per link (batched replication), and each batch's answer counts for
+        every write in it.  A follower that does not follow this epoch answers NO: it
+        is no ack, and ``refused(peer_id)`` is told."""
+        pending = _Pending(record, self.config.write_quorum - 1, len(self.peers), done)
         if not self._batches:
             self.reactor.callLater(0, self.send_batches)
         self._batches.setdefault(epoch, []).append(pending)
@@ -221,7 +223,7 @@ class Synchroniser:
         quorum_one: list[_Pending] = []
         for epoch, items in batches.items():
             quorum_one += [p for p in items if p.needed == 0]
-            waiting = [p for p in items if p.needed > 0 and not p.result.called]
+            waiting = [p for p in items if p.needed > 0 and not p.settled]
             if waiting:
                 _QuorumTimer(waiting, self.timers.quorum_timeout, self.reactor)
             for chunk, texts in self._chunks(items):
@@ -305,12 +307,16 @@ class _Pending:
 
     timer: _QuorumTimer | None = None
 
-    def __init__(self, record: Record, needed: int, peers: int):
+    def __init__(self, record: Record, needed: int, peers: int,
+                 done: Callable[[bool], None] | None = None):
         self.record = record
         self.needed = needed          # acks needed besides the coordinator's own copy
         self.outstanding = peers
         self.acks = 0
-        self.result: defer.Deferred[bool] = defer.Deferred()
+        self.settled = False
+        self.done = done              # told the outcome; else the result fires with it
+        self.result: defer.Deferred[bool] | None = (
+            defer.Deferred() if done is None else None)
 
     def answered(self, ack: bool) -> None:
         self.outstanding -= 1
@@ -319,9 +325,13 @@ class _Pending:
             self.settle()
 
     def settle(self, force: bool = False) -> None:
-        if self.result.called:
+        if self.settled:
             return
         if force or self.acks >= self.needed or self.outstanding == 0:
+            self.settled = True
             if self.timer is not None:
                 self.timer.settled()
-            self.result.callback(self.acks >= self.needed)
+            if self.done is not None:
+                self.done(self.acks >= self.needed)
+            else:
+                self.result.callback(self.acks >= self.needed)

@@ -170,3 +170,25 @@ def test_the_group_commit_writes_the_clock_once_with_its_writes(setup):
     clock.advance(0)
     d.addErrback(lambda f: None)
     assert committed_clock(path) == {1: 2, 2: 1}
+
+
+def test_a_writer_may_be_told_by_a_callback_and_one_that_raises_stops_no_other(setup):
+    """run(change, done): no Deferred; done(result, None) after the COMMIT, or
+    done(None, GroupFailed).  A done that raises is logged, and the writers after it
+    are still told."""
+    store, commits, clock, spy, _ = setup
+    told = []
+
+    def raises(result, error):
+        raise RuntimeError("a writer's own bug")
+
+    assert commits.run(lambda: store.write(1, "a", "v"), raises) is None
+    assert commits.run(lambda: store.write(1, "b", "v"),
+                       lambda result, error: told.append((result.key, error))) is None
+    clock.advance(0)
+    assert told == [("b", None)]
+    spy.fail = True
+    commits.run(lambda: store.write(1, "c", "v"),
+                lambda result, error: told.append((result, type(error))))
+    clock.advance(0)
+    assert told[1] == (None, GroupFailed)

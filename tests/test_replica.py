@@ -620,6 +620,29 @@ def test_a_group_is_pushed_in_the_turn_it_became_durable(replica):
     assert pushed == [(1, "PUSH", ["k", "j"]), (3, "PUSH", ["k", "j"])]
 
 
+def test_a_failure_while_answering_one_write_leaves_the_others_of_its_push(replica):
+    """The write path tells each writer from the push's settling loop: one writer's
+    failure fails that write alone (the client hears ERR INTERNAL), not the batch."""
+    serving(replica)
+    quorum_wait = replica.metrics.quorum_wait
+    calls = []
+
+    def first_fails(seconds, reached):
+        calls.append(reached)
+        if len(calls) == 1:
+            raise RuntimeError("a metrics bug")
+        quorum_wait(seconds, reached)
+
+    replica.metrics.quorum_wait = first_fails
+    first = replica.handle(Request("PUT", "a", "1"))
+    second = replica.handle(Request("PUT", "b", "2"))
+    replica.reactor.advance(0)
+    replica.reactor.advance(0)
+    assert first.result.check(RuntimeError)
+    first.addErrback(lambda f: None)
+    assert second.result.status == "OK"
+
+
 def test_a_write_the_fast_path_cannot_take_goes_the_full_way(replica):
     serving(replica)
     assert replica._write_now(Request("DEL", "missing")) is None        # NOTFOUND

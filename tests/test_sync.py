@@ -190,3 +190,26 @@ def test_a_batch_is_encoded_once_whatever_the_number_of_peers(tmp_path, monkeypa
     sync.send_batches()                  # the links encode what they send
     assert len(encoded) == 10 and len(links.payloads) == 2   # not 10 more per peer
     assert set(links.payloads) == {f"3 {peerwire.encode_batch(records)}"}
+
+
+def test_done_is_told_the_outcome_without_a_deferred(tmp_path):
+    """The coordinator's write path: replicate(..., done) returns nothing and tells
+    done once, when the quorum is reached or missed, as the Deferred would fire."""
+    sync, store, clock, links, refused = replicator(tmp_path)
+    told: list[tuple[str, bool]] = []
+
+    def replicate(key: str) -> None:
+        assert sync.replicate(store.write(3, key, "v", epoch=3), 3, refused.append,
+                              lambda ok: told.append((key, ok))) is None
+
+    replicate("reached")
+    replicate("lost")
+    clock.advance(0)
+    links.sent[0][2].callback(PeerResponse("OK", "applied,lost"))
+    assert told == [("reached", True)]
+    links.sent[1][2].callback(PeerResponse("OK", "applied,lost"))   # told once only
+    assert told == [("reached", True), ("lost", False)]
+    replicate("silent")                                  # its links never answer
+    clock.advance(0)
+    clock.advance(sync.timers.quorum_timeout)
+    assert told[2:] == [("silent", False)] and clock.getDelayedCalls() == []
