@@ -922,7 +922,8 @@ class Replica(service.MultiService):
 
     def _on_client(self, peer_id: int, message: peerwire.Client):
         """A request a follower forwarded.  A read this replica can answer at once is
-        answered here, with no coroutine (a forwarding follower's GETs)."""
+        answered here, and a write it can take at once is taken here (_write_now),
+        with no coroutine: a forwarding follower's GETs and PUTs."""
         node = self.node
         if not node.role.is_coordinator:
             return self._not_coordinator()
@@ -934,6 +935,9 @@ class Replica(service.MultiService):
             return _final(e.reply(), peer_id)
         if self._can_read_now(request):
             return _final(self._read(request), peer_id)
+        written = self._write_now(request)
+        if written is not None:
+            return written.addCallback(_final, peer_id)
         return defer.ensureDeferred(self._serve_forwarded(request, peer_id))
 
     def _on_push(self, peer_id: int, message: peerwire.Push) -> PeerAnswer:

@@ -451,6 +451,27 @@ def test_a_forwarded_read_is_answered_at_once_unless_it_must_wait(replica):
     assert reply_of(forwarded(replica, "GET")).error_code == "BADARGS"   # a bad line
 
 
+def test_a_forwarded_write_is_taken_at_once_unless_it_must_wait(replica):
+    """As a client's write: into the open group with no coroutine, answered once
+    durable; one that must wait (a repeated request id) takes the full path."""
+    serving(replica)
+    full_path = replica._serve_forwarded
+    replica._serve_forwarded = None                      # the fast path only
+    answer = forwarded(replica, "PUT k v")
+    assert isinstance(answer, defer.Deferred) and not answer.called
+    assert replica.store.group_open                      # in the group already
+    replica.reactor.advance(0)                           # its COMMIT
+    replica.reactor.advance(0)
+    assert reply_of(answer.result).status == "OK" and replica.store.get("k").value == "v"
+    replica._serve_forwarded = full_path
+    serve(replica, "@r=;w=;id=0123abcd.1 PUT j v")
+    again = forwarded(replica, "@r=;w=;id=0123abcd.1 PUT j v")   # a replay: full path
+    replica.reactor.advance(0)
+    replica.reactor.advance(0)
+    assert reply_of(again.result).status == "OK"
+    assert replica.store.get("j").seq == 2                # applied once
+
+
 def test_a_forwarded_reply_names_the_follower_that_forwarded_it(replica):
     """So the follower passes the coordinator's lines on unchanged (wire.relay)."""
     serving(replica)
