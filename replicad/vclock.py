@@ -163,6 +163,8 @@ class VectorClock(Mapping[int, int]):
         if text in ("", EMPTY_TOKEN):
             return cls()
         entries: dict[int, int] = {}
+        previous = -1
+        canonical = True     # as encode() would write it: then encode() need not
         for part in text.split(","):
             replica_text, sep, count_text = part.partition(":")
             if not sep or not _is_number(replica_text) or not _is_number(count_text):
@@ -170,7 +172,15 @@ class VectorClock(Mapping[int, int]):
             replica = int(replica_text)
             if replica in entries:
                 raise ClockError(f"replica {replica} appears twice in clock {text!r}")
-            entries[replica] = int(count_text)
+            count = entries[replica] = int(count_text)
+            canonical = (canonical and replica > previous and count > 0
+                         and count_text[0] != "0"
+                         and (replica_text[0] != "0" or replica_text == "0"))
+            previous = replica
+        if canonical:
+            clock = cls._of(entries, in_order=True)
+            clock._text = text       # a pushed record's version, stored as it came
+            return clock
         if 0 in entries.values():
             entries = {replica: count for replica, count in entries.items() if count}
         return cls._of(entries)     # checked above: non-negative ints, zeros dropped

@@ -131,3 +131,19 @@ def test_derived_clocks_encode_as_built_from_scratch(a, b, replica, count):
     for derived in (a.merge(b), b.merge(a), a.advance(replica, count)):
         assert derived.encode() == VectorClock(dict(derived)).encode()
         assert list(derived) == sorted(derived)
+
+
+@given(st.lists(st.tuples(st.integers(0, 12), st.integers(0, 12)), max_size=5),
+       st.sampled_from(["", "replica", "count"]))
+def test_a_decoded_clock_encodes_canonically_whatever_the_text(entries, padded):
+    """decode keeps the text it read as the encoding only when it is canonical (sorted,
+    no zero counts, no leading zeros); anything else is encoded afresh."""
+    r_pad = "0" if padded == "replica" else ""
+    c_pad = "0" if padded == "count" else ""
+    seen: dict[int, int] = {}
+    for replica, count in entries:
+        seen.setdefault(replica, count)
+    text = ",".join(f"{r_pad}{r}:{c_pad}{c}" for r, c in seen.items()) or "-"
+    clock = VectorClock.decode(text)
+    assert clock.encode() == VectorClock(dict(clock)).encode()
+    assert dict(clock) == {r: c for r, c in seen.items() if c}
