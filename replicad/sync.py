@@ -199,11 +199,11 @@ class Synchroniser:
                   refused: Callable[[int], None] = lambda peer_id: None,
                   done: Callable[[bool], None] | None = None) -> defer.Deferred[bool] | None:
         """Push a durable write of ``epoch`` to every peer; fire True once write_quorum
-        replicas have it on disk (or call ``done(True)``, with no Deferred: the
-        coordinator's write path).  The writes of one reactor turn go out together,
-        one PUSH per link (batched replication), and each batch's answer counts for
-        every write in it.  A follower that does not follow this epoch answers NO: it
-        is no ack, and ``refused(peer_id)`` is told."""
+        replicas have it on disk, False if they do not in time (or tell ``done`` that,
+        with no Deferred: the coordinator's write path).  The writes of one reactor
+        turn go out together, one PUSH per link (batched replication), and each batch's
+        answer counts for every write in it.  A follower that does not follow this
+        epoch answers NO: it is no ack, and ``refused(peer_id)`` is told."""
         pending = _Pending(record, self.config.write_quorum - 1, len(self.peers), done)
         if not self._batches:
             self.reactor.callLater(0, self.send_batches)
