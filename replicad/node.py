@@ -250,7 +250,7 @@ class Node:
                 self.log.warn("coordinator {replica} was paused for {gap_s:.1f} s: "
                               "standing again before it serves", replica=self._my_id,
                               gap_s=self._clock.seconds() - self._last_tick)
-                self._elect("this process was paused")
+                self._stand_again_after_pause()
                 return None
             return self._my_id
         if state.role is Role.FOLLOWER:
@@ -543,6 +543,25 @@ class Node:
             if self._state is not state:   # the glue answered synchronously
                 break
             self._actions.send_election(peer, self._epoch)
+
+    def _stand_again_after_pause(self) -> None:
+        """Elect, but only answer_timeout after the pause ended.  What the glue knew of
+        its peers is from before the pause: the calls it had in flight all time out at
+        once on waking and report their peers down, and links the peers closed
+        meanwhile are found closed only now.  A take-over started at once counted those
+        peers failed and, with an election quorum of 1, served alone, carrying out
+        requests queued during the pause that the others had answered since (a chaos
+        run: a PUT retried elsewhere applied again, its old value back over a newer
+        write).  After the wait that stale evidence is spent and the links are back,
+        so the take-over reaches the peers and pulls from them (the request ids too)."""
+        self._round += 1
+        state = _Electing(Role.ELECTING, round=self._round)
+        self._enter(state)
+        state.timer = self._clock.callLater(self._answer_timeout_s, self._after_pause, state)
+
+    def _after_pause(self, state: _State) -> None:
+        if self._state is state:
+            self._elect("this process was paused")
 
     def _next_epoch(self) -> int:
         """The least epoch above every epoch seen that is this replica's own: epochs are

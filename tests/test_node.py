@@ -1165,6 +1165,26 @@ class ClusterTests(SynchronousTestCase):
         self.assertEqual(self.coordinators(net), [5])
 
 
+class PauseTests(SynchronousTestCase):
+    def test_a_paused_coordinator_stands_again_only_after_answer_timeout(self):
+        """The peers' down reports that come right after a pause (calls sent before it,
+        timed out on waking) must not settle the take-over: it starts answer_timeout
+        later, with the evidence spent, and waits for the peers it then announces to."""
+        m, glue, clock = coordinator_of(3, pause_s=1.0)
+        clock.advance(2.0)                          # no tick: the process was frozen
+        glue.calls.clear()                          # (its re-announcements meanwhile)
+        assert m.serving_as is None and m.role is E
+        m.peer_down(1)                              # stale: a call from before the pause
+        m.peer_down(2)
+        assert glue.of("coordinator") == [] and m.role is E
+        clock.advance(m._answer_timeout_s)          # then it stands
+        assert m.role is T
+        assert sorted(p for p, _ in glue.of("coordinator")) == [1, 2]
+        take_over(m, glue)                          # they answer: pulled from
+        assert m.role is S and sorted(p for p, _ in glue.of("pull")) == [1, 2]
+        assert m.serving_as == 3
+
+
 class LateRejectionTests(SynchronousTestCase):
     def test_a_late_rejection_of_an_older_announcement_starts_no_election(self):
         """A coordinator that was paused gets, after it re-elected, the rejections of
