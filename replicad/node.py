@@ -250,7 +250,7 @@ class Node:
                 self.log.warn("coordinator {replica} was paused for {gap_s:.1f} s: "
                               "standing again before it serves", replica=self._my_id,
                               gap_s=self._clock.seconds() - self._last_tick)
-                self._stand_again_after_pause()
+                self._elect("this process was paused")
                 return None
             return self._my_id
         if state.role is Role.FOLLOWER:
@@ -485,7 +485,15 @@ class Node:
                 self._enter(_State(Role.FOLLOWER))
 
     def tick(self) -> None:
-        """The wiring's heartbeat loop ran: this process is not paused."""
+        """The wiring's heartbeat loop ran: this process is not paused.  If it was (the
+        loop ran first on waking, before any request or peer message was read), a
+        coordinator stands again, as serving_as would have it."""
+        if self._paused() and self._state.role.is_coordinator:
+            self.log.warn("coordinator {replica} was paused for {gap_s:.1f} s: "
+                          "standing again before it serves", replica=self._my_id,
+                          gap_s=self._clock.seconds() - self._last_tick)
+            self._elect("this process was paused")
+            return
         self._last_tick = self._clock.seconds()
 
     def _paused(self) -> bool:
@@ -529,6 +537,11 @@ class Node:
             self.start_election(reason)
 
     def _elect(self, reason: str) -> None:
+        if self._paused():
+            # Whatever asked (a queued request, a peer's ELECTION or newer epoch read on
+            # waking): not before the pause's stale evidence is spent.
+            self._stand_again_after_pause(reason)
+            return
         self.log.info("replica {replica} starts an election in epoch {epoch}: {reason}",
                       replica=self._my_id, epoch=self._epoch, reason=reason)
         if not self._higher:
@@ -544,7 +557,7 @@ class Node:
                 break
             self._actions.send_election(peer, self._epoch)
 
-    def _stand_again_after_pause(self) -> None:
+    def _stand_again_after_pause(self, reason: str) -> None:
         """Elect, but only answer_timeout after the pause ended.  What the glue knew of
         its peers is from before the pause: the calls it had in flight all time out at
         once on waking and report their peers down, and links the peers closed
@@ -554,14 +567,19 @@ class Node:
         run: a PUT retried elsewhere applied again, its old value back over a newer
         write).  After the wait that stale evidence is spent and the links are back,
         so the take-over reaches the peers and pulls from them (the request ids too)."""
+        self.log.info("replica {replica} was paused: it stands again in {wait_s} s "
+                      "({reason})", replica=self._my_id, wait_s=self._answer_timeout_s,
+                      reason=reason)
+        self._last_tick = self._clock.seconds()     # the pause is handled: this is it
         self._round += 1
         state = _Electing(Role.ELECTING, round=self._round)
         self._enter(state)
-        state.timer = self._clock.callLater(self._answer_timeout_s, self._after_pause, state)
+        state.timer = self._clock.callLater(self._answer_timeout_s, self._after_pause,
+                                            state, reason)
 
-    def _after_pause(self, state: _State) -> None:
+    def _after_pause(self, state: _State, reason: str) -> None:
         if self._state is state:
-            self._elect("this process was paused")
+            self._elect(reason)
 
     def _next_epoch(self) -> int:
         """The least epoch above every epoch seen that is this replica's own: epochs are

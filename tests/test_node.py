@@ -1185,6 +1185,23 @@ class PauseTests(SynchronousTestCase):
         assert m.serving_as == 3
 
 
+class PauseNoticedByTheTickTests(SynchronousTestCase):
+    def test_a_pause_noticed_by_the_heartbeat_loop_is_handled_alike(self):
+        """On waking, the wiring's loop may run before any request is read: the tick
+        then notices the pause, and the coordinator stands again after the wait too,
+        not on the next request (by when a peer's ELECTION may have started an
+        immediate take-over)."""
+        m, glue, clock = coordinator_of(3, pause_s=1.0)
+        clock.advance(2.0)
+        glue.calls.clear()
+        m.tick()
+        assert m.role is E and glue.of("coordinator") == []
+        m.start_election("election from 2")       # a lower replica's ELECTION, read next
+        assert glue.of("coordinator") == []
+        clock.advance(m._answer_timeout_s)
+        assert m.role is T and sorted(p for p, _ in glue.of("coordinator")) == [1, 2]
+
+
 class LateRejectionTests(SynchronousTestCase):
     def test_a_late_rejection_of_an_older_announcement_starts_no_election(self):
         """A coordinator that was paused gets, after it re-elected, the rejections of

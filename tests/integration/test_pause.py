@@ -1,0 +1,95 @@
+"""A coordinator frozen (SIGSTOP) with a client's write queued at it, woken after the
+cluster has carried that write out elsewhere: it must not carry it out again.
+
+Found by a chaos run (docs/reliability.md, fe552b0): on waking, the calls the
+coordinator had made before the pause all timed out at once and reported its peers
+down, so the take-over it started at once counted them failed and, with an election
+quorum of 1, served alone, without the take-over pull that brings the request ids:
+the queued copy was applied a second time, its old value back over a newer write.
+
+How the window is forced: the fault proxy holds every byte replica 3 sends its peers
+from before the SIGSTOP until HEAL_AFTER_WAKE_S after the SIGCONT, so calls of its are
+in flight (unanswered, past their deadlines) when it wakes, and a take-over started at
+once still finds its peers cut off; they are reachable again well within
+``answer_timeout`` (raised to 1.5 s here) after it wakes.  The pause lasts at least
+twice the 1.2 s after which a coordinator counts itself paused.  With the immediate
+election restored (before fe552b0) the queued copy is applied again (checked: 3 of 3).
+"""
+
+from __future__ import annotations
+
+import signal
+import socket
+import time
+
+from replicad.client import BlockingClient
+
+RID = "0123abcd00000000.1"
+PAUSE_S = 2.5            # > 2 x pause_s (4 ping intervals of 0.3 s)
+HEAL_AFTER_WAKE_S = 0.3  # well after a take-over started at once, well before 1.5 s
+
+
+def connect(address: str, timeout_s: float = 30.0) -> socket.socket:
+    host, port = address.rsplit(":", 1)
+    return socket.create_connection((host, int(port)), timeout=timeout_s)
+
+
+def read_line(conn: socket.socket) -> str:
+    data = b""
+    while not data.endswith(b"\n"):
+        chunk = conn.recv(4096)
+        if not chunk:
+            break
+        data += chunk
+    return data.decode().strip()
+
+
+def put_with_id(address: str) -> str:
+    """``PUT k old`` with the request id RID, on its own connection: the reply."""
+    with connect(address) as conn:
+        conn.sendall(f"@r=;w=;id={RID} PUT k old\n".encode())
+        return read_line(conn)
+
+
+def status_word(reply: str) -> str:
+    """``OK`` of ``@vc=...;by=2 OK``, ``ERR`` of ``@... ERR INDOUBT ...``."""
+    words = reply.split()
+    return words[1] if words and words[0].startswith("@") and len(words) > 1 else (
+        words[0] if words else "")
+
+
+def test_a_woken_coordinator_pulls_before_it_serves_what_was_queued(proxied):
+    cluster = proxied(answer_timeout=1.5, coordinator_timeout=2.0)
+    assert cluster.coordinator() == 3
+    client = BlockingClient([cluster.address(1), cluster.address(2)], timeout_s=20)
+    client.put("k", "first")
+
+    # Replica 3's calls from now on stay unanswered: its heartbeats, and these pushes.
+    cluster.cut_one_way(3, 1)
+    cluster.cut_one_way(3, 2)
+    BlockingClient([cluster.address(3)], timeout_s=10).put("pushed", "held")
+    cluster.kill(3, signal.SIGSTOP)
+    stopped = time.monotonic()
+    try:
+        queued = connect(cluster.address(3))
+        queued.sendall(f"@r=;w=;id={RID} PUT k old\n".encode())   # waits in its socket
+        # The others take over: the same request (same id) applied there, then a newer
+        # write of the key.
+        cluster.wait_until(lambda: status_word(put_with_id(cluster.address(1))) == "OK",
+                           timeout_s=30, what="the write applied by the others")
+        client.put("k", "new")
+        time.sleep(max(0.0, PAUSE_S - (time.monotonic() - stopped)))   # a long pause
+    finally:
+        cluster.kill(3, signal.SIGCONT)
+        time.sleep(HEAL_AFTER_WAKE_S)
+        cluster.heal()
+
+    reply = read_line(queued)
+    queued.close()
+    # A replay: k's current write is a newer one, so the outcome of the old copy is
+    # reported unknown (replica._replay); applied anew it would answer OK.
+    assert status_word(reply) == "ERR" and "INDOUBT" in reply, reply
+    with open(cluster.log_path(3), encoding="utf-8") as log:
+        assert f"request {RID} was already applied" in log.read()
+    cluster.wait_ready(timeout_s=30)
+    assert BlockingClient(cluster.addresses(), timeout_s=20).get("k") == "new"
