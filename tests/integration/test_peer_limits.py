@@ -364,6 +364,21 @@ def test_a_frozen_receiver_does_not_pin_the_senders_read_snapshot(start_cluster)
         # While the stream is stalled its snapshot is pinned: writes grow the WAL.
         wal_before = {i: wal_held_bytes(cluster, i) for i in senders}
         load_keys(cluster, 1500, 2048, prefix="pinned")
+        # A follower slower than the coordinator under this load gets some writes by a
+        # delta instead of a push (its link congested: fail fast, then pull): wait until
+        # both senders hold the pinned writes, whichever way they came (a soak run
+        # measured a sender before its delta arrived: 0 bytes grown).
+        wanted = cluster.status(cluster.coordinator())["clock"]
+
+        def caught_up() -> bool:
+            for i in senders:
+                clock = (cluster.status(i) or {}).get("clock", {})
+                if any(clock.get(k, 0) < v for k, v in wanted.items()):
+                    return False
+            return True
+
+        cluster.wait_until(caught_up, STALL_S - (time.monotonic() - frozen_at) - 0.5,
+                           what="both senders holding the pinned writes")
         grown = {i: wal_held_bytes(cluster, i) - wal_before[i] for i in senders}
         assert time.monotonic() - frozen_at < STALL_S, "too slow to see the pinned state"
 
