@@ -98,19 +98,18 @@ class GroupCommit:
                     for d, result, group_id in waiting]
         store.forget_failed_groups()
         for told, result, failed in outcomes:
-            if not isinstance(told, defer.Deferred):
-                try:
-                    if failed:
-                        told(None, GroupFailed("the write could not be committed; "
-                                               "nothing was done"))
-                    else:
-                        told(result, None)
-                except Exception:
-                    self.log.failure("telling a writer of its group commit")
-            elif failed:
-                told.errback(GroupFailed("the write could not be committed; nothing was done"))
-            else:
-                told.callback(result)
+            error = (GroupFailed("the write could not be committed; nothing was done")
+                     if failed else None)
+            if isinstance(told, defer.Deferred):
+                if error is not None:
+                    told.errback(error)
+                else:
+                    told.callback(result)
+                continue
+            try:
+                told(None if failed else result, error)
+            except Exception:
+                self.log.failure("telling a writer of its group commit")
         if self.after_flush is not None:
             try:
                 self.after_flush()

@@ -247,10 +247,7 @@ class Node:
         state = self._state
         if state.role is Role.SERVING:
             if self._paused():
-                self.log.warn("coordinator {replica} was paused for {gap_s:.1f} s: "
-                              "standing again before it serves", replica=self._my_id,
-                              gap_s=self._clock.seconds() - self._last_tick)
-                self._elect("this process was paused")
+                self._paused_coordinator_stands_again()
                 return None
             return self._my_id
         if state.role is Role.FOLLOWER:
@@ -489,12 +486,15 @@ class Node:
         loop ran first on waking, before any request or peer message was read), a
         coordinator stands again, as serving_as would have it."""
         if self._paused() and self._state.role.is_coordinator:
-            self.log.warn("coordinator {replica} was paused for {gap_s:.1f} s: "
-                          "standing again before it serves", replica=self._my_id,
-                          gap_s=self._clock.seconds() - self._last_tick)
-            self._elect("this process was paused")
+            self._paused_coordinator_stands_again()
             return
         self._last_tick = self._clock.seconds()
+
+    def _paused_coordinator_stands_again(self) -> None:
+        self.log.warn("coordinator {replica} was paused for {gap_s:.1f} s: standing again "
+                      "before it serves", replica=self._my_id,
+                      gap_s=self._clock.seconds() - self._last_tick)
+        self._elect("this process was paused")
 
     def _paused(self) -> bool:
         return (self._pause_s is not None
