@@ -69,6 +69,10 @@ class Synchroniser:
         self._batches: dict[int, list[_Pending]] = {}    # this turn's writes, per epoch
         self._refused: Callable[[int], None] = lambda peer_id: None
         self._last_seen: dict[int, VectorClock] = {}
+        # Batches pushed whose writes still wait for their quorum (quorum mode), and
+        # who to tell when none is left (the group commit's hold, replica.py).
+        self.awaiting_quorum = 0
+        self.quorums_settled: Callable[[], None] | None = None
 
     # Pulls -----------------------------------------------------------------------------
 
@@ -225,7 +229,9 @@ class Synchroniser:
             quorum_one += [p for p in items if p.needed == 0]
             waiting = [p for p in items if p.needed > 0 and not p.settled]
             if waiting:
-                _QuorumTimer(waiting, self.timers.quorum_timeout, self.reactor)
+                self.awaiting_quorum += 1
+                _QuorumTimer(waiting, self.timers.quorum_timeout, self.reactor,
+                             self._batch_settled)
             for chunk, texts in self._chunks(items):
                 message = peerwire.Push(epoch, tuple(p.record for p in chunk),
                                         peerwire.join_batch(texts))
@@ -241,6 +247,12 @@ class Synchroniser:
         # a guarantee.
         for pending in quorum_one:
             pending.settle(force=True)
+
+    def _batch_settled(self) -> None:
+        """Every write of one batch has its outcome (acks, or the quorum timeout)."""
+        self.awaiting_quorum -= 1
+        if self.awaiting_quorum == 0 and self.quorums_settled is not None:
+            self.quorums_settled()
 
     def _chunks(self, items: list[_Pending]):
         """Batches that fit a peer line (the receiver's limit), each with its records
@@ -284,18 +296,23 @@ class _QuorumTimer:
     """The one timer of the quorum writes pushed together: a write that has not heard
     from enough replicas when it fires is settled as missed.  (A timer per write cost a
     DelayedCall and addTimeout's callbacks on every write.)  Cancelled once every write
-    of the batch is settled, so settled batches leave nothing in the reactor's heap."""
+    of the batch is settled, so settled batches leave nothing in the reactor's heap;
+    ``done()`` is told then, once."""
 
-    def __init__(self, waiting: list[_Pending], timeout_s: float, clock):
+    def __init__(self, waiting: list[_Pending], timeout_s: float, clock,
+                 done: Callable[[], None]):
         self._unsettled = len(waiting)
+        self._done = done
         for pending in waiting:
             pending.timer = self
         self._call = clock.callLater(timeout_s, self._expire, waiting)
 
     def settled(self) -> None:
         self._unsettled -= 1
-        if self._unsettled == 0 and self._call.active():
-            self._call.cancel()
+        if self._unsettled == 0:
+            if self._call.active():
+                self._call.cancel()
+            self._done()
 
     def _expire(self, waiting: list[_Pending]) -> None:
         for pending in waiting:

@@ -192,3 +192,82 @@ def test_a_writer_may_be_told_by_a_callback_and_one_that_raises_stops_no_other(s
                 lambda result, error: told.append((result, type(error))))
     clock.advance(0)
     assert told[1] == (None, GroupFailed)
+
+
+# Holding a group open in quorum mode (GroupCommit.hold) ---------------------------------
+
+
+@pytest.fixture
+def held(setup):
+    """The setup's store with a group commit that holds for up to 2 ms while
+    ``holding`` is set (as the coordinator does while a group waits for its quorum)."""
+    store, _, clock, spy, path = setup
+    holding = [True]
+    commits = GroupCommit(store, clock, max_hold_s=0.002)
+    commits.hold = lambda: holding[0]
+    return store, commits, clock, spy, path, holding
+
+
+def test_a_held_group_gathers_later_turns_until_released(held):
+    store, commits, clock, spy, path, holding = held
+    first = commits.run(lambda: store.write(1, "a", "v"))
+    clock.advance(0)                                    # its turn ended: held, not committed
+    assert commits.held and committed_keys(path) == [] and not first.called
+    clock.advance(0.0005)
+    second = commits.run(lambda: store.write(1, "b", "v"))   # a later turn joins it
+    clock.advance(0)
+    assert commits.held and spy.commits == 0
+    holding[0] = False
+    commits.release()                                   # the earlier quorum settled
+    assert spy.commits == 0 and not first.called        # not from inside the releaser
+    clock.advance(0)                                    # the end of the releasing turn
+    assert (first.result.seq, second.result.seq) == (1, 2)
+    assert committed_keys(path) == ["a", "b"] and not commits.held
+    assert spy.commits == 1 and (commits.groups, commits.writes) == (1, 2)
+
+
+def test_a_held_group_commits_at_the_latest_max_hold_after_its_first_write(held):
+    store, commits, clock, spy, path, holding = held
+    first = commits.run(lambda: store.write(1, "a", "v"))
+    clock.advance(0)
+    clock.advance(0.0015)
+    commits.run(lambda: store.write(1, "b", "v"))       # joining does not extend the hold
+    clock.advance(0.0004)
+    assert commits.held and not first.called
+    clock.advance(0.0001)                               # 2 ms after "a" was written
+    assert first.result.seq == 1 and committed_keys(path) == ["a", "b"]
+    assert not commits.held and clock.getDelayedCalls() == []
+    commits.release()                                   # late: nothing held, nothing done
+    assert clock.getDelayedCalls() == [] and spy.commits == 1
+
+
+def test_nothing_is_held_when_hold_says_no_or_max_hold_is_zero(held):
+    store, commits, clock, spy, path, holding = held
+    holding[0] = False
+    d = commits.run(lambda: store.write(1, "a", "v"))
+    clock.advance(0)
+    assert d.called and spy.commits == 1
+    holding[0] = True
+    off = GroupCommit(store, clock)                     # group_hold = 0
+    off.hold = lambda: True
+    d = off.run(lambda: store.write(1, "b", "v"))
+    clock.advance(0)
+    assert d.called and not off.held and spy.commits == 2
+
+
+def test_writes_of_a_group_committed_early_are_told_at_once_not_held(held):
+    store, commits, clock, spy, path, holding = held
+    d = commits.run(lambda: store.write(1, "a", "v"))
+    store.set_epoch(5)                                  # commits the open group itself
+    clock.advance(0)
+    assert d.result.seq == 1 and not commits.held      # durable already: no reason to wait
+
+
+def test_a_read_waiting_for_a_held_group_is_answered_with_it(held):
+    store, commits, clock, spy, path, holding = held
+    commits.run(lambda: store.write(1, "a", "v"))
+    clock.advance(0)
+    waiting = commits.durable()                         # a read arriving meanwhile
+    assert not waiting.called and not commits.settled
+    clock.advance(0.002)
+    assert waiting.called and commits.settled

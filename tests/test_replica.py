@@ -846,3 +846,92 @@ def test_another_clusters_coordinator_is_not_followed(replica):
     assert (replica.node.role, replica.node.coordinator) == (Role.ELECTING, None)
     replica._compare_with_peer(coordinator_status(3, own_epoch(1, 3), "a" * 32))
     assert (replica.node.role, replica.node.coordinator) == (Role.FOLLOWER, 3)
+
+
+def pushes_awaiting_acks(replica: Replica, write_quorum: int = 2):
+    """Replica 2 serving, its pushes needing ``write_quorum`` replicas: the links are
+    recorded and never answer unless the test does.  (Its election quorum stays 1:
+    this is the write path's test, not quorum-mode elections'.)"""
+    from replicad.config import with_overrides
+
+    serving(replica)
+    replica.sync.config = with_overrides(replica.config, write_quorum=write_quorum)
+    calls = []
+
+    def call(peer_id, message, timeout_s, on_line=None):
+        calls.append((peer_id, [r.key for r in message.records], d := defer.Deferred()))
+        return d
+
+    replica.sync.call = call
+    return calls
+
+
+def ack(call, n: int = 1) -> None:
+    from replicad.peer import PeerResponse
+    call[2].callback(PeerResponse("OK", ",".join(["applied"] * n)))
+
+
+def test_in_quorum_mode_writes_made_while_a_group_awaits_its_quorum_share_one_commit(
+        replica):
+    """The coordinator holds the next group open while the last one waits for its
+    quorum (group_hold), then commits what gathered as one group and one push."""
+    calls = pushes_awaiting_acks(replica)
+    reactor = replica.reactor
+    first = replica.handle(Request("PUT", "a", "1"))
+    reactor.advance(0)                                    # committed, pushed to 1 and 2
+    assert [keys for _, keys, _ in calls] == [["a"], ["a"]] and not first.called
+    second = replica.handle(Request("PUT", "b", "2"))
+    reactor.advance(0)
+    reactor.advance(0.0005)
+    third = replica.handle(Request("PUT", "c", "3"))     # a later turn
+    reactor.advance(0)
+    assert replica.commits.held and replica.commits.groups == 1
+    ack(calls[0])                                         # a has 2 of 3
+    assert first.result.status == "OK"
+    reactor.advance(0)                                    # b and c: one COMMIT, one push
+    assert replica.commits.groups == 2 and replica.commits.writes == 3
+    assert [keys for _, keys, _ in calls[2:]] == [["b", "c"], ["b", "c"]]
+    ack(calls[2], 2)
+    assert second.result.status == third.result.status == "OK"
+    assert replica.store.get("c").value == "3"
+
+
+def test_a_held_group_waits_at_most_group_hold_for_a_quorum_that_does_not_come(replica):
+    calls = pushes_awaiting_acks(replica)
+    reactor = replica.reactor
+    replica.handle(Request("PUT", "a", "1"))
+    reactor.advance(0)
+    second = replica.handle(Request("PUT", "b", "2"))
+    reactor.advance(0)
+    assert replica.commits.held
+    reactor.advance(replica.timers.group_hold)            # the links stay silent
+    assert replica.commits.groups == 2 and not replica.commits.held
+    assert [keys for _, keys, _ in calls[2:]] == [["b"], ["b"]]
+    ack(calls[3])
+    assert second.result.status == "OK"
+
+
+def test_without_group_hold_each_turn_commits_its_own_group_in_quorum_mode(tmp_path):
+    from replicad.config import Timers, with_overrides
+
+    config = with_overrides(default_config(), timers=Timers(group_hold=0))
+    replica = Replica(config, 2, str(tmp_path / "data"), MemoryReactorClock(),
+                      new_cluster=True)
+    replica.startService()
+    try:
+        calls = pushes_awaiting_acks(replica)
+        for key in "abc":
+            replica.handle(Request("PUT", key, "v"))
+            replica.reactor.advance(0)
+        assert replica.commits.groups == 3 and not replica.commits.held
+        assert [keys for _, keys, _ in calls] == [["a"], ["a"], ["b"], ["b"], ["c"], ["c"]]
+    finally:
+        replica.stopService()
+
+
+def test_write_quorum_one_never_holds_a_group(replica):
+    calls = pushes_awaiting_acks(replica, write_quorum=1)
+    for key in "ab":
+        replica.handle(Request("PUT", key, "v"))
+        replica.reactor.advance(0)
+    assert replica.commits.groups == 2 and len(calls) == 4
