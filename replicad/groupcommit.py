@@ -55,6 +55,10 @@ class GroupCommit:
         # Called after every flush, once the writers were told: what their callbacks
         # queued to send (pushes, replies, acks) can leave in this turn, not the next.
         self.after_flush: Callable[[], None] | None = None
+        # Called before a COMMIT (its fsync blocks the reactor): what is ready to send
+        # and needs nothing of the group (replies relayed from the coordinator, forwards,
+        # answered reads) leaves first rather than wait for the disk.
+        self.before_commit: Callable[[], None] | None = None
         # True while the open group should stay open past the end of its turn (the
         # coordinator in quorum mode: while an earlier group waits for its quorum), for
         # at most max_hold_s from the group's first write; release() ends the wait.
@@ -128,6 +132,11 @@ class GroupCommit:
         self._held = False
         waiting, self._waiting = self._waiting, []
         store = self._store
+        if store.group_open and self.before_commit is not None:
+            try:
+                self.before_commit()
+            except Exception:
+                self.log.failure("before the group commit of {n} writes", n=len(waiting))
         try:
             store.commit_group()
         except Exception:

@@ -127,6 +127,7 @@ class Replica(service.MultiService):
         self.sync = Synchroniser(self.store, list(self.links), self.config, self.reactor,
                                  self.ping, self.call, self._mark, lambda: self.node.epoch)
         self.commits.after_flush = self._after_commit
+        self.commits.before_commit = self._before_commit
         self.commits.hold = self._hold_group
         self.sync.quorums_settled = self.commits.release
         self.node = Node(
@@ -859,6 +860,12 @@ class Replica(service.MultiService):
         keeps gathering the next one rather than commit it at once (GroupCommit.hold).
         Fewer, bigger groups: fewer fsyncs and pushes here and on every follower."""
         return self.sync.awaiting_quorum > 0 and self.node.role.is_coordinator
+
+    def _before_commit(self) -> None:
+        """Nothing buffered for the end of the turn waits for a COMMIT's fsync: a
+        forwarding follower's relayed replies and new forwards would otherwise wait for
+        the push it applies in the same turn, and every forwarded write with them."""
+        self.turn_sender.send_now()
 
     def _after_commit(self) -> None:
         """A group is durable and its writers were told: push its writes and send what

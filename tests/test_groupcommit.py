@@ -6,6 +6,7 @@ import sqlite3
 
 import pytest
 from twisted.internet.task import Clock
+from twisted.logger import Logger
 
 from replicad.groupcommit import GroupCommit, GroupFailed
 from replicad.store import NewerEpoch, Record, Store
@@ -271,3 +272,28 @@ def test_a_read_waiting_for_a_held_group_is_answered_with_it(held):
     assert not waiting.called and not commits.settled
     clock.advance(0.002)
     assert waiting.called and commits.settled
+
+
+def test_what_is_ready_to_send_leaves_before_the_commit_blocks(setup):
+    """before_commit runs ahead of a COMMIT (not when there is nothing to commit); one
+    that raises is logged and the group is committed all the same."""
+    store, commits, clock, spy, path = setup
+    order = []
+    commits.before_commit = lambda: order.append(("send", spy.commits))
+    d = commits.run(lambda: store.write(1, "a", "v"))
+    clock.advance(0)
+    assert order == [("send", 0)] and spy.commits == 1 and d.called
+    commits.flush()                                     # no group open: nothing to wait for
+    assert order == [("send", 0)]
+
+    def broken():
+        raise RuntimeError("a connection's send failed")
+
+    events = []
+    commits.log = Logger(observer=events.append)
+    commits.before_commit = broken
+    d = commits.run(lambda: store.write(1, "b", "v"))
+    clock.advance(0)
+    assert d.result.seq == 2 and committed_keys(path) == ["a", "b"]
+    [event] = [e for e in events if "log_failure" in e]
+    assert event["log_failure"].check(RuntimeError)

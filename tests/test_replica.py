@@ -935,3 +935,20 @@ def test_write_quorum_one_never_holds_a_group(replica):
         replica.handle(Request("PUT", key, "v"))
         replica.reactor.advance(0)
     assert replica.commits.groups == 2 and len(calls) == 4
+
+
+def test_a_follower_sends_what_is_ready_before_it_commits_a_push(replica):
+    """A forwarding follower relays the coordinator's replies, and forwards new
+    requests, ahead of the fsync of the push it applies in the same turn: they need
+    nothing of it, and every forwarded write would wait for that disk otherwise."""
+    from tests.test_groupcommit import FailingCommits
+
+    follow(replica)
+    replica.store._db = spy = FailingCommits(replica.store._db)
+    order = []
+    send_now = replica.turn_sender.send_now
+    replica.turn_sender.send_now = lambda: (order.append(("send", spy.commits)), send_now())
+    record = Record("k", "v", 3, 1, VectorClock({3: 1}), own_epoch(0, 3))
+    push(replica, 3, own_epoch(0, 3), record)
+    replica.reactor.advance(0)
+    assert spy.commits == 1 and order[0] == ("send", 0)     # before the COMMIT
