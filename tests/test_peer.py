@@ -1603,3 +1603,22 @@ def test_a_peer_that_stops_reading_gets_no_more_bytes_queued_for_it():
     d = client.call("PING", "back")
     pump.flush()
     assert success(d) == PeerResponse("OK", "back", [])
+
+
+def test_both_ends_of_a_peer_link_send_every_peer_send_every_messages():
+    """A forwarding follower's calls and the coordinator's answers leave mid-turn
+    (turnsend.py's send_every), so that the two processes work as a pipeline."""
+    from replicad.peer import PEER_SEND_EVERY
+
+    class TurnEndTransport(StringTransport):
+        send_every = 0        # what a TurnSend connection has
+
+    clock = task.Clock()
+    server = PeerServerFactory(SERVER_ID, set(MEMBERS), SECRET, Handler(), clock,
+                               10_000).buildProtocol(None)
+    client = PeerClientFactory(CLIENT_ID, SERVER_ID, SECRET, clock,
+                               10_000).buildProtocol(None)
+    for proto in (server, client):
+        transport = TurnEndTransport()
+        proto.makeConnection(transport)
+        assert transport.send_every == PEER_SEND_EVERY

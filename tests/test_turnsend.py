@@ -374,3 +374,55 @@ def test_a_memory_reactor_dials_its_own_way():
     connecting = TurnSendConnecting(memory, TurnSender(memory))
     clientFromString(connecting, "tcp:host=127.0.0.1:port=7101").connect(Factory())
     assert [(host, port) for host, port, *_ in memory.tcpClients] == [("127.0.0.1", 7101)]
+
+
+@pytest_twisted.ensureDeferred
+async def test_a_connection_with_send_every_sends_mid_turn_and_the_rest_at_its_end():
+    """send_every = 3: seven writes in one turn leave as 3 + 3 (as they are made) + 1
+    (at the end of the turn), in order, and nothing is sent empty."""
+    sent_before_return = []
+
+    def seven(server: Server, data: bytes) -> None:
+        for n in range(7):
+            server.transport.write(b"%d" % n)
+        sent_before_return.append(list(sends))
+
+    port, factory, sender = await listen(seven)
+    sends: list[bytes] = []
+    try:
+        client = await connect(port, Client(want=7))
+        await until(lambda: factory.connections)
+        server_transport = factory.connections[0].transport
+        server_transport.send_every = 3
+        real = server_transport.writeSomeData
+
+        def counted(data):
+            sends.append(bytes(data))
+            return real(data)
+
+        server_transport.writeSomeData = counted
+        client.transport.write(b"go")
+        assert await within(client.got_all) == b"0123456"
+        await task.deferLater(reactor, 0, lambda: None)
+        assert sent_before_return == [[b"012", b"345"]]
+        assert sends == [b"012", b"345", b"6"]
+        assert factory.connections[0].registered == [False]
+    finally:
+        await port.stopListening()
+
+
+@pytest_twisted.ensureDeferred
+async def test_peer_links_send_every_peer_send_every_messages():
+    from replicad.peer import PEER_SEND_EVERY, send_mid_turn
+
+    port, factory, _ = await listen(reply)
+    try:
+        await connect(port, Client())
+        await until(lambda: factory.connections)
+        transport = factory.connections[0].transport
+        assert transport.send_every == 0            # client connections: turn end only
+        send_mid_turn(transport)
+        assert transport.send_every == PEER_SEND_EVERY > 1
+        send_mid_turn(object())                     # not ours (TLS, a test's): no error
+    finally:
+        await port.stopListening()
