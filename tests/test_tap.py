@@ -251,3 +251,29 @@ def test_plugin_is_discoverable():
     maker = makers[0]
     assert maker.options is tap.Options
     assert maker.description
+
+
+def test_a_replica_process_fits_the_garbage_collector_once_started(in_tmp):
+    """tune_collector freezes what start-up made and raises the young generation's
+    threshold; only twistd's own process does it, never a service a test builds."""
+    import gc
+
+    top = tap.makeService(parse("--id", "1"), reactor=MemoryReactorClock())
+    assert top.tune_gc is False                 # a test's reactor: the process is not ours
+    before = gc.get_threshold()
+    try:
+        tap.tune_collector()
+        assert gc.get_threshold() == (tap.GC_GEN0_THRESHOLD, *before[1:])
+        assert gc.get_freeze_count() > 0
+    finally:
+        gc.unfreeze()
+        gc.set_threshold(*before)
+
+
+def test_the_top_service_tunes_the_collector_only_when_asked(monkeypatch):
+    calls = []
+    monkeypatch.setattr(tap, "tune_collector", lambda: calls.append(True))
+    tap.ReplicaService().startService()
+    assert calls == []
+    tap.ReplicaService(tune_gc=True).startService()
+    assert calls == [True]
