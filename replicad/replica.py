@@ -745,8 +745,13 @@ class Replica(service.MultiService):
             raise _NotCoordinator()
         epoch = node.coordinator_epoch
         store = self.store
-        if request.is_read and not self.commits.settled:
-            await self.commits.durable()     # never answer with a write not yet on disk
+        while request.is_read and not self.commits.settled:
+            # Never answer with a write not yet on disk.  Checked again after the wait:
+            # a writer told before this read may have opened the next group already.
+            try:
+                await self.commits.durable()
+            except GroupFailed:
+                pass         # its writes were undone: what the store holds is durable
             if node.serving_as != self.my_id:
                 raise _NotCoordinator()
         if request.is_read:

@@ -952,3 +952,50 @@ def test_a_follower_sends_what_is_ready_before_it_commits_a_push(replica):
     push(replica, 3, own_epoch(0, 3), record)
     replica.reactor.advance(0)
     assert spy.commits == 1 and order[0] == ("send", 0)     # before the COMMIT
+
+
+def test_a_read_waiting_for_a_group_whose_commit_fails_reads_what_is_durable(replica):
+    """A read that waits for the open group answers from the store once the group is
+    settled: if its COMMIT failed, its writes were undone and the read gets the value
+    that is on disk, not ERR INTERNAL."""
+    from tests.test_groupcommit import FailingCommits
+
+    serving(replica)
+    replica.sync.call = lambda peer_id, message, timeout_s, on_line=None: defer.Deferred()
+    assert serve(replica, "PUT k v1").status == "OK"
+    replica.store._db = spy = FailingCommits(replica.store._db)
+    write = replica.handle(Request("PUT", "k", "v2"))
+    read = replica.handle(Request("GET", "k"))
+    assert not read.called                                # it waits for the group
+    spy.fail = True
+    replica.commits.flush()                               # the COMMIT fails
+    spy.fail = False
+    assert write.result.error_code == "INTERNAL"
+    replica.reactor.advance(0)
+    assert (read.result.status, read.result.text) == ("VALUE", "v1")
+
+
+def test_a_read_never_answers_from_a_group_opened_while_it_waited(replica):
+    """The group a read waited for failed, and a writer told before the read (a retry
+    that waited for the same COMMIT) wrote again at once, into a new group: the read
+    waits for that group too, rather than answer with a write not yet on disk."""
+    from tests.test_groupcommit import FailingCommits
+
+    serving(replica)
+    replica.sync.call = lambda peer_id, message, timeout_s, on_line=None: defer.Deferred()
+    assert serve(replica, "PUT k v1").status == "OK"
+    replica.store._db = spy = FailingCommits(replica.store._db)
+    line = "@r=;w=;id=0123abcd.1 PUT k v2"
+    first = replica.handle(wire.parse_request(line))
+    again = replica.handle(wire.parse_request(line))      # waits for first's COMMIT
+    read = replica.handle(Request("GET", "k"))             # waits for it too
+    spy.fail = True
+    replica.commits.flush()                               # fails; the retry writes again
+    spy.fail = False
+    assert first.result.error_code == "INTERNAL"
+    assert replica.store.group_open                       # the retry's write, not durable
+    assert not read.called                                # so the read does not answer
+    replica.reactor.advance(0)                            # the retry's COMMIT
+    replica.reactor.advance(0)
+    assert again.result.status == "OK"
+    assert (read.result.status, read.result.text) == ("VALUE", "v2")
