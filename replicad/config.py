@@ -15,8 +15,7 @@ Invariants of a built config (``default_config``, ``parse_config``, ``with_overr
 - Timer rules, each with its reason in docs/operations.md: ping_timeout < ping_interval;
   forward_timeout >= election_wait + fetch_timeout + quorum_timeout;
   lease_timeout > ping_interval; coordinator_timeout > answer_timeout;
-  stream_stall_timeout >= MIN_STREAM_STALL_TIMEOUT_S; 0 <= group_hold <= MAX_GROUP_HOLD_S
-  (the one timer that may be 0: it turns the hold off).
+  stream_stall_timeout >= MIN_STREAM_STALL_TIMEOUT_S.
 - ``max_peer_connections`` is None (derived: ``peer_connection_limit`` is
   PEER_CONNECTIONS_PER_MEMBER x N) or a number >= N.
 """
@@ -39,7 +38,6 @@ DEFAULT_SECRET = "replicad-insecure-default-secret"
 MAX_REPLICAS = 64
 MAX_REPLICA_ID = 9999
 MAJORITY = "majority"       # write_quorum = majority: N // 2 + 1
-MAX_GROUP_HOLD_S = 0.1      # the longest group_hold: it adds to a quorum write's latency
 # A derived forward_timeout adds this to the longest the coordinator may legitimately
 # take (election_wait + fetch_timeout + quorum_timeout): the request and its reply
 # still have to cross the peer link.
@@ -177,10 +175,6 @@ class Timers:
     # aborted with its connection, releasing its read snapshot; at least
     # MIN_STREAM_STALL_TIMEOUT_S (checked).
     stream_stall_timeout: float = 30.0
-    # Quorum mode: while a group of writes waits for its quorum, the coordinator holds
-    # the next group open for up to this long (from its first write) before its COMMIT,
-    # so that groups are bigger and fsyncs and pushes fewer (groupcommit.py); 0: never.
-    group_hold: float = 0.002
 
     def __post_init__(self) -> None:
         derive = {
@@ -324,7 +318,6 @@ def default_config(
 
 
 _CLUSTER_FLOATS = {f.name for f in dataclasses.fields(Timers)}
-_MAY_BE_ZERO = {"group_hold"}      # 0 turns it off
 _CLUSTER_RATIOS = {"full_copy_ratio"}
 _CLUSTER_INTS = {"max_connections", "max_peer_connections", "listen_backlog", "max_key_bytes",
                  "max_value_bytes"}
@@ -378,8 +371,7 @@ def parse_config(parser: configparser.ConfigParser, source: str) -> ClusterConfi
 
     timers = {}
     for name in _CLUSTER_FLOATS & set(cluster):
-        timers[name] = _positive(cluster[name], name, where, float,
-                                 zero_ok=name in _MAY_BE_ZERO)
+        timers[name] = _positive(cluster[name], name, where, float)
     ints = {
         name: _positive(cluster[name], name, where, int)
         for name in _CLUSTER_INTS & set(cluster)
@@ -440,18 +432,13 @@ def _parse_member(replica_id: int, section: configparser.SectionProxy, where: st
     )
 
 
-def _positive(text: str, name: str, where: str, kind: type,
-              zero_ok: bool = False) -> float | int:
+def _positive(text: str, name: str, where: str, kind: type) -> float | int:
     try:
         value = kind(text)
     except ValueError:
         noun = "a whole number" if kind is int else "a number of seconds"
         raise ConfigError(f"{where}: {name} = {text!r} is not {noun}") from None
-    finite = kind is not float or math.isfinite(value)
-    if zero_ok:
-        if not (value >= 0 and finite):
-            raise ConfigError(f"{where}: {name} must be 0 or more, got {text!r}")
-    elif not (value > 0 and finite):
+    if not value > 0 or (kind is float and not math.isfinite(value)):
         raise ConfigError(f"{where}: {name} must be greater than 0, got {text!r}")
     return value
 
@@ -525,12 +512,6 @@ def _validate(config: ClusterConfig) -> None:
             f"{where}: stream_stall_timeout ({timers.stream_stall_timeout}) must be at "
             f"least {MIN_STREAM_STALL_TIMEOUT_S:g} s: a receiver waits that long for a "
             f"stream's next line, so a shorter one would cut streams still being read"
-        )
-    if not 0 <= timers.group_hold <= MAX_GROUP_HOLD_S:
-        raise ConfigError(
-            f"{where}: group_hold ({timers.group_hold}) must be between 0 and "
-            f"{MAX_GROUP_HOLD_S:g} s: in quorum mode a write may wait that long before "
-            f"its COMMIT, and a longer hold only adds latency"
         )
     size = len(config.members)
     if config.max_peer_connections is not None and config.max_peer_connections < size:

@@ -10,21 +10,17 @@ writers told (their Deferreds fire). Nothing is acknowledged, pushed or read fro
 before it is durable. ``after_flush`` then lets the replica push the group and send
 what the commit released in that same turn (replica.py, ``_after_commit``).
 
-In quorum mode a write waits for its quorum after its COMMIT, and the next turn's
-writes would make a group of their own while it waits: many small groups, each an
-fsync and a push on every replica.  ``hold`` (the coordinator's, replica.py) keeps the
-open group open past its turn while an earlier group waits for its quorum, until that
-quorum is settled (``release``) or ``max_hold_s`` (the ``group_hold`` timer) has passed
-since its first write.  Measured: 0.76 -> 0.80 of write_quorum 1's PUTs/s, groups of 20
--> 25 writes, less CPU per write on every replica (docs/benchmarks.md, "Holding a group
-in quorum mode").
-
 The fsync stays on the reactor thread, measured: running it on a thread of its own
 (``synchronous=NORMAL`` plus our own fdatasync of the WAL, the group held open while an
 fsync runs; branch experiment/fsync-thread) cost 10 µs more coordinator CPU per write
 at 50 connections and about 90 µs per write at 1 (the hand-over to the thread and
 back), for 0.91-0.95x PUTs/s with write_quorum 1 and 0.87-0.89x with majority on the
 2-core machine (docs/benchmarks.md, "The fsync on a thread").
+
+Nor is a group held open in quorum mode while the previous one waits for its quorum
+(fewer, bigger groups; branch experiment/group-hold): it cut the groups' number by a
+quarter but measured 0.90-1.01x the PUTs/s of committing every turn once the rest of
+that session's changes were in (docs/benchmarks.md, "Holding a group open").
 """
 
 from __future__ import annotations
@@ -44,10 +40,9 @@ T = TypeVar("T")
 class GroupCommit:
     log = Logger()
 
-    def __init__(self, store: Store, clock: IReactorTime, max_hold_s: float = 0.0):
+    def __init__(self, store: Store, clock: IReactorTime):
         self._store = store
         self._clock = clock
-        self.max_hold_s = max_hold_s
         self._waiting: list[tuple[defer.Deferred, object, int]] = []
         self._call: IDelayedCall | None = None
         self.groups = 0          # committed groups, for metrics and tests
@@ -59,12 +54,6 @@ class GroupCommit:
         # and needs nothing of the group (replies relayed from the coordinator, forwards,
         # answered reads) leaves first rather than wait for the disk.
         self.before_commit: Callable[[], None] | None = None
-        # True while the open group should stay open past the end of its turn (the
-        # coordinator in quorum mode: while an earlier group waits for its quorum), for
-        # at most max_hold_s from the group's first write; release() ends the wait.
-        self.hold: Callable[[], bool] | None = None
-        self._opened = 0.0
-        self._held = False
 
     @property
     def settled(self) -> bool:
@@ -82,9 +71,8 @@ class GroupCommit:
         store = self._store
         if not store.group_open:
             store.begin_group()
-            self._opened = self._clock.seconds()
         if self._call is None or not self._call.active():
-            self._call = self._clock.callLater(0, self._turn_end)
+            self._call = self._clock.callLater(0, self.flush)
         result = change()
         if done is not None:
             self._waiting.append((done, result, store.group_id))
@@ -99,37 +87,11 @@ class GroupCommit:
             return defer.succeed(None)
         return self.run(lambda: None)
 
-    @property
-    def held(self) -> bool:
-        """The open group outlived its turn because ``hold()`` said so."""
-        return self._held
-
-    def _turn_end(self) -> None:
-        """The turn of the group's first write ended: commit it, or hold it open."""
-        self._call = None
-        if (self.max_hold_s > 0 and self.hold is not None and self._store.group_open
-                and self.hold()):
-            left = self._opened + self.max_hold_s - self._clock.seconds()
-            if left > 0:
-                self._held = True
-                self._call = self._clock.callLater(left, self.flush)
-                return
-        self.flush()
-
-    def release(self) -> None:
-        """What the hold waited for happened: commit a held group at the end of this
-        turn (not from inside the caller, which is settling the quorum of another)."""
-        if self._held:
-            self._held = False
-            self._call.cancel()
-            self._call = self._clock.callLater(0, self.flush)
-
     def flush(self) -> None:
         """Commit the open group and tell its writers (also called by tests)."""
         if self._call is not None and self._call.active():
             self._call.cancel()
         self._call = None
-        self._held = False
         waiting, self._waiting = self._waiting, []
         store = self._store
         if store.group_open and self.before_commit is not None:

@@ -123,13 +123,11 @@ class Replica(service.MultiService):
     def startService(self) -> None:
         os.makedirs(self.data_dir, exist_ok=True)
         self.store = Store(os.path.join(self.data_dir, DB_FILENAME))
-        self.commits = GroupCommit(self.store, self.reactor, self.timers.group_hold)
+        self.commits = GroupCommit(self.store, self.reactor)
         self.sync = Synchroniser(self.store, list(self.links), self.config, self.reactor,
                                  self.ping, self.call, self._mark, lambda: self.node.epoch)
         self.commits.after_flush = self._after_commit
         self.commits.before_commit = self._before_commit
-        self.commits.hold = self._hold_group
-        self.sync.quorums_settled = self.commits.release
         self.node = Node(
             self.my_id, self.config.ids, self, self.reactor, epoch=self.store.epoch,
             quorum=self.election_quorum,
@@ -859,12 +857,6 @@ class Replica(service.MultiService):
             f"this write was applied as {origin}:{seq}, then discarded by a concurrent "
             "write during a partition; it is not in the data",
         )
-
-    def _hold_group(self) -> bool:
-        """Quorum mode: while a pushed group waits for its quorum, the coordinator
-        keeps gathering the next one rather than commit it at once (GroupCommit.hold).
-        Fewer, bigger groups: fewer fsyncs and pushes here and on every follower."""
-        return self.sync.awaiting_quorum > 0 and self.node.role.is_coordinator
 
     def _before_commit(self) -> None:
         """Nothing buffered for the end of the turn waits for a COMMIT's fsync: a

@@ -69,10 +69,6 @@ class Synchroniser:
         self._batches: dict[int, list[_Pending]] = {}    # this turn's writes, per epoch
         self._refused: Callable[[int], None] = lambda peer_id: None
         self._last_seen: dict[int, VectorClock] = {}
-        # Batches pushed whose writes still wait for their quorum (quorum mode), and
-        # who to tell when none is left (the group commit's hold, replica.py).
-        self.awaiting_quorum = 0
-        self.quorums_settled: Callable[[], None] | None = None
 
     # Pulls -----------------------------------------------------------------------------
 
@@ -229,9 +225,7 @@ class Synchroniser:
             quorum_one += [p for p in items if p.needed == 0]
             waiting = [p for p in items if p.needed > 0 and not p.settled]
             if waiting:
-                self.awaiting_quorum += 1
-                _QuorumTimer(waiting, self.timers.quorum_timeout, self.reactor,
-                             self._batch_settled)
+                _QuorumTimer(waiting, self.timers.quorum_timeout, self.reactor)
             for chunk, texts in self._chunks(items):
                 message = peerwire.Push(epoch, tuple(p.record for p in chunk),
                                         peerwire.join_batch(texts))
@@ -247,12 +241,6 @@ class Synchroniser:
         # a guarantee.
         for pending in quorum_one:
             pending.settle(force=True)
-
-    def _batch_settled(self) -> None:
-        """Every write of one batch has its outcome (acks, or the quorum timeout)."""
-        self.awaiting_quorum -= 1
-        if self.awaiting_quorum == 0 and self.quorums_settled is not None:
-            self.quorums_settled()
 
     def _chunks(self, items: list[_Pending]):
         """Batches that fit a peer line (the receiver's limit), each with its records
@@ -296,23 +284,18 @@ class _QuorumTimer:
     """The one timer of the quorum writes pushed together: a write that has not heard
     from enough replicas when it fires is settled as missed.  (A timer per write cost a
     DelayedCall and addTimeout's callbacks on every write.)  Cancelled once every write
-    of the batch is settled, so settled batches leave nothing in the reactor's heap;
-    ``done()`` is told then, once."""
+    of the batch is settled, so settled batches leave nothing in the reactor's heap."""
 
-    def __init__(self, waiting: list[_Pending], timeout_s: float, clock,
-                 done: Callable[[], None]):
+    def __init__(self, waiting: list[_Pending], timeout_s: float, clock):
         self._unsettled = len(waiting)
-        self._done = done
         for pending in waiting:
             pending.timer = self
         self._call = clock.callLater(timeout_s, self._expire, waiting)
 
     def settled(self) -> None:
         self._unsettled -= 1
-        if self._unsettled == 0:
-            if self._call.active():
-                self._call.cancel()
-            self._done()
+        if self._unsettled == 0 and self._call.active():
+            self._call.cancel()
 
     def _expire(self, waiting: list[_Pending]) -> None:
         for pending in waiting:

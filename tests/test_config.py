@@ -768,31 +768,3 @@ def test_listen_backlog_setting(tmp_path):
     path.write_text(path.read_text().replace("4096", "0"))
     with pytest.raises(ConfigError, match="listen_backlog must be greater than 0"):
         load_config(str(path))
-
-
-# group_hold: the one timer that may be 0 -----------------------------------------------
-
-
-@pytest.mark.parametrize(("value", "expected"), [("0", 0.0), ("0.0005", 0.0005),
-                                                 ("0.1", 0.1)])
-def test_group_hold_may_be_zero_and_up_to_a_tenth_of_a_second(tmp_path, value, expected):
-    config = load_config(write(tmp_path, with_cluster(f"group_hold = {value}")))
-    assert config.timers.group_hold == expected
-    loaded = load_config(write(tmp_path, render_config(config), name="rendered.ini"))
-    assert loaded.timers.group_hold == expected
-
-
-@pytest.mark.parametrize("value", ["-0.001", "nan", "inf", "-inf"])
-def test_group_hold_must_not_be_negative_or_infinite(tmp_path, value):
-    message = config_error(tmp_path, with_cluster(f"group_hold = {value}"))
-    assert f"group_hold must be 0 or more, got '{value}'" in message
-
-
-def test_group_hold_over_a_tenth_of_a_second_is_refused_with_the_reason(tmp_path):
-    message = config_error(tmp_path, with_cluster("group_hold = 0.5"))
-    assert "group_hold (0.5) must be between 0 and 0.1 s" in message
-    assert "only adds latency" in message
-
-
-def test_group_hold_defaults_to_two_milliseconds():
-    assert default_config().timers.group_hold == 0.002

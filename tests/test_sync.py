@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import pytest
 from twisted.internet import defer
 from twisted.internet.task import Clock
 
@@ -214,30 +213,3 @@ def test_done_is_told_the_outcome_without_a_deferred(tmp_path):
     clock.advance(0)
     clock.advance(sync.timers.quorum_timeout)
     assert told[2:] == [("silent", False)] and clock.getDelayedCalls() == []
-
-
-def test_batches_awaiting_their_quorum_are_counted_and_the_last_settled_is_told(tmp_path):
-    """What the coordinator's group commit holds on (GroupCommit.hold): a batch counts
-    until every write in it is settled, by acks or by the quorum timeout."""
-    sync, store, clock, links, refused = replicator(tmp_path)
-    told = []
-    sync.quorums_settled = lambda: told.append(sync.awaiting_quorum)
-    sync.replicate(store.write(3, "a", "v", epoch=3), 3, refused.append)
-    sync.send_batches()
-    sync.replicate(store.write(3, "b", "v", epoch=3), 3, refused.append)
-    sync.send_batches()
-    assert sync.awaiting_quorum == 2 and told == []
-    links.sent[0][2].callback(PeerResponse("OK", "applied"))      # a's quorum: 2 of 3
-    assert sync.awaiting_quorum == 1 and told == []
-    links.sent[1][2].callback(PeerResponse("OK", "applied"))      # late: counted once
-    assert sync.awaiting_quorum == 1
-    clock.advance(sync.timers.quorum_timeout)                     # b's links never answer
-    assert sync.awaiting_quorum == 0 and told == [0]
-
-
-def test_quorum_one_batches_are_never_awaited(tmp_path):
-    sync, store, clock, links, refused = replicator(tmp_path, write_quorum=1)
-    sync.quorums_settled = lambda: pytest.fail("nothing was awaited")
-    sync.replicate(store.write(3, "a", "v", epoch=3), 3, refused.append)
-    sync.send_batches()
-    assert sync.awaiting_quorum == 0
