@@ -102,6 +102,19 @@ async def until(condition) -> None:
         await task.deferLater(reactor, 0.001, lambda: None)
 
 
+def record_sends(transport) -> list[bytes]:
+    """The bytes of each send the transport makes from now on, in a list."""
+    sends: list[bytes] = []
+    real = transport.writeSomeData
+
+    def counted(data):
+        sends.append(bytes(data))
+        return real(data)
+
+    transport.writeSomeData = counted
+    return sends
+
+
 def reply(server: Server, data: bytes) -> None:
     server.transport.write(b"re:" + data)
 
@@ -133,18 +146,10 @@ async def test_the_writes_of_one_turn_leave_in_one_send_and_in_order():
     try:
         client = await connect(port, Client(want=3))
         await task.deferLater(reactor, 0, lambda: None)
-        server_transport = factory.connections[0].transport
-        sends: list[int] = []
-        real = server_transport.writeSomeData
-
-        def counted(data):
-            sends.append(len(data))
-            return real(data)
-
-        server_transport.writeSomeData = counted
+        sends = record_sends(factory.connections[0].transport)
         client.transport.write(b"go")
         assert await within(client.got_all) == b"abc"
-        assert sends == [3]
+        assert sends == [b"abc"]
     finally:
         await port.stopListening()
 
@@ -388,19 +393,12 @@ async def test_a_connection_with_send_every_sends_mid_turn_and_the_rest_at_its_e
         sent_before_return.append(list(sends))
 
     port, factory, sender = await listen(seven)
-    sends: list[bytes] = []
     try:
         client = await connect(port, Client(want=7))
         await until(lambda: factory.connections)
         server_transport = factory.connections[0].transport
         server_transport.send_every = 3
-        real = server_transport.writeSomeData
-
-        def counted(data):
-            sends.append(bytes(data))
-            return real(data)
-
-        server_transport.writeSomeData = counted
+        sends = record_sends(server_transport)
         client.transport.write(b"go")
         assert await within(client.got_all) == b"0123456"
         await task.deferLater(reactor, 0, lambda: None)
