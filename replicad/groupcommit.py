@@ -20,7 +20,8 @@ back), for 0.91-0.95x PUTs/s with write_quorum 1 and 0.87-0.89x with majority on
 Nor is a group held open in quorum mode while the previous one waits for its quorum
 (fewer, bigger groups; branch experiment/group-hold): it cut the groups' number by a
 quarter but measured 0.90-1.01x the PUTs/s of committing every turn once the rest of
-that session's changes were in (docs/benchmarks.md, "Holding a group open").
+that session's changes were in (docs/benchmarks.md, "Tried and not kept: holding a
+group open").
 """
 
 from __future__ import annotations
