@@ -910,3 +910,66 @@ def test_a_read_never_answers_from_a_group_opened_while_it_waited(replica):
     replica.reactor.advance(0)
     assert again.result.status == "OK"
     assert (read.result.status, read.result.text) == ("VALUE", "v2")
+
+
+def test_the_client_protocols_path_forwards_with_no_deferred(replica):
+    """handle(..., answer): a forwarded request's reply goes to ``answer`` (counted in
+    the metrics like any other), None is returned and no Deferred is made; a failed
+    forward's retry answers the same way."""
+    from replicad.peer import PeerResponse
+
+    link = fake_coordinator(replica, [
+        defer.succeed(PeerResponse("END", "", [("LINE", "VALUE v")])),
+        stale(own_epoch(1, 3)),
+        defer.succeed(PeerResponse("END", "", [("LINE", "OK")]))])
+    follow(replica)
+    assert replica.detector.check().result is True
+    answers = []
+    assert replica.handle(Request("GET", "k"), None, answers.append) is None
+    replica.reactor.advance(0)
+    assert [(a.status, a.text) for a in answers] == [("VALUE", "v")]
+    assert replica._forwards == {3: set()}
+    assert replica.handle(Request("PUT", "k", "w"), None, answers.append) is None
+    replica.reactor.advance(0)                            # STALE: sent again at once
+    replica.reactor.advance(0)
+    assert answers[1].status == "OK"
+    assert [m.epoch for m in link.sent if m.verb == "CLIENT"] == [3, 3, 7]
+    text = replica.metrics.exposition().decode()
+    assert 'replicad_requests_total{command="GET",outcome="ok"} 1.0' in text
+    assert 'replicad_requests_total{command="PUT",outcome="ok"} 1.0' in text
+
+
+def test_an_answer_that_raises_is_logged_and_stops_nothing(replica):
+    """What the client protocol's callback raises must not reach the peer connection
+    that reported the coordinator's answer: the rest of what it read (another call's
+    answer, here) is still handled, and the error is logged."""
+    from twisted.logger import Logger
+
+    from replicad import forwarding
+    from tests.test_peer import ready_client
+
+    proto, transport, _ = ready_client()        # a real PeerClientProtocol
+
+    class Link(FakeCoordinatorLink):
+        def send(self, verb, payload, timeout_s, done):
+            self.sent.append(peerwire.decode_message(verb, payload))
+            return proto, proto.send(verb, payload, timeout_s, done)
+
+    replica.links[3] = Link(replica, [])
+    follow(replica)
+    assert replica.detector.check().result is True
+    events = []
+    forwarding.log = Logger(observer=events.append)
+    try:
+        def broken(reply):
+            raise RuntimeError("a client protocol's bug")
+
+        got = []
+        replica.handle(Request("GET", "a"), None, broken)
+        replica.handle(Request("GET", "b"), None, got.append)
+        proto.dataReceived(b"1 LINE VALUE v\n1 END \n2 LINE VALUE w\n2 END \n")
+        assert [a.text for a in got] == ["w"]
+        [event] = [e for e in events if "log_failure" in e]
+        assert event["log_failure"].check(RuntimeError)
+    finally:
+        forwarding.log = Logger()
