@@ -740,8 +740,8 @@ class PeerClientProtocol(_LineProtocol):
         call = self._calls.get(frame.rid)
         if call is None:
             return  # the call timed out already; its late frames are dropped
-        self._restart_timer(frame.rid, call)
         if frame.kind in peerwire.STREAM_KINDS:
+            self._restart_timer(frame.rid, call)   # a final frame ends the call instead
             if call.on_line is not None:
                 try:
                     call.on_line(frame.kind, frame.payload)
