@@ -29,7 +29,6 @@ from twisted.internet.protocol import Factory
 from twisted.logger import Logger
 from twisted.protocols.basic import LineReceiver
 from twisted.protocols.policies import TimeoutMixin
-from twisted.python.failure import Failure
 from zope.interface import implementer
 
 from replicad import wire
@@ -54,14 +53,11 @@ class RequestHandler(Protocol):
     def client_connected(self) -> None: ...
     def status(self, request: Request) -> Reply: ...
     def answer_now(self, request: Request) -> Reply | None: ...
-    def handle(self, request: Request, placed: Callable[[], None] | None = None,
-               answer: Callable[[object], None] | None = None,
-               ) -> defer.Deferred[Reply] | None:
+    def handle(self, request: Request,
+               placed: Callable[[], None] | None = None) -> defer.Deferred[Reply]:
         """Serve a request.  ``placed()``, called before ``handle`` returns, says the
         request's place in the order is fixed (applied, or answered): the next request
-        of the connection may start before this one's reply.  The reply is returned
-        as a Deferred, or, if ``handle`` returns None, given to ``answer`` (the Reply,
-        or a Failure), once, then or later: no Deferred where none is needed."""
+        of the connection may start before this one's reply."""
 
 
 @implementer(IHalfCloseableProtocol)
@@ -259,20 +255,13 @@ class ClientProtocol(LineReceiver, TimeoutMixin):
         slot: list = [None]
         self._queue.append(slot)
         placed: list[bool] = []
-
-        def answer(outcome: object) -> None:
-            if isinstance(outcome, Failure):
-                self._failed(outcome, request, slot)
-            else:
-                self._served(outcome, slot)
-
         try:
-            reply = self.factory.handler.handle(request, lambda: placed.append(True), answer)
+            reply = self.factory.handler.handle(request, lambda: placed.append(True))
         except Exception:
             reply = defer.fail()
         if isinstance(reply, defer.Deferred):
             reply.addCallbacks(self._served, self._failed, (slot,), None, (request, slot))
-        elif reply is not None:
+        else:
             self._served(reply, slot)
         if slot[0] is None and (not placed or len(self._queue) >= MAX_PIPELINE):
             # Its place is not fixed yet (or the pipeline is full): read nothing more

@@ -31,7 +31,7 @@ from replicad import peerwire, session, wire
 from replicad.config import ClusterConfig
 from replicad.datadir import DB_FILENAME, check_data_dir  # noqa: F401 (moved there)
 from replicad.detector import HeartbeatMonitor
-from replicad.forwarding import Deliver, Forward, Retry
+from replicad.forwarding import Forward, Retry
 from replicad.groupcommit import GroupCommit, GroupFailed
 from replicad.identity import new_cluster_id
 from replicad.joining import Joining
@@ -517,33 +517,15 @@ class Replica(service.MultiService):
     def _error(self, request: Request, code: str, message: str) -> Reply:
         return wire.error_reply(code, message).with_meta(self._meta(request, self.store.clock))
 
-    def handle(self, request: Request, placed=None, answer: Deliver | None = None,
-               ) -> defer.Deferred[Reply] | None:
+    def handle(self, request: Request, placed=None) -> defer.Deferred[Reply]:
         """Serve a data request; ``placed()`` is called once its place in the order is
-        fixed (client_protocol: a pipelining client's next request may start then).
-        The reply comes as a Deferred, or, given ``answer``, by answer(reply or
-        Failure), once, and None is returned: a forward then makes no Deferred at all
-        (the client protocol's path; a forwarding follower's every request)."""
-        if answer is None:
-            reply = self._forward_now(request)
-            if reply is None:
-                reply = self._write_now(request, placed)
-            if reply is None:
-                reply = defer.ensureDeferred(self._handle(request, placed))
-            return self.metrics.request(request.command, reply)   # metrics hook
-        started = self.reactor.seconds()   # metrics hook
-
-        def told(outcome: object) -> None:
-            self.metrics.answered(request.command, outcome, started)   # metrics hook
-            answer(outcome)
-
-        if self._forward_now(request, told) is not None:
-            return None
-        reply = self._write_now(request, placed)
+        fixed (client_protocol: a pipelining client's next request may start then)."""
+        reply = self._forward_now(request)
+        if reply is None:
+            reply = self._write_now(request, placed)
         if reply is None:
             reply = defer.ensureDeferred(self._handle(request, placed))
-        reply.addBoth(told)
-        return None
+        return self.metrics.request(request.command, reply)   # metrics hook
 
     def answer_now(self, request: Request) -> Reply | None:
         """The read fast path: the answer, if this replica can give it at once (it
@@ -629,14 +611,11 @@ class Replica(service.MultiService):
         except _NotCoordinator:
             return None                   # it stepped down: the full path sends it on
 
-    def _forward_now(self, request: Request, deliver: Deliver | None = None,
-                     ) -> defer.Deferred[Reply] | Forward | None:
+    def _forward_now(self, request: Request) -> defer.Deferred[Reply] | None:
         """The follower's fast path: forward at once, with no coroutine, when the
         coordinator is known and answered a ping within the heartbeat interval (what
         _handle's loop would find); None when the full path must decide.  A forward
-        that fails continues in _handle's loop, as if it had been sent from there.
-        The reply's Deferred is returned, or, given ``deliver``, the Forward that will
-        tell it."""
+        that fails continues in _handle's loop, as if it had been sent from there."""
         node = self.node
         coordinator = node.serving_as
         if (coordinator is None or coordinator == self.my_id or node.cannot_serve
@@ -645,7 +624,7 @@ class Replica(service.MultiService):
         deadline = self.reactor.seconds() + self.timers.election_wait
         sent_in = node.epoch
         return self._forward(coordinator, request, lambda error: defer.ensureDeferred(
-            self._retry_forward(request, coordinator, sent_in, error, deadline)), deliver)
+            self._retry_forward(request, coordinator, sent_in, error, deadline)))
 
     async def _retry_forward(self, request: Request, coordinator: int, sent_in: int,
                              error: Exception, deadline: float) -> Reply:
@@ -693,19 +672,18 @@ class Replica(service.MultiService):
             forward.dead(PeerUnavailable(
                 f"coordinator {coordinator} failed during the request", sent=True))
 
-    def _forward(self, coordinator: int, request: Request, retry: Retry | None = None,
-                 deliver: Deliver | None = None) -> defer.Deferred[Reply] | Forward:
+    def _forward(self, coordinator: int, request: Request,
+                 retry: Retry | None = None) -> defer.Deferred[Reply]:
         """Send a request to the coordinator; the Deferred fires with its reply, or
         fails with PeerUnavailable (sent or not) or StaleEpoch, or, given ``retry``,
-        with what retry(that error) gives.  Given ``deliver``, that is told instead and
-        the Forward is returned.  The answer races the coordinator being declared dead
-        (_forwards_dead): a hung one then costs about one ping interval, not
-        forward_timeout.  No coroutine, timer or Deferred per forward beyond the one
-        returned (none with ``deliver``): a follower's hot path (forwarding.py)."""
+        with what retry(that error) gives.  The answer races the coordinator being
+        declared dead (_forwards_dead): a hung one then costs about one ping interval,
+        not forward_timeout.  No coroutine, timer or Deferred per forward beyond the
+        one returned: a follower's hot path (forwarding.py)."""
         self._suspected.discard(coordinator)   # only evidence from now on counts
         waiting = self._forwards.setdefault(coordinator, set())
         forward = Forward(lambda response, error: self._forwarded(
-            response, error, coordinator, request), waiting.discard, retry, deliver)
+            response, error, coordinator, request), waiting.discard, retry)
         waiting.add(forward)
         verb, payload = peerwire.encode_message(
             peerwire.Client(self.node.epoch, request.encode()))
@@ -715,13 +693,13 @@ class Replica(service.MultiService):
             call = link.send(verb, payload, timeout_s, forward.answered)
         except PeerUnavailable as e:     # not reading: not sent
             forward.answered(None, e)
-            return forward if deliver is not None else forward.result
+            return forward.result
         if call is None:                 # no connection yet: call() connects first
             call = link.call(verb, payload, timeout_s)
             call.addCallbacks(forward.answered, lambda failure: forward.answered(
                 None, failure.value), (None,))
         forward.sent(call)
-        return forward if deliver is not None else forward.result
+        return forward.result
 
     def _forwarded(self, response: PeerResponse | None, error: Exception | None,
                    coordinator: int, request: Request) -> Reply | wire.RelayedReply:

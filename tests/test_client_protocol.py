@@ -43,7 +43,7 @@ class FakeHandler:
             return Reply("VALUE", "at once")
         return None
 
-    def handle(self, request, placed=None, answer=None):
+    def handle(self, request, placed=None):
         self.handled.append(request)
         self.pending.append(defer.Deferred())
         return self.pending[-1]
@@ -217,7 +217,7 @@ def test_requests_arriving_while_one_is_served_wait():
 
 def test_a_reply_ready_at_once_does_not_stop_the_pipeline():
     class Immediate(FakeHandler):
-        def handle(self, request, placed=None, answer=None):
+        def handle(self, request, placed=None):
             self.handled.append(request)
             return Reply("VALUE", request.key)   # not even a Deferred
 
@@ -225,31 +225,6 @@ def test_a_reply_ready_at_once_does_not_stop_the_pipeline():
     proto.dataReceived(b"GET a\r\nGET b\r\nGET c\r\n")
     assert transport.value() == b"VALUE a\r\nVALUE b\r\nVALUE c\r\n"
     assert transport.producerState == "producing"
-
-
-def test_a_handler_may_answer_through_the_callback_instead_of_a_deferred():
-    """handle() returning None gives the reply to ``answer`` later (a forwarding
-    follower's path): written in order, the next request read only then, and a Failure
-    answered ERR INTERNAL with the connection still usable."""
-    class Answering(FakeHandler):
-        def __init__(self):
-            super().__init__()
-            self.answers = []
-
-        def handle(self, request, placed=None, answer=None):
-            self.handled.append(request)
-            self.answers.append(answer)
-            return None
-
-    proto, transport, _clock, handler, _factory = setup(handler=Answering())
-    proto.dataReceived(b"GET a\r\nGET b\r\n")
-    assert len(handler.handled) == 1 and transport.value() == b""
-    handler.answers[0](Reply("VALUE", "x"))
-    assert len(handler.handled) == 2
-    handler.answers[1](Failure(RuntimeError("lost")))
-    assert error_codes(transport) == [None, "INTERNAL"]
-    proto.dataReceived(b"PING\r\n")
-    assert transport.value().endswith(b"PONG\r\n")
 
 
 def test_reply_meta_is_written():
@@ -299,7 +274,7 @@ def test_handler_errback_is_err_internal():
 
 def test_handler_raising_is_err_internal():
     class Raising(FakeHandler):
-        def handle(self, request, placed=None, answer=None):
+        def handle(self, request, placed=None):
             raise ValueError("bug")
 
     proto, transport, _clock, _handler, _factory = setup(handler=Raising())
@@ -597,7 +572,7 @@ class DelayedHandler(FakeHandler):
         self.reactor = reactor
         self.delay_s = delay_s
 
-    def handle(self, request, placed=None, answer=None):
+    def handle(self, request, placed=None):
         self.handled.append(request)
         reply = Reply("OK") if request.is_write else Reply("VALUE", "x")
         return task.deferLater(self.reactor, self.delay_s, lambda: reply)
@@ -650,7 +625,7 @@ class Placing(FakeHandler):
     """Writes (PUT/DEL) are placed at once, as the coordinator places a write in its open
     commit group; anything else is not (a forwarded request, say)."""
 
-    def handle(self, request, placed=None, answer=None):
+    def handle(self, request, placed=None):
         if request.is_write and placed is not None:
             placed()
         return super().handle(request)

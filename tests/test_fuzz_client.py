@@ -264,7 +264,7 @@ class EchoHandler:
             return Reply("VALUE", request.key)
         return None
 
-    def handle(self, request, placed=None, answer=None):
+    def handle(self, request, placed=None):
         self.handled.append(request)
         if request.command == "GET":
             return defer.succeed(Reply("VALUE", request.key))
