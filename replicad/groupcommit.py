@@ -83,10 +83,15 @@ class GroupCommit:
         return d
 
     def durable(self) -> defer.Deferred[None]:
-        """Fires once nothing written so far is still uncommitted (at once if so)."""
+        """Fires once nothing written so far is still uncommitted (at once if so):
+        committed, or undone by a COMMIT that failed.  It never fails: either way the
+        store then holds only what is durable, which is what a waiting reader or a
+        request deciding again needs (the failed writes' own writers hear of it)."""
         if self.settled:
             return defer.succeed(None)
-        return self.run(lambda: None)
+        decided: defer.Deferred[None] = defer.Deferred()
+        self.run(lambda: None, lambda result, error: decided.callback(None))
+        return decided
 
     def flush(self) -> None:
         """Commit the open group and tell its writers (also called by tests)."""

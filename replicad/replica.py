@@ -32,7 +32,7 @@ from replicad.config import ClusterConfig
 from replicad.datadir import DB_FILENAME, check_data_dir  # noqa: F401 (moved there)
 from replicad.detector import HeartbeatMonitor
 from replicad.forwarding import Forward, Retry
-from replicad.groupcommit import GroupCommit, GroupFailed
+from replicad.groupcommit import GroupCommit
 from replicad.identity import new_cluster_id
 from replicad.joining import Joining
 from replicad.linklog import LinkStateLog
@@ -746,10 +746,7 @@ class Replica(service.MultiService):
         while request.is_read and not self.commits.settled:
             # Never answer with a write not yet on disk.  Checked again after the wait:
             # a writer told before this read may have opened the next group already.
-            try:
-                await self.commits.durable()
-            except GroupFailed:
-                pass         # its writes were undone: what the store holds is durable
+            await self.commits.durable()
             if node.serving_as != self.my_id:
                 raise _NotCoordinator()
         if request.is_read:
@@ -759,11 +756,9 @@ class Replica(service.MultiService):
         rid = request.context.rid if request.context else None
         if rid is not None and store.request(rid) is not None and not self.commits.settled:
             # Sent again while its first copy waits for its COMMIT: answered (and pushed
-            # again) only once the first could be, and only if that COMMIT worked.
-            try:
-                await self.commits.durable()
-            except GroupFailed:
-                pass              # the first copy failed: this one is decided afresh
+            # again) only once the first could be, and only if that COMMIT worked (if
+            # it failed, this copy is decided afresh).
+            await self.commits.durable()
             if node.serving_as != self.my_id:
                 raise _NotCoordinator()
         done = store.request(rid) if rid is not None else None
@@ -775,10 +770,7 @@ class Replica(service.MultiService):
                 if rid is None and not self.commits.settled:
                     # NOTFOUND reads the store: like a read, it is answered only from
                     # what is durable (the DEL before it may still fail), so decide again
-                    try:
-                        await self.commits.durable()
-                    except GroupFailed:
-                        pass
+                    await self.commits.durable()
                     return await self._coordinate(request, placed)
                 if placed is not None:
                     placed()

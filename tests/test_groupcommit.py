@@ -127,6 +127,20 @@ def test_durable_waits_for_the_open_group_only(setup):
     assert waiting.called
 
 
+def test_durable_fires_when_the_group_it_waited_for_failed(setup):
+    """A failed COMMIT undid its writes: the store holds only what is durable, so a
+    waiter is told so (the writers themselves hear GroupFailed)."""
+    store, commits, clock, spy, _ = setup
+    written = commits.run(lambda: store.write(1, "a", "v"))
+    waiting = commits.durable()
+    spy.fail = True
+    clock.advance(0)
+    assert written.result.check(GroupFailed)
+    written.addErrback(lambda failure: None)
+    assert waiting.called and waiting.result is None
+    assert store.get("a") is None
+
+
 def test_pushed_records_join_groups_too(setup):
     store, commits, clock, spy, path = setup
     records = [Record(f"k{n}", "v", 3, n, VectorClock({3: n})) for n in range(1, 6)]
