@@ -240,11 +240,22 @@ def json_lines_observer(out: TextIO | io.TextIOBase) -> FileLogObserver:
     return FileLogObserver(out, line)
 
 
+def use_replicad_reactor() -> bool:
+    """twistd's replica runs on replicad.reactor.EPollReactor unless a reactor was
+    chosen (``twistd -r NAME``) or the platform has no epoll."""
+    try:
+        from replicad.reactor import install_unless_chosen
+    except ImportError:
+        return False
+    return install_unless_chosen()
+
+
 def makeService(options: Options, reactor=None) -> service.MultiService:
     """The replica, its client listener, its peer listener and (when the config gives
     it an ``admin`` address) its admin port, in one MultiService."""
     bind_check = reactor is None   # twistd's own reactor: try the ports before forking
     if reactor is None:
+        use_replicad_reactor()
         from twisted.internet import reactor
     config = options.cluster
     my_id = options["id"]
