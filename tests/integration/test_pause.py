@@ -14,6 +14,9 @@ once still finds its peers cut off; they are reachable again well within
 ``answer_timeout`` (raised to 1.5 s here) after it wakes.  The pause lasts at least
 twice the 1.2 s after which a coordinator counts itself paused.  With the immediate
 election restored (before fe552b0) the queued copy is applied again (checked: 3 of 3).
+
+The second test wakes a coordinator whose peer was restarted while it slept (its links
+to that peer end the moment it runs) and which alone holds a newer write.
 """
 
 from __future__ import annotations
@@ -93,3 +96,47 @@ def test_a_woken_coordinator_pulls_before_it_serves_what_was_queued(proxied):
         assert f"request {RID} was already applied" in log.read()
     cluster.wait_ready(timeout_s=30)
     assert BlockingClient(cluster.addresses(), timeout_s=20).get("k") == "new"
+
+
+def serving(cluster, i: int, coordinator: int) -> bool:
+    status = cluster.status(i)
+    return bool(status) and status["coordinator"] == coordinator and status["ready"] == "yes"
+
+
+def test_a_woken_coordinator_whose_peer_restarted_pulls_its_writes_first(start_cluster):
+    """Replica 3 (coordinator) sleeps while replica 2 takes over alone, acknowledges a
+    write that only it holds (write_quorum 1, replica 1 killed), and is restarted: every
+    connection between 2 and 3 is closed while 3 sleeps, so 3 wakes to links that end
+    (EOF) the moment it runs.  It bullies back, and must pull 2's write before it
+    serves: a GET queued at 3 while it slept, and one sent after, answer "second".
+
+    Anti-entropy (which would also bring the write, later) is slowed to a minute, so
+    only the take-over pull can: with it skipped, both answer "first" (checked once)."""
+    cluster = start_cluster(3, anti_entropy_interval=60)
+    assert cluster.coordinator() == 3
+    BlockingClient(cluster.addresses(), timeout_s=20).put("k", "first")
+
+    cluster.kill(3, signal.SIGSTOP)
+    stopped = time.monotonic()
+    try:
+        queued = connect(cluster.address(3))
+        queued.sendall(b"GET k\n")                 # waits in 3's socket
+        cluster.kill(1)
+        cluster.wait_until(lambda: serving(cluster, 2, 2), timeout_s=30,
+                           what="replica 2 serving alone")
+        assert BlockingClient([cluster.address(2)], timeout_s=20).put("k", "second") is None
+        cluster.kill(2)                            # SIGKILL: its sockets to 3 close
+        cluster.start_replica(2)
+        cluster.wait_until(lambda: serving(cluster, 2, 2), timeout_s=30,
+                           what="replica 2 back and serving")
+        time.sleep(max(0.0, PAUSE_S - (time.monotonic() - stopped)))   # a long pause
+    finally:
+        cluster.kill(3, signal.SIGCONT)
+
+    assert read_line(queued) == "VALUE second"
+    queued.close()
+    cluster.wait_until(lambda: serving(cluster, 3, 3) and serving(cluster, 2, 3),
+                       timeout_s=30, what="replica 3 serving again, 2 following it")
+    assert BlockingClient([cluster.address(3)], timeout_s=20).get("k") == "second"
+    with open(cluster.log_path(3), encoding="utf-8") as log:
+        assert "was paused" in log.read()
