@@ -8,7 +8,7 @@ its connection.  replicad logs with ``twisted.logger``, whose events never read 
 context, and a replica handles one event per request on every connection: measured,
 the wrapper was 1.4 µs of each event, and without it a 3-replica cluster served GETs
 1.12x, PUTs 1.07x, one-shot GETs and PUTs 1.06x and GETs sent to a follower 1.06x as
-fast (docs/benchmarks.md, "The reactor's per-event log context").
+fast (docs/benchmarks.md, "After that run (2026-11-30, fourth session of the day)").
 
 What is given up: a legacy line Twisted itself writes while handling an event (say
 the traceback of a protocol's ``dataReceived`` that raised, which ``_doReadOrWrite``
