@@ -230,6 +230,10 @@ class ClusterConfig:
     # A pull asks for a full copy when this replica is empty or lacks at least this
     # fraction of the writes the peer has seen; otherwise a delta (never larger).
     full_copy_ratio: float = 0.9
+    # A follower may answer a read itself (replica.py, _can_read_here): the session
+    # guarantees hold as on the coordinator; a read without a session may miss writes
+    # of the last heartbeat interval.  Off: followers forward every request (DESIGN.md).
+    follower_reads: bool = False
     timers: Timers = field(default_factory=Timers)
     limits: Limits = field(default_factory=Limits)
     source: str = "built-in cluster"
@@ -322,6 +326,9 @@ _CLUSTER_RATIOS = {"full_copy_ratio"}
 _CLUSTER_INTS = {"max_connections", "max_peer_connections", "listen_backlog", "max_key_bytes",
                  "max_value_bytes"}
 _CLUSTER_STRINGS = {"secret", "client_password", "write_quorum"}
+_CLUSTER_SWITCHES = {"follower_reads"}
+_YES = {"yes", "true", "on", "1"}
+_NO = {"no", "false", "off", "0"}
 _MEMBER_KEYS = {"client", "peer", "client_listen", "peer_listen", "peer_connect", "admin",
                 "admin_listen"}
 
@@ -347,7 +354,8 @@ def parse_config(parser: configparser.ConfigParser, source: str) -> ClusterConfi
     if not parser.has_section("cluster"):
         raise ConfigError(f"{where} has no [cluster] section")
     cluster = parser["cluster"]
-    unknown = set(cluster) - _CLUSTER_FLOATS - _CLUSTER_INTS - _CLUSTER_STRINGS - _CLUSTER_RATIOS
+    unknown = (set(cluster) - _CLUSTER_FLOATS - _CLUSTER_INTS - _CLUSTER_STRINGS
+               - _CLUSTER_RATIOS - _CLUSTER_SWITCHES)
     if unknown:
         raise ConfigError(f"{where}: unknown setting {sorted(unknown)[0]!r} in [cluster]")
 
@@ -385,6 +393,8 @@ def parse_config(parser: configparser.ConfigParser, source: str) -> ClusterConfi
         if ratio > 1:
             raise ConfigError(f"{where}: {name} must be at most 1, got {cluster[name]!r}")
         ints[name] = ratio
+    for name in _CLUSTER_SWITCHES & set(cluster):
+        ints[name] = _switch(cluster[name], name, where)
     secret = cluster.get("secret", "").strip()
     if not secret:
         raise ConfigError(f"{where}: [cluster] needs a non-empty secret")
@@ -400,6 +410,15 @@ def parse_config(parser: configparser.ConfigParser, source: str) -> ClusterConfi
     )
     _validate(config)
     return config
+
+
+def _switch(text: str, name: str, where: str) -> bool:
+    word = text.strip().lower()
+    if word in _YES:
+        return True
+    if word in _NO:
+        return False
+    raise ConfigError(f"{where}: {name} must be yes or no, got {text.strip()!r}")
 
 
 def _parse_member(replica_id: int, section: configparser.SectionProxy, where: str) -> Member:
@@ -543,6 +562,8 @@ def render_config(config: ClusterConfig) -> str:
         value = getattr(config, name)
         if value != getattr(ClusterConfig, name):
             lines.append(f"{name} = {value}")
+    if config.follower_reads:
+        lines.append("follower_reads = yes")
     for member in sorted(config.members.values(), key=lambda m: m.id):
         lines += ["", f"[replica:{member.id}]"]
         lines += [f"client = {member.client}", f"peer = {member.peer}"]

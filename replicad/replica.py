@@ -96,6 +96,9 @@ class Replica(service.MultiService):
             len(config.ids) - config.majority + 1 if quorum_mode else 1, new_cluster,
         )
         self._pinged_coordinator: int | None = None
+        # (coordinator, its clock) from the last PING it answered as the coordinator:
+        # what a follower must hold before it answers a read itself (follower_reads).
+        self._coordinator_seen: tuple[int, VectorClock] | None = None
         # Peers that failed a ping or a forward since they last answered: the evidence
         # that a forward in flight to them will get no answer.
         self._suspected: set[int] = set()
@@ -326,7 +329,10 @@ class Replica(service.MultiService):
 
         def alive(status: PeerStatus) -> bool:
             self._compare(status)        # cheap anti-entropy on every heartbeat
-            return status.role == "coordinator"
+            if status.role != "coordinator":
+                return False
+            self._coordinator_seen = (coordinator, status.clock)
+            return True
 
         d = self.ping(coordinator, self.timers.ping_timeout)
         d.addCallback(alive)
@@ -504,12 +510,14 @@ class Replica(service.MultiService):
             "version": replicad.__version__,
         }
 
-    def _meta(self, request: Request, vc: VectorClock) -> ReplyMeta | None:
+    def _meta(self, request: Request, vc: VectorClock,
+              executed: bool = False) -> ReplyMeta | None:
+        """``executed``: this replica served the request (a read: a follower's too)."""
         if request.context is None:
             return None
         node = self.node
         return ReplyMeta(
-            vc=vc, by=self.my_id if node.serving_as == self.my_id else None,
+            vc=vc, by=self.my_id if executed or node.serving_as == self.my_id else None,
             coord=node.coordinator, epoch=node.epoch, here=self.my_id,
             cluster=self.store.cluster_id,
         )
@@ -539,20 +547,37 @@ class Replica(service.MultiService):
         return reply
 
     def _can_read_now(self, request: Request) -> bool:
-        return (request.is_read and self.node.serving_as == self.my_id
+        return (request.is_read
+                and (self.node.serving_as == self.my_id or self._may_read_here())
                 and self.commits.settled
                 and (request.context is None    # a session's reads may need to wait
                      or request.context.requirement() <= self.store.clock))
 
+    def _may_read_here(self) -> bool:
+        """follower_reads: this follower may answer a read itself if its coordinator
+        answered a ping within the heartbeat interval and this replica held, as of that
+        answer, every write the coordinator had (a read without a session then misses at
+        most the writes of one heartbeat interval; a session's own clocks are checked
+        by the caller, as on the coordinator).  Else the read is forwarded."""
+        if not self.config.follower_reads:
+            return False
+        node = self.node
+        seen = self._coordinator_seen
+        return (node.role is Role.FOLLOWER and seen is not None
+                and seen[0] == node.coordinator and not node.cannot_serve
+                and self._bound and self.detector.recently_ok()
+                and seen[1] <= self.store.clock)
+
     def _read(self, request: Request) -> Reply:
         store = self.store
+        meta = self._meta(request, store.clock, executed=True)
         if request.command == "GET":
             record = store.get(request.key)
             if record is None or record.deleted:
-                return Reply("NOTFOUND", meta=self._meta(request, store.clock))
-            return Reply("VALUE", record.value, meta=self._meta(request, store.clock))
+                return Reply("NOTFOUND", meta=meta)
+            return Reply("VALUE", record.value, meta=meta)
         keys = tuple(store.keys(request.key or ""))
-        return Reply("KEYS", lines=keys, meta=self._meta(request, store.clock))
+        return Reply("KEYS", lines=keys, meta=meta)
 
     def _unavailable(self, request: Request) -> Reply:
         if self.node.cannot_serve:

@@ -768,3 +768,23 @@ def test_listen_backlog_setting(tmp_path):
     path.write_text(path.read_text().replace("4096", "0"))
     with pytest.raises(ConfigError, match="listen_backlog must be greater than 0"):
         load_config(str(path))
+
+
+@pytest.mark.parametrize("text, value", [("yes", True), ("No", False), ("true", True),
+                                         ("off", False), ("1", True), (" 0 ", False)])
+def test_follower_reads_is_a_switch(tmp_path, text, value):
+    config = load_config(write(tmp_path, with_cluster(f"follower_reads = {text}")))
+    assert config.follower_reads is value
+    loaded = load_config(write(tmp_path, render_config(config), name="rendered.ini"))
+    assert loaded.follower_reads is value
+
+
+def test_follower_reads_is_off_unless_asked(tmp_path):
+    assert default_config().follower_reads is False
+    assert load_config(write(tmp_path, with_cluster(""))).follower_reads is False
+
+
+@pytest.mark.parametrize("text", ["maybe", "", "2", "yes please"])
+def test_follower_reads_must_be_yes_or_no(tmp_path, text):
+    message = config_error(tmp_path, with_cluster(f"follower_reads = {text}"))
+    assert "follower_reads must be yes or no" in message

@@ -508,6 +508,7 @@ class FakeCoordinatorLink:
 
     def __init__(self, replica: Replica, client_answers):
         self.replica = replica
+        self.clock = VectorClock()      # what its PING answers say it holds
         self.answers = iter(client_answers)
         self.sent: list[peerwire.Message] = []
         self.forgotten: list[int] = []
@@ -518,7 +519,7 @@ class FakeCoordinatorLink:
         message = peerwire.decode_message(verb, payload)
         self.sent.append(message)
         if verb == "PING":
-            status = PeerStatus(3, "coordinator", 3, self.replica.node.epoch, VectorClock())
+            status = PeerStatus(3, "coordinator", 3, self.replica.node.epoch, self.clock)
             return defer.succeed(PeerResponse("OK", status.encode()))
         if verb != "CLIENT":
             return defer.Deferred()         # an ELECTION, a pull...: no answer yet
@@ -910,3 +911,106 @@ def test_a_read_never_answers_from_a_group_opened_while_it_waited(replica):
     replica.reactor.advance(0)
     assert again.result.status == "OK"
     assert (read.result.status, read.result.text) == ("VALUE", "v2")
+
+
+# follower_reads ---------------------------------------------------------------------------
+
+
+@pytest.fixture
+def reading_follower(tmp_path):
+    """Replica 2 with follower_reads on, following replica 3 (a FakeCoordinatorLink
+    whose PING answers say it holds 3:1), holding k = v (write 3:1, pushed), and with
+    a PING answered just now."""
+    from replicad.config import with_overrides
+
+    reactor = MemoryReactorClock()
+    config = with_overrides(default_config(), follower_reads=True)
+    replica = Replica(config, 2, str(tmp_path / "data"), reactor, new_cluster=True)
+    replica.startService()
+    replica.store.bind_cluster("5" * 32)      # it joined the cluster (copied its history)
+    follow(replica)
+    epoch = replica.node.coordinator_epoch
+    assert push(replica, 3, epoch, Record("k", "v", 3, 1, VectorClock({3: 1}), epoch)).kind == "OK"
+    link = fake_coordinator(replica, [])
+    link.clock = VectorClock({3: 1})
+    assert replica.detector.check().result is True
+    yield replica
+    replica.stopService()
+
+
+def read_now(replica: Replica, line: str):
+    return replica.answer_now(wire.parse_request(line, replica.config.limits))
+
+
+def test_a_follower_with_follower_reads_answers_a_read_itself(reading_follower):
+    reply = read_now(reading_follower, "@r=;w= GET k")
+    assert reply.text == "v"
+    assert reply.meta.by == 2 and reply.meta.coord == 3     # executed here, not forwarded
+    assert read_now(reading_follower, "GET nothing").status == "NOTFOUND"
+    assert read_now(reading_follower, "KEYS").lines == ("k",)
+    assert read_now(reading_follower, "PUT k w") is None     # writes are forwarded
+
+
+def test_without_follower_reads_a_follower_forwards_every_read(replica):
+    replica.store.bind_cluster("5" * 32)
+    follow(replica)
+    epoch = replica.node.coordinator_epoch
+    push(replica, 3, epoch, Record("k", "v", 3, 1, VectorClock({3: 1}), epoch))
+    fake_coordinator(replica, []).clock = VectorClock({3: 1})
+    assert replica.detector.check().result is True
+    assert read_now(replica, "GET k") is None
+
+
+def test_a_follower_behind_its_coordinators_last_answer_forwards(reading_follower):
+    """The coordinator's PING said it held 3:2, this follower holds 3:1: a read without
+    a session would miss a write older than the heartbeat, so it is forwarded."""
+    replica = reading_follower
+    replica.links[3].clock = VectorClock({3: 2})
+    replica.reactor.advance(replica.timers.ping_interval)   # the next heartbeat
+    assert replica.detector.recently_ok()
+    assert read_now(replica, "GET k") is None
+
+
+def test_a_follower_whose_coordinator_has_not_answered_lately_forwards(reading_follower):
+    replica = reading_follower
+    replica.links[3]._answer = lambda verb, payload: defer.Deferred()   # silent now
+    replica.reactor.advance(replica.timers.ping_interval * 1.5)
+    assert not replica.detector.recently_ok()
+    assert read_now(replica, "GET k") is None
+
+
+def test_a_session_ahead_of_the_follower_is_forwarded(reading_follower):
+    assert read_now(reading_follower, "@r=3:2;w= GET k") is None
+    assert read_now(reading_follower, "@r=;w=3:2 GET k") is None
+    assert read_now(reading_follower, "@r=3:1;w=3:1 GET k").text == "v"
+
+
+def test_a_follower_with_a_push_not_yet_durable_forwards(reading_follower):
+    replica = reading_follower
+    epoch = replica.node.coordinator_epoch
+    record = Record("k", "v2", 3, 2, VectorClock({3: 2}), epoch)
+    replica.commits.run(lambda: replica.store.apply_pushed_batch((record,)))
+    assert read_now(replica, "GET k") is None              # 3:2 awaits its COMMIT
+    replica.reactor.advance(0)
+    assert read_now(replica, "GET k").text == "v2"
+
+
+def test_a_follower_that_has_not_joined_the_cluster_forwards(tmp_path):
+    """An unbound replica (a wiped disk, still copying) takes pushes as a fresh one but
+    has no history to answer from."""
+    from replicad.config import with_overrides
+
+    config = with_overrides(default_config(), follower_reads=True)
+    replica = Replica(config, 2, str(tmp_path / "data"), MemoryReactorClock(), new_cluster=True)
+    replica.startService()
+    try:
+        follow(replica)
+        epoch = replica.node.coordinator_epoch
+        push(replica, 3, epoch, Record("k", "v", 3, 1, VectorClock({3: 1}), epoch))
+        fake_coordinator(replica, []).clock = VectorClock({3: 1})
+        assert replica.detector.check().result is True
+        assert read_now(replica, "GET k") is None
+        replica.store.bind_cluster("5" * 32)
+        assert read_now(replica, "GET k").text == "v"
+    finally:
+        replica.stopService()

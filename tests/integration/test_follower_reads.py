@@ -1,0 +1,82 @@
+"""follower_reads = yes on real replicas: a follower answers reads itself, keeps the
+session guarantees, and stops answering from its own data once its coordinator has
+been silent for a heartbeat interval."""
+
+from __future__ import annotations
+
+import re
+import socket
+import time
+
+from replicad.client import BlockingClient
+
+
+def ask(address: str, line: str, timeout_s: float = 30.0) -> str:
+    """One request on its own connection: the reply line."""
+    host, port = address.rsplit(":", 1)
+    with socket.create_connection((host, int(port)), timeout=timeout_s) as conn:
+        conn.sendall(line.encode() + b"\n")
+        data = b""
+        while not data.endswith(b"\n"):
+            chunk = conn.recv(4096)
+            if not chunk:
+                break
+            data += chunk
+    return data.decode().strip()
+
+
+def executed_by(reply: str) -> int | None:
+    found = re.search(r"(?:^@|;)by=(\d+)", reply.split(" ", 1)[0])
+    return int(found.group(1)) if found else None
+
+
+def clock_of(reply: str) -> str:
+    return re.search(r"(?:^@|;)vc=([^; ]*)", reply).group(1)
+
+
+def test_a_follower_answers_reads_itself_and_keeps_the_session(start_cluster):
+    cluster = start_cluster(3, follower_reads="yes")
+    assert cluster.coordinator() == 3
+    written = ask(cluster.address(3), "@r=;w= PUT k v1")
+    assert written.endswith(" OK"), written
+    session = f"@r=;w={clock_of(written)}"
+    # Read-your-writes at a follower, right after the write: answered by the follower
+    # once it holds the write (else forwarded); either way v1, never nothing.
+    reply = ask(cluster.address(1), f"{session} GET k")
+    assert reply.endswith(" VALUE v1"), reply
+    cluster.wait_until(lambda: executed_by(ask(cluster.address(1), f"{session} GET k")) == 1,
+                       timeout_s=10, what="replica 1 answering the read itself")
+    # The default: every request forwarded.
+    assert executed_by(ask(cluster.address(2), "@r=;w= PUT j w")) == 3
+
+
+def test_without_it_a_follower_forwards_reads(start_cluster):
+    cluster = start_cluster(3)
+    ask(cluster.address(3), "@r=;w= PUT k v1")
+    assert executed_by(ask(cluster.address(1), "@r=;w= GET k")) == 3
+
+
+def test_a_follower_cut_off_from_its_coordinator_stops_answering_from_its_data(proxied):
+    """Replica 3's bytes to replica 1 are held (its pushes and its PING answers): 3
+    acknowledges k = new (write_quorum 1) that 1 does not get.  After one heartbeat
+    interval 1 has not heard from 3; a read without a session sent to it then must not
+    be answered from its own, older data: it waits for the heal and answers new.  (With
+    the follower answering whatever it holds, it answers old at once.)"""
+    cluster = proxied(3, follower_reads="yes", anti_entropy_interval=60)
+    assert cluster.coordinator() == 3
+    BlockingClient(cluster.addresses(), timeout_s=20).put("k", "old")
+    cluster.wait_until(lambda: executed_by(ask(cluster.address(1), "@r=;w= GET k")) == 1,
+                       timeout_s=10, what="replica 1 answering reads itself")
+    cluster.cut_one_way(3, 1)
+    try:
+        assert BlockingClient([cluster.address(3)], timeout_s=20).put("k", "new") is None
+        time.sleep(2 * 0.3)          # two ping intervals: 1 has not heard from 3 since
+        host, port = cluster.address(1).rsplit(":", 1)
+        conn = socket.create_connection((host, int(port)), timeout=30)
+        conn.sendall(b"GET k\n")
+        time.sleep(0.3)              # the read waits at 1 (it is not answered locally)
+    finally:
+        cluster.heal()
+    with conn:
+        reply = conn.makefile("rb").readline().decode().strip()
+    assert reply == "VALUE new", reply
