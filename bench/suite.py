@@ -33,7 +33,8 @@ that is not the target or the load generator, idle servers included) is estimate
 
 Scenarios: GET and PUT with 1 and 50 persistent connections, pipelined (16 on one
 connection), one-shot (50 concurrent), sent to a follower (3 replicas, 50 connections,
-as a ratio to the same sent to the coordinator), PUT with 50 connections for 1/3/5
+as a ratio to the same sent to the coordinator; GETs also to a cluster with
+``follower_reads = yes``, where the follower answers them itself), PUT with 50 connections for 1/3/5
 replicas and both quorum modes, a sweep of connection counts for the throughput plot,
 and a burst of 2,000 new connections (time until all are open and each has answered a
 PING; the kernel's listen-queue overflow counter is read around it).  The targets of
@@ -100,7 +101,7 @@ SWEEP_DURATION_FACTOR = 0.5   # the extra sweep points run for half the duration
 
 @dataclasses.dataclass
 class Target:
-    key: str                   # short name used in scenario lists: R3, R3m, R1, R5, R5m, Ra, Re
+    key: str          # short name used in scenario lists: R3, R3m, R1, R5, R5m, R3f, Ra, Re
     label: str
     kind: str                  # "replicad" or "redis"
     proto: str                 # "line" or "resp"
@@ -113,27 +114,33 @@ class Target:
     follower: int | None = None
 
 
-REPLICAD_SHAPES = {   # key -> (replicas, write_quorum)
-    "R3": (3, "1"), "R3m": (3, "majority"), "R1": (1, "1"), "R5": (5, "1"),
-    "R5m": (5, "majority"),
+REPLICAD_SHAPES = {   # key -> (replicas, write_quorum, follower_reads)
+    "R3": (3, "1", False), "R3m": (3, "majority", False), "R1": (1, "1", False),
+    "R5": (5, "1", False), "R5m": (5, "majority", False),
+    # The opt-in: followers answer reads themselves (docs/consistency.md); measured for
+    # GETs sent to a follower only, beside R3's forwarding.
+    "R3f": (3, "1", True),
 }
 REDIS_MODES = {"Ra": "always", "Re": "everysec"}
 
 
-def replicad_label(size: int, quorum: str) -> str:
+def replicad_label(size: int, quorum: str, follower_reads: bool = False) -> str:
     if size == 1:
         return "replicad, 1 replica"
-    return f"replicad, {size} replicas, wq={quorum}"
+    reads = ", follower_reads = yes" if follower_reads else ""
+    return f"replicad, {size} replicas, wq={quorum}{reads}"
 
 
 def start_cluster(key: str, workdir: str, progress) -> Target:
-    size, quorum = REPLICAD_SHAPES[key]
+    size, quorum, follower_reads = REPLICAD_SHAPES[key]
+    overrides = {"write_quorum": quorum, "max_connections": str(MAX_CONNECTIONS)}
+    if follower_reads:
+        overrides["follower_reads"] = "yes"
     cluster = LocalCluster(size, find_free_base_port(size), os.path.join(workdir, key),
-                           overrides={"write_quorum": quorum,
-                                      "max_connections": str(MAX_CONNECTIONS)})
+                           overrides=overrides)
     cluster.start()
-    return Target(key, replicad_label(size, quorum), "replicad", "line", {}, lambda: [],
-                  size, quorum, cluster)
+    return Target(key, replicad_label(size, quorum, follower_reads), "replicad", "line",
+                  {}, lambda: [], size, quorum, cluster)
 
 
 def settle_cluster(target: Target, progress) -> None:
@@ -233,7 +240,7 @@ def scenarios(sweep_conns: list[int]) -> list[Scenario]:
         Scenario("put-os50", "PUT, one-shot, 50 concurrent", "put", "oneshot", 50,
                  ("R3", "Ra", "Re")),
         Scenario("get-50-follower", "GET, 50 connections, sent to a follower", "get",
-                 "persistent", 50, ("R3",), via="follower"),
+                 "persistent", 50, ("R3", "R3f"), via="follower"),
         Scenario("put-50-follower", "PUT, 50 connections, sent to a follower", "put",
                  "persistent", 50, ("R3",), via="follower"),
     ]
@@ -581,6 +588,8 @@ def goals(cells: dict, bursts: list[Burst], runs: list[Run] = ()) -> list[Goal]:
               "get-50-follower", "R3", "get-50", "R3", 0.70),
         share("PUT sent to a follower / to the coordinator (50 connections)",
               "put-50-follower", "R3", "put-50", "R3", 0.70),
+        share("GET sent to a follower with follower_reads = yes (opt-in) / to the "
+              "coordinator", "get-50-follower", "R3f", "get-50", "R3", 0.70),
         share("PUT, 50 connections, 5 replicas / 3 replicas, wq=1",
               "put-50", "R5", "put-50", "R3", 0.70),
         share("PUT, 50 connections, 5 replicas / 3 replicas, wq=majority",
@@ -987,7 +996,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                         help="comma-separated scenario keys to run (e.g. get-50,put-50)")
     parser.add_argument("--targets", default="",
                         help="comma-separated targets to run them on (e.g. R3,R3m; default "
-                             "every scenario's own: R1 R3 R3m R5 R5m replicad, Ra Re Redis)")
+                             "every scenario's own: R1 R3 R3m R5 R5m R3f replicad, Ra Re Redis)")
     parser.add_argument("--skip-redis", action="store_true", help="measure replicad only")
     parser.add_argument("--baseline", metavar="JSON",
                         help="an earlier run's results (docs/suite/<section>.json): adds "
