@@ -230,7 +230,7 @@ class ClusterConfig:
     # A pull asks for a full copy when this replica is empty or lacks at least this
     # fraction of the writes the peer has seen; otherwise a delta (never larger).
     full_copy_ratio: float = 0.9
-    # A follower may answer a read itself (replica.py, _can_read_here): the session
+    # A follower may answer a read itself (replica.py, _may_read_here): the session
     # guarantees hold as on the coordinator; a read without a session may miss writes
     # of the last heartbeat interval.  Off: followers forward every request (DESIGN.md).
     follower_reads: bool = False
@@ -393,8 +393,8 @@ def parse_config(parser: configparser.ConfigParser, source: str) -> ClusterConfi
         if ratio > 1:
             raise ConfigError(f"{where}: {name} must be at most 1, got {cluster[name]!r}")
         ints[name] = ratio
-    for name in _CLUSTER_SWITCHES & set(cluster):
-        ints[name] = _switch(cluster[name], name, where)
+    switches = {name: _switch(cluster[name], name, where)
+                for name in _CLUSTER_SWITCHES & set(cluster)}
     secret = cluster.get("secret", "").strip()
     if not secret:
         raise ConfigError(f"{where}: [cluster] needs a non-empty secret")
@@ -407,6 +407,7 @@ def parse_config(parser: configparser.ConfigParser, source: str) -> ClusterConfi
         limits=limits,
         source=where,
         **ints,
+        **switches,
     )
     _validate(config)
     return config

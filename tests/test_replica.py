@@ -916,24 +916,29 @@ def test_a_read_never_answers_from_a_group_opened_while_it_waited(replica):
 # follower_reads ---------------------------------------------------------------------------
 
 
-@pytest.fixture
-def reading_follower(tmp_path):
+def started_follower(tmp_path, joined: bool = True) -> Replica:
     """Replica 2 with follower_reads on, following replica 3 (a FakeCoordinatorLink
-    whose PING answers say it holds 3:1), holding k = v (write 3:1, pushed), and with
-    a PING answered just now."""
+    whose PING answers say it holds 3:1), holding k = v (write 3:1, pushed), with a
+    PING answered just now; ``joined``: bound to the cluster (it copied its history)."""
     from replicad.config import with_overrides
 
-    reactor = MemoryReactorClock()
     config = with_overrides(default_config(), follower_reads=True)
-    replica = Replica(config, 2, str(tmp_path / "data"), reactor, new_cluster=True)
+    replica = Replica(config, 2, str(tmp_path / "data"), MemoryReactorClock(),
+                      new_cluster=True)
     replica.startService()
-    replica.store.bind_cluster("5" * 32)      # it joined the cluster (copied its history)
+    if joined:
+        replica.store.bind_cluster("5" * 32)
     follow(replica)
     epoch = replica.node.coordinator_epoch
     assert push(replica, 3, epoch, Record("k", "v", 3, 1, VectorClock({3: 1}), epoch)).kind == "OK"
-    link = fake_coordinator(replica, [])
-    link.clock = VectorClock({3: 1})
+    fake_coordinator(replica, []).clock = VectorClock({3: 1})
     assert replica.detector.check().result is True
+    return replica
+
+
+@pytest.fixture
+def reading_follower(tmp_path):
+    replica = started_follower(tmp_path)
     yield replica
     replica.stopService()
 
@@ -998,17 +1003,8 @@ def test_a_follower_with_a_push_not_yet_durable_forwards(reading_follower):
 def test_a_follower_that_has_not_joined_the_cluster_forwards(tmp_path):
     """An unbound replica (a wiped disk, still copying) takes pushes as a fresh one but
     has no history to answer from."""
-    from replicad.config import with_overrides
-
-    config = with_overrides(default_config(), follower_reads=True)
-    replica = Replica(config, 2, str(tmp_path / "data"), MemoryReactorClock(), new_cluster=True)
-    replica.startService()
+    replica = started_follower(tmp_path, joined=False)
     try:
-        follow(replica)
-        epoch = replica.node.coordinator_epoch
-        push(replica, 3, epoch, Record("k", "v", 3, 1, VectorClock({3: 1}), epoch))
-        fake_coordinator(replica, []).clock = VectorClock({3: 1})
-        assert replica.detector.check().result is True
         assert read_now(replica, "GET k") is None
         replica.store.bind_cluster("5" * 32)
         assert read_now(replica, "GET k").text == "v"

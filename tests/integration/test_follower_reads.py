@@ -5,24 +5,11 @@ been silent for a heartbeat interval."""
 from __future__ import annotations
 
 import re
-import socket
 import time
 
 from replicad.client import BlockingClient
 
-
-def ask(address: str, line: str, timeout_s: float = 30.0) -> str:
-    """One request on its own connection: the reply line."""
-    host, port = address.rsplit(":", 1)
-    with socket.create_connection((host, int(port)), timeout=timeout_s) as conn:
-        conn.sendall(line.encode() + b"\n")
-        data = b""
-        while not data.endswith(b"\n"):
-            chunk = conn.recv(4096)
-            if not chunk:
-                break
-            data += chunk
-    return data.decode().strip()
+from .lines import ask, connect, read_line
 
 
 def executed_by(reply: str) -> int | None:
@@ -71,12 +58,11 @@ def test_a_follower_cut_off_from_its_coordinator_stops_answering_from_its_data(p
     try:
         assert BlockingClient([cluster.address(3)], timeout_s=20).put("k", "new") is None
         time.sleep(2 * 0.3)          # two ping intervals: 1 has not heard from 3 since
-        host, port = cluster.address(1).rsplit(":", 1)
-        conn = socket.create_connection((host, int(port)), timeout=30)
+        conn = connect(cluster.address(1))
         conn.sendall(b"GET k\n")
         time.sleep(0.3)              # the read waits at 1 (it is not answered locally)
     finally:
         cluster.heal()
     with conn:
-        reply = conn.makefile("rb").readline().decode().strip()
+        reply = read_line(conn)
     assert reply == "VALUE new", reply

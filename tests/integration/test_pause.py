@@ -22,29 +22,15 @@ to that peer end the moment it runs) and which alone holds a newer write.
 from __future__ import annotations
 
 import signal
-import socket
 import time
 
 from replicad.client import BlockingClient
 
+from .lines import connect, read_line
+
 RID = "0123abcd00000000.1"
 PAUSE_S = 2.5            # > 2 x pause_s (4 ping intervals of 0.3 s)
 HEAL_AFTER_WAKE_S = 0.3  # well after a take-over started at once, well before 1.5 s
-
-
-def connect(address: str, timeout_s: float = 30.0) -> socket.socket:
-    host, port = address.rsplit(":", 1)
-    return socket.create_connection((host, int(port)), timeout=timeout_s)
-
-
-def read_line(conn: socket.socket) -> str:
-    data = b""
-    while not data.endswith(b"\n"):
-        chunk = conn.recv(4096)
-        if not chunk:
-            break
-        data += chunk
-    return data.decode().strip()
 
 
 def put_with_id(address: str) -> str:
