@@ -555,8 +555,8 @@ class Replica(service.MultiService):
 
     def _may_read_here(self) -> bool:
         """follower_reads: this follower may answer a read itself if its coordinator
-        answered a ping within the heartbeat interval and this replica held, as of that
-        answer, every write the coordinator had (a read without a session then misses at
+        answered a ping within the heartbeat interval and this replica holds every write
+        the coordinator had when it answered (a read without a session then misses at
         most the writes of one heartbeat interval; a session's own clocks are checked
         by the caller, as on the coordinator).  Else the read is forwarded."""
         if not self.config.follower_reads:
