@@ -327,8 +327,6 @@ _CLUSTER_INTS = {"max_connections", "max_peer_connections", "listen_backlog", "m
                  "max_value_bytes"}
 _CLUSTER_STRINGS = {"secret", "client_password", "write_quorum"}
 _CLUSTER_SWITCHES = {"follower_reads"}
-_YES = {"yes", "true", "on", "1"}
-_NO = {"no", "false", "off", "0"}
 _MEMBER_KEYS = {"client", "peer", "client_listen", "peer_listen", "peer_connect", "admin",
                 "admin_listen"}
 
@@ -414,12 +412,11 @@ def parse_config(parser: configparser.ConfigParser, source: str) -> ClusterConfi
 
 
 def _switch(text: str, name: str, where: str) -> bool:
-    word = text.strip().lower()
-    if word in _YES:
-        return True
-    if word in _NO:
-        return False
-    raise ConfigError(f"{where}: {name} must be yes or no, got {text.strip()!r}")
+    """configparser's own words: yes/no, true/false, on/off, 1/0 (any case)."""
+    value = configparser.ConfigParser.BOOLEAN_STATES.get(text.strip().lower())
+    if value is None:
+        raise ConfigError(f"{where}: {name} must be yes or no, got {text.strip()!r}")
+    return value
 
 
 def _parse_member(replica_id: int, section: configparser.SectionProxy, where: str) -> Member:
