@@ -528,10 +528,10 @@ class Goal:
 
     @property
     def met(self) -> bool:
-        return self.known and (self.value <= self.threshold if self.at_most
-                               else self.value >= self.threshold)
+        return self.met_by(self.value)
 
     def met_by(self, value: float) -> bool:
+        """Whether ``value`` (this goal's figure, or one round's) reaches the target."""
         return value == value and (value <= self.threshold if self.at_most
                                    else value >= self.threshold)
 
@@ -634,12 +634,8 @@ def fmt_rounds(goal: Goal) -> str:
     """The goal's figure in each round, and in how many of them it is met."""
     if len(goal.rounds) < 2:
         return "-"
-    one = Goal(goal.name, 0.0, goal.threshold, goal.unit, goal.at_most)
-    texts = []
-    for value in goal.rounds:
-        one.value = value
-        text = fmt_value(one)
-        texts.append(text.removesuffix("/s").removesuffix(" s"))
+    texts = [fmt_value(dataclasses.replace(goal, value=value)).removesuffix("/s")
+             .removesuffix(" s") for value in goal.rounds]
     met = sum(goal.met_by(value) for value in goal.rounds)
     return f"{', '.join(texts)} ({met} of {len(goal.rounds)})"
 
