@@ -207,7 +207,9 @@ def test_a_replica_of_another_cluster_with_the_same_secret_is_refused(tmp_path):
         a.start_replica(1)
         a.wait_until(lambda: "refusing replica" in a.log_tail(2, lines=200),
                      timeout_s=10, what="replica 2 refuses the foreign replica 1")
-        assert "belongs to cluster" in a.log_tail(1, lines=200)
+        # Replica 1 hears of the refusal a moment after 2 logs it: wait for its line too.
+        a.wait_until(lambda: "belongs to cluster" in a.log_tail(1, lines=200),
+                     timeout_s=10, what="the foreign replica 1 names the other cluster")
         assert BlockingClient([a.address(2), a.address(3)], timeout_s=5).get("from") == "a"
         assert BlockingClient([a.address(1)], timeout_s=5).get("from") != "a"
         assert a.status(2)["peers"]["1"] == "down"
