@@ -103,16 +103,26 @@ async def until(condition) -> None:
 
 
 def record_sends(transport) -> list[bytes]:
-    """The bytes of each send the transport makes from now on, in a list."""
+    """The bytes of each send the transport makes from now on, in a list (its socket
+    is wrapped: the turn-end send calls it directly, Twisted's doWrite through
+    writeSomeData)."""
     sends: list[bytes] = []
-    real = transport.writeSomeData
-
-    def counted(data):
-        sends.append(bytes(data))
-        return real(data)
-
-    transport.writeSomeData = counted
+    transport.socket = _RecordingSocket(transport.socket, sends)
     return sends
+
+
+class _RecordingSocket:
+    def __init__(self, real, sends: list[bytes]):
+        self._real = real
+        self._sends = sends
+
+    def send(self, data) -> int:
+        sent = self._real.send(data)
+        self._sends.append(bytes(data)[:sent])
+        return sent
+
+    def __getattr__(self, name):
+        return getattr(self._real, name)
 
 
 def reply(server: Server, data: bytes) -> None:
