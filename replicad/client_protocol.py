@@ -69,6 +69,8 @@ class ClientProtocol(LineReceiver, TimeoutMixin):
         self.factory = factory
         self.MAX_LENGTH = factory.limits.max_line_bytes
         self.callLater = factory.clock.callLater   # TimeoutMixin uses this: injected time
+        self._seconds = factory.clock.seconds
+        self._active_at = 0.0   # the last request or reply: the idle timer counts from it
         self._counted = False
         self._authenticated = factory.password is None
         self._failed_auths = 0
@@ -88,6 +90,7 @@ class ClientProtocol(LineReceiver, TimeoutMixin):
             return
         self._counted = True
         self.factory.open_connections += 1
+        self._active_at = self._seconds()
         self.setTimeout(self.factory.idle_timeout_s)
         self.factory.handler.client_connected()
 
@@ -127,13 +130,20 @@ class ClientProtocol(LineReceiver, TimeoutMixin):
             self.transport.loseConnection()
 
     def timeoutConnection(self) -> None:
+        """The idle timer is armed once and not moved per request (a DelayedCall.reset
+        per request and per reply); a request or reply only notes the time, and the
+        timer, when it fires early, is armed again for what is left."""
+        seconds = self.factory.idle_timeout_s
         if self._queue:
             # A request is being served (a slow election, a catch-up): that is not
             # idleness.  The timer is re-armed here rather than stopped and started
             # around every request (a callLater and a cancel per request).
-            self.setTimeout(self.factory.idle_timeout_s)
+            self.setTimeout(seconds)
             return
-        seconds = self.factory.idle_timeout_s
+        left = self._active_at + seconds - self._seconds()
+        if left > 0:
+            self.setTimeout(left)
+            return
         self.write_reply(wire.error_reply(Code.IDLE, f"no request for {seconds:g} s, closing"))
         self.close_after_reply()
 
@@ -205,7 +215,7 @@ class ClientProtocol(LineReceiver, TimeoutMixin):
     def lineReceived(self, raw: bytes) -> None:
         if self._closing:
             return      # lines pipelined after QUIT (or another final reply) are dropped
-        self.resetTimeout()
+        self._active_at = self._seconds()     # not idle (timeoutConnection reads it)
         try:
             request = wire.parse_request(wire.decode_line(raw), self.factory.limits)
         except WireError as e:
@@ -297,7 +307,7 @@ class ClientProtocol(LineReceiver, TimeoutMixin):
             return
         if self._closing:
             return
-        self.resetTimeout()       # idle from the last reply on
+        self._active_at = self._seconds()     # idle from the last reply on
         if self.paused:
             self.resumeProducing()
 
