@@ -78,7 +78,6 @@ HELP_LINES = (
     "AUTH <password>     authenticate (when the cluster sets client_password)",
 )
 
-_FIRST_WORD = re.compile(r"^(\S+)(?:\s+(.*))?$", re.DOTALL)
 # Numbers on the wire (replica ids, epochs) fit SQLite's 64-bit integers.
 MAX_NUMBER_DIGITS = 18
 _KEY_AND_VALUE = re.compile(r"^(\S+)(?: (.*))?$", re.DOTALL)
@@ -264,8 +263,6 @@ def decode_line(raw: bytes) -> str:
 def parse_request(line: str, limits: Limits = Limits()) -> Request | None:
     """Parse one request line; None for a blank line; raise WireError for bad input."""
     line = line.rstrip("\r\n")
-    if not line.strip():
-        return None
     context = None
     if line.startswith("@"):
         token, _, line = line.partition(" ")
@@ -273,14 +270,17 @@ def parse_request(line: str, limits: Limits = Limits()) -> Request | None:
         line = line.lstrip(" \t")
         if not line:
             raise WireError(Code.BADARGS, "a context token must be followed by a command")
-    match = _FIRST_WORD.match(line.lstrip())
-    if match is None:
+    # The first word and the rest, leading whitespace (str.isspace) dropped from both.
+    first = line.split(None, 1)
+    if not first:
+        if context is None:
+            return None         # a blank line
         raise WireError(Code.BADCMD, "empty command; try HELP")
-    word, rest = match.group(1), match.group(2)
+    word = first[0]
+    rest = first[1] if len(first) == 2 else ""
     command = word.upper() if word.isascii() else word   # no Unicode case folding
     if command not in COMMANDS:
-        raise WireError(Code.BADCMD, f"unknown command {_shorten(match.group(1))!r}; try HELP")
-    rest = rest if rest else ""
+        raise WireError(Code.BADCMD, f"unknown command {_shorten(word)!r}; try HELP")
     if command == "AUTH":
         if not rest:
             raise WireError(Code.BADARGS, "usage: AUTH <password>")

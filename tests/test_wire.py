@@ -366,10 +366,16 @@ def test_wire_error_reply():
         ("GET\u00a0key", Request("GET", "key")),
         ("\u3000STATUS", Request("STATUS")),
         ("@r=- \x0cDEL k", Request("DEL", "k", context=SessionContext())),
+        ("\x1cGET\x1dk\x1e", Request("GET", "k")),     # str.isspace, as str.split sees it
     ],
 )
 def test_any_whitespace_around_the_command_word(line, expected):
     assert parse_request(line) == expected
+
+
+def test_a_context_followed_by_whitespace_alone_is_an_empty_command():
+    error = wire_error("@r=- \x0b\x0c")
+    assert (error.code, error.message) == (Code.BADCMD, "empty command; try HELP")
 
 
 # Regression: int() of a 5000-digit string raises ValueError (Python's int max str
