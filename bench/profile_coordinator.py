@@ -16,6 +16,13 @@ function that called it.  The coordinator's user and system CPU time (/proc) are
 beside it, so that waiting (for the disk, or for a CPU on a shared machine) can be told
 from work.
 
+``--perf`` samples with Linux ``perf record`` instead (every CPU cycle of the process:
+the interpreter, the kernel's syscalls, SQLite, libc), and splits the CPU time per
+request by where it ran and by C-level symbol: py-spy sees Python frames only and counts
+a call into C (a ``recv``, a COMMIT) with the Python function that made it, which over-
+states the syscalls of a request whose CPU is mostly the interpreter's.  Needs ``perf``
+(Debian: linux-perf) and ``kernel.perf_event_paranoid`` <= 1, or root.
+
 ``--before REV`` first measures the replicad of git revision REV the same way (a clone
 at REV with these benchmark files copied in, as ``suite.py --at`` does) and reports the
 two side by side.  ``--write`` replaces the section (default ``profile``) of
@@ -183,6 +190,59 @@ def summarise(stacks: list[tuple[list[str], int]], top: int) -> dict:
 # Measuring ----------------------------------------------------------------------------
 
 
+# perf report's "dso" (where the sampled instruction was) -> a name for the reader.
+DSO_NAMES = (
+    (re.compile(r"^libpython|^python3"), "Python interpreter (libpython)"),
+    (re.compile(r"^\[kernel"), "kernel (syscalls, TCP, epoll, the disk)"),
+    (re.compile(r"^libsqlite3"), "SQLite (libsqlite3)"),
+    (re.compile(r"^libc\.|^ld-linux|^libm\."), "libc (malloc, memcpy)"),
+    (re.compile(r"^_sqlite3|^_socket|^select|^_bisect|^_heapq|^_json"),
+     "Python's C modules (_sqlite3, _socket, ...)"),
+)
+_PERF_LINE = re.compile(r"^\s*([0-9.]+)%\s+(\S+)(?:\s+\[[.k]\]\s+(\S+))?")
+
+
+def dso_name(dso: str) -> str:
+    for pattern, name in DSO_NAMES:
+        if pattern.search(dso):
+            return name
+    return "other"
+
+
+def perf_report(raw: str, sort: str) -> list[tuple[float, str, str]]:
+    """``perf report --sort <sort>`` of a recording: (percent, dso, symbol or "") rows."""
+    done = subprocess.run(["perf", "report", "-i", raw, "--no-children", "--sort", sort,
+                           "--stdio", "-q", "-g", "none"],
+                          capture_output=True, text=True, timeout=300)
+    if done.returncode != 0:
+        raise RuntimeError(f"perf report failed: {done.stderr.strip()[-300:]}")
+    rows = []
+    for line in done.stdout.splitlines():
+        match = _PERF_LINE.match(line)
+        if match:
+            rows.append((float(match.group(1)), match.group(2), match.group(3) or ""))
+    return rows
+
+
+def summarise_perf(raw: str, top: int) -> dict:
+    where: dict[str, float] = {}
+    for share, dso, _ in perf_report(raw, "dso"):
+        name = dso_name(dso)
+        where[name] = where.get(name, 0.0) + share
+    symbols = [{"symbol": symbol, "where": dso_name(dso), "share": share}
+               for share, dso, symbol in perf_report(raw, "dso,symbol")[:top]]
+    return {"samples": None, "where": dict(sorted(where.items(), key=lambda kv: -kv[1])),
+            "top_symbols": symbols}
+
+
+def perf_binary() -> str:
+    found = shutil.which("perf")
+    if not found:
+        raise SystemExit("bench/profile_coordinator.py --perf needs perf "
+                         "(Debian: apt-get install linux-perf)")
+    return found
+
+
 def py_spy() -> str:
     found = shutil.which("py-spy") or os.path.join(os.path.dirname(sys.executable), "py-spy")
     if not os.access(found, os.X_OK):
@@ -193,7 +253,7 @@ def py_spy() -> str:
 def measure(args: argparse.Namespace, progress) -> dict:
     workdir = tempfile.mkdtemp(prefix="replicad-bench-profile-")
     binary, cc = compile_load(workdir)
-    spy = py_spy()
+    spy = perf_binary() if args.perf else py_spy()
     target = start_cluster("R3m" if args.write_quorum == "majority" else "R3", workdir,
                            progress)
     results: dict = {"code": args.code.version, "fingerprint": args.code.fingerprint,
@@ -217,10 +277,14 @@ def measure(args: argparse.Namespace, progress) -> dict:
             pid = cluster.pid(profiled)
             assert pid is not None
             raw = os.path.join(workdir, f"{key}.raw")
-            argv = [spy, "record", "--pid", str(pid), "--duration", f"{args.duration:g}",
-                    "--rate", str(args.rate), "--format", "raw", "--function",
-                    "--output", raw]
-            if args.nonblocking:
+            if args.perf:
+                argv = [spy, "record", "-F", str(args.rate), "-p", str(pid), "-o", raw,
+                        "--", "sleep", f"{args.duration:g}"]
+            else:
+                argv = [spy, "record", "--pid", str(pid), "--duration", f"{args.duration:g}",
+                        "--rate", str(args.rate), "--format", "raw", "--function",
+                        "--output", raw]
+            if args.nonblocking and not args.perf:
                 argv.append("--nonblocking")
             spy_done: dict = {}
 
@@ -238,13 +302,17 @@ def measure(args: argparse.Namespace, progress) -> dict:
             cpu0, cpu1 = user0 + sys0, user1 + sys1
             done = spy_done["proc"]
             if done.returncode != 0 or not os.path.exists(raw):
-                raise RuntimeError(f"py-spy failed ({done.returncode}): "
+                raise RuntimeError(f"{os.path.basename(spy)} failed ({done.returncode}): "
                                    f"{done.stderr.strip()[-500:]}")
-            summary = summarise(parse_raw(raw), args.top)
+            if args.perf:
+                summary = summarise_perf(raw, args.top)
+            else:
+                summary = summarise(parse_raw(raw), args.top)
             expected = args.rate * args.duration
             summary.update({
                 "rate_ops": run.rate, "p50_us": run.p50_us, "p99_us": run.p99_us,
-                "errors": run.errors, "busy": summary["samples"] / expected,
+                "errors": run.errors,
+                "busy": summary["samples"] / expected if summary["samples"] else None,
                 "cpu_us_per_op": (cpu1 - cpu0) / run.completed * 1e6 if run.completed
                 else float("nan"),
                 "coordinator_cpu_share": (cpu1 - cpu0) / run.wall_s if run.wall_s else 0.0,
@@ -255,9 +323,14 @@ def measure(args: argparse.Namespace, progress) -> dict:
             if args.keep:
                 summary["raw"] = raw
             results["scenarios"][key] = summary
-            progress(f"{key}: {run.rate:,.0f} ops/s under py-spy, {summary['samples']} "
-                     f"samples (not idle {summary['busy']:.0%} of the time, on CPU "
-                     f"{summary['coordinator_cpu_share']:.0%})")
+            if args.perf:
+                progress(f"{key}: {run.rate:,.0f} ops/s under perf, "
+                         f"{summary['cpu_us_per_op']:.1f} µs of CPU per request, on CPU "
+                         f"{summary['coordinator_cpu_share']:.0%}")
+            else:
+                progress(f"{key}: {run.rate:,.0f} ops/s under py-spy, {summary['samples']} "
+                         f"samples (not idle {summary['busy']:.0%} of the time, on CPU "
+                         f"{summary['coordinator_cpu_share']:.0%})")
     finally:
         target.cluster.stop()
         if args.keep:
@@ -285,6 +358,8 @@ def measure_at(args: argparse.Namespace, rev: str, progress) -> dict:
                    str(args.rate), "--top", str(args.top), "--json", out]
         if args.nonblocking:
             command.append("--nonblocking")
+        if args.perf:
+            command.append("--perf")
         if args.keep:
             command.append("--keep")
         progress(f"measuring {rev} in {clone}")
@@ -303,7 +378,70 @@ def pct(n: float, total: float) -> str:
     return "-" if not total else f"{100 * n / total:.1f}%"
 
 
+def report_perf(args: argparse.Namespace, now_: dict, before: dict | None,
+                elapsed: float) -> str:
+    """The --perf report: CPU per request, split by where it ran, and the top symbols."""
+    title = "" if args.section == "profile" else f" [{args.section}]"
+    who = "a follower" if args.follower else "the coordinator"
+    lines = [f"## Where a request's time goes: perf on {who} "
+             f"(bench/profile_coordinator.py --perf){title}", "",
+             "Command:", "", "```", _common.command_line(), "```", ""]
+    lines += _common.machine_lines()
+    lines += args.code.lines()
+    lines += [
+        f"- cluster: 3 replicas, write_quorum = {args.write_quorum}, default timers (as the "
+        f"suite's); load: bench/load.c ({now_.get('cc', 'cc')}), {args.value_bytes}-byte "
+        f"values, a new key per PUT, GETs over {args.keyspace:,} keys",
+        f"- perf record -F {args.rate} -p PID for {args.duration:g} s per scenario after "
+        f"{args.warmup:g} s of load: CPU samples of every thread, user and kernel",
+        "- before: " + (before["code"] if before else "not measured")
+        + f"; now: {now_['code']}",
+        f"- total run time: {elapsed:.0f} s",
+        "",
+        "`CPU µs/op` = the process's utime+stime (/proc) per completed request; each "
+        "`µs/op` below is that times the share of perf's samples taken there (where the "
+        "sampled instruction was). Unlike py-spy's, these are shares of CPU time, not of "
+        "wall time: waiting for the disk or for a CPU is not in them.",
+        "",
+    ]
+    runs = [("before", before), ("now", now_)] if before else [("now", now_)]
+    for key in args.scenarios:
+        lines += [f"### {SCENARIOS[key].title}", ""]
+        places: list[str] = []
+        for _, data in runs:
+            s = data["scenarios"].get(key)
+            if s:
+                places += [p for p in s["where"] if p not in places]
+        header = ["", *(label for label, _ in runs)]
+        rows = [["ops/s (under perf)"], ["CPU µs/op"], ["of it in the kernel (stime)"]]
+        rows += [[place] for place in places]
+        for _, data in runs:
+            s = data["scenarios"].get(key) or {}
+            cpu = s.get("cpu_us_per_op", float("nan"))
+            rows[0].append(f"{s.get('rate_ops', 0):,.0f}")
+            rows[1].append(f"{cpu:.1f}")
+            rows[2].append(f"{s.get('system_share', float('nan')):.0%}")
+            for row, place in zip(rows[3:], places, strict=True):
+                share = s.get("where", {}).get(place, 0.0)
+                row.append(f"{share:.1f} % = {cpu * share / 100:.1f} µs")
+        lines += markdown_table(header, rows)
+        lines.append("")
+        for label, data in runs:
+            s = data["scenarios"].get(key)
+            if not s:
+                continue
+            lines += [f"Top {args.top} symbols, {label}:", ""]
+            lines += markdown_table(
+                ["symbol", "where", "share"],
+                [[f"`{t['symbol']}`", t["where"], f"{t['share']:.1f} %"]
+                 for t in s["top_symbols"][:args.top]])
+            lines.append("")
+    return "\n".join(lines)
+
+
 def report(args: argparse.Namespace, now_: dict, before: dict | None, elapsed: float) -> str:
+    if args.perf:
+        return report_perf(args, now_, before, elapsed)
     title = "" if args.section == "profile" else f" [{args.section}]"
     lines = ["## Where a request's time goes: py-spy on the coordinator "
              f"(bench/profile_coordinator.py){title}", "",
@@ -398,7 +536,11 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                         help="seconds py-spy records per scenario (default 10)")
     parser.add_argument("--warmup", type=float, default=1.0,
                         help="seconds of load before py-spy starts (default 1)")
-    parser.add_argument("--rate", type=int, default=100, help="py-spy samples/s (100)")
+    parser.add_argument("--rate", type=int, default=None,
+                        help="samples/s (py-spy: 100; perf: 999)")
+    parser.add_argument("--perf", action="store_true",
+                        help="sample with Linux perf (CPU time by where it ran, C symbols) "
+                             "instead of py-spy (Python frames)")
     parser.add_argument("--follower", action="store_true",
                         help="profile a follower (it applies the pushes) instead of the "
                              "coordinator, for every scenario")
@@ -419,6 +561,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     args.scenarios = [s.strip() for s in args.scenarios.split(",") if s.strip()]
     if not args.scenarios or any(s not in SCENARIOS for s in args.scenarios):
         parser.error(f"--scenarios takes {', '.join(SCENARIOS)}")
+    if args.rate is None:
+        args.rate = 999 if args.perf else 100
     # What Suite.run reads from its arguments.
     args.rounds = 1
     return args
