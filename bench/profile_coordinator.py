@@ -378,13 +378,11 @@ def pct(n: float, total: float) -> str:
     return "-" if not total else f"{100 * n / total:.1f}%"
 
 
-def report_perf(args: argparse.Namespace, now_: dict, before: dict | None,
-                elapsed: float) -> str:
-    """The --perf report: CPU per request, split by where it ran, and the top symbols."""
+def report_head(args: argparse.Namespace, now_: dict, before: dict | None, elapsed: float,
+                heading: str, sampling: str, legend: str) -> list[str]:
+    """The lines every report opens with: what ran, where, how it was sampled."""
     title = "" if args.section == "profile" else f" [{args.section}]"
-    who = "a follower" if args.follower else "the coordinator"
-    lines = [f"## Where a request's time goes: perf on {who} "
-             f"(bench/profile_coordinator.py --perf){title}", "",
+    lines = [f"## Where a request's time goes: {heading}{title}", "",
              "Command:", "", "```", _common.command_line(), "```", ""]
     lines += _common.machine_lines()
     lines += args.code.lines()
@@ -392,18 +390,30 @@ def report_perf(args: argparse.Namespace, now_: dict, before: dict | None,
         f"- cluster: 3 replicas, write_quorum = {args.write_quorum}, default timers (as the "
         f"suite's); load: bench/load.c ({now_.get('cc', 'cc')}), {args.value_bytes}-byte "
         f"values, a new key per PUT, GETs over {args.keyspace:,} keys",
-        f"- perf record -F {args.rate} -p PID for {args.duration:g} s per scenario after "
-        f"{args.warmup:g} s of load: CPU samples of every thread, user and kernel",
+        f"- {sampling}",
         "- before: " + (before["code"] if before else "not measured")
         + f"; now: {now_['code']}",
         f"- total run time: {elapsed:.0f} s",
         "",
+        legend,
+        "",
+    ]
+    return lines
+
+
+def report_perf(args: argparse.Namespace, now_: dict, before: dict | None,
+                elapsed: float) -> str:
+    """The --perf report: CPU per request, split by where it ran, and the top symbols."""
+    who = "a follower" if args.follower else "the coordinator"
+    lines = report_head(
+        args, now_, before, elapsed,
+        f"perf on {who} (bench/profile_coordinator.py --perf)",
+        f"perf record -F {args.rate} -p PID for {args.duration:g} s per scenario after "
+        f"{args.warmup:g} s of load: CPU samples of every thread, user and kernel",
         "`CPU µs/op` = the process's utime+stime (/proc) per completed request; each "
         "`µs/op` below is that times the share of perf's samples taken there (where the "
         "sampled instruction was). Unlike py-spy's, these are shares of CPU time, not of "
-        "wall time: waiting for the disk or for a CPU is not in them.",
-        "",
-    ]
+        "wall time: waiting for the disk or for a CPU is not in them.")
     runs = [("before", before), ("now", now_)] if before else [("now", now_)]
     for key in args.scenarios:
         lines += [f"### {SCENARIOS[key].title}", ""]
@@ -442,25 +452,12 @@ def report_perf(args: argparse.Namespace, now_: dict, before: dict | None,
 def report(args: argparse.Namespace, now_: dict, before: dict | None, elapsed: float) -> str:
     if args.perf:
         return report_perf(args, now_, before, elapsed)
-    title = "" if args.section == "profile" else f" [{args.section}]"
-    lines = ["## Where a request's time goes: py-spy on the coordinator "
-             f"(bench/profile_coordinator.py){title}", "",
-             "Command:", "", "```", _common.command_line(), "```", ""]
-    lines += _common.machine_lines()
-    lines += args.code.lines()
-    lines += [
-        f"- cluster: 3 replicas, write_quorum = {args.write_quorum}, default timers (as the "
-        "suite's); load: "
-        f"bench/load.c ({now_.get('cc', 'cc')}), {args.value_bytes}-byte values, a new key "
-        f"per PUT, GETs over {args.keyspace:,} keys",
-        f"- py-spy record --rate {args.rate} --function --format raw"
+    lines = report_head(
+        args, now_, before, elapsed, "py-spy on the coordinator (bench/profile_coordinator.py)",
+        f"py-spy record --rate {args.rate} --function --format raw"
         + (" --nonblocking" if args.nonblocking else "")
         + f", {args.duration:g} s per scenario after {args.warmup:g} s of load; Python "
         "frames only (time in C is counted in the Python function that called it)",
-        "- before: " + (before["code"] if before else "not measured")
-        + f"; now: {now_['code']}",
-        f"- total run time: {elapsed:.0f} s",
-        "",
         "`coordinator CPU µs/op` = its utime+stime per completed request during the run "
         "(py-spy's pauses slow it a little), `of it in the kernel` = the stime share "
         "(syscalls: send, recv, epoll, fdatasync's CPU part), `on CPU` = utime+stime over "
@@ -470,9 +467,7 @@ def report(args: argparse.Namespace, now_: dict, before: dict | None, elapsed: f
         "(fdatasync). The percentages below are of those samples: shares of the "
         "reactor's wall time, not of its CPU time; where `not idle` is well above `on "
         "CPU` the difference is waiting (disk or scheduler), and it is counted in the "
-        "function that waited (e.g. a COMMIT's fdatasync in Store.commit_group).",
-        "",
-    ]
+        "function that waited (e.g. a COMMIT's fdatasync in Store.commit_group).")
     runs = [("before", before), ("now", now_)] if before else [("now", now_)]
     for key in args.scenarios:
         title_ = SCENARIOS[key].title
