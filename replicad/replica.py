@@ -505,6 +505,7 @@ class Replica(service.MultiService):
             "conflicts": str(self.store.conflicts),
             "write_quorum": str(self.config.write_quorum),
             "mode": "quorum" if self.config.quorum_mode else "available",
+            "follower_reads": "yes" if self.config.follower_reads else "no",
             "cluster_id": self.store.cluster_id or "-",
             "ready": "yes" if node.serving_as is not None else "no",
             "version": replicad.__version__,

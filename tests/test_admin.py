@@ -176,6 +176,7 @@ def test_cluster_json_shows_every_member_as_this_replica_sees_it(replica):
     assert (view["replica"], view["coordinator"], view["epoch"], view["ready"]) == (
         2, 3, 3, True)
     assert view["cluster_id"] == "ab" * 16
+    assert (view["mode"], view["follower_reads"]) == ("available", False)
     one, two, three = view["members"]
     assert [m["id"] for m in (one, two, three)] == [1, 2, 3]
     assert two["here"] and two["link"] == "self" and two["keys"] == 1

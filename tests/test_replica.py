@@ -262,6 +262,11 @@ def test_a_huge_epoch_is_a_refused_message_not_a_wedge(replica):
 def test_status_names_the_mode_and_the_cluster_id(replica):
     fields = replica.status_fields()
     assert (fields["mode"], fields["cluster_id"]) == ("available", "-")
+    assert fields["follower_reads"] == "no"
+
+
+def test_status_says_when_followers_answer_reads(reading_follower):
+    assert reading_follower.status_fields()["follower_reads"] == "yes"
 
 
 def test_an_unbound_replica_of_a_cluster_with_history_refuses_pushes(tmp_path):

@@ -184,7 +184,8 @@ def test_the_page_keeps_the_last_answer_when_its_replica_stops_answering(tmp_pat
 
     view = {
         "replica": 3, "now": time.time(), "version": "0", "cluster_id": "ab" * 16,
-        "write_quorum": "1 (always serviceable)", "mode": "available", "role": "coordinator",
+        "write_quorum": "1 (always serviceable)", "mode": "available",
+        "follower_reads": True, "role": "coordinator",
         "coordinator": 3, "epoch": 7, "ready": True, "ready_reason": "serving",
         "members": [
             {"id": i, "here": i == 3, "client": f"127.0.0.1:700{i}",
@@ -234,3 +235,4 @@ def test_the_page_keeps_the_last_answer_when_its_replica_stops_answering(tmp_pat
     assert page.summary["data-id"] == "3"
     assert 'href="http://127.0.0.1:7201/"' in result.stdout    # other replicas' pages
     assert "no answer: HTTP 503" in text
+    assert "write quorum 1 (always serviceable) \u00b7 followers answer reads" in text
