@@ -92,9 +92,10 @@ def proofs_match(expected: str, given: str) -> bool:
     )
 
 
-@dataclass(frozen=True)
+@dataclass(slots=True)
 class Frame:
-    """One line after the handshake: a request (kind is the verb) or a response frame."""
+    """One line after the handshake: a request (kind is the verb) or a response frame.
+    (Slotted, not frozen: one is parsed per peer line; see store.Record.)"""
 
     rid: int
     kind: str
