@@ -4,21 +4,27 @@ been silent for a heartbeat interval."""
 
 from __future__ import annotations
 
-import re
 import time
 
 from replicad.client import BlockingClient
+from replicad.wire import ReplyMeta
 
 from .lines import ask, connect, read_line
 
 
+def meta_of(reply: str) -> ReplyMeta:
+    """The meta token a reply to a request with a context starts with, decoded."""
+    token = reply.split(" ", 1)[0]
+    assert token.startswith("@"), reply
+    return ReplyMeta.decode(token)
+
+
 def executed_by(reply: str) -> int | None:
-    found = re.search(r"(?:^@|;)by=(\d+)", reply.split(" ", 1)[0])
-    return int(found.group(1)) if found else None
+    return meta_of(reply).by
 
 
 def clock_of(reply: str) -> str:
-    return re.search(r"(?:^@|;)vc=([^; ]*)", reply).group(1)
+    return meta_of(reply).vc.encode()
 
 
 def test_a_follower_answers_reads_itself_and_keeps_the_session(start_cluster):
