@@ -560,8 +560,9 @@ def render_config(config: ClusterConfig) -> str:
         value = getattr(config, name)
         if value != getattr(ClusterConfig, name):
             lines.append(f"{name} = {value}")
-    if config.follower_reads:
-        lines.append("follower_reads = yes")
+    for name in sorted(_CLUSTER_SWITCHES):     # off by default: written only when on
+        if getattr(config, name):
+            lines.append(f"{name} = yes")
     for member in sorted(config.members.values(), key=lambda m: m.id):
         lines += ["", f"[replica:{member.id}]"]
         lines += [f"client = {member.client}", f"peer = {member.peer}"]
