@@ -401,6 +401,17 @@ def report_head(args: argparse.Namespace, now_: dict, before: dict | None, elaps
     return lines
 
 
+def names_in_order(runs: list[tuple[str, dict | None]], key: str, field: str) -> list[str]:
+    """The names of ``field`` (a dict) in scenario ``key`` over the runs, each once, in
+    the order they first appear (the rows of a before/now table)."""
+    names: list[str] = []
+    for _, data in runs:
+        s = data["scenarios"].get(key)
+        if s:
+            names += [name for name in s[field] if name not in names]
+    return names
+
+
 def report_perf(args: argparse.Namespace, now_: dict, before: dict | None,
                 elapsed: float) -> str:
     """The --perf report: CPU per request, split by where it ran, and the top symbols."""
@@ -417,11 +428,7 @@ def report_perf(args: argparse.Namespace, now_: dict, before: dict | None,
     runs = [("before", before), ("now", now_)] if before else [("now", now_)]
     for key in args.scenarios:
         lines += [f"### {SCENARIOS[key].title}", ""]
-        places: list[str] = []
-        for _, data in runs:
-            s = data["scenarios"].get(key)
-            if s:
-                places += [p for p in s["where"] if p not in places]
+        places = names_in_order(runs, key, "where")
         header = ["", *(label for label, _ in runs)]
         rows = [["ops/s (under perf)"], ["CPU µs/op"], ["of it in the kernel (stime)"]]
         rows += [[place] for place in places]
@@ -485,11 +492,7 @@ def report(args: argparse.Namespace, now_: dict, before: dict | None, elapsed: f
                                  "of it in the kernel", "on CPU", "not idle", "samples",
                                  "errors", "other (cores)"], rows)
         lines.append("")
-        cats = []
-        for _, data in runs:
-            s = data["scenarios"].get(key)
-            if s:
-                cats += [c for c in s["own_categories"] if c not in cats]
+        cats = names_in_order(runs, key, "own_categories")
         header = ["category"]
         for label, _ in runs:
             header += [f"own {label}", f"inclusive {label}"]
