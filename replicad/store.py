@@ -25,13 +25,14 @@ clock and records come from one snapshot while the main connection keeps writing
 ``":memory:"`` there is no second connection: exports read the main connection and see
 later writes (tests that need snapshot isolation use a file).
 
-Hot records: ``get`` answers from a bounded dict of the records it read or ``_put``
-wrote last (HOT_RECORDS, oldest out first), because the SELECT was a third of a GET's
-cost (docs/benchmarks.md, section read-path: 1.42x GETs/s).  The dict only ever holds
-what the main connection sees: ``_put`` is the one way a record changes row by row, and
-the two ways around it clear the dict whole: a change or group that is rolled back, and
-an import's finish (its bulk INSERT .. SELECT).  Inside an open group it holds the
-group's records before they are durable, exactly as the connection's own reads do.
+Hot records: ``get`` answers from a bounded dict of the records it read or wrote last
+(HOT_RECORDS, oldest out first), because the SELECT was a third of a GET's cost
+(docs/benchmarks.md, section read-path: 1.42x GETs/s).  The dict only ever holds what
+the main connection sees: ``_put`` and ``_insert_new`` are the ways a record changes row
+by row (both keep it), and the two ways around them clear the dict whole: a change or
+group that is rolled back, and an import's finish (its bulk INSERT .. SELECT).  Inside
+an open group it holds the group's records before they are durable, exactly as the
+connection's own reads do.
 """
 
 from __future__ import annotations
@@ -97,6 +98,8 @@ _REQUEST_COLUMNS = "rid, origin, seq, version, discarded"
 REQUEST_IDS_SHIPPED = 10_000   # a full copy carries the newest this many request ids
 HOT_RECORDS = 10_000   # records kept in memory in front of get (about 1.1 KB each)
 _ABSENT = object()
+_INSERT_NEW = ("INSERT INTO kv (key, value, origin, seq, version, vtotal, epoch, rid)"
+               " VALUES (?, ?, ?, ?, ?, ?, ?, ?) ON CONFLICT (key) DO NOTHING")
 
 Rows = Callable[[sqlite3.Connection], Iterator[tuple]]
 
@@ -460,12 +463,6 @@ class Store:
             self._keep(key, record)
         return record
 
-    def _current(self, key: str) -> Record | None:
-        """``get`` for a change about to ``_put`` key: a miss is not kept, since
-        ``_put`` keeps the record that replaces it (one dict entry per write, not two)."""
-        record = self._hot.get(key, _ABSENT)
-        return self._select(key) if record is _ABSENT else record
-
     def _select(self, key: str) -> Record | None:
         row = self._db.execute(f"SELECT {_COLUMNS} FROM kv WHERE key = ?", (key,)).fetchone()
         return None if row is None else _record(row)
@@ -550,23 +547,42 @@ class Store:
         """
         new_clock = self._clock.advance(origin)
         seq = new_clock[origin]
-        # One statement (the REPLACE) unless a request id is kept too.
+        record = Record(key, value, origin, seq, new_clock, epoch, rid)
+        # One statement (the insert or the REPLACE) unless a request id is kept too.
         with self._transaction(joinable=True, one_statement=rid is None):
-            current = self._current(key)
-            if current is not None and current.epoch > epoch:
-                raise NewerEpoch(current.epoch)
-            version = new_clock if current is None else new_clock.merge(current.version)
-            if version[origin] != seq:
-                raise StoreError(
-                    f"key {key!r} holds write {origin}:{version[origin]} of this replica, "
-                    f"but its clock is at {seq - 1}: was the database replaced?"
-                )
-            record = Record(key, value, origin, seq, version, epoch, rid)
-            check_record(record)
-            self._put(record)
+            current = self._hot.get(key, _ABSENT)
+            if current is _ABSENT:
+                check_record(record)
+                if self._insert_new(record):
+                    current = None
+                else:
+                    current = self._select(key)
+                    record = self._over(current, record)
+                    self._put(record)
+            else:
+                record = self._over(current, record)
+                self._put(record)
             self._remember(record)
             self._save_clock(new_clock)
         self._clock = new_clock
+        return record
+
+    def _over(self, current: Record | None, record: Record) -> Record:
+        """``record``, a new write, as it replaces ``current``: refused over a newer
+        epoch, its version merged with current's; checked."""
+        if current is not None:
+            if current.epoch > record.epoch:
+                raise NewerEpoch(current.epoch)
+            version = record.version.merge(current.version)
+            if version[record.origin] != record.seq:
+                raise StoreError(
+                    f"key {record.key!r} holds write {record.origin}:"
+                    f"{version[record.origin]} of this replica, but its clock is at "
+                    f"{record.seq - 1}: was the database replaced?"
+                )
+            record = Record(record.key, record.value, record.origin, record.seq, version,
+                            record.epoch, record.rid)
+        check_record(record)
         return record
 
     def apply(self, records: Iterable[Record], clock: VectorClock | None = None) -> ApplyResult:
@@ -644,7 +660,12 @@ class Store:
         if self._clock[record.origin] >= record.seq:
             return  # covered: by the invariant we hold it or a winner over it
         self._remember(record)      # it happened, whether or not it wins here
-        current = self._current(record.key)
+        current = self._hot.get(record.key, _ABSENT)
+        if current is _ABSENT:
+            if self._insert_new(record):
+                result.applied += 1
+                return
+            current = self._select(record.key)
         if current is not None:
             kept = winner(current, record)
             if is_conflict(current, record):
@@ -696,6 +717,18 @@ class Store:
         if cursor.rowcount and cursor.lastrowid % 1000 == 0:
             self._db.execute("DELETE FROM requests WHERE n <= ?",
                              (cursor.lastrowid - REQUEST_IDS_KEPT,))
+
+    def _insert_new(self, record: Record) -> bool:
+        """Insert ``record`` if its key has no row (True); else write nothing (False).
+        A change to a key the hot records do not know tries this before it reads the
+        key's row: for a new key it is one statement where the SELECT that finds nothing
+        and then the REPLACE were two, and that SELECT cost about 5 µs, a third of the
+        insert (PUTs/s 1.14x side by side: docs/benchmarks.md, "sixth session")."""
+        cursor = self._db.execute(_INSERT_NEW, _row(record))
+        if cursor.rowcount:
+            self._keep(record.key, record)
+            return True
+        return False
 
     def _put(self, record: Record) -> None:
         self._db.execute(

@@ -726,15 +726,18 @@ def test_a_batch_with_a_record_the_store_refuses_applies_none_of_it(store):
 def test_a_batch_that_fails_midway_leaves_nothing_behind(store, monkeypatch):
     store.begin_group()
     store.write(1, "mine", "v")                           # the open group's own write
-    real_put, puts = store._put, []
+    puts = []
 
-    def failing_put(record):
-        puts.append(record.key)
-        if len(puts) == 2:
-            raise sqlite3.OperationalError("disk I/O error")
-        real_put(record)
+    def failing(real):          # a record is written by _insert_new (a new key) or _put
+        def write(record):
+            puts.append(record.key)
+            if len(puts) == 2:
+                raise sqlite3.OperationalError("disk I/O error")
+            return real(record)
+        return write
 
-    monkeypatch.setattr(store, "_put", failing_put)
+    monkeypatch.setattr(store, "_put", failing(store._put))
+    monkeypatch.setattr(store, "_insert_new", failing(store._insert_new))
     with pytest.raises(sqlite3.OperationalError):
         store.apply_pushed_batch(pushes())
     assert store.clock == VectorClock({1: 1}) and store.conflicts == 0

@@ -143,3 +143,50 @@ def test_a_refused_write_leaves_the_record_read_before(store):
         store.write(1, "k", "older epoch", epoch=3)
     assert store.get("k") == from_disk(store, "k")
     assert store.get("k").value == "v"
+
+
+# A change to a key the dict does not know tries an INSERT first (one statement for a
+# new key); the tests below check that a key that has a row is still written over as
+# its row says, which a blind insert-or-replace would get wrong.
+
+def test_a_write_to_a_new_key_is_one_statement(store):
+    store.begin_group()                 # as a replica writes: the group commits later
+    seen = statements(store)
+    store.write(1, "new", "v")
+    assert len(seen) == 1 and seen[0].startswith("INSERT INTO kv")
+    seen.clear()
+    store.apply_pushed_batch([Record("pushed", "p", 2, 1, VectorClock({2: 1}))])
+    assert not any(sql.startswith("SELECT") for sql in seen)
+    store.commit_group()
+    assert from_disk(store, "new").value == "v" and from_disk(store, "pushed").value == "p"
+
+
+def test_a_write_over_a_row_the_dict_does_not_hold_merges_its_version(store):
+    # After a gap the record's version is ahead of the clock: only the merge puts the
+    # new write above it.
+    theirs = Record("k", "theirs", 2, 5, VectorClock({2: 5}), epoch=1)
+    assert store.apply_pushed_batch([theirs]) == ["gap"] and store.clock == VectorClock()
+    store._hot.clear()
+    mine = store.write(1, "k", "mine", epoch=1)
+    assert mine.version == VectorClock({1: 1, 2: 5})   # above the record it replaced
+    assert from_disk(store, "k") == mine
+
+
+def test_a_write_over_a_newer_epoch_the_dict_does_not_hold_is_refused(store):
+    store.apply([Record("k", "newer", 2, 1, VectorClock({2: 1}), epoch=7)],
+                VectorClock({2: 1}))
+    store._hot.clear()
+    with pytest.raises(StoreError):
+        store.write(1, "k", "deposed", epoch=3)
+    assert from_disk(store, "k").value == "newer"
+    assert store.clock == VectorClock({2: 1})
+
+
+def test_a_pushed_record_that_loses_to_a_row_the_dict_does_not_hold(store):
+    store.apply([Record("k", "winner", 2, 1, VectorClock({2: 1}), epoch=7)],
+                VectorClock({2: 1}))
+    store._hot.clear()
+    outcome = store.apply_pushed_batch([Record("k", "loser", 3, 1, VectorClock({3: 1}),
+                                               epoch=2)])
+    assert outcome == ["lost"]
+    assert from_disk(store, "k").value == "winner"
