@@ -506,6 +506,7 @@ class Replica(service.MultiService):
             "write_quorum": str(self.config.write_quorum),
             "mode": "quorum" if self.config.quorum_mode else "available",
             "follower_reads": "yes" if self.config.follower_reads else "no",
+            "reads_here": "yes" if self._reads_here() else "no",
             "cluster_id": self.store.cluster_id or "-",
             "ready": "yes" if node.serving_as is not None else "no",
             "version": replicad.__version__,
@@ -548,11 +549,15 @@ class Replica(service.MultiService):
         return reply
 
     def _can_read_now(self, request: Request) -> bool:
-        return (request.is_read
-                and (self.node.serving_as == self.my_id or self._may_read_here())
-                and self.commits.settled
+        return (request.is_read and self._reads_here() and self.commits.settled
                 and (request.context is None    # a session's reads may need to wait
                      or request.context.requirement() <= self.store.clock))
+
+    def _reads_here(self) -> bool:
+        """This replica answers a read itself right now (once its writes are durable
+        and the session's clocks are covered): the serving coordinator, or a follower
+        that _may_read_here.  STATUS says so (``reads_here``)."""
+        return self.node.serving_as == self.my_id or self._may_read_here()
 
     def _may_read_here(self) -> bool:
         """follower_reads: this follower may answer a read itself if its coordinator

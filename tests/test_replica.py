@@ -269,6 +269,25 @@ def test_status_says_when_followers_answer_reads(reading_follower):
     assert reading_follower.status_fields()["follower_reads"] == "yes"
 
 
+def test_status_says_whether_this_replica_answers_reads_itself_now(reading_follower):
+    replica = reading_follower
+    assert replica.status_fields()["reads_here"] == "yes"
+    replica.links[3]._answer = lambda verb, payload: defer.Deferred()   # silent now
+    replica.reactor.advance(replica.timers.ping_interval * 1.5)
+    assert replica.status_fields()["reads_here"] == "no"
+    assert read_now(replica, "GET k") is None              # as STATUS says: forwarded
+
+
+def test_status_of_a_follower_without_follower_reads_says_it_does_not_read(replica):
+    follow(replica)
+    assert replica.status_fields()["reads_here"] == "no"
+
+
+def test_status_of_the_serving_coordinator_says_it_reads(replica):
+    serving(replica)
+    assert replica.status_fields()["reads_here"] == "yes"
+
+
 def test_an_unbound_replica_of_a_cluster_with_history_refuses_pushes(tmp_path):
     reactor = MemoryReactorClock()
     replica = Replica(default_config(), 2, str(tmp_path / "data"), reactor)

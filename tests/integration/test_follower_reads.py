@@ -4,8 +4,6 @@ been silent for a heartbeat interval."""
 
 from __future__ import annotations
 
-import time
-
 from replicad.client import BlockingClient
 from replicad.wire import ReplyMeta
 
@@ -51,10 +49,11 @@ def test_without_it_a_follower_forwards_reads(start_cluster):
 
 def test_a_follower_cut_off_from_its_coordinator_stops_answering_from_its_data(proxied):
     """Replica 3's bytes to replica 1 are held (its pushes and its PING answers): 3
-    acknowledges k = new (write_quorum 1) that 1 does not get.  After one heartbeat
-    interval 1 has not heard from 3; a read without a session sent to it then must not
-    be answered from its own, older data: it waits for the heal and answers new.  (With
-    the follower answering whatever it holds, it answers old at once.)"""
+    acknowledges k = new (write_quorum 1) that 1 does not get.  Once a ping from 1 to 3
+    has failed (1's STATUS counts 3 down; 3's last answer is then more than a heartbeat
+    interval old), a read without a session sent to 1 must not be answered from its
+    own, older data: it waits for the heal and answers new.  (With the follower
+    answering whatever it holds, it answers old at once.)"""
     cluster = proxied(3, follower_reads="yes", anti_entropy_interval=60)
     assert cluster.coordinator() == 3
     BlockingClient(cluster.addresses(), timeout_s=20).put("k", "old")
@@ -63,12 +62,22 @@ def test_a_follower_cut_off_from_its_coordinator_stops_answering_from_its_data(p
     cluster.cut_one_way(3, 1)
     try:
         assert BlockingClient([cluster.address(3)], timeout_s=20).put("k", "new") is None
-        time.sleep(2 * 0.3)          # two ping intervals: 1 has not heard from 3 since
+        cluster.wait_until(lambda: peer_state(cluster, 1, 3) == "down", timeout_s=10,
+                           what="replica 1 counting replica 3 down")
         conn = connect(cluster.address(1))
         conn.sendall(b"GET k\n")
-        time.sleep(0.3)              # the read waits at 1 (it is not answered locally)
+        # A barrier: a STATUS on a second connection, sent once the GET is in 1's
+        # socket, is answered in the reactor turn that reads the GET or a later one; a
+        # read answered at once would have left at that turn's end.
+        seen = cluster.status(1, timeout_s=5)
     finally:
         cluster.heal()
     with conn:
         reply = read_line(conn)
     assert reply == "VALUE new", reply
+    assert seen is not None and seen["reads_here"] == "no"
+
+
+def peer_state(cluster, i: int, peer: int) -> str | None:
+    """``up`` or ``down``: how replica i's STATUS counts peer."""
+    return ((cluster.status(i) or {}).get("peers") or {}).get(str(peer))
