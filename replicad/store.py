@@ -623,6 +623,9 @@ class Store:
         outcomes: list[str] = []
         try:
             with self._transaction(joinable=True):
+                if self._inserted_in_order(records):
+                    self._save_clock_since(before)
+                    return ["applied"] * len(records)
                 result = ApplyResult(0, 0)
                 for record in records:
                     outcomes.append(self._pushed(record, result))
@@ -633,6 +636,33 @@ class Store:
             raise
         self._conflicts = conflicts + result.conflicts
         return outcomes
+
+    def _inserted_in_order(self, records: Sequence[Record]) -> bool:
+        """The common batch in one statement: when every record is the next write of
+        its origin and its key is not among the hot records, the rows are inserted
+        together (``executemany``).  True: all applied, ``_clock`` moved past them.
+        False if a key had a row after all: the caller then merges record by record,
+        and each record this inserted meets its own row there, an equal rank that
+        changes nothing (the outcome is "applied", as if merged first).  A follower's
+        CPU per pushed record 42-45 -> 36-37 µs in process (docs/benchmarks.md, "sixth
+        session")."""
+        hot, clock = self._hot, self._clock
+        advanced: dict[int, int] = {}
+        for record in records:
+            have = advanced.get(record.origin) or clock[record.origin]
+            if record.seq != have + 1 or hot.get(record.key, _ABSENT) is not _ABSENT:
+                return False
+            advanced[record.origin] = record.seq
+        rows = [_row(record) for record in records]
+        if self._db.executemany(_INSERT_NEW, rows).rowcount != len(records):
+            return False
+        for record in records:
+            self._remember(record)
+            self._keep(record.key, record)
+        for origin, seq in advanced.items():
+            clock = clock.advance(origin, seq)
+        self._clock = clock
+        return True
 
     def _pushed(self, record: Record, result: ApplyResult) -> str:
         """One checked record of a batch, inside its savepoint; moves ``_clock``."""

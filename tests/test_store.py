@@ -716,6 +716,65 @@ def test_a_batch_of_pushes_is_merged_as_one_by_one(store, tmp_path):
         assert store.discarded("00ff00ff.1")
 
 
+def in_order(origin: int = 3, count: int = 4, rid: bool = False) -> list[Record]:
+    """A coordinator's usual PUSH: its next writes, each to a new key."""
+    return [Record(f"n{seq}", f"v{seq}", origin, seq, VectorClock({1: 2, origin: seq}), 5,
+                   f"0000000{origin}.{seq}" if rid else None)
+            for seq in range(1, count + 1)]
+
+
+@pytest.mark.parametrize("rid", [False, True])
+def test_an_in_order_batch_of_new_keys_is_merged_as_one_by_one(store, tmp_path, rid):
+    """The batch taken in one statement (Store._inserted_in_order) ends as the records
+    merged one at a time do."""
+    with Store(str(tmp_path / "one.sqlite")) as one:
+        expected = [one.apply_pushed(r) for r in in_order(rid=rid)]
+        store.begin_group()
+        assert store.apply_pushed_batch(in_order(rid=rid)) == expected == ["applied"] * 4
+        store.commit_group()
+        assert store.clock == one.clock == VectorClock({3: 4})
+        store._hot.clear()
+        assert [store.get(f"n{q}") for q in range(1, 5)] == [one.get(f"n{q}") for q in
+                                                              range(1, 5)]
+        assert store.request("00000003.2") == (one.request("00000003.2") if rid else None)
+
+
+def test_an_in_order_batch_with_a_key_that_has_a_row_is_merged_record_by_record(store):
+    """n3 has a row the hot records do not know, accepted in a newer epoch: the batch's
+    insert finds it and each record is merged on its own (n3 lost; the others meet the
+    rows the batch inserted, the same writes)."""
+    store.apply([Record("n3", "kept", 2, 1, VectorClock({2: 1}), 9)], VectorClock({2: 1}))
+    store._hot.clear()
+    store.begin_group()
+    assert store.apply_pushed_batch(in_order()) == ["applied", "applied", "lost", "applied"]
+    store.commit_group()
+    store._hot.clear()
+    assert [store.get(f"n{q}").value for q in range(1, 5)] == ["v1", "v2", "kept", "v4"]
+    assert store.clock == VectorClock({2: 1, 3: 4}) and store.conflicts == 1
+
+
+def test_an_in_order_batch_that_fails_midway_leaves_nothing_behind(store, monkeypatch):
+    store.begin_group()
+    store.write(1, "mine", "v")
+    real, seen = store._remember, []
+
+    def failing(record):          # after the batch's rows are in, before it is done
+        seen.append(record.key)
+        if len(seen) == 2:
+            raise sqlite3.OperationalError("disk I/O error")
+        real(record)
+
+    monkeypatch.setattr(store, "_remember", failing)
+    with pytest.raises(sqlite3.OperationalError):
+        store.apply_pushed_batch(in_order(rid=True))
+    assert seen == ["n1", "n2"]                       # the batch's path was taken
+    assert store.clock == VectorClock({1: 1}) and store.get("n1") is None
+    store.commit_group()
+    store._hot.clear()
+    assert store.get("n1") is None and store.get("mine").value == "v"
+    assert store.request("00000003.1") is None
+
+
 def test_a_batch_with_a_record_the_store_refuses_applies_none_of_it(store):
     bad = Record("x", "v", 2, 3, VectorClock({2: 2}), 0)     # its version is not its id
     with pytest.raises(StoreError):
