@@ -644,8 +644,8 @@ class Store:
         False if a key had a row after all: the caller then merges record by record,
         and each record this inserted meets its own row there, an equal rank that
         changes nothing (the outcome is "applied", as if merged first).  A follower's
-        CPU per pushed record 42-45 -> 36-37 µs in process (docs/benchmarks.md, "sixth
-        session")."""
+        CPU per pushed record 20-22 -> 15.5-16 µs in process (docs/benchmarks.md,
+        "sixth session")."""
         hot, clock = self._hot, self._clock
         advanced: dict[int, int] = {}
         for record in records:
