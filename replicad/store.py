@@ -553,11 +553,8 @@ class Store:
             current = self._hot.get(key, _ABSENT)
             if current is _ABSENT:
                 check_record(record)
-                if self._insert_new(record):
-                    current = None
-                else:
-                    current = self._select(key)
-                    record = self._over(current, record)
+                if not self._insert_new(record):
+                    record = self._over(self._select(key), record)
                     self._put(record)
             else:
                 record = self._over(current, record)
@@ -639,7 +636,7 @@ class Store:
 
     def _inserted_in_order(self, records: Sequence[Record]) -> bool:
         """The common batch in one statement: when every record is the next write of
-        its origin and its key is not among the hot records, the rows are inserted
+        its origin and no hot record holds its key, the rows are inserted
         together (``executemany``).  True: all applied, ``_clock`` moved past them.
         False if a key had a row after all: the caller then merges record by record,
         and each record this inserted meets its own row there, an equal rank that
@@ -650,8 +647,8 @@ class Store:
         advanced: dict[int, int] = {}
         for record in records:
             have = advanced.get(record.origin) or clock[record.origin]
-            if record.seq != have + 1 or hot.get(record.key, _ABSENT) is not _ABSENT:
-                return False
+            if record.seq != have + 1 or hot.get(record.key) is not None:
+                return False        # a gap or a duplicate, or a key known to have a row
             advanced[record.origin] = record.seq
         rows = [_row(record) for record in records]
         if self._db.executemany(_INSERT_NEW, rows).rowcount != len(records):

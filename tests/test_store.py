@@ -753,6 +753,24 @@ def test_an_in_order_batch_with_a_key_that_has_a_row_is_merged_record_by_record(
     assert store.clock == VectorClock({2: 1, 3: 4}) and store.conflicts == 1
 
 
+def test_an_in_order_batch_that_writes_one_key_twice_keeps_the_later_write(store):
+    first = Record("k", "first", 3, 1, VectorClock({3: 1}), 5)
+    later = Record("k", "later", 3, 2, VectorClock({3: 2}), 5)
+    assert store.apply_pushed_batch([first, later]) == ["applied", "applied"]
+    store._hot.clear()
+    assert store.get("k") == later and store.clock == VectorClock({3: 2})
+
+
+def test_a_key_read_and_found_absent_takes_the_batch_path(store):
+    assert store.get("n1") is None                    # the hot records: known absent
+    store.begin_group()
+    seen = []
+    store._db.set_trace_callback(seen.append)
+    assert store.apply_pushed_batch(in_order(count=2)) == ["applied", "applied"]
+    assert not any(sql.startswith(("SELECT", "REPLACE INTO kv")) for sql in seen)
+    store.commit_group()
+
+
 def test_an_in_order_batch_that_fails_midway_leaves_nothing_behind(store, monkeypatch):
     store.begin_group()
     store.write(1, "mine", "v")
