@@ -27,10 +27,7 @@ from twisted.protocols.basic import LineOnlyReceiver
 from replicad import wire
 from replicad.client import (
     ANSWERED_IN_TLS,
-    ATTEMPT_TIMEOUT_S,
     CLOSED_SILENTLY,
-    DEFAULT_CONNECT_TIMEOUT_S,
-    DEFAULT_TIMEOUT_S,
     MAX_REPLY_LINE_BYTES,
     PING_LINE,
     Attempt,
@@ -38,7 +35,6 @@ from replicad.client import (
     ClientError,
     FailureKind,
     Outcome,
-    SessionReset,
     TLSSetupError,
     _ClientSettings,
     _kind,
@@ -57,7 +53,6 @@ from replicad.client import (
     status_result,
 )
 from replicad.config import Address
-from replicad.session import ClientSession
 from replicad.wire import Reply, Request, WireError
 
 T = TypeVar("T")
@@ -181,25 +176,13 @@ class ReplicadClient(_ClientSettings):
     one attempt.  A write whose outcome is unknown is sent again with the same request
     id.  The session is updated in place by every reply, so share one client (or
     session) per session; on_session_reset(SessionReset) is called when a reply from
-    another cluster resets it.
+    another cluster resets it.  Arguments: the reactor, then those of
+    replicad.client._ClientSettings (servers, timeout_s, session, ...), which both
+    clients share.
     """
 
-    def __init__(
-        self,
-        reactor: Any,
-        servers: list[str],
-        timeout_s: float = DEFAULT_TIMEOUT_S,
-        session: ClientSession | None = None,
-        connect_timeout_s: float = DEFAULT_CONNECT_TIMEOUT_S,
-        reply_timeout_s: float | None = None,
-        password: str | None = None,
-        attempt_timeout_s: float = ATTEMPT_TIMEOUT_S,
-        on_session_reset: Callable[[SessionReset], None] | None = None,
-        tls: bool = False,
-        cacert: str | None = None,
-    ):
-        super().__init__(servers, timeout_s, session, connect_timeout_s, reply_timeout_s,
-                         password, attempt_timeout_s, on_session_reset, tls, cacert)
+    def __init__(self, reactor: Any, *args: Any, **kwargs: Any):
+        super().__init__(*args, **kwargs)
         self._reactor = reactor
         self._trust_root = _twisted_trust_root(self.cacert) if self.tls else None
         self._tls_options: dict[str, Any] = {}
