@@ -115,17 +115,19 @@ def parse_frame(line: str) -> Frame:
 
 
 def encode_record(record: Record) -> str:
-    """``<key> <origin> <seq> <epoch> <rid|-> <version> V <value>`` or ``... T`` (a
-    tombstone)."""
+    """``<key> <origin> <seq> <epoch> <rid|-> <version> V <value>``, ``... T`` (a
+    tombstone) or ``... N`` (a no-op marker: a DEL of key that found nothing)."""
     rid = record.rid or "-"
     head = (f"{record.key} {record.origin} {record.seq} {record.epoch} {rid} "
             f"{record.version.encode()}")
-    return f"{head} T" if record.value is None else f"{head} V {record.value}"
+    if record.value is not None:
+        return f"{head} V {record.value}"
+    return f"{head} N" if record.noop else f"{head} T"
 
 
 def decode_record(text: str) -> Record:
     parts = text.split(" ", 7)
-    if len(parts) < 7 or parts[6] not in ("V", "T"):
+    if len(parts) < 7 or parts[6] not in ("V", "T", "N"):
         raise PeerWireError(f"bad record {text[:60]!r}")
     key, origin, seq, epoch_text, rid, version_text, flag = parts[:7]
     if not (is_number(origin) and is_number(seq)):
@@ -143,10 +145,10 @@ def decode_record(text: str) -> Record:
         value: str | None = parts[7]
     else:
         if len(parts) != 7:
-            raise PeerWireError(f"tombstone record {text[:60]!r} has a value")
+            raise PeerWireError(f"record {text[:60]!r} without data has a value")
         value = None
     record = Record(key, value, int(origin), int(seq), version, epoch,
-                    None if rid == "-" else rid)
+                    None if rid == "-" else rid, flag == "N")
     try:
         check_record(record)     # what the store would refuse is refused at the edge
     except StoreError as e:
@@ -155,22 +157,23 @@ def decode_record(text: str) -> Record:
 
 
 def encode_request_row(row: RequestRow) -> str:
-    """``<rid> <origin> <seq> <version>[ D]``: a remembered request id, as pulls carry
-    them; ``D`` when its write lost a merge (a retry is answered ERR INDOUBT)."""
+    """``<rid> <origin> <seq> <version>[ D| N]``: a remembered request id, as pulls
+    carry them; ``D`` when its write lost a merge (a retry is answered ERR INDOUBT),
+    ``N`` when it is a no-op marker (a retry is answered NOTFOUND)."""
     text = f"{row.rid} {row.origin} {row.seq} {row.version.encode()}"
-    return f"{text} D" if row.discarded else text
+    if row.discarded:
+        return f"{text} D"
+    return f"{text} N" if row.noop else text
 
 
 def decode_request_row(text: str) -> RequestRow:
     parts = text.split(" ")
-    discarded = len(parts) == 5 and parts[4] == "D"
-    if discarded:
-        parts = parts[:4]
+    flag = parts.pop() if len(parts) == 5 and parts[4] in ("D", "N") else ""
     if (len(parts) != 4 or not is_request_id(parts[0]) or not is_number(parts[1])
             or not is_number(parts[2]) or int(parts[1]) < 1 or int(parts[2]) < 1):
         raise PeerWireError(f"bad request row {text[:60]!r}")
     return RequestRow(parts[0], int(parts[1]), int(parts[2]), decode_clock(parts[3]),
-                      discarded)
+                      flag == "D", flag == "N")
 
 
 def decode_clock(text: str) -> VectorClock:

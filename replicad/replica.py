@@ -40,7 +40,7 @@ from replicad.metrics import ReplicaMetrics
 from replicad.node import Candidacy, Node, Role
 from replicad.peer import PeerAnswer, PeerLink, PeerResponse, PeerUnavailable
 from replicad.peerwire import Message, PeerStatus, PeerWireError
-from replicad.store import NewerEpoch, Record, Store
+from replicad.store import NewerEpoch, Record, RequestRow, Store
 from replicad.sync import StaleEpoch, Synchroniser
 from replicad.turnsend import TurnSender
 from replicad.vclock import VectorClock
@@ -803,20 +803,30 @@ class Replica(service.MultiService):
                     # what is durable (the DEL before it may still fail), so decide again
                     await self.commits.durable()
                     return await self._coordinate(request, placed)
+                if rid is not None:
+                    # Its answer must hold wherever the request turns up again (a copy
+                    # queued at a paused coordinator, a retry elsewhere): a no-op
+                    # marker, replicated like a write (store.py).
+                    return await self._apply_write(request, rid, epoch, placed, noop=True)
                 if placed is not None:
                     placed()
-                if rid is not None:       # a retry must get the same answer later
-                    await self.commits.run(lambda: store.remember_noop(rid))
                 return Reply("NOTFOUND", meta=self._meta(request, store.clock))
         return await self._apply_write(request, rid, epoch, placed)
 
     def _apply_write(self, request: Request, rid: str | None, epoch: int,
-                     placed=None) -> defer.Deferred[Reply]:
+                     placed=None, noop: bool = False) -> defer.Deferred[Reply]:
         """Write into the open commit group now (then ``placed()``); the reply once it
         is durable and pushed.  A deposed coordinator (NewerEpoch) steps down and raises
-        _NotCoordinator: nothing was written, the request goes elsewhere."""
+        _NotCoordinator: nothing was written, the request goes elsewhere.  ``noop``: a
+        DEL that found nothing, written as a no-op marker and answered NOTFOUND."""
         store = self.store
         reply: defer.Deferred[Reply] = defer.Deferred()
+        if noop:
+            def write():
+                return store.write_noop(self.my_id, request.key, epoch, rid)
+        else:
+            def write():
+                return store.write(self.my_id, request.key, request.value, epoch, rid)
 
         def durable(record, error) -> None:   # only then is it pushed
             if error is not None:
@@ -835,9 +845,7 @@ class Replica(service.MultiService):
             self.sync.replicate(record, epoch, self._push_refused, replicated)
 
         try:
-            self.commits.run(
-                lambda: store.write(self.my_id, request.key, request.value, epoch, rid),
-                durable)
+            self.commits.run(write, durable)
         except NewerEpoch as e:
             self.node.epoch_seen(e.epoch)
             raise _NotCoordinator() from None
@@ -845,17 +853,23 @@ class Replica(service.MultiService):
             placed()
         return reply
 
-    async def _replay(self, request: Request, done: tuple[int, int, VectorClock]) -> Reply:
+    async def _replay(self, request: Request, done: RequestRow) -> Reply:
         """A write sent again with a request id this cluster already applied: answer
         it, never apply it twice.  If the write is still the key's current version it
         is pushed again (followers that have it answer "duplicate", which counts), so
-        the answer says whether it now has its quorum."""
-        origin, seq, version = done
+        the answer says whether it now has its quorum; a no-op marker likewise."""
+        origin, seq, version = done.origin, done.seq, done.version
+        rid = done.rid
+        if done.noop:
+            self.log.info("request {rid} changed nothing (no-op {origin}:{seq}); "
+                          "answering NOTFOUND again", rid=rid, origin=origin, seq=seq)
+            if origin == 0:         # kept before markers: this replica's answer alone
+                return Reply("NOTFOUND", meta=self._meta(request, self.store.clock))
+            marker = Record(request.key, None, origin, seq, version, 0, rid, noop=True)
+            return await self._replicated(marker, request, self.node.coordinator_epoch)
         self.log.info("request {rid} was already applied as write {origin}:{seq}; "
-                      "answering it again", rid=request.context.rid, origin=origin, seq=seq)
-        if origin == 0:             # it changed nothing (a DEL of a missing key)
-            return Reply("NOTFOUND", meta=self._meta(request, self.store.clock))
-        if self.store.discarded(request.context.rid):
+                      "answering it again", rid=rid, origin=origin, seq=seq)
+        if done.discarded:
             return self._discarded(request, origin, seq)
         current = self.store.get(request.key)
         if current is not None and (current.origin, current.seq) == (origin, seq):
@@ -905,13 +919,16 @@ class Replica(service.MultiService):
                         started: float) -> Reply:
         self.metrics.quorum_wait(self.reactor.seconds() - started, reached)   # metrics hook
         if not reached:
+            what = ("the DEL found nothing to delete; that answer" if record.noop
+                    else "the write")
             return self._error(
                 request, Code.QUORUM,
-                f"the write is on this replica but fewer than write_quorum = "
+                f"{what} is on this replica but fewer than write_quorum = "
                 f"{self.config.write_quorum} replicas confirmed it in time; it may or may "
                 "not survive a failure",
             )
-        return Reply("OK", meta=self._meta(request, record.version))
+        return Reply("NOTFOUND" if record.noop else "OK",
+                     meta=self._meta(request, record.version))
 
     def _push_refused(self, peer_id: int) -> None:
         """A follower refused a push (it follows no one, or another epoch): announce

@@ -25,6 +25,13 @@ clock and records come from one snapshot while the main connection keeps writing
 ``":memory:"`` there is no second connection: exports read the main connection and see
 later writes (tests that need snapshot isolation use a file).
 
+No-op markers: a DEL of a missing key that carries a request id changes no data, but
+its answer (NOTFOUND) must hold on every replica that may later see the same request
+(a copy queued at a paused coordinator, a retry elsewhere).  So it is a write without
+data: a write id, a version and the request id, kept in ``requests`` with ``noop`` set,
+pushed and pulled like any write (``Record.noop``).  A replica whose clock covers the
+marker knows the request was answered, and a pull is due wherever it is missing.
+
 Hot records: ``get`` answers from a bounded dict of the records it read or wrote last
 (HOT_RECORDS, oldest out first), because the SELECT was a third of a GET's cost
 (docs/benchmarks.md, section read-path: 1.42x GETs/s).  The dict only ever holds what
@@ -51,7 +58,7 @@ from pathlib import Path
 from replicad.identity import is_cluster_id
 from replicad.vclock import MAX_ENTRY, ClockError, Order, VectorClock
 
-SCHEMA_VERSION = "2"   # 2: kv.epoch and kv.rid, the requests table
+SCHEMA_VERSION = "3"   # 2: kv.epoch and kv.rid, the requests table; 3: requests.noop
 REQUEST_IDS_KEPT = 100_000   # request ids remembered (the newest): the retry window
 BATCH_ROWS = 1000  # rows per fetchmany/staging batch: bounds memory of exports and imports
 MAX_CONFLICT_KEYS = 20  # keys named in an ApplyResult, for the log; the count is exact
@@ -80,7 +87,8 @@ CREATE TABLE requests (     -- recent request ids: a retried write is answered, 
     origin INTEGER NOT NULL,
     seq INTEGER NOT NULL,
     version TEXT NOT NULL,
-    discarded INTEGER NOT NULL DEFAULT 0   -- its write lost a merge: not in the data
+    discarded INTEGER NOT NULL DEFAULT 0,  -- its write lost a merge: not in the data
+    noop INTEGER NOT NULL DEFAULT 0        -- it changed nothing (a no-op marker)
 );
 CREATE INDEX requests_write ON requests (origin, seq);
 """
@@ -94,7 +102,7 @@ CREATE TABLE {s}.kv (
 """
 
 _COLUMNS = "key, value, origin, seq, version, epoch, rid"
-_REQUEST_COLUMNS = "rid, origin, seq, version, discarded"
+_REQUEST_COLUMNS = "rid, origin, seq, version, discarded, noop"
 REQUEST_IDS_SHIPPED = 10_000   # a full copy carries the newest this many request ids
 HOT_RECORDS = 10_000   # records kept in memory in front of get (about 1.1 KB each)
 _ABSENT = object()
@@ -121,6 +129,8 @@ class Record:
     version: VectorClock
     epoch: int = 0
     rid: str | None = None      # the request id the client sent with the write
+    # A no-op marker (module docstring): a DEL that found nothing; never a row of kv.
+    noop: bool = False
 
     @property
     def deleted(self) -> bool:
@@ -161,6 +171,7 @@ class RequestRow:
     seq: int
     version: VectorClock
     discarded: bool = False     # its write lost a merge to a concurrent version
+    noop: bool = False          # it changed nothing: a no-op marker (or origin 0)
 
 
 @dataclass
@@ -205,6 +216,7 @@ def check_record(record: Record) -> None:
         and isinstance(record.epoch, int)
         and 0 <= record.epoch <= MAX_ENTRY
         and (record.rid is None or (isinstance(record.rid, str) and 0 < len(record.rid) <= 64))
+        and (not record.noop or (record.value is None and record.rid is not None))
     )
     if not ok:
         raise StoreError(f"malformed record {record!r:.200}")
@@ -291,12 +303,19 @@ class Store:
             meta = dict(db.execute("SELECT name, value FROM meta"))
             if meta.get("schema") == "1":
                 # 1 -> 2: records gain the epoch that accepted them; older writes rank
-                # as epoch 0, below every write made since.
+                # as epoch 0, below every write made since.  (The requests table is
+                # made as it is now, so this goes straight to the current schema.)
                 db.execute("ALTER TABLE kv ADD COLUMN epoch INTEGER NOT NULL DEFAULT 0")
                 db.execute("ALTER TABLE kv ADD COLUMN rid TEXT")
                 for statement in _SCHEMA[_SCHEMA.index("CREATE TABLE requests"):].split(";"):
                     if statement.strip():
                         db.execute(statement)
+                self._set_meta("schema", SCHEMA_VERSION)
+                meta["schema"] = SCHEMA_VERSION
+            if meta.get("schema") == "2":
+                # 2 -> 3: no-op markers; the request ids kept before (origin 0) stay
+                # what they were, local answers that changed nothing.
+                db.execute("ALTER TABLE requests ADD COLUMN noop INTEGER NOT NULL DEFAULT 0")
                 self._set_meta("schema", SCHEMA_VERSION)
                 meta["schema"] = SCHEMA_VERSION
             if meta.get("schema") != SCHEMA_VERSION:
@@ -564,6 +583,23 @@ class Store:
         self._clock = new_clock
         return record
 
+    def write_noop(self, origin: int, key: str, epoch: int, rid: str) -> Record:
+        """Accept a DEL of ``key`` that finds nothing to delete (the caller checked) as
+        a no-op marker: a write id and the request id, no data (module docstring), so
+        that the NOTFOUND it is answered holds wherever the request turns up again.
+        Joins a write group; NewerEpoch over a tombstone of a newer epoch, as write()."""
+        current = self.get(key)
+        if current is not None and current.epoch > epoch:
+            raise NewerEpoch(current.epoch)
+        new_clock = self._clock.advance(origin)
+        record = Record(key, None, origin, new_clock[origin], new_clock, epoch, rid, noop=True)
+        check_record(record)
+        with self._transaction(joinable=True):
+            self._remember(record)
+            self._save_clock(new_clock)
+        self._clock = new_clock
+        return record
+
     def _over(self, current: Record | None, record: Record) -> Record:
         """``record``, a new write, as it replaces ``current``: refused over a newer
         epoch, its version merged with current's; checked."""
@@ -647,8 +683,8 @@ class Store:
         advanced: dict[int, int] = {}
         for record in records:
             have = advanced.get(record.origin) or clock[record.origin]
-            if record.seq != have + 1 or hot.get(record.key) is not None:
-                return False        # a gap or a duplicate, or a key known to have a row
+            if record.seq != have + 1 or hot.get(record.key) is not None or record.noop:
+                return False        # a gap or a duplicate, a key known to have a row, a marker
             advanced[record.origin] = record.seq
         rows = [_row(record) for record in records]
         if self._db.executemany(_INSERT_NEW, rows).rowcount != len(records):
@@ -687,6 +723,8 @@ class Store:
         if self._clock[record.origin] >= record.seq:
             return  # covered: by the invariant we hold it or a winner over it
         self._remember(record)      # it happened, whether or not it wins here
+        if record.noop:
+            return                  # a marker: the request id is all it carries
         current = self._hot.get(record.key, _ABSENT)
         if current is _ABSENT:
             if self._insert_new(record):
@@ -715,23 +753,14 @@ class Store:
                                (rid,)).fetchone()
         return bool(row and row[0])
 
-    def request(self, rid: str) -> tuple[int, int, VectorClock] | None:
-        """The write id and version of the write a request id made, if the id is among
-        the REQUEST_IDS_KEPT newest this replica has seen; else None."""
-        row = self._db.execute(
-            "SELECT origin, seq, version FROM requests WHERE rid = ?", (rid,)).fetchone()
-        if row is None:
-            return None
-        origin, seq, version = row
-        return origin, seq, VectorClock.decode(version)
-
-    def remember_noop(self, rid: str) -> None:
-        """Keep a request id that changed nothing (a DEL of a missing key): a retry of
-        it gets the same answer, even once the key exists.  Joins a write group."""
-        with self._transaction(joinable=True):
-            self._db.execute(
-                "INSERT OR IGNORE INTO requests (rid, origin, seq, version) VALUES (?, 0, 0, '-')",
-                (rid,))
+    def request(self, rid: str) -> RequestRow | None:
+        """What a request id did (its write id and version, whether it changed nothing
+        or lost a merge), if the id is among the REQUEST_IDS_KEPT newest this replica
+        has seen; else None.  A row of origin 0 is a no-op kept by a replica before
+        markers (schema 2): local to it, with no write id."""
+        row = self._db.execute(f"SELECT {_REQUEST_COLUMNS} FROM requests WHERE rid = ?",
+                               (rid,)).fetchone()
+        return None if row is None else _request_row(row)
 
     def _remember(self, record: Record) -> None:
         """Keep a write's request id (inside the caller's transaction), bounded: every
@@ -739,8 +768,9 @@ class Store:
         if record.rid is None:
             return
         cursor = self._db.execute(
-            "INSERT OR IGNORE INTO requests (rid, origin, seq, version) VALUES (?, ?, ?, ?)",
-            (record.rid, record.origin, record.seq, record.version.encode()))
+            "INSERT OR IGNORE INTO requests (rid, origin, seq, version, noop)"
+            " VALUES (?, ?, ?, ?, ?)",
+            (record.rid, record.origin, record.seq, record.version.encode(), record.noop))
         if cursor.rowcount and cursor.lastrowid % 1000 == 0:
             self._db.execute("DELETE FROM requests WHERE n <= ?",
                              (cursor.lastrowid - REQUEST_IDS_KEPT,))
@@ -912,8 +942,17 @@ def _records_then_requests(db: sqlite3.Connection, rows: Rows,
     for row in rows(db):
         yield _record(row)
     if request_rows is not None:
-        for rid, origin, seq, version, discarded in request_rows(db):
-            yield RequestRow(rid, origin, seq, VectorClock.decode(version), bool(discarded))
+        for row in request_rows(db):
+            yield _request_row(row)
+
+
+def _request_row(row: tuple) -> RequestRow:
+    rid, origin, seq, version, discarded, noop = row
+    try:
+        return RequestRow(rid, origin, seq, VectorClock.decode(version), bool(discarded),
+                          bool(noop) or origin == 0)
+    except ClockError as e:
+        raise StoreError(f"corrupt version for request {rid!r}: {e}") from None
 
 
 def _newest_requests(db: sqlite3.Connection) -> Iterator[tuple]:
@@ -925,7 +964,7 @@ def _newest_requests(db: sqlite3.Connection) -> Iterator[tuple]:
 
 def _by_origin(table: str, columns: str, since: VectorClock) -> Rows:
     """Rows of table whose write id since does not cover: one index range per origin
-    (origin 0, the request ids that changed nothing, is never shipped)."""
+    (origin 0, no-ops kept before markers, has no write id and is never shipped)."""
 
     def rows(db: sqlite3.Connection) -> Iterator[tuple]:
         origin = 0
@@ -981,15 +1020,17 @@ class Importer:
         """Stage one request id (merged into the store's at finish)."""
         self._check_open()
         if not (isinstance(row.rid, str) and 0 < len(row.rid) <= 64 and row.origin >= 1
-                and row.seq >= 1):
+                and row.seq >= 1 and not (row.noop and row.discarded)):
             raise StoreError(f"malformed request row {row!r:.120}")
         self._requests.append((row.rid, row.origin, row.seq, row.version.encode(),
-                               int(row.discarded)))
+                               int(row.discarded), int(row.noop)))
 
     def add(self, record: Record) -> None:
         """Stage one record (the highest rank wins if a key comes twice)."""
         self._check_open()
         check_record(record)
+        if record.noop:     # markers travel as request rows in a pull, never as records
+            raise StoreError(f"a no-op marker among a pull's records: {record!r:.120}")
         self._pending.append(_row(record))
         if len(self._pending) >= BATCH_ROWS:
             self._flush()
@@ -1059,8 +1100,8 @@ class Importer:
                 ).rowcount
                 result.applied += inserted
                 db.executemany(
-                    "INSERT INTO main.requests (rid, origin, seq, version, discarded)"
-                    " VALUES (?, ?, ?, ?, ?) ON CONFLICT (rid) DO UPDATE SET"
+                    "INSERT INTO main.requests (rid, origin, seq, version, discarded, noop)"
+                    " VALUES (?, ?, ?, ?, ?, ?) ON CONFLICT (rid) DO UPDATE SET"
                     " discarded = max(discarded, excluded.discarded)", self._requests)
                 new_clock = store._clock.merge(clock)
                 store._save_clock(new_clock)

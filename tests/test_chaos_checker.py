@@ -691,6 +691,24 @@ def test_request_ids_that_changed_nothing_are_not_writes():
     assert noop and doubt
 
 
+def test_no_op_markers_are_not_writes_but_a_real_write_of_their_request_is_a_phantom():
+    """A DEL that found nothing is a no-op marker (a write id, no data), remembered by
+    every replica that holds it; another replica's tombstone for the same request, made
+    after the answer (its version covers the answer's clock), is still a phantom."""
+    h = H()
+    h.put("s1", "k", "a", "3:1")
+    h.put("s1", "j", "b", "3:2")
+    noop = h.delete("s2", "m", "2:1,3:2", status="NOTFOUND", rid="abcdef01.1", by=2)
+    marker = {"abcdef01.1": [2, 1, "2:1,3:2", "noop"]}
+    final = {"k": ("a", 3, 1, "3:1", 1), "j": ("b", 3, 2, "3:2", 1)}
+    ok = check(h.end(final, "2:1,3:2",
+                     requests={i: marker for i in (1, 2, 3)}))
+    assert ok.ok, format_report(ok)
+    carried = {1: marker, 2: marker, 3: {"abcdef01.1": [3, 3, "2:1,3:3"]}}
+    report = check(h.end(final, "2:1,3:3", requests=carried))
+    only(report, Rule.PHANTOM_WRITE, noop)
+
+
 def test_a_read_of_a_copy_nobody_remembers_is_judged_by_the_clock_that_served_it():
     # Replica 3, just cut off, applied x as its own write (3:2) and served a read of
     # it; the client's retry made x again on replica 2 (2:1,3:1), acknowledged.  The

@@ -88,6 +88,14 @@ def test_tombstone_round_trip():
     assert decoded.value is None
 
 
+def test_a_no_op_marker_round_trips_as_n():
+    marker = Record("k", None, 2, 5, VectorClock({2: 5}), 3, "0123abcd.9", noop=True)
+    assert encode_record(marker) == "k 2 5 3 0123abcd.9 2:5 N"
+    decoded = decode_record(encode_record(marker))
+    assert decoded == marker and decoded.noop
+    assert not decode_record("k 2 5 3 0123abcd.9 2:5 T").noop
+
+
 def test_empty_value_is_not_a_tombstone():
     decoded = decode_record("k 1 1 0 - 1:1 V ")
     assert decoded.value == ""
@@ -111,6 +119,8 @@ def test_record_round_trip_property(record):
         "k 1 2 0 - 1:1 V",          # V without a value (not even the space)
         "k 1 2 0 - 1:1 T extra",    # a tombstone with a value
         "k 1 2 0 - 1:1 T ",         # ... even an empty one
+        "k 1 2 0 - 1:1 N",          # a no-op marker without its request id
+        "k 1 2 0 0123abcd.1 1:1 N v",   # ... or with a value
         "k x 2 0 - 1:1 V v",        # origin not a number
         "k 1 -2 0 - 1:1 V v",       # seq not a number
         "k \u0663 2 0 - 1:1 V v",   # a non-ASCII digit
@@ -420,3 +430,14 @@ def test_a_discarded_request_row_round_trips():
     row = RequestRow("00ff00ff.12", 3, 7, VectorClock({3: 7}), discarded=True)
     assert peerwire.encode_request_row(row).endswith(" D")
     assert peerwire.decode_request_row(peerwire.encode_request_row(row)) == row
+
+
+def test_a_no_op_request_row_round_trips():
+    from replicad.store import RequestRow
+
+    row = RequestRow("00ff00ff.12", 3, 7, VectorClock({3: 7}), noop=True)
+    assert peerwire.encode_request_row(row) == "00ff00ff.12 3 7 3:7 N"
+    assert peerwire.decode_request_row(peerwire.encode_request_row(row)) == row
+    for bad in ("00ff00ff.12 3 7 3:7 X", "00ff00ff.12 3 7 3:7 N D", "00ff00ff.12 0 0 - N"):
+        with pytest.raises(PeerWireError):
+            peerwire.decode_request_row(bad)

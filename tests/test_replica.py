@@ -330,7 +330,8 @@ def test_a_write_sent_twice_with_one_request_id_is_applied_once(replica):
     assert other.status == "OK" and replica.store.clock == VectorClock({2: 2})
     assert serve(replica, "@r=;w=;id=0123abcd.1 PUT k v1").error_code == "INDOUBT"
     assert replica.store.get("k").value == "v2"              # the old id changed nothing
-    assert replica.store.request("0123abcd.1")[:2] == (2, 1)
+    row = replica.store.request("0123abcd.1")
+    assert (row.origin, row.seq) == (2, 1)
 
 
 def test_a_stale_answer_from_the_same_coordinator_is_retried_at_once(replica):
@@ -773,6 +774,70 @@ def test_a_retried_del_that_found_nothing_finds_nothing_again(replica):
     assert serve(replica, "@r=;w=;id=0123abcd.2 PUT k v").status == "OK"
     assert serve(replica, "@r=;w=;id=0123abcd.1 DEL k").status == "NOTFOUND"
     assert replica.store.get("k").value == "v"           # the retry deleted nothing
+
+
+def pushes_answered(replica: Replica, answers: list[str]) -> list:
+    """Replace the push calls: each PUSH is answered with the next of ``answers`` (a
+    PeerResponse kind: "OK" acknowledges it, "NO" refuses it); the pushed records."""
+    from replicad.peer import PeerResponse
+
+    pushed = []
+
+    def call(peer_id, message, timeout_s, on_line=None):
+        pushed.extend(message.records)
+        kind = answers.pop(0) if answers else "NO"
+        return defer.succeed(PeerResponse(kind, ",".join(["applied"] * len(message.records))))
+
+    replica.sync.call = call
+    return pushed
+
+
+def test_a_del_that_found_nothing_is_answered_with_a_pushed_no_op_marker(replica):
+    """Its answer must hold where a copy of the request turns up later: the request id
+    travels as a write id with no data (docs/reliability.md, chaos seed 4)."""
+    serving(replica)
+    pushed = pushes_answered(replica, ["OK", "OK"])
+    reply = serve(replica, "@r=;w=;id=0123abcd.1 DEL k")
+    assert reply.status == "NOTFOUND" and reply.meta.vc == VectorClock({2: 1})
+    assert [(r.key, r.noop, r.rid, r.origin, r.seq) for r in pushed] == [
+        ("k", True, "0123abcd.1", 2, 1)] * 2                 # to replicas 1 and 3
+    assert replica.store.get("k") is None and replica.store.request("0123abcd.1").noop
+    assert serve(replica, "DEL k").status == "NOTFOUND"       # no request id: no marker
+    assert replica.store.clock == VectorClock({2: 1})
+
+
+def test_with_a_write_quorum_a_del_that_found_nothing_waits_for_its_marker(replica):
+    """NOTFOUND only once write_quorum replicas hold the marker (any majority a later
+    coordinator pulls from then knows the request); a retry pushes it again.  (The
+    quorum is set on the pushes after the take-over: in quorum mode a replica alone
+    could not take over.)"""
+    import dataclasses
+
+    serving(replica)
+    replica.sync.config = dataclasses.replace(replica.config, write_quorum=2)
+    pushes_answered(replica, ["NO", "NO"])                   # neither peer takes it
+    first = serve(replica, "@r=;w=;id=0123abcd.1 DEL k")
+    assert (first.status, first.error_code) == ("ERR", "QUORUM")
+    assert "found nothing to delete" in first.text
+    pushed = pushes_answered(replica, ["OK", "NO"])
+    again = serve(replica, "@r=;w=;id=0123abcd.1 DEL k")    # a replay: pushed again
+    assert again.status == "NOTFOUND" and [r.noop for r in pushed] == [True, True]
+    assert replica.store.clock == VectorClock({2: 1})        # one marker, not two
+
+
+def test_a_marker_made_elsewhere_answers_a_copy_of_its_request_though_the_key_exists(
+        replica):
+    """The seed-4 window at the replica: a marker of replica 1 (a retry answered there)
+    reached this one, which holds ``k`` from a write 1 never got; the request's queued
+    copy is answered NOTFOUND (the marker pushed again), and ``k`` is kept."""
+    replica.store.apply([Record("k", "held", 3, 1, VectorClock({3: 1})),
+                         Record("k", None, 1, 1, VectorClock({1: 1}), 0, "0123abcd.5",
+                                noop=True)], VectorClock({1: 1, 3: 1}))
+    serving(replica)
+    pushed = pushes_answered(replica, ["OK", "OK"])
+    assert serve(replica, "@r=;w=;id=0123abcd.5 DEL k").status == "NOTFOUND"
+    assert replica.store.get("k").value == "held"
+    assert [(r.noop, r.origin, r.seq) for r in pushed] == [(True, 1, 1)] * 2
 
 
 def test_a_paused_coordinator_stands_again_before_serving_what_was_queued(replica):

@@ -12,7 +12,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 import replicad.store
-from replicad.store import Record, Store, StoreError, is_conflict, winner
+from replicad.store import NewerEpoch, Record, RequestRow, Store, StoreError, is_conflict, winner
 from replicad.vclock import EMPTY, VectorClock
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -599,13 +599,19 @@ def test_a_schema_1_database_is_migrated(tmp_path):
 # Request ids (issue #8) ------------------------------------------------------------------
 
 
+def written(store: Store, rid: str) -> tuple[int, int] | None:
+    """The write id a store remembers for a request id."""
+    row = store.request(rid)
+    return None if row is None else (row.origin, row.seq)
+
+
 def test_a_written_request_id_is_remembered_with_its_write(tmp_path):
     with Store(str(tmp_path / "db")) as store:
         record = store.write(1, "k", "v", rid="00ff00ff.1")
-        assert store.request("00ff00ff.1") == (1, 1, record.version)
+        assert store.request("00ff00ff.1") == RequestRow("00ff00ff.1", 1, 1, record.version)
         assert store.request("00ff00ff.2") is None
     with Store(str(tmp_path / "db")) as store:               # durable
-        assert store.request("00ff00ff.1")[:2] == (1, 1)
+        assert written(store, "00ff00ff.1") == (1, 1)
         assert store.get("k").rid == "00ff00ff.1"
 
 
@@ -616,14 +622,14 @@ def test_request_ids_travel_with_pushes_and_copies(tmp_path, small_batches):
         a.write(1, "k", "v2", rid="00ff00ff.2")           # supersedes the first
         a.write(1, "j", "w", rid="00ff00ff.3")
         assert b.apply_pushed(first) == "applied"         # a push: remembered
-        assert b.request("00ff00ff.1")[:2] == (1, 1)
+        assert written(b, "00ff00ff.1") == (1, 1)
         clock, records = a.export_full()                  # a full copy carries the
         importer = c.begin_import()                       # current records' ids
         for record in records:
             importer.add(record)
         importer.finish(clock)
-        assert c.request("00ff00ff.2")[:2] == (1, 2)
-        assert c.request("00ff00ff.3")[:2] == (1, 3)
+        assert written(c, "00ff00ff.2") == (1, 2)
+        assert written(c, "00ff00ff.3") == (1, 3)
         assert c.request("00ff00ff.1") is None            # superseded before the copy
 
 
@@ -653,16 +659,137 @@ def test_pulls_carry_the_request_ids_of_superseded_writes_too(tmp_path, small_ba
         for item in items:
             (importer.add_request if isinstance(item, RequestRow) else importer.add)(item)
         importer.finish(clock)
-        assert b.request("00ff00ff.1")[:2] == (1, 1)    # superseded, still remembered
+        assert written(b, "00ff00ff.1") == (1, 1)    # superseded, still remembered
         _, since_one = a.export_delta(VectorClock({1: 1}), requests=True)
         assert [i.rid for i in since_one if isinstance(i, RequestRow)] == ["00ff00ff.2"]
 
 
-def test_a_request_that_changed_nothing_is_remembered_but_not_shipped(store):
-    store.remember_noop("00ff00ff.7")
-    assert store.request("00ff00ff.7") == (0, 0, VectorClock())
+# No-op markers: a DEL that found nothing (docs/reliability.md, chaos seed 4) ---------------
+
+
+def test_a_del_that_found_nothing_is_a_marker_with_a_write_id_and_no_data(tmp_path):
+    with Store(str(tmp_path / "db")) as store:
+        store.write(1, "j", "v")
+        marker = store.write_noop(1, "k", 2, "00ff00ff.7")
+        assert (marker.origin, marker.seq, marker.noop, marker.value) == (1, 2, True, None)
+        assert store.clock == VectorClock({1: 2}) == marker.version
+        assert store.get("k") is None and store.count() == 1
+        assert store.request("00ff00ff.7") == RequestRow("00ff00ff.7", 1, 2, marker.version,
+                                                         noop=True)
+    with Store(str(tmp_path / "db")) as store:               # durable
+        assert store.request("00ff00ff.7").noop and store.clock == VectorClock({1: 2})
+        assert store.get("k") is None
+
+
+def test_a_marker_is_shipped_by_deltas_and_full_copies_as_a_request_row(tmp_path,
+                                                                          small_batches):
+    with Store(str(tmp_path / "a")) as a:
+        a.write(1, "j", "v", rid="00ff00ff.1")
+        a.write_noop(1, "k", 0, "00ff00ff.2")
+        for export in (a.export_full(requests=True),
+                       a.export_delta(VectorClock({1: 1}), requests=True)):
+            clock, items = export
+            rows = [i for i in items if isinstance(i, RequestRow)]
+            assert clock == VectorClock({1: 2})
+            assert ("00ff00ff.2", 2, True) in [(r.rid, r.seq, r.noop) for r in rows]
+        _, items = a.export_delta(VectorClock({1: 2}), requests=True)
+        assert list(items) == []
+
+
+def test_a_pulled_marker_tells_the_puller_the_request_changed_nothing(tmp_path,
+                                                                     small_batches):
+    """The chaos seed-4 window in the store: b holds k (a write a never got) and pulls;
+    it must learn that the request id was answered as a DEL that found nothing."""
+    with Store(str(tmp_path / "a")) as a, Store(str(tmp_path / "b")) as b:
+        a.write_noop(2, "k", 5, "00ff00ff.2")
+        b.write(3, "k", "held", epoch=4)
+        clock, items = a.export_delta(b.clock, requests=True)
+        importer = b.begin_import()
+        for item in items:
+            (importer.add_request if isinstance(item, RequestRow) else importer.add)(item)
+        importer.finish(clock)
+        assert b.request("00ff00ff.2").noop and written(b, "00ff00ff.2") == (2, 1)
+        assert b.get("k").value == "held"                  # a marker deletes nothing
+        assert b.clock == VectorClock({2: 1, 3: 1})
+
+
+def test_a_pushed_marker_is_remembered_and_moves_the_clock_in_order(store):
+    store.apply_pushed(rec("a", "1", 2, {}))
+    store.apply_pushed(Record("k", "held", 3, 1, VectorClock({3: 1}), 4))
+    marker = Record("k", None, 2, 2, VectorClock({2: 2}), 5, "00ff00ff.3", noop=True)
+    assert store.apply_pushed(marker) == "applied"
+    assert store.request("00ff00ff.3").noop and store.clock == VectorClock({2: 2, 3: 1})
+    assert store.get("k").value == "held" and store.conflicts == 0
+    assert store.apply_pushed(marker) == "duplicate"
+
+
+def test_a_batch_with_a_marker_is_merged_as_one_by_one(store, tmp_path):
+    """A marker is never inserted as a row: the batch goes record by record."""
+    batch = [rec("a", "1", 2, {}),
+             Record("b", None, 2, 2, VectorClock({2: 2}), 0, "00ff00ff.4", noop=True),
+             rec("c", "3", 2, {2: 2})]
+    with Store(str(tmp_path / "one.sqlite")) as one:
+        expected = [one.apply_pushed(r) for r in batch]
+        assert expected == ["applied"] * 3
+        assert store.apply_pushed_batch(batch) == expected
+        assert store.clock == one.clock == VectorClock({2: 3})
+        assert store.get("b") is None and store.request("00ff00ff.4").noop
+        assert store._db.execute("SELECT count(*) FROM kv").fetchone()[0] == 2
+
+
+def test_a_marker_over_a_newer_epoch_is_refused(store):
+    store.apply([Record("k", None, 3, 1, VectorClock({3: 1}), 9)], VectorClock({3: 1}))
+    with pytest.raises(NewerEpoch):
+        store.write_noop(2, "k", 8, "00ff00ff.5")
+    assert store.request("00ff00ff.5") is None and store.clock == VectorClock({3: 1})
+
+
+def test_a_marker_is_refused_among_a_pulls_records_and_without_a_request_id(store):
+    importer = store.begin_import()
+    with pytest.raises(StoreError, match="marker"):
+        importer.add(Record("k", None, 2, 1, VectorClock({2: 1}), 0, "00ff00ff.6", noop=True))
+    importer.abort()
+    with pytest.raises(StoreError, match="malformed"):
+        store.apply_pushed(Record("k", None, 2, 1, VectorClock({2: 1}), 0, None, noop=True))
+    with pytest.raises(StoreError, match="malformed"):
+        store.apply_pushed(Record("k", "v", 2, 1, VectorClock({2: 1}), 0, "00ff.1", noop=True))
+
+
+def test_a_no_op_kept_before_markers_is_answered_but_never_shipped(store):
+    """Schema 2 kept a DEL that found nothing as write 0:0: still a no-op, local."""
+    store._db.execute("INSERT INTO requests (rid, origin, seq, version)"
+                      " VALUES ('00ff00ff.7', 0, 0, '-')")
+    assert store.request("00ff00ff.7") == RequestRow("00ff00ff.7", 0, 0, VectorClock(),
+                                                     noop=True)
     _, items = store.export_full(requests=True)
     assert list(items) == []
+
+
+def test_a_schema_2_database_is_migrated(tmp_path):
+    path = str(tmp_path / "two.sqlite")
+    with Store(path) as store:
+        store.write(1, "k", "v", rid="00ff00ff.1")
+    db = sqlite3.connect(path)      # as schema 2 left it: no noop column
+    db.executescript("""
+        CREATE TABLE r2 AS SELECT n, rid, origin, seq, version, discarded FROM requests;
+        DROP TABLE requests;
+        CREATE TABLE requests (n INTEGER PRIMARY KEY, rid TEXT NOT NULL UNIQUE,
+            origin INTEGER NOT NULL, seq INTEGER NOT NULL, version TEXT NOT NULL,
+            discarded INTEGER NOT NULL DEFAULT 0);
+        CREATE INDEX requests_write ON requests (origin, seq);
+        INSERT INTO requests SELECT * FROM r2;
+        INSERT INTO requests (rid, origin, seq, version) VALUES ('00ff00ff.2', 0, 0, '-');
+        DROP TABLE r2;
+        UPDATE meta SET value = '2' WHERE name = 'schema';
+    """)
+    db.close()
+    with Store(path) as store:
+        assert written(store, "00ff00ff.1") == (1, 1)
+        assert store.request("00ff00ff.2").noop
+        store.write_noop(1, "j", 0, "00ff00ff.3")
+    with Store(path) as store:
+        assert store.request("00ff00ff.3").noop
+        assert store._get_meta("schema") == "3"
 
 
 def test_the_loser_of_a_merge_is_marked_discarded_and_the_mark_travels(tmp_path, small_batches):

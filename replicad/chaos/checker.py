@@ -58,8 +58,9 @@ Rules
     PUT of that key whose outcome was not ``fail``, invoked before the observation ended;
     and no request the client was told did nothing (a failed write, a DEL answered
     NOTFOUND) appears as a write in a replica's request-id memory or records.  (A
-    request id remembered as write ``0:0`` is a request that changed nothing, kept so
-    that a retry gets the same answer: not a write.)
+    request id remembered as a no-op marker, or as write ``0:0`` before markers, is a
+    request that changed nothing, kept so that a retry gets the same answer: not a
+    write.)
 ``lost-write``
     Every acknowledged write ``w`` survives, or is superseded by a write that descends
     from it.  Two ways to lose it:
@@ -130,7 +131,9 @@ class Outcome(enum.Enum):
 
 
 # A replica remembers the request id of a request that changed nothing (a DEL of a
-# missing key) as write 0:0 (store.remember_noop), so that a retry gets its answer again.
+# missing key) as a no-op marker (store.write_noop: a write id, no data; "noop" in the
+# history) so that a retry, or a copy queued elsewhere, gets its answer again; before
+# markers, as write 0:0, on the answering replica alone.
 NOOP_ORIGIN = 0
 MAX_LISTED = 3   # writes named in one violation message
 LATE_REPLY_S = 1.0   # a write answered later than this may report a newer epoch than its own
@@ -405,8 +408,8 @@ def _final(event: Mapping[str, Any]) -> Replica:
         replica.records[key] = FinalRecord(row.get("value"), int(row["origin"]),
                                            int(row["seq"]), version, int(row.get("epoch", 0)),
                                            row.get("rid"))
-    for request_id, (origin, seq, version) in (event.get("requests") or {}).items():
-        if int(origin) == NOOP_ORIGIN:
+    for request_id, (origin, seq, version, *noop) in (event.get("requests") or {}).items():
+        if int(origin) == NOOP_ORIGIN or noop == ["noop"]:
             replica.noops.add(request_id)   # remembered, not a write: nothing to check
             continue
         decoded = _clock(version, f"replica {rid} request {request_id}")

@@ -34,7 +34,8 @@ The checker (replicad/chaos/checker.py) reads nothing else, so this is the contr
     value or None, GET through that replica), ``get_errors``, ``records`` (its database:
     key -> ``value``, ``origin``, ``seq``, ``version``, ``epoch``, ``rid``),
     ``requests`` (request id -> ``[origin, seq, version]``: the writes it remembers;
-    ``[0, 0, "-"]`` for a request that changed nothing, a DEL of a missing key),
+    ``[origin, seq, version, "noop"]`` for a request that changed nothing, a DEL of a
+    missing key kept as a no-op marker; ``[0, 0, "-"]`` for one kept before markers),
     ``clock`` (from its database), ``error`` (if the database could not be read).
 ``log``
     Evidence from a replica's log after the run: ``kind`` ``replay`` (a write answered

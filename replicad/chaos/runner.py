@@ -637,8 +637,9 @@ def _dump_database(path: str) -> dict[str, Any]:
             for key, value, origin, seq, version, epoch, rid in db.execute(
                 "SELECT key, value, origin, seq, version, epoch, rid FROM kv ORDER BY key")
         }
-        requests = {rid: [origin, seq, version] for rid, origin, seq, version in db.execute(
-            "SELECT rid, origin, seq, version FROM requests")}
+        requests = {rid: [origin, seq, version] + (["noop"] if noop else [])
+                    for rid, origin, seq, version, noop in db.execute(
+                        "SELECT rid, origin, seq, version, noop FROM requests")}
         clock = VectorClock(dict(db.execute("SELECT replica, count FROM clock"))).encode()
     except sqlite3.Error as e:
         return {"error": f"cannot read {path}: {e}"}

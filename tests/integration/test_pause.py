@@ -126,3 +126,53 @@ def test_a_woken_coordinator_whose_peer_restarted_pulls_its_writes_first(start_c
     assert BlockingClient([cluster.address(3)], timeout_s=20).get("k") == "second"
     with open(cluster.log_path(3), encoding="utf-8") as log:
         assert "was paused" in log.read()
+
+
+DEL_RID = "0123abcd00000000.2"
+
+
+def del_with_id(address: str) -> str:
+    """``DEL k`` with the request id DEL_RID, on its own connection: the reply."""
+    with connect(address) as conn:
+        conn.sendall(f"@r=;w=;id={DEL_RID} DEL k\n".encode())
+        return read_line(conn)
+
+
+def test_a_del_answered_notfound_elsewhere_is_not_carried_out_by_a_woken_coordinator(
+        proxied):
+    """Replica 3 (coordinator) holds ``k`` alone (write_quorum 1, its pushes held by the
+    proxy) and sleeps with a ``DEL k`` queued in its socket; the retry of that DEL (same
+    request id) reaches replica 2, which never had ``k`` and answers NOTFOUND.  Woken,
+    3 must answer its queued copy NOTFOUND too and keep ``k``: the client was told the
+    DEL did nothing.  Found by chaos seed 4 (docs/reliability.md): a request that
+    changed nothing left no trace a pull could carry, so 3 deleted ``k``.  With the
+    no-op DEL's marker write taken out (Replica._coordinate answering NOTFOUND from
+    the local memory alone) the queued copy answers OK and ``k`` is gone (checked)."""
+    cluster = proxied(answer_timeout=1.5, coordinator_timeout=2.0)
+    assert cluster.coordinator() == 3
+    client = BlockingClient([cluster.address(1), cluster.address(2)], timeout_s=20)
+    client.put("other", "x")
+
+    cluster.cut_one_way(3, 1)
+    cluster.cut_one_way(3, 2)
+    BlockingClient([cluster.address(3)], timeout_s=10).put("k", "held")   # 3 alone
+    cluster.kill(3, signal.SIGSTOP)
+    stopped = time.monotonic()
+    try:
+        queued = connect(cluster.address(3))
+        queued.sendall(f"@r=;w=;id={DEL_RID} DEL k\n".encode())   # waits in its socket
+        cluster.wait_until(lambda: status_word(del_with_id(cluster.address(2)))
+                           == "NOTFOUND", timeout_s=30, what="the DEL answered NOTFOUND")
+        time.sleep(max(0.0, PAUSE_S - (time.monotonic() - stopped)))   # a long pause
+    finally:
+        cluster.kill(3, signal.SIGCONT)
+        time.sleep(HEAL_AFTER_WAKE_S)
+        cluster.heal()
+
+    reply = read_line(queued)
+    queued.close()
+    assert status_word(reply) == "NOTFOUND", reply
+    cluster.wait_ready(timeout_s=30)
+    cluster.wait_until(lambda: serving(cluster, 1, 3) and serving(cluster, 2, 3),
+                       timeout_s=30, what="replica 3 serving again, 1 and 2 following it")
+    assert BlockingClient(cluster.addresses(), timeout_s=20).get("k") == "held"
