@@ -395,6 +395,15 @@ class Node:
             self.epoch_seen(epoch)
             self.log.info("replica {replica} rejects coordinator {peer} (lower id) in "
                           "epoch {epoch}", replica=self._my_id, peer=from_id, epoch=epoch)
+            state = self._state
+            if state.role.is_coordinator and state.epoch is not None and epoch < state.epoch:
+                # Sent before the lower one saw this epoch (a queued re-announcement,
+                # say): this NO carries our epoch, so it steps down (I7), and our own
+                # announcement follows, as for an ELECTION.  A new election per stale
+                # announcement raced a returning replica's epoch up by dozens in a
+                # second and restarted its take-over each time (docs/election.md, Epochs).
+                self._actions.send_coordinator(from_id, state.epoch)
+                return False
             self.start_election(f"announcement from lower {from_id}")
             return False
         state = self._state

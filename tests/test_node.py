@@ -341,10 +341,30 @@ class CoordinatorReceivedTests(SynchronousTestCase):
         self.assertEqual((m.role, m.epoch, m.coordinator_epoch), (T, e, e))
         self.assertIn(("coordinator", 1, e), glue.calls)
 
-    def test_lower_with_stale_epoch_is_bullied_too(self):
-        """Otherwise a lower coordinator that missed a newer epoch keeps its belief."""
+    def test_lower_with_stale_epoch_is_answered_with_ours(self):
+        """An announcement older than our own epoch was sent before the lower one saw
+        it: rejected (the NO carries our epoch, which makes it step down, I7) and our
+        announcement sent to it, as for an ELECTION; no new election.  (It started one:
+        in a chaos run a returning replica met dozens of queued re-announcements and
+        raced its epoch up by 150 in a second, restarting its take-over each time.)"""
         m, glue, _ = coordinator_of(3, epoch=5)   # won 7
+        glue.calls.clear()
         self.assertFalse(m.coordinator_received(1, 5))
+        self.assertEqual((m.role, m.coordinator_epoch, m.epoch), (S, 7, 7))
+        self.assertEqual(glue.calls, [("coordinator", 1, 7)])
+
+    def test_stale_announcements_do_not_restart_a_take_over(self):
+        m, glue, _ = make(3, epoch=5)
+        m.start_election("came back")             # wins 7 at once: taking over
+        self.assertEqual((m.role, m.coordinator_epoch), (T, 7))
+        for _ in range(40):                        # 2's queued re-announcements of 6
+            self.assertFalse(m.coordinator_received(2, 6))
+        self.assertEqual((m.role, m.coordinator_epoch, m.epoch), (T, 7, 7))
+
+    def test_lower_with_newer_epoch_is_still_bullied(self):
+        """I5: it won an epoch this coordinator never saw: elect above it."""
+        m, glue, _ = coordinator_of(3, epoch=5)   # won 7
+        self.assertFalse(m.coordinator_received(1, 9))
         self.assertEqual((m.role, m.coordinator_epoch), (T, own_epoch(2, 3)))   # 11
 
     def test_lower_while_follower_starts_election(self):
@@ -492,7 +512,7 @@ class EpochTests(SynchronousTestCase):
         m.coordinator_rejected(1, 13)  # steps down; re-elects on the next turn
         clock.advance(0)
         clock.advance(0.3)  # won, epoch 14
-        m.coordinator_received(1, 9)  # lower: bully again
+        m.coordinator_received(1, 17)  # lower, with an epoch it won unseen: bully again
         clock.advance(0.3)
         persisted = [p for (p,) in glue.of("persist")]
         self.assertEqual(persisted, sorted(set(persisted)))
