@@ -69,8 +69,10 @@ def test_majority_mode_isolated_coordinator_loses_no_acknowledged_write(proxied)
 
     # The isolated side: every write fails, and once its lease is over, at once.
     isolated = [cluster.address(3)]
-    for n in range(10):
+    for n in range(3):
         assert not try_put(isolated, f"k{n}", "isolated", timeout_s=2.0)
+    cluster.wait_until(lambda: cluster.status(3)["ready"] == "no", timeout_s=10,
+                       what="the isolated coordinator's lease to end")
     started = time.monotonic()
     answer = talk(cluster.address(3), b"PUT k0 isolated\r\nQUIT\r\n")
     assert answer.startswith(b"ERR UNAVAILABLE"), answer
@@ -122,8 +124,7 @@ def test_a_wiped_replica_cut_off_from_its_peers_serves_nothing(proxied, quorum):
     cluster.start_replica(3)
     cluster.wait_until(lambda: cluster.status(3) is not None, timeout_s=10,
                        what="replica 3 answers STATUS")
-    for n in range(3):
-        assert not try_put([cluster.address(3)], f"k{n}", "second history")
+    assert not try_put([cluster.address(3)], "k0", "second history")
     status = cluster.status(3)
     assert (status["ready"], status["cluster_id"], status["keys"]) == ("no", "-", 0)
     cluster.wait_until(lambda: "waits to copy the cluster's data" in cluster.log_tail(3),
