@@ -579,7 +579,7 @@ class Replica(service.MultiService):
         meta = self._meta(request, store.clock, executed=True)
         if request.command == "GET":
             record = store.get(request.key)
-            if record is None or record.deleted:
+            if record is None or record.value is None:      # absent, or a tombstone
                 return Reply("NOTFOUND", meta=meta)
             return Reply("VALUE", record.value, meta=meta)
         keys = tuple(store.keys(request.key or ""))

@@ -89,8 +89,11 @@ class _SendsAtTurnEnd:
         raise NotImplementedError
 
     def write(self, data: bytes) -> None:
-        if not self._queued and not self._idle():
-            super().write(data)       # sending, closing or TLS: Twisted's own path
+        # Not queued and not idle (bytes left from an earlier send, closing, or TLS of
+        # its own): Twisted's own path.  (Inline, not a method: it runs per reply.)
+        if not self._queued and (self.TLS or self.offset != len(self.dataBuffer)
+                                 or self._tempDataLen or self._closing()):
+            super().write(data)
             return
         if not isinstance(data, bytes):
             raise TypeError(f"data must be bytes, not {type(data).__name__}")
@@ -119,11 +122,6 @@ class _SendsAtTurnEnd:
                 and not self.producerPaused and left > self.bufferSize):
             self.producerPaused = True
             self.producer.pauseProducing()
-
-    def _idle(self) -> bool:
-        """Nothing buffered, not closing, no TLS of its own: the next write may wait."""
-        return (not self.TLS and not self._closing()
-                and self.offset == len(self.dataBuffer) and not self._tempDataLen)
 
     def _closing(self) -> bool:
         """loseConnection, loseWriteConnection or abortConnection was called: its
