@@ -21,6 +21,7 @@ to that peer end the moment it runs) and which alone holds a newer write.
 
 from __future__ import annotations
 
+import contextlib
 import signal
 import time
 
@@ -40,6 +41,32 @@ def put_with_id(address: str) -> str:
         return read_line(conn)
 
 
+def held_at_3(cluster, key: str, value: str) -> None:
+    """From now on replica 3's calls stay unanswered (its heartbeats, its pushes), and
+    it alone holds ``key = value`` (acknowledged: write_quorum 1)."""
+    cluster.cut_one_way(3, 1)
+    cluster.cut_one_way(3, 2)
+    BlockingClient([cluster.address(3)], timeout_s=10).put(key, value)
+
+
+@contextlib.contextmanager
+def frozen_with(cluster, line: str):
+    """Replica 3 SIGSTOPped with ``line`` waiting in its socket (the socket is what the
+    block gets); leaving the block, the pause is made at least PAUSE_S long, 3 is
+    woken, and the proxy's cuts are healed HEAL_AFTER_WAKE_S later."""
+    cluster.kill(3, signal.SIGSTOP)
+    stopped = time.monotonic()
+    try:
+        queued = connect(cluster.address(3))
+        queued.sendall(f"{line}\n".encode())   # waits in its socket
+        yield queued
+        time.sleep(max(0.0, PAUSE_S - (time.monotonic() - stopped)))   # a long pause
+    finally:
+        cluster.kill(3, signal.SIGCONT)
+        time.sleep(HEAL_AFTER_WAKE_S)
+        cluster.heal()
+
+
 def status_word(reply: str) -> str:
     """``OK`` of ``@vc=...;by=2 OK``, ``ERR`` of ``@... ERR INDOUBT ...``."""
     words = reply.split()
@@ -52,26 +79,13 @@ def test_a_woken_coordinator_pulls_before_it_serves_what_was_queued(proxied):
     assert cluster.coordinator() == 3
     client = BlockingClient([cluster.address(1), cluster.address(2)], timeout_s=20)
     client.put("k", "first")
-
-    # Replica 3's calls from now on stay unanswered: its heartbeats, and these pushes.
-    cluster.cut_one_way(3, 1)
-    cluster.cut_one_way(3, 2)
-    BlockingClient([cluster.address(3)], timeout_s=10).put("pushed", "held")
-    cluster.kill(3, signal.SIGSTOP)
-    stopped = time.monotonic()
-    try:
-        queued = connect(cluster.address(3))
-        queued.sendall(f"@r=;w=;id={RID} PUT k old\n".encode())   # waits in its socket
+    held_at_3(cluster, "pushed", "held")
+    with frozen_with(cluster, f"@r=;w=;id={RID} PUT k old") as queued:
         # The others take over: the same request (same id) applied there, then a newer
         # write of the key.
         cluster.wait_until(lambda: status_word(put_with_id(cluster.address(1))) == "OK",
                            timeout_s=30, what="the write applied by the others")
         client.put("k", "new")
-        time.sleep(max(0.0, PAUSE_S - (time.monotonic() - stopped)))   # a long pause
-    finally:
-        cluster.kill(3, signal.SIGCONT)
-        time.sleep(HEAL_AFTER_WAKE_S)
-        cluster.heal()
 
     reply = read_line(queued)
     queued.close()
@@ -150,24 +164,10 @@ def test_a_del_answered_notfound_elsewhere_is_not_carried_out_by_a_woken_coordin
     the local memory alone) the queued copy answers OK and ``k`` is gone (checked)."""
     cluster = proxied(answer_timeout=1.5, coordinator_timeout=2.0)
     assert cluster.coordinator() == 3
-    client = BlockingClient([cluster.address(1), cluster.address(2)], timeout_s=20)
-    client.put("other", "x")
-
-    cluster.cut_one_way(3, 1)
-    cluster.cut_one_way(3, 2)
-    BlockingClient([cluster.address(3)], timeout_s=10).put("k", "held")   # 3 alone
-    cluster.kill(3, signal.SIGSTOP)
-    stopped = time.monotonic()
-    try:
-        queued = connect(cluster.address(3))
-        queued.sendall(f"@r=;w=;id={DEL_RID} DEL k\n".encode())   # waits in its socket
+    held_at_3(cluster, "k", "held")
+    with frozen_with(cluster, f"@r=;w=;id={DEL_RID} DEL k") as queued:
         cluster.wait_until(lambda: status_word(del_with_id(cluster.address(2)))
                            == "NOTFOUND", timeout_s=30, what="the DEL answered NOTFOUND")
-        time.sleep(max(0.0, PAUSE_S - (time.monotonic() - stopped)))   # a long pause
-    finally:
-        cluster.kill(3, signal.SIGCONT)
-        time.sleep(HEAL_AFTER_WAKE_S)
-        cluster.heal()
 
     reply = read_line(queued)
     queued.close()
