@@ -52,7 +52,6 @@ from twisted.logger import (
 from twisted.python import logfile, usage
 from twisted.python.components import Componentized
 
-from replicad.admin import AdminService
 from replicad.client_protocol import ClientFactory
 from replicad.config import (
     ClusterConfig,
@@ -305,6 +304,10 @@ def makeService(options: Options, reactor=None) -> service.MultiService:
         listener.setServiceParent(top)
     admin_endpoint = member.admin_listen_endpoint()
     if admin_endpoint is not None:
+        # Imported only here: the admin port brings twisted.web (about a tenth of a
+        # replica's start-up), and most replicas of a test run have none.
+        from replicad.admin import AdminService
+
         AdminService(replica, admin_endpoint, reactor).setServiceParent(top)
     return top
 
