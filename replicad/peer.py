@@ -145,7 +145,7 @@ class PeerResponse:
 
     @property
     def ok(self) -> bool:
-        return self.kind in ("OK", "END")
+        return self.kind in ("OK", "END", "REPLY")
 
 
 class PeerRequestHandler(Protocol):

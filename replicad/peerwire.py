@@ -35,7 +35,8 @@ AUTH_CONTEXT = "replicad-peer-auth-v2"     # v2: the MACs cover both cluster ids
 NONCE_BYTES = 16
 
 # STALE <epoch>: the request carried an older epoch than the answerer's; nothing done.
-FINAL_KINDS = frozenset({"OK", "NO", "ERR", "END", "STALE"})
+# REPLY <line>: a forwarded request's reply of one line, in one frame (LINE + END else).
+FINAL_KINDS = frozenset({"OK", "NO", "ERR", "END", "STALE", "REPLY"})
 STREAM_KINDS = frozenset({"LINE", "REC", "REQ"})
 
 VERBS = frozenset(

@@ -742,11 +742,14 @@ class Replica(service.MultiService):
         if response.kind == "NO":
             # It is not the coordinator (any more): treat it like a failed ping.
             raise PeerUnavailable(f"replica {coordinator} is not the coordinator")
-        if response.kind != "END":
+        if response.kind == "REPLY":
+            texts = [response.payload]
+        elif response.kind == "END":
+            texts = [text for _, text in response.lines]
+        else:
             self.log.warn("forwarding to {c} failed: {kind} {payload}", c=coordinator,
                           kind=response.kind, payload=response.payload)
             return self._error(request, Code.INTERNAL, "the coordinator failed to answer")
-        texts = [text for _, text in response.lines]
         relayed = wire.relay(texts, self.my_id)    # the coordinator's lines, as they are
         if relayed is not None:
             return relayed
@@ -1050,4 +1053,7 @@ def _final(reply: Reply, via: int) -> PeerAnswer:
     meta = reply.meta
     if meta is not None and meta.here != via:
         reply = reply.with_meta(dataclasses.replace(meta, here=via))
-    return PeerAnswer("END", "", lines=tuple(("LINE", t) for t in reply.encode_lines()))
+    lines = reply.encode_lines()
+    if len(lines) == 1:      # GET, PUT, DEL, errors: one frame, not a LINE and an END
+        return PeerAnswer("REPLY", lines[0])
+    return PeerAnswer("END", "", lines=tuple(("LINE", t) for t in lines))

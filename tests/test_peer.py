@@ -675,8 +675,8 @@ def test_send_reports_to_done_later_and_forget_drops_the_call():
     assert (answered, forgotten, timed_out) == (1, 2, 3)
     assert lines(transport) == ["1 CLIENT 3 GET k", "2 CLIENT 3 GET j", "3 CLIENT 3 GET i"]
     assert heard == []
-    proto.dataReceived(b"1 LINE VALUE v\n1 END\n")
-    assert heard == [(PeerResponse("END", "", [("LINE", "VALUE v")]), None)]
+    proto.dataReceived(b"1 REPLY VALUE v w \n")        # a one-line reply, one frame
+    assert heard == [(PeerResponse("REPLY", "VALUE v w "), None)]
     proto.forget(forgotten)
     proto.dataReceived(b"2 END\n")                    # dropped: nobody waits for it
     clock.advance(0.5)

@@ -204,7 +204,7 @@ def test_bad_frames(line):
 
 
 def test_frame_kinds_and_verbs():
-    assert peerwire.FINAL_KINDS == {"OK", "NO", "ERR", "END", "STALE"}
+    assert peerwire.FINAL_KINDS == {"OK", "NO", "ERR", "END", "STALE", "REPLY"}
     assert peerwire.STREAM_KINDS == {"LINE", "REC", "REQ"}
     assert not peerwire.FINAL_KINDS & peerwire.STREAM_KINDS
     assert {"PING", "ELECTION", "COORDINATOR"} <= peerwire.VERBS

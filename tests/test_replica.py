@@ -453,6 +453,12 @@ def forwarded(replica: Replica, line: str):
 
 
 def reply_of(answer: PeerAnswer) -> Reply:
+    """The reply a forwarded request's PeerAnswer carries: one REPLY frame for a reply
+    of one line, LINE frames and an END for a longer one."""
+    if answer.kind == "REPLY":
+        assert answer.lines == ()
+        return wire.parse_reply_lines([answer.payload])
+    assert answer.kind == "END"
     return wire.parse_reply_lines([text for _, text in answer.lines])
 
 
@@ -594,6 +600,24 @@ def test_a_follower_forwards_at_once_when_its_coordinator_answered_lately(replic
     assert link.verbs() == ["PING", "CLIENT"]             # sent before handle returned
     replica.reactor.advance(0)                            # the answer's turn
     assert d.result.text == "v"
+
+
+def test_a_follower_relays_a_one_frame_reply_and_a_multi_line_one(replica):
+    """The coordinator answers a one-line reply in one REPLY frame (LINE + END before);
+    the follower relays either."""
+    from replicad.peer import PeerResponse
+
+    follow(replica)
+    fake_coordinator(replica, [
+        defer.succeed(PeerResponse("REPLY", "VALUE two words ")),
+        defer.succeed(PeerResponse("END", "", [("LINE", "KEYS 1"), ("LINE", "k"),
+                                               ("LINE", "END")]))])
+    assert replica.detector.check().result is True
+    got = replica.handle(Request("GET", "k"))
+    keys = replica.handle(Request("KEYS", None))
+    replica.reactor.advance(0)
+    assert (got.result.status, got.result.text) == ("VALUE", "two words ")
+    assert keys.result.status == "KEYS" and list(keys.result.lines) == ["k"]
 
 
 def test_a_fast_forward_of_a_write_that_may_have_been_applied_is_in_doubt(replica):
