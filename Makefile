@@ -28,10 +28,12 @@ demo: venv
 cluster: venv
 	$(VENV)/bin/replicad-local --data-dir $(CLUSTER_DIR)
 
+# pytest on two workers (pytest-xdist): each test still starts its own processes on its
+# own random ports; `make soak` and a plain `pytest` run them one at a time.
 test: venv test-deps
 	$(VENV)/bin/ruff check .
 	$(VENV)/bin/trial --temp-directory=/tmp/replicad-trial tests
-	$(PY) -m pytest -m "not slow"
+	$(PY) -m pytest -m "not slow" -n 2
 
 # The long fault tests (a frozen receiver mid-copy, a connection flood, network
 # namespaces, a live backup restored in place): CI runs them after `make test`.
