@@ -82,6 +82,10 @@ def readiness(replica: Any) -> tuple[bool, str]:
     if store.cluster_id is None:
         return False, ("this replica has not joined its cluster yet (it waits to copy the "
                        "cluster's data, or for the new cluster's first coordinator)")
+    if node.vetoed is not None:
+        peer, coordinator = node.vetoed
+        return False, (f"coordinator {coordinator} is alive (replica {peer} reaches it) "
+                       "but this replica cannot reach it")
     if node.cannot_serve:
         return False, "this replica's side of the cluster has no majority (quorum mode)"
     coordinator = node.serving_as

@@ -7,7 +7,8 @@ it with ``task.Clock``.  docs/election.md has the protocol and a diagram.
 States (each carries its own data and at most one timer; leaving a state cancels it):
 
     FOLLOWER     follows ``coordinator`` in ``epoch`` (or none yet: shown as electing)
-    ELECTING     sent ELECTION to the higher ids; waits for an OK (answer timer)
+    ELECTING     sent ELECTION to the higher ids; waits for an OK (answer timer); if
+                 none came, asks the lower ids before it wins (pre-vote, answer timer)
     AWAITING     got an OK; waits for the COORDINATOR announcement (coordinator timer)
     TAKING_OVER  won: announced its epoch, pulls from the replicas that accepted it
                  (re-announce timer); serves once ``quorum`` replicas, itself included,
@@ -37,6 +38,13 @@ Invariants (each is tested):
   no majority for ``lease_s`` stops serving and answers at once that it cannot serve.
 - I7 an epoch from the wire above ``MAX_EPOCH`` is refused at the edge (peerwire), and
   a newer epoch makes a coordinator step down before anything else is handled.
+- I8 (pre-vote) a replica whose higher peers all failed mints no epoch while a lower
+  peer confirms that it follows a live coordinator above it: the candidate cannot reach
+  that coordinator, but the cluster can.  Without this, across a bridge (2 and 3 cut
+  apart, 1 reaching both) 2's new epoch reached 3 through 1, 3 stood again above it,
+  and so on, about 20 elections a second (docs/reliability.md, "Election storms").  The
+  highest member never asks (no one can be above it), and an unanswered pre-vote is no
+  objection, so a crash or a hang still fails over.
 """
 
 from __future__ import annotations
@@ -96,6 +104,12 @@ class NodeActions(Protocol):
         """Send ELECTION(epoch).  Call ``answer_received`` on OK, else
         ``election_send_failed`` within ``answer_timeout_s``."""
 
+    def send_prevote(self, peer_id: int, epoch: int) -> None:
+        """Ask a lower peer whether it follows a live coordinator above this replica
+        (the peer's ``prevote_received``; it pings that coordinator before it says so).
+        Call ``prevote_answered`` with the coordinator it confirmed (None: no
+        objection), or ``prevote_failed``."""
+
     def send_coordinator(self, peer_id: int, epoch: int) -> None:
         """Send COORDINATOR(epoch); call ``coordinator_accepted``,
         ``coordinator_rejected`` or ``coordinator_send_failed``."""
@@ -124,6 +138,11 @@ class _State:
 @dataclass
 class _Electing(_State):
     round: int = 0
+    waiting_on: set[int] = field(default_factory=set)
+
+
+@dataclass
+class _PreVoting(_State):
     waiting_on: set[int] = field(default_factory=set)
 
 
@@ -191,6 +210,7 @@ class Node:
         self._round = 0
         self._contact: dict[int, float] = {}
         self._fail_fast = False        # lost the majority: refuse at once, do not wait
+        self._veto: tuple[int, int] | None = None   # (peer, coordinator) of the last veto
         self._persist_timer: IDelayedCall | None = None
         self._waiters: list[defer.Deferred[None]] = []
 
@@ -255,10 +275,18 @@ class Node:
         return None
 
     @property
+    def vetoed(self) -> tuple[int, int] | None:
+        """(peer, coordinator) while this replica does not stand because ``peer``
+        confirmed a live coordinator above it that this replica cannot reach (I8)."""
+        return self._veto
+
+    @property
     def cannot_serve(self) -> bool:
         """True while a request should be refused at once instead of waiting: a
-        coordinator that lost its majority (quorum mode), or a stopped node."""
-        return self._fail_fast or self._state.role is Role.STOPPED
+        coordinator that lost its majority (quorum mode), a replica told that the
+        coordinator is alive but out of its reach (I8), or a stopped node."""
+        return (self._fail_fast or self._veto is not None
+                or self._state.role is Role.STOPPED)
 
     def take_over_progress(self) -> tuple[int, int] | None:
         """(replicas accepted and pulled, this one included; quorum) while taking over."""
@@ -369,7 +397,7 @@ class Node:
         if not state.waiting_on:
             self.log.info("replica {replica}: no higher replica reachable in epoch {epoch}",
                           replica=self._my_id, epoch=self._epoch)
-            self._win()
+            self._prevote_or_win()
 
     def peer_down(self, peer_id: int) -> None:
         """A call to a peer just timed out or its link dropped (the glue's evidence).
@@ -380,8 +408,40 @@ class Node:
         state = self._state
         if isinstance(state, _Electing) and peer_id in state.waiting_on:
             self.election_send_failed(peer_id)
+        elif isinstance(state, _PreVoting) and peer_id in state.waiting_on:
+            self.prevote_failed(peer_id)
         elif isinstance(state, _TakingOver) and peer_id in state.unsettled:
             self.coordinator_send_failed(peer_id, state.epoch)
+
+    def prevote_received(self, from_id: int) -> int | None:
+        """A peer asks before it stands (I8).  The coordinator above it that this
+        replica follows (or is), which the glue confirms alive before it objects; None:
+        no objection."""
+        state = self._state
+        if state.role is Role.STOPPED or from_id not in self._others:
+            return None
+        if state.role.is_coordinator and self._my_id > from_id:
+            return self._my_id
+        if (state.role is Role.FOLLOWER and state.coordinator is not None
+                and state.coordinator > from_id):
+            return state.coordinator
+        return None
+
+    def prevote_answered(self, peer_id: int, coordinator: int | None) -> None:
+        """A lower peer answered the pre-vote: ``coordinator`` is the live coordinator
+        above this replica that it confirmed (a veto), or None."""
+        state = self._state
+        if not isinstance(state, _PreVoting) or peer_id not in state.waiting_on:
+            return
+        state.waiting_on.discard(peer_id)
+        if coordinator is not None and coordinator in self._higher:
+            self._vetoed(peer_id, coordinator)
+        elif not state.waiting_on:
+            self._win()
+
+    def prevote_failed(self, peer_id: int) -> None:
+        """No answer to the pre-vote: no objection (a crashed or hung peer)."""
+        self.prevote_answered(peer_id, None)
 
     def coordinator_received(self, from_id: int, epoch: int) -> bool:
         """COORDINATOR(epoch).  True = accepted; False = rejected with ``self.epoch``."""
@@ -590,6 +650,42 @@ class Node:
         if self._state is state:
             self._elect(reason)
 
+    def _prevote_or_win(self) -> None:
+        """Every higher replica failed or stayed silent.  Before minting an epoch, ask
+        the lower ones whether they follow a live coordinator above this replica (I8);
+        win once none objected (or answer_timeout passed)."""
+        lower = sorted(i for i in self._others if i < self._my_id)
+        if not lower:
+            self._win()
+            return
+        state = _PreVoting(Role.ELECTING, waiting_on=set(lower))
+        self._enter(state)
+        state.timer = self._clock.callLater(self._answer_timeout_s,
+                                            self._prevote_timed_out, state)
+        for peer in lower:
+            if self._state is not state:   # the glue answered synchronously
+                break
+            self._actions.send_prevote(peer, self._epoch)
+
+    def _prevote_timed_out(self, state: _State) -> None:
+        if self._state is state:
+            self._win()
+
+    def _vetoed(self, peer_id: int, coordinator: int) -> None:
+        """A lower peer reaches coordinator ``coordinator``, which this replica cannot:
+        stand down without an epoch, refuse requests at once (the client tries another
+        replica), and ask again after coordinator_timeout (or follow the coordinator
+        when its announcement gets through)."""
+        self.log.info("replica {replica} does not stand: replica {peer} follows "
+                      "coordinator {coordinator}, alive but out of reach from here",
+                      replica=self._my_id, peer=peer_id, coordinator=coordinator)
+        self._veto = (peer_id, coordinator)
+        state = _State(Role.FOLLOWER)
+        self._enter(state)
+        state.timer = self._clock.callLater(self._coordinator_timeout_s,
+                                            self._elect_if_leaderless,
+                                            f"coordinator {coordinator} still out of reach?")
+
     def _next_epoch(self) -> int:
         """The least epoch above every epoch seen that is this replica's own: epochs are
         ``round * stride + id`` (stride = highest member id + 1), so two coordinators
@@ -722,7 +818,7 @@ class Node:
             self.log.info("replica {replica}: no OK within {timeout_s} s in epoch {epoch}",
                           replica=self._my_id, timeout_s=self._answer_timeout_s,
                           epoch=self._epoch)
-            self._win()
+            self._prevote_or_win()
 
     def _coordinator_timed_out(self, state: _State) -> None:
         if self._state is state:
@@ -735,6 +831,8 @@ class Node:
             if timer is not None and timer.active():
                 timer.cancel()
         self._state = new
+        if new.coordinator is not None:
+            self._veto = None
         if new.role is Role.FOLLOWER and new.coordinator is not None:
             self._fail_fast = False
         if (old.role, old.coordinator, old.epoch) != (new.role, new.coordinator, new.epoch):

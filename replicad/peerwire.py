@@ -40,7 +40,7 @@ FINAL_KINDS = frozenset({"OK", "NO", "ERR", "END", "STALE", "REPLY"})
 STREAM_KINDS = frozenset({"LINE", "REC", "REQ"})
 
 VERBS = frozenset(
-    {"PING", "ELECTION", "COORDINATOR", "CLIENT", "PUSH", "DELTA", "FULL"}
+    {"PING", "ELECTION", "PREVOTE", "COORDINATOR", "CLIENT", "PUSH", "DELTA", "FULL"}
 )
 
 
@@ -267,6 +267,20 @@ class Election:
 
 
 @dataclass(frozen=True)
+class PreVote:
+    """Asked before a replica stands (node.py I8).  Answered ``OK <epoch>`` (no
+    objection) or ``NO <epoch> <coordinator>``: the answerer follows that coordinator,
+    above the asker, and it answered a ping just now."""
+
+    epoch: int
+    verb: ClassVar[str] = "PREVOTE"
+    fenced: ClassVar[bool] = False
+
+    def args(self) -> str:
+        return ""
+
+
+@dataclass(frozen=True)
 class Coordinator:
     """Fenced by the node itself (I3 in node.py): its answer is NO <epoch>."""
 
@@ -353,11 +367,12 @@ class Full:
         return ""
 
 
-Message = Ping | Election | Coordinator | Client | Push | Delta | Full
+Message = Ping | Election | PreVote | Coordinator | Client | Push | Delta | Full
 
 _DECODERS: dict[str, Callable[[int, str], Message]] = {
     "PING": lambda epoch, rest: Ping(epoch),
     "ELECTION": lambda epoch, rest: Election(epoch),
+    "PREVOTE": lambda epoch, rest: PreVote(epoch),
     "COORDINATOR": lambda epoch, rest: Coordinator(epoch),
     "CLIENT": lambda epoch, rest: Client(epoch, rest),
     "PUSH": lambda epoch, rest: Push(epoch, decode_batch(rest)),

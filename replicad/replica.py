@@ -269,6 +269,27 @@ class Replica(service.MultiService):
         d.addCallbacks(answered, failed)
         d.addErrback(self._failed, peer_id, "ELECTION")
 
+    def send_prevote(self, peer_id: int, epoch: int) -> None:
+        if self._known_down(peer_id):
+            # No objection from a peer this replica cannot reach; still ask it.
+            self.reactor.callLater(0, self.node.prevote_failed, peer_id)
+        d = self.call(peer_id, peerwire.PreVote(epoch), self.timers.answer_timeout)
+
+        def answered(response):
+            epoch_text, _, coordinator = response.payload.partition(" ")
+            self.node.epoch_seen(peerwire.parse_epoch(epoch_text))
+            objection = None
+            if response.kind == "NO":
+                objection = peerwire.parse_int(coordinator, "coordinator")
+            self.node.prevote_answered(peer_id, objection)
+
+        def failed(failure):
+            self._failed(failure, peer_id, "PREVOTE")
+            self.node.prevote_failed(peer_id)
+
+        d.addCallbacks(answered, failed)
+        d.addErrback(self._failed, peer_id, "PREVOTE")
+
     def send_coordinator(self, peer_id: int, epoch: int) -> None:
         if self._known_down(peer_id):
             # Do not wait for it to settle the take-over; still tell it, in case.
@@ -586,7 +607,11 @@ class Replica(service.MultiService):
         return Reply("KEYS", lines=keys, meta=meta)
 
     def _unavailable(self, request: Request) -> Reply:
-        if self.node.cannot_serve:
+        vetoed = self.node.vetoed
+        if vetoed is not None:
+            why = (f"coordinator {vetoed[1]} is alive (replica {vetoed[0]} reaches it) but "
+                   "this replica cannot reach it; try another replica")
+        elif self.node.cannot_serve:
             why = "this replica's side of the cluster has no majority"
         elif not self.node.eligible:
             why = "this replica is still copying the cluster's data"
@@ -970,6 +995,34 @@ class Replica(service.MultiService):
     def _on_election(self, peer_id: int, message: peerwire.Election) -> PeerAnswer:
         answer = self.node.election_received(peer_id, message.epoch)
         return PeerAnswer("OK" if answer else "NO", str(self.node.epoch))
+
+    def _on_prevote(self, peer_id: int, message: peerwire.PreVote):
+        """Object to a peer standing only if this replica follows a coordinator above it
+        that answers a ping now (node.py I8): the asker cannot reach it, but the cluster
+        can.  A coordinator that does not answer is no objection, and is checked as a
+        failed heartbeat would be (so a crashed one is replaced at once)."""
+        node = self.node
+        coordinator = node.prevote_received(peer_id)
+        if coordinator is None or (coordinator != self.my_id
+                                   and self._known_down(coordinator)):
+            return PeerAnswer("OK", str(node.epoch))
+        if coordinator == self.my_id:
+            return PeerAnswer("NO", f"{node.epoch} {coordinator}")
+
+        def confirmed(status: PeerStatus) -> PeerAnswer:
+            if status.role == "coordinator" and node.coordinator == coordinator:
+                return PeerAnswer("NO", f"{node.epoch} {coordinator}")
+            return PeerAnswer("OK", str(node.epoch))
+
+        def unreachable(failure) -> PeerAnswer:
+            failure.trap(PeerUnavailable, PeerWireError, StaleEpoch)
+            if node.coordinator == coordinator and node.role is Role.FOLLOWER:
+                self._pinged_coordinator = coordinator
+                self._coordinator_ping_failed()
+            return PeerAnswer("OK", str(node.epoch))
+
+        return self.ping(coordinator, self.timers.ping_timeout).addCallbacks(
+            confirmed, unreachable)
 
     def _on_coordinator(self, peer_id: int, message: peerwire.Coordinator) -> PeerAnswer:
         accepted = self.node.coordinator_received(peer_id, message.epoch)

@@ -107,9 +107,11 @@ def test_readyz_follows_the_role(replica):
     assert status == 200 and body.startswith(b"ok: serving as the coordinator")
 
 
-def node(role="follower", coordinator=None, serving_as=None, cannot_serve=False, epoch=3):
+def node(role="follower", coordinator=None, serving_as=None, cannot_serve=False, epoch=3,
+         vetoed=None):
     return SimpleNamespace(role=Role(role), coordinator=coordinator, serving_as=serving_as,
-                           cannot_serve=cannot_serve, epoch=epoch)
+                           cannot_serve=cannot_serve or vetoed is not None, epoch=epoch,
+                           vetoed=vetoed)
 
 
 BOUND = SimpleNamespace(cluster_id="ab" * 16)
@@ -122,6 +124,8 @@ BOUND = SimpleNamespace(cluster_id="ab" * 16)
      "has not joined its cluster"),
     (dict(node=node("serving", 1, 1, cannot_serve=True), store=BOUND), False,
      "no majority"),
+    (dict(node=node("follower", vetoed=(1, 3)), store=BOUND), False,
+     "coordinator 3 is alive (replica 1 reaches it) but this replica cannot reach it"),
     (dict(node=node("electing"), store=BOUND), False, "election is in progress"),
     (dict(node=node("awaiting"), store=BOUND), False, "election is in progress"),
     (dict(node=node("taking-over", 1), store=BOUND), False, "taking over"),

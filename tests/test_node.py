@@ -32,6 +32,11 @@ class Glue:
         self.calls: list[tuple] = []
         self.on_send_election = None  # optional hook to answer synchronously
         self.persist_failures = 0     # persist_epoch raises this many times first
+        # Pre-votes (I8) are kept apart from ``calls`` and answered at once with no
+        # objection, as peers that follow no one would, unless ``hold_prevotes``.
+        self.prevotes: list[tuple[int, int]] = []
+        self.hold_prevotes = False
+        self.node: Node | None = None
 
     def of(self, kind: str) -> list[tuple]:
         return [c[1:] for c in self.calls if c[0] == kind]
@@ -40,6 +45,11 @@ class Glue:
         self.calls.append(("election", peer_id, epoch))
         if self.on_send_election is not None:
             self.on_send_election(peer_id)
+
+    def send_prevote(self, peer_id, epoch):
+        self.prevotes.append((peer_id, epoch))
+        if not self.hold_prevotes:
+            self.node.prevote_answered(peer_id, None)
 
     def send_coordinator(self, peer_id, epoch):
         self.calls.append(("coordinator", peer_id, epoch))
@@ -59,7 +69,8 @@ class Glue:
 
 def make(my_id, members=(1, 2, 3), **kw):
     clock, glue = Clock(), Glue()
-    return Node(my_id, members, glue, clock, **kw), glue, clock
+    glue.node = Node(my_id, members, glue, clock, **kw)
+    return glue.node, glue, clock
 
 
 def take_over(m, glue, accept=None, fail=()):
@@ -213,6 +224,121 @@ class StartElectionTests(SynchronousTestCase):
         m.election_send_failed(2)
         m.election_send_failed(3)
         self.assertEqual((m.role, glue.calls), (F, []))
+
+
+class PreVoteTests(SynchronousTestCase):
+    """I8: a replica whose higher peers all failed asks the lower ones before it mints
+    an epoch; one that confirms a live coordinator above it stops the election."""
+
+    def held(self, my_id=2, members=(1, 2, 3), **kw):
+        m, glue, clock = make(my_id, members, answer_timeout_s=0.3,
+                              coordinator_timeout_s=0.8, **kw)
+        glue.hold_prevotes = True
+        return m, glue, clock
+
+    def test_asks_the_lower_ones_once_the_higher_failed(self):
+        m, glue, clock = self.held(3, (1, 2, 3, 4, 5), epoch=5)
+        m.start_election("coordinator 5 failed")
+        self.assertEqual(glue.prevotes, [])
+        m.election_send_failed(4)
+        m.election_send_failed(5)
+        self.assertEqual((m.role, sorted(glue.prevotes)), (E, [(1, 5), (2, 5)]))
+        self.assertEqual(glue.of("persist"), [])        # no epoch minted yet
+        m.prevote_answered(1, None)
+        self.assertEqual(m.role, E)
+        m.prevote_answered(2, None)
+        self.assertEqual((m.role, m.epoch), (T, own_epoch(1, 3, 6)))
+
+    def test_after_the_answer_timeout_too(self):
+        m, glue, clock = self.held()
+        m.start_election("start-up")
+        clock.advance(0.3)
+        self.assertEqual((m.role, glue.prevotes), (E, [(1, 0)]))
+        clock.advance(0.29)
+        self.assertEqual(m.role, E)
+        clock.advance(0.01)                # silence is no objection
+        self.assertEqual((m.role, m.epoch), (T, own_epoch(0, 2)))
+
+    def test_a_failed_or_lost_peer_is_no_objection(self):
+        m, glue, clock = self.held(3, (1, 2, 3, 4))
+        m.start_election("start-up")
+        m.election_send_failed(4)
+        m.prevote_failed(1)
+        self.assertEqual(m.role, E)
+        m.peer_down(2)
+        self.assertEqual((m.role, clock.seconds()), (T, 0))
+
+    def test_the_highest_and_the_lowest_do_not_ask(self):
+        m, glue, _ = self.held(3)
+        m.start_election("start-up")
+        self.assertEqual((m.role, glue.prevotes), (T, []))
+        m, glue, _ = self.held(1)
+        m.start_election("start-up")
+        m.election_send_failed(2)
+        m.election_send_failed(3)
+        self.assertEqual((m.role, glue.prevotes), (T, []))
+
+    def test_a_veto_mints_nothing_and_refuses_at_once(self):
+        m, glue, clock = self.held(epoch=3)
+        m.start_election("coordinator 3 failed")
+        m.election_send_failed(3)
+        glue.calls.clear()
+        m.prevote_answered(1, 3)           # 1 follows 3, and 3 answered its ping
+        self.assertEqual((m.role, m.coordinator, m.epoch), (F, None, 3))
+        self.assertEqual((m.vetoed, m.cannot_serve, m.serving_as), ((1, 3), True, None))
+        self.assertEqual(glue.calls, [("role", F, None, 3)])
+        waiting = serving(m)
+        self.assertEqual(self.successResultOf(waiting), None)   # refused, not held
+        clock.advance(0.79)
+        self.assertEqual(glue.of("election"), [])
+        clock.advance(0.01)                # asks again, still without an epoch
+        self.assertEqual((m.role, glue.of("election"), m.cannot_serve), (E, [(3, 3)], True))
+        m.election_send_failed(3)
+        m.prevote_answered(1, None)        # 3 is gone now: 2 stands
+        self.assertEqual((m.role, m.vetoed, m.cannot_serve), (T, None, False))
+
+    def test_the_coordinators_announcement_ends_a_veto(self):
+        m, glue, clock = self.held(epoch=3)
+        m.start_election("coordinator 3 failed")
+        m.election_send_failed(3)
+        m.prevote_answered(1, 3)
+        self.assertTrue(m.coordinator_received(3, 3))   # the link healed
+        self.assertEqual((m.role, m.coordinator, m.vetoed, m.cannot_serve),
+                         (F, 3, None, False))
+        clock.advance(1)                   # the retry timer died with the state
+        self.assertEqual(glue.of("election"), [(3, 3)])
+
+    def test_only_a_coordinator_above_vetoes(self):
+        m, glue, _ = self.held(3, (1, 2, 3, 4))
+        m.start_election("start-up")
+        m.election_send_failed(4)
+        m.prevote_answered(1, 2)           # below 3: not a reason (and not its business)
+        m.prevote_answered(2, None)
+        self.assertEqual(m.role, T)
+
+    def test_late_answers_are_ignored(self):
+        m, glue, clock = self.held()
+        m.start_election("start-up")
+        clock.advance(0.3)                 # the answer timeout
+        clock.advance(0.3)                 # the pre-vote's
+        self.assertEqual(m.role, T)
+        m.prevote_answered(1, 3)
+        self.assertEqual((m.role, m.vetoed), (T, None))
+
+    def test_what_a_voter_says(self):
+        m, _, _ = make(1, (1, 2, 3, 4))
+        self.assertIsNone(m.prevote_received(2))          # follows no one
+        m.coordinator_received(4, 4)
+        self.assertEqual(m.prevote_received(2), 4)        # the glue confirms 4 first
+        self.assertEqual(m.prevote_received(3), 4)
+        self.assertIsNone(m.prevote_received(4))          # the coordinator itself
+        self.assertIsNone(m.prevote_received(9))          # not a member
+        m.coordinator_failed()
+        self.assertIsNone(m.prevote_received(2))          # electing: no objection
+        m, glue, _ = coordinator_of(3, (1, 2, 3, 4, 5))
+        self.assertEqual((m.prevote_received(2), m.prevote_received(4)), (3, None))
+        m.stop()
+        self.assertIsNone(m.prevote_received(2))
 
 
 class AnswerTests(SynchronousTestCase):

@@ -233,7 +233,8 @@ def test_an_older_epoch_on_a_fenced_message_is_refused_with_ours(replica):
 
 
 def test_a_newer_epoch_makes_a_coordinator_step_down_before_anything_else(replica):
-    replica.reactor.advance(replica.timers.answer_timeout)   # replica 3 never answered
+    replica.reactor.advance(replica.timers.answer_timeout)   # replica 3 never answered,
+    replica.reactor.advance(replica.timers.answer_timeout)   # nor 1 the pre-vote
     replica.reactor.advance(0)
     node = replica.node
     assert node.role in (Role.TAKING_OVER, Role.SERVING)
@@ -572,6 +573,11 @@ class FakeCoordinatorLink:
         return [message.verb for message in self.sent]
 
     def abort(self) -> None:      # what Replica.stopService does to every link
+        pass
+
+    down = False
+
+    def alive_hint(self) -> None:
         pass
 
 
@@ -925,7 +931,75 @@ def test_a_failed_call_to_the_higher_replica_ends_the_election_wait(replica):
     replica._mark(1, False)                               # lower: not waited on
     assert replica.node.role is Role.ELECTING
     replica._mark(3, False)
+    assert replica.node.role is Role.ELECTING             # the pre-vote asks 1 (node I8)
+    replica._mark(1, False)                               # which fails: no objection
     assert replica.node.role.is_coordinator               # won at once, no timer ran
+
+
+# Pre-vote (node.py I8) ------------------------------------------------------------------
+
+
+def test_a_prevote_is_refused_while_the_coordinator_above_answers_a_ping(replica):
+    link = fake_coordinator(replica, [])
+    follow(replica)
+    answer = replica.peer_request(1, "PREVOTE", "3")
+    assert link.verbs() == ["PING"]                        # asked 3 first, just now
+    assert (answer.result.kind, answer.result.payload) == ("NO", "3 3")
+
+
+def test_a_prevote_is_granted_when_the_coordinator_does_not_answer(replica):
+    follow(replica)                    # the memory reactor's link to 3 never answers
+    answer = replica.peer_request(1, "PREVOTE", "3")
+    assert not answer.called
+    replica.reactor.advance(0)                             # the call starts next turn
+    replica.reactor.advance(replica.timers.ping_timeout)
+    assert answer.result.kind == "OK"
+    assert replica.node.role is Role.ELECTING             # 3 failed a ping: elect
+
+
+def test_a_prevote_needs_no_ping_when_nothing_is_above_the_asker(replica):
+    assert replica.peer_request(1, "PREVOTE", "0").kind == "OK"     # follows no one
+    link = fake_coordinator(replica, [])
+    follow(replica)
+    assert replica.peer_request(3, "PREVOTE", "3").kind == "OK"     # 3 is the asker
+    assert link.verbs() == []
+
+
+class _PreVoteAnswers:
+    """Replica 1's link: answers PREVOTE with ``answer``, everything else never."""
+
+    def __init__(self, answer: tuple[str, str]):
+        self.answer = answer
+
+    def call(self, verb, payload="", timeout_s=1.0, on_line=None) -> defer.Deferred:
+        from replicad.peer import PeerResponse
+
+        return (defer.succeed(PeerResponse(*self.answer)) if verb == "PREVOTE"
+                else defer.Deferred())
+
+    def abort(self) -> None:
+        pass
+
+    down = False
+
+    def alive_hint(self) -> None:
+        pass
+
+
+def test_an_objection_to_a_prevote_stops_the_election(replica):
+    replica.links[1] = _PreVoteAnswers(("NO", "3 3"))
+    replica._mark(3, False)            # its ELECTION to 3 cannot be answered
+    node = replica.node
+    assert (node.role, node.vetoed, node.epoch) == (Role.FOLLOWER, (1, 3), 3)   # 1's
+    reply = replica.handle(Request("GET", "k"))
+    assert reply.result.error_code == "UNAVAILABLE"        # at once: try another replica
+    assert b"coordinator 3 is alive (replica 1 reaches it)" in reply.result.encode()
+
+
+def test_no_objection_to_a_prevote_lets_it_win(replica):
+    replica.links[1] = _PreVoteAnswers(("OK", "0"))
+    replica._mark(3, False)
+    assert replica.node.role.is_coordinator and replica.node.vetoed is None
 
 
 # A coordinator seen in a PING answer ---------------------------------------------------

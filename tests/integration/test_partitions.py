@@ -188,6 +188,47 @@ def test_a_replica_its_coordinator_cannot_dial_follows_it_all_the_same(proxied):
     assert BlockingClient([cluster.address(2)], timeout_s=5).get("before") == "1"
 
 
+@pytest.mark.parametrize("quorum", ["1", "majority"])
+def test_a_bridge_does_not_start_an_election_storm(proxied, quorum):
+    """A bridge (the chaos runner's fault): 2 and 3 cannot reach each other, 1 reaches
+    both.  2 stands, but 1 confirms that its coordinator 3 is alive and objects (node.py
+    I8, the pre-vote): no replica's epoch moves, 3 keeps serving, 2 refuses clients at
+    once with the reason, and a client with the whole server list is served by 1 or 3.
+    Once healed, 2 follows 3.  Without the pre-vote, 2 won an epoch, 1 followed it, 3
+    won a newer one through 1, and so on: checked once with it switched off (replica 2
+    never refused, and the epoch was 62 ten seconds later)."""
+    cluster = proxied(3, write_quorum=quorum)
+    assert cluster.coordinator() == 3
+    epoch = cluster.status(3)["epoch"]
+    cluster.partition([2], [3])
+
+    def two_stands_down() -> bool:
+        reply = talk(cluster.address(2), b"PUT k v\nQUIT\n")
+        return b"ERR UNAVAILABLE coordinator 3 is alive (replica 1 reaches it)" in reply
+
+    cluster.wait_until(two_stands_down, timeout_s=10,
+                       what="replica 2 refusing, as replica 1 still reaches 3")
+    started = time.monotonic()
+    n = 0
+    while time.monotonic() - started < 2.0:     # client traffic everywhere, 2 included
+        assert try_put(cluster.addresses(), f"b{n}", "x")
+        assert two_stands_down()
+        n += 1
+    statuses = cluster.statuses()
+    assert [statuses[i]["epoch"] for i in (1, 2, 3)] == [epoch] * 3, statuses
+    assert [(statuses[i]["role"], statuses[i]["coordinator"]) for i in (1, 3)] == [
+        ("follower", 3), ("coordinator", 3)]
+    cluster.heal()
+
+    def two_follows_three() -> bool:
+        status = cluster.status(2)
+        return status is not None and (status["role"], status["coordinator"]) == (
+            "follower", 3)
+
+    cluster.wait_until(two_follows_three, timeout_s=10, what="replica 2 follows 3")
+    assert BlockingClient([cluster.address(2)], timeout_s=5).get(f"b{n - 1}") == "x"
+
+
 def test_a_replica_of_another_cluster_with_the_same_secret_is_refused(tmp_path):
     """(e) Same secret, other cluster id: refused in the handshake, with a clear line,
     and the two histories never mix."""
