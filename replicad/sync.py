@@ -72,19 +72,21 @@ class Synchroniser:
 
     # Pulls -----------------------------------------------------------------------------
 
-    def compare(self, status: PeerStatus) -> None:
+    def compare(self, status: PeerStatus, at_once: bool = False) -> None:
         """Anti-entropy on a peer's clock (from a heartbeat or the periodic PING): pull
         only the writes that were already missing at the previous look.  Writes pushed a
         moment ago are still in flight on the peer's own connection to us; pulling them
         again would be wasted work under load.  A lost push shows up twice and is
-        pulled; an empty replica is bootstrapped at once."""
+        pulled; an empty replica is bootstrapped at once, and so is what a peer whose
+        link just came back holds (``at_once``: nothing of it can be in flight)."""
         previous = self._last_seen.get(status.peer_id)
         self._last_seen[status.peer_id] = status.clock
         lacking_now = status.clock.missing_from(self.store.clock)
         if not lacking_now:
             return
         empty = self.store.clock == VectorClock() and self.store.count() == 0
-        if empty or (previous is not None and previous.missing_from(self.store.clock)):
+        if (empty or at_once
+                or (previous is not None and previous.missing_from(self.store.clock))):
             self.sync_from(status.peer_id)
 
     def sync_from(self, peer_id: int, full: bool = False) -> defer.Deferred[bool]:

@@ -636,7 +636,7 @@ def test_a_fast_forward_of_a_write_that_may_have_been_applied_is_in_doubt(replic
     d = replica.handle(Request("PUT", "k", "v"))
     replica.reactor.advance(0)
     assert d.result.error_code == "INDOUBT"
-    assert link.verbs() == ["PING", "CLIENT"]             # sent once, never again
+    assert link.verbs().count("CLIENT") == 1              # sent once, never again
 
 
 def test_a_fast_forward_refused_as_stale_is_sent_again_in_the_new_epoch(replica):
@@ -1000,6 +1000,40 @@ def test_no_objection_to_a_prevote_lets_it_win(replica):
     replica.links[1] = _PreVoteAnswers(("OK", "0"))
     replica._mark(3, False)
     assert replica.node.role.is_coordinator and replica.node.vetoed is None
+
+
+# A link back after being down: compared with, and pulled from, at once -----------------
+
+
+def test_a_peer_whose_link_comes_back_is_pulled_from_at_once(replica):
+    """A coordinator that took over while its links were reconnecting (a heal) pulled
+    from no one; when a link comes back, the peer's PING answer shows writes this
+    replica lacks, and they are pulled now, not two anti-entropy ticks later (chaos
+    seed 4 converged 2.44 s after its heal).  Without the link-back check this test
+    fails: no PING, no pull."""
+    replica.store.bind_cluster("5" * 32)
+    link = fake_coordinator(replica, [])
+    link.clock = VectorClock({3: 5})          # 3 holds five writes this replica lacks
+    replica._mark(3, True)
+    replica.reactor.advance(0)                # what start-up scheduled (discovery) runs
+    pulls = []
+    replica.sync.sync_from = lambda peer_id, full=False: pulls.append(peer_id)
+    replica._mark(3, False)                   # a call to it failed: down
+    before = len(link.sent)
+    replica._mark(3, True)                    # an answer again: up
+    replica.reactor.advance(0)
+    assert (link.verbs()[before:], pulls) == (["PING"], [3])   # compared, pulled at once
+
+
+def test_a_link_that_was_never_down_is_not_pinged_again(replica):
+    replica.store.bind_cluster("5" * 32)
+    link = fake_coordinator(replica, [])
+    replica._mark(3, True)
+    replica.reactor.advance(0)
+    before = len(link.sent)
+    replica._mark(3, True)
+    replica.reactor.advance(0)
+    assert link.verbs()[before:] == []
 
 
 # A coordinator seen in a PING answer ---------------------------------------------------

@@ -50,6 +50,17 @@ def test_an_empty_replica_pulls_at_once(tmp_path):
     assert pulls == [3]
 
 
+def test_a_peer_whose_link_just_came_back_is_pulled_from_at_once(tmp_path):
+    """Nothing of a peer whose link was down can be in flight: what it has and this
+    replica lacks is pulled at the first look (replica.py, a link back)."""
+    store, sync, pulls = make(tmp_path)
+    push(store, 1)
+    sync.compare(seen({3: 4}), at_once=True)
+    assert pulls == [3]
+    sync.compare(seen({3: 1}), at_once=True)   # nothing missing: nothing pulled
+    assert pulls == [3]
+
+
 def test_nothing_missing_nothing_pulled(tmp_path):
     store, sync, pulls = make(tmp_path)
     push(store, 1)
