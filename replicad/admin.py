@@ -41,6 +41,7 @@ from twisted.web.resource import Resource
 
 import replicad
 from replicad.config import ClusterConfig, describe_quorum
+from replicad.node import veto_reason
 
 PAGE_FILE = "admin_page.html"
 HTTP_IDLE_TIMEOUT_S = 30          # an idle admin connection is closed after this
@@ -83,9 +84,7 @@ def readiness(replica: Any) -> tuple[bool, str]:
         return False, ("this replica has not joined its cluster yet (it waits to copy the "
                        "cluster's data, or for the new cluster's first coordinator)")
     if node.vetoed is not None:
-        peer, coordinator = node.vetoed
-        return False, (f"coordinator {coordinator} is alive (replica {peer} reaches it) "
-                       "but this replica cannot reach it")
+        return False, veto_reason(node.vetoed)
     if node.cannot_serve:
         return False, "this replica's side of the cluster has no majority (quorum mode)"
     coordinator = node.serving_as

@@ -65,6 +65,14 @@ PERSIST_RETRY_S = 0.5
 MAX_EPOCH = 2**48     # far beyond any real history; bounds what the wire may claim
 
 
+def veto_reason(vetoed: tuple[int, int]) -> str:
+    """Why a vetoed replica (``Node.vetoed``: peer, coordinator) does not serve: the
+    one wording of its client error and of its readiness probe."""
+    peer, coordinator = vetoed
+    return (f"coordinator {coordinator} is alive (replica {peer} reaches it) but this "
+            "replica cannot reach it")
+
+
 class Role(enum.Enum):
     FOLLOWER = "follower"
     ELECTING = "electing"
@@ -195,6 +203,7 @@ class Node:
         self._others = members - {my_id}
         self._stride = max(members) + 1
         self._higher = tuple(sorted(i for i in self._others if i > my_id))
+        self._lower = tuple(sorted(i for i in self._others if i < my_id))
         self._actions = actions
         self._clock = clock
         self._epoch = epoch
@@ -654,15 +663,14 @@ class Node:
         """Every higher replica failed or stayed silent.  Before minting an epoch, ask
         the lower ones whether they follow a live coordinator above this replica (I8);
         win once none objected (or answer_timeout passed)."""
-        lower = sorted(i for i in self._others if i < self._my_id)
-        if not lower:
+        if not self._lower:
             self._win()
             return
-        state = _PreVoting(Role.ELECTING, waiting_on=set(lower))
+        state = _PreVoting(Role.ELECTING, waiting_on=set(self._lower))
         self._enter(state)
         state.timer = self._clock.callLater(self._answer_timeout_s,
                                             self._prevote_timed_out, state)
-        for peer in lower:
+        for peer in self._lower:
             if self._state is not state:   # the glue answered synchronously
                 break
             self._actions.send_prevote(peer, self._epoch)

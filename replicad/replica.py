@@ -37,7 +37,7 @@ from replicad.identity import new_cluster_id
 from replicad.joining import Joining
 from replicad.linklog import LinkStateLog
 from replicad.metrics import ReplicaMetrics
-from replicad.node import Candidacy, Node, Role
+from replicad.node import Candidacy, Node, Role, veto_reason
 from replicad.peer import PeerAnswer, PeerLink, PeerResponse, PeerUnavailable
 from replicad.peerwire import Message, PeerStatus, PeerWireError
 from replicad.store import NewerEpoch, Record, RequestRow, Store
@@ -625,8 +625,7 @@ class Replica(service.MultiService):
     def _unavailable(self, request: Request) -> Reply:
         vetoed = self.node.vetoed
         if vetoed is not None:
-            why = (f"coordinator {vetoed[1]} is alive (replica {vetoed[0]} reaches it) but "
-                   "this replica cannot reach it; try another replica")
+            why = f"{veto_reason(vetoed)}; try another replica"
         elif self.node.cannot_serve:
             why = "this replica's side of the cluster has no majority"
         elif not self.node.eligible:
@@ -1018,24 +1017,27 @@ class Replica(service.MultiService):
         can.  A coordinator that does not answer is no objection, and is checked as a
         failed heartbeat would be (so a crashed one is replaced at once)."""
         node = self.node
-        coordinator = node.prevote_received(peer_id)
-        if coordinator is None or (coordinator != self.my_id
-                                   and self._known_down(coordinator)):
-            return PeerAnswer("OK", str(node.epoch))
-        if coordinator == self.my_id:
-            return PeerAnswer("NO", f"{node.epoch} {coordinator}")
 
-        def confirmed(status: PeerStatus) -> PeerAnswer:
-            if status.role == "coordinator" and node.coordinator == coordinator:
+        def answer(objection: bool) -> PeerAnswer:
+            if objection:
                 return PeerAnswer("NO", f"{node.epoch} {coordinator}")
             return PeerAnswer("OK", str(node.epoch))
+
+        coordinator = node.prevote_received(peer_id)
+        if coordinator is None or coordinator == self.my_id:
+            return answer(coordinator is not None)
+        if self._known_down(coordinator):
+            return answer(False)
+
+        def confirmed(status: PeerStatus) -> PeerAnswer:
+            return answer(status.role == "coordinator" and node.coordinator == coordinator)
 
         def unreachable(failure) -> PeerAnswer:
             failure.trap(PeerUnavailable, PeerWireError, StaleEpoch)
             if node.coordinator == coordinator and node.role is Role.FOLLOWER:
                 self._pinged_coordinator = coordinator
                 self._coordinator_ping_failed()
-            return PeerAnswer("OK", str(node.epoch))
+            return answer(False)
 
         return self.ping(coordinator, self.timers.ping_timeout).addCallbacks(
             confirmed, unreachable)
