@@ -368,7 +368,16 @@ def test_a_frozen_receiver_does_not_pin_the_senders_read_snapshot(start_cluster)
         # delta instead of a push (its link congested: fail fast, then pull): wait until
         # both senders hold the pinned writes, whichever way they came (a soak run
         # measured a sender before its delta arrived: 0 bytes grown).
-        wanted = cluster.status(cluster.coordinator())["clock"]
+        # What either sender holds, both must: the coordinator is one of them (replica
+        # 1, wiped, does not stand before it has copied).  Not "the coordinator's
+        # clock": under this load the two may briefly name different coordinators or
+        # answer STATUS late, and cluster.coordinator() then names none (a CI run).
+        wanted: dict[str, int] = {}
+        for i in senders:
+            status = cluster.wait_until(lambda i=i: cluster.status(i), 2,
+                                        what=f"replica {i} answering STATUS")
+            for origin, count in status["clock"].items():
+                wanted[origin] = max(wanted.get(origin, 0), count)
 
         def caught_up() -> bool:
             for i in senders:
