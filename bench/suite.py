@@ -33,15 +33,17 @@ that is not the target or the load generator, idle servers included) is estimate
 
 Scenarios: GET and PUT with 1 and 50 persistent connections, pipelined (16 on one
 connection), one-shot (50 concurrent), sent to a follower (3 replicas, 50 connections,
-as a ratio to the same sent to the coordinator; GETs also to a cluster with
-``follower_reads = yes``, where the follower answers them itself), PUT with 50 connections for 1/3/5
-replicas and both quorum modes, a sweep of connection counts for the throughput plot,
-and a burst of 2,000 new connections (time until all are open and each has answered a
-PING; the kernel's listen-queue overflow counter is read around it).  The targets of
-issue #10 are printed with the measured value, met / not met and the ratio to the
-target, and (with more than one round) the same figure from each round's own runs and in
-how many rounds it is met, so that a target within the machine's run-to-run swing reads
-as such; --baseline adds the figures of an earlier run (its JSON) and the ratio to them.
+as a ratio to the same sent to the coordinator; a GET is answered by the follower once
+its coordinator confirmed it, ``confirmed_reads = yes`` by default, and GETs also go to
+a cluster with ``follower_reads = yes``, where the follower answers them unconfirmed),
+PUT with 50 connections for 1/3/5 replicas and both quorum modes, a sweep of connection
+counts for the throughput plot, and a burst of 2,000 new connections (time until all are
+open and each has answered a PING; the kernel's listen-queue overflow counter is read
+around it). The targets of issue #10 are printed with the measured value, met / not met
+and the ratio to the target, and (with more than one round) the same figure from each
+round's own runs and in how many rounds it is met, so that a target within the machine's
+run-to-run swing reads as such; --baseline adds the figures of an earlier run (its JSON)
+and the ratio to them.
 
 Output: markdown on stdout (progress on stderr).  --write replaces the section
 (--section, default "suite") of docs/benchmarks.md, writes the raw results to
@@ -584,7 +586,8 @@ def goals(cells: dict, bursts: list[Burst], runs: list[Run] = ()) -> list[Goal]:
               "get-p16", "R3", "get-1", "R3", 3.0),
         Goal("PUT, one-shot, 50 concurrent", rate_of(cells, "put-os50", "R3"), 10000,
              "ops/s", rounds=tuple(one_shot[k] for k in sorted(one_shot))),
-        share("GET sent to a follower / to the coordinator (50 connections)",
+        share("GET sent to a follower (confirmed reads, the default) / to the coordinator "
+              "(50 connections)",
               "get-50-follower", "R3", "get-50", "R3", 0.70),
         share("PUT sent to a follower / to the coordinator (50 connections)",
               "put-50-follower", "R3", "put-50", "R3", 0.70),

@@ -274,6 +274,7 @@ def cluster_view(replica: Any, peers: PeerDetails | None = None) -> dict[str, An
         "write_quorum": describe_quorum(config),
         "mode": "quorum" if config.quorum_mode else "available",
         "follower_reads": config.follower_reads,
+        "confirmed_reads": config.confirmed_reads,
         "role": node.public_role if node is not None else None,
         "coordinator": node.coordinator if node is not None else None,
         "epoch": node.epoch if node is not None else None,

@@ -53,6 +53,9 @@ class RequestHandler(Protocol):
     def client_connected(self) -> None: ...
     def status(self, request: Request) -> Reply: ...
     def answer_now(self, request: Request) -> Reply | None: ...
+    def answer_confirmed(self, request: Request, deliver: Callable[[Reply], None]) -> bool:
+        """Take a read to answer later by ``deliver(reply)``, called exactly once and
+        never before this returns (a follower's confirmed read); False: not taken."""
     def handle(self, request: Request,
                placed: Callable[[], None] | None = None) -> defer.Deferred[Reply]:
         """Serve a request.  ``placed()``, called before ``handle`` returns, says the
@@ -244,8 +247,22 @@ class ClientProtocol(LineReceiver, TimeoutMixin):
             reply = self.factory.handler.answer_now(request)
             if reply is not None:
                 self._respond(reply)
-            else:
+            elif not self._answer_confirmed(request):
                 self._serve(request)
+
+    def _answer_confirmed(self, request: Request) -> bool:
+        """A read a follower answers once its coordinator confirms (confirmedreads.py):
+        its reply by callback, with no Deferred.  Nothing after it is read until it is
+        answered (a write pipelined after it must not be applied before it is read)."""
+        slot: list = [None]
+        self._queue.append(slot)
+        if not self.factory.handler.answer_confirmed(
+                request, lambda reply: self._served(reply, slot)):
+            self._queue.pop()
+            return False
+        if slot[0] is None:
+            self.pauseProducing()
+        return True
 
     def _auth(self, password: str) -> None:
         expected = self.factory.password

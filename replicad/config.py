@@ -234,6 +234,10 @@ class ClusterConfig:
     # guarantees hold as on the coordinator; a read without a session may miss writes
     # of the last heartbeat interval.  Off: followers forward every request (DESIGN.md).
     follower_reads: bool = False
+    # A follower answers a read itself once its coordinator confirms, after the read
+    # arrived, the writes it has made durable (one READINDEX call shared by a turn's
+    # reads; confirmedreads.py): as fresh as a forwarded read.  Off: it forwards them.
+    confirmed_reads: bool = True
     timers: Timers = field(default_factory=Timers)
     limits: Limits = field(default_factory=Limits)
     source: str = "built-in cluster"
@@ -326,7 +330,7 @@ _CLUSTER_RATIOS = {"full_copy_ratio"}
 _CLUSTER_INTS = {"max_connections", "max_peer_connections", "listen_backlog", "max_key_bytes",
                  "max_value_bytes"}
 _CLUSTER_STRINGS = {"secret", "client_password", "write_quorum"}
-_CLUSTER_SWITCHES = {"follower_reads"}
+_CLUSTER_SWITCHES = {"follower_reads", "confirmed_reads"}
 _MEMBER_KEYS = {"client", "peer", "client_listen", "peer_listen", "peer_connect", "admin",
                 "admin_listen"}
 

@@ -40,7 +40,8 @@ FINAL_KINDS = frozenset({"OK", "NO", "ERR", "END", "STALE", "REPLY"})
 STREAM_KINDS = frozenset({"LINE", "REC", "REQ"})
 
 VERBS = frozenset(
-    {"PING", "ELECTION", "PREVOTE", "COORDINATOR", "CLIENT", "PUSH", "DELTA", "FULL"}
+    {"PING", "ELECTION", "PREVOTE", "COORDINATOR", "CLIENT", "READINDEX", "PUSH", "DELTA",
+     "FULL"}
 )
 
 
@@ -304,6 +305,20 @@ class Client:
 
 
 @dataclass(frozen=True)
+class ReadIndex:
+    """A follower asks its coordinator which writes it has made durable, to answer the
+    reads that arrived before it asked (confirmedreads.py).  Answered ``OK <clock>``
+    by a serving coordinator, ``NO <epoch>`` by any other replica."""
+
+    epoch: int
+    verb: ClassVar[str] = "READINDEX"
+    fenced: ClassVar[bool] = True
+
+    def args(self) -> str:
+        return ""
+
+
+@dataclass(frozen=True)
 class Push:
     """The writes of one reactor turn, for one link: ``<len>:<record>`` each (len in
     characters), separated by a space, so one frame is decoded per batch."""
@@ -367,7 +382,8 @@ class Full:
         return ""
 
 
-Message = Ping | Election | PreVote | Coordinator | Client | Push | Delta | Full
+Message = (Ping | Election | PreVote | Coordinator | Client | ReadIndex | Push | Delta
+           | Full)
 
 _DECODERS: dict[str, Callable[[int, str], Message]] = {
     "PING": lambda epoch, rest: Ping(epoch),
@@ -375,6 +391,7 @@ _DECODERS: dict[str, Callable[[int, str], Message]] = {
     "PREVOTE": lambda epoch, rest: PreVote(epoch),
     "COORDINATOR": lambda epoch, rest: Coordinator(epoch),
     "CLIENT": lambda epoch, rest: Client(epoch, rest),
+    "READINDEX": lambda epoch, rest: ReadIndex(epoch),
     "PUSH": lambda epoch, rest: Push(epoch, decode_batch(rest)),
     "DELTA": lambda epoch, rest: Delta(epoch, decode_clock(rest)),
     "FULL": lambda epoch, rest: Full(epoch),

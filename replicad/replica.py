@@ -29,6 +29,7 @@ from twisted.logger import Logger
 import replicad
 from replicad import peerwire, session, wire
 from replicad.config import ClusterConfig
+from replicad.confirmedreads import ReadConfirmations
 from replicad.datadir import DB_FILENAME, check_data_dir  # noqa: F401 (moved there)
 from replicad.detector import HeartbeatMonitor
 from replicad.forwarding import Forward, Retry
@@ -74,6 +75,9 @@ class Replica(service.MultiService):
         self.links: dict[int, PeerLink] = {}
         # Shared by this replica's links and (tap.py) its client and peer ports.
         self.turn_sender = TurnSender(reactor)
+        # A follower's reads of one turn share one READINDEX call (confirmedreads.py).
+        self.confirmations = ReadConfirmations(reactor, self._ask_read_index,
+                                               self._answer_confirmed)
         for peer_id in config.ids:
             if peer_id == my_id:
                 continue
@@ -172,6 +176,7 @@ class Replica(service.MultiService):
         if self.node is not None:
             self.node.stop()
         self._link_log.stop()
+        self.confirmations.cancel()       # its reads take the path that refuses now
         for link in self.links.values():
             link.abort()     # no graceful TLS close: every peer is stopping too
         d = defer.maybeDeferred(super().stopService)
@@ -543,6 +548,7 @@ class Replica(service.MultiService):
             "write_quorum": str(self.config.write_quorum),
             "mode": "quorum" if self.config.quorum_mode else "available",
             "follower_reads": "yes" if self.config.follower_reads else "no",
+            "confirmed_reads": "yes" if self.config.confirmed_reads else "no",
             "reads_here": "yes" if self._reads_here() else "no",
             "cluster_id": self.store.cluster_id or "-",
             "ready": "yes" if node.serving_as is not None else "no",
@@ -610,6 +616,74 @@ class Replica(service.MultiService):
                 and seen[0] == node.coordinator and not node.cannot_serve
                 and self._bound and self.detector.recently_ok()
                 and seen[1] <= self.store.clock)
+
+    def answer_confirmed(self, request: Request, deliver) -> bool:
+        """A follower's read, answered from its own store once its coordinator has
+        confirmed, after the read arrived, the writes it had made durable (Raft's
+        ReadIndex with a vector clock: confirmedreads.py), by ``deliver(reply)``; False
+        where the read takes the forwarding path instead.  No Deferred on the way: a
+        follower's hot path."""
+        if not (request.is_read and self.config.confirmed_reads):
+            return False
+        node = self.node
+        coordinator = node.coordinator
+        if (node.role is not Role.FOLLOWER or coordinator is None or node.cannot_serve
+                or not self._bound or not self.detector.recently_ok()):
+            return False
+        self.confirmations.confirm(
+            (request, deliver, coordinator, self.reactor.seconds()))   # metrics hook
+        return True
+
+    def _answer_confirmed(self, confirmation: tuple[int, VectorClock] | None,
+                          reads: list) -> None:
+        """The reads a confirmation covers: each answered here if the coordinator that
+        confirmed is the one it arrived under and this replica still follows, this
+        replica holds every write of the confirmed clock (all committed), and the
+        session needs nothing more; else forwarded after all (the push of a confirmed
+        write still in flight, a COMMIT under way, a coordinator that changed or did
+        not confirm)."""
+        node = self.node
+        store = self.store
+        coordinator = node.coordinator
+        covered = (confirmation is not None and store is not None
+                   and node.role is Role.FOLLOWER and confirmation[0] == coordinator
+                   and confirmation[1] <= store.clock and self.commits.settled)
+        answered = self.metrics.answered   # metrics hook
+        for request, deliver, asked_of, started in reads:
+            if (covered and asked_of == coordinator
+                    and (request.context is None
+                         or request.context.requirement() <= store.clock)):
+                reply = self._read(request)
+                answered(request.command, reply, started)   # metrics hook
+                deliver(reply)
+                continue
+            try:
+                forwarded = self.handle(request)
+            except Exception:
+                forwarded = defer.fail()
+            forwarded.addCallbacks(deliver, self._failed_read,
+                                   errbackArgs=(request, deliver))
+
+    def _failed_read(self, failure, request: Request, deliver) -> None:
+        self.log.failure("serving {command} failed", failure, command=request.command)
+        deliver(wire.error_reply(Code.INTERNAL, "internal error; nothing was done"))
+
+    def _ask_read_index(self) -> defer.Deferred[tuple[int, VectorClock] | None]:
+        """READINDEX to the coordinator this follower follows: (it, its durable clock),
+        or None if it does not confirm (not serving, an older replica's ERR, no answer
+        within ping_timeout: the reads are forwarded)."""
+        node = self.node
+        coordinator = node.coordinator
+        if node.role is not Role.FOLLOWER or coordinator is None:
+            return defer.succeed(None)
+        d = self.call(coordinator, peerwire.ReadIndex(node.epoch), self.timers.ping_timeout)
+
+        def answered(response: PeerResponse) -> tuple[int, VectorClock] | None:
+            if response.kind != "OK":
+                return None
+            return coordinator, peerwire.decode_clock(response.payload)
+
+        return d.addCallback(answered)
 
     def _read(self, request: Request) -> Reply:
         store = self.store
@@ -1006,6 +1080,14 @@ class Replica(service.MultiService):
         status = PeerStatus(self.my_id, node.public_role, node.coordinator, node.epoch,
                             self.store.clock, self.store.cluster_id)
         return PeerAnswer("OK", status.encode())
+
+    def _on_readindex(self, peer_id: int, message: peerwire.ReadIndex) -> PeerAnswer:
+        """Confirm a follower's reads: this coordinator's durable clock, if it serves now
+        (the same test a read forwarded here would meet), else NO."""
+        node = self.node
+        if node.serving_as != self.my_id or node.cannot_serve:
+            return PeerAnswer("NO", str(node.epoch))
+        return PeerAnswer("OK", self.store.durable_clock.encode())
 
     def _on_election(self, peer_id: int, message: peerwire.Election) -> PeerAnswer:
         answer = self.node.election_received(peer_id, message.epoch)

@@ -449,6 +449,12 @@ class Store:
         return self._clock
 
     @property
+    def durable_clock(self) -> VectorClock:
+        """The clock of what is committed: ``clock`` less the open group's writes."""
+        group = self._group
+        return self._clock if group is None else group[0]
+
+    @property
     def epoch(self) -> int:
         return self._epoch
 

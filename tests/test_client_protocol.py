@@ -29,6 +29,7 @@ class FakeHandler:
         self.handled: list[Request] = []
         self.pending: list[defer.Deferred] = []
         self.status_requests: list[Request] = []
+        self.confirming: list = []
 
     def client_connected(self):
         self.connected += 1
@@ -42,6 +43,15 @@ class FakeHandler:
         if request.command == "GET" and request.key == "fast":
             return Reply("VALUE", "at once")
         return None
+
+    def answer_confirmed(self, request, deliver):
+        """A follower's confirmed read: a GET of a key starting 'confirmed' is taken,
+        and answered when the test calls the deliver kept in ``confirming``."""
+        if request.command == "GET" and request.key.startswith("confirmed"):
+            self.handled.append(request)
+            self.confirming.append(deliver)
+            return True
+        return False
 
     def handle(self, request, placed=None):
         self.handled.append(request)
@@ -225,6 +235,57 @@ def test_a_reply_ready_at_once_does_not_stop_the_pipeline():
     proto.dataReceived(b"GET a\r\nGET b\r\nGET c\r\n")
     assert transport.value() == b"VALUE a\r\nVALUE b\r\nVALUE c\r\n"
     assert transport.producerState == "producing"
+
+
+def test_a_confirmed_read_is_answered_in_its_place_and_holds_what_follows():
+    """A follower's confirmed read is answered by callback, later: nothing pipelined
+    after it is served before it (a write behind it must not be applied before it is
+    read), and its reply goes out in order."""
+    proto, transport, _clock, handler, _factory = setup()
+    proto.dataReceived(b"GET confirmed-a\r\nPUT k v\r\nPING\r\n")
+    assert [r.key for r in handler.handled] == ["confirmed-a"]
+    assert proto.paused and transport.value() == b""
+    handler.confirming[0](Reply("VALUE", "a"))
+    assert transport.value() == b"VALUE a\r\n"
+    assert [r.command for r in handler.handled] == ["GET", "PUT"]   # now the PUT
+    handler.pending[0].callback(Reply("OK"))
+    assert replies(transport) == [Reply("VALUE", "a"), Reply("OK"), Reply("PONG")]
+    assert not proto.paused
+
+
+def test_a_confirmed_read_waits_behind_a_request_in_flight():
+    """Taken while a forwarded request is served before it: answered first, written
+    second."""
+    class TakesAll(FakeHandler):
+        def answer_confirmed(self, request, deliver):
+            if request.key == "confirmed":
+                self.confirming.append(deliver)
+                return True
+            return False
+
+    proto, transport, _clock, handler, _factory = setup(handler=TakesAll())
+    proto.dataReceived(b"GET first\r\n")
+    proto.dataReceived(b"GET confirmed\r\n")    # held: GET first is being served
+    assert handler.confirming == []
+    handler.pending[0].callback(Reply("VALUE", "1"))
+    handler.confirming[0](Reply("VALUE", "2"))
+    assert replies(transport) == [Reply("VALUE", "1"), Reply("VALUE", "2")]
+
+
+def test_a_read_not_taken_for_confirmation_takes_the_full_path():
+    proto, transport, _clock, handler, _factory = setup()
+    proto.dataReceived(b"GET other\r\n")
+    assert handler.confirming == [] and len(handler.pending) == 1
+    handler.pending[0].callback(Reply("NOTFOUND"))
+    assert replies(transport) == [Reply("NOTFOUND")]
+
+
+def test_a_confirmed_read_answered_after_the_client_left_writes_nothing():
+    proto, transport, _clock, handler, _factory = setup()
+    proto.dataReceived(b"GET confirmed\r\n")
+    proto.connectionLost(Failure(ConnectionDone()))
+    handler.confirming[0](Reply("VALUE", "late"))
+    assert transport.value() == b""
 
 
 def test_reply_meta_is_written():

@@ -248,8 +248,9 @@ def connect(factory: ClientFactory):
 
 
 class EchoHandler:
-    def __init__(self):
+    def __init__(self, clock):
         self.handled = []
+        self.clock = clock
 
     def client_connected(self):
         pass
@@ -264,6 +265,15 @@ class EchoHandler:
             return Reply("VALUE", request.key)
         return None
 
+    def answer_confirmed(self, request, deliver):
+        """A follower's confirmed read (answered later, by callback): GETs of keys whose
+        length is 3 modulo 4, answered on the clock's next turn."""
+        if request.command == "GET" and len(request.key) % 4 == 3:
+            self.handled.append(request)
+            self.clock.callLater(0, deliver, Reply("VALUE", request.key))
+            return True
+        return False
+
     def handle(self, request, placed=None):
         self.handled.append(request)
         if request.command == "GET":
@@ -275,7 +285,15 @@ class EchoHandler:
 
 def fake_factory():
     config = with_overrides(default_config(), limits=LIMITS)
-    return ClientFactory(EchoHandler(), config, MemoryReactorClock())
+    clock = MemoryReactorClock()
+    return ClientFactory(EchoHandler(clock), config, clock)
+
+
+def run_turns(factory: ClientFactory, turns: int) -> None:
+    """Run the turns in which confirmed reads are answered (each may let the next
+    line be read and taken)."""
+    for _ in range(turns):
+        factory.clock.advance(0)
 
 
 @FUZZ
@@ -288,6 +306,7 @@ def test_every_line_gets_one_reply_or_a_clean_close(lines, cuts, crlf):
     with capturedLogs() as events:
         for chunk in chunked(data, cuts):
             proto.dataReceived(chunk)
+            run_turns(factory, len(lines) + 1)
     assert failures(events) == []
     check_replies(outcomes, written_replies(transport), transport)
     served = [what for kind, what in outcomes if kind == "serve"
@@ -307,6 +326,7 @@ def test_random_bytes_never_escape(data, cuts):
     with capturedLogs() as events:
         for chunk in chunked(data, cuts):
             proto.dataReceived(chunk)
+            run_turns(factory, data.count(b"\n") + 1)
     assert failures(events) == []
     check_replies(expected_outcomes(data, LIMITS), written_replies(transport), transport)
 

@@ -1137,13 +1137,14 @@ def test_a_read_never_answers_from_a_group_opened_while_it_waited(replica):
 # follower_reads ---------------------------------------------------------------------------
 
 
-def started_follower(tmp_path, joined: bool = True) -> Replica:
-    """Replica 2 with follower_reads on, following replica 3 (a FakeCoordinatorLink
-    whose PING answers say it holds 3:1), holding k = v (write 3:1, pushed), with a
-    PING answered just now; ``joined``: bound to the cluster (it copied its history)."""
+def started_follower(tmp_path, joined: bool = True, **overrides) -> Replica:
+    """Replica 2 with follower_reads on (or as ``overrides`` say), following replica 3 (a
+    FakeCoordinatorLink whose PING answers say it holds 3:1), holding k = v (write 3:1,
+    pushed), with a PING answered just now; ``joined``: bound to the cluster (it copied
+    its history)."""
     from replicad.config import with_overrides
 
-    config = with_overrides(default_config(), follower_reads=True)
+    config = with_overrides(default_config(), **({"follower_reads": True} | overrides))
     replica = Replica(config, 2, str(tmp_path / "data"), MemoryReactorClock(),
                       new_cluster=True)
     replica.startService()

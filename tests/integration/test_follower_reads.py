@@ -41,8 +41,8 @@ def test_a_follower_answers_reads_itself_and_keeps_the_session(start_cluster):
     assert executed_by(ask(cluster.address(2), "@r=;w= PUT j w")) == 3
 
 
-def test_without_it_a_follower_forwards_reads(start_cluster):
-    cluster = start_cluster(3)
+def test_without_it_or_confirmed_reads_a_follower_forwards_reads(start_cluster):
+    cluster = start_cluster(3, confirmed_reads="no")
     ask(cluster.address(3), "@r=;w= PUT k v1")
     assert executed_by(ask(cluster.address(1), "@r=;w= GET k")) == 3
 

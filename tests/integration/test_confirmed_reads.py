@@ -1,0 +1,42 @@
+"""Confirmed reads on real replicas (replicad/confirmedreads.py): by default a follower
+answers a read itself once its coordinator has confirmed the writes it made durable,
+and a read that confirmation does not cover is forwarded, never answered stale."""
+
+from __future__ import annotations
+
+from replicad.client import BlockingClient
+
+from .lines import ask
+from .test_follower_reads import executed_by
+
+
+def test_a_follower_answers_a_confirmed_read_itself(start_cluster):
+    cluster = start_cluster(3)
+    assert cluster.coordinator() == 3
+    assert ask(cluster.address(3), "@r=;w= PUT k v1").endswith(" OK")
+    cluster.wait_until(lambda: executed_by(ask(cluster.address(1), "@r=;w= GET k")) == 1,
+                       timeout_s=10, what="replica 1 answering a confirmed read itself")
+    assert ask(cluster.address(1), "GET k") == "VALUE v1"
+    assert cluster.status(1)["confirmed_reads"] == "yes"
+
+
+def test_a_write_confirmed_before_its_push_arrived_is_not_read_stale(proxied):
+    """The window: the route replica 3 dials to replica 1 is held (3's pushes to 1;
+    1's own calls to 3, READINDEX among them, pass), so 3 acknowledges k = new
+    (write_quorum 1) that 1 does not hold, and confirms it to 1.  A read sent to 1 must
+    answer new (forwarded: 1 lacks it), not old from 1's own store.  Heartbeats every 5
+    s and no anti-entropy keep 1 from pulling the write meanwhile (two looks of a
+    heartbeat would).  With the coverage check off, 1 answers old."""
+    cluster = proxied(3, anti_entropy_interval=60, ping_interval=5)
+    assert cluster.coordinator() == 3
+    BlockingClient(cluster.addresses(), timeout_s=20).put("k", "old")
+    cluster.wait_until(lambda: executed_by(ask(cluster.address(1), "@r=;w= GET k")) == 1,
+                       timeout_s=10, what="replica 1 answering reads itself")
+    cluster.no_dial(3, 1)
+    try:
+        assert BlockingClient([cluster.address(3)], timeout_s=20).put("k", "new") is None
+        reply = ask(cluster.address(1), "@r=;w= GET k")
+    finally:
+        cluster.heal()
+    assert reply.endswith(" VALUE new"), reply
+    assert executed_by(reply) == 3                 # forwarded: 1 did not hold it

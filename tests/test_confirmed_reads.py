@@ -1,0 +1,297 @@
+"""Confirmed reads (replicad/confirmedreads.py): a follower answers a read from its own
+store once its coordinator has confirmed, after the read arrived, the writes it had
+made durable; anything the confirmation does not cover is forwarded.
+
+The batching on a task.Clock; the follower's side on a Replica whose coordinator is a
+FakeCoordinatorLink (tests/test_replica.py) that answers READINDEX as the test says;
+the coordinator's side through peer_request.  The window across real processes (a
+confirmed write whose push the fault proxy holds) is in
+tests/integration/test_confirmed_reads.py.
+"""
+
+from __future__ import annotations
+
+import pytest
+from twisted.internet import defer, task
+from twisted.internet.testing import MemoryReactorClock
+
+from replicad import peerwire, wire
+from replicad.config import default_config
+from replicad.confirmedreads import ReadConfirmations
+from replicad.peer import PeerResponse
+from replicad.replica import Replica
+from replicad.vclock import VectorClock
+from replicad.wire import Reply, Request
+from tests.test_replica import follow, serving, started_follower
+
+# The batching ---------------------------------------------------------------------------
+
+
+class Asks:
+    """The ``ask`` of ReadConfirmations: each call a Deferred the test fires."""
+
+    def __init__(self):
+        self.calls: list[defer.Deferred] = []
+        self.answered: list[tuple[object, list]] = []
+
+    def ask(self):
+        self.calls.append(defer.Deferred())
+        return self.calls[-1]
+
+    def answer(self, confirmation, reads):
+        self.answered.append((confirmation, list(reads)))
+
+
+def confirmations():
+    clock = task.Clock()
+    asks = Asks()
+    return ReadConfirmations(clock, asks.ask, asks.answer), clock, asks
+
+
+def test_the_reads_of_a_turn_share_one_confirmation_sent_at_its_end():
+    reads, clock, asks = confirmations()
+    reads.confirm("a")
+    reads.confirm("b")
+    assert asks.calls == []                  # not before the turn's other reads came
+    clock.advance(0)
+    assert len(asks.calls) == 1 and reads.asked == 1
+    asks.calls[0].callback("clock 1")
+    assert asks.answered == [("clock 1", ["a", "b"])]
+
+
+def test_a_read_that_arrives_while_a_confirmation_is_in_flight_waits_for_the_next():
+    """The one in flight was asked for before it arrived: it cannot cover it (a write
+    acknowledged in between would be missed).  The next is asked for at once when the
+    one in flight is answered, and covers every read that came meanwhile."""
+    reads, clock, asks = confirmations()
+    reads.confirm("a")
+    clock.advance(0)
+    reads.confirm("b")
+    reads.confirm("c")
+    clock.advance(0)
+    assert len(asks.calls) == 1              # one in flight at most
+    asks.calls[0].callback("clock 1")
+    assert asks.answered == [("clock 1", ["a"])]
+    assert len(asks.calls) == 2              # asked again at once, for b and c
+    asks.calls[1].callback("clock 2")
+    assert asks.answered[1] == ("clock 2", ["b", "c"])
+    clock.advance(0)
+    assert len(asks.calls) == 2              # nothing left to ask for
+
+
+def test_a_failed_confirmation_confirms_nothing():
+    reads, clock, asks = confirmations()
+    reads.confirm("a")
+    clock.advance(0)
+    asks.calls[0].errback(RuntimeError("the link dropped"))
+    assert asks.answered == [(None, ["a"])]
+    reads.confirm("b")                       # and the next is asked for as usual
+    clock.advance(0)
+    assert len(asks.calls) == 2
+
+
+def test_an_ask_that_raises_confirms_nothing_and_is_logged():
+    from twisted.logger import capturedLogs
+
+    clock = task.Clock()
+    answered = []
+
+    def ask():
+        raise RuntimeError("bug")
+
+    reads = ReadConfirmations(clock, ask, lambda c, batch: answered.append((c, batch)))
+    reads.confirm("a")
+    with capturedLogs() as events:
+        clock.advance(0)
+    assert answered == [(None, ["a"])]
+    assert any(e.get("log_failure") is not None for e in events)
+
+
+def test_stopping_answers_the_waiting_reads_unconfirmed():
+    reads, clock, asks = confirmations()
+    reads.confirm("a")
+    reads.cancel()
+    assert asks.answered == [(None, ["a"])]
+    clock.advance(0)
+    assert asks.calls == []
+
+
+# The follower ---------------------------------------------------------------------------
+
+
+class Deliveries(list):
+    def __call__(self, reply):
+        self.append(reply)
+
+
+def confirming_follower(tmp_path, **overrides) -> Replica:
+    """Replica 2 (confirmed reads as by default, follower reads off) following replica
+    3, holding k = v (3:1), its coordinator's last PING answered just now."""
+    return started_follower(tmp_path, follower_reads=False, **overrides)
+
+
+@pytest.fixture
+def follower(tmp_path):
+    replica = confirming_follower(tmp_path)
+    yield replica
+    replica.stopService()
+
+
+def read_index_answers(replica: Replica, *answers: defer.Deferred) -> list[defer.Deferred]:
+    """Make the fake coordinator answer READINDEX calls with ``answers``, in turn."""
+    link = replica.links[3]
+    queue = list(answers)
+    inner = link._answer
+
+    def answer(verb, payload):
+        if verb == "READINDEX":
+            link.sent.append(peerwire.decode_message(verb, payload))
+            return queue.pop(0)
+        return inner(verb, payload)
+
+    link._answer = answer
+    return queue
+
+
+def ok(clock: str) -> defer.Deferred:
+    return defer.succeed(PeerResponse("OK", clock))
+
+
+def take(replica: Replica, line: str) -> Deliveries:
+    delivered = Deliveries()
+    request = wire.parse_request(line, replica.config.limits)
+    assert replica.answer_confirmed(request, delivered) is True
+    return delivered
+
+
+def test_a_follower_answers_a_confirmed_read_from_its_own_store(follower):
+    read_index_answers(follower, ok("3:1"))
+    delivered = take(follower, "@r=;w= GET k")
+    assert delivered == []                               # not before the confirmation
+    follower.reactor.advance(0)                          # READINDEX, answered 3:1
+    (reply,) = delivered
+    assert reply.text == "v" and reply.meta.by == 2     # executed here
+    assert follower.links[3].verbs() == ["PING", "READINDEX"]   # nothing forwarded
+
+
+def test_reads_of_one_turn_share_one_read_index(follower):
+    read_index_answers(follower, ok("3:1"))
+    first, second = take(follower, "GET k"), take(follower, "GET nothing")
+    follower.reactor.advance(0)
+    assert first == [Reply("VALUE", "v")] and second == [Reply("NOTFOUND")]
+    assert follower.links[3].verbs().count("READINDEX") == 1
+
+
+def test_a_confirmed_write_not_here_yet_sends_the_read_to_the_coordinator(follower):
+    """The coordinator made 3:2 durable (its push still on the way): answering from
+    this store would miss an acknowledged write, so the read is forwarded."""
+    link = follower.links[3]
+    link.answers = iter([defer.succeed(PeerResponse("REPLY", "VALUE new"))])
+    read_index_answers(follower, ok("3:2"))
+    delivered = take(follower, "GET k")
+    follower.reactor.advance(0)                          # READINDEX: 3:2, not covered
+    follower.reactor.advance(0)                          # the forward's answer
+    assert [reply.encode() for reply in delivered] == [b"VALUE new\r\n"]   # relayed
+    assert link.verbs() == ["PING", "READINDEX", "CLIENT"]
+
+
+@pytest.mark.parametrize("answer", [
+    PeerResponse("NO", "3"),                             # it no longer serves
+    PeerResponse("ERR", "BADVERB unknown verb READINDEX"),   # a replica before it
+])
+def test_a_read_the_coordinator_does_not_confirm_is_forwarded(follower, answer):
+    link = follower.links[3]
+    link.answers = iter([defer.succeed(PeerResponse("REPLY", "VALUE v"))])
+    read_index_answers(follower, defer.succeed(answer))
+    delivered = take(follower, "GET k")
+    follower.reactor.advance(0)
+    follower.reactor.advance(0)
+    assert [reply.encode() for reply in delivered] == [b"VALUE v\r\n"]
+    assert link.verbs()[-1] == "CLIENT"
+
+
+def test_a_session_that_has_seen_more_than_this_follower_holds_is_forwarded(follower):
+    link = follower.links[3]
+    link.answers = iter([defer.succeed(PeerResponse("REPLY", "VALUE newer"))])
+    read_index_answers(follower, ok("3:1"))
+    delivered = take(follower, "@r=3:5;w= GET k")
+    follower.reactor.advance(0)
+    follower.reactor.advance(0)
+    assert link.verbs()[-1] == "CLIENT"
+    assert [reply.encode() for reply in delivered] == [b"VALUE newer\r\n"]
+
+
+def test_a_confirmation_from_another_coordinator_than_the_followed_is_not_used(follower):
+    """Asked of one coordinator, answered once this follower follows another (a newer
+    epoch): the read goes the forwarding way, not from that confirmation."""
+    forwarded = []
+    follower.handle = lambda request, placed=None: forwarded.append(request) or defer.Deferred()
+    delivered = Deliveries()
+    follower._answer_confirmed((1, VectorClock({3: 1})),
+                               [(Request("GET", "k"), delivered, 3, 0.0)])
+    assert [r.key for r in forwarded] == ["k"] and delivered == []
+    follower._answer_confirmed((3, VectorClock({3: 1})),
+                               [(Request("GET", "k"), delivered, 3, 0.0)])
+    assert delivered == [Reply("VALUE", "v")]             # the followed one's: used
+
+
+def test_reads_are_not_taken_for_confirmation_where_they_cannot_be(tmp_path, follower):
+    request = Request("GET", "k")
+    assert follower.answer_confirmed(Request("PUT", "k", "w"), Deliveries()) is False
+    off = confirming_follower(tmp_path / "off", confirmed_reads=False)
+    try:
+        assert off.answer_confirmed(request, Deliveries()) is False
+    finally:
+        off.stopService()
+    follower.links[3]._answer = lambda verb, payload: defer.Deferred()   # silent now
+    follower.reactor.advance(follower.timers.ping_interval * 1.5)
+    assert not follower.detector.recently_ok()
+    assert follower.answer_confirmed(request, Deliveries()) is False
+
+
+def test_a_coordinator_takes_no_read_for_confirmation(replica):
+    serving(replica)
+    assert replica.answer_confirmed(Request("GET", "k"), Deliveries()) is False
+
+
+# The coordinator ------------------------------------------------------------------------
+
+
+def read_index(replica: Replica, sender: int = 1):
+    return replica.peer_request(sender, "READINDEX", str(replica.node.epoch))
+
+
+def test_a_serving_coordinator_confirms_what_it_made_durable(replica):
+    """Its open group's write is not durable yet: not in the clock it confirms."""
+    serving(replica)
+    replica.handle(Request("PUT", "a", "1"))
+    replica.reactor.advance(0)
+    replica.reactor.advance(0)
+    assert replica.store.clock == VectorClock({2: 1})
+    replica.handle(Request("PUT", "b", "2"))              # in the open group
+    assert replica.store.group_open
+    answer = read_index(replica)
+    assert (answer.kind, answer.payload) == ("OK", "2:1")
+    replica.reactor.advance(0)                            # its COMMIT
+    assert read_index(replica).payload == "2:2"
+
+
+def test_a_replica_that_does_not_serve_does_not_confirm(replica):
+    follow(replica)
+    answer = read_index(replica)
+    assert answer.kind == "NO"
+
+
+def test_a_read_index_of_an_older_epoch_is_refused_stale(replica):
+    serving(replica)
+    answer = replica.peer_request(1, "READINDEX", "0")
+    assert answer.kind == "STALE"
+
+
+@pytest.fixture
+def replica(tmp_path):
+    replica = Replica(default_config(), 2, str(tmp_path / "data"), MemoryReactorClock(),
+                      new_cluster=True)
+    replica.startService()
+    yield replica
+    replica.stopService()
