@@ -95,3 +95,71 @@ class ReadConfirmations:
         self._call = None
         batch, self._waiting = self._waiting, []
         self._tell(None, batch)
+
+
+class AwaitingWrites:
+    """Confirmed reads whose confirmation named writes this follower does not hold yet.
+
+    The coordinator confirms what it has committed, and pushes it in the same turn; the
+    push travels on another connection than the confirmation, so under writes a read
+    is often confirmed a moment before the writes it must see arrive.  Forwarding it
+    then would cost the confirmation and the forward; it waits instead, is answered by
+    the first commit that brings what it needs (``recheck``, after each of this
+    follower's commits), and is given up (forwarded) if none does within ``wait_s``."""
+
+    def __init__(self, clock: IReactorTime, wait_s: float,
+                 covered: Callable[[Any], bool], answer: Callable[[Any], None],
+                 give_up: Callable[[Any], None]):
+        self._clock = clock
+        self._wait_s = wait_s
+        self._covered = covered
+        self._answer = answer
+        self._give_up = give_up
+        self._reads: list[tuple[float, Any, Any]] = []   # (deadline, need, read)
+        self._timer = None
+
+    def __len__(self) -> int:
+        return len(self._reads)
+
+    def add(self, need: Any, read: Any) -> None:
+        """Answer ``read`` once ``covered(need)``; give it up after ``wait_s``."""
+        self._reads.append((self._clock.seconds() + self._wait_s, need, read))
+        if self._timer is None:
+            self._timer = self._clock.callLater(self._wait_s, self._expire)
+
+    def recheck(self) -> None:
+        """Answer the reads whose needs are covered now (the others keep waiting)."""
+        if not self._reads:
+            return
+        waiting = []
+        for entry in self._reads:
+            if self._covered(entry[1]):
+                self._run(self._answer, entry[2])
+            else:
+                waiting.append(entry)
+        self._reads = waiting
+
+    def _expire(self) -> None:
+        self._timer = None
+        now = self._clock.seconds()
+        late = [entry for entry in self._reads if entry[0] <= now]
+        self._reads = [entry for entry in self._reads if entry[0] > now]
+        for entry in late:
+            self._run(self._give_up, entry[2])
+        if self._reads:
+            self._timer = self._clock.callLater(self._reads[0][0] - now, self._expire)
+
+    def cancel(self) -> None:
+        """Stop (the replica stops, or no longer follows): give every read up now."""
+        if self._timer is not None and self._timer.active():
+            self._timer.cancel()
+        self._timer = None
+        reads, self._reads = self._reads, []
+        for entry in reads:
+            self._run(self._give_up, entry[2])
+
+    def _run(self, what: Callable[[Any], None], read: Any) -> None:
+        try:
+            what(read)
+        except Exception:
+            ReadConfirmations.log.failure("answering a confirmed read")

@@ -29,7 +29,7 @@ from twisted.logger import Logger
 import replicad
 from replicad import peerwire, session, wire
 from replicad.config import ClusterConfig
-from replicad.confirmedreads import ReadConfirmations
+from replicad.confirmedreads import AwaitingWrites, ReadConfirmations
 from replicad.datadir import DB_FILENAME, check_data_dir  # noqa: F401 (moved there)
 from replicad.detector import HeartbeatMonitor
 from replicad.forwarding import Forward, Retry
@@ -78,6 +78,9 @@ class Replica(service.MultiService):
         # A follower's reads of one turn share one READINDEX call (confirmedreads.py).
         self.confirmations = ReadConfirmations(reactor, self._ask_read_index,
                                                self._answer_confirmed)
+        # Confirmed reads waiting for the push of a write their confirmation named.
+        self.awaiting = AwaitingWrites(reactor, self.timers.ping_timeout, self._covers,
+                                       self._answer_read, self._forward_read)
         for peer_id in config.ids:
             if peer_id == my_id:
                 continue
@@ -176,7 +179,8 @@ class Replica(service.MultiService):
         if self.node is not None:
             self.node.stop()
         self._link_log.stop()
-        self.confirmations.cancel()       # its reads take the path that refuses now
+        self.awaiting.cancel()            # their reads take the path that refuses now
+        self.confirmations.cancel()
         for link in self.links.values():
             link.abort()     # no graceful TLS close: every peer is stopping too
         d = defer.maybeDeferred(super().stopService)
@@ -636,33 +640,46 @@ class Replica(service.MultiService):
 
     def _answer_confirmed(self, confirmation: tuple[int, VectorClock] | None,
                           reads: list) -> None:
-        """The reads a confirmation covers: each answered here if the coordinator that
-        confirmed is the one it arrived under and this replica still follows, this
-        replica holds every write of the confirmed clock (all committed), and the
-        session needs nothing more; else forwarded after all (the push of a confirmed
-        write still in flight, a COMMIT under way, a coordinator that changed or did
-        not confirm)."""
+        """The reads a confirmation covers: each answered here once this replica holds
+        every write of the confirmed clock and of the session's, all committed (at once,
+        or when the push of one it lacks arrives: AwaitingWrites), if the coordinator
+        that confirmed is the one it arrived under and this replica still follows; else
+        forwarded after all (a coordinator that changed or did not confirm, or a push
+        that did not come within ping_timeout)."""
         node = self.node
-        store = self.store
         coordinator = node.coordinator
-        covered = (confirmation is not None and store is not None
-                   and node.role is Role.FOLLOWER and confirmation[0] == coordinator
-                   and confirmation[1] <= store.clock and self.commits.settled)
-        answered = self.metrics.answered   # metrics hook
-        for request, deliver, asked_of, started in reads:
-            if (covered and asked_of == coordinator
-                    and (request.context is None
-                         or request.context.requirement() <= store.clock)):
-                reply = self._read(request)
-                answered(request.command, reply, started)   # metrics hook
-                deliver(reply)
+        valid = (confirmation is not None and self.store is not None
+                 and node.role is Role.FOLLOWER and confirmation[0] == coordinator)
+        for read in reads:
+            if not valid or read[2] != coordinator:
+                self._forward_read(read)
                 continue
-            try:
-                forwarded = self.handle(request)
-            except Exception:
-                forwarded = defer.fail()
-            forwarded.addCallbacks(deliver, self._failed_read,
-                                   errbackArgs=(request, deliver))
+            context = read[0].context
+            need = (confirmation[1] if context is None
+                    else confirmation[1].merge(context.requirement()))
+            if self._covers(need):
+                self._answer_read(read)
+            else:
+                self.awaiting.add(need, read)
+
+    def _covers(self, need: VectorClock) -> bool:
+        """This replica holds every write of ``need``, and nothing uncommitted."""
+        store = self.store
+        return store is not None and need <= store.clock and self.commits.settled
+
+    def _answer_read(self, read) -> None:
+        request, deliver, _, started = read
+        reply = self._read(request)
+        self.metrics.answered(request.command, reply, started)   # metrics hook
+        deliver(reply)
+
+    def _forward_read(self, read) -> None:
+        request, deliver = read[0], read[1]
+        try:
+            forwarded = self.handle(request)
+        except Exception:
+            forwarded = defer.fail()
+        forwarded.addCallbacks(deliver, self._failed_read, errbackArgs=(request, deliver))
 
     def _failed_read(self, failure, request: Request, deliver) -> None:
         self.log.failure("serving {command} failed", failure, command=request.command)
@@ -1024,6 +1041,8 @@ class Replica(service.MultiService):
         would wait behind the requests that turn reads and their group's COMMIT; in
         quorum mode every write waits for them."""
         self.sync.send_batches()
+        if self.awaiting:
+            self.awaiting.recheck()       # confirmed reads this commit's pushes covered
         self.turn_sender.send_now()
 
     def _replicated(self, record, request: Request, epoch) -> defer.Deferred[Reply]:

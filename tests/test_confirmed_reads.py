@@ -17,12 +17,13 @@ from twisted.internet.testing import MemoryReactorClock
 
 from replicad import peerwire, wire
 from replicad.config import default_config
-from replicad.confirmedreads import ReadConfirmations
+from replicad.confirmedreads import AwaitingWrites, ReadConfirmations
 from replicad.peer import PeerResponse
 from replicad.replica import Replica
+from replicad.store import Record
 from replicad.vclock import VectorClock
 from replicad.wire import Reply, Request
-from tests.test_replica import follow, serving, started_follower
+from tests.test_replica import follow, push, serving, started_follower
 
 # The batching ---------------------------------------------------------------------------
 
@@ -116,6 +117,51 @@ def test_stopping_answers_the_waiting_reads_unconfirmed():
     assert asks.calls == []
 
 
+# Reads waiting for a push --------------------------------------------------------------
+
+
+class Waits:
+    def __init__(self):
+        self.clock = task.Clock()
+        self.held: set = set()          # what the "store" holds
+        self.answered: list = []
+        self.given_up: list = []
+        self.awaiting = AwaitingWrites(self.clock, 0.2, lambda need: need in self.held,
+                                       self.answered.append, self.given_up.append)
+
+
+def test_a_read_waiting_for_a_write_is_answered_by_the_commit_that_brings_it():
+    w = Waits()
+    w.awaiting.add("3:2", "a")
+    w.awaiting.add("3:3", "b")
+    w.awaiting.recheck()
+    assert w.answered == [] and len(w.awaiting) == 2
+    w.held.add("3:2")
+    w.awaiting.recheck()
+    assert w.answered == ["a"] and len(w.awaiting) == 1
+    w.clock.advance(0.2)                 # 3:3 never came: forwarded
+    assert w.given_up == ["b"] and len(w.awaiting) == 0
+
+
+def test_each_waiting_read_is_given_up_at_its_own_deadline():
+    w = Waits()
+    w.awaiting.add("x", "a")
+    w.clock.advance(0.1)
+    w.awaiting.add("x", "b")
+    w.clock.advance(0.1)
+    assert w.given_up == ["a"]
+    w.clock.advance(0.1)
+    assert w.given_up == ["a", "b"]
+    assert w.clock.getDelayedCalls() == []
+
+
+def test_stopping_gives_every_waiting_read_up():
+    w = Waits()
+    w.awaiting.add("x", "a")
+    w.awaiting.cancel()
+    assert w.given_up == ["a"] and w.clock.getDelayedCalls() == []
+
+
 # The follower ---------------------------------------------------------------------------
 
 
@@ -182,17 +228,35 @@ def test_reads_of_one_turn_share_one_read_index(follower):
     assert follower.links[3].verbs().count("READINDEX") == 1
 
 
-def test_a_confirmed_write_not_here_yet_sends_the_read_to_the_coordinator(follower):
-    """The coordinator made 3:2 durable (its push still on the way): answering from
-    this store would miss an acknowledged write, so the read is forwarded."""
+def test_a_read_waits_for_the_push_of_a_confirmed_write_and_is_answered_here(follower):
+    """The coordinator made 3:2 durable; its push arrives after the confirmation: the
+    read waits for it (answering without it would miss an acknowledged write) and is
+    answered by this follower once it is committed."""
+    read_index_answers(follower, ok("3:2"))
+    delivered = take(follower, "GET k")
+    follower.reactor.advance(0)                          # READINDEX: 3:2, not covered
+    assert delivered == []
+    epoch = follower.node.coordinator_epoch
+    record = Record("k", "new", 3, 2, VectorClock({3: 2}), epoch)
+    assert push(follower, 3, epoch, record).kind == "OK"
+    assert delivered == [Reply("VALUE", "new")]
+    assert "CLIENT" not in follower.links[3].verbs()
+
+
+def test_a_confirmed_write_that_does_not_come_sends_the_read_to_the_coordinator(follower):
+    """The coordinator made 3:2 durable and its push does not come within ping_timeout:
+    answering from this store would miss an acknowledged write, so it is forwarded."""
     link = follower.links[3]
     link.answers = iter([defer.succeed(PeerResponse("REPLY", "VALUE new"))])
     read_index_answers(follower, ok("3:2"))
     delivered = take(follower, "GET k")
     follower.reactor.advance(0)                          # READINDEX: 3:2, not covered
+    follower.reactor.advance(follower.timers.ping_timeout * 0.9)
+    assert delivered == [] and "CLIENT" not in link.verbs()
+    follower.reactor.advance(follower.timers.ping_timeout * 0.1)   # given up: forwarded
     follower.reactor.advance(0)                          # the forward's answer
     assert [reply.encode() for reply in delivered] == [b"VALUE new\r\n"]   # relayed
-    assert link.verbs() == ["PING", "READINDEX", "CLIENT"]
+    assert [v for v in link.verbs() if v != "PING"] == ["READINDEX", "CLIENT"]
 
 
 @pytest.mark.parametrize("answer", [
@@ -216,8 +280,10 @@ def test_a_session_that_has_seen_more_than_this_follower_holds_is_forwarded(foll
     read_index_answers(follower, ok("3:1"))
     delivered = take(follower, "@r=3:5;w= GET k")
     follower.reactor.advance(0)
+    assert delivered == []                               # waits for 3:5 a moment
+    follower.reactor.advance(follower.timers.ping_timeout)
     follower.reactor.advance(0)
-    assert link.verbs()[-1] == "CLIENT"
+    assert [v for v in link.verbs() if v != "PING"] == ["READINDEX", "CLIENT"]
     assert [reply.encode() for reply in delivered] == [b"VALUE newer\r\n"]
 
 
