@@ -4,9 +4,13 @@ and a read that confirmation does not cover is forwarded, never answered stale."
 
 from __future__ import annotations
 
+import signal
+import time
+
 from replicad.client import BlockingClient
 
 from .lines import ask
+from .test_clients import HUNG_BOUND_S
 from .test_follower_reads import executed_by
 
 
@@ -40,3 +44,25 @@ def test_a_write_confirmed_before_its_push_arrived_is_not_read_stale(proxied):
         cluster.heal()
     assert reply.endswith(" VALUE new"), reply
     assert executed_by(reply) == 3                 # forwarded: 1 did not hold it
+
+
+def test_a_read_sent_to_a_follower_of_a_hung_coordinator_is_answered_after_failover(
+        start_cluster):
+    """Replica 3 is SIGSTOPped (its sockets accept, nobody reads): the follower's
+    READINDEX gets no answer, the read is forwarded, the forward is given up once 3 is
+    found dead, and replica 2, which takes over, answers it with the last acknowledged
+    value.  The client is held for a failover, not for good."""
+    cluster = start_cluster(3)
+    assert cluster.coordinator() == 3
+    assert ask(cluster.address(3), "@r=;w= PUT k last").endswith(" OK")
+    cluster.wait_until(lambda: executed_by(ask(cluster.address(1), "@r=;w= GET k")) == 1,
+                       timeout_s=10, what="replica 1 answering a confirmed read itself")
+    cluster.kill(3, signal.SIGSTOP)
+    try:
+        started = time.monotonic()
+        reply = ask(cluster.address(1), "@r=;w= GET k", timeout_s=HUNG_BOUND_S * 2)
+        took = time.monotonic() - started
+    finally:
+        cluster.kill(3, signal.SIGCONT)
+    assert reply.endswith(" VALUE last"), reply
+    assert executed_by(reply) in (1, 2) and took < HUNG_BOUND_S, (reply, took)
