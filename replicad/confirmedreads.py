@@ -53,6 +53,8 @@ class ReadConfirmations:
         self._call = None            # the end-of-turn send, when scheduled
         self._in_flight = False
         self.asked = 0               # calls sent: for tests and metrics
+        # What became of the reads (the replica counts them): for /metrics.
+        self.outcomes = {"answered": 0, "waited": 0, "forwarded": 0}
 
     def confirm(self, read: Any) -> None:
         """``read`` is answered (``answer(confirmation, [..., read, ...])``) once a

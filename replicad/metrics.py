@@ -412,6 +412,18 @@ class ReplicaCollector:
             yield CounterMetricFamily("replicad_group_commit_writes", "Writes and "
                                       "pushed records carried by group commits",
                                       value=commits.writes)
+        confirmations = getattr(replica, "confirmations", None)
+        if confirmations is not None:
+            yield CounterMetricFamily("replicad_read_index_calls", "READINDEX calls this "
+                                      "replica sent, as a follower, to confirm its reads",
+                                      value=confirmations.asked)
+            outcomes = CounterMetricFamily(
+                "replicad_confirmed_reads", "Reads this replica took to answer once "
+                "confirmed, by outcome: answered here at once, answered here after "
+                "waiting for a push (waited), or forwarded after all", labels=["outcome"])
+            for outcome, count in sorted(confirmations.outcomes.items()):
+                outcomes.add_metric([outcome], count)
+            yield outcomes
         for name, source, text in (
             ("replicad_client_connections", metrics.client_connections,
              "Open client connections"),

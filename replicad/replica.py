@@ -80,7 +80,7 @@ class Replica(service.MultiService):
                                                self._answer_confirmed)
         # Confirmed reads waiting for the push of a write their confirmation named.
         self.awaiting = AwaitingWrites(reactor, self.timers.ping_timeout, self._covers,
-                                       self._answer_read, self._forward_read)
+                                       self._answer_waited, self._forward_read)
         for peer_id in config.ids:
             if peer_id == my_id:
                 continue
@@ -650,6 +650,7 @@ class Replica(service.MultiService):
         coordinator = node.coordinator
         valid = (confirmation is not None and self.store is not None
                  and node.role is Role.FOLLOWER and confirmation[0] == coordinator)
+        outcomes = self.confirmations.outcomes   # metrics hook
         for read in reads:
             if not valid or read[2] != coordinator:
                 self._forward_read(read)
@@ -658,6 +659,7 @@ class Replica(service.MultiService):
             need = (confirmation[1] if context is None
                     else confirmation[1].merge(context.requirement()))
             if self._covers(need):
+                outcomes["answered"] += 1   # metrics hook
                 self._answer_read(read)
             else:
                 self.awaiting.add(need, read)
@@ -673,7 +675,12 @@ class Replica(service.MultiService):
         self.metrics.answered(request.command, reply, started)   # metrics hook
         deliver(reply)
 
+    def _answer_waited(self, read) -> None:
+        self.confirmations.outcomes["waited"] += 1   # metrics hook
+        self._answer_read(read)
+
     def _forward_read(self, read) -> None:
+        self.confirmations.outcomes["forwarded"] += 1   # metrics hook
         request, deliver = read[0], read[1]
         try:
             forwarded = self.handle(request)

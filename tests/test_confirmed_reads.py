@@ -361,3 +361,26 @@ def replica(tmp_path):
     replica.startService()
     yield replica
     replica.stopService()
+
+
+def test_what_becomes_of_confirmed_reads_is_in_the_metrics(follower):
+    """answered at once, answered after waiting for a push, forwarded after all; and
+    the READINDEX calls made."""
+    from tests.test_metrics import value
+
+    link = follower.links[3]
+    link.answers = iter([defer.succeed(PeerResponse("REPLY", "VALUE v"))])
+    read_index_answers(follower, ok("3:1"), ok("3:2"), defer.succeed(PeerResponse("NO", "3")))
+    take(follower, "GET k")
+    follower.reactor.advance(0)                          # answered at once
+    take(follower, "GET k")
+    follower.reactor.advance(0)                          # waits for 3:2
+    epoch = follower.node.coordinator_epoch
+    push(follower, 3, epoch, Record("k", "w", 3, 2, VectorClock({3: 2}), epoch))
+    take(follower, "GET k")
+    follower.reactor.advance(0)                          # NO: forwarded
+    follower.reactor.advance(0)
+    metrics = follower.metrics
+    assert value(metrics, "replicad_read_index_calls_total") == 3
+    assert [value(metrics, "replicad_confirmed_reads_total", outcome=o)
+            for o in ("answered", "waited", "forwarded")] == [1, 1, 1]
