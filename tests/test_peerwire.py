@@ -354,6 +354,7 @@ def test_proofs_match_uses_constant_time_compare(monkeypatch):
         peerwire.Election(7),
         peerwire.Coordinator(MAX_EPOCH),
         peerwire.Client(3, "PUT k a value with spaces"),
+        peerwire.ReadIndex(5),
         peerwire.Push(4, (Record("k", "v w", 2, 3, VectorClock({2: 3}), 4),)),
         peerwire.Push(4, (Record("a", "1:2 3", 2, 3, VectorClock({2: 3}), 4, "00ff00ff.1"),
                           Record("b", None, 2, 4, VectorClock({2: 4}), 4),
@@ -371,10 +372,11 @@ def test_messages_round_trip_with_their_epoch(message):
 
 
 def test_fenced_messages_are_the_ones_that_change_or_copy_state():
-    fenced = {cls.verb for cls in (peerwire.Ping, peerwire.Election, peerwire.Coordinator,
-                                   peerwire.Client, peerwire.Push, peerwire.Delta,
+    fenced = {cls.verb for cls in (peerwire.Ping, peerwire.Election, peerwire.PreVote,
+                                   peerwire.Coordinator, peerwire.Client,
+                                   peerwire.ReadIndex, peerwire.Push, peerwire.Delta,
                                    peerwire.Full) if cls.fenced}
-    assert fenced == {"CLIENT", "PUSH", "DELTA", "FULL"}
+    assert fenced == {"CLIENT", "READINDEX", "PUSH", "DELTA", "FULL"}
 
 
 @pytest.mark.parametrize(
