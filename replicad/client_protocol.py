@@ -255,13 +255,11 @@ class ClientProtocol(LineReceiver, TimeoutMixin):
         its reply by callback, with no Deferred.  Nothing after it is read until it is
         answered (a write pipelined after it must not be applied before it is read)."""
         slot: list = [None]
-        self._queue.append(slot)
         if not self.factory.handler.answer_confirmed(
                 request, lambda reply: self._served(reply, slot)):
-            self._queue.pop()
             return False
-        if slot[0] is None:
-            self.pauseProducing()
+        self._queue.append(slot)       # in time: deliver is never called before this
+        self.pauseProducing()
         return True
 
     def _auth(self, password: str) -> None:
