@@ -1,11 +1,12 @@
 """A narrated failover walkthrough on a running LocalCluster (``replicad-local --demo``).
 
-It shows, step by step, what DESIGN.md promises: any replica answers (forwarding to the
-coordinator), the highest live id coordinates, a SIGKILLed coordinator is replaced
-quickly, and a replica that comes back takes over again (Bully) in a higher epoch
-with every key.  One session is used throughout, so every read also checks the
-session guarantees.  Printing is the point here, so this module prints.  It imports
-replicad.cluster; only replicad/local.py imports it (cluster never does).
+It shows, step by step, what DESIGN.md promises: any replica answers (forwarding writes
+to the coordinator, answering reads the coordinator confirmed), the highest live id
+coordinates, a SIGKILLed coordinator is replaced quickly, and a replica that comes back
+takes over again (Bully) in a higher epoch with every key. One session is used
+throughout, so every read also checks the session guarantees. Printing is the point
+here, so this module prints. It imports replicad.cluster; only replicad/local.py imports
+it (cluster never does).
 """
 
 from __future__ import annotations
@@ -83,7 +84,8 @@ class _Demo:
                 self.say(f"    PUT {key} {value!r}: OK ({_served(reply)})")
 
         with self.step(f"reading them back through replica {reader} "
-                       f"({cluster.address(reader)})"):
+                       f"({cluster.address(reader)}), which answers once the coordinator "
+                       "confirms what it committed"):
             self.check_keys(self.client(reader))
 
         with self.step("STATUS of every replica"):
