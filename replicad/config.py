@@ -232,7 +232,7 @@ class ClusterConfig:
     full_copy_ratio: float = 0.9
     # A follower may answer a read itself (replica.py, _may_read_here): the session
     # guarantees hold as on the coordinator; a read without a session may miss writes
-    # of the last heartbeat interval.  Off: followers forward every request (DESIGN.md).
+    # of the last heartbeat interval.  Off: confirmed_reads decides (below).
     follower_reads: bool = False
     # A follower answers a read itself once its coordinator confirms, after the read
     # arrived, the writes it has made durable (one READINDEX call shared by a turn's
