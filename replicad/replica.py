@@ -138,6 +138,7 @@ class Replica(service.MultiService):
                                  self.ping, self.call, self._mark, lambda: self.node.epoch)
         self.commits.after_flush = self._after_commit
         self.commits.before_commit = self._before_commit
+        self.sync.after_import = self._recheck_awaiting
         self.node = Node(
             self.my_id, self.config.ids, self, self.reactor, epoch=self.store.epoch,
             quorum=self.election_quorum,
@@ -1048,9 +1049,13 @@ class Replica(service.MultiService):
         would wait behind the requests that turn reads and their group's COMMIT; in
         quorum mode every write waits for them."""
         self.sync.send_batches()
-        if self.awaiting:
-            self.awaiting.recheck()       # confirmed reads this commit's pushes covered
+        self._recheck_awaiting()
         self.turn_sender.send_now()
+
+    def _recheck_awaiting(self) -> None:
+        """Answer the confirmed reads a commit's pushes or a pull just covered."""
+        if self.awaiting:
+            self.awaiting.recheck()
 
     def _replicated(self, record, request: Request, epoch) -> defer.Deferred[Reply]:
         """Push a durable write; its reply once write_quorum replicas have it (or not)."""

@@ -69,6 +69,9 @@ class Synchroniser:
         self._batches: dict[int, list[_Pending]] = {}    # this turn's writes, per epoch
         self._refused: Callable[[int], None] = lambda peer_id: None
         self._last_seen: dict[int, VectorClock] = {}
+        # Called after a pull's records are imported (the store's clock moved on):
+        # confirmed reads waiting for a write a lost push should have brought.
+        self.after_import: Callable[[], None] | None = None
 
     # Pulls -----------------------------------------------------------------------------
 
@@ -163,6 +166,11 @@ class Synchroniser:
         except BaseException:
             importer.abort()
             raise
+        if self.after_import is not None:
+            try:
+                self.after_import()
+            except Exception:
+                self.log.failure("after importing from replica {peer}", peer=peer_id)
         self.log.info(
             "pulled {kind} from replica {peer}: {received} records, {applied} applied, "
             "{conflicts} conflicts, {behind} writes behind, {ms:.0f} ms; clock {clock}",

@@ -384,3 +384,17 @@ def test_what_becomes_of_confirmed_reads_is_in_the_metrics(follower):
     assert value(metrics, "replicad_read_index_calls_total") == 3
     assert [value(metrics, "replicad_confirmed_reads_total", outcome=o)
             for o in ("answered", "waited", "forwarded")] == [1, 1, 1]
+
+
+def test_a_read_waiting_for_a_lost_push_is_answered_when_a_pull_brings_the_write(follower):
+    """The push of 3:2 was lost; a pull brings it (sync.after_import): the waiting read
+    is answered here then, not forwarded at its deadline."""
+    read_index_answers(follower, ok("3:2"))
+    delivered = take(follower, "GET k")
+    follower.reactor.advance(0)
+    assert delivered == []
+    importer = follower.store.begin_import()
+    importer.add(Record("k", "pulled", 3, 2, VectorClock({3: 2}), follower.node.epoch))
+    importer.finish(VectorClock({3: 2}))
+    follower.sync.after_import()
+    assert delivered == [Reply("VALUE", "pulled")]

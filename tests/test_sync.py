@@ -224,3 +224,25 @@ def test_done_is_told_the_outcome_without_a_deferred(tmp_path):
     clock.advance(0)
     clock.advance(sync.timers.quorum_timeout)
     assert told[2:] == [("silent", False)] and clock.getDelayedCalls() == []
+
+
+def test_the_replica_is_told_once_a_pull_is_imported(tmp_path):
+    """after_import: a confirmed read waiting for a write that a lost push should have
+    brought is answered when a pull brings it (replica.py, _recheck_awaiting)."""
+    store = Store(str(tmp_path / "replica.sqlite"))
+    record = Record("k", "v", 3, 1, VectorClock({3: 1}))
+
+    def call(peer_id, message, timeout_s, on_line=None):
+        on_line("REC", peerwire.encode_record(record))
+        return defer.succeed(PeerResponse("END", "3:1 -"))
+
+    sync = Synchroniser(store, [3], default_config(), Clock(),
+                        ping=lambda peer_id, timeout_s: defer.succeed(seen({3: 1})),
+                        call=call, mark=lambda peer_id, up: None, epoch=lambda: 0)
+    told = []
+    sync.after_import = lambda: told.append(store.clock)
+    results = []
+    sync.sync_from(3).addBoth(results.append)
+    assert results == [True]
+    assert told == [VectorClock({3: 1})]
+    store.close()
