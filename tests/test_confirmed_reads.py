@@ -291,7 +291,7 @@ def test_a_confirmation_from_another_coordinator_than_the_followed_is_not_used(f
     """Asked of one coordinator, answered once this follower follows another (a newer
     epoch): the read goes the forwarding way, not from that confirmation."""
     forwarded = []
-    follower.handle = lambda request, placed=None: forwarded.append(request) or defer.Deferred()
+    follower._forward_now = lambda request: forwarded.append(request) or defer.Deferred()
     delivered = Deliveries()
     follower._answer_confirmed((1, VectorClock({3: 1})),
                                [(Request("GET", "k"), delivered, 3, 0.0)])
@@ -398,3 +398,21 @@ def test_a_read_waiting_for_a_lost_push_is_answered_when_a_pull_brings_the_write
     importer.finish(VectorClock({3: 2}))
     follower.sync.after_import()
     assert delivered == [Reply("VALUE", "pulled")]
+
+
+def test_a_confirmed_read_forwarded_after_all_is_timed_from_its_arrival(follower):
+    """It waited ping_timeout for a push that did not come, then was forwarded: the
+    request's latency in the metrics includes the wait, and it is counted once."""
+    from tests.test_metrics import value
+
+    link = follower.links[3]
+    link.answers = iter([defer.succeed(PeerResponse("REPLY", "VALUE new"))])
+    read_index_answers(follower, ok("3:2"))
+    take(follower, "GET k")
+    follower.reactor.advance(0)
+    follower.reactor.advance(follower.timers.ping_timeout)     # given up: forwarded
+    follower.reactor.advance(0)
+    metrics = follower.metrics
+    assert value(metrics, "replicad_requests_total", command="GET", outcome="ok") == 1
+    waited = value(metrics, "replicad_request_duration_seconds_sum", command="GET")
+    assert waited >= follower.timers.ping_timeout
