@@ -3,16 +3,18 @@ after the read arrived, which writes it had made durable.
 
 This is Raft's ReadIndex with a vector clock for the index.  Forwarding a read costs
 the follower a peer frame out and one back per request and the coordinator the whole
-request; here the reads a follower takes in one reactor turn share one ``READINDEX``
-call, and each is answered from the follower's own store once that store holds every
-write of the clock the coordinator answered.  The answer is then what the coordinator
+request; here the reads that arrive while no call is in flight share one ``READINDEX``
+call (``ReadConfirmations``), and each is answered from the follower's own store once
+that store holds every write of the clock the coordinator answered, at once or when
+the push of what it lacks arrives (``AwaitingWrites``).  The answer is then what the coordinator
 itself would have answered at some moment after the read arrived (it reflects every
 write acknowledged before that moment, in either quorum mode), so a read is exactly as
 fresh as a forwarded one; the coordinator still decides, it only no longer serves.
 
-This module is the batching alone, with no I/O: ``ask`` sends the call, and
-``answer(clock, batch)`` decides what the clock lets the reads of the batch do
-(replica.py, ``answer_confirmed``): once per batch, not per read.
+This module is the batching and the waiting alone, with no I/O and the clock injected:
+``ask`` sends the call, and ``answer(confirmation, batch)`` decides what it lets the
+reads of the batch do (replica.py, ``_answer_confirmed``): once per batch, not per
+read.
 """
 
 from __future__ import annotations
@@ -130,16 +132,19 @@ class AwaitingWrites:
             self._timer = self._clock.callLater(self._wait_s, self._expire)
 
     def recheck(self) -> None:
-        """Answer the reads whose needs are covered now (the others keep waiting)."""
+        """Answer the reads whose needs are covered now (the others keep waiting).  A
+        read added while they are answered (a reply lets its connection's next line in)
+        is kept, after them: the list stays in deadline order."""
         if not self._reads:
             return
+        reads, self._reads = self._reads, []
         waiting = []
-        for entry in self._reads:
+        for entry in reads:
             if self._covered(entry[1]):
                 self._run(self._answer, entry[2])
             else:
                 waiting.append(entry)
-        self._reads = waiting
+        self._reads = waiting + self._reads
 
     def _expire(self) -> None:
         self._timer = None
@@ -148,8 +153,12 @@ class AwaitingWrites:
         self._reads = [entry for entry in self._reads if entry[0] > now]
         for entry in late:
             self._run(self._give_up, entry[2])
+        if self._timer is not None and self._timer.active():
+            self._timer.cancel()     # add() armed one meanwhile: the earliest comes first
+        self._timer = None
         if self._reads:
-            self._timer = self._clock.callLater(self._reads[0][0] - now, self._expire)
+            self._timer = self._clock.callLater(max(0.0, self._reads[0][0] - now),
+                                                self._expire)
 
     def cancel(self) -> None:
         """Stop (the replica stops, or no longer follows): give every read up now."""

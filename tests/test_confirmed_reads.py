@@ -155,6 +155,39 @@ def test_each_waiting_read_is_given_up_at_its_own_deadline():
     assert w.clock.getDelayedCalls() == []
 
 
+def test_a_read_added_while_others_are_answered_keeps_waiting():
+    """Answering a read lets its connection's next line in, which may wait too: it is
+    kept, not lost with the list being rewritten."""
+    w = Waits()
+    w.awaiting.add("x", "a")
+    w.awaiting._answer = lambda read: (w.answered.append(read),
+                                       w.awaiting.add("y", "next"))
+    w.held.add("x")
+    w.awaiting.recheck()
+    assert w.answered == ["a"] and len(w.awaiting) == 1
+    w.clock.advance(0.2)
+    assert w.given_up == ["next"]
+
+
+def test_a_read_added_while_others_are_given_up_is_given_up_at_its_own_deadline():
+    """One timer at a time, at the earliest deadline (add() during a give-up must not
+    leave a second one behind, nor push b's deadline back to c's)."""
+    w = Waits()
+    w.awaiting.add("x", "a")
+    w.clock.advance(0.1)
+    w.awaiting.add("x", "b")                        # deadline 0.3
+    w.awaiting._give_up = lambda read: (w.given_up.append(read),
+                                        read == "a" and w.awaiting.add("x", "c"))
+    w.clock.advance(0.1)                            # a given up; c added (deadline 0.4)
+    assert w.given_up == ["a"]
+    assert len(w.clock.getDelayedCalls()) == 1      # one timer, at b's deadline
+    w.clock.advance(0.1)
+    assert w.given_up == ["a", "b"]                 # b on time, not with c
+    w.clock.advance(0.1)
+    assert w.given_up == ["a", "b", "c"]
+    assert len(w.clock.getDelayedCalls()) == 0
+
+
 def test_stopping_gives_every_waiting_read_up():
     w = Waits()
     w.awaiting.add("x", "a")
