@@ -29,6 +29,7 @@ from twisted.internet.protocol import Factory
 from twisted.logger import Logger
 from twisted.protocols.basic import LineReceiver
 from twisted.protocols.policies import TimeoutMixin
+from twisted.python.failure import Failure
 from zope.interface import implementer
 
 from replicad import wire
@@ -53,9 +54,11 @@ class RequestHandler(Protocol):
     def client_connected(self) -> None: ...
     def status(self, request: Request) -> Reply: ...
     def answer_now(self, request: Request) -> Reply | None: ...
-    def answer_confirmed(self, request: Request, deliver: Callable[[Reply], None]) -> bool:
-        """Take a read to answer later by ``deliver(reply)``, called exactly once and
-        never before this returns (a follower's confirmed read); False: not taken."""
+    def answer_confirmed(self, request: Request,
+                         deliver: Callable[[Reply | Failure], None]) -> bool:
+        """Take a read to answer later by ``deliver(reply)`` (or a Failure, answered ERR
+        INTERNAL), called exactly once and never before this returns (a follower's
+        confirmed read); False: not taken."""
     def handle(self, request: Request,
                placed: Callable[[], None] | None = None) -> defer.Deferred[Reply]:
         """Serve a request.  ``placed()``, called before ``handle`` returns, says the
@@ -255,8 +258,14 @@ class ClientProtocol(LineReceiver, TimeoutMixin):
         its reply by callback, with no Deferred.  Nothing after it is read until it is
         answered (a write pipelined after it must not be applied before it is read)."""
         slot: list = [None]
-        if not self.factory.handler.answer_confirmed(
-                request, lambda reply: self._served(reply, slot)):
+
+        def deliver(result: Reply | Failure) -> None:
+            if isinstance(result, Failure):
+                self._failed(result, request, slot)
+            else:
+                self._served(result, slot)
+
+        if not self.factory.handler.answer_confirmed(request, deliver):
             return False
         self._queue.append(slot)       # in time: deliver is never called before this
         self.pauseProducing()

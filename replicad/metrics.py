@@ -123,10 +123,12 @@ class ReplicaMetrics:
 
     # Hooks (called by replicad.replica) ------------------------------------------------
 
-    def request(self, command: str, reply: Any) -> Any:
-        """A client data request began; ``reply`` is the Deferred of its Reply.  Counts
-        the outcome and the latency when it fires; passes the result on unchanged."""
-        started = self.clock.seconds()
+    def request(self, command: str, reply: Any, started: float | None = None) -> Any:
+        """A client data request began (at ``started``, default now); ``reply`` is the
+        Deferred of its Reply.  Counts the outcome and the latency when it fires; passes
+        the result on unchanged."""
+        if started is None:
+            started = self.clock.seconds()
 
         def done(result: Any) -> Any:
             self.answered(command, result, started)

@@ -575,15 +575,18 @@ class Replica(service.MultiService):
     def _error(self, request: Request, code: str, message: str) -> Reply:
         return wire.error_reply(code, message).with_meta(self._meta(request, self.store.clock))
 
-    def handle(self, request: Request, placed=None) -> defer.Deferred[Reply]:
+    def handle(self, request: Request, placed=None,
+               started: float | None = None) -> defer.Deferred[Reply]:
         """Serve a data request; ``placed()`` is called once its place in the order is
-        fixed (client_protocol: a pipelining client's next request may start then)."""
+        fixed (client_protocol: a pipelining client's next request may start then).
+        ``started``: when it arrived, if earlier than now (a confirmed read forwarded
+        after all), for its latency in the metrics."""
         reply = self._forward_now(request)
         if reply is None:
             reply = self._write_now(request, placed)
         if reply is None:
             reply = defer.ensureDeferred(self._handle(request, placed))
-        return self.metrics.request(request.command, reply)   # metrics hook
+        return self.metrics.request(request.command, reply, started)   # metrics hook
 
     def answer_now(self, request: Request) -> Reply | None:
         """The read fast path: the answer, if this replica can give it at once (it
@@ -682,26 +685,15 @@ class Replica(service.MultiService):
 
     def _forward_read(self, read) -> None:
         """The read takes the path it would have taken unconfirmed (handle's, timed in
-        the metrics from its arrival, not from now)."""
+        the metrics from its arrival, not from now); a failure is delivered as such
+        (the client protocol answers it ERR INTERNAL, as for any request)."""
         self.confirmations.outcomes["forwarded"] += 1   # metrics hook
         request, deliver, _, started = read
         try:
-            forwarded = self._forward_now(request)
-            if forwarded is None:
-                forwarded = defer.ensureDeferred(self._handle(request))
+            forwarded = self.handle(request, started=started)
         except Exception:
             forwarded = defer.fail()
-
-        def answered(result):   # metrics hook
-            self.metrics.answered(request.command, result, started)
-            return result
-
-        forwarded.addBoth(answered)
-        forwarded.addCallbacks(deliver, self._failed_read, errbackArgs=(request, deliver))
-
-    def _failed_read(self, failure, request: Request, deliver) -> None:
-        self.log.failure("serving {command} failed", failure, command=request.command)
-        deliver(wire.error_reply(Code.INTERNAL, "internal error; nothing was done"))
+        forwarded.addBoth(deliver)
 
     def _ask_read_index(self) -> defer.Deferred[tuple[int, VectorClock] | None]:
         """READINDEX to the coordinator this follower follows: (it, its durable clock),

@@ -280,6 +280,18 @@ def test_a_read_not_taken_for_confirmation_takes_the_full_path():
     assert replies(transport) == [Reply("NOTFOUND")]
 
 
+def test_a_confirmed_read_delivered_as_a_failure_is_err_internal_in_its_place():
+    proto, transport, _clock, handler, _factory = setup()
+    proto.dataReceived(b"GET confirmed\r\nPING\r\n")
+    handler.confirming[0](Failure(RuntimeError("database is locked")))
+    (internal, pong) = replies(transport)
+    assert internal.error_code == "INTERNAL"
+    assert "nothing was half-applied" in internal.error_message
+    assert "database" not in internal.text
+    assert pong == Reply("PONG")
+    assert not transport.disconnecting
+
+
 def test_a_confirmed_read_answered_after_the_client_left_writes_nothing():
     proto, transport, _clock, handler, _factory = setup()
     proto.dataReceived(b"GET confirmed\r\n")
