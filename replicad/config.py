@@ -235,8 +235,9 @@ class ClusterConfig:
     # of the last heartbeat interval.  Off: confirmed_reads decides (below).
     follower_reads: bool = False
     # A follower answers a read itself once its coordinator confirms, after the read
-    # arrived, the writes it has made durable (one READINDEX call shared by a turn's
-    # reads; confirmedreads.py): as fresh as a forwarded read.  Off: it forwards them.
+    # arrived, the writes it has made durable (one READINDEX call in flight, shared by
+    # the reads that came before it; confirmedreads.py): as fresh as a forwarded read.
+    # Off: it forwards them.
     confirmed_reads: bool = True
     timers: Timers = field(default_factory=Timers)
     limits: Limits = field(default_factory=Limits)

@@ -6,10 +6,11 @@ the follower a peer frame out and one back per request and the coordinator the w
 request; here the reads that arrive while no call is in flight share one ``READINDEX``
 call (``ReadConfirmations``), and each is answered from the follower's own store once
 that store holds every write of the clock the coordinator answered, at once or when
-the push of what it lacks arrives (``AwaitingWrites``).  The answer is then what the coordinator
-itself would have answered at some moment after the read arrived (it reflects every
-write acknowledged before that moment, in either quorum mode), so a read is exactly as
-fresh as a forwarded one; the coordinator still decides, it only no longer serves.
+the push of what it lacks arrives (``AwaitingWrites``).  The answer is then what the
+coordinator itself would have answered at some moment after the read arrived (it
+reflects every write acknowledged before that moment, in either quorum mode), so a read
+is exactly as fresh as a forwarded one; the coordinator still decides, it only no
+longer serves.
 
 This module is the batching and the waiting alone, with no I/O and the clock injected:
 ``ask`` sends the call, and ``answer(confirmation, batch)`` decides what it lets the
@@ -111,6 +112,8 @@ class AwaitingWrites:
     the first commit that brings what it needs (``recheck``, after each of this
     follower's commits), and is given up (forwarded) if none does within ``wait_s``."""
 
+    log = Logger()
+
     def __init__(self, clock: IReactorTime, wait_s: float,
                  covered: Callable[[Any], bool], answer: Callable[[Any], None],
                  give_up: Callable[[Any], None]):
@@ -153,24 +156,25 @@ class AwaitingWrites:
         self._reads = [entry for entry in self._reads if entry[0] > now]
         for entry in late:
             self._run(self._give_up, entry[2])
-        if self._timer is not None and self._timer.active():
-            self._timer.cancel()     # add() armed one meanwhile: the earliest comes first
-        self._timer = None
+        self._stop_timer()           # add() armed one meanwhile: the earliest comes first
         if self._reads:
             self._timer = self._clock.callLater(max(0.0, self._reads[0][0] - now),
                                                 self._expire)
 
     def cancel(self) -> None:
         """Stop (the replica stops, or no longer follows): give every read up now."""
-        if self._timer is not None and self._timer.active():
-            self._timer.cancel()
-        self._timer = None
+        self._stop_timer()
         reads, self._reads = self._reads, []
         for entry in reads:
             self._run(self._give_up, entry[2])
+
+    def _stop_timer(self) -> None:
+        if self._timer is not None and self._timer.active():
+            self._timer.cancel()
+        self._timer = None
 
     def _run(self, what: Callable[[Any], None], read: Any) -> None:
         try:
             what(read)
         except Exception:
-            ReadConfirmations.log.failure("answering a confirmed read")
+            self.log.failure("answering a confirmed read")
