@@ -11,15 +11,18 @@ from replicad.client import BlockingClient
 
 from .lines import ask
 from .test_clients import HUNG_BOUND_S
-from .test_follower_reads import executed_by
+from .test_follower_reads import (
+    executed_by,
+    k_old_read_by_replica_1,
+    wait_until_it_reads_itself,
+)
 
 
 def test_a_follower_answers_a_confirmed_read_itself(start_cluster):
     cluster = start_cluster(3)
     assert cluster.coordinator() == 3
     assert ask(cluster.address(3), "@r=;w= PUT k v1").endswith(" OK")
-    cluster.wait_until(lambda: executed_by(ask(cluster.address(1), "@r=;w= GET k")) == 1,
-                       timeout_s=10, what="replica 1 answering a confirmed read itself")
+    wait_until_it_reads_itself(cluster, 1)
     assert ask(cluster.address(1), "GET k") == "VALUE v1"
     assert cluster.status(1)["confirmed_reads"] == "yes"
 
@@ -31,11 +34,7 @@ def test_a_write_confirmed_before_its_push_arrived_is_not_read_stale(proxied):
     answer new (forwarded: 1 lacks it), not old from 1's own store.  Heartbeats every 5
     s and no anti-entropy keep 1 from pulling the write meanwhile (two looks of a
     heartbeat would).  With the coverage check off, 1 answers old."""
-    cluster = proxied(3, anti_entropy_interval=60, ping_interval=5)
-    assert cluster.coordinator() == 3
-    BlockingClient(cluster.addresses(), timeout_s=20).put("k", "old")
-    cluster.wait_until(lambda: executed_by(ask(cluster.address(1), "@r=;w= GET k")) == 1,
-                       timeout_s=10, what="replica 1 answering reads itself")
+    cluster = k_old_read_by_replica_1(proxied, anti_entropy_interval=60, ping_interval=5)
     cluster.no_dial(3, 1)
     try:
         assert BlockingClient([cluster.address(3)], timeout_s=20).put("k", "new") is None
@@ -55,8 +54,7 @@ def test_a_read_sent_to_a_follower_of_a_hung_coordinator_is_answered_after_failo
     cluster = start_cluster(3)
     assert cluster.coordinator() == 3
     assert ask(cluster.address(3), "@r=;w= PUT k last").endswith(" OK")
-    cluster.wait_until(lambda: executed_by(ask(cluster.address(1), "@r=;w= GET k")) == 1,
-                       timeout_s=10, what="replica 1 answering a confirmed read itself")
+    wait_until_it_reads_itself(cluster, 1)
     cluster.kill(3, signal.SIGSTOP)
     try:
         started = time.monotonic()

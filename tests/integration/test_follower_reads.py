@@ -25,6 +25,22 @@ def clock_of(reply: str) -> str:
     return meta_of(reply).vc.encode()
 
 
+def wait_until_it_reads_itself(cluster, i: int, line: str = "@r=;w= GET k") -> None:
+    """Until ``line`` sent to replica i is executed by i itself (``by=``), not forwarded."""
+    cluster.wait_until(lambda: executed_by(ask(cluster.address(i), line)) == i,
+                       timeout_s=10, what=f"replica {i} answering reads itself")
+
+
+def k_old_read_by_replica_1(proxied, **overrides):
+    """A proxied 3-replica cluster (``overrides``), coordinator 3, k = old written, and
+    replica 1 answering reads of it itself: where a cut then tests its reads."""
+    cluster = proxied(3, **overrides)
+    assert cluster.coordinator() == 3
+    BlockingClient(cluster.addresses(), timeout_s=20).put("k", "old")
+    wait_until_it_reads_itself(cluster, 1)
+    return cluster
+
+
 def test_a_follower_answers_reads_itself_and_keeps_the_session(start_cluster):
     cluster = start_cluster(3, follower_reads="yes")
     assert cluster.coordinator() == 3
@@ -35,8 +51,7 @@ def test_a_follower_answers_reads_itself_and_keeps_the_session(start_cluster):
     # once it holds the write (else forwarded); either way v1, never nothing.
     reply = ask(cluster.address(1), f"{session} GET k")
     assert reply.endswith(" VALUE v1"), reply
-    cluster.wait_until(lambda: executed_by(ask(cluster.address(1), f"{session} GET k")) == 1,
-                       timeout_s=10, what="replica 1 answering the read itself")
+    wait_until_it_reads_itself(cluster, 1, f"{session} GET k")
     # The default: every request forwarded.
     assert executed_by(ask(cluster.address(2), "@r=;w= PUT j w")) == 3
 
@@ -54,11 +69,8 @@ def test_a_follower_cut_off_from_its_coordinator_stops_answering_from_its_data(p
     interval old), a read without a session sent to 1 must not be answered from its
     own, older data: it waits for the heal and answers new.  (With the follower
     answering whatever it holds, it answers old at once.)"""
-    cluster = proxied(3, follower_reads="yes", anti_entropy_interval=60)
-    assert cluster.coordinator() == 3
-    BlockingClient(cluster.addresses(), timeout_s=20).put("k", "old")
-    cluster.wait_until(lambda: executed_by(ask(cluster.address(1), "@r=;w= GET k")) == 1,
-                       timeout_s=10, what="replica 1 answering reads itself")
+    cluster = k_old_read_by_replica_1(proxied, follower_reads="yes",
+                                      anti_entropy_interval=60)
     cluster.cut_one_way(3, 1)
     try:
         assert BlockingClient([cluster.address(3)], timeout_s=20).put("k", "new") is None
