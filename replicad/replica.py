@@ -75,7 +75,7 @@ class Replica(service.MultiService):
         self.links: dict[int, PeerLink] = {}
         # Shared by this replica's links and (tap.py) its client and peer ports.
         self.turn_sender = TurnSender(reactor)
-        # A follower's reads of one turn share one READINDEX call (confirmedreads.py).
+        # A follower's reads share one READINDEX call in flight (confirmedreads.py).
         self.confirmations = ReadConfirmations(reactor, self._ask_read_index,
                                                self._answer_confirmed)
         # Confirmed reads waiting for the push of a write their confirmation named.
@@ -618,12 +618,17 @@ class Replica(service.MultiService):
         by the caller, as on the coordinator).  Else the read is forwarded."""
         if not self.config.follower_reads:
             return False
-        node = self.node
         seen = self._coordinator_seen
-        return (node.role is Role.FOLLOWER and seen is not None
-                and seen[0] == node.coordinator and not node.cannot_serve
-                and self._bound and self.detector.recently_ok()
-                and seen[1] <= self.store.clock)
+        return (seen is not None and seen[0] == self.node.coordinator
+                and self._follows_a_live_coordinator() and seen[1] <= self.store.clock)
+
+    def _follows_a_live_coordinator(self) -> bool:
+        """A follower of a coordinator that answered a ping within the heartbeat
+        interval, joined and not refusing: it may answer reads in that coordinator's
+        name (follower reads, confirmed reads)."""
+        node = self.node
+        return (node.role is Role.FOLLOWER and node.coordinator is not None
+                and not node.cannot_serve and self._bound and self.detector.recently_ok())
 
     def answer_confirmed(self, request: Request, deliver) -> bool:
         """A follower's read, answered from its own store once its coordinator has
@@ -631,15 +636,11 @@ class Replica(service.MultiService):
         ReadIndex with a vector clock: confirmedreads.py), by ``deliver(reply)``; False
         where the read takes the forwarding path instead.  No Deferred on the way: a
         follower's hot path."""
-        if not (request.is_read and self.config.confirmed_reads):
-            return False
-        node = self.node
-        coordinator = node.coordinator
-        if (node.role is not Role.FOLLOWER or coordinator is None or node.cannot_serve
-                or not self._bound or not self.detector.recently_ok()):
+        if not (request.is_read and self.config.confirmed_reads
+                and self._follows_a_live_coordinator()):
             return False
         self.confirmations.confirm(
-            (request, deliver, coordinator, self.reactor.seconds()))   # metrics hook
+            (request, deliver, self.node.coordinator, self.reactor.seconds()))   # metrics hook
         return True
 
     def _answer_confirmed(self, confirmation: tuple[int, VectorClock] | None,
