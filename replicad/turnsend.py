@@ -17,6 +17,10 @@ an error it meets, is handed to Twisted's own path (``startWriting``), which fin
 or closes the connection exactly as it would have.  A connection that is closing
 (``loseConnection``, ``loseWriteConnection``, ``abortConnection``) and one that started
 TLS on itself (``startTLS``) are Twisted's alone: their close or TLS layer registered them.
+One exception: ``loseConnection`` with nothing left over and no producer closes at the
+end of the turn (after a send of that turn's bytes) without registering: Twisted registers even
+then, to make an empty ``send`` (a one-shot client's request paid an ``epoll_ctl`` in,
+a poll, that ``send`` and an ``epoll_ctl`` out after its end of stream).
 
 One turn can hold a great many writes to one connection: a forwarding follower reads
 fifty clients' requests in a turn and forwards them all to its coordinator, and the
@@ -37,10 +41,11 @@ encrypted bytes take this path too.
 
 from __future__ import annotations
 
-from twisted.internet import tcp
+from twisted.internet import main, tcp
 from twisted.internet.defer import Deferred
 from twisted.internet.interfaces import IReactorTime, IStreamServerEndpoint
 from twisted.internet.posixbase import PosixReactorBase
+from twisted.python.failure import Failure
 from zope.interface import implementer
 
 
@@ -51,13 +56,27 @@ class TurnSender:
     def __init__(self, clock: IReactorTime):
         self._clock = clock
         self._pending: list[_SendsAtTurnEnd] = []
+        self._closing: list[_SendsAtTurnEnd] = []
         self._call = None
+        self._close_call = None
         self.turns = 0    # turns that sent something (the tests read it)
 
     def add(self, connection: _SendsAtTurnEnd) -> None:
         self._pending.append(connection)
         if self._call is None:
             self._call = self._clock.callLater(0, self.send)
+
+    def close(self, connection: _SendsAtTurnEnd) -> None:
+        """Close ``connection`` at the end of this turn (its own bytes sent first)."""
+        self._closing.append(connection)
+        if self._close_call is None:
+            self._close_call = self._clock.callLater(0, self._close)
+
+    def _close(self) -> None:
+        self._close_call = None
+        closing, self._closing = self._closing, []
+        for connection in closing:
+            connection.close_now()
 
     def send_now(self) -> None:
         """Send what is buffered now rather than at the end of the turn: for bytes on
@@ -123,6 +142,56 @@ class _SendsAtTurnEnd:
             self.producerPaused = True
             self.producer.pauseProducing()
 
+    def loseConnection(self) -> None:
+        """Close once what was written is sent.  Twisted registers the connection for
+        writability to send what is left, even when nothing is (an ``epoll_ctl`` in, a
+        poll, an empty ``send`` and an ``epoll_ctl`` out: per one-shot request, after
+        the client's end of stream); here, with nothing left over from an earlier send
+        and no producer, it stops reading and closes at the end of the turn, after
+        sending what this turn wrote, as Twisted would have (an orderly shutdown and
+        close, ``connectionLost`` with the same reason).  Anything else is Twisted's
+        path."""
+        if (not self.connected or self.disconnecting or self.TLS or self.producer is not None
+                or self._writeDisconnecting or self._writeDisconnected
+                or self.offset != len(self.dataBuffer)):
+            super().loseConnection()
+            return
+        self.disconnecting = True
+        self.stopReading()
+        self._turn_sender().close(self)
+
+    def close_now(self) -> None:
+        """The end of the turn of a loseConnection: the bytes written in that turn are
+        sent (one ``send``), and the connection closes; what the kernel does not take
+        is Twisted's to send, and it closes once it has."""
+        if not self.connected:
+            return      # gone meanwhile
+        if self._tempDataLen and self.offset == len(self.dataBuffer):
+            self._send_turn_bytes()
+        if self._tempDataLen or self.offset != len(self.dataBuffer):
+            self.startWriting()     # doWrite sends them, then closes (disconnecting)
+            return
+        self.stopWriting()
+        self.connectionLost(Failure(main.CONNECTION_DONE))
+
+    def _send_turn_bytes(self) -> bool:
+        """One ``send`` of the bytes written this turn (nothing is left over from an
+        earlier one); True if the kernel took them all, else what it did not take is
+        left in Twisted's buffer (an error: all of it, for doWrite to meet again)."""
+        pending = self._tempDataBuffer
+        data = pending[0] if len(pending) == 1 else b"".join(pending)
+        try:
+            sent = self.socket.send(data)
+        except OSError:
+            sent = 0      # Twisted's path meets the error again and handles it
+        if sent == len(data):
+            pending.clear()
+            self._tempDataLen = 0
+            return True
+        self.dataBuffer, self.offset = data, sent
+        self._tempDataBuffer, self._tempDataLen = [], 0
+        return False
+
     def _closing(self) -> bool:
         """loseConnection, loseWriteConnection or abortConnection was called: its
         close registered the connection, Twisted's own path sends what is left."""
@@ -142,18 +211,8 @@ class _SendsAtTurnEnd:
             # resume): one send of this turn's bytes, here.  doWrite would do the same
             # through writeSomeData, untilConcludes, stopWriting and removeWriter, about
             # a microsecond of Python per reply (GETs/s 1.08x, docs/benchmarks.md).
-            pending = self._tempDataBuffer
-            data = pending[0] if len(pending) == 1 else b"".join(pending)
-            try:
-                sent = self.socket.send(data)
-            except OSError:
-                sent = 0      # Twisted's path below meets the error again and handles it
-            if sent == len(data):
-                pending.clear()
-                self._tempDataLen = 0
+            if self._send_turn_bytes():
                 return
-            self.dataBuffer, self.offset = data, sent
-            self._tempDataBuffer, self._tempDataLen = [], 0
         failed = self.doWrite() is not None
         if failed or self._tempDataLen or self.offset < len(self.dataBuffer):
             self._pause_if_backed_up()

@@ -22,7 +22,7 @@ from twisted.internet.endpoints import (
     serverFromString,
     wrapClientTLS,
 )
-from twisted.internet.error import ConnectionAborted, ConnectionLost
+from twisted.internet.error import ConnectionAborted, ConnectionDone, ConnectionLost
 from twisted.internet.protocol import Factory, Protocol
 from twisted.internet.testing import MemoryReactorClock
 
@@ -276,6 +276,52 @@ async def test_a_reply_then_a_close_in_the_same_turn(close, arrives):
         lost = await within(factory.connections[0].lost)
         if close == "abortConnection":
             assert isinstance(lost, ConnectionAborted)
+    finally:
+        await port.stopListening()
+
+
+@pytest_twisted.ensureDeferred
+async def test_a_close_with_nothing_left_to_send_is_not_registered_for_writability():
+    """The reply left in an earlier turn; the close needs no poll for writability and no
+    empty send (Twisted's path makes both: one-shot clients pay them per request)."""
+    seen = []
+
+    def reply_then_close_on_the_next_chunk(server: Server, data: bytes) -> None:
+        if data == b"bye":
+            sends = record_sends(server.transport)
+            server.transport.loseConnection()
+            seen.append((server.transport in reactor.getWriters(), sends))
+        else:
+            reply(server, data)
+
+    port, factory, sender = await listen(reply_then_close_on_the_next_chunk)
+    try:
+        client = await connect(port, Client(want=len(b"re:ping")))
+        client.transport.write(b"ping")
+        assert await within(client.got_all) == b"re:ping"
+        client.transport.write(b"bye")
+        assert await within(client.closed) == b"re:ping"    # an orderly close: no reset
+        lost = await within(factory.connections[0].lost)
+        assert isinstance(lost, ConnectionDone)
+        [(registered, sends)] = seen
+        assert not registered and sends == []
+        assert not factory.connections[0].transport.connected
+    finally:
+        await port.stopListening()
+
+
+@pytest_twisted.ensureDeferred
+async def test_a_close_then_a_write_in_the_same_turn_sends_it_before_closing():
+    def close_then_write(server: Server, data: bytes) -> None:
+        server.transport.loseConnection()
+        server.transport.write(b"last words")
+
+    port, factory, _ = await listen(close_then_write)
+    try:
+        client = await connect(port, Client())
+        client.transport.write(b"x")
+        assert await within(client.closed) == b"last words"
+        assert isinstance(await within(factory.connections[0].lost), ConnectionDone)
     finally:
         await port.stopListening()
 
