@@ -48,6 +48,10 @@ from twisted.internet.posixbase import PosixReactorBase
 from twisted.python.failure import Failure
 from zope.interface import implementer
 
+# The reason of every close here, made once (a Failure costs a walk of the exception's
+# classes; the reactor reuses one the same way: posixbase's faildict).
+_CLOSED = Failure(main.CONNECTION_DONE)
+
 
 class TurnSender:
     """The connections that have bytes to send at the end of this turn (one per
@@ -172,7 +176,7 @@ class _SendsAtTurnEnd:
             self.startWriting()     # doWrite sends them, then closes (disconnecting)
             return
         self.stopWriting()
-        self.connectionLost(Failure(main.CONNECTION_DONE))
+        self.connectionLost(_CLOSED)
 
     def _send_turn_bytes(self) -> bool:
         """One ``send`` of the bytes written this turn (nothing is left over from an
