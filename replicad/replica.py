@@ -41,6 +41,7 @@ from replicad.metrics import ReplicaMetrics
 from replicad.node import Candidacy, Node, Role, veto_reason
 from replicad.peer import PeerAnswer, PeerLink, PeerResponse, PeerUnavailable
 from replicad.peerwire import Message, PeerStatus, PeerWireError
+from replicad.quorumindex import QuorumIndex
 from replicad.store import NewerEpoch, Record, RequestRow, Store
 from replicad.sync import StaleEpoch, Synchroniser
 from replicad.turnsend import TurnSender
@@ -78,6 +79,9 @@ class Replica(service.MultiService):
         # A follower's reads share one READINDEX call in flight (confirmedreads.py).
         self.confirmations = ReadConfirmations(reactor, self._ask_read_index,
                                                self._answer_confirmed)
+        # Quorum mode: this coordinator's writes still waiting for their quorum, which
+        # no read may show yet (quorumindex.py).
+        self.quorum_index = QuorumIndex()
         # Confirmed reads waiting for the push of a write their confirmation named.
         self.awaiting = AwaitingWrites(reactor, self.timers.ping_timeout, self._covers,
                                        self._answer_waited, self._forward_read)
@@ -339,6 +343,7 @@ class Replica(service.MultiService):
             id=self.my_id, role=role.value, coordinator=coordinator, epoch=epoch,
         )
         self.metrics.role_changed(role.value, coordinator, epoch)   # metrics hook
+        self.quorum_index.release()     # reads held for a quorum decide again
         if role is Role.STOPPED:
             return
         self.detector.reset()
@@ -573,7 +578,7 @@ class Replica(service.MultiService):
         )
 
     def _error(self, request: Request, code: str, message: str) -> Reply:
-        return wire.error_reply(code, message).with_meta(self._meta(request, self.store.clock))
+        return wire.error_reply(code, message).with_meta(self._meta(request, self._shown_clock()))
 
     def handle(self, request: Request, placed=None,
                started: float | None = None) -> defer.Deferred[Reply]:
@@ -602,7 +607,26 @@ class Replica(service.MultiService):
     def _can_read_now(self, request: Request) -> bool:
         return (request.is_read and self._reads_here() and self.commits.settled
                 and (request.context is None    # a session's reads may need to wait
-                     or request.context.requirement() <= self.store.clock))
+                     or request.context.requirement() <= self.store.clock)
+                and (self.quorum_index.quiet or self._shows(request)))
+
+    def _shows(self, request: Request, upto: int | None = None) -> bool:
+        """A read (or a DEL's NOTFOUND) may show what this replica holds of its key: in
+        quorum mode, the key's write is not one of this coordinator's still waiting
+        for its quorum (quorumindex.py says why); a KEYS, once none of its writes up
+        to ``upto`` (default: all so far) waits."""
+        index = self.quorum_index
+        if index.quiet:
+            return True
+        if request.command == "KEYS":
+            return index.shows(self.store.clock.get(self.my_id, 0) if upto is None else upto)
+        record = self.store.get(request.key)
+        return record is None or record.origin != self.my_id or index.shows(record.seq)
+
+    def _shown_clock(self) -> VectorClock:
+        """The clock a reply carries: the store's, less this coordinator's writes from
+        the first still waiting for its quorum (quorum mode)."""
+        return self.quorum_index.cap(self.store.clock, self.my_id)
 
     def _reads_here(self) -> bool:
         """This replica answers a read itself right now (once its writes are durable
@@ -616,7 +640,10 @@ class Replica(service.MultiService):
         the coordinator had when it answered (a read without a session then misses at
         most the writes of one heartbeat interval; a session's own clocks are checked
         by the caller, as on the coordinator).  Else the read is forwarded."""
-        if not self.config.follower_reads:
+        if not self.config.follower_reads or self.config.quorum_mode:
+            # Quorum mode: this follower may hold writes its coordinator has not yet
+            # got a quorum for, which no read may show (quorumindex.py); confirmed
+            # reads answer there instead (they are checked against what it confirmed).
             return False
         seen = self._coordinator_seen
         return (seen is not None and seen[0] == self.node.coordinator
@@ -663,33 +690,53 @@ class Replica(service.MultiService):
             context = read[0].context
             need = (confirmation[1] if context is None
                     else confirmation[1].merge(context.requirement()))
-            if self._covers(need):
-                outcomes["answered"] += 1   # metrics hook
-                self._answer_read(read)
+            if not self._covers(need):
+                self.awaiting.add(need, (*read, need))
+            elif not self._within(read[0], need):
+                self._forward_read(read)
             else:
-                self.awaiting.add(need, read)
+                outcomes["answered"] += 1   # metrics hook
+                self._answer_read(read, need)
 
     def _covers(self, need: VectorClock) -> bool:
         """This replica holds every write of ``need``, and nothing uncommitted."""
         store = self.store
         return store is not None and need <= store.clock and self.commits.settled
 
-    def _answer_read(self, read) -> None:
-        request, deliver, _, started = read
-        reply = self._read(request)
+    def _within(self, request: Request, need: VectorClock) -> bool:
+        """Quorum mode: what this follower would show of the read's key is within the
+        confirmed clock ``need`` (it may hold a write its coordinator has no quorum for
+        yet, which no read may show: quorumindex.py); else the read is forwarded."""
+        if not self.config.quorum_mode:
+            return True
+        store = self.store
+        if request.command != "GET":
+            return store.clock <= need
+        record = store.get(request.key)
+        return record is None or record.seq <= need.get(record.origin, 0)
+
+    def _answer_read(self, read, need: VectorClock) -> None:
+        """Answer a confirmed read; in quorum mode its reply carries the confirmed clock
+        (what it showed is within it), not this follower's own."""
+        request, deliver, _, started = read[:4]
+        reply = self._read(request, need if self.config.quorum_mode else None)
         self.metrics.answered(request.command, reply, started)   # metrics hook
         deliver(reply)
 
     def _answer_waited(self, read) -> None:
+        need = read[4]
+        if not self._within(read[0], need):
+            self._forward_read(read)
+            return
         self.confirmations.outcomes["waited"] += 1   # metrics hook
-        self._answer_read(read)
+        self._answer_read(read, need)
 
     def _forward_read(self, read) -> None:
         """The read takes the path it would have taken unconfirmed (handle's, timed in
         the metrics from its arrival, not from now); a failure is delivered as such
         (the client protocol answers it ERR INTERNAL, as for any request)."""
         self.confirmations.outcomes["forwarded"] += 1   # metrics hook
-        request, deliver, _, started = read
+        request, deliver, _, started = read[:4]
         try:
             forwarded = self.handle(request, started=started)
         except Exception:
@@ -713,9 +760,11 @@ class Replica(service.MultiService):
 
         return d.addCallback(answered)
 
-    def _read(self, request: Request) -> Reply:
+    def _read(self, request: Request, vc: VectorClock | None = None) -> Reply:
+        """Answer a read from this replica's store, its reply carrying ``vc`` (default:
+        the clock it may show)."""
         store = self.store
-        meta = self._meta(request, store.clock, executed=True)
+        meta = self._meta(request, self._shown_clock() if vc is None else vc, executed=True)
         if request.command == "GET":
             record = store.get(request.key)
             if record is None or record.value is None:      # absent, or a tombstone
@@ -919,10 +968,16 @@ class Replica(service.MultiService):
             raise _NotCoordinator()
         epoch = node.coordinator_epoch
         store = self.store
-        while request.is_read and not self.commits.settled:
-            # Never answer with a write not yet on disk.  Checked again after the wait:
-            # a writer told before this read may have opened the next group already.
-            await self.commits.durable()
+        # A KEYS waits for the writes made before it, not for every later one too.
+        upto = store.clock.get(self.my_id, 0) if request.command == "KEYS" else None
+        while request.is_read and not (self.commits.settled and self._shows(request, upto)):
+            # Never answer with a write not yet on disk, nor (quorum mode) with one
+            # still waiting for its quorum.  Checked again after each wait: a writer
+            # told before this read may have opened the next group already.
+            if self.commits.settled:
+                await self.quorum_index.advanced()
+            else:
+                await self.commits.durable()
             if node.serving_as != self.my_id:
                 raise _NotCoordinator()
         if request.is_read:
@@ -943,6 +998,11 @@ class Replica(service.MultiService):
         if request.command == "DEL":
             current = store.get(request.key)
             if current is None or current.deleted:
+                if rid is None and not self._shows(request):
+                    # NOTFOUND because of a DEL still waiting for its quorum: decided
+                    # once that quorum is (quorumindex.py)
+                    await self.quorum_index.advanced()
+                    return await self._coordinate(request, placed)
                 if rid is None and not self.commits.settled:
                     # NOTFOUND reads the store: like a read, it is answered only from
                     # what is durable (the DEL before it may still fail), so decide again
@@ -955,7 +1015,7 @@ class Replica(service.MultiService):
                     return await self._apply_write(request, rid, epoch, placed, noop=True)
                 if placed is not None:
                     placed()
-                return Reply("NOTFOUND", meta=self._meta(request, store.clock))
+                return Reply("NOTFOUND", meta=self._meta(request, self._shown_clock()))
         return await self._apply_write(request, rid, epoch, placed)
 
     def _apply_write(self, request: Request, rid: str | None, epoch: int,
@@ -978,8 +1038,13 @@ class Replica(service.MultiService):
                 reply.callback(self._error(request, Code.INTERNAL, str(error)))
                 return
             started = self.reactor.seconds()   # metrics hook
+            quorum = self.config.quorum_mode
+            if quorum:
+                self.quorum_index.waiting(record.seq)
 
             def replicated(reached: bool) -> None:
+                if quorum:
+                    self.quorum_index.decided(record.seq)
                 try:
                     outcome = self._quorum_outcome(reached, record, request, started)
                 except Exception:       # not into the push loop that settled it
@@ -1121,7 +1186,10 @@ class Replica(service.MultiService):
         node = self.node
         if node.serving_as != self.my_id or node.cannot_serve:
             return PeerAnswer("NO", str(node.epoch))
-        return PeerAnswer("OK", self.store.durable_clock.encode())
+        # What a read here would show: committed, and (quorum mode) not from this
+        # coordinator's first write still waiting for its quorum on.
+        shown = self.quorum_index.cap(self.store.durable_clock, self.my_id)
+        return PeerAnswer("OK", shown.encode())
 
     def _on_election(self, peer_id: int, message: peerwire.Election) -> PeerAnswer:
         answer = self.node.election_received(peer_id, message.epoch)

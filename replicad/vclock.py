@@ -140,6 +140,18 @@ class VectorClock(Mapping[int, int]):
             new[replica] = raised
         return VectorClock._of(new, in_order=mine > 0)   # no new replica: still sorted
 
+    def capped(self, replica: int, count: int) -> VectorClock:
+        """Return a copy with replica's entry lowered to at most count (0: removed)."""
+        mine = self._entries.get(replica, 0)
+        if mine <= count:
+            return self
+        new = dict(self._entries)
+        if count > 0:
+            new[replica] = count
+        else:
+            del new[replica]
+        return VectorClock._of(new, in_order=True)
+
     def missing_from(self, have: Mapping[int, int]) -> VectorClock:
         """The entries where self is ahead of have: what a holder of have still needs."""
         return VectorClock._of({r: c for r, c in self._entries.items() if c > have.get(r, 0)})
