@@ -623,10 +623,19 @@ class Replica(service.MultiService):
         record = self.store.get(request.key)
         return record is None or record.origin != self.my_id or index.shows(record.seq)
 
-    def _shown_clock(self) -> VectorClock:
+    def _shown_clock(self, request: Request | None = None) -> VectorClock:
         """The clock a reply carries: the store's, less this coordinator's writes from
-        the first still waiting for its quorum (quorum mode)."""
-        return self.quorum_index.cap(self.store.clock, self.my_id)
+        the first still waiting for its quorum (quorum mode), but never less than what
+        ``request``'s session requires (a read answered here holds all that: its own
+        writes may have their quorum while an earlier write of another client still
+        waits, and a reply must not say it was served without them)."""
+        index = self.quorum_index
+        if index.quiet:
+            return self.store.clock
+        shown = index.cap(self.store.clock, self.my_id)
+        if request is not None and request.context is not None:
+            shown = shown.merge(request.context.requirement())
+        return shown
 
     def _reads_here(self) -> bool:
         """This replica answers a read itself right now (once its writes are durable
@@ -764,7 +773,8 @@ class Replica(service.MultiService):
         """Answer a read from this replica's store, its reply carrying ``vc`` (default:
         the clock it may show)."""
         store = self.store
-        meta = self._meta(request, self._shown_clock() if vc is None else vc, executed=True)
+        meta = self._meta(request, self._shown_clock(request) if vc is None else vc,
+                          executed=True)
         if request.command == "GET":
             record = store.get(request.key)
             if record is None or record.value is None:      # absent, or a tombstone
@@ -1015,7 +1025,7 @@ class Replica(service.MultiService):
                     return await self._apply_write(request, rid, epoch, placed, noop=True)
                 if placed is not None:
                     placed()
-                return Reply("NOTFOUND", meta=self._meta(request, self._shown_clock()))
+                return Reply("NOTFOUND", meta=self._meta(request, self._shown_clock(request)))
         return await self._apply_write(request, rid, epoch, placed)
 
     def _apply_write(self, request: Request, rid: str | None, epoch: int,

@@ -239,3 +239,20 @@ def serve_now(replica: Replica, line: str):
     replica.reactor.advance(0)
     assert d.called, "waited"
     return d.result
+
+
+def test_a_reply_never_says_less_than_the_session_it_answers_holds(coordinator):
+    """The session's own write has its quorum while an earlier write of another client
+    still waits (its pushes answered out of order): the read's reply clock stops before
+    the waiting write, but still covers the session's write (chaos seed 21, on the
+    first version: read-your-writes counted against replies that left it out)."""
+    write_waiting(coordinator, "a", "1")                 # 2:1 waits
+    mine = coordinator.handle(wire.parse_request("@r=;w= PUT b 2", coordinator.config.limits))
+    coordinator.reactor.advance(0)
+    coordinator.reactor.advance(0)
+    second = coordinator.acks[2][0]                      # 2:2's push to a peer
+    second.callback(PeerResponse("OK", "applied"))       # 2:2 has its quorum, 2:1 not
+    assert mine.result.status == "OK" and mine.result.meta.vc == VectorClock({2: 2})
+    reply = now(coordinator, "@r=;w=2:2 GET c")
+    assert reply.status == "NOTFOUND" and reply.meta.vc == VectorClock({2: 2})
+    assert now(coordinator, "@r=;w= GET c").meta.vc == VectorClock()   # no session: cut
