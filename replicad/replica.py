@@ -607,19 +607,15 @@ class Replica(service.MultiService):
     def _can_read_now(self, request: Request) -> bool:
         return (request.is_read and self._reads_here() and self.commits.settled
                 and (request.context is None    # a session's reads may need to wait
-                     or request.context.requirement() <= self.store.clock)
-                and (self.quorum_index.quiet or self._shows(request)))
+                     or request.context.requirement() <= self.store.clock))
 
-    def _shows(self, request: Request, upto: int | None = None) -> bool:
-        """A read (or a DEL's NOTFOUND) may show what this replica holds of its key: in
-        quorum mode, the key's write is not one of this coordinator's still waiting
-        for its quorum (quorumindex.py says why); a KEYS, once none of its writes up
-        to ``upto`` (default: all so far) waits."""
+    def _shows(self, request: Request) -> bool:
+        """A DEL may answer NOTFOUND from what this replica holds of its key: in quorum
+        mode, not from a DEL of this coordinator's still waiting for its quorum
+        (quorumindex.py says why)."""
         index = self.quorum_index
         if index.quiet:
             return True
-        if request.command == "KEYS":
-            return index.shows(self.store.clock.get(self.my_id, 0) if upto is None else upto)
         record = self.store.get(request.key)
         return record is None or record.origin != self.my_id or index.shows(record.seq)
 
@@ -775,13 +771,37 @@ class Replica(service.MultiService):
         store = self.store
         meta = self._meta(request, self._shown_clock(request) if vc is None else vc,
                           executed=True)
+        index = self.quorum_index
+        # Quorum mode, a read answered as the coordinator: as of its writes whose
+        # quorum is decided (a follower's confirmed read, with ``vc``, checked its own).
+        shown = vc is None and not index.quiet
+        holds = (request.context.requirement().get(self.my_id, 0)
+                 if shown and request.context is not None else 0)
         if request.command == "GET":
             record = store.get(request.key)
+            if shown:
+                record = index.shown(request.key, record, self.my_id, holds)
             if record is None or record.value is None:      # absent, or a tombstone
                 return Reply("NOTFOUND", meta=meta)
             return Reply("VALUE", record.value, meta=meta)
-        keys = tuple(store.keys(request.key or ""))
-        return Reply("KEYS", lines=keys, meta=meta)
+        prefix = request.key or ""
+        keys = store.keys(prefix)
+        if shown:
+            keys = self._shown_keys(prefix, keys, holds)
+        return Reply("KEYS", lines=tuple(keys), meta=meta)
+
+    def _shown_keys(self, prefix: str, keys: list[str], holds: int) -> list[str]:
+        """A KEYS listing as of the writes whose quorum is decided (quorumindex.py)."""
+        listed = set(keys)
+        index, store = self.quorum_index, self.store
+        for key in index.keys_written():
+            if key.startswith(prefix):
+                record = index.shown(key, store.get(key), self.my_id, holds)
+                if record is not None and record.value is not None:
+                    listed.add(key)
+                else:
+                    listed.discard(key)
+        return sorted(listed)
 
     def _unavailable(self, request: Request) -> Reply:
         vetoed = self.node.vetoed
@@ -978,16 +998,10 @@ class Replica(service.MultiService):
             raise _NotCoordinator()
         epoch = node.coordinator_epoch
         store = self.store
-        # A KEYS waits for the writes made before it, not for every later one too.
-        upto = store.clock.get(self.my_id, 0) if request.command == "KEYS" else None
-        while request.is_read and not (self.commits.settled and self._shows(request, upto)):
-            # Never answer with a write not yet on disk, nor (quorum mode) with one
-            # still waiting for its quorum.  Checked again after each wait: a writer
-            # told before this read may have opened the next group already.
-            if self.commits.settled:
-                await self.quorum_index.advanced()
-            else:
-                await self.commits.durable()
+        while request.is_read and not self.commits.settled:
+            # Never answer with a write not yet on disk.  Checked again after the wait:
+            # a writer told before this read may have opened the next group already.
+            await self.commits.durable()
             if node.serving_as != self.my_id:
                 raise _NotCoordinator()
         if request.is_read:
@@ -1036,11 +1050,15 @@ class Replica(service.MultiService):
         DEL that found nothing, written as a no-op marker and answered NOTFOUND."""
         store = self.store
         reply: defer.Deferred[Reply] = defer.Deferred()
+        quorum = self.config.quorum_mode
+        before = []     # quorum mode: the key's record before this write (quorumindex.py)
         if noop:
             def write():
                 return store.write_noop(self.my_id, request.key, epoch, rid)
         else:
             def write():
+                if quorum:
+                    before.append(store.get(request.key))
                 return store.write(self.my_id, request.key, request.value, epoch, rid)
 
         def durable(record, error) -> None:   # only then is it pushed
@@ -1048,9 +1066,11 @@ class Replica(service.MultiService):
                 reply.callback(self._error(request, Code.INTERNAL, str(error)))
                 return
             started = self.reactor.seconds()   # metrics hook
-            quorum = self.config.quorum_mode
             if quorum:
-                self.quorum_index.waiting(record.seq)
+                if noop:        # no change to the key: nothing for a read to hide
+                    self.quorum_index.waiting(record.seq)
+                else:
+                    self.quorum_index.waiting(record.seq, request.key, before[0], record)
 
             def replicated(reached: bool) -> None:
                 if quorum:

@@ -66,6 +66,25 @@ def test_a_watcher_wakes_when_the_first_waiting_write_is_decided_or_released():
     assert woken == [None, None]
 
 
+def test_a_key_shows_its_newest_version_before_the_first_waiting_write():
+    from replicad.store import Record
+
+    def rec(seq, value):
+        return Record("k", value, 2, seq, VectorClock({2: seq}))
+
+    index = QuorumIndex()
+    before, a, b = rec(1, "old"), rec(5, "a"), rec(7, "b")
+    index.waiting(5, "k", before, a)
+    index.waiting(7, "k", a, b)
+    assert index.shown("k", b, 2) is before
+    assert index.shown("k", b, 2, holds=5) is a          # the session holds 2:5 already
+    assert index.shown("other", before, 2) is before     # a key nothing of waits
+    index.decided(7)                                     # out of order: 2:5 still waits
+    assert index.shown("k", b, 2) is before
+    index.decided(5)
+    assert index.shown("k", b, 2) is b and index.keys_written() == []
+
+
 def test_capped_lowers_one_entry_and_nothing_else():
     clock = VectorClock({1: 4, 3: 2})
     assert clock.capped(1, 2) == VectorClock({1: 2, 3: 2})
@@ -120,17 +139,32 @@ def now(replica: Replica, line: str):
     return replica.answer_now(wire.parse_request(line, replica.config.limits))
 
 
-def test_a_read_of_a_key_whose_write_waits_is_answered_once_the_quorum_is_reached(
-        coordinator):
+def test_a_key_whose_write_waits_is_read_as_it_was_before_that_write(coordinator):
     serve_acked(coordinator, "k", "v")
     write_waiting(coordinator, "k", "new")
-    assert now(coordinator, "GET k") is None             # not now: the full path
+    assert now(coordinator, "GET k").text == "v"         # at once: no wait, not "new"
     read = coordinator.handle(wire.parse_request("GET k", coordinator.config.limits))
     coordinator.reactor.advance(0)
-    assert not read.called                               # held, not answered "new"
+    assert read.result.text == "v"
     ack_all(coordinator)
-    assert read.result.text == "new"
     assert now(coordinator, "GET k").text == "new"
+
+
+def test_a_key_written_without_pause_is_read_at_once_as_of_its_last_decided_write(
+        coordinator):
+    """A read never waits for a quorum: it could starve on a hot key."""
+    write_waiting(coordinator, "k", "1")                 # 2:1
+    write_waiting(coordinator, "k", "2")                 # 2:2
+    assert now(coordinator, "GET k").status == "NOTFOUND"    # neither decided
+    first = coordinator.acks[:2]
+    coordinator.acks = coordinator.acks[2:]
+    for d, _n in first:
+        d.callback(PeerResponse("OK", "applied"))        # 2:1 decided, 2:2 waits
+    write_waiting(coordinator, "k", "3")                 # 2:3
+    assert now(coordinator, "GET k").text == "1"
+    ack_all(coordinator)
+    assert now(coordinator, "GET k").text == "3"
+    assert coordinator.quorum_index.keys_written() == []     # nothing kept after
 
 
 def test_a_read_of_another_key_is_answered_at_once_without_the_waiting_write(
@@ -145,13 +179,16 @@ def test_a_read_of_another_key_is_answered_at_once_without_the_waiting_write(
     assert now(coordinator, "@r=;w= GET k").meta.vc == VectorClock({2: 2})
 
 
-def test_a_keys_waits_for_the_writes_before_it_not_for_later_ones(coordinator):
+def test_a_keys_lists_the_keys_as_of_the_decided_writes(coordinator):
+    serve_acked(coordinator, "gone", "x")
     write_waiting(coordinator, "a", "1")
-    keys = coordinator.handle(wire.parse_request("KEYS", coordinator.config.limits))
+    deleting = coordinator.handle(wire.parse_request("DEL gone", coordinator.config.limits))
     coordinator.reactor.advance(0)
-    assert not keys.called
+    coordinator.reactor.advance(0)                       # durable, waiting
+    assert now(coordinator, "KEYS").lines == ("gone",)
     ack_all(coordinator)
-    assert keys.result.lines == ("a",)
+    assert deleting.result.status == "OK"
+    assert now(coordinator, "KEYS").lines == ("a",)
 
 
 def test_a_del_that_finds_a_waiting_delete_is_answered_once_it_is_decided(coordinator):
