@@ -83,6 +83,22 @@ class QuorumIndex:
                 self._forget(key)
         self._wake()
 
+    def withdraw(self, seq: int) -> None:
+        """Write ``seq`` is not in the store after all (its group's COMMIT failed, and
+        the next write may take its number): forget it, as if never written."""
+        if seq not in self._waiting:
+            return
+        self._waiting.remove(seq)
+        heapq.heapify(self._waiting)
+        self._decided.discard(seq)
+        key = self._key_of.pop(seq, None)
+        if key is not None:
+            versions = self._versions[key]
+            versions[:] = [v for v in versions if v is None or v.seq != seq or v is versions[0]]
+            if len(versions) == 1:
+                del self._versions[key]
+        self._wake()
+
     def shows(self, seq: int) -> bool:
         """A read may show this replica's write ``seq``."""
         return not self._waiting or seq < self._waiting[0]

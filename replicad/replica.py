@@ -1050,31 +1050,39 @@ class Replica(service.MultiService):
         DEL that found nothing, written as a no-op marker and answered NOTFOUND."""
         store = self.store
         reply: defer.Deferred[Reply] = defer.Deferred()
-        quorum = self.config.quorum_mode
-        before = []     # quorum mode: the key's record before this write (quorumindex.py)
+        index = self.quorum_index if self.config.quorum_mode else None
         if noop:
-            def write():
+            def change():
                 return store.write_noop(self.my_id, request.key, epoch, rid)
         else:
-            def write():
-                if quorum:
-                    before.append(store.get(request.key))
+            def change():
                 return store.write(self.my_id, request.key, request.value, epoch, rid)
+
+        def write():
+            if index is None:
+                return change()
+            # Quorum mode: the write waits for its quorum from the moment it is in the
+            # store, where a read resumed by this group's COMMIT could see it before
+            # this write's own callback runs (quorumindex.py)
+            before = None if noop else store.get(request.key)
+            record = change()
+            index.waiting(record.seq, None if noop else request.key, before, record)
+            written.append(record.seq)
+            return record
+
+        written: list[int] = []
 
         def durable(record, error) -> None:   # only then is it pushed
             if error is not None:
+                if written:         # its COMMIT failed: it is not in the store any more
+                    index.withdraw(written[0])
                 reply.callback(self._error(request, Code.INTERNAL, str(error)))
                 return
             started = self.reactor.seconds()   # metrics hook
-            if quorum:
-                if noop:        # no change to the key: nothing for a read to hide
-                    self.quorum_index.waiting(record.seq)
-                else:
-                    self.quorum_index.waiting(record.seq, request.key, before[0], record)
 
             def replicated(reached: bool) -> None:
-                if quorum:
-                    self.quorum_index.decided(record.seq)
+                if index is not None:
+                    index.decided(record.seq)
                 try:
                     outcome = self._quorum_outcome(reached, record, request, started)
                 except Exception:       # not into the push loop that settled it

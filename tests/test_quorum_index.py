@@ -293,3 +293,32 @@ def test_a_reply_never_says_less_than_the_session_it_answers_holds(coordinator):
     reply = now(coordinator, "@r=;w=2:2 GET c")
     assert reply.status == "NOTFOUND" and reply.meta.vc == VectorClock({2: 2})
     assert now(coordinator, "@r=;w= GET c").meta.vc == VectorClock()   # no session: cut
+
+
+def test_a_read_resumed_by_a_commit_does_not_show_a_write_of_that_group(coordinator):
+    """The read waits for the open group (a write of another key in it); a write of its
+    key joins the group after it.  The COMMIT tells them in order, so the read resumes
+    before that write's own callback: the write must wait for its quorum from the
+    moment it is in the store, not from its callback (chaos seed 21, on the second
+    version: 77 reads showed a write that was then lost)."""
+    serve_acked(coordinator, "k", "v")
+    limits = coordinator.config.limits
+    coordinator.handle(wire.parse_request("PUT a 1", limits))
+    read = coordinator.handle(wire.parse_request("GET k", limits))
+    coordinator.handle(wire.parse_request("PUT k new", limits))
+    assert not read.called
+    coordinator.reactor.advance(0)                       # the COMMIT
+    assert read.result.text == "v"
+
+
+def test_a_write_whose_commit_failed_is_forgotten():
+    from replicad.store import Record
+
+    index = QuorumIndex()
+    before, a = Record("k", "old", 2, 1, VectorClock({2: 1})), Record(
+        "k", "a", 2, 5, VectorClock({2: 5}))
+    index.waiting(5, "k", before, a)
+    index.withdraw(5)
+    assert index.quiet and index.keys_written() == []
+    index.waiting(5, "k", before, a)                     # its number, taken again
+    assert not index.shows(5)
