@@ -1064,9 +1064,11 @@ class Replica(service.MultiService):
             # Quorum mode: the write waits for its quorum from the moment it is in the
             # store, where a read resumed by this group's COMMIT could see it before
             # this write's own callback runs (quorumindex.py)
-            before = None if noop else store.get(request.key)
             record = change()
-            index.waiting(record.seq, None if noop else request.key, before, record)
+            if noop:
+                index.waiting(record.seq)
+            else:
+                index.waiting(record.seq, request.key, store.replaced, record)
             written.append(record.seq)
             return record
 

@@ -264,6 +264,10 @@ class Store:
         self._stage_ids = itertools.count(1)
         # key -> Record, or None for a key never written; see "Hot records" above.
         self._hot: collections.OrderedDict[str, Record | None] = collections.OrderedDict()
+        # The key's record the last write() replaced (None: the key was absent), read
+        # from what the write looked up anyway: a quorum-mode coordinator keeps it while
+        # the write waits for its quorum (quorumindex.py).
+        self.replaced: Record | None = None
         if self._path != MEMORY:
             _make_private(self._path, wal=True)
         try:
@@ -578,8 +582,11 @@ class Store:
             current = self._hot.get(key, _ABSENT)
             if current is _ABSENT:
                 check_record(record)
-                if not self._insert_new(record):
-                    record = self._over(self._select(key), record)
+                if self._insert_new(record):
+                    current = None
+                else:
+                    current = self._select(key)
+                    record = self._over(current, record)
                     self._put(record)
             else:
                 record = self._over(current, record)
@@ -587,6 +594,7 @@ class Store:
             self._remember(record)
             self._save_clock(new_clock)
         self._clock = new_clock
+        self.replaced = current
         return record
 
     def write_noop(self, origin: int, key: str, epoch: int, rid: str) -> Record:

@@ -190,3 +190,16 @@ def test_a_pushed_record_that_loses_to_a_row_the_dict_does_not_hold(store):
                                                epoch=2)])
     assert outcome == ["lost"]
     assert from_disk(store, "k").value == "winner"
+
+
+def test_a_write_says_which_record_it_replaced_hot_or_not(store, monkeypatch):
+    """Store.replaced: what the write looked up anyway (quorumindex.py keeps it)."""
+    store.write(1, "k", "a")
+    assert store.replaced is None                        # a new key
+    first = store.get("k")
+    store.write(1, "k", "b")
+    assert store.replaced == first                       # from the dict
+    store._hot.clear()                                   # as after an import, or evicted
+    second = from_disk(store, "k")
+    store.write(1, "k", "c")
+    assert store.replaced == second and second.value == "b"   # from a SELECT
