@@ -67,16 +67,19 @@ class QuorumIndex:
 
     def decided(self, seq: int) -> None:
         """Write ``seq`` has its quorum, or missed it (in doubt)."""
-        heap = self._waiting
-        if not heap:
-            return
-        if heap[0] != seq:
+        if seq in self._waiting:
             self._decided.add(seq)
-            return
-        passed = [heapq.heappop(heap)]
-        while heap and heap[0] in self._decided:
-            self._decided.discard(heap[0])
+            self._advance()
+
+    def _advance(self) -> None:
+        """Pop the decided writes off the top; forget the versions they passed."""
+        heap, decided = self._waiting, self._decided
+        passed = []
+        while heap and heap[0] in decided:
+            decided.discard(heap[0])
             passed.append(heapq.heappop(heap))
+        if not passed:
+            return
         for done in passed:
             key = self._key_of.pop(done, None)
             if key is not None:
@@ -97,6 +100,7 @@ class QuorumIndex:
             versions[:] = [v for v in versions if v is None or v.seq != seq or v is versions[0]]
             if len(versions) == 1:
                 del self._versions[key]
+        self._advance()
         self._wake()
 
     def shows(self, seq: int) -> bool:

@@ -322,3 +322,14 @@ def test_a_write_whose_commit_failed_is_forgotten():
     assert index.quiet and index.keys_written() == []
     index.waiting(5, "k", before, a)                     # its number, taken again
     assert not index.shows(5)
+
+
+def test_a_withdrawn_write_lets_the_decided_ones_after_it_pass():
+    index = QuorumIndex()
+    index.waiting(5)
+    index.waiting(6)
+    index.decided(6)
+    index.withdraw(5)
+    assert index.quiet
+    index.decided(9)                     # never waited: nothing happens
+    assert index.quiet
