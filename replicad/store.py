@@ -758,8 +758,16 @@ class Store:
         result.applied += 1
 
     def _discard(self, record: Record) -> None:
+        """The request id's write lost a merge: a retry must hear so.  Only the row of
+        that very write: one request can have been applied on one side of a partition
+        (this losing write) and answered NOTFOUND on the other, where its row is that
+        no-op marker, whose answer still holds (chaos seed 21: marking the marker
+        discarded made it travel as a write, and a retry there would have been told
+        ERR INDOUBT instead of NOTFOUND)."""
         if record.rid is not None:
-            self._db.execute("UPDATE requests SET discarded = 1 WHERE rid = ?", (record.rid,))
+            self._db.execute(
+                "UPDATE requests SET discarded = 1 WHERE rid = ? AND origin = ? AND seq = ?",
+                (record.rid, record.origin, record.seq))
 
     def discarded(self, rid: str) -> bool:
         """Whether the write a request id made lost a merge to a concurrent version."""

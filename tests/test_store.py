@@ -811,6 +811,21 @@ def test_the_loser_of_a_merge_is_marked_discarded_and_the_mark_travels(tmp_path,
         assert b.discarded("00ff00ff.1")
 
 
+def test_a_request_answered_by_a_marker_here_keeps_it_when_its_write_elsewhere_loses(
+        tmp_path):
+    """One request, applied as a DEL on the far side of a partition (in doubt there)
+    and answered NOTFOUND here with a no-op marker: when the far side's DEL loses a
+    merge here, the marker's answer still holds (chaos seed 21's phantom write)."""
+    with Store(str(tmp_path / "a")) as a:
+        a.write(2, "k", "v", epoch=5)
+        a.write(2, "k", "newer", epoch=5)
+        a.write_noop(2, "gone", 5, "00ff00ff.2")         # NOTFOUND here
+        far = Record("k", None, 3, 1, VectorClock({3: 1}), 3, "00ff00ff.2")
+        a.apply([far], VectorClock({3: 1}))              # loses to 2's epoch 5
+        row = a.request("00ff00ff.2")
+        assert (row.origin, row.noop, row.discarded) == (2, True, False)
+
+
 def test_a_pushed_write_that_loses_a_merge_is_reported_lost(store):
     """Not an acknowledgement: the follower keeps the concurrent winner (a replayed
     write re-pushed after a partition was counted towards its quorum)."""
