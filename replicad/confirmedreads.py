@@ -115,7 +115,7 @@ class AwaitingWrites:
     log = Logger()
 
     def __init__(self, clock: IReactorTime, wait_s: float,
-                 covered: Callable[[Any], bool], answer: Callable[[Any], None],
+                 covered: Callable[[Any], bool], answer: Callable[[Any, Any], None],
                  give_up: Callable[[Any], None]):
         self._clock = clock
         self._wait_s = wait_s
@@ -129,7 +129,8 @@ class AwaitingWrites:
         return len(self._reads)
 
     def add(self, need: Any, read: Any) -> None:
-        """Answer ``read`` once ``covered(need)``; give it up after ``wait_s``."""
+        """``answer(read, need)`` once ``covered(need)``; ``give_up(read)`` after
+        ``wait_s``."""
         self._reads.append((self._clock.seconds() + self._wait_s, need, read))
         if self._timer is None:
             self._timer = self._clock.callLater(self._wait_s, self._expire)
@@ -144,7 +145,7 @@ class AwaitingWrites:
         waiting = []
         for entry in reads:
             if self._covered(entry[1]):
-                self._run(self._answer, entry[2])
+                self._run(self._answer, entry[2], entry[1])
             else:
                 waiting.append(entry)
         self._reads = waiting + self._reads
@@ -173,8 +174,8 @@ class AwaitingWrites:
             self._timer.cancel()
         self._timer = None
 
-    def _run(self, what: Callable[[Any], None], read: Any) -> None:
+    def _run(self, what: Callable[..., None], *args: Any) -> None:
         try:
-            what(read)
+            what(*args)
         except Exception:
             self.log.failure("answering a confirmed read")

@@ -696,7 +696,7 @@ class Replica(service.MultiService):
             need = (confirmation[1] if context is None
                     else confirmation[1].merge(context.requirement()))
             if not self._covers(need):
-                self.awaiting.add(need, (*read, need))
+                self.awaiting.add(need, read)
             elif not self._within(read[0], need):
                 self._forward_read(read)
             else:
@@ -723,13 +723,12 @@ class Replica(service.MultiService):
     def _answer_read(self, read, need: VectorClock) -> None:
         """Answer a confirmed read; in quorum mode its reply carries the confirmed clock
         (what it showed is within it), not this follower's own."""
-        request, deliver, _, started = read[:4]
+        request, deliver, _, started = read
         reply = self._read(request, need if self.config.quorum_mode else None)
         self.metrics.answered(request.command, reply, started)   # metrics hook
         deliver(reply)
 
-    def _answer_waited(self, read) -> None:
-        need = read[4]
+    def _answer_waited(self, read, need: VectorClock) -> None:
         if not self._within(read[0], need):
             self._forward_read(read)
             return
@@ -741,7 +740,7 @@ class Replica(service.MultiService):
         the metrics from its arrival, not from now); a failure is delivered as such
         (the client protocol answers it ERR INTERNAL, as for any request)."""
         self.confirmations.outcomes["forwarded"] += 1   # metrics hook
-        request, deliver, _, started = read[:4]
+        request, deliver, _, started = read
         try:
             forwarded = self.handle(request, started=started)
         except Exception:

@@ -127,7 +127,8 @@ class Waits:
         self.answered: list = []
         self.given_up: list = []
         self.awaiting = AwaitingWrites(self.clock, 0.2, lambda need: need in self.held,
-                                       self.answered.append, self.given_up.append)
+                                       lambda read, need: self.answered.append(read),
+                                       self.given_up.append)
 
 
 def test_a_read_waiting_for_a_write_is_answered_by_the_commit_that_brings_it():
@@ -160,8 +161,8 @@ def test_a_read_added_while_others_are_answered_keeps_waiting():
     kept, not lost with the list being rewritten."""
     w = Waits()
     w.awaiting.add("x", "a")
-    w.awaiting._answer = lambda read: (w.answered.append(read),
-                                       w.awaiting.add("y", "next"))
+    w.awaiting._answer = lambda read, need: (w.answered.append(read),
+                                             w.awaiting.add("y", "next"))
     w.held.add("x")
     w.awaiting.recheck()
     assert w.answered == ["a"] and len(w.awaiting) == 1
