@@ -170,13 +170,12 @@ class _SendsAtTurnEnd:
         is Twisted's to send, and it closes once it has."""
         if not self.connected:
             return      # gone meanwhile
-        if self._tempDataLen and self.offset == len(self.dataBuffer):
-            self._send_turn_bytes()
-        if self._tempDataLen or self.offset != len(self.dataBuffer):
-            self.startWriting()     # doWrite sends them, then closes (disconnecting)
+        if self.offset == len(self.dataBuffer) and (not self._tempDataLen
+                                                    or self._send_turn_bytes()):
+            self.stopWriting()
+            self.connectionLost(_CLOSED)
             return
-        self.stopWriting()
-        self.connectionLost(_CLOSED)
+        self.startWriting()     # doWrite sends what is left, then closes (disconnecting)
 
     def _send_turn_bytes(self) -> bool:
         """One ``send`` of the bytes written this turn (nothing is left over from an
