@@ -206,7 +206,8 @@ class ClientProtocol(LineReceiver, TimeoutMixin):
         if self._reading_paused:
             self._reading_paused = False
             self.transport.resumeProducing()
-        self.dataReceived(b"")
+        if self._buffer:
+            self.dataReceived(b"")      # the lines held while paused
 
     def write_reply(self, reply: Reply) -> None:
         self.transport.write(reply.encode())

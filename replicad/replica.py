@@ -688,16 +688,25 @@ class Replica(service.MultiService):
         valid = (confirmation is not None and self.store is not None
                  and node.role is Role.FOLLOWER and confirmation[0] == coordinator)
         outcomes = self.confirmations.outcomes   # metrics hook
+        # Whether this replica covers the confirmed clock, asked once for the reads
+        # without a session: nothing a read's delivery does changes this store at once
+        # (a follower's store changes only by pushes and pulls, which come by the reactor).
+        confirmed = confirmation[1] if valid else None
+        covered = valid and self._covers(confirmed)
+        within = not self.config.quorum_mode
         for read in reads:
             if not valid or read[2] != coordinator:
                 self._forward_read(read)
                 continue
             context = read[0].context
-            need = (confirmation[1] if context is None
-                    else confirmation[1].merge(context.requirement()))
-            if not self._covers(need):
+            if context is None:
+                need, covers = confirmed, covered
+            else:
+                need = confirmed.merge(context.requirement())
+                covers = self._covers(need)
+            if not covers:
                 self.awaiting.add(need, read)
-            elif not self._within(read[0], need):
+            elif not (within or self._within(read[0], need)):
                 self._forward_read(read)
             else:
                 outcomes["answered"] += 1   # metrics hook
