@@ -44,7 +44,9 @@ class QuorumIndex:
         # key -> [its record before its first waiting write (None: absent), then each
         # write to it since], and the key of each waiting write: only while one waits.
         self._versions: dict[str, list[Any]] = {}
-        self._key_of: dict[int, str] = {}
+        # The key of each waiting write (None: a no-op marker's, whose versions are not
+        # kept): also what says, in O(1), whether a write still waits.
+        self._key_of: dict[int, str | None] = {}
 
     @property
     def quiet(self) -> bool:
@@ -56,9 +58,9 @@ class QuorumIndex:
         """Write ``seq`` (this replica's origin) is durable here and waits for its quorum;
         with ``key``: it made ``record`` of the key's record ``before``."""
         heapq.heappush(self._waiting, seq)
+        self._key_of[seq] = key
         if key is None:
             return
-        self._key_of[seq] = key
         versions = self._versions.get(key)
         if versions is None:
             self._versions[key] = [before, record]
@@ -66,30 +68,41 @@ class QuorumIndex:
             versions.append(record)
 
     def decided(self, seq: int) -> None:
-        """Write ``seq`` has its quorum, or missed it (in doubt)."""
-        if seq in self._waiting:
-            self._decided.add(seq)
-            self._advance()
+        """Write ``seq`` has its quorum, or missed it (in doubt).  Quorums are mostly
+        decided in the order the writes were made: then ``seq`` is on top of the heap
+        and is popped at once, without passing through ``_decided``."""
+        if seq not in self._key_of:
+            return
+        if self._waiting[0] != seq:
+            self._decided.add(seq)      # an earlier write still waits
+            return
+        heapq.heappop(self._waiting)
+        self._passed([seq])
 
     def _advance(self) -> None:
         """Pop the decided writes off the top; forget the versions they passed."""
+        self._passed([])
+
+    def _passed(self, passed: list[int]) -> None:
+        """``passed`` (popped already) and every decided write now on top are shown."""
         heap, decided = self._waiting, self._decided
-        passed = []
-        while heap and heap[0] in decided:
+        while decided and heap and heap[0] in decided:
             decided.discard(heap[0])
             passed.append(heapq.heappop(heap))
         if not passed:
             return
+        key_of = self._key_of
         for done in passed:
-            key = self._key_of.pop(done, None)
+            key = key_of.pop(done)
             if key is not None:
                 self._forget(key)
-        self._wake()
+        if self._watchers:
+            self._wake()
 
     def withdraw(self, seq: int) -> None:
         """Write ``seq`` is not in the store after all (its group's COMMIT failed, and
         the next write may take its number): forget it, as if never written."""
-        if seq not in self._waiting:
+        if seq not in self._key_of:
             return
         self._waiting.remove(seq)
         heapq.heapify(self._waiting)

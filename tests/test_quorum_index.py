@@ -38,6 +38,22 @@ def test_a_waiting_write_and_every_later_one_are_not_shown_until_it_is_decided()
     assert index.quiet and index.shows(4)
 
 
+
+def test_a_write_decided_on_top_passes_the_decided_ones_behind_it_and_no_more():
+    index = QuorumIndex()
+    for seq in (1, 2, 3, 4):
+        index.waiting(seq)
+    index.decided(3)                     # out of order: kept until 2 is decided
+    index.decided(1)                     # on top: popped at once
+    assert index.shows(1) and not index.shows(2)
+    index.decided(1)                     # again, and a write never registered: nothing
+    index.decided(9)
+    assert index.shows(1) and not index.shows(2)
+    index.decided(2)                     # passes 3 (decided before) but not 4
+    assert index.shows(3) and not index.shows(4)
+    index.decided(4)
+    assert index.quiet
+
 def test_the_clock_a_reply_carries_stops_before_the_first_waiting_write():
     index = QuorumIndex()
     clock = VectorClock({1: 5, 2: 9})
