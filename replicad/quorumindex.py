@@ -93,7 +93,7 @@ class QuorumIndex:
             return
         key_of = self._key_of
         for done in passed:
-            key = key_of.pop(done)
+            key = key_of.pop(done, None)
             if key is not None:
                 self._forget(key)
         if self._watchers:

@@ -38,7 +38,6 @@ def test_a_waiting_write_and_every_later_one_are_not_shown_until_it_is_decided()
     assert index.quiet and index.shows(4)
 
 
-
 def test_a_write_decided_on_top_passes_the_decided_ones_behind_it_and_no_more():
     index = QuorumIndex()
     for seq in (1, 2, 3, 4):
@@ -53,6 +52,7 @@ def test_a_write_decided_on_top_passes_the_decided_ones_behind_it_and_no_more():
     assert index.shows(3) and not index.shows(4)
     index.decided(4)
     assert index.quiet
+
 
 def test_the_clock_a_reply_carries_stops_before_the_first_waiting_write():
     index = QuorumIndex()
