@@ -70,6 +70,7 @@ import time
 from collections.abc import Callable
 
 import _common
+import machine_speed
 from _common import markdown_table
 from throughput import (
     INSTALL_HINT,
@@ -264,6 +265,16 @@ def scenarios(sweep_conns: list[int]) -> list[Scenario]:
 
 
 # Measuring --------------------------------------------------------------------------------
+
+
+def cpu_speed(seconds: float = 2.0) -> float:
+    """Milliseconds per machine_speed.work() now, back to back for ``seconds`` (median
+    after the first fifth): how fast this machine's CPU runs at the moment."""
+    times = []
+    end = time.monotonic() + seconds
+    while time.monotonic() < end:
+        times.append(machine_speed.work())
+    return statistics.median(times[len(times) // 5:])
 
 
 def machine_busy_s() -> float:
@@ -703,6 +714,11 @@ def report(args, targets: dict[str, Target], cells: dict, bursts: list[Burst],
         f"(not the target, not the load generator) used a median of "
         f"{context['other_share']:.0%} of one core during the runs (max "
         f"{context['other_max']:.0%})",
+        f"- machine speed: bench/machine_speed.py's piece of work took "
+        f"{context['speed_start']:.1f} ms at the start and {context['speed_end']:.1f} ms "
+        f"at the end (continuous load, median over 2 s; the same machine has measured "
+        f"15-28 ms: absolute figures of runs at different speeds do not compare, the "
+        f"ratios of one round do)",
         f"- total run time: {context['elapsed']:.0f} s",
         "",
     ]
@@ -1122,7 +1138,8 @@ def main(argv: list[str] | None = None) -> int:
                      "redis_missing": redis_binary is None and not args.skip_redis,
                      "redis": redis_version(redis_binary) if redis_binary else "not run",
                      "filesystem": filesystem_of(os.path.realpath(workdir)),
-                     "loadavg": " ".join(open("/proc/loadavg").read().split()[:3])}
+                     "loadavg": " ".join(open("/proc/loadavg").read().split()[:3]),
+                     "speed_start": cpu_speed()}
     if context["redis_missing"]:
         print(INSTALL_HINT, file=sys.stderr, flush=True)
     plan = [s for s in scenarios(args.sweep) if not args.only or s.key in args.only]
@@ -1206,6 +1223,7 @@ def main(argv: list[str] | None = None) -> int:
     context["other_max"] = max(others) if others else float("nan")
     context["elapsed"] = now() - started
     context["loadavg_end"] = " ".join(open("/proc/loadavg").read().split()[:3])
+    context["speed_end"] = cpu_speed()
 
     data = results_json(args, targets, cells, suite.bursts, suite.runs, context)
     plot_dir = args.plots or (suite_dir if args.write else None)
