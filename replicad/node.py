@@ -125,6 +125,14 @@ class NodeActions(Protocol):
     def pull_for_take_over(self, peer_id: int, epoch: int) -> None:
         """Pull what peer_id has and this replica lacks; call ``pull_done``."""
 
+    def holders(self, peers: set[int]) -> set[int]:
+        """(confirm_holders only) Those of ``peers`` known to hold every write this
+        replica holds (their clock covers its own)."""
+
+    def catch_up(self, peer_id: int, epoch: int) -> None:
+        """(confirm_holders only) Ask peer_id, which accepted ``epoch``, to pull what it
+        lacks from this replica; call ``caught_up``."""
+
     def role_changed(self, role: Role, coordinator: int | None, epoch: int) -> None:
         """Called on every change of (role, coordinator, coordinator epoch)."""
 
@@ -160,6 +168,7 @@ class _TakingOver(_State):
     accepted: set[int] = field(default_factory=set)
     pulled: set[int] = field(default_factory=set)
     pulling: set[int] = field(default_factory=set)
+    catching_up: set[int] = field(default_factory=set)
 
 
 @dataclass
@@ -189,6 +198,7 @@ class Node:
         lease_s: float | None = None,
         candidacy: Candidacy = Candidacy.YES,
         pause_s: float | None = None,
+        confirm_holders: bool = False,
     ) -> None:
         members = frozenset(member_ids) | {my_id}
         if not 0 <= epoch <= MAX_EPOCH:
@@ -214,6 +224,9 @@ class Node:
         self._lease_s = lease_s if quorum > 1 else None
         self._candidacy = candidacy
         self._pause_s = pause_s        # no tick() for this long: the process was paused
+        # Quorum mode: serve only once quorum - 1 peers hold every write this replica
+        # holds after its take-over pulls (_check_taken_over says why).
+        self._confirm_holders = confirm_holders and quorum > 1
         self._last_tick = clock.seconds()
         self._state: _State = _State(Role.FOLLOWER)
         self._round = 0
@@ -771,6 +784,8 @@ class Node:
                 self._fail_fast = True
                 self._elect("no majority heard from within the lease at take-over")
                 return
+            if self._confirm_holders and not self._held_by_a_majority(state):
+                return
             serving = _Serving(Role.SERVING, self._my_id, state.epoch)
             self._last_tick = self._clock.seconds()
             self._enter(serving)
@@ -790,6 +805,38 @@ class Node:
                           replica=self._my_id, epoch=state.epoch, have=have,
                           quorum=self._quorum)
             self.poke()
+
+    def _held_by_a_majority(self, state: _TakingOver) -> bool:
+        """Whether quorum - 1 of the pulled peers hold every write this replica now
+        holds; if not, the others are asked to catch up (and False).
+
+        The pulls gave this replica what a majority holds, but also writes that fewer
+        than a majority may hold: an earlier coordinator's write in doubt, pushed to
+        one follower before that coordinator failed.  Served at once, such a write could
+        be read by a session that the next majority, lacking it, then refuses until a
+        holder is back (docs/consistency.md).  Usually the peers' clocks from the pulls
+        show they hold everything already, and this costs nothing."""
+        holding = self._actions.holders(set(state.pulled))
+        if len(holding) + 1 >= self._quorum:
+            return True
+        for peer_id in sorted(state.pulled - holding - state.catching_up):
+            state.catching_up.add(peer_id)
+            self._actions.catch_up(peer_id, state.epoch)
+        return False
+
+    def caught_up(self, peer_id: int, epoch: int, ok: bool) -> None:
+        """A catch-up asked of a pulled peer ended; not ``ok``: the peer is dropped and
+        asked again at the next re-announcement, as after a failed pull."""
+        state = self._state
+        if not isinstance(state, _TakingOver) or state.epoch != epoch:
+            return
+        state.catching_up.discard(peer_id)
+        if not ok:
+            state.pulled.discard(peer_id)
+            state.accepted.discard(peer_id)
+        else:
+            self._contact[peer_id] = self._clock.seconds()   # it just answered
+        self._check_taken_over()
 
     def _majority_contact(self) -> float:
         """The time by which ``quorum - 1`` peers had last been heard from."""

@@ -41,7 +41,7 @@ STREAM_KINDS = frozenset({"LINE", "REC", "REQ"})
 
 VERBS = frozenset(
     {"PING", "ELECTION", "PREVOTE", "COORDINATOR", "CLIENT", "READINDEX", "PUSH", "DELTA",
-     "FULL"}
+     "FULL", "CATCHUP"}
 )
 
 
@@ -382,8 +382,24 @@ class Full:
         return ""
 
 
+@dataclass(frozen=True)
+class CatchUp:
+    """A coordinator taking over in quorum mode asks a follower that accepted it to pull
+    what it lacks from it, so that a majority holds its clock before it serves
+    (node.py, ``_held_by_a_majority``).  Answered ``OK <clock>`` once that pull is
+    durable; ``NO <epoch>`` by a replica that does not follow the asker in that epoch,
+    or whose pull failed."""
+
+    epoch: int
+    verb: ClassVar[str] = "CATCHUP"
+    fenced: ClassVar[bool] = True
+
+    def args(self) -> str:
+        return ""
+
+
 Message = (Ping | Election | PreVote | Coordinator | Client | ReadIndex | Push | Delta
-           | Full)
+           | Full | CatchUp)
 
 _DECODERS: dict[str, Callable[[int, str], Message]] = {
     "PING": lambda epoch, rest: Ping(epoch),
@@ -395,6 +411,7 @@ _DECODERS: dict[str, Callable[[int, str], Message]] = {
     "PUSH": lambda epoch, rest: Push(epoch, decode_batch(rest)),
     "DELTA": lambda epoch, rest: Delta(epoch, decode_clock(rest)),
     "FULL": lambda epoch, rest: Full(epoch),
+    "CATCHUP": lambda epoch, rest: CatchUp(epoch),
 }
 
 

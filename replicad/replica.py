@@ -152,6 +152,7 @@ class Replica(service.MultiService):
             lease_s=self.timers.lease_timeout,
             pause_s=PAUSE_TICKS * self.timers.ping_interval,
             candidacy=self._candidacy(),
+            confirm_holders=self.config.quorum_mode,
         )
         self.detector = HeartbeatMonitor(
             self.reactor, self.timers.ping_interval, self._ping_coordinator,
@@ -336,6 +337,27 @@ class Replica(service.MultiService):
         d = self.sync.sync_from(peer_id)
         d.addCallback(lambda ok: self.node.pull_done(peer_id, epoch, bool(ok)))
         d.addErrback(self._failed, peer_id, "take-over pull")
+
+    def holders(self, peers: set[int]) -> set[int]:
+        clock, known = self.store.clock, self.sync.peer_clocks
+        return {p for p in peers if p in known and clock <= known[p]}
+
+    def catch_up(self, peer_id: int, epoch: int) -> None:
+        d = self.call(peer_id, peerwire.CatchUp(epoch), self.timers.election_wait)
+
+        def answered(response: PeerResponse) -> None:
+            held = None
+            if response.kind == "OK":
+                held = peerwire.decode_clock(response.payload)
+                self.sync.peer_clocks[peer_id] = held
+            self.node.caught_up(peer_id, epoch, held is not None and self.store.clock <= held)
+
+        def failed(failure) -> None:
+            self._failed(failure, peer_id, "CATCHUP")
+            self.node.caught_up(peer_id, epoch, False)
+
+        d.addCallbacks(answered, failed)
+        d.addErrback(self._failed, peer_id, "CATCHUP")
 
     def role_changed(self, role: Role, coordinator: int | None, epoch: int) -> None:
         self.log.info(
@@ -1315,6 +1337,22 @@ class Replica(service.MultiService):
             return PeerAnswer("OK", ",".join(outcomes))
 
         return applied.addCallback(answer)
+
+    def _on_catchup(self, peer_id: int, message: peerwire.CatchUp) -> PeerAnswer:
+        """The coordinator taking over that this replica accepted asks it to hold every
+        write it holds before it serves (node.py, ``_held_by_a_majority``): pull them,
+        and say the clock once that is durable."""
+        node = self.node
+        if not (node.role is Role.FOLLOWER and node.coordinator == peer_id
+                and node.coordinator_epoch == message.epoch):
+            return PeerAnswer("NO", str(node.epoch))
+
+        def pulled(ok: bool) -> PeerAnswer:
+            if not ok:      # (the pull logged why): not caught up, as if refused
+                return PeerAnswer("NO", str(self.node.epoch))
+            return PeerAnswer("OK", self.store.clock.encode())
+
+        return self.sync.sync_from(peer_id).addCallback(pulled)
 
     def _on_delta(self, peer_id: int, message: peerwire.Delta) -> PeerAnswer:
         return self._stream(*self.store.export_delta(message.since, requests=True))

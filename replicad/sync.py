@@ -69,6 +69,10 @@ class Synchroniser:
         self._batches: dict[int, list[_Pending]] = {}    # this turn's writes, per epoch
         self._refused: Callable[[int], None] = lambda peer_id: None
         self._last_seen: dict[int, VectorClock] = {}
+        # Each peer's clock as its last pull from it began (a lower bound of what it
+        # holds: a peer's clock only grows): whom a take-over may count as holding its
+        # writes (Replica.holders).
+        self.peer_clocks: dict[int, VectorClock] = {}
         # Called after a pull's records are imported (the store's clock moved on):
         # confirmed reads waiting for a write a lost push should have brought.
         self.after_import: Callable[[], None] | None = None
@@ -120,6 +124,7 @@ class Synchroniser:
     async def _sync_from(self, peer_id: int, force_full: bool = False) -> bool:
         try:
             status = await self.ping(peer_id, self.timers.ping_timeout)
+            self.peer_clocks[peer_id] = status.clock
             have = self.store.clock
             missing = status.clock.missing_from(have)
             if not missing and not force_full:

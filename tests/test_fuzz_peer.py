@@ -295,7 +295,8 @@ def fresh_replica(state: str) -> Iterator[tuple[Replica, int, int]]:
 def peer_frames(draw, epoch: int) -> bytes:
     rid = draw(st.integers(1, 50))
     verb = draw(st.sampled_from(["PING", "ELECTION", "PREVOTE", "COORDINATOR", "CLIENT",
-                                 "READINDEX", "PUSH", "PUSH", "DELTA", "FULL"]))
+                                 "READINDEX", "PUSH", "PUSH", "DELTA", "FULL",
+                                 "CATCHUP"]))
     args = ""
     if verb == "CLIENT":
         args = " " + draw(GOOD_LINES).decode("utf-8")

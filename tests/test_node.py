@@ -57,6 +57,14 @@ class Glue:
     def pull_for_take_over(self, peer_id, epoch):
         self.calls.append(("pull", peer_id, epoch))
 
+    held_by: set[int] = set()     # confirm_holders: the peers holding every write
+
+    def holders(self, peers):
+        return set(peers) & self.held_by
+
+    def catch_up(self, peer_id, epoch):
+        self.calls.append(("catch_up", peer_id, epoch))
+
     def role_changed(self, role, coordinator, epoch):
         self.calls.append(("role", role, coordinator, epoch))
 
@@ -832,6 +840,69 @@ class StepDownTests(SynchronousTestCase):
         m.epoch_seen(4)
         clock.advance(0)
         self.assertEqual((m.role, m.coordinator, m.epoch), (F, 3, 4))
+
+
+class TakeOverHoldersTests(SynchronousTestCase):
+    """confirm_holders (quorum mode): a take-over serves only once quorum - 1 of the
+    peers it pulled hold every write it holds; the others are asked to catch up."""
+
+    def taking_over(self, held_by=()):
+        m, glue, _ = make(5, (1, 2, 3, 4, 5), quorum=3, confirm_holders=True)
+        glue.held_by = set(held_by)
+        m.start_election("x")
+        e = m.coordinator_epoch
+        for peer in (4, 3):
+            m.coordinator_accepted(peer, e)
+            m.pull_done(peer, e, True)
+        for peer in (1, 2):
+            m.coordinator_send_failed(peer, e)
+        return m, glue, e
+
+    def test_serves_at_once_when_the_pulled_peers_hold_everything(self):
+        m, glue, e = self.taking_over(held_by={3, 4})
+        self.assertEqual((m.role, glue.of("catch_up")), (S, []))
+
+    def test_waits_for_a_pulled_peer_that_lacks_a_write_to_catch_up(self):
+        m, glue, e = self.taking_over(held_by={4})
+        self.assertEqual((m.role, glue.of("catch_up")), (T, [(3, e)]))
+        m.coordinator_accepted(3, e)           # a late duplicate answer changes nothing
+        self.assertEqual((m.role, glue.of("catch_up")), (T, [(3, e)]))
+        glue.held_by.add(3)
+        m.caught_up(3, e, True)
+        self.assertEqual(m.role, S)
+
+    def test_a_failed_catch_up_drops_the_peer_until_it_is_pulled_again(self):
+        m, glue, e = self.taking_over(held_by={4})
+        m.caught_up(3, e, False)
+        self.assertEqual((m.role, m.cannot_serve), (T, True))    # 2 of 3: refusing
+        m.coordinator_accepted(3, e)           # the next re-announcement's answer
+        self.assertEqual(glue.of("pull")[-1], (3, e))
+        m.pull_done(3, e, True)
+        self.assertEqual(glue.of("catch_up"), [(3, e), (3, e)])
+        glue.held_by.add(3)
+        m.caught_up(3, e, True)
+        self.assertEqual(m.role, S)
+
+    def test_a_catch_up_of_another_epoch_is_ignored(self):
+        m, glue, e = self.taking_over(held_by={4})
+        glue.held_by.add(3)
+        m.caught_up(3, e - 1, True)
+        self.assertEqual(m.role, T)
+
+    def test_off_by_default_and_with_a_quorum_of_one(self):
+        m, glue, _ = make(3, quorum=2)
+        glue.held_by = set()
+        m.start_election("x")
+        m.coordinator_accepted(1, 3)
+        m.pull_done(1, 3, True)
+        m.coordinator_send_failed(2, 3)
+        self.assertEqual((m.role, glue.of("catch_up")), (S, []))
+        m, glue, _ = make(3, confirm_holders=True)
+        m.start_election("x")
+        for peer in (1, 2):
+            m.coordinator_accepted(peer, 3)
+            m.pull_done(peer, 3, True)
+        self.assertEqual((m.role, glue.of("catch_up")), (S, []))
 
 
 class TakeOverTests(SynchronousTestCase):

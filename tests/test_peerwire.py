@@ -362,6 +362,7 @@ def test_proofs_match_uses_constant_time_compare(monkeypatch):
         peerwire.Delta(2, VectorClock({1: 5, 3: 2})),
         peerwire.Delta(2, VectorClock()),
         peerwire.Full(9),
+        peerwire.CatchUp(11),
     ],
 )
 def test_messages_round_trip_with_their_epoch(message):
@@ -375,8 +376,8 @@ def test_fenced_messages_are_the_ones_that_change_or_copy_state():
     fenced = {cls.verb for cls in (peerwire.Ping, peerwire.Election, peerwire.PreVote,
                                    peerwire.Coordinator, peerwire.Client,
                                    peerwire.ReadIndex, peerwire.Push, peerwire.Delta,
-                                   peerwire.Full) if cls.fenced}
-    assert fenced == {"CLIENT", "READINDEX", "PUSH", "DELTA", "FULL"}
+                                   peerwire.Full, peerwire.CatchUp) if cls.fenced}
+    assert fenced == {"CLIENT", "READINDEX", "PUSH", "DELTA", "FULL", "CATCHUP"}
 
 
 @pytest.mark.parametrize(

@@ -1232,3 +1232,70 @@ def test_a_follower_that_has_not_joined_the_cluster_forwards(tmp_path):
         assert read_now(replica, "GET k").text == "v"
     finally:
         replica.stopService()
+
+
+# A take-over in quorum mode waits until a majority holds its writes ---------------------
+
+
+def test_a_follower_catches_up_with_the_coordinator_it_accepted_and_says_its_clock(replica):
+    follow(replica)                                   # replica 3, epoch 3
+    asked = []
+
+    def pulled(peer_id):                              # the pull's effect, without a peer
+        asked.append(peer_id)
+        replica.store.write(3, "k", "v", epoch=3)
+        return defer.succeed(True)
+
+    replica.sync.sync_from = pulled
+    answer = replica.peer_request(3, *peerwire.encode_message(peerwire.CatchUp(3)))
+    assert asked == [3]
+    assert (answer.result.kind, answer.result.payload) == ("OK", "3:1")
+
+
+def test_a_catch_up_is_refused_by_a_replica_that_does_not_follow_the_asker(replica):
+    follow(replica)                                   # replica 3, epoch 3
+    replica.sync.sync_from = lambda peer_id: pytest.fail("pulled for a stranger")
+    stranger = replica.peer_request(1, *peerwire.encode_message(peerwire.CatchUp(3)))
+    assert (stranger.kind, stranger.payload) == ("NO", "3")
+    newer = replica.peer_request(3, *peerwire.encode_message(peerwire.CatchUp(7)))
+    assert newer.kind == "NO"                         # not the epoch it accepted
+
+
+def test_a_failed_catch_up_pull_is_answered_no(replica):
+    follow(replica)
+    replica.sync.sync_from = lambda peer_id: defer.succeed(False)
+    answer = replica.peer_request(3, *peerwire.encode_message(peerwire.CatchUp(3)))
+    assert (answer.result.kind, answer.result.payload) == ("NO", "3")
+
+
+class CatchUpLink:
+    """A peer's link that answers CATCHUP with ``answer`` (a Deferred)."""
+
+    def __init__(self, answer):
+        self.answer, self.sent = answer, []
+
+    def call(self, verb, payload="", timeout_s=1.0, on_line=None):
+        self.sent.append(verb)
+        return self.answer
+
+    def abort(self):
+        pass
+
+
+def test_a_take_over_counts_as_holders_the_peers_whose_clock_covers_its_own(replica):
+    from replicad.peer import PeerResponse
+
+    replica.store.write(2, "k", "v")                  # this replica holds 2:1
+    replica.sync.peer_clocks.update({1: VectorClock({2: 1, 3: 4}), 3: VectorClock()})
+    assert replica.holders({1, 3}) == {1}
+    told = []
+    replica.node.caught_up = lambda *args: told.append(args)
+    replica.links[3] = CatchUpLink(defer.succeed(PeerResponse("OK", "2:1")))
+    replica.catch_up(3, 6)
+    assert replica.links[3].sent == ["CATCHUP"] and told == [(3, 6, True)]
+    assert replica.holders({1, 3}) == {1, 3}          # its answer's clock is kept
+    replica.links[3] = CatchUpLink(defer.succeed(PeerResponse("OK", "")))
+    replica.catch_up(3, 6)                            # it says it holds less: not caught up
+    replica.links[1] = CatchUpLink(defer.fail(PeerUnavailable("gone")))
+    replica.catch_up(1, 6)
+    assert told[1:] == [(3, 6, False), (1, 6, False)]
