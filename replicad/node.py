@@ -819,7 +819,13 @@ class Node:
         holding = self._actions.holders(set(state.pulled))
         if len(holding) + 1 >= self._quorum:
             return True
-        for peer_id in sorted(state.pulled - holding - state.catching_up):
+        asked = sorted(state.pulled - holding - state.catching_up)
+        if asked:
+            self.log.info("coordinator {replica} taking over in epoch {epoch}: replicas "
+                          "{asked} lack some of its writes; asking them to catch up "
+                          "before it serves", replica=self._my_id, epoch=state.epoch,
+                          asked=", ".join(map(str, asked)))
+        for peer_id in asked:
             state.catching_up.add(peer_id)
             self._actions.catch_up(peer_id, state.epoch)
         return False

@@ -70,7 +70,12 @@ def test_a_take_over_shows_a_write_in_doubt_only_once_a_majority_holds_it(proxie
     until 4 or 5 came back."""
     cluster = proxied(5, write_quorum="majority", quorum_timeout=30)
     assert cluster.coordinator() == 5
-    made = held(cluster, 4, 5)
+    # A first write everywhere: an empty replica pulls what a peer holds at its first
+    # look, a replica that holds something only at its second, a ping interval later.
+    BlockingClient([cluster.address(5)], timeout_s=10).put("k", "v")
+    made = held(cluster, 5, 5)
+    cluster.wait_until(lambda: all(held(cluster, i, 5) == made for i in cluster.ids),
+                       timeout_s=10, what="the first write on every replica")
     for follower in (1, 2, 3):
         cluster.no_dial(5, follower)            # 5's pushes reach 4 alone
     writer = threading.Thread(target=try_put, args=([cluster.address(5)], "w", "x", 40.0),
