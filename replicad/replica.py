@@ -346,11 +346,10 @@ class Replica(service.MultiService):
         d = self.call(peer_id, peerwire.CatchUp(epoch), self.timers.election_wait)
 
         def answered(response: PeerResponse) -> None:
-            held = None
-            if response.kind == "OK":
-                held = peerwire.decode_clock(response.payload)
-                self.sync.peer_clocks[peer_id] = held
-            self.node.caught_up(peer_id, epoch, held is not None and self.store.clock <= held)
+            ok = response.kind == "OK"
+            if ok:
+                self.sync.peer_clocks[peer_id] = peerwire.decode_clock(response.payload)
+            self.node.caught_up(peer_id, epoch, ok and peer_id in self.holders({peer_id}))
 
         def failed(failure) -> None:
             self._failed(failure, peer_id, "CATCHUP")
@@ -1324,9 +1323,8 @@ class Replica(service.MultiService):
         node = self.node
         # Fencing: only the coordinator this replica accepted, in that epoch, and only
         # once this replica holds the cluster's history (joining.py).
-        accepted = (node.role is Role.FOLLOWER and node.coordinator == peer_id
-                    and node.coordinator_epoch == message.epoch)
-        if not accepted or not (self._bound or self.joining.fresh):
+        if not self._accepted(peer_id, message.epoch) or not (self._bound
+                                                              or self.joining.fresh):
             return PeerAnswer("NO", str(node.epoch))
         store = self.store
         applied = self.commits.run(lambda: store.apply_pushed_batch(message.records))
@@ -1338,14 +1336,19 @@ class Replica(service.MultiService):
 
         return applied.addCallback(answer)
 
+    def _accepted(self, peer_id: int, epoch: int) -> bool:
+        """This replica follows peer_id as the coordinator of ``epoch`` (it accepted that
+        announcement): the fence of what only that coordinator may ask (PUSH, CATCHUP)."""
+        node = self.node
+        return (node.role is Role.FOLLOWER and node.coordinator == peer_id
+                and node.coordinator_epoch == epoch)
+
     def _on_catchup(self, peer_id: int, message: peerwire.CatchUp) -> PeerAnswer:
         """The coordinator taking over that this replica accepted asks it to hold every
         write it holds before it serves (node.py, ``_held_by_a_majority``): pull them,
         and say the clock once that is durable."""
-        node = self.node
-        if not (node.role is Role.FOLLOWER and node.coordinator == peer_id
-                and node.coordinator_epoch == message.epoch):
-            return PeerAnswer("NO", str(node.epoch))
+        if not self._accepted(peer_id, message.epoch):
+            return PeerAnswer("NO", str(self.node.epoch))
 
         def pulled(ok: bool) -> PeerAnswer:
             if not ok:      # (the pull logged why): not caught up, as if refused
