@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import dataclasses
 import os
+from collections.abc import Callable
 
 from twisted.application import service
 from twisted.internet import defer
@@ -265,6 +266,22 @@ class Replica(service.MultiService):
         elif not failure.check(StaleEpoch):
             self.log.failure("{verb} to replica {peer} failed", failure, verb=verb, peer=peer_id)
 
+    def _ask(self, peer_id: int, message: Message, timeout_s: float,
+             answered: Callable[[PeerResponse], None], failed: Callable[[], None]) -> None:
+        """Call ``peer_id`` for the node: ``answered(response)``, or ``failed()`` if the
+        call failed or its answer did not parse (``answered`` raised). Either way the
+        node hears of it: an answer it never heard of would leave it waiting on that
+        peer (for a take-over's catch-up, until the next election)."""
+        verb = message.verb
+
+        def not_answered(failure) -> None:
+            self._failed(failure, peer_id, verb)
+            failed()
+
+        d = self.call(peer_id, message, timeout_s)
+        d.addCallback(answered).addErrback(not_answered)
+        d.addErrback(self._failed, peer_id, verb)
+
     # NodeActions (called by the node) ---------------------------------------------------
 
     def _known_down(self, peer_id: int) -> bool:
@@ -275,9 +292,7 @@ class Replica(service.MultiService):
         return peer_id in self._suspected or self.links[peer_id].down
 
     def send_election(self, peer_id: int, epoch: int) -> None:
-        d = self.call(peer_id, peerwire.Election(epoch), self.timers.answer_timeout)
-
-        def answered(response):
+        def answered(response: PeerResponse) -> None:
             peer_epoch = peerwire.parse_epoch(response.payload)
             if response.kind == "OK":
                 self.node.answer_received(peer_id, peer_epoch)
@@ -285,20 +300,15 @@ class Replica(service.MultiService):
                 self.node.epoch_seen(peer_epoch)
                 self.node.election_send_failed(peer_id)
 
-        def failed(failure):
-            self._failed(failure, peer_id, "ELECTION")
-            self.node.election_send_failed(peer_id)
-
-        d.addCallbacks(answered, failed)
-        d.addErrback(self._failed, peer_id, "ELECTION")
+        self._ask(peer_id, peerwire.Election(epoch), self.timers.answer_timeout,
+                  answered, lambda: self.node.election_send_failed(peer_id))
 
     def send_prevote(self, peer_id: int, epoch: int) -> None:
         if self._known_down(peer_id):
             # No objection from a peer this replica cannot reach; still ask it.
             self.reactor.callLater(0, self.node.prevote_failed, peer_id)
-        d = self.call(peer_id, peerwire.PreVote(epoch), self.timers.answer_timeout)
 
-        def answered(response):
+        def answered(response: PeerResponse) -> None:
             epoch_text, _, coordinator = response.payload.partition(" ")
             self.node.epoch_seen(peerwire.parse_epoch(epoch_text))
             objection = None
@@ -306,32 +316,23 @@ class Replica(service.MultiService):
                 objection = peerwire.parse_int(coordinator, "coordinator")
             self.node.prevote_answered(peer_id, objection)
 
-        def failed(failure):
-            self._failed(failure, peer_id, "PREVOTE")
-            self.node.prevote_failed(peer_id)
-
-        d.addCallbacks(answered, failed)
-        d.addErrback(self._failed, peer_id, "PREVOTE")
+        self._ask(peer_id, peerwire.PreVote(epoch), self.timers.answer_timeout,
+                  answered, lambda: self.node.prevote_failed(peer_id))
 
     def send_coordinator(self, peer_id: int, epoch: int) -> None:
         if self._known_down(peer_id):
             # Do not wait for it to settle the take-over; still tell it, in case.
             self.reactor.callLater(0, self.node.coordinator_send_failed, peer_id, epoch)
-        d = self.call(peer_id, peerwire.Coordinator(epoch), self.timers.answer_timeout)
 
-        def answered(response):
+        def answered(response: PeerResponse) -> None:
             if response.kind == "OK":
                 self.node.coordinator_accepted(peer_id, epoch)
             else:
                 peer_epoch = peerwire.parse_epoch(response.payload)
                 self.node.coordinator_rejected(peer_id, peer_epoch, epoch)
 
-        def failed(failure):
-            self._failed(failure, peer_id, "COORDINATOR")
-            self.node.coordinator_send_failed(peer_id, epoch)
-
-        d.addCallbacks(answered, failed)
-        d.addErrback(self._failed, peer_id, "COORDINATOR")
+        self._ask(peer_id, peerwire.Coordinator(epoch), self.timers.answer_timeout,
+                  answered, lambda: self.node.coordinator_send_failed(peer_id, epoch))
 
     def pull_for_take_over(self, peer_id: int, epoch: int) -> None:
         d = self.sync.sync_from(peer_id)
@@ -343,20 +344,15 @@ class Replica(service.MultiService):
         return {p for p in peers if p in known and clock <= known[p]}
 
     def catch_up(self, peer_id: int, epoch: int) -> None:
-        d = self.call(peer_id, peerwire.CatchUp(epoch), self.timers.election_wait)
-
         def answered(response: PeerResponse) -> None:
-            ok = response.kind == "OK"
-            if ok:
+            held = response.kind == "OK"
+            if held:
                 self.sync.peer_clocks[peer_id] = peerwire.decode_clock(response.payload)
-            self.node.caught_up(peer_id, epoch, ok and peer_id in self.holders({peer_id}))
+                held = peer_id in self.holders({peer_id})
+            self.node.caught_up(peer_id, epoch, held)
 
-        def failed(failure) -> None:
-            self._failed(failure, peer_id, "CATCHUP")
-            self.node.caught_up(peer_id, epoch, False)
-
-        d.addCallbacks(answered, failed)
-        d.addErrback(self._failed, peer_id, "CATCHUP")
+        self._ask(peer_id, peerwire.CatchUp(epoch), self.timers.election_wait,
+                  answered, lambda: self.node.caught_up(peer_id, epoch, False))
 
     def role_changed(self, role: Role, coordinator: int | None, epoch: int) -> None:
         self.log.info(

@@ -5,6 +5,7 @@ from __future__ import annotations
 import pytest
 from twisted.internet import defer
 from twisted.internet.testing import MemoryReactorClock
+from twisted.logger import capturedLogs, formatEvent
 
 from replicad import peerwire, wire
 from replicad.config import default_config
@@ -1271,6 +1272,8 @@ def test_a_failed_catch_up_pull_is_answered_no(replica):
 class CatchUpLink:
     """A peer's link that answers CATCHUP with ``answer`` (a Deferred)."""
 
+    down = False
+
     def __init__(self, answer):
         self.answer, self.sent = answer, []
 
@@ -1299,3 +1302,28 @@ def test_a_take_over_counts_as_holders_the_peers_whose_clock_covers_its_own(repl
     replica.links[1] = CatchUpLink(defer.fail(PeerUnavailable("gone")))
     replica.catch_up(1, 6)
     assert told[1:] == [(3, 6, False), (1, 6, False)]
+
+
+@pytest.mark.parametrize("send, answer, told", [
+    ("send_election", ("OK", "x"), ("election_send_failed", (3,))),
+    ("send_prevote", ("NO", "5 x"), ("prevote_failed", (3,))),
+    ("send_coordinator", ("NO", "x"), ("coordinator_send_failed", (3, 6))),
+    ("catch_up", ("OK", "2:x"), ("caught_up", (3, 6, False))),
+])
+def test_an_answer_that_does_not_parse_is_a_failed_call(replica, send, answer, told):
+    """The node hears of it as of a call that failed (else it waits on that peer: for a
+    take-over's catch-up until the next election), nothing learnt from the answer is
+    kept, and the error is logged."""
+    from replicad.peer import PeerResponse
+
+    method, args = told
+    heard = []
+    setattr(replica.node, method, lambda *a: heard.append(a))
+    replica.sync.peer_clocks[3] = VectorClock({2: 1})
+    replica.links[3] = CatchUpLink(defer.succeed(PeerResponse(*answer)))
+    with capturedLogs() as events:
+        getattr(replica, send)(3, 6)
+    assert heard == [args]
+    assert replica.sync.peer_clocks[3] == VectorClock({2: 1})
+    verb = replica.links[3].sent[0]
+    assert any(f"{verb} to replica 3 failed" in formatEvent(e) for e in events)
