@@ -270,6 +270,16 @@ def parse_request(line: str, limits: Limits = Limits()) -> Request | None:
         line = line.lstrip(" \t")
         if not line:
             raise WireError(Code.BADARGS, "a context token must be followed by a command")
+    if line[:4] == "GET ":
+        # The most common request in its plain form ("GET <key>", one space, a key
+        # that passes check_key): answered without the general path's splits and
+        # lookups.  Anything else (other spacing, a bad key) takes the general path,
+        # which gives the same result or says what is wrong (tests/test_wire.py).
+        key = line[4:]
+        if (key and _CONTROL_OR_SPACE.search(key) is None
+                and (len(key) if key.isascii() else len(key.encode("utf-8")))
+                <= limits.max_key_bytes):
+            return Request("GET", key, None, context)
     # The first word and the rest, leading whitespace (str.isspace) dropped from both.
     first = line.split(None, 1)
     if not first:

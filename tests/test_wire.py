@@ -194,6 +194,23 @@ def test_request_encode_round_trips_through_parse_request(request):
     assert parse_request(decode_line(line.encode("utf-8") + b"\r")) == request
 
 
+def _parsed(line: str, limits: Limits):
+    try:
+        return parse_request(line, limits)
+    except WireError as e:
+        return e.code
+
+
+@given(st.text(max_size=12) | st.text(KEY_CHARS, max_size=12),
+       st.sampled_from(["", "@w=1:2 "]), st.integers(1, 16))
+def test_a_plain_get_parses_as_the_general_path_would(rest, context, max_key_bytes):
+    """"GET <key>" has a path of its own (the most common request); "get <key>" takes
+    the general one: every line, bad keys, odd spacing and the key limit included,
+    parses the same on both (or fails with the same code)."""
+    limits = Limits(max_key_bytes=max_key_bytes)
+    assert _parsed(f"{context}GET {rest}", limits) == _parsed(f"{context}get {rest}", limits)
+
+
 @given(KEYS, VALUES)
 def test_put_round_trip_keeps_the_value_exactly(key, value):
     assert parse_request(f"PUT {key} {value}") == Request("PUT", key, value)
