@@ -184,8 +184,8 @@ class ClientProtocol(LineReceiver, TimeoutMixin):
         if self._closing:
             return      # the client's leftovers after our final reply
         super().dataReceived(data)
-        if self.paused:
-            self._hold_or_stop_reading()
+        if self.paused and not self._reading_paused and len(self._buffer) >= HELD_INPUT_BYTES:
+            self._stop_reading()
 
     def pauseProducing(self) -> None:
         """Hold the lines that arrive (LineReceiver keeps them in its buffer while
@@ -194,12 +194,12 @@ class ClientProtocol(LineReceiver, TimeoutMixin):
         while it waits.  The transport is paused once HELD_INPUT_BYTES are held, so a
         client that keeps sending still gets back-pressure and bounded memory."""
         self.paused = True
-        self._hold_or_stop_reading()
-
-    def _hold_or_stop_reading(self) -> None:
         if not self._reading_paused and len(self._buffer) >= HELD_INPUT_BYTES:
-            self._reading_paused = True
-            self.transport.pauseProducing()
+            self._stop_reading()
+
+    def _stop_reading(self) -> None:
+        self._reading_paused = True
+        self.transport.pauseProducing()
 
     def resumeProducing(self) -> None:
         self.paused = False

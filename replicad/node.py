@@ -303,6 +303,16 @@ class Node:
         return self._veto
 
     @property
+    def follows(self) -> int | None:
+        """The coordinator this follower follows and may answer reads in the name of
+        (it is not refusing requests: ``cannot_serve``); else None.  One property for a
+        follower's hot path, where the three it stands for were asked per read."""
+        state = self._state
+        if state.role is Role.FOLLOWER and not self._fail_fast and self._veto is None:
+            return state.coordinator
+        return None
+
+    @property
     def cannot_serve(self) -> bool:
         """True while a request should be refused at once instead of waiting: a
         coordinator that lost its majority (quorum mode), a replica told that the

@@ -622,7 +622,11 @@ class Replica(service.MultiService):
         return reply
 
     def _can_read_now(self, request: Request) -> bool:
-        return (request.is_read and self._reads_here() and self.commits.settled
+        # _reads_here(), inline: asked for every read, on followers too.
+        return (request.is_read
+                and (self.node.serving_as == self.my_id
+                     or (self.config.follower_reads and self._may_read_here()))
+                and self.commits.settled
                 and (request.context is None    # a session's reads may need to wait
                      or request.context.requirement() <= self.store.clock))
 
@@ -675,9 +679,8 @@ class Replica(service.MultiService):
         """A follower of a coordinator that answered a ping within the heartbeat
         interval, joined and not refusing: it may answer reads in that coordinator's
         name (follower reads, confirmed reads)."""
-        node = self.node
-        return (node.role is Role.FOLLOWER and node.coordinator is not None
-                and not node.cannot_serve and self._bound and self.detector.recently_ok())
+        return (self.node.follows is not None and self._bound
+                and self.detector.recently_ok())
 
     def answer_confirmed(self, request: Request, deliver) -> bool:
         """A follower's read, answered from its own store once its coordinator has
@@ -685,11 +688,12 @@ class Replica(service.MultiService):
         ReadIndex with a vector clock: confirmedreads.py), by ``deliver(reply)``; False
         where the read takes the forwarding path instead.  No Deferred on the way: a
         follower's hot path."""
-        if not (request.is_read and self.config.confirmed_reads
-                and self._follows_a_live_coordinator()):
+        coordinator = self.node.follows
+        if not (coordinator is not None and request.is_read and self.config.confirmed_reads
+                and self._bound and self.detector.recently_ok()):
             return False
         self.confirmations.confirm(
-            (request, deliver, self.node.coordinator, self.reactor.seconds()))   # metrics hook
+            (request, deliver, coordinator, self.reactor.seconds()))   # metrics hook
         return True
 
     def _answer_confirmed(self, confirmation: tuple[int, VectorClock] | None,

@@ -157,7 +157,7 @@ class StartElectionTests(SynchronousTestCase):
             [("persist", e), ("role", T, 3, e), ("coordinator", 1, e), ("coordinator", 2, e)],
         )
         take_over(m, glue)
-        self.assertEqual((m.role, m.serving_as), (S, 3))
+        self.assertEqual((m.role, m.serving_as, m.follows), (S, 3, None))
 
     def test_lower_asks_higher_only(self):
         m, glue, _ = make(2, (1, 2, 3, 4), epoch=5)
@@ -294,6 +294,7 @@ class PreVoteTests(SynchronousTestCase):
         m.prevote_answered(1, 3)           # 1 follows 3, and 3 answered its ping
         self.assertEqual((m.role, m.coordinator, m.epoch), (F, None, 3))
         self.assertEqual((m.vetoed, m.cannot_serve, m.serving_as), ((1, 3), True, None))
+        self.assertIsNone(m.follows)
         self.assertEqual(glue.calls, [("role", F, None, 3)])
         waiting = serving(m)
         self.assertEqual(self.successResultOf(waiting), None)   # refused, not held
@@ -313,6 +314,7 @@ class PreVoteTests(SynchronousTestCase):
         self.assertTrue(m.coordinator_received(3, 3))   # the link healed
         self.assertEqual((m.role, m.coordinator, m.vetoed, m.cannot_serve),
                          (F, 3, None, False))
+        self.assertEqual(m.follows, 3)     # may answer reads in 3's name (confirmed reads)
         clock.advance(1)                   # the retry timer died with the state
         self.assertEqual(glue.of("election"), [(3, 3)])
 
@@ -601,6 +603,7 @@ class StopTests(SynchronousTestCase):
         self.assertIsNone(self.successResultOf(waiting))
         self.assertTrue(self.successResultOf(change))
         self.assertEqual((m.role, m.public_role, m.cannot_serve), (X, "stopped", True))
+        self.assertIsNone(m.follows)
         glue.calls.clear()
         m.start_election("x")
         m.answer_received(3, 4)
