@@ -28,12 +28,13 @@ class Forward:
     failure), or ``dead()``: the coordinator was declared dead, so stop waiting (a hung
     coordinator then costs a ping interval, not the forward timeout)."""
 
-    __slots__ = ("result", "settled", "_interpret", "_retry", "_leave", "_call")
+    __slots__ = ("result", "settled", "read", "_interpret", "_retry", "_leave", "_call")
 
     def __init__(self, interpret: Interpret, leave: Callable[[Forward], None],
-                 retry: Retry | None = None):
+                 retry: Retry | None = None, read: bool = False):
         self.result: defer.Deferred = defer.Deferred()
         self.settled = False
+        self.read = read             # a read: it may be asked again elsewhere (moved)
         self._interpret = interpret
         self._leave = leave          # take it off the replica's list of forwards
         self._retry = retry          # None: the failure is the result's
@@ -61,8 +62,10 @@ class Forward:
             return
         self.result.callback(reply)
 
-    def dead(self, error: PeerUnavailable) -> None:
-        """Its coordinator was declared dead: fail with ``error`` and drop the call."""
+    def dead(self, error: PeerUnavailable | StaleEpoch) -> None:
+        """Its coordinator was declared dead (PeerUnavailable), or a read's follower
+        moved on to another coordinator (StaleEpoch: ask that one): fail with
+        ``error`` and drop the call."""
         if self.settled:
             return
         self.answered(None, error)

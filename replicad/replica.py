@@ -366,6 +366,7 @@ class Replica(service.MultiService):
         self.detector.reset()
         if coordinator is not None:
             self._suspected.discard(coordinator)   # it just announced itself: alive
+            self._move_reads(coordinator, epoch)
         if role is Role.TAKING_OVER and not self._bound:
             # A fresh cluster's first coordinator makes its id (joining.py).
             self.store.bind_cluster(new_cluster_id())
@@ -953,6 +954,19 @@ class Replica(service.MultiService):
             forward.dead(PeerUnavailable(
                 f"coordinator {coordinator} failed during the request", sent=True))
 
+    def _move_reads(self, coordinator: int, epoch: int) -> None:
+        """This replica now follows (or is) ``coordinator``: reads still waiting for
+        another coordinator's answer are asked again through the usual path, which
+        sends them there (or serves them here).  The old one may be deposed and cut
+        off (in chaos seed 24 a read waited on one for the whole forward_timeout while
+        this replica itself served: its client gave up after 5 s); a read has no
+        effect, so asking again is safe.  Writes keep waiting: one may have been
+        applied there (an election is no evidence of death, _forwards_dead)."""
+        for old, forwards in list(self._forwards.items()):
+            if old != coordinator:
+                for forward in [f for f in forwards if f.read]:
+                    forward.dead(StaleEpoch(old, epoch))
+
     def _forward(self, coordinator: int, request: Request,
                  retry: Retry | None = None) -> defer.Deferred[Reply]:
         """Send a request to the coordinator; the Deferred fires with its reply, or
@@ -964,7 +978,7 @@ class Replica(service.MultiService):
         self._suspected.discard(coordinator)   # only evidence from now on counts
         waiting = self._forwards.setdefault(coordinator, set())
         forward = Forward(lambda response, error: self._forwarded(
-            response, error, coordinator, request), waiting.discard, retry)
+            response, error, coordinator, request), waiting.discard, retry, request.is_read)
         waiting.add(forward)
         verb, payload = peerwire.encode_message(
             peerwire.Client(self.node.epoch, request.encode()))
@@ -985,7 +999,7 @@ class Replica(service.MultiService):
     def _forwarded(self, response: PeerResponse | None, error: Exception | None,
                    coordinator: int, request: Request) -> Reply | wire.RelayedReply:
         if error is not None:     # what PeerLink.call's errback makes of the others:
-            if isinstance(error, PeerUnavailable):
+            if isinstance(error, (PeerUnavailable, StaleEpoch)):
                 raise error
             raise PeerUnavailable(f"replica {coordinator}: {error}", sent=True)
         response = self._answer_from(response, coordinator)

@@ -655,6 +655,31 @@ def test_a_fast_forward_refused_as_stale_is_sent_again_in_the_new_epoch(replica)
     assert replica.node.epoch == 7                        # the STALE answer taught it
 
 
+def test_a_read_forwarded_to_a_coordinator_this_replica_no_longer_follows_is_asked_again(
+        replica):
+    """Chaos seed 24: a follower forwarded a GET to its coordinator just before that
+    coordinator was cut off; a lower replica's election then made this one coordinator,
+    and the GET still waited for the old one's answer (the whole forward_timeout: its
+    client gave up after 5 s).  A read is asked again once this replica follows (or is)
+    another coordinator; a write keeps waiting (it may have been applied there)."""
+    follow(replica)
+    silent = replica.links[3]                             # a link that never connects
+    link = fake_coordinator(replica, [defer.Deferred(), defer.Deferred()])  # never answered
+    replica.store.write(2, "k", "v")
+    assert replica.detector.check().result is True
+    got = replica.handle(Request("GET", "k"))
+    put = replica.handle(Request("PUT", "j", "w"))
+    assert link.verbs() == ["PING", "CLIENT", "CLIENT"]
+    replica.links[3] = silent                             # 3 is cut off from now on
+    assert replica.peer_request(1, "ELECTION", "3").kind == "OK"   # no evidence of death
+    assert not got.called and not put.called
+    serving(replica)                                      # 3 never answers: 2 takes over
+    replica.reactor.advance(0)
+    assert (got.result.status, got.result.text) == ("VALUE", "v")   # served here
+    assert not put.called                                 # still waits for 3's answer
+    assert len(link.forgotten) == 1                       # the GET's call, dropped
+
+
 def serving(replica: Replica) -> None:
     for _ in range(4):                                   # replica 3 never answers:
         replica.reactor.advance(replica.timers.answer_timeout)   # 2 takes over
