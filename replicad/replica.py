@@ -673,15 +673,17 @@ class Replica(service.MultiService):
             # reads answer there instead (they are checked against what it confirmed).
             return False
         seen = self._coordinator_seen
-        return (seen is not None and seen[0] == self.node.coordinator
-                and self._follows_a_live_coordinator() and seen[1] <= self.store.clock)
+        return (seen is not None and seen[0] == self._live_coordinator()
+                and seen[1] <= self.store.clock)
 
-    def _follows_a_live_coordinator(self) -> bool:
-        """A follower of a coordinator that answered a ping within the heartbeat
-        interval, joined and not refusing: it may answer reads in that coordinator's
-        name (follower reads, confirmed reads)."""
-        return (self.node.follows is not None and self._bound
-                and self.detector.recently_ok())
+    def _live_coordinator(self) -> int | None:
+        """The coordinator this replica follows, if it answered a ping within the
+        heartbeat interval and this replica is joined and not refusing: reads may be
+        answered here in its name (follower reads, confirmed reads); else None."""
+        coordinator = self.node.follows
+        if coordinator is not None and self._bound and self.detector.recently_ok():
+            return coordinator
+        return None
 
     def answer_confirmed(self, request: Request, deliver) -> bool:
         """A follower's read, answered from its own store once its coordinator has
@@ -689,9 +691,10 @@ class Replica(service.MultiService):
         ReadIndex with a vector clock: confirmedreads.py), by ``deliver(reply)``; False
         where the read takes the forwarding path instead.  No Deferred on the way: a
         follower's hot path."""
-        coordinator = self.node.follows
-        if not (coordinator is not None and request.is_read and self.config.confirmed_reads
-                and self._bound and self.detector.recently_ok()):
+        if not (request.is_read and self.config.confirmed_reads):
+            return False
+        coordinator = self._live_coordinator()
+        if coordinator is None:
             return False
         self.confirmations.confirm(
             (request, deliver, coordinator, self.reactor.seconds()))   # metrics hook
