@@ -366,7 +366,7 @@ class Replica(service.MultiService):
         self.detector.reset()
         if coordinator is not None:
             self._suspected.discard(coordinator)   # it just announced itself: alive
-            self._move_reads(coordinator, epoch)
+            self._moved_to(coordinator, epoch)
         if role is Role.TAKING_OVER and not self._bound:
             # A fresh cluster's first coordinator makes its id (joining.py).
             self.store.bind_cluster(new_cluster_id())
@@ -957,18 +957,34 @@ class Replica(service.MultiService):
             forward.dead(PeerUnavailable(
                 f"coordinator {coordinator} failed during the request", sent=True))
 
-    def _move_reads(self, coordinator: int, epoch: int) -> None:
+    def _moved_to(self, coordinator: int, epoch: int) -> None:
         """This replica now follows (or is) ``coordinator``: reads still waiting for
         another coordinator's answer are asked again through the usual path, which
         sends them there (or serves them here).  The old one may be deposed and cut
         off (in chaos seed 24 a read waited on one for the whole forward_timeout while
         this replica itself served: its client gave up after 5 s); a read has no
-        effect, so asking again is safe.  Writes keep waiting: one may have been
-        applied there (an election is no evidence of death, _forwards_dead)."""
+        effect, so asking again is safe.  Writes keep waiting, as one may have been
+        applied there (an election is no evidence of death, _forwards_dead), but the
+        old coordinator is pinged once: if it does not answer, that is the evidence,
+        and its writes end in doubt now (the client sends them again with their
+        request id) instead of at forward_timeout, past the client's own deadline."""
         for old, forwards in list(self._forwards.items()):
             if old != coordinator:
                 for forward in [f for f in forwards if f.read]:
                     forward.dead(StaleEpoch(old, epoch))
+                if forwards:
+                    self._probe(old)
+
+    def _probe(self, old: int) -> None:
+        """Ping a coordinator this replica no longer follows, for the writes still
+        forwarded to it: no answer declares it dead to them (_forwards_dead)."""
+        def unanswered(failure) -> None:
+            failure.trap(PeerUnavailable, PeerWireError)
+            self._forwards_dead(old)
+
+        d = self.ping(old, self.timers.ping_timeout)
+        d.addCallbacks(lambda _: None, unanswered)
+        d.addErrback(self._failed, old, "PING")
 
     def _forward(self, coordinator: int, request: Request,
                  retry: Retry | None = None) -> defer.Deferred[Reply]:

@@ -661,7 +661,8 @@ def test_a_read_forwarded_to_a_coordinator_this_replica_no_longer_follows_is_ask
     coordinator was cut off; a lower replica's election then made this one coordinator,
     and the GET still waited for the old one's answer (the whole forward_timeout: its
     client gave up after 5 s).  A read is asked again once this replica follows (or is)
-    another coordinator; a write keeps waiting (it may have been applied there)."""
+    another coordinator; a write waits for the old coordinator's answer unless it does
+    not answer a ping either (then it is in doubt: it may have been applied there)."""
     follow(replica)
     silent = replica.links[3]                             # a link that never connects
     link = fake_coordinator(replica, [defer.Deferred(), defer.Deferred()])  # never answered
@@ -676,8 +677,21 @@ def test_a_read_forwarded_to_a_coordinator_this_replica_no_longer_follows_is_ask
     serving(replica)                                      # 3 never answers: 2 takes over
     replica.reactor.advance(0)
     assert (got.result.status, got.result.text) == ("VALUE", "v")   # served here
-    assert not put.called                                 # still waits for 3's answer
-    assert len(link.forgotten) == 1                       # the GET's call, dropped
+    assert put.result.error_code == "INDOUBT"             # 3 did not answer the probe
+    assert len(link.forgotten) == 2                       # both calls dropped
+
+
+def test_a_write_forwarded_to_a_coordinator_that_still_answers_keeps_waiting(replica):
+    """A higher replica taking over is no evidence that the old coordinator died: if it
+    answers the probe, a write forwarded to it waits for its answer (it may be OK)."""
+    follow(replica)
+    link = fake_coordinator(replica, [defer.Deferred()])   # the write: not answered yet
+    assert replica.detector.check().result is True
+    put = replica.handle(Request("PUT", "j", "w"))
+    replica.role_changed(Role.TAKING_OVER, 2, own_epoch(1, 2))   # the node's hook
+    replica.reactor.advance(replica.timers.ping_timeout)
+    assert link.verbs()[:2] == ["PING", "CLIENT"] and "PING" in link.verbs()[2:]  # probed
+    assert not put.called and link.forgotten == []
 
 
 def serving(replica: Replica) -> None:

@@ -1,5 +1,6 @@
 """A read a follower forwarded is asked again once that follower moves on to another
-coordinator (replica.py, ``_move_reads``).
+coordinator, and a write forwarded there ends in doubt if the old coordinator does not
+answer a ping either (replica.py, ``_moved_to``).
 
 Chaos seed 24 (docs/reliability.md): a follower forwarded a GET to its coordinator just
 before the coordinator was cut off; a lower replica noticed first and held an election,
@@ -65,11 +66,17 @@ def test_a_forwarded_read_is_answered_by_the_follower_that_took_over(proxied):
 
     cluster.cut(2, 3)
     try:
-        with connect(cluster.address(2), timeout_s=CLIENT_WAIT_S) as conn:
-            conn.sendall(b"PING\nGET k\n")
-            assert reply_lines(conn, 1) == ["PONG"]   # the GET is forwarded (and held)
+        with connect(cluster.address(2), timeout_s=CLIENT_WAIT_S) as read, \
+                connect(cluster.address(2), timeout_s=CLIENT_WAIT_S) as write:
+            read.sendall(b"PING\nGET k\n")
+            write.sendall(b"PING\nPUT j w\n")
+            assert reply_lines(read, 1) == ["PONG"]    # the GET is forwarded (and held)
+            assert reply_lines(write, 1) == ["PONG"]   # so is the PUT
             cluster.cut(1, 3)
-            assert reply_lines(conn, 1) == ["VALUE v"]
+            assert reply_lines(read, 1) == ["VALUE v"]
+            # 3 does not answer 2's probe either: the write is in doubt (it may have
+            # been applied there), said now and not at the forward_timeout
+            assert reply_lines(write, 1)[0].startswith("ERR INDOUBT ")
         assert (cluster.status(2) or {}).get("role") == "coordinator"
     finally:
         cluster.heal()
