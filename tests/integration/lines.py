@@ -25,3 +25,15 @@ def ask(address: str, line: str, timeout_s: float = 30.0) -> str:
     with connect(address, timeout_s) as conn:
         conn.sendall(line.encode() + b"\n")
         return read_line(conn)
+
+
+def read_lines(conn: socket.socket, count: int) -> list[str]:
+    """The next ``count`` lines on conn, none read past (replies that come later stay
+    in the socket)."""
+    data = b""
+    while data.count(b"\n") < count:
+        chunk = conn.recv(4096)
+        if not chunk:
+            break
+        data += chunk
+    return [line.strip() for line in data.decode().splitlines()]
