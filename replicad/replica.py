@@ -1190,10 +1190,11 @@ class Replica(service.MultiService):
         # branch a merge discarded (it, or a later write of the same losing side that
         # overwrote it): versions are clocks and cannot tell these apart (a chaos run
         # had OK answered for a write whose branch was discarded).  Never OK then, and
-        # never applied again: the outcome is reported unknown.
+        # never applied again: the outcome is reported unknown, and settled (SUPERSEDED:
+        # the client stops there instead of asking every replica until its deadline).
         if current is not None and version <= current.version:
             return self._error(
-                request, Code.INDOUBT,
+                request, Code.SUPERSEDED,
                 f"this write was applied as {origin}:{seq} and is no longer the key's "
                 "value (overwritten, or discarded with a partition's losing side); read "
                 "the key to see what it holds",
@@ -1202,7 +1203,7 @@ class Replica(service.MultiService):
 
     def _discarded(self, request: Request, origin: int, seq: int) -> Reply:
         return self._error(
-            request, Code.INDOUBT,
+            request, Code.SUPERSEDED,
             f"this write was applied as {origin}:{seq}, then discarded by a concurrent "
             "write during a partition; it is not in the data",
         )

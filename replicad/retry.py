@@ -61,10 +61,13 @@ REFUSED_PASSES = 2
 # ERR codes after which nothing was done, so the request may go to another server.
 # BUSY is sent instead of serving (too many connections), so it qualifies too.
 RETRYABLE_CODES = frozenset({Code.UNAVAILABLE, Code.STALE, Code.BUSY})
-# ERR codes saying a write may or may not have been applied (sent again with its id:
-# INDOUBT's coordinator may be gone; QUORUM's write is on the coordinator, and sending
-# its id again pushes it again, so the answer may now be OK).
-IN_DOUBT_CODES = frozenset({Code.INDOUBT, Code.QUORUM})
+# ERR codes saying a write may or may not have been applied.
+IN_DOUBT_CODES = frozenset({Code.INDOUBT, Code.QUORUM, Code.SUPERSEDED})
+# Of those, the ones a write with an id is sent again after: INDOUBT's coordinator may
+# be gone; QUORUM's write is on the coordinator, and sending its id again pushes it
+# again, so the answer may now be OK.  SUPERSEDED is settled: the write was applied and
+# is not the key's value any more, and every later answer would say so again.
+RESENT_CODES = frozenset({Code.INDOUBT, Code.QUORUM})
 
 
 # Exceptions ---------------------------------------------------------------------------
@@ -190,7 +193,7 @@ def classify(request: Request, outcome: Outcome) -> Verdict:
         code = outcome.reply.error_code
         if code in RETRYABLE_CODES:
             return Verdict.RETRY
-        if code in IN_DOUBT_CODES and request.is_write and has_request_id(request):
+        if code in RESENT_CODES and request.is_write and has_request_id(request):
             return Verdict.RETRY
         return Verdict.DONE
     if outcome.sent and request.is_write and not has_request_id(request):

@@ -43,6 +43,10 @@ class Code:
     QUORUM = "QUORUM"            # the write quorum was not reached; the write may survive
     # a forwarded write got no answer; it may or may not have been applied
     INDOUBT = "INDOUBT"
+    # a write sent again with its request id was applied before and is not the key's
+    # value any more (overwritten, or discarded by a merge): its outcome is settled
+    # as unknown, and sending it again would not change that
+    SUPERSEDED = "SUPERSEDED"
     INTERNAL = "INTERNAL"        # a bug or storage failure; nothing was half-applied
     AUTH = "AUTH"                # this cluster needs AUTH <password> first, or it was wrong
 

@@ -378,6 +378,20 @@ async def test_write_in_doubt_until_the_deadline_is_outcome_unknown(drive, serve
 
 
 @pytest_twisted.ensureDeferred
+async def test_a_superseded_write_is_in_doubt_at_once_and_not_sent_again(drive, server):
+    """ERR SUPERSEDED is settled: the write was applied and is not the key's value any
+    more, and every replica would say so again.  Before, the client sent it to every
+    server until its deadline (a chaos run: 23 of 23 unknown writes waited 5 s)."""
+    superseded = server(answer(error_reply(Code.SUPERSEDED, "applied as 2:7, overwritten")))
+    other = server(answer(OK))
+    client = drive.make([superseded.address, other.address], timeout_s=60.0)
+    e = await raises(WriteInDoubt, drive.call(client, "put", "k", "v"))
+    assert isinstance(e, OutcomeUnknown) and e.code == Code.SUPERSEDED
+    assert "applied as 2:7" in str(e)
+    assert len(superseded.requests) == 1 and other.requests == []
+
+
+@pytest_twisted.ensureDeferred
 async def test_notfound(drive, server):
     missing = server(answer(Reply("NOTFOUND")))
     client = drive.make([missing.address])
@@ -835,6 +849,8 @@ DEL_ID = Request("DEL", "k", None, SessionContext(rid="abcdef12.2"))
         (PUT_ID, Outcome("a", reply=error_reply(Code.BUSY, "x"), sent=True), Verdict.RETRY),
         (PUT_ID, Outcome("a", reply=error_reply(Code.INDOUBT, "x"), sent=True), Verdict.RETRY),
         (PUT_ID, Outcome("a", reply=error_reply(Code.QUORUM, "x"), sent=True), Verdict.RETRY),
+        (PUT_ID, Outcome("a", reply=error_reply(Code.SUPERSEDED, "x"), sent=True),
+         Verdict.DONE),
         (PUT, Outcome("a", reply=error_reply(Code.INDOUBT, "x"), sent=True), Verdict.DONE),
         (GET, Outcome("a", reply=error_reply(Code.BADKEY, "x"), sent=True), Verdict.DONE),
         (GET, Outcome("a", failure="connection refused"), Verdict.RETRY),

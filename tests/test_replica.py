@@ -330,7 +330,7 @@ def test_a_write_sent_twice_with_one_request_id_is_applied_once(replica):
     assert replica.store.clock == VectorClock({2: 1})        # applied once
     other = serve(replica, "@r=;w=;id=0123abcd.2 PUT k v2")  # a new id is a new write
     assert other.status == "OK" and replica.store.clock == VectorClock({2: 2})
-    assert serve(replica, "@r=;w=;id=0123abcd.1 PUT k v1").error_code == "INDOUBT"
+    assert serve(replica, "@r=;w=;id=0123abcd.1 PUT k v1").error_code == "SUPERSEDED"
     assert replica.store.get("k").value == "v2"              # the old id changed nothing
     row = replica.store.request("0123abcd.1")
     assert (row.origin, row.seq) == (2, 1)
@@ -807,7 +807,7 @@ def test_a_retried_write_that_lost_a_merge_is_in_doubt_not_ok(replica):
     newer = Record("k", "theirs", 3, 1, VectorClock({3: 1}), replica.node.epoch + 1)
     replica.store.apply([newer], VectorClock({3: 1}))     # the other side's, concurrent
     again = serve(replica, "@r=;w=;id=0123abcd.1 PUT k mine")
-    assert (again.status, again.error_code) == ("ERR", "INDOUBT")
+    assert (again.status, again.error_code) == ("ERR", "SUPERSEDED")
     assert replica.store.get("k").value == "theirs"      # and nothing applied again
 
 
@@ -819,7 +819,7 @@ def test_a_retried_write_no_longer_current_is_in_doubt_and_not_applied_again(rep
     assert serve(replica, "@r=;w=;id=0123abcd.1 PUT k v1").status == "OK"
     assert serve(replica, "@r=;w=;id=0123abcd.2 PUT k v2").status == "OK"
     again = serve(replica, "@r=;w=;id=0123abcd.1 PUT k v1")
-    assert (again.status, again.error_code) == ("ERR", "INDOUBT")
+    assert (again.status, again.error_code) == ("ERR", "SUPERSEDED")
     assert replica.store.get("k").value == "v2"
     assert replica.store.clock == VectorClock({2: 2})
 
@@ -835,7 +835,7 @@ def test_a_write_overwritten_by_its_own_side_then_discarded_stays_in_doubt(repli
     replica.store.apply([theirs], VectorClock({3: 9}))
     assert serve(replica, "@r=;w=;id=0123abcd.3 PUT k later").status == "OK"
     again = serve(replica, "@r=;w=;id=0123abcd.1 PUT k a")
-    assert (again.status, again.error_code) == ("ERR", "INDOUBT")
+    assert (again.status, again.error_code) == ("ERR", "SUPERSEDED")
 
 
 def test_a_retried_del_that_found_nothing_finds_nothing_again(replica):
@@ -934,7 +934,7 @@ def test_a_discarded_write_stays_in_doubt_after_the_key_is_written_again(replica
     assert serve(replica, "@r=;w=;id=0123abcd.2 PUT k later").status == "OK"
     assert replica.store.get("k").version >= VectorClock({2: 1})        # covers it now
     again = serve(replica, "@r=;w=;id=0123abcd.1 PUT k mine")
-    assert (again.status, again.error_code) == ("ERR", "INDOUBT")
+    assert (again.status, again.error_code) == ("ERR", "SUPERSEDED")
     assert replica.store.get("k").value == "later"
 
 

@@ -143,7 +143,8 @@ RETRIED_S = 0.3      # a write that took this long was probably sent more than o
 # A known cause, named when the evidence shows it (docs/reliability.md).
 REPLAYED_AFTER_MERGE = "replayed-after-merge"   # OK from the request-id memory for a
                                                 # write that had lost a merge (fixed in
-                                                # 6be9ee9: ERR INDOUBT since) ...
+                                                # 6be9ee9: ERR INDOUBT, now ERR
+                                                # SUPERSEDED, since) ...
 REPLAYED_AFTER_OVERWRITE = "replayed-after-overwrite"   # ... except once a write made
                                                 # after the merge covers its version
 REAPPLIED = "reapplied"                         # a request id applied again by a replica

@@ -22,8 +22,11 @@ import pytest
 
 from replicad.client import BlockingClient, build_request
 from replicad.cluster import find_free_base_port
+from replicad.retry import WriteInDoubt
 from replicad.session import ClientSession
 from replicad.testing.cluster import ProxiedCluster
+
+from .lines import ask
 
 CLI = os.path.join(os.path.dirname(sys.executable), "replicad-cli")
 # Generous on purpose: the goal is a median under 1 s (bench/failover.py measures it);
@@ -156,6 +159,36 @@ def test_a_write_whose_answer_is_lost_is_resent_with_its_id_and_applied_once(
     assert len(replays) == 1, replays              # the second copy was a replay
     cluster.heal()
     assert BlockingClient(cluster.addresses(), timeout_s=10).get("once") == "only"
+
+
+def test_a_write_resent_after_it_was_overwritten_is_settled_in_doubt_at_once(
+        start_cluster):
+    """A write sent again with its request id after another write replaced it: every
+    replica answers ERR SUPERSEDED (its outcome is unknown for good: overwritten, or
+    discarded by a merge), the coordinator directly and a follower by relaying; the
+    client reports it in doubt after that one answer instead of sending it to every
+    server until its deadline, and nothing is applied again."""
+    cluster = start_cluster()
+    coordinator = cluster.coordinator()
+    follower = next(i for i in cluster.ids if i != coordinator)
+    first, later = "@r=;w=;id=5eed0001.1 PUT k mine", "@r=;w=;id=5eed0002.1 PUT k theirs"
+    assert ask(cluster.address(coordinator), first).endswith(" OK")
+    assert ask(cluster.address(coordinator), later).endswith(" OK")
+    clock = cluster.status(coordinator)["clock"]
+    for address in (cluster.address(coordinator), cluster.address(follower)):
+        again = ask(address, first)
+        assert "ERR SUPERSEDED this write was applied as " in again, again
+
+    session = ClientSession(client_id="5eed0001")   # its next request id is .1 again
+    client = BlockingClient(cluster.addresses(), session=session, timeout_s=20)
+    with pytest.raises(WriteInDoubt) as raised:
+        client.put("k", "mine")
+    assert raised.value.code == "SUPERSEDED"
+    assert client.get("k") == "theirs"
+    assert cluster.status(coordinator)["clock"] == clock        # nothing applied again
+    with open(cluster.log_path(coordinator), encoding="utf-8") as log:
+        replays = [line for line in log if "was already applied" in line]
+    assert len(replays) == 3, replays     # the two raw ones and the client's one send
 
 
 # Sessions belong to one cluster ----------------------------------------------------------
