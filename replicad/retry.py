@@ -313,6 +313,11 @@ class RetryPlan:
             self._session.demote(outcome.address)
         verdict = classify(self.request, outcome)
         if verdict is Verdict.DONE:
+            if outcome.reply is not None and outcome.reply.error_code == Code.SUPERSEDED:
+                raise WriteInDoubt(
+                    Code.SUPERSEDED, outcome.reply.error_message, outcome.address,
+                    f"{_describe_request(self.request)}: the outcome is unknown: "
+                    f"{outcome.describe()}")
             return outcome.reply
         if verdict is Verdict.FAIL:
             raise OutcomeUnknown(

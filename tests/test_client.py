@@ -387,7 +387,7 @@ async def test_a_superseded_write_is_in_doubt_at_once_and_not_sent_again(drive, 
     client = drive.make([superseded.address, other.address], timeout_s=60.0)
     e = await raises(WriteInDoubt, drive.call(client, "put", "k", "v"))
     assert isinstance(e, OutcomeUnknown) and e.code == Code.SUPERSEDED
-    assert "applied as 2:7" in str(e)
+    assert str(e).startswith("PUT k: the outcome is unknown: ") and "applied as 2:7" in str(e)
     assert len(superseded.requests) == 1 and other.requests == []
 
 
