@@ -45,6 +45,14 @@ Invariants (each is tested):
   and so on, about 20 elections a second (docs/reliability.md, "Election storms").  The
   highest member never asks (no one can be above it), and an unanswered pre-vote is no
   objection, so a crash or a hang still fails over.
+- I8b (objection to an election) a follower of a coordinator above it that gets
+  ELECTION from a lower peer does not stand itself while it confirms that coordinator
+  alive: it objects, and the lower peer stands down as after a pre-vote objection.
+  Its own election could only end with the same coordinator, and while it ran it
+  refused that coordinator's pushes: across a one-way cut (3's bytes to 1 held), 1
+  stood about once a second, and each time 2 stood too, and 3's writes missed their
+  quorum (docs/reliability.md, "Thirteenth session").  An unconfirmed coordinator is
+  no objection: Bully as before.
 """
 
 from __future__ import annotations
@@ -407,6 +415,31 @@ class Node:
         else:
             self.start_election(f"election from {from_id}")
         return True
+
+    def objection_to_election(self, from_id: int) -> int | None:
+        """ELECTION from a lower peer, at a follower of a coordinator above this
+        replica: that coordinator, which the glue confirms alive and then objects in
+        its name instead of calling ``election_received`` (I8b); None: no objection
+        (nor from a replica that is no candidate: it would not stand anyway)."""
+        state = self._state
+        if (state.role is Role.FOLLOWER and state.coordinator is not None
+                and state.coordinator > self._my_id and from_id < self._my_id
+                and from_id in self._others and self._candidacy is Candidacy.YES):
+            return state.coordinator
+        return None
+
+    def election_objected(self, peer_id: int, coordinator: int) -> None:
+        """A higher peer answered ELECTION: it follows ``coordinator``, above this
+        replica, which answered it just now (I8b).  This replica cannot reach it, but
+        the cluster can: stand down as after a pre-vote objection.  Once another
+        higher peer answered OK (AWAITING), the objection changes nothing."""
+        state = self._state
+        if not isinstance(state, _Electing) or peer_id not in state.waiting_on:
+            return
+        if coordinator in self._higher:
+            self._vetoed(peer_id, coordinator)
+        else:
+            self.election_send_failed(peer_id)
 
     def answer_received(self, from_id: int, epoch: int) -> None:
         """OK from a higher peer: it will win, so wait for its announcement."""

@@ -293,11 +293,16 @@ class Replica(service.MultiService):
 
     def send_election(self, peer_id: int, epoch: int) -> None:
         def answered(response: PeerResponse) -> None:
-            peer_epoch = peerwire.parse_epoch(response.payload)
+            epoch_text, _, coordinator = response.payload.partition(" ")
+            peer_epoch = peerwire.parse_epoch(epoch_text)
             if response.kind == "OK":
                 self.node.answer_received(peer_id, peer_epoch)
+                return
+            self.node.epoch_seen(peer_epoch)
+            if coordinator:     # it follows a live coordinator above us (node.py I8b)
+                self.node.election_objected(
+                    peer_id, peerwire.parse_int(coordinator, "coordinator"))
             else:
-                self.node.epoch_seen(peer_epoch)
                 self.node.election_send_failed(peer_id)
 
         self._ask(peer_id, peerwire.Election(epoch), self.timers.answer_timeout,
@@ -1294,15 +1299,33 @@ class Replica(service.MultiService):
         shown = self.quorum_index.cap(self.store.durable_clock, self.my_id)
         return PeerAnswer("OK", shown.encode())
 
-    def _on_election(self, peer_id: int, message: peerwire.Election) -> PeerAnswer:
-        answer = self.node.election_received(peer_id, message.epoch)
-        return PeerAnswer("OK" if answer else "NO", str(self.node.epoch))
+    def _on_election(self, peer_id: int, message: peerwire.Election):
+        """Bully's answer (OK, and an election of this replica's own), unless this
+        replica follows a coordinator above it that answers a ping now: then it
+        objects in that coordinator's name, as to a pre-vote (node.py I8b), and keeps
+        following it."""
+        node = self.node
+
+        def bully() -> PeerAnswer:
+            answer = node.election_received(peer_id, message.epoch)
+            return PeerAnswer("OK" if answer else "NO", str(node.epoch))
+
+        coordinator = node.objection_to_election(peer_id)
+        if coordinator is None:
+            return bully()
+
+        def answer(alive: bool) -> PeerAnswer:
+            if not alive or node.objection_to_election(peer_id) != coordinator:
+                return bully()
+            node.epoch_seen(message.epoch)
+            return PeerAnswer("NO", f"{node.epoch} {coordinator}")
+
+        return self._confirm_coordinator(coordinator).addCallback(answer)
 
     def _on_prevote(self, peer_id: int, message: peerwire.PreVote):
         """Object to a peer standing only if this replica follows a coordinator above it
         that answers a ping now (node.py I8): the asker cannot reach it, but the cluster
-        can.  A coordinator that does not answer is no objection, and is checked as a
-        failed heartbeat would be (so a crashed one is replaced at once)."""
+        can."""
         node = self.node
 
         def answer(objection: bool) -> PeerAnswer:
@@ -1313,18 +1336,25 @@ class Replica(service.MultiService):
         coordinator = node.prevote_received(peer_id)
         if coordinator is None or coordinator == self.my_id:
             return answer(coordinator is not None)
+        return self._confirm_coordinator(coordinator).addCallback(answer)
+
+    def _confirm_coordinator(self, coordinator: int) -> defer.Deferred[bool]:
+        """True once ``coordinator``, which this replica follows, answered a ping saying
+        it coordinates.  One that does not answer is checked as a failed heartbeat
+        would be (so a crashed one is replaced at once); False then."""
+        node = self.node
         if self._known_down(coordinator):
-            return answer(False)
+            return defer.succeed(False)
 
-        def confirmed(status: PeerStatus) -> PeerAnswer:
-            return answer(status.role == "coordinator" and node.coordinator == coordinator)
+        def confirmed(status: PeerStatus) -> bool:
+            return status.role == "coordinator" and node.coordinator == coordinator
 
-        def unreachable(failure) -> PeerAnswer:
+        def unreachable(failure) -> bool:
             failure.trap(PeerUnavailable, PeerWireError, StaleEpoch)
             if node.coordinator == coordinator and node.role is Role.FOLLOWER:
                 self._pinged_coordinator = coordinator
                 self._coordinator_ping_failed()
-            return answer(False)
+            return False
 
         return self.ping(coordinator, self.timers.ping_timeout).addCallbacks(
             confirmed, unreachable)

@@ -418,6 +418,57 @@ class ElectionReceivedTests(SynchronousTestCase):
         self.assertEqual((m.role, glue.calls), (F, []))
 
 
+class ElectionObjectionTests(SynchronousTestCase):
+    """I8b: a follower of a coordinator above it objects to a lower peer's election
+    (the glue confirms that coordinator first); the lower peer stands down."""
+
+    def test_a_follower_of_a_coordinator_above_names_it(self):
+        m, glue, _ = make(2, (1, 2, 3, 4))
+        self.assertIsNone(m.objection_to_election(1))     # follows no one: Bully
+        m.coordinator_received(4, 4)
+        self.assertEqual(m.objection_to_election(1), 4)   # the glue pings 4 first
+        self.assertIsNone(m.objection_to_election(3))     # not from below
+        self.assertIsNone(m.objection_to_election(9))     # not a member
+        self.assertEqual((m.role, glue.of("election")), (F, []))   # asking stands no one
+
+    def test_a_coordinator_below_is_no_reason(self):
+        m, _, _ = make(3, (1, 2, 3))
+        m.coordinator_received(2, 2)       # (it will bully 2; meanwhile it follows it)
+        self.assertIsNone(m.objection_to_election(1))
+        m, _, _ = coordinator_of(3)
+        self.assertIsNone(m.objection_to_election(1))     # the coordinator re-announces
+
+    def test_an_objection_stands_the_asker_down_without_an_epoch(self):
+        m, glue, clock = make(1, (1, 2, 3), answer_timeout_s=0.3, coordinator_timeout_s=0.8)
+        m.coordinator_received(3, 3)
+        m.start_election("coordinator 3 failed")
+        self.assertEqual(glue.of("election"), [(2, 3), (3, 3)])
+        glue.calls.clear()
+        m.election_objected(2, 3)          # 2 follows 3, and 3 answered its ping
+        self.assertEqual((m.role, m.coordinator, m.epoch), (F, None, 3))
+        self.assertEqual((m.vetoed, m.cannot_serve), ((2, 3), True))
+        self.assertEqual(glue.calls, [("role", F, None, 3)])
+        m.election_send_failed(3)          # 3's answer never came: changes nothing
+        self.assertEqual((m.role, glue.prevotes), (F, []))
+        clock.advance(0.8)                 # asks again
+        self.assertEqual((m.role, glue.of("election")), (E, [(2, 3), (3, 3)]))
+        self.assertTrue(m.coordinator_received(3, 3))   # the cut healed
+        self.assertEqual((m.role, m.coordinator, m.vetoed), (F, 3, None))
+
+    def test_an_objection_after_an_ok_or_in_a_coordinators_name_below_changes_nothing(self):
+        m, _, _ = make(1, (1, 2, 3))
+        m.start_election("start-up")
+        m.answer_received(3, 0)            # 3 answered first: waiting for its announcement
+        m.election_objected(2, 3)
+        self.assertEqual((m.role, m.vetoed), (A, None))
+        m, _, _ = make(2, (1, 2, 3, 4))
+        m.start_election("start-up")
+        m.election_objected(3, 1)          # not above this replica: a failed answer
+        self.assertEqual((m.role, m.vetoed), (E, None))
+        m.election_objected(4, 4)
+        self.assertEqual((m.role, m.vetoed), (F, (4, 4)))
+
+
 class CoordinatorReceivedTests(SynchronousTestCase):
     def test_accept_from_higher(self):
         m, glue, clock = make(1)

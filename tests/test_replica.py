@@ -176,12 +176,13 @@ def test_waiters_leave_the_list_however_their_wait_ends(replica):
 
 
 def test_an_election_is_no_evidence_that_the_coordinator_died(replica):
-    """Bully makes a follower hold an election whenever a lower replica does; a forward
-    in flight to the (alive) coordinator must keep waiting for its answer."""
+    """A lower replica's election makes a follower ask its coordinator (and hold an
+    election of its own if that fails: node.py I8b); a forward in flight to the
+    coordinator must keep waiting for its answer meanwhile."""
     follow(replica)
     forward = defer.ensureDeferred(replica._forward(3, wire.parse_request("PUT k v")))
-    assert replica.peer_request(1, "ELECTION", "3").kind == "OK"
-    assert replica.node.role is Role.ELECTING
+    answer = replica.peer_request(1, "ELECTION", "3")
+    assert not answer.called and replica.node.role is Role.FOLLOWER   # pinging 3
     assert not forward.called
     replica._suspect(3)                     # what a failed ping to it does
     failure = forward.result
@@ -200,7 +201,8 @@ def test_a_fast_forward_stops_waiting_when_its_coordinator_is_declared_dead(repl
     assert replica.detector.check().result is True
     d = replica.handle(Request("PUT", "k", "v"))
     assert link.verbs() == ["PING", "CLIENT"] and not d.called
-    assert replica.peer_request(1, "ELECTION", "3").kind == "OK"    # no evidence
+    answer = replica.peer_request(1, "ELECTION", "3")    # no evidence: 3 answers,
+    assert answer.result.kind == "NO"                    # and 2 objects in its name
     assert not d.called
     replica._suspect(3)                                   # what a failed ping does
     replica.reactor.advance(0)
@@ -672,8 +674,8 @@ def test_a_read_forwarded_to_a_coordinator_this_replica_no_longer_follows_is_ask
     put = replica.handle(Request("PUT", "j", "w"))
     assert link.verbs() == ["PING", "CLIENT", "CLIENT"]
     replica.links[3] = silent                             # 3 is cut off from now on
-    assert replica.peer_request(1, "ELECTION", "3").kind == "OK"   # no evidence of death
-    assert not got.called and not put.called
+    election = replica.peer_request(1, "ELECTION", "3")   # no evidence of death: 2 pings
+    assert not election.called and not got.called and not put.called           # 3 first
     serving(replica)                                      # 3 never answers: 2 takes over
     replica.reactor.advance(0)
     assert (got.result.status, got.result.text) == ("VALUE", "v")   # served here
@@ -1003,6 +1005,37 @@ def test_a_prevote_needs_no_ping_when_nothing_is_above_the_asker(replica):
     follow(replica)
     assert replica.peer_request(3, "PREVOTE", "3").kind == "OK"     # 3 is the asker
     assert link.verbs() == []
+
+
+def test_an_election_from_below_is_objected_to_while_the_coordinator_answers(replica):
+    """node.py I8b: replica 1 cannot hear 3, but 2 can: 2 objects in 3's name and keeps
+    following it (no election of its own, so it keeps taking 3's pushes)."""
+    link = fake_coordinator(replica, [])
+    follow(replica)
+    answer = replica.peer_request(1, "ELECTION", "3")
+    assert link.verbs() == ["PING"]                        # asked 3 first, just now
+    assert (answer.result.kind, answer.result.payload) == ("NO", "3 3")
+    assert (replica.node.role, replica.node.coordinator) == (Role.FOLLOWER, 3)
+
+
+def test_an_election_from_below_is_bully_when_the_coordinator_does_not_answer(replica):
+    follow(replica)                    # the memory reactor's link to 3 never answers
+    answer = replica.peer_request(1, "ELECTION", "3")
+    assert not answer.called
+    replica.reactor.advance(0)
+    replica.reactor.advance(replica.timers.ping_timeout)
+    assert (answer.result.kind, answer.result.payload) == ("OK", "3")
+    assert replica.node.role is Role.ELECTING             # 3 failed a ping: elect
+
+
+def test_an_objection_to_an_election_reaches_the_node(replica):
+    from replicad.peer import PeerResponse
+
+    heard = []
+    replica.node.election_objected = lambda *a: heard.append(a)
+    replica.links[3] = CatchUpLink(defer.succeed(PeerResponse("NO", "7 3")))
+    replica.send_election(3, 6)
+    assert heard == [(3, 3)] and replica.node.epoch == 7
 
 
 class _PreVoteAnswers:
@@ -1345,6 +1378,7 @@ def test_a_take_over_counts_as_holders_the_peers_whose_clock_covers_its_own(repl
 
 @pytest.mark.parametrize("send, answer, told", [
     ("send_election", ("OK", "x"), ("election_send_failed", (3,))),
+    ("send_election", ("NO", "5 x"), ("election_send_failed", (3,))),
     ("send_prevote", ("NO", "5 x"), ("prevote_failed", (3,))),
     ("send_coordinator", ("NO", "x"), ("coordinator_send_failed", (3, 6))),
     ("catch_up", ("OK", "2:x"), ("caught_up", (3, 6, False))),

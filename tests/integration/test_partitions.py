@@ -230,6 +230,47 @@ def test_a_bridge_does_not_start_an_election_storm(proxied, quorum):
     assert BlockingClient([cluster.address(2)], timeout_s=5).get(f"b{n - 1}") == "x"
 
 
+def test_a_replica_that_cannot_hear_its_coordinator_does_not_unseat_the_others(proxied):
+    """A one-way cut (chaos seed 32): 3's bytes to 1 are held, 1's to 3 arrive.  1 no
+    longer hears coordinator 3 and stands; 2, which answers 1's ELECTION, confirms 3
+    alive and objects instead of holding an election of its own (node.py I8, as the
+    pre-vote): 2 keeps following 3, so 3's writes keep their quorum (2's ack), and 1
+    refuses clients at once with the reason, so a client moves on to 2 or 3.  Before,
+    2 held an election each time 1 stood (about once a second) and refused 3's pushes
+    while it did (the chaos run: two writes ERR QUORUM), and clients that tried 1 waited
+    for an election there that never ended; without the objection this test times out
+    waiting for 1's refusal (checked once)."""
+    cluster = proxied(3, write_quorum="majority")
+    assert cluster.coordinator() == 3
+    epoch = cluster.status(3)["epoch"]
+    cluster.cut_one_way(3, 1)
+
+    def one_stands_down() -> bool:
+        reply = talk(cluster.address(1), b"PUT k v\nQUIT\n")
+        return b"ERR UNAVAILABLE coordinator 3 is alive (replica 2 reaches it)" in reply
+
+    cluster.wait_until(one_stands_down, timeout_s=10,
+                       what="replica 1 refusing, as replica 2 still reaches 3")
+    started = time.monotonic()
+    n = 0
+    while time.monotonic() - started < 3.0:    # several of 1's elections (0.8 s apart)
+        assert try_put([cluster.address(3)], f"w{n}", "x", timeout_s=5)   # the quorum
+        status = cluster.status(2)
+        assert (status["role"], status["coordinator"], status["epoch"]) == (
+            "follower", 3, epoch), status
+        n += 1
+    assert try_put([cluster.address(1), cluster.address(2)], "via-1", "y")
+    cluster.heal()
+
+    def one_follows_three() -> bool:
+        status = cluster.status(1)
+        return status is not None and (status["role"], status["coordinator"]) == (
+            "follower", 3)
+
+    cluster.wait_until(one_follows_three, timeout_s=10, what="replica 1 follows 3")
+    assert BlockingClient([cluster.address(1)], timeout_s=5).get(f"w{n - 1}") == "x"
+
+
 def test_a_replica_of_another_cluster_with_the_same_secret_is_refused(tmp_path):
     """(e) Same secret, other cluster id: refused in the handshake, with a clear line,
     and the two histories never mix."""
