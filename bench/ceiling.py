@@ -28,7 +28,6 @@ from __future__ import annotations
 import argparse
 import os
 import shutil
-import signal
 import subprocess
 import sys
 import tempfile
@@ -37,7 +36,7 @@ import time
 import _common
 import suite
 from _common import markdown_table
-from throughput import Redis, cpu_seconds, redis_version
+from throughput import Redis, cpu_seconds, redis_version, stop_process
 
 from replicad.cluster import find_free_base_port
 
@@ -93,13 +92,7 @@ class BareServer:
             time.sleep(0.05)
 
     def stop(self) -> None:
-        if self.proc is not None and self.proc.poll() is None:
-            self.proc.send_signal(signal.SIGTERM)
-            try:
-                self.proc.wait(timeout=10)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait()
+        stop_process(self.proc)
 
     def target(self, key: str) -> suite.Target:
         proc = self.proc

@@ -232,20 +232,25 @@ class Redis:
         return " | ".join(text.strip().splitlines()[-5:]) or "(no log)"
 
     def stop(self) -> None:
-        if self.proc is None or self.proc.poll() is not None:
-            return
-        self.proc.send_signal(signal.SIGTERM)
-        try:
-            self.proc.wait(timeout=10)
-        except subprocess.TimeoutExpired:
-            self.proc.kill()
-            self.proc.wait()
+        stop_process(self.proc)
 
     def target(self) -> Target:
         proc = self.proc
         return Target(f"Redis appendfsync {self.mode}" if self.mode != "off"
                       else "Redis, no persistence", REDIS, ("127.0.0.1", self.port),
                       lambda: [proc.pid], lambda: [proc.pid])
+
+
+def stop_process(proc: subprocess.Popen | None) -> None:
+    """SIGTERM a server this script started, SIGKILL if it lingers past 10 s."""
+    if proc is None or proc.poll() is not None:
+        return
+    proc.send_signal(signal.SIGTERM)
+    try:
+        proc.wait(timeout=10)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+        proc.wait()
 
 
 def redis_version(binary: str) -> str:

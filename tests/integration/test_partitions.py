@@ -34,6 +34,21 @@ def values_everywhere(cluster, key: str) -> dict[int, str | None]:
             for i in cluster.ids}
 
 
+def follows(cluster, i: int, coordinator: int) -> bool:
+    """Replica i answers STATUS as a follower of ``coordinator``."""
+    status = cluster.status(i)
+    return status is not None and (status["role"], status["coordinator"]) == (
+        "follower", coordinator)
+
+
+def refuses(cluster, i: int, peer: int, coordinator: int = 3) -> bool:
+    """Replica i stood down (node.py I8, I8b): it refuses a client at once, naming the
+    live coordinator and the peer that reaches it."""
+    reply = talk(cluster.address(i), b"PUT k v\nQUIT\n")
+    return (f"ERR UNAVAILABLE coordinator {coordinator} is alive (replica {peer} "
+            "reaches it)").encode() in reply
+
+
 def converged(cluster) -> bool:
     statuses = [cluster.status(i) for i in cluster.ids]
     if any(s is None or s["role"] == "electing" for s in statuses):
@@ -176,12 +191,7 @@ def test_a_replica_its_coordinator_cannot_dial_follows_it_all_the_same(proxied):
                        what="replica 2 takes over from the dead 3")
     cluster.start_replica(3)
 
-    def two_follows_three() -> bool:
-        status = cluster.status(2)
-        return status is not None and (status["role"], status["coordinator"]) == (
-            "follower", 3)
-
-    cluster.wait_until(two_follows_three, timeout_s=10,
+    cluster.wait_until(lambda: follows(cluster, 2, 3), timeout_s=10,
                        what="replica 2 follows 3, whose announcements cannot reach it")
     assert try_put([cluster.address(2)], "through-2", "x")       # forwarded 2 -> 3
     assert BlockingClient([cluster.address(3)], timeout_s=5).get("through-2") == "x"
@@ -202,18 +212,14 @@ def test_a_bridge_does_not_start_an_election_storm(proxied, quorum):
     epoch = cluster.status(3)["epoch"]
     cluster.partition([2], [3])
 
-    def two_stands_down() -> bool:
-        reply = talk(cluster.address(2), b"PUT k v\nQUIT\n")
-        return b"ERR UNAVAILABLE coordinator 3 is alive (replica 1 reaches it)" in reply
-
-    cluster.wait_until(two_stands_down, timeout_s=10,
+    cluster.wait_until(lambda: refuses(cluster, 2, 1), timeout_s=10,
                        what="replica 2 refusing, as replica 1 still reaches 3")
     started = time.monotonic()
     n = 0
     from_two = [cluster.address(2), cluster.address(3), cluster.address(1)]
     while time.monotonic() - started < 1.0:     # client traffic everywhere, 2 included
         assert try_put(from_two, f"b{n}", "x")  # 2 refuses at once: the client moves on
-        assert two_stands_down()
+        assert refuses(cluster, 2, 1)
         n += 1
     statuses = cluster.statuses()
     assert [statuses[i]["epoch"] for i in (1, 2, 3)] == [epoch] * 3, statuses
@@ -221,12 +227,7 @@ def test_a_bridge_does_not_start_an_election_storm(proxied, quorum):
         ("follower", 3), ("coordinator", 3)]
     cluster.heal()
 
-    def two_follows_three() -> bool:
-        status = cluster.status(2)
-        return status is not None and (status["role"], status["coordinator"]) == (
-            "follower", 3)
-
-    cluster.wait_until(two_follows_three, timeout_s=10, what="replica 2 follows 3")
+    cluster.wait_until(lambda: follows(cluster, 2, 3), timeout_s=10, what="replica 2 follows 3")
     assert BlockingClient([cluster.address(2)], timeout_s=5).get(f"b{n - 1}") == "x"
 
 
@@ -245,11 +246,7 @@ def test_a_replica_that_cannot_hear_its_coordinator_does_not_unseat_the_others(p
     epoch = cluster.status(3)["epoch"]
     cluster.cut_one_way(3, 1)
 
-    def one_stands_down() -> bool:
-        reply = talk(cluster.address(1), b"PUT k v\nQUIT\n")
-        return b"ERR UNAVAILABLE coordinator 3 is alive (replica 2 reaches it)" in reply
-
-    cluster.wait_until(one_stands_down, timeout_s=10,
+    cluster.wait_until(lambda: refuses(cluster, 1, 2), timeout_s=10,
                        what="replica 1 refusing, as replica 2 still reaches 3")
     started = time.monotonic()
     n = 0
@@ -262,12 +259,7 @@ def test_a_replica_that_cannot_hear_its_coordinator_does_not_unseat_the_others(p
     assert try_put([cluster.address(1), cluster.address(2)], "via-1", "y")
     cluster.heal()
 
-    def one_follows_three() -> bool:
-        status = cluster.status(1)
-        return status is not None and (status["role"], status["coordinator"]) == (
-            "follower", 3)
-
-    cluster.wait_until(one_follows_three, timeout_s=10, what="replica 1 follows 3")
+    cluster.wait_until(lambda: follows(cluster, 1, 3), timeout_s=10, what="replica 1 follows 3")
     assert BlockingClient([cluster.address(1)], timeout_s=5).get(f"w{n - 1}") == "x"
 
 
