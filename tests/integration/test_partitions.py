@@ -250,7 +250,7 @@ def test_a_replica_that_cannot_hear_its_coordinator_does_not_unseat_the_others(p
                        what="replica 1 refusing, as replica 2 still reaches 3")
     started = time.monotonic()
     n = 0
-    while time.monotonic() - started < 3.0:    # several of 1's elections (0.8 s apart)
+    while time.monotonic() - started < 2.0:    # two or more of 1's elections (0.8 s apart)
         assert try_put([cluster.address(3)], f"w{n}", "x", timeout_s=5)   # the quorum
         status = cluster.status(2)
         assert (status["role"], status["coordinator"], status["epoch"]) == (
