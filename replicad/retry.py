@@ -313,9 +313,12 @@ class RetryPlan:
             self._session.demote(outcome.address)
         verdict = classify(self.request, outcome)
         if verdict is Verdict.DONE:
-            if outcome.reply is not None and outcome.reply.error_code == Code.SUPERSEDED:
+            if in_doubt(self.request, outcome):
+                # A final answer that leaves the write in doubt (SUPERSEDED: nothing a
+                # later attempt says would differ), worded as every unknown outcome.
+                reply = outcome.reply
                 raise WriteInDoubt(
-                    Code.SUPERSEDED, outcome.reply.error_message, outcome.address,
+                    reply.error_code, reply.error_message, outcome.address,
                     f"{_describe_request(self.request)}: the outcome is unknown: "
                     f"{outcome.describe()}")
             return outcome.reply
