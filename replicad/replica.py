@@ -1318,7 +1318,7 @@ class Replica(service.MultiService):
             if not alive or node.objection_to_election(peer_id) != coordinator:
                 return bully()
             node.epoch_seen(message.epoch)
-            return PeerAnswer("NO", f"{node.epoch} {coordinator}")
+            return self._objection(coordinator)
 
         return self._confirm_coordinator(coordinator).addCallback(answer)
 
@@ -1330,13 +1330,18 @@ class Replica(service.MultiService):
 
         def answer(objection: bool) -> PeerAnswer:
             if objection:
-                return PeerAnswer("NO", f"{node.epoch} {coordinator}")
+                return self._objection(coordinator)
             return PeerAnswer("OK", str(node.epoch))
 
         coordinator = node.prevote_received(peer_id)
         if coordinator is None or coordinator == self.my_id:
             return answer(coordinator is not None)
         return self._confirm_coordinator(coordinator).addCallback(answer)
+
+    def _objection(self, coordinator: int) -> PeerAnswer:
+        """``NO <epoch> <coordinator>``: do not stand, ``coordinator`` is alive (the
+        answer to a PREVOTE or an ELECTION, node.py I8 and I8b)."""
+        return PeerAnswer("NO", f"{self.node.epoch} {coordinator}")
 
     def _confirm_coordinator(self, coordinator: int) -> defer.Deferred[bool]:
         """True once ``coordinator``, which this replica follows, answered a ping saying
