@@ -9,8 +9,9 @@ calls:
   checked here, at one edge (``peer_request``), before any handler runs;
 - client requests wait with ``Node.when_serving``; a follower checks its coordinator
   is alive (client-triggered detection), forwards and relays the reply; the
-  coordinator catches up with the session's clocks, executes, pushes the write and
-  waits for the write quorum;
+  coordinator catches up with the session's clocks and executes: a read here, a write
+  by ``writes`` (into the open commit group, pushed, answered once write_quorum
+  replicas hold it; a retried request id answered, never applied twice);
 - anti-entropy: a LoopingCall pings every peer and pulls what a peer has and this
   replica lacks; in quorum mode a coordinator also pings every peer each
   ``ping_interval`` to keep its lease.
@@ -43,19 +44,16 @@ from replicad.node import Candidacy, Node, Role, veto_reason
 from replicad.peer import PeerAnswer, PeerLink, PeerResponse, PeerUnavailable
 from replicad.peerwire import Message, PeerStatus, PeerWireError
 from replicad.quorumindex import QuorumIndex
-from replicad.store import NewerEpoch, Record, RequestRow, Store
+from replicad.store import Record, Store
 from replicad.sync import StaleEpoch, Synchroniser
 from replicad.turnsend import TurnSender
 from replicad.vclock import VectorClock
 from replicad.wire import Code, Reply, ReplyMeta, Request, WireError
+from replicad.writes import NotCoordinator, Writes
 
 PAUSE_TICKS = 4                 # no heartbeat tick for this many ping intervals: paused
 WAITING_FIRST_LOG_S = 1.0       # an unbound replica says what it waits for after this,
 WAITING_LOG_INTERVAL_S = 10.0   # then this often
-
-
-class _NotCoordinator(Exception):
-    """This replica stopped being the coordinator while serving a request."""
 
 
 class Replica(service.MultiService):
@@ -154,6 +152,11 @@ class Replica(service.MultiService):
             pause_s=PAUSE_TICKS * self.timers.ping_interval,
             candidacy=self._candidacy(),
             confirm_holders=self.config.quorum_mode,
+        )
+        self.writes = Writes(
+            self.my_id, self.config, self.reactor, self.store, self.commits, self.sync,
+            self.quorum_index, self.node, self.metrics, self._meta, self._error,
+            self._push_refused,
         )
         self.detector = HeartbeatMonitor(
             self.reactor, self.timers.ping_interval, self._ping_coordinator,
@@ -611,7 +614,7 @@ class Replica(service.MultiService):
         after all), for its latency in the metrics."""
         reply = self._forward_now(request)
         if reply is None:
-            reply = self._write_now(request, placed)
+            reply = self.writes.take(request, placed)
         if reply is None:
             reply = defer.ensureDeferred(self._handle(request, placed))
         return self.metrics.request(request.command, reply, started)   # metrics hook
@@ -865,7 +868,7 @@ class Replica(service.MultiService):
             if coordinator == self.my_id:
                 try:
                     return await self._coordinate(request, placed)
-                except _NotCoordinator:
+                except NotCoordinator:
                     continue
             if not await self.detector.check():
                 # The failed ping started an election: wait for news, do not spin.
@@ -878,28 +881,6 @@ class Replica(service.MultiService):
                 reply = await self._forward_failed(request, coordinator, sent_in, e, deadline)
                 if reply is not None:
                     return reply
-
-    def _write_now(self, request: Request, placed=None) -> defer.Deferred[Reply] | None:
-        """The coordinator's fast path for a write it can take at once (it serves, the
-        session needs nothing it lacks, the request id is new, a DEL finds its key):
-        into the open commit group now, then pushed, with no coroutine.  None when
-        _coordinate must decide: anything that waits, replays or answers NOTFOUND."""
-        node = self.node
-        store = self.store
-        if (not request.is_write or node.serving_as != self.my_id
-                or not session.requirement(request.context) <= store.clock):
-            return None
-        rid = request.context.rid if request.context else None
-        if rid is not None and store.request(rid) is not None:
-            return None
-        if request.command == "DEL":
-            current = store.get(request.key)
-            if current is None or current.deleted:
-                return None
-        try:
-            return self._apply_write(request, rid, node.coordinator_epoch, placed)
-        except _NotCoordinator:
-            return None                   # it stepped down: the full path sends it on
 
     def _forward_now(self, request: Request) -> defer.Deferred[Reply] | None:
         """The follower's fast path: forward at once, with no coroutine, when the
@@ -1062,7 +1043,7 @@ class Replica(service.MultiService):
                 )
         node = self.node
         if node.serving_as != self.my_id:
-            raise _NotCoordinator()
+            raise NotCoordinator()
         epoch = node.coordinator_epoch
         store = self.store
         while request.is_read and not self.commits.settled:
@@ -1070,7 +1051,7 @@ class Replica(service.MultiService):
             # a writer told before this read may have opened the next group already.
             await self.commits.durable()
             if node.serving_as != self.my_id:
-                raise _NotCoordinator()
+                raise NotCoordinator()
         if request.is_read:
             if placed is not None:
                 placed()
@@ -1082,10 +1063,10 @@ class Replica(service.MultiService):
             # it failed, this copy is decided afresh).
             await self.commits.durable()
             if node.serving_as != self.my_id:
-                raise _NotCoordinator()
+                raise NotCoordinator()
         done = store.request(rid) if rid is not None else None
         if done is not None:
-            return await self._replay(request, done)
+            return await self.writes.replay(request, done)
         if request.command == "DEL":
             current = store.get(request.key)
             if current is None or current.deleted:
@@ -1103,115 +1084,11 @@ class Replica(service.MultiService):
                     # Its answer must hold wherever the request turns up again (a copy
                     # queued at a paused coordinator, a retry elsewhere): a no-op
                     # marker, replicated like a write (store.py).
-                    return await self._apply_write(request, rid, epoch, placed, noop=True)
+                    return await self.writes.apply(request, rid, epoch, placed, noop=True)
                 if placed is not None:
                     placed()
                 return Reply("NOTFOUND", meta=self._meta(request, self._shown_clock(request)))
-        return await self._apply_write(request, rid, epoch, placed)
-
-    def _apply_write(self, request: Request, rid: str | None, epoch: int,
-                     placed=None, noop: bool = False) -> defer.Deferred[Reply]:
-        """Write into the open commit group now (then ``placed()``); the reply once it
-        is durable and pushed.  A deposed coordinator (NewerEpoch) steps down and raises
-        _NotCoordinator: nothing was written, the request goes elsewhere.  ``noop``: a
-        DEL that found nothing, written as a no-op marker and answered NOTFOUND."""
-        store = self.store
-        reply: defer.Deferred[Reply] = defer.Deferred()
-        index = self.quorum_index if self.config.quorum_mode else None
-        if noop:
-            def change():
-                return store.write_noop(self.my_id, request.key, epoch, rid)
-        else:
-            def change():
-                return store.write(self.my_id, request.key, request.value, epoch, rid)
-
-        def write():
-            if index is None:
-                return change()
-            # Quorum mode: the write waits for its quorum from the moment it is in the
-            # store, where a read resumed by this group's COMMIT could see it before
-            # this write's own callback runs (quorumindex.py)
-            record = change()
-            if noop:
-                index.waiting(record.seq)
-            else:
-                index.waiting(record.seq, request.key, store.replaced, record)
-            written.append(record.seq)
-            return record
-
-        written: list[int] = []
-
-        def durable(record, error) -> None:   # only then is it pushed
-            if error is not None:
-                if written:         # its COMMIT failed: it is not in the store any more
-                    index.withdraw(written[0])
-                reply.callback(self._error(request, Code.INTERNAL, str(error)))
-                return
-            started = self.reactor.seconds()   # metrics hook
-
-            def replicated(reached: bool) -> None:
-                if index is not None:
-                    index.decided(record.seq)
-                try:
-                    outcome = self._quorum_outcome(reached, record, request, started)
-                except Exception:       # not into the push loop that settled it
-                    reply.errback()
-                    return
-                reply.callback(outcome)
-
-            self.sync.replicate(record, epoch, self._push_refused, replicated)
-
-        try:
-            self.commits.run(write, durable)
-        except NewerEpoch as e:
-            self.node.epoch_seen(e.epoch)
-            raise _NotCoordinator() from None
-        if placed is not None:
-            placed()
-        return reply
-
-    async def _replay(self, request: Request, done: RequestRow) -> Reply:
-        """A write sent again with a request id this cluster already applied: answer
-        it, never apply it twice.  If the write is still the key's current version it
-        is pushed again (followers that have it answer "duplicate", which counts), so
-        the answer says whether it now has its quorum; a no-op marker likewise."""
-        origin, seq, version = done.origin, done.seq, done.version
-        rid = done.rid
-        if done.noop:
-            self.log.info("request {rid} changed nothing (no-op {origin}:{seq}); "
-                          "answering NOTFOUND again", rid=rid, origin=origin, seq=seq)
-            if origin == 0:         # kept before markers: this replica's answer alone
-                return Reply("NOTFOUND", meta=self._meta(request, self.store.clock))
-            marker = Record(request.key, None, origin, seq, version, 0, rid, noop=True)
-            return await self._replicated(marker, request, self.node.coordinator_epoch)
-        self.log.info("request {rid} was already applied as write {origin}:{seq}; "
-                      "answering it again", rid=rid, origin=origin, seq=seq)
-        if done.discarded:
-            return self._discarded(request, origin, seq)
-        current = self.store.get(request.key)
-        if current is not None and (current.origin, current.seq) == (origin, seq):
-            return await self._replicated(current, request, self.node.coordinator_epoch)
-        # No longer the key's write.  Overwritten by a write that saw it, or gone with a
-        # branch a merge discarded (it, or a later write of the same losing side that
-        # overwrote it): versions are clocks and cannot tell these apart (a chaos run
-        # had OK answered for a write whose branch was discarded).  Never OK then, and
-        # never applied again: the outcome is reported unknown, and settled (SUPERSEDED:
-        # the client stops there instead of asking every replica until its deadline).
-        if current is not None and version <= current.version:
-            return self._error(
-                request, Code.SUPERSEDED,
-                f"this write was applied as {origin}:{seq} and is no longer the key's "
-                "value (overwritten, or discarded with a partition's losing side); read "
-                "the key to see what it holds",
-            )
-        return self._discarded(request, origin, seq)
-
-    def _discarded(self, request: Request, origin: int, seq: int) -> Reply:
-        return self._error(
-            request, Code.SUPERSEDED,
-            f"this write was applied as {origin}:{seq}, then discarded by a concurrent "
-            "write during a partition; it is not in the data",
-        )
+        return await self.writes.apply(request, rid, epoch, placed)
 
     def _before_commit(self) -> None:
         """Nothing buffered for the end of the turn waits for a COMMIT's fsync: a
@@ -1232,27 +1109,6 @@ class Replica(service.MultiService):
         """Answer the confirmed reads a commit's pushes or a pull just covered."""
         if self.awaiting:
             self.awaiting.recheck()
-
-    def _replicated(self, record, request: Request, epoch) -> defer.Deferred[Reply]:
-        """Push a durable write; its reply once write_quorum replicas have it (or not)."""
-        started = self.reactor.seconds()   # metrics hook
-        reached = self.sync.replicate(record, epoch, self._push_refused)
-        return reached.addCallback(self._quorum_outcome, record, request, started)
-
-    def _quorum_outcome(self, reached: bool, record, request: Request,
-                        started: float) -> Reply:
-        self.metrics.quorum_wait(self.reactor.seconds() - started, reached)   # metrics hook
-        if not reached:
-            what = ("the DEL found nothing to delete; that answer" if record.noop
-                    else "the write")
-            return self._error(
-                request, Code.QUORUM,
-                f"{what} is on this replica but fewer than write_quorum = "
-                f"{self.config.write_quorum} replicas confirmed it in time; it may or may "
-                "not survive a failure",
-            )
-        return Reply("NOTFOUND" if record.noop else "OK",
-                     meta=self._meta(request, record.version))
 
     def _push_refused(self, peer_id: int) -> None:
         """A follower refused a push (it follows no one, or another epoch): announce
@@ -1370,7 +1226,7 @@ class Replica(service.MultiService):
 
     def _on_client(self, peer_id: int, message: peerwire.Client):
         """A request a follower forwarded.  A read this replica can answer at once is
-        answered here, and a write it can take at once is taken here (_write_now),
+        answered here, and a write it can take at once is taken here (Writes.take),
         with no coroutine: a forwarding follower's GETs and PUTs."""
         node = self.node
         if not node.role.is_coordinator:
@@ -1383,7 +1239,7 @@ class Replica(service.MultiService):
             return _final(e.reply(), peer_id)
         if self._can_read_now(request):
             return _final(self._read(request), peer_id)
-        written = self._write_now(request)
+        written = self.writes.take(request)
         if written is not None:
             return written.addCallback(_final, peer_id)
         return defer.ensureDeferred(self._serve_forwarded(request, peer_id))
@@ -1454,7 +1310,7 @@ class Replica(service.MultiService):
             return self._not_coordinator()
         try:
             reply = await self._coordinate(request)
-        except _NotCoordinator:
+        except NotCoordinator:
             return self._not_coordinator()
         return _final(reply, via)
 

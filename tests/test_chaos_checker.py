@@ -546,7 +546,7 @@ def test_a_write_answered_from_the_request_id_memory_after_losing_the_merge():
     a = h.put("s1", "k", "a", "3:2", epoch=9, rid="abcdef01.1", overlap=True)
     events = h.end({"k": ("b", 2, 1, "2:1,3:1", 2)}, "2:1,3:2",
                    requests={3: {"abcdef01.1": [3, 2, "3:2"]}})
-    line = ("2026-11-29T21:20:41+0000 [replicad.replica.Replica#info] request abcdef01.1 "
+    line = ("2026-11-29T21:20:41+0000 [replicad.writes.Writes#info] request abcdef01.1 "
             "was already applied as write 3:2; answering it again")
     events += list(log_events(3, ["noise", line]))
     report = check(events)
@@ -584,7 +584,7 @@ def test_a_replay_answered_ok_once_a_write_after_the_merge_covers_the_lost_versi
     c = h.put("s3", "k", "c", "2:1,3:3", epoch=3, by=3)
     events = h.end({"k": ("c", 3, 3, "2:1,3:3", 3)}, "2:1,3:3",
                    requests={3: {"abcdef01.1": [3, 2, "3:2"]}})
-    line = ("2026-11-29T21:20:41+0000 [replicad.replica.Replica#info] request abcdef01.1 "
+    line = ("2026-11-29T21:20:41+0000 [replicad.writes.Writes#info] request abcdef01.1 "
             "was already applied as write 3:2; answering it again")
     events += list(log_events(3, [line, line]))
     report = check(events)
@@ -599,7 +599,7 @@ def test_a_replay_answered_ok_once_a_write_after_the_merge_covers_the_lost_versi
 def test_the_open_bug_explains_concurrent_writes_only_when_a_replay_is_in_each_pair():
     from replicad.chaos.runner import log_events
 
-    line = ("2026-11-29T21:20:41+0000 [replicad.replica.Replica#info] request abcdef01.1 "
+    line = ("2026-11-29T21:20:41+0000 [replicad.writes.Writes#info] request abcdef01.1 "
             "was already applied as write 3:2; answering it again")
 
     def history(plain_pair: bool, replay: bool) -> list[dict]:
@@ -682,7 +682,7 @@ def test_request_ids_that_changed_nothing_are_not_writes():
     doubt = h.delete("s2", "j", "3:1", outcome="unknown", rid="abcdef01.2")
     requests = {i: {"abcdef01.1": [0, 0, "-"], "abcdef01.2": [0, 0, "-"]} for i in (1, 2, 3)}
     events = h.end({"k": ("a", 3, 1, "3:1", 1)}, "3:1", requests=requests)
-    line = ("2026-11-29T21:20:41+0000 [replicad.replica.Replica#info] request abcdef01.1 "
+    line = ("2026-11-29T21:20:41+0000 [replicad.writes.Writes#info] request abcdef01.1 "
             "was already applied as write 0:0; answering it again")
     events += list(log_events(2, [line]))
     report = check(events)

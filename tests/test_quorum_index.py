@@ -121,8 +121,8 @@ def coordinator(tmp_path):
                       new_cluster=True)
     replica.startService()
     serving(replica)
-    replica.config = replica.sync.config = dataclasses.replace(replica.config,
-                                                               write_quorum=2)
+    quorum_of_two = dataclasses.replace(replica.config, write_quorum=2)
+    replica.config = replica.sync.config = replica.writes.config = quorum_of_two
     assert replica.config.quorum_mode
     replica.acks = []
 

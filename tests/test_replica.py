@@ -764,13 +764,13 @@ def test_a_failure_while_answering_one_write_leaves_the_others_of_its_push(repli
 
 def test_a_write_the_fast_path_cannot_take_goes_the_full_way(replica):
     serving(replica)
-    assert replica._write_now(Request("DEL", "missing")) is None        # NOTFOUND
-    assert replica._write_now(wire.parse_request("@r=9:1;w= PUT k v")) is None   # behind
+    assert replica.writes.take(Request("DEL", "missing")) is None        # NOTFOUND
+    assert replica.writes.take(wire.parse_request("@r=9:1;w= PUT k v")) is None   # behind
     serve(replica, "@r=;w=;id=0123abcd.1 PUT k v1")
-    assert replica._write_now(wire.parse_request("@r=;w=;id=0123abcd.1 PUT k v1")) is None
-    assert replica._write_now(Request("GET", "k")) is None
+    assert replica.writes.take(wire.parse_request("@r=;w=;id=0123abcd.1 PUT k v1")) is None
+    assert replica.writes.take(Request("GET", "k")) is None
     follow(replica, 3, own_epoch(5, 3))
-    assert replica._write_now(Request("PUT", "k", "v")) is None         # a follower
+    assert replica.writes.take(Request("PUT", "k", "v")) is None         # a follower
 
 
 def test_a_deposed_coordinators_fast_write_steps_down_and_applies_nothing(replica):

@@ -90,7 +90,7 @@ def test_a_woken_coordinator_pulls_before_it_serves_what_was_queued(proxied):
     reply = read_line(queued)
     queued.close()
     # A replay: k's current write is a newer one, so the outcome of the old copy is
-    # reported unknown (replica._replay); applied anew it would answer OK.
+    # reported unknown (Writes.replay); applied anew it would answer OK.
     assert status_word(reply) == "ERR" and "SUPERSEDED" in reply, reply
     with open(cluster.log_path(3), encoding="utf-8") as log:
         assert f"request {RID} was already applied" in log.read()
