@@ -33,7 +33,7 @@ from twisted.internet import defer
 from twisted.internet.interfaces import IDelayedCall, IReactorTime
 from twisted.logger import Logger
 
-from replicad.store import Store
+from replicad.store import Store, disk_full
 
 T = TypeVar("T")
 
@@ -48,6 +48,11 @@ class GroupCommit:
         self._call: IDelayedCall | None = None
         self.groups = 0          # committed groups, for metrics and tests
         self.writes = 0          # writes they carried
+        # The disk is full (the last COMMIT failed with SQLITE_FULL): said once in the
+        # log, with how many groups failed, not once per group (a traceback each
+        # turn would fill the log, often on the same disk).
+        self.disk_full = False
+        self._failed_while_full = 0
         # Called after every flush, once the writers were told: what their callbacks
         # queued to send (pushes, replies, acks) can leave in this turn, not the next.
         self.after_flush: Callable[[], None] | None = None
@@ -105,10 +110,19 @@ class GroupCommit:
                 self.before_commit()
             except Exception:
                 self.log.failure("before the group commit of {n} writes", n=len(waiting))
+        full = False
+        committing = store.group_open
         try:
             store.commit_group()
-        except Exception:
-            self.log.failure("group commit of {n} writes failed", n=len(waiting))
+        except Exception as e:
+            full = disk_full(e)
+            if full:
+                self._full(e)
+            else:
+                self.log.failure("group commit of {n} writes failed", n=len(waiting))
+        else:
+            if committing:
+                self.commit_worked()
         if waiting:
             self.groups += 1
             self.writes += len(waiting)
@@ -118,8 +132,7 @@ class GroupCommit:
                     for d, result, group_id in waiting]
         store.forget_failed_groups()
         for told, result, failed in outcomes:
-            error = (GroupFailed("the write could not be committed; nothing was done")
-                     if failed else None)
+            error = GroupFailed.of(full) if failed else None
             if isinstance(told, defer.Deferred):
                 if error is not None:
                     told.errback(error)
@@ -137,5 +150,32 @@ class GroupCommit:
                 self.log.failure("after the group commit of {n} writes", n=len(waiting))
 
 
+    def commit_worked(self) -> None:
+        """A COMMIT worked (this group's, or an import's): the disk takes writes."""
+        if self.disk_full:
+            self.disk_full = False
+            self.log.info("the disk takes writes again ({n} group commits failed while "
+                          "it was full)", n=self._failed_while_full)
+
+    def _full(self, error: Exception) -> None:
+        self._failed_while_full = (self._failed_while_full + 1) if self.disk_full else 1
+        if not self.disk_full:
+            self.disk_full = True
+            self.log.error("the disk is full ({error}): writes are refused, nothing "
+                           "half-applied, until space is freed", error=error)
+
+
 class GroupFailed(Exception):
-    """The COMMIT of a write group failed: none of its writes happened."""
+    """The COMMIT of a write group failed: none of its writes happened.  ``disk_full``:
+    because the disk is full (the same write succeeds once space is freed)."""
+
+    def __init__(self, message: str, disk_full: bool = False):
+        super().__init__(message)
+        self.disk_full = disk_full
+
+    @classmethod
+    def of(cls, disk_full: bool) -> GroupFailed:
+        if disk_full:
+            return cls("the disk is full: the write could not be committed; nothing "
+                       "was done", disk_full=True)
+        return cls("the write could not be committed; nothing was done")

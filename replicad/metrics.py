@@ -355,6 +355,11 @@ class ReplicaCollector:
         yield info
         yield _gauge("replicad_members", "Replicas in the cluster's member list",
                      len(config.ids))
+        commits = getattr(replica, "commits", None)
+        yield _gauge("replicad_disk_full", "1 while this replica's last COMMIT failed "
+                     "because its disk is full (writes, or the pushed writes it applies, "
+                     "are refused until space is freed)",
+                     1 if commits is not None and commits.disk_full else 0)
         if node is not None:
             role = GaugeMetricFamily(
                 "replicad_role", "1 for this replica's current role (follower, "

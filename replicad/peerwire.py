@@ -49,6 +49,14 @@ class PeerWireError(ValueError):
     """A peer line that does not follow the format."""
 
 
+class ErrorAnswer(PeerWireError):
+    """A peer answered a call ``ERR <code> <message>``: it refused the request."""
+
+    def __init__(self, peer_id: int, payload: str):
+        super().__init__(f"replica {peer_id} answered ERR {payload}")
+        self.code = payload.partition(" ")[0]
+
+
 def new_nonce() -> str:
     return secrets.token_hex(NONCE_BYTES)
 

@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import dataclasses
 import os
+import sqlite3
 from collections.abc import Callable
 
 from twisted.application import service
@@ -35,7 +36,7 @@ from replicad.confirmedreads import AwaitingWrites, ReadConfirmations
 from replicad.datadir import DB_FILENAME, check_data_dir  # noqa: F401 (moved there)
 from replicad.detector import HeartbeatMonitor
 from replicad.forwarding import Forward, Retry
-from replicad.groupcommit import GroupCommit
+from replicad.groupcommit import GroupCommit, GroupFailed
 from replicad.identity import new_cluster_id
 from replicad.joining import Joining
 from replicad.linklog import LinkStateLog
@@ -44,7 +45,7 @@ from replicad.node import Candidacy, Node, Role, veto_reason
 from replicad.peer import PeerAnswer, PeerLink, PeerResponse, PeerUnavailable
 from replicad.peerwire import Message, PeerStatus, PeerWireError
 from replicad.quorumindex import QuorumIndex
-from replicad.store import Record, Store
+from replicad.store import Record, Store, disk_full
 from replicad.sync import StaleEpoch, Synchroniser
 from replicad.turnsend import TurnSender
 from replicad.vclock import VectorClock
@@ -141,7 +142,7 @@ class Replica(service.MultiService):
                                  self.ping, self.call, self._mark, lambda: self.node.epoch)
         self.commits.after_flush = self._after_commit
         self.commits.before_commit = self._before_commit
-        self.sync.after_import = self._recheck_awaiting
+        self.sync.after_import = self._after_import
         self.node = Node(
             self.my_id, self.config.ids, self, self.reactor, epoch=self.store.epoch,
             quorum=self.election_quorum,
@@ -260,7 +261,7 @@ class Replica(service.MultiService):
             self._epoch_seen(epoch)
             raise StaleEpoch(peer_id, epoch)
         if response.kind == "ERR":
-            raise PeerWireError(f"replica {peer_id} answered ERR {response.payload}")
+            raise peerwire.ErrorAnswer(peer_id, response.payload)
         return response
 
     def _failed(self, failure, peer_id: int, verb: str) -> None:
@@ -588,6 +589,7 @@ class Replica(service.MultiService):
             "reads_here": "yes" if self._reads_here() else "no",
             "cluster_id": self.store.cluster_id or "-",
             "ready": "yes" if node.serving_as is not None else "no",
+            "disk": "full" if self.commits.disk_full else "ok",
             "version": replicad.__version__,
         }
 
@@ -1105,6 +1107,12 @@ class Replica(service.MultiService):
         self._recheck_awaiting()
         self.turn_sender.send_now()
 
+    def _after_import(self) -> None:
+        """A pull was committed: its reads may be answered, and a disk that was full
+        takes writes again (a follower whose pushes failed catches up this way)."""
+        self.commits.commit_worked()
+        self._recheck_awaiting()
+
     def _recheck_awaiting(self) -> None:
         """Answer the confirmed reads a commit's pushes or a pull just covered."""
         if self.awaiting:
@@ -1252,14 +1260,32 @@ class Replica(service.MultiService):
                                                               or self.joining.fresh):
             return PeerAnswer("NO", str(node.epoch))
         store = self.store
-        applied = self.commits.run(lambda: store.apply_pushed_batch(message.records))
+        try:
+            applied = self.commits.run(lambda: store.apply_pushed_batch(message.records))
+        except sqlite3.Error as e:
+            if not disk_full(e):
+                raise
+            return self._no_space_for_pushes()
 
         def answer(outcomes: list[str]) -> PeerAnswer:   # an acknowledgement: on disk now
             if "gap" in outcomes:
                 self.sync.sync_from(peer_id)   # a push was lost: fetch what is missing
             return PeerAnswer("OK", ",".join(outcomes))
 
-        return applied.addCallback(answer)
+        def failed(failure):
+            if failure.check(GroupFailed) and failure.value.disk_full:
+                return self._no_space_for_pushes()
+            return failure
+
+        return applied.addCallbacks(answer, failed)
+
+    def _no_space_for_pushes(self) -> PeerAnswer:
+        """A full disk (groupcommit says so in the log, once): the coordinator hears it
+        as an ERR it logs once, not as a failure with a traceback per push.  Nothing of
+        the batch was applied; this replica pulls the writes once space is freed (the
+        next push finds a gap, anti-entropy)."""
+        return PeerAnswer("ERR", f"{Code.NOSPACE} replica {self.my_id}'s disk is full: "
+                                 "nothing of the push was applied")
 
     def _accepted(self, peer_id: int, epoch: int) -> bool:
         """This replica follows peer_id as the coordinator of ``epoch`` (it accepted that

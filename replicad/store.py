@@ -198,6 +198,14 @@ class NewerEpoch(StoreError):
         self.epoch = epoch
 
 
+def disk_full(error: BaseException) -> bool:
+    """SQLite could not write because the disk (or the database's size limit) is full:
+    SQLITE_FULL.  Nothing of the failed statement or transaction was applied; the same
+    write succeeds once space is freed."""
+    return (isinstance(error, sqlite3.Error)
+            and getattr(error, "sqlite_errorname", None) == "SQLITE_FULL")
+
+
 def check_record(record: Record) -> None:
     """Refuse a record that would break the store's invariants; raise StoreError."""
     if not isinstance(record, Record):

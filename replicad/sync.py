@@ -19,9 +19,10 @@ from twisted.logger import Logger
 from replicad import peerwire
 from replicad.config import ClusterConfig
 from replicad.peer import PeerResponse, PeerUnavailable
-from replicad.peerwire import Message, PeerStatus, PeerWireError
-from replicad.store import Record, Store
+from replicad.peerwire import ErrorAnswer, Message, PeerStatus, PeerWireError
+from replicad.store import Record, Store, disk_full
 from replicad.vclock import VectorClock
+from replicad.wire import Code
 
 # A sync stream may run long; it fails only when the peer goes silent this long.
 STREAM_IDLE_TIMEOUT_S = 5.0
@@ -68,6 +69,8 @@ class Synchroniser:
         self._pulls: dict[int, defer.Deferred[bool]] = {}
         self._batches: dict[int, list[_Pending]] = {}    # this turn's writes, per epoch
         self._refused: Callable[[int], None] = lambda peer_id: None
+        self._full_peers: set[int] = set()      # followers whose disk was full at a push
+        self._pulls_full = False                # a pull failed for a full disk
         self._last_seen: dict[int, VectorClock] = {}
         # Each peer's clock as its last pull from it began (a lower bound of what it
         # holds: a peer's clock only grows): whom a take-over may count as holding its
@@ -133,13 +136,20 @@ class Synchroniser:
             full = force_full or (have == VectorClock() and self.store.count() == 0) or (
                 behind >= self.config.full_copy_ratio * status.clock.total()
             )
-            return await self._pull(peer_id, full, have, behind)
+            pulled = await self._pull(peer_id, full, have, behind)
         except (PeerUnavailable, PeerWireError, StaleEpoch) as e:
             self.log.debug("pull from replica {peer} failed: {error}", peer=peer_id, error=e)
             return False
-        except Exception:
-            self.log.failure("pull from replica {peer} failed", peer=peer_id)
+        except Exception as e:
+            if not disk_full(e):
+                self.log.failure("pull from replica {peer} failed", peer=peer_id)
+            elif not self._pulls_full:      # said once until a pull works again
+                self._pulls_full = True
+                self.log.warn("pull from replica {peer} failed: the disk is full ({error}); "
+                              "nothing of it was applied", peer=peer_id, error=e)
             return False
+        self._pulls_full = False
+        return pulled
 
     async def _pull(self, peer_id: int, full: bool, have: VectorClock, behind: int) -> bool:
         kind = "FULL" if full else "DELTA"
@@ -278,6 +288,9 @@ class Synchroniser:
 
     def _acked(self, response, peer_id: int, chunk: list[_Pending],
                refused: Callable[[int], None]) -> None:
+        if peer_id in self._full_peers and response.kind == "OK":
+            self._full_peers.discard(peer_id)
+            self.log.info("replica {peer} stores pushed writes again", peer=peer_id)
         if response.kind == "NO":
             refused(peer_id)
         # One outcome per record; "lost" (it lost a merge there) is no acknowledgement.
@@ -289,6 +302,12 @@ class Synchroniser:
     def _push_failed(self, failure, peer_id: int, chunk: list[_Pending]) -> None:
         if failure.check(PeerUnavailable):
             self.mark(peer_id, False)
+        elif failure.check(ErrorAnswer) and failure.value.code == Code.NOSPACE:
+            if peer_id not in self._full_peers:     # said once, until it acks again
+                self._full_peers.add(peer_id)
+                self.log.warn("replica {peer} cannot store pushed writes: {error}; it "
+                              "pulls them once space is freed", peer=peer_id,
+                              error=failure.value)
         elif not failure.check(StaleEpoch):
             self.log.failure("push to replica {peer} failed", failure, peer=peer_id)
         for pending in chunk:

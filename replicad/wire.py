@@ -47,6 +47,9 @@ class Code:
     # value any more (overwritten, or discarded by a merge): its outcome is settled
     # as unknown, and sending it again would not change that
     SUPERSEDED = "SUPERSEDED"
+    # the coordinator's disk is full: the write was not applied (nothing was done) and
+    # can be sent again once space is freed there
+    NOSPACE = "NOSPACE"
     INTERNAL = "INTERNAL"        # a bug or storage failure; nothing was half-applied
     AUTH = "AUTH"                # this cluster needs AUTH <password> first, or it was wrong
 

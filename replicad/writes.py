@@ -22,6 +22,7 @@ replica's ``meta`` and ``error``, given to the constructor).
 
 from __future__ import annotations
 
+import sqlite3
 from collections.abc import Callable
 
 from twisted.internet import defer
@@ -34,7 +35,7 @@ from replicad.groupcommit import GroupCommit
 from replicad.metrics import ReplicaMetrics
 from replicad.node import Node
 from replicad.quorumindex import QuorumIndex
-from replicad.store import NewerEpoch, Record, RequestRow, Store
+from replicad.store import NewerEpoch, Record, RequestRow, Store, disk_full
 from replicad.sync import Synchroniser
 from replicad.vclock import VectorClock
 from replicad.wire import Code, Reply, ReplyMeta, Request
@@ -133,7 +134,8 @@ class Writes:
             if error is not None:
                 if written:         # its COMMIT failed: it is not in the store any more
                     index.withdraw(written[0])
-                reply.callback(self._error(request, Code.INTERNAL, str(error)))
+                reply.callback(self._no_space(request) if error.disk_full
+                               else self._error(request, Code.INTERNAL, str(error)))
                 return
             started = self.clock.seconds()   # metrics hook
 
@@ -154,9 +156,22 @@ class Writes:
         except NewerEpoch as e:
             self.node.epoch_seen(e.epoch)
             raise NotCoordinator() from None
+        except sqlite3.Error as e:
+            if not disk_full(e):
+                raise
+            # The statement itself found no room (SQLite undid it): answered at once.
+            self.log.warn("write refused: the disk is full ({error})", error=e)
+            reply.callback(self._no_space(request))
         if placed is not None:
             placed()
         return reply
+
+    def _no_space(self, request: Request) -> Reply:
+        return self._error(
+            request, Code.NOSPACE,
+            f"replica {self.my_id}, the coordinator, could not write to its disk: it is "
+            "full; nothing was done (free space there, then send the write again)",
+        )
 
     async def replay(self, request: Request, done: RequestRow) -> Reply:
         """A write sent again with a request id this cluster already applied: answer

@@ -19,17 +19,28 @@ class FailingCommits:
     def __init__(self, db: sqlite3.Connection):
         self._db = db
         self.fail = False
+        self.full = False       # fail as SQLite does on a full disk (SQLITE_FULL)
         self.commits = 0
 
     def execute(self, sql: str, *args):
         if sql == "COMMIT":
             self.commits += 1
+            if self.full:
+                raise disk_full_error()
             if self.fail:
                 raise sqlite3.OperationalError("disk I/O error")
         return self._db.execute(sql, *args)
 
     def __getattr__(self, name):
         return getattr(self._db, name)
+
+
+def disk_full_error() -> sqlite3.OperationalError:
+    """What sqlite3 raises when the disk is full (seen on a full tmpfs: the real one is
+    exercised by tests/integration/test_disk_full.py)."""
+    error = sqlite3.OperationalError("database or disk is full")
+    error.sqlite_errorcode, error.sqlite_errorname = 13, "SQLITE_FULL"
+    return error
 
 
 @pytest.fixture
@@ -232,3 +243,46 @@ def test_what_is_ready_to_send_leaves_before_the_commit_blocks(setup):
     assert d.result.seq == 2 and committed_keys(path) == ["a", "b"]
     [event] = [e for e in events if "log_failure" in e]
     assert event["log_failure"].check(RuntimeError)
+
+
+def test_a_full_disk_fails_the_group_as_disk_full_and_is_logged_once_per_episode(setup):
+    """A COMMIT that finds the disk full fails its writers with GroupFailed(disk_full):
+    nothing was applied and the same write works once space is freed.  The log says so
+    once, not once per group (a traceback a turn would fill the log, often on the same
+    disk), and once more when a COMMIT works again."""
+    from twisted.logger import capturedLogs
+
+    store, commits, clock, spy, path = setup
+    spy.full = True
+    with capturedLogs() as events:
+        failed = []
+        for n in range(3):                          # three turns, three failed groups
+            failed.append(commits.run(lambda n=n: store.write(1, f"k{n}", "v")))
+            clock.advance(0)
+        assert commits.disk_full
+        for d in failed:
+            assert d.result.value.disk_full
+            assert "the disk is full" in str(d.result.value)
+            d.addErrback(lambda f: None)
+        assert committed_keys(path) == [] and store.clock == VectorClock()
+        spy.full = False
+        again = commits.run(lambda: store.write(1, "k0", "v"))
+        clock.advance(0)
+    assert again.result.seq == 1 and committed_keys(path) == ["k0"]
+    assert not commits.disk_full
+    texts = [e["log_format"].format(**e) for e in events]
+    assert [t for t in texts if "disk is full" in t] == [
+        "the disk is full (database or disk is full): writes are refused, nothing "
+        "half-applied, until space is freed"]
+    assert [t for t in texts if "again" in t] == [
+        "the disk takes writes again (3 group commits failed while it was full)"]
+    assert not any(e.get("log_failure") for e in events)      # no traceback
+
+
+def test_other_commit_failures_are_not_disk_full(setup):
+    store, commits, clock, spy, _ = setup
+    spy.fail = True
+    d = commits.run(lambda: store.write(1, "k", "v"))
+    clock.advance(0)
+    assert not d.result.value.disk_full and not commits.disk_full
+    d.addErrback(lambda f: None)

@@ -1400,3 +1400,57 @@ def test_an_answer_that_does_not_parse_is_a_failed_call(replica, send, answer, t
     assert replica.sync.peer_clocks[3] == VectorClock({2: 1})
     verb = replica.links[3].sent[0]
     assert any(f"{verb} to replica 3 failed" in formatEvent(e) for e in events)
+
+
+def test_a_coordinator_whose_disk_is_full_answers_nospace_and_writes_again_once_freed(replica):
+    """ERR NOSPACE, not INTERNAL: the client learns that nothing was done and why;
+    STATUS says ``disk full`` until a COMMIT works again, and then the write goes
+    through.  (A real full disk: tests/integration/test_disk_full.py.)"""
+    from tests.test_groupcommit import FailingCommits
+
+    serving(replica)
+    replica.store._db = spy = FailingCommits(replica.store._db)
+    spy.full = True
+    reply = serve(replica, "PUT k v")
+    assert reply.error_code == "NOSPACE"
+    assert reply.error_message.startswith("replica 2, the coordinator, could not write")
+    assert replica.store.get("k") is None
+    assert replica.status_fields()["disk"] == "full"
+    spy.full = False
+    assert serve(replica, "PUT k v").status == "OK"
+    assert replica.store.get("k").value == "v"
+    assert replica.status_fields()["disk"] == "ok"
+
+
+def test_a_write_whose_own_statement_finds_the_disk_full_answers_nospace(replica):
+    """SQLite may run out of room at the statement itself, before the COMMIT: the same
+    answer, at once, and nothing written."""
+    from tests.test_groupcommit import disk_full_error
+
+    serving(replica)
+
+    def full(*args, **kwargs):
+        raise disk_full_error()
+
+    replica.store.write = full
+    reply = serve(replica, "PUT k v")
+    assert reply.error_code == "NOSPACE"
+    del replica.store.write
+    assert serve(replica, "PUT k v").status == "OK"
+
+
+def test_a_follower_whose_disk_is_full_answers_a_push_err_nospace(replica):
+    """Not a failure with a traceback per push on both sides: an ERR the coordinator
+    logs once (sync.py).  Nothing of the batch was applied; once space is freed the
+    same push applies."""
+    from tests.test_groupcommit import FailingCommits
+
+    follow(replica)                                       # epoch 3
+    replica.store._db = spy = FailingCommits(replica.store._db)
+    spy.full = True
+    first = Record("a", "1", 3, 1, VectorClock({3: 1}), 3)
+    answer = push(replica, 3, 3, first)
+    assert (answer.kind, answer.payload.split(" ")[0]) == ("ERR", "NOSPACE")
+    assert replica.store.get("a") is None and replica.store.clock == VectorClock()
+    spy.full = False
+    assert push(replica, 3, 3, first).payload == "applied"

@@ -246,3 +246,32 @@ def test_the_replica_is_told_once_a_pull_is_imported(tmp_path):
     assert results == [True]
     assert told == [VectorClock({3: 1})]
     store.close()
+
+
+def test_a_follower_with_a_full_disk_is_logged_once_until_it_acks_again(tmp_path):
+    """A follower that answers every push ERR NOSPACE is one warning on the coordinator
+    (no traceback per push), and one line more when it stores pushes again."""
+    from twisted.logger import capturedLogs
+
+    from replicad.peerwire import ErrorAnswer
+
+    sync, store, clock, links, refused = replicator(tmp_path, write_quorum=1)
+    with capturedLogs() as events:
+        for n in range(3):
+            sync.replicate(store.write(3, f"k{n}", "v", epoch=3), 3, refused.append)
+            sync.send_batches()
+            for peer, _, d in links.sent[-2:]:
+                if peer == 1:
+                    d.errback(ErrorAnswer(1, "NOSPACE replica 1's disk is full"))
+                else:
+                    d.callback(PeerResponse("OK", "applied"))
+        sync.replicate(store.write(3, "k9", "v", epoch=3), 3, refused.append)
+        sync.send_batches()
+        for _, _, d in links.sent[-2:]:
+            d.callback(PeerResponse("OK", "applied"))
+    texts = [e["log_format"].format(**e) for e in events]
+    assert [t for t in texts if "replica 1" in t] == [
+        "replica 1 cannot store pushed writes: replica 1 answered ERR NOSPACE replica 1's "
+        "disk is full; it pulls them once space is freed",
+        "replica 1 stores pushed writes again"]
+    assert not any(e.get("log_failure") for e in events)
