@@ -41,7 +41,9 @@ from twisted.web.resource import Resource
 
 import replicad
 from replicad.config import ClusterConfig, describe_quorum
+from replicad.metrics import clock_lag
 from replicad.node import veto_reason
+from replicad.vclock import ClockError, VectorClock
 
 PAGE_FILE = "admin_page.html"
 HTTP_IDLE_TIMEOUT_S = 30          # an idle admin connection is closed after this
@@ -213,6 +215,9 @@ def self_entry(replica: Any) -> dict[str, Any]:
         entry.update(clock=store.clock.encode(), writes=store.clock.total(),
                      keys=store.count(), cluster_id=store.cluster_id,
                      conflicts=store.conflicts, db_bytes=replica.metrics.db_bytes())
+    commits = getattr(replica, "commits", None)
+    if commits is not None:
+        entry["disk_full"] = commits.disk_full
     return entry
 
 
@@ -255,7 +260,7 @@ def cluster_view(replica: Any, peers: PeerDetails | None = None) -> dict[str, An
         if fetched is not None and entry["link"] == "up":
             at, detail = fetched
             entry.update({k: detail.get(k) for k in ("keys", "ready", "db_bytes",
-                                                     "conflicts")})
+                                                     "conflicts", "disk_full")})
             entry["detail_age_s"] = round(max(0.0, now - at), 3)
             if seen is None or at > seen.at:
                 # Fresher than the last PING answer (anti-entropy pings a follower only
@@ -263,6 +268,15 @@ def cluster_view(replica: Any, peers: PeerDetails | None = None) -> dict[str, An
                 entry.update({k: detail.get(k) for k in (
                     "role", "coordinator", "epoch", "clock", "writes", "cluster_id")})
                 entry["age_s"] = entry["detail_age_s"]
+                # ... and the lag from that clock, not from the older PING answer
+                # (a page showed a follower at this replica's clock "67 writes behind").
+                try:
+                    theirs = VectorClock.decode(str(detail.get("clock")))
+                except ClockError:
+                    pass
+                else:
+                    behind, ahead = clock_lag(replica.store.clock, theirs)
+                    entry.update(lag_writes=behind, missing_writes=ahead)
         members.append(entry)
     store = replica.store
     ready, why = readiness(replica)

@@ -53,6 +53,9 @@ class GroupCommit:
         # turn would fill the log, often on the same disk).
         self.disk_full = False
         self._failed_while_full = 0
+        # Told True when a disk-full episode starts and False when it ends (the admin
+        # page's timeline, through the metrics).
+        self.disk_changed: Callable[[bool], None] | None = None
         # Called after every flush, once the writers were told: what their callbacks
         # queued to send (pushes, replies, acks) can leave in this turn, not the next.
         self.after_flush: Callable[[], None] | None = None
@@ -156,6 +159,7 @@ class GroupCommit:
             self.disk_full = False
             self.log.info("the disk takes writes again ({n} group commits failed while "
                           "it was full)", n=self._failed_while_full)
+            self._tell_disk(False)
 
     def _full(self, error: Exception) -> None:
         self._failed_while_full = (self._failed_while_full + 1) if self.disk_full else 1
@@ -163,6 +167,14 @@ class GroupCommit:
             self.disk_full = True
             self.log.error("the disk is full ({error}): writes are refused, nothing "
                            "half-applied, until space is freed", error=error)
+            self._tell_disk(True)
+
+    def _tell_disk(self, full: bool) -> None:
+        if self.disk_changed is not None:
+            try:
+                self.disk_changed(full)
+            except Exception:
+                self.log.failure("telling of the disk's state")
 
 
 class GroupFailed(Exception):

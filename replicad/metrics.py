@@ -27,7 +27,7 @@ import itertools
 import os
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from prometheus_client import CollectorRegistry, Counter, Histogram
 from prometheus_client.core import (
@@ -46,6 +46,9 @@ from twisted.python.failure import Failure
 
 import replicad
 from replicad.datadir import DB_FILENAME
+
+if TYPE_CHECKING:
+    from replicad.vclock import VectorClock
 
 TIMELINE_LENGTH = 50       # recent role changes, failovers and link changes kept
 # Seconds.  A request is a fraction of a millisecond when served locally, milliseconds
@@ -192,6 +195,11 @@ class ReplicaMetrics:
                         f"{coordinator} (epoch {epoch})", previous=previous,
                         coordinator=coordinator, epoch=epoch)
 
+    def disk_changed(self, full: bool) -> None:
+        """The commit group's disk-full episode began (True) or ended (False)."""
+        self._event("disk", "the disk is full: writes are refused until space is freed"
+                    if full else "the disk takes writes again", full=full)
+
     def link_changed(self, peer_id: int, up: bool, text: str | None = None) -> None:
         """The replica's view of a peer changed (Replica._mark, through its LinkStateLog:
         a flapping link's changes come summed up in one ``text``)."""
@@ -243,10 +251,7 @@ class ReplicaMetrics:
         store = self.replica.store
         if seen is None or store is None:
             return None
-        ours, theirs = store.clock, seen.status.clock
-        behind = sum(ours[o] - theirs[o] for o in ours.missing_from(theirs))
-        ahead = sum(theirs[o] - ours[o] for o in theirs.missing_from(ours))
-        return behind, ahead
+        return clock_lag(store.clock, seen.status.clock)
 
     def db_bytes(self) -> int:
         total = 0
@@ -439,6 +444,14 @@ class ReplicaCollector:
         ):
             if source is not None:
                 yield _gauge(name, text, source())
+
+
+def clock_lag(ours: VectorClock, theirs: VectorClock) -> tuple[int, int]:
+    """(writes ``ours`` holds that ``theirs`` lacks, writes ``theirs`` holds that
+    ``ours`` lacks)."""
+    behind = sum(ours[o] - theirs[o] for o in ours.missing_from(theirs))
+    ahead = sum(theirs[o] - ours[o] for o in theirs.missing_from(ours))
+    return behind, ahead
 
 
 def _gauge(name: str, documentation: str, value: float) -> GaugeMetricFamily:

@@ -142,6 +142,7 @@ class Replica(service.MultiService):
                                  self.ping, self.call, self._mark, lambda: self.node.epoch)
         self.commits.after_flush = self._after_commit
         self.commits.before_commit = self._before_commit
+        self.commits.disk_changed = self.metrics.disk_changed   # metrics hook
         self.sync.after_import = self._after_import
         self.node = Node(
             self.my_id, self.config.ids, self, self.reactor, epoch=self.store.epoch,

@@ -498,3 +498,21 @@ def test_replicad_local_prints_the_admin_urls(tmp_path):
     assert "Watch the whole cluster live in a browser: http://127.0.0.1:17201/" in text
     off = local.cluster_from_args(local.build_parser().parse_args(["--no-admin"]))
     assert not off.admin
+
+
+def test_a_fresher_detail_brings_its_own_lag_not_the_ping_answers(replica):
+    """The lag is computed from the clock shown: a follower that answered a PING before
+    the writes and whose admin page, a second old, shows it holds them all is in step
+    (the page once showed such a follower "67 writes behind")."""
+    replica.store.bind_cluster("ab" * 16)
+    replica._mark(3, True)
+    replica.metrics.peer_status(PeerStatus(3, "follower", 2, 3, VectorClock(), "ab" * 16))
+    for n in range(3):
+        replica.store.write(2, f"k{n}", "v")
+    replica.reactor.advance(1)
+    peers = admin.PeerDetails(replica, replica.reactor, FakeAgent())
+    view = admin.cluster_view(replica, peers)["members"][2]
+    assert (view["clock"], view["lag_writes"]) == ("-", 3)       # the PING answer
+    peers.details[3] = (replica.reactor.seconds(), {"id": 3, "clock": "2:3", "writes": 3})
+    view = admin.cluster_view(replica, peers)["members"][2]
+    assert (view["clock"], view["lag_writes"], view["missing_writes"]) == ("2:3", 0, 0)

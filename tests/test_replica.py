@@ -1416,10 +1416,15 @@ def test_a_coordinator_whose_disk_is_full_answers_nospace_and_writes_again_once_
     assert reply.error_message.startswith("replica 2, the coordinator, could not write")
     assert replica.store.get("k") is None
     assert replica.status_fields()["disk"] == "full"
+    assert b"replicad_disk_full 1.0" in replica.metrics.exposition()
     spy.full = False
     assert serve(replica, "PUT k v").status == "OK"
     assert replica.store.get("k").value == "v"
     assert replica.status_fields()["disk"] == "ok"
+    disk = [(e["text"], e["full"]) for e in replica.metrics.timeline if e["kind"] == "disk"]
+    assert disk == [("the disk is full: writes are refused until space is freed", True),
+                    ("the disk takes writes again", False)]      # the admin page's
+    assert b"replicad_disk_full 0.0" in replica.metrics.exposition()
 
 
 def test_a_write_whose_own_statement_finds_the_disk_full_answers_nospace(replica):

@@ -16,10 +16,12 @@ Marked slow (about 5 s; it mounts): run by ``.ci/run``'s slow stage.
 
 from __future__ import annotations
 
+import json
 import os
 import shutil
 import subprocess
 import time
+import urllib.request
 
 import pytest
 
@@ -54,7 +56,8 @@ def cluster_with_small_disk(tmp_path):
     started: list[tuple[LocalCluster, str]] = []
 
     def start(replica: int) -> LocalCluster:
-        cluster = LocalCluster(3, find_free_base_port(3), str(tmp_path / "cluster"))
+        cluster = LocalCluster(3, find_free_base_port(3, admin=True),
+                               str(tmp_path / "cluster"), admin=True)
         path = cluster.replica_dir(replica)
         mount_small_tmpfs(path)
         started.append((cluster, path))
@@ -108,8 +111,29 @@ def all_hold(cluster: LocalCluster, keys: list[str]) -> None:
         assert missing == [], f"replica {i} lacks acknowledged writes {missing[:5]}"
 
 
+def the_page_shows_it(tmp_path, cluster: LocalCluster) -> None:
+    """The live cluster page, in a real browser where there is one: the event is on
+    the coordinator's timeline, marked (``kind-disk full``: drawn in the page's
+    "down" colour)."""
+    from .test_admin_browser import CHROMIUM, page_of
+
+    with urllib.request.urlopen(cluster.admin_url(3, "/cluster.json"), timeout=5) as answer:
+        view = json.loads(answer.read())
+    assert [bool(m.get("disk_full")) for m in view["members"]] == [False, False, True]
+    events = [e for e in view["timeline"] if e["kind"] == "disk"]
+    assert [(e["full"], e["text"]) for e in events] == [
+        (True, "the disk is full: writes are refused until space is freed")]
+    if CHROMIUM is None:
+        return              # test_admin_browser.py says why it is skipped
+    page = page_of(tmp_path, cluster, 3)
+    assert "disk" in page.timeline
+    text = "".join(page.text)
+    assert "the disk is full: writes are refused until space is freed" in text
+    assert "full \u2014 writes refused until space is freed" in text     # its card
+
+
 def test_a_coordinator_whose_disk_fills_up_refuses_writes_clearly_and_loses_none(
-        cluster_with_small_disk, cli):
+        cluster_with_small_disk, cli, tmp_path):
     cluster = cluster_with_small_disk(3)
     assert cluster.coordinator() == 3
     acked, refusal = write_until_refused(cluster, 3, 5000)
@@ -124,6 +148,7 @@ def test_a_coordinator_whose_disk_fills_up_refuses_writes_clearly_and_loses_none
     assert status(cluster, 3)["role"] == "coordinator"
     log = open(cluster.log_path(3)).read()
     assert log.count("the disk is full") == 1 and "Traceback" not in log
+    the_page_shows_it(tmp_path, cluster)
 
     grow(cluster.replica_dir(3))
     eventually(lambda: ask(cluster.address(3), f"PUT freed {VALUE}") == "OK",
