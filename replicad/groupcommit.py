@@ -120,11 +120,11 @@ class GroupCommit:
         except Exception as e:
             full = disk_full(e)
             if full:
-                self._full(e)
+                self.full_seen(e)
             else:
                 self.log.failure("group commit of {n} writes failed", n=len(waiting))
         else:
-            if committing:
+            if committing and waiting:      # an empty COMMIT proves nothing of the disk
                 self.commit_worked()
         if waiting:
             self.groups += 1
@@ -161,7 +161,9 @@ class GroupCommit:
                           "it was full)", n=self._failed_while_full)
             self._tell_disk(False)
 
-    def _full(self, error: Exception) -> None:
+    def full_seen(self, error: Exception) -> None:
+        """SQLite found the disk full (this group's COMMIT, or a statement of a change
+        that SQLite undid): an episode starts, said once, or goes on."""
         self._failed_while_full = (self._failed_while_full + 1) if self.disk_full else 1
         if not self.disk_full:
             self.disk_full = True

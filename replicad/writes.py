@@ -160,7 +160,7 @@ class Writes:
             if not disk_full(e):
                 raise
             # The statement itself found no room (SQLite undid it): answered at once.
-            self.log.warn("write refused: the disk is full ({error})", error=e)
+            self.commits.full_seen(e)
             reply.callback(self._no_space(request))
         if placed is not None:
             placed()

@@ -1440,8 +1440,10 @@ def test_a_write_whose_own_statement_finds_the_disk_full_answers_nospace(replica
     replica.store.write = full
     reply = serve(replica, "PUT k v")
     assert reply.error_code == "NOSPACE"
+    assert replica.status_fields()["disk"] == "full"      # the same episode
     del replica.store.write
     assert serve(replica, "PUT k v").status == "OK"
+    assert replica.status_fields()["disk"] == "ok"
 
 
 def test_a_follower_whose_disk_is_full_answers_a_push_err_nospace(replica):
