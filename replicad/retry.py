@@ -327,11 +327,13 @@ class RetryPlan:
                 f"{_describe_request(self.request)}: the request reached {outcome.address} "
                 f"but {outcome.failure}; the write may or may not have been applied"
             )
-        if in_doubt(self.request, outcome) and not (
-                outcome.kind is FailureKind.DEADLINE and self.doubt is not None):
+        cut = outcome.kind is FailureKind.DEADLINE
+        if in_doubt(self.request, outcome) and not (cut and self.doubt is not None):
             # An attempt cut by the deadline (it may have had a millisecond) does not
             # replace what an earlier one learned (ERR QUORUM from the coordinator).
             self.doubt = outcome
+        if cut and self.last_reason is not None:
+            return None     # nor the reason given up with (an earlier server's answer)
         self.last_reason = outcome.describe()
         if outcome.reply is not None:
             self.last_reply = outcome.reply
