@@ -24,6 +24,7 @@ SEED = 18   # its 30 s schedule: wipe, split, isolate the coordinator, kill, one
 
 
 @pytest.mark.integration
+@pytest.mark.slow      # 30 s of one worker: the slow stage, so `make test` stays under 5 min
 def test_a_short_quorum_mode_run_keeps_every_promise(tmp_path):
     lines: list[str] = []
     config = RunConfig(out_dir=str(tmp_path / "chaos"), seed=SEED, duration_s=30.0,
