@@ -82,7 +82,12 @@ class GroupCommit:
             store.begin_group()
         if self._call is None or not self._call.active():
             self._call = self._clock.callLater(0, self.flush)
-        result = change()
+        try:
+            result = change()
+        except Exception as e:
+            if disk_full(e):
+                self._full_seen(e)   # the statement found no room: the episode begins
+            raise
         if done is not None:
             self._waiting.append((done, result, store.group_id))
             return None
@@ -120,7 +125,7 @@ class GroupCommit:
         except Exception as e:
             full = disk_full(e)
             if full:
-                self.full_seen(e)
+                self._full_seen(e)
             else:
                 self.log.failure("group commit of {n} writes failed", n=len(waiting))
         else:
@@ -161,7 +166,7 @@ class GroupCommit:
                           "it was full)", n=self._failed_while_full)
             self._tell_disk(False)
 
-    def full_seen(self, error: Exception) -> None:
+    def _full_seen(self, error: Exception) -> None:
         """SQLite found the disk full (this group's COMMIT, or a statement of a change
         that SQLite undid): an episode starts, said once, or goes on."""
         self._failed_while_full = (self._failed_while_full + 1) if self.disk_full else 1

@@ -360,7 +360,7 @@ class ReplicaCollector:
         yield info
         yield _gauge("replicad_members", "Replicas in the cluster's member list",
                      len(config.ids))
-        commits = getattr(replica, "commits", None)
+        commits = getattr(replica, "commits", None)     # built by startService
         yield _gauge("replicad_disk_full", "1 while this replica's last COMMIT failed "
                      "because its disk is full (writes, or the pushed writes it applies, "
                      "are refused until space is freed)",
@@ -416,7 +416,6 @@ class ReplicaCollector:
             yield CounterMetricFamily("replicad_conflicts", "Concurrent versions met and "
                                       "resolved by this replica (kept in its database)",
                                       value=store.conflicts)
-        commits = getattr(replica, "commits", None)
         if commits is not None:
             yield CounterMetricFamily("replicad_group_commits", "Group commits (one "
                                       "fsync each) that carried writes",

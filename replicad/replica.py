@@ -1266,7 +1266,6 @@ class Replica(service.MultiService):
         except sqlite3.Error as e:
             if not disk_full(e):
                 raise
-            self.commits.full_seen(e)
             return self._no_space_for_pushes()
 
         def answer(outcomes: list[str]) -> PeerAnswer:   # an acknowledgement: on disk now

@@ -159,8 +159,8 @@ class Writes:
         except sqlite3.Error as e:
             if not disk_full(e):
                 raise
-            # The statement itself found no room (SQLite undid it): answered at once.
-            self.commits.full_seen(e)
+            # The statement itself found no room (SQLite undid it; the commit group
+            # counted it in the episode): answered at once.
             reply.callback(self._no_space(request))
         if placed is not None:
             placed()
