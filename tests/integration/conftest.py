@@ -14,10 +14,34 @@ from replicad.testing.cluster import ProxiedCluster
 CLI = os.path.join(os.path.dirname(sys.executable), "replicad-cli")
 
 
+LOG_TAIL_LINES = 40       # per replica: the end of each log is where a failure shows
+LOG_LINE_CHARS = 300
+
+
 def pytest_collection_modifyitems(items):
     for item in items:
         if "integration" in str(item.fspath):
             item.add_marker(pytest.mark.integration)
+
+
+@pytest.hookimpl(hookwrapper=True)
+def pytest_runtest_makereport(item, call):
+    """A failed test's report carries the end of every replica's (and the fault
+    proxy's) log under its tmp_path: CI keeps only what pytest prints, and a failure
+    that does not repeat on demand is explained by these lines or not at all."""
+    outcome = yield
+    report = outcome.get_result()
+    tmp_path = item.funcargs.get("tmp_path") if hasattr(item, "funcargs") else None
+    if report.when != "call" or not report.failed or tmp_path is None:
+        return
+    for path in sorted(tmp_path.rglob("*.log")):
+        try:
+            with open(path, encoding="utf-8", errors="replace") as log:
+                lines = log.read().splitlines()[-LOG_TAIL_LINES:]
+        except OSError as e:
+            lines = [f"(not readable: {e})"]
+        text = "\n".join(line[:LOG_LINE_CHARS] for line in lines)
+        report.sections.append((f"log {path.relative_to(tmp_path)} (last lines)", text))
 
 
 def _starter(tmp_path, cluster_class):
