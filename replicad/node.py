@@ -464,18 +464,27 @@ class Node:
                           replica=self._my_id, epoch=self._epoch)
             self._prevote_or_win()
 
-    def peer_down(self, peer_id: int) -> None:
-        """A call to a peer just timed out or its link dropped (the glue's evidence).
-        Do not keep waiting for its answer: an election waiting on it counts it as
-        failed, a take-over stops waiting for its answer to the announcement.  A hung
-        coordinator cost up to two answer timeouts more without this (issue #8).  It
-        is still asked at the next round or re-announcement."""
+    def peer_down(self, peer_id: int, silent_s: float = 0.0) -> None:
+        """A call to a peer went unanswered for ``silent_s`` (its deadline), or its
+        link dropped (``math.inf``): the glue's evidence.  An election waiting on the
+        peer counts it as failed at once (a hung coordinator cost up to two answer
+        timeouts more without this, issue #8; a wrong guess costs one more election:
+        the live peer bullies back).
+
+        A take-over stops waiting for the peer's answer to the announcement only on
+        evidence as strong as that answer's own timeout: silence for answer_timeout
+        (its ELECTION call, say) or a dropped link (a crashed process closes its
+        sockets).  A 0.2 s anti-entropy PING lost to a loaded machine settled a live
+        peer, and a take-over with a quorum of 1 served without pulling from it (CI: a
+        woken coordinator carried out a DEL that peer had answered NOTFOUND); a wrong
+        guess there costs the peer's writes, so it waits for the answer instead."""
         state = self._state
         if isinstance(state, _Electing) and peer_id in state.waiting_on:
             self.election_send_failed(peer_id)
         elif isinstance(state, _PreVoting) and peer_id in state.waiting_on:
             self.prevote_failed(peer_id)
-        elif isinstance(state, _TakingOver) and peer_id in state.unsettled:
+        elif (isinstance(state, _TakingOver) and peer_id in state.unsettled
+              and silent_s >= self._answer_timeout_s):
             self.coordinator_send_failed(peer_id, state.epoch)
 
     def prevote_received(self, from_id: int) -> int | None:

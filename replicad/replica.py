@@ -20,6 +20,7 @@ calls:
 from __future__ import annotations
 
 import dataclasses
+import math
 import os
 import sqlite3
 from collections.abc import Callable
@@ -215,7 +216,7 @@ class Replica(service.MultiService):
     def _bound(self) -> bool:
         return self.store is not None and self.store.cluster_id is not None
 
-    def _mark(self, peer_id: int, up: bool) -> None:
+    def _mark(self, peer_id: int, up: bool, silent_s: float = 0.0) -> None:
         """Record whether the last exchange with a peer worked; log the changes.  A peer
         back after being down is compared with at once (a PING, then a pull of what it
         has and this replica lacks), not at the next anti-entropy tick: a coordinator
@@ -233,7 +234,7 @@ class Replica(service.MultiService):
             if self.node is not None:
                 self.node.contact(peer_id)
         elif self.node is not None:
-            self.node.peer_down(peer_id)
+            self.node.peer_down(peer_id, silent_s)
 
     def _epoch_seen(self, epoch: int) -> None:
         if self.node is not None:
@@ -265,9 +266,9 @@ class Replica(service.MultiService):
             raise peerwire.ErrorAnswer(peer_id, response.payload)
         return response
 
-    def _failed(self, failure, peer_id: int, verb: str) -> None:
+    def _failed(self, failure, peer_id: int, verb: str, silent_s: float = 0.0) -> None:
         if failure.check(PeerUnavailable):
-            self._mark(peer_id, False)
+            self._mark(peer_id, False, silent_s)
         elif not failure.check(StaleEpoch):
             self.log.failure("{verb} to replica {peer} failed", failure, verb=verb, peer=peer_id)
 
@@ -280,7 +281,7 @@ class Replica(service.MultiService):
         verb = message.verb
 
         def not_answered(failure) -> None:
-            self._failed(failure, peer_id, verb)
+            self._failed(failure, peer_id, verb, timeout_s)
             failed()
 
         d = self.call(peer_id, message, timeout_s)
@@ -420,7 +421,7 @@ class Replica(service.MultiService):
     def _link_lost(self, peer_id: int) -> None:
         """The connection to a peer dropped.  If it was our coordinator, check it now
         rather than at the next heartbeat: a crashed process closes its sockets."""
-        self._mark(peer_id, False)
+        self._mark(peer_id, False, silent_s=math.inf)
         node = self.node
         if node is None:
             return
@@ -449,7 +450,7 @@ class Replica(service.MultiService):
 
         def down(failure):
             failure.trap(PeerUnavailable)
-            self._mark(peer_id, False)
+            self._mark(peer_id, False, timeout_s)
             return failure
 
         return d.addCallbacks(parsed, down)

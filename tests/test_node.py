@@ -3,6 +3,8 @@ whole-cluster scenarios on the simulated network of test_node_sim."""
 
 from __future__ import annotations
 
+import math
+
 from hypothesis import given, settings
 from hypothesis import strategies as st
 from twisted.internet import defer
@@ -217,7 +219,7 @@ class StartElectionTests(SynchronousTestCase):
         self.assertEqual(m.role, E)
         m.peer_down(3)
         self.assertEqual((m.role, clock.seconds()), (T, 0.1))
-        m.peer_down(3)                 # once more, now taking over: settles it
+        m.peer_down(3, 0.3)            # now taking over: its ELECTION's silence settles it
         self.assertEqual(m.take_over_progress(), (1, 1))
 
     def test_peer_down_while_following_changes_nothing(self):
@@ -1001,25 +1003,44 @@ class TakeOverTests(SynchronousTestCase):
         m.coordinator_send_failed(1, 3)
         self.assertEqual(m.role, S)
 
-    def test_peer_down_settles_its_announcement(self):
-        """A hung replica: its announcement is still unanswered when a ping to it
-        times out; the take-over stops waiting for it then, not answer_timeout later."""
+    def test_a_dropped_link_settles_its_announcement(self):
+        """A crashed replica: its announcement is still unanswered when its link drops;
+        the take-over stops waiting for it then, not answer_timeout later."""
         m, glue, clock = make(2, answer_timeout_s=0.3)
         m.start_election("coordinator 3 failed")
         clock.advance(0.3)             # 3 silent: 2 wins
         m.coordinator_accepted(1, m.coordinator_epoch)
         m.pull_done(1, m.coordinator_epoch, True)
         self.assertEqual(m.role, T)    # 3's answer is due
-        m.peer_down(1)                 # settled already: nothing changes
+        m.peer_down(1, silent_s=math.inf)   # settled already: nothing changes
         self.assertEqual(m.role, T)
-        m.peer_down(3)
+        m.peer_down(3, silent_s=math.inf)
         self.assertEqual((m.role, clock.seconds()), (S, 0.3))
+
+    def test_another_calls_timeout_does_not_settle_an_announcement(self):
+        """A ping to a peer timed out while its announcement is unanswered: a loaded
+        machine, not a dead peer, as like as not.  The take-over waits for the
+        announcement's own answer and pulls from the peer (it may hold writes this
+        replica lacks); serving at once, a quorum of 1 skipped that pull (CI)."""
+        m, glue, clock = make(3, answer_timeout_s=1.5)
+        m.start_election("this process was paused")      # top replica: wins at once
+        epoch = m.coordinator_epoch
+        m.peer_down(1, 0.2)
+        m.peer_down(2, 0.2)            # anti-entropy pings, 0.2 s, lost to the load
+        self.assertEqual((m.role, m.take_over_progress()), (T, (1, 1)))
+        clock.advance(0.6)
+        m.coordinator_accepted(2, epoch)                 # the peer was alive after all
+        self.assertEqual(glue.of("pull"), [(2, epoch)])
+        m.pull_done(2, epoch, True)
+        self.assertEqual(m.role, T)
+        m.peer_down(1, 1.5)            # silent as long as the announcement may take
+        self.assertEqual(m.role, S)
 
     def test_peer_down_in_quorum_mode_still_needs_the_quorum(self):
         m, glue, _ = make(3, quorum=2)
         m.start_election("x")          # epoch 3
-        m.peer_down(1)
-        m.peer_down(2)
+        m.peer_down(1, silent_s=math.inf)
+        m.peer_down(2, silent_s=math.inf)
         self.assertEqual((m.role, m.cannot_serve), (T, True))
         m.coordinator_accepted(1, 3)
         m.pull_done(1, 3, True)

@@ -22,6 +22,7 @@ to that peer end the moment it runs) and which alone holds a newer write.
 from __future__ import annotations
 
 import contextlib
+import os
 import signal
 import time
 
@@ -32,6 +33,7 @@ from .lines import connect, read_line
 RID = "0123abcd00000000.1"
 PAUSE_S = 2.5            # > 2 x pause_s (4 ping intervals of 0.3 s)
 HEAL_AFTER_WAKE_S = 0.3  # well after a take-over started at once, well before 1.5 s
+HOLD_S = 0.6             # > a ping timeout + an anti-entropy interval, < answer_timeout
 
 
 def put_with_id(address: str) -> str:
@@ -176,3 +178,52 @@ def test_a_del_answered_notfound_elsewhere_is_not_carried_out_by_a_woken_coordin
     cluster.wait_until(lambda: serving(cluster, 1, 3) and serving(cluster, 2, 3),
                        timeout_s=30, what="replica 3 serving again, 1 and 2 following it")
     assert BlockingClient(cluster.addresses(), timeout_s=20).get("k") == "held"
+
+
+def log_after(cluster, i: int, offset: int) -> str:
+    with open(cluster.log_path(i), encoding="utf-8") as log:
+        log.seek(offset)
+        return log.read()
+
+
+def test_a_take_over_waits_for_its_peers_answers_not_for_a_lost_ping(start_cluster):
+    """Replica 3 wakes from a pause with a PUT queued that the others carried out
+    meanwhile (as in the first test), and when it takes over, both its peers are
+    frozen for HOLD_S: longer than a ping timeout (0.2 s) plus an anti-entropy interval
+    (0.1 s here), shorter than answer_timeout (2 s).  Its PINGs time out; its
+    announcements are answered late.  It must wait for those answers and pull before
+    it serves the queued copy.  With a ping's timeout settling an announcement (as
+    before this test) it served alone at once, a quorum of 1, and applied the copy
+    anew: OK, not ERR SUPERSEDED (checked).  Found by CI as a flake of the DEL test
+    above, where a loaded machine lost the ping instead."""
+    cluster = start_cluster(3, answer_timeout=2.0, coordinator_timeout=2.5,
+                            anti_entropy_interval=0.1)
+    assert cluster.coordinator() == 3
+    client = BlockingClient([cluster.address(1), cluster.address(2)], timeout_s=20)
+    client.put("k", "first")
+    cluster.kill(3, signal.SIGSTOP)
+    stopped = time.monotonic()
+    queued = connect(cluster.address(3))
+    try:
+        queued.sendall(f"@r=;w=;id={RID} PUT k old\n".encode())     # waits in 3's socket
+        cluster.wait_until(lambda: status_word(put_with_id(cluster.address(1))) == "OK",
+                           timeout_s=30, what="the write applied by the others")
+        client.put("k", "new")
+        cluster.kill(1, signal.SIGSTOP)
+        cluster.kill(2, signal.SIGSTOP)
+        offset = os.path.getsize(cluster.log_path(3))
+        time.sleep(max(0.0, PAUSE_S - (time.monotonic() - stopped)))   # a long pause
+        cluster.kill(3, signal.SIGCONT)
+        cluster.wait_until(lambda: "won the election" in log_after(cluster, 3, offset),
+                           timeout_s=30, what="replica 3 taking over")
+        time.sleep(HOLD_S)          # the window: its pings time out, nothing answers
+    finally:
+        cluster.kill(3, signal.SIGCONT)
+        cluster.kill(1, signal.SIGCONT)
+        cluster.kill(2, signal.SIGCONT)
+
+    reply = read_line(queued)
+    queued.close()
+    assert status_word(reply) == "ERR" and "SUPERSEDED" in reply, reply
+    cluster.wait_ready(timeout_s=30)
+    assert BlockingClient(cluster.addresses(), timeout_s=20).get("k") == "new"
