@@ -215,7 +215,7 @@ def self_entry(replica: Any) -> dict[str, Any]:
         entry.update(clock=store.clock.encode(), writes=store.clock.total(),
                      keys=store.count(), cluster_id=store.cluster_id,
                      conflicts=store.conflicts, db_bytes=replica.metrics.db_bytes())
-    commits = getattr(replica, "commits", None)
+    commits = replica.commits
     if commits is not None:
         entry["disk_full"] = commits.disk_full
     return entry

@@ -360,7 +360,7 @@ class ReplicaCollector:
         yield info
         yield _gauge("replicad_members", "Replicas in the cluster's member list",
                      len(config.ids))
-        commits = getattr(replica, "commits", None)     # built by startService
+        commits = replica.commits
         yield _gauge("replicad_disk_full", "1 while this replica's last COMMIT failed "
                      "because its disk is full (writes, or the pushed writes it applies, "
                      "are refused until space is freed)",

@@ -74,6 +74,7 @@ class Replica(service.MultiService):
         self.node: Node | None = None
         self.detector: HeartbeatMonitor | None = None
         self.sync: Synchroniser | None = None
+        self.commits: GroupCommit | None = None
         self.links: dict[int, PeerLink] = {}
         # Shared by this replica's links and (tap.py) its client and peer ports.
         self.turn_sender = TurnSender(reactor)

@@ -40,7 +40,7 @@ def value(metrics: ReplicaMetrics, name: str, **labels: str) -> float | None:
 
 def fake_replica(tmp_path, **fields) -> SimpleNamespace:
     """What the collector reads, without a node or a store (not started)."""
-    base = dict(my_id=1, node=None, store=None, peer_up={2: False, 3: True},
+    base = dict(my_id=1, node=None, store=None, commits=None, peer_up={2: False, 3: True},
                 config=default_config(), data_dir=str(tmp_path), links={})
     base.update(fields)
     return SimpleNamespace(**base)
