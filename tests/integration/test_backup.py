@@ -177,6 +177,7 @@ def cluster_id_of(path: str) -> str:
         db.close()
 
 
+@pytest.mark.slow    # 10 s: the default run stays under 5 minutes (CI runs the slow stage)
 def test_a_replica_started_with_an_empty_data_dir_copies_the_cluster(start_cluster):
     cluster = start_cluster(write_quorum="majority")
     writer = Writer(cluster.addresses())

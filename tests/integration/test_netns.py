@@ -221,6 +221,7 @@ def _bindable(host: str, port: int) -> bool:
     return True
 
 
+@pytest.mark.slow    # 10 s: the default run stays under 5 minutes (CI runs the slow stage)
 def test_three_replicas_on_other_loopback_addresses_with_the_same_ports(tmp_path):
     if not sys.platform.startswith("linux"):
         pytest.skip("only Linux routes all of 127.0.0.0/8 to the loopback interface")
