@@ -67,6 +67,7 @@ class Synchroniser:
         self.mark = mark
         self.epoch = epoch
         self._pulls: dict[int, defer.Deferred[bool]] = {}
+        self._patience: dict[int, float] = {}    # the running pull's PING timeout
         self._batches: dict[int, list[_Pending]] = {}    # this turn's writes, per epoch
         self._refused: Callable[[int], None] = lambda peer_id: None
         self._full_peers: set[int] = set()      # followers whose disk was full at a push
@@ -99,13 +100,21 @@ class Synchroniser:
                 or (previous is not None and previous.missing_from(self.store.clock))):
             self.sync_from(status.peer_id)
 
-    def sync_from(self, peer_id: int, full: bool = False) -> defer.Deferred[bool]:
+    def sync_from(self, peer_id: int, full: bool = False,
+                  ping_timeout_s: float | None = None) -> defer.Deferred[bool]:
         """Pull what peer_id has and this replica lacks (``full``: a full copy whatever
-        the clocks say); concurrent pulls share one."""
+        the clocks say); concurrent pulls share one.  ``ping_timeout_s``: how long the
+        pull's first PING may wait (default ping_timeout).  A caller more patient than
+        the pull it joined gets one of its own if that one fails: a take-over must not
+        give up on a live peer because anti-entropy's 0.2 s PING was lost to a loaded
+        machine (Replica.pull_for_take_over)."""
+        patience = self.timers.ping_timeout if ping_timeout_s is None else ping_timeout_s
         running = self._pulls.get(peer_id)
+        impatient = running is not None and self._patience.get(peer_id, 0.0) < patience
         if running is None:
-            running = defer.ensureDeferred(self._sync_from(peer_id, full))
+            running = defer.ensureDeferred(self._sync_from(peer_id, full, patience))
             self._pulls[peer_id] = running
+            self._patience[peer_id] = patience
 
             def done(result):
                 self._pulls.pop(peer_id, None)
@@ -116,17 +125,23 @@ class Synchroniser:
         # pull that others wait on.  _sync_from never fails: it answers True/False.
         mine: defer.Deferred[bool] = defer.Deferred()
 
-        def relay(result):
+        def settle(result):
             if not mine.called:
                 mine.callback(result)
+
+        def relay(result):
+            if impatient and result is False:
+                self.sync_from(peer_id, full, patience).addCallback(settle)
+            else:
+                settle(result)
             return result
 
         running.addBoth(relay)
         return mine
 
-    async def _sync_from(self, peer_id: int, force_full: bool = False) -> bool:
+    async def _sync_from(self, peer_id: int, force_full: bool, ping_timeout_s: float) -> bool:
         try:
-            status = await self.ping(peer_id, self.timers.ping_timeout)
+            status = await self.ping(peer_id, ping_timeout_s)
             self.peer_clocks[peer_id] = status.clock
             have = self.store.clock
             missing = status.clock.missing_from(have)

@@ -1461,3 +1461,33 @@ def test_a_follower_whose_disk_is_full_answers_a_push_err_nospace(replica):
     assert replica.store.get("a") is None and replica.store.clock == VectorClock()
     spy.full = False
     assert push(replica, 3, 3, first).payload == "applied"
+
+
+def test_a_take_over_pull_gives_the_peers_ping_answer_timeout(replica):
+    """As long as the announcement's answer may take, not ping_timeout's 0.2 s: a PING
+    lost to a loaded machine failed the pull, and with a quorum of 1 the take-over
+    served without that live peer's writes (sync.py, sync_from)."""
+    asked = []
+
+    def sync_from(peer_id, full=False, ping_timeout_s=None):
+        asked.append((peer_id, ping_timeout_s))
+        return defer.succeed(True)
+
+    replica.sync.sync_from = sync_from
+    replica.pull_for_take_over(1, own_epoch(1, 2))
+    timers = replica.timers
+    assert timers.answer_timeout > timers.ping_timeout
+    assert asked == [(1, timers.answer_timeout)]
+
+
+def test_the_glue_tells_the_node_how_long_a_peer_was_silent(replica):
+    """The glue's evidence for Node.peer_down: a ping's timeout is reported as that
+    short a silence, a dropped link as an endless one (node.py, peer_down)."""
+    reported = []
+    replica.node.peer_down = lambda peer_id, silent_s=0.0: reported.append((peer_id, silent_s))
+    replica.ping(1, 0.2).addErrback(lambda f: None)     # never connected: times out
+    for _ in range(3):
+        replica.reactor.advance(0.2)
+    replica._link_lost(3)
+    assert reported[0] == (1, 0.2) and reported[-1][0] == 3
+    assert reported[-1][1] == float("inf")

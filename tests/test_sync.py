@@ -275,3 +275,72 @@ def test_a_follower_with_a_full_disk_is_logged_once_until_it_acks_again(tmp_path
         "disk is full; it pulls them once space is freed",
         "replica 1 stores pushed writes again"]
     assert not any(e.get("log_failure") for e in events)
+
+
+# A take-over's pull waits for a slow peer's PING (Replica.pull_for_take_over) ---------------
+
+
+def slow_peer(tmp_path, answers_after_s: float = 0.5):
+    """A Synchroniser whose peer 3 answers a PING after ``answers_after_s`` (a loaded
+    machine); a PING with a shorter timeout fails at its timeout, as a link's does."""
+    store = Store(str(tmp_path / "replica.sqlite"))
+    clock = Clock()
+    record = Record("k", "v", 3, 1, VectorClock({3: 1}))
+    pings: list[float] = []
+
+    def ping(peer_id, timeout_s):
+        pings.append(timeout_s)
+        d: defer.Deferred = defer.Deferred()
+        if timeout_s > answers_after_s:
+            clock.callLater(answers_after_s, d.callback, seen({3: 1}))
+        else:
+            clock.callLater(timeout_s, d.errback, PeerUnavailable("timed out"))
+        return d
+
+    def call(peer_id, message, timeout_s, on_line=None):
+        on_line("REC", peerwire.encode_record(record))
+        return defer.succeed(PeerResponse("END", "3:1 -"))
+
+    sync = Synchroniser(store, [3], default_config(), clock, ping=ping, call=call,
+                        mark=lambda peer_id, up: None, epoch=lambda: 0)
+    return sync, store, clock, pings
+
+
+def test_a_patient_pull_waits_for_a_slow_peers_ping(tmp_path):
+    sync, store, clock, pings = slow_peer(tmp_path)
+    hasty, patient = [], []
+    sync.sync_from(3).addBoth(hasty.append)
+    clock.advance(0.2)
+    assert hasty == [False]
+    sync.sync_from(3, ping_timeout_s=1.5).addBoth(patient.append)
+    clock.advance(0.5)
+    assert patient == [True] and store.clock == VectorClock({3: 1})
+    assert pings == [0.2, 1.5]
+    store.close()
+
+
+def test_a_patient_caller_that_joined_a_hasty_pull_gets_its_own_when_it_fails(tmp_path):
+    """A take-over's pull joined anti-entropy's, whose 0.2 s PING then timed out: the
+    take-over pulls again with its own patience instead of giving up on the peer
+    (with a quorum of 1 it would serve without the peer's writes)."""
+    sync, store, clock, pings = slow_peer(tmp_path)
+    hasty, patient = [], []
+    sync.sync_from(3).addBoth(hasty.append)                     # anti-entropy
+    sync.sync_from(3, ping_timeout_s=1.5).addBoth(patient.append)   # the take-over
+    clock.advance(0.2)
+    assert hasty == [False] and patient == []
+    clock.advance(0.5)
+    assert patient == [True] and store.clock == VectorClock({3: 1})
+    assert pings == [0.2, 1.5]
+    store.close()
+
+
+def test_a_pull_that_failed_with_the_callers_own_patience_is_not_tried_again(tmp_path):
+    sync, store, clock, pings = slow_peer(tmp_path, answers_after_s=5.0)
+    first, second = [], []
+    sync.sync_from(3, ping_timeout_s=1.5).addBoth(first.append)
+    sync.sync_from(3, ping_timeout_s=1.5).addBoth(second.append)
+    clock.advance(1.5)
+    assert first == second == [False] and pings == [1.5]
+    assert clock.getDelayedCalls() == []
+    store.close()
