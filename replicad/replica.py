@@ -347,13 +347,14 @@ class Replica(service.MultiService):
                   answered, lambda: self.node.coordinator_send_failed(peer_id, epoch))
 
     def pull_for_take_over(self, peer_id: int, epoch: int) -> None:
-        """The peer accepted the epoch: pull from it, its PING given answer_timeout as
-        the announcement was.  With ping_timeout's 0.2 s a PING lost to a loaded
-        machine failed the pull, and a take-over with a quorum of 1 served without that
-        live peer's writes (the request ids among them: node.py, peer_down)."""
+        """The peer accepted the epoch: pull all it took until then (a fresh pull, not
+        one begun before), its PING given answer_timeout as the announcement was.  With
+        ping_timeout's 0.2 s a PING lost to a loaded machine failed the pull, and a
+        take-over with a quorum of 1 served without that live peer's writes (the
+        request ids among them: node.py, peer_down)."""
         timers = self.timers
-        d = self.sync.sync_from(peer_id, ping_timeout_s=max(timers.answer_timeout,
-                                                            timers.ping_timeout))
+        d = self.sync.sync_from(peer_id, fresh=True, ping_timeout_s=max(
+            timers.answer_timeout, timers.ping_timeout))
         d.addCallback(lambda ok: self.node.pull_done(peer_id, epoch, bool(ok)))
         d.addErrback(self._failed, peer_id, "take-over pull")
 

@@ -101,15 +101,28 @@ class Synchroniser:
             self.sync_from(status.peer_id)
 
     def sync_from(self, peer_id: int, full: bool = False,
-                  ping_timeout_s: float | None = None) -> defer.Deferred[bool]:
+                  ping_timeout_s: float | None = None,
+                  fresh: bool = False) -> defer.Deferred[bool]:
         """Pull what peer_id has and this replica lacks (``full``: a full copy whatever
         the clocks say); concurrent pulls share one.  ``ping_timeout_s``: how long the
         pull's first PING may wait (default ping_timeout).  A caller more patient than
         the pull it joined gets one of its own if that one fails: a take-over must not
         give up on a live peer because anti-entropy's 0.2 s PING was lost to a loaded
-        machine (Replica.pull_for_take_over)."""
+        machine (Replica.pull_for_take_over).  ``fresh``: the pull begins after this
+        call, not one already running, which may lack what the peer took since it
+        began (a take-over needs all the peer took before it accepted the epoch)."""
         patience = self.timers.ping_timeout if ping_timeout_s is None else ping_timeout_s
         running = self._pulls.get(peer_id)
+        if fresh and running is not None:
+            after: defer.Deferred[bool] = defer.Deferred()
+
+            def then(result):
+                self.sync_from(peer_id, full, patience).addCallback(
+                    lambda ok: after.called or after.callback(ok))
+                return result
+
+            running.addBoth(then)
+            return after
         impatient = running is not None and self._patience.get(peer_id, 0.0) < patience
         if running is None:
             running = defer.ensureDeferred(self._sync_from(peer_id, full, patience))

@@ -1469,15 +1469,15 @@ def test_a_take_over_pull_gives_the_peers_ping_answer_timeout(replica):
     served without that live peer's writes (sync.py, sync_from)."""
     asked = []
 
-    def sync_from(peer_id, full=False, ping_timeout_s=None):
-        asked.append((peer_id, ping_timeout_s))
+    def sync_from(peer_id, full=False, ping_timeout_s=None, fresh=False):
+        asked.append((peer_id, ping_timeout_s, fresh))
         return defer.succeed(True)
 
     replica.sync.sync_from = sync_from
     replica.pull_for_take_over(1, own_epoch(1, 2))
     timers = replica.timers
     assert timers.answer_timeout > timers.ping_timeout
-    assert asked == [(1, timers.answer_timeout)]
+    assert asked == [(1, timers.answer_timeout, True)]
 
 
 def test_the_glue_tells_the_node_how_long_a_peer_was_silent(replica):

@@ -344,3 +344,38 @@ def test_a_pull_that_failed_with_the_callers_own_patience_is_not_tried_again(tmp
     assert first == second == [False] and pings == [1.5]
     assert clock.getDelayedCalls() == []
     store.close()
+
+
+def test_a_fresh_pull_begins_after_the_one_running(tmp_path):
+    """A take-over needs every write the peer took until it accepted the epoch; a pull
+    that began before (anti-entropy's) may lack the last of them, so the take-over's
+    pull follows it instead of sharing it."""
+    store = Store(str(tmp_path / "replica.sqlite"))
+    peer = [Record("a", "v", 3, 1, VectorClock({3: 1}))]
+    deltas: list[tuple[list[Record], object, defer.Deferred]] = []
+
+    def ping(peer_id, timeout_s):
+        return defer.succeed(seen({3: len(peer)}))
+
+    def call(peer_id, message, timeout_s, on_line=None):
+        d: defer.Deferred = defer.Deferred()
+        deltas.append((list(peer), on_line, d))     # what the peer holds as it answers
+        return d
+
+    def answer(n: int) -> None:
+        records, on_line, d = deltas[n]
+        for record in records:
+            on_line("REC", peerwire.encode_record(record))
+        d.callback(PeerResponse("END", f"3:{len(records)} -"))
+
+    sync = Synchroniser(store, [3], default_config(), Clock(), ping=ping, call=call,
+                        mark=lambda peer_id, up: None, epoch=lambda: 0)
+    background, take_over = [], []
+    sync.sync_from(3).addBoth(background.append)          # begins: the peer holds 3:1
+    peer.append(Record("b", "v", 3, 2, VectorClock({3: 2})))   # then it takes 3:2,
+    sync.sync_from(3, fresh=True).addBoth(take_over.append)    # then accepts the epoch
+    answer(0)
+    assert background == [True] and take_over == [] and store.clock == VectorClock({3: 1})
+    answer(1)
+    assert take_over == [True] and store.clock == VectorClock({3: 2})
+    store.close()
