@@ -108,32 +108,19 @@ class Synchroniser:
         pull's first PING may wait (default ping_timeout).  A caller more patient than
         the pull it joined gets one of its own if that one fails: a take-over must not
         give up on a live peer because anti-entropy's 0.2 s PING was lost to a loaded
-        machine (Replica.pull_for_take_over).  ``fresh``: the pull begins after this
-        call, not one already running, which may lack what the peer took since it
-        began (a take-over needs all the peer took before it accepted the epoch)."""
+        machine (Replica.pull_for_take_over).
+
+        ``fresh``: a pull that begins now, beside any already running (imports are
+        staged apart and merge idempotently), which later callers share.  A take-over
+        needs all the peer took until it accepted the epoch, which a pull begun before
+        may lack; and waiting for that one cost a take-over 5 s when the peer froze
+        in the middle of its stream (STREAM_IDLE_TIMEOUT_S; chaos seed 43)."""
         patience = self.timers.ping_timeout if ping_timeout_s is None else ping_timeout_s
         running = self._pulls.get(peer_id)
-        if fresh and running is not None:
-            after: defer.Deferred[bool] = defer.Deferred()
-
-            def then(result):
-                self.sync_from(peer_id, full, patience).addCallback(
-                    lambda ok: after.called or after.callback(ok))
-                return result
-
-            running.addBoth(then)
-            return after
-        impatient = running is not None and self._patience.get(peer_id, 0.0) < patience
-        if running is None:
-            running = defer.ensureDeferred(self._sync_from(peer_id, full, patience))
-            self._pulls[peer_id] = running
-            self._patience[peer_id] = patience
-
-            def done(result):
-                self._pulls.pop(peer_id, None)
-                return result
-
-            running.addBoth(done)
+        impatient = (running is not None and not fresh
+                     and self._patience.get(peer_id, 0.0) < patience)
+        if running is None or fresh:
+            running = self._start_pull(peer_id, full, patience)
         # Each caller gets its own Deferred, so one caller's timeout cannot cancel the
         # pull that others wait on.  _sync_from never fails: it answers True/False.
         mine: defer.Deferred[bool] = defer.Deferred()
@@ -151,6 +138,19 @@ class Synchroniser:
 
         running.addBoth(relay)
         return mine
+
+    def _start_pull(self, peer_id: int, full: bool, patience: float) -> defer.Deferred[bool]:
+        pull = defer.ensureDeferred(self._sync_from(peer_id, full, patience))
+        self._pulls[peer_id] = pull
+        self._patience[peer_id] = patience
+
+        def done(result):
+            if self._pulls.get(peer_id) is pull:    # not a fresh one begun since
+                del self._pulls[peer_id]
+            return result
+
+        pull.addBoth(done)
+        return pull
 
     async def _sync_from(self, peer_id: int, force_full: bool, ping_timeout_s: float) -> bool:
         try:
