@@ -218,9 +218,11 @@ class Replica(service.MultiService):
         return self.store is not None and self.store.cluster_id is not None
 
     def _mark(self, peer_id: int, up: bool, silent_s: float = 0.0) -> None:
-        """Record whether the last exchange with a peer worked; log the changes.  A peer
-        back after being down is compared with at once (a PING, then a pull of what it
-        has and this replica lacks), not at the next anti-entropy tick: a coordinator
+        """Record whether the last exchange with a peer worked (``silent_s``: how long a
+        failed one waited, math.inf for a dropped link: Node.peer_down's evidence); log
+        the changes.  A peer back after being down is compared with at once (a PING,
+        then a pull of what it has and this replica lacks), not at the next anti-entropy
+        tick: a coordinator
         that took over while its links were still reconnecting (a heal) pulled from no
         one, and served without the other side's writes for up to anti_entropy_interval
         (chaos seed 4: converged 2.44 s after the heal)."""

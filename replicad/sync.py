@@ -67,7 +67,6 @@ class Synchroniser:
         self.mark = mark
         self.epoch = epoch
         self._pulls: dict[int, defer.Deferred[bool]] = {}
-        self._patience: dict[int, float] = {}    # the running pull's PING timeout
         self._batches: dict[int, list[_Pending]] = {}    # this turn's writes, per epoch
         self._refused: Callable[[int], None] = lambda peer_id: None
         self._full_peers: set[int] = set()      # followers whose disk was full at a push
@@ -105,35 +104,24 @@ class Synchroniser:
                   fresh: bool = False) -> defer.Deferred[bool]:
         """Pull what peer_id has and this replica lacks (``full``: a full copy whatever
         the clocks say); concurrent pulls share one.  ``ping_timeout_s``: how long the
-        pull's first PING may wait (default ping_timeout).  A caller more patient than
-        the pull it joined gets one of its own if that one fails: a take-over must not
-        give up on a live peer because anti-entropy's 0.2 s PING was lost to a loaded
-        machine (Replica.pull_for_take_over).
+        pull's first PING may wait (default ping_timeout).
 
         ``fresh``: a pull that begins now, beside any already running (imports are
         staged apart and merge idempotently), which later callers share.  A take-over
         needs all the peer took until it accepted the epoch, which a pull begun before
         may lack; and waiting for that one cost a take-over 5 s when the peer froze
         in the middle of its stream (STREAM_IDLE_TIMEOUT_S; chaos seed 43)."""
-        patience = self.timers.ping_timeout if ping_timeout_s is None else ping_timeout_s
         running = self._pulls.get(peer_id)
-        impatient = (running is not None and not fresh
-                     and self._patience.get(peer_id, 0.0) < patience)
         if running is None or fresh:
+            patience = self.timers.ping_timeout if ping_timeout_s is None else ping_timeout_s
             running = self._start_pull(peer_id, full, patience)
         # Each caller gets its own Deferred, so one caller's timeout cannot cancel the
         # pull that others wait on.  _sync_from never fails: it answers True/False.
         mine: defer.Deferred[bool] = defer.Deferred()
 
-        def settle(result):
+        def relay(result):
             if not mine.called:
                 mine.callback(result)
-
-        def relay(result):
-            if impatient and result is False:
-                self.sync_from(peer_id, full, patience).addCallback(settle)
-            else:
-                settle(result)
             return result
 
         running.addBoth(relay)
@@ -142,7 +130,6 @@ class Synchroniser:
     def _start_pull(self, peer_id: int, full: bool, patience: float) -> defer.Deferred[bool]:
         pull = defer.ensureDeferred(self._sync_from(peer_id, full, patience))
         self._pulls[peer_id] = pull
-        self._patience[peer_id] = patience
 
         def done(result):
             if self._pulls.get(peer_id) is pull:    # not a fresh one begun since
