@@ -190,13 +190,14 @@ def test_a_take_over_waits_for_its_peers_answers_not_for_a_lost_ping(start_clust
     """Replica 3 wakes from a pause with a PUT queued that the others carried out
     meanwhile (as in the first test), and when it takes over, both its peers are
     frozen for HOLD_S: longer than a ping timeout (0.2 s) plus an anti-entropy interval
-    (0.1 s here), shorter than answer_timeout (2 s).  Its PINGs time out; its
-    announcements are answered late.  It must wait for those answers and pull before
-    it serves the queued copy.  With a ping's timeout settling an announcement (as
-    before this test) it served alone at once, a quorum of 1, and applied the copy
-    anew: OK, not ERR SUPERSEDED (checked).  Found by CI as a flake of the DEL test
-    above, where a loaded machine lost the ping instead."""
-    cluster = start_cluster(3, answer_timeout=2.0, coordinator_timeout=2.5,
+    (0.1 s here), well shorter than answer_timeout (3 s: room for a slow test
+    process).  Its PINGs time out; its announcements are answered late.  It must wait
+    for those answers and pull before it serves the queued copy.  With a ping's
+    timeout settling an announcement (as before this test) it served alone at once, a
+    quorum of 1, and applied the copy anew: OK, not ERR SUPERSEDED (checked).  Found
+    by CI as a flake of the DEL test above, where a loaded machine lost the ping."""
+    # election_wait: the queued PUT waits out 3's stand-again wait and its take-over
+    cluster = start_cluster(3, answer_timeout=3.0, coordinator_timeout=3.5, election_wait=10,
                             anti_entropy_interval=0.1)
     assert cluster.coordinator() == 3
     client = BlockingClient([cluster.address(1), cluster.address(2)], timeout_s=20)
