@@ -135,12 +135,17 @@ class GroupCommit:
             self.groups += 1
             self.writes += len(waiting)
         # A group may also have been committed (or failed) early, by a change that
-        # cannot join a group; its writers learn the outcome here all the same.
-        outcomes = [(d, result, store.group_failed(group_id))
+        # cannot join a group (an import); its writers learn the outcome here all the
+        # same, a full disk as such (a follower answered a push ERR INTERNAL, with a
+        # traceback, when a pull's early COMMIT of the push's group found it full).
+        outcomes = [(d, result, store.group_failure(group_id))
                     for d, result, group_id in waiting]
         store.forget_failed_groups()
-        for told, result, failed in outcomes:
-            error = GroupFailed.of(full) if failed else None
+        early_full = [f for _, _, f in outcomes if f is not None and disk_full(f)]
+        if early_full and not full:
+            self._full_seen(early_full[0])
+        for told, result, failure in outcomes:
+            error = None if failure is None else GroupFailed.of(disk_full(failure))
             if isinstance(told, defer.Deferred):
                 if error is not None:
                     told.errback(error)
@@ -148,7 +153,7 @@ class GroupCommit:
                     told.callback(result)
                 continue
             try:
-                told(None if failed else result, error)
+                told(None if error is not None else result, error)
             except Exception:
                 self.log.failure("telling a writer of its group commit")
         if self.after_flush is not None:

@@ -268,7 +268,7 @@ class Store:
         self._importers: set[Importer] = set()
         self._group: tuple[VectorClock, int] | None = None   # (clock, conflicts) at begin
         self._group_ids = 0
-        self._failed_groups: set[int] = set()
+        self._failed_groups: dict[int, BaseException] = {}    # group id: why
         self._stage_ids = itertools.count(1)
         # key -> Record, or None for a key never written; see "Hot records" above.
         self._hot: collections.OrderedDict[str, Record | None] = collections.OrderedDict()
@@ -429,7 +429,7 @@ class Store:
     def commit_group(self) -> None:
         """Commit the open group: durable when this returns.  If the COMMIT fails the
         whole group is rolled back, the in-memory clock restored, the group's id
-        recorded as failed (``group_failed``) and the error raised."""
+        recorded as failed (``group_failure``) and the error raised."""
         if self._group is None:
             return
         clock, conflicts = self._group
@@ -439,17 +439,19 @@ class Store:
         try:
             self._write_clock(clock, self._clock)   # once per group, not per write
             self._db.execute("COMMIT")
-        except BaseException:
+        except BaseException as e:
             self._hot.clear()
             if self._db.in_transaction:
                 self._db.execute("ROLLBACK")
             self._clock, self._conflicts = clock, conflicts
-            self._failed_groups.add(group_id)
+            self._failed_groups[group_id] = e
             raise
 
-    def group_failed(self, group_id: int) -> bool:
-        """Whether that group's COMMIT failed (until ``forget_failed_groups``)."""
-        return group_id in self._failed_groups
+    def group_failure(self, group_id: int) -> BaseException | None:
+        """Why that group's COMMIT failed, None if it did not (until
+        ``forget_failed_groups``): a group committed early by an import may have found
+        the disk full, which its writers must hear as such."""
+        return self._failed_groups.get(group_id)
 
     def forget_failed_groups(self) -> None:
         self._failed_groups.clear()

@@ -286,3 +286,22 @@ def test_other_commit_failures_are_not_disk_full(setup):
     clock.advance(0)
     assert not d.result.value.disk_full and not commits.disk_full
     d.addErrback(lambda f: None)
+
+
+def test_a_group_committed_early_on_a_full_disk_fails_its_writers_as_disk_full(setup):
+    """A change that cannot join a group (an import: a pull) commits the open group
+    first; when that COMMIT finds the disk full, the group's writers (a push a follower
+    is applying) hear GroupFailed(disk_full) at the flush, and the episode begins.  They
+    heard a bare GroupFailed, so the follower answered the push ERR INTERNAL with a
+    traceback in its log (a soak run of test_disk_full.py, caught by the log tails)."""
+    store, commits, clock, spy, path = setup
+    told = []
+    commits.run(lambda: store.write(1, "k", "v"), lambda result, error: told.append(error))
+    spy.full = True
+    with pytest.raises(sqlite3.OperationalError):
+        store.commit_group()                 # what an import does before it stages
+    spy.full = False
+    clock.advance(0)                         # the flush: nothing left to commit
+    [error] = told
+    assert isinstance(error, GroupFailed) and error.disk_full
+    assert commits.disk_full and committed_keys(path) == []
