@@ -118,15 +118,13 @@ class GroupCommit:
                 self.before_commit()
             except Exception:
                 self.log.failure("before the group commit of {n} writes", n=len(waiting))
-        full = False
         committing = store.group_open
+        failed: Exception | None = None
         try:
             store.commit_group()
         except Exception as e:
-            full = disk_full(e)
-            if full:
-                self._full_seen(e)
-            else:
+            failed = e
+            if not disk_full(e):
                 self.log.failure("group commit of {n} writes failed", n=len(waiting))
         else:
             if committing and waiting:      # an empty COMMIT proves nothing of the disk
@@ -141,9 +139,11 @@ class GroupCommit:
         outcomes = [(d, result, store.group_failure(group_id))
                     for d, result, group_id in waiting]
         store.forget_failed_groups()
-        early_full = [f for _, _, f in outcomes if f is not None and disk_full(f)]
-        if early_full and not full:
-            self._full_seen(early_full[0])
+        # This group's COMMIT, or an early one, found the disk full: once per flush.
+        full = [f for f in (failed, *(f for _, _, f in outcomes))
+                if f is not None and disk_full(f)]
+        if full:
+            self._full_seen(full[0])
         for told, result, failure in outcomes:
             error = None if failure is None else GroupFailed.of(disk_full(failure))
             if isinstance(told, defer.Deferred):
