@@ -440,10 +440,10 @@ class LocalCluster:
     def log_tail(self, i: int, lines: int = LOG_TAIL_LINES) -> str:
         """The last lines of replica i's log, and of its stdout/stderr if it wrote any."""
         parts = []
-        log = _tail(self.log_path(i), lines)
+        log = tail_lines(self.log_path(i), lines)
         if log:
             parts.append(log)
-        stdio = _tail(self.stdio_path(i), lines)
+        stdio = tail_lines(self.stdio_path(i), lines)
         if stdio:
             parts.append(f"(stdout/stderr of replica {i})\n{stdio}")
         return "\n".join(parts) if parts else f"(replica {i} has written no log yet)"
@@ -521,7 +521,8 @@ def find_free_base_port(size: int = 3, host: str = cfg.DEFAULT_HOST,
                        f"{attempts} tries")
 
 
-def _tail(path: str, lines: int) -> str:
+def tail_lines(path: str, lines: int) -> str:
+    """The last ``lines`` lines of a file, reading only its end ("" if unreadable)."""
     try:
         with open(path, "rb") as handle:
             handle.seek(0, os.SEEK_END)

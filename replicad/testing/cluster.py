@@ -30,7 +30,7 @@ from replicad.cluster import (
     LocalCluster,
     _die_with_parent,
     _indent,
-    _tail,
+    tail_lines,
 )
 
 PROXY_READY_TIMEOUT_S = 10.0
@@ -158,7 +158,7 @@ class ProxyProcess:
                                f"{timeout_s:g} s: {e}") from None
 
     def log_tail(self, lines: int = 20) -> str:
-        return _tail(self.log_path, lines) or "(the proxy has written no log yet)"
+        return tail_lines(self.log_path, lines) or "(the proxy has written no log yet)"
 
 
 class ProxiedCluster(LocalCluster):

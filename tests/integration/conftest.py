@@ -8,7 +8,7 @@ import sys
 
 import pytest
 
-from replicad.cluster import LocalCluster, find_free_base_port
+from replicad.cluster import LocalCluster, find_free_base_port, tail_lines
 from replicad.testing.cluster import ProxiedCluster
 
 CLI = os.path.join(os.path.dirname(sys.executable), "replicad-cli")
@@ -35,11 +35,7 @@ def pytest_runtest_makereport(item, call):
     if report.when != "call" or not report.failed or tmp_path is None:
         return
     for path in sorted(tmp_path.rglob("*.log")):
-        try:
-            with open(path, encoding="utf-8", errors="replace") as log:
-                lines = log.read().splitlines()[-LOG_TAIL_LINES:]
-        except OSError as e:
-            lines = [f"(not readable: {e})"]
+        lines = tail_lines(str(path), LOG_TAIL_LINES).splitlines()
         text = "\n".join(line[:LOG_LINE_CHARS] for line in lines)
         report.sections.append((f"log {path.relative_to(tmp_path)} (last lines)", text))
 
