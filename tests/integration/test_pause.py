@@ -43,6 +43,14 @@ def put_with_id(address: str) -> str:
         return read_line(conn)
 
 
+def carried_out_elsewhere_then_overwritten(cluster, client) -> None:
+    """While 3 sleeps, the others take over: the request queued at 3 (same id) is
+    applied there, then a newer write of ``k``."""
+    cluster.wait_until(lambda: status_word(put_with_id(cluster.address(1))) == "OK",
+                       timeout_s=30, what="the write applied by the others")
+    client.put("k", "new")
+
+
 def held_at_3(cluster, key: str, value: str) -> None:
     """From now on replica 3's calls stay unanswered (its heartbeats, its pushes), and
     it alone holds ``key = value`` (acknowledged: write_quorum 1)."""
@@ -83,11 +91,7 @@ def test_a_woken_coordinator_pulls_before_it_serves_what_was_queued(proxied):
     client.put("k", "first")
     held_at_3(cluster, "pushed", "held")
     with frozen_with(cluster, f"@r=;w=;id={RID} PUT k old") as queued:
-        # The others take over: the same request (same id) applied there, then a newer
-        # write of the key.
-        cluster.wait_until(lambda: status_word(put_with_id(cluster.address(1))) == "OK",
-                           timeout_s=30, what="the write applied by the others")
-        client.put("k", "new")
+        carried_out_elsewhere_then_overwritten(cluster, client)
 
     reply = read_line(queued)
     queued.close()
@@ -207,9 +211,7 @@ def test_a_take_over_waits_for_its_peers_answers_not_for_a_lost_ping(start_clust
     queued = connect(cluster.address(3))
     try:
         queued.sendall(f"@r=;w=;id={RID} PUT k old\n".encode())     # waits in 3's socket
-        cluster.wait_until(lambda: status_word(put_with_id(cluster.address(1))) == "OK",
-                           timeout_s=30, what="the write applied by the others")
-        client.put("k", "new")
+        carried_out_elsewhere_then_overwritten(cluster, client)
         cluster.kill(1, signal.SIGSTOP)
         cluster.kill(2, signal.SIGSTOP)
         offset = os.path.getsize(cluster.log_path(3))
