@@ -321,6 +321,14 @@ class RetryPlan:
                     reply.error_code, reply.error_message, outcome.address,
                     f"{_describe_request(self.request)}: the outcome is unknown: "
                     f"{outcome.describe()}")
+            if self.doubt is not None and outcome.reply.error_code is not None:
+                # An earlier attempt may have applied the write; this server's refusal
+                # (its disk full, say, lacking that copy) says nothing of it.
+                raise WriteInDoubt(
+                    Code.INDOUBT, outcome.reply.error_message, outcome.address,
+                    f"{_describe_request(self.request)}: the outcome is unknown: "
+                    f"{self.doubt.describe()}, then {outcome.describe()}; the write may "
+                    "or may not have been applied")
             return outcome.reply
         if verdict is Verdict.FAIL:
             raise OutcomeUnknown(

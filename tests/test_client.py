@@ -949,6 +949,32 @@ def test_plan_resolves_a_write_in_doubt_when_a_later_attempt_answers():
     assert plan.record(Outcome("b", reply=OK)) == OK
 
 
+@pytest.mark.parametrize("code", [Code.NOSPACE, Code.INTERNAL])
+def test_plan_a_final_error_after_a_write_in_doubt_leaves_it_in_doubt(code):
+    """The first coordinator may have applied the write before it died; the next one,
+    lacking it (write_quorum = 1), tries it and fails (its disk is full): that says
+    nothing of the first copy, so the caller must not hear "nothing was done" (the
+    chaos checker counts a NOSPACE write as failed, and its copy read later as a
+    phantom)."""
+    plan = RetryPlan(PUT, ["a", "b"], ClientSession(), timeout_s=5, now=0)
+    plan.next_step(0)
+    plan.record(Outcome("a", failure="closed the connection", sent=True))
+    plan.next_step(0)
+    with pytest.raises(WriteInDoubt, match="may or may not have been applied") as info:
+        plan.record(Outcome("b", reply=error_reply(code, "no room")))
+    assert info.value.code == Code.INDOUBT
+    assert "a: closed the connection" in str(info.value) and f"{code}" in str(info.value)
+
+
+def test_plan_a_final_error_without_an_earlier_doubt_is_the_answer():
+    plan = RetryPlan(PUT, ["a", "b"], ClientSession(), timeout_s=5, now=0)
+    plan.next_step(0)
+    plan.record(Outcome("a", reply=error_reply(Code.UNAVAILABLE, "electing")))
+    plan.next_step(0)
+    full = error_reply(Code.NOSPACE, "the disk is full")
+    assert plan.record(Outcome("b", reply=full)) == full
+
+
 def test_plan_write_in_doubt_at_the_deadline_is_outcome_unknown():
     plan = RetryPlan(PUT, ["a"], ClientSession(), timeout_s=1, now=0)
     plan.next_step(0)
