@@ -13,7 +13,7 @@ from typing import Any
 BIN_S = 1.0
 FAULT_COLOURS = {
     "kill": "tab:red", "wipe": "tab:brown", "pause": "tab:purple", "isolate": "tab:orange",
-    "split": "tab:olive", "oneway": "tab:cyan", "bridge": "tab:pink",
+    "split": "tab:olive", "oneway": "tab:cyan", "bridge": "tab:pink", "full": "tab:gray",
 }
 
 

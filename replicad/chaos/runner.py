@@ -38,6 +38,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import replicad
+from replicad.chaos import disks
 from replicad.chaos.history import HistoryWriter
 from replicad.chaos.schedule import (
     ALL_KINDS,
@@ -76,6 +77,7 @@ OP_WEIGHTS = (("get", 45), ("put", 45), ("del", 10))
 NOTHING_DONE_CODES = frozenset({
     Code.BADCMD, Code.BADARGS, Code.BADKEY, Code.BADVALUE, Code.TOOBIG, Code.LINETOOLONG,
     Code.BADENCODING, Code.BADCONTEXT, Code.AUTH, Code.UNAVAILABLE, Code.STALE, Code.BUSY,
+    Code.NOSPACE,
 })
 
 
@@ -204,13 +206,18 @@ class ChaosRun:
 
     def run(self) -> RunResult:
         config = self.config
+        small_disks = FaultKind.FULL in config.faults
+        if small_disks:
+            disks.check()
         os.makedirs(config.out_dir, exist_ok=True)
         if os.path.exists(config.cluster_dir):
+            disks.release_under(config.cluster_dir)
             shutil.rmtree(config.cluster_dir)
         settings = {"write_quorum": config.write_quorum, **config.extra_settings}
         base_port = config.base_port or find_free_base_port(config.replicas)
         self.cluster = cluster = ProxiedCluster(config.replicas, base_port, config.cluster_dir,
                                                 overrides=settings)
+        mounted = [cluster.replica_dir(i) for i in cluster.ids] if small_disks else []
         self.history = history = HistoryWriter(config.history_path)
         converged: dict[str, Any] = {"ok": False, "seconds": None}
         try:
@@ -224,11 +231,14 @@ class ChaosRun:
                 "version": replicad.__version__, "settings": settings,
                 "request_ids": "library" if _library_sends_request_ids() else "runner",
                 "schedule": [f.to_json() for f in self.schedule],
+                "small_disks": disks.SIZE if small_disks else None,
             })
             self.progress(f"chaos: seed {config.seed}, {config.replicas} replicas, "
                           f"{config.clients} clients, write_quorum {config.write_quorum}, "
                           f"{config.duration_s:g} s, {len(self.schedule)} faults planned; "
                           f"history {config.history_path}")
+            for path in mounted:
+                disks.mount(path)
             cluster.start()
             coordinator = cluster.wait_ready(timeout_s=START_TIMEOUT_S)
             history.write({"type": "ready", "coordinator": coordinator})
@@ -250,6 +260,8 @@ class ChaosRun:
             self.stop_clients.set()
             try:
                 cluster.stop()
+                for path in mounted:
+                    disks.unmount(path)
             finally:
                 done = self.counters.snapshot()
                 history.write({"type": "end", "ops": sum(done.values()),
@@ -374,10 +386,13 @@ class ChaosRun:
         event: dict[str, Any] = {"type": "fault", "phase": "start", "index": fault.index,
                                  "kind": kind.value, "describe": fault.describe()}
         try:
-            if kind in (FaultKind.KILL, FaultKind.WIPE, FaultKind.PAUSE, FaultKind.ISOLATE):
+            if kind in (FaultKind.KILL, FaultKind.WIPE, FaultKind.PAUSE, FaultKind.ISOLATE,
+                        FaultKind.FULL):
                 target = self._resolve(fault.target)
                 targets = [target]
-                if kind is FaultKind.PAUSE:
+                if kind is FaultKind.FULL:
+                    event["size"] = disks.fill(cluster.replica_dir(target))
+                elif kind is FaultKind.PAUSE:
                     cluster.kill(target, signal.SIGSTOP)
                     self.paused.add(target)
                 elif kind is FaultKind.ISOLATE:
@@ -420,6 +435,9 @@ class ChaosRun:
                     if not cluster.running(target):
                         cluster.start_replica(target)
                     self.down.discard(target)
+            elif fault.kind is FaultKind.FULL:
+                for target in targets:
+                    disks.free(cluster.replica_dir(target))
             else:
                 cluster.heal()
         except (ClusterError, OSError, ValueError) as e:

@@ -26,6 +26,10 @@ Kinds (the partitions hold bytes in the fault proxy; nothing is closed):
 - ``oneway``: hold the bytes from one replica to another, not back.
 - ``bridge``: two sides that do not see each other and one replica that sees both.
 - ``wipe``: SIGKILL, delete the data dir, restart empty after the hold.
+- ``full``: the replica's disk fills up (its data directory is a tmpfs shrunk to what it
+  holds plus a few pages), grown back after the hold.  It needs root and mount(8), so
+  ``all`` leaves it out (and so keeps every recorded seed's schedule): ask for it by
+  name, ``all,full``.
 """
 
 from __future__ import annotations
@@ -55,9 +59,15 @@ class FaultKind(enum.Enum):
     ONEWAY = "oneway"
     BRIDGE = "bridge"
     WIPE = "wipe"
+    FULL = "full"
 
 
-ALL_KINDS = tuple(FaultKind)
+# ``all``: the kinds that need nothing beyond the fault proxy.  FULL mounts a tmpfs per
+# replica (root); it is asked for by name, and adding it here would change the schedule
+# of every seed recorded in docs/reliability.md.
+ALL_KINDS = tuple(k for k in FaultKind if k is not FaultKind.FULL)
+# Faults aimed at one replica (a replica id or COORDINATOR).
+_ONE_REPLICA = (FaultKind.KILL, FaultKind.PAUSE, FaultKind.WIPE, FaultKind.FULL)
 
 
 class ScheduleError(ValueError):
@@ -68,7 +78,7 @@ class ScheduleError(ValueError):
 class Fault:
     """One fault: its kind, when it starts and for how long, and whom it hits.
 
-    ``target`` is a replica id or COORDINATOR (kill, pause, wipe, isolate); ``groups``
+    ``target`` is a replica id or COORDINATOR (kill, pause, wipe, full, isolate); ``groups``
     the sides of a partition (split, bridge: the bridge is in neither side);
     ``pair`` (source, destination) of a one-way cut; ``bridge`` the replica that sees
     both sides.
@@ -90,7 +100,7 @@ class Fault:
     def describe(self) -> str:
         """One line for the progress output and the history."""
         kind = self.kind
-        if kind in (FaultKind.KILL, FaultKind.PAUSE, FaultKind.WIPE, FaultKind.ISOLATE):
+        if kind in _ONE_REPLICA or kind is FaultKind.ISOLATE:
             what = f"{kind.value} {self.target}"
         elif kind is FaultKind.SPLIT:
             what = "split " + " | ".join(",".join(map(str, g)) for g in self.groups)
@@ -112,24 +122,25 @@ class Fault:
 
 
 def parse_kinds(text: str) -> tuple[FaultKind, ...]:
-    """``kill,pause,...`` (or ``all``) -> kinds, in the order given, without repeats."""
+    """``kill,pause,...``, ``all`` (also within a list: ``all,full``) or ``none`` ->
+    kinds, in the order given, without repeats."""
     names = [n.strip().lower() for n in text.split(",") if n.strip()]
     if not names:
         raise ScheduleError("no fault kinds given")
-    if names == ["all"]:
-        return ALL_KINDS
     if names == ["none"]:
         return ()
     kinds: list[FaultKind] = []
     for name in names:
-        try:
-            kind = FaultKind(name)
-        except ValueError:
-            known = ", ".join(k.value for k in ALL_KINDS)
-            raise ScheduleError(f"unknown fault kind {name!r} (known: {known}, all, none)")\
-                from None
-        if kind not in kinds:
-            kinds.append(kind)
+        if name == "all":
+            named = list(ALL_KINDS)
+        else:
+            try:
+                named = [FaultKind(name)]
+            except ValueError:
+                known = ", ".join(k.value for k in FaultKind)
+                raise ScheduleError(f"unknown fault kind {name!r} (known: {known}, all, "
+                                    "none)") from None
+        kinds.extend(k for k in named if k not in kinds)
     return tuple(kinds)
 
 
@@ -164,7 +175,7 @@ def make_schedule(seed: int, duration_s: float, replicas: int,
 
 def _fault(rng: random.Random, index: int, kind: FaultKind, start_s: float, hold_s: float,
            ids: Sequence[int]) -> Fault:
-    if kind in (FaultKind.KILL, FaultKind.PAUSE, FaultKind.WIPE):
+    if kind in _ONE_REPLICA:
         target: int | str = COORDINATOR if rng.random() < COORDINATOR_SHARE else rng.choice(ids)
         return Fault(index, kind, start_s, hold_s, target=target)
     if kind is FaultKind.ISOLATE:
