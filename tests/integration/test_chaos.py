@@ -1,8 +1,10 @@
-"""Issue #9 item 3: a short chaos run in quorum mode, then the checker.
+"""Issue #9 item 3: short chaos runs in quorum mode, then the checker.
 
 About 30 s of three real replicas behind the fault proxy, three client sessions at a
 time, and every fault kind on a fixed seed; the checker must find no violation and no
-acknowledged write lost.  The long runs are in docs/reliability.md.
+acknowledged write lost.  A second run fills disks (the ``full`` fault: a tmpfs per
+replica, root only) between kills and pauses.  The long runs are in
+docs/reliability.md.
 """
 
 from __future__ import annotations
@@ -13,14 +15,17 @@ import time
 
 import pytest
 
+from replicad.chaos import disks
 from replicad.chaos.checker import check, format_report
 from replicad.chaos.history import read_history
 from replicad.chaos.runner import RunConfig, run
-from replicad.chaos.schedule import ALL_KINDS
+from replicad.chaos.schedule import ALL_KINDS, FaultKind
 
 # Where a failing run's history, logs and data are kept (tmp_path is rotated away).
 EVIDENCE_DIR = os.environ.get("REPLICAD_CHAOS_EVIDENCE", "/tmp/replicad-chaos-failures")
 SEED = 18   # its 30 s schedule: wipe, split, isolate the coordinator, kill, one-way cut
+# With full,kill,pause, seed 1's 30 s: full 3, pause, kill, full and kill the coordinator.
+FULL_SEED = 1
 
 
 @pytest.mark.integration
@@ -29,16 +34,8 @@ def test_a_short_quorum_mode_run_keeps_every_promise(tmp_path):
     lines: list[str] = []
     config = RunConfig(out_dir=str(tmp_path / "chaos"), seed=SEED, duration_s=30.0,
                        replicas=3, clients=3, faults=ALL_KINDS, write_quorum="majority")
-    result = run(config, progress=lines.append)
-    events = read_history(result.history_path)
-    report = check(events)
-    summary = format_report(report)
-    print(summary)   # shown by pytest when the test fails
+    result, events, report, summary = run_and_check(config, lines)
     stats = report.stats
-    if not report.ok or stats["writes"]["lost_total"]:
-        kept = os.path.join(EVIDENCE_DIR, f"seed{SEED}-{time.strftime('%Y%m%d-%H%M%S')}")
-        shutil.copytree(config.out_dir, kept, dirs_exist_ok=True)
-        summary += f"\nhistory, logs and data kept in {kept}"
     assert stats["writes"]["acknowledged"] > 500, summary
     assert stats["converged"], summary
     assert sum(stats["faults"].values()) >= 4 and stats["fault_errors"] == 0, summary
@@ -49,3 +46,42 @@ def test_a_short_quorum_mode_run_keeps_every_promise(tmp_path):
     # The bugs the long runs found are fixed (6be9ee9, 9ea17bd): any violation fails.
     assert report.ok, summary
     assert stats["writes"]["lost_total"] == 0, summary
+
+
+@pytest.mark.integration
+@pytest.mark.slow
+def test_a_short_run_with_full_disks_keeps_every_promise(tmp_path):
+    """A full coordinator answers ERR NOSPACE (the checker holds it to "nothing was
+    done": a value of such a write read anywhere, ever, is a violation), a full
+    follower costs nothing, and no acknowledged write is lost across them."""
+    try:
+        disks.check()
+    except disks.DiskError as e:
+        pytest.skip(str(e))
+    config = RunConfig(out_dir=str(tmp_path / "chaos"), seed=FULL_SEED, duration_s=30.0,
+                       replicas=3, clients=3, write_quorum="majority",
+                       faults=(FaultKind.FULL, FaultKind.KILL, FaultKind.PAUSE))
+    result, events, report, summary = run_and_check(config, [])
+    stats = report.stats
+    assert stats["faults"].get("full", 0) >= 2 and stats["fault_errors"] == 0, summary
+    refused = [e for e in events if e["type"] == "complete" and e.get("status") == "NOSPACE"]
+    assert refused, "a full coordinator refused writes: the fault bit"
+    assert stats["writes"]["acknowledged"] > 300, summary
+    assert stats["converged"] and result.crashes == 0, summary
+    assert report.ok, summary
+    assert stats["writes"]["lost_total"] == 0, summary
+
+
+def run_and_check(config: RunConfig, lines: list[str]):
+    """Run, check; a failing run's directory is kept in EVIDENCE_DIR."""
+    result = run(config, progress=lines.append)
+    events = read_history(result.history_path)
+    report = check(events)
+    summary = format_report(report)
+    print(summary)   # shown by pytest when the test fails
+    if not report.ok or report.stats["writes"]["lost_total"]:
+        kept = os.path.join(EVIDENCE_DIR, f"seed{config.seed}-"
+                            f"{time.strftime('%Y%m%d-%H%M%S')}")
+        shutil.copytree(config.out_dir, kept, dirs_exist_ok=True)
+        summary += f"\nhistory, logs and data kept in {kept}"
+    return result, events, report, summary
