@@ -86,7 +86,7 @@ class GroupCommit:
             result = change()
         except Exception as e:
             if disk_full(e):
-                self._full_seen(e)   # the statement found no room: the episode begins
+                self.full_seen(e)   # the statement found no room: the episode begins
             raise
         if done is not None:
             self._waiting.append((done, result, store.group_id))
@@ -143,7 +143,7 @@ class GroupCommit:
         full = [f for f in (failed, *(f for _, _, f in outcomes))
                 if f is not None and disk_full(f)]
         if full:
-            self._full_seen(full[0])
+            self.full_seen(full[0])
         for told, result, failure in outcomes:
             error = None if failure is None else GroupFailed.of(disk_full(failure))
             if isinstance(told, defer.Deferred):
@@ -171,9 +171,9 @@ class GroupCommit:
                           "it was full)", n=self._failed_while_full)
             self._tell_disk(False)
 
-    def _full_seen(self, error: Exception) -> None:
-        """SQLite found the disk full (this group's COMMIT, or a statement of a change
-        that SQLite undid): an episode starts, said once, or goes on."""
+    def full_seen(self, error: Exception) -> None:
+        """SQLite found the disk full (this group's COMMIT, a statement of a change that
+        SQLite undid, or a pull's import): an episode starts, said once, or goes on."""
         self._failed_while_full = (self._failed_while_full + 1) if self.disk_full else 1
         if not self.disk_full:
             self.disk_full = True

@@ -146,6 +146,7 @@ class Replica(service.MultiService):
         self.commits.before_commit = self._before_commit
         self.commits.disk_changed = self.metrics.disk_changed   # metrics hook
         self.sync.after_import = self._after_import
+        self.sync.disk_full_seen = self.commits.full_seen
         self.node = Node(
             self.my_id, self.config.ids, self, self.reactor, epoch=self.store.epoch,
             quorum=self.election_quorum,

@@ -70,7 +70,6 @@ class Synchroniser:
         self._batches: dict[int, list[_Pending]] = {}    # this turn's writes, per epoch
         self._refused: Callable[[int], None] = lambda peer_id: None
         self._full_peers: set[int] = set()      # followers whose disk was full at a push
-        self._pulls_full = False                # a pull failed for a full disk
         self._last_seen: dict[int, VectorClock] = {}
         # Each peer's clock as its last pull from it began (a lower bound of what it
         # holds: a peer's clock only grows): whom a take-over may count as holding its
@@ -79,6 +78,9 @@ class Synchroniser:
         # Called after a pull's records are imported (the store's clock moved on):
         # confirmed reads waiting for a write a lost push should have brought.
         self.after_import: Callable[[], None] | None = None
+        # Called when a pull's import found the disk full: the replica's one disk-full
+        # episode (groupcommit.py) says so, once, in the log, STATUS and the metrics.
+        self.disk_full_seen: Callable[[Exception], None] | None = None
 
     # Pulls -----------------------------------------------------------------------------
 
@@ -158,12 +160,9 @@ class Synchroniser:
         except Exception as e:
             if not disk_full(e):
                 self.log.failure("pull from replica {peer} failed", peer=peer_id)
-            elif not self._pulls_full:      # said once until a pull works again
-                self._pulls_full = True
-                self.log.warn("pull from replica {peer} failed: the disk is full ({error}); "
-                              "nothing of it was applied", peer=peer_id, error=e)
+            elif self.disk_full_seen is not None:   # nothing of it was applied
+                self.disk_full_seen(e)
             return False
-        self._pulls_full = False
         return pulled
 
     async def _pull(self, peer_id: int, full: bool, have: VectorClock, behind: int) -> bool:

@@ -1427,6 +1427,19 @@ def test_a_coordinator_whose_disk_is_full_answers_nospace_and_writes_again_once_
     assert b"replicad_disk_full 0.0" in replica.metrics.exposition()
 
 
+def test_a_pull_that_finds_the_disk_full_is_the_replicas_disk_full_episode(replica):
+    """A follower whose disk fills while it only pulls (say a full copy after a wipe)
+    shows ``disk full`` in STATUS and the metrics, as a full COMMIT of pushes does, and
+    ``ok`` once a pull is committed again."""
+    from tests.test_groupcommit import disk_full_error
+
+    replica.sync.disk_full_seen(disk_full_error())
+    assert replica.status_fields()["disk"] == "full"
+    assert b"replicad_disk_full 1.0" in replica.metrics.exposition()
+    replica.sync.after_import()
+    assert replica.status_fields()["disk"] == "ok"
+
+
 def test_a_write_whose_own_statement_finds_the_disk_full_answers_nospace(replica):
     """SQLite may run out of room at the statement itself, before the COMMIT: the same
     answer, at once, and nothing written."""

@@ -248,6 +248,41 @@ def test_the_replica_is_told_once_a_pull_is_imported(tmp_path):
     store.close()
 
 
+def test_a_pull_whose_import_finds_the_disk_full_tells_the_replica_and_applies_nothing(
+        tmp_path):
+    """The import's COMMIT fails with SQLITE_FULL: nothing of the pull is kept, no
+    traceback, and the replica's disk-full episode hears of it (STATUS and metrics
+    said ``disk ok`` while every pull failed, only a log line told)."""
+    from twisted.logger import capturedLogs
+
+    from tests.test_groupcommit import FailingCommits
+
+    store = Store(str(tmp_path / "replica.sqlite"))
+    record = Record("k", "v", 3, 1, VectorClock({3: 1}))
+
+    def call(peer_id, message, timeout_s, on_line=None):
+        on_line("REC", peerwire.encode_record(record))
+        return defer.succeed(PeerResponse("END", "3:1 -"))
+
+    sync = Synchroniser(store, [3], default_config(), Clock(),
+                        ping=lambda peer_id, timeout_s: defer.succeed(seen({3: 1})),
+                        call=call, mark=lambda peer_id, up: None, epoch=lambda: 0)
+    full: list[Exception] = []
+    sync.disk_full_seen = full.append
+    store._db = spy = FailingCommits(store._db)
+    spy.full = True
+    results = []
+    with capturedLogs() as events:
+        sync.sync_from(3).addBoth(results.append)
+    assert results == [False] and len(full) == 1 and "disk is full" in str(full[0])
+    assert store.get("k") is None and store.clock == VectorClock()
+    assert not any(e.get("log_failure") for e in events)
+    spy.full = False
+    sync.sync_from(3).addBoth(results.append)
+    assert results == [False, True] and store.get("k").value == "v" and len(full) == 1
+    store.close()
+
+
 def test_a_follower_with_a_full_disk_is_logged_once_until_it_acks_again(tmp_path):
     """A follower that answers every push ERR NOSPACE is one warning on the coordinator
     (no traceback per push), and one line more when it stores pushes again."""
