@@ -16,6 +16,10 @@ the history; the runner only records.
 
 A replica that exits on its own (not killed by a fault) is a finding: it is recorded
 as a ``crash`` event with the tail of its log, and restarted.
+
+With the ``full`` fault, each replica's data directory is a tmpfs of its own for the
+whole run (replicad/chaos/disks.py: mounted before the cluster starts, its files copied
+back when it stops); the fault shrinks one of them to its usage, the heal grows it.
 """
 
 from __future__ import annotations
@@ -260,9 +264,8 @@ class ChaosRun:
             self.stop_clients.set()
             try:
                 cluster.stop()
-                for path in mounted:
-                    disks.unmount(path)
             finally:
+                self._unmount(mounted)
                 done = self.counters.snapshot()
                 history.write({"type": "end", "ops": sum(done.values()),
                                "wall_s": history.now()})
@@ -270,6 +273,15 @@ class ChaosRun:
         return RunResult(config.history_path, sum(self.counters.snapshot().values()),
                          sum(self.faults_started.values()), bool(converged.get("ok")),
                          converged.get("seconds"), self.crashes)
+
+    def _unmount(self, mounted: list[str]) -> None:
+        """The small disks' files back in plain directories (a run's evidence); one that
+        cannot be is said and left for the next run's release_under."""
+        for path in mounted:
+            try:
+                disks.unmount(path)
+            except (ClusterError, OSError) as e:
+                self.progress(f"cannot unmount the small disk {path}: {e}")
 
     # -- clients -------------------------------------------------------------------------
 
