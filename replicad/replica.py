@@ -112,9 +112,11 @@ class Replica(service.MultiService):
         # (coordinator, its clock) from the last PING it answered as the coordinator:
         # what a follower must hold before it answers a read itself (follower_reads).
         self._coordinator_seen: tuple[int, VectorClock] | None = None
-        # Peers that failed a ping or a forward since they last answered: the evidence
-        # that a forward in flight to them will get no answer.
-        self._suspected: set[int] = set()
+        # Peers that failed a ping or a forward since they last answered, each with when
+        # its silence began (the failed call's start): the evidence that a forward in
+        # flight to them will get no answer, and, once old enough, that a take-over
+        # need not wait for their answer (send_coordinator).
+        self._suspected: dict[int, float] = {}
         # Forwards in flight, per coordinator: told dead() when it is
         # declared dead (a failed ping, its link dropped), so they stop waiting for it.
         self._forwards: dict[int, set[Forward]] = {}
@@ -234,7 +236,7 @@ class Replica(service.MultiService):
                 self.reactor.callLater(0, self._anti_entropy_with, peer_id, True)
         self.peer_up[peer_id] = up
         if up:
-            self._suspected.discard(peer_id)
+            self._suspected.pop(peer_id, None)
             if self.node is not None:
                 self.node.contact(peer_id)
         elif self.node is not None:
@@ -295,11 +297,19 @@ class Replica(service.MultiService):
     # NodeActions (called by the node) ---------------------------------------------------
 
     def _known_down(self, peer_id: int) -> bool:
-        """A ping or call to it just failed, or its link dropped: a take-over need not
-        wait answer_timeout for its answer again (a hung coordinator cost 0.3 s more).
-        Elections still ask it: skipping a peer that is merely starting up made lower
-        replicas win and be bullied back at every cluster start."""
+        """A ping or call to it just failed, or its link dropped: no objection is
+        expected from it (send_prevote).  Elections still ask it: skipping a peer that is
+        merely starting up made lower replicas win and be bullied back at every cluster
+        start."""
         return peer_id in self._suspected or self.links[peer_id].down
+
+    def _silent_for(self, peer_id: int) -> float:
+        """How long the peer is known to have been silent: math.inf if its link
+        dropped, since its failed call began if it is suspected, else 0."""
+        if self.links[peer_id].down:
+            return math.inf
+        since = self._suspected.get(peer_id)
+        return 0.0 if since is None else self.reactor.seconds() - since
 
     def send_election(self, peer_id: int, epoch: int) -> None:
         def answered(response: PeerResponse) -> None:
@@ -335,8 +345,13 @@ class Replica(service.MultiService):
                   answered, lambda: self.node.prevote_failed(peer_id))
 
     def send_coordinator(self, peer_id: int, epoch: int) -> None:
-        if self._known_down(peer_id):
-            # Do not wait for it to settle the take-over; still tell it, in case.
+        """Announce; a peer silent for as long as its answer would be waited for (a
+        hung coordinator, after its failed ping and the ELECTION it did not answer) does
+        not hold the take-over up for answer_timeout again (0.3 s of a failover); still
+        tell it, in case.  A younger suspicion (one lost 0.2 s ping) is waited out as
+        node.py's peer_down would: a take-over with a quorum of 1 that counted a live
+        peer out served without its writes."""
+        if self._silent_for(peer_id) >= self.timers.answer_timeout:
             self.reactor.callLater(0, self.node.coordinator_send_failed, peer_id, epoch)
 
         def answered(response: PeerResponse) -> None:
@@ -387,7 +402,7 @@ class Replica(service.MultiService):
             return
         self.detector.reset()
         if coordinator is not None:
-            self._suspected.discard(coordinator)   # it just announced itself: alive
+            self._suspected.pop(coordinator, None)   # it just announced itself: alive
             self._moved_to(coordinator, epoch)
         if role is Role.TAKING_OVER and not self._bound:
             # A fresh cluster's first coordinator makes its id (joining.py).
@@ -423,9 +438,10 @@ class Replica(service.MultiService):
         d.addErrback(lambda f: f.trap(PeerUnavailable, PeerWireError, StaleEpoch) and False)
         return d
 
-    def _suspect(self, peer_id: int | None) -> None:
+    def _suspect(self, peer_id: int | None, waited_s: float = 0.0) -> None:
+        """A call to the peer, begun ``waited_s`` ago, failed."""
         if peer_id is not None:
-            self._suspected.add(peer_id)
+            self._suspected.setdefault(peer_id, self.reactor.seconds() - waited_s)
             self._forwards_dead(peer_id)
             self.node.poke()
 
@@ -443,7 +459,7 @@ class Replica(service.MultiService):
             self.detector.check()
 
     def _coordinator_ping_failed(self) -> None:
-        self._suspect(self._pinged_coordinator)
+        self._suspect(self._pinged_coordinator, self.timers.ping_timeout)
         if self.node.coordinator == self._pinged_coordinator:
             self.log.info("coordinator {coordinator} did not answer a ping",
                           coordinator=self._pinged_coordinator)
@@ -995,7 +1011,7 @@ class Replica(service.MultiService):
         declared dead (_forwards_dead): a hung one then costs about one ping interval,
         not forward_timeout.  No coroutine, timer or Deferred per forward beyond the
         one returned: a follower's hot path (forwarding.py)."""
-        self._suspected.discard(coordinator)   # only evidence from now on counts
+        self._suspected.pop(coordinator, None)   # only evidence from now on counts
         waiting = self._forwards.setdefault(coordinator, set())
         forward = Forward(lambda response, error: self._forwarded(
             response, error, coordinator, request), waiting.discard, retry, request.is_read)
