@@ -50,8 +50,10 @@ test-slow: venv bytecode test-deps
 	$(PY) -m pytest -m slow
 
 # Debian's chromium, for the cluster page's browser test
-# (tests/integration/test_admin_browser.py); where it cannot be installed (no root, no
-# apt) that test is skipped with a message and the rest runs.
+# (tests/integration/test_admin_browser.py), iproute2 for the network-namespace test and
+# libfaketime for the wall-clock step test (tests/integration/test_clock_steps.py);
+# where one cannot be installed (no root, no apt) its test is skipped with a message and
+# the rest runs.
 test-deps:
 	@command -v chromium >/dev/null 2>&1 || \
 	  { apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium; } || \
@@ -59,6 +61,9 @@ test-deps:
 	@command -v ip >/dev/null 2>&1 || \
 	  { apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq iproute2; } || \
 	  echo "iproute2 could not be installed: the network-namespace test will be skipped"
+	@ls /usr/lib/*/faketime/libfaketime.so.1 >/dev/null 2>&1 || \
+	  { apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq libfaketime; } || \
+	  echo "libfaketime could not be installed: the wall-clock step test will be skipped"
 
 trial: venv
 	$(VENV)/bin/trial tests

@@ -282,7 +282,7 @@ def cluster_view(replica: Any, peers: PeerDetails | None = None) -> dict[str, An
     ready, why = readiness(replica)
     return {
         "replica": replica.my_id,
-        "now": now,
+        "now": metrics.wall(),    # the timeline's clock: the page shows events' ages
         "version": replicad.__version__,
         "cluster_id": store.cluster_id if store is not None else None,
         "write_quorum": describe_quorum(config),

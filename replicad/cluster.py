@@ -119,6 +119,8 @@ class LocalCluster:
         self.config_path = os.path.join(self.data_dir, "cluster.ini")
         self._procs: dict[int, subprocess.Popen[bytes]] = {}
         self._expected: set[int] = set()   # started by us and not stopped or killed by us
+        # More environment for one replica's process (tests: libfaketime's LD_PRELOAD).
+        self.replica_env: dict[int, dict[str, str]] = {}
 
     # Layout ----------------------------------------------------------------------------
 
@@ -240,6 +242,7 @@ class LocalCluster:
         root = os.path.dirname(os.path.dirname(os.path.abspath(replicad.__file__)))
         env["PYTHONPATH"] = os.pathsep.join(filter(None, [root, env.get("PYTHONPATH")]))
         env["PYTHONUNBUFFERED"] = "1"
+        env.update(self.replica_env.get(i, {}))
         with open(self.stdio_path(i), "ab") as stdio:
             self._procs[i] = subprocess.Popen(
                 self.command(i),

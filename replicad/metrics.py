@@ -77,9 +77,14 @@ class PeerSeen:
 class ReplicaMetrics:
     """The metrics of one replica: its registry, the event hooks, the timeline."""
 
-    def __init__(self, replica: Any, clock: IReactorTime, process: bool = True):
+    def __init__(self, replica: Any, clock: IReactorTime, process: bool = True,
+                 wall: Callable[[], float] | None = None):
         self.replica = replica
         self.clock = clock
+        # When the timeline's events happened, for people and for merging the replicas'
+        # timelines: the wall clock (the replica passes time.time), not ``clock``,
+        # which is the reactor's monotonic one (reactor.py).  Default: ``clock``.
+        self.wall = wall or clock.seconds
         self.registry = CollectorRegistry()
         registry = self.registry
         # Requests are counted in plain dicts (_RequestCounts), exposed at scrape time:
@@ -239,7 +244,7 @@ class ReplicaMetrics:
         return counting, done
 
     def _event(self, kind: str, text: str, **fields: Any) -> None:
-        self.timeline.append({"at": self.clock.seconds(), "replica": self.replica.my_id,
+        self.timeline.append({"at": self.wall(), "replica": self.replica.my_id,
                               "kind": kind, "text": text, **fields})
 
     # State read at scrape time ---------------------------------------------------------

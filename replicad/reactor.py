@@ -1,14 +1,28 @@
-"""The reactor a replica process runs on: Twisted's epoll reactor, less one wrapper.
+"""The reactor a replica process runs on: Twisted's epoll reactor, on the monotonic
+clock and less one wrapper.
 
-Twisted's ``EPollReactor.doPoll`` hands every ready socket to ``_doReadOrWrite``
-through ``log.callWithLogger``, which puts the socket's ``logPrefix()`` into the legacy
-log context (``twisted.python.context``: a dict copied and pushed per call) so that a
-*legacy* log line written while the event is handled (``log.msg``, ``log.err``) names
-its connection.  replicad logs with ``twisted.logger``, whose events never read that
-context, and a replica handles one event per request on every connection: measured,
-the wrapper was 1.4 µs of each event, and without it a 3-replica cluster served GETs
-1.12x, PUTs 1.07x, one-shot GETs and PUTs 1.06x and GETs sent to a follower 1.06x as
-fast (docs/benchmarks.md, "After that run (2026-11-30, fourth session of the day)").
+**The monotonic clock.**  Twisted's reactors time every ``callLater`` by the wall clock
+(``time.time``), which an operator, NTP or a resumed VM can step.  Measured on a real
+cluster with libfaketime stepping one replica's wall clock (tests/integration/
+test_clock_steps.py): one hour forward and the coordinator took the gap for a pause of
+3,600 s and stood again (an election, a take-over); one hour back and every timer set
+before the step waited an hour more: no heartbeats (a follower stopped checking its
+coordinator) and, in quorum mode, a lease that looked valid for an hour, so a
+coordinator cut off from the others went on answering reads.  ``seconds()`` here is
+``time.monotonic``, which steps do not move; every timer, timeout, lease and pause of
+the replica is measured on it.  Times shown to people (the admin page's events) are
+read from the wall clock apart (metrics.py, ``wall``).
+
+**The wrapper.** Twisted's ``EPollReactor.doPoll`` hands every ready socket to
+``_doReadOrWrite`` through ``log.callWithLogger``, which puts the socket's
+``logPrefix()`` into the legacy log context (``twisted.python.context``: a dict copied
+and pushed per call) so that a *legacy* log line written while the event is handled
+(``log.msg``, ``log.err``) names its connection. replicad logs with ``twisted.logger``,
+whose events never read that context, and a replica handles one event per request on
+every connection: measured, the wrapper was 1.4 µs of each event, and without it a
+3-replica cluster served GETs 1.12x, PUTs 1.07x, one-shot GETs and PUTs 1.06x and GETs
+sent to a follower 1.06x as fast (docs/benchmarks.md, "After that run (2026-11-30,
+fourth session of the day)").
 
 What is given up: a legacy line Twisted itself writes while handling an event (say
 the traceback of a protocol's ``dataReceived`` that raised, which ``_doReadOrWrite``
@@ -24,15 +38,21 @@ from __future__ import annotations
 
 import errno
 import sys
+import time
 
 from twisted.internet import epollreactor
 from twisted.logger import Logger
 
 
 class EPollReactor(epollreactor.EPollReactor):
-    """``epollreactor.EPollReactor`` whose poll calls ``_doReadOrWrite`` directly."""
+    """``epollreactor.EPollReactor`` on the monotonic clock, whose poll calls
+    ``_doReadOrWrite`` directly."""
 
     log = Logger()
+
+    def seconds(self) -> float:
+        """The monotonic clock: what the reactor's timers are scheduled on."""
+        return time.monotonic()
 
     def doPoll(self, timeout: float | None) -> None:
         if timeout is None:

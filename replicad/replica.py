@@ -23,6 +23,7 @@ import dataclasses
 import math
 import os
 import sqlite3
+import time
 from collections.abc import Callable
 
 from twisted.application import service
@@ -134,7 +135,8 @@ class Replica(service.MultiService):
         self._discovery = LoopingCall(self._discovery_tick)
         self._discovery.clock = reactor
         self._started_at = 0.0
-        self.metrics = ReplicaMetrics(self, reactor)   # metrics hook: /metrics, admin page
+        self.metrics = ReplicaMetrics(self, reactor,   # metrics hook: /metrics, admin page
+                                      wall=time.time)
 
     # Service life cycle ----------------------------------------------------------------
 

@@ -176,3 +176,35 @@ def test_twistds_replica_runs_on_it_unless_a_reactor_was_chosen():
     assert run_python(pick).split() == ["True", "replicad.reactor"]
     chosen = "from twisted.internet import pollreactor; pollreactor.install(); " + pick
     assert run_python(chosen).split() == ["False", "twisted.internet.pollreactor"]
+
+
+# The monotonic clock --------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("step_s", [-3600.0, 3600.0])
+def test_a_wall_clock_step_moves_no_timer(ours, stock, monkeypatch, step_s):
+    """A timer set before the wall clock is stepped fires when it was due, neither an
+    hour late (a step back: no heartbeat, a lease that seems valid for an hour) nor at
+    once (a step forward: every timeout, and a pause of an hour seen).  Twisted's own
+    reactor, beside it, is moved by the step.  (Real replicas under libfaketime:
+    tests/integration/test_clock_steps.py.)"""
+    fired = {"ours": None, "stock": None}
+    for name, made in (("ours", ours), ("stock", stock)):
+        made.callLater(0.3, lambda name=name: fired.__setitem__(name, time.monotonic()))
+    set_at = time.monotonic()
+    real_time = time.time
+    # The step: the wall clock, as our reactor would read it (it must not), and as
+    # Twisted's reads it (bound at import: twisted.python.runtime.seconds).
+    monkeypatch.setattr(time, "time", lambda: real_time() + step_s)
+    monkeypatch.setattr(stock, "seconds", lambda: real_time() + step_s)
+    assert ours.seconds() == pytest.approx(time.monotonic(), abs=0.05)
+    deadline = set_at + 1.0
+    while time.monotonic() < deadline and fired["ours"] is None:
+        for made in (ours, stock):
+            made.runUntilCurrent()
+            made.doIteration(0.01)
+    assert fired["ours"] is not None and fired["ours"] - set_at >= 0.3
+    if step_s < 0:
+        assert fired["stock"] is None          # due an hour from now
+    else:
+        assert fired["stock"] is not None and fired["stock"] - set_at < 0.3   # at once

@@ -1,0 +1,126 @@
+"""A replica whose wall clock is stepped (an operator's ``date -s``, NTP stepping, a VM
+resumed): real twistd replicas, one of them under libfaketime with its wall clock moved
+an hour while it runs (CLOCK_MONOTONIC left alone: FAKETIME_DONT_FAKE_MONOTONIC).
+
+What must hold: a step forward is not a pause (the coordinator does not stand again:
+no election, no new epoch, every write acknowledged), and a step back does not stretch
+a quorum-mode lease (a coordinator cut off from the others stops serving within its
+lease, rather than answer reads with a value the majority has overwritten for an hour).  Both held
+only once the reactor ran on the monotonic clock (replicad/reactor.py): before, the
+first test saw epoch 3 become 7 ("coordinator 3 was paused for 3600.2 s") and in the
+second the isolated coordinator stayed ready for the whole deadline.
+
+Needs Debian's libfaketime (``make test-deps`` installs it); skipped without it.
+Marked slow (real clusters, about 15 s): run by ``.ci/run``'s slow stage.
+"""
+
+from __future__ import annotations
+
+import glob
+import os
+import time
+
+import pytest
+
+from replicad.client import BlockingClient, ClientError, build_request
+from replicad.cluster import LocalCluster, find_free_base_port
+from replicad.testing.cluster import ProxiedCluster
+
+from .lines import ask
+
+pytestmark = pytest.mark.slow
+
+LIBFAKETIME = next(iter(glob.glob("/usr/lib/*/faketime/libfaketime.so.1")), None)
+HOUR_S = 3600
+HEARTBEATS = 6          # ping_interval (0.3 s) each: a stepped reactor reacts at the first
+DEADLINE_S = 10.0
+
+
+@pytest.fixture
+def stepped(tmp_path):
+    """stepped(cluster_class, **settings) -> (a ready 3-replica cluster whose replica 3
+    runs under libfaketime, step(seconds)), stopped after the test."""
+    if LIBFAKETIME is None:
+        pytest.skip("needs libfaketime (Debian's libfaketime package: "
+                    "/usr/lib/<arch>/faketime/libfaketime.so.1)")
+    stamp = str(tmp_path / "faketime")
+    clusters = []
+
+    def step(seconds: int) -> None:
+        """Replica 3's wall clock, ``seconds`` from the real one from now on."""
+        with open(stamp + ".new", "w", encoding="ascii") as handle:
+            handle.write(f"{seconds:+d}\n")
+        os.replace(stamp + ".new", stamp)
+
+    def start(kind=LocalCluster, **settings):
+        step(0)
+        cluster = kind(3, find_free_base_port(3), str(tmp_path / "cluster"),
+                       overrides=settings)
+        cluster.replica_env[3] = {
+            "LD_PRELOAD": LIBFAKETIME, "FAKETIME_TIMESTAMP_FILE": stamp,
+            "FAKETIME_NO_CACHE": "1", "FAKETIME_DONT_FAKE_MONOTONIC": "1",
+        }
+        clusters.append(cluster)
+        cluster.start()
+        assert cluster.wait_ready(timeout_s=20) == 3
+        return cluster, step
+
+    yield start
+    for cluster in clusters:
+        cluster.stop()
+
+
+def epochs(cluster) -> dict[int, object]:
+    return {i: (cluster.status(i) or {}).get("epoch") for i in cluster.ids}
+
+
+def heartbeats_pass(cluster, client: BlockingClient, count: int) -> int:
+    """Write for ``count`` heartbeat intervals (measured on the monotonic clock);
+    return how many writes were acknowledged (each one or an exception)."""
+    interval = float(cluster.overrides.get("ping_interval", 0.3))
+    until = time.monotonic() + count * interval
+    n = 0
+    while time.monotonic() < until:
+        reply, _ = client.exchange(build_request("PUT", f"k{n % 8}", f"v{n}"))
+        assert reply.status == "OK", reply
+        n += 1
+    return n
+
+
+def test_a_wall_clock_an_hour_ahead_is_no_pause_of_the_coordinator(stepped):
+    cluster, step = stepped()
+    client = BlockingClient(cluster.addresses(), timeout_s=5)
+    assert heartbeats_pass(cluster, client, 2) > 0
+    before = epochs(cluster)
+    step(+HOUR_S)
+    assert heartbeats_pass(cluster, client, HEARTBEATS) > 0
+    assert epochs(cluster) == before, "an election followed the step"
+    assert cluster.coordinator() == 3
+    with open(cluster.log_path(3), encoding="utf-8") as log:
+        text = log.read()
+    assert "paused" not in text, text[-2000:]
+
+
+def test_a_wall_clock_an_hour_back_does_not_stretch_a_quorum_mode_lease(stepped):
+    cluster, step = stepped(ProxiedCluster, write_quorum="majority")
+    client = BlockingClient(cluster.addresses(), timeout_s=5)
+    assert heartbeats_pass(cluster, client, 2) > 0
+    reply, _ = client.exchange(build_request("PUT", "k", "before"))
+    assert reply.status == "OK"
+    step(-HOUR_S)
+    assert heartbeats_pass(cluster, client, 2) > 0      # the step is read, then the cut
+    cluster.isolate(3)
+    majority = BlockingClient([cluster.address(1), cluster.address(2)], timeout_s=5)
+    reply, _ = majority.exchange(build_request("PUT", "k", "after"))
+    assert reply.status == "OK", reply
+    # Its lease ends, as without the step: it refuses, and the value it holds is
+    # no longer read from it (docs/consistency.md: within the lease it may be).
+    cluster.wait_until(lambda: (cluster.status(3) or {}).get("ready") == "no",
+                       timeout_s=DEADLINE_S, what="the isolated coordinator's lease to end")
+    assert ask(cluster.address(3), "GET k").startswith("ERR UNAVAILABLE")
+    assert ask(cluster.address(3), "PUT k isolated").startswith("ERR UNAVAILABLE")
+    try:
+        reply, _ = majority.exchange(build_request("GET", "k"))
+    except ClientError as e:
+        pytest.fail(f"the majority side cannot read: {e}")
+    assert reply.text == "after"
