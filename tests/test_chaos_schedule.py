@@ -54,8 +54,10 @@ def test_faults_are_sequential_bounded_and_the_last_lasts_until_the_end(seed, re
 def test_every_fault_names_valid_replicas_in_the_right_shape(seed, replicas):
     ids = set(range(1, replicas + 1))
     for fault in make_schedule(seed, 200, replicas, tuple(FaultKind)):
-        if fault.kind in (FaultKind.KILL, FaultKind.PAUSE, FaultKind.WIPE, FaultKind.FULL):
+        if fault.kind in (FaultKind.KILL, FaultKind.PAUSE, FaultKind.WIPE, FaultKind.FULL,
+                          FaultKind.CLOCK):
             assert fault.target == COORDINATOR or fault.target in ids
+            assert (fault.step_s in (-3600, 3600)) == (fault.kind is FaultKind.CLOCK)
         elif fault.kind is FaultKind.ISOLATE:
             assert fault.target == COORDINATOR
         elif fault.kind is FaultKind.SPLIT:
@@ -89,6 +91,8 @@ def test_only_the_requested_kinds():
 def test_parse_kinds():
     assert parse_kinds("all") == ALL_KINDS
     assert FaultKind.FULL not in ALL_KINDS    # it needs root: asked for by name
+    assert FaultKind.CLOCK not in ALL_KINDS   # it needs libfaketime
+    assert parse_kinds("all,full,clock") == ALL_KINDS + (FaultKind.FULL, FaultKind.CLOCK)
     assert parse_kinds("all,full") == ALL_KINDS + (FaultKind.FULL,)
     assert parse_kinds("full, all") == (FaultKind.FULL,) + ALL_KINDS
     assert parse_kinds("none") == ()
@@ -99,14 +103,15 @@ def test_parse_kinds():
         parse_kinds(" , ")
 
 
-def test_the_full_fault_leaves_the_schedules_of_all_unchanged():
+def test_the_full_and_clock_faults_leave_the_schedules_of_all_unchanged():
     # `all` stays the seven kinds that need no root, so the seeds recorded in
     # docs/reliability.md still give the schedules they ran (the pinned one above too).
     assert len(ALL_KINDS) == 7
     assert make_schedule(42, 180, 3) == make_schedule(42, 180, 3, ALL_KINDS)
-    with_full = make_schedule(42, 180, 3, ALL_KINDS + (FaultKind.FULL,))
-    assert FaultKind.FULL in {f.kind for f in with_full}
-    assert with_full[0].describe().split()[0] in {k.value for k in FaultKind}
+    with_more = make_schedule(42, 180, 3, ALL_KINDS + (FaultKind.FULL, FaultKind.CLOCK))
+    assert {FaultKind.FULL, FaultKind.CLOCK} <= {f.kind for f in with_more}
+    steps = {f.describe() for f in with_more if f.kind is FaultKind.CLOCK}
+    assert steps and all(d.startswith("clock ") and " s for " in d for d in steps)
 
 
 def test_impossible_schedules_are_refused():

@@ -32,8 +32,9 @@ def _parser() -> argparse.ArgumentParser:
     run.add_argument("--replicas", type=int, choices=(3, 5), default=3)
     run.add_argument("--clients", type=int, default=3, help="concurrent sessions (threads)")
     run.add_argument("--faults", default="all",
-                     help="comma list of kill,pause,isolate,split,oneway,bridge,wipe,full; "
-                          "all (every kind but full, which needs root); none (default all)")
+                     help="comma list of kill,pause,isolate,split,oneway,bridge,wipe,full,"
+                          "clock; all (every kind but full, which needs root, and clock, "
+                          "libfaketime); none (default all)")
     run.add_argument("--write-quorum", choices=("1", "majority"), default="majority")
     run.add_argument("--out", default=None, help="directory for the history, the cluster's "
                      "data and logs, the report and the plot (default chaos-out/<time>-<seed>)")

@@ -20,6 +20,8 @@ as a ``crash`` event with the tail of its log, and restarted.
 With the ``full`` fault, each replica's data directory is a tmpfs of its own for the
 whole run (replicad/chaos/disks.py: mounted before the cluster starts, its files copied
 back when it stops); the fault shrinks one of them to its usage, the heal grows it.
+With the ``clock`` fault, every replica runs under libfaketime (replicad/chaos/clocks.py)
+and the fault steps one's wall clock an hour, the heal back.
 """
 
 from __future__ import annotations
@@ -42,7 +44,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import replicad
-from replicad.chaos import disks
+from replicad.chaos import clocks, disks
 from replicad.chaos.history import HistoryWriter
 from replicad.chaos.schedule import (
     ALL_KINDS,
@@ -213,6 +215,7 @@ class ChaosRun:
         small_disks = FaultKind.FULL in config.faults
         if small_disks:
             disks.check()
+        faketime = clocks.library() if FaultKind.CLOCK in config.faults else None
         os.makedirs(config.out_dir, exist_ok=True)
         if os.path.exists(config.cluster_dir):
             disks.release_under(config.cluster_dir)
@@ -222,6 +225,10 @@ class ChaosRun:
         self.cluster = cluster = ProxiedCluster(config.replicas, base_port, config.cluster_dir,
                                                 overrides=settings)
         mounted = [cluster.replica_dir(i) for i in cluster.ids] if small_disks else []
+        if faketime is not None:
+            for i in cluster.ids:
+                clocks.step(self._offset_file(i), 0)
+                cluster.replica_env[i] = clocks.environment(faketime, self._offset_file(i))
         self.history = history = HistoryWriter(config.history_path)
         converged: dict[str, Any] = {"ok": False, "seconds": None}
         try:
@@ -236,6 +243,7 @@ class ChaosRun:
                 "request_ids": "library" if _library_sends_request_ids() else "runner",
                 "schedule": [f.to_json() for f in self.schedule],
                 "small_disks": disks.SIZE if small_disks else None,
+                "faketime": faketime,
             })
             self.progress(f"chaos: seed {config.seed}, {config.replicas} replicas, "
                           f"{config.clients} clients, write_quorum {config.write_quorum}, "
@@ -273,6 +281,10 @@ class ChaosRun:
         return RunResult(config.history_path, sum(self.counters.snapshot().values()),
                          sum(self.faults_started.values()), bool(converged.get("ok")),
                          converged.get("seconds"), self.crashes)
+
+    def _offset_file(self, i: int) -> str:
+        """Replica i's wall-clock offset (the clock fault; clocks.py)."""
+        return os.path.join(self.config.out_dir, f"clock-offset-{i}")
 
     def _unmount(self, mounted: list[str]) -> None:
         """The small disks' files back in plain directories (a run's evidence); one that
@@ -399,10 +411,13 @@ class ChaosRun:
                                  "kind": kind.value, "describe": fault.describe()}
         try:
             if kind in (FaultKind.KILL, FaultKind.WIPE, FaultKind.PAUSE, FaultKind.ISOLATE,
-                        FaultKind.FULL):
+                        FaultKind.FULL, FaultKind.CLOCK):
                 target = self._resolve(fault.target)
                 targets = [target]
-                if kind is FaultKind.FULL:
+                if kind is FaultKind.CLOCK:
+                    assert fault.step_s is not None
+                    clocks.step(self._offset_file(target), fault.step_s)
+                elif kind is FaultKind.FULL:
                     event["size"] = disks.fill(cluster.replica_dir(target))
                 elif kind is FaultKind.PAUSE:
                     cluster.kill(target, signal.SIGSTOP)
@@ -450,6 +465,9 @@ class ChaosRun:
             elif fault.kind is FaultKind.FULL:
                 for target in targets:
                     disks.free(cluster.replica_dir(target))
+            elif fault.kind is FaultKind.CLOCK:
+                for target in targets:
+                    clocks.step(self._offset_file(target), 0)
             else:
                 cluster.heal()
         except (ClusterError, OSError, ValueError) as e:

@@ -27,9 +27,13 @@ Kinds (the partitions hold bytes in the fault proxy; nothing is closed):
 - ``bridge``: two sides that do not see each other and one replica that sees both.
 - ``wipe``: SIGKILL, delete the data dir, restart empty after the hold.
 - ``full``: the replica's disk fills up (its data directory is a tmpfs shrunk to what it
-  holds plus a few pages), grown back after the hold.  It needs root and mount(8), so
-  ``all`` leaves it out (and so keeps every recorded seed's schedule): ask for it by
-  name, ``all,full``.
+  holds plus a few pages), grown back after the hold.
+- ``clock``: the replica's wall clock is stepped an hour forward or back (libfaketime),
+  and back to the real time after the hold.
+
+``full`` needs root and mount(8), ``clock`` Debian's libfaketime, so ``all`` leaves
+them out (and so keeps every recorded seed's schedule): ask for them by name,
+``all,full,clock``.
 """
 
 from __future__ import annotations
@@ -60,14 +64,18 @@ class FaultKind(enum.Enum):
     BRIDGE = "bridge"
     WIPE = "wipe"
     FULL = "full"
+    CLOCK = "clock"
 
 
 # ``all``: the kinds that need nothing beyond the fault proxy.  FULL mounts a tmpfs per
-# replica (root); it is asked for by name, and adding it here would change the schedule
-# of every seed recorded in docs/reliability.md.
-ALL_KINDS = tuple(k for k in FaultKind if k is not FaultKind.FULL)
+# replica (root), CLOCK preloads libfaketime; they are asked for by name, and adding
+# them here would change the schedule of every seed recorded in docs/reliability.md.
+NEEDS_MORE = (FaultKind.FULL, FaultKind.CLOCK)
+ALL_KINDS = tuple(k for k in FaultKind if k not in NEEDS_MORE)
 # Faults aimed at one replica (a replica id or COORDINATOR).
-_ONE_REPLICA = (FaultKind.KILL, FaultKind.PAUSE, FaultKind.WIPE, FaultKind.FULL)
+_ONE_REPLICA = (FaultKind.KILL, FaultKind.PAUSE, FaultKind.WIPE, FaultKind.FULL,
+                FaultKind.CLOCK)
+CLOCK_STEP_S = 3600     # a clock fault steps the wall clock this far, forward or back
 
 
 class ScheduleError(ValueError):
@@ -78,7 +86,8 @@ class ScheduleError(ValueError):
 class Fault:
     """One fault: its kind, when it starts and for how long, and whom it hits.
 
-    ``target`` is a replica id or COORDINATOR (kill, pause, wipe, full, isolate); ``groups``
+    ``target`` is a replica id or COORDINATOR (kill, pause, wipe, full, clock, isolate);
+    ``step_s`` the step of a clock fault (+/- CLOCK_STEP_S); ``groups``
     the sides of a partition (split, bridge: the bridge is in neither side);
     ``pair`` (source, destination) of a one-way cut; ``bridge`` the replica that sees
     both sides.
@@ -92,6 +101,7 @@ class Fault:
     groups: tuple[tuple[int, ...], ...] = ()
     pair: tuple[int, int] | None = None
     bridge: int | None = None
+    step_s: int | None = None
 
     @property
     def end_s(self) -> float:
@@ -100,7 +110,9 @@ class Fault:
     def describe(self) -> str:
         """One line for the progress output and the history."""
         kind = self.kind
-        if kind in _ONE_REPLICA or kind is FaultKind.ISOLATE:
+        if kind is FaultKind.CLOCK:
+            what = f"clock {self.target} {self.step_s:+d} s"
+        elif kind in _ONE_REPLICA or kind is FaultKind.ISOLATE:
             what = f"{kind.value} {self.target}"
         elif kind is FaultKind.SPLIT:
             what = "split " + " | ".join(",".join(map(str, g)) for g in self.groups)
@@ -118,6 +130,7 @@ class Fault:
             "hold_s": self.hold_s, "target": self.target,
             "groups": [list(g) for g in self.groups],
             "pair": list(self.pair) if self.pair else None, "bridge": self.bridge,
+            "step_s": self.step_s,
         }
 
 
@@ -177,7 +190,8 @@ def _fault(rng: random.Random, index: int, kind: FaultKind, start_s: float, hold
            ids: Sequence[int]) -> Fault:
     if kind in _ONE_REPLICA:
         target: int | str = COORDINATOR if rng.random() < COORDINATOR_SHARE else rng.choice(ids)
-        return Fault(index, kind, start_s, hold_s, target=target)
+        step = rng.choice((-CLOCK_STEP_S, CLOCK_STEP_S)) if kind is FaultKind.CLOCK else None
+        return Fault(index, kind, start_s, hold_s, target=target, step_s=step)
     if kind is FaultKind.ISOLATE:
         return Fault(index, kind, start_s, hold_s, target=COORDINATOR)
     shuffled = list(ids)

@@ -3,8 +3,8 @@
 About 30 s of three real replicas behind the fault proxy, three client sessions at a
 time, and every fault kind on a fixed seed; the checker must find no violation and no
 acknowledged write lost.  A second run fills disks (the ``full`` fault: a tmpfs per
-replica, root only) between kills and pauses.  The long runs are in
-docs/reliability.md.
+replica, root only) and steps wall clocks (the ``clock`` fault: libfaketime) between
+kills and pauses.  The long runs are in docs/reliability.md.
 """
 
 from __future__ import annotations
@@ -15,7 +15,7 @@ import time
 
 import pytest
 
-from replicad.chaos import disks
+from replicad.chaos import clocks, disks
 from replicad.chaos.checker import check, format_report
 from replicad.chaos.history import read_history
 from replicad.chaos.runner import RunConfig, run
@@ -24,8 +24,9 @@ from replicad.chaos.schedule import ALL_KINDS, FaultKind
 # Where a failing run's history, logs and data are kept (tmp_path is rotated away).
 EVIDENCE_DIR = os.environ.get("REPLICAD_CHAOS_EVIDENCE", "/tmp/replicad-chaos-failures")
 SEED = 18   # its 30 s schedule: wipe, split, isolate the coordinator, kill, one-way cut
-# With full,kill,pause, seed 1's 30 s: full 3, pause, kill, full and kill the coordinator.
-FULL_SEED = 1
+# With full,clock,kill,pause, seed 10's 30 s: the coordinator's clock an hour ahead,
+# kill 3, pause the coordinator, fill its disk, its clock an hour back.
+FULL_SEED = 10
 
 
 @pytest.mark.integration
@@ -50,20 +51,23 @@ def test_a_short_quorum_mode_run_keeps_every_promise(tmp_path):
 
 @pytest.mark.integration
 @pytest.mark.slow
-def test_a_short_run_with_full_disks_keeps_every_promise(tmp_path):
+def test_a_short_run_with_full_disks_and_stepped_clocks_keeps_every_promise(tmp_path):
     """A full coordinator answers ERR NOSPACE (the checker holds it to "nothing was
-    done": a value of such a write read anywhere, ever, is a violation), a full
-    follower costs nothing, and no acknowledged write is lost across them."""
+    done": a value of such a write read anywhere, ever, is a violation), a stepped wall
+    clock changes nothing, and no acknowledged write is lost across them."""
     try:
         disks.check()
-    except disks.DiskError as e:
+        clocks.library()
+    except (disks.DiskError, clocks.ClockError) as e:
         pytest.skip(str(e))
     config = RunConfig(out_dir=str(tmp_path / "chaos"), seed=FULL_SEED, duration_s=30.0,
                        replicas=3, clients=3, write_quorum="majority",
-                       faults=(FaultKind.FULL, FaultKind.KILL, FaultKind.PAUSE))
+                       faults=(FaultKind.FULL, FaultKind.CLOCK, FaultKind.KILL,
+                               FaultKind.PAUSE))
     result, events, report, summary = run_and_check(config, [])
     stats = report.stats
-    assert stats["faults"].get("full", 0) >= 2 and stats["fault_errors"] == 0, summary
+    assert stats["faults"].get("full", 0) >= 1 and stats["faults"].get("clock", 0) >= 2
+    assert stats["fault_errors"] == 0, summary
     refused = [e for e in events if e["type"] == "complete" and e.get("status") == "NOSPACE"]
     assert refused, "a full coordinator refused writes: the fault bit"
     assert stats["writes"]["acknowledged"] > 300, summary
