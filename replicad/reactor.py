@@ -9,9 +9,13 @@ test_clock_steps.py): one hour forward and the coordinator took the gap for a pa
 before the step waited an hour more: no heartbeats (a follower stopped checking its
 coordinator) and, in quorum mode, a lease that looked valid for an hour, so a
 coordinator cut off from the others went on answering reads.  ``seconds()`` here is
-``time.monotonic``, which steps do not move; every timer, timeout, lease and pause of
-the replica is measured on it.  Times shown to people (the admin page's events) are
-read from the wall clock apart (metrics.py, ``wall``).
+CLOCK_BOOTTIME (Linux; ``time.monotonic`` elsewhere), which steps do not move; every
+timer, timeout, lease and pause of the replica is measured on it.  BOOTTIME rather than
+CLOCK_MONOTONIC because the latter stops while the machine is suspended: a coordinator
+resumed after an hour asleep would find its lease as valid as when it slept and no
+pause to stand again for; BOOTTIME counts the sleep, so it does both.  Times shown to
+people (the admin page's events) are read from the wall clock apart (metrics.py,
+``wall``).
 
 **The wrapper.** Twisted's ``EPollReactor.doPoll`` hands every ready socket to
 ``_doReadOrWrite`` through ``log.callWithLogger``, which puts the socket's
@@ -43,6 +47,13 @@ import time
 from twisted.internet import epollreactor
 from twisted.logger import Logger
 
+_BOOTTIME = getattr(time, "CLOCK_BOOTTIME", None)
+
+
+def now() -> float:
+    """Seconds on the clock the replica's timers run on (see the module's docstring)."""
+    return time.clock_gettime(_BOOTTIME) if _BOOTTIME is not None else time.monotonic()
+
 
 class EPollReactor(epollreactor.EPollReactor):
     """``epollreactor.EPollReactor`` on the monotonic clock, whose poll calls
@@ -52,7 +63,7 @@ class EPollReactor(epollreactor.EPollReactor):
 
     def seconds(self) -> float:
         """The monotonic clock: what the reactor's timers are scheduled on."""
-        return time.monotonic()
+        return now()
 
     def doPoll(self, timeout: float | None) -> None:
         if timeout is None:
