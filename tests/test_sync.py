@@ -226,9 +226,8 @@ def test_done_is_told_the_outcome_without_a_deferred(tmp_path):
     assert told[2:] == [("silent", False)] and clock.getDelayedCalls() == []
 
 
-def test_the_replica_is_told_once_a_pull_is_imported(tmp_path):
-    """after_import: a confirmed read waiting for a write that a lost push should have
-    brought is answered when a pull brings it (replica.py, _recheck_awaiting)."""
+def one_record_peer(tmp_path) -> tuple[Synchroniser, Store]:
+    """A Synchroniser whose peer 3 holds one write this store lacks (k = v, 3:1)."""
     store = Store(str(tmp_path / "replica.sqlite"))
     record = Record("k", "v", 3, 1, VectorClock({3: 1}))
 
@@ -239,6 +238,13 @@ def test_the_replica_is_told_once_a_pull_is_imported(tmp_path):
     sync = Synchroniser(store, [3], default_config(), Clock(),
                         ping=lambda peer_id, timeout_s: defer.succeed(seen({3: 1})),
                         call=call, mark=lambda peer_id, up: None, epoch=lambda: 0)
+    return sync, store
+
+
+def test_the_replica_is_told_once_a_pull_is_imported(tmp_path):
+    """after_import: a confirmed read waiting for a write that a lost push should have
+    brought is answered when a pull brings it (replica.py, _recheck_awaiting)."""
+    sync, store = one_record_peer(tmp_path)
     told = []
     sync.after_import = lambda: told.append(store.clock)
     results = []
@@ -257,16 +263,7 @@ def test_a_pull_whose_import_finds_the_disk_full_tells_the_replica_and_applies_n
 
     from tests.test_groupcommit import FailingCommits
 
-    store = Store(str(tmp_path / "replica.sqlite"))
-    record = Record("k", "v", 3, 1, VectorClock({3: 1}))
-
-    def call(peer_id, message, timeout_s, on_line=None):
-        on_line("REC", peerwire.encode_record(record))
-        return defer.succeed(PeerResponse("END", "3:1 -"))
-
-    sync = Synchroniser(store, [3], default_config(), Clock(),
-                        ping=lambda peer_id, timeout_s: defer.succeed(seen({3: 1})),
-                        call=call, mark=lambda peer_id, up: None, epoch=lambda: 0)
+    sync, store = one_record_peer(tmp_path)
     full: list[Exception] = []
     sync.disk_full_seen = full.append
     store._db = spy = FailingCommits(store._db)
