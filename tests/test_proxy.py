@@ -33,6 +33,8 @@ ARRIVAL_S = 5.0      # deadline for what must arrive
     ("HEAL 1 2", Command(Verb.HEAL, ("1", "2"))),
     ("ISOLATE 3", Command(Verb.ISOLATE, ("3",))),
     ("STATUS", Command(Verb.STATUS)),
+    ("SLOW 3 250", Command(Verb.SLOW, ("3",), delay_ms=250)),
+    ("SLOW 3 0", Command(Verb.SLOW, ("3",), delay_ms=0)),
     ("PARTITION 1,2 3,4,5",
      Command(Verb.PARTITION, groups=(frozenset({"1", "2"}), frozenset({"3", "4", "5"})))),
 ])
@@ -55,6 +57,10 @@ def test_parse_good_commands(line, expected):
     ("PARTITION 1,2 2,3", "replica 2 is in two groups"),
     ("PARTITION 1, 2", "bad replica name ''"),
     ("CUT 1 x-y", "bad replica name 'x-y'"),
+    ("SLOW 3", "SLOW takes a replica name and a delay"),
+    ("SLOW 3 -5", "SLOW takes"),
+    ("SLOW 3 fast", "SLOW takes"),
+    ("SLOW 3 60001", "0 to 60000 ms"),
 ])
 def test_parse_bad_commands(line, message):
     with pytest.raises(CommandError, match=message):
@@ -172,8 +178,24 @@ def test_unknown_replicas_are_refused_and_change_nothing(line):
 # The Pipe, on StringTransports -----------------------------------------------------------
 
 
-def pipe_between(cuts: Cuts) -> tuple[Pipe, StringTransport, StringTransport]:
-    pipe = Pipe("1", "2", cuts.held)
+def test_slow_delays_both_ways_between_one_replica_and_the_others_until_healed():
+    cuts = table()
+    assert run(cuts, "SLOW 2 250") == ["OK"]
+    assert cuts.delay_s("2", "1") == cuts.delay_s("3", "2") == 0.25
+    assert cuts.delay_s("1", "3") == 0
+    assert run(cuts, "STATUS") == ["DELAY 1 2 250", "DELAY 2 1 250", "DELAY 2 3 250",
+                                   "DELAY 3 2 250", "END"]
+    run(cuts, "HEAL 1 2")
+    assert cuts.delay_s("1", "2") == 0 and cuts.delay_s("3", "2") == 0.25
+    run(cuts, "SLOW 2 0")
+    assert run(cuts, "STATUS") == ["END"]
+    run(cuts, "SLOW 1 100")
+    run(cuts, "HEAL")
+    assert run(cuts, "STATUS") == ["END"]
+
+
+def pipe_between(cuts: Cuts, clock=None) -> tuple[Pipe, StringTransport, StringTransport]:
+    pipe = Pipe("1", "2", cuts.held, cuts.delay_s, clock)
     source, dest = StringTransport(), StringTransport()
     pipe.attach_source(source)
     pipe.attach_dest(dest)
@@ -221,6 +243,27 @@ def test_pipe_pauses_its_source_when_too_much_is_held_or_the_dest_is_full():
     assert source.producerState == "paused"
     pipe.resumeProducing()
     assert source.producerState == "producing"
+
+
+def test_pipe_delays_each_chunk_keeps_the_order_and_sends_the_end_last():
+    from twisted.internet.task import Clock
+
+    clock, cuts = Clock(), table()
+    run(cuts, "SLOW 2 200")
+    pipe, _, dest = pipe_between(cuts, clock)
+    pipe.receive(b"a")
+    clock.advance(0.1)
+    pipe.receive(b"b")
+    run(cuts, "SLOW 2 0")            # no delay for what comes now, but after "b"
+    pipe.receive(b"c")
+    pipe.source_ended(full=False)
+    assert dest.value() == b"" and pipe.queued_bytes == 3
+    clock.advance(0.1)
+    assert dest.value() == b"a" and not dest.disconnecting
+    clock.advance(0.1)
+    assert dest.value() == b"abc" and pipe.queued_bytes == 0
+    assert dest.disconnecting                        # the end after the last byte
+    assert clock.getDelayedCalls() == []
 
 
 def test_pipe_drops_bytes_towards_a_lost_connection():
@@ -342,6 +385,20 @@ def test_cut_holds_both_directions_of_both_routes_without_closing_then_heal_deli
     assert recv_exactly(two_accepts, 5) == b"after"
 
 
+def test_slow_delays_the_bytes_both_ways_without_holding_them(harness):
+    client, server = harness.connect("1-2")
+    assert harness.command("SLOW 2 400") == []
+    assert harness.command("STATUS") == ["DELAY 1 2 400", "DELAY 2 1 400"]
+    client.sendall(b"late")
+    server.sendall(b"also")
+    assert_silent(server, 0.2)                  # not yet: due 0.4 s after it was sent
+    assert recv_exactly(server, 4) == b"late"   # then delivered, nothing held
+    assert recv_exactly(client, 4) == b"also"
+    harness.command("HEAL 2")
+    client.sendall(b"now")
+    assert recv_exactly(server, 3) == b"now"
+
+
 def test_cut_one_way_holds_only_bytes_from_src_to_dst(harness):
     one_dials, two_accepts = harness.connect("1-2")
     two_dials, one_accepts = harness.connect("2-1")
@@ -440,5 +497,5 @@ def test_one_control_connection_answers_each_line_in_turn(harness):
                                   timeout=ARRIVAL_S) as control:
         control.sendall(b"CUT 1 2\nBOGUS\nSTATUS\nHEAL\r\nSTATUS\n")
         expected = (b"OK\nERR unknown command 'BOGUS' (known: CUT CUTONEWAY NODIAL HEAL "
-                    b"ISOLATE PARTITION STATUS)\nCUTONEWAY 1 2\nCUTONEWAY 2 1\nEND\nOK\nEND\n")
+                    b"ISOLATE PARTITION SLOW STATUS)\nCUTONEWAY 1 2\nCUTONEWAY 2 1\nEND\nOK\nEND\n")
         assert recv_exactly(control, len(expected)) == expected

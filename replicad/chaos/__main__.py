@@ -33,7 +33,7 @@ def _parser() -> argparse.ArgumentParser:
     run.add_argument("--clients", type=int, default=3, help="concurrent sessions (threads)")
     run.add_argument("--faults", default="all",
                      help="comma list of kill,pause,isolate,split,oneway,bridge,wipe,full,"
-                          "clock; all (every kind but full, which needs root, and clock, "
+                          "clock,slow; all (the first seven: full needs root, clock "
                           "libfaketime); none (default all)")
     run.add_argument("--write-quorum", choices=("1", "majority"), default="majority")
     run.add_argument("--out", default=None, help="directory for the history, the cluster's "

@@ -411,10 +411,13 @@ class ChaosRun:
                                  "kind": kind.value, "describe": fault.describe()}
         try:
             if kind in (FaultKind.KILL, FaultKind.WIPE, FaultKind.PAUSE, FaultKind.ISOLATE,
-                        FaultKind.FULL, FaultKind.CLOCK):
+                        FaultKind.FULL, FaultKind.CLOCK, FaultKind.SLOW):
                 target = self._resolve(fault.target)
                 targets = [target]
-                if kind is FaultKind.CLOCK:
+                if kind is FaultKind.SLOW:
+                    assert fault.delay_ms is not None
+                    cluster.slow(target, fault.delay_ms)
+                elif kind is FaultKind.CLOCK:
                     assert fault.step_s is not None
                     clocks.step(self._offset_file(target), fault.step_s)
                 elif kind is FaultKind.FULL:

@@ -30,10 +30,12 @@ Kinds (the partitions hold bytes in the fault proxy; nothing is closed):
   holds plus a few pages), grown back after the hold.
 - ``clock``: the replica's wall clock is stepped an hour forward or back (libfaketime),
   and back to the real time after the hold.
+- ``slow``: every byte between the replica and the others is delayed (150-600 ms, about
+  the failure detector's timeouts), nothing held; undone by a heal.
 
-``full`` needs root and mount(8), ``clock`` Debian's libfaketime, so ``all`` leaves
-them out (and so keeps every recorded seed's schedule): ask for them by name,
-``all,full,clock``.
+``all`` leaves the last three out, and so keeps every recorded seed's schedule (``full``
+needs root and mount(8), ``clock`` Debian's libfaketime): ask for them by name,
+``all,full,clock,slow``.
 """
 
 from __future__ import annotations
@@ -65,17 +67,19 @@ class FaultKind(enum.Enum):
     WIPE = "wipe"
     FULL = "full"
     CLOCK = "clock"
+    SLOW = "slow"
 
 
-# ``all``: the kinds that need nothing beyond the fault proxy.  FULL mounts a tmpfs per
-# replica (root), CLOCK preloads libfaketime; they are asked for by name, and adding
-# them here would change the schedule of every seed recorded in docs/reliability.md.
-NEEDS_MORE = (FaultKind.FULL, FaultKind.CLOCK)
-ALL_KINDS = tuple(k for k in FaultKind if k not in NEEDS_MORE)
+# ``all``: the kinds of the recorded seeds.  The later ones are asked for by name:
+# adding them here would change the schedule of every seed in docs/reliability.md
+# (and FULL mounts a tmpfs per replica: root; CLOCK preloads libfaketime).
+OPT_IN = (FaultKind.FULL, FaultKind.CLOCK, FaultKind.SLOW)
+ALL_KINDS = tuple(k for k in FaultKind if k not in OPT_IN)
 # Faults aimed at one replica (a replica id or COORDINATOR).
 _ONE_REPLICA = (FaultKind.KILL, FaultKind.PAUSE, FaultKind.WIPE, FaultKind.FULL,
-                FaultKind.CLOCK)
+                FaultKind.CLOCK, FaultKind.SLOW)
 CLOCK_STEP_S = 3600     # a clock fault steps the wall clock this far, forward or back
+SLOW_MS = (150, 600)    # a slow fault's delay: around ping_timeout and answer_timeout
 
 
 class ScheduleError(ValueError):
@@ -87,7 +91,8 @@ class Fault:
     """One fault: its kind, when it starts and for how long, and whom it hits.
 
     ``target`` is a replica id or COORDINATOR (kill, pause, wipe, full, clock, isolate);
-    ``step_s`` the step of a clock fault (+/- CLOCK_STEP_S); ``groups``
+    ``step_s`` the step of a clock fault (+/- CLOCK_STEP_S); ``delay_ms`` a slow
+    fault's delay; ``groups``
     the sides of a partition (split, bridge: the bridge is in neither side);
     ``pair`` (source, destination) of a one-way cut; ``bridge`` the replica that sees
     both sides.
@@ -102,6 +107,7 @@ class Fault:
     pair: tuple[int, int] | None = None
     bridge: int | None = None
     step_s: int | None = None
+    delay_ms: int | None = None
 
     @property
     def end_s(self) -> float:
@@ -112,6 +118,8 @@ class Fault:
         kind = self.kind
         if kind is FaultKind.CLOCK:
             what = f"clock {self.target} {self.step_s:+d} s"
+        elif kind is FaultKind.SLOW:
+            what = f"slow {self.target} by {self.delay_ms} ms"
         elif kind in _ONE_REPLICA or kind is FaultKind.ISOLATE:
             what = f"{kind.value} {self.target}"
         elif kind is FaultKind.SPLIT:
@@ -130,7 +138,7 @@ class Fault:
             "hold_s": self.hold_s, "target": self.target,
             "groups": [list(g) for g in self.groups],
             "pair": list(self.pair) if self.pair else None, "bridge": self.bridge,
-            "step_s": self.step_s,
+            "step_s": self.step_s, "delay_ms": self.delay_ms,
         }
 
 
@@ -191,7 +199,10 @@ def _fault(rng: random.Random, index: int, kind: FaultKind, start_s: float, hold
     if kind in _ONE_REPLICA:
         target: int | str = COORDINATOR if rng.random() < COORDINATOR_SHARE else rng.choice(ids)
         step = rng.choice((-CLOCK_STEP_S, CLOCK_STEP_S)) if kind is FaultKind.CLOCK else None
-        return Fault(index, kind, start_s, hold_s, target=target, step_s=step)
+        delay = rng.randrange(SLOW_MS[0], SLOW_MS[1] + 1, 10) if kind is FaultKind.SLOW \
+            else None
+        return Fault(index, kind, start_s, hold_s, target=target, step_s=step,
+                     delay_ms=delay)
     if kind is FaultKind.ISOLATE:
         return Fault(index, kind, start_s, hold_s, target=COORDINATOR)
     shuffled = list(ids)

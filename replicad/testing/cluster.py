@@ -291,12 +291,18 @@ class ProxiedCluster(LocalCluster):
         listed = [sorted(self._check_id(i) for i in group) for group in groups]
         self.proxy.command("PARTITION " + " ".join(",".join(map(str, g)) for g in listed))
 
+    def slow(self, i: int, delay_ms: int) -> None:
+        """Delay every byte between replica i and the others, both ways, by delay_ms
+        (0 or a heal involving i ends it)."""
+        self.proxy.command(f"SLOW {self._check_id(i)} {int(delay_ms)}")
+
     def held(self) -> list[tuple[int, int]]:
         """Every held direction (src, dst), from the proxy's STATUS."""
         pairs = []
         for line in self.proxy.command("STATUS"):
-            _, src, dst = line.split()
-            pairs.append((int(src), int(dst)))
+            verb, src, dst, *_ = line.split()
+            if verb != "DELAY":
+                pairs.append((int(src), int(dst)))
         return pairs
 
     def _control(self, verb: str, *ids: int) -> None:

@@ -22,17 +22,24 @@ client->server direction of route A-B and the server->client direction of route 
 while B still reaches A's (one-way reachability, as when B's peer port is flooded or a
 firewall drops A's SYNs), which no cut between names can express.
 
+``SLOW A MS`` delays every byte between A and the others, both ways, by MS milliseconds
+(a congested or distant link: nothing held, nothing reordered; ``SLOW A 0`` or a HEAL
+involving A ends it).  Bytes already on their way keep the time they were due.
+
 Control protocol, one line per command on the control port, answered only once the
 change is in effect::
 
     CUT A B            hold both directions between A and B
     CUTONEWAY A B      hold A->B only
     NODIAL A B         hold both directions of route A-B (A's dials to B) only
-    HEAL [A [B]]       release A<->B; with one name every cut involving A; with none all
+    SLOW A MS          delay the bytes between A and every other replica by MS ms
+    HEAL [A [B]]       release A<->B; with one name every cut and delay involving A;
+                       with none all
     ISOLATE A          cut A from every other replica named in the routes
     PARTITION 1,2 3,4  cut every pair across groups (additive: HEAL first to replace)
     STATUS             one "CUTONEWAY SRC DST" line per held direction, one "NODIAL
-                       A B" line per held route, then END
+                       A B" line per held route, one "DELAY SRC DST MS" line per
+                       delayed direction, then END
 
 Each answer is ``OK`` or ``ERR <message>`` (STATUS ends with ``END`` instead of OK).
 Run it as ``python -m replicad.testing.proxy --control PORT --route 1-2=LISTEN:HOST:PORT
@@ -73,6 +80,7 @@ CONNECT_TIMEOUT_S = 5
 # long cut under load fills the sender's TCP window instead of the proxy's memory.
 HOLD_LIMIT_BYTES = 4 * 1024 * 1024
 MAX_CONTROL_LINE_BYTES = 4096
+MAX_DELAY_MS = 60_000
 
 _NAME = re.compile(r"^[A-Za-z0-9_.]+$")
 
@@ -91,6 +99,7 @@ class Verb(enum.Enum):
     HEAL = "HEAL"
     ISOLATE = "ISOLATE"
     PARTITION = "PARTITION"
+    SLOW = "SLOW"
     STATUS = "STATUS"
 
 
@@ -99,6 +108,7 @@ class Command:
     verb: Verb
     names: tuple[str, ...] = ()
     groups: tuple[frozenset[str], ...] = ()   # PARTITION only
+    delay_ms: int = 0                         # SLOW only
 
 
 def _check_name(name: str) -> str:
@@ -130,6 +140,11 @@ def parse_command(line: str) -> Command:
             seen |= group
             groups.append(group)
         return Command(verb, groups=tuple(groups))
+    if verb is Verb.SLOW:
+        if len(args) != 2 or not args[1].isdigit() or int(args[1]) > MAX_DELAY_MS:
+            raise CommandError(f"SLOW takes a replica name and a delay of 0 to "
+                               f"{MAX_DELAY_MS} ms, such as SLOW 3 250")
+        return Command(verb, (_check_name(args[0]),), delay_ms=int(args[1]))
     arity = {Verb.CUT: (2,), Verb.CUTONEWAY: (2,), Verb.NODIAL: (2,), Verb.HEAL: (0, 1, 2),
              Verb.ISOLATE: (1,), Verb.STATUS: (0,)}[verb]
     if len(args) not in arity:
@@ -158,12 +173,25 @@ class Cuts:
         self.members = frozenset(members)
         self._held: set[tuple[str, str]] = set()
         self._routes: set[tuple[str, str]] = set()
+        self._delays: dict[tuple[str, str], int] = {}   # (src, dst) -> milliseconds
 
     def held(self, src: str, dst: str) -> bool:
         return (src, dst) in self._held
 
     def route_held(self, dialer: str, listener: str) -> bool:
         return (dialer, listener) in self._routes
+
+    def delay_s(self, src: str, dst: str) -> float:
+        """How long the bytes from src to dst are delayed, in seconds."""
+        return self._delays.get((src, dst), 0) / 1000
+
+    def slow(self, a: str, delay_ms: int) -> None:
+        for other in self.members - {a}:
+            for pair in ((a, other), (other, a)):
+                if delay_ms:
+                    self._delays[pair] = delay_ms
+                else:
+                    self._delays.pop(pair, None)
 
     def no_dial(self, dialer: str, listener: str) -> None:
         self._routes.add((dialer, listener))
@@ -179,12 +207,16 @@ class Cuts:
         if a is None:
             self._held.clear()
             self._routes.clear()
+            self._delays.clear()
         elif b is None:
             self._held = {pair for pair in self._held if a not in pair}
             self._routes = {pair for pair in self._routes if a not in pair}
+            self._delays = {pair: ms for pair, ms in self._delays.items() if a not in pair}
         else:
             self._held -= {(a, b), (b, a)}
             self._routes -= {(a, b), (b, a)}
+            for pair in ((a, b), (b, a)):
+                self._delays.pop(pair, None)
 
     def isolate(self, a: str) -> None:
         for other in self.members - {a}:
@@ -204,6 +236,10 @@ class Cuts:
     def held_routes(self) -> list[tuple[str, str]]:
         return _in_name_order(self._routes)
 
+    def delayed(self) -> list[tuple[str, str, int]]:
+        return [(src, dst, self._delays[(src, dst)])
+                for src, dst in _in_name_order(self._delays)]
+
     def apply(self, command: Command) -> list[str]:
         """Carry out a parsed command; return its answer lines (CommandError if unknown names)."""
         names = set(command.names).union(*command.groups)
@@ -215,7 +251,9 @@ class Cuts:
         verb = command.verb
         if verb is Verb.STATUS:
             return ([f"CUTONEWAY {src} {dst}" for src, dst in self.held_pairs()]
-                    + [f"NODIAL {a} {b}" for a, b in self.held_routes()] + ["END"])
+                    + [f"NODIAL {a} {b}" for a, b in self.held_routes()]
+                    + [f"DELAY {src} {dst} {ms}" for src, dst, ms in self.delayed()]
+                    + ["END"])
         if verb is Verb.CUT:
             self.cut(*command.names)
         elif verb is Verb.CUTONEWAY:
@@ -228,6 +266,8 @@ class Cuts:
             self.isolate(command.names[0])
         elif verb is Verb.PARTITION:
             self.partition(command.groups)
+        elif verb is Verb.SLOW:
+            self.slow(command.names[0], command.delay_ms)
         return ["OK"]
 
 
@@ -284,14 +324,19 @@ class Pipe:
     """The bytes flowing one way (src -> dst) through one proxied connection.
 
     Invariant: bytes leave in the order they came, so while anything is queued new
-    bytes queue behind it, held or not.  As the producer registered on the destination
-    transport it pauses the source when the destination cannot keep up.
+    bytes queue behind it, held or not, and a chunk is never due before the one ahead
+    of it (a delay that shrinks does not reorder).  As the producer registered on the
+    destination transport it pauses the source when the destination cannot keep up.
     """
 
-    def __init__(self, src: str, dst: str, is_held: Callable[[str, str], bool]):
+    def __init__(self, src: str, dst: str, is_held: Callable[[str, str], bool],
+                 delay_of: Callable[[str, str], float] | None = None, clock=None):
         self.src, self.dst = src, dst
         self._is_held = is_held
-        self._chunks: collections.deque[bytes] = collections.deque()
+        self._delay_of = delay_of
+        self._clock = clock                   # for delays (IReactorTime)
+        self._chunks: collections.deque[tuple[float, bytes]] = collections.deque()
+        self._due_call = None                 # the flush of the next delayed chunk
         self.queued_bytes = 0
         self._source = None            # the transport we read from (to pause it)
         self._dest = None              # the transport we write to, once connected
@@ -316,7 +361,13 @@ class Pipe:
     def receive(self, data: bytes) -> None:
         if self._dest_gone:
             return   # towards a closed connection: a real peer would reset it
-        self._chunks.append(data)
+        due = 0.0
+        delay = self._delay_of(self.src, self.dst) if self._delay_of is not None else 0.0
+        if delay > 0 and self._clock is not None:
+            due = self._clock.seconds() + delay
+        if self._chunks:
+            due = max(due, self._chunks[-1][0])
+        self._chunks.append((due, data))
         self.queued_bytes += len(data)
         self.flush()
 
@@ -333,17 +384,26 @@ class Pipe:
         self._dest_gone = True
         self._chunks.clear()
         self.queued_bytes = 0
+        if self._due_call is not None and self._due_call.active():
+            self._due_call.cancel()
         self._dest_full = False
         self._throttle()
 
     def flush(self) -> None:
-        """Deliver what is queued unless this direction is held or not yet connected."""
+        """Deliver what is queued and due unless this direction is held or not yet
+        connected; the end of the stream follows the last byte."""
         dest = self._dest
         if dest is not None and not self.held:
-            while self._chunks:
-                dest.write(self._chunks.popleft())
-            self.queued_bytes = 0
-            if self._end is not None and self._end != self._end_sent:
+            now = self._clock.seconds() if self._clock is not None else 0.0
+            chunks = self._chunks
+            while chunks and chunks[0][0] <= now:
+                data = chunks.popleft()[1]
+                self.queued_bytes -= len(data)
+                dest.write(data)
+            if chunks:
+                if self._due_call is None or not self._due_call.active():
+                    self._due_call = self._clock.callLater(chunks[0][0] - now, self.flush)
+            elif self._end is not None and self._end != self._end_sent:
                 self._end_sent = self._end
                 # A registered producer would keep the transport from closing.
                 dest.unregisterProducer()
@@ -431,8 +491,8 @@ class _Connection:
         def held(src: str, dst: str) -> bool:
             return cuts.held(src, dst) or cuts.route_held(dialer, listener)
 
-        self.up = Pipe(*route.upstream, held)
-        self.down = Pipe(*route.downstream, held)
+        self.up = Pipe(*route.upstream, held, cuts.delay_s, proxy.reactor)
+        self.down = Pipe(*route.downstream, held, cuts.delay_s, proxy.reactor)
         self.accepted = _Side(self.up, self.down, self._accepted_made, self._accepted_lost)
         self.dialled: _Side | None = None
         self._accepted_open = False
