@@ -759,6 +759,21 @@ def test_the_timeline_data_and_a_lazy_matplotlib():
     assert out.stdout.strip() == "False", out.stderr
 
 
+def test_faults_this_machine_cannot_inject_are_refused_in_one_line_before_a_run(
+        capsys, monkeypatch, tmp_path):
+    import glob as glob_module
+
+    monkeypatch.setattr(glob_module, "glob", lambda pattern: [])     # no libfaketime
+    assert main(["run", "--faults", "kill,clock", "--out", str(tmp_path / "out")]) == 3
+    err = capsys.readouterr().err
+    assert err.startswith("cannot run these faults here: the clock fault needs "
+                          "libfaketime") and err.count("\n") == 1
+    assert not (tmp_path / "out").exists()            # nothing started
+    monkeypatch.setattr("os.geteuid", lambda: 1000)                 # not root
+    assert main(["run", "--faults", "full", "--dry-run"]) == 3
+    assert "the full fault needs root" in capsys.readouterr().err
+
+
 def test_what_an_exception_says_about_the_outcome():
     from replicad.chaos.runner import _failure
     from replicad.retry import (

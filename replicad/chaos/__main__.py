@@ -133,6 +133,17 @@ def _run(args: argparse.Namespace) -> int:
         print("usage error: --clients, --keys and --session-ops must be at least 1",
               file=sys.stderr)
         return EXIT_USAGE
+    from replicad.chaos import clocks, disks
+    from replicad.chaos.schedule import FaultKind
+
+    try:    # what the faults asked for need of this machine, said before anything starts
+        if FaultKind.FULL in kinds:
+            disks.check()
+        if FaultKind.CLOCK in kinds:
+            clocks.library()
+    except ClusterError as e:
+        print(f"cannot run these faults here: {e}", file=sys.stderr)
+        return EXIT_RUN_FAILED
     if args.dry_run:
         for fault in schedule:
             print(f"{fault.start_s:7.2f} s  {fault.describe()}")
