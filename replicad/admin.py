@@ -171,7 +171,9 @@ class PeerDetails:
         return defer.ensureDeferred(self._fetch_one(peer_id, url))
 
     async def _fetch_one(self, peer_id: int, url: bytes) -> None:
+        wall = self.replica.metrics.wall
         try:
+            sent = wall()
             request = self.agent.request(b"GET", url, Headers({b"accept": [JSON_TYPE]}))
             request.addTimeout(PEER_FETCH_TIMEOUT_S, self.reactor)
             response = await request
@@ -183,6 +185,11 @@ class PeerDetails:
             data = json.loads(text)
             entry = data.get("self") if isinstance(data, dict) else None
             if isinstance(entry, dict) and entry.get("id") == peer_id:
+                theirs = entry.get("wall")
+                if isinstance(theirs, (int, float)) and not isinstance(theirs, bool):
+                    # Its wall clock against ours at the middle of the exchange: the
+                    # logs and the page's events are stamped by each replica's own.
+                    entry["clock_offset_s"] = round(theirs - (sent + wall()) / 2, 3)
                 self.details[peer_id] = (self.reactor.seconds(), entry)
         except Exception as e:   # best effort: the page shows no key count for it
             self.log.debug("fetching replica {peer}'s admin page failed: {error}",
@@ -207,6 +214,7 @@ def self_entry(replica: Any) -> dict[str, Any]:
         "ready": ready,
         "ready_reason": why,
         "age_s": 0.0,
+        "wall": round(replica.metrics.wall(), 3),   # its wall clock (PeerDetails: offset)
     }
     if node is not None:
         entry.update(role=node.public_role, state=node.role.value,
@@ -260,7 +268,8 @@ def cluster_view(replica: Any, peers: PeerDetails | None = None) -> dict[str, An
         if fetched is not None and entry["link"] == "up":
             at, detail = fetched
             entry.update({k: detail.get(k) for k in ("keys", "ready", "db_bytes",
-                                                     "conflicts", "disk_full")})
+                                                     "conflicts", "disk_full",
+                                                     "clock_offset_s")})
             entry["detail_age_s"] = round(max(0.0, now - at), 3)
             if seen is None or at > seen.at:
                 # Fresher than the last PING answer (anti-entropy pings a follower only

@@ -17,8 +17,10 @@ Marked slow (real clusters, about 15 s): run by ``.ci/run``'s slow stage.
 from __future__ import annotations
 
 import glob
+import json
 import os
 import time
+import urllib.request
 
 import pytest
 
@@ -52,10 +54,10 @@ def stepped(tmp_path):
             handle.write(f"{seconds:+d}\n")
         os.replace(stamp + ".new", stamp)
 
-    def start(kind=LocalCluster, **settings):
+    def start(kind=LocalCluster, admin=False, **settings):
         step(0)
-        cluster = kind(3, find_free_base_port(3), str(tmp_path / "cluster"),
-                       overrides=settings)
+        cluster = kind(3, find_free_base_port(3, admin=admin), str(tmp_path / "cluster"),
+                       overrides=settings, **({"admin": True} if admin else {}))
         cluster.replica_env[3] = {
             "LD_PRELOAD": LIBFAKETIME, "FAKETIME_TIMESTAMP_FILE": stamp,
             "FAKETIME_NO_CACHE": "1", "FAKETIME_DONT_FAKE_MONOTONIC": "1",
@@ -124,3 +126,27 @@ def test_a_wall_clock_an_hour_back_does_not_stretch_a_quorum_mode_lease(stepped)
     except ClientError as e:
         pytest.fail(f"the majority side cannot read: {e}")
     assert reply.text == "after"
+
+
+def clock_offset(cluster, seen_by: int, of: int) -> float | None:
+    """Replica ``of``'s wall clock against ``seen_by``'s, as ``seen_by``'s page says."""
+    with urllib.request.urlopen(cluster.admin_url(seen_by, "/cluster.json"), timeout=5) as r:
+        return json.load(r)["members"][of - 1].get("clock_offset_s")
+
+
+def test_the_cluster_page_shows_a_replicas_wall_clock_off_the_others(stepped):
+    """Timers no longer read the wall clock, but each replica's log lines and page
+    events are stamped by its own: the page says whose is off, and by how much."""
+    cluster, step = stepped(admin=True)
+    cluster.wait_until(lambda: clock_offset(cluster, 1, 3) is not None,
+                       timeout_s=DEADLINE_S, what="replica 1's page to show replica 3's clock")
+    assert abs(clock_offset(cluster, 1, 3)) < 5                 # in step, so far
+    step(+HOUR_S)
+    ahead = cluster.wait_until(lambda: (clock_offset(cluster, 1, 3) or 0) > HOUR_S / 2
+                               and clock_offset(cluster, 1, 3), timeout_s=DEADLINE_S,
+                               what="replica 1's page to show replica 3 an hour ahead")
+    assert abs(ahead - HOUR_S) < 5, ahead
+    behind = cluster.wait_until(lambda: (clock_offset(cluster, 3, 1) or 0) < -HOUR_S / 2
+                                and clock_offset(cluster, 3, 1), timeout_s=DEADLINE_S,
+                                what="replica 3's page to show replica 1 an hour behind")
+    assert abs(behind + HOUR_S) < 5, behind
