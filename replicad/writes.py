@@ -9,9 +9,10 @@ group is durable (``sync``: one PUSH per link per turn) and is answered once
   meanwhile the write waits in the quorum index, so that no read shows it
   (``quorumindex``);
 - a write sent again with a request id the store remembers is answered, never applied
-  twice (``replay``): OK again only while it is still the key's value (pushed again, so
-  the answer says whether it now has its quorum), ERR SUPERSEDED once another write
-  replaced it or a merge discarded it;
+  twice (``replay``): OK again only while it, or another copy of the same request (a
+  retry applied on the other side of a partition), is still the key's value (pushed
+  again, so the answer says whether it now has its quorum), ERR SUPERSEDED once another
+  write replaced it or a merge discarded it;
 - a deposed coordinator (the store holds the key in a newer epoch) writes nothing and
   raises NotCoordinator: the request goes to whoever serves now.
 
@@ -189,11 +190,16 @@ class Writes:
             return await self._replicated(marker, request, self.node.coordinator_epoch)
         self.log.info("request {rid} was already applied as write {origin}:{seq}; "
                       "answering it again", rid=rid, origin=origin, seq=seq)
+        current = self.store.get(request.key)
+        if current is not None and (
+                (current.origin, current.seq) == (origin, seq)
+                # Another copy of the same request, applied by the other side of a
+                # (false) partition when the client retried there, that won the merge:
+                # the request is in the data (CI: a loaded machine's 1.6 s stall).
+                or (current.rid == rid and not current.noop)):
+            return await self._replicated(current, request, self.node.coordinator_epoch)
         if done.discarded:
             return self._discarded(request, origin, seq)
-        current = self.store.get(request.key)
-        if current is not None and (current.origin, current.seq) == (origin, seq):
-            return await self._replicated(current, request, self.node.coordinator_epoch)
         # No longer the key's write.  Overwritten by a write that saw it, or gone with a
         # branch a merge discarded (it, or a later write of the same losing side that
         # overwrote it): versions are clocks and cannot tell these apart (a chaos run

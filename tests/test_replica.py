@@ -813,6 +813,25 @@ def test_a_retried_write_that_lost_a_merge_is_in_doubt_not_ok(replica):
     assert replica.store.get("k").value == "theirs"      # and nothing applied again
 
 
+def test_a_retried_write_whose_other_copy_won_the_merge_is_ok(replica):
+    """CI (a loaded machine stalled the new coordinator 1.6 s, a false partition): the
+    client's write was applied here as 2:1, its retry (same request id) applied by the
+    other side as 3:1 in a newer epoch, and the merge kept 3:1.  The request *is* in
+    the data, as the other copy: its next retry is answered OK with that copy's
+    version, not SUPERSEDED ("not in the data"), and nothing is applied again."""
+    serving(replica)
+    first = serve(replica, "@r=;w=;id=0123abcd.1 PUT k mine")
+    assert first.status == "OK"
+    copy = Record("k", "mine", 3, 1, VectorClock({3: 1}), replica.node.epoch + 1,
+                  "0123abcd.1")                           # the same request, elsewhere
+    replica.store.apply([copy], VectorClock({3: 1}))
+    assert (replica.store.get("k").origin, replica.store.get("k").seq) == (3, 1)
+    again = serve(replica, "@r=;w=;id=0123abcd.1 PUT k mine")
+    assert again.status == "OK", again
+    assert again.meta.vc == VectorClock({3: 1})           # the copy that is in the data
+    assert replica.store.clock == VectorClock({2: 1, 3: 1})   # nothing applied again
+
+
 def test_a_retried_write_no_longer_current_is_in_doubt_and_not_applied_again(replica):
     """Overwritten by a write that saw it, or discarded with a branch: versions cannot
     tell these apart (a chaos run got OK for a write whose later same-side overwrite
