@@ -55,11 +55,13 @@ def test_every_fault_names_valid_replicas_in_the_right_shape(seed, replicas):
     ids = set(range(1, replicas + 1))
     for fault in make_schedule(seed, 200, replicas, tuple(FaultKind)):
         if fault.kind in (FaultKind.KILL, FaultKind.PAUSE, FaultKind.WIPE, FaultKind.FULL,
-                          FaultKind.CLOCK, FaultKind.SLOW):
+                          FaultKind.CLOCK, FaultKind.SLOW, FaultKind.FSYNC):
             assert fault.target == COORDINATOR or fault.target in ids
             assert (fault.step_s in (-3600, 3600)) == (fault.kind is FaultKind.CLOCK)
             if fault.kind is FaultKind.SLOW:
                 assert 150 <= fault.delay_ms <= 600 and fault.delay_ms % 10 == 0
+            elif fault.kind is FaultKind.FSYNC:
+                assert 500 <= fault.delay_ms <= 3000 and fault.delay_ms % 100 == 0
             else:
                 assert fault.delay_ms is None
         elif fault.kind is FaultKind.ISOLATE:
@@ -97,8 +99,9 @@ def test_parse_kinds():
     assert FaultKind.FULL not in ALL_KINDS    # it needs root: asked for by name
     assert FaultKind.CLOCK not in ALL_KINDS   # it needs libfaketime
     assert FaultKind.SLOW not in ALL_KINDS    # it came after the recorded seeds
-    assert parse_kinds("all,full,clock,slow") == ALL_KINDS + (
-        FaultKind.FULL, FaultKind.CLOCK, FaultKind.SLOW)
+    assert FaultKind.FSYNC not in ALL_KINDS   # it compiles a library
+    assert parse_kinds("all,full,clock,slow,fsync") == ALL_KINDS + (
+        FaultKind.FULL, FaultKind.CLOCK, FaultKind.SLOW, FaultKind.FSYNC)
     assert parse_kinds("all,full") == ALL_KINDS + (FaultKind.FULL,)
     assert parse_kinds("full, all") == (FaultKind.FULL,) + ALL_KINDS
     assert parse_kinds("none") == ()
@@ -115,7 +118,7 @@ def test_the_faults_asked_for_by_name_leave_the_schedules_of_all_unchanged():
     assert len(ALL_KINDS) == 7
     assert make_schedule(42, 180, 3) == make_schedule(42, 180, 3, ALL_KINDS)
     with_more = make_schedule(42, 180, 3, tuple(FaultKind))
-    assert {FaultKind.FULL, FaultKind.CLOCK, FaultKind.SLOW} <= {f.kind for f in with_more}
+    assert set(FaultKind) - set(ALL_KINDS) <= {f.kind for f in with_more}
     steps = {f.describe() for f in with_more if f.kind is FaultKind.CLOCK}
     assert steps and all(d.startswith("clock ") and " s for " in d for d in steps)
 

@@ -33,8 +33,8 @@ def _parser() -> argparse.ArgumentParser:
     run.add_argument("--clients", type=int, default=3, help="concurrent sessions (threads)")
     run.add_argument("--faults", default="all",
                      help="comma list of kill,pause,isolate,split,oneway,bridge,wipe,full,"
-                          "clock,slow; all (the first seven: full needs root, clock "
-                          "libfaketime); none (default all)")
+                          "clock,slow,fsync; all (the first seven: full needs root, clock "
+                          "libfaketime, fsync a C compiler); none (default all)")
     run.add_argument("--write-quorum", choices=("1", "majority"), default="majority")
     run.add_argument("--out", default=None, help="directory for the history, the cluster's "
                      "data and logs, the report and the plot (default chaos-out/<time>-<seed>)")
@@ -133,7 +133,7 @@ def _run(args: argparse.Namespace) -> int:
         print("usage error: --clients, --keys and --session-ops must be at least 1",
               file=sys.stderr)
         return EXIT_USAGE
-    from replicad.chaos import clocks, disks
+    from replicad.chaos import clocks, disks, fsyncs
     from replicad.chaos.schedule import FaultKind
 
     try:    # what the faults asked for need of this machine, said before anything starts
@@ -141,6 +141,8 @@ def _run(args: argparse.Namespace) -> int:
             disks.check()
         if FaultKind.CLOCK in kinds:
             clocks.library()
+        if FaultKind.FSYNC in kinds:
+            fsyncs.compiler()
     except ClusterError as e:
         print(f"cannot run these faults here: {e}", file=sys.stderr)
         return EXIT_RUN_FAILED

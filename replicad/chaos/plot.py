@@ -14,7 +14,7 @@ BIN_S = 1.0
 FAULT_COLOURS = {
     "kill": "tab:red", "wipe": "tab:brown", "pause": "tab:purple", "isolate": "tab:orange",
     "split": "tab:olive", "oneway": "tab:cyan", "bridge": "tab:pink", "full": "tab:gray",
-    "clock": "tab:green", "slow": "tab:blue",
+    "clock": "tab:green", "slow": "tab:blue", "fsync": "black",
 }
 
 

@@ -21,7 +21,9 @@ With the ``full`` fault, each replica's data directory is a tmpfs of its own for
 whole run (replicad/chaos/disks.py: mounted before the cluster starts, its files copied
 back when it stops); the fault shrinks one of them to its usage, the heal grows it.
 With the ``clock`` fault, every replica runs under libfaketime (replicad/chaos/clocks.py)
-and the fault steps one's wall clock an hour, the heal back.
+and the fault steps one's wall clock an hour, the heal back; with ``fsync``, every
+replica preloads a library that delays its fsyncs (replicad/chaos/fsyncs.py) and the
+fault sets one's delay.
 """
 
 from __future__ import annotations
@@ -44,7 +46,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import replicad
-from replicad.chaos import clocks, disks
+from replicad.chaos import clocks, disks, fsyncs
 from replicad.chaos.history import HistoryWriter
 from replicad.chaos.schedule import (
     ALL_KINDS,
@@ -216,6 +218,8 @@ class ChaosRun:
         if small_disks:
             disks.check()
         faketime = clocks.library() if FaultKind.CLOCK in config.faults else None
+        slowfsync = (fsyncs.library(config.out_dir) if FaultKind.FSYNC in config.faults
+                     else None)
         os.makedirs(config.out_dir, exist_ok=True)
         if os.path.exists(config.cluster_dir):
             disks.release_under(config.cluster_dir)
@@ -229,6 +233,11 @@ class ChaosRun:
             for i in cluster.ids:
                 clocks.step(self._offset_file(i), 0)
                 cluster.replica_env[i] = clocks.environment(faketime, self._offset_file(i))
+        if slowfsync is not None:
+            for i in cluster.ids:
+                fsyncs.set_delay(self._fsync_file(i), 0)
+                cluster.replica_env[i] = fsyncs.environment(
+                    slowfsync, self._fsync_file(i), cluster.replica_env.get(i, {}))
         self.history = history = HistoryWriter(config.history_path)
         converged: dict[str, Any] = {"ok": False, "seconds": None}
         try:
@@ -243,7 +252,7 @@ class ChaosRun:
                 "request_ids": "library" if _library_sends_request_ids() else "runner",
                 "schedule": [f.to_json() for f in self.schedule],
                 "small_disks": disks.SIZE if small_disks else None,
-                "faketime": faketime,
+                "faketime": faketime, "slowfsync": slowfsync,
             })
             self.progress(f"chaos: seed {config.seed}, {config.replicas} replicas, "
                           f"{config.clients} clients, write_quorum {config.write_quorum}, "
@@ -285,6 +294,10 @@ class ChaosRun:
     def _offset_file(self, i: int) -> str:
         """Replica i's wall-clock offset (the clock fault; clocks.py)."""
         return os.path.join(self.config.out_dir, f"clock-offset-{i}")
+
+    def _fsync_file(self, i: int) -> str:
+        """Replica i's fsync delay (the fsync fault; fsyncs.py)."""
+        return os.path.join(self.config.out_dir, f"fsync-delay-{i}")
 
     def _unmount(self, mounted: list[str]) -> None:
         """The small disks' files back in plain directories (a run's evidence); one that
@@ -411,10 +424,13 @@ class ChaosRun:
                                  "kind": kind.value, "describe": fault.describe()}
         try:
             if kind in (FaultKind.KILL, FaultKind.WIPE, FaultKind.PAUSE, FaultKind.ISOLATE,
-                        FaultKind.FULL, FaultKind.CLOCK, FaultKind.SLOW):
+                        FaultKind.FULL, FaultKind.CLOCK, FaultKind.SLOW, FaultKind.FSYNC):
                 target = self._resolve(fault.target)
                 targets = [target]
-                if kind is FaultKind.SLOW:
+                if kind is FaultKind.FSYNC:
+                    assert fault.delay_ms is not None
+                    fsyncs.set_delay(self._fsync_file(target), fault.delay_ms)
+                elif kind is FaultKind.SLOW:
                     assert fault.delay_ms is not None
                     cluster.slow(target, fault.delay_ms)
                 elif kind is FaultKind.CLOCK:
@@ -471,6 +487,9 @@ class ChaosRun:
             elif fault.kind is FaultKind.CLOCK:
                 for target in targets:
                     clocks.step(self._offset_file(target), 0)
+            elif fault.kind is FaultKind.FSYNC:
+                for target in targets:
+                    fsyncs.set_delay(self._fsync_file(target), 0)
             else:
                 cluster.heal()
         except (ClusterError, OSError, ValueError) as e:

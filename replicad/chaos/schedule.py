@@ -32,10 +32,12 @@ Kinds (the partitions hold bytes in the fault proxy; nothing is closed):
   and back to the real time after the hold.
 - ``slow``: every byte between the replica and the others is delayed (150-600 ms, about
   the failure detector's timeouts), nothing held; undone by a heal.
+- ``fsync``: every fsync of the replica first sleeps 0.5-3 s (a stalled disk: its
+  reactor blocks in each COMMIT), back to none after the hold.
 
-``all`` leaves the last three out, and so keeps every recorded seed's schedule (``full``
-needs root and mount(8), ``clock`` Debian's libfaketime): ask for them by name,
-``all,full,clock,slow``.
+``all`` leaves the last four out, and so keeps every recorded seed's schedule (``full``
+needs root and mount(8), ``clock`` Debian's libfaketime, ``fsync`` a C compiler): ask
+for them by name, ``all,full,clock,slow,fsync``.
 """
 
 from __future__ import annotations
@@ -68,18 +70,21 @@ class FaultKind(enum.Enum):
     FULL = "full"
     CLOCK = "clock"
     SLOW = "slow"
+    FSYNC = "fsync"
 
 
 # ``all``: the kinds of the recorded seeds.  The later ones are asked for by name:
 # adding them here would change the schedule of every seed in docs/reliability.md
-# (and FULL mounts a tmpfs per replica: root; CLOCK preloads libfaketime).
-OPT_IN = (FaultKind.FULL, FaultKind.CLOCK, FaultKind.SLOW)
+# (and FULL mounts a tmpfs per replica: root; CLOCK preloads libfaketime; FSYNC a
+# library it compiles).
+OPT_IN = (FaultKind.FULL, FaultKind.CLOCK, FaultKind.SLOW, FaultKind.FSYNC)
 ALL_KINDS = tuple(k for k in FaultKind if k not in OPT_IN)
 # Faults aimed at one replica (a replica id or COORDINATOR).
 _ONE_REPLICA = (FaultKind.KILL, FaultKind.PAUSE, FaultKind.WIPE, FaultKind.FULL,
-                FaultKind.CLOCK, FaultKind.SLOW)
+                FaultKind.CLOCK, FaultKind.SLOW, FaultKind.FSYNC)
 CLOCK_STEP_S = 3600     # a clock fault steps the wall clock this far, forward or back
 SLOW_MS = (150, 600)    # a slow fault's delay: around ping_timeout and answer_timeout
+FSYNC_MS = (500, 3000)  # an fsync fault's delay: below and above pause detection (1.2 s)
 
 
 class ScheduleError(ValueError):
@@ -91,8 +96,8 @@ class Fault:
     """One fault: its kind, when it starts and for how long, and whom it hits.
 
     ``target`` is a replica id or COORDINATOR (kill, pause, wipe, full, clock, isolate);
-    ``step_s`` the step of a clock fault (+/- CLOCK_STEP_S); ``delay_ms`` a slow
-    fault's delay; ``groups``
+    ``step_s`` the step of a clock fault (+/- CLOCK_STEP_S); ``delay_ms`` a slow or
+    fsync fault's delay; ``groups``
     the sides of a partition (split, bridge: the bridge is in neither side);
     ``pair`` (source, destination) of a one-way cut; ``bridge`` the replica that sees
     both sides.
@@ -120,6 +125,8 @@ class Fault:
             what = f"clock {self.target} {self.step_s:+d} s"
         elif kind is FaultKind.SLOW:
             what = f"slow {self.target} by {self.delay_ms} ms"
+        elif kind is FaultKind.FSYNC:
+            what = f"fsync {self.target} +{self.delay_ms} ms"
         elif kind in _ONE_REPLICA or kind is FaultKind.ISOLATE:
             what = f"{kind.value} {self.target}"
         elif kind is FaultKind.SPLIT:
@@ -199,8 +206,11 @@ def _fault(rng: random.Random, index: int, kind: FaultKind, start_s: float, hold
     if kind in _ONE_REPLICA:
         target: int | str = COORDINATOR if rng.random() < COORDINATOR_SHARE else rng.choice(ids)
         step = rng.choice((-CLOCK_STEP_S, CLOCK_STEP_S)) if kind is FaultKind.CLOCK else None
-        delay = rng.randrange(SLOW_MS[0], SLOW_MS[1] + 1, 10) if kind is FaultKind.SLOW \
-            else None
+        delay = None
+        if kind is FaultKind.SLOW:
+            delay = rng.randrange(SLOW_MS[0], SLOW_MS[1] + 1, 10)
+        elif kind is FaultKind.FSYNC:
+            delay = rng.randrange(FSYNC_MS[0], FSYNC_MS[1] + 1, 100)
         return Fault(index, kind, start_s, hold_s, target=target, step_s=step,
                      delay_ms=delay)
     if kind is FaultKind.ISOLATE:

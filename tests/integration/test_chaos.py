@@ -2,10 +2,10 @@
 
 About 30 s of three real replicas behind the fault proxy, three client sessions at a
 time, and every fault kind on a fixed seed; the checker must find no violation and no
-acknowledged write lost.  A second run fills disks (the ``full`` fault: a tmpfs per
-replica, root only), steps wall clocks (``clock``: libfaketime) and slows links
-(``slow``: the fault proxy's delay) between kills and pauses.  The long runs are in
-docs/reliability.md.
+acknowledged write lost.  A second run (40 s) fills disks (the ``full`` fault: a tmpfs
+per replica, root only), steps wall clocks (``clock``: libfaketime), slows links
+(``slow``: the fault proxy's delay) and stalls fsyncs (``fsync``: a preloaded library)
+between kills and pauses.  The long runs are in docs/reliability.md.
 """
 
 from __future__ import annotations
@@ -16,7 +16,7 @@ import time
 
 import pytest
 
-from replicad.chaos import clocks, disks
+from replicad.chaos import clocks, disks, fsyncs
 from replicad.chaos.checker import check, format_report
 from replicad.chaos.history import read_history
 from replicad.chaos.runner import RunConfig, run
@@ -25,9 +25,10 @@ from replicad.chaos.schedule import ALL_KINDS, FaultKind
 # Where a failing run's history, logs and data are kept (tmp_path is rotated away).
 EVIDENCE_DIR = os.environ.get("REPLICAD_CHAOS_EVIDENCE", "/tmp/replicad-chaos-failures")
 SEED = 18   # its 30 s schedule: wipe, split, isolate the coordinator, kill, one-way cut
-# With full,clock,slow,kill,pause, seed 18's 30 s: kill the coordinator, delay its
-# links by 430 ms, fill its disk, pause 3, 3's clock an hour back.
-FULL_SEED = 18
+# With full,clock,slow,fsync,kill,pause, seed 3's 40 s: kill the coordinator, delay its
+# links by 180 ms, 1's clock an hour back, pause 3, stall the coordinator's fsyncs by
+# 2.9 s, fill its disk.
+FULL_SEED = 3
 
 
 @pytest.mark.integration
@@ -52,24 +53,26 @@ def test_a_short_quorum_mode_run_keeps_every_promise(tmp_path):
 
 @pytest.mark.integration
 @pytest.mark.slow
-def test_a_short_run_with_full_disks_stepped_clocks_and_slow_links_keeps_every_promise(
+def test_a_short_run_with_full_disks_stepped_clocks_slow_links_and_stalled_fsyncs(
         tmp_path):
     """A full coordinator answers ERR NOSPACE (the checker holds it to "nothing was
     done": a value of such a write read anywhere, ever, is a violation), a stepped wall
-    clock changes nothing, a slow link costs time, and no acknowledged write is lost
-    across them."""
+    clock changes nothing, a slow link and a stalled disk cost time, and no
+    acknowledged write is lost across them."""
     try:
         disks.check()
         clocks.library()
-    except (disks.DiskError, clocks.ClockError) as e:
+        fsyncs.compiler()
+    except (disks.DiskError, clocks.ClockError, fsyncs.FsyncError) as e:
         pytest.skip(str(e))
-    config = RunConfig(out_dir=str(tmp_path / "chaos"), seed=FULL_SEED, duration_s=30.0,
+    config = RunConfig(out_dir=str(tmp_path / "chaos"), seed=FULL_SEED, duration_s=40.0,
                        replicas=3, clients=3, write_quorum="majority",
                        faults=(FaultKind.FULL, FaultKind.CLOCK, FaultKind.SLOW,
-                               FaultKind.KILL, FaultKind.PAUSE))
+                               FaultKind.FSYNC, FaultKind.KILL, FaultKind.PAUSE))
     result, events, report, summary = run_and_check(config, [])
     stats = report.stats
-    assert all(stats["faults"].get(kind, 0) >= 1 for kind in ("full", "clock", "slow"))
+    assert all(stats["faults"].get(kind, 0) >= 1
+               for kind in ("full", "clock", "slow", "fsync")), summary
     assert stats["fault_errors"] == 0, summary
     refused = [e for e in events if e["type"] == "complete" and e.get("status") == "NOSPACE"]
     assert refused, "a full coordinator refused writes: the fault bit"

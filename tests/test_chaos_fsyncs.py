@@ -1,0 +1,62 @@
+"""The ``fsync`` fault's library: built with the machine's compiler and preloaded into a
+real child process, whose SQLite COMMIT then waits as long as its delay file says
+(skipped without a compiler)."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+
+import pytest
+
+from replicad.chaos import fsyncs
+
+COMMIT_TIME = """
+import sqlite3, sys, time
+db = sqlite3.connect(sys.argv[1], isolation_level=None)
+db.execute("PRAGMA journal_mode=WAL"); db.execute("PRAGMA synchronous=FULL")
+db.execute("CREATE TABLE IF NOT EXISTS t (x)")
+started = time.monotonic()
+db.execute("BEGIN"); db.execute("INSERT INTO t VALUES (1)"); db.execute("COMMIT")
+print(time.monotonic() - started)
+"""
+
+
+def commit_seconds(env: dict[str, str], db: str) -> float:
+    done = subprocess.run([sys.executable, "-c", COMMIT_TIME, db], env={**os.environ, **env},
+                          capture_output=True, text=True, check=True, timeout=60)
+    return float(done.stdout)
+
+
+def test_a_delay_holds_each_commit_at_least_that_long(tmp_path):
+    try:
+        lib = fsyncs.library(str(tmp_path / "lib"))
+    except fsyncs.FsyncError as e:
+        pytest.skip(str(e))
+    delay = str(tmp_path / "fsync-delay-1")
+    env = fsyncs.environment(lib, delay, {"LD_PRELOAD": "/lib/other.so"})
+    assert env["LD_PRELOAD"] == f"/lib/other.so {lib}"     # both preloaded
+    env = fsyncs.environment(lib, delay, {})
+    fsyncs.set_delay(delay, 300)
+    assert commit_seconds(env, str(tmp_path / "a.db")) >= 0.3   # its fsync waited
+    fsyncs.set_delay(delay, 0)
+    assert open(delay).read() == "0\n" and not os.path.exists(delay + ".new")
+
+
+def test_without_a_compiler_the_fault_is_refused_in_one_line(monkeypatch):
+    monkeypatch.setattr("shutil.which", lambda name: None)
+    with pytest.raises(fsyncs.FsyncError, match="needs a C compiler") as info:
+        fsyncs.compiler()
+    assert "\n" not in str(info.value)
+
+
+def test_a_library_that_does_not_build_is_one_line(tmp_path, monkeypatch):
+    try:
+        fsyncs.compiler()
+    except fsyncs.FsyncError as e:
+        pytest.skip(str(e))
+    monkeypatch.setattr(fsyncs, "SOURCE", str(tmp_path / "missing.c"))
+    with pytest.raises(fsyncs.FsyncError, match="cannot build") as info:
+        fsyncs.library(str(tmp_path / "lib"))
+    assert "\n" not in str(info.value)
