@@ -63,6 +63,9 @@ class GroupCommit:
         # and needs nothing of the group (replies relayed from the coordinator, forwards,
         # answered reads) leaves first rather than wait for the disk.
         self.before_commit: Callable[[], None] | None = None
+        # Told how long each group's COMMIT took and whether it worked (the metrics: a
+        # slow disk blocks the reactor for that long).
+        self.committed: Callable[[float, bool], None] | None = None
 
     @property
     def settled(self) -> bool:
@@ -120,6 +123,7 @@ class GroupCommit:
                 self.log.failure("before the group commit of {n} writes", n=len(waiting))
         committing = store.group_open
         failed: Exception | None = None
+        started = self._clock.seconds()
         try:
             store.commit_group()
         except Exception as e:
@@ -129,6 +133,8 @@ class GroupCommit:
         else:
             if committing and waiting:      # an empty COMMIT proves nothing of the disk
                 self.commit_worked()
+        if committing and self.committed is not None:
+            self.committed(self._clock.seconds() - started, failed is None)
         if waiting:
             self.groups += 1
             self.writes += len(waiting)

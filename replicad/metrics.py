@@ -59,6 +59,11 @@ QUORUM_BUCKETS_S = (0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 
                     1.0, 2.0, 5.0)
 PULL_BUCKETS_S = (0.005, 0.01, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0,
                   120.0)
+# A group's COMMIT, its fsync included: about a millisecond on a healthy disk; seconds
+# on a stalled one, which blocks the reactor that long (etcd's disk alarms watch the
+# same, as etcd_disk_backend_commit_duration_seconds).
+COMMIT_BUCKETS_S = (0.0005, 0.001, 0.002, 0.004, 0.008, 0.016, 0.032, 0.064, 0.128, 0.256,
+                    0.512, 1.024, 2.048, 4.096, 8.192)
 # The role values of replicad.node.Role (not imported: see the module docstring).
 ROLES = ("follower", "electing", "awaiting", "taking-over", "serving", "stopped")
 DB_SUFFIXES = ("", "-wal")     # replica.sqlite and its write-ahead log
@@ -218,6 +223,10 @@ class ReplicaMetrics:
     def quorum_wait(self, seconds: float, reached: bool) -> None:
         self.requests.quorum_waits.observe("reached" if reached else "missed", seconds)
 
+    def commit(self, seconds: float, ok: bool) -> None:
+        """A group's COMMIT took ``seconds`` (groupcommit.py)."""
+        self.requests.commits.observe("ok" if ok else "failed", seconds)
+
     def pull(self, full: bool, on_line: Callable[[str, str], None] | None
              ) -> tuple[Callable[[str, str], None] | None, Callable[[Any], Any]]:
         """A DELTA or FULL request is sent: returns the ``on_line`` to use instead (it
@@ -312,6 +321,7 @@ class _RequestCounts:
         self.counts: dict[tuple[str, str], int] = {}
         self.latency = _Histogram(REQUEST_BUCKETS_S)
         self.quorum_waits = _Histogram(QUORUM_BUCKETS_S, ("missed", "reached"))
+        self.commits = _Histogram(COMMIT_BUCKETS_S, ("failed", "ok"))
 
     def count(self, command: str, outcome: str, seconds: float) -> None:
         key = (command, outcome)
@@ -341,6 +351,10 @@ class _RequestCollector:
         yield self.requests.quorum_waits.family(
             "replicad_quorum_wait_seconds", "Time a coordinator waited for write_quorum "
             "replicas to have a write, by outcome (reached, missed)", "outcome")
+        yield self.requests.commits.family(
+            "replicad_commit_duration_seconds", "Time a write group's COMMIT took, its "
+            "fsync included, by outcome (ok, failed); the reactor waits for it, so a "
+            "slow disk shows here first", "outcome")
 
 
 class ReplicaCollector:

@@ -149,6 +149,7 @@ class Replica(service.MultiService):
         self.commits.after_flush = self._after_commit
         self.commits.before_commit = self._before_commit
         self.commits.disk_changed = self.metrics.disk_changed   # metrics hook
+        self.commits.committed = self.metrics.commit            # metrics hook
         self.sync.after_import = self._after_import
         self.sync.disk_full_seen = self.commits.full_seen
         self.node = Node(

@@ -78,6 +78,29 @@ def test_each_turn_is_its_own_group(setup):
     assert spy.commits == 3
 
 
+def test_each_groups_commit_is_timed_and_an_empty_turn_is_not(setup):
+    """The metrics hear how long every group's COMMIT blocked the reactor, failed ones
+    too; a flush with no group open times nothing."""
+    store, commits, clock, spy, _ = setup
+    timed = []
+    commits.committed = lambda seconds, ok: timed.append((round(seconds, 3), ok))
+    real_execute = spy.execute
+
+    def slow_disk(sql, *args):
+        if sql == "COMMIT":
+            clock.advance(0.25)          # the fsync inside it
+        return real_execute(sql, *args)
+
+    spy.execute = slow_disk
+    commits.run(lambda: store.write(1, "a", "v"))
+    clock.advance(0)
+    spy.fail = True
+    commits.run(lambda: store.write(1, "b", "v")).addErrback(lambda f: None)
+    clock.advance(0)
+    commits.flush()                      # nothing open: nothing to time
+    assert timed == [(0.25, True), (0.25, False)]
+
+
 def test_after_flush_runs_in_the_commits_turn_once_the_writers_were_told(setup):
     store, commits, clock, _, _ = setup
     seen = []

@@ -166,6 +166,18 @@ def test_quorum_waits_are_a_histogram_by_outcome(metrics):
     assert value(metrics, "replicad_quorum_wait_seconds_count", outcome="missed") == 1
 
 
+def test_commit_durations_are_a_histogram_by_outcome(metrics):
+    metrics.commit(0.0009, True)
+    metrics.commit(1.5, True)            # a stalled disk
+    metrics.commit(0.002, False)
+    assert value(metrics, "replicad_commit_duration_seconds_count", outcome="ok") == 2
+    assert value(metrics, "replicad_commit_duration_seconds_bucket", outcome="ok",
+                 le="0.001") == 1
+    assert value(metrics, "replicad_commit_duration_seconds_bucket", outcome="ok",
+                 le="1.024") == 1
+    assert value(metrics, "replicad_commit_duration_seconds_count", outcome="failed") == 1
+
+
 # State read at scrape time ------------------------------------------------------------------
 
 
