@@ -11,8 +11,8 @@ which costs a replica a little on each log line, nothing on a request.
 from __future__ import annotations
 
 import glob
-import os
 
+from replicad.chaos.preload import preloaded, write_setting
 from replicad.cluster import ClusterError
 
 LIBRARY_GLOB = "/usr/lib/*/faketime/libfaketime.so.1"
@@ -31,18 +31,18 @@ def library() -> str:
     return found[0]
 
 
-def environment(lib: str, offset_file: str) -> dict[str, str]:
-    """The environment a replica runs in, its wall clock ``offset_file``'s seconds off."""
-    return {"LD_PRELOAD": lib, "FAKETIME_TIMESTAMP_FILE": offset_file,
-            "FAKETIME_NO_CACHE": "1", "FAKETIME_DONT_FAKE_MONOTONIC": "1"}
+def environment(lib: str, offset_file: str, env: dict[str, str] | None = None
+                ) -> dict[str, str]:
+    """``env`` (a replica's extra environment) with libfaketime preloaded too, the wall
+    clock ``offset_file``'s seconds off."""
+    return preloaded(env or {}, lib, {"FAKETIME_TIMESTAMP_FILE": offset_file,
+                                      "FAKETIME_NO_CACHE": "1",
+                                      "FAKETIME_DONT_FAKE_MONOTONIC": "1"})
 
 
 def step(offset_file: str, seconds: int) -> None:
-    """From now on the replica's wall clock is ``seconds`` off the real one (atomic: the
-    replica reads either the old offset or the new)."""
+    """From now on the replica's wall clock is ``seconds`` off the real one."""
     try:
-        with open(offset_file + ".new", "w", encoding="ascii") as handle:
-            handle.write(f"{seconds:+d}\n")
-        os.replace(offset_file + ".new", offset_file)
+        write_setting(offset_file, f"{seconds:+d}")
     except OSError as e:
         raise ClockError(f"cannot step the clock in {offset_file}: {e}") from None

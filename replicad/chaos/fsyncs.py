@@ -15,6 +15,7 @@ import os
 import shutil
 import subprocess
 
+from replicad.chaos.preload import preloaded, write_setting
 from replicad.cluster import ClusterError
 
 SOURCE = os.path.join(os.path.dirname(os.path.abspath(__file__)), "slowfsync.c")
@@ -45,17 +46,15 @@ def library(directory: str) -> str:
     return path
 
 
-def environment(lib: str, delay_file: str, env: dict[str, str]) -> dict[str, str]:
+def environment(lib: str, delay_file: str, env: dict[str, str] | None = None
+                ) -> dict[str, str]:
     """``env`` (a replica's extra environment) with the library preloaded too."""
-    preload = " ".join(filter(None, [env.get("LD_PRELOAD"), lib]))
-    return {**env, "LD_PRELOAD": preload, "SLOWFSYNC_DELAY_FILE": delay_file}
+    return preloaded(env or {}, lib, {"SLOWFSYNC_DELAY_FILE": delay_file})
 
 
 def set_delay(delay_file: str, ms: int) -> None:
-    """From now on every fsync of the replica first sleeps ``ms`` (atomic)."""
+    """From now on every fsync of the replica first sleeps ``ms``."""
     try:
-        with open(delay_file + ".new", "w", encoding="ascii") as handle:
-            handle.write(f"{int(ms)}\n")
-        os.replace(delay_file + ".new", delay_file)
+        write_setting(delay_file, str(int(ms)))
     except OSError as e:
         raise FsyncError(f"cannot set the fsync delay in {delay_file}: {e}") from None

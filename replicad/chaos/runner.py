@@ -51,6 +51,7 @@ from replicad.chaos.history import HistoryWriter
 from replicad.chaos.schedule import (
     ALL_KINDS,
     COORDINATOR,
+    TARGETED,
     Fault,
     FaultKind,
     make_schedule,
@@ -232,12 +233,13 @@ class ChaosRun:
         if faketime is not None:
             for i in cluster.ids:
                 clocks.step(self._offset_file(i), 0)
-                cluster.replica_env[i] = clocks.environment(faketime, self._offset_file(i))
+                cluster.replica_env[i] = clocks.environment(
+                    faketime, self._offset_file(i), cluster.replica_env.get(i))
         if slowfsync is not None:
             for i in cluster.ids:
                 fsyncs.set_delay(self._fsync_file(i), 0)
                 cluster.replica_env[i] = fsyncs.environment(
-                    slowfsync, self._fsync_file(i), cluster.replica_env.get(i, {}))
+                    slowfsync, self._fsync_file(i), cluster.replica_env.get(i))
         self.history = history = HistoryWriter(config.history_path)
         converged: dict[str, Any] = {"ok": False, "seconds": None}
         try:
@@ -423,8 +425,7 @@ class ChaosRun:
         event: dict[str, Any] = {"type": "fault", "phase": "start", "index": fault.index,
                                  "kind": kind.value, "describe": fault.describe()}
         try:
-            if kind in (FaultKind.KILL, FaultKind.WIPE, FaultKind.PAUSE, FaultKind.ISOLATE,
-                        FaultKind.FULL, FaultKind.CLOCK, FaultKind.SLOW, FaultKind.FSYNC):
+            if kind in TARGETED:
                 target = self._resolve(fault.target)
                 targets = [target]
                 if kind is FaultKind.FSYNC:

@@ -16,14 +16,13 @@ Marked slow (real clusters, about 15 s): run by ``.ci/run``'s slow stage.
 
 from __future__ import annotations
 
-import glob
 import json
-import os
 import time
 import urllib.request
 
 import pytest
 
+from replicad.chaos import clocks
 from replicad.client import BlockingClient, ClientError, build_request
 from replicad.cluster import LocalCluster, find_free_base_port
 from replicad.testing.cluster import ProxiedCluster
@@ -32,7 +31,6 @@ from .lines import ask
 
 pytestmark = pytest.mark.slow
 
-LIBFAKETIME = next(iter(glob.glob("/usr/lib/*/faketime/libfaketime.so.1")), None)
 HOUR_S = 3600
 HEARTBEATS = 6          # ping_interval (0.3 s) each: a stepped reactor reacts at the first
 DEADLINE_S = 10.0
@@ -42,26 +40,22 @@ DEADLINE_S = 10.0
 def stepped(tmp_path):
     """stepped(cluster_class, **settings) -> (a ready 3-replica cluster whose replica 3
     runs under libfaketime, step(seconds)), stopped after the test."""
-    if LIBFAKETIME is None:
-        pytest.skip("needs libfaketime (Debian's libfaketime package: "
-                    "/usr/lib/<arch>/faketime/libfaketime.so.1)")
-    stamp = str(tmp_path / "faketime")
+    try:
+        lib = clocks.library()
+    except clocks.ClockError as e:
+        pytest.skip(str(e))
+    offset = str(tmp_path / "clock-offset-3")
     clusters = []
 
     def step(seconds: int) -> None:
         """Replica 3's wall clock, ``seconds`` from the real one from now on."""
-        with open(stamp + ".new", "w", encoding="ascii") as handle:
-            handle.write(f"{seconds:+d}\n")
-        os.replace(stamp + ".new", stamp)
+        clocks.step(offset, seconds)
 
     def start(kind=LocalCluster, admin=False, **settings):
         step(0)
         cluster = kind(3, find_free_base_port(3, admin=admin), str(tmp_path / "cluster"),
                        overrides=settings, **({"admin": True} if admin else {}))
-        cluster.replica_env[3] = {
-            "LD_PRELOAD": LIBFAKETIME, "FAKETIME_TIMESTAMP_FILE": stamp,
-            "FAKETIME_NO_CACHE": "1", "FAKETIME_DONT_FAKE_MONOTONIC": "1",
-        }
+        cluster.replica_env[3] = clocks.environment(lib, offset)
         clusters.append(cluster)
         cluster.start()
         assert cluster.wait_ready(timeout_s=20) == 3
