@@ -82,6 +82,8 @@ ALL_KINDS = tuple(k for k in FaultKind if k not in OPT_IN)
 # Faults aimed at one replica (a replica id or COORDINATOR).
 _ONE_REPLICA = (FaultKind.KILL, FaultKind.PAUSE, FaultKind.WIPE, FaultKind.FULL,
                 FaultKind.CLOCK, FaultKind.SLOW, FaultKind.FSYNC)
+# Faults with a ``target`` (those, and ISOLATE, always the coordinator).
+TARGETED = (*_ONE_REPLICA, FaultKind.ISOLATE)
 CLOCK_STEP_S = 3600     # a clock fault steps the wall clock this far, forward or back
 SLOW_MS = (150, 600)    # a slow fault's delay: around ping_timeout and answer_timeout
 FSYNC_MS = (500, 3000)  # an fsync fault's delay: below and above pause detection (1.2 s)
@@ -127,7 +129,7 @@ class Fault:
             what = f"slow {self.target} by {self.delay_ms} ms"
         elif kind is FaultKind.FSYNC:
             what = f"fsync {self.target} +{self.delay_ms} ms"
-        elif kind in _ONE_REPLICA or kind is FaultKind.ISOLATE:
+        elif kind in TARGETED:
             what = f"{kind.value} {self.target}"
         elif kind is FaultKind.SPLIT:
             what = "split " + " | ".join(",".join(map(str, g)) for g in self.groups)
