@@ -29,15 +29,20 @@ def commit_seconds(env: dict[str, str], db: str) -> float:
     return float(done.stdout)
 
 
-def test_a_delay_holds_each_commit_at_least_that_long(tmp_path):
+def built_library(tmp_path) -> str:
+    """The library built into ``tmp_path``, or the test skipped (no compiler)."""
     try:
-        lib = fsyncs.library(str(tmp_path / "lib"))
+        return fsyncs.library(str(tmp_path / "lib"))
     except fsyncs.FsyncError as e:
         pytest.skip(str(e))
+
+
+def test_a_delay_holds_each_commit_at_least_that_long(tmp_path):
+    lib = built_library(tmp_path)
     delay = str(tmp_path / "fsync-delay-1")
     env = fsyncs.environment(lib, delay, {"LD_PRELOAD": "/lib/other.so"})
     assert env["LD_PRELOAD"] == f"/lib/other.so {lib}"     # both preloaded
-    env = fsyncs.environment(lib, delay, {})
+    env = fsyncs.environment(lib, delay)
     fsyncs.set_delay(delay, 300)
     assert commit_seconds(env, str(tmp_path / "a.db")) >= 0.3   # its fsync waited
     fsyncs.set_delay(delay, 0)

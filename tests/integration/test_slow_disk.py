@@ -19,6 +19,7 @@ from prometheus_client.parser import text_string_to_metric_families
 from replicad.chaos import fsyncs
 from replicad.client import BlockingClient, build_request
 from replicad.cluster import LocalCluster, find_free_base_port
+from tests.test_chaos_fsyncs import built_library
 
 pytestmark = pytest.mark.slow
 
@@ -40,15 +41,12 @@ def commits_over(cluster: LocalCluster, replica: int, seconds: str) -> float:
 
 
 def test_a_stalled_disk_shows_in_the_commit_durations_and_delays_no_ack_past_it(tmp_path):
-    try:
-        lib = fsyncs.library(str(tmp_path / "lib"))
-    except fsyncs.FsyncError as e:
-        pytest.skip(str(e))
+    lib = built_library(tmp_path)
     delay = str(tmp_path / "fsync-delay-3")
     fsyncs.set_delay(delay, 0)
     cluster = LocalCluster(3, find_free_base_port(3, admin=True), str(tmp_path / "cluster"),
                            admin=True)
-    cluster.replica_env[3] = fsyncs.environment(lib, delay, {})
+    cluster.replica_env[3] = fsyncs.environment(lib, delay)
     cluster.start()
     try:
         assert cluster.wait_ready(timeout_s=20) == 3
