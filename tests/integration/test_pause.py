@@ -168,7 +168,10 @@ def test_a_del_answered_notfound_elsewhere_is_not_carried_out_by_a_woken_coordin
     changed nothing left no trace a pull could carry, so 3 deleted ``k``.  With the
     no-op DEL's marker write taken out (Replica._coordinate answering NOTFOUND from
     the local memory alone) the queued copy answers OK and ``k`` is gone (checked)."""
-    cluster = proxied(answer_timeout=1.5, coordinator_timeout=2.0)
+    # election_wait: if the woken 3 blocks long enough to count as paused again (a
+    # COMMIT that took 2 s on a loaded disk did, in a soak run), its queued DEL waits
+    # out the second stand rather than answering UNAVAILABLE after the default 3 s.
+    cluster = proxied(answer_timeout=1.5, coordinator_timeout=2.0, election_wait=10)
     assert cluster.coordinator() == 3
     held_at_3(cluster, "k", "held")
     with frozen_with(cluster, f"@r=;w=;id={DEL_RID} DEL k") as queued:
