@@ -3,7 +3,7 @@
 Issue #10's ratios compare replicad with Redis; this says how much of the gap is the
 platform (one Python process on Twisted, the kernel's loopback TCP, SQLite's fsync) and
 how much is replicad's own code.  In one run, on this machine, the same load generator
-(bench/load.c, 50 persistent connections, 100-byte values) drives in turn:
+(bench/load.c, 50 connections, persistent or one-shot, 100-byte values) drives in turn:
 
 - ``Ra``: Redis, ``appendfsync always`` (the suite's write comparison);
 - ``Bt``: bench/bare_server.py with replicad's reactor and turn-end sends: PING, a GET
@@ -13,10 +13,11 @@ how much is replicad's own code.  In one run, on this machine, the same load gen
 - ``R1``: replicad, 1 replica (its write path without followers);
 - ``R3``: replicad, 3 replicas, ``write_quorum = 1`` (the suite's main target).
 
-Scenarios ``ping-50`` (no storage: the reactor, the protocol and the kernel), ``get-50``
-and ``put-50``; rounds alternate the targets as bench/suite.py does (medians of
---rounds).  Reported: rate, the ratio to Redis and to the bare server, and each
-server's CPU µs per operation (all its processes).
+Scenarios ``ping-50`` (no storage: the reactor, the protocol and the kernel), ``get-50``,
+``put-50`` and ``put-os50`` (a connection per PUT, 50 at a time); rounds alternate
+the targets as bench/suite.py does (medians of --rounds).  Reported: rate, the ratio to
+Redis and to the bare server, and each server's CPU µs per operation (all its
+processes).
 
     .venv/bin/python bench/ceiling.py [--rounds 3] [--write]    # about 2.5 min
 
@@ -49,6 +50,10 @@ SCENARIOS = [
     suite.Scenario("get-50", "GET, 50 connections", "get", "persistent", 50,
                    ("Ra", "Bt", "R1", "R3")),
     suite.Scenario("put-50", "PUT, 50 connections", "put", "persistent", 50,
+                   ("Ra", "Bt", "R1", "R3")),
+    # A connection per request (issue #10's one-shot target: connect, accept, one
+    # request, close on both sides): what the platform's connection handling costs.
+    suite.Scenario("put-os50", "PUT, one-shot, 50 concurrent", "put", "oneshot", 50,
                    ("Ra", "Bt", "R1", "R3")),
 ]
 LABELS = {
@@ -129,7 +134,8 @@ def report(args, cells: dict, context: dict) -> str:
     lines += args.code.lines()
     lines += [
         f"- Redis: {context['redis']}, `--save '' --appendonly yes --appendfsync always`",
-        f"- load: bench/load.c ({context['cc']}), 50 persistent connections, "
+        f"- load: bench/load.c ({context['cc']}), 50 connections (persistent, or one "
+        "at a time per request in the one-shot scenario), "
         f"{args.value_bytes}-byte values, a new key per PUT, GETs over "
         f"{args.keyspace:,} keys; median of {args.rounds} rounds of {args.duration:g} s "
         "(targets alternating, order rotated per round)",
