@@ -33,7 +33,7 @@ from twisted.internet import defer
 from twisted.internet.interfaces import IDelayedCall, IReactorTime
 from twisted.logger import Logger
 
-from replicad.store import Store, disk_full
+from replicad.store import Store, disk_full, outcome_unknown
 
 T = TypeVar("T")
 
@@ -128,7 +128,7 @@ class GroupCommit:
             store.commit_group()
         except Exception as e:
             failed = e
-            if not disk_full(e):
+            if not disk_full(e) and not outcome_unknown(e):
                 self.log.failure("group commit of {n} writes failed", n=len(waiting))
         else:
             if committing and waiting:      # an empty COMMIT proves nothing of the disk
@@ -151,7 +151,7 @@ class GroupCommit:
         if full:
             self.full_seen(full[0])
         for told, result, failure in outcomes:
-            error = None if failure is None else GroupFailed.of(disk_full(failure))
+            error = None if failure is None else GroupFailed.of(failure)
             if isinstance(told, defer.Deferred):
                 if error is not None:
                     told.errback(error)
@@ -196,16 +196,21 @@ class GroupCommit:
 
 
 class GroupFailed(Exception):
-    """The COMMIT of a write group failed: none of its writes happened.  ``disk_full``:
-    because the disk is full (the same write succeeds once space is freed)."""
+    """The COMMIT of a write group failed.  ``disk_full``: because the disk is full;
+    none of its writes happened (the same write succeeds once space is freed).
+    ``in_doubt``: the disk failed otherwise (store.outcome_unknown): its writes may be
+    on the disk after all, and come back when the database is next opened."""
 
-    def __init__(self, message: str, disk_full: bool = False):
+    def __init__(self, message: str, disk_full: bool = False, in_doubt: bool = False):
         super().__init__(message)
         self.disk_full = disk_full
+        self.in_doubt = in_doubt
 
     @classmethod
-    def of(cls, disk_full: bool) -> GroupFailed:
-        if disk_full:
+    def of(cls, failure: BaseException) -> GroupFailed:
+        if disk_full(failure):
             return cls("the disk is full: the write could not be committed; nothing "
                        "was done", disk_full=True)
+        if outcome_unknown(failure):
+            return cls(f"the COMMIT failed: {failure}", in_doubt=True)
         return cls("the write could not be committed; nothing was done")

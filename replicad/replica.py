@@ -55,6 +55,7 @@ from replicad.wire import Code, Reply, ReplyMeta, Request, WireError
 from replicad.writes import NotCoordinator, Writes
 
 PAUSE_TICKS = 4                 # no heartbeat tick for this many ping intervals: paused
+EXIT_DISK_FAILED = 74           # sysexits.h EX_IOERR: the process stops on a failed COMMIT
 WAITING_FIRST_LOG_S = 1.0       # an unbound replica says what it waits for after this,
 WAITING_LOG_INTERVAL_S = 10.0   # then this often
 
@@ -63,8 +64,13 @@ class Replica(service.MultiService):
     log = Logger()
 
     def __init__(self, config: ClusterConfig, my_id: int, data_dir: str, reactor,
-                 new_cluster: bool = False):
+                 new_cluster: bool = False, halt: Callable[[int], None] | None = None):
         super().__init__()
+        # How the process stops when its disk fails: the twistd plugin passes os._exit
+        # (a crash, as far as the disk and the peers can tell); without one (a replica
+        # in a test's process) the exit status is only kept in ``halted``.
+        self._halt = halt
+        self.halted: int | None = None
         self.config = config
         self.new_cluster = new_cluster
         self.my_id = my_id
@@ -143,6 +149,7 @@ class Replica(service.MultiService):
     def startService(self) -> None:
         os.makedirs(self.data_dir, exist_ok=True)
         self.store = Store(os.path.join(self.data_dir, DB_FILENAME))
+        self.store.disk_failed = self._disk_failed
         self.commits = GroupCommit(self.store, self.reactor)
         self.sync = Synchroniser(self.store, list(self.links), self.config, self.reactor,
                                  self.ping, self.call, self._mark, lambda: self.node.epoch)
@@ -1124,6 +1131,30 @@ class Replica(service.MultiService):
                 return Reply("NOTFOUND", meta=self._meta(request, self._shown_clock(request)))
         return await self.writes.apply(request, rid, epoch, placed)
 
+    def _disk_failed(self, error: BaseException) -> None:
+        """A COMMIT failed and what it wrote may be on the disk after all (an fsync's
+        EIO; store.outcome_unknown): this process no longer knows what its disk holds,
+        and a later COMMIT could report durable what is not (after a failed fsync the
+        kernel may have dropped the pages and cleared the error).  It stops, as
+        PostgreSQL, etcd and Redis (appendfsync always) do on a failed fsync: the
+        others serve meanwhile, and a restart reads from the disk what it holds (SQLite
+        recovers the WAL) and catches up.  The writers of the failed COMMIT are answered
+        in doubt (writes.py) in this turn, before the process goes."""
+        if self.halted is not None:
+            return
+        self.halted = EXIT_DISK_FAILED
+        self.log.critical(
+            "replica {replica} stops: its disk failed during a COMMIT ({error}); the "
+            "writes in it may or may not be on the disk. Check the disk, then start the "
+            "replica again: it recovers what its database holds and catches up (exit "
+            "status {status})", replica=self.my_id, error=error, status=EXIT_DISK_FAILED)
+        self.reactor.callLater(0, self._halt_now)
+
+    def _halt_now(self) -> None:
+        self.turn_sender.send_now()     # the in-doubt answers leave first
+        if self._halt is not None:
+            self._halt(EXIT_DISK_FAILED)
+
     def _before_commit(self) -> None:
         """Nothing buffered for the end of the turn waits for a COMMIT's fsync: a
         forwarding follower's relayed replies and new forwards would otherwise wait for
@@ -1307,6 +1338,9 @@ class Replica(service.MultiService):
         def failed(failure):
             if failure.check(GroupFailed) and failure.value.disk_full:
                 return self._no_space_for_pushes()
+            if failure.check(GroupFailed) and failure.value.in_doubt:
+                return PeerAnswer("ERR", f"{Code.INTERNAL} replica {self.my_id}'s disk "
+                                         "failed during the push's COMMIT; it stops")
             return failure
 
         return applied.addCallbacks(answer, failed)

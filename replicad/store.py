@@ -19,7 +19,12 @@ Durability: WAL with ``synchronous=FULL``; every change is one ``BEGIN IMMEDIATE
 on the main connection, so it is on disk when the method returns, or not applied at all;
 or, inside a write group (``begin_group``/``commit_group``), one savepoint of a shared
 transaction that is on disk when ``commit_group`` returns (group commit: many writes,
-one fsync; replicad.groupcommit decides when).
+one fsync; replicad.groupcommit decides when).  A COMMIT that fails for another
+reason than a full disk (an fsync that fails, an I/O error) has an *unknown* outcome:
+SQLite rolls the transaction back on the connection, but the pages it wrote into the WAL
+before the failing sync come back when the database is opened again (measured: a row
+whose COMMIT failed with SQLITE_IOERR_FSYNC was there after a crash and a reopen).  The
+store then calls ``disk_failed`` once; the replica stops (replica.py says why).
 Exports read from a separate read-only connection inside one read transaction, so their
 clock and records come from one snapshot while the main connection keeps writing.  With
 ``":memory:"`` there is no second connection: exports read the main connection and see
@@ -206,6 +211,20 @@ def disk_full(error: BaseException) -> bool:
             and getattr(error, "sqlite_errorname", None) == "SQLITE_FULL")
 
 
+def outcome_unknown(error: BaseException) -> bool:
+    """A COMMIT failed with ``error`` and what it wrote may be on the disk after all: the
+    fsync's EIO (SQLITE_IOERR_FSYNC), another I/O error, a database file made read-only
+    or corrupt under the replica; the WAL may hold the transaction, and a restart
+    recovers it.  Not a full disk (SQLITE_FULL: SQLite could not write the
+    transaction's pages), a lock it did not get (BUSY, LOCKED: nothing was written, the
+    transaction is still open) nor a misuse of the API (a bug, before any write)."""
+    if not isinstance(error, sqlite3.DatabaseError) or isinstance(
+            error, (sqlite3.ProgrammingError, sqlite3.IntegrityError)):
+        return False
+    name = getattr(error, "sqlite_errorname", None) or ""
+    return not disk_full(error) and not name.startswith(("SQLITE_BUSY", "SQLITE_LOCKED"))
+
+
 def check_record(record: Record) -> None:
     """Refuse a record that would break the store's invariants; raise StoreError."""
     if not isinstance(record, Record):
@@ -276,6 +295,10 @@ class Store:
         # from what the write looked up anyway: a quorum-mode coordinator keeps it while
         # the write waits for its quorum (quorumindex.py).
         self.replaced: Record | None = None
+        # Told once, with the error, when a COMMIT's outcome is unknown (outcome_unknown);
+        # ``disk_failure`` keeps that error.
+        self.disk_failed: Callable[[BaseException], None] | None = None
+        self.disk_failure: BaseException | None = None
         if self._path != MEMORY:
             _make_private(self._path, wal=True)
         try:
@@ -398,11 +421,23 @@ class Store:
         self._db.execute("BEGIN IMMEDIATE")
         try:
             yield
-            self._db.execute("COMMIT")
+            self._commit()
         except BaseException:
             self._hot.clear()
             if self._db.in_transaction:
                 self._db.execute("ROLLBACK")
+            raise
+
+    def _commit(self) -> None:
+        """COMMIT the main connection's transaction; a failure whose outcome is unknown
+        is reported (``disk_failed``) before it is raised."""
+        try:
+            self._db.execute("COMMIT")
+        except BaseException as e:
+            if outcome_unknown(e) and self.disk_failure is None:
+                self.disk_failure = e
+                if self.disk_failed is not None:
+                    self.disk_failed(e)
             raise
 
     # -- group commit --------------------------------------------------------------------
@@ -438,7 +473,7 @@ class Store:
         self._group_ids += 1
         try:
             self._write_clock(clock, self._clock)   # once per group, not per write
-            self._db.execute("COMMIT")
+            self._commit()
         except BaseException as e:
             self._hot.clear()
             if self._db.in_transaction:

@@ -268,8 +268,9 @@ def makeService(options: Options, reactor=None) -> service.MultiService:
     top = ReplicaService(options.get("log-level") or "info",
                          options.get("log-format") or "text",
                          getattr(options, "parent", None), tune_gc=bind_check)
+    # A disk that fails a COMMIT stops the process at once (replica._disk_failed).
     replica = Replica(config, my_id, options["data-dir"], reactor,
-                      new_cluster=bool(options["new-cluster"]))
+                      new_cluster=bool(options["new-cluster"]), halt=os._exit)
     replica.setServiceParent(top)
     lock = getattr(options, "data_dir_lock", None)
     if lock is not None:

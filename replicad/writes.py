@@ -135,8 +135,12 @@ class Writes:
             if error is not None:
                 if written:         # its COMMIT failed: it is not in the store any more
                     index.withdraw(written[0])
-                reply.callback(self._no_space(request) if error.disk_full
-                               else self._error(request, Code.INTERNAL, str(error)))
+                if error.disk_full:
+                    reply.callback(self._no_space(request))
+                elif error.in_doubt:
+                    reply.callback(self._disk_failed(request, error))
+                else:
+                    reply.callback(self._error(request, Code.INTERNAL, str(error)))
                 return
             started = self.clock.seconds()   # metrics hook
 
@@ -172,6 +176,16 @@ class Writes:
             request, Code.NOSPACE,
             f"replica {self.my_id}, the coordinator, could not write to its disk: it is "
             "full; nothing was done (free space there, then send the write again)",
+        )
+
+    def _disk_failed(self, request: Request, error: Exception) -> Reply:
+        """Not "nothing was done": the failed COMMIT may have reached the disk, and the
+        replica stops (replica.py), so a retry with the request id goes elsewhere."""
+        return self._error(
+            request, Code.INDOUBT,
+            f"the write may or may not have been applied: replica {self.my_id}, the "
+            f"coordinator, stops because its disk failed while making it durable "
+            f"({error})",
         )
 
     async def replay(self, request: Request, done: RequestRow) -> Reply:

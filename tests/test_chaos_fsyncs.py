@@ -5,6 +5,7 @@ real child process, whose SQLite COMMIT then waits as long as its delay file say
 from __future__ import annotations
 
 import os
+import sqlite3
 import subprocess
 import sys
 
@@ -47,6 +48,41 @@ def test_a_delay_holds_each_commit_at_least_that_long(tmp_path):
     assert commit_seconds(env, str(tmp_path / "a.db")) >= 0.3   # its fsync waited
     fsyncs.set_delay(delay, 0)
     assert open(delay).read() == "0\n" and not os.path.exists(delay + ".new")
+
+
+# A COMMIT whose fsync fails, then a crash (os._exit: no close, no later COMMIT).
+COMMIT_FAILS_THEN_CRASH = """
+import os, sqlite3, sys
+db = sqlite3.connect(sys.argv[1], isolation_level=None)
+db.execute("PRAGMA journal_mode=WAL"); db.execute("PRAGMA synchronous=FULL")
+db.execute("CREATE TABLE t (x)")
+db.execute("BEGIN"); db.execute("INSERT INTO t VALUES ('durable')"); db.execute("COMMIT")
+with open(sys.argv[2], "w") as setting:
+    setting.write("EIO")          # what fsyncs.set_failing writes
+db.execute("BEGIN"); db.execute("INSERT INTO t VALUES ('failed')")
+try:
+    db.execute("COMMIT")
+except sqlite3.Error as e:
+    print(e.sqlite_errorname, db.execute("SELECT x FROM t").fetchall())
+os._exit(0)
+"""
+
+
+def test_a_commit_whose_fsync_fails_comes_back_after_a_crash(tmp_path):
+    """Why a replica answers such a write in doubt and stops (store.outcome_unknown):
+    SQLite reports the COMMIT failed and its connection no longer sees the row, but
+    the WAL holds it, and the next open recovers it."""
+    lib = built_library(tmp_path)
+    setting = str(tmp_path / "fsync-delay-1")
+    fsyncs.set_delay(setting, 0)
+    db = str(tmp_path / "a.db")
+    done = subprocess.run([sys.executable, "-c", COMMIT_FAILS_THEN_CRASH, db, setting],
+                          env={**os.environ, **fsyncs.environment(lib, setting)},
+                          capture_output=True, text=True, check=True, timeout=60)
+    assert done.stdout.split(" ", 1) == ["SQLITE_IOERR_FSYNC", "[('durable',)]\n"]
+    reopened = sqlite3.connect(db)
+    assert reopened.execute("SELECT x FROM t").fetchall() == [("durable",), ("failed",)]
+    reopened.close()
 
 
 def test_without_a_compiler_the_fault_is_refused_in_one_line(monkeypatch):

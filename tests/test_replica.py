@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import sqlite3
+
 import pytest
 from twisted.internet import defer
 from twisted.internet.testing import MemoryReactorClock
@@ -12,7 +14,7 @@ from replicad.config import default_config
 from replicad.node import Candidacy, Role
 from replicad.peer import PeerAnswer, PeerUnavailable
 from replicad.peerwire import PeerStatus, PeerWireError
-from replicad.replica import Replica
+from replicad.replica import EXIT_DISK_FAILED, Replica
 from replicad.store import Record
 from replicad.vclock import VectorClock
 from replicad.wire import Reply, Request
@@ -380,7 +382,7 @@ def test_a_write_sent_again_before_its_commit_is_answered_only_after_it(replica)
     assert not again.called
     replica.commits.flush()                               # the COMMIT fails
     spy.fail = False
-    assert first.result.error_code == "INTERNAL"
+    assert first.result.error_code == "INDOUBT"
     assert not again.called and pushed == []              # nothing of the failed group
     replica.reactor.advance(0)                            # the retry's own group
     replica.reactor.advance(0)
@@ -403,7 +405,7 @@ def test_a_del_finds_a_key_missing_only_once_the_del_before_it_is_durable(replic
     assert not second.called                              # not NOTFOUND yet
     replica.commits.flush()                               # the first DEL's COMMIT fails
     spy.fail = False
-    assert first.result.error_code == "INTERNAL"
+    assert first.result.error_code == "INDOUBT"
     replica.reactor.advance(0)
     replica.reactor.advance(0)
     assert second.result.status == "OK"                   # it found k, and deleted it
@@ -786,7 +788,12 @@ def test_a_deposed_coordinators_fast_write_steps_down_and_applies_nothing(replic
     d.addErrback(lambda f: None)
 
 
-def test_a_fast_write_whose_commit_fails_is_an_internal_error_not_ok(replica):
+def test_a_write_whose_commit_the_disk_fails_is_in_doubt_and_the_replica_stops(replica):
+    """An fsync that fails (SQLITE_IOERR_FSYNC, here "disk I/O error") may leave the
+    write in the WAL, where a restart recovers it (store.py): never "nothing was done".
+    The writer hears ERR INDOUBT and the replica stops with EX_IOERR (74) once the
+    turn's answers are sent.  Before, it answered ERR INTERNAL "nothing was done" and
+    went on serving."""
     from tests.test_groupcommit import FailingCommits
 
     serving(replica)
@@ -795,9 +802,35 @@ def test_a_fast_write_whose_commit_fails_is_an_internal_error_not_ok(replica):
     d = replica.handle(Request("PUT", "k", "v"))
     replica.reactor.advance(0)
     spy.fail = False
+    assert d.result.error_code == "INDOUBT"
+    assert "may or may not have been applied" in d.result.text
+    assert "nothing was done" not in d.result.text
+    assert replica.store.get("k") is None          # this connection rolled it back
+    assert replica.halted == EXIT_DISK_FAILED == 74
+    assert isinstance(replica.store.disk_failure, sqlite3.OperationalError)
+
+
+def test_a_write_whose_commit_fails_with_no_disk_error_is_internal_and_nothing_done(
+        replica):
+    """What is not SQLite's error (a bug) wrote nothing to the disk: ERR INTERNAL,
+    "nothing was done", and the replica goes on."""
+    from tests.test_groupcommit import FailingCommits
+
+    class NotTheDisk(FailingCommits):
+        def execute(self, sql, *args):
+            if sql == "COMMIT" and self.fail:
+                raise RuntimeError("a bug")
+            return super().execute(sql, *args)
+
+    serving(replica)
+    replica.store._db = spy = NotTheDisk(replica.store._db)
+    spy.fail = True
+    d = replica.handle(Request("PUT", "k", "v"))
+    replica.reactor.advance(0)
+    spy.fail = False
     assert d.result.error_code == "INTERNAL"
     assert "nothing was done" in d.result.text
-    assert replica.store.get("k") is None
+    assert replica.halted is None and replica.store.disk_failure is None
 
 
 def test_a_retried_write_that_lost_a_merge_is_in_doubt_not_ok(replica):
@@ -1195,7 +1228,7 @@ def test_a_read_waiting_for_a_group_whose_commit_fails_reads_what_is_durable(rep
     spy.fail = True
     replica.commits.flush()                               # the COMMIT fails
     spy.fail = False
-    assert write.result.error_code == "INTERNAL"
+    assert write.result.error_code == "INDOUBT"
     replica.reactor.advance(0)
     assert (read.result.status, read.result.text) == ("VALUE", "v1")
 
@@ -1217,7 +1250,7 @@ def test_a_read_never_answers_from_a_group_opened_while_it_waited(replica):
     spy.fail = True
     replica.commits.flush()                               # fails; the retry writes again
     spy.fail = False
-    assert first.result.error_code == "INTERNAL"
+    assert first.result.error_code == "INDOUBT"
     assert replica.store.group_open                       # the retry's write, not durable
     assert not read.called                                # so the read does not answer
     replica.reactor.advance(0)                            # the retry's COMMIT
@@ -1519,6 +1552,22 @@ def test_a_follower_whose_disk_is_full_answers_a_push_err_nospace(replica):
     assert replica.store.get("a") is None and replica.store.clock == VectorClock()
     spy.full = False
     assert push(replica, 3, 3, first).payload == "applied"
+
+
+def test_a_follower_whose_disk_fails_a_pushs_commit_answers_err_and_stops(replica):
+    """No acknowledgement for a push whose COMMIT the disk failed (it may or may not be
+    there), one ERR instead of a failure with a traceback, and the replica stops as a
+    coordinator does (writes.py, Replica._disk_failed)."""
+    from tests.test_groupcommit import FailingCommits
+
+    follow(replica)                                       # epoch 3
+    replica.store._db = spy = FailingCommits(replica.store._db)
+    spy.fail = True
+    answer = push(replica, 3, 3, Record("a", "1", 3, 1, VectorClock({3: 1}), 3))
+    assert (answer.kind, answer.payload.split(" ")[0]) == ("ERR", "INTERNAL")
+    assert "disk failed" in answer.payload
+    replica.reactor.advance(0)
+    assert replica.halted == EXIT_DISK_FAILED
 
 
 def test_a_take_over_pull_gives_the_peers_ping_answer_timeout(replica):

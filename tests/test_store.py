@@ -12,7 +12,16 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 import replicad.store
-from replicad.store import NewerEpoch, Record, RequestRow, Store, StoreError, is_conflict, winner
+from replicad.store import (
+    NewerEpoch,
+    Record,
+    RequestRow,
+    Store,
+    StoreError,
+    is_conflict,
+    outcome_unknown,
+    winner,
+)
 from replicad.vclock import EMPTY, VectorClock
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -963,3 +972,48 @@ def test_a_batch_that_fails_midway_leaves_nothing_behind(store, monkeypatch):
     assert store.get("a") is None and store.get("mine").value == "v"
     store.commit_group()
     assert store.clock == VectorClock({1: 1}) and store.get("a") is None
+
+
+def _sqlite_error(kind: type[sqlite3.Error], name: str | None) -> sqlite3.Error:
+    error = kind("an error")
+    if name is not None:
+        error.sqlite_errorname = name
+    return error
+
+
+@pytest.mark.parametrize(("kind", "name", "unknown"), [
+    (sqlite3.OperationalError, "SQLITE_IOERR_FSYNC", True),   # the disk failed the fsync
+    (sqlite3.OperationalError, "SQLITE_IOERR_WRITE", True),
+    (sqlite3.OperationalError, "SQLITE_READONLY_DBMOVED", True),
+    (sqlite3.DatabaseError, "SQLITE_CORRUPT", True),
+    (sqlite3.OperationalError, None, True),                   # unnamed: assume the worst
+    (sqlite3.OperationalError, "SQLITE_FULL", False),         # nothing of it was written
+    (sqlite3.OperationalError, "SQLITE_BUSY", False),         # not even begun
+    (sqlite3.OperationalError, "SQLITE_LOCKED_SHAREDCACHE", False),
+    (sqlite3.ProgrammingError, None, False),                  # a bug, before any write
+    (sqlite3.IntegrityError, "SQLITE_CONSTRAINT", False),
+])
+def test_which_failed_commits_may_be_on_the_disk_after_all(kind, name, unknown):
+    assert outcome_unknown(_sqlite_error(kind, name)) is unknown
+
+
+def test_a_commit_the_disk_fails_is_reported_once_with_its_error(tmp_path):
+    """Store.disk_failed hears the first COMMIT whose outcome is unknown (the replica
+    stops on it); a full disk is not reported there."""
+    from tests.test_groupcommit import FailingCommits
+
+    store = Store(str(tmp_path / "s.db"))
+    heard: list[BaseException] = []
+    store.disk_failed = heard.append
+    store._db = spy = FailingCommits(store._db)
+    spy.full = True
+    with pytest.raises(sqlite3.OperationalError):
+        store.write(1, "a", "1")
+    assert heard == [] and store.disk_failure is None
+    spy.full, spy.fail = False, True
+    for _ in range(2):
+        with pytest.raises(sqlite3.OperationalError):
+            store.write(1, "a", "1")
+    assert len(heard) == 1 and store.disk_failure is heard[0]
+    store._db = spy._db
+    store.close()

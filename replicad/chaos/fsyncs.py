@@ -52,6 +52,15 @@ def environment(lib: str, delay_file: str, env: dict[str, str] | None = None
     return preloaded(env or {}, lib, {"SLOWFSYNC_DELAY_FILE": delay_file})
 
 
+def set_failing(delay_file: str) -> None:
+    """From now on every fsync of the replica fails with EIO (and syncs nothing), as a
+    failing disk's does: tests/integration/test_disk_failure.py."""
+    try:
+        write_setting(delay_file, "EIO")
+    except OSError as e:
+        raise FsyncError(f"cannot set failing fsyncs in {delay_file}: {e}") from None
+
+
 def set_delay(delay_file: str, ms: int) -> None:
     """From now on every fsync of the replica first sleeps ``ms``."""
     try:
