@@ -29,6 +29,7 @@ import pytest
 
 from replicad.config import load_config, parse_config
 from replicad.datadir import DB_FILENAME, LOCK_FILENAME, check_data_dir, lock_data_dir
+from replicad.replica import EXIT_DISK_FAILED
 from replicad.store import Store
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -290,6 +291,8 @@ def test_systemd_unit_is_hardened():
     assert one("CapabilityBoundingSet") == ""
     assert one("SystemCallFilter") == "@system-service"
     assert one("Restart") == "on-failure"
+    # A replica whose disk failed a COMMIT exits 74 and is left stopped (replica.py).
+    assert one("RestartPreventExitStatus") == str(EXIT_DISK_FAILED)
     assert int(one("LimitNOFILE")) >= 4096
     assert one("UMask") == "0077"
     start = shlex.split(one("ExecStart"))
@@ -421,6 +424,7 @@ LOG_LINES = [
     "(the receiver stopped reading); its read snapshot is released",
     "wrong client password from",
     "TLS handshake on the",
+    "stops: its disk failed during a COMMIT",
 ]
 
 
