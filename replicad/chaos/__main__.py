@@ -33,8 +33,9 @@ def _parser() -> argparse.ArgumentParser:
     run.add_argument("--clients", type=int, default=3, help="concurrent sessions (threads)")
     run.add_argument("--faults", default="all",
                      help="comma list of kill,pause,isolate,split,oneway,bridge,wipe,full,"
-                          "clock,slow,fsync; all (the first seven: full needs root, clock "
-                          "libfaketime, fsync a C compiler); none (default all)")
+                          "clock,slow,fsync,eio; all (the first seven: full needs root, "
+                          "clock libfaketime, fsync and eio a C compiler); none (default "
+                          "all)")
     run.add_argument("--write-quorum", choices=("1", "majority"), default="majority")
     run.add_argument("--out", default=None, help="directory for the history, the cluster's "
                      "data and logs, the report and the plot (default chaos-out/<time>-<seed>)")
@@ -141,7 +142,7 @@ def _run(args: argparse.Namespace) -> int:
             disks.check()
         if FaultKind.CLOCK in kinds:
             clocks.library()
-        if FaultKind.FSYNC in kinds:
+        if FaultKind.FSYNC in kinds or FaultKind.EIO in kinds:
             fsyncs.compiler()
     except ClusterError as e:
         print(f"cannot run these faults here: {e}", file=sys.stderr)

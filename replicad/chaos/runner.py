@@ -23,7 +23,9 @@ back when it stops); the fault shrinks one of them to its usage, the heal grows 
 With the ``clock`` fault, every replica runs under libfaketime (replicad/chaos/clocks.py)
 and the fault steps one's wall clock an hour, the heal back; with ``fsync``, every
 replica preloads a library that delays its fsyncs (replicad/chaos/fsyncs.py) and the
-fault sets one's delay.
+fault sets one's delay; with ``eio``, the same library makes one's fsyncs fail: it
+stops at its next COMMIT (exit 74, expected: not a crash) and is started again on a
+healthy disk by the heal, which records how it had ended.
 """
 
 from __future__ import annotations
@@ -219,8 +221,8 @@ class ChaosRun:
         if small_disks:
             disks.check()
         faketime = clocks.library() if FaultKind.CLOCK in config.faults else None
-        slowfsync = (fsyncs.library(config.out_dir) if FaultKind.FSYNC in config.faults
-                     else None)
+        slowfsync = (fsyncs.library(config.out_dir)
+                     if {FaultKind.FSYNC, FaultKind.EIO} & set(config.faults) else None)
         os.makedirs(config.out_dir, exist_ok=True)
         if os.path.exists(config.cluster_dir):
             disks.release_under(config.cluster_dir)
@@ -431,6 +433,10 @@ class ChaosRun:
                 if kind is FaultKind.FSYNC:
                     assert fault.delay_ms is not None
                     fsyncs.set_delay(self._fsync_file(target), fault.delay_ms)
+                elif kind is FaultKind.EIO:
+                    # It stops at its next COMMIT (exit 74): not a crash to restart.
+                    self.down.add(target)
+                    fsyncs.set_failing(self._fsync_file(target))
                 elif kind is FaultKind.SLOW:
                     assert fault.delay_ms is not None
                     cluster.slow(target, fault.delay_ms)
@@ -491,6 +497,13 @@ class ChaosRun:
             elif fault.kind is FaultKind.FSYNC:
                 for target in targets:
                     fsyncs.set_delay(self._fsync_file(target), 0)
+            elif fault.kind is FaultKind.EIO:
+                for target in targets:    # the disk replaced: started again if it stopped
+                    fsyncs.set_delay(self._fsync_file(target), 0)
+                    if not cluster.running(target):
+                        event.setdefault("exits", {})[str(target)] = cluster.exit_text(target)
+                        cluster.start_replica(target)
+                    self.down.discard(target)
             else:
                 cluster.heal()
         except (ClusterError, OSError, ValueError) as e:

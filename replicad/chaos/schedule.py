@@ -34,10 +34,13 @@ Kinds (the partitions hold bytes in the fault proxy; nothing is closed):
   the failure detector's timeouts), nothing held; undone by a heal.
 - ``fsync``: every fsync of the replica first sleeps 0.5-3 s (a stalled disk: its
   reactor blocks in each COMMIT), back to none after the hold.
+- ``eio``: every fsync of the replica fails with EIO (a failing disk): it answers the
+  writes of that COMMIT in doubt and stops (exit 74); started again on a healthy disk
+  after the hold.
 
-``all`` leaves the last four out, and so keeps every recorded seed's schedule (``full``
-needs root and mount(8), ``clock`` Debian's libfaketime, ``fsync`` a C compiler): ask
-for them by name, ``all,full,clock,slow,fsync``.
+``all`` leaves the last five out, and so keeps every recorded seed's schedule (``full``
+needs root and mount(8), ``clock`` Debian's libfaketime, ``fsync`` and ``eio`` a C
+compiler): ask for them by name, ``all,full,clock,slow,fsync,eio``.
 """
 
 from __future__ import annotations
@@ -71,17 +74,18 @@ class FaultKind(enum.Enum):
     CLOCK = "clock"
     SLOW = "slow"
     FSYNC = "fsync"
+    EIO = "eio"
 
 
 # ``all``: the kinds of the recorded seeds.  The later ones are asked for by name:
 # adding them here would change the schedule of every seed in docs/reliability.md
-# (and FULL mounts a tmpfs per replica: root; CLOCK preloads libfaketime; FSYNC a
-# library it compiles).
-OPT_IN = (FaultKind.FULL, FaultKind.CLOCK, FaultKind.SLOW, FaultKind.FSYNC)
+# (and FULL mounts a tmpfs per replica: root; CLOCK preloads libfaketime; FSYNC and
+# EIO a library it compiles).
+OPT_IN = (FaultKind.FULL, FaultKind.CLOCK, FaultKind.SLOW, FaultKind.FSYNC, FaultKind.EIO)
 ALL_KINDS = tuple(k for k in FaultKind if k not in OPT_IN)
 # Faults aimed at one replica (a replica id or COORDINATOR).
 _ONE_REPLICA = (FaultKind.KILL, FaultKind.PAUSE, FaultKind.WIPE, FaultKind.FULL,
-                FaultKind.CLOCK, FaultKind.SLOW, FaultKind.FSYNC)
+                FaultKind.CLOCK, FaultKind.SLOW, FaultKind.FSYNC, FaultKind.EIO)
 # Faults with a ``target`` (those, and ISOLATE, always the coordinator).
 TARGETED = (*_ONE_REPLICA, FaultKind.ISOLATE)
 CLOCK_STEP_S = 3600     # a clock fault steps the wall clock this far, forward or back

@@ -5,7 +5,8 @@ time, and every fault kind on a fixed seed; the checker must find no violation a
 acknowledged write lost.  A second run (40 s) fills disks (the ``full`` fault: a tmpfs
 per replica, root only), steps wall clocks (``clock``: libfaketime), slows links
 (``slow``: the fault proxy's delay) and stalls fsyncs (``fsync``: a preloaded library)
-between kills and pauses.  The long runs are in docs/reliability.md.
+between kills and pauses; a third (25 s) fails disks (``eio``: fsyncs fail with EIO, the
+replica stops).  The long runs are in docs/reliability.md.
 """
 
 from __future__ import annotations
@@ -77,6 +78,37 @@ def test_a_short_run_with_full_disks_stepped_clocks_slow_links_and_stalled_fsync
     refused = [e for e in events if e["type"] == "complete" and e.get("status") == "NOSPACE"]
     assert refused, "a full coordinator refused writes: the fault bit"
     assert stats["writes"]["acknowledged"] > 300, summary
+    assert stats["converged"] and result.crashes == 0, summary
+    assert report.ok, summary
+    assert stats["writes"]["lost_total"] == 0, summary
+
+
+# With eio,kill,pause, seed 6's 25 s: the coordinator's fsyncs fail, pause the (new)
+# coordinator, kill 3, the coordinator's fsyncs fail again.
+EIO_SEED = 6
+
+
+@pytest.mark.integration
+@pytest.mark.slow      # 25 s of one worker
+def test_a_short_run_with_failing_disks_loses_no_acknowledged_write(tmp_path):
+    """A coordinator whose fsyncs fail answers the writes of that COMMIT in doubt and
+    stops (exit 74: replica.py); the others serve, it is started again on a healthy
+    disk and recovers what its WAL held, and no acknowledged write is lost, no value
+    of a refused one appears."""
+    try:
+        fsyncs.compiler()
+    except fsyncs.FsyncError as e:
+        pytest.skip(str(e))
+    config = RunConfig(out_dir=str(tmp_path / "chaos"), seed=EIO_SEED, duration_s=25.0,
+                       replicas=3, clients=3, write_quorum="majority",
+                       faults=(FaultKind.EIO, FaultKind.KILL, FaultKind.PAUSE))
+    result, events, report, summary = run_and_check(config, [])
+    stats = report.stats
+    assert stats["faults"].get("eio", 0) == 2 and stats["fault_errors"] == 0, summary
+    exits = [text for e in events if e["type"] == "fault" and e.get("kind") == "eio"
+             for text in e.get("exits", {}).values()]
+    assert exits and set(exits) == {"exit status 74"}, exits    # the fault bit, as meant
+    assert stats["writes"]["acknowledged"] > 200, summary
     assert stats["converged"] and result.crashes == 0, summary
     assert report.ok, summary
     assert stats["writes"]["lost_total"] == 0, summary
