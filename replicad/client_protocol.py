@@ -247,8 +247,14 @@ class ClientProtocol(LineReceiver, TimeoutMixin):
             self._respond(self.factory.handler.status(request))
         else:
             # The fast path: a read the coordinator can answer at once is answered here,
-            # with no Deferred and no pause of reading (most GETs).
-            reply = self.factory.handler.answer_now(request)
+            # with no Deferred and no pause of reading (most GETs).  Its error (a page
+            # the disk cannot read) is ERR INTERNAL in its place, as on the full path:
+            # raised into the reactor, it dropped the connection.
+            try:
+                reply = self.factory.handler.answer_now(request)
+            except Exception:
+                self._respond(self._internal_error(Failure(), request))
+                return
             if reply is not None:
                 self._respond(reply)
             elif not self._answer_confirmed(request):
@@ -304,9 +310,12 @@ class ClientProtocol(LineReceiver, TimeoutMixin):
             self.pauseProducing()
 
     def _failed(self, failure, request: Request, slot: list) -> None:
+        self._served(self._internal_error(failure, request), slot)
+
+    def _internal_error(self, failure: Failure, request: Request) -> Reply:
+        """A failure of ours, logged with its traceback; the client sees only that."""
         self.log.failure("serving {command} failed", failure, command=request.command)
-        self._served(wire.error_reply(Code.INTERNAL, "internal error; nothing was half-applied"),
-                     slot)
+        return wire.error_reply(Code.INTERNAL, "internal error; nothing was half-applied")
 
     def _served(self, reply: Reply, slot: list) -> None:
         slot[0] = reply

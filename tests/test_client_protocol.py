@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import socket
+import sqlite3
 
 import pytest
 import pytest_twisted
@@ -39,9 +40,12 @@ class FakeHandler:
         return Reply("STATUS", lines=wire.status_lines({"role": "coordinator", "epoch": "4"}))
 
     def answer_now(self, request):
-        """The read fast path: a GET of 'fast' is answered at once."""
+        """The read fast path: a GET of 'fast' is answered at once; of 'bad-sector',
+        raises what SQLite raises when the disk cannot read the page."""
         if request.command == "GET" and request.key == "fast":
             return Reply("VALUE", "at once")
+        if request.command == "GET" and request.key == "bad-sector":
+            raise sqlite3.OperationalError("disk I/O error")
         return None
 
     def answer_confirmed(self, request, deliver):
@@ -331,6 +335,20 @@ def test_parse_errors_reply_err_and_the_connection_stays_usable(line, code):
     assert handler.handled == []
     proto.dataReceived(b"PING\r\n")
     assert transport.value() == b"PONG\r\n"
+
+
+def test_a_fast_read_that_raises_is_err_internal_and_the_connection_stays():
+    """An error of the read fast path (a page the disk cannot read) is one ERR INTERNAL
+    in its place, as on the full path, not a dropped connection and a traceback from
+    the reactor."""
+    proto, transport, _clock, _handler, _factory = setup()
+    proto.dataReceived(b"GET bad-sector\r\nGET fast\r\n")
+    (internal, fast) = replies(transport)
+    assert internal.error_code == "INTERNAL"
+    assert "nothing was half-applied" in internal.error_message
+    assert "disk" not in internal.text
+    assert fast == Reply("VALUE", "at once")
+    assert not transport.disconnecting
 
 
 def test_handler_errback_is_err_internal():
