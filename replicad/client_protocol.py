@@ -244,7 +244,10 @@ class ClientProtocol(LineReceiver, TimeoutMixin):
             self._respond(Reply("BYE"))
             self.close_after_reply()
         elif request.command == "STATUS":
-            self._respond(self.factory.handler.status(request))
+            try:
+                self._respond(self.factory.handler.status(request))
+            except Exception:       # the store's count, say, on a disk that fails reads
+                self._respond(self._internal_error(Failure(), request))
         else:
             # The fast path: a read the coordinator can answer at once is answered here,
             # with no Deferred and no pause of reading (most GETs).  Its error (a page

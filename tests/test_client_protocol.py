@@ -31,12 +31,15 @@ class FakeHandler:
         self.pending: list[defer.Deferred] = []
         self.status_requests: list[Request] = []
         self.confirming: list = []
+        self.status_error: Exception | None = None
 
     def client_connected(self):
         self.connected += 1
 
     def status(self, request):
         self.status_requests.append(request)
+        if self.status_error is not None:
+            raise self.status_error
         return Reply("STATUS", lines=wire.status_lines({"role": "coordinator", "epoch": "4"}))
 
     def answer_now(self, request):
@@ -348,6 +351,15 @@ def test_a_fast_read_that_raises_is_err_internal_and_the_connection_stays():
     assert "nothing was half-applied" in internal.error_message
     assert "disk" not in internal.text
     assert fast == Reply("VALUE", "at once")
+    assert not transport.disconnecting
+
+
+def test_a_status_that_raises_is_err_internal_and_the_connection_stays():
+    proto, transport, _clock, handler, _factory = setup()
+    handler.status_error = sqlite3.OperationalError("disk I/O error")
+    proto.dataReceived(b"STATUS\r\nPING\r\n")
+    (internal, pong) = replies(transport)
+    assert internal.error_code == "INTERNAL" and pong == Reply("PONG")
     assert not transport.disconnecting
 
 
