@@ -55,15 +55,16 @@ def environment(lib: str, delay_file: str, env: dict[str, str] | None = None
 def set_failing(delay_file: str) -> None:
     """From now on every fsync of the replica fails with EIO (and syncs nothing), as a
     failing disk's does: tests/integration/test_disk_failure.py."""
-    try:
-        write_setting(delay_file, "EIO")
-    except OSError as e:
-        raise FsyncError(f"cannot set failing fsyncs in {delay_file}: {e}") from None
+    _write(delay_file, "EIO", "failing fsyncs")
 
 
 def set_delay(delay_file: str, ms: int) -> None:
     """From now on every fsync of the replica first sleeps ``ms``."""
+    _write(delay_file, str(int(ms)), "the fsync delay")
+
+
+def _write(delay_file: str, setting: str, what: str) -> None:
     try:
-        write_setting(delay_file, str(int(ms)))
+        write_setting(delay_file, setting)
     except OSError as e:
-        raise FsyncError(f"cannot set the fsync delay in {delay_file}: {e}") from None
+        raise FsyncError(f"cannot set {what} in {delay_file}: {e}") from None

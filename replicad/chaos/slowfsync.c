@@ -33,9 +33,8 @@ static int stall(void) {
     return 0;
 }
 
-int fdatasync(int fd) {
-    static int (*real)(int);
-    if (real == NULL) real = (int (*)(int))dlsym(RTLD_NEXT, "fdatasync");
+/* The real sync, after the stall, or EIO without it. */
+static int sync_after_stall(int (*real)(int), int fd) {
     if (stall() < 0) {
         errno = EIO;
         return -1;
@@ -43,12 +42,14 @@ int fdatasync(int fd) {
     return real(fd);
 }
 
+int fdatasync(int fd) {
+    static int (*real)(int);
+    if (real == NULL) real = (int (*)(int))dlsym(RTLD_NEXT, "fdatasync");
+    return sync_after_stall(real, fd);
+}
+
 int fsync(int fd) {
     static int (*real)(int);
     if (real == NULL) real = (int (*)(int))dlsym(RTLD_NEXT, "fsync");
-    if (stall() < 0) {
-        errno = EIO;
-        return -1;
-    }
-    return real(fd);
+    return sync_after_stall(real, fd);
 }

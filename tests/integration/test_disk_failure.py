@@ -25,18 +25,12 @@ from replicad.client import BlockingClient
 from replicad.cluster import LocalCluster, find_free_base_port
 from replicad.datadir import DB_FILENAME
 from replicad.replica import EXIT_DISK_FAILED
-from tests.integration.lines import connect, read_line
+from tests.integration.lines import ask
 from tests.test_chaos_fsyncs import built_library
 
 pytestmark = pytest.mark.slow
 
 RID = "d15cfa11.1"
-
-
-def ask(address: str, line: str) -> str:
-    with connect(address, timeout_s=20) as conn:
-        conn.sendall(line.encode() + b"\n")
-        return read_line(conn)
 
 
 def words(reply: str) -> list[str]:
