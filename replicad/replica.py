@@ -1139,9 +1139,8 @@ class Replica(service.MultiService):
         PostgreSQL, etcd and Redis (appendfsync always) do on a failed fsync: the
         others serve meanwhile, and a restart reads from the disk what it holds (SQLite
         recovers the WAL) and catches up.  The writers of the failed COMMIT are answered
-        in doubt (writes.py) in this turn, before the process goes."""
-        if self.halted is not None:
-            return
+        in doubt (writes.py) in this turn, before the process goes.  The store tells
+        this once."""
         self.halted = EXIT_DISK_FAILED
         self.log.critical(
             "replica {replica} stops: its disk failed during a COMMIT ({error}); the "
