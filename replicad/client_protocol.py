@@ -59,6 +59,9 @@ class RequestHandler(Protocol):
         """Take a read to answer later by ``deliver(reply)`` (or a Failure, answered ERR
         INTERNAL), called exactly once and never before this returns (a follower's
         confirmed read); False: not taken."""
+    def stopping_reply(self, request: Request) -> Reply | None:
+        """The answer to a request that failed because the replica stops (its disk
+        failed); None: answer the failure ERR INTERNAL."""
     def handle(self, request: Request,
                placed: Callable[[], None] | None = None) -> defer.Deferred[Reply]:
         """Serve a request.  ``placed()``, called before ``handle`` returns, says the
@@ -316,8 +319,12 @@ class ClientProtocol(LineReceiver, TimeoutMixin):
         self._served(self._internal_error(failure, request), slot)
 
     def _internal_error(self, failure: Failure, request: Request) -> Reply:
-        """A failure of ours, logged with its traceback; the client sees only that."""
+        """A failure of ours, logged with its traceback; the client sees only that, or,
+        when the replica stops on a failed disk, where to go (``stopping_reply``)."""
         self.log.failure("serving {command} failed", failure, command=request.command)
+        stopping = self.factory.handler.stopping_reply(request)
+        if stopping is not None:
+            return stopping
         return wire.error_reply(Code.INTERNAL, "internal error; nothing was half-applied")
 
     def _served(self, reply: Reply, slot: list) -> None:

@@ -1131,23 +1131,48 @@ class Replica(service.MultiService):
                 return Reply("NOTFOUND", meta=self._meta(request, self._shown_clock(request)))
         return await self.writes.apply(request, rid, epoch, placed)
 
-    def _disk_failed(self, error: BaseException) -> None:
-        """A COMMIT failed and what it wrote may be on the disk after all (an fsync's
-        EIO; store.outcome_unknown): this process no longer knows what its disk holds,
-        and a later COMMIT could report durable what is not (after a failed fsync the
-        kernel may have dropped the pages and cleared the error).  It stops, as
-        PostgreSQL, etcd and Redis (appendfsync always) do on a failed fsync: the
-        others serve meanwhile, and a restart reads from the disk what it holds (SQLite
-        recovers the WAL) and catches up.  The writers of the failed COMMIT are answered
-        in doubt (writes.py) in this turn, before the process goes.  The store tells
-        this once."""
+    def _disk_failed(self, error: BaseException, committing: bool) -> None:
+        """The disk failed (the store tells this once).  A COMMIT that failed may be on
+        the disk after all (an fsync's EIO; store.outcome_unknown): this process no
+        longer knows what its disk holds, and a later COMMIT could report durable what
+        is not (after a failed fsync the kernel may have dropped the pages and cleared
+        the error).  A page it cannot read, or a corrupt one (store.disk_broken), leaves
+        every request that needs it failing, while the replica answers pings and stays
+        the coordinator: its clients would have nowhere to go.  Either way it stops, as
+        PostgreSQL, etcd and Redis (appendfsync always) do on a failed fsync: the others
+        serve meanwhile (a coordinator among them is elected), and a restart on a sound
+        disk reads what it holds (SQLite recovers the WAL) and catches up.  The requests
+        of this turn are answered first: the writers of a failed COMMIT in doubt
+        (writes.py), any other that failed by ``stopping_reply``."""
         self.halted = EXIT_DISK_FAILED
-        self.log.critical(
-            "replica {replica} stops: its disk failed during a COMMIT ({error}); the "
-            "writes in it may or may not be on the disk. Check the disk, then start the "
-            "replica again: it recovers what its database holds and catches up (exit "
-            "status {status})", replica=self.my_id, error=error, status=EXIT_DISK_FAILED)
+        if committing:
+            self.log.critical(
+                "replica {replica} stops: its disk failed during a COMMIT ({error}); the "
+                "writes in it may or may not be on the disk. Check the disk, then start "
+                "the replica again: it recovers what its database holds and catches up "
+                "(exit status {status})", replica=self.my_id, error=error,
+                status=EXIT_DISK_FAILED)
+        else:
+            self.log.critical(
+                "replica {replica} stops: its disk failed ({error}). Check the disk and "
+                "the database file, then start the replica again, or on an empty data "
+                "directory to take a full copy from the others (exit status {status})",
+                replica=self.my_id, error=error, status=EXIT_DISK_FAILED)
         self.reactor.callLater(0, self._halt_now)
+
+    def stopping_reply(self, request: Request) -> Reply | None:
+        """The answer to a request that failed while this replica stops on a failed disk
+        (None: it does not stop; the failure is answered ERR INTERNAL).  A read was not
+        served: UNAVAILABLE, so the client asks the next server.  A write may have
+        passed a coordinator before the failure (a forwarded one): in doubt."""
+        if self.halted is None:
+            return None
+        why = f"replica {self.my_id} stops: its disk failed ({self.store.disk_failure})"
+        if request.is_write:
+            return wire.error_reply(
+                Code.INDOUBT, f"the write may or may not have been applied: {why}")
+        return wire.error_reply(Code.UNAVAILABLE,
+                                f"{why}; nothing was done: ask another replica")
 
     def _halt_now(self) -> None:
         self.turn_sender.send_now()     # the in-doubt answers leave first

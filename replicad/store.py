@@ -24,7 +24,10 @@ reason than a full disk (an fsync that fails, an I/O error) has an *unknown* out
 SQLite rolls the transaction back on the connection, but the pages it wrote into the WAL
 before the failing sync come back when the database is opened again (measured: a row
 whose COMMIT failed with SQLITE_IOERR_FSYNC was there after a crash and a reopen).  The
-store then calls ``disk_failed`` once; the replica stops (replica.py says why).
+store then calls ``disk_failed`` once; the replica stops (replica.py says why).  So it
+does for any statement, a read included, that meets an I/O error or a corrupt page
+(``disk_broken``): a replica whose disk cannot read its pages would otherwise answer
+every such request ERR and stay the coordinator, leaving its clients nowhere to go.
 Exports read from a separate read-only connection inside one read transaction, so their
 clock and records come from one snapshot while the main connection keeps writing.  With
 ``":memory:"`` there is no second connection: exports read the main connection and see
@@ -50,6 +53,7 @@ connection's own reads do.
 from __future__ import annotations
 
 import collections
+import functools
 import glob
 import itertools
 import os
@@ -225,6 +229,18 @@ def outcome_unknown(error: BaseException) -> bool:
     return not disk_full(error) and not name.startswith(("SQLITE_BUSY", "SQLITE_LOCKED"))
 
 
+def disk_broken(error: BaseException) -> bool:
+    """Whatever the statement, SQLite says the disk or the database file failed: an I/O
+    error (SQLITE_IOERR_*: a read, a write, a sync the kernel failed) or a file that is
+    corrupt or no longer a database (SQLITE_CORRUPT*, SQLITE_NOTADB).  Not a full disk,
+    a lock, or memory (SQLITE_IOERR_NOMEM): those pass, the disk is sound."""
+    if not isinstance(error, sqlite3.DatabaseError):
+        return False
+    name = getattr(error, "sqlite_errorname", None) or ""
+    return (name.startswith(("SQLITE_IOERR", "SQLITE_CORRUPT")) and name != "SQLITE_IOERR_NOMEM"
+            or name == "SQLITE_NOTADB")
+
+
 def check_record(record: Record) -> None:
     """Refuse a record that would break the store's invariants; raise StoreError."""
     if not isinstance(record, Record):
@@ -279,6 +295,20 @@ def _prefix_end(prefix: str) -> str | None:
     return None
 
 
+def _reading(method: Callable) -> Callable:
+    """A read of the main connection that may meet a failed disk: told (Store._check)
+    before the error goes on.  For the reads off the hot path; ``_select`` and ``request``
+    inline it."""
+    @functools.wraps(method)
+    def read(self: Store, *args: object) -> object:
+        try:
+            return method(self, *args)
+        except sqlite3.Error as e:
+            self._check(e)
+            raise
+    return read
+
+
 class Store:
     """The replica's database.  Single-threaded use; exports may interleave with writes."""
 
@@ -295,9 +325,10 @@ class Store:
         # from what the write looked up anyway: a quorum-mode coordinator keeps it while
         # the write waits for its quorum (quorumindex.py).
         self.replaced: Record | None = None
-        # Told once, with the error, when a COMMIT's outcome is unknown (outcome_unknown);
-        # ``disk_failure`` keeps that error.
-        self.disk_failed: Callable[[BaseException], None] | None = None
+        # Told once, with the error and whether a COMMIT met it, when the disk failed: a
+        # COMMIT whose outcome is unknown (outcome_unknown), any statement that met
+        # disk_broken; ``disk_failure`` keeps that error.
+        self.disk_failed: Callable[[BaseException, bool], None] | None = None
         self.disk_failure: BaseException | None = None
         if self._path != MEMORY:
             _make_private(self._path, wal=True)
@@ -402,8 +433,9 @@ class Store:
             if joinable and one_statement:
                 try:
                     yield
-                except BaseException:
+                except BaseException as e:
                     self._hot.clear()
+                    self._check(e)
                     raise
                 return
             if joinable:
@@ -411,19 +443,25 @@ class Store:
                 try:
                     yield
                     self._db.execute("RELEASE change")
-                except BaseException:
+                except BaseException as e:
                     self._hot.clear()
+                    self._check(e)
                     self._db.execute("ROLLBACK TO change")
                     self._db.execute("RELEASE change")
                     raise
                 return
             self.commit_group()
-        self._db.execute("BEGIN IMMEDIATE")
+        try:
+            self._db.execute("BEGIN IMMEDIATE")
+        except sqlite3.Error as e:
+            self._check(e)
+            raise
         try:
             yield
             self._commit()
-        except BaseException:
+        except BaseException as e:
             self._hot.clear()
+            self._check(e)
             if self._db.in_transaction:
                 self._db.execute("ROLLBACK")
             raise
@@ -434,11 +472,18 @@ class Store:
         try:
             self._db.execute("COMMIT")
         except BaseException as e:
-            if outcome_unknown(e) and self.disk_failure is None:
-                self.disk_failure = e
-                if self.disk_failed is not None:
-                    self.disk_failed(e)
+            self._check(e, committing=True)
             raise
+
+    def _check(self, error: BaseException, committing: bool = False) -> None:
+        """Tell ``disk_failed`` (once) of an error that says the disk failed: any
+        statement's disk_broken, or a COMMIT's outcome_unknown.  The replica stops on it
+        (replica.py says why); the caller raises the error on as before."""
+        if self.disk_failure is None and (
+                disk_broken(error) or committing and outcome_unknown(error)):
+            self.disk_failure = error
+            if self.disk_failed is not None:
+                self.disk_failed(error, committing)
 
     # -- group commit --------------------------------------------------------------------
 
@@ -458,7 +503,11 @@ class Store:
         read with them (or acknowledge a write) before the group is committed."""
         if self._group is not None:
             return
-        self._db.execute("BEGIN IMMEDIATE")
+        try:
+            self._db.execute("BEGIN IMMEDIATE")
+        except sqlite3.Error as e:
+            self._check(e)
+            raise
         self._group = (self._clock, self._conflicts)
 
     def commit_group(self) -> None:
@@ -476,6 +525,7 @@ class Store:
             self._commit()
         except BaseException as e:
             self._hot.clear()
+            self._check(e)
             if self._db.in_transaction:
                 self._db.execute("ROLLBACK")
             self._clock, self._conflicts = clock, conflicts
@@ -518,6 +568,7 @@ class Store:
         return self._cluster_id
 
     @property
+    @_reading
     def is_empty(self) -> bool:
         """No write was ever applied here: the clock is empty and kv holds no row."""
         if len(self._clock):
@@ -538,7 +589,12 @@ class Store:
         return record
 
     def _select(self, key: str) -> Record | None:
-        row = self._db.execute(f"SELECT {_COLUMNS} FROM kv WHERE key = ?", (key,)).fetchone()
+        try:
+            row = self._db.execute(f"SELECT {_COLUMNS} FROM kv WHERE key = ?",
+                                   (key,)).fetchone()
+        except sqlite3.Error as e:    # a page the disk cannot read: the replica stops
+            self._check(e)
+            raise
         return None if row is None else _record(row)
 
     def _keep(self, key: str, record: Record | None) -> None:
@@ -547,6 +603,7 @@ class Store:
         if len(hot) > HOT_RECORDS:
             hot.popitem(last=False)
 
+    @_reading
     def keys(self, prefix: str = "") -> list[str]:
         """Live keys starting with prefix, sorted: an index range, not a scan."""
         sql = "SELECT key FROM kv WHERE key >= ? AND value IS NOT NULL"
@@ -557,6 +614,7 @@ class Store:
             params.append(end)
         return [key for (key,) in self._db.execute(sql + " ORDER BY key", params)]
 
+    @_reading
     def count(self) -> int:
         """Number of live keys (a scan of the table: meant for status, not hot paths)."""
         return self._db.execute("SELECT count(*) FROM kv WHERE value IS NOT NULL").fetchone()[0]
@@ -814,6 +872,7 @@ class Store:
                 "UPDATE requests SET discarded = 1 WHERE rid = ? AND origin = ? AND seq = ?",
                 (record.rid, record.origin, record.seq))
 
+    @_reading
     def discarded(self, rid: str) -> bool:
         """Whether the write a request id made lost a merge to a concurrent version."""
         row = self._db.execute("SELECT discarded FROM requests WHERE rid = ?",
@@ -825,8 +884,12 @@ class Store:
         or lost a merge), if the id is among the REQUEST_IDS_KEPT newest this replica
         has seen; else None.  A row of origin 0 is a no-op kept by a replica before
         markers (schema 2): local to it, with no write id."""
-        row = self._db.execute(f"SELECT {_REQUEST_COLUMNS} FROM requests WHERE rid = ?",
-                               (rid,)).fetchone()
+        try:               # every write with a request id: _reading inlined
+            row = self._db.execute(f"SELECT {_REQUEST_COLUMNS} FROM requests WHERE rid = ?",
+                                   (rid,)).fetchone()
+        except sqlite3.Error as e:
+            self._check(e)
+            raise
         return None if row is None else _request_row(row)
 
     def _remember(self, record: Record) -> None:
@@ -917,7 +980,7 @@ class Store:
         reader = sqlite3.connect(
             Path(self._path).as_uri() + "?mode=ro", uri=True, isolation_level=None
         )
-        snapshot = _snapshot(reader, rows, request_rows)
+        snapshot = _snapshot(reader, rows, request_rows, self._check)
         clock = next(snapshot)  # started, so closing the generator runs its finally
         return clock, snapshot
 
@@ -988,10 +1051,11 @@ def _fetch(db: sqlite3.Connection, sql: str, params: tuple = ()) -> Iterator[tup
         cursor.close()
 
 
-def _snapshot(reader: sqlite3.Connection, rows: Rows,
-              request_rows: Rows | None = None) -> Iterator:
+def _snapshot(reader: sqlite3.Connection, rows: Rows, request_rows: Rows | None = None,
+              failed: Callable[[BaseException], None] | None = None) -> Iterator:
     """Yield the clock, then the records (then the request rows), all inside one read
-    transaction on reader.
+    transaction on reader; ``failed`` hears SQLite's errors (a page the disk cannot
+    read) before they go on.
 
     The connection (and with it the read transaction, which holds back WAL checkpoints)
     is closed when the generator is exhausted, closed or garbage collected.
@@ -1000,6 +1064,10 @@ def _snapshot(reader: sqlite3.Connection, rows: Rows,
         reader.execute("BEGIN")
         yield _read_clock(reader)  # the first read fixes the snapshot
         yield from _records_then_requests(reader, rows, request_rows)
+    except sqlite3.Error as e:
+        if failed is not None:
+            failed(e)
+        raise
     finally:
         reader.close()
 
@@ -1120,7 +1188,8 @@ class Importer:
                 self._pending,
             )
             self._db.execute("COMMIT")
-        except BaseException:
+        except BaseException as e:
+            self._store._check(e)     # the staging file is on the same disk
             if self._db.in_transaction:
                 self._db.execute("ROLLBACK")
             raise

@@ -85,6 +85,42 @@ def test_a_commit_whose_fsync_fails_comes_back_after_a_crash(tmp_path):
     reopened.close()
 
 
+# A read whose pages are not in the connection's cache, after reads were made to fail;
+# then a COMMIT (its fsync is not failed).
+READ_FAILS = """
+import sqlite3, sys
+db = sqlite3.connect(sys.argv[1], isolation_level=None)
+db.execute("PRAGMA journal_mode=WAL"); db.execute("PRAGMA synchronous=FULL")
+db.execute("CREATE TABLE t (x)")
+db.execute("BEGIN"); db.execute("INSERT INTO t VALUES ('kept')"); db.execute("COMMIT")
+with open(sys.argv[2], "w") as setting:
+    setting.write("EIOREAD")      # what fsyncs.set_failing_reads writes
+try:
+    cold = sqlite3.connect(sys.argv[1], isolation_level=None)
+    cold.execute("SELECT x FROM t").fetchall()
+except sqlite3.Error as e:
+    print(e.sqlite_errorname)
+db.execute("BEGIN"); db.execute("INSERT INTO t VALUES ('synced')"); db.execute("COMMIT")
+"""
+
+
+def test_failing_reads_fail_a_page_sqlite_must_read_and_leave_syncs_alone(tmp_path):
+    """SQLite reports a read's EIO as SQLITE_IOERR_CORRUPTFS, which its API turns into
+    SQLITE_CORRUPT on some paths (a replica's GET: "database disk image is
+    malformed"): store.disk_broken counts both."""
+    lib = built_library(tmp_path)
+    setting = str(tmp_path / "disk-1")
+    fsyncs.set_delay(setting, 0)
+    db = str(tmp_path / "a.db")
+    done = subprocess.run([sys.executable, "-c", READ_FAILS, db, setting],
+                          env={**os.environ, **fsyncs.environment(lib, setting)},
+                          capture_output=True, text=True, check=True, timeout=60)
+    assert done.stdout in ("SQLITE_IOERR_CORRUPTFS\n", "SQLITE_CORRUPT\n")
+    reopened = sqlite3.connect(db)
+    assert reopened.execute("SELECT x FROM t").fetchall() == [("kept",), ("synced",)]
+    reopened.close()
+
+
 def test_without_a_compiler_the_fault_is_refused_in_one_line(monkeypatch):
     monkeypatch.setattr("shutil.which", lambda name: None)
     with pytest.raises(fsyncs.FsyncError, match="needs a C compiler") as info:

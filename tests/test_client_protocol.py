@@ -16,7 +16,7 @@ from replicad import wire
 from replicad.client_protocol import ClientFactory
 from replicad.config import Timers, default_config, with_overrides
 from replicad.vclock import VectorClock
-from replicad.wire import Limits, Reply, ReplyParser, Request, SessionContext
+from replicad.wire import Code, Limits, Reply, ReplyParser, Request, SessionContext
 
 IDLE_S = 10.0
 MAX_VALUE = 100
@@ -32,6 +32,7 @@ class FakeHandler:
         self.status_requests: list[Request] = []
         self.confirming: list = []
         self.status_error: Exception | None = None
+        self.stopping: Reply | None = None
 
     def client_connected(self):
         self.connected += 1
@@ -64,6 +65,9 @@ class FakeHandler:
         self.handled.append(request)
         self.pending.append(defer.Deferred())
         return self.pending[-1]
+
+    def stopping_reply(self, request):
+        return self.stopping
 
 
 def make_factory(max_connections=1000, handler=None, client_password=None):
@@ -352,6 +356,17 @@ def test_a_fast_read_that_raises_is_err_internal_and_the_connection_stays():
     assert "disk" not in internal.text
     assert fast == Reply("VALUE", "at once")
     assert not transport.disconnecting
+
+
+def test_a_failure_while_the_replica_stops_is_answered_as_it_says():
+    """A replica that stops because its disk failed (Replica.stopping_reply) tells the
+    client where to go, on the fast path and the full one alike, not ERR INTERNAL
+    (after which a client would not try another server)."""
+    proto, transport, _clock, handler, _factory = setup()
+    handler.stopping = wire.error_reply(Code.UNAVAILABLE, "replica 3 stops")
+    proto.dataReceived(b"GET bad-sector\r\nGET k\r\n")
+    handler.pending[0].errback(sqlite3.OperationalError("disk I/O error"))
+    assert replies(transport) == [handler.stopping, handler.stopping]
 
 
 def test_a_status_that_raises_is_err_internal_and_the_connection_stays():

@@ -265,6 +265,9 @@ class EchoHandler:
             return Reply("VALUE", request.key)
         return None
 
+    def stopping_reply(self, request):
+        return None
+
     def answer_confirmed(self, request, deliver):
         """A follower's confirmed read (answered later, by callback): GETs of keys whose
         length is 3 modulo 4, answered on the clock's next turn."""

@@ -810,6 +810,43 @@ def test_a_write_whose_commit_the_disk_fails_is_in_doubt_and_the_replica_stops(r
     assert isinstance(replica.store.disk_failure, sqlite3.OperationalError)
 
 
+class UnreadablePages:
+    """The store's connection, except that a SELECT of kv meets a page the disk returns
+    wrong, as SQLite reports it (a read's EIO too: SQLITE_IOERR_CORRUPTFS)."""
+
+    def __init__(self, db: sqlite3.Connection):
+        self._db = db
+
+    def execute(self, sql: str, *args):
+        if sql.startswith("SELECT") and " FROM kv " in sql:
+            error = sqlite3.DatabaseError("database disk image is malformed")
+            error.sqlite_errorname = "SQLITE_CORRUPT"
+            raise error
+        return self._db.execute(sql, *args)
+
+    def __getattr__(self, name):
+        return getattr(self._db, name)
+
+
+def test_a_coordinator_whose_disk_fails_a_read_stops_and_sends_its_clients_on(replica):
+    """A read the disk fails stops the replica (74) as a failed COMMIT does; a read
+    that failed then is UNAVAILABLE (the client asks the next server, where a new
+    coordinator serves), a write in doubt.  Before, every such read was ERR INTERNAL,
+    after which a client does not try another server, and the replica stayed the
+    coordinator: tests/integration/test_disk_read_failure.py, with real processes."""
+    serving(replica)
+    replica.store._db = UnreadablePages(replica.store._db)
+    get = Request("GET", "cold")
+    assert replica.stopping_reply(get) is None
+    with pytest.raises(sqlite3.DatabaseError):
+        replica.answer_now(get)
+    assert replica.halted == EXIT_DISK_FAILED
+    reply = replica.stopping_reply(get)
+    assert reply.error_code == "UNAVAILABLE" and "nothing was done" in reply.text
+    assert "replica 2 stops: its disk failed (database disk image is malformed)" in reply.text
+    assert replica.stopping_reply(Request("PUT", "k", "v")).error_code == "INDOUBT"
+
+
 def test_a_write_whose_commit_fails_with_no_disk_error_is_internal_and_nothing_done(
         replica):
     """What is not SQLite's error (a bug) wrote nothing to the disk: ERR INTERNAL,

@@ -18,6 +18,7 @@ from replicad.store import (
     RequestRow,
     Store,
     StoreError,
+    disk_broken,
     is_conflict,
     outcome_unknown,
     winner,
@@ -997,6 +998,72 @@ def test_which_failed_commits_may_be_on_the_disk_after_all(kind, name, unknown):
     assert outcome_unknown(_sqlite_error(kind, name)) is unknown
 
 
+@pytest.mark.parametrize(("kind", "name", "broken"), [
+    (sqlite3.DatabaseError, "SQLITE_CORRUPT", True),         # a page that makes no sense
+    (sqlite3.DatabaseError, "SQLITE_CORRUPT_INDEX", True),
+    (sqlite3.OperationalError, "SQLITE_IOERR_READ", True),   # the disk failed a read
+    (sqlite3.OperationalError, "SQLITE_IOERR_SHORT_READ", True),
+    (sqlite3.OperationalError, "SQLITE_IOERR_FSYNC", True),
+    (sqlite3.DatabaseError, "SQLITE_NOTADB", True),          # the file was overwritten
+    (sqlite3.OperationalError, "SQLITE_IOERR_NOMEM", False),  # memory, not the disk
+    (sqlite3.OperationalError, "SQLITE_FULL", False),        # no room: the disk is sound
+    (sqlite3.OperationalError, "SQLITE_BUSY", False),
+    (sqlite3.OperationalError, "SQLITE_ERROR", False),       # a bad statement: a bug
+    (sqlite3.OperationalError, None, False),                 # unnamed: not evidence
+    (sqlite3.InterfaceError, "SQLITE_CORRUPT", False),       # not SQLite's DatabaseError
+])
+def test_which_errors_of_any_statement_say_the_disk_failed(kind, name, broken):
+    assert disk_broken(_sqlite_error(kind, name)) is broken
+
+
+def corrupted(tmp_path, keys: int = 600) -> str:
+    """A store's file with ``keys`` 1 KB records whose pages past the first few are
+    overwritten with garbage, as a disk that returns the wrong sectors leaves it: the
+    meta and clock tables (the first pages) still read."""
+    path = str(tmp_path / "bad.db")
+    with Store(path) as store:
+        store.claim(1)
+        store.begin_group()
+        for i in range(keys):
+            store.write(1, f"k{i:05d}", "v" * 1000)
+        store.commit_group()
+    with open(path, "r+b") as f:         # closed: the WAL is checkpointed into the file
+        f.seek(16 * 4096)
+        f.write(b"\xa5" * (os.path.getsize(path) - 16 * 4096))
+    return path
+
+
+def test_a_read_that_meets_a_corrupt_page_is_reported_once(tmp_path):
+    """Not only a COMMIT: a read of a page the disk returns wrong (SQLITE_CORRUPT; a
+    read's EIO comes as that too, tests/integration/test_disk_read_failure.py) tells
+    disk_failed once, with committing False: the replica stops rather than answer
+    every such read ERR while it stays the coordinator."""
+    store = Store(corrupted(tmp_path))
+    heard: list[tuple[BaseException, bool]] = []
+    store.disk_failed = lambda error, committing: heard.append((error, committing))
+    with pytest.raises(sqlite3.DatabaseError) as caught:
+        for i in range(600):
+            store.get(f"k{i:05d}")
+    assert heard == [(caught.value, False)] and disk_broken(caught.value)
+    with pytest.raises(sqlite3.DatabaseError):
+        store.keys()
+    assert len(heard) == 1                 # once: the replica is already stopping
+    store.close()
+
+
+def test_an_export_that_meets_a_corrupt_page_is_reported(tmp_path):
+    """A full copy served to a peer reads on its own connection: its failure is told
+    too (the peer only sees its stream fail)."""
+    store = Store(corrupted(tmp_path))
+    heard: list[BaseException] = []
+    store.disk_failed = lambda error, committing: heard.append(error)
+    _clock, records = store.export_full()
+    with pytest.raises(sqlite3.DatabaseError) as caught:
+        list(records)
+    assert heard == [caught.value]
+    store.close()
+
+
 def test_a_commit_the_disk_fails_is_reported_once_with_its_error(tmp_path):
     """Store.disk_failed hears the first COMMIT whose outcome is unknown (the replica
     stops on it); a full disk is not reported there."""
@@ -1004,7 +1071,7 @@ def test_a_commit_the_disk_fails_is_reported_once_with_its_error(tmp_path):
 
     store = Store(str(tmp_path / "s.db"))
     heard: list[BaseException] = []
-    store.disk_failed = heard.append
+    store.disk_failed = lambda error, committing: heard.append(error)
     store._db = spy = FailingCommits(store._db)
     spy.full = True
     with pytest.raises(sqlite3.OperationalError):

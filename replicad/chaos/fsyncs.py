@@ -58,6 +58,13 @@ def set_failing(delay_file: str) -> None:
     _write(delay_file, "EIO", "failing fsyncs")
 
 
+def set_failing_reads(delay_file: str) -> None:
+    """From now on every pread of the replica fails with EIO (its syncs run as usual):
+    a page SQLite does not have in its cache is a bad sector.
+    tests/integration/test_disk_read_failure.py."""
+    _write(delay_file, "EIOREAD", "failing reads")
+
+
 def set_delay(delay_file: str, ms: int) -> None:
     """From now on every fsync of the replica first sleeps ``ms``."""
     _write(delay_file, str(int(ms)), "the fsync delay")
