@@ -33,9 +33,9 @@ def _parser() -> argparse.ArgumentParser:
     run.add_argument("--clients", type=int, default=3, help="concurrent sessions (threads)")
     run.add_argument("--faults", default="all",
                      help="comma list of kill,pause,isolate,split,oneway,bridge,wipe,full,"
-                          "clock,slow,fsync,eio; all (the first seven: full needs root, "
-                          "clock libfaketime, fsync and eio a C compiler); none (default "
-                          "all)")
+                          "clock,slow,fsync,eio,eioread; all (the first seven: full needs "
+                          "root, clock libfaketime, fsync, eio and eioread a C compiler); "
+                          "none (default all)")
     run.add_argument("--write-quorum", choices=("1", "majority"), default="majority")
     run.add_argument("--out", default=None, help="directory for the history, the cluster's "
                      "data and logs, the report and the plot (default chaos-out/<time>-<seed>)")
@@ -135,14 +135,14 @@ def _run(args: argparse.Namespace) -> int:
               file=sys.stderr)
         return EXIT_USAGE
     from replicad.chaos import clocks, disks, fsyncs
-    from replicad.chaos.schedule import FaultKind
+    from replicad.chaos.schedule import DISK_ERRORS, FaultKind
 
     try:    # what the faults asked for need of this machine, said before anything starts
         if FaultKind.FULL in kinds:
             disks.check()
         if FaultKind.CLOCK in kinds:
             clocks.library()
-        if FaultKind.FSYNC in kinds or FaultKind.EIO in kinds:
+        if {FaultKind.FSYNC, *DISK_ERRORS} & set(kinds):
             fsyncs.compiler()
     except ClusterError as e:
         print(f"cannot run these faults here: {e}", file=sys.stderr)

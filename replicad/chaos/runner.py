@@ -25,7 +25,8 @@ and the fault steps one's wall clock an hour, the heal back; with ``fsync``, eve
 replica preloads a library that delays its fsyncs (replicad/chaos/fsyncs.py) and the
 fault sets one's delay; with ``eio``, the same library makes one's fsyncs fail: it
 stops at its next COMMIT (exit 74, expected: not a crash) and is started again on a
-healthy disk by the heal, which records how it had ended.
+healthy disk by the heal, which records how it had ended; ``eioread`` likewise with its
+preads (it stops at its next read that SQLite's cache does not hold, if any).
 """
 
 from __future__ import annotations
@@ -53,6 +54,7 @@ from replicad.chaos.history import HistoryWriter
 from replicad.chaos.schedule import (
     ALL_KINDS,
     COORDINATOR,
+    DISK_ERRORS,
     TARGETED,
     Fault,
     FaultKind,
@@ -222,7 +224,7 @@ class ChaosRun:
             disks.check()
         faketime = clocks.library() if FaultKind.CLOCK in config.faults else None
         slowfsync = (fsyncs.library(config.out_dir)
-                     if {FaultKind.FSYNC, FaultKind.EIO} & set(config.faults) else None)
+                     if {FaultKind.FSYNC, *DISK_ERRORS} & set(config.faults) else None)
         os.makedirs(config.out_dir, exist_ok=True)
         if os.path.exists(config.cluster_dir):
             disks.release_under(config.cluster_dir)
@@ -433,10 +435,12 @@ class ChaosRun:
                 if kind is FaultKind.FSYNC:
                     assert fault.delay_ms is not None
                     fsyncs.set_delay(self._fsync_file(target), fault.delay_ms)
-                elif kind is FaultKind.EIO:
-                    # It stops at its next COMMIT (exit 74): not a crash to restart.
+                elif kind in DISK_ERRORS:
+                    # It stops at its next COMMIT (eio) or cold read (eioread), exit 74:
+                    # not a crash to restart.
                     self.down.add(target)
-                    fsyncs.set_failing(self._fsync_file(target))
+                    fail = fsyncs.set_failing if kind is FaultKind.EIO else fsyncs.set_failing_reads
+                    fail(self._fsync_file(target))
                 elif kind is FaultKind.SLOW:
                     assert fault.delay_ms is not None
                     cluster.slow(target, fault.delay_ms)
@@ -497,7 +501,7 @@ class ChaosRun:
             elif fault.kind is FaultKind.FSYNC:
                 for target in targets:
                     fsyncs.set_delay(self._fsync_file(target), 0)
-            elif fault.kind is FaultKind.EIO:
+            elif fault.kind in DISK_ERRORS:
                 for target in targets:    # the disk replaced: started again if it stopped
                     fsyncs.set_delay(self._fsync_file(target), 0)
                     if not cluster.running(target):

@@ -37,10 +37,13 @@ Kinds (the partitions hold bytes in the fault proxy; nothing is closed):
 - ``eio``: every fsync of the replica fails with EIO (a failing disk): it answers the
   writes of that COMMIT in doubt and stops (exit 74); started again on a healthy disk
   after the hold.
+- ``eioread``: every pread of the replica fails with EIO (bad sectors): at its next
+  read of a page SQLite does not hold in memory (a peer's copy or delta, a cold key)
+  it stops (exit 74); if it read none, it goes on; started again after the hold.
 
-``all`` leaves the last five out, and so keeps every recorded seed's schedule (``full``
-needs root and mount(8), ``clock`` Debian's libfaketime, ``fsync`` and ``eio`` a C
-compiler): ask for them by name, ``all,full,clock,slow,fsync,eio``.
+``all`` leaves the last six out, and so keeps every recorded seed's schedule (``full``
+needs root and mount(8), ``clock`` Debian's libfaketime, ``fsync``, ``eio`` and
+``eioread`` a C compiler): ask for them by name, ``all,full,clock,slow,fsync,eio,eioread``.
 """
 
 from __future__ import annotations
@@ -75,17 +78,21 @@ class FaultKind(enum.Enum):
     SLOW = "slow"
     FSYNC = "fsync"
     EIO = "eio"
+    EIOREAD = "eioread"
 
 
 # ``all``: the kinds of the recorded seeds.  The later ones are asked for by name:
 # adding them here would change the schedule of every seed in docs/reliability.md
-# (and FULL mounts a tmpfs per replica: root; CLOCK preloads libfaketime; FSYNC and
-# EIO a library it compiles).
-OPT_IN = (FaultKind.FULL, FaultKind.CLOCK, FaultKind.SLOW, FaultKind.FSYNC, FaultKind.EIO)
+# (and FULL mounts a tmpfs per replica: root; CLOCK preloads libfaketime; FSYNC, EIO
+# and EIOREAD a library it compiles).
+OPT_IN = (FaultKind.FULL, FaultKind.CLOCK, FaultKind.SLOW, FaultKind.FSYNC, FaultKind.EIO,
+          FaultKind.EIOREAD)
+# The faults that fail a replica's disk: it may stop with exit 74 (not a crash).
+DISK_ERRORS = (FaultKind.EIO, FaultKind.EIOREAD)
 ALL_KINDS = tuple(k for k in FaultKind if k not in OPT_IN)
 # Faults aimed at one replica (a replica id or COORDINATOR).
 _ONE_REPLICA = (FaultKind.KILL, FaultKind.PAUSE, FaultKind.WIPE, FaultKind.FULL,
-                FaultKind.CLOCK, FaultKind.SLOW, FaultKind.FSYNC, FaultKind.EIO)
+                FaultKind.CLOCK, FaultKind.SLOW, FaultKind.FSYNC, *DISK_ERRORS)
 # Faults with a ``target`` (those, and ISOLATE, always the coordinator).
 TARGETED = (*_ONE_REPLICA, FaultKind.ISOLATE)
 CLOCK_STEP_S = 3600     # a clock fault steps the wall clock this far, forward or back
