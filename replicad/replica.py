@@ -55,7 +55,8 @@ from replicad.wire import Code, Reply, ReplyMeta, Request, WireError
 from replicad.writes import NotCoordinator, Writes
 
 PAUSE_TICKS = 4                 # no heartbeat tick for this many ping intervals: paused
-EXIT_DISK_FAILED = 74           # sysexits.h EX_IOERR: the process stops on a failed COMMIT
+EXIT_DISK_FAILED = 74           # sysexits.h EX_IOERR: the process stops, its disk failed
+DATA_FILE_CHECK_S = 1.0         # how often a replica looks that its database file is there
 WAITING_FIRST_LOG_S = 1.0       # an unbound replica says what it waits for after this,
 WAITING_LOG_INTERVAL_S = 10.0   # then this often
 
@@ -71,6 +72,7 @@ class Replica(service.MultiService):
         # in a test's process) the exit status is only kept in ``halted``.
         self._halt = halt
         self.halted: int | None = None
+        self._stopping_because = ""
         self.config = config
         self.new_cluster = new_cluster
         self.my_id = my_id
@@ -140,6 +142,8 @@ class Replica(service.MultiService):
         # whether it starts a fresh cluster or must copy one (joining.py).
         self._discovery = LoopingCall(self._discovery_tick)
         self._discovery.clock = reactor
+        self._data_file_check = LoopingCall(self._check_data_file)
+        self._data_file_check.clock = reactor
         self._started_at = 0.0
         self.metrics = ReplicaMetrics(self, reactor,   # metrics hook: /metrics, admin page
                                       wall=time.time)
@@ -195,10 +199,12 @@ class Replica(service.MultiService):
         if not self._bound:
             self._discovery.start(self.timers.ping_interval, now=True)
         self._lease_heartbeat.start(self.timers.ping_interval, now=False)
+        self._data_file_check.start(DATA_FILE_CHECK_S, now=False)
         self.node.start_election("start-up")
 
     def stopService(self):
-        for loop in (self._anti_entropy, self._lease_heartbeat, self._discovery):
+        for loop in (self._anti_entropy, self._lease_heartbeat, self._discovery,
+                     self._data_file_check):
             if loop.running:
                 loop.stop()
         if self.detector is not None:
@@ -1144,7 +1150,8 @@ class Replica(service.MultiService):
         disk reads what it holds (SQLite recovers the WAL) and catches up.  The requests
         of this turn are answered first: the writers of a failed COMMIT in doubt
         (writes.py), any other that failed by ``stopping_reply``."""
-        self.halted = EXIT_DISK_FAILED
+        if not self._stop(f"its disk failed ({error})"):
+            return
         if committing:
             self.log.critical(
                 "replica {replica} stops: its disk failed during a COMMIT ({error}); the "
@@ -1158,7 +1165,33 @@ class Replica(service.MultiService):
                 "the database file, then start the replica again, or on an empty data "
                 "directory to take a full copy from the others (exit status {status})",
                 replica=self.my_id, error=error, status=EXIT_DISK_FAILED)
+
+    def _check_data_file(self) -> None:
+        """Every DATA_FILE_CHECK_S: is the database file still at its path?  Removed
+        (the data directory deleted under the running replica) or replaced, SQLite goes
+        on writing to the file it has open and says nothing, and every write acknowledged
+        from then on is in a file no one can open again, gone when the process ends.  It
+        stops instead, as PostgreSQL's postmaster does when its data directory's lock
+        file is gone; what it acknowledged before is on the others (or reaches them with
+        this turn's pushes), and started again on an empty directory it copies them."""
+        lost = self.store.file_lost()
+        if lost is None or not self._stop(f"its database file is gone: {lost}"):
+            return
+        self.log.critical(
+            "replica {replica} stops: its database file is gone: {lost}. Start it again: "
+            "on an empty data directory it copies the data from the others (exit status "
+            "{status})", replica=self.my_id, lost=lost, status=EXIT_DISK_FAILED)
+
+    def _stop(self, because: str) -> bool:
+        """Stop with EXIT_DISK_FAILED once this turn's answers are sent (the twistd
+        plugin's ``halt`` exits; a replica in a test only records ``halted``).  False:
+        it is stopping already."""
+        if self.halted is not None:
+            return False
+        self.halted = EXIT_DISK_FAILED
+        self._stopping_because = because
         self.reactor.callLater(0, self._halt_now)
+        return True
 
     def stopping_reply(self, request: Request) -> Reply | None:
         """The answer to a request that failed while this replica stops on a failed disk
@@ -1167,7 +1200,7 @@ class Replica(service.MultiService):
         passed a coordinator before the failure (a forwarded one): in doubt."""
         if self.halted is None:
             return None
-        why = f"replica {self.my_id} stops: its disk failed ({self.store.disk_failure})"
+        why = f"replica {self.my_id} stops: {self._stopping_because}"
         if request.is_write:
             return wire.error_reply(
                 Code.INDOUBT, f"the write may or may not have been applied: {why}")

@@ -344,8 +344,12 @@ class Store:
         except StoreError:
             self._db.close()
             raise
+        # The file opened, (device, inode): ``file_lost`` compares the path with it.
+        self._opened: tuple[int, int] | None = None
         if self._path != MEMORY:
             self._remove_stale_staging()
+            opened = os.stat(self._path)
+            self._opened = (opened.st_dev, opened.st_ino)
 
     def _open(self) -> None:
         db = self._db
@@ -393,6 +397,23 @@ class Store:
         self._conflicts = int(meta["conflicts"])
         self._clock = _read_clock(db)
         self._replica_id, self._cluster_id = _read_identity(meta, self._path)
+
+    def file_lost(self) -> str | None:
+        """Why the database file at the store's path is no longer the file it has open,
+        or None while it is.  SQLite goes on writing to a file that was removed (its
+        data directory deleted, say) or renamed, and reports nothing: every later write
+        would be acknowledged into a file no one can open again."""
+        if self._opened is None:
+            return None
+        try:
+            now = os.stat(self._path)
+        except FileNotFoundError:
+            return f"{self._path} was removed"
+        except OSError as e:
+            return f"{self._path} cannot be looked up: {e.strerror}"
+        if (now.st_dev, now.st_ino) != self._opened:
+            return f"{self._path} was replaced by another file"
+        return None
 
     def _remove_stale_staging(self) -> None:
         """Staging files left by a crash during an import are garbage: drop them."""

@@ -847,6 +847,26 @@ def test_a_coordinator_whose_disk_fails_a_read_stops_and_sends_its_clients_on(re
     assert replica.stopping_reply(Request("PUT", "k", "v")).error_code == "INDOUBT"
 
 
+def test_a_replica_whose_database_file_is_removed_stops_within_a_check(replica):
+    """Its data directory deleted under it, a replica would acknowledge writes into a
+    file no one can open again (SQLite says nothing): it stops (74) at the next check,
+    and what fails meanwhile is sent on.  Nothing stops it while the file is there."""
+    import shutil
+
+    from replicad.replica import DATA_FILE_CHECK_S
+
+    serving(replica)
+    replica.reactor.advance(5 * DATA_FILE_CHECK_S)
+    assert replica.halted is None
+    shutil.rmtree(replica.data_dir)
+    replica.reactor.advance(DATA_FILE_CHECK_S)
+    assert replica.halted == EXIT_DISK_FAILED
+    reply = replica.stopping_reply(Request("GET", "k"))
+    assert reply.error_code == "UNAVAILABLE"
+    assert "replica 2 stops: its database file is gone:" in reply.text
+    assert "was removed" in reply.text
+
+
 def test_a_write_whose_commit_fails_with_no_disk_error_is_internal_and_nothing_done(
         replica):
     """What is not SQLite's error (a bug) wrote nothing to the disk: ERR INTERNAL,

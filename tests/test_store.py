@@ -1,6 +1,7 @@
 """The SQLite store: records, clock, durability, merge, exports and imports."""
 
 import os
+import shutil
 import signal
 import sqlite3
 import subprocess
@@ -1062,6 +1063,23 @@ def test_an_export_that_meets_a_corrupt_page_is_reported(tmp_path):
         list(records)
     assert heard == [caught.value]
     store.close()
+
+
+def test_a_database_file_removed_or_replaced_under_the_store_is_told(tmp_path):
+    """SQLite writes on into a file that was removed or replaced and says nothing
+    (checked here: the write succeeds); file_lost says it, for the replica to stop."""
+    data = tmp_path / "data"
+    data.mkdir()
+    store = Store(str(data / "r.db"))
+    assert store.file_lost() is None
+    shutil.rmtree(data)
+    store.write(1, "a", "1")                         # no error: into the unlinked file
+    assert store.file_lost() == f"{data / 'r.db'} was removed"
+    data.mkdir()
+    Store(str(data / "r.db")).close()                # another database at the path
+    assert store.file_lost() == f"{data / 'r.db'} was replaced by another file"
+    store.close()
+    assert Store(":memory:").file_lost() is None
 
 
 def test_a_commit_the_disk_fails_is_reported_once_with_its_error(tmp_path):
