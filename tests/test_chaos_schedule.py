@@ -56,7 +56,7 @@ def test_every_fault_names_valid_replicas_in_the_right_shape(seed, replicas):
     for fault in make_schedule(seed, 200, replicas, tuple(FaultKind)):
         if fault.kind in (FaultKind.KILL, FaultKind.PAUSE, FaultKind.WIPE, FaultKind.FULL,
                           FaultKind.CLOCK, FaultKind.SLOW, FaultKind.FSYNC, FaultKind.EIO,
-                          FaultKind.EIOREAD):
+                          FaultKind.EIOREAD, FaultKind.DELETE):
             assert fault.target == COORDINATOR or fault.target in ids
             assert (fault.step_s in (-3600, 3600)) == (fault.kind is FaultKind.CLOCK)
             if fault.kind is FaultKind.SLOW:

@@ -33,7 +33,7 @@ def _parser() -> argparse.ArgumentParser:
     run.add_argument("--clients", type=int, default=3, help="concurrent sessions (threads)")
     run.add_argument("--faults", default="all",
                      help="comma list of kill,pause,isolate,split,oneway,bridge,wipe,full,"
-                          "clock,slow,fsync,eio,eioread; all (the first seven: full needs "
+                          "clock,slow,fsync,eio,eioread,delete; all (the first seven: full needs "
                           "root, clock libfaketime, fsync, eio and eioread a C compiler); "
                           "none (default all)")
     run.add_argument("--write-quorum", choices=("1", "majority"), default="majority")

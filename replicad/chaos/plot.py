@@ -15,7 +15,7 @@ FAULT_COLOURS = {
     "kill": "tab:red", "wipe": "tab:brown", "pause": "tab:purple", "isolate": "tab:orange",
     "split": "tab:olive", "oneway": "tab:cyan", "bridge": "tab:pink", "full": "tab:gray",
     "clock": "tab:green", "slow": "tab:blue", "fsync": "black",
-    "eio": "darkred", "eioread": "firebrick",
+    "eio": "darkred", "eioread": "firebrick", "delete": "saddlebrown",
 }
 
 

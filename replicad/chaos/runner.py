@@ -26,7 +26,8 @@ replica preloads a library that delays its fsyncs (replicad/chaos/fsyncs.py) and
 fault sets one's delay; with ``eio``, the same library makes one's fsyncs fail: it
 stops at its next COMMIT (exit 74, expected: not a crash) and is started again on a
 healthy disk by the heal, which records how it had ended; ``eioread`` likewise with its
-preads (it stops at its next read that SQLite's cache does not hold, if any).
+preads (it stops at its next read that SQLite's cache does not hold, if any), and
+``delete`` deletes one's data directory under it (it stops within a second).
 """
 
 from __future__ import annotations
@@ -55,6 +56,7 @@ from replicad.chaos.schedule import (
     ALL_KINDS,
     COORDINATOR,
     DISK_ERRORS,
+    SELF_STOPPING,
     TARGETED,
     Fault,
     FaultKind,
@@ -435,12 +437,16 @@ class ChaosRun:
                 if kind is FaultKind.FSYNC:
                     assert fault.delay_ms is not None
                     fsyncs.set_delay(self._fsync_file(target), fault.delay_ms)
-                elif kind in DISK_ERRORS:
-                    # It stops at its next COMMIT (eio) or cold read (eioread), exit 74:
-                    # not a crash to restart.
+                elif kind in SELF_STOPPING:
+                    # It stops at its next COMMIT (eio), cold read (eioread) or check of
+                    # its database file (delete), exit 74: not a crash to restart.
                     self.down.add(target)
-                    fail = fsyncs.set_failing if kind is FaultKind.EIO else fsyncs.set_failing_reads
-                    fail(self._fsync_file(target))
+                    if kind is FaultKind.EIO:
+                        fsyncs.set_failing(self._fsync_file(target))
+                    elif kind is FaultKind.EIOREAD:
+                        fsyncs.set_failing_reads(self._fsync_file(target))
+                    else:
+                        shutil.rmtree(cluster.replica_dir(target), ignore_errors=True)
                 elif kind is FaultKind.SLOW:
                     assert fault.delay_ms is not None
                     cluster.slow(target, fault.delay_ms)
@@ -501,9 +507,10 @@ class ChaosRun:
             elif fault.kind is FaultKind.FSYNC:
                 for target in targets:
                     fsyncs.set_delay(self._fsync_file(target), 0)
-            elif fault.kind in DISK_ERRORS:
+            elif fault.kind in SELF_STOPPING:
                 for target in targets:    # the disk replaced: started again if it stopped
-                    fsyncs.set_delay(self._fsync_file(target), 0)
+                    if fault.kind in DISK_ERRORS:
+                        fsyncs.set_delay(self._fsync_file(target), 0)
                     if not cluster.running(target):
                         event.setdefault("exits", {})[str(target)] = cluster.exit_text(target)
                         cluster.start_replica(target)

@@ -40,10 +40,14 @@ Kinds (the partitions hold bytes in the fault proxy; nothing is closed):
 - ``eioread``: every pread of the replica fails with EIO (bad sectors): at its next
   read of a page SQLite does not hold in memory (a peer's copy or delta, a cold key)
   it stops (exit 74); if it read none, it goes on; started again after the hold.
+- ``delete``: the replica's data directory is deleted while it runs (an operator's
+  ``rm -rf``): it stops within a second (exit 74); started again after the hold, on the
+  empty directory, it copies the data.
 
-``all`` leaves the last six out, and so keeps every recorded seed's schedule (``full``
+``all`` leaves the last seven out, and so keeps every recorded seed's schedule (``full``
 needs root and mount(8), ``clock`` Debian's libfaketime, ``fsync``, ``eio`` and
-``eioread`` a C compiler): ask for them by name, ``all,full,clock,slow,fsync,eio,eioread``.
+``eioread`` a C compiler): ask for them by name,
+``all,full,clock,slow,fsync,eio,eioread,delete``.
 """
 
 from __future__ import annotations
@@ -79,6 +83,7 @@ class FaultKind(enum.Enum):
     FSYNC = "fsync"
     EIO = "eio"
     EIOREAD = "eioread"
+    DELETE = "delete"
 
 
 # ``all``: the kinds of the recorded seeds.  The later ones are asked for by name:
@@ -86,13 +91,15 @@ class FaultKind(enum.Enum):
 # (and FULL mounts a tmpfs per replica: root; CLOCK preloads libfaketime; FSYNC, EIO
 # and EIOREAD a library it compiles).
 OPT_IN = (FaultKind.FULL, FaultKind.CLOCK, FaultKind.SLOW, FaultKind.FSYNC, FaultKind.EIO,
-          FaultKind.EIOREAD)
-# The faults that fail a replica's disk: it may stop with exit 74 (not a crash).
+          FaultKind.EIOREAD, FaultKind.DELETE)
+# The faults that fail a replica's disk through the preloaded library.
 DISK_ERRORS = (FaultKind.EIO, FaultKind.EIOREAD)
+# The faults after which a replica stops itself (exit 74), as it must: not a crash.
+SELF_STOPPING = (*DISK_ERRORS, FaultKind.DELETE)
 ALL_KINDS = tuple(k for k in FaultKind if k not in OPT_IN)
 # Faults aimed at one replica (a replica id or COORDINATOR).
 _ONE_REPLICA = (FaultKind.KILL, FaultKind.PAUSE, FaultKind.WIPE, FaultKind.FULL,
-                FaultKind.CLOCK, FaultKind.SLOW, FaultKind.FSYNC, *DISK_ERRORS)
+                FaultKind.CLOCK, FaultKind.SLOW, FaultKind.FSYNC, *SELF_STOPPING)
 # Faults with a ``target`` (those, and ISOLATE, always the coordinator).
 TARGETED = (*_ONE_REPLICA, FaultKind.ISOLATE)
 CLOCK_STEP_S = 3600     # a clock fault steps the wall clock this far, forward or back
