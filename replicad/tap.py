@@ -52,6 +52,7 @@ from twisted.logger import (
 from twisted.python import logfile, usage
 from twisted.python.components import Componentized
 
+from replicad import openfiles
 from replicad.client_protocol import ClientFactory
 from replicad.config import (
     ClusterConfig,
@@ -168,11 +169,14 @@ class ReplicaService(service.MultiService):
         self.log_format = log_format
         self.twistd_options = twistd_options or {}
         self.tune_gc = tune_gc
+        self.open_files_warning: str | None = None    # openfiles.raise_limit's, if any
 
     def startService(self) -> None:
         super().startService()
         if self.tune_gc:
             tune_collector()
+        if self.open_files_warning is not None:
+            _log.warn("{warning}", warning=self.open_files_warning)
 
     def setServiceParent(self, parent) -> None:
         if isinstance(parent, Componentized) and parent.getComponent(ILogObserver) is None:
@@ -268,6 +272,8 @@ def makeService(options: Options, reactor=None) -> service.MultiService:
     top = ReplicaService(options.get("log-level") or "info",
                          options.get("log-format") or "text",
                          getattr(options, "parent", None), tune_gc=bind_check)
+    if bind_check:      # a replica process of its own: enough descriptors for its config
+        top.open_files_warning = openfiles.raise_limit(config)
     # A disk that fails a COMMIT stops the process at once (replica._disk_failed).
     replica = Replica(config, my_id, options["data-dir"], reactor,
                       new_cluster=bool(options["new-cluster"]), halt=os._exit)
