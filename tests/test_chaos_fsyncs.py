@@ -50,15 +50,42 @@ def test_a_delay_holds_each_commit_at_least_that_long(tmp_path):
     assert open(delay).read() == "0\n" and not os.path.exists(delay + ".new")
 
 
-# A COMMIT whose fsync fails, then a crash (os._exit: no close, no later COMMIT).
-COMMIT_FAILS_THEN_CRASH = """
+# What the child scripts below start with: a WAL database with one durable row, then
+# the setting written (sys.argv[3], as fsyncs.set_failing or set_failing_reads does).
+PROLOGUE = """
 import os, sqlite3, sys
 db = sqlite3.connect(sys.argv[1], isolation_level=None)
 db.execute("PRAGMA journal_mode=WAL"); db.execute("PRAGMA synchronous=FULL")
 db.execute("CREATE TABLE t (x)")
 db.execute("BEGIN"); db.execute("INSERT INTO t VALUES ('durable')"); db.execute("COMMIT")
 with open(sys.argv[2], "w") as setting:
-    setting.write("EIO")          # what fsyncs.set_failing writes
+    setting.write(sys.argv[3])
+"""
+
+
+def after_setting(tmp_path, setting_text: str, script: str) -> tuple[str, str]:
+    """Run PROLOGUE + script in a child with the library preloaded; its output and the
+    database's path."""
+    lib = built_library(tmp_path)
+    setting = str(tmp_path / "disk-1")
+    fsyncs.set_delay(setting, 0)
+    db = str(tmp_path / "a.db")
+    done = subprocess.run([sys.executable, "-c", PROLOGUE + script, db, setting, setting_text],
+                          env={**os.environ, **fsyncs.environment(lib, setting)},
+                          capture_output=True, text=True, check=True, timeout=60)
+    return done.stdout, db
+
+
+def rows(db: str) -> list[tuple]:
+    reopened = sqlite3.connect(db)
+    try:
+        return reopened.execute("SELECT x FROM t").fetchall()
+    finally:
+        reopened.close()
+
+
+# A COMMIT whose fsync fails, then a crash (os._exit: no close, no later COMMIT).
+COMMIT_FAILS_THEN_CRASH = """
 db.execute("BEGIN"); db.execute("INSERT INTO t VALUES ('failed')")
 try:
     db.execute("COMMIT")
@@ -72,29 +99,14 @@ def test_a_commit_whose_fsync_fails_comes_back_after_a_crash(tmp_path):
     """Why a replica answers such a write in doubt and stops (store.outcome_unknown):
     SQLite reports the COMMIT failed and its connection no longer sees the row, but
     the WAL holds it, and the next open recovers it."""
-    lib = built_library(tmp_path)
-    setting = str(tmp_path / "fsync-delay-1")
-    fsyncs.set_delay(setting, 0)
-    db = str(tmp_path / "a.db")
-    done = subprocess.run([sys.executable, "-c", COMMIT_FAILS_THEN_CRASH, db, setting],
-                          env={**os.environ, **fsyncs.environment(lib, setting)},
-                          capture_output=True, text=True, check=True, timeout=60)
-    assert done.stdout.split(" ", 1) == ["SQLITE_IOERR_FSYNC", "[('durable',)]\n"]
-    reopened = sqlite3.connect(db)
-    assert reopened.execute("SELECT x FROM t").fetchall() == [("durable",), ("failed",)]
-    reopened.close()
+    out, db = after_setting(tmp_path, "EIO", COMMIT_FAILS_THEN_CRASH)
+    assert out.split(" ", 1) == ["SQLITE_IOERR_FSYNC", "[('durable',)]\n"]
+    assert rows(db) == [("durable",), ("failed",)]
 
 
-# A read whose pages are not in the connection's cache, after reads were made to fail;
-# then a COMMIT (its fsync is not failed).
+# A read whose pages are not in the connection's cache (a new connection), then a
+# COMMIT (its fsync is not failed).
 READ_FAILS = """
-import sqlite3, sys
-db = sqlite3.connect(sys.argv[1], isolation_level=None)
-db.execute("PRAGMA journal_mode=WAL"); db.execute("PRAGMA synchronous=FULL")
-db.execute("CREATE TABLE t (x)")
-db.execute("BEGIN"); db.execute("INSERT INTO t VALUES ('kept')"); db.execute("COMMIT")
-with open(sys.argv[2], "w") as setting:
-    setting.write("EIOREAD")      # what fsyncs.set_failing_reads writes
 try:
     cold = sqlite3.connect(sys.argv[1], isolation_level=None)
     cold.execute("SELECT x FROM t").fetchall()
@@ -108,17 +120,9 @@ def test_failing_reads_fail_a_page_sqlite_must_read_and_leave_syncs_alone(tmp_pa
     """SQLite reports a read's EIO as SQLITE_IOERR_CORRUPTFS, which its API turns into
     SQLITE_CORRUPT on some paths (a replica's GET: "database disk image is
     malformed"): store.disk_broken counts both."""
-    lib = built_library(tmp_path)
-    setting = str(tmp_path / "disk-1")
-    fsyncs.set_delay(setting, 0)
-    db = str(tmp_path / "a.db")
-    done = subprocess.run([sys.executable, "-c", READ_FAILS, db, setting],
-                          env={**os.environ, **fsyncs.environment(lib, setting)},
-                          capture_output=True, text=True, check=True, timeout=60)
-    assert done.stdout in ("SQLITE_IOERR_CORRUPTFS\n", "SQLITE_CORRUPT\n")
-    reopened = sqlite3.connect(db)
-    assert reopened.execute("SELECT x FROM t").fetchall() == [("kept",), ("synced",)]
-    reopened.close()
+    out, db = after_setting(tmp_path, "EIOREAD", READ_FAILS)
+    assert out in ("SQLITE_IOERR_CORRUPTFS\n", "SQLITE_CORRUPT\n")
+    assert rows(db) == [("durable",), ("synced",)]
 
 
 def test_without_a_compiler_the_fault_is_refused_in_one_line(monkeypatch):

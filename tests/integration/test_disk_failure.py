@@ -55,13 +55,20 @@ def held_on_disk(cluster: LocalCluster, i: int, key: str, scratch: str) -> str |
     return None if row is None else row[0]
 
 
-def test_a_coordinator_whose_fsync_fails_answers_in_doubt_and_stops(tmp_path):
+def started_with_a_disk_to_fail(tmp_path) -> tuple[LocalCluster, str]:
+    """Three replicas started, replica 3 with the library preloaded; the path of its
+    setting file (no fault set yet: fsyncs.set_failing, set_failing_reads)."""
     lib = built_library(tmp_path)
-    setting = str(tmp_path / "fsync-3")
+    setting = str(tmp_path / "disk-3")
     fsyncs.set_delay(setting, 0)
     cluster = LocalCluster(3, find_free_base_port(3), str(tmp_path / "cluster"))
     cluster.replica_env[3] = fsyncs.environment(lib, setting)
     cluster.start()
+    return cluster, setting
+
+
+def test_a_coordinator_whose_fsync_fails_answers_in_doubt_and_stops(tmp_path):
+    cluster, setting = started_with_a_disk_to_fail(tmp_path)
     try:
         assert cluster.wait_ready(timeout_s=20) == 3
         assert words(ask(cluster.address(3), "PUT before x")) == ["OK"]

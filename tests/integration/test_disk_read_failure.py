@@ -22,11 +22,9 @@ import pytest
 
 from replicad.chaos import fsyncs
 from replicad.client import BlockingClient
-from replicad.cluster import LocalCluster, find_free_base_port
 from replicad.replica import EXIT_DISK_FAILED
 from tests.integration.lines import ask, connect, read_lines
-from tests.integration.test_disk_failure import words
-from tests.test_chaos_fsyncs import built_library
+from tests.integration.test_disk_failure import started_with_a_disk_to_fail, words
 
 pytestmark = pytest.mark.slow
 
@@ -49,12 +47,7 @@ def put_all(address: str) -> None:
 
 
 def test_a_coordinator_that_cannot_read_a_page_stops_and_its_client_goes_on(tmp_path):
-    lib = built_library(tmp_path)
-    setting = str(tmp_path / "disk-3")
-    fsyncs.set_delay(setting, 0)
-    cluster = LocalCluster(3, find_free_base_port(3), str(tmp_path / "cluster"))
-    cluster.replica_env[3] = fsyncs.environment(lib, setting)
-    cluster.start()
+    cluster, setting = started_with_a_disk_to_fail(tmp_path)
     try:
         assert cluster.wait_ready(timeout_s=20) == 3
         put_all(cluster.address(3))
