@@ -288,7 +288,8 @@ def makeService(options: Options, reactor=None) -> service.MultiService:
     clients = ClientFactory(replica, config, reactor)
     client_listener = StreamServerEndpointService(
         TurnSendEndpoint(serverFromString(reactor, with_backlog(
-            member.client_listen_endpoint(), config.listen_backlog)), sender),
+            member.client_listen_endpoint(), config.listen_backlog)), sender,
+            send_over=True),     # a client that does not read pauses mid-turn
         watch_tls(clients, member.client_listen_endpoint(), "client", reactor),
     )
     peers = PeerServerFactory(

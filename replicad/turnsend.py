@@ -107,6 +107,12 @@ class _SendsAtTurnEnd:
     # of a big turn while this replica still reads the rest, a pipeline, not lock-step.
     send_every = 0
     _unsent = 0         # writes since the last send
+    # Send mid-turn once more than this many bytes wait (0: only at the end of the
+    # turn): the client port's connections (TurnSendEndpoint's ``send_over``), so a
+    # client that does not read its replies pauses its protocol before one turn makes
+    # them all.  Not the peer ports: bytes a reading peer has not been offered yet are
+    # no congestion (test_bytes_that_wait_for_the_turn_end_are_no_congestion).
+    send_over = 0
 
     def _turn_sender(self) -> TurnSender:
         raise NotImplementedError
@@ -131,6 +137,13 @@ class _SendsAtTurnEnd:
             self._unsent += 1
             if self._unsent >= self.send_every:
                 self.send_buffered()
+                return
+        if self.send_over and self._tempDataLen > self.send_over:
+            # A turn that writes this much (a client pipelining GETs of a big value)
+            # offers it to the kernel now: what it does not take pauses a streaming
+            # producer below, as Twisted's write would, so the protocol stops making
+            # replies for a client that does not read them (client_protocol.py).
+            self.send_buffered()
         # No producer is paused for bytes that wait only for the end of the turn: a
         # full buffer means the peer stopped reading, and these were never offered to
         # it.  (Pausing here made a big PUSH mark a reading follower congested until
@@ -155,7 +168,7 @@ class _SendsAtTurnEnd:
         sending what this turn wrote, as Twisted would have (an orderly shutdown and
         close, ``connectionLost`` with the same reason).  Anything else is Twisted's
         path."""
-        if (not self.connected or self.disconnecting or self.TLS or self.producer is not None
+        if (not self.connected or self.disconnecting or self.TLS or self._producer_waits()
                 or self._writeDisconnecting or self._writeDisconnected
                 or self.offset != len(self.dataBuffer)):
             super().loseConnection()
@@ -195,6 +208,14 @@ class _SendsAtTurnEnd:
         self._tempDataBuffer, self._tempDataLen = [], 0
         return False
 
+    def _producer_waits(self) -> bool:
+        """A producer that doWrite must tell of a drained buffer: a pull producer
+        (asked for more each time) or a paused streaming one.  A streaming producer
+        that is not paused (a client connection's, peer.py's congestion watch) needs
+        nothing from a send that the kernel takes whole."""
+        return self.producer is not None and (not self.streamingProducer
+                                              or self.producerPaused)
+
     def _closing(self) -> bool:
         """loseConnection, loseWriteConnection or abortConnection was called: its
         close registered the connection, Twisted's own path sends what is left."""
@@ -209,7 +230,7 @@ class _SendsAtTurnEnd:
         self._unsent = 0
         if not self.connected or self._closing():
             return      # gone, or closing: Twisted sends what is left
-        if not self.dataBuffer and self.producer is None:
+        if not self.dataBuffer and not self._producer_waits():
             # The common case (nothing left over from an earlier send, no producer to
             # resume): one send of this turn's bytes, here.  doWrite would do the same
             # through writeSomeData, untilConcludes, stopWriting and removeWriter, about
@@ -229,6 +250,12 @@ class TurnSendServer(_SendsAtTurnEnd, tcp.Server):
 
     def _turn_sender(self) -> TurnSender:
         return self.server.turn_sender
+
+
+class TurnSendServerSendingOver(TurnSendServer):
+    """An accepted connection of a port listening with ``send_over``."""
+
+    send_over = tcp.Server.bufferSize
 
 
 class TurnSendClient(_SendsAtTurnEnd, tcp.Client):
@@ -270,11 +297,15 @@ class TurnSendConnecting:
 class TurnSendEndpoint:
     """A server endpoint whose TCP ports accept ``TurnSendServer`` connections.
 
-    Any other kind of port (UNIX sockets, say) listens unchanged."""
+    Any other kind of port (UNIX sockets, say) listens unchanged.  With ``send_over``,
+    a turn's writes past the transport's bufferSize are sent at once (the client port:
+    ``_SendsAtTurnEnd.send_over``)."""
 
-    def __init__(self, endpoint: IStreamServerEndpoint, sender: TurnSender):
+    def __init__(self, endpoint: IStreamServerEndpoint, sender: TurnSender,
+                 send_over: bool = False):
         self._endpoint = endpoint
         self._sender = sender
+        self._send_over = send_over
 
     def listen(self, factory) -> Deferred:
         return self._endpoint.listen(factory).addCallback(self._install)
@@ -282,5 +313,5 @@ class TurnSendEndpoint:
     def _install(self, port):
         if isinstance(port, tcp.Port) and port.transport is tcp.Server:
             port.turn_sender = self._sender
-            port.transport = TurnSendServer
+            port.transport = TurnSendServerSendingOver if self._send_over else TurnSendServer
         return port

@@ -575,6 +575,51 @@ def test_three_wrong_passwords_close_the_connection():
     assert transport.disconnecting
 
 
+# Replies the client does not read ------------------------------------------------------
+
+
+def test_lines_wait_while_replies_wait_unread_and_are_served_in_order_after():
+    """The protocol is its transport's streaming producer: paused (more than the
+    transport's bufferSize of replies unsent: the client does not read them), it serves
+    nothing more; resumed (they were sent), it goes on where it stopped.  Before, every
+    line was served at once, and the replies piled up in memory."""
+    proto, transport, _clock, handler, _factory = setup()
+    assert transport.streaming and transport.producer is not None
+    proto.dataReceived(b"GET fast\r\n")
+    assert replies(transport) == [Reply("VALUE", "at once")]
+    transport.producer.pauseProducing()          # what the transport does when backed up
+    proto.dataReceived(b"GET fast\r\nGET k\r\nPING\r\n")
+    assert replies(transport) == [] and handler.handled == []
+    transport.producer.resumeProducing()         # they were sent
+    assert replies(transport) == [Reply("VALUE", "at once")]
+    assert [r.key for r in handler.handled] == ["k"]      # being served, PING held
+    handler.pending[0].callback(Reply("VALUE", "v"))
+    assert replies(transport) == [Reply("VALUE", "v"), Reply("PONG")]
+
+
+def test_a_request_answered_while_replies_wait_unread_does_not_resume_reading():
+    """The reply of a request being served (a queue that drains) does not undo the
+    transport's pause: the lines after it wait until the replies are sent."""
+    proto, transport, _clock, handler, _factory = setup()
+    proto.dataReceived(b"GET k\r\nPING\r\n")
+    transport.producer.pauseProducing()
+    handler.pending[0].callback(Reply("VALUE", "v"))
+    assert replies(transport) == [Reply("VALUE", "v")]        # written: it was ready
+    assert proto.paused                                        # PING still held
+    transport.producer.resumeProducing()
+    assert replies(transport) == [Reply("PONG")]
+
+
+def test_a_half_closed_client_whose_replies_wait_is_served_once_they_are_sent():
+    proto, transport, _clock, _handler = half_close_setup()
+    transport.producer.pauseProducing()
+    proto.dataReceived(b"GET fast\r\n")
+    proto.readConnectionLost()
+    assert replies(transport) == [] and not transport.disconnecting
+    transport.producer.resumeProducing()
+    assert replies(transport) == [Reply("VALUE", "at once")] and transport.disconnecting
+
+
 # Closing after a final reply ------------------------------------------------------------
 
 

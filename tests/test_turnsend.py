@@ -76,13 +76,13 @@ def within(d: defer.Deferred) -> defer.Deferred:
 
 
 async def listen(answer, endpoint_text: str = "tcp:0:interface=127.0.0.1",
-                 sender: TurnSender | None = None):
+                 sender: TurnSender | None = None, send_over: bool = False):
     factory = Factory.forProtocol(Server)
     factory.connections = []
     factory.answer = answer
     sender = sender or TurnSender(reactor)
-    port = await TurnSendEndpoint(serverFromString(reactor, endpoint_text), sender).listen(
-        factory)
+    port = await TurnSendEndpoint(serverFromString(reactor, endpoint_text), sender,
+                                  send_over).listen(factory)
     return port, factory, sender
 
 
@@ -233,6 +233,36 @@ async def test_a_peer_that_does_not_read_pauses_the_producer_at_the_turn_end():
         assert len(await within(client.got_all)) == len(big)
         await task.deferLater(reactor, 0, lambda: None)
         assert not congestion.congested
+    finally:
+        await port.stopListening()
+
+
+@pytest_twisted.ensureDeferred
+async def test_a_client_port_pauses_its_producer_within_the_turn_that_backs_up():
+    """A port listening with ``send_over`` offers a turn's writes past bufferSize to
+    the kernel at once: for a client that does not read, its producer is paused before
+    the turn makes more (client_protocol.py stops serving it).  At the end of the turn
+    only, one turn could make every reply of a long pipeline first."""
+    congestion = _Congestion()
+    paused_after: list[int] = []
+    chunk = b"x" * 100_000
+
+    def many_replies(server: Server, data: bytes) -> None:
+        server.transport.registerProducer(congestion, True)
+        for n in range(1, 200):
+            server.transport.write(chunk)
+            if congestion.congested:
+                paused_after.append(n)
+                return
+
+    port, factory, sender = await listen(many_replies, send_over=True)
+    try:
+        client = await connect(port, Client(want=10**9))
+        client.transport.pauseProducing()             # it reads nothing
+        client.transport.write(b"go")
+        await until(lambda: sender.turns == 1)
+        assert paused_after and paused_after[0] < 199  # paused within the turn
+        client.transport.abortConnection()
     finally:
         await port.stopListening()
 

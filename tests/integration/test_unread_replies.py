@@ -1,0 +1,48 @@
+"""A client that pipelines requests and does not read the replies: a real twistd
+replica, 2,000 GETs of a 60 kB value sent at once.
+
+What must hold: the replica's memory stays bounded (its peak resident size, VmHWM,
+grows by less than 64 MB), other clients are served meanwhile, and once the client
+reads, every reply arrives, in order.  The transport pauses the protocol while more
+than its bufferSize of replies wait (client_protocol.py ``_RepliesBackedUp``); before,
+the replica made all the replies at once, and a client sending a few hundred kilobytes
+of such lines could exhaust its memory (checked: this test fails there, the peak grew by
+564 MB with 5,000 GETs).
+"""
+
+from __future__ import annotations
+
+from replicad.cluster import LocalCluster, find_free_base_port
+from tests.integration.lines import ask, connect
+
+GETS = 2000
+VALUE = "v" * 60_000
+
+
+def peak_kb(pid: int) -> int:
+    with open(f"/proc/{pid}/status", encoding="ascii") as status:
+        line = next(line for line in status if line.startswith("VmHWM:"))
+    return int(line.split()[1])
+
+
+def test_replies_a_client_does_not_read_are_bounded(tmp_path):
+    cluster = LocalCluster(1, find_free_base_port(1), str(tmp_path / "cluster"))
+    cluster.start()
+    try:
+        assert cluster.wait_ready(timeout_s=20) == 1
+        assert ask(cluster.address(1), f"PUT big {VALUE}") == "OK"
+        before = peak_kb(cluster.pid(1))
+        with connect(cluster.address(1)) as greedy:
+            greedy.sendall(b"GET big\n" * GETS)          # 40 kB: the kernel takes it
+            assert ask(cluster.address(1), "PING") == "PONG"  # others are served
+            expected = f"VALUE {VALUE}\r\n".encode()
+            received = 0
+            while received < GETS * len(expected):
+                chunk = greedy.recv(1 << 20)
+                assert chunk, f"closed after {received} bytes"
+                received += len(chunk)
+            assert received == GETS * len(expected)
+        grown_mb = (peak_kb(cluster.pid(1)) - before) / 1024
+        assert grown_mb < 64, f"the replica's peak grew by {grown_mb:.0f} MB"
+    finally:
+        cluster.stop()
