@@ -12,8 +12,8 @@ are in flight per connection.  Replies a client does not read are bounded too: t
 protocol is a streaming producer of its transport, which pauses it while more than its
 bufferSize of replies wait, and then no more of that client's lines are served
 (``_RepliesBackedUp``; measured before: 5,000 pipelined GETs of a 60 kB value from a
-client that read nothing grew the replica by 290 MB, and a client could exhaust its
-memory).
+client that read nothing raised the replica's peak memory by 564 MB, so one client
+could exhaust it).
 
 Half-close (IHalfCloseableProtocol): a client may send its requests and shut down its
 write side (``printf 'PUT k v\n' | nc -N host 7001``).  The requests already received
