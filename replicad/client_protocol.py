@@ -139,6 +139,9 @@ class ClientProtocol(LineReceiver, TimeoutMixin):
         if self._counted:
             self.factory.open_connections -= 1
             self._counted = False
+        if self._backed_up:
+            self._backed_up = False
+            self.factory.backed_up_connections -= 1
 
     def readConnectionLost(self) -> None:
         """The client half-closed: serve what it sent, then close (not before)."""
@@ -235,6 +238,8 @@ class ClientProtocol(LineReceiver, TimeoutMixin):
         lines that arrive are held, not served (LineReceiver's ``paused``; the input
         held is bounded by HELD_INPUT_BYTES as for a request being served); once they
         are sent, serving goes on where it stopped."""
+        if backed_up != self._backed_up:
+            self.factory.backed_up_connections += 1 if backed_up else -1
         self._backed_up = backed_up
         if backed_up:
             self.paused = True
@@ -409,6 +414,7 @@ class ClientFactory(Factory):
         self.max_connections = config.max_connections
         self.password = config.client_password
         self.open_connections = 0
+        self.backed_up_connections = 0   # their replies wait unread (replies_backed_up)
 
     def buildProtocol(self, addr) -> ClientProtocol:
         return ClientProtocol(self)

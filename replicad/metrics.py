@@ -128,6 +128,7 @@ class ReplicaMetrics:
         self._last_coordinator: int | None = None
         # Set by the wiring (replicad.tap) when it builds the listeners.
         self.client_connections: Callable[[], int] | None = None
+        self.client_connections_backed_up: Callable[[], int] | None = None
         self.peer_connections: Callable[[], int] | None = None
 
     def exposition(self) -> bytes:
@@ -457,6 +458,9 @@ class ReplicaCollector:
         for name, source, text in (
             ("replicad_client_connections", metrics.client_connections,
              "Open client connections"),
+            ("replicad_client_connections_backed_up", metrics.client_connections_backed_up,
+             "Client connections whose replies wait unread (over 64 KiB): none of their "
+             "requests is served until the client reads"),
             ("replicad_peer_connections", metrics.peer_connections,
              "Open connections on the peer port (peers dialing in, handshakes)"),
         ):

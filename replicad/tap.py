@@ -305,6 +305,7 @@ def makeService(options: Options, reactor=None) -> service.MultiService:
         watch_tls(peers, member.peer_listen_endpoint(), "peer", reactor),
     )
     replica.metrics.client_connections = lambda: clients.open_connections
+    replica.metrics.client_connections_backed_up = lambda: clients.backed_up_connections
     replica.metrics.peer_connections = lambda: len(peers.connections)
     for listener in (client_listener, peer_listener):
         # A port that cannot be bound must stop start-up, not leave a deaf replica.

@@ -610,6 +610,31 @@ def test_a_request_answered_while_replies_wait_unread_does_not_resume_reading():
     assert replies(transport) == [Reply("PONG")]
 
 
+def test_connections_whose_replies_wait_are_counted_for_the_metrics():
+    proto, transport, _clock, _handler, factory = setup()
+    transport.producer.pauseProducing()
+    transport.producer.pauseProducing()               # told twice: counted once
+    assert factory.backed_up_connections == 1
+    transport.producer.resumeProducing()
+    assert factory.backed_up_connections == 0
+    transport.producer.pauseProducing()
+    proto.connectionLost(Failure(ConnectionDone()))   # gone while backed up
+    assert factory.backed_up_connections == 0
+
+
+def test_a_client_that_never_reads_its_replies_is_closed_when_idle():
+    """Backed up, it sends requests that are not served: no activity, so the idle
+    timer closes it (ERR IDLE after the replies it has not read, then a half-close and,
+    as it lingers, an abort): a slot is not held for ever."""
+    proto, transport, clock, handler = half_close_setup()
+    transport.producer.pauseProducing()
+    proto.dataReceived(b"GET fast\r\n")
+    clock.advance(IDLE_S)
+    assert error_codes(transport) == ["IDLE"] and transport.write_closed
+    clock.advance(2.0)
+    assert transport.aborted
+
+
 def test_a_half_closed_client_whose_replies_wait_is_served_once_they_are_sent():
     proto, transport, _clock, _handler = half_close_setup()
     transport.producer.pauseProducing()

@@ -56,6 +56,12 @@ def metrics(tmp_path, clock):
     return ReplicaMetrics(fake_replica(tmp_path), clock, process=False)
 
 
+def test_client_connections_backed_up_is_a_gauge_read_at_scrape(metrics):
+    assert value(metrics, "replicad_client_connections_backed_up") is None   # not wired
+    metrics.client_connections_backed_up = lambda: 2
+    assert value(metrics, "replicad_client_connections_backed_up") == 2
+
+
 # Requests --------------------------------------------------------------------------------
 
 

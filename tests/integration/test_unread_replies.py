@@ -7,7 +7,8 @@ reads, every reply arrives, in order.  The transport pauses the protocol while m
 than its bufferSize of replies wait (client_protocol.py ``_RepliesBackedUp``; under TLS
 through the TLS layer's producer membrane); before, the replica made all the replies at
 once, and a client sending a few hundred kilobytes of such lines could exhaust its
-memory (checked: this test fails there, the peak grew by 564 MB with 5,000 GETs).
+memory (checked: this test fails there, the peak grew by 564 MB with 5,000 GETs).  The
+connection is counted in ``replicad_client_connections_backed_up`` meanwhile.
 """
 
 from __future__ import annotations
@@ -19,10 +20,15 @@ import pytest
 
 from replicad.cluster import ClusterTLS, LocalCluster, find_free_base_port
 from tests.integration.lines import read_line
+from tests.integration.test_admin import metric_samples
 from tests.tlscerts import make_ca
 
 GETS = 2000
 VALUE = "v" * 60_000
+
+
+def backed_up(cluster: LocalCluster) -> float | None:
+    return metric_samples(cluster, 1).get(("replicad_client_connections_backed_up", ()))
 
 
 def peak_kb(pid: int) -> int:
@@ -39,7 +45,8 @@ def test_replies_a_client_does_not_read_are_bounded(tmp_path, with_tls):
         server = ca.issue(str(tmp_path / "pki" / "server"), "server")
         tls = ClusterTLS(server.cert, server.key, ca.cert, ca.dir)
         context = ssl.create_default_context(cafile=ca.cert)
-    cluster = LocalCluster(1, find_free_base_port(1), str(tmp_path / "cluster"), tls=tls)
+    cluster = LocalCluster(1, find_free_base_port(1), str(tmp_path / "cluster"), tls=tls,
+                           admin=True)
     host, port = cluster.address(1).rsplit(":", 1)
 
     def connect() -> socket.socket:
@@ -58,6 +65,8 @@ def test_replies_a_client_does_not_read_are_bounded(tmp_path, with_tls):
         before = peak_kb(cluster.pid(1))
         with connect() as greedy:
             greedy.sendall(b"GET big\n" * GETS)          # 16 kB: the kernel takes it
+            cluster.wait_until(lambda: backed_up(cluster) == 1, timeout_s=20,
+                               what="the greedy connection counted as backed up")
             assert ask("PING") == "PONG"                  # others are served
             expected = f"VALUE {VALUE}\r\n".encode()
             received = 0
