@@ -472,11 +472,7 @@ class Store:
                     raise
                 return
             self.commit_group()
-        try:
-            self._db.execute("BEGIN IMMEDIATE")
-        except sqlite3.Error as e:
-            self._check(e)
-            raise
+        self._begin_immediate()
         try:
             yield
             self._commit()
@@ -485,6 +481,15 @@ class Store:
             self._check(e)
             if self._db.in_transaction:
                 self._db.execute("ROLLBACK")
+            raise
+
+    def _begin_immediate(self) -> None:
+        """BEGIN IMMEDIATE on the main connection; an error that says the disk failed is
+        told (``_check``) before it is raised."""
+        try:
+            self._db.execute("BEGIN IMMEDIATE")
+        except sqlite3.Error as e:
+            self._check(e)
             raise
 
     def _commit(self) -> None:
@@ -524,11 +529,7 @@ class Store:
         read with them (or acknowledge a write) before the group is committed."""
         if self._group is not None:
             return
-        try:
-            self._db.execute("BEGIN IMMEDIATE")
-        except sqlite3.Error as e:
-            self._check(e)
-            raise
+        self._begin_immediate()
         self._group = (self._clock, self._conflicts)
 
     def commit_group(self) -> None:
@@ -1072,8 +1073,8 @@ def _fetch(db: sqlite3.Connection, sql: str, params: tuple = ()) -> Iterator[tup
         cursor.close()
 
 
-def _snapshot(reader: sqlite3.Connection, rows: Rows, request_rows: Rows | None = None,
-              failed: Callable[[BaseException], None] | None = None) -> Iterator:
+def _snapshot(reader: sqlite3.Connection, rows: Rows, request_rows: Rows | None,
+              failed: Callable[[BaseException], None]) -> Iterator:
     """Yield the clock, then the records (then the request rows), all inside one read
     transaction on reader; ``failed`` hears SQLite's errors (a page the disk cannot
     read) before they go on.
@@ -1086,8 +1087,7 @@ def _snapshot(reader: sqlite3.Connection, rows: Rows, request_rows: Rows | None 
         yield _read_clock(reader)  # the first read fixes the snapshot
         yield from _records_then_requests(reader, rows, request_rows)
     except sqlite3.Error as e:
-        if failed is not None:
-            failed(e)
+        failed(e)
         raise
     finally:
         reader.close()
