@@ -19,9 +19,13 @@ replica is stopped: it takes the data dir's lock (so it refuses while the replic
 checks that the backup is a replicad database of that replica (the database it replaces,
 or ``--id``) and of the same cluster, removes the old ``-wal``/``-shm`` and staging
 files (a write-ahead log left from the old database must never be applied to the new
-one), and renames the copy into place.  Run as root, the restored file is given the
-owner of the data dir (the service user).  Started again, the replica holds the cluster
-id of the backup and catches up with its peers by delta (docs/deploy.md).
+one), gives the copy a new origin for the replica's writes, and renames it into
+place.  The new origin because the backup lacks the writes the replica issued after it,
+and a peer that holds some of them may be out of reach when the replica starts again:
+numbered on from the backup's clock, its next writes would take their ids
+(identity.py).  Run as root, the restored file is given the owner of the data dir (the
+service user).  Started again, the replica holds the cluster id of the backup and
+catches up with its peers by delta (docs/deploy.md).
 
 Errors are one line on stderr starting ``replicad-backup: error:`` and exit status 1;
 a malformed command line exits 2.
@@ -30,6 +34,7 @@ a malformed command line exits 2.
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import glob
 import os
 import sqlite3
@@ -42,6 +47,7 @@ from typing import Any
 
 from replicad.config import ConfigError
 from replicad.datadir import DB_FILENAME, lock_data_dir
+from replicad.identity import new_origin
 from replicad.store import FILE_MODE
 from replicad.usage import UsageError
 
@@ -64,6 +70,7 @@ class Summary:
     keys: int
     clock: str
     epoch: int
+    origin: int | None = None      # a restored copy's new origin (restore)
 
     def describe(self) -> str:
         who = f"replica {self.replica_id}" if self.replica_id else "an unclaimed replica"
@@ -106,6 +113,25 @@ def _copy_file(source_path: str, tmp: str):
         raise BackupError(f"cannot write {tmp}: {e.strerror or e}") from None
     finally:
         source.close()
+
+
+def _renumber(path: str) -> int:
+    """Give the copy at ``path`` a new origin (the module docstring says why) and
+    return it."""
+    try:
+        db = sqlite3.connect(path, isolation_level=None)
+        try:
+            taken = {replica for (replica,) in db.execute("SELECT replica FROM clock")}
+            taken |= {int(v) for (v,) in db.execute(
+                "SELECT value FROM meta WHERE name IN ('replica_id', 'origin')")
+                if v.isascii() and v.isdigit()}
+            origin = new_origin(taken)
+            db.execute("REPLACE INTO meta (name, value) VALUES ('origin', ?)", (str(origin),))
+        finally:
+            db.close()
+    except sqlite3.Error as e:
+        raise BackupError(f"cannot write {path}: {e}") from None
+    return origin
 
 
 def _readonly(path: str) -> sqlite3.Connection:
@@ -233,6 +259,7 @@ def restore(backup_path: str, data_dir: str, replica_id: int | None = None) -> S
         tmp = os.path.join(data_dir, f"{DB_FILENAME}.restore-{os.getpid()}")
         _remove(tmp)
         summary = _copy_file(backup_path, tmp)
+        origin = _renumber(tmp)
         _give_to_owner_of(data_dir, tmp)
         # The old database's log and index must go before the new file takes its name:
         # SQLite would apply a leftover -wal to the new database.
@@ -241,7 +268,7 @@ def restore(backup_path: str, data_dir: str, replica_id: int | None = None) -> S
             _remove(name)
         os.replace(tmp, db_path)
         _fsync_path(data_dir)
-        return summary
+        return dataclasses.replace(summary, origin=origin)
     finally:
         lock.close()
 
@@ -327,7 +354,8 @@ def main(argv: Sequence[str] | None = None) -> int:
                   f"{(time.monotonic() - started) * 1000:.0f} ms)")
         else:
             summary = restore(args.restore, args.data_dir, args.id)
-            print(f"restored {summary.describe()} into {args.data_dir}; start the replica: "
+            print(f"restored {summary.describe()} into {args.data_dir}; its writes are "
+                  f"numbered under origin {summary.origin} from now on; start the replica: "
                   f"it catches up with its peers")
     except BackupError as e:
         print(f"{PROG}: error: {e}", file=sys.stderr)

@@ -39,7 +39,7 @@ from replicad.datadir import DB_FILENAME, check_data_dir  # noqa: F401 (moved th
 from replicad.detector import HeartbeatMonitor
 from replicad.forwarding import Forward, Retry
 from replicad.groupcommit import GroupCommit, GroupFailed
-from replicad.identity import new_cluster_id
+from replicad.identity import new_cluster_id, new_origin
 from replicad.joining import Joining
 from replicad.linklog import LinkStateLog
 from replicad.metrics import ReplicaMetrics
@@ -153,6 +153,8 @@ class Replica(service.MultiService):
     def startService(self) -> None:
         os.makedirs(self.data_dir, exist_ok=True)
         self.store = Store(os.path.join(self.data_dir, DB_FILENAME))
+        if self.store.replica_id is None:     # built without check_data_dir (tests)
+            self.store.claim(self.my_id)      # its writes' origin (identity.py)
         self.store.disk_failed = self._disk_failed
         self.commits = GroupCommit(self.store, self.reactor)
         self.sync = Synchroniser(self.store, list(self.links), self.config, self.reactor,
@@ -597,14 +599,23 @@ class Replica(service.MultiService):
                 return
             cluster = self.joining.pulled(status.peer_id, status.cluster_id)
             if cluster is not None:
-                self._bind(cluster, f"copied {self.joining.pulls_needed} peer(s)")
+                self._bind(cluster, f"copied {self.joining.pulls_needed} peer(s)",
+                           copied=True)
 
         d.addCallback(copied)
 
-    def _bind(self, cluster_id: str, reason: str) -> None:
-        self.store.bind_cluster(cluster_id)
-        self.log.info("replica {id} joins cluster {cluster}: {reason}", id=self.my_id,
-                      cluster=cluster_id, reason=reason)
+    def _bind(self, cluster_id: str, reason: str, copied: bool = False) -> None:
+        """Join the cluster history ``cluster_id``.  ``copied``: by copying peers, which
+        may lack writes this replica issued before its disk was wiped (held by a peer
+        it cannot reach): its writes take a new origin (identity.py), or it would issue
+        their ids again."""
+        store = self.store
+        origin = new_origin({*self.config.ids, *store.clock}) if copied else None
+        store.bind_cluster(cluster_id, origin)
+        self.log.info("replica {id} joins cluster {cluster}: {reason}{numbered}",
+                      id=self.my_id, cluster=cluster_id, reason=reason,
+                      numbered="" if origin is None else
+                      f"; its writes are numbered under origin {origin} from now on")
         self.node.set_candidacy(Candidacy.YES, reason)
 
     # Client requests -------------------------------------------------------------------
@@ -633,6 +644,7 @@ class Replica(service.MultiService):
             "confirmed_reads": "yes" if self.config.confirmed_reads else "no",
             "reads_here": "yes" if self._reads_here() else "no",
             "cluster_id": self.store.cluster_id or "-",
+            "origin": str(self.store.origin),
             "ready": "yes" if node.serving_as is not None else "no",
             "disk": "full" if self.commits.disk_full else "ok",
             "version": replicad.__version__,
@@ -694,7 +706,7 @@ class Replica(service.MultiService):
         if index.quiet:
             return True
         record = self.store.get(request.key)
-        return record is None or record.origin != self.my_id or index.shows(record.seq)
+        return record is None or record.origin != self.store.origin or index.shows(record.seq)
 
     def _shown_clock(self, request: Request | None = None) -> VectorClock:
         """The clock a reply carries: the store's, less this coordinator's writes from
@@ -705,7 +717,7 @@ class Replica(service.MultiService):
         index = self.quorum_index
         if index.quiet:
             return self.store.clock
-        shown = index.cap(self.store.clock, self.my_id)
+        shown = index.cap(self.store.clock, self.store.origin)
         if request is not None and request.context is not None:
             shown = shown.merge(request.context.requirement())
         return shown
@@ -863,12 +875,12 @@ class Replica(service.MultiService):
         # Quorum mode, a read answered as the coordinator: as of its writes whose
         # quorum is decided (a follower's confirmed read, with ``vc``, checked its own).
         shown = vc is None and not index.quiet
-        holds = (request.context.requirement().get(self.my_id, 0)
+        holds = (request.context.requirement().get(store.origin, 0)
                  if shown and request.context is not None else 0)
         if request.command == "GET":
             record = store.get(request.key)
             if shown:
-                record = index.shown(request.key, record, self.my_id, holds)
+                record = index.shown(request.key, record, store.origin, holds)
             if record is None or record.value is None:      # absent, or a tombstone
                 return Reply("NOTFOUND", meta=meta)
             return Reply("VALUE", record.value, meta=meta)
@@ -884,7 +896,7 @@ class Replica(service.MultiService):
         index, store = self.quorum_index, self.store
         for key in index.keys_written():
             if key.startswith(prefix):
-                record = index.shown(key, store.get(key), self.my_id, holds)
+                record = index.shown(key, store.get(key), store.origin, holds)
                 if record is not None and record.value is not None:
                     listed.add(key)
                 else:
@@ -1280,7 +1292,7 @@ class Replica(service.MultiService):
             return PeerAnswer("NO", str(node.epoch))
         # What a read here would show: committed, and (quorum mode) not from this
         # coordinator's first write still waiting for its quorum on.
-        shown = self.quorum_index.cap(self.store.durable_clock, self.my_id)
+        shown = self.quorum_index.cap(self.store.durable_clock, self.store.origin)
         return PeerAnswer("OK", shown.encode())
 
     def _on_election(self, peer_id: int, message: peerwire.Election):

@@ -397,6 +397,7 @@ class Store:
         self._conflicts = int(meta["conflicts"])
         self._clock = _read_clock(db)
         self._replica_id, self._cluster_id = _read_identity(meta, self._path)
+        self._origin = _read_origin(meta, self._path)
 
     def file_lost(self) -> str | None:
         """Why the database file at the store's path is no longer the file it has open,
@@ -590,6 +591,13 @@ class Store:
         return self._cluster_id
 
     @property
+    def origin(self) -> int | None:
+        """The origin of this replica's writes (their ids are (origin, seq)): its replica
+        id, or the new origin it took when it joined by copying (``bind_cluster``, and
+        identity.py says why); None until claimed."""
+        return self._replica_id if self._origin is None else self._origin
+
+    @property
     @_reading
     def is_empty(self) -> bool:
         """No write was ever applied here: the clock is empty and kv holds no row."""
@@ -670,26 +678,43 @@ class Store:
                 )
         self._replica_id = replica_id
 
-    def bind_cluster(self, cluster_id: str) -> None:
+    def bind_cluster(self, cluster_id: str, origin: int | None = None) -> None:
         """Record the cluster id once; binding again to the same id does nothing.
+        ``origin``: from now on this replica's writes are numbered under it, recorded in
+        the same transaction (a replica that joins by copying: identity.py).
 
-        StoreError for a malformed id, or if the database belongs to another cluster.
+        StoreError for a malformed id or origin, or if the database belongs to another
+        cluster.
         """
         if not is_cluster_id(cluster_id):
             raise StoreError(f"bad cluster id {cluster_id!r:.60}: expected 32 lowercase hex")
+        if origin is not None:
+            _check_origin(origin)
         with self._transaction():
             bound = self._get_meta("cluster_id")
             if bound is None:
                 self._set_meta("cluster_id", cluster_id)
+                if origin is not None:
+                    self._set_meta("origin", origin)
             elif bound != cluster_id:
                 raise StoreError(
                     f"{self._path} belongs to cluster {bound}, not cluster {cluster_id}"
                 )
         self._cluster_id = cluster_id
+        if bound is None and origin is not None:
+            self._origin = origin
+
+    def renumber(self, origin: int) -> None:
+        """Number this replica's writes under ``origin`` from now on (a restored backup:
+        backup.py).  StoreError for an origin that is not a positive integer."""
+        _check_origin(origin)
+        with self._transaction():
+            self._set_meta("origin", origin)
+        self._origin = origin
 
     def write(self, origin: int, key: str, value: str | None, epoch: int = 0,
               rid: str | None = None) -> Record:
-        """Accept a write at this replica (origin = its id) as the coordinator of
+        """Accept a write at this replica (``origin``: its ``origin``) as the coordinator of
         ``epoch``; durable when this returns.
 
         The version is the clock after the write merged with the version of the record it
@@ -1061,6 +1086,19 @@ def _read_identity(meta: dict[str, str], path: str) -> tuple[int | None, str | N
     if cluster_id is not None and not is_cluster_id(cluster_id):
         raise StoreError(f"{path}: corrupt cluster id {cluster_id!r:.60} in meta")
     return (None if replica_text is None else int(replica_text)), cluster_id
+
+
+def _check_origin(origin: object) -> None:
+    if isinstance(origin, bool) or not isinstance(origin, int) or not 1 <= origin <= MAX_ENTRY:
+        raise StoreError(f"an origin must be a positive integer, got {origin!r:.40}")
+
+
+def _read_origin(meta: dict[str, str], path: str) -> int | None:
+    """The origin recorded when the replica joined by copying; None: its replica id."""
+    text = meta.get("origin")
+    if text is not None and not (text.isascii() and text.isdigit() and 1 <= int(text) <= MAX_ENTRY):
+        raise StoreError(f"{path}: corrupt origin {text!r:.40} in meta")
+    return None if text is None else int(text)
 
 
 def _fetch(db: sqlite3.Connection, sql: str, params: tuple = ()) -> Iterator[tuple]:

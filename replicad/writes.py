@@ -110,10 +110,10 @@ class Writes:
         index = self.quorum_index if self.config.quorum_mode else None
         if noop:
             def change():
-                return store.write_noop(self.my_id, request.key, epoch, rid)
+                return store.write_noop(store.origin, request.key, epoch, rid)
         else:
             def change():
-                return store.write(self.my_id, request.key, request.value, epoch, rid)
+                return store.write(store.origin, request.key, request.value, epoch, rid)
 
         def write():
             if index is None:

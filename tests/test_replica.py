@@ -1655,3 +1655,43 @@ def test_the_glue_tells_the_node_how_long_a_peer_was_silent(replica):
     replica._link_lost(3)
     assert reported[0] == (1, 0.2) and reported[-1][0] == 3
     assert reported[-1][1] == float("inf")
+
+
+# A replica that joins by copying numbers its writes under a new origin ---------------
+
+
+def test_a_replica_that_joins_by_copying_numbers_its_writes_under_a_new_origin(tmp_path):
+    """Its copy may lack writes it issued before its disk was wiped, held by a peer it
+    cannot reach (the copy says 2:4, that peer 2:6): numbered on from the copy, its next
+    write would be 2:5 again (tests/integration/test_wiped_write_ids.py shows the
+    divergence).  Without the new origin this test fails: the write is 2:5."""
+    from replicad.identity import FIRST_NEW_ORIGIN
+
+    replica = Replica(default_config(), 2, str(tmp_path / "data"), MemoryReactorClock())
+    replica.startService()
+    try:
+        assert replica.store.origin == 2
+        copied = [Record("old", "v", 2, 4, VectorClock({2: 4, 3: 5}), own_epoch(0, 2))]
+
+        def sync_from(peer_id, full=False):
+            replica.store.apply(copied, VectorClock({2: 4, 3: 5}))
+            return defer.succeed(True)
+
+        replica.sync.sync_from = sync_from
+        with capturedLogs() as events:
+            replica._compare(PeerStatus(3, "coordinator", 3, own_epoch(1, 3),
+                                        VectorClock({2: 4, 3: 5}), "5" * 32))
+        origin = replica.store.origin
+        assert origin >= FIRST_NEW_ORIGIN and replica.store.cluster_id == "5" * 32
+        assert any(f"numbered under origin {origin}" in formatEvent(e) for e in events)
+        serving(replica)
+        d = replica.handle(Request("PUT", "k", "new"))
+        replica.reactor.advance(0)
+        replica.reactor.advance(0)
+        assert d.result.status == "OK"
+        record = replica.store.get("k")
+        assert (record.origin, record.seq) == (origin, 1)
+        assert replica.store.clock == VectorClock({2: 4, 3: 5, origin: 1})
+        assert replica.status_fields()["origin"] == str(origin)
+    finally:
+        replica.stopService()

@@ -1102,3 +1102,58 @@ def test_a_commit_the_disk_fails_is_reported_once_with_its_error(tmp_path):
     assert len(heard) == 1 and store.disk_failure is heard[0]
     store._db = spy._db
     store.close()
+
+
+# Origins: a replica that joins by copying numbers its writes anew (identity.py) ---------
+
+
+def test_a_replica_numbers_its_writes_under_its_id_until_it_joins_by_copying(tmp_path):
+    path = str(tmp_path / "db.sqlite")
+    with Store(path) as s:
+        assert s.origin is None                  # unclaimed
+        s.claim(3)
+        assert s.origin == 3
+        s.bind_cluster(CLUSTER, origin=2**30)    # joined by copying
+        assert s.origin == 2**30
+        s.bind_cluster(CLUSTER, origin=2**30 + 1)   # bound already: nothing changes
+        assert s.origin == 2**30
+    with Store(path) as s:
+        assert (s.replica_id, s.origin) == (3, 2**30)   # persisted
+        s.renumber(2**30 + 7)                    # a restored backup (backup.py)
+    with Store(path) as s:
+        assert s.origin == 2**30 + 7
+
+
+def test_binding_with_a_bad_origin_binds_nothing(store):
+    store.claim(1)
+    for bad in (0, -1, True, "7", 2**63):
+        with pytest.raises(StoreError, match="an origin must be a positive integer"):
+            store.bind_cluster(CLUSTER, origin=bad)
+        with pytest.raises(StoreError, match="an origin must be a positive integer"):
+            store.renumber(bad)
+    assert (store.cluster_id, store.origin) == (None, 1)
+
+
+def test_a_corrupt_origin_in_meta_is_refused(tmp_path):
+    path = str(tmp_path / "db.sqlite")
+    Store(path).close()
+    for value in ("x", "0", "-3", str(2**63)):
+        db = sqlite3.connect(path)
+        db.execute("REPLACE INTO meta (name, value) VALUES ('origin', ?)", (value,))
+        db.commit()
+        db.close()
+        with pytest.raises(StoreError, match="corrupt origin"):
+            Store(path)
+
+
+def test_new_origins_avoid_the_ids_taken_and_fit_a_clock_entry(monkeypatch):
+    from replicad import identity
+
+    draws = iter([5, 5, 9])
+    monkeypatch.setattr(identity.secrets, "randbelow", lambda n: next(draws))
+    first = identity.FIRST_NEW_ORIGIN
+    assert identity.new_origin({1, 2, 3, first + 5}) == first + 9   # taken twice, then free
+    monkeypatch.undo()
+    origins = {identity.new_origin({1, 2, 3}) for _ in range(100)}
+    assert len(origins) == 100
+    assert all(first <= o <= identity.LAST_NEW_ORIGIN < 2**31 for o in origins)

@@ -262,6 +262,7 @@ class Replica:
     id: int
     clock: VectorClock | None = None
     status_clock: VectorClock | None = None
+    origin: int | None = None      # its writes' origin (STATUS): its id until it rejoined
     conflicts: int | None = None
     records: dict[str, FinalRecord] = field(default_factory=dict)
     requests: dict[str, tuple[int, int, VectorClock]] = field(default_factory=dict)
@@ -402,6 +403,7 @@ def _final(event: Mapping[str, Any]) -> Replica:
     status = event.get("status") or {}
     replica.status_clock = _clock(status.get("clock"), f"replica {rid} STATUS")
     replica.conflicts = _int(status.get("conflicts"))
+    replica.origin = _int(status.get("origin"))
     replica.clock = _clock(event.get("clock"), f"replica {rid} database")
     for key, row in (event.get("records") or {}).items():
         version = _clock(row.get("version"), f"replica {rid} key {key}")
@@ -509,13 +511,17 @@ class _Checker:
         for op in self.h.ops.values():
             if op.acknowledged and op.version is not None:
                 self.copies[op.id][op.version] = f"the reply to op {op.id}"
+        # A replica that rejoined after a wipe numbers its writes under a new origin
+        # (identity.py); an origin of an earlier life, not in any STATUS, maps to none.
+        maker = {r.origin: r.id for r in self.h.replicas.values() if r.origin is not None}
 
         def found(op: Op, origin: int, version: VectorClock, where: str) -> None:
             self.copies[op.id].setdefault(version, where)
             if op.version is None:
                 op.version = version
             if op.version == version:
-                if op.origin is None and op.by is not None and op.by != origin:
+                if op.origin is None and op.by is not None and op.by != maker.get(origin,
+                                                                                  origin):
                     op.epoch = None   # answered by a replica that did not make it
                 op.origin = origin
 

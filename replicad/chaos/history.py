@@ -18,7 +18,8 @@ The checker (replicad/chaos/checker.py) reads nothing else, so this is the contr
     reply: ``OK``, ``VALUE``, ``NOTFOUND`` or the error code), ``value`` (what a get
     read; None for NOTFOUND), ``vc`` (the reply's ``vc``: a write's version vector, or
     the serving replica's clock for a get and for a del answered NOTFOUND, which wrote
-    nothing), ``by`` (the coordinator that served, the write's origin), ``epoch``,
+    nothing), ``by`` (the coordinator that served: the write's origin, or the replica
+    whose ``origin`` it is after a wipe), ``epoch``,
     ``address`` (the server that answered), ``error`` (text, for fail and unknown).
 ``fault``
     ``phase`` ``start`` or ``end``, ``index``, ``kind``, ``describe``, ``targets`` (ids
@@ -30,7 +31,8 @@ The checker (replicad/chaos/checker.py) reads nothing else, so this is the contr
     since the heal, ``clock``.
 ``final``
     One per replica, after convergence: ``replica``, ``status`` (STATUS fields:
-    ``clock``, ``conflicts``, ``epoch``, ``role``, ``coordinator``), ``gets`` (key ->
+    ``clock``, ``conflicts``, ``epoch``, ``role``, ``coordinator``, ``cluster_id``,
+    ``origin``: the origin of its writes, its id unless it rejoined), ``gets`` (key ->
     value or None, GET through that replica), ``get_errors``, ``records`` (its database:
     key -> ``value``, ``origin``, ``seq``, ``version``, ``epoch``, ``rid``),
     ``requests`` (request id -> ``[origin, seq, version]``: the writes it remembers;

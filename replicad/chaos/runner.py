@@ -642,7 +642,7 @@ class ChaosRun:
                     "clock": _status_clock(status), "conflicts": status.get("conflicts"),
                     "epoch": status.get("epoch"), "role": status.get("role"),
                     "coordinator": status.get("coordinator"),
-                    "cluster_id": status.get("cluster_id"),
+                    "cluster_id": status.get("cluster_id"), "origin": status.get("origin"),
                 }
             gets, errors = {}, {}
             client = BlockingClient([cluster.address(i)], timeout_s=FINAL_GET_TIMEOUT_S,

@@ -26,6 +26,7 @@ import pytest
 from replicad import backup as backup_tool
 from replicad.client import BlockingClient, ClientError
 from replicad.datadir import DB_FILENAME, check_data_dir, lock_data_dir
+from replicad.identity import FIRST_NEW_ORIGIN
 from replicad.store import Store
 
 CLUSTER_A = "a" * 32
@@ -150,6 +151,8 @@ def test_a_backup_of_the_live_coordinator_restored_in_place_rejoins_with_every_w
         assert restored.returncode == 0, restored.stderr
         assert restored.stdout.startswith("restored replica 3 of cluster ")
         assert len(stored(os.path.join(cluster.replica_dir(3), DB_FILENAME))) == len(copy)
+        origin = origin_of(os.path.join(cluster.replica_dir(3), DB_FILENAME))
+        assert f"its writes are numbered under origin {origin} from now on" in restored.stdout
         last_while_down = writer.snapshot()
 
         cluster.start_replica(3)
@@ -159,7 +162,8 @@ def test_a_backup_of_the_live_coordinator_restored_in_place_rejoins_with_every_w
         fresh = BlockingClient([cluster.address(3)], timeout_s=10)
         for key in sorted(last_while_down)[-20:]:
             assert fresh.get(key) == last_while_down[key]
-        writer.wait_for(len(writer.snapshot()) + 200)    # and it serves writes
+        writer.wait_for(len(writer.snapshot()) + 200)    # and it serves writes,
+        assert cluster.status(3)["origin"] == str(origin)  # numbered anew (identity.py)
     finally:
         acked = writer.stop()
     assert len(acked) > len(copy)
@@ -167,6 +171,15 @@ def test_a_backup_of_the_live_coordinator_restored_in_place_rejoins_with_every_w
         wait_holds(cluster, i, acked)
     restored_cluster = cluster_id_of(out)
     assert {s["cluster_id"] for s in cluster.statuses().values()} == {restored_cluster}
+
+
+def origin_of(path: str) -> int | None:
+    db = sqlite3.connect(Path(path).as_uri() + "?mode=ro", uri=True)
+    try:
+        row = db.execute("SELECT value FROM meta WHERE name = 'origin'").fetchone()
+    finally:
+        db.close()
+    return None if row is None else int(row[0])
 
 
 def cluster_id_of(path: str) -> str:
@@ -263,6 +276,8 @@ def test_restore_replaces_the_database_and_drops_the_old_log(tmp_path):
     assert sorted(os.listdir(source)) == ["LOCK", DB_FILENAME]
     assert os.stat(db_path).st_mode & 0o777 == 0o600
     assert stored(db_path) == {"k0": "v0", "k1": "v1", "k2": "v2"}
+    # Its writes take a new origin: the backup's clock lacks the ones made after it.
+    assert origin_of(out) is None and origin_of(db_path) >= FIRST_NEW_ORIGIN
     check_data_dir(source, 1)       # the replica would start on it
 
 
