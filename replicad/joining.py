@@ -8,7 +8,8 @@ replica issues write ids it issued before.  Two ways out:
 
 - **fresh**: every other member was seen holding no write (unbound, or bound with an
   empty clock: the first coordinator of a new cluster), so no write exists anywhere; or
-  the operator said ``--new-cluster``.  The first coordinator makes the cluster id; the
+  the operator said ``--new-cluster``.  The first coordinator makes the cluster id (once
+  every member accepted its epoch: replica.py, ``history_ready``); the
   others bind to it when they see it.
 - **joined**: it copied the data of ``pulls_needed`` distinct bound peers (full copies)
   and binds to their cluster id.  ``pulls_needed`` is 1 in the default mode and

@@ -141,6 +141,12 @@ class NodeActions(Protocol):
         """(confirm_holders only) Ask peer_id, which accepted ``epoch``, to pull what it
         lacks from this replica; call ``caught_up``."""
 
+    def history_ready(self, pulled: set[int]) -> bool:
+        """Whether this replica, taking over, may serve as far as its cluster history
+        goes, ``pulled`` being the peers that accepted its epoch and were pulled from:
+        the replica makes a fresh cluster's id here (replica.py says when).  False: the
+        node keeps taking over and asks again at the next accept or pull."""
+
     def role_changed(self, role: Role, coordinator: int | None, epoch: int) -> None:
         """Called on every change of (role, coordinator, coordinator epoch)."""
 
@@ -837,6 +843,8 @@ class Node:
                 self._elect("no majority heard from within the lease at take-over")
                 return
             if self._confirm_holders and not self._held_by_a_majority(state):
+                return
+            if not self._actions.history_ready(set(state.pulled)):
                 return
             serving = _Serving(Role.SERVING, self._my_id, state.epoch)
             self._last_tick = self._clock.seconds()

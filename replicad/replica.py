@@ -73,6 +73,7 @@ class Replica(service.MultiService):
         self._halt = halt
         self.halted: int | None = None
         self._stopping_because = ""
+        self._waiting_for_members_said = False    # history_ready's log line, once
         self.config = config
         self.new_cluster = new_cluster
         self.my_id = my_id
@@ -394,6 +395,30 @@ class Replica(service.MultiService):
         d.addCallback(lambda ok: self.node.pull_done(peer_id, epoch, bool(ok)))
         d.addErrback(self._failed, peer_id, "take-over pull")
 
+    def history_ready(self, pulled: set[int]) -> bool:
+        """A fresh cluster's first coordinator makes the cluster id (joining.py), once
+        every other member accepted its epoch and was pulled from (or at once with
+        --new-cluster).  Not before: a member seen unbound that has not answered since
+        may have won before it, made an id and stalled before anyone saw it; an id made
+        now would begin a second history, and the two coordinators would follow each
+        other's announcements for ever (their links, made unbound, carry no id to
+        compare).  Such a member that comes back bullies this replica (or is followed)
+        and its id reaches it in a PING answer."""
+        if self._bound:
+            return True
+        missing = sorted(set(self.config.ids) - {self.my_id} - pulled)
+        if missing and not self.new_cluster:
+            if not self._waiting_for_members_said:
+                self._waiting_for_members_said = True
+                self.log.info("replica {id} waits for every member before it begins the "
+                              "history of a new cluster: {missing} not heard from yet",
+                              id=self.my_id, missing=", ".join(map(str, missing)))
+            return False
+        self.store.bind_cluster(new_cluster_id())
+        self.log.info("replica {id} begins the history of cluster {cluster}",
+                      id=self.my_id, cluster=self.store.cluster_id)
+        return True
+
     def holders(self, peers: set[int]) -> set[int]:
         clock, known = self.store.clock, self.sync.peer_clocks
         return {p for p in peers if p in known and clock <= known[p]}
@@ -422,11 +447,6 @@ class Replica(service.MultiService):
         if coordinator is not None:
             self._suspected.pop(coordinator, None)   # it just announced itself: alive
             self._moved_to(coordinator, epoch)
-        if role is Role.TAKING_OVER and not self._bound:
-            # A fresh cluster's first coordinator makes its id (joining.py).
-            self.store.bind_cluster(new_cluster_id())
-            self.log.info("replica {id} begins the history of cluster {cluster}",
-                          id=self.my_id, cluster=self.store.cluster_id)
 
     def persist_epoch(self, epoch: int) -> None:
         self.store.set_epoch(epoch)

@@ -67,6 +67,12 @@ class Glue:
     def catch_up(self, peer_id, epoch):
         self.calls.append(("catch_up", peer_id, epoch))
 
+    history_missing = False       # history_ready says no (a fresh cluster still unbound)
+
+    def history_ready(self, pulled):
+        self.calls.append(("history", tuple(sorted(pulled))))
+        return not self.history_missing
+
     def role_changed(self, role, coordinator, epoch):
         self.calls.append(("role", role, coordinator, epoch))
 
@@ -962,6 +968,22 @@ class TakeOverHoldersTests(SynchronousTestCase):
 
 
 class TakeOverTests(SynchronousTestCase):
+    def test_waits_while_its_history_is_not_ready_and_asks_again_at_each_answer(self):
+        """A fresh cluster's first coordinator makes the cluster id only once every
+        member was pulled from (replica.py, history_ready): until then it does not serve."""
+        m, glue, _ = make(3)
+        glue.history_missing = True
+        m.start_election("x")
+        e = m.coordinator_epoch
+        m.coordinator_accepted(2, e)
+        m.pull_done(2, e, True)
+        m.coordinator_send_failed(1, e)
+        self.assertEqual((m.role, glue.of("history")), (T, [((2,),)]))
+        glue.history_missing = False
+        m.coordinator_accepted(1, e)               # the next re-announcement's answer
+        m.pull_done(1, e, True)
+        self.assertEqual((m.role, glue.of("history")[-1]), (S, ((1, 2),)))
+
     def test_needs_quorum_acceptances_and_pulls(self):
         m, glue, _ = make(5, (1, 2, 3, 4, 5), quorum=3)
         m.start_election("x")

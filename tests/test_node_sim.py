@@ -173,6 +173,9 @@ class Replica:
         self.net.pulls.append((self.id, peer_id, epoch))
         self.machine.pull_done(peer_id, epoch, True)   # instant, and it always works
 
+    def history_ready(self, pulled: set[int]) -> bool:
+        return True                      # every simulated replica has its history
+
     def role_changed(self, role: Role, coordinator: int | None, epoch: int) -> None:
         if role is Role.STOPPED:
             return

@@ -1695,3 +1695,63 @@ def test_a_replica_that_joins_by_copying_numbers_its_writes_under_a_new_origin(t
         assert replica.status_fields()["origin"] == str(origin)
     finally:
         replica.stopService()
+
+
+# A fresh cluster's history is begun once ----------------------------------------------
+
+
+def test_a_fresh_cluster_is_not_begun_twice_when_its_first_coordinator_stalls(tmp_path):
+    """Every member new; replica 3 wins the first election, makes the cluster id and
+    stalls before anyone sees it.  Replica 2, which saw 3 unbound, wins next: it must
+    not make a second id while 3 has not answered since (3 may have made one), or the
+    two coordinators follow each other's announcements for ever (docs/operations.md).
+    It waits; when 3 is back, its id arrives in a PING answer and 2 follows it.  Without
+    the wait (``history_ready``) this test fails: 2 serves cluster B."""
+    replica = Replica(default_config(), 2, str(tmp_path / "data"), MemoryReactorClock())
+    replica.startService()
+    try:
+        for peer in (1, 3):                               # every member is new
+            replica._compare(PeerStatus(peer, "follower", None, 0, VectorClock(), None))
+        assert replica.joining.fresh
+        follow(replica, 3)                                # 3 won, then stalled
+        node = replica.node
+        with capturedLogs() as events:
+            node.coordinator_failed()                     # 2's ping to 3 failed
+            for _ in range(4):                            # 3 never answers: 2 wins
+                replica.reactor.advance(replica.timers.answer_timeout)
+        assert (node.role, replica.store.cluster_id) == (Role.TAKING_OVER, None)
+        assert replica.status_fields()["ready"] == "no"
+        said = [formatEvent(e) for e in events if "before it begins the history" in
+                formatEvent(e)]
+        assert said == ["replica 2 waits for every member before it begins the history of a "
+                        "new cluster: 1, 3 not heard from yet"]
+
+        history = "a" * 32                                # 3's, made before it stalled
+        replica._compare_with_peer(PeerStatus(3, "coordinator", 3, own_epoch(2, 3),
+                                              VectorClock(), history))
+        assert (node.role, node.coordinator) == (Role.FOLLOWER, 3)
+        assert replica.store.cluster_id == history
+    finally:
+        replica.stopService()
+
+
+def test_the_first_coordinator_of_a_fresh_cluster_begins_its_history_once_all_answered(
+        tmp_path):
+    replica = Replica(default_config(), 2, str(tmp_path / "data"), MemoryReactorClock())
+    replica.startService()
+    try:
+        assert replica.history_ready({1}) is False
+        assert replica.store.cluster_id is None
+        assert replica.history_ready({1, 3}) is True      # every other member pulled
+        made = replica.store.cluster_id
+        assert made is not None and replica.history_ready(set()) is True   # bound: yes
+        assert replica.store.cluster_id == made
+    finally:
+        replica.stopService()
+    told = Replica(default_config(), 2, str(tmp_path / "told"), MemoryReactorClock(),
+                   new_cluster=True)                      # --new-cluster: at once
+    told.startService()
+    try:
+        assert told.history_ready(set()) is True and told.store.cluster_id is not None
+    finally:
+        told.stopService()
