@@ -1157,3 +1157,36 @@ def test_new_origins_avoid_the_ids_taken_and_fit_a_clock_entry(monkeypatch):
     origins = {identity.new_origin({1, 2, 3}) for _ in range(100)}
     assert len(origins) == 100
     assert all(first <= o <= identity.LAST_NEW_ORIGIN < 2**31 for o in origins)
+
+
+def test_the_write_ahead_log_shrinks_back_after_a_reader_held_it_long(tmp_path, monkeypatch):
+    """A reader holding an old snapshot (a full copy to a slow peer) lets the log grow
+    with every write meanwhile; once it is gone, the log is cut back to the limit when
+    SQLite starts it over, and grows again only to its usual size (a checkpoint every
+    1,000 pages, about 4 MB).  Without the limit it kept its largest size (checked)."""
+    import replicad.store as store_module
+
+    monkeypatch.setattr(store_module, "WAL_SIZE_LIMIT_BYTES", 256 * 1024)
+    path = str(tmp_path / "db.sqlite")
+    wal = path + "-wal"
+
+    def write_many(s: Store, n: int, value: str) -> None:
+        for start in range(0, n, 100):
+            s.begin_group()
+            for i in range(start, start + 100):
+                s.write(1, f"k{i % 500}", value)
+            s.commit_group()
+
+    with Store(path) as s:
+        s.claim(1)
+        write_many(s, 500, "a" * 100)
+        reader = sqlite3.connect(path)
+        reader.execute("BEGIN")
+        reader.execute("SELECT count(*) FROM kv").fetchone()     # holds its snapshot
+        write_many(s, 20000, "b" * 100)
+        grown = os.path.getsize(wal)
+        reader.rollback()
+        reader.close()
+        write_many(s, 1000, "c" * 100)               # checkpoints pass, the log restarts
+        assert os.path.getsize(wal) < 5 * 1024 * 1024 < grown
+        assert s.get("k1").value == "c" * 100
