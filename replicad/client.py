@@ -26,6 +26,7 @@ request at once (NoServerAvailable with ``tls_failed``).
 
 from __future__ import annotations
 
+import dataclasses
 import socket
 import ssl
 import time
@@ -185,6 +186,26 @@ def delete_result(reply: Reply, address: str) -> bool:
 def keys_result(reply: Reply, address: str) -> list[str]:
     _expect(reply, address, "KEYS")
     return list(reply.lines)
+
+
+# Keys asked for per page once a listing is too big for one reply (ERR TOOMANY).
+KEYS_PAGE = 10_000
+
+
+def keys_page_request(prefix: str, after: str | None, size: int) -> Request:
+    """``KEYS [prefix] [AFTER after] LIMIT size``: the next page of a listing."""
+    return dataclasses.replace(build_request("KEYS", prefix or None),
+                               page=wire.KeyPage(after, size))
+
+
+def keys_page_size(error: BaseException) -> int | None:
+    """None unless the server would not list that many keys in one reply (ERR TOOMANY);
+    then the size of the pages to ask for: KEYS_PAGE, or less if the server holds fewer
+    in a reply (the number its message starts with: its ``max_keys``)."""
+    if not isinstance(error, ServerError) or error.code != Code.TOOMANY:
+        return None
+    most = error.message.split(" ", 1)[0]
+    return min(KEYS_PAGE, int(most)) if wire.is_number(most) and int(most) else KEYS_PAGE
 
 
 def status_result(reply: Reply, address: str) -> dict[str, Any]:
@@ -408,7 +429,21 @@ class BlockingClient(_ClientSettings):
         return delete_result(*self.exchange(build_request("DEL", key)))
 
     def keys(self, prefix: str = "") -> list[str]:
-        return keys_result(*self.exchange(build_request("KEYS", prefix or None)))
+        """Every live key with the prefix, sorted.  A listing too big for one reply is
+        read in pages (each a read of its own: not one snapshot of the whole)."""
+        try:
+            return keys_result(*self.exchange(build_request("KEYS", prefix or None)))
+        except ServerError as e:
+            size = keys_page_size(e)
+            if size is None:
+                raise
+        listed: list[str] = []
+        while True:
+            after = listed[-1] if listed else None
+            page = keys_result(*self.exchange(keys_page_request(prefix, after, size)))
+            listed += page
+            if len(page) < size:
+                return listed
 
     def status(self) -> dict[str, Any]:
         return status_result(*self.exchange(build_request("STATUS")))

@@ -48,6 +48,8 @@ from replicad.client import (
     describe_tls_error,
     encode_attempt,
     get_result,
+    keys_page_request,
+    keys_page_size,
     keys_result,
     put_result,
     status_result,
@@ -202,7 +204,26 @@ class ReplicadClient(_ClientSettings):
         return self._call(lambda: build_request("DEL", key), delete_result)
 
     def keys(self, prefix: str = "") -> defer.Deferred[list[str]]:
-        return self._call(lambda: build_request("KEYS", prefix or None), keys_result)
+        """Every live key with the prefix, sorted; in pages when the server says the
+        listing is too big for one reply (as BlockingClient.keys)."""
+        return defer.ensureDeferred(self._keys(prefix))
+
+    async def _keys(self, prefix: str) -> list[str]:
+        try:
+            return await self._call(lambda: build_request("KEYS", prefix or None),
+                                    keys_result)
+        except ClientError as e:
+            size = keys_page_size(e)
+            if size is None:
+                raise
+        listed: list[str] = []
+        while True:
+            after = listed[-1] if listed else None
+            page = await self._call(
+                lambda after=after: keys_page_request(prefix, after, size), keys_result)
+            listed += page
+            if len(page) < size:
+                return listed
 
     def status(self) -> defer.Deferred[dict[str, Any]]:
         return self._call(lambda: build_request("STATUS"), status_result)

@@ -329,7 +329,7 @@ def default_config(
 _CLUSTER_FLOATS = {f.name for f in dataclasses.fields(Timers)}
 _CLUSTER_RATIOS = {"full_copy_ratio"}
 _CLUSTER_INTS = {"max_connections", "max_peer_connections", "listen_backlog", "max_key_bytes",
-                 "max_value_bytes"}
+                 "max_value_bytes", "max_keys"}
 _CLUSTER_STRINGS = {"secret", "client_password", "write_quorum"}
 _CLUSTER_SWITCHES = {"follower_reads", "confirmed_reads"}
 _MEMBER_KEYS = {"client", "peer", "client_listen", "peer_listen", "peer_connect", "admin",
@@ -390,6 +390,7 @@ def parse_config(parser: configparser.ConfigParser, source: str) -> ClusterConfi
     limits = Limits(
         max_key_bytes=ints.pop("max_key_bytes", Limits.max_key_bytes),
         max_value_bytes=ints.pop("max_value_bytes", Limits.max_value_bytes),
+        max_keys=ints.pop("max_keys", Limits.max_keys),
     )
     for name in _CLUSTER_RATIOS & set(cluster):
         ratio = _positive(cluster[name], name, where, float)
@@ -556,7 +557,7 @@ def render_config(config: ClusterConfig) -> str:
         value = getattr(config.timers, f.name)
         if value != f.default:
             lines.append(f"{f.name} = {value}")
-    for name in ("max_key_bytes", "max_value_bytes"):
+    for name in ("max_key_bytes", "max_value_bytes", "max_keys"):
         value = getattr(config.limits, name)
         if value != getattr(Limits, name):
             lines.append(f"{name} = {value}")

@@ -904,18 +904,46 @@ class Replica(service.MultiService):
             if record is None or record.value is None:      # absent, or a tombstone
                 return Reply("NOTFOUND", meta=meta)
             return Reply("VALUE", record.value, meta=meta)
-        prefix = request.key or ""
-        keys = store.keys(prefix)
-        if shown:
-            keys = self._shown_keys(prefix, keys, holds)
-        return Reply("KEYS", lines=tuple(keys), meta=meta)
+        return self._keys(request, meta, holds if shown else None)
 
-    def _shown_keys(self, prefix: str, keys: list[str], holds: int) -> list[str]:
-        """A KEYS listing as of the writes whose quorum is decided (quorumindex.py)."""
+    def _keys(self, request: Request, meta: ReplyMeta | None, holds: int | None) -> Reply:
+        """A KEYS reply: at most ``max_keys`` keys, a page of them if asked for (a page
+        shorter than its LIMIT is the last), else ERR TOOMANY.  ``holds``: quorum mode,
+        as of the writes whose quorum is decided (``_shown_keys``)."""
+        prefix, page = request.key or "", request.page
+        after = page.after if page is not None else None
+        most = self.config.limits.max_keys
+        limit = page.limit if page is not None and page.limit is not None else None
+        # One more than a reply holds says whether more are left; the quorum index
+        # may hide as many of them as it holds keys.
+        hidden = 0 if holds is None else len(self.quorum_index.keys_written())
+        asked = (limit or most) + 1 + hidden
+        keys = self.store.keys(prefix, after, asked)
+        if holds is not None:
+            keys = self._shown_keys(prefix, keys, holds, after,
+                                    keys[-1] if len(keys) == asked else None)
+        if len(keys) <= (limit or most):
+            return Reply("KEYS", lines=tuple(keys), meta=meta)
+        if limit is not None:
+            return Reply("KEYS", lines=tuple(keys[:limit]), meta=meta)
+        # The number first: a client pages with LIMITs no larger (client.py).
+        where = f"start with {prefix!r}" if prefix else "are live"
+        asking = f"KEYS {prefix} " if prefix else "KEYS "
+        return wire.error_reply(
+            Code.TOOMANY, f"{most} keys at most in one reply, and more {where}: ask for "
+                          f"them in pages, {asking}LIMIT {most}, then {asking}AFTER <its "
+                          f"last key> LIMIT {most} until a page is short").with_meta(meta)
+
+    def _shown_keys(self, prefix: str, keys: list[str], holds: int,
+                    after: str | None = None, upto: str | None = None) -> list[str]:
+        """A KEYS listing as of the writes whose quorum is decided (quorumindex.py): of
+        the keys above ``after`` and up to ``upto`` (the last one read, when the read
+        stopped at its limit)."""
         listed = set(keys)
         index, store = self.quorum_index, self.store
         for key in index.keys_written():
-            if key.startswith(prefix):
+            if (key.startswith(prefix) and (after is None or key > after)
+                    and (upto is None or key <= upto)):
                 record = index.shown(key, store.get(key), store.origin, holds)
                 if record is not None and record.value is not None:
                     listed.add(key)

@@ -643,15 +643,23 @@ class Store:
             hot.popitem(last=False)
 
     @_reading
-    def keys(self, prefix: str = "") -> list[str]:
-        """Live keys starting with prefix, sorted: an index range, not a scan."""
-        sql = "SELECT key FROM kv WHERE key >= ? AND value IS NOT NULL"
-        params = [prefix]
+    def keys(self, prefix: str = "", after: str | None = None,
+             limit: int | None = None) -> list[str]:
+        """Live keys starting with prefix, sorted: an index range, not a scan; only
+        those above ``after``, and at most ``limit`` of them (a KEYS page)."""
+        if after is not None and after >= prefix:
+            sql, params = "SELECT key FROM kv WHERE key > ? AND value IS NOT NULL", [after]
+        else:
+            sql, params = "SELECT key FROM kv WHERE key >= ? AND value IS NOT NULL", [prefix]
         end = _prefix_end(prefix)
         if end is not None:
             sql += " AND key < ?"
             params.append(end)
-        return [key for (key,) in self._db.execute(sql + " ORDER BY key", params)]
+        sql += " ORDER BY key"
+        if limit is not None:
+            sql += " LIMIT ?"
+            params.append(limit)
+        return [key for (key,) in self._db.execute(sql, params)]
 
     @_reading
     def count(self) -> int:

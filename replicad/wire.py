@@ -18,6 +18,11 @@ from replicad.vclock import ClockError, VectorClock
 
 MAX_KEY_BYTES = 256
 DEFAULT_MAX_VALUE_BYTES = 64 * 1024
+# Keys in one KEYS reply.  A listing is read and encoded in one reactor turn: 1,000,000
+# keys took 0.9 s, longer than a follower waits for a PING answer, so one KEYS could
+# make the followers elect another coordinator (docs/protocol.md).  A bigger listing is
+# asked for in pages (KEYS ... AFTER <key> LIMIT <n>), about 0.1 s each at most.
+DEFAULT_MAX_KEYS = 100_000
 # Room for the command word, the key and a session context with many replicas.
 LINE_OVERHEAD_BYTES = 4096
 
@@ -33,6 +38,7 @@ class Code:
     BADKEY = "BADKEY"            # empty, too long, or holds control characters
     BADVALUE = "BADVALUE"        # holds control characters other than tab
     TOOBIG = "TOOBIG"            # value over the configured limit
+    TOOMANY = "TOOMANY"          # more keys match a KEYS than one reply holds: page
     LINETOOLONG = "LINETOOLONG"  # line over the limit; the connection is closed
     BADENCODING = "BADENCODING"  # not UTF-8
     BADCONTEXT = "BADCONTEXT"    # malformed session context token
@@ -77,7 +83,8 @@ HELP_LINES = (
     "PUT <key> <value>   store value (the rest of the line, spaces allowed) under key",
     "GET <key>           reply VALUE <value>, or NOTFOUND",
     "DEL <key>           delete key; reply OK, or NOTFOUND",
-    "KEYS [prefix]       list live keys (with the prefix), sorted",
+    "KEYS [prefix] [AFTER <key>] [LIMIT <n>]",
+    "                    list live keys (with the prefix), sorted; a page of them",
     "STATUS              this replica: role, coordinator, epoch, clock, peers",
     "PING                reply PONG",
     "HELP                this text",
@@ -217,10 +224,20 @@ class Limits:
 
     max_key_bytes: int = MAX_KEY_BYTES
     max_value_bytes: int = DEFAULT_MAX_VALUE_BYTES
+    max_keys: int = DEFAULT_MAX_KEYS      # in one KEYS reply
 
     @property
     def max_line_bytes(self) -> int:
         return self.max_value_bytes + self.max_key_bytes + LINE_OVERHEAD_BYTES
+
+
+@dataclass(frozen=True, slots=True)
+class KeyPage:
+    """``KEYS [prefix] AFTER <key> LIMIT <n>``: the keys above ``after`` (None: from the
+    first), at most ``limit`` (None: every one, if one reply holds them)."""
+
+    after: str | None = None
+    limit: int | None = None
 
 
 @dataclass(slots=True)
@@ -229,6 +246,7 @@ class Request:
     key: str | None = None
     value: str | None = None
     context: SessionContext | None = None
+    page: KeyPage | None = None           # KEYS only
 
     @property
     def is_read(self) -> bool:
@@ -251,6 +269,12 @@ class Request:
         parts.append(self.command)
         if self.key is not None:
             parts.append(self.key)
+        page = self.page
+        if page is not None:
+            if page.after is not None:
+                parts += ["AFTER", page.after]
+            if page.limit is not None:
+                parts += ["LIMIT", str(page.limit)]
         line = " ".join(parts)
         if self.value is not None:
             line += " " + self.value
@@ -317,14 +341,38 @@ def parse_request(line: str, limits: Limits = Limits()) -> Request | None:
         check_key(args[0], limits)
         return Request(command, args[0], None, context)
     if command == "KEYS":
-        if len(args) > 1:
-            raise WireError(Code.BADARGS, "usage: KEYS [prefix]")
-        if args:
-            check_key(args[0], limits)
-        return Request("KEYS", args[0] if args else None, None, context)
+        return _keys_request(args, context, limits)
     if args:
         raise WireError(Code.BADARGS, f"usage: {command} (no arguments)")
     return Request(command, None, None, context)
+
+
+_KEYS_USAGE = "usage: KEYS [prefix] [AFTER <key>] [LIMIT <n>]"
+
+
+def _keys_request(args: list[str], context: SessionContext | None, limits: Limits) -> Request:
+    """KEYS: a prefix if the arguments are odd in number (so a prefix may be any key,
+    AFTER and LIMIT too), then AFTER and LIMIT pairs, each at most once."""
+    prefix = None
+    if len(args) % 2:
+        prefix = args[0]
+        check_key(prefix, limits)
+    after = limit = None
+    pairs = args[len(args) % 2:]
+    for word, value in zip(pairs[::2], pairs[1::2], strict=True):
+        word = word.upper()
+        if word == "AFTER" and after is None:
+            check_key(value, limits)
+            after = value
+        elif word == "LIMIT" and limit is None:
+            if not is_number(value) or not 1 <= int(value) <= limits.max_keys:
+                raise WireError(Code.BADARGS, f"LIMIT must be a number from 1 to "
+                                              f"{limits.max_keys}, got {_shorten(value)!r}")
+            limit = int(value)
+        else:
+            raise WireError(Code.BADARGS, _KEYS_USAGE)
+    page = None if after is None and limit is None else KeyPage(after, limit)
+    return Request("KEYS", prefix, None, context, page)
 
 
 # Unicode category Cc is exactly U+0000-U+001F and U+007F-U+009F (checked in

@@ -420,6 +420,36 @@ async def test_multiline_keys(drive, server):
 
 
 @pytest_twisted.ensureDeferred
+async def test_a_listing_too_big_for_one_reply_is_read_in_pages(drive, server, monkeypatch):
+    """ERR TOOMANY: the client asks for pages (LIMIT, then AFTER the page's last key)
+    until a page is short, and returns the whole listing."""
+    import replicad.client
+    from replicad import wire
+
+    monkeypatch.setattr(replicad.client, "KEYS_PAGE", 4)   # the server's 3 is less
+    stored = sorted(f"a{n}" for n in range(7)) + ["b1"]
+
+    def paging(line: str) -> bytes:
+        request = wire.parse_request(line)
+        prefix, page = request.key or "", request.page
+        listed = [k for k in stored if k.startswith(prefix)
+                  and (page is None or page.after is None or k > page.after)]
+        if page is None or page.limit is None:
+            if len(listed) > 3:
+                return error_reply(Code.TOOMANY, "3 keys at most in one reply").encode()
+            return Reply("KEYS", lines=tuple(listed)).encode()
+        return Reply("KEYS", lines=tuple(listed[:page.limit])).encode()
+
+    s = server(paging)
+    client = drive.make([s.address])
+    assert await drive.call(client, "keys", "a") == stored[:-1]
+    assert [r.split(" ", 1)[1] for r in s.requests] == [
+        "KEYS a", "KEYS a LIMIT 3", "KEYS a AFTER a2 LIMIT 3", "KEYS a AFTER a5 LIMIT 3"]
+    assert await drive.call(client, "keys", "b") == ["b1"]          # fits: one request
+    assert len(s.requests) == 5
+
+
+@pytest_twisted.ensureDeferred
 async def test_request_carries_session_context_and_reply_meta_is_merged(drive, server):
     s = server(answer(VALUE, vc=VectorClock({1: 5}), by=3, here=1, coord=3, epoch=7))
     session = ClientSession(VectorClock({1: 2}), VectorClock({2: 1}), last_server=3)

@@ -349,3 +349,23 @@ def test_a_withdrawn_write_lets_the_decided_ones_after_it_pass():
     assert index.quiet
     index.decided(9)                     # never waited: nothing happens
     assert index.quiet
+
+
+def test_a_keys_page_lists_the_decided_writes_and_is_short_only_at_the_end(coordinator):
+    """Pages as of the decided writes: a page that the waiting writes thin out is still
+    full while keys are left (the read takes one more key per key the index holds), so
+    a short page means the end.  Without those extra keys this test fails (checked):
+    KEYS answers (a, c), as if that were every key."""
+    limits = dataclasses.replace(coordinator.config.limits, max_keys=3)
+    coordinator.config = dataclasses.replace(coordinator.config, limits=limits)
+    for key in ("a", "c", "d", "e"):
+        serve_acked(coordinator, key, "1")
+    write_waiting(coordinator, "bb", "new")              # waiting: not shown yet
+    write_waiting(coordinator, "bc", "new")
+    assert now(coordinator, "KEYS").error_code == "TOOMANY"
+    assert now(coordinator, "KEYS LIMIT 3").lines == ("a", "c", "d")
+    assert now(coordinator, "KEYS AFTER d LIMIT 3").lines == ("e",)
+    ack_all(coordinator)
+    assert now(coordinator, "KEYS LIMIT 3").lines == ("a", "bb", "bc")
+    assert now(coordinator, "KEYS AFTER bc LIMIT 3").lines == ("c", "d", "e")
+    assert now(coordinator, "KEYS AFTER e LIMIT 3").lines == ()

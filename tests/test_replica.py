@@ -1755,3 +1755,40 @@ def test_the_first_coordinator_of_a_fresh_cluster_begins_its_history_once_all_an
         assert told.history_ready(set()) is True and told.store.cluster_id is not None
     finally:
         told.stopService()
+
+
+# A KEYS listing bigger than one reply --------------------------------------------------
+
+
+def test_a_keys_listing_bigger_than_a_reply_is_toomany_and_is_read_in_pages(tmp_path):
+    """One turn reads and encodes a listing: bounded by max_keys, so that no KEYS keeps
+    the replica from answering its peers' PINGs (wire.py DEFAULT_MAX_KEYS)."""
+    import dataclasses
+
+    config = default_config()
+    config = dataclasses.replace(config, limits=dataclasses.replace(config.limits, max_keys=3))
+    replica = Replica(config, 2, str(tmp_path / "data"), MemoryReactorClock(),
+                      new_cluster=True)
+    replica.startService()
+    try:
+        serving(replica)
+        for key in ("a1", "a2", "a3", "a4", "a5", "b1", "b2"):
+            assert serve(replica, f"PUT {key} v").status == "OK"
+        too_many = read_now(replica, "KEYS")
+        assert (too_many.error_code, too_many.error_message) == (
+            "TOOMANY", "3 keys at most in one reply, and more are live: ask for them in "
+                       "pages, KEYS LIMIT 3, then KEYS AFTER <its last key> LIMIT 3 until "
+                       "a page is short")
+        assert too_many.meta is None and read_now(replica, "KEYS a").error_message.startswith(
+            "3 keys at most in one reply, and more start with 'a': ask for them in pages, "
+            "KEYS a LIMIT 3, then KEYS a AFTER <its last key> LIMIT 3")
+        assert read_now(replica, "KEYS a LIMIT 3").lines == ("a1", "a2", "a3")
+        assert read_now(replica, "KEYS a AFTER a3 LIMIT 3").lines == ("a4", "a5")
+        assert read_now(replica, "KEYS b").lines == ("b1", "b2")          # fits: as before
+        assert read_now(replica, "KEYS AFTER a4").lines == ("a5", "b1", "b2")
+        assert read_now(replica, "KEYS a AFTER 0").error_code == "TOOMANY"   # below a
+        assert read_now(replica, "KEYS b AFTER z LIMIT 3").lines == ()
+        reply = read_now(replica, "@r=;w= KEYS a AFTER a4 LIMIT 3")
+        assert reply.lines == ("a5",) and reply.meta.vc == replica.store.clock
+    finally:
+        replica.stopService()

@@ -1190,3 +1190,19 @@ def test_the_write_ahead_log_shrinks_back_after_a_reader_held_it_long(tmp_path, 
         write_many(s, 1000, "c" * 100)               # checkpoints pass, the log restarts
         assert os.path.getsize(wal) < 5 * 1024 * 1024 < grown
         assert s.get("k1").value == "c" * 100
+
+
+
+@given(
+    st.sets(st.text(EDGE_CHARS, min_size=1, max_size=4), max_size=15),
+    st.text(EDGE_CHARS, max_size=3),
+    st.none() | st.text(EDGE_CHARS, min_size=1, max_size=4),
+    st.none() | st.integers(1, 6),
+)
+def test_a_keys_page_is_the_listing_after_its_key_cut_at_its_limit(keys, prefix, after, limit):
+    with Store(":memory:") as s:
+        for key in keys:
+            s.write(1, key, "v")
+        listing = sorted(k for k in keys if k.startswith(prefix)
+                         and (after is None or k > after))
+        assert s.keys(prefix, after, limit) == listing[:limit]

@@ -47,7 +47,10 @@ CONTEXTS = st.none() | st.builds(SessionContext, CLOCKS, CLOCKS, IDS)
 REQUESTS = st.one_of(
     st.builds(Request, st.just("PUT"), KEYS, VALUES, CONTEXTS),
     st.builds(Request, st.sampled_from(["GET", "DEL"]), KEYS, st.none(), CONTEXTS),
-    st.builds(Request, st.just("KEYS"), st.none() | KEYS, st.none(), CONTEXTS),
+    st.builds(Request, st.just("KEYS"), st.none() | KEYS, st.none(), CONTEXTS,
+              st.none() | st.builds(wire.KeyPage, st.none() | KEYS,
+                                    st.none() | st.integers(1, wire.DEFAULT_MAX_KEYS))
+              .filter(lambda page: page.after is not None or page.limit is not None)),
     st.builds(
         Request, st.sampled_from(["STATUS", "PING", "HELP", "QUIT"]), st.none(), st.none(),
         CONTEXTS,
@@ -604,3 +607,43 @@ def test_a_relayed_reply_is_the_coordinators_bytes_and_reads_as_the_reply(reply,
 ])
 def test_a_reply_that_must_be_parsed_is_not_relayed(lines):
     assert wire.relay(lines, 1) is None
+
+
+# KEYS pages: a prefix when the arguments are odd in number, then AFTER / LIMIT pairs ----
+
+
+@pytest.mark.parametrize("line, request_", [
+    ("KEYS p AFTER k", Request("KEYS", "p", page=wire.KeyPage("k", None))),
+    ("KEYS AFTER k", Request("KEYS", None, page=wire.KeyPage("k", None))),
+    ("keys limit 5", Request("KEYS", None, page=wire.KeyPage(None, 5))),
+    ("KEYS p LIMIT 5 AFTER k", Request("KEYS", "p", page=wire.KeyPage("k", 5))),
+    ("KEYS AFTER", Request("KEYS", "AFTER")),                 # one argument: a prefix
+    ("KEYS LIMIT AFTER k", Request("KEYS", "LIMIT", page=wire.KeyPage("k", None))),
+    (f"KEYS LIMIT {wire.DEFAULT_MAX_KEYS}",
+     Request("KEYS", None, page=wire.KeyPage(None, wire.DEFAULT_MAX_KEYS))),
+])
+def test_keys_pages_parse(line, request_):
+    assert parse_request(line) == request_
+    assert parse_request(request_.encode()) == request_
+
+
+@pytest.mark.parametrize("line, message", [
+    ("KEYS a b", "usage: KEYS [prefix] [AFTER <key>] [LIMIT <n>]"),
+    ("KEYS p AFTER k AFTER j", "usage: KEYS [prefix] [AFTER <key>] [LIMIT <n>]"),
+    ("KEYS p SINCE k", "usage: KEYS [prefix] [AFTER <key>] [LIMIT <n>]"),
+    ("KEYS LIMIT 0", f"LIMIT must be a number from 1 to {wire.DEFAULT_MAX_KEYS}, got '0'"),
+    ("KEYS LIMIT -3", f"LIMIT must be a number from 1 to {wire.DEFAULT_MAX_KEYS}, got '-3'"),
+    (f"KEYS LIMIT {wire.DEFAULT_MAX_KEYS + 1}",
+     f"LIMIT must be a number from 1 to {wire.DEFAULT_MAX_KEYS}, "
+     f"got '{wire.DEFAULT_MAX_KEYS + 1}'"),
+])
+def test_bad_keys_pages_are_badargs(line, message):
+    with pytest.raises(WireError) as info:
+        parse_request(line)
+    assert (info.value.code, info.value.message) == (Code.BADARGS, message)
+
+
+def test_a_keys_page_checks_its_key():
+    with pytest.raises(WireError) as info:
+        parse_request("KEYS AFTER " + "k" * 300)
+    assert info.value.code == Code.BADKEY
