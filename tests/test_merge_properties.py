@@ -54,6 +54,7 @@ def pull(dst, src, mode):
 
 
 def check_invariant(store, writes):
+    assert store.count() == store._count_live()      # the count kept as rows change
     for w in writes:
         if store.clock[w.origin] >= w.seq:
             held = store.get(w.key)

@@ -1206,3 +1206,53 @@ def test_a_keys_page_is_the_listing_after_its_key_cut_at_its_limit(keys, prefix,
         listing = sorted(k for k in keys if k.startswith(prefix)
                          and (after is None or k > after))
         assert s.keys(prefix, after, limit) == listing[:limit]
+
+
+# The live-key count, kept as the rows change -------------------------------------------
+
+
+def test_the_live_key_count_follows_every_way_a_row_changes(tmp_path):
+    """STATUS's ``keys`` without a scan each time: inserts, overwrites, deletes, pushed batches
+    (one statement, or record by record), merges, imports, and rollbacks of a change
+    and of a group all leave it equal to a count of the rows."""
+    path = str(tmp_path / "db.sqlite")
+
+    def check(s: Store, expected: int) -> None:
+        assert s.count() == s._count_live() == expected
+
+    with Store(path) as s:
+        s.claim(1)
+        s.write(1, "a", "1")
+        s.write(1, "b", "1")
+        s.write(1, "a", "2")                     # over a live row
+        s.write(1, "b", None)                    # a tombstone
+        check(s, 1)
+        s._hot.clear()
+        s.write(1, "b", "again")                 # over a tombstone the hot dict forgot
+        check(s, 2)
+        s.begin_group()
+        assert s.apply_pushed_batch(in_order()) == ["applied"] * 4    # one statement
+        s.write(1, "c", "1")
+        check(s, 7)
+        s.commit_group()
+        s.begin_group()
+        s.write(1, "d", "1")
+        s.write(1, "f", "1")
+        s.write(1, "a", None)
+        with pytest.raises(sqlite3.Error):
+            with s._transaction(joinable=True):  # a change rolled back to its savepoint
+                s.write(1, "e", "1")
+                s._db.execute("SELECT no_such_column FROM kv")
+        check(s, 8)
+        s._db.execute("ROLLBACK")                # the group's COMMIT will fail
+        with pytest.raises(sqlite3.Error):
+            s.commit_group()
+        check(s, 7)                              # as before the group
+    with Store(path) as s:
+        check(s, 7)                              # counted when first asked
+        importer = s.begin_import()
+        for n in range(5):
+            importer.add(Record(f"new{n}", "v", 2, n + 1, VectorClock({2: n + 1}), 9))
+        importer.add(Record("c", None, 2, 6, VectorClock({1: 9, 2: 6}), 9))   # a merge
+        importer.finish(VectorClock({2: 6}))
+        check(s, 11)
