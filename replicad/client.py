@@ -192,20 +192,39 @@ def keys_result(reply: Reply, address: str) -> list[str]:
 KEYS_PAGE = 10_000
 
 
-def keys_page_request(prefix: str, after: str | None, size: int) -> Request:
-    """``KEYS [prefix] [AFTER after] LIMIT size``: the next page of a listing."""
-    return dataclasses.replace(build_request("KEYS", prefix or None),
-                               page=wire.KeyPage(after, size))
+class KeysListing:
+    """The requests a listing takes: one ``KEYS [prefix]``; if the server answers ERR
+    TOOMANY, pages (``AFTER`` the last key listed, ``LIMIT`` the page size) until one is
+    short.  Pure: both clients drive it (``first``, ``too_many``, then ``page`` and
+    ``add`` until ``add`` says done; ``keys``)."""
 
+    def __init__(self, prefix: str):
+        self.prefix = prefix
+        self.keys: list[str] = []
+        self.size = KEYS_PAGE
 
-def keys_page_size(error: BaseException) -> int | None:
-    """None unless the server would not list that many keys in one reply (ERR TOOMANY);
-    then the size of the pages to ask for: KEYS_PAGE, or less if the server holds fewer
-    in a reply (the number its message starts with: its ``max_keys``)."""
-    if not isinstance(error, ServerError) or error.code != Code.TOOMANY:
-        return None
-    most = error.message.split(" ", 1)[0]
-    return min(KEYS_PAGE, int(most)) if wire.is_number(most) and int(most) else KEYS_PAGE
+    def first(self) -> Request:
+        return build_request("KEYS", self.prefix or None)
+
+    def too_many(self, error: BaseException) -> bool:
+        """Whether ``error`` asks for pages; their size is then KEYS_PAGE, or less if
+        the server holds fewer in a reply (the number its message starts with)."""
+        if not isinstance(error, ServerError) or error.code != Code.TOOMANY:
+            return False
+        most = error.message.split(" ", 1)[0]
+        if wire.is_number(most) and int(most):
+            self.size = min(KEYS_PAGE, int(most))
+        return True
+
+    def page(self) -> Request:
+        """``KEYS [prefix] [AFTER <last key listed>] LIMIT <size>``."""
+        return dataclasses.replace(
+            self.first(), page=wire.KeyPage(self.keys[-1] if self.keys else None, self.size))
+
+    def add(self, page: list[str]) -> bool:
+        """A page's keys; True once the listing is whole (the page was short)."""
+        self.keys += page
+        return len(page) < self.size
 
 
 def status_result(reply: Reply, address: str) -> dict[str, Any]:
@@ -431,19 +450,15 @@ class BlockingClient(_ClientSettings):
     def keys(self, prefix: str = "") -> list[str]:
         """Every live key with the prefix, sorted.  A listing too big for one reply is
         read in pages (each a read of its own: not one snapshot of the whole)."""
+        listing = KeysListing(prefix)
         try:
-            return keys_result(*self.exchange(build_request("KEYS", prefix or None)))
+            return keys_result(*self.exchange(listing.first()))
         except ServerError as e:
-            size = keys_page_size(e)
-            if size is None:
+            if not listing.too_many(e):
                 raise
-        listed: list[str] = []
-        while True:
-            after = listed[-1] if listed else None
-            page = keys_result(*self.exchange(keys_page_request(prefix, after, size)))
-            listed += page
-            if len(page) < size:
-                return listed
+        while not listing.add(keys_result(*self.exchange(listing.page()))):
+            pass
+        return listing.keys
 
     def status(self) -> dict[str, Any]:
         return status_result(*self.exchange(build_request("STATUS")))

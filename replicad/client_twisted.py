@@ -34,6 +34,7 @@ from replicad.client import (
     Backoff,
     ClientError,
     FailureKind,
+    KeysListing,
     Outcome,
     TLSSetupError,
     _ClientSettings,
@@ -48,8 +49,6 @@ from replicad.client import (
     describe_tls_error,
     encode_attempt,
     get_result,
-    keys_page_request,
-    keys_page_size,
     keys_result,
     put_result,
     status_result,
@@ -209,21 +208,15 @@ class ReplicadClient(_ClientSettings):
         return defer.ensureDeferred(self._keys(prefix))
 
     async def _keys(self, prefix: str) -> list[str]:
+        listing = KeysListing(prefix)
         try:
-            return await self._call(lambda: build_request("KEYS", prefix or None),
-                                    keys_result)
+            return await self._call(listing.first, keys_result)
         except ClientError as e:
-            size = keys_page_size(e)
-            if size is None:
+            if not listing.too_many(e):
                 raise
-        listed: list[str] = []
-        while True:
-            after = listed[-1] if listed else None
-            page = await self._call(
-                lambda after=after: keys_page_request(prefix, after, size), keys_result)
-            listed += page
-            if len(page) < size:
-                return listed
+        while not listing.add(await self._call(listing.page, keys_result)):
+            pass
+        return listing.keys
 
     def status(self) -> defer.Deferred[dict[str, Any]]:
         return self._call(lambda: build_request("STATUS"), status_result)

@@ -1166,3 +1166,19 @@ def test_parse_status_keeps_what_it_does_not_understand():
     assert status["id"] == 1 and status["coordinator"] is None
     assert status["clock"] == "garbage" and status["peers"] == {}
     assert status["extra"] == "x y" and status["role"] is None and status["server"] == "h:1"
+
+
+def test_a_keys_listing_pages_at_the_size_the_server_holds_in_a_reply():
+    from replicad.client import KEYS_PAGE, KeysListing, ServerError
+
+    listing = KeysListing("p")
+    assert listing.first().encode() == "KEYS p"
+    assert not listing.too_many(ServerError(Code.BADARGS, "no"))
+    assert listing.too_many(ServerError(Code.TOOMANY, "500 keys at most in one reply"))
+    assert listing.page().encode() == "KEYS p LIMIT 500"
+    assert listing.add([f"p{n:03d}" for n in range(500)]) is False    # full: more to ask
+    assert listing.page().encode() == "KEYS p AFTER p499 LIMIT 500"
+    assert listing.add(["p500"]) is True and len(listing.keys) == 501
+    worded = KeysListing("")
+    assert worded.too_many(ServerError(Code.TOOMANY, "too many keys"))    # no number
+    assert worded.page().encode() == f"KEYS LIMIT {KEYS_PAGE}"
