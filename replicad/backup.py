@@ -48,7 +48,7 @@ from typing import Any
 from replicad.config import ConfigError
 from replicad.datadir import DB_FILENAME, lock_data_dir
 from replicad.identity import new_origin
-from replicad.store import FILE_MODE
+from replicad.store import FILE_MODE, Store, StoreError
 from replicad.usage import UsageError
 
 PROG = "replicad-backup"
@@ -119,17 +119,10 @@ def _renumber(path: str) -> int:
     """Give the copy at ``path`` a new origin (the module docstring says why) and
     return it."""
     try:
-        db = sqlite3.connect(path, isolation_level=None)
-        try:
-            taken = {replica for (replica,) in db.execute("SELECT replica FROM clock")}
-            taken |= {int(v) for (v,) in db.execute(
-                "SELECT value FROM meta WHERE name IN ('replica_id', 'origin')")
-                if v.isascii() and v.isdigit()}
-            origin = new_origin(taken)
-            db.execute("REPLACE INTO meta (name, value) VALUES ('origin', ?)", (str(origin),))
-        finally:
-            db.close()
-    except sqlite3.Error as e:
+        with Store(path) as store:
+            origin = new_origin({*store.clock, store.replica_id, store.origin})
+            store.renumber(origin)
+    except (StoreError, sqlite3.Error) as e:
         raise BackupError(f"cannot write {path}: {e}") from None
     return origin
 
