@@ -913,7 +913,7 @@ class Replica(service.MultiService):
         prefix, page = request.key or "", request.page
         after = page.after if page is not None else None
         most = self.config.limits.max_keys
-        limit = page.limit if page is not None and page.limit is not None else None
+        limit = page.limit if page is not None else None
         # One more than a reply holds says whether more are left; the quorum index
         # may hide as many of them as it holds keys.
         hidden = 0 if holds is None else len(self.quorum_index.keys_written())
