@@ -59,7 +59,7 @@ import itertools
 import os
 import sqlite3
 import uuid
-from collections.abc import Callable, Iterable, Iterator, Sequence
+from collections.abc import Callable, Generator, Iterable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -70,6 +70,7 @@ from replicad.vclock import MAX_ENTRY, ClockError, Order, VectorClock
 SCHEMA_VERSION = "3"   # 2: kv.epoch and kv.rid, the requests table; 3: requests.noop
 REQUEST_IDS_KEPT = 100_000   # request ids remembered (the newest): the retry window
 BATCH_ROWS = 1000  # rows per fetchmany/staging batch: bounds memory of exports and imports
+MERGE_ROWS = 2000  # staged keys merged per step of an import's finish (finish_steps)
 MAX_CONFLICT_KEYS = 20  # keys named in an ApplyResult, for the log; the count is exact
 MEMORY = ":memory:"
 # The database, its -wal and -shm, and staging files hold every key and value: owner
@@ -205,6 +206,10 @@ class ApplyResult:
 
 class StoreError(Exception):
     """The database cannot be used (not a replicad database, bad schema) or a bad record."""
+
+
+class ImportAborted(StoreError):
+    """An import's finish was aborted between its steps (the store closed)."""
 
 
 class NewerEpoch(StoreError):
@@ -1074,7 +1079,7 @@ class Store:
     # -- import --------------------------------------------------------------------------
 
     def begin_import(self) -> Importer:
-        """Stage a streamed full copy or large delta, merged at finish() in one transaction.
+        """Stage a streamed full copy or large delta, merged by finish() or finish_steps().
 
         Each open import ATTACHes a database; SQLite allows 10 per connection, so at most
         9 imports can be open at once (sqlite3.OperationalError beyond).
@@ -1295,59 +1300,98 @@ class Importer:
         self._pending.clear()
 
     def finish(self, clock: VectorClock) -> ApplyResult:
-        """Merge the staged records and clock into the store in one transaction.
+        """Merge the staged records and the clock into the store, all steps at once."""
+        steps = self.finish_steps(clock)
+        while True:
+            try:
+                next(steps)
+            except StopIteration as done:
+                return done.value
 
-        Keys the store lacks go in with one INSERT .. SELECT (the bootstrap case); keys on
-        both sides are compared row by row with winner() to count conflicts.
+    def finish_steps(self, clock: VectorClock) -> Generator[None, None, ApplyResult]:
+        """Merge the staged records in steps of MERGE_ROWS keys, one transaction each; the
+        clock rises in the last step, so a caller can run other work between steps (a
+        million keys took 4 s in one call: a replica that answers no PING for that long
+        looks dead).  Returns the ApplyResult.
+
+        Records land before the clock that promises them; the invariant only asks the
+        reverse, and a write over such a record merges its version (``write``).  If the
+        steps stop early (closed, an error) the staging is dropped, the merged records
+        stay and the clock is not raised: a later pull brings the rest.  The request rows
+        go in with the first step, so a retry hears what a write became (lost a merge,
+        changed nothing) before its record arrives.  An import of at most MERGE_ROWS keys
+        is one step: one transaction, as before.
         """
         self._check_open()
         store, db, s = self._store, self._db, self._schema
         try:
             self._flush()
             result = ApplyResult(0, 0)
-            with store._transaction():
-                last = ""  # keys are non-empty, so every key is > ""
-                while True:
-                    # Pages of BATCH_ROWS rows (keyset pagination): bounded memory, and no
-                    # cursor stays open on kv while _merge() writes to it.  CROSS JOIN
-                    # makes SQLite walk the staging in key order and probe kv by key.
-                    page = db.execute(
-                        f"SELECT s.key, s.value, s.origin, s.seq, s.version, s.epoch, s.rid"
-                        f" FROM {s}.kv AS s"
-                        " CROSS JOIN main.kv AS k ON k.key = s.key WHERE s.key > ?"
-                        " ORDER BY s.key LIMIT ?",
-                        (last, BATCH_ROWS),
-                    ).fetchall()
-                    if not page:
-                        break
-                    for row in page:
-                        store._merge(_record(row), result)
-                    last = page[-1][0]
-                db.execute(
-                    "INSERT OR IGNORE INTO main.requests (rid, origin, seq, version)"
-                    f" SELECT rid, origin, seq, version FROM {s}.kv AS s WHERE rid IS NOT NULL"
-                    " AND NOT EXISTS (SELECT 1 FROM main.kv AS k WHERE k.key = s.key)"
-                )
-                inserted = db.execute(
-                    "INSERT INTO main.kv (key, value, origin, seq, version, vtotal, epoch, rid)"
-                    f" SELECT key, value, origin, seq, version, vtotal, epoch, rid FROM {s}.kv AS s"
-                    " WHERE NOT EXISTS (SELECT 1 FROM main.kv AS k WHERE k.key = s.key)"
-                ).rowcount
-                result.applied += inserted
-                db.executemany(
-                    "INSERT INTO main.requests (rid, origin, seq, version, discarded, noop)"
-                    " VALUES (?, ?, ?, ?, ?, ?) ON CONFLICT (rid) DO UPDATE SET"
-                    " discarded = max(discarded, excluded.discarded)", self._requests)
-                new_clock = store._clock.merge(clock)
-                store._save_clock(new_clock)
-                store._count_conflicts(result.conflicts)
-            store._hot.clear()   # the INSERT .. SELECT above went around _put
-            store._live = None                           # and around the count
-            store._clock = new_clock
-            store._conflicts += result.conflicts
-            return result
+            requests, self._requests = self._requests, []
+            last = ""  # keys are non-empty, so every key is > ""
+            while True:
+                upper = db.execute(f"SELECT key FROM {s}.kv WHERE key > ? ORDER BY key"
+                                   " LIMIT 1 OFFSET ?", (last, MERGE_ROWS - 1)).fetchone()
+                final = upper is None
+                conflicts = result.conflicts
+                with store._transaction():
+                    if requests:
+                        db.executemany(
+                            "INSERT INTO main.requests (rid, origin, seq, version, discarded,"
+                            " noop) VALUES (?, ?, ?, ?, ?, ?) ON CONFLICT (rid) DO UPDATE SET"
+                            " discarded = max(discarded, excluded.discarded)", requests)
+                    self._merge_keys(last, None if final else upper[0], result)
+                    if final:
+                        new_clock = store._clock.merge(clock)
+                        store._save_clock(new_clock)
+                    store._count_conflicts(result.conflicts - conflicts)
+                requests = []
+                store._conflicts += result.conflicts - conflicts
+                if final:
+                    store._clock = new_clock
+                    return result
+                last = upper[0]
+                yield
+                if not self._active:
+                    raise ImportAborted("the store closed while an import was merged")
         finally:
-            self._drop()
+            if self._active:
+                self._drop()
+
+    def _merge_keys(self, after: str, upto: str | None, result: ApplyResult) -> None:
+        """Merge the staged keys in (after, upto] (upto None: all after), inside the
+        caller's transaction.  Keys the store lacks go in with one INSERT .. SELECT (the
+        bootstrap case); keys on both sides are compared row by row with winner() to
+        count conflicts."""
+        store, db, s = self._store, self._db, self._schema
+        bound = "s.key > ?" if upto is None else "s.key > ? AND s.key <= ?"
+        args = (after,) if upto is None else (after, upto)
+        # CROSS JOIN makes SQLite walk the staging in key order and probe kv by key;
+        # fetchall: no cursor stays open on kv while _merge() writes to it.
+        for row in db.execute(
+            f"SELECT s.key, s.value, s.origin, s.seq, s.version, s.epoch, s.rid"
+            f" FROM {s}.kv AS s CROSS JOIN main.kv AS k ON k.key = s.key WHERE {bound}"
+            " ORDER BY s.key", args,
+        ).fetchall():
+            store._merge(_record(row), result)
+        new = f"{bound} AND NOT EXISTS (SELECT 1 FROM main.kv AS k WHERE k.key = s.key)"
+        db.execute(
+            "INSERT OR IGNORE INTO main.requests (rid, origin, seq, version)"
+            f" SELECT rid, origin, seq, version FROM {s}.kv AS s WHERE rid IS NOT NULL"
+            f" AND {new}", args)
+        (live,) = db.execute(
+            f"SELECT count(*) FROM {s}.kv AS s WHERE value IS NOT NULL AND {new}", args
+        ).fetchone()
+        inserted = db.execute(
+            "INSERT INTO main.kv (key, value, origin, seq, version, vtotal, epoch, rid)"
+            f" SELECT key, value, origin, seq, version, vtotal, epoch, rid FROM {s}.kv AS s"
+            f" WHERE {new}", args,
+        ).rowcount
+        if inserted:
+            store._hot.clear()      # the INSERT .. SELECT went around _put
+            if store._live is not None:
+                store._live += live   # and around the count
+        result.applied += inserted
 
     def abort(self) -> None:
         """Drop the staging; the live data is untouched.  Harmless if already closed."""

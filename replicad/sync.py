@@ -5,22 +5,23 @@ a delta (records whose write ids our clock does not cover), or a full copy when 
 replica is empty or lacks most of what the peer has seen (``full_copy_ratio``; a delta
 never carries more than a full copy, so that is the only case where the full copy's one
 sequential scan is the better choice).  Records stream in
-one per line and are staged by the store's Importer, then merged in one transaction, so
-memory stays bounded and nothing is half-applied.
+one per line and are staged by the store's Importer, then merged in steps of a bounded
+size, one reactor turn each (a replica busy with a large copy still answers PINGs), the
+clock raised with the last step; memory stays bounded and no record is half-applied.
 """
 
 from __future__ import annotations
 
 from collections.abc import Callable
 
-from twisted.internet import defer
+from twisted.internet import defer, task
 from twisted.logger import Logger
 
 from replicad import peerwire
 from replicad.config import ClusterConfig
 from replicad.peer import PeerResponse, PeerUnavailable
 from replicad.peerwire import ErrorAnswer, Message, PeerStatus, PeerWireError
-from replicad.store import Record, Store, disk_full
+from replicad.store import ApplyResult, ImportAborted, Importer, Record, Store, disk_full
 from replicad.vclock import VectorClock
 from replicad.wire import Code
 
@@ -154,7 +155,7 @@ class Synchroniser:
                 behind >= self.config.full_copy_ratio * status.clock.total()
             )
             pulled = await self._pull(peer_id, full, have, behind)
-        except (PeerUnavailable, PeerWireError, StaleEpoch) as e:
+        except (PeerUnavailable, PeerWireError, StaleEpoch, ImportAborted) as e:
             self.log.debug("pull from replica {peer} failed: {error}", peer=peer_id, error=e)
             return False
         except Exception as e:
@@ -191,7 +192,7 @@ class Synchroniser:
             if None not in (mine, source_cluster) and mine != source_cluster:
                 raise PeerWireError(f"replica {peer_id} holds cluster {source_cluster}, "
                                     f"not this replica's {mine}")
-            result = importer.finish(peerwire.decode_clock(clock_text))
+            result = await self._finish(importer, peerwire.decode_clock(clock_text))
         except BaseException:
             importer.abort()
             raise
@@ -213,6 +214,19 @@ class Synchroniser:
                 n=result.conflicts, peer=peer_id, keys=" ".join(result.conflict_keys),
             )
         return True
+
+    async def _finish(self, importer: Importer, clock: VectorClock) -> ApplyResult:
+        """The import's finish, one step per reactor turn (``Importer.finish_steps``)."""
+        steps = importer.finish_steps(clock)
+        try:
+            while True:
+                try:
+                    next(steps)
+                except StopIteration as done:
+                    return done.value
+                await task.deferLater(self.reactor, 0, lambda: None)
+        finally:
+            steps.close()       # cancelled between steps: the staging is dropped
 
     async def catch_up(self, need: VectorClock, via: int | None) -> bool:
         """Fetch the writes a session depends on: from its last server first, then any

@@ -10,6 +10,7 @@ from contextlib import ExitStack
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+import replicad.store
 from replicad.store import NewerEpoch, Store
 from replicad.vclock import VectorClock
 
@@ -25,6 +26,9 @@ op = st.one_of(
         st.one_of(st.none(), st.text("xyz", max_size=2)),
     ),
     st.tuples(st.just("pull"), replica, replica, st.sampled_from(["delta", "full", "import"])),
+    # an import merged one key per step, and the receiver writes a key between two steps
+    st.tuples(st.just("stepped"), replica, replica, st.sampled_from(KEYS),
+              st.one_of(st.none(), st.text("xyz", max_size=2))),
     # push one of origin's writes to a replica: in order, a duplicate, or after a gap
     st.tuples(st.just("push"), replica, replica, st.integers(0, 5)),
     # replica becomes coordinator of a newer epoch; the others keep theirs (a split
@@ -53,6 +57,23 @@ def pull(dst, src, mode):
     return importer.finish(clock)
 
 
+def stepped_pull(dst, src, between):
+    """dst imports a delta from src one key per step (Importer.finish_steps), calling
+    between() after the first step: records already merged sit beyond the clock."""
+    clock, records = src.export_delta(dst.clock)
+    importer = dst.begin_import()
+    for record in records:
+        importer.add(record)
+    merge_rows, replicad.store.MERGE_ROWS = replicad.store.MERGE_ROWS, 1
+    try:
+        steps = importer.finish_steps(clock)
+        for n, _ in enumerate(steps):
+            if n == 0:
+                between()
+    finally:
+        replicad.store.MERGE_ROWS = merge_rows
+
+
 def check_invariant(store, writes):
     assert store.count() == store._count_live()      # the count kept as rows change
     for w in writes:
@@ -78,6 +99,17 @@ def run(history, stack):
         elif kind == "pull":
             j, mode = args
             pull(stores[i], stores[j], mode)
+        elif kind == "stepped":
+            j, key, value = args
+
+            def between(i=i, key=key, value=value):
+                check_invariant(stores[i], writes)
+                try:
+                    writes.append(stores[i].write(i, key, value, epochs[i]))
+                except NewerEpoch:
+                    pass
+
+            stepped_pull(stores[i], stores[j], between)
         else:
             j, back = args
             mine = [w for w in writes if w.origin == i]

@@ -38,8 +38,10 @@ def store():
 
 @pytest.fixture
 def small_batches(monkeypatch):
-    """Tiny batches, so fetchmany, staging flushes and paging run many rounds."""
+    """Tiny batches, so fetchmany, staging flushes, paging and an import's merge steps
+    run many rounds."""
     monkeypatch.setattr(replicad.store, "BATCH_ROWS", 3)
+    monkeypatch.setattr(replicad.store, "MERGE_ROWS", 4)
 
 
 def dump(store):
@@ -379,6 +381,80 @@ def test_importer_finish_failure_leaves_live_data(store, monkeypatch):
     with pytest.raises(sqlite3.OperationalError):
         importer.finish(VectorClock({2: 2}))
     assert dump(store) == before and store.conflicts == 0
+
+
+def staged(store, records, requests=()):
+    importer = store.begin_import()
+    for row in requests:
+        importer.add_request(row)
+    for r in records:
+        importer.add(r)
+    return importer
+
+
+def ten_records():
+    """k0..k9 written at origin 2, one after another (k3 a tombstone): clock {2: 10}."""
+    return [rec(f"k{i}", None if i == 3 else f"v{i}", 2, {2: i}) for i in range(10)]
+
+
+def test_an_import_merges_in_steps_and_raises_the_clock_with_the_last(tmp_path,
+                                                                      small_batches):
+    """A million keys took 4 s in one call (the replica answered no PING meanwhile):
+    the finish runs in steps of MERGE_ROWS keys, each its own transaction.  Records land
+    before the clock that promises them; the request rows (what a retry is told) with
+    the first step."""
+    with Store(str(tmp_path / "db")) as dst:
+        dst.write(1, "local", "x")
+        lost = RequestRow("00ff00ff.1", 2, 1, VectorClock({2: 1}), discarded=True)
+        steps = staged(dst, ten_records(), [lost]).finish_steps(VectorClock({2: 10}))
+        seen = []
+        for _ in steps:
+            seen.append(sorted(r.key for r in dump(dst)[1]))
+            assert dst.clock == VectorClock({1: 1})         # not yet promised
+            assert dst.discarded("00ff00ff.1")
+            assert dst.count() == dst._count_live()
+        assert seen == [["k0", "k1", "k2", "k3", "local"],
+                        ["k0", "k1", "k2", "k3", "k4", "k5", "k6", "k7", "local"]]
+        assert dst.clock == VectorClock({1: 1, 2: 10}) and dst.count() == 10
+        assert dst.count() == dst._count_live() and dst.get("k9").value == "v9"
+    assert not any(".import-" in n for n in os.listdir(tmp_path))
+
+
+def test_import_steps_stopped_early_keep_what_they_merged_under_the_old_clock(
+        tmp_path, small_batches):
+    """Closed between steps (a pull cancelled, the replica stopping): the staging is
+    dropped, the merged records stay (the invariant allows records beyond the clock),
+    the clock is not raised; the next pull brings the rest and counts no conflict."""
+    with Store(str(tmp_path / "db")) as dst:
+        steps = staged(dst, ten_records()).finish_steps(VectorClock({2: 10}))
+        next(steps)
+        steps.close()
+        assert not any(".import-" in n for n in os.listdir(tmp_path))
+        assert dst.clock == VectorClock() and dst.get("k2").value == "v2"
+        assert dst.get("k4") is None and dst.count() == 3 == dst._count_live()
+        result = staged(dst, ten_records()).finish(VectorClock({2: 10}))
+        assert (result.applied, result.conflicts, dst.conflicts) == (6, 0, 0)
+        assert dst.clock == VectorClock({2: 10}) and dst.count() == 9 == dst._count_live()
+
+
+def test_a_write_between_import_steps_replaces_a_merged_record_causally(tmp_path,
+                                                                       small_batches):
+    """A write over a record an earlier step merged (beyond the clock) carries that
+    record's version, so no replica that holds both takes the two for a conflict; a
+    write over a key a later step merges is a concurrent one, as during the staging."""
+    with Store(str(tmp_path / "db")) as dst:
+        steps = staged(dst, ten_records()).finish_steps(VectorClock({2: 10}))
+        next(steps)
+        imported = dst.get("k1")
+        mine = dst.write(1, "k1", "mine")
+        assert mine.version >= imported.version and not is_conflict(imported, mine)
+        dst.write(1, "k9", "mine")                       # not merged yet
+        with pytest.raises(StopIteration) as done:
+            while True:
+                next(steps)
+        assert done.value.value.conflicts == 1 and done.value.value.conflict_keys == ["k9"]
+        assert dst.get("k1") == mine and dst.conflicts == 1
+        assert dst.clock == VectorClock({1: 2, 2: 10})
 
 
 def test_path_with_uri_characters(tmp_path):

@@ -241,6 +241,53 @@ def one_record_peer(tmp_path) -> tuple[Synchroniser, Store]:
     return sync, store
 
 
+def test_a_large_pull_is_merged_over_several_reactor_turns(tmp_path, monkeypatch):
+    """The import's finish yields to the reactor between its steps (a million keys in
+    one call: 4 s answering no PING, bench/full_copy_join.py), and the clock rises with
+    the last step only.  Stopped between steps, the staging is dropped and the clock
+    keeps what the merged records were promised by before."""
+    import os
+
+    from twisted.logger import capturedLogs
+
+    import replicad.store
+
+    monkeypatch.setattr(replicad.store, "MERGE_ROWS", 2)
+    records = [Record(f"k{i}", "v", 3, i, VectorClock({3: i})) for i in range(1, 6)]
+
+    def call(peer_id, message, timeout_s, on_line=None):
+        for record in records:
+            on_line("REC", peerwire.encode_record(record))
+        return defer.succeed(PeerResponse("END", f"3:{records[-1].seq} -"))
+
+    store = Store(str(tmp_path / "replica.sqlite"))
+    reactor = Clock()
+    sync = Synchroniser(store, [3], default_config(), reactor,
+                        ping=lambda peer_id, timeout_s: defer.succeed(
+                            seen({3: records[-1].seq})),
+                        call=call, mark=lambda peer_id, up: None, epoch=lambda: 0)
+    results = []
+    sync.sync_from(3).addBoth(results.append)
+    assert results == [] and store.clock == VectorClock()     # the reactor's turn
+    assert store.get("k2").value == "v" and store.get("k3") is None
+    assert len(reactor.getDelayedCalls()) == 1
+    reactor.advance(0)      # Clock runs the calls each step schedules at once
+    assert results == [True] and store.clock == VectorClock({3: 5})
+    assert [store.get(f"k{i}").value for i in range(1, 6)] == ["v"] * 5
+
+    records = [Record(f"j{i}", "v", 3, i + 5, VectorClock({3: i + 5})) for i in range(1, 6)]
+    sync.sync_from(3).addBoth(results.append)
+    assert len(results) == 1 and store.get("j2").value == "v"     # the first step
+    store.close()                  # the replica stops between two steps
+    with capturedLogs() as events:
+        reactor.advance(0)
+    assert results == [True, False] and not any(e.get("log_failure") for e in events)
+    assert not any(".import-" in n for n in os.listdir(tmp_path))
+    with Store(str(tmp_path / "replica.sqlite")) as store:
+        assert store.clock == VectorClock({3: 5}) and store.get("j2").value == "v"
+        assert store.get("j3") is None
+
+
 def test_the_replica_is_told_once_a_pull_is_imported(tmp_path):
     """after_import: a confirmed read waiting for a write that a lost push should have
     brought is answered when a pull brings it (replica.py, _recheck_awaiting)."""

@@ -1,0 +1,143 @@
+"""Does a full copy into a wiped replica hold it long enough for an election?
+
+A replica that lost its disk joins again by copying a peer whole.  The records stream in
+over many turns of its event loop, but merging them into the live table ran in one call
+(``Importer.finish``): 4 s for a million keys, answering nothing meanwhile, PINGs
+included.  This loads N keys into a real 3-replica cluster (pipelined PUTs), SIGKILLs a
+replica, deletes its data dir, starts it again and, until every replica holds every key,
+PINGs the wiped replica's client port from a thread every few milliseconds: the longest
+time it answered no PING is printed, with the cluster's election lines meanwhile.
+``--wipe 3`` wipes the coordinator (the highest id: it wins its election back and must
+copy before it serves); the default wipes follower 1.  ``--repo`` runs another checkout.
+
+    .venv/bin/python bench/full_copy_join.py --keys 1000000          # about 3 min
+    .venv/bin/python bench/full_copy_join.py --keys 1000000 --wipe 3
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import shutil
+import socket
+import sys
+import tempfile
+import threading
+import time
+
+BATCH = 2000    # PUTs pipelined at a time
+PING_EVERY_S = 0.005
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--keys", type=int, default=1_000_000)
+    parser.add_argument("--wipe", type=int, default=1, choices=(1, 2, 3))
+    parser.add_argument("--repo", default=os.path.dirname(os.path.dirname(
+        os.path.abspath(__file__))), help="the checkout whose replicad runs (default: this one)")
+    args = parser.parse_args(argv)
+    sys.path.insert(0, args.repo)
+    os.chdir(args.repo)
+    from replicad.cluster import LocalCluster, find_free_base_port
+
+    with tempfile.TemporaryDirectory(prefix="replicad-bench-join-") as data:
+        cluster = LocalCluster(size=3, base_port=find_free_base_port(3), data_dir=data)
+        cluster.start()
+        try:
+            cluster.wait_ready(timeout_s=20)
+            load(cluster, args.keys)
+            rejoin(cluster, args.wipe)
+        finally:
+            cluster.stop()
+    return 0
+
+
+def load(cluster, n: int) -> None:
+    host, port = cluster.address(3).rsplit(":", 1)
+    started = time.monotonic()
+    with socket.create_connection((host, int(port))) as sock:
+        sock.settimeout(60)
+        for first in range(0, n, BATCH):
+            last = min(n, first + BATCH)
+            sock.sendall(b"".join(b"PUT user:%09d %s\r\n" % (i, b"x" * 100)
+                                  for i in range(first, last)))
+            answers = b""
+            while answers.count(b"\r\n") < last - first:
+                answers += sock.recv(1 << 20)
+            assert answers.count(b"OK\r\n") == last - first, answers[:200]
+    print(f"- loaded {n:,} keys of 100 bytes in {time.monotonic() - started:.0f} s")
+    cluster.wait_until(lambda: same_clock(cluster, cluster.ids), timeout_s=300,
+                       what="every replica holds every key")
+
+
+def same_clock(cluster, ids) -> bool:
+    statuses = [cluster.status(i, 5) for i in ids]
+    return None not in statuses and len({str(s["clock"]) for s in statuses}) == 1
+
+
+class Pinger(threading.Thread):
+    """PINGs one client port on a connection of its own; the longest silence."""
+
+    def __init__(self, address: str):
+        super().__init__(daemon=True)
+        self.address = address
+        self.stop = threading.Event()
+        self.longest_s = 0.0
+        self.answers = 0
+
+    def run(self) -> None:
+        host, port = self.address.rsplit(":", 1)
+        last = None
+        while not self.stop.is_set():
+            try:
+                with socket.create_connection((host, int(port)), timeout=30) as sock:
+                    while not self.stop.is_set():
+                        sock.sendall(b"PING\r\n")
+                        answer = b""
+                        while not answer.endswith(b"\r\n"):
+                            chunk = sock.recv(4096)
+                            if not chunk:
+                                raise OSError("closed")
+                            answer += chunk
+                        now = time.monotonic()
+                        if last is not None:
+                            self.longest_s = max(self.longest_s, now - last)
+                        last = now
+                        self.answers += 1
+                        time.sleep(PING_EVERY_S)
+            except OSError:
+                time.sleep(PING_EVERY_S)    # not listening yet: the silence starts later
+
+
+def rejoin(cluster, wiped: int) -> None:
+    logs = {i: os.path.getsize(cluster.log_path(i)) for i in cluster.ids}
+    epoch = cluster.status(3, 5)["epoch"]
+    cluster.kill(wiped)
+    shutil.rmtree(cluster.replica_dir(wiped))
+    os.makedirs(cluster.replica_dir(wiped))
+    started = time.monotonic()
+    cluster.start_replica(wiped)
+    pinger = Pinger(cluster.address(wiped))
+    pinger.start()
+    cluster.wait_until(lambda: same_clock(cluster, cluster.ids), timeout_s=600,
+                       what="the wiped replica holds every key again")
+    took = time.monotonic() - started
+    time.sleep(2)      # a follower's ping interval and timeout, several times over
+    pinger.stop.set()
+    pinger.join()
+    print(f"- replica {wiped} wiped and restarted: every key copied in {took:.1f} s; "
+          f"its longest time without answering a PING: {pinger.longest_s:.2f} s "
+          f"({pinger.answers:,} PINGs answered)")
+    for i in cluster.ids:
+        with open(cluster.log_path(i)) as log:
+            log.seek(logs[i])
+            lines = [line.rstrip() for line in log if "starts an election" in line]
+        print(f"- replica {i}: {len(lines)} election(s) started" +
+              "".join(f"\n  - `{line}`" for line in lines[:3]))
+    status = cluster.status(3, 5)
+    print(f"- coordinator afterwards: {cluster.coordinator()}; epoch {epoch} -> "
+          f"{status['epoch']}")
+
+
+if __name__ == "__main__":
+    sys.exit(main())
