@@ -233,7 +233,7 @@ def status_result(reply: Reply, address: str) -> dict[str, Any]:
 
 
 STATUS_FIELDS = ("id", "role", "coordinator", "epoch", "clock", "keys", "peers", "conflicts")
-_INT_FIELDS = frozenset({"id", "epoch", "keys", "conflicts", "write_quorum"})
+_INT_FIELDS = frozenset({"id", "epoch", "keys", "conflicts", "write_quorum", "origin"})
 
 
 def parse_status(lines: tuple[str, ...], server: str) -> dict[str, Any]:

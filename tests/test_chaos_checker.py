@@ -639,6 +639,47 @@ def test_log_events_picks_replays_and_conflicts():
     ]
 
 
+def wiped_twice(with_logs: bool) -> tuple[list[dict], int]:
+    """Replica 3 wrote z under its id, lost its disk and wrote a under origin 1000001
+    (epoch 4, cut off), lost it again and ends under 1000002; replica 2 deleted k
+    meanwhile in epoch 5, which wins the merge.  The runner records STATUS's origin as
+    the client types it (a string before this was fixed); its log names each origin."""
+    from replicad.chaos.runner import log_events
+
+    h = H("1")
+    h.put("s0", "k", "z", "3:1", epoch=1)
+    h.delete("s2", "k", "2:1,3:1", epoch=5, by=2, rid="abcdef01.2")
+    a = h.put("s1", "k", "a", "3:1,1000001:1", epoch=4, by=3, rid="abcdef01.1")
+    requests = {"abcdef01.1": [1000001, 1, "3:1,1000001:1"], "abcdef01.2": [2, 1, "2:1,3:1"]}
+    events = h.end({"k": (None, 2, 1, "2:1,3:1", 5, "abcdef01.2")}, "2:1,3:1,1000001:1",
+                   requests={i: requests for i in (1, 2, 3)})
+    for event in events:
+        if event["type"] == "final" and event["replica"] == 3:
+            event["status"]["origin"] = "1000002"
+    if with_logs:
+        lines = [f"2026-12-02T11:39:{n}+0000 [replicad.replica.Replica#info] replica 3 joins "
+                 f"cluster 1519f39d509ed77151f32163b903c26f: copied 1 peer(s); its writes are "
+                 f"numbered under origin {origin} from now on"
+                 for n, origin in ((19, 1000001), (40, 1000002))]
+        events += list(log_events(3, lines))
+    return events, a
+
+
+def test_a_write_of_a_wiped_replicas_earlier_life_is_its_own():
+    """Chaos seed 90 (2026-12-02): the checker took the origins of replicas only from
+    the final STATUS, where the runner recorded them as strings it then ignored, and a
+    replica wiped twice names only its last: an acknowledged write of an earlier life
+    looked answered by a replica that did not make it, lost its epoch, and a loss to a
+    conflict of a newer epoch was reported as a lost write (784 of them in that run)."""
+    events, a = wiped_twice(with_logs=True)
+    assert [e["origin"] for e in events if e.get("kind") == "origin"] == [1000001, 1000002]
+    report = check(events)
+    assert report.ok, format_report(report)
+    assert report.stats["writes"]["lost_to_conflict"] == 1 and report.lost_ops == [a]
+    events, a = wiped_twice(with_logs=False)   # an older history: strict, as before
+    only(check(events), Rule.LOST_WRITE, a)
+
+
 def test_phantom_write_catches_a_request_carried_out_after_its_answer():
     # The client's DEL was answered NOTFOUND (nothing done) by replica 3; a copy left
     # queued at a frozen replica 2 was forwarded when 2 resumed, and deleted the key.

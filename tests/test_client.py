@@ -1168,6 +1168,13 @@ def test_parse_status_keeps_what_it_does_not_understand():
     assert status["extra"] == "x y" and status["role"] is None and status["server"] == "h:1"
 
 
+def test_parse_status_types_the_origin_as_a_number():
+    """STATUS's origin (a replica's write ids after a wipe) is a number like its id: as a
+    string the chaos checker took it for none and misjudged an earlier life's writes."""
+    status = parse_status(("id 3", "origin 1855566212"), "h:1")
+    assert status["origin"] == 1855566212 and status["id"] == 3
+
+
 def test_a_keys_listing_pages_at_the_size_the_server_holds_in_a_reply():
     from replicad.client import KEYS_PAGE, KeysListing, ServerError
 

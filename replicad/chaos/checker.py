@@ -330,6 +330,7 @@ class _History:
     replicas: dict[int, Replica]
     end: dict[str, Any] | None
     replays: dict[str, list[tuple[int, tuple[int, int]]]]   # rid -> (replica, write id)
+    origins: dict[int, int]      # origin -> replica, from the logs (every life of it)
 
 
 def _read(events: Iterable[Mapping[str, Any]]) -> _History:
@@ -340,6 +341,7 @@ def _read(events: Iterable[Mapping[str, Any]]) -> _History:
     end = None
     replicas: dict[int, Replica] = {}
     replays: dict[str, list[tuple[int, tuple[int, int]]]] = defaultdict(list)
+    origins: dict[int, int] = {}
     for event in events:
         kind = event.get("type")
         if kind == "run":
@@ -383,6 +385,10 @@ def _read(events: Iterable[Mapping[str, Any]]) -> _History:
             replicas[replica.id] = replica
         elif kind == "end":
             end = dict(event)
+        elif kind == "log" and event.get("kind") == "origin":
+            origin, replica_id = _int(event.get("origin")), _int(event.get("replica"))
+            if origin is not None and replica_id is not None:
+                origins[origin] = replica_id
         elif kind == "log" and event.get("kind") == "replay":
             write = event.get("write") or [0, 0]
             if int(write[0]) == NOOP_ORIGIN:
@@ -392,7 +398,7 @@ def _read(events: Iterable[Mapping[str, Any]]) -> _History:
     for op in ops.values():
         if op.end is None and op.outcome is Outcome.UNKNOWN and not op.is_write_kind:
             op.outcome = Outcome.FAIL   # a read that never completed did nothing
-    return _History(run, ops, faults, converged, replicas, end, dict(replays))
+    return _History(run, ops, faults, converged, replicas, end, dict(replays), origins)
 
 
 def _final(event: Mapping[str, Any]) -> Replica:
@@ -403,7 +409,11 @@ def _final(event: Mapping[str, Any]) -> Replica:
     status = event.get("status") or {}
     replica.status_clock = _clock(status.get("clock"), f"replica {rid} STATUS")
     replica.conflicts = _int(status.get("conflicts"))
-    replica.origin = _int(status.get("origin"))
+    # A decimal string in histories recorded before the client typed STATUS's origin
+    # (its writes then looked made by a replica that did not make them: false losses).
+    origin = status.get("origin")
+    replica.origin = int(origin) if isinstance(origin, str) and origin.isdigit() \
+        else _int(origin)
     replica.clock = _clock(event.get("clock"), f"replica {rid} database")
     for key, row in (event.get("records") or {}).items():
         version = _clock(row.get("version"), f"replica {rid} key {key}")
@@ -512,8 +522,10 @@ class _Checker:
             if op.acknowledged and op.version is not None:
                 self.copies[op.id][op.version] = f"the reply to op {op.id}"
         # A replica that rejoined after a wipe numbers its writes under a new origin
-        # (identity.py); an origin of an earlier life, not in any STATUS, maps to none.
-        maker = {r.origin: r.id for r in self.h.replicas.values() if r.origin is not None}
+        # (identity.py): the final STATUS names its last, its log every one; an origin
+        # found in neither (a history without the log events) maps to none.
+        maker = dict(self.h.origins)
+        maker.update((r.origin, r.id) for r in self.h.replicas.values() if r.origin is not None)
 
         def found(op: Op, origin: int, version: VectorClock, where: str) -> None:
             self.copies[op.id].setdefault(version, where)

@@ -658,11 +658,14 @@ class ChaosRun:
 
 
 # What the checker can use from the replicas' logs: replies from the request-id memory,
-# and merges that met concurrent versions.
+# merges that met concurrent versions, and the origins a replica took after a wipe (the
+# final STATUS names only the last: a write of an earlier life must still be its own).
 _REPLAY = re.compile(r"request (?P<rid>\S+) was already applied as write "
                      r"(?P<origin>\d+):(?P<seq>\d+); answering it again")
 _CONFLICTS = re.compile(r"(?P<n>\d+) concurrent versions resolved while pulling from "
                         r"replica (?P<peer>\d+): (?P<keys>.*)")
+_ORIGIN = re.compile(r"replica \d+ joins cluster \S+: .*; its writes are numbered under "
+                     r"origin (?P<origin>\d+) from now on")
 MAX_LOG_EVENTS = 10_000
 
 
@@ -678,6 +681,12 @@ def log_events(replica: int, lines: Iterable[str]) -> Iterator[dict[str, Any]]:
             count += 1
             yield {"type": "log", "replica": replica, "kind": "replay", "when": when,
                    "rid": match["rid"], "write": [int(match["origin"]), int(match["seq"])]}
+            continue
+        match = _ORIGIN.search(line)
+        if match:
+            count += 1
+            yield {"type": "log", "replica": replica, "kind": "origin", "when": when,
+                   "origin": int(match["origin"])}
             continue
         match = _CONFLICTS.search(line)
         if match:

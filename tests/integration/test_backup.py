@@ -163,7 +163,7 @@ def test_a_backup_of_the_live_coordinator_restored_in_place_rejoins_with_every_w
         for key in sorted(last_while_down)[-20:]:
             assert fresh.get(key) == last_while_down[key]
         writer.wait_for(len(writer.snapshot()) + 200)    # and it serves writes,
-        assert cluster.status(3)["origin"] == str(origin)  # numbered anew (identity.py)
+        assert cluster.status(3)["origin"] == origin  # numbered anew (identity.py)
     finally:
         acked = writer.stop()
     assert len(acked) > len(copy)
