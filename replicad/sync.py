@@ -161,7 +161,7 @@ class Synchroniser:
         except Exception as e:
             if not disk_full(e):
                 self.log.failure("pull from replica {peer} failed", peer=peer_id)
-            elif self.disk_full_seen is not None:   # nothing of it was applied
+            elif self.disk_full_seen is not None:   # nothing of the failing step was applied
                 self.disk_full_seen(e)
             return False
         return pulled
