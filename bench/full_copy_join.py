@@ -5,8 +5,9 @@ over many turns of its event loop, but merging them into the live table ran in o
 (``Importer.finish``): 4 s for a million keys, answering nothing meanwhile, PINGs
 included.  This loads N keys into a real 3-replica cluster (pipelined PUTs), SIGKILLs a
 replica, deletes its data dir, starts it again and, until every replica holds every key,
-PINGs the wiped replica's client port from a thread every few milliseconds: the longest
-time it answered no PING is printed, with the cluster's election lines meanwhile.
+PINGs every replica's client port from a thread each, every few milliseconds: the
+longest time each answered no PING is printed (the wiped replica's, and the sender's
+while it streams the copy), with the cluster's election lines meanwhile.
 ``--wipe 3`` wipes the coordinator (the highest id: it wins its election back and must
 copy before it serves); the default wipes follower 1.  ``--repo`` runs another checkout.
 
@@ -116,18 +117,28 @@ def rejoin(cluster, wiped: int) -> None:
     shutil.rmtree(cluster.replica_dir(wiped))
     os.makedirs(cluster.replica_dir(wiped))
     started = time.monotonic()
+    pingers = {i: Pinger(cluster.address(i)) for i in cluster.ids if i != wiped}
+    for pinger in pingers.values():
+        pinger.start()
     cluster.start_replica(wiped)
-    pinger = Pinger(cluster.address(wiped))
-    pinger.start()
+    pingers[wiped] = Pinger(cluster.address(wiped))
+    pingers[wiped].start()
     cluster.wait_until(lambda: same_clock(cluster, cluster.ids), timeout_s=600,
                        what="the wiped replica holds every key again")
     took = time.monotonic() - started
     time.sleep(2)      # a follower's ping interval and timeout, several times over
-    pinger.stop.set()
-    pinger.join()
-    print(f"- replica {wiped} wiped and restarted: every key copied in {took:.1f} s; "
-          f"its longest time without answering a PING: {pinger.longest_s:.2f} s "
-          f"({pinger.answers:,} PINGs answered)")
+    for pinger in pingers.values():
+        pinger.stop.set()
+        pinger.join()
+    print(f"- replica {wiped} wiped and restarted: every key copied in {took:.1f} s")
+    for i, pinger in sorted(pingers.items()):
+        print(f"- replica {i}{' (wiped)' if i == wiped else ''}: longest time without "
+              f"answering a PING {pinger.longest_s:.2f} s ({pinger.answers:,} answered)")
+    with open(cluster.log_path(wiped)) as log:
+        log.seek(logs[wiped])
+        for line in log:
+            if "pulled full" in line:
+                print(f"- replica {wiped}'s copy: `{line.split('] ', 1)[-1].split('; clock')[0]}`")
     for i in cluster.ids:
         with open(cluster.log_path(i)) as log:
             log.seek(logs[i])

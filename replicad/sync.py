@@ -192,7 +192,8 @@ class Synchroniser:
             if None not in (mine, source_cluster) and mine != source_cluster:
                 raise PeerWireError(f"replica {peer_id} holds cluster {source_cluster}, "
                                     f"not this replica's {mine}")
-            result = await self._finish(importer, peerwire.decode_clock(clock_text))
+            result, steps, longest_s = await self._finish(importer,
+                                                          peerwire.decode_clock(clock_text))
         except BaseException:
             importer.abort()
             raise
@@ -203,10 +204,12 @@ class Synchroniser:
                 self.log.failure("after importing from replica {peer}", peer=peer_id)
         self.log.info(
             "pulled {kind} from replica {peer}: {received} records, {applied} applied, "
-            "{conflicts} conflicts, {behind} writes behind, {ms:.0f} ms; clock {clock}",
+            "{conflicts} conflicts, {behind} writes behind, {ms:.0f} ms (merged in {steps} "
+            "step(s), the longest {step_ms:.0f} ms); clock {clock}",
             kind=kind.lower(), peer=peer_id, received=received, applied=result.applied,
             conflicts=result.conflicts, behind=behind,
-            ms=(self.reactor.seconds() - started) * 1000, clock=self.store.clock.encode(),
+            ms=(self.reactor.seconds() - started) * 1000, steps=steps,
+            step_ms=longest_s * 1000, clock=self.store.clock.encode(),
         )
         if result.conflicts:
             self.log.warn(
@@ -215,18 +218,24 @@ class Synchroniser:
             )
         return True
 
-    async def _finish(self, importer: Importer, clock: VectorClock) -> ApplyResult:
-        """The import's finish, one step per reactor turn (``Importer.finish_steps``)."""
+    async def _finish(self, importer: Importer,
+                      clock: VectorClock) -> tuple[ApplyResult, int, float]:
+        """The import's finish, one step per reactor turn (``Importer.finish_steps``):
+        its result, how many steps it took and the longest (seconds, for the log)."""
         steps = importer.finish_steps(clock)
+        count, longest = 0, 0.0
         try:
             while True:
+                began = self.reactor.seconds()
+                count += 1
                 try:
                     next(steps)
                 except StopIteration as done:
-                    return done.value
+                    return done.value, count, max(longest, self.reactor.seconds() - began)
+                longest = max(longest, self.reactor.seconds() - began)
                 await task.deferLater(self.reactor, 0, lambda: None)
         finally:
-            steps.close()       # cancelled between steps: the staging is dropped
+            steps.close()       # stopped between steps: the staging is dropped
 
     async def catch_up(self, need: VectorClock, via: int | None) -> bool:
         """Fetch the writes a session depends on: from its last server first, then any

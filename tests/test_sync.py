@@ -248,7 +248,7 @@ def test_a_large_pull_is_merged_over_several_reactor_turns(tmp_path, monkeypatch
     keeps what the merged records were promised by before."""
     import os
 
-    from twisted.logger import capturedLogs
+    from twisted.logger import capturedLogs, formatEvent
 
     import replicad.store
 
@@ -271,8 +271,11 @@ def test_a_large_pull_is_merged_over_several_reactor_turns(tmp_path, monkeypatch
     assert results == [] and store.clock == VectorClock()     # the reactor's turn
     assert store.get("k2").value == "v" and store.get("k3") is None
     assert len(reactor.getDelayedCalls()) == 1
-    reactor.advance(0)      # Clock runs the calls each step schedules at once
+    with capturedLogs() as events:
+        reactor.advance(0)      # Clock runs the calls each step schedules at once
     assert results == [True] and store.clock == VectorClock({3: 5})
+    assert any("5 records, 5 applied" in formatEvent(e) and "merged in 3 step(s)"
+               in formatEvent(e) for e in events)
     assert [store.get(f"k{i}").value for i in range(1, 6)] == ["v"] * 5
 
     records = [Record(f"j{i}", "v", 3, i + 5, VectorClock({3: i + 5})) for i in range(1, 6)]
