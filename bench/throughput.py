@@ -44,6 +44,7 @@ import sys
 import tempfile
 import threading
 import time
+from collections import Counter
 from collections.abc import Callable
 
 import _common
@@ -672,8 +673,11 @@ def log_findings(cluster: LocalCluster, label: str,
         bad = [line for line in lines
                if line not in pulled and any(word in line for word in LOG_PROBLEMS)]
         if bad:
-            found.append(f"{label}, replica {i}: {len(bad)} log lines such as "
-                         f"`{bad[0][:200]}`")
+            kinds = Counter(next(word for word in LOG_PROBLEMS if word in line)
+                            for line in bad)
+            found.append(f"{label}, replica {i}: {len(bad)} log lines ("
+                         + ", ".join(f"{n} '{word}'" for word, n in kinds.most_common())
+                         + f") such as `{bad[0][:200]}`")
         if pulled:
             text = pulled[0].split("] ", 1)[-1]
             pulls.append(f"{label}, replica {i}: {len(pulled)} pulls, e.g. `{text[:160]}`")
