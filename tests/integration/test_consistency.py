@@ -76,6 +76,39 @@ def test_an_empty_replica_gets_every_key_by_full_copy(start_cluster):
     assert "pulled full from replica" in cluster.log_tail(1, lines=200)
 
 
+def test_a_full_copy_larger_than_one_merge_step_is_merged_in_steps(start_cluster):
+    """A wiped replica's copy of 5,000 keys is merged in three steps (MERGE_ROWS keys
+    each, a reactor turn between them: bench/full_copy_join.py measures why), and ends
+    with every key, the deleted one still deleted, and the copied clock."""
+    import socket
+
+    from replicad.store import MERGE_ROWS
+
+    keys = 5000
+    assert 2 * MERGE_ROWS < keys <= 3 * MERGE_ROWS
+    cluster = start_cluster(3)
+    host, port = cluster.address(3).rsplit(":", 1)
+    with socket.create_connection((host, int(port)), timeout=10) as sock:
+        sock.sendall(b"".join(b"PUT key%05d value%d\r\n" % (n, n) for n in range(keys)))
+        answers = b""
+        while answers.count(b"\r\n") < keys:
+            answers += sock.recv(1 << 16)
+        assert answers.count(b"OK\r\n") == keys, answers[:200]
+    client = BlockingClient([cluster.address(3)], timeout_s=10)
+    client.delete("key00000")
+    cluster.wait_until(lambda: same_clock_everywhere(cluster, [1, 2, 3]), timeout_s=15,
+                       what="every key everywhere")
+    cluster.kill(1)
+    wipe(cluster, 1)
+    cluster.start_replica(1)
+    cluster.wait_until(lambda: same_clock_everywhere(cluster, [1, 2, 3]), timeout_s=30,
+                       what="replica 1 copies every key")
+    assert cluster.status(1)["keys"] == keys - 1
+    assert "merged in 3 step(s)" in cluster.log_tail(1, lines=200)
+    one = BlockingClient([cluster.address(1)], timeout_s=10)
+    assert one.get("key04999") == "value4999" and one.get("key00000") is None
+
+
 def test_a_replica_that_missed_writes_catches_up_by_delta(start_cluster):
     cluster = start_cluster(3)
     client = BlockingClient(cluster.addresses(), timeout_s=10)
