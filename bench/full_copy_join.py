@@ -26,7 +26,8 @@ import tempfile
 import threading
 import time
 
-BATCH = 2000    # PUTs pipelined at a time
+import _bigstore
+
 PING_EVERY_S = 0.005
 
 
@@ -34,11 +35,9 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--keys", type=int, default=1_000_000)
     parser.add_argument("--wipe", type=int, default=1, choices=(1, 2, 3))
-    parser.add_argument("--repo", default=os.path.dirname(os.path.dirname(
-        os.path.abspath(__file__))), help="the checkout whose replicad runs (default: this one)")
+    _bigstore.add_repo_argument(parser)
     args = parser.parse_args(argv)
-    sys.path.insert(0, args.repo)
-    os.chdir(args.repo)
+    _bigstore.use_repo(args.repo)
     from replicad.cluster import LocalCluster, find_free_base_port
 
     with tempfile.TemporaryDirectory(prefix="replicad-bench-join-") as data:
@@ -54,19 +53,8 @@ def main(argv: list[str] | None = None) -> int:
 
 
 def load(cluster, n: int) -> None:
-    host, port = cluster.address(3).rsplit(":", 1)
-    started = time.monotonic()
-    with socket.create_connection((host, int(port))) as sock:
-        sock.settimeout(60)
-        for first in range(0, n, BATCH):
-            last = min(n, first + BATCH)
-            sock.sendall(b"".join(b"PUT user:%09d %s\r\n" % (i, b"x" * 100)
-                                  for i in range(first, last)))
-            answers = b""
-            while answers.count(b"\r\n") < last - first:
-                answers += sock.recv(1 << 20)
-            assert answers.count(b"OK\r\n") == last - first, answers[:200]
-    print(f"- loaded {n:,} keys of 100 bytes in {time.monotonic() - started:.0f} s")
+    took = _bigstore.load(cluster.address(3), n, b"x" * 100)
+    print(f"- loaded {n:,} keys of 100 bytes in {took:.0f} s")
     cluster.wait_until(lambda: same_clock(cluster, cluster.ids), timeout_s=300,
                        what="every replica holds every key")
 

@@ -19,17 +19,15 @@ import sys
 import tempfile
 import time
 
-BATCH = 2000    # PUTs pipelined at a time
+import _bigstore
 
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--keys", type=int, default=1_000_000)
-    parser.add_argument("--repo", default=os.path.dirname(os.path.dirname(
-        os.path.abspath(__file__))), help="the checkout whose replicad runs (default: this one)")
+    _bigstore.add_repo_argument(parser)
     args = parser.parse_args(argv)
-    sys.path.insert(0, args.repo)
-    os.chdir(args.repo)
+    _bigstore.use_repo(args.repo)
     from replicad.client import BlockingClient
     from replicad.cluster import LocalCluster, find_free_base_port
 
@@ -45,18 +43,9 @@ def main(argv: list[str] | None = None) -> int:
 
 
 def run(cluster, n: int, client_class) -> None:
+    took = _bigstore.load(cluster.address(3), n)
+    print(f"- loaded {n:,} keys in {took:.0f} s")
     host, port = cluster.address(3).rsplit(":", 1)
-    started = time.monotonic()
-    with socket.create_connection((host, int(port))) as sock:
-        sock.settimeout(60)
-        for first in range(0, n, BATCH):
-            last = min(n, first + BATCH)
-            sock.sendall(b"".join(b"PUT user:%09d v\r\n" % i for i in range(first, last)))
-            answers = b""
-            while answers.count(b"\r\n") < last - first:
-                answers += sock.recv(1 << 20)
-            assert answers.count(b"OK\r\n") == last - first, answers[:200]
-    print(f"- loaded {n:,} keys in {time.monotonic() - started:.0f} s")
     cluster.wait_until(lambda: len({str(cluster.status(i, 5)["clock"]) for i in cluster.ids}) == 1,
                        timeout_s=300, what="every replica holds every key")
     logs = {i: os.path.getsize(cluster.log_path(i)) for i in cluster.ids}
