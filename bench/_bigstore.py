@@ -10,7 +10,10 @@ from __future__ import annotations
 import os
 import socket
 import sys
+import tempfile
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 
 HERE_REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 BATCH = 2000    # PUTs pipelined at a time
@@ -43,3 +46,28 @@ def load(address: str, n: int, value: bytes = b"v") -> float:
                 answers += sock.recv(1 << 20)
             assert answers.count(b"OK\r\n") == last - first, answers[:200]
     return time.monotonic() - started
+
+
+@contextmanager
+def three_replicas(prefix: str) -> Iterator:
+    """A ready 3-replica LocalCluster of the chosen checkout, stopped and deleted after."""
+    from replicad.cluster import LocalCluster, find_free_base_port  # after use_repo()
+
+    with tempfile.TemporaryDirectory(prefix=prefix) as data:
+        cluster = LocalCluster(size=3, base_port=find_free_base_port(3), data_dir=data)
+        cluster.start()
+        try:
+            cluster.wait_ready(timeout_s=20)
+            yield cluster
+        finally:
+            cluster.stop()
+
+
+def print_elections(cluster, offsets: dict[int, int]) -> None:
+    """Each replica's elections started since its log was ``offsets[i]`` long."""
+    for i in cluster.ids:
+        with open(cluster.log_path(i)) as log:
+            log.seek(offsets[i])
+            lines = [line.rstrip() for line in log if "starts an election" in line]
+        print(f"- replica {i}: {len(lines)} election(s) started" +
+              "".join(f"\n  - `{line}`" for line in lines[:3]))

@@ -22,7 +22,6 @@ import os
 import shutil
 import socket
 import sys
-import tempfile
 import threading
 import time
 
@@ -38,17 +37,9 @@ def main(argv: list[str] | None = None) -> int:
     _bigstore.add_repo_argument(parser)
     args = parser.parse_args(argv)
     _bigstore.use_repo(args.repo)
-    from replicad.cluster import LocalCluster, find_free_base_port
-
-    with tempfile.TemporaryDirectory(prefix="replicad-bench-join-") as data:
-        cluster = LocalCluster(size=3, base_port=find_free_base_port(3), data_dir=data)
-        cluster.start()
-        try:
-            cluster.wait_ready(timeout_s=20)
-            load(cluster, args.keys)
-            rejoin(cluster, args.wipe)
-        finally:
-            cluster.stop()
+    with _bigstore.three_replicas("replicad-bench-join-") as cluster:
+        load(cluster, args.keys)
+        rejoin(cluster, args.wipe)
     return 0
 
 
@@ -127,12 +118,7 @@ def rejoin(cluster, wiped: int) -> None:
         for line in log:
             if "pulled full" in line:
                 print(f"- replica {wiped}'s copy: `{line.split('] ', 1)[-1].split('; clock')[0]}`")
-    for i in cluster.ids:
-        with open(cluster.log_path(i)) as log:
-            log.seek(logs[i])
-            lines = [line.rstrip() for line in log if "starts an election" in line]
-        print(f"- replica {i}: {len(lines)} election(s) started" +
-              "".join(f"\n  - `{line}`" for line in lines[:3]))
+    _bigstore.print_elections(cluster, logs)
     status = cluster.status(3, 5)
     print(f"- coordinator afterwards: {cluster.coordinator()}; epoch {epoch} -> "
           f"{status['epoch']}")

@@ -16,7 +16,6 @@ import argparse
 import os
 import socket
 import sys
-import tempfile
 import time
 
 import _bigstore
@@ -29,16 +28,8 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     _bigstore.use_repo(args.repo)
     from replicad.client import BlockingClient
-    from replicad.cluster import LocalCluster, find_free_base_port
-
-    with tempfile.TemporaryDirectory(prefix="replicad-bench-keys-") as data:
-        cluster = LocalCluster(size=3, base_port=find_free_base_port(3), data_dir=data)
-        cluster.start()
-        try:
-            cluster.wait_ready(timeout_s=20)
-            run(cluster, args.keys, BlockingClient)
-        finally:
-            cluster.stop()
+    with _bigstore.three_replicas("replicad-bench-keys-") as cluster:
+        run(cluster, args.keys, BlockingClient)
     return 0
 
 
@@ -66,12 +57,7 @@ def run(cluster, n: int, client_class) -> None:
         print(f"- the client library read {len(listed):,} keys in pages in "
               f"{time.monotonic() - started:.2f} s")
     time.sleep(2)     # a follower's ping interval and timeout, several times over
-    for i in cluster.ids:
-        with open(cluster.log_path(i)) as log:
-            log.seek(logs[i])
-            lines = [line.rstrip() for line in log if "starts an election" in line]
-        print(f"- replica {i}: {len(lines)} election(s) started" +
-              "".join(f"\n  - `{line}`" for line in lines[:3]))
+    _bigstore.print_elections(cluster, logs)
     print(f"- coordinator afterwards: {cluster.coordinator()}")
 
 
