@@ -71,6 +71,7 @@ SCHEMA_VERSION = "3"   # 2: kv.epoch and kv.rid, the requests table; 3: requests
 REQUEST_IDS_KEPT = 100_000   # request ids remembered (the newest): the retry window
 BATCH_ROWS = 1000  # rows per fetchmany/staging batch: bounds memory of exports and imports
 MERGE_ROWS = 2000  # staged keys merged per step of an import's finish (finish_steps)
+MAX_IMPORTS = 8  # open at once: each ATTACHes a database, SQLite allows 10 per connection
 MAX_CONFLICT_KEYS = 20  # keys named in an ApplyResult, for the log; the count is exact
 MEMORY = ":memory:"
 # The database, its -wal and -shm, and staging files hold every key and value: owner
@@ -1082,8 +1083,10 @@ class Store:
         """Stage a streamed full copy or large delta, merged by finish() or finish_steps().
 
         Each open import ATTACHes a database; SQLite allows 10 per connection, so at most
-        9 imports can be open at once (sqlite3.OperationalError beyond).
+        MAX_IMPORTS may be open at once (StoreError beyond; sync.py waits for a slot).
         """
+        if len(self._importers) >= MAX_IMPORTS:
+            raise StoreError(f"{MAX_IMPORTS} imports are open already")
         importer = Importer(self, f"stage{next(self._stage_ids)}")
         self._importers.add(importer)
         return importer

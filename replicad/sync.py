@@ -21,7 +21,15 @@ from replicad import peerwire
 from replicad.config import ClusterConfig
 from replicad.peer import PeerResponse, PeerUnavailable
 from replicad.peerwire import ErrorAnswer, Message, PeerStatus, PeerWireError
-from replicad.store import ApplyResult, ImportAborted, Importer, Record, Store, disk_full
+from replicad.store import (
+    MAX_IMPORTS,
+    ApplyResult,
+    ImportAborted,
+    Importer,
+    Record,
+    Store,
+    disk_full,
+)
 from replicad.vclock import VectorClock
 from replicad.wire import Code
 
@@ -68,6 +76,9 @@ class Synchroniser:
         self.mark = mark
         self.epoch = epoch
         self._pulls: dict[int, defer.Deferred[bool]] = {}
+        # A take-over pulls from every peer at once; imports beyond the store's limit
+        # (SQLite attaches 10 databases to a connection) wait for a slot.
+        self._import_slots = defer.DeferredSemaphore(MAX_IMPORTS)
         self._batches: dict[int, list[_Pending]] = {}    # this turn's writes, per epoch
         self._refused: Callable[[int], None] = lambda peer_id: None
         self._full_peers: set[int] = set()      # followers whose disk was full at a push
@@ -167,6 +178,14 @@ class Synchroniser:
         return pulled
 
     async def _pull(self, peer_id: int, full: bool, have: VectorClock, behind: int) -> bool:
+        await self._import_slots.acquire()
+        try:
+            return await self._pull_in_slot(peer_id, full, have, behind)
+        finally:
+            self._import_slots.release()
+
+    async def _pull_in_slot(self, peer_id: int, full: bool, have: VectorClock,
+                            behind: int) -> bool:
         kind = "FULL" if full else "DELTA"
         started = self.reactor.seconds()
         importer = self.store.begin_import()

@@ -457,6 +457,20 @@ def test_a_write_between_import_steps_replaces_a_merged_record_causally(tmp_path
         assert dst.clock == VectorClock({1: 2, 2: 10})
 
 
+def test_imports_open_at_once_are_bounded_with_a_clear_error(tmp_path):
+    """Each import ATTACHes a staging database and SQLite allows 10 per connection: the
+    store refuses one beyond MAX_IMPORTS in words (sync.py queues its pulls below it)
+    rather than with SQLite's "too many attached databases"."""
+    from replicad.store import MAX_IMPORTS
+
+    with Store(str(tmp_path / "db")) as store:
+        open_ = [store.begin_import() for _ in range(MAX_IMPORTS)]
+        with pytest.raises(StoreError, match=f"{MAX_IMPORTS} imports are open already"):
+            store.begin_import()
+        open_.pop().abort()
+        store.begin_import().add(rec("k", "v", 2, {}))
+
+
 def test_path_with_uri_characters(tmp_path):
     """The export reader opens the file by URI: odd characters must be quoted."""
     directory = tmp_path / "a b?c#d%20e"

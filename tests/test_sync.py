@@ -291,6 +291,43 @@ def test_a_large_pull_is_merged_over_several_reactor_turns(tmp_path, monkeypatch
         assert store.get("j3") is None
 
 
+def test_pulls_from_more_peers_than_sqlite_can_attach_at_once_all_land(tmp_path):
+    """A take-over pulls from every peer at once, and each import ATTACHes a staging
+    database; SQLite attaches at most 10 to a connection, so in a cluster of more than 11
+    replicas the eleventh pull failed with "too many attached databases" (a traceback,
+    the peer's writes not taken over).  Imports beyond MAX_IMPORTS wait for a slot."""
+    from twisted.logger import capturedLogs
+
+    from replicad.store import MAX_IMPORTS
+
+    peers = list(range(1, 2 * MAX_IMPORTS + 2))
+    store = Store(str(tmp_path / "replica.sqlite"))
+    streams: list[tuple[int, defer.Deferred]] = []
+
+    def call(peer_id, message, timeout_s, on_line=None):
+        on_line("REC", peerwire.encode_record(
+            Record(f"k{peer_id}", "v", peer_id, 1, VectorClock({peer_id: 1}))))
+        streams.append((peer_id, d := defer.Deferred()))
+        return d
+
+    sync = Synchroniser(store, peers, default_config(), Clock(),
+                        ping=lambda peer_id, timeout_s: defer.succeed(
+                            PeerStatus(peer_id, "follower", 0, 0,
+                                       VectorClock({peer_id: 1}))),
+                        call=call, mark=lambda peer_id, up: None, epoch=lambda: 0)
+    results = []
+    with capturedLogs() as events:
+        for peer in peers:
+            sync.sync_from(peer).addBoth(results.append)
+        assert len(streams) == MAX_IMPORTS       # the others wait for a slot
+        while streams:
+            peer, stream = streams.pop(0)
+            stream.callback(PeerResponse("END", f"{peer}:1 -"))
+    assert results == [True] * len(peers), [e for e in events if e.get("log_failure")]
+    assert all(store.get(f"k{peer}").value == "v" for peer in peers)
+    store.close()
+
+
 def test_the_replica_is_told_once_a_pull_is_imported(tmp_path):
     """after_import: a confirmed read waiting for a write that a lost push should have
     brought is answered when a pull brings it (replica.py, _recheck_awaiting)."""

@@ -1,0 +1,49 @@
+"""A cluster of more than 11 replicas: a take-over pulls from every peer at once.
+
+Each pull stages its records in a database ATTACHed to the store's connection, and
+SQLite attaches at most 10 to one connection: the eleventh concurrent pull failed with
+"too many attached databases" (a traceback, that peer's writes not taken over by it).
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import socket
+
+import pytest
+
+N = 13          # a take-over by replica 12 pulls from the 11 others
+WRITES = 2000   # what replica 12 misses: every peer streams it, so the imports overlap
+
+
+@pytest.mark.slow    # 13 twistd processes: the slow stage
+def test_a_take_over_pulls_from_eleven_peers_at_once(start_cluster):
+    cluster = start_cluster(N)
+    cluster.kill(N - 1, signal.SIGKILL)
+    host, port = cluster.address(N).rsplit(":", 1)
+    with socket.create_connection((host, int(port)), timeout=30) as sock:
+        sock.sendall(b"".join(b"PUT k%05d v\r\n" % i for i in range(WRITES)))
+        answers = b""
+        while answers.count(b"\r\n") < WRITES:
+            answers += sock.recv(1 << 16)
+        assert answers.count(b"OK\r\n") == WRITES, answers[:200]
+    clock = cluster.status(N, 5)["clock"]
+
+    def holds_every_write(ids) -> bool:
+        return all((cluster.status(i, 5) or {}).get("clock") == clock for i in ids)
+
+    cluster.wait_until(lambda: holds_every_write(range(1, N - 1)), timeout_s=60,
+                       what="every live replica holds the writes")
+    logged = os.path.getsize(cluster.log_path(N - 1))
+    cluster.kill(N, signal.SIGKILL)
+    cluster.start_replica(N - 1)       # the highest live id: it wins and takes over
+    cluster.wait_until(lambda: cluster.coordinator() == N - 1, timeout_s=60,
+                       what=f"replica {N - 1} coordinates")
+    cluster.wait_until(lambda: holds_every_write([N - 1]), timeout_s=60,
+                       what=f"replica {N - 1} holds every write")
+    with open(cluster.log_path(N - 1), errors="replace") as log:
+        log.seek(logged)
+        text = log.read()
+    assert "pulled full from replica" in text
+    assert "too many attached" not in text and "Traceback" not in text, text[-3000:]
