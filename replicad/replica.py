@@ -57,6 +57,10 @@ from replicad.writes import NotCoordinator, Writes
 PAUSE_TICKS = 4                 # no heartbeat tick for this many ping intervals: paused
 EXIT_DISK_FAILED = 74           # sysexits.h EX_IOERR: the process stops, its disk failed
 DATA_FILE_CHECK_S = 1.0         # how often a replica looks that its database file is there
+# A bound replica that starts this many writes behind a peer catches up before it stands
+# for election: as coordinator it would pull them all before serving, with every client
+# waiting (6.1 s for 100,000 missed writes: bench/rejoin_gap.py; it grows with the store).
+REJOIN_BEHIND_WRITES = 1000
 WAITING_FIRST_LOG_S = 1.0       # an unbound replica says what it waits for after this,
 WAITING_LOG_INTERVAL_S = 10.0   # then this often
 
@@ -174,7 +178,8 @@ class Replica(service.MultiService):
             reannounce_interval_s=self.timers.reannounce_interval,
             lease_s=self.timers.lease_timeout,
             pause_s=PAUSE_TICKS * self.timers.ping_interval,
-            candidacy=self._candidacy(),
+            # A bound replica stands once it has looked at its peers (_rejoin).
+            candidacy=Candidacy.NO if self._bound else self._candidacy(),
             confirm_holders=self.config.quorum_mode,
         )
         self.writes = Writes(
@@ -203,7 +208,10 @@ class Replica(service.MultiService):
             self._discovery.start(self.timers.ping_interval, now=True)
         self._lease_heartbeat.start(self.timers.ping_interval, now=False)
         self._data_file_check.start(DATA_FILE_CHECK_S, now=False)
-        self.node.start_election("start-up")
+        if self._bound:
+            self._rejoin()
+        else:
+            self.node.start_election("start-up")
 
     def stopService(self):
         for loop in (self._anti_entropy, self._lease_heartbeat, self._discovery,
@@ -229,6 +237,36 @@ class Replica(service.MultiService):
             return result
 
         return d.addBoth(close)
+
+    def _rejoin(self) -> None:
+        """A bound replica coming back asks its peers' clocks first.  Far behind one (a
+        long outage, an old backup of its disk) it catches up from it as a follower, the
+        cluster serving meanwhile, and only then stands (Bully: it will take over); else
+        it stands at once, as before.  A peer that does not answer is no reason to wait."""
+        timeout_s = max(self.timers.answer_timeout, self.timers.ping_timeout)
+        asks = [self.ping(peer_id, timeout_s).addErrback(lambda failure: None)
+                for peer_id in self.links]
+        defer.gatherResults(asks).addCallback(self._rejoin_with)
+
+    def _rejoin_with(self, statuses: list[PeerStatus | None]) -> None:
+        if self.store is None:
+            return                      # stopped meanwhile
+        mine = self.store.clock
+        ahead = [(sum(s.clock[o] - mine[o] for o in s.clock.missing_from(mine)), s.peer_id)
+                 for s in statuses if s is not None and self._of_this_cluster(s)]
+        behind, peer_id = max(ahead, default=(0, None))
+        if peer_id is None or behind < REJOIN_BEHIND_WRITES:
+            self.node.set_candidacy(Candidacy.YES, "start-up")
+            return
+        self.log.info("replica {id} is {behind} writes behind replica {peer}: it catches up "
+                      "before it stands for election", id=self.my_id, behind=behind,
+                      peer=peer_id)
+
+        def stand(ok: object) -> None:
+            self.node.set_candidacy(Candidacy.YES, f"caught up with replica {peer_id}"
+                                    if ok is True else f"no catch-up from replica {peer_id}")
+
+        self.sync.sync_from(peer_id).addBoth(stand)
 
     def _candidacy(self) -> Candidacy:
         if self._bound or self.joining.fresh:
