@@ -612,6 +612,14 @@ class Replica(service.MultiService):
         if (self._of_this_cluster(status)
                 and node.coordinator_received(status.peer_id, status.epoch)):
             return
+        mine = node.coordinator_epoch
+        if (node.role.is_coordinator and mine is not None and status.epoch < mine
+                and status.peer_id < self.my_id and self._of_this_cluster(status)):
+            # A lower replica's claim of an older term: its answer left before this
+            # replica's announcement reached it (a replica that followed it while it
+            # looked at its peers, _rejoin, then won).  The node told it our term again,
+            # as for a stale announcement; an election would end the same way, later.
+            return
         # Two coordinators (a healed partition, an older epoch): Bully sorts it out.
         self.log.info("replica {peer} also claims to be coordinator; holding an election",
                       peer=status.peer_id)

@@ -1244,6 +1244,28 @@ def test_a_coordinator_in_an_older_epoch_is_not_followed(replica):
     assert replica.node.role is Role.ELECTING
 
 
+def test_a_lower_coordinators_older_claim_is_told_our_term_not_elected_over(replica):
+    """A PING answer of replica 1 still claiming its older term, seen by replica 2 once
+    it coordinates a newer one (the answer left before the announcement reached 1: a
+    replica that followed 1 while it looked at its peers at start-up, then won).  It
+    held a second election, one term later to the same end (2 restarts in 4 of the
+    highest replica, measured): now only the node's answer to a stale announcement is
+    given, our term sent again."""
+    replica.reactor.advance(replica.timers.answer_timeout)   # replica 3 never answered,
+    replica.reactor.advance(replica.timers.answer_timeout)   # nor 1 the pre-vote
+    replica.reactor.advance(0)
+    node = replica.node
+    assert node.role.is_coordinator
+    mine = node.coordinator_epoch
+    sent = []
+    replica.send_coordinator = lambda peer_id, epoch: sent.append((peer_id, epoch))
+    replica._compare_with_peer(coordinator_status(1, mine - 1))
+    assert node.role.is_coordinator and node.coordinator_epoch == mine
+    assert sent == [(1, mine)]
+    replica._compare_with_peer(coordinator_status(3, mine - 1))   # higher: Bully
+    assert not node.role.is_coordinator and sent == [(1, mine)]
+
+
 def test_another_clusters_coordinator_is_not_followed(replica):
     replica._bind("a" * 32, "test")
     replica._compare_with_peer(coordinator_status(3, own_epoch(1, 3), "b" * 32))
