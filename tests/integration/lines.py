@@ -37,3 +37,10 @@ def read_lines(conn: socket.socket, count: int) -> list[str]:
             break
         data += chunk
     return [line.strip() for line in data.decode().splitlines()]
+
+
+def pipelined(address: str, lines: list[str], timeout_s: float = 30.0) -> list[str]:
+    """Send every line on one connection at once (a pipelining client): the replies."""
+    with connect(address, timeout_s) as conn:
+        conn.sendall("".join(f"{line}\r\n" for line in lines).encode())
+        return read_lines(conn, len(lines))

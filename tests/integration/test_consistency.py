@@ -7,6 +7,7 @@ import shutil
 
 from replicad.client import BlockingClient, NoServerAvailable, ServerError
 from replicad.session import ClientSession
+from tests.integration.lines import pipelined
 
 
 def wipe(cluster, replica_id: int) -> None:
@@ -80,20 +81,13 @@ def test_a_full_copy_larger_than_one_merge_step_is_merged_in_steps(start_cluster
     """A wiped replica's copy of 5,000 keys is merged in three steps (MERGE_ROWS keys
     each, a reactor turn between them: bench/full_copy_join.py measures why), and ends
     with every key, the deleted one still deleted, and the copied clock."""
-    import socket
-
     from replicad.store import MERGE_ROWS
 
     keys = 5000
     assert 2 * MERGE_ROWS < keys <= 3 * MERGE_ROWS
     cluster = start_cluster(3)
-    host, port = cluster.address(3).rsplit(":", 1)
-    with socket.create_connection((host, int(port)), timeout=10) as sock:
-        sock.sendall(b"".join(b"PUT key%05d value%d\r\n" % (n, n) for n in range(keys)))
-        answers = b""
-        while answers.count(b"\r\n") < keys:
-            answers += sock.recv(1 << 16)
-        assert answers.count(b"OK\r\n") == keys, answers[:200]
+    replies = pipelined(cluster.address(3), [f"PUT key{n:05d} value{n}" for n in range(keys)])
+    assert replies == ["OK"] * keys, replies[:5]
     client = BlockingClient([cluster.address(3)], timeout_s=10)
     client.delete("key00000")
     cluster.wait_until(lambda: same_clock_everywhere(cluster, [1, 2, 3]), timeout_s=15,

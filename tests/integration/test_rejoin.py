@@ -9,9 +9,9 @@ cluster serving meanwhile, and takes over with only the tail to pull.
 from __future__ import annotations
 
 import os
-import socket
 
 from replicad.replica import REJOIN_BEHIND_WRITES
+from tests.integration.lines import ask, pipelined
 
 
 def test_a_replica_far_behind_catches_up_before_it_stands(start_cluster):
@@ -20,13 +20,8 @@ def test_a_replica_far_behind_catches_up_before_it_stands(start_cluster):
     cluster.wait_until(lambda: cluster.coordinator() == 2, timeout_s=15,
                        what="replica 2 coordinates")
     writes = 2 * REJOIN_BEHIND_WRITES
-    host, port = cluster.address(2).rsplit(":", 1)
-    with socket.create_connection((host, int(port)), timeout=10) as sock:
-        sock.sendall(b"".join(b"PUT k%05d v\r\n" % i for i in range(writes)))
-        answers = b""
-        while answers.count(b"\r\n") < writes:
-            answers += sock.recv(1 << 16)
-        assert answers.count(b"OK\r\n") == writes, answers[:200]
+    replies = pipelined(cluster.address(2), [f"PUT k{i:05d} v" for i in range(writes)])
+    assert replies == ["OK"] * writes, replies[:5]
     logged = os.path.getsize(cluster.log_path(3))
     cluster.start_replica(3)
     cluster.wait_until(lambda: cluster.coordinator() == 3, timeout_s=30,
@@ -52,10 +47,7 @@ def test_a_replica_a_little_behind_stands_at_once(start_cluster):
     cluster.kill(3)
     cluster.wait_until(lambda: cluster.coordinator() == 2, timeout_s=15,
                        what="replica 2 coordinates")
-    host, port = cluster.address(2).rsplit(":", 1)
-    with socket.create_connection((host, int(port)), timeout=10) as sock:
-        sock.sendall(b"PUT k v\r\n")
-        assert sock.recv(100).startswith(b"OK")
+    assert ask(cluster.address(2), "PUT k v") == "OK"
     logged = os.path.getsize(cluster.log_path(3))
     cluster.start_replica(3)
     cluster.wait_until(lambda: cluster.coordinator() == 3, timeout_s=30,
