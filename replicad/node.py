@@ -113,6 +113,22 @@ class Candidacy(enum.Enum):
     NO = "no"             # must first copy the cluster's data: lower ids do not wait
 
 
+class Announcement(enum.Enum):
+    """What a replica made of a peer's claim to coordinate (COORDINATOR, or a PING
+    answer naming the peer coordinator).  True only when accepted, so the peer port
+    answers OK or NO by its truth."""
+
+    ACCEPTED = "accepted"
+    REJECTED = "rejected"
+    # Rejected, and the claimant was told this replica's newer term: a lower replica's
+    # claim of an older one, sent before our announcement reached it.  Nothing more is
+    # needed; an election would end the same way, later.
+    TOLD_OUR_TERM = "told-our-term"
+
+    def __bool__(self) -> bool:
+        return self is Announcement.ACCEPTED
+
+
 class NodeActions(Protocol):
     """Network and disk side effects, implemented by the replica's wiring."""
 
@@ -523,14 +539,15 @@ class Node:
         """No answer to the pre-vote: no objection (a crashed or hung peer)."""
         self.prevote_answered(peer_id, None)
 
-    def coordinator_received(self, from_id: int, epoch: int) -> bool:
-        """COORDINATOR(epoch).  True = accepted; False = rejected with ``self.epoch``."""
+    def coordinator_received(self, from_id: int, epoch: int) -> Announcement:
+        """COORDINATOR(epoch).  ACCEPTED (true); else rejected with ``self.epoch``
+        (false), TOLD_OUR_TERM when the claimant was sent this replica's newer term."""
         if self._state.role is Role.STOPPED or from_id not in self._others:
-            return False
+            return Announcement.REJECTED
         if epoch > MAX_EPOCH or epoch % self._stride != from_id % self._stride:
             self.log.warn("replica {replica} rejects coordinator {peer}: epoch {epoch} "
                           "cannot be its own", replica=self._my_id, peer=from_id, epoch=epoch)
-            return False
+            return Announcement.REJECTED
         if from_id < self._my_id and self.eligible:
             self.epoch_seen(epoch)
             self.log.info("replica {replica} rejects coordinator {peer} (lower id) in "
@@ -543,9 +560,9 @@ class Node:
                 # announcement raced a returning replica's epoch up by dozens in a
                 # second and restarted its take-over each time (docs/election.md, Epochs).
                 self._actions.send_coordinator(from_id, state.epoch)
-                return False
+                return Announcement.TOLD_OUR_TERM
             self.start_election(f"announcement from lower {from_id}")
-            return False
+            return Announcement.REJECTED
         state = self._state
         holder = state.coordinator if state.role in (Role.FOLLOWER, Role.TAKING_OVER,
                                                      Role.SERVING) else None
@@ -556,14 +573,14 @@ class Node:
                 "already held by {holder} (highest seen {seen})", replica=self._my_id,
                 peer=from_id, epoch=epoch, holder=holder, seen=self._epoch,
             )
-            return False
+            return Announcement.REJECTED
         self.epoch_seen(epoch)
         if (state.role, state.coordinator, state.epoch) == (Role.FOLLOWER, from_id, epoch):
-            return True   # a re-announcement
+            return Announcement.ACCEPTED   # a re-announcement
         self._enter(_State(Role.FOLLOWER, from_id, epoch))
         self.log.info("replica {replica} follows coordinator {coordinator} in epoch {epoch}",
                       replica=self._my_id, coordinator=from_id, epoch=epoch)
-        return True
+        return Announcement.ACCEPTED
 
     def coordinator_accepted(self, peer_id: int, epoch: int) -> None:
         """A peer accepted this replica's announcement of ``epoch``."""

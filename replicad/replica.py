@@ -43,7 +43,7 @@ from replicad.identity import new_cluster_id, new_origin
 from replicad.joining import Joining
 from replicad.linklog import LinkStateLog
 from replicad.metrics import ReplicaMetrics
-from replicad.node import Candidacy, Node, Role, veto_reason
+from replicad.node import Announcement, Candidacy, Node, Role, veto_reason
 from replicad.peer import PeerAnswer, PeerLink, PeerResponse, PeerUnavailable
 from replicad.peerwire import Message, PeerStatus, PeerWireError
 from replicad.quorumindex import QuorumIndex
@@ -609,16 +609,12 @@ class Replica(service.MultiService):
         # election would end the same way, or loop if no COORDINATOR can arrive.
         # The node's checks are those of an announcement (a lower eligible peer, an
         # older epoch, another cluster's coordinator are not followed).
+        # TOLD_OUR_TERM: a lower replica's claim of an older term, its answer sent
+        # before this replica's announcement reached it (one that followed it while it
+        # looked at its peers, _rejoin, then won); the node told it our term again.
         if (self._of_this_cluster(status)
-                and node.coordinator_received(status.peer_id, status.epoch)):
-            return
-        mine = node.coordinator_epoch
-        if (node.role.is_coordinator and mine is not None and status.epoch < mine
-                and status.peer_id < self.my_id and self._of_this_cluster(status)):
-            # A lower replica's claim of an older term: its answer left before this
-            # replica's announcement reached it (a replica that followed it while it
-            # looked at its peers, _rejoin, then won).  The node told it our term again,
-            # as for a stale announcement; an election would end the same way, later.
+                and node.coordinator_received(status.peer_id, status.epoch)
+                in (Announcement.ACCEPTED, Announcement.TOLD_OUR_TERM)):
             return
         # Two coordinators (a healed partition, an older epoch): Bully sorts it out.
         self.log.info("replica {peer} also claims to be coordinator; holding an election",

@@ -12,7 +12,7 @@ from twisted.internet.task import Clock
 from twisted.logger import capturedLogs
 from twisted.trial.unittest import SynchronousTestCase
 
-from replicad.node import MAX_EPOCH, PERSIST_RETRY_S, Candidacy, Node, Role
+from replicad.node import MAX_EPOCH, PERSIST_RETRY_S, Announcement, Candidacy, Node, Role
 from tests.test_node_sim import Network
 from tests.test_node_sim import own_epoch as sim_own_epoch
 
@@ -544,9 +544,23 @@ class CoordinatorReceivedTests(SynchronousTestCase):
         raced its epoch up by 150 in a second, restarting its take-over each time.)"""
         m, glue, _ = coordinator_of(3, epoch=5)   # won 7
         glue.calls.clear()
-        self.assertFalse(m.coordinator_received(1, 5))
+        self.assertIs(m.coordinator_received(1, 5), Announcement.TOLD_OUR_TERM)
         self.assertEqual((m.role, m.coordinator_epoch, m.epoch), (S, 7, 7))
         self.assertEqual(glue.calls, [("coordinator", 1, 7)])
+
+    def test_the_verdict_says_which_claims_need_nothing_more(self):
+        """The replica holds an election for a second coordinator unless the node
+        followed it (ACCEPTED) or told it our newer term (TOLD_OUR_TERM): a lower
+        replica's claim of a newer term, or of one this replica never won, is plainly
+        REJECTED (and bullied); only ACCEPTED is true, as the peer port answers OK."""
+        m, _, _ = make(2)
+        self.assertIs(m.coordinator_received(3, 3), Announcement.ACCEPTED)
+        self.assertIs(m.coordinator_received(3, 3), Announcement.ACCEPTED)  # again
+        self.assertIs(m.coordinator_received(3, 2), Announcement.REJECTED)  # not 3's
+        self.assertIs(m.coordinator_received(1, 1), Announcement.REJECTED)  # lower
+        self.assertEqual([bool(v) for v in Announcement], [True, False, False])
+        c, _, _ = coordinator_of(3, epoch=5)    # won 7
+        self.assertIs(c.coordinator_received(1, 9), Announcement.REJECTED)  # newer: bullied
 
     def test_stale_announcements_do_not_restart_a_take_over(self):
         m, glue, _ = make(3, epoch=5)
