@@ -15,6 +15,7 @@ from __future__ import annotations
 from collections.abc import Callable
 
 from twisted.internet import defer, task
+from twisted.internet.interfaces import IDelayedCall
 from twisted.logger import Logger
 
 from replicad import peerwire
@@ -83,6 +84,12 @@ class Synchroniser:
         self._refused: Callable[[int], None] = lambda peer_id: None
         self._full_peers: set[int] = set()      # followers whose disk was full at a push
         self._last_seen: dict[int, VectorClock] = {}
+        # Peers to pull from once no pull runs (pull_when_free), one at a time, or once
+        # the pulls under way make no progress (a record received, a step merged).
+        self._pull_later: set[int] = set()
+        self._progress_at = 0.0
+        self._stall_check: IDelayedCall | None = None
+        self._idle_waiters: list[defer.Deferred[None]] = []     # when_idle's
         # Each peer's clock as its last pull from it began (a lower bound of what it
         # holds: a peer's clock only grows): whom a take-over may count as holding its
         # writes (Replica.holders).
@@ -111,7 +118,56 @@ class Synchroniser:
         empty = self.store.clock == VectorClock() and self.store.count() == 0
         if (empty or at_once
                 or (previous is not None and previous.missing_from(self.store.clock))):
-            self.sync_from(status.peer_id)
+            self.pull_when_free(status.peer_id)
+
+    def pull_when_free(self, peer_id: int) -> None:
+        """Pull what peer_id has and this replica lacks: now, or, while a pull from
+        another peer is under way, once no pull runs (then the pull's PING finds only
+        what is still missing).  That pull likely brings most of it: a replica far
+        behind whose links came back one after another, or whose coordinator's pushes
+        showed a gap, copied the whole store once per peer, side by side
+        (bench/rejoin_gap.py).  Anti-entropy's pulls and a push's gap take this way; a
+        take-over's, a session's and a catch-up's do not wait.  Nor does anything wait
+        on a pull that stalls (a peer frozen mid-stream holds it up to
+        STREAM_IDLE_TIMEOUT_S): with no progress for ping_timeout, the next peer put
+        aside is pulled from beside it (in quorum mode a follower's gap kept it from
+        acknowledging)."""
+        if any(peer != peer_id for peer in self._pulls):
+            self._pull_later.add(peer_id)
+            if self._stall_check is None:
+                self._stall_check = self.reactor.callLater(self.timers.ping_timeout,
+                                                           self._check_stalled)
+            return
+        self.sync_from(peer_id)
+
+    def _check_stalled(self) -> None:
+        self._stall_check = None
+        if not self._pull_later:
+            return
+        if self.reactor.seconds() - self._progress_at >= self.timers.ping_timeout:
+            self._pull_next()
+        if self._pull_later:
+            self._stall_check = self.reactor.callLater(self.timers.ping_timeout,
+                                                       self._check_stalled)
+
+    @property
+    def pulling(self) -> bool:
+        return bool(self._pulls)
+
+    def when_idle(self) -> defer.Deferred[None]:
+        """Fires once no pull runs (at once if none does)."""
+        if not self._pulls:
+            return defer.succeed(None)
+        waiter: defer.Deferred[None] = defer.Deferred()
+        self._idle_waiters.append(waiter)
+        return waiter
+
+    def _pull_next(self) -> None:
+        """No pull runs (or those under way stall): the first peer put aside by
+        pull_when_free is pulled from; the others wait for that pull in turn."""
+        peer_id = min(self._pull_later)
+        self._pull_later.discard(peer_id)
+        self.sync_from(peer_id)
 
     def sync_from(self, peer_id: int, full: bool = False,
                   ping_timeout_s: float | None = None,
@@ -142,12 +198,22 @@ class Synchroniser:
         return mine
 
     def _start_pull(self, peer_id: int, full: bool, patience: float) -> defer.Deferred[bool]:
+        self._progress_at = self.reactor.seconds()
         pull = defer.ensureDeferred(self._sync_from(peer_id, full, patience))
         self._pulls[peer_id] = pull
 
         def done(result):
             if self._pulls.get(peer_id) is pull:    # not a fresh one begun since
                 del self._pulls[peer_id]
+            if not self._pulls and self._pull_later:
+                self._pull_next()
+            if not self._pull_later and self._stall_check is not None:
+                self._stall_check.cancel()      # nothing left to start
+                self._stall_check = None
+            if not self._pulls and self._idle_waiters:
+                waiters, self._idle_waiters = self._idle_waiters, []
+                for waiter in waiters:
+                    waiter.callback(None)
             return result
 
         pull.addBoth(done)
@@ -198,6 +264,7 @@ class Synchroniser:
                 return
             importer.add(peerwire.decode_record(text))
             received += 1
+            self._progress_at = self.reactor.seconds()
 
         message: Message = (peerwire.Full(self.epoch()) if full
                             else peerwire.Delta(self.epoch(), have))
@@ -251,7 +318,8 @@ class Synchroniser:
                     next(steps)
                 except StopIteration as done:
                     return done.value, count, max(longest, self.reactor.seconds() - began)
-                longest = max(longest, self.reactor.seconds() - began)
+                self._progress_at = self.reactor.seconds()
+                longest = max(longest, self._progress_at - began)
                 await task.deferLater(self.reactor, 0, lambda: None)
         finally:
             steps.close()       # stopped between steps: the staging is dropped

@@ -1814,3 +1814,34 @@ def test_a_keys_listing_bigger_than_a_reply_is_toomany_and_is_read_in_pages(tmp_
         assert reply.lines == ("a5",) and reply.meta.vc == replica.store.clock
     finally:
         replica.stopService()
+
+
+def test_a_catch_up_waits_for_a_pull_under_way_then_asks_the_clocks_again(replica):
+    """A replica back with its data asks its peers' clocks and, far behind one, copies
+    from it before it stands.  A pull that began meanwhile (a link back: anti-entropy)
+    likely brings the same: the two whole copies ran side by side (bench/rejoin_gap.py:
+    101,424 records applied from replica 1, then the same 101,426 from replica 2, none
+    applied).  The catch-up now waits for that pull, then asks the clocks again."""
+    from replicad.replica import REJOIN_BEHIND_WRITES
+
+    held: defer.Deferred = defer.Deferred()
+    replica.sync.ping = lambda peer_id, timeout_s: held
+    replica.sync.sync_from(1)                      # anti-entropy's pull: under way
+    pulls, stood = [], []
+    sync_from = replica.sync.sync_from
+    replica.sync.sync_from = lambda peer_id, **kw: (pulls.append(peer_id),
+                                                    sync_from(peer_id, **kw))[1]
+    set_candidacy = replica.node.set_candidacy
+    replica.node.set_candidacy = lambda c, why: (stood.append((c, why)), set_candidacy(c, why))
+    far = PeerStatus(3, "follower", 1, own_epoch(1, 1), VectorClock({1: REJOIN_BEHIND_WRITES}))
+    replica._rejoin_with([far])
+    assert pulls == [] and stood == []             # no second copy beside the first
+
+    # The pull from 1 lands with all of it: asked again, 3 is no longer ahead.
+    caught_up = PeerStatus(3, "follower", 1, own_epoch(1, 1), VectorClock())
+    asked = []
+    replica.ping = lambda peer_id, timeout_s: (asked.append(peer_id),
+                                               defer.succeed(caught_up))[1]
+    held.callback(PeerStatus(1, "follower", 1, own_epoch(1, 1), VectorClock()))
+    assert sorted(asked) == [1, 3] and pulls == []
+    assert stood == [(Candidacy.YES, "caught up by the pulls under way")]

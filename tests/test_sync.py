@@ -481,3 +481,94 @@ def test_a_fresh_pull_begins_now_beside_the_one_running(tmp_path):
     sync.sync_from(3)
     assert len(deltas) == 3                               # none was left running
     store.close()
+
+
+def test_anti_entropy_waits_for_a_pull_under_way_then_pulls_only_what_is_left(tmp_path):
+    """A replica far behind whose links come back one after another copied the whole
+    store once per peer, at the same time (bench/rejoin_gap.py: a full copy of 101,352
+    records from replica 2 and a second one from replica 1, 0 applied).  Anti-entropy
+    (and a push's gap) now put a peer aside while a pull from another peer runs; once
+    no pull runs, the pull's PING finds only what is still missing."""
+    store = Store(str(tmp_path / "replica.sqlite"))
+    shared = [Record(f"k{i}", "v", 2, i, VectorClock({2: i})) for i in range(1, 4)]
+    holds = {1: list(shared), 2: list(shared)}
+    calls: list[tuple[int, object, defer.Deferred]] = []
+
+    def status(peer_id: int) -> PeerStatus:
+        clock = VectorClock()
+        for record in holds[peer_id]:
+            clock = clock.merge(record.version)
+        return PeerStatus(peer_id, "follower", 3, 1, clock)
+
+    def call(peer_id, message, timeout_s, on_line=None):
+        d: defer.Deferred = defer.Deferred()
+        calls.append((peer_id, on_line, d))
+        return d
+
+    def answer(n: int) -> None:
+        peer_id, on_line, d = calls[n]
+        clock = status(peer_id).clock
+        for record in holds[peer_id]:       # a delta: what this replica's clock lacks
+            if store.clock[record.origin] < record.seq:
+                on_line("REC", peerwire.encode_record(record))
+        d.callback(PeerResponse("END", f"{clock.encode()} -"))
+
+    sync = Synchroniser(store, [1, 2], default_config(), Clock(),
+                        ping=lambda peer_id, timeout_s: defer.succeed(status(peer_id)),
+                        call=call, mark=lambda peer_id, up: None, epoch=lambda: 0)
+    results: list[bool] = []
+    sync.sync_from(2).addBoth(results.append)      # the catch-up: under way
+    sync.compare(status(1), at_once=True)          # replica 1's link comes back
+    assert [peer for peer, _, _ in calls] == [2]   # no second copy beside it
+    answer(0)
+    assert results == [True] and store.clock == VectorClock({2: 3})
+    assert [peer for peer, _, _ in calls] == [2]   # 1 holds nothing more: not pulled
+
+    # Replica 1 holds a write of its own besides, and a push from it shows a gap (the
+    # replica's push handler takes the same way): once the pull from 2 lands, 1 is
+    # pulled from, for that.
+    extra = Record("x", "v", 1, 1, VectorClock({1: 1}))
+    holds[1].append(extra)
+    holds[2].append(Record("k4", "v", 2, 4, VectorClock({2: 4})))
+    sync.sync_from(2)
+    sync.pull_when_free(1)
+    assert [peer for peer, _, _ in calls] == [2, 2]
+    answer(1)
+    assert [peer for peer, _, _ in calls] == [2, 2, 1]
+    answer(2)
+    assert store.clock == VectorClock({1: 1, 2: 4}) and store.get("x").value == "v"
+    store.close()
+
+
+def test_a_pull_put_aside_does_not_wait_for_one_that_stalls(tmp_path):
+    """A pull put aside waits for the one under way only while that one makes progress
+    (records arriving, steps merging).  A peer frozen mid-stream holds its pull for up
+    to STREAM_IDLE_TIMEOUT_S (5 s), and in quorum mode a follower whose coordinator's
+    push showed a gap acknowledges nothing until it has pulled: after ping_timeout
+    without progress, the peer put aside is pulled from beside it."""
+    store = Store(str(tmp_path / "replica.sqlite"))
+    clock = Clock()
+    ahead = VectorClock({2: 5})
+    calls: list[tuple[int, object, defer.Deferred]] = []
+
+    def call(peer_id, message, timeout_s, on_line=None):
+        d: defer.Deferred = defer.Deferred()
+        calls.append((peer_id, on_line, d))
+        return d
+
+    sync = Synchroniser(store, [1, 2], default_config(), clock,
+                        ping=lambda peer_id, timeout_s: defer.succeed(
+                            PeerStatus(peer_id, "follower", 3, 1, ahead)),
+                        call=call, mark=lambda peer_id, up: None, epoch=lambda: 0)
+    patience = sync.timers.ping_timeout
+    sync.sync_from(2)                        # under way: the peer streams, then freezes
+    sync.pull_when_free(1)                   # the coordinator's push showed a gap
+    assert [peer for peer, _, _ in calls] == [2]
+    clock.advance(patience * 0.75)
+    calls[0][1]("REC", peerwire.encode_record(Record("a", "v", 2, 1, VectorClock({2: 1}))))
+    clock.advance(patience * 0.5)            # a look: progress a moment ago, it waits
+    assert [peer for peer, _, _ in calls] == [2]
+    clock.advance(patience)                  # no progress since: pulled from beside it
+    assert [peer for peer, _, _ in calls] == [2, 1]
+    assert clock.getDelayedCalls() == []     # nothing left put aside: no more looks
+    store.close()

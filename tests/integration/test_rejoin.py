@@ -39,7 +39,9 @@ def test_a_replica_far_behind_catches_up_before_it_stands(start_cluster):
     behind = first("writes behind replica", "catches up before it stands")
     pulled, election = first("pulled "), first("starts an election")
     assert behind < pulled < election < len(lines), "\n".join(lines[-40:])
-    assert "caught up with replica" in lines[election]
+    # Caught up by its own pull, or by one under way that it waited for (a link back,
+    # a push's gap: not two whole copies side by side).
+    assert "caught up" in lines[election], lines[election]
 
 
 def test_a_replica_a_little_behind_stands_at_once(start_cluster):
