@@ -75,6 +75,9 @@ STREAM_BATCH_BYTES = 1 << 20
 # default of the stream_stall_timeout setting (config.py says why it is no shorter).
 STREAM_STALL_TIMEOUT_S = Timers.stream_stall_timeout
 REFUSAL_LOG_INTERVAL_S = 10.0
+# A call sweep this late was held up (a paused process, a blocked event loop): it is put
+# off one turn so that what arrived meanwhile is read first (PeerClientProtocol._expire).
+LATE_SWEEP_S = 0.05
 # TCP keepalive on peer links: the kernel's default waits 2 h before the first probe.
 KEEPALIVE_IDLE_S = 30
 KEEPALIVE_INTERVAL_S = 10
@@ -684,6 +687,10 @@ class PeerClientProtocol(_LineProtocol):
         # timer per call was a tenth of a forwarding follower's time.
         self._sweep = None
         self._sweep_at = 0.0
+        self._graced = False        # the last sweep was put off a turn (_expire)
+        # When the last frame of a streamed answer came: an answer sent after the
+        # stream's frames arrives after them (_expire).
+        self._streamed_at = -math.inf
         self._handshake_timer = None
         self._ready_waiters: list[defer.Deferred[PeerClientProtocol]] = []
         self._failure: PeerUnavailable | None = None
@@ -742,6 +749,7 @@ class PeerClientProtocol(_LineProtocol):
             return  # the call timed out already; its late frames are dropped
         if frame.kind in peerwire.STREAM_KINDS:
             self._restart_timer(frame.rid, call)   # a final frame ends the call instead
+            self._streamed_at = call.deadline - call.timeout_s      # now
             if call.on_line is not None:
                 try:
                     call.on_line(frame.kind, frame.payload)
@@ -910,10 +918,32 @@ class PeerClientProtocol(_LineProtocol):
         self._sweep = clock.callLater(max(deadline - clock.seconds(), 0.0), self._expire)
 
     def _expire(self) -> None:
-        """Time out every call whose deadline has passed; re-arm for the others."""
+        """Time out every call whose deadline has passed; re-arm for the others.
+
+        Two deadlines that passed say nothing of the peer.  A sweep that runs late (this
+        process was paused, SIGSTOP, or its event loop blocked) is put off one turn, so
+        that answers which came meanwhile are read first: the reactor runs due timers
+        before it polls, and a follower woken from a pause timed out its coordinator's
+        answer to the heartbeat, waiting in the socket, and held an election.  And a
+        call whose answer is behind a streamed answer's frames (a FULL or DELTA on the
+        same connection) waits while they keep coming: it cannot arrive before them,
+        and a follower pulling 100,000 records from its coordinator timed out the
+        heartbeat's answer behind them and held an election, twice."""
         self._sweep = None
-        now = max(self.factory.clock.seconds(), self._sweep_at)   # float rounding
+        clock = self.factory.clock
+        if clock.seconds() - self._sweep_at > LATE_SWEEP_S and not self._graced:
+            self._graced = True
+            self._sweep_at = clock.seconds()
+            self._sweep = clock.callLater(0, self._expire)
+            return
+        self._graced = False
+        now = max(clock.seconds(), self._sweep_at)   # float rounding
         for rid in [rid for rid, call in self._calls.items() if call.deadline <= now]:
+            call = self._calls[rid]
+            behind_stream = self._streamed_at + call.timeout_s
+            if behind_stream > now:
+                call.deadline = behind_stream
+                continue
             self._timed_out(rid)
         if self._calls:
             self._arm(min(call.deadline for call in self._calls.values()))

@@ -12,6 +12,7 @@ from twisted.test import iosim
 
 from replicad import peer, peerwire
 from replicad.peer import (
+    LATE_SWEEP_S,
     PeerAnswer,
     PeerClientFactory,
     PeerLink,
@@ -620,6 +621,65 @@ def test_client_timeout_restarts_on_every_frame_of_a_stream():
     assert response.ok
     assert seen == [("REC", "r0"), ("REC", "r1"), ("REC", "r2")]
     assert clock.getDelayedCalls() == []
+
+
+def test_a_call_behind_a_streamed_answer_waits_while_its_frames_come():
+    """A PING sent on a connection that carries a FULL copy's frames is answered after
+    them: it cannot time out while they keep coming (a follower pulling 100,000 records
+    from its coordinator timed out the heartbeat behind them and held an election,
+    twice).  Once the stream goes quiet, the PING's own timeout runs from its last
+    frame."""
+    proto, _transport, clock = ready_client()
+    full = proto.call("FULL", timeout_s=5.0, on_line=lambda kind, text: None)
+    ping = proto.call("PING", timeout_s=0.2)
+    for i in range(10):                       # one second of frames, 0.1 s apart
+        clock.advance(0.1)
+        proto.dataReceived(f"1 REC r{i}\n".encode())
+    assert not ping.called
+    clock.advance(0.19)
+    assert not ping.called
+    clock.advance(0.01)                       # 0.2 s without a frame on the connection
+    assert "timed out" in str(failure_of(ping, PeerUnavailable))
+    proto.dataReceived(b"1 END 1:10\n")
+    assert success(full).kind == "END"
+    assert clock.getDelayedCalls() == []
+
+
+def run_due_timers(clock: task.Clock) -> None:
+    """What the reactor does before it polls (runUntilCurrent): the calls due now run,
+    and a call they make for now waits for the next turn, after the poll (task.Clock's
+    advance would run it at once)."""
+    due = [call for call in clock.getDelayedCalls() if call.getTime() <= clock.seconds()]
+    for call in due:
+        clock.calls.remove(call)
+        call.func(*call.args, **call.kw)
+
+
+def test_a_sweep_that_runs_late_reads_what_came_first():
+    """A process paused (SIGSTOP) or blocked past a call's deadline runs its due timers
+    before it reads its sockets: the answer that came meanwhile is in the socket, yet
+    the call timed out (a follower woken from a pause held an election over its
+    coordinator's waiting heartbeat answer).  A late sweep is put off one turn; an
+    answer read in that turn wins; a call still unanswered then times out."""
+    proto, _transport, clock = ready_client()
+    answered = proto.call("PING", timeout_s=0.2)
+    silent = proto.call("PING", timeout_s=0.2)
+    clock.rightNow += 1.5                     # paused: both deadlines long past
+    run_due_timers(clock)
+    assert not answered.called and not silent.called
+    proto.dataReceived(b"1 OK follower\n")     # the poll: 1's answer was waiting
+    run_due_timers(clock)                     # the next turn's timers
+    assert success(answered).kind == "OK"
+    assert "timed out" in str(failure_of(silent, PeerUnavailable))
+    assert clock.getDelayedCalls() == []
+
+
+def test_a_sweep_on_time_is_not_put_off():
+    proto, _transport, clock = ready_client()
+    d = proto.call("PING", timeout_s=0.2)
+    clock.rightNow += 0.2 + LATE_SWEEP_S / 2  # a little late, as a busy turn makes it
+    run_due_timers(clock)
+    assert "timed out" in str(failure_of(d, PeerUnavailable))
 
 
 def test_client_collects_stream_lines_without_on_line():
