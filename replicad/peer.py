@@ -923,8 +923,8 @@ class PeerClientProtocol(_LineProtocol):
         Two deadlines that passed say nothing of the peer.  A sweep that runs late (this
         process was paused, SIGSTOP, or its event loop blocked) is put off one turn, so
         that answers which came meanwhile are read first: the reactor runs due timers
-        before it polls, and a follower woken from a pause timed out its coordinator's
-        answer to the heartbeat, waiting in the socket, and held an election.  And a
+        before it polls, so a follower woken from a pause could time out its
+        coordinator's answer to the heartbeat, waiting in the socket, and elect.  And a
         call whose answer is behind a streamed answer's frames (a FULL or DELTA on the
         same connection) waits while they keep coming: it cannot arrive before them,
         and a follower pulling 100,000 records from its coordinator timed out the
@@ -939,7 +939,9 @@ class PeerClientProtocol(_LineProtocol):
         self._graced = False
         now = max(clock.seconds(), self._sweep_at)   # float rounding
         for rid in [rid for rid, call in self._calls.items() if call.deadline <= now]:
-            call = self._calls[rid]
+            call = self._calls.get(rid)
+            if call is None:
+                continue        # finished by an earlier timeout's callbacks
             behind_stream = self._streamed_at + call.timeout_s
             if behind_stream > now:
                 call.deadline = behind_stream
