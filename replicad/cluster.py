@@ -400,8 +400,10 @@ class LocalCluster:
                                                  f"for {what}"))
             time.sleep(min(interval_s, remaining))
 
-    def wait_ready(self, timeout_s: float = 15.0) -> int:
-        """Every live replica answers STATUS and all name the same live coordinator."""
+    def wait_ready(self, timeout_s: float = 15.0, coordinator: int | None = None) -> int:
+        """Every live replica answers STATUS and all name the same live coordinator
+        (``coordinator``, if given: a restarted replica first follows the one serving
+        for a PING round before it stands, Replica._rejoin)."""
 
         def agreed() -> int | None:
             self.check_alive()
@@ -417,7 +419,7 @@ class LocalCluster:
                 clusters.add(status.get("cluster_id"))
             if len(named) == 1 and len(clusters) == 1 and "-" not in clusters:
                 (winner,) = named
-                if isinstance(winner, int) and winner in live:
+                if isinstance(winner, int) and winner in live and coordinator in (None, winner):
                     return winner
             return None
 

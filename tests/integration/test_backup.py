@@ -156,11 +156,7 @@ def test_a_backup_of_the_live_coordinator_restored_in_place_rejoins_with_every_w
         last_while_down = writer.snapshot()
 
         cluster.start_replica(3)
-        # A restarted replica follows the serving one for a PING round before it
-        # stands (Replica._rejoin): all may name 2 ready meanwhile.
-        cluster.wait_until(lambda: cluster.coordinator() == 3, timeout_s=30,
-                           what="replica 3 coordinating again")
-        assert cluster.wait_ready(timeout_s=30) == 3     # back, and coordinator again
+        assert cluster.wait_ready(timeout_s=30, coordinator=3) == 3  # back, coordinator again
         # It took over after pulling what it lacked: a fresh client (no session) asking
         # replica 3 alone sees the writes made while it was down.
         fresh = BlockingClient([cluster.address(3)], timeout_s=10)

@@ -43,11 +43,7 @@ def test_a_coordinator_whose_data_directory_is_deleted_stops_and_copies_back(tmp
                            what="replicas 1 and 2 naming 2 the coordinator")
 
         cluster.start_replica(3)                 # on an empty directory: a full copy
-        # A restarted replica follows the serving one for a PING round before it
-        # stands (Replica._rejoin): all may name 2 ready meanwhile.
-        cluster.wait_until(lambda: cluster.coordinator() == 3, timeout_s=30,
-                           what="replica 3 coordinating again")
-        assert cluster.wait_ready(timeout_s=30) == 3
+        assert cluster.wait_ready(timeout_s=30, coordinator=3) == 3
         only_3 = BlockingClient([cluster.address(3)], timeout_s=20)
         assert [only_3.get(f"before{n}") for n in range(20)] == [str(n) for n in range(20)]
         assert only_3.get("after") == "x"

@@ -93,11 +93,7 @@ def test_a_coordinator_whose_fsync_fails_answers_in_doubt_and_stops(tmp_path):
 
         fsyncs.set_delay(setting, 0)                   # the disk replaced: start it again
         cluster.start_replica(3)
-        # A restarted replica follows the serving one for a PING round before it
-        # stands (Replica._rejoin): all may name 2 ready meanwhile.
-        cluster.wait_until(lambda: cluster.coordinator() == 3, timeout_s=30,
-                           what="replica 3 coordinating again")
-        assert cluster.wait_ready(timeout_s=30) == 3
+        assert cluster.wait_ready(timeout_s=30, coordinator=3) == 3
         cluster.wait_until(lambda: len({str((s or {}).get("clock")) for s in
                                         cluster.statuses().values()}) == 1,
                            timeout_s=20, what="every replica at the same clock")

@@ -53,11 +53,7 @@ def test_a_coordinator_that_cannot_read_a_page_stops_and_its_client_goes_on(tmp_
         put_all(cluster.address(3))
         cluster.kill(3, signal.SIGTERM)            # a clean stop: its cache starts cold
         cluster.start_replica(3)
-        # A restarted replica follows the serving one for a PING round before it
-        # stands (Replica._rejoin): all may name 2 ready meanwhile.
-        cluster.wait_until(lambda: cluster.coordinator() == 3, timeout_s=30,
-                           what="replica 3 coordinating again")
-        assert cluster.wait_ready(timeout_s=30) == 3
+        assert cluster.wait_ready(timeout_s=30, coordinator=3) == 3
 
         fsyncs.set_failing_reads(setting)
         reply = ask(cluster.address(3), "GET k00000")
