@@ -748,8 +748,8 @@ class PeerClientProtocol(_LineProtocol):
         if call is None:
             return  # the call timed out already; its late frames are dropped
         if frame.kind in peerwire.STREAM_KINDS:
-            self._restart_timer(frame.rid, call)   # a final frame ends the call instead
-            self._streamed_at = call.deadline - call.timeout_s      # now
+            # a final frame ends the call instead
+            self._streamed_at = self._restart_timer(frame.rid, call)
             if call.on_line is not None:
                 try:
                     call.on_line(frame.kind, frame.payload)
@@ -898,13 +898,15 @@ class PeerClientProtocol(_LineProtocol):
         return rid
 
     def _restart_timer(self, rid: int, call: _PendingCall,
-                       timeout_s: float | None = None) -> None:
-        """The call's next frame is due ``timeout_s`` (default its timeout) from now."""
-        call.deadline = self.factory.clock.seconds() + (
-            call.timeout_s if timeout_s is None else timeout_s)
+                       timeout_s: float | None = None) -> float:
+        """The call's next frame is due ``timeout_s`` (default its timeout) from now;
+        returns now (the clock's reading)."""
+        now = self.factory.clock.seconds()
+        call.deadline = now + (call.timeout_s if timeout_s is None else timeout_s)
         # A deadline only moves later for a call already armed for: the sweep, due at
         # or before the old one, still comes in time and re-arms for the new one.
         self._arm(call.deadline)
+        return now
 
     def _arm(self, deadline: float) -> None:
         """Make sure the sweep runs at or before ``deadline``."""

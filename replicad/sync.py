@@ -85,9 +85,11 @@ class Synchroniser:
         self._full_peers: set[int] = set()      # followers whose disk was full at a push
         self._last_seen: dict[int, VectorClock] = {}
         # Peers to pull from once no pull runs (pull_when_free), one at a time, or once
-        # the pulls under way make no progress (a record received, a step merged).
+        # the pulls under way make no progress (a pull begun, a record received, a step
+        # merged: counted, not timed, so a record costs no clock reading).
         self._pull_later: set[int] = set()
-        self._progress_at = 0.0
+        self._progress = 0
+        self._progress_looked = 0       # _progress at the last stall check
         self._stall_check: IDelayedCall | None = None
         self._idle_waiters: list[defer.Deferred[None]] = []     # when_idle's
         # Each peer's clock as its last pull from it began (a lower bound of what it
@@ -135,17 +137,21 @@ class Synchroniser:
         if any(peer != peer_id for peer in self._pulls):
             self._pull_later.add(peer_id)
             if self._stall_check is None:
+                self._progress_looked = self._progress
                 self._stall_check = self.reactor.callLater(self.timers.ping_timeout,
                                                            self._check_stalled)
             return
         self.sync_from(peer_id)
 
     def _check_stalled(self) -> None:
+        """Every ping_timeout while a peer is put aside: nothing progressed since the
+        last look, so the pulls under way stall; the next peer is pulled beside them."""
         self._stall_check = None
         if not self._pull_later:
             return
-        if self.reactor.seconds() - self._progress_at >= self.timers.ping_timeout:
+        if self._progress == self._progress_looked:
             self._pull_next()
+        self._progress_looked = self._progress
         if self._pull_later:
             self._stall_check = self.reactor.callLater(self.timers.ping_timeout,
                                                        self._check_stalled)
@@ -198,7 +204,7 @@ class Synchroniser:
         return mine
 
     def _start_pull(self, peer_id: int, full: bool, patience: float) -> defer.Deferred[bool]:
-        self._progress_at = self.reactor.seconds()
+        self._progress += 1
         pull = defer.ensureDeferred(self._sync_from(peer_id, full, patience))
         self._pulls[peer_id] = pull
 
@@ -264,7 +270,7 @@ class Synchroniser:
                 return
             importer.add(peerwire.decode_record(text))
             received += 1
-            self._progress_at = self.reactor.seconds()
+            self._progress += 1
 
         message: Message = (peerwire.Full(self.epoch()) if full
                             else peerwire.Delta(self.epoch(), have))
@@ -318,8 +324,8 @@ class Synchroniser:
                     next(steps)
                 except StopIteration as done:
                     return done.value, count, max(longest, self.reactor.seconds() - began)
-                self._progress_at = self.reactor.seconds()
-                longest = max(longest, self._progress_at - began)
+                self._progress += 1
+                longest = max(longest, self.reactor.seconds() - began)
                 await task.deferLater(self.reactor, 0, lambda: None)
         finally:
             steps.close()       # stopped between steps: the staging is dropped
