@@ -42,7 +42,7 @@ from typing import Protocol
 from twisted.application.internet import ClientService, backoffPolicy
 from twisted.internet import defer, error
 from twisted.internet.endpoints import clientFromString
-from twisted.internet.interfaces import IPullProducer, IPushProducer, IReactorTime
+from twisted.internet.interfaces import IDelayedCall, IPullProducer, IPushProducer, IReactorTime
 from twisted.internet.protocol import Factory
 from twisted.logger import (
     FilteringLogObserver,
@@ -78,6 +78,10 @@ REFUSAL_LOG_INTERVAL_S = 10.0
 # A call sweep this late was held up (a paused process, a blocked event loop): it is put
 # off one turn so that what arrived meanwhile is read first (PeerClientProtocol._expire).
 LATE_SWEEP_S = 0.05
+# A link backing off is redialled at once when its peer talks to us (PeerLink.alive_hint),
+# at most this often: the back-off's first delay, so a peer whose requests reach us while
+# ours are refused (a handshake it refuses) is not redialled at the rate it sends.
+EARLY_REDIAL_INTERVAL_S = 0.05
 # TCP keepalive on peer links: the kernel's default waits 2 h before the first probe.
 KEEPALIVE_IDLE_S = 30
 KEEPALIVE_INTERVAL_S = 10
@@ -993,6 +997,39 @@ class PeerClientFactory(Factory):
         return PeerClientProtocol(self)
 
 
+class _RedialClock:
+    """The clock a link's ClientService schedules its reconnection with (its ``clock``
+    argument), keeping the scheduled attempt so that it can be brought forward
+    (``redial_now``): ClientService has no call for that, and its back-off, up to
+    max_retry_delay_s plus jitter, is longer than a ping's timeout."""
+
+    def __init__(self, reactor):
+        self._reactor = reactor
+        self._retry: IDelayedCall | None = None
+        self._redialled_at = -math.inf
+
+    def seconds(self) -> float:
+        return self._reactor.seconds()
+
+    def getDelayedCalls(self):
+        return self._reactor.getDelayedCalls()
+
+    def callLater(self, delay: float, f, *args, **kwargs) -> IDelayedCall:
+        self._retry = self._reactor.callLater(delay, f, *args, **kwargs)
+        return self._retry
+
+    def redial_now(self) -> None:
+        """Make a waiting reconnection attempt now (at most every
+        EARLY_REDIAL_INTERVAL_S); nothing while connected or connecting."""
+        retry, now = self._retry, self._reactor.seconds()
+        if (retry is None or not retry.active()
+                or now - self._redialled_at < EARLY_REDIAL_INTERVAL_S):
+            return
+        self._redialled_at = now
+        self._retry = None
+        retry.reset(0)
+
+
 class _QuietClientService(ClientService):
     """A ClientService that keeps only warnings: it logs every reconnect attempt at
     info, a line every half second for a peer that is down for a day.  The replica
@@ -1037,16 +1074,18 @@ class PeerLink:
         if turn_sender is not None and endpoint_spec.startswith("tcp:"):
             # Plain TCP: calls leave at the end of the turn, unregistered (turnsend.py).
             dialler = TurnSendConnecting(reactor, turn_sender)
+        self._redial = _RedialClock(reactor)
         self.service = _QuietClientService(
             clientFromString(dialler, endpoint_spec),
             factory,
             # backoffPolicy's default jitter adds up to a whole second; a returning
-            # replica must be redialled within about max_retry_delay_s.
+            # replica must be redialled within about max_retry_delay_s (or at once once
+            # it talks to us: alive_hint).
             retryPolicy=backoffPolicy(
                 initialDelay=0.05, maxDelay=max_retry_delay_s,
                 jitter=lambda: random.uniform(0, 0.05),
             ),
-            clock=reactor,
+            clock=self._redial,
         )
         self._clock = reactor
 
@@ -1073,8 +1112,14 @@ class PeerLink:
             proto.transport.abortConnection()
 
     def alive_hint(self) -> None:
-        """The peer just talked to us: wait for the reconnection instead of failing fast."""
+        """The peer just talked to us, so it is up: calls wait for the reconnection
+        instead of failing fast, and a reconnection waiting out its back-off is made
+        now.  A replica that came back was pinged by a follower whose link to it still
+        backed off (up to 0.3 s, longer than ping_timeout): the ping timed out, the
+        follower held an election and clients waited (bench/failover.py's bully-back)."""
         self.down = False
+        if self._ready_proto is None:
+            self._redial.redial_now()
 
     def call(self, verb: str, payload: str = "", timeout_s: float = 1.0,
              on_line: Callable[[str, str], None] | None = None) -> defer.Deferred[PeerResponse]:

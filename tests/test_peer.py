@@ -971,6 +971,49 @@ def test_peer_link_call_made_from_a_failed_calls_errback_succeeds_later():
     link.service.stopService()
 
 
+def test_a_link_backing_off_is_redialled_at_once_when_its_peer_talks_to_us():
+    """A replica that comes back talks to us (its election, its COORDINATOR) before our
+    link to it has redialled: the back-off's wait (up to max_retry_delay_s plus jitter)
+    outlasted a follower's ping, which timed out into an election (bench/failover.py's
+    bully-back, 255 ms).  alive_hint redials at once, at most every
+    EARLY_REDIAL_INTERVAL_S (a peer whose requests reach us while ours are refused is
+    not redialled at its rate), and does nothing while connected."""
+    reactor = MemoryReactorClock()
+    handler = Handler()
+    reactor.listenTCP(
+        7102, PeerServerFactory(SERVER_ID, set(MEMBERS), SECRET, handler, reactor, 100_000)
+    )
+    link = make_link(reactor)
+    refused = Failure(ConnectionRefusedError())
+    iosim.ConnectionCompleter(reactor).failOnce(refused)     # the peer is down: back-off
+    reactor.advance(0.01)
+    assert reactor.tcpClients == []              # waiting out the back-off (0.05 s or more)
+    link.alive_hint()                            # the peer talked to us
+    reactor.advance(0)
+    assert len(reactor.tcpClients) == 1          # dialled at once
+    iosim.ConnectionCompleter(reactor).failOnce(refused)     # refused again
+    link.alive_hint()                            # too soon after the last early redial
+    reactor.advance(0)
+    assert reactor.tcpClients == []
+    reactor.advance(peer.EARLY_REDIAL_INTERVAL_S * 0.5)
+    link.alive_hint()
+    reactor.advance(0)
+    assert reactor.tcpClients == []
+    reactor.advance(peer.EARLY_REDIAL_INTERVAL_S * 0.5)
+    link.alive_hint()
+    reactor.advance(0)
+    assert len(reactor.tcpClients) == 1
+    pump = iosim.ConnectionCompleter(reactor).succeedOnce()
+    pump.flush()
+    d = link.call("PING", "up", timeout_s=1.0)
+    pump.flush()
+    assert success(d) == PeerResponse("OK", "up", [])
+    link.alive_hint()                            # connected: nothing to redial
+    reactor.advance(1.0)
+    assert reactor.tcpClients == []
+    link.service.stopService()
+
+
 # Cluster ids in the handshake -----------------------------------------------------------
 
 
