@@ -30,6 +30,7 @@ from twisted.application import service
 from twisted.internet import defer
 from twisted.internet.task import LoopingCall
 from twisted.logger import Logger
+from twisted.python.failure import Failure
 
 import replicad
 from replicad import peerwire, session, wire
@@ -1475,12 +1476,34 @@ class Replica(service.MultiService):
                 raise WireError(Code.BADARGS, "only data requests are forwarded")
         except WireError as e:
             return _final(e.reply(), peer_id)
-        if self._can_read_now(request):
-            return _final(self._read(request), peer_id)
-        written = self.writes.take(request)
-        if written is not None:
-            return written.addCallback(_final, peer_id)
-        return defer.ensureDeferred(self._serve_forwarded(request, peer_id))
+        try:
+            if self._can_read_now(request):
+                return _final(self._read(request), peer_id)
+            written = self.writes.take(request)
+        except Exception:
+            return self._forward_failed_here(Failure(), request, peer_id)
+        if written is None:
+            written = defer.ensureDeferred(self._serve_forwarded(request, peer_id))
+        else:
+            written.addCallback(_final, peer_id)
+        return written.addErrback(self._forward_failed_here, request, peer_id)
+
+    def _forward_failed_here(self, failure: Failure, request: Request,
+                             via: int) -> PeerAnswer:
+        """A forwarded request that failed on this replica: while it stops on a failed
+        disk, answered as on the client port (``stopping_reply``: UNAVAILABLE for a
+        read, in doubt for a write), a final reply the follower relays; any other
+        failure goes to the peer port, which logs it and answers ERR INTERNAL.  Before,
+        a disk that failed a forwarded write's read left a traceback in the log and the
+        client ERR INTERNAL from the follower, after which it asks no other server
+        (chaos seed 100, a coordinator whose disk failed reads)."""
+        stopping = self.stopping_reply(request)
+        if stopping is None:
+            failure.raiseException()
+        self.log.info("forwarded {command} from replica {peer} failed as this replica "
+                      "stops: {error}", command=request.command, peer=via,
+                      error=failure.getErrorMessage())
+        return _final(stopping, via)
 
     def _on_push(self, peer_id: int, message: peerwire.Push) -> PeerAnswer:
         node = self.node

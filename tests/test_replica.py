@@ -847,6 +847,47 @@ def test_a_coordinator_whose_disk_fails_a_read_stops_and_sends_its_clients_on(re
     assert replica.stopping_reply(Request("PUT", "k", "v")).error_code == "INDOUBT"
 
 
+class UnreadableRequestRows(UnreadablePages):
+    """The request-id table's pages fail to read too (a forwarded write's first read)."""
+
+    def execute(self, sql: str, *args):
+        if sql.startswith("SELECT") and " FROM requests " in sql:
+            error = sqlite3.DatabaseError("database disk image is malformed")
+            error.sqlite_errorname = "SQLITE_CORRUPT"
+            raise error
+        return super().execute(sql, *args)
+
+
+def test_a_forwarded_request_that_meets_a_failed_disk_is_answered_as_a_direct_one(
+        replica):
+    """A request a follower forwarded that meets the coordinator's failed disk is
+    answered as on the client port (stopping_reply): UNAVAILABLE for a read, in doubt
+    for a write, in a final frame the follower relays.  Before, the exception left
+    _on_client: the peer port logged a traceback, answered ERR INTERNAL, and the client
+    got ERR INTERNAL from the follower, after which it asks no other server (chaos seed
+    100: a coordinator whose disk failed reads, a forwarded PUT with a request id)."""
+    serving(replica)
+    replica.store._db = UnreadableRequestRows(replica.store._db)
+    write = reply_of(forwarded(replica, "@r=;w=;id=0123abcd.1 PUT k v"))
+    assert replica.halted == EXIT_DISK_FAILED
+    assert write.error_code == "INDOUBT"
+    assert "replica 2 stops: its disk failed" in write.text
+    read = reply_of(forwarded(replica, "GET cold"))
+    assert read.error_code == "UNAVAILABLE" and "nothing was done" in read.text
+
+
+def test_a_forwarded_read_that_waited_and_meets_a_failed_disk_is_unavailable(replica):
+    """The same on the path that waits (a read behind a write's COMMIT)."""
+    serving(replica)
+    replica.handle(Request("PUT", "x", "v"))             # its group is not committed yet
+    replica.store._db = UnreadablePages(replica.store._db)
+    d = forwarded(replica, "GET cold")
+    assert isinstance(d, defer.Deferred) and not d.called
+    replica.reactor.advance(0)                             # the COMMIT, then the read
+    assert replica.halted == EXIT_DISK_FAILED
+    assert reply_of(d.result).error_code == "UNAVAILABLE"
+
+
 def test_a_replica_whose_database_file_is_removed_stops_within_a_check(replica):
     """Its data directory deleted under it, a replica would acknowledge writes into a
     file no one can open again (SQLite says nothing): it stops (74) at the next check,
