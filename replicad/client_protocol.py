@@ -364,11 +364,14 @@ class ClientProtocol(LineReceiver, TimeoutMixin):
 
     def _internal_error(self, failure: Failure, request: Request) -> Reply:
         """A failure of ours, logged with its traceback; the client sees only that, or,
-        when the replica stops on a failed disk, where to go (``stopping_reply``)."""
-        self.log.failure("serving {command} failed", failure, command=request.command)
+        when the replica stops on a failed disk, where to go (``stopping_reply``), and
+        the log has a line, not a traceback per request (the stop is logged once)."""
         stopping = self.factory.handler.stopping_reply(request)
         if stopping is not None:
+            self.log.info("serving {command} failed as this replica stops: {error}",
+                          command=request.command, error=failure.getErrorMessage())
             return stopping
+        self.log.failure("serving {command} failed", failure, command=request.command)
         return wire.error_reply(Code.INTERNAL, "internal error; nothing was half-applied")
 
     def _served(self, reply: Reply, slot: list) -> None:

@@ -335,7 +335,10 @@ class Replica(service.MultiService):
             self._epoch_seen(epoch)
             raise StaleEpoch(peer_id, epoch)
         if response.kind == "ERR":
-            raise peerwire.ErrorAnswer(peer_id, response.payload)
+            error = peerwire.ErrorAnswer(peer_id, response.payload)
+            if error.code == Code.UNAVAILABLE:     # it stops (_stopping_answer): down
+                raise PeerUnavailable(str(error), sent=True)
+            raise error
         return response
 
     def _failed(self, failure, peer_id: int, verb: str, silent_s: float = 0.0) -> None:
@@ -1373,7 +1376,24 @@ class Replica(service.MultiService):
         if message.fenced and message.epoch < node.epoch:
             return PeerAnswer("STALE", str(node.epoch))
         handler = getattr(self, f"_on_{message.verb.lower()}")
-        return handler(peer_id, message)
+        try:
+            answer = handler(peer_id, message)
+        except Exception:
+            return self._stopping_answer(Failure())
+        if isinstance(answer, defer.Deferred):
+            answer.addErrback(self._stopping_answer)
+        return answer
+
+    def _stopping_answer(self, failure: Failure) -> PeerAnswer:
+        """A peer request that failed while this replica stops on a failed disk (a push
+        it could not apply, a pull it could not read): ``ERR UNAVAILABLE``, which the
+        caller counts as this replica down (``_answer_from``), not a traceback per
+        request on both sides (the stop is logged once, chaos seed 100).  Any other
+        failure goes on to the peer port, which logs it and answers ERR INTERNAL."""
+        if self.halted is None:
+            failure.raiseException()
+        return PeerAnswer("ERR", f"{Code.UNAVAILABLE} replica {self.my_id} stops: "
+                                 f"{self._stopping_because}")
 
     def _on_ping(self, peer_id: int, message: peerwire.Ping) -> PeerAnswer:
         # A coordinator still taking over answers "coordinator": it is alive, and
@@ -1528,10 +1548,7 @@ class Replica(service.MultiService):
         def failed(failure):
             if failure.check(GroupFailed) and failure.value.disk_full:
                 return self._no_space_for_pushes()
-            if failure.check(GroupFailed) and failure.value.in_doubt:
-                return PeerAnswer("ERR", f"{Code.INTERNAL} replica {self.my_id}'s disk "
-                                         "failed during the push's COMMIT; it stops")
-            return failure
+            return failure       # a failed disk: _stopping_answer
 
         return applied.addCallbacks(answer, failed)
 

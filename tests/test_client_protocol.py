@@ -10,6 +10,7 @@ import pytest_twisted
 from twisted.internet import defer, task, threads
 from twisted.internet.error import ConnectionDone
 from twisted.internet.testing import StringTransport
+from twisted.logger import capturedLogs, formatEvent
 from twisted.python.failure import Failure
 
 from replicad import wire
@@ -364,9 +365,14 @@ def test_a_failure_while_the_replica_stops_is_answered_as_it_says():
     (after which a client would not try another server)."""
     proto, transport, _clock, handler, _factory = setup()
     handler.stopping = wire.error_reply(Code.UNAVAILABLE, "replica 3 stops")
-    proto.dataReceived(b"GET bad-sector\r\nGET k\r\n")
-    handler.pending[0].errback(sqlite3.OperationalError("disk I/O error"))
+    with capturedLogs() as events:
+        proto.dataReceived(b"GET bad-sector\r\nGET k\r\n")
+        handler.pending[0].errback(sqlite3.OperationalError("disk I/O error"))
     assert replies(transport) == [handler.stopping, handler.stopping]
+    # One line each, no traceback: the replica logs its stop once.
+    assert [e for e in events if e.get("log_failure")] == []
+    assert any("failed as this replica stops: disk I/O error" in formatEvent(e)
+               for e in events)
 
 
 def test_a_status_that_raises_is_err_internal_and_the_connection_stays():

@@ -848,10 +848,11 @@ def test_a_coordinator_whose_disk_fails_a_read_stops_and_sends_its_clients_on(re
 
 
 class UnreadableRequestRows(UnreadablePages):
-    """The request-id table's pages fail to read too (a forwarded write's first read)."""
+    """The request-id table's pages fail to read too (a forwarded write's first read,
+    the INSERT that keeps a pushed write's request id)."""
 
     def execute(self, sql: str, *args):
-        if sql.startswith("SELECT") and " FROM requests " in sql:
+        if " requests " in sql:
             error = sqlite3.DatabaseError("database disk image is malformed")
             error.sqlite_errorname = "SQLITE_CORRUPT"
             raise error
@@ -886,6 +887,55 @@ def test_a_forwarded_read_that_waited_and_meets_a_failed_disk_is_unavailable(rep
     replica.reactor.advance(0)                             # the COMMIT, then the read
     assert replica.halted == EXIT_DISK_FAILED
     assert reply_of(d.result).error_code == "UNAVAILABLE"
+
+
+def test_a_follower_whose_disk_fails_a_pushs_read_answers_unavailable_and_stops(replica):
+    """A push whose records the disk cannot read (chaos seed 100: a follower's EIO on
+    reads) is answered ERR UNAVAILABLE, not an exception out of peer_request (the peer
+    port logged its traceback and answered ERR INTERNAL, which the coordinator logged
+    with a traceback too), and the replica stops."""
+    follow(replica)                                       # epoch 3
+    replica.store._db = UnreadableRequestRows(replica.store._db)
+    answer = push(replica, 3, 3, Record("a", "1", 3, 1, VectorClock({3: 1}), 3,
+                                        rid="0123abcd.1"))
+    assert (answer.kind, answer.payload.split(" ")[0]) == ("ERR", "UNAVAILABLE")
+    assert "replica 2 stops: its disk failed" in answer.payload
+    assert replica.halted == EXIT_DISK_FAILED
+
+
+class StoppingPeerLink:
+    """A peer that stops on a failed disk: every call answered ERR UNAVAILABLE."""
+
+    down = False
+
+    def call(self, verb, payload="", timeout_s=1.0, on_line=None) -> defer.Deferred:
+        from replicad.peer import PeerResponse
+
+        return defer.succeed(PeerResponse(
+            "ERR", "UNAVAILABLE replica 1 stops: its disk failed (malformed)"))
+
+    def alive_hint(self) -> None:
+        pass
+
+    def abort(self) -> None:
+        pass
+
+
+def test_a_peer_that_answers_it_stops_counts_as_down_without_a_traceback(replica):
+    """ERR UNAVAILABLE from a peer (it stops: _stopping_answer) is PeerUnavailable: a
+    push to it marks it down, as a closed connection does, and logs no failure."""
+    serving(replica)
+    replica.links[1] = StoppingPeerLink()
+    replica.peer_up[1] = True
+    with capturedLogs() as events:
+        d = replica.handle(Request("PUT", "k", "v"))
+        replica.reactor.advance(0)
+        replica.reactor.advance(0)
+    assert d.result.status == "OK"                        # write_quorum = 1
+    assert replica.peer_up[1] is False
+    assert not [e for e in events if e.get("log_failure") is not None]
+    with pytest.raises(PeerUnavailable):
+        replica._answer_from(StoppingPeerLink().call("PING").result, 1)
 
 
 def test_a_replica_whose_database_file_is_removed_stops_within_a_check(replica):
@@ -1676,16 +1726,17 @@ def test_a_follower_whose_disk_is_full_answers_a_push_err_nospace(replica):
 
 def test_a_follower_whose_disk_fails_a_pushs_commit_answers_err_and_stops(replica):
     """No acknowledgement for a push whose COMMIT the disk failed (it may or may not be
-    there), one ERR instead of a failure with a traceback, and the replica stops as a
-    coordinator does (writes.py, Replica._disk_failed)."""
+    there), one ERR UNAVAILABLE (the coordinator counts this replica down) instead of a
+    failure with a traceback, and the replica stops as a coordinator does (writes.py,
+    Replica._disk_failed)."""
     from tests.test_groupcommit import FailingCommits
 
     follow(replica)                                       # epoch 3
     replica.store._db = spy = FailingCommits(replica.store._db)
     spy.fail = True
     answer = push(replica, 3, 3, Record("a", "1", 3, 1, VectorClock({3: 1}), 3))
-    assert (answer.kind, answer.payload.split(" ")[0]) == ("ERR", "INTERNAL")
-    assert "disk failed" in answer.payload
+    assert (answer.kind, answer.payload.split(" ")[0]) == ("ERR", "UNAVAILABLE")
+    assert "replica 2 stops: its disk failed" in answer.payload
     replica.reactor.advance(0)
     assert replica.halted == EXIT_DISK_FAILED
 
