@@ -1001,7 +1001,8 @@ class _RedialClock:
     """The clock a link's ClientService schedules its reconnection with (its ``clock``
     argument), keeping the scheduled attempt so that it can be brought forward
     (``redial_now``): ClientService has no call for that, and its back-off, up to
-    max_retry_delay_s plus jitter, is longer than a ping's timeout."""
+    max_retry_delay_s plus jitter, is longer than a ping's timeout.  ClientService
+    schedules nothing else with its clock (Twisted 26: its Waiting state's retry only)."""
 
     def __init__(self, reactor):
         self._reactor = reactor
