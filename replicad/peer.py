@@ -144,6 +144,16 @@ class PeerAnswer:
     lines: tuple[tuple[str, str], ...] = ()
 
 
+class StreamRefused(Exception):
+    """Raised by a streamed answer's body that cannot go on for a reason the sender
+    states (a replica stopping on a failed disk): the stream ends with ``ERR
+    <payload>`` and one log line, not a traceback."""
+
+    def __init__(self, payload: str):
+        super().__init__(payload)
+        self.payload = payload
+
+
 @dataclass
 class PeerResponse:
     kind: str
@@ -315,10 +325,15 @@ class _StreamProducer:
             self.proto.send_line(Frame(self.rid, "END", trailer).encode())
             self.proto.stream_finished()
             return
-        except Exception:
-            self.proto.log.failure("stream {rid} failed", rid=self.rid)
+        except Exception as e:
+            if isinstance(e, StreamRefused):
+                payload = e.payload
+                self.proto.log.info("stream {rid} ended: {why}", rid=self.rid, why=payload)
+            else:
+                payload = "INTERNAL stream failed"
+                self.proto.log.failure("stream {rid} failed", rid=self.rid)
             self._write(batch)
-            self.proto.send_line(Frame(self.rid, "ERR", "INTERNAL stream failed").encode())
+            self.proto.send_line(Frame(self.rid, "ERR", payload).encode())
             self.proto.stream_finished()
             return
         self._write(batch)

@@ -45,7 +45,13 @@ from replicad.joining import Joining
 from replicad.linklog import LinkStateLog
 from replicad.metrics import ReplicaMetrics
 from replicad.node import Announcement, Candidacy, Node, Role, veto_reason
-from replicad.peer import PeerAnswer, PeerLink, PeerResponse, PeerUnavailable
+from replicad.peer import (
+    PeerAnswer,
+    PeerLink,
+    PeerResponse,
+    PeerUnavailable,
+    StreamRefused,
+)
 from replicad.peerwire import Message, PeerStatus, PeerWireError
 from replicad.quorumindex import QuorumIndex
 from replicad.store import Record, Store, disk_full
@@ -1593,7 +1599,19 @@ class Replica(service.MultiService):
         body = (("REC", peerwire.encode_record(item)) if isinstance(item, Record)
                 else ("REQ", peerwire.encode_request_row(item)) for item in items)
         cluster = self.store.cluster_id or "-"
-        return PeerAnswer("END", f"{clock.encode()} {cluster}", body=body)
+        return PeerAnswer("END", f"{clock.encode()} {cluster}",
+                          body=self._unless_stopping(body))
+
+    def _unless_stopping(self, body):
+        """A stream's body, whose read that meets a failed disk ends it as
+        ``_stopping_answer`` ends a request: ERR UNAVAILABLE, one log line."""
+        try:
+            yield from body
+        except Exception:
+            if self.halted is None:
+                raise
+            raise StreamRefused(f"{Code.UNAVAILABLE} replica {self.my_id} stops: "
+                                f"{self._stopping_because}") from None
 
     def _not_coordinator(self) -> PeerAnswer:
         """The refusal of a forwarded request: NO and the coordinator this replica

@@ -78,8 +78,10 @@ class Handler:
 class Body:
     """A body iterator that remembers how far it was read and whether it was closed."""
 
-    def __init__(self, n: int, kind: str = "REC", fail_at: int | None = None):
+    def __init__(self, n: int, kind: str = "REC", fail_at: int | None = None,
+                 error: Exception | None = None):
         self.n, self.kind, self.fail_at = n, kind, fail_at
+        self.error = error or RuntimeError("disk on fire")
         self.sent = 0
         self.closed = False
 
@@ -88,7 +90,7 @@ class Body:
 
     def __next__(self):
         if self.sent == self.fail_at:
-            raise RuntimeError("disk on fire")
+            raise self.error
         if self.sent >= self.n:
             raise StopIteration
         self.sent += 1
@@ -473,6 +475,23 @@ def test_failing_stream_ends_with_err_and_the_next_stream_runs():
     assert out[5] == "1 ERR INTERNAL stream failed"
     assert out[6:] == ["2 REC k1 1 1 0 - 1:1 V value 1", "2 REC k2 1 2 0 - 1:2 V value 2", "2 END"]
     assert not transport.disconnecting
+
+
+def test_a_stream_its_sender_refuses_ends_with_its_err_and_no_traceback():
+    """A body that raises StreamRefused (a replica stopping on a failed disk) ends its
+    stream with ERR and the sender's own reason, logged as one line, not as a failure."""
+    bodies = {"bad": Body(10, fail_at=3, error=peer.StreamRefused("UNAVAILABLE it stops")),
+              "good": Body(1)}
+    handler = Handler(lambda peer_id, verb, payload: PeerAnswer(body=bodies[payload]))
+    proto, transport, _clock, _handler = authenticated_server(handler)
+    with capturedLogs() as events:
+        proto.dataReceived(b"1 FULL bad\n2 FULL good\n")
+        drain(transport)
+    out = lines(transport)
+    assert out[3] == "1 ERR UNAVAILABLE it stops"
+    assert out[4:] == ["2 REC k1 1 1 0 - 1:1 V value 1", "2 END"]
+    assert [e for e in events if e.get("log_failure")] == []
+    assert any("stream 1 ended: UNAVAILABLE it stops" in formatEvent(e) for e in events)
 
 
 def test_connection_lost_closes_active_and_queued_bodies():

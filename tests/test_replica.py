@@ -903,6 +903,35 @@ def test_a_follower_whose_disk_fails_a_pushs_read_answers_unavailable_and_stops(
     assert replica.halted == EXIT_DISK_FAILED
 
 
+def test_a_stream_that_meets_a_failed_disk_ends_unavailable(replica):
+    """A copy or delta whose read meets a failed disk (the store stops the replica, then
+    raises) ends with ERR UNAVAILABLE, which the puller counts as this replica down, and
+    one log line; another error in a stream is still the peer port's traceback."""
+    import sqlite3 as sqlite
+
+    from replicad.peer import StreamRefused
+
+    def rows():
+        yield Record("a", "1", 2, 1, VectorClock({2: 1}))
+        error = sqlite.DatabaseError("database disk image is malformed")
+        replica._disk_failed(error, committing=False)
+        raise error
+
+    body = replica._stream(VectorClock({2: 1}), rows()).body
+    assert next(body)[0] == "REC"
+    with pytest.raises(StreamRefused) as refused:
+        next(body)
+    assert refused.value.payload.startswith("UNAVAILABLE replica 2 stops: its disk failed")
+
+    def bug():
+        raise RuntimeError("a bug")
+        yield
+
+    replica.halted = None
+    with pytest.raises(RuntimeError):
+        next(replica._stream(VectorClock(), bug()).body)
+
+
 class StoppingPeerLink:
     """A peer that stops on a failed disk: every call answered ERR UNAVAILABLE."""
 
