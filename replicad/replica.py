@@ -1320,12 +1320,17 @@ class Replica(service.MultiService):
         passed a coordinator before the failure (a forwarded one): in doubt."""
         if self.halted is None:
             return None
-        why = f"replica {self.my_id} stops: {self._stopping_because}"
+        why = self._why_stopping()
         if request.is_write:
             return wire.error_reply(
                 Code.INDOUBT, f"the write may or may not have been applied: {why}")
         return wire.error_reply(Code.UNAVAILABLE,
                                 f"{why}; nothing was done: ask another replica")
+
+    def _why_stopping(self) -> str:
+        """What the answers of a replica that stops say (``stopping_reply``, and the
+        peer requests and streams that failed then: ``_stopping_answer``)."""
+        return f"replica {self.my_id} stops: {self._stopping_because}"
 
     def _halt_now(self) -> None:
         self.turn_sender.send_now()     # the in-doubt answers leave first
@@ -1398,8 +1403,7 @@ class Replica(service.MultiService):
         failure goes on to the peer port, which logs it and answers ERR INTERNAL."""
         if self.halted is None:
             failure.raiseException()
-        return PeerAnswer("ERR", f"{Code.UNAVAILABLE} replica {self.my_id} stops: "
-                                 f"{self._stopping_because}")
+        return PeerAnswer("ERR", f"{Code.UNAVAILABLE} {self._why_stopping()}")
 
     def _on_ping(self, peer_id: int, message: peerwire.Ping) -> PeerAnswer:
         # A coordinator still taking over answers "coordinator": it is alive, and
@@ -1610,8 +1614,7 @@ class Replica(service.MultiService):
         except Exception:
             if self.halted is None:
                 raise
-            raise StreamRefused(f"{Code.UNAVAILABLE} replica {self.my_id} stops: "
-                                f"{self._stopping_because}") from None
+            raise StreamRefused(f"{Code.UNAVAILABLE} {self._why_stopping()}") from None
 
     def _not_coordinator(self) -> PeerAnswer:
         """The refusal of a forwarded request: NO and the coordinator this replica

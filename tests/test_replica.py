@@ -12,7 +12,7 @@ from twisted.logger import capturedLogs, formatEvent
 from replicad import peerwire, wire
 from replicad.config import default_config
 from replicad.node import Candidacy, Role
-from replicad.peer import PeerAnswer, PeerUnavailable
+from replicad.peer import PeerAnswer, PeerUnavailable, StreamRefused
 from replicad.peerwire import PeerStatus, PeerWireError
 from replicad.replica import EXIT_DISK_FAILED, Replica
 from replicad.store import Record
@@ -819,10 +819,14 @@ class UnreadablePages:
 
     def execute(self, sql: str, *args):
         if sql.startswith("SELECT") and " FROM kv " in sql:
-            error = sqlite3.DatabaseError("database disk image is malformed")
-            error.sqlite_errorname = "SQLITE_CORRUPT"
-            raise error
+            raise self.malformed()
         return self._db.execute(sql, *args)
+
+    @staticmethod
+    def malformed() -> sqlite3.DatabaseError:
+        error = sqlite3.DatabaseError("database disk image is malformed")
+        error.sqlite_errorname = "SQLITE_CORRUPT"
+        return error
 
     def __getattr__(self, name):
         return getattr(self._db, name)
@@ -853,9 +857,7 @@ class UnreadableRequestRows(UnreadablePages):
 
     def execute(self, sql: str, *args):
         if " requests " in sql:
-            error = sqlite3.DatabaseError("database disk image is malformed")
-            error.sqlite_errorname = "SQLITE_CORRUPT"
-            raise error
+            raise self.malformed()
         return super().execute(sql, *args)
 
 
@@ -907,13 +909,9 @@ def test_a_stream_that_meets_a_failed_disk_ends_unavailable(replica):
     """A copy or delta whose read meets a failed disk (the store stops the replica, then
     raises) ends with ERR UNAVAILABLE, which the puller counts as this replica down, and
     one log line; another error in a stream is still the peer port's traceback."""
-    import sqlite3 as sqlite
-
-    from replicad.peer import StreamRefused
-
     def rows():
         yield Record("a", "1", 2, 1, VectorClock({2: 1}))
-        error = sqlite.DatabaseError("database disk image is malformed")
+        error = UnreadablePages.malformed()
         replica._disk_failed(error, committing=False)
         raise error
 
