@@ -444,9 +444,10 @@ class Replica(service.MultiService):
         one begun before), its PING given answer_timeout as the announcement was.  With
         ping_timeout's 0.2 s a PING lost to a loaded machine failed the pull, and a
         take-over with a quorum of 1 served without that live peer's writes (the
-        request ids among them: node.py, peer_down)."""
+        request ids among them: node.py, peer_down).  In its turn: after the pulls
+        streaming before it, it asks only for what they did not bring (sync.py)."""
         timers = self.timers
-        d = self.sync.sync_from(peer_id, fresh=True, ping_timeout_s=max(
+        d = self.sync.sync_from(peer_id, fresh=True, in_turn=True, ping_timeout_s=max(
             timers.answer_timeout, timers.ping_timeout))
         d.addCallback(lambda ok: self.node.pull_done(peer_id, epoch, bool(ok)))
         d.addErrback(self._failed, peer_id, "take-over pull")

@@ -12,6 +12,7 @@ clock raised with the last step; memory stays bounded and no record is half-appl
 
 from __future__ import annotations
 
+from collections import deque
 from collections.abc import Callable
 
 from twisted.internet import defer, task
@@ -91,6 +92,10 @@ class Synchroniser:
         self._progress = 0
         self._progress_looked = 0       # _progress at the last stall check
         self._stall_check: IDelayedCall | None = None
+        # Pulls past their PING (streaming or merging), and the take-over pulls that
+        # wait for them to end before they ask for what is still missing (in_turn).
+        self._streaming = 0
+        self._turn_waiters: deque[defer.Deferred[None]] = deque()
         self._idle_waiters: list[defer.Deferred[None]] = []     # when_idle's
         # Each peer's clock as its last pull from it began (a lower bound of what it
         # holds: a peer's clock only grows): whom a take-over may count as holding its
@@ -133,28 +138,43 @@ class Synchroniser:
         on a pull that stalls (a peer frozen mid-stream holds it up to
         STREAM_IDLE_TIMEOUT_S): with no progress for ping_timeout, the next peer put
         aside is pulled from beside it (in quorum mode a follower's gap kept it from
-        acknowledging)."""
+        acknowledging).  A pull begun here also takes its turn (``in_turn``) behind one
+        that began streaming during its PING (a take-over's, say: a returning replica's
+        link comes up as it stands)."""
         if any(peer != peer_id for peer in self._pulls):
             self._pull_later.add(peer_id)
-            if self._stall_check is None:
-                self._progress_looked = self._progress
-                self._stall_check = self.reactor.callLater(self.timers.ping_timeout,
-                                                           self._check_stalled)
+            self._watch_for_stall()
             return
-        self.sync_from(peer_id)
+        self.sync_from(peer_id, in_turn=True)
 
-    def _check_stalled(self) -> None:
-        """Every ping_timeout while a peer is put aside: nothing progressed since the
-        last look, so the pulls under way stall; the next peer is pulled beside them."""
-        self._stall_check = None
-        if not self._pull_later:
-            return
-        if self._progress == self._progress_looked:
-            self._pull_next()
-        self._progress_looked = self._progress
-        if self._pull_later:
+    def _watch_for_stall(self) -> None:
+        if self._stall_check is None:
+            self._progress_looked = self._progress
             self._stall_check = self.reactor.callLater(self.timers.ping_timeout,
                                                        self._check_stalled)
+
+    def _check_stalled(self) -> None:
+        """Every ping_timeout while a peer is put aside or a take-over pull waits its
+        turn: nothing progressed since the last look, so the pulls under way stall; the
+        next peer is pulled, and the next waiting pull streams, beside them."""
+        self._stall_check = None
+        if not self._pull_later and not self._turn_waiters:
+            return
+        if self._progress == self._progress_looked:
+            if self._pull_later:
+                self._pull_next(stalled=True)
+            if self._turn_waiters:
+                self._give_turn()
+        self._progress_looked = self._progress
+        if self._pull_later or self._turn_waiters:
+            self._stall_check = self.reactor.callLater(self.timers.ping_timeout,
+                                                       self._check_stalled)
+
+    def _stop_watching(self) -> None:
+        if (not self._pull_later and not self._turn_waiters
+                and self._stall_check is not None):
+            self._stall_check.cancel()      # nothing left to start
+            self._stall_check = None
 
     @property
     def pulling(self) -> bool:
@@ -168,16 +188,17 @@ class Synchroniser:
         self._idle_waiters.append(waiter)
         return waiter
 
-    def _pull_next(self) -> None:
+    def _pull_next(self, stalled: bool = False) -> None:
         """No pull runs (or those under way stall): the first peer put aside by
-        pull_when_free is pulled from; the others wait for that pull in turn."""
+        pull_when_free is pulled from; the others wait for that pull in turn.  Begun
+        because the others stall, it streams beside them without waiting its turn."""
         peer_id = min(self._pull_later)
         self._pull_later.discard(peer_id)
-        self.sync_from(peer_id)
+        self.sync_from(peer_id, in_turn=not stalled)
 
     def sync_from(self, peer_id: int, full: bool = False,
                   ping_timeout_s: float | None = None,
-                  fresh: bool = False) -> defer.Deferred[bool]:
+                  fresh: bool = False, in_turn: bool = False) -> defer.Deferred[bool]:
         """Pull what peer_id has and this replica lacks (``full``: a full copy whatever
         the clocks say); concurrent pulls share one.  ``ping_timeout_s``: how long the
         pull's first PING may wait (default ping_timeout).
@@ -186,11 +207,21 @@ class Synchroniser:
         staged apart and merge idempotently), which later callers share.  A take-over
         needs all the peer took until it accepted the epoch, which a pull begun before
         may lack; and waiting for that one cost a take-over 5 s when the peer froze
-        in the middle of its stream (STREAM_IDLE_TIMEOUT_S; chaos seed 43)."""
+        in the middle of its stream (STREAM_IDLE_TIMEOUT_S; chaos seed 43).
+
+        ``in_turn`` (a take-over's, anti-entropy's): once the peer's PING shows what it
+        holds, the pull waits while another streams, then asks only for what is still
+        missing.  A take-over pulls from every peer that accepts its epoch, and they
+        mostly hold the same writes: side by side, each sent all of them (a
+        bully-back's "pulled delta from replica 1: 288 records, 0 applied", 14 ms of
+        its 36).  It waits only while the pulls under way progress: after ping_timeout
+        without a record or a merged step, it streams beside them
+        (``_check_stalled``).  A session's catch-up and a joining copy do not wait (a
+        client, or the first copy of a history, waits on them)."""
         running = self._pulls.get(peer_id)
         if running is None or fresh:
             patience = self.timers.ping_timeout if ping_timeout_s is None else ping_timeout_s
-            running = self._start_pull(peer_id, full, patience)
+            running = self._start_pull(peer_id, full, patience, in_turn)
         # Each caller gets its own Deferred, so one caller's timeout cannot cancel the
         # pull that others wait on.  _sync_from never fails: it answers True/False.
         mine: defer.Deferred[bool] = defer.Deferred()
@@ -203,9 +234,10 @@ class Synchroniser:
         running.addBoth(relay)
         return mine
 
-    def _start_pull(self, peer_id: int, full: bool, patience: float) -> defer.Deferred[bool]:
+    def _start_pull(self, peer_id: int, full: bool, patience: float,
+                    in_turn: bool = False) -> defer.Deferred[bool]:
         self._progress += 1
-        pull = defer.ensureDeferred(self._sync_from(peer_id, full, patience))
+        pull = defer.ensureDeferred(self._sync_from(peer_id, full, patience, in_turn))
         self._pulls[peer_id] = pull
 
         def done(result):
@@ -213,9 +245,7 @@ class Synchroniser:
                 del self._pulls[peer_id]
             if not self._pulls and self._pull_later:
                 self._pull_next()
-            if not self._pull_later and self._stall_check is not None:
-                self._stall_check.cancel()      # nothing left to start
-                self._stall_check = None
+            self._stop_watching()
             if not self._pulls and self._idle_waiters:
                 waiters, self._idle_waiters = self._idle_waiters, []
                 for waiter in waiters:
@@ -225,19 +255,26 @@ class Synchroniser:
         pull.addBoth(done)
         return pull
 
-    async def _sync_from(self, peer_id: int, force_full: bool, ping_timeout_s: float) -> bool:
+    async def _sync_from(self, peer_id: int, force_full: bool, ping_timeout_s: float,
+                         in_turn: bool = False) -> bool:
         try:
             status = await self.ping(peer_id, ping_timeout_s)
             self.peer_clocks[peer_id] = status.clock
-            have = self.store.clock
-            missing = status.clock.missing_from(have)
-            if not missing and not force_full:
+            if not force_full and not status.clock.missing_from(self.store.clock):
                 return True
-            behind = sum(status.clock[o] - have[o] for o in missing)
-            full = force_full or (have == VectorClock() and self.store.count() == 0) or (
-                behind >= self.config.full_copy_ratio * status.clock.total()
-            )
-            pulled = await self._pull(peer_id, full, have, behind)
+            await self._take_turn(wait=in_turn)
+            try:
+                have = self.store.clock     # with what the pulls it waited for brought
+                missing = status.clock.missing_from(have)
+                if not missing and not force_full:
+                    return True
+                behind = sum(status.clock[o] - have[o] for o in missing)
+                full = force_full or (have == VectorClock() and self.store.count() == 0) or (
+                    behind >= self.config.full_copy_ratio * status.clock.total()
+                )
+                pulled = await self._pull(peer_id, full, have, behind)
+            finally:
+                self._turn_over()
         except (PeerUnavailable, PeerWireError, StaleEpoch, ImportAborted) as e:
             self.log.debug("pull from replica {peer} failed: {error}", peer=peer_id, error=e)
             return False
@@ -248,6 +285,27 @@ class Synchroniser:
                 self.disk_full_seen(e)
             return False
         return pulled
+
+    def _take_turn(self, wait: bool) -> defer.Deferred[None]:
+        """Count a pull that streams now; with ``wait``, once no other streams (or
+        those that do stall)."""
+        if not wait or self._streaming == 0:
+            self._streaming += 1
+            return defer.succeed(None)
+        waiter: defer.Deferred[None] = defer.Deferred()
+        self._turn_waiters.append(waiter)
+        self._watch_for_stall()
+        return waiter
+
+    def _give_turn(self) -> None:
+        self._streaming += 1
+        self._turn_waiters.popleft().callback(None)
+
+    def _turn_over(self) -> None:
+        self._streaming -= 1
+        if self._streaming == 0 and self._turn_waiters:
+            self._give_turn()
+        self._stop_watching()
 
     async def _pull(self, peer_id: int, full: bool, have: VectorClock, behind: int) -> bool:
         await self._import_slots.acquire()

@@ -1317,7 +1317,7 @@ def test_a_peer_whose_link_comes_back_is_pulled_from_at_once(replica):
     replica._mark(3, True)
     replica.reactor.advance(0)                # what start-up scheduled (discovery) runs
     pulls = []
-    replica.sync.sync_from = lambda peer_id, full=False: pulls.append(peer_id)
+    replica.sync.sync_from = lambda peer_id, **options: pulls.append(peer_id)
     replica._mark(3, False)                   # a call to it failed: down
     before = len(link.sent)
     replica._mark(3, True)                    # an answer again: up
@@ -1774,15 +1774,16 @@ def test_a_take_over_pull_gives_the_peers_ping_answer_timeout(replica):
     served without that live peer's writes (sync.py, sync_from)."""
     asked = []
 
-    def sync_from(peer_id, full=False, ping_timeout_s=None, fresh=False):
-        asked.append((peer_id, ping_timeout_s, fresh))
+    def sync_from(peer_id, full=False, ping_timeout_s=None, fresh=False, in_turn=False):
+        asked.append((peer_id, ping_timeout_s, fresh, in_turn))
         return defer.succeed(True)
 
     replica.sync.sync_from = sync_from
     replica.pull_for_take_over(1, own_epoch(1, 2))
     timers = replica.timers
     assert timers.answer_timeout > timers.ping_timeout
-    assert asked == [(1, timers.answer_timeout, True)]
+    # fresh and in its turn after the other take-over pulls (sync.py, sync_from)
+    assert asked == [(1, timers.answer_timeout, True, True)]
 
 
 def test_the_glue_tells_the_node_how_long_a_peer_was_silent(replica):

@@ -19,7 +19,7 @@ def make(tmp_path):
     sync = Synchroniser(store, [], default_config(), Clock(), ping=None, call=None, mark=None,
                         epoch=lambda: 0)
     pulls: list[int] = []
-    sync.sync_from = pulls.append          # record instead of dialling
+    sync.sync_from = lambda peer_id, **options: pulls.append(peer_id)   # no dialling
     return store, sync, pulls
 
 
@@ -572,3 +572,176 @@ def test_a_pull_put_aside_does_not_wait_for_one_that_stalls(tmp_path):
     assert [peer for peer, _, _ in calls] == [2, 1]
     assert clock.getDelayedCalls() == []     # nothing left put aside: no more looks
     store.close()
+
+
+class TwoPeers:
+    """Peers 1 and 2 that hold ``holds[peer]`` and answer a DELTA when the test says
+    (``answer(n)``: the n-th call streams what this replica's clock lacks and ends), or
+    stream part of it and freeze (``stream``), or fail (``fail``)."""
+
+    def __init__(self, tmp_path, holds: dict[int, list[Record]]):
+        self.store = Store(str(tmp_path / "replica.sqlite"))
+        self.clock = Clock()
+        self.holds = holds
+        self.calls: list[tuple[int, object, object, defer.Deferred]] = []
+        self.slow_pings: dict[int, defer.Deferred] = {}   # answered by answer_ping
+        self.sync = Synchroniser(
+            self.store, sorted(holds), default_config(), self.clock, ping=self.ping,
+            call=self.call, mark=lambda peer_id, up: None, epoch=lambda: 0)
+
+    def ping(self, peer_id: int, timeout_s: float) -> defer.Deferred:
+        if peer_id in self.slow_pings:
+            return self.slow_pings[peer_id]
+        return defer.succeed(self.status(peer_id))
+
+    def answer_ping(self, peer_id: int) -> None:
+        self.slow_pings.pop(peer_id).callback(self.status(peer_id))
+
+    def status(self, peer_id: int) -> PeerStatus:
+        clock = VectorClock()
+        for record in self.holds[peer_id]:
+            clock = clock.merge(record.version)
+        return PeerStatus(peer_id, "follower", 3, 1, clock)
+
+    def call(self, peer_id, message, timeout_s, on_line=None):
+        d: defer.Deferred = defer.Deferred()
+        self.calls.append((peer_id, message, on_line, d))
+        return d
+
+    def asked(self) -> list[int]:
+        return [peer for peer, _, _, _ in self.calls]
+
+    def stream(self, n: int, count: int | None = None) -> int:
+        peer_id, message, on_line, _ = self.calls[n]
+        since = getattr(message, "since", VectorClock())   # a FULL: everything
+        sent = [r for r in self.holds[peer_id] if since[r.origin] < r.seq][:count]
+        for record in sent:
+            on_line("REC", peerwire.encode_record(record))
+        return len(sent)
+
+    def answer(self, n: int) -> int:
+        sent = self.stream(n)
+        peer_id, _, _, d = self.calls[n]
+        d.callback(PeerResponse("END", f"{self.status(peer_id).clock.encode()} -"))
+        return sent
+
+    def fail(self, n: int) -> None:
+        self.calls[n][3].errback(PeerUnavailable("the connection was lost"))
+
+    def take_over(self, peer_id: int, results: list) -> None:
+        self.sync.sync_from(peer_id, fresh=True, in_turn=True).addBoth(results.append)
+
+
+def history(origin: int, count: int) -> list[Record]:
+    return [Record(f"k{origin}-{i}", "v", origin, i, VectorClock({origin: i}))
+            for i in range(1, count + 1)]
+
+
+def test_take_over_pulls_take_turns_and_the_second_asks_only_for_what_is_left(tmp_path):
+    """A take-over pulls from every peer that accepts its epoch, and they mostly hold the
+    same writes.  Side by side each sent all of them (a bully-back: "pulled delta from
+    replica 1: 288 records, 0 applied").  Now the second waits while the first
+    streams, then asks for what is still missing: here nothing (no DELTA at all), and
+    once peer 1 holds a write of its own, that write alone."""
+    shared = history(2, 5)
+    peers = TwoPeers(tmp_path, {1: shared[:4], 2: list(shared)})
+    results: list[bool] = []
+    peers.take_over(2, results)
+    peers.take_over(1, results)
+    assert peers.asked() == [2]                  # 1 waits: 2 streams
+    assert peers.answer(0) == 5
+    assert results == [True, True] and peers.asked() == [2]   # 1 lacks nothing more
+    assert peers.store.clock == VectorClock({2: 5})
+
+    own = Record("mine", "v", 1, 1, VectorClock({1: 1}))
+    peers.holds[1].append(own)
+    peers.holds[2] += history(2, 8)[5:]
+    peers.take_over(2, results)
+    peers.take_over(1, results)
+    assert peers.asked() == [2, 2]
+    assert peers.answer(1) == 3
+    assert peers.asked() == [2, 2, 1]
+    assert peers.calls[2][1].since == VectorClock({2: 8})   # asked after the first landed
+    assert peers.answer(2) == 1                  # its own write, not the shared ones
+    assert results == [True] * 4
+    assert peers.store.clock == VectorClock({1: 1, 2: 8})
+    peers.store.close()
+
+
+def test_a_take_over_pull_does_not_wait_for_one_that_fails_or_stalls(tmp_path):
+    """The turn passes at once when the pull under way fails (its peer died), and after
+    ping_timeout without progress when it stalls (a peer frozen mid-stream holds its
+    pull up to STREAM_IDLE_TIMEOUT_S, 5 s: chaos seed 43)."""
+    shared = history(2, 4)
+    peers = TwoPeers(tmp_path, {1: list(shared), 2: list(shared)})
+    results: list[bool] = []
+    peers.take_over(2, results)
+    peers.take_over(1, results)
+    peers.fail(0)
+    assert results == [False] and peers.asked() == [2, 1]
+    assert peers.answer(1) == 4 and results == [False, True]
+
+    later = history(2, 8)[4:]
+    peers.holds[1] += later
+    peers.holds[2] += later
+    peers.take_over(2, results)
+    peers.take_over(1, results)
+    patience = peers.sync.timers.ping_timeout
+    assert peers.asked() == [2, 1, 2]
+    peers.clock.advance(patience * 0.75)
+    assert peers.stream(2, count=1) == 1         # progress, then 2 freezes
+    peers.clock.advance(patience * 0.5)          # a look: progress a moment ago, 1 waits
+    assert peers.asked() == [2, 1, 2]
+    peers.clock.advance(patience)                # no progress since: 1 streams beside it
+    assert peers.asked() == [2, 1, 2, 1]
+    assert peers.answer(3) == 4 and results[-1] is True
+    assert peers.store.clock == VectorClock({2: 8})
+    assert peers.clock.getDelayedCalls() == []   # nobody waits: no more looks
+    peers.store.close()
+
+
+def test_a_take_over_pull_waits_for_any_pull_streaming_but_a_catch_up_never_waits(
+        tmp_path):
+    """Any pull that streams holds a take-over's pull back (it brings the same writes);
+    a session's catch-up (a client waits) and a joining copy never wait for one: they
+    are not in_turn."""
+    shared = history(2, 3)
+    peers = TwoPeers(tmp_path, {1: list(shared), 2: list(shared)})
+    results: list[bool] = []
+    peers.sync.sync_from(2).addBoth(results.append)     # a catch-up, streaming
+    peers.take_over(1, results)
+    assert peers.asked() == [2]
+    peers.answer(0)
+    assert results == [True, True] and peers.asked() == [2]
+
+    peers.holds[1] += history(2, 5)[3:]
+    peers.holds[2] += history(2, 5)[3:]
+    peers.take_over(1, results)
+    peers.sync.sync_from(2).addBoth(results.append)     # not held back by the take-over's
+    assert peers.asked() == [2, 1, 2]
+    peers.answer(1)
+    peers.answer(2)
+    assert results == [True] * 4 and peers.store.clock == VectorClock({2: 5})
+    peers.store.close()
+
+
+def test_anti_entropy_whose_ping_comes_back_after_a_take_over_began_waits_its_turn(
+        tmp_path):
+    """A returning replica's links come up as it stands: anti-entropy PINGs a peer, the
+    take-over's pull from the other begins streaming meanwhile, and the PING's answer
+    then showed the same writes.  Both streamed them (a bully-back: "pulled delta from
+    replica 1: 331 records, 331 applied" beside "from replica 2: 332 records, 1
+    applied").  Anti-entropy's pull now waits its turn too."""
+    shared = history(2, 6)
+    peers = TwoPeers(tmp_path, {1: list(shared), 2: list(shared)})
+    peers.slow_pings[1] = defer.Deferred()
+    peers.sync.compare(peers.status(1), at_once=True)      # replica 1's link is up
+    results: list[bool] = []
+    peers.take_over(2, results)                            # streams at once
+    peers.answer_ping(1)
+    assert peers.asked() == [2]
+    assert peers.answer(0) == 6
+    assert results == [True] and peers.asked() == [2]      # nothing left for 1
+    assert peers.store.clock == VectorClock({2: 6})
+    assert peers.clock.getDelayedCalls() == []
+    peers.store.close()
