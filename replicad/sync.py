@@ -209,13 +209,13 @@ class Synchroniser:
         may lack; and waiting for that one cost a take-over 5 s when the peer froze
         in the middle of its stream (STREAM_IDLE_TIMEOUT_S; chaos seed 43).
 
-        ``in_turn`` (a take-over's, anti-entropy's): once the peer's PING shows what it
-        holds, the pull waits while another streams, then asks only for what is still
-        missing.  A take-over pulls from every peer that accepts its epoch, and they
-        mostly hold the same writes: side by side, each sent all of them (a
-        bully-back's "pulled delta from replica 1: 288 records, 0 applied", 14 ms of
-        its 36).  It waits only while the pulls under way progress: after ping_timeout
-        without a record or a merged step, it streams beside them
+        ``in_turn`` (a take-over's, anti-entropy's, a follower's CATCHUP): once the
+        peer's PING shows what it holds, the pull waits while another streams, then
+        asks only for what is still missing.  A take-over pulls from every peer that
+        accepts its epoch, and they mostly hold the same writes: side by side, each
+        sent all of them (a bully-back's "pulled delta from replica 1: 288 records, 0
+        applied", 14 ms of its 36).  It waits only while the pulls under way progress:
+        after ping_timeout without a record or a merged step, it streams beside them
         (``_check_stalled``).  A session's catch-up and a joining copy do not wait (a
         client, or the first copy of a history, waits on them)."""
         running = self._pulls.get(peer_id)

@@ -1563,20 +1563,20 @@ def test_a_follower_catches_up_with_the_coordinator_it_accepted_and_says_its_clo
     follow(replica)                                   # replica 3, epoch 3
     asked = []
 
-    def pulled(peer_id):                              # the pull's effect, without a peer
-        asked.append(peer_id)
+    def pulled(peer_id, in_turn=False):               # the pull's effect, without a peer
+        asked.append((peer_id, in_turn))
         replica.store.write(3, "k", "v", epoch=3)
         return defer.succeed(True)
 
     replica.sync.sync_from = pulled
     answer = replica.peer_request(3, *peerwire.encode_message(peerwire.CatchUp(3)))
-    assert asked == [3]
+    assert asked == [(3, True)]      # after the pulls streaming (sync.py, sync_from)
     assert (answer.result.kind, answer.result.payload) == ("OK", "3:1")
 
 
 def test_a_catch_up_is_refused_by_a_replica_that_does_not_follow_the_asker(replica):
     follow(replica)                                   # replica 3, epoch 3
-    replica.sync.sync_from = lambda peer_id: pytest.fail("pulled for a stranger")
+    replica.sync.sync_from = lambda peer_id, **options: pytest.fail("pulled for a stranger")
     stranger = replica.peer_request(1, *peerwire.encode_message(peerwire.CatchUp(3)))
     assert (stranger.kind, stranger.payload) == ("NO", "3")
     newer = replica.peer_request(3, *peerwire.encode_message(peerwire.CatchUp(7)))
@@ -1585,7 +1585,7 @@ def test_a_catch_up_is_refused_by_a_replica_that_does_not_follow_the_asker(repli
 
 def test_a_failed_catch_up_pull_is_answered_no(replica):
     follow(replica)
-    replica.sync.sync_from = lambda peer_id: defer.succeed(False)
+    replica.sync.sync_from = lambda peer_id, **options: defer.succeed(False)
     answer = replica.peer_request(3, *peerwire.encode_message(peerwire.CatchUp(3)))
     assert (answer.result.kind, answer.result.payload) == ("NO", "3")
 

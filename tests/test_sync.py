@@ -292,10 +292,12 @@ def test_a_large_pull_is_merged_over_several_reactor_turns(tmp_path, monkeypatch
 
 
 def test_pulls_from_more_peers_than_sqlite_can_attach_at_once_all_land(tmp_path):
-    """A take-over pulls from every peer at once, and each import ATTACHes a staging
-    database; SQLite attaches at most 10 to a connection, so in a cluster of more than 11
-    replicas the eleventh pull failed with "too many attached databases" (a traceback,
-    the peer's writes not taken over).  Imports beyond MAX_IMPORTS wait for a slot."""
+    """A take-over pulled from every peer at once (its pulls take turns now, but run
+    side by side beside one that stalls, as catch-ups do), and each import ATTACHes a
+    staging database; SQLite attaches at most 10 to a connection, so in a cluster of
+    more than 11 replicas the eleventh pull failed with "too many attached databases"
+    (a traceback, the peer's writes not taken over).  Imports beyond MAX_IMPORTS wait
+    for a slot."""
     from twisted.logger import capturedLogs
 
     from replicad.store import MAX_IMPORTS

@@ -1,8 +1,12 @@
-"""A cluster of more than 11 replicas: a take-over pulls from every peer at once.
+"""A cluster of more than 11 replicas: a take-over pulls from every peer.
 
 Each pull stages its records in a database ATTACHed to the store's connection, and
-SQLite attaches at most 10 to one connection: the eleventh concurrent pull failed with
-"too many attached databases" (a traceback, that peer's writes not taken over by it).
+SQLite attaches at most 10 to one connection: when a take-over's pulls all ran at once,
+the eleventh failed with "too many attached databases" (a traceback, that peer's writes
+not taken over by it).  They take turns now (sync.py, ``in_turn``: the first brings the
+writes, the others find nothing missing), and run side by side only when one stalls, so
+this checks that a take-over by replica 12 of 13 ends with every write and no error;
+the limit itself is forced in tests/test_sync.py (17 pulls at once).
 """
 
 from __future__ import annotations
@@ -15,7 +19,7 @@ import pytest
 from tests.integration.lines import pipelined
 
 N = 13          # a take-over by replica 12 pulls from the 11 others
-WRITES = 2000   # what replica 12 misses: every peer streams it, so the imports overlap
+WRITES = 2000   # what replica 12 misses: every peer holds it
 
 
 @pytest.mark.slow    # 13 twistd processes: the slow stage
