@@ -95,7 +95,7 @@ class Synchroniser:
         # Pulls past their PING (streaming or merging), and the take-over pulls that
         # wait for them to end before they ask for what is still missing (in_turn).
         self._streaming = 0
-        self._turn_waiters: deque[defer.Deferred[None]] = deque()
+        self._turn_waiters: deque[tuple[int, defer.Deferred[None]]] = deque()
         self._idle_waiters: list[defer.Deferred[None]] = []     # when_idle's
         # Each peer's clock as its last pull from it began (a lower bound of what it
         # holds: a peer's clock only grows): whom a take-over may count as holding its
@@ -222,6 +222,8 @@ class Synchroniser:
         if running is None or fresh:
             patience = self.timers.ping_timeout if ping_timeout_s is None else ping_timeout_s
             running = self._start_pull(peer_id, full, patience, in_turn)
+        elif not in_turn:
+            self._turn_now(peer_id)     # a caller that may not wait: it streams now
         # Each caller gets its own Deferred, so one caller's timeout cannot cancel the
         # pull that others wait on.  _sync_from never fails: it answers True/False.
         mine: defer.Deferred[bool] = defer.Deferred()
@@ -262,7 +264,7 @@ class Synchroniser:
             self.peer_clocks[peer_id] = status.clock
             if not force_full and not status.clock.missing_from(self.store.clock):
                 return True
-            await self._take_turn(wait=in_turn)
+            await self._take_turn(peer_id, wait=in_turn)
             try:
                 have = self.store.clock     # with what the pulls it waited for brought
                 missing = status.clock.missing_from(have)
@@ -286,20 +288,33 @@ class Synchroniser:
             return False
         return pulled
 
-    def _take_turn(self, wait: bool) -> defer.Deferred[None]:
+    def _take_turn(self, peer_id: int, wait: bool) -> defer.Deferred[None]:
         """Count a pull that streams now; with ``wait``, once no other streams (or
         those that do stall)."""
         if not wait or self._streaming == 0:
             self._streaming += 1
             return defer.succeed(None)
         waiter: defer.Deferred[None] = defer.Deferred()
-        self._turn_waiters.append(waiter)
+        self._turn_waiters.append((peer_id, waiter))
         self._watch_for_stall()
         return waiter
 
     def _give_turn(self) -> None:
         self._streaming += 1
-        self._turn_waiters.popleft().callback(None)
+        self._turn_waiters.popleft()[1].callback(None)
+
+    def _turn_now(self, peer_id: int) -> None:
+        """A session's catch-up shares the pull from ``peer_id`` that waits its turn
+        (anti-entropy's, begun a moment before): that pull streams now, as the
+        catch-up's own would have."""
+        waiting = [waiter for peer, waiter in self._turn_waiters if peer == peer_id]
+        if not waiting:
+            return
+        self._turn_waiters = deque(w for w in self._turn_waiters if w[0] != peer_id)
+        self._streaming += len(waiting)
+        self._stop_watching()
+        for waiter in waiting:
+            waiter.callback(None)
 
     def _turn_over(self) -> None:
         self._streaming -= 1

@@ -747,3 +747,24 @@ def test_anti_entropy_whose_ping_comes_back_after_a_take_over_began_waits_its_tu
     assert peers.store.clock == VectorClock({2: 6})
     assert peers.clock.getDelayedCalls() == []
     peers.store.close()
+
+
+def test_a_session_catch_up_that_shares_a_pull_waiting_its_turn_makes_it_stream_now(
+        tmp_path):
+    """A session's catch-up (a client waits, for fetch_timeout at most) shares the pull
+    already begun from its peer.  If that pull is anti-entropy's, waiting its turn
+    behind another stream, the catch-up would wait with it: it streams at once
+    instead, as the catch-up's own pull would have."""
+    peers = TwoPeers(tmp_path, {1: history(1, 2), 2: history(2, 500)})
+    peers.slow_pings[1] = defer.Deferred()
+    peers.sync.compare(peers.status(1), at_once=True)     # anti-entropy: PING to 1
+    results: list[bool] = []
+    peers.take_over(2, results)                           # 2 streams a big delta
+    peers.answer_ping(1)
+    assert peers.asked() == [2]                           # 1 waits its turn
+    peers.sync.sync_from(1).addBoth(results.append)       # a session needs 1's writes
+    assert peers.asked() == [2, 1]
+    assert peers.answer(1) == 2 and results == [True]
+    assert peers.answer(0) == 500 and results == [True, True]
+    assert peers.clock.getDelayedCalls() == []
+    peers.store.close()
