@@ -92,8 +92,8 @@ class Synchroniser:
         self._progress = 0
         self._progress_looked = 0       # _progress at the last stall check
         self._stall_check: IDelayedCall | None = None
-        # Pulls past their PING (streaming or merging), and the take-over pulls that
-        # wait for them to end before they ask for what is still missing (in_turn).
+        # Pulls past their PING (streaming or merging), and the pulls (peer, waiter)
+        # that wait for them to end before they ask for what is still missing (in_turn).
         self._streaming = 0
         self._turn_waiters: deque[tuple[int, defer.Deferred[None]]] = deque()
         self._idle_waiters: list[defer.Deferred[None]] = []     # when_idle's
@@ -134,7 +134,8 @@ class Synchroniser:
         behind whose links came back one after another, or whose coordinator's pushes
         showed a gap, copied the whole store once per peer, side by side
         (bench/rejoin_gap.py).  Anti-entropy's pulls and a push's gap take this way; a
-        take-over's, a session's and a catch-up's do not wait.  Nor does anything wait
+        take-over's, a session's and a catch-up's are not put aside (a take-over's and a
+        CATCHUP's take their turn after their PING: sync_from).  Nor does anything wait
         on a pull that stalls (a peer frozen mid-stream holds it up to
         STREAM_IDLE_TIMEOUT_S): with no progress for ping_timeout, the next peer put
         aside is pulled from beside it (in quorum mode a follower's gap kept it from
@@ -154,9 +155,9 @@ class Synchroniser:
                                                        self._check_stalled)
 
     def _check_stalled(self) -> None:
-        """Every ping_timeout while a peer is put aside or a take-over pull waits its
-        turn: nothing progressed since the last look, so the pulls under way stall; the
-        next peer is pulled, and the next waiting pull streams, beside them."""
+        """Every ping_timeout while a peer is put aside or a pull waits its turn:
+        nothing progressed since the last look, so the pulls under way stall; the next
+        peer is pulled, and the next waiting pull streams, beside them."""
         self._stall_check = None
         if not self._pull_later and not self._turn_waiters:
             return
