@@ -232,6 +232,8 @@ class Replica(service.MultiService):
         self._link_log.stop()
         self.awaiting.cancel()            # their reads take the path that refuses now
         self.confirmations.cancel()
+        if self.sync is not None:
+            self.sync.stop()              # before the links' aborts end its streams
         for link in self.links.values():
             link.abort()     # no graceful TLS close: every peer is stopping too
         d = defer.maybeDeferred(super().stopService)

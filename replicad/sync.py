@@ -177,6 +177,16 @@ class Synchroniser:
             self._stall_check.cancel()      # nothing left to start
             self._stall_check = None
 
+    def stop(self) -> None:
+        """The replica stops: pulls put aside or waiting for their turn never begin
+        (the store is about to close; one resumed by a stream that the stop broke would
+        have begun an import on it), and no stall check is left in the reactor."""
+        self._pull_later.clear()
+        self._turn_waiters.clear()
+        if self._stall_check is not None:
+            self._stall_check.cancel()
+            self._stall_check = None
+
     @property
     def pulling(self) -> bool:
         return bool(self._pulls)

@@ -1965,3 +1965,18 @@ def test_a_catch_up_waits_for_a_pull_under_way_then_asks_the_clocks_again(replic
     held.callback(PeerStatus(1, "follower", 1, own_epoch(1, 1), VectorClock()))
     assert sorted(asked) == [1, 3] and pulls == []
     assert stood == [(Candidacy.YES, "caught up by the pulls under way")]
+
+
+def test_a_stopping_replica_stops_its_synchroniser_before_its_links(tmp_path):
+    """Aborting the links ends the pulls' streams, which would hand the turn to a pull
+    waiting for it; that pull would then begin an import on the store being closed
+    (sync.py, Synchroniser.stop).  The synchroniser is stopped first."""
+    replica = Replica(default_config(), 2, str(tmp_path / "data"), MemoryReactorClock(),
+                      new_cluster=True)
+    replica.startService()
+    order = []
+    replica.sync.stop = lambda: order.append("sync")
+    for peer_id, link in replica.links.items():
+        link.abort = lambda peer_id=peer_id: order.append(peer_id)
+    replica.stopService()
+    assert order and order[0] == "sync" and sorted(order[1:]) == sorted(replica.links)

@@ -768,3 +768,25 @@ def test_a_session_catch_up_that_shares_a_pull_waiting_its_turn_makes_it_stream_
     assert peers.answer(0) == 500 and results == [True, True]
     assert peers.clock.getDelayedCalls() == []
     peers.store.close()
+
+
+def test_a_stopped_synchroniser_begins_no_pull_that_waited(tmp_path):
+    """The replica stops: it aborts its links (the streams fail) and closes the store.
+    A pull that waited its turn, resumed by the failed stream, began an import on the
+    store being closed (a traceback in the log at every such stop); a peer put aside
+    likewise.  stop() drops them, and leaves no stall check in the reactor."""
+    from twisted.logger import capturedLogs
+
+    shared = history(2, 3)
+    peers = TwoPeers(tmp_path, {1: list(shared), 2: list(shared)})
+    results: list[bool] = []
+    peers.take_over(2, results)
+    peers.take_over(1, results)                   # waits its turn
+    assert peers.asked() == [2]
+    peers.sync.stop()
+    peers.store.close()
+    with capturedLogs() as events:
+        peers.fail(0)                             # the link's abort ends the stream
+    assert peers.asked() == [2] and results == [False]
+    assert [e for e in events if e.get("log_failure")] == []
+    assert peers.clock.getDelayedCalls() == []
