@@ -415,22 +415,51 @@ class Synchroniser:
             steps.close()       # stopped between steps: the staging is dropped
 
     async def catch_up(self, need: VectorClock, via: int | None) -> bool:
-        """Fetch the writes a session depends on: from its last server first, then any
-        peer whose clock shows them; bounded by fetch_timeout."""
-        deadline = self.reactor.seconds() + self.timers.fetch_timeout
-        candidates = [via] if via in self.peers else []
-        candidates += [p for p in reversed(self.peers) if p != via]
-        for peer_id in candidates:
-            remaining = deadline - self.reactor.seconds()
-            if remaining <= 0 or need <= self.store.clock:
+        """Fetch the writes a session depends on, within fetch_timeout: from its last
+        server (it served them), and, while that has not brought them after
+        ping_timeout, from any other peer whose clock shows them, one after another;
+        whichever brings them first.  The last server's PING may take the whole
+        fetch_timeout, not ping_timeout: a holder whose messages take longer than
+        ping_timeout (a slow link or a loaded machine) still answers in time, where
+        its PING used to give up at 0.2 s and the session got ERR STALE although its
+        writes were on their way (chaos seed 106)."""
+        fetch_s = self.timers.fetch_timeout
+        deadline = self.reactor.seconds() + fetch_s
+        holder = None
+        if via in self.peers:
+            holder = self.sync_from(via, ping_timeout_s=fetch_s)
+            await self._first_of([holder], min(self.reactor.seconds()
+                                               + self.timers.ping_timeout, deadline))
+        for peer_id in reversed(self.peers):
+            if need <= self.store.clock or self.reactor.seconds() >= deadline:
                 break
-            pull = self.sync_from(peer_id)
-            pull.addTimeout(remaining, self.reactor)
-            try:
-                await pull
-            except defer.TimeoutError:
-                break
+            if peer_id != via:
+                await self._first_of([holder, self.sync_from(peer_id)], deadline)
+        if holder is not None and not need <= self.store.clock:
+            await self._first_of([holder], deadline)
         return need <= self.store.clock
+
+    def _first_of(self, pulls: list[defer.Deferred | None],
+                  deadline: float) -> defer.Deferred[None]:
+        """Fires once any of the pulls still under way ends, or at the deadline; the
+        pulls go on (others may share them)."""
+        done: defer.Deferred[None] = defer.Deferred()
+        under_way = [pull for pull in pulls if pull is not None and not pull.called]
+        if not under_way:
+            done.callback(None)
+            return done
+        timer = self.reactor.callLater(max(0.0, deadline - self.reactor.seconds()),
+                                       lambda: done.called or done.callback(None))
+
+        def ended(result):
+            if not done.called:
+                timer.cancel()
+                done.callback(None)
+            return result
+
+        for pull in under_way:
+            pull.addBoth(ended)
+        return done
 
     # Pushes ----------------------------------------------------------------------------
 

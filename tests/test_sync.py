@@ -790,3 +790,90 @@ def test_a_stopped_synchroniser_begins_no_pull_that_waited(tmp_path):
     assert peers.asked() == [2] and results == [False]
     assert [e for e in events if e.get("log_failure")] == []
     assert peers.clock.getDelayedCalls() == []
+
+
+class SlowLinks(TwoPeers):
+    """TwoPeers whose PINGs come back ``delay[peer]`` seconds of the clock later (None:
+    never); a PING whose caller's patience is shorter fails as a real one does."""
+
+    def __init__(self, tmp_path, holds, delay: dict[int, float | None]):
+        super().__init__(tmp_path, holds)
+        self.delay = delay
+        self.patience: list[tuple[int, float]] = []
+
+    def ping(self, peer_id: int, timeout_s: float) -> defer.Deferred:
+        self.patience.append((peer_id, timeout_s))
+        d: defer.Deferred = defer.Deferred()
+        delay = self.delay[peer_id]
+        if delay is not None and delay < timeout_s:
+            self.clock.callLater(delay, lambda: d.called or d.callback(self.status(peer_id)))
+        self.clock.callLater(timeout_s, lambda: d.called or d.errback(
+            PeerUnavailable(f"replica {peer_id} did not answer within {timeout_s} s")))
+        return d
+
+    def catch_up(self, need: VectorClock, via: int | None) -> list[bool]:
+        results: list[bool] = []
+        defer.ensureDeferred(self.sync.catch_up(need, via)).addBoth(results.append)
+        return results
+
+    def call_to(self, peer_id: int) -> int:
+        return self.asked().index(peer_id)
+
+
+def test_a_session_catch_up_waits_for_a_slow_last_server_within_fetch_timeout(tmp_path):
+    """The session's last server holds its writes, but its messages take 0.5 s, longer
+    than ping_timeout: its PING used to fail at 0.2 s, the other peer lacked the
+    writes, and the session got ERR STALE although they were on their way (chaos seed
+    106, with 510 ms).  Its PING may now take the whole fetch_timeout."""
+    peers = SlowLinks(tmp_path, {1: history(1, 3), 2: []}, delay={1: 0.5, 2: 0.0})
+    timers = peers.sync.timers
+    results = peers.catch_up(VectorClock({1: 3}), via=1)
+    assert peers.patience == [(1, timers.fetch_timeout)]
+    peers.clock.advance(timers.ping_timeout)     # not yet: the other peer is asked
+    peers.clock.advance(0)
+    assert peers.patience[1:] == [(2, timers.ping_timeout)] and results == []
+    peers.clock.advance(0.5 - timers.ping_timeout)
+    assert peers.answer(peers.call_to(1)) == 3
+    assert results == [True] and peers.store.clock == VectorClock({1: 3})
+    peers.store.close()
+
+
+def test_a_session_catch_up_takes_whichever_peer_brings_the_writes_first(tmp_path):
+    """While the last server is silent, the others are asked after ping_timeout; and
+    the last server's writes end the wait at once, though another peer's stream is
+    still open."""
+    peers = SlowLinks(tmp_path, {1: history(1, 3), 2: history(1, 3)},
+                      delay={1: None, 2: 0.0})             # 1 hangs: never answers
+    timers = peers.sync.timers
+    results = peers.catch_up(VectorClock({1: 3}), via=1)
+    peers.clock.advance(timers.ping_timeout)
+    peers.clock.advance(0)
+    assert peers.asked() == [2]
+    assert peers.answer(0) == 3 and results == [True]
+    assert peers.clock.seconds() < timers.fetch_timeout
+    peers.store.close()
+
+    (tmp_path / "b").mkdir()
+    peers = SlowLinks(tmp_path / "b", {1: history(1, 3), 2: history(1, 3)},
+                      delay={1: 0.5, 2: 0.0})
+    results = peers.catch_up(VectorClock({1: 3}), via=1)
+    peers.clock.advance(timers.ping_timeout)
+    peers.clock.advance(0)
+    assert peers.asked() == [2]                           # 2's stream hangs
+    peers.clock.advance(0.5 - timers.ping_timeout)
+    assert peers.answer(peers.call_to(1)) == 3
+    assert results == [True]
+    peers.fail(peers.call_to(2))
+    peers.store.close()
+
+
+def test_a_session_catch_up_that_nobody_answers_gives_up_at_fetch_timeout(tmp_path):
+    peers = SlowLinks(tmp_path, {1: history(1, 3), 2: history(1, 3)},
+                      delay={1: None, 2: None})
+    timers = peers.sync.timers
+    results = peers.catch_up(VectorClock({1: 3}), via=1)
+    peers.clock.advance(timers.fetch_timeout - 0.001)
+    assert results == []
+    peers.clock.advance(0.001)
+    assert results == [False] and peers.store.clock == VectorClock()
+    peers.store.close()
