@@ -49,6 +49,20 @@ class StaleEpoch(Exception):
         self.peer_id, self.epoch = peer_id, epoch
 
 
+class _FirstPing:
+    """A pull's first PING: how long it may wait for the peer, and whether it still
+    does."""
+
+    __slots__ = ("patience", "waiting")
+
+    def __init__(self, patience: float):
+        self.patience = patience
+        self.waiting = True
+
+    def gives_up_before(self, patience: float) -> bool:
+        return self.waiting and self.patience < patience
+
+
 class Synchroniser:
     """Pulls and pushes for one replica.  ``ping`` asks a peer for its PeerStatus
     (errback PeerUnavailable); ``call(peer_id, message, timeout_s, on_line)`` sends a
@@ -78,6 +92,9 @@ class Synchroniser:
         self.mark = mark
         self.epoch = epoch
         self._pulls: dict[int, defer.Deferred[bool]] = {}
+        # The first PING of each of those pulls: how long it may wait, and whether it
+        # still does (a session's catch-up that may wait longer does not share it).
+        self._first_pings: dict[int, _FirstPing] = {}
         # A take-over pulls from every peer at once; imports beyond the store's limit
         # (SQLite attaches 10 databases to a connection) wait for a slot.
         self._import_slots = defer.DeferredSemaphore(MAX_IMPORTS)
@@ -212,7 +229,9 @@ class Synchroniser:
                   fresh: bool = False, in_turn: bool = False) -> defer.Deferred[bool]:
         """Pull what peer_id has and this replica lacks (``full``: a full copy whatever
         the clocks say); concurrent pulls share one.  ``ping_timeout_s``: how long the
-        pull's first PING may wait (default ping_timeout).
+        pull's first PING may wait (default ping_timeout); a caller that may wait longer
+        than the pull under way still waits for its PING begins its own (a session's
+        catch-up from its last server would fail with anti-entropy's 0.2 s).
 
         ``fresh``: a pull that begins now, beside any already running (imports are
         staged apart and merge idempotently), which later callers share.  A take-over
@@ -230,8 +249,10 @@ class Synchroniser:
         (``_check_stalled``).  A session's catch-up and a joining copy do not wait (a
         client, or the first copy of a history, waits on them)."""
         running = self._pulls.get(peer_id)
+        patience = self.timers.ping_timeout if ping_timeout_s is None else ping_timeout_s
+        if running is not None and self._first_pings[peer_id].gives_up_before(patience):
+            fresh = True    # it would give up on the peer sooner than this caller may wait
         if running is None or fresh:
-            patience = self.timers.ping_timeout if ping_timeout_s is None else ping_timeout_s
             running = self._start_pull(peer_id, full, patience, in_turn)
         elif not in_turn:
             self._turn_now(peer_id)     # a caller that may not wait: it streams now
@@ -250,12 +271,14 @@ class Synchroniser:
     def _start_pull(self, peer_id: int, full: bool, patience: float,
                     in_turn: bool = False) -> defer.Deferred[bool]:
         self._progress += 1
-        pull = defer.ensureDeferred(self._sync_from(peer_id, full, patience, in_turn))
+        first_ping = self._first_pings[peer_id] = _FirstPing(patience)
+        pull = defer.ensureDeferred(self._sync_from(peer_id, full, first_ping, in_turn))
         self._pulls[peer_id] = pull
 
         def done(result):
             if self._pulls.get(peer_id) is pull:    # not a fresh one begun since
                 del self._pulls[peer_id]
+                del self._first_pings[peer_id]
             if not self._pulls and self._pull_later:
                 self._pull_next()
             self._stop_watching()
@@ -268,10 +291,13 @@ class Synchroniser:
         pull.addBoth(done)
         return pull
 
-    async def _sync_from(self, peer_id: int, force_full: bool, ping_timeout_s: float,
+    async def _sync_from(self, peer_id: int, force_full: bool, first_ping: _FirstPing,
                          in_turn: bool = False) -> bool:
         try:
-            status = await self.ping(peer_id, ping_timeout_s)
+            try:
+                status = await self.ping(peer_id, first_ping.patience)
+            finally:
+                first_ping.waiting = False
             self.peer_clocks[peer_id] = status.clock
             if not force_full and not status.clock.missing_from(self.store.clock):
                 return True

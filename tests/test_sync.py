@@ -877,3 +877,31 @@ def test_a_session_catch_up_that_nobody_answers_gives_up_at_fetch_timeout(tmp_pa
     peers.clock.advance(0.001)
     assert results == [False] and peers.store.clock == VectorClock()
     peers.store.close()
+
+
+def test_a_session_catch_up_does_not_share_a_pull_that_gives_up_on_its_ping_sooner(
+        tmp_path):
+    """Anti-entropy is PINGing the session's last server, with ping_timeout's patience,
+    when the catch-up begins: sharing that pull, the catch-up failed with it at 0.2 s.
+    It begins its own, which later callers share; a pull past its PING is shared."""
+    peers = SlowLinks(tmp_path, {1: history(1, 3), 2: []}, delay={1: 0.5, 2: 0.0})
+    timers = peers.sync.timers
+    peers.sync.compare(peers.status(1), at_once=True)     # anti-entropy's PING to 1
+    results = peers.catch_up(VectorClock({1: 3}), via=1)
+    late = peers.catch_up(VectorClock({1: 3}), via=1)     # shares the catch-up's
+    assert peers.patience == [(1, timers.ping_timeout), (1, timers.fetch_timeout)]
+    peers.clock.advance(timers.ping_timeout)
+    peers.clock.advance(0)
+    peers.clock.advance(0.5 - timers.ping_timeout)
+    assert peers.asked() == [1]
+    assert peers.answer(0) == 3
+    assert results == late == [True] and peers.store.clock == VectorClock({1: 3})
+
+    peers.holds[1] += history(1, 5)[3:]
+    peers.delay[1] = 0.0
+    peers.sync.sync_from(1)                               # past its PING: streaming
+    peers.clock.advance(0)
+    results = peers.catch_up(VectorClock({1: 5}), via=1)
+    assert [peer for peer, _ in peers.patience].count(1) == 3 and peers.asked() == [1, 1]
+    assert peers.answer(1) == 2 and results == [True]
+    peers.store.close()
