@@ -451,36 +451,40 @@ class Synchroniser:
         writes were on their way (chaos seed 106)."""
         fetch_s = self.timers.fetch_timeout
         deadline = self.reactor.seconds() + fetch_s
+        late = False
         holder = None
         if via in self.peers:
             holder = self.sync_from(via, ping_timeout_s=fetch_s)
-            await self._first_of([holder], min(self.reactor.seconds()
-                                               + self.timers.ping_timeout, deadline))
+            others_at = min(self.reactor.seconds() + self.timers.ping_timeout, deadline)
+            late = await self._first_of([holder], others_at) and others_at == deadline
         for peer_id in reversed(self.peers):
-            if need <= self.store.clock or self.reactor.seconds() >= deadline:
+            if late or need <= self.store.clock or self.reactor.seconds() >= deadline:
                 break
-            if peer_id != via:
-                await self._first_of([holder, self.sync_from(peer_id)], deadline)
-        if holder is not None and not need <= self.store.clock:
-            await self._first_of([holder], deadline)
+            if peer_id == via:
+                continue
+            pull = self.sync_from(peer_id)
+            while not (late or pull.called or need <= self.store.clock):
+                late = await self._first_of([holder, pull], deadline)
+        while not (late or holder is None or holder.called or need <= self.store.clock):
+            late = await self._first_of([holder], deadline)
         return need <= self.store.clock
 
     def _first_of(self, pulls: list[defer.Deferred | None],
-                  deadline: float) -> defer.Deferred[None]:
-        """Fires once any of the pulls still under way ends, or at the deadline; the
-        pulls go on (others may share them)."""
-        done: defer.Deferred[None] = defer.Deferred()
+                  deadline: float) -> defer.Deferred[bool]:
+        """Fires once any of the pulls still under way ends (False), or at the deadline
+        (True); the pulls go on (others may share them)."""
+        done: defer.Deferred[bool] = defer.Deferred()
         under_way = [pull for pull in pulls if pull is not None and not pull.called]
         if not under_way:
-            done.callback(None)
+            done.callback(False)
             return done
         timer = self.reactor.callLater(max(0.0, deadline - self.reactor.seconds()),
-                                       lambda: done.called or done.callback(None))
+                                       lambda: done.called or done.callback(True))
 
         def ended(result):
             if not done.called:
                 timer.cancel()
-                done.callback(None)
+                done.callback(False)
             return result
 
         for pull in under_way:

@@ -799,6 +799,7 @@ class SlowLinks(TwoPeers):
     def __init__(self, tmp_path, holds, delay: dict[int, float | None]):
         super().__init__(tmp_path, holds)
         self.delay = delay
+        self.down_at: dict[int, float] = {}     # a PING fails then: the peer died
         self.patience: list[tuple[int, float]] = []
 
     def ping(self, peer_id: int, timeout_s: float) -> defer.Deferred:
@@ -809,6 +810,9 @@ class SlowLinks(TwoPeers):
             self.clock.callLater(delay, lambda: d.called or d.callback(self.status(peer_id)))
         self.clock.callLater(timeout_s, lambda: d.called or d.errback(
             PeerUnavailable(f"replica {peer_id} did not answer within {timeout_s} s")))
+        if peer_id in self.down_at:
+            self.clock.callLater(self.down_at[peer_id], lambda: d.called or d.errback(
+                PeerUnavailable("the connection was lost")))
         return d
 
     def catch_up(self, need: VectorClock, via: int | None) -> list[bool]:
@@ -864,6 +868,25 @@ def test_a_session_catch_up_takes_whichever_peer_brings_the_writes_first(tmp_pat
     assert peers.answer(peers.call_to(1)) == 3
     assert results == [True]
     peers.fail(peers.call_to(2))
+    peers.store.close()
+
+
+def test_a_session_catch_up_still_waits_for_another_peer_once_the_last_server_fails(
+        tmp_path):
+    """The last server dies while another peer streams the writes: the catch-up waits
+    for that stream, not only for the last server."""
+    peers = SlowLinks(tmp_path, {1: history(1, 3), 2: history(1, 3)},
+                      delay={1: None, 2: 0.0})
+    peers.down_at[1] = 0.3
+    timers = peers.sync.timers
+    results = peers.catch_up(VectorClock({1: 3}), via=1)
+    peers.clock.advance(timers.ping_timeout)
+    peers.clock.advance(0)
+    assert peers.asked() == [2]                           # 2 streams
+    peers.clock.advance(0.3 - timers.ping_timeout)        # 1 fails
+    assert results == []
+    peers.clock.advance(0.2)
+    assert peers.answer(0) == 3 and results == [True]
     peers.store.close()
 
 
