@@ -1205,6 +1205,11 @@ class Replica(service.MultiService):
         if not need <= self.store.clock:
             via = request.context.via if request.context else None
             if not await self.sync.catch_up(need, via):
+                if self.node.serving_as != self.my_id:
+                    # It stepped down meanwhile (the fetch met a newer epoch, say): the
+                    # request goes to the coordinator that replaced it, which may hold
+                    # the writes (the session's last server often is that one).
+                    raise NotCoordinator()
                 lacking = session.missing(need, self.store.clock).encode()
                 return self._error(
                     request, Code.STALE,

@@ -55,9 +55,9 @@ class _FirstPing:
 
     __slots__ = ("patience", "waiting")
 
-    def __init__(self, patience: float):
+    def __init__(self, patience: float, sent: bool = True):
         self.patience = patience
-        self.waiting = True
+        self.waiting = sent         # not sent: the pull asks for its delta at once
 
     def gives_up_before(self, patience: float) -> bool:
         return self.waiting and self.patience < patience
@@ -226,7 +226,8 @@ class Synchroniser:
 
     def sync_from(self, peer_id: int, full: bool = False,
                   ping_timeout_s: float | None = None,
-                  fresh: bool = False, in_turn: bool = False) -> defer.Deferred[bool]:
+                  fresh: bool = False, in_turn: bool = False,
+                  ping_first: bool = True) -> defer.Deferred[bool]:
         """Pull what peer_id has and this replica lacks (``full``: a full copy whatever
         the clocks say); concurrent pulls share one.  ``ping_timeout_s``: how long the
         pull's first PING may wait (default ping_timeout); a caller that may wait longer
@@ -247,13 +248,18 @@ class Synchroniser:
         applied", 14 ms of its 36).  It waits only while the pulls under way progress:
         after ping_timeout without a record or a merged step, it streams beside them
         (``_check_stalled``).  A session's catch-up and a joining copy do not wait (a
-        client, or the first copy of a history, waits on them)."""
+        client, or the first copy of a history, waits on them).
+
+        ``ping_first=False`` (a session's catch-up from its last server, which holds
+        what it needs): a delta is asked for at once, without the PING that tells what
+        the peer holds, which would cost a round trip more (on a slow link the one
+        that does not fit in fetch_timeout)."""
         running = self._pulls.get(peer_id)
         patience = self.timers.ping_timeout if ping_timeout_s is None else ping_timeout_s
         if running is not None and self._first_pings[peer_id].gives_up_before(patience):
             fresh = True    # it would give up on the peer sooner than this caller may wait
         if running is None or fresh:
-            running = self._start_pull(peer_id, full, patience, in_turn)
+            running = self._start_pull(peer_id, full, patience, in_turn, ping_first)
         elif not in_turn:
             self._turn_now(peer_id)     # a caller that may not wait: it streams now
         # Each caller gets its own Deferred, so one caller's timeout cannot cancel the
@@ -269,9 +275,9 @@ class Synchroniser:
         return mine
 
     def _start_pull(self, peer_id: int, full: bool, patience: float,
-                    in_turn: bool = False) -> defer.Deferred[bool]:
+                    in_turn: bool = False, ping_first: bool = True) -> defer.Deferred[bool]:
         self._progress += 1
-        first_ping = self._first_pings[peer_id] = _FirstPing(patience)
+        first_ping = self._first_pings[peer_id] = _FirstPing(patience, ping_first)
         pull = defer.ensureDeferred(self._sync_from(peer_id, full, first_ping, in_turn))
         self._pulls[peer_id] = pull
 
@@ -294,6 +300,12 @@ class Synchroniser:
     async def _sync_from(self, peer_id: int, force_full: bool, first_ping: _FirstPing,
                          in_turn: bool = False) -> bool:
         try:
+            if not first_ping.waiting:      # no PING: a delta from this replica's clock
+                await self._take_turn(peer_id, wait=False)
+                try:
+                    return await self._pull(peer_id, False, self.store.clock, None)
+                finally:
+                    self._turn_over()
             try:
                 status = await self.ping(peer_id, first_ping.patience)
             finally:
@@ -359,7 +371,8 @@ class Synchroniser:
             self._give_turn()
         self._stop_watching()
 
-    async def _pull(self, peer_id: int, full: bool, have: VectorClock, behind: int) -> bool:
+    async def _pull(self, peer_id: int, full: bool, have: VectorClock,
+                    behind: int | None) -> bool:
         await self._import_slots.acquire()
         try:
             return await self._pull_in_slot(peer_id, full, have, behind)
@@ -367,7 +380,9 @@ class Synchroniser:
             self._import_slots.release()
 
     async def _pull_in_slot(self, peer_id: int, full: bool, have: VectorClock,
-                            behind: int) -> bool:
+                            behind: int | None) -> bool:
+        """``behind``: how many writes the peer's PING showed missing (None: asked for
+        without a PING)."""
         kind = "FULL" if full else "DELTA"
         started = self.reactor.seconds()
         importer = self.store.begin_import()
@@ -406,10 +421,11 @@ class Synchroniser:
                 self.log.failure("after importing from replica {peer}", peer=peer_id)
         self.log.info(
             "pulled {kind} from replica {peer}: {received} records, {applied} applied, "
-            "{conflicts} conflicts, {behind} writes behind, {ms:.0f} ms (merged in {steps} "
+            "{conflicts} conflicts, {how_far}, {ms:.0f} ms (merged in {steps} "
             "step(s), the longest {step_ms:.0f} ms); clock {clock}",
             kind=kind.lower(), peer=peer_id, received=received, applied=result.applied,
             conflicts=result.conflicts, behind=behind,
+            how_far="asked without a PING" if behind is None else f"{behind} writes behind",
             ms=(self.reactor.seconds() - started) * 1000, steps=steps,
             step_ms=longest_s * 1000, clock=self.store.clock.encode(),
         )
@@ -444,28 +460,35 @@ class Synchroniser:
         """Fetch the writes a session depends on, within fetch_timeout: from its last
         server (it served them), and, while that has not brought them after
         ping_timeout, from any other peer whose clock shows them, one after another;
-        whichever brings them first.  The last server's PING may take the whole
-        fetch_timeout, not ping_timeout: a holder whose messages take longer than
-        ping_timeout (a slow link or a loaded machine) still answers in time, where
-        its PING used to give up at 0.2 s and the session got ERR STALE although its
-        writes were on their way (chaos seed 106)."""
+        whichever brings them first.  The last server is asked for its delta at once,
+        without a PING first, and may take the whole fetch_timeout to send it: a holder
+        whose messages take longer than ping_timeout (a slow link or a loaded machine)
+        still answers in time, where its PING used to give up at 0.2 s and the session
+        got ERR STALE although its writes were on their way (chaos seed 106)."""
         fetch_s = self.timers.fetch_timeout
         deadline = self.reactor.seconds() + fetch_s
+        epoch = self.epoch()
+
+        def settled() -> bool:
+            """The writes are in, or a newer epoch was met (a STALE answer): this
+            replica stepped down, and the request goes to its successor."""
+            return need <= self.store.clock or self.epoch() != epoch
+
         late = False
         holder = None
         if via in self.peers:
-            holder = self.sync_from(via, ping_timeout_s=fetch_s)
+            holder = self.sync_from(via, ping_timeout_s=fetch_s, ping_first=False)
             others_at = min(self.reactor.seconds() + self.timers.ping_timeout, deadline)
             late = await self._first_of([holder], others_at) and others_at == deadline
         for peer_id in reversed(self.peers):
-            if late or need <= self.store.clock or self.reactor.seconds() >= deadline:
+            if late or settled() or self.reactor.seconds() >= deadline:
                 break
             if peer_id == via:
                 continue
             pull = self.sync_from(peer_id)
-            while not (late or pull.called or need <= self.store.clock):
+            while not (late or pull.called or settled()):
                 late = await self._first_of([holder, pull], deadline)
-        while not (late or holder is None or holder.called or need <= self.store.clock):
+        while not (late or holder is None or holder.called or settled()):
             late = await self._first_of([holder], deadline)
         return need <= self.store.clock
 

@@ -17,7 +17,7 @@ from replicad.peerwire import PeerStatus, PeerWireError
 from replicad.replica import EXIT_DISK_FAILED, Replica
 from replicad.store import Record
 from replicad.vclock import VectorClock
-from replicad.wire import Reply, Request
+from replicad.wire import Reply, Request, SessionContext
 
 
 @pytest.fixture
@@ -436,7 +436,7 @@ def test_the_read_fast_path_answers_only_what_needs_no_waiting(replica):
 
 def test_a_forwarded_reply_keeps_the_coordinators_meta_cluster_included(replica):
     from replicad.peer import PeerResponse
-    from replicad.wire import ReplyMeta, SessionContext
+    from replicad.wire import ReplyMeta
 
     follow(replica, 3, own_epoch(0, 3))
     cluster = "ab" * 16
@@ -524,7 +524,7 @@ def test_a_forwarded_reply_names_the_follower_that_forwarded_it(replica):
 
 def test_a_follower_relays_the_coordinators_reply_as_it_is(replica):
     from replicad.peer import PeerResponse
-    from replicad.wire import ReplyMeta, SessionContext
+    from replicad.wire import ReplyMeta
 
     follow(replica, 3, own_epoch(0, 3))
     answer = Reply("VALUE", "v", meta=ReplyMeta(VectorClock({3: 1}), by=3, coord=3,
@@ -549,12 +549,15 @@ class FakeCoordinatorLink:
         self.answers = iter(client_answers)
         self.sent: list[peerwire.Message] = []
         self.forgotten: list[int] = []
+        self.stale: dict[str, int] = {}     # verb -> the newer epoch it is refused in
 
     def _answer(self, verb: str, payload: str) -> defer.Deferred:
         from replicad.peer import PeerResponse
 
         message = peerwire.decode_message(verb, payload)
         self.sent.append(message)
+        if verb in self.stale:
+            return stale(self.stale[verb])
         if verb == "PING":
             status = PeerStatus(3, "coordinator", 3, self.replica.node.epoch, self.clock)
             return defer.succeed(PeerResponse("OK", status.encode()))
@@ -702,6 +705,29 @@ def serving(replica: Replica) -> None:
     for _ in range(4):                                   # replica 3 never answers:
         replica.reactor.advance(replica.timers.answer_timeout)   # 2 takes over
     assert replica.node.serving_as == 2
+
+
+def test_a_coordinator_whose_catch_up_met_a_newer_epoch_forwards_the_request(replica):
+    """The session's last server (3) answers the catch-up's delta STALE: it is in a
+    newer epoch, and this coordinator stepped down on hearing it.  Answering ERR STALE
+    sent the client on for nothing (tests/integration/test_session_catch_up.py met it:
+    3 had re-elected itself while cut off); the request goes to the coordinator that
+    replaced this one, here 3, which holds the session's writes."""
+    from replicad.peer import PeerResponse
+
+    serving(replica)
+    newer = own_epoch(5, 3)
+    link = fake_coordinator(replica, [defer.succeed(PeerResponse("REPLY", "VALUE v"))])
+    link.stale["DELTA"] = newer
+    need = SessionContext(write=VectorClock({3: 4}), via=3)
+    d = replica.handle(Request("GET", "k", context=need))
+    replica.reactor.advance(0)
+    assert link.verbs()[0] == "DELTA"                     # asked at once, no PING first
+    assert replica.node.epoch == newer                    # the STALE answer taught it
+    for _ in range(3):
+        replica.reactor.advance(0)
+    assert link.verbs()[-1] == "CLIENT"                   # at once, not after a timeout
+    assert d.result.encode() == b"VALUE v\r\n"            # 3 answered it
 
 
 def test_the_coordinator_takes_a_plain_write_at_once_and_acknowledges_it_durable(replica):

@@ -799,7 +799,6 @@ class SlowLinks(TwoPeers):
     def __init__(self, tmp_path, holds, delay: dict[int, float | None]):
         super().__init__(tmp_path, holds)
         self.delay = delay
-        self.down_at: dict[int, float] = {}     # a PING fails then: the peer died
         self.patience: list[tuple[int, float]] = []
 
     def ping(self, peer_id: int, timeout_s: float) -> defer.Deferred:
@@ -810,9 +809,6 @@ class SlowLinks(TwoPeers):
             self.clock.callLater(delay, lambda: d.called or d.callback(self.status(peer_id)))
         self.clock.callLater(timeout_s, lambda: d.called or d.errback(
             PeerUnavailable(f"replica {peer_id} did not answer within {timeout_s} s")))
-        if peer_id in self.down_at:
-            self.clock.callLater(self.down_at[peer_id], lambda: d.called or d.errback(
-                PeerUnavailable("the connection was lost")))
         return d
 
     def catch_up(self, need: VectorClock, via: int | None) -> list[bool]:
@@ -824,20 +820,23 @@ class SlowLinks(TwoPeers):
         return self.asked().index(peer_id)
 
 
-def test_a_session_catch_up_waits_for_a_slow_last_server_within_fetch_timeout(tmp_path):
-    """The session's last server holds its writes, but its messages take 0.5 s, longer
+def test_a_session_catch_up_asks_its_last_server_at_once_and_waits_for_fetch_timeout(
+        tmp_path):
+    """The session's last server holds its writes, but answers in 0.9 s, far longer
     than ping_timeout: its PING used to fail at 0.2 s, the other peer lacked the
     writes, and the session got ERR STALE although they were on their way (chaos seed
-    106, with 510 ms).  Its PING may now take the whole fetch_timeout."""
-    peers = SlowLinks(tmp_path, {1: history(1, 3), 2: []}, delay={1: 0.5, 2: 0.0})
+    106).  It is now asked for its delta at once, no PING first (a round trip less),
+    and may take the whole fetch_timeout."""
+    peers = SlowLinks(tmp_path, {1: history(1, 3), 2: []}, delay={1: None, 2: 0.0})
     timers = peers.sync.timers
     results = peers.catch_up(VectorClock({1: 3}), via=1)
-    assert peers.patience == [(1, timers.fetch_timeout)]
+    assert peers.asked() == [1] and peers.patience == []
+    assert peers.calls[0][1].since == VectorClock()
     peers.clock.advance(timers.ping_timeout)     # not yet: the other peer is asked
     peers.clock.advance(0)
-    assert peers.patience[1:] == [(2, timers.ping_timeout)] and results == []
-    peers.clock.advance(0.5 - timers.ping_timeout)
-    assert peers.answer(peers.call_to(1)) == 3
+    assert peers.patience == [(2, timers.ping_timeout)] and results == []
+    peers.clock.advance(0.9 - timers.ping_timeout)
+    assert peers.answer(0) == 3
     assert results == [True] and peers.store.clock == VectorClock({1: 3})
     peers.store.close()
 
@@ -847,27 +846,27 @@ def test_a_session_catch_up_takes_whichever_peer_brings_the_writes_first(tmp_pat
     the last server's writes end the wait at once, though another peer's stream is
     still open."""
     peers = SlowLinks(tmp_path, {1: history(1, 3), 2: history(1, 3)},
-                      delay={1: None, 2: 0.0})             # 1 hangs: never answers
+                      delay={1: None, 2: 0.0})             # 1 never answers
     timers = peers.sync.timers
     results = peers.catch_up(VectorClock({1: 3}), via=1)
     peers.clock.advance(timers.ping_timeout)
     peers.clock.advance(0)
-    assert peers.asked() == [2]
-    assert peers.answer(0) == 3 and results == [True]
+    assert peers.asked() == [1, 2]
+    assert peers.answer(1) == 3 and results == [True]
     assert peers.clock.seconds() < timers.fetch_timeout
     peers.store.close()
 
     (tmp_path / "b").mkdir()
     peers = SlowLinks(tmp_path / "b", {1: history(1, 3), 2: history(1, 3)},
-                      delay={1: 0.5, 2: 0.0})
+                      delay={1: None, 2: 0.0})
     results = peers.catch_up(VectorClock({1: 3}), via=1)
     peers.clock.advance(timers.ping_timeout)
     peers.clock.advance(0)
-    assert peers.asked() == [2]                           # 2's stream hangs
-    peers.clock.advance(0.5 - timers.ping_timeout)
-    assert peers.answer(peers.call_to(1)) == 3
+    assert peers.asked() == [1, 2]                        # 2's stream hangs
+    peers.clock.advance(0.3)
+    assert peers.answer(0) == 3
     assert results == [True]
-    peers.fail(peers.call_to(2))
+    peers.fail(1)
     peers.store.close()
 
 
@@ -877,16 +876,16 @@ def test_a_session_catch_up_still_waits_for_another_peer_once_the_last_server_fa
     for that stream, not only for the last server."""
     peers = SlowLinks(tmp_path, {1: history(1, 3), 2: history(1, 3)},
                       delay={1: None, 2: 0.0})
-    peers.down_at[1] = 0.3
     timers = peers.sync.timers
     results = peers.catch_up(VectorClock({1: 3}), via=1)
     peers.clock.advance(timers.ping_timeout)
     peers.clock.advance(0)
-    assert peers.asked() == [2]                           # 2 streams
-    peers.clock.advance(0.3 - timers.ping_timeout)        # 1 fails
+    assert peers.asked() == [1, 2]                        # 2 streams
+    peers.clock.advance(0.1)
+    peers.fail(0)                                         # 1 dies
     assert results == []
     peers.clock.advance(0.2)
-    assert peers.answer(0) == 3 and results == [True]
+    assert peers.answer(1) == 3 and results == [True]
     peers.store.close()
 
 
@@ -912,11 +911,9 @@ def test_a_session_catch_up_does_not_share_a_pull_that_gives_up_on_its_ping_soon
     peers.sync.compare(peers.status(1), at_once=True)     # anti-entropy's PING to 1
     results = peers.catch_up(VectorClock({1: 3}), via=1)
     late = peers.catch_up(VectorClock({1: 3}), via=1)     # shares the catch-up's
-    assert peers.patience == [(1, timers.ping_timeout), (1, timers.fetch_timeout)]
-    peers.clock.advance(timers.ping_timeout)
+    assert peers.patience == [(1, timers.ping_timeout)] and peers.asked() == [1]
+    peers.clock.advance(timers.ping_timeout)              # anti-entropy's PING fails
     peers.clock.advance(0)
-    peers.clock.advance(0.5 - timers.ping_timeout)
-    assert peers.asked() == [1]
     assert peers.answer(0) == 3
     assert results == late == [True] and peers.store.clock == VectorClock({1: 3})
 
@@ -925,6 +922,6 @@ def test_a_session_catch_up_does_not_share_a_pull_that_gives_up_on_its_ping_soon
     peers.sync.sync_from(1)                               # past its PING: streaming
     peers.clock.advance(0)
     results = peers.catch_up(VectorClock({1: 5}), via=1)
-    assert [peer for peer, _ in peers.patience].count(1) == 3 and peers.asked() == [1, 1]
+    assert [peer for peer, _ in peers.patience].count(1) == 2 and peers.asked() == [1, 1]
     assert peers.answer(1) == 2 and results == [True]
     peers.store.close()

@@ -4,12 +4,16 @@ however long that server takes to answer within fetch_timeout.
 Replica 3 (the first coordinator) alone holds the session's write: write_quorum 1, and
 the proxy holds every byte 3 sends its peers, so its pushes never arrive, 1 and 2 see
 it silent and elect 2.  The session then reads on 2, which lacks the write and asks 3
-for it; 3's answers stay held for HOLD_S, far longer than ping_timeout (0.2 s), then
-the cut heals.  The catch-up's PING to the session's last server may take the whole
-fetch_timeout (10 s here), so the read is served with the session's write.  With the
-PING given ping_timeout instead (before 6addf78), 2 answered the read ``ERR STALE``
-at 0.2 s although the write was on its way (checked once); chaos seed 106 met that
-with a slow link (docs/reliability.md).
+for its delta at once (no PING first); 3's answers stay held for HOLD_S, far longer
+than ping_timeout (0.2 s), then the cut heals.  The read is served with the session's
+write: 3, having heard 2's newer epoch meanwhile, re-elected itself and refuses 2's
+delta as stale, so 2 steps down and sends the read on to 3 rather than answer it
+ERR STALE (both seen; the test accepts either way to the write).
+
+Checked once each: with the catch-up's patience at ping_timeout (before 6addf78) 2
+answered ``ERR STALE`` at 0.2 s, inside the window; with a catch-up that met a newer
+epoch answered ERR STALE instead of sent on, 2 answered that after the heal.  Chaos
+seed 106 met the first with a slow link (docs/reliability.md).
 
 The read is one request on its own connection: a client would retry the STALE and
 might be served later by anti-entropy (slowed to a minute here), which would hide it.
